@@ -1,0 +1,135 @@
+"""`PerceiverEncoder`: learned latents that cross-attend to the inputs, then a latent Transformer.
+
+    latents (N, D) --[ CrossAttention -> (SelfAttention x k) x num_blocks ] x num_cross_attends --> (B, N, D)
+
+Weight sharing covers the published variants:
+- paper (Jaegle et al. 2021): cross-attends 2..n share weights (`share_cross_attends=True`), every latent block
+  shares one set of weights (`share_latent_blocks="all"`);
+- perceiver-pytorch's `weight_tie_layers=True`: cross-attend 1 and its latent block are unique, all later ones share
+  one set (`share_cross_attends=True, share_latent_blocks="after_first"`);
+- Perceiver IO (DeepMind / HF): one cross-attend, a latent block of k layers applied `num_blocks` times.
+Shared modules are the same Python objects, so their parameters are counted and updated once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer
+
+LatentSharing = Literal["all", "after_first", "none"]
+
+
+@dataclass
+class EncoderConfig:
+    """Hyper-parameters of a `PerceiverEncoder` (see the class docstring)."""
+
+    input_dim: int
+    num_latents: int = 256
+    latent_dim: int = 512
+    num_cross_attends: int = 1
+    num_self_attends_per_block: int = 6
+    num_blocks: int = 1
+    cross_heads: int = 1
+    latent_heads: int = 8
+    cross_qk_channels: int | None = None
+    cross_v_channels: int | None = None
+    latent_qk_channels: int | None = None
+    latent_v_channels: int | None = None
+    cross_widening_factor: int = 1
+    latent_widening_factor: int = 1
+    activation: Activation = "gelu"
+    qkv_bias: bool = True
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    use_query_residual: bool = True
+    share_cross_attends: bool = True
+    share_latent_blocks: LatentSharing = "all"
+    latent_init_std: float = 0.02
+
+
+class PerceiverEncoder(nn.Module):
+    """Encode inputs `(B, M, C)` (with an optional boolean mask `(B, M)`, True = valid) into latents `(B, N, D)`."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        c = config
+        for name in ("input_dim", "num_latents", "latent_dim", "num_cross_attends", "num_blocks"):
+            if getattr(c, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+        if c.num_self_attends_per_block < 0:
+            raise ValueError(f"num_self_attends_per_block must be >= 0, got {c.num_self_attends_per_block}")
+        if c.share_latent_blocks not in ("all", "after_first", "none"):
+            raise ValueError(
+                f"share_latent_blocks must be 'all', 'after_first' or 'none', got {c.share_latent_blocks!r}"
+            )
+        self.config = c
+        self.latents = nn.Parameter(torch.empty(c.num_latents, c.latent_dim))
+        nn.init.trunc_normal_(self.latents, std=c.latent_init_std, a=-2 * c.latent_init_std, b=2 * c.latent_init_std)
+
+        n = c.num_cross_attends
+        # Which unique module each step uses.
+        self.cross_index = [0] + [1 if c.share_cross_attends else i for i in range(1, n)]
+        self.latent_index = {"all": [0] * n, "after_first": [0] + [1] * (n - 1), "none": list(range(n))}[
+            c.share_latent_blocks
+        ]
+        self.cross_attends = nn.ModuleList(self._cross_layer() for _ in range(max(self.cross_index) + 1))
+        self.latent_blocks = nn.ModuleList(
+            nn.ModuleList(self._self_layer() for _ in range(c.num_self_attends_per_block))
+            for _ in range(max(self.latent_index) + 1)
+        )
+
+    def _cross_layer(self) -> CrossAttentionLayer:
+        c = self.config
+        return CrossAttentionLayer(
+            c.latent_dim,
+            c.input_dim,
+            c.cross_heads,
+            c.cross_qk_channels,
+            c.cross_v_channels,
+            c.cross_widening_factor,
+            c.activation,
+            c.qkv_bias,
+            c.attn_dropout,
+            c.ff_dropout,
+            c.use_query_residual,
+        )
+
+    def _self_layer(self) -> SelfAttentionLayer:
+        c = self.config
+        return SelfAttentionLayer(
+            c.latent_dim,
+            c.latent_heads,
+            c.latent_qk_channels,
+            c.latent_v_channels,
+            c.latent_widening_factor,
+            c.activation,
+            c.qkv_bias,
+            c.attn_dropout,
+            c.ff_dropout,
+        )
+
+    def forward(
+        self,
+        inputs: Tensor,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """`inputs` `(B, M, C)`, `mask` `(B, M)` -> latents `(B, N, D)`.
+
+        With `return_attention`, also the cross-attention probabilities of every cross-attend, each `(B, H, N, M)`.
+        """
+        x = self.latents.expand(inputs.shape[0], -1, -1)
+        maps: list[Tensor] = []
+        for ci, li in zip(self.cross_index, self.latent_index):
+            x, probs = self.cross_attends[ci](x, inputs, mask, return_attention)
+            if probs is not None:
+                maps.append(probs)
+            for _ in range(self.config.num_blocks):
+                for layer in self.latent_blocks[li]:
+                    x = layer(x)
+        return (x, maps) if return_attention else x

@@ -1,0 +1,185 @@
+"""The classic `Perceiver` (Jaegle et al. 2021) with the constructor API of the `perceiver` package.
+
+    data (B, *axes, C) --[data | Fourier(axes)]--> (B, M, C + F) --PerceiverEncoder--> (B, N, D) --mean, LN, Linear--> (B, K)
+
+Fourier features follow perceiver-pytorch (`[sin | cos | x]` per axis, bands up to `max_freq / 2`); the feed-forward
+is GEGLU and q / kv projections have no bias, so a perceiver-pytorch `state_dict` loads as is
+(`Perceiver.from_perceiver_pytorch`). `depth` cross-attends, each followed by `self_per_cross_attn` latent
+self-attention layers; `weight_tie_layers` shares everything after the first cross-attend and its latent block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.hub import PretrainedMixin
+from perceiver.nn.position import FourierPositionEncoding
+
+
+@dataclass
+class PerceiverConfig:
+    """Constructor arguments of the classic `Perceiver`, with the defaults of the README snippet."""
+
+    input_channels: int = 3
+    input_axis: int = 2
+    num_freq_bands: int = 6
+    max_freq: float = 10.0
+    depth: int = 6
+    num_latents: int = 256
+    latent_dim: int = 512
+    cross_heads: int = 1
+    latent_heads: int = 8
+    cross_dim_head: int = 64
+    latent_dim_head: int = 64
+    num_classes: int = 1000
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    weight_tie_layers: bool = False
+    fourier_encode_data: bool = True
+    self_per_cross_attn: int = 1
+    final_classifier_head: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("input_channels", "input_axis", "depth", "num_latents", "latent_dim", "cross_heads")
+        positive += ("latent_heads", "cross_dim_head", "latent_dim_head", "num_classes")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.fourier_encode_data and (self.num_freq_bands < 1 or self.max_freq <= 0):
+            raise ValueError(
+                f"Fourier encoding needs num_freq_bands >= 1 and max_freq > 0, "
+                f"got num_freq_bands={self.num_freq_bands}, max_freq={self.max_freq}"
+            )
+        if self.self_per_cross_attn < 0:
+            raise ValueError(f"self_per_cross_attn must be >= 0, got {self.self_per_cross_attn}")
+        for name in ("attn_dropout", "ff_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def fourier_channels(self) -> int:
+        return self.input_axis * (2 * self.num_freq_bands + 1) if self.fourier_encode_data else 0
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(
+            input_dim=self.input_channels + self.fourier_channels,
+            num_latents=self.num_latents,
+            latent_dim=self.latent_dim,
+            num_cross_attends=self.depth,
+            num_self_attends_per_block=self.self_per_cross_attn,
+            num_blocks=1,
+            cross_heads=self.cross_heads,
+            latent_heads=self.latent_heads,
+            cross_qk_channels=self.cross_heads * self.cross_dim_head,
+            cross_v_channels=self.cross_heads * self.cross_dim_head,
+            latent_qk_channels=self.latent_heads * self.latent_dim_head,
+            latent_v_channels=self.latent_heads * self.latent_dim_head,
+            cross_widening_factor=4,
+            latent_widening_factor=4,
+            activation="geglu",
+            qkv_bias=False,
+            attn_dropout=self.attn_dropout,
+            ff_dropout=self.ff_dropout,
+            share_cross_attends=self.weight_tie_layers,
+            share_latent_blocks="after_first" if self.weight_tie_layers else "none",
+            latent_init_std=1.0,  # perceiver-pytorch draws latents from N(0, 1)
+        )
+
+
+class ClassifierHead(nn.Module):
+    """Mean over latents, LayerNorm, Linear: `(B, N, D) -> (B, K)`."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.fc(self.norm(latents.mean(dim=1)))
+
+
+class Perceiver(PretrainedMixin, nn.Module):
+    """Classic Perceiver classifier over channels-last data `(B, *axes, C)`; see `PerceiverConfig` for arguments.
+
+    `model(data)` -> logits `(B, num_classes)`; `model(data, return_embeddings=True)` -> latents `(B, N, D)`.
+    """
+
+    config_class = PerceiverConfig
+    model_type = "perceiver"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = config = PerceiverConfig(**kwargs)
+        self.position_encoding = (
+            FourierPositionEncoding(config.num_freq_bands, max_freq=config.max_freq)
+            if config.fourier_encode_data
+            else None
+        )
+        self.encoder = PerceiverEncoder(config.encoder_config())
+        self.head = ClassifierHead(config.latent_dim, config.num_classes) if config.final_classifier_head else None
+
+    @classmethod
+    def from_config(cls, config: PerceiverConfig) -> Perceiver:
+        return cls(**asdict(config))
+
+    @classmethod
+    def from_perceiver_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> Perceiver:
+        """Build from perceiver-pytorch's constructor keywords and its `state_dict()` (or the module itself)."""
+        from perceiver.interop.perceiver_pytorch import from_perceiver_pytorch
+
+        return from_perceiver_pytorch(state_dict, **kwargs)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_inputs(self, data: Tensor, mask: Tensor | None) -> None:
+        c = self.config
+        expected = "(B, " + ", ".join(f"d{i + 1}" for i in range(c.input_axis)) + f", {c.input_channels})"
+        where = f"(input_axis={c.input_axis}, input_channels={c.input_channels})"
+        if not isinstance(data, Tensor):
+            raise TypeError(f"expected data as a torch.Tensor of shape {expected}, got {type(data).__name__}")
+        if not data.is_floating_point():
+            raise ValueError(f"expected floating-point data, got dtype {data.dtype}; convert with data.float()")
+        if data.ndim != c.input_axis + 2 or data.shape[-1] != c.input_channels:
+            raise ValueError(f"expected input of shape {expected} {where}, got {tuple(data.shape)}")
+        if 0 in data.shape:
+            raise ValueError(f"expected non-empty axes in input of shape {expected}, got {tuple(data.shape)}")
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"expected a boolean mask (True = valid), got {got}")
+            axes = tuple(data.shape[1:-1])
+            shapes = [(data.shape[0], *axes), (data.shape[0], int(torch.tensor(axes).prod()))]
+            if tuple(mask.shape) not in shapes:
+                raise ValueError(f"expected mask of shape {shapes[0]} or {shapes[1]}, got {tuple(mask.shape)}")
+
+    # ------------------------------------------------------------------ forward
+    def prepare_inputs(self, data: Tensor) -> Tensor:
+        """`(B, *axes, C)` -> tokens `(B, M, C + F)`: data with Fourier features of the grid, flattened."""
+        b, *axes, _ = data.shape
+        if self.position_encoding is not None:
+            pos = self.position_encoding(axes, dtype=data.dtype)
+            data = torch.cat([data, pos.expand(b, *pos.shape)], dim=-1)
+        return data.reshape(b, -1, data.shape[-1])
+
+    def forward_features(
+        self, data: Tensor, mask: Tensor | None = None, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Latents `(B, N, D)`; with `return_attention` also the maps of each cross-attend `(B, H, N, M)`."""
+        self._check_inputs(data, mask)
+        if mask is not None:
+            mask = mask.reshape(mask.shape[0], -1)
+        return self.encoder(self.prepare_inputs(data), mask, return_attention=return_attention)
+
+    def forward_head(self, latents: Tensor) -> Tensor:
+        """`(B, N, D)` -> logits `(B, num_classes)` (identity when `final_classifier_head=False`)."""
+        return latents if self.head is None else self.head(latents)
+
+    def forward(self, data: Tensor, mask: Tensor | None = None, return_embeddings: bool = False) -> Tensor:
+        """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> `(B, num_classes)` or `(B, N, D)`."""
+        latents = self.forward_features(data, mask)
+        return latents if return_embeddings else self.forward_head(latents)

@@ -1,0 +1,230 @@
+"""Attention and the pre-LN layers every Perceiver is built from.
+
+One `MultiHeadAttention` serves cross-attention (latents <- inputs, queries <- latents) and self-attention.
+It always runs through `F.scaled_dot_product_attention`, which picks fused kernels (flash / memory-efficient on
+GPU, a fused flash kernel on CPU), so the `(B, H, N, M)` attention matrix is only materialised when a caller asks
+for attention maps.
+
+Shapes: queries `(B, N, Cq)`, keys/values `(B, M, Ckv)`, key mask `(B, M)` boolean with True = valid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Activation = Literal["gelu", "geglu"]
+
+
+def _check_heads(channels: int, num_heads: int, what: str) -> None:
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    if channels < 1 or channels % num_heads != 0:
+        raise ValueError(f"{what} ({channels}) must be a positive multiple of num_heads ({num_heads})")
+
+
+def _check_dropout(p: float, what: str) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {p}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate query and key/value widths.
+
+    Args:
+        q_dim: channels of the query input `Cq`.
+        kv_dim: channels of the key/value input `Ckv` (defaults to `q_dim`).
+        num_heads: number of heads `H`; must divide `qk_channels` and `v_channels`.
+        qk_channels: total channels of queries and keys (defaults to `q_dim`).
+        v_channels: total channels of values (defaults to `qk_channels`).
+        out_dim: output channels (defaults to `q_dim`).
+        qkv_bias: bias on the q, k and v projections (perceiver-pytorch has none, DeepMind/HF have them).
+        out_bias: bias on the output projection.
+        dropout: dropout on the attention probabilities (training only).
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int | None = None,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        out_dim: int | None = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        kv_dim = q_dim if kv_dim is None else kv_dim
+        qk_channels = q_dim if qk_channels is None else qk_channels
+        v_channels = qk_channels if v_channels is None else v_channels
+        out_dim = q_dim if out_dim is None else out_dim
+        _check_heads(qk_channels, num_heads, "qk_channels")
+        _check_heads(v_channels, num_heads, "v_channels")
+        _check_dropout(dropout, "attention dropout")
+        self.num_heads = num_heads
+        self.qk_channels = qk_channels
+        self.v_channels = v_channels
+        self.dropout = dropout
+        self.q_proj = nn.Linear(q_dim, qk_channels, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_dim, qk_channels, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_dim, v_channels, bias=qkv_bias)
+        self.o_proj = nn.Linear(v_channels, out_dim, bias=out_bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor | None = None,
+        kv_mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from `x_q` `(B, N, Cq)` to `x_kv` `(B, M, Ckv)` (self-attention when None).
+
+        `kv_mask` `(B, M)` is boolean, True = valid. A query row without any valid key returns zeros.
+        Returns the output `(B, N, out_dim)` and, if `return_attention`, the probabilities `(B, H, N, M)`.
+        """
+        x_kv = x_q if x_kv is None else x_kv
+        q = self._heads(self.q_proj(x_q))
+        k = self._heads(self.k_proj(x_kv))
+        v = self._heads(self.v_proj(x_kv))
+        attn_mask = has_valid = None
+        if kv_mask is not None:
+            # Rows with no valid key would softmax over nothing (NaN). Let them attend everywhere, then zero them.
+            # Elementwise on (B, M): no host sync, so this stays cheap on GPU as well.
+            has_valid = kv_mask.any(dim=-1)
+            attn_mask = (kv_mask | ~has_valid[:, None])[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if return_attention:
+            out, probs = _reference_attention(q, k, v, attn_mask, dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        b, h, n, d = out.shape
+        out = self.o_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        if has_valid is not None:
+            out = out * has_valid[:, None, None].to(out.dtype)
+            if probs is not None:
+                probs = probs * has_valid[:, None, None, None].to(probs.dtype)
+        return out, probs
+
+
+def _reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Plain attention that materialises the probabilities `(B, H, N, M)`; softmax in fp32."""
+    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    dropped = F.dropout(probs, dropout) if dropout > 0 else probs
+    return dropped @ v, probs
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: `dim -> widening_factor * dim -> dim` with GELU, or GEGLU gating.
+
+    GEGLU (perceiver-pytorch) projects to twice the hidden width and computes `a * gelu(b)` from the two halves.
+    Shapes: `(..., dim) -> (..., dim)`.
+    """
+
+    def __init__(
+        self, dim: int, widening_factor: int = 4, activation: Activation = "gelu", dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if activation not in ("gelu", "geglu"):
+            raise ValueError(f"activation must be 'gelu' or 'geglu', got {activation!r}")
+        if widening_factor < 1:
+            raise ValueError(f"widening_factor must be >= 1, got {widening_factor}")
+        _check_dropout(dropout, "feed-forward dropout")
+        hidden = dim * widening_factor
+        self.activation = activation
+        self.fc1 = nn.Linear(dim, hidden * (2 if activation == "geglu" else 1))
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        if self.activation == "geglu":
+            a, gates = h.chunk(2, dim=-1)
+            h = a * F.gelu(gates)
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.fc2(h))
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-LN cross-attention block: `x = x + attn(ln_q(x), ln_kv(kv)); x = x + mlp(ln(x))`.
+
+    Queries `(B, N, q_dim)` attend to `(B, M, kv_dim)`; the output has the queries' shape. With
+    `use_query_residual=False` the first residual is dropped (DeepMind's decoders, where queries are only positions).
+    """
+
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        activation: Activation = "gelu",
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        use_query_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.use_query_residual = use_query_residual
+        self.q_norm = nn.LayerNorm(q_dim)
+        self.kv_norm = nn.LayerNorm(kv_dim)
+        self.attention = MultiHeadAttention(
+            q_dim, kv_dim, num_heads, qk_channels, v_channels, out_dim=q_dim, qkv_bias=qkv_bias, dropout=attn_dropout
+        )
+        self.mlp_norm = nn.LayerNorm(q_dim)
+        self.mlp = MLP(q_dim, widening_factor, activation, ff_dropout)
+
+    def forward(
+        self, x: Tensor, kv: Tensor, kv_mask: Tensor | None = None, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None."""
+        h, probs = self.attention(self.q_norm(x), self.kv_norm(kv), kv_mask, return_attention)
+        if self.use_query_residual:
+            h = h + x
+        return h + self.mlp(self.mlp_norm(h)), probs
+
+
+class SelfAttentionLayer(nn.Module):
+    """Pre-LN Transformer layer on the latents: `x = x + attn(ln(x)); x = x + mlp(ln(x))`, `(B, N, D)`."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        activation: Activation = "gelu",
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = MultiHeadAttention(
+            dim, dim, num_heads, qk_channels, v_channels, out_dim=dim, qkv_bias=qkv_bias, dropout=attn_dropout
+        )
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, widening_factor, activation, ff_dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`."""
+        x = x + self.attention(self.norm(x), kv_mask=mask)[0]
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,155 @@
+"""Position encodings: Fourier features in both published conventions, and trainable ones.
+
+Fourier encodings depend only on the index shape, so they are built once per shape and kept as a non-persistent
+buffer (moved by `.to()`, never saved); a new shape, device or dtype rebuilds it.
+
+Conventions
+- DeepMind / HF transformers (`fourier_features`): positions `linspace(-1, 1, n)` per axis, bands
+  `linspace(1, max_resolution / 2, K)` per axis, output `[pos (d) | sin (d*K) | cos (d*K)]` with axis-major bands;
+  `sine_only` drops the cosines, `concat_pos=False` drops the raw positions.
+- perceiver-pytorch (`axial_fourier_features`): bands `linspace(1, max_freq / 2, K)`, per axis `[sin (K) | cos (K) | x]`.
+Both multiply by pi: `sin(pi * f * x)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def linear_positions(
+    index_dims: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Grid of positions in [-1, 1] per axis: `(*index_dims, len(index_dims))`, 'ij' order."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in index_dims]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
+def fourier_features(
+    pos: Tensor,
+    num_bands: int,
+    max_resolution: Sequence[int],
+    concat_pos: bool = True,
+    sine_only: bool = False,
+) -> Tensor:
+    """DeepMind's Fourier features of positions `pos` `(..., d)` -> `(..., C)`.
+
+    `C = d * (concat_pos + num_bands * (1 if sine_only else 2))`.
+    """
+    d = pos.shape[-1]
+    if len(max_resolution) != d:
+        raise ValueError(f"max_resolution needs one entry per position axis ({d}), got {tuple(max_resolution)}")
+    bands = torch.stack(
+        [torch.linspace(1.0, res / 2, num_bands, device=pos.device, dtype=pos.dtype) for res in max_resolution]
+    )  # (d, K)
+    feats = (pos[..., :, None] * bands).flatten(-2) * math.pi  # (..., d*K), axis-major
+    parts = [feats.sin()] if sine_only else [feats.sin(), feats.cos()]
+    if concat_pos:
+        parts.insert(0, pos)
+    return torch.cat(parts, dim=-1)
+
+
+def fourier_channels(num_axes: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> int:
+    """Channels produced by `fourier_features` for `num_axes` position axes."""
+    return num_axes * (int(concat_pos) + num_bands * (1 if sine_only else 2))
+
+
+def axial_fourier_features(pos: Tensor, num_bands: int, max_freq: float) -> Tensor:
+    """perceiver-pytorch's Fourier features of `pos` `(..., d)` -> `(..., d * (2K + 1))`, per axis `[sin|cos|x]`."""
+    x = pos[..., None]  # (..., d, 1)
+    bands = torch.linspace(1.0, max_freq / 2, num_bands, device=pos.device, dtype=pos.dtype)
+    scaled = x * bands * math.pi
+    return torch.cat([scaled.sin(), scaled.cos(), x], dim=-1).flatten(-2)
+
+
+class FourierPositionEncoding(nn.Module):
+    """Fourier position encoding of an index grid, cached per shape.
+
+    Args:
+        num_bands: frequency bands `K` per axis.
+        max_resolution: DeepMind convention: the Nyquist resolution per axis (defaults to the grid shape).
+        concat_pos, sine_only: DeepMind convention switches.
+        max_freq: if given, use perceiver-pytorch's convention with this maximum frequency instead.
+
+    `forward(index_dims)` returns `(*index_dims, C)`; the caller broadcasts over the batch.
+    """
+
+    def __init__(
+        self,
+        num_bands: int,
+        max_resolution: Sequence[int] | None = None,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+        max_freq: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_bands < 1:
+            raise ValueError(f"num_bands must be >= 1, got {num_bands}")
+        self.num_bands = num_bands
+        self.max_resolution = tuple(max_resolution) if max_resolution is not None else None
+        self.concat_pos = concat_pos
+        self.sine_only = sine_only
+        self.max_freq = max_freq
+        self.register_buffer("cached", torch.empty(0), persistent=False)
+        self._cached_dims: tuple[int, ...] | None = None
+
+    def num_channels(self, num_axes: int) -> int:
+        if self.max_freq is not None:
+            return num_axes * (2 * self.num_bands + 1)
+        return fourier_channels(num_axes, self.num_bands, self.concat_pos, self.sine_only)
+
+    def build(self, index_dims: Sequence[int], device: torch.device | None = None, dtype=torch.float32) -> Tensor:
+        pos = linear_positions(index_dims, device=device, dtype=dtype)
+        if self.max_freq is not None:
+            return axial_fourier_features(pos, self.num_bands, self.max_freq)
+        res = self.max_resolution if self.max_resolution is not None else tuple(index_dims)
+        return fourier_features(pos, self.num_bands, res, self.concat_pos, self.sine_only)
+
+    def forward(self, index_dims: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+        index_dims = tuple(int(n) for n in index_dims)
+        dtype = dtype or (self.cached.dtype if self.cached.is_floating_point() else torch.float32)
+        if self._cached_dims != index_dims or self.cached.dtype != dtype:
+            # Built in fp32 and cast, so the values do not depend on the dtype they are asked in.
+            self.cached = self.build(index_dims, device=self.cached.device).to(dtype)
+            self._cached_dims = index_dims
+        return self.cached
+
+
+class TrainablePositionEncoding(nn.Module):
+    """Learned position embeddings `(num_positions, num_channels)`, e.g. for text or a fixed image grid.
+
+    `forward()` returns `(num_positions, num_channels)`. `interpolate(index_dims, new_dims)` resizes a grid-shaped
+    table bicubically (for another image size).
+    """
+
+    def __init__(self, num_positions: int, num_channels: int, init_scale: float = 0.02) -> None:
+        super().__init__()
+        if num_positions < 1 or num_channels < 1:
+            raise ValueError(f"need num_positions >= 1 and num_channels >= 1, got {num_positions}, {num_channels}")
+        self.position_embeddings = nn.Parameter(torch.randn(num_positions, num_channels) * init_scale)
+
+    @property
+    def num_positions(self) -> int:
+        return self.position_embeddings.shape[0]
+
+    def forward(self, num_positions: int | None = None) -> Tensor:
+        if num_positions is None:
+            return self.position_embeddings
+        if num_positions > self.num_positions:
+            raise ValueError(f"expected at most {self.num_positions} positions, got {num_positions}")
+        return self.position_embeddings[:num_positions]
+
+    def interpolate(self, index_dims: Sequence[int], new_dims: Sequence[int]) -> Tensor:
+        """The table seen as a 2-D grid `index_dims`, resized to `new_dims`: `(prod(new_dims), C)`."""
+        index_dims, new_dims = tuple(index_dims), tuple(new_dims)
+        if index_dims == new_dims:
+            return self.position_embeddings
+        if len(index_dims) != 2 or len(new_dims) != 2:
+            raise ValueError(f"interpolation needs 2-D grids, got {index_dims} -> {new_dims}")
+        c = self.position_embeddings.shape[-1]
+        grid = self.position_embeddings.reshape(1, *index_dims, c).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid.float(), size=new_dims, mode="bicubic", align_corners=False)
+        return grid.to(self.position_embeddings.dtype).permute(0, 2, 3, 1).reshape(-1, c)
