@@ -1,8 +1,41 @@
 """perceiver-torch: Perceiver, Perceiver IO and friends in PyTorch."""
 
+from perceiver.decoder import (
+    AdaptedInputs,
+    DecoderConfig,
+    FourierQueries,
+    InputQueries,
+    PerceiverDecoder,
+    QueryBuilder,
+    TrainableQueries,
+)
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.models.classic import Perceiver, PerceiverConfig
+from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
+from perceiver.models import Perceiver, PerceiverConfig
+from perceiver.models.registry import create_model, list_models, register_model
+from perceiver.pretrained import from_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["EncoderConfig", "Perceiver", "PerceiverConfig", "PerceiverEncoder", "__version__"]
+__all__ = [
+    "AdaptedInputs",
+    "DecoderConfig",
+    "EncoderConfig",
+    "FourierQueries",
+    "InputAdapter",
+    "InputQueries",
+    "OutputAdapter",
+    "Perceiver",
+    "PerceiverConfig",
+    "PerceiverDecoder",
+    "PerceiverEncoder",
+    "PerceiverIO",
+    "PerceiverIOOutput",
+    "QueryBuilder",
+    "TrainableQueries",
+    "__version__",
+    "create_model",
+    "from_pretrained",
+    "list_models",
+    "register_model",
+]

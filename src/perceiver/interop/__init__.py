@@ -1,0 +1,4 @@
+"""Conversion from other implementations: transformers' Perceiver heads, perceiver-pytorch state dicts.
+
+Importing this package registers every transformers converter with `perceiver.pretrained`.
+"""

@@ -10,7 +10,7 @@ self-attention layers; `weight_tie_layers` shares everything after the first cro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
+from perceiver.models.registry import register_model, register_model_type
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -92,6 +93,9 @@ class PerceiverConfig:
         )
 
 
+_CONFIG_FIELDS = {f.name for f in fields(PerceiverConfig)}
+
+
 class ClassifierHead(nn.Module):
     """Mean over latents, LayerNorm, Linear: `(B, N, D) -> (B, K)`."""
 
@@ -104,6 +108,7 @@ class ClassifierHead(nn.Module):
         return self.fc(self.norm(latents.mean(dim=1)))
 
 
+@register_model_type
 class Perceiver(PretrainedMixin, nn.Module):
     """Classic Perceiver classifier over channels-last data `(B, *axes, C)`; see `PerceiverConfig` for arguments.
 
@@ -113,9 +118,30 @@ class Perceiver(PretrainedMixin, nn.Module):
     config_class = PerceiverConfig
     model_type = "perceiver"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        input_channels: int = 3,
+        input_axis: int = 2,
+        num_freq_bands: int = 6,
+        max_freq: float = 10.0,
+        depth: int = 6,
+        num_latents: int = 256,
+        latent_dim: int = 512,
+        cross_heads: int = 1,
+        latent_heads: int = 8,
+        cross_dim_head: int = 64,
+        latent_dim_head: int = 64,
+        num_classes: int = 1000,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        weight_tie_layers: bool = False,
+        fourier_encode_data: bool = True,
+        self_per_cross_attn: int = 1,
+        final_classifier_head: bool = True,
+    ) -> None:
         super().__init__()
-        self.config = config = PerceiverConfig(**kwargs)
+        self.config = config = PerceiverConfig(**{k: v for k, v in locals().items() if k in _CONFIG_FIELDS})
         self.position_encoding = (
             FourierPositionEncoding(config.num_freq_bands, max_freq=config.max_freq)
             if config.fourier_encode_data
@@ -183,3 +209,9 @@ class Perceiver(PretrainedMixin, nn.Module):
         """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> `(B, num_classes)` or `(B, N, D)`."""
         latents = self.forward_features(data, mask)
         return latents if return_embeddings else self.forward_head(latents)
+
+
+@register_model("perceiver")
+def perceiver(**overrides: Any) -> Perceiver:
+    """The classic Perceiver with the README snippet's settings (ImageNet-sized, 224x224x3 channels-last input)."""
+    return Perceiver(**overrides)

@@ -1,0 +1,204 @@
+"""`PerceiverDecoder` and query builders: output queries cross-attend to the latents.
+
+    queries (B, O, E) --CrossAttention(latents (B, N, D))--> (B, O, E) --final Linear--> (B, O, F)
+
+Queries do not interact, so decoding splits over query chunks exactly: `query_chunk_size` bounds the memory of the
+decoder (the MLP's hidden `(B, chunk, widening * E)` and, when maps are asked for, the attention matrix) and
+`output_index` decodes only some output positions. A query builder makes the queries for given positions only, so
+neither the full query array nor the full output is needed unless asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.nn.attention import Activation, CrossAttentionLayer
+from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
+
+
+@dataclass
+class AdaptedInputs:
+    """What an input adapter hands to the encoder and the query builder.
+
+    tokens: `(B, M, C)` encoder inputs (with position features); mask: `(B, M)` boolean, True = valid, or None;
+    without_pos: `(B, M, C')` the same tokens before position features, where a query builder needs them;
+    modality_sizes: tokens per modality for multimodal inputs (in order).
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+    without_pos: Tensor | None = None
+    modality_sizes: dict[str, int] | None = None
+
+
+@dataclass
+class DecoderConfig:
+    """Hyper-parameters of a `PerceiverDecoder`.
+
+    query_dim: channels `E` of the queries; latent_dim: channels `D` of the latents; output_dim: channels `F` of the
+    final projection (None: no projection, the output keeps `E` channels).
+    """
+
+    query_dim: int
+    latent_dim: int
+    output_dim: int | None = None
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    activation: Activation = "gelu"
+    use_query_residual: bool = False
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+
+
+class PerceiverDecoder(nn.Module):
+    """Cross-attend from queries `(B, O, E)` to latents `(B, N, D)`; optionally project to `output_dim`."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.cross_attention = CrossAttentionLayer(
+            c.query_dim,
+            c.latent_dim,
+            c.num_heads,
+            c.qk_channels,
+            c.v_channels,
+            c.widening_factor,
+            c.activation,
+            attn_dropout=c.attn_dropout,
+            ff_dropout=c.ff_dropout,
+            use_query_residual=c.use_query_residual,
+        )
+        self.final_layer = nn.Linear(c.query_dim, c.output_dim) if c.output_dim is not None else nn.Identity()
+
+    def forward(self, queries: Tensor, latents: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        """`queries` `(B, O, E)`, `latents` `(B, N, D)` -> `(B, O, F)` and maps `(B, H, O, N)` or None."""
+        out, probs = self.cross_attention(queries, latents, return_attention=return_attention)
+        return self.final_layer(out), probs
+
+
+class QueryBuilder(nn.Module):
+    """Makes decoder queries for chosen output positions.
+
+    `forward(adapted, index)` returns `(B, O', E)` for the flat output positions `index` `(O',)` (all positions
+    when None). `num_queries(adapted)` is the number of output positions `O`.
+    """
+
+    num_channels: int
+
+    def num_queries(self, adapted: AdaptedInputs) -> int:
+        raise NotImplementedError
+
+    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class TrainableQueries(QueryBuilder):
+    """Learned queries `(O, E)`, e.g. one classification query or one per output position."""
+
+    def __init__(self, num_queries: int, num_channels: int, init_scale: float = 0.02) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.encoding = TrainablePositionEncoding(num_queries, num_channels, init_scale)
+
+    def num_queries(self, adapted: AdaptedInputs) -> int:
+        return self.encoding.num_positions
+
+    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+        q = self.encoding()
+        q = q if index is None else q[index]
+        return q.expand(adapted.tokens.shape[0], -1, -1)
+
+
+class FourierQueries(QueryBuilder):
+    """Fourier features of an output grid `index_dims` (DeepMind convention), optionally projected.
+
+    The feature table is built once per grid (cached) and rows are selected by `index`.
+    """
+
+    def __init__(
+        self,
+        index_dims: Sequence[int],
+        num_bands: int,
+        max_resolution: Sequence[int] | None = None,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+        project_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.index_dims = tuple(index_dims)
+        self.encoding = FourierPositionEncoding(num_bands, max_resolution or self.index_dims, concat_pos, sine_only)
+        raw = self.encoding.num_channels(len(self.index_dims))
+        self.projection = nn.Linear(raw, project_dim) if project_dim else None
+        self.num_channels = project_dim or raw
+
+    def num_queries(self, adapted: AdaptedInputs) -> int:
+        return prod(self.index_dims)
+
+    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+        table = self.encoding(self.index_dims).reshape(-1, self.encoding.num_channels(len(self.index_dims)))
+        q = table if index is None else table[index.to(table.device)]
+        if self.projection is not None:
+            q = self.projection(q)
+        return q.expand(adapted.tokens.shape[0], -1, -1)
+
+
+class InputQueries(QueryBuilder):
+    """Queries taken from the adapted inputs (one output per input token, e.g. optical flow per pixel)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+
+    def num_queries(self, adapted: AdaptedInputs) -> int:
+        return adapted.tokens.shape[1]
+
+    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+        return adapted.tokens if index is None else adapted.tokens[:, index.to(adapted.tokens.device)]
+
+
+def decode(
+    decoder: PerceiverDecoder,
+    query_builder: QueryBuilder,
+    adapted: AdaptedInputs,
+    latents: Tensor,
+    output_index: Tensor | None = None,
+    query_chunk_size: int | None = None,
+    return_attention: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Decode the output positions `output_index` `(O',)` (all when None) in chunks of `query_chunk_size`.
+
+    Returns `(B, O', F)` and, with `return_attention`, the maps `(B, H, O', N)`. Chunked decoding equals one-shot
+    decoding exactly (queries are independent), with memory bounded by the chunk.
+    """
+    total = query_builder.num_queries(adapted)
+    if output_index is not None:
+        output_index = torch.as_tensor(output_index, dtype=torch.long, device=latents.device).flatten()
+        if output_index.numel() and (int(output_index.min()) < 0 or int(output_index.max()) >= total):
+            raise ValueError(
+                f"output_index must lie in [0, {total}), got values in "
+                f"[{int(output_index.min())}, {int(output_index.max())}]"
+            )
+    if query_chunk_size is not None and query_chunk_size < 1:
+        raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
+    count = total if output_index is None else output_index.numel()
+    if query_chunk_size is None or query_chunk_size >= count:
+        return decoder(query_builder(adapted, output_index), latents, return_attention)
+    outs, maps = [], []
+    for start in range(0, count, query_chunk_size):
+        stop = min(start + query_chunk_size, count)
+        if output_index is None:
+            index = torch.arange(start, stop, device=latents.device)
+        else:
+            index = output_index[start:stop]
+        out, probs = decoder(query_builder(adapted, index), latents, return_attention)
+        outs.append(out)
+        if probs is not None:
+            maps.append(probs)
+    return torch.cat(outs, dim=1), (torch.cat(maps, dim=2) if maps else None)

@@ -1,0 +1,138 @@
+"""Shared pieces for converting transformers' Perceiver checkpoints (the port of DeepMind's weights).
+
+transformers' `PerceiverLayer` is the same pre-LN block as our `CrossAttentionLayer` / `SelfAttentionLayer`:
+
+    attention.self.layernorm1 -> q_norm (norm for self-attention)   attention.self.layernorm2 -> kv_norm (cross only)
+    attention.self.{query,key,value} -> attention.{q,k,v}_proj      attention.output.dense -> attention.o_proj
+    layernorm -> mlp_norm                                          mlp.dense{1,2} -> mlp.fc{1,2}
+
+Channel widths are read off the weights, so configs that leave `qk_channels` / `v_channels` unset (where transformers
+falls back to `cross_attention_shape_for_attention`) convert without re-deriving its defaults. Each head's converter
+lives in its own module and registers itself with `perceiver.pretrained.register_hf_converter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from perceiver.decoder import DecoderConfig
+from perceiver.encoder import EncoderConfig
+
+_LAYER_KEYS = {
+    "attention.self.layernorm2": "kv_norm",
+    "attention.self.query": "attention.q_proj",
+    "attention.self.key": "attention.k_proj",
+    "attention.self.value": "attention.v_proj",
+    "attention.output.dense": "attention.o_proj",
+    "layernorm": "mlp_norm",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.dense2": "mlp.fc2",
+}
+
+
+def layer_key_map(hf_prefix: str, our_prefix: str, cross: bool) -> dict[str, str]:
+    """Our key -> transformers key for one `PerceiverLayer` (weights and biases)."""
+    pairs = dict(_LAYER_KEYS)
+    pairs["attention.self.layernorm1"] = "q_norm" if cross else "norm"
+    if not cross:
+        del pairs["attention.self.layernorm2"]
+    return {
+        f"{our_prefix}.{ours}.{p}": f"{hf_prefix}.{theirs}.{p}"
+        for theirs, ours in pairs.items()
+        for p in ("weight", "bias")
+    }
+
+
+def layer_channels(sd: dict[str, Tensor], hf_prefix: str) -> tuple[int, int, int]:
+    """(qk_channels, v_channels, widening_factor) of a transformers `PerceiverLayer` from its weights."""
+    qk = sd[f"{hf_prefix}.attention.self.query.weight"].shape[0]
+    v = sd[f"{hf_prefix}.attention.self.value.weight"].shape[0]
+    hidden, q_dim = sd[f"{hf_prefix}.mlp.dense1.weight"].shape
+    return qk, v, hidden // q_dim
+
+
+def encoder_from_hf(
+    config: dict[str, Any], sd: dict[str, Tensor], prefix: str = "perceiver"
+) -> tuple[EncoderConfig, dict[str, str]]:
+    """Our `EncoderConfig` for a transformers `PerceiverModel` and the key map `ours (encoder.*) -> theirs`."""
+    cross = f"{prefix}.encoder.cross_attention"
+    cqk, cv, cw = layer_channels(sd, cross)
+    n_self = config["num_self_attends_per_block"]
+    sqk, sv, sw = layer_channels(sd, f"{prefix}.encoder.self_attends.0") if n_self else (None, None, 1)
+    latents = sd[f"{prefix}.embeddings.latents"]
+    enc = EncoderConfig(
+        input_dim=sd[f"{cross}.attention.self.key.weight"].shape[1],
+        num_latents=latents.shape[0],
+        latent_dim=latents.shape[1],
+        num_cross_attends=1,
+        num_self_attends_per_block=n_self,
+        num_blocks=config["num_blocks"],
+        cross_heads=config["num_cross_attention_heads"],
+        latent_heads=config["num_self_attention_heads"],
+        cross_qk_channels=cqk,
+        cross_v_channels=cv,
+        latent_qk_channels=sqk,
+        latent_v_channels=sv,
+        cross_widening_factor=cw,
+        latent_widening_factor=sw,
+        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
+        use_query_residual=config.get("use_query_residual", True),
+    )
+    keys = {"encoder.latents": f"{prefix}.embeddings.latents"}
+    keys |= layer_key_map(cross, "encoder.cross_attends.0", cross=True)
+    for i in range(n_self):
+        keys |= layer_key_map(f"{prefix}.encoder.self_attends.{i}", f"encoder.latent_blocks.0.{i}", cross=False)
+    return enc, keys
+
+
+def decoder_from_hf(
+    config: dict[str, Any], sd: dict[str, Tensor], hf_prefix: str, num_heads: int, use_query_residual: bool
+) -> tuple[DecoderConfig, dict[str, str]]:
+    """Our `DecoderConfig` for a transformers `PerceiverBasicDecoder` at `hf_prefix`, and its key map.
+
+    `num_heads` and `use_query_residual` are not visible in the weights: pass what the transformers head uses.
+    """
+    layer = f"{hf_prefix}.decoding_cross_attention"
+    qk, v, widening = layer_channels(sd, layer)
+    final = f"{hf_prefix}.final_layer.weight"
+    dec = DecoderConfig(
+        query_dim=sd[f"{layer}.attention.self.query.weight"].shape[1],
+        latent_dim=sd[f"{layer}.attention.self.key.weight"].shape[1],
+        output_dim=sd[final].shape[0] if final in sd else None,
+        num_heads=num_heads,
+        qk_channels=qk,
+        v_channels=v,
+        widening_factor=widening,
+        use_query_residual=use_query_residual,
+        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
+    )
+    keys = layer_key_map(layer, "decoder.cross_attention", cross=True)
+    if final in sd:
+        keys |= {"decoder.final_layer.weight": final, "decoder.final_layer.bias": f"{hf_prefix}.final_layer.bias"}
+    return dec, keys
+
+
+def load_converted(model: nn.Module, sd: dict[str, Tensor], keys: dict[str, str]) -> nn.Module:
+    """Load `sd[theirs]` into `model[ours]` for every pair of `keys`; every parameter and buffer of ours must be
+    covered and shapes must agree, else a ValueError names the keys."""
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(keys))
+    absent = sorted(theirs for theirs in keys.values() if theirs not in sd)
+    if missing or absent:
+        raise ValueError(
+            f"cannot convert checkpoint: ours without a source {missing[:8]}, sources not in it {absent[:8]}"
+        )
+    converted = {}
+    for mine, theirs in keys.items():
+        tensor = sd[theirs]
+        if mine not in ours:
+            raise ValueError(f"conversion maps {theirs} to {mine}, which this model does not have")
+        if tuple(tensor.shape) != tuple(ours[mine].shape):
+            tensor = tensor.reshape(ours[mine].shape) if tensor.numel() == ours[mine].numel() else tensor
+        if tuple(tensor.shape) != tuple(ours[mine].shape):
+            raise ValueError(f"{theirs}: shape {tuple(tensor.shape)} does not fit {mine} {tuple(ours[mine].shape)}")
+        converted[mine] = tensor
+    model.load_state_dict(converted, strict=True)
+    return model
