@@ -1,0 +1,267 @@
+"""Plumbing shared by every datamodule: deterministic epoch-aware sampling, per-sample RNGs, file checks.
+
+Determinism contract (all datamodules of `perceiver.data`):
+
+- Splits and evaluation data (validation / test sets, validation MLM masks, synthetic validation / test samples)
+  are fixed: they do not depend on the `seed` argument, so metrics are comparable across seeds and epochs.
+- `seed` drives everything random in training: the order of training samples, augmentation and MLM masks.
+  Epoch `e` shuffles with `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, exactly the
+  permutation of `torch.utils.data.DistributedSampler(seed=seed)`, and rank `r` of `R` processes takes
+  `perm[r::R]` (padded like `DistributedSampler`). So with `R` processes and per-process batch `b` every global
+  step sees the same samples as one process with batch `R * b`.
+- Per-sample randomness is a function of `(seed, epoch, index)` only (see `sample_rng`): it does not depend on the
+  number of workers, processes or the batch a sample lands in, and a run resumed at an epoch boundary sees the
+  same data as an uninterrupted run. The sampler yields `SampleKey(epoch, index)` so that the epoch reaches
+  worker processes; datasets also accept a plain `int` index (epoch 0).
+- The epoch comes from the attached Lightning trainer (`trainer.current_epoch`), or from `set_epoch(e)` on the
+  sampler when the loader is used without Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+ImageCheck = Literal["decode", "verify", "none"]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class SampleKey(NamedTuple):
+    """What the training sampler yields: the epoch and the dataset index."""
+
+    epoch: int
+    index: int
+
+
+def split_key(key: int | Sequence[int]) -> tuple[int, int]:
+    """`SampleKey(epoch, index)` or a plain index (epoch 0) -> `(epoch, index)`."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+def sample_rng(*keys: int) -> np.random.Generator:
+    """A numpy generator that is a pure function of the non-negative integers `keys` (e.g. seed, stream, epoch, index)."""
+    return np.random.default_rng([int(k) for k in keys])
+
+
+class KeyedDataset(Dataset):
+    """Map-style dataset whose items may depend on the epoch: subclasses implement `get(index, epoch)`."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def get(self, index: int, epoch: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | Sequence[int]) -> Any:
+        epoch, index = split_key(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        return self.get(index, epoch)
+
+
+class EpochSampler(DistributedSampler):
+    """Deterministic (optionally distributed) sampler yielding `SampleKey(epoch, index)`.
+
+    The permutation of epoch `e` is `randperm(n, generator=manual_seed(seed + e))`, identical to
+    `DistributedSampler(dataset, num_replicas, rank, shuffle, seed)`. Being a `DistributedSampler`, Lightning does
+    not replace it under DDP; the datamodules build it with the trainer's world size and rank.
+
+    Args:
+        dataset: the dataset (only its length is used).
+        shuffle: shuffle every epoch (training) or keep the order.
+        seed: base seed of the permutation.
+        num_replicas, rank: number of processes and this process's rank.
+        epoch_fn: returns the current epoch when iteration starts (takes precedence over `set_epoch`); the
+            datamodules pass `lambda: trainer.current_epoch` so the epoch is right even for the first epoch after a
+            resume, whose iterator Lightning creates before it calls `set_epoch`.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        epoch_fn: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.epoch_fn = epoch_fn
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        if self.epoch_fn is not None:
+            self.epoch = int(self.epoch_fn())
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(n, generator=g).tolist()
+        else:
+            indices = list(range(n))
+        pad = self.total_size - n
+        if pad > 0:
+            indices += (indices * math.ceil(pad / max(n, 1)))[:pad]
+        return iter([SampleKey(self.epoch, i) for i in indices[self.rank : self.total_size : self.num_replicas]])
+
+
+class BaseDataModule(LightningDataModule):
+    """Common constructor arguments and loaders; subclasses set `train_set`, `val_set`, `test_set` in `setup()`.
+
+    Args:
+        batch_size: samples per batch per process.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        seed: non-negative seed of training order, augmentation and masks (see the module docstring).
+    """
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    val_collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by `train_dataloader()` when no Lightning trainer is attached."""
+        self._epoch = epoch
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else self._epoch
+
+    def _require(self, dataset: Dataset | None, split: str) -> Dataset:
+        if dataset is None:
+            self.setup("fit" if split != "test" else "test")
+            dataset = getattr(self, f"{split}_set")
+        if dataset is None:
+            raise ValueError(f"{type(self).__name__} has no {split} split (see its constructor arguments)")
+        return dataset
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_set, "train")
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(
+            dataset, shuffle=True, seed=self.seed, num_replicas=world, rank=rank, epoch_fn=self._current_epoch
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.val_collate_fn or self.collate_fn,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.val_set, "val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require(self.test_set, "test"))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices `(keep, held_out)` with about `fraction` of every class held out (at least one sample per class
+    that has >= 2 samples, none when `fraction == 0`), deterministic given `seed`; both sorted."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"split fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if fraction == 0 or len(idx) < 2:
+            continue
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        held.append(rng.permutation(idx)[:k])
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), held_out)
+    return keep, held_out
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """`Path(path)` if it is an existing file, else `FileNotFoundError` naming it."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str = "directory") -> Path:
+    """`Path(path)` if it is an existing directory, else `FileNotFoundError` naming it."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    return p
+
+
+def check_image(path: str | os.PathLike, mode: ImageCheck = "decode") -> None:
+    """Raise `ValueError` naming `path` if Pillow cannot open (`verify`: open + integrity check) or fully decode
+    (`decode`) the image; `none` checks nothing."""
+    if mode == "none":
+        return
+    if mode not in ("decode", "verify"):
+        raise ValueError(f"image check must be 'decode', 'verify' or 'none', got {mode!r}")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if mode == "verify":
+                im.verify()
+            else:
+                im.load()
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
+    """Decode an image to float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
+    with bilinear filtering (aspect ratio not preserved) when given. Raises `ValueError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if grayscale else "RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except Exception as e:
+        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+    return arr[..., None] if grayscale else arr
+
+
+def as_hw(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """`64` or `(64, 96)` -> `(H, W)`, validated positive."""
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+    return hw  # type: ignore[return-value]
