@@ -106,7 +106,7 @@ def test_missing_field_names_field_and_file(tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl.*'sentiment' not found"):
         dm.setup()
     with pytest.raises(ValueError, match="'body' not found"):
-        make(tmp_path, train_file=train, text_field="body").num_classes
+        _ = make(tmp_path, train_file=train, text_field="body").num_classes
 
 
 def test_corrupt_file_and_bad_labels_name_the_file(tmp_path):
