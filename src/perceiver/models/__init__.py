@@ -3,3 +3,6 @@
 from perceiver.models.classic import Perceiver, PerceiverConfig
 
 __all__ = ["Perceiver", "PerceiverConfig"]
+from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification  # noqa: E402
+
+__all__ += ["ImageClassifierConfig", "PerceiverForImageClassification"]

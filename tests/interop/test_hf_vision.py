@@ -1,0 +1,151 @@
+"""Parity with transformers' Perceiver image classifiers: random transformers models are saved with
+`save_pretrained`, loaded with `perceiver.from_pretrained`, and must give the same logits (max abs diff <= 1e-4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import perceiver
+from perceiver.models.vision import PerceiverForImageClassification
+
+transformers = pytest.importorskip("transformers")
+
+HEADS = {
+    "learned": transformers.PerceiverForImageClassificationLearned,
+    "fourier": transformers.PerceiverForImageClassificationFourier,
+    "conv": transformers.PerceiverForImageClassificationConvProcessing,
+}
+IMAGE_SIZE = {"learned": 16, "fourier": 16, "conv": 32}  # conv: 32 -> 16 -> 7x7 tokens in transformers
+
+# Small configurations covering heads 1 / 8, qk / v channels set and unset, 1 / 2 blocks, query residual on / off.
+# transformers' latent self-attention only works when its v_channels (default: qk_channels) equal d_latents.
+CONFIGS = {
+    "h1-default-b1-res": dict(d_latents=32, num_blocks=1, use_query_residual=True),
+    "h8-qkv-b2-nores": dict(
+        d_latents=64,
+        num_self_attention_heads=8,
+        num_cross_attention_heads=8,
+        qk_channels=32,
+        v_channels=64,
+        num_blocks=2,
+        use_query_residual=False,
+    ),
+    "h8-qk-b2-res-wide": dict(
+        d_latents=64,
+        num_self_attention_heads=8,
+        qk_channels=64,
+        num_blocks=2,
+        use_query_residual=True,
+        self_attention_widening_factor=2,
+        cross_attention_widening_factor=2,
+    ),
+    "h1-unset-b1-nores": dict(
+        d_latents=32, num_blocks=1, use_query_residual=False, cross_attention_shape_for_attention="q"
+    ),
+}
+
+
+def hf_model(head: str, image_size: int | None = None, **overrides):
+    """A randomly initialised transformers head with weights perturbed away from their init (and BN statistics)."""
+    base = dict(
+        num_latents=12,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=1,
+        num_cross_attention_heads=1,
+        image_size=image_size or IMAGE_SIZE[head],
+        num_labels=7,
+        attention_probs_dropout_prob=0.1,  # must be off in eval mode
+    )
+    model = HEADS[head](transformers.PerceiverConfig(**{**base, **overrides}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.5)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def load_ours(model, tmp_path, **fields) -> PerceiverForImageClassification:
+    model.save_pretrained(tmp_path)
+    ours = perceiver.from_pretrained(tmp_path)
+    if fields:  # switches that are not in the checkpoint (e.g. transformers' conv-stem padding): rebuild and reload
+        switched = PerceiverForImageClassification(replace(ours.config, **fields))
+        switched.load_state_dict(ours.state_dict())
+        ours = switched.eval()
+    return ours
+
+
+def max_diff(hf, ours, x, **kwargs) -> float:
+    with torch.no_grad():
+        theirs = hf(inputs=x, **kwargs).logits
+        mine = ours(x, **kwargs).logits
+    assert mine.shape == theirs.shape
+    assert theirs.std() > 0.1, "logits too flat for a meaningful comparison"
+    return (mine - theirs).abs().max().item()
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("head", list(HEADS))
+def test_parity(head, config, tmp_path):
+    hf = hf_model(head, **CONFIGS[config])
+    ours = load_ours(hf, tmp_path, **({"same_padding": False} if head == "conv" else {}))
+    assert isinstance(ours, PerceiverForImageClassification) and not ours.training
+    x = torch.randn(2, 3, IMAGE_SIZE[head], IMAGE_SIZE[head])
+    assert max_diff(hf, ours, x) <= 1e-4
+
+
+def test_learned_interpolate_pos_encoding_parity(tmp_path):
+    """transformers 5 interpolates learned positions bicubically too: same numbers at another image size."""
+    hf = hf_model("learned", image_size=8, d_latents=32)
+    ours = load_ours(hf, tmp_path)
+    for size in (12, 6):
+        x = torch.randn(2, 3, size, size)
+        assert max_diff(hf, ours, x, interpolate_pos_encoding=True) <= 1e-4
+    with pytest.raises(ValueError, match=r"expected pixel_values of shape \(B, 3, 8, 8\).*got \(2, 3, 6, 6\)"):
+        ours(torch.randn(2, 3, 6, 6))
+
+
+def test_attention_mask_parity(tmp_path):
+    hf = hf_model("fourier", d_latents=32)
+    ours = load_ours(hf, tmp_path)
+    x = torch.randn(2, 3, 16, 16)
+    mask = torch.ones(2, 256)
+    mask[0, 100:] = 0
+    mask[1, :30] = 0
+    assert max_diff(hf, ours, x, attention_mask=mask) <= 1e-4
+
+
+def test_conv_default_is_deepmind_same_padding(tmp_path):
+    """Converted conv heads default to SAME padding (8x8 tokens at 32, as DeepMind); the switch gives transformers'."""
+    hf = hf_model("conv", d_latents=32)
+    hf.save_pretrained(tmp_path)
+    ours = perceiver.from_pretrained(tmp_path)
+    assert ours.config.same_padding and ours.input_adapter.token_grid(32, 32) == (8, 8)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert ours(x).last_hidden_state.shape == (1, 12, 32)
+        assert not torch.allclose(ours(x).logits, hf(inputs=x).logits, atol=1e-4)
+
+
+def test_converted_config_reads_checkpoint(tmp_path):
+    hf = hf_model("learned", image_size=8, d_latents=32, num_labels=3, num_blocks=2)
+    ours = load_ours(hf, tmp_path)
+    c = ours.config
+    assert (c.image_size, c.num_labels, c.num_latents, c.latent_dim, c.num_blocks) == ((8, 8), 3, 12, 32, 2)
+    assert ours.encoder.config.cross_qk_channels == 512  # 'kv': the input's 256 + 256 channels
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["PerceiverForImageClassificationLearned"]
+
+
+def test_unsupported_architecture_is_rejected(tmp_path):
+    from perceiver.interop.hf_vision import convert_image_classifier
+
+    with pytest.raises(ValueError, match="PerceiverForImageClassificationLearned"):
+        convert_image_classifier({"architectures": ["PerceiverForOpticalFlow"]}, {})
