@@ -6,3 +6,6 @@ __all__ = ["Perceiver", "PerceiverConfig"]
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification  # noqa: E402
 
 __all__ += ["ImageClassifierConfig", "PerceiverForImageClassification"]
+from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification  # noqa: E402
+
+__all__ += ["PerceiverForMaskedLM", "PerceiverForSequenceClassification"]

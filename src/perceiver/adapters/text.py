@@ -1,0 +1,114 @@
+"""Text bytes in, bytes out: the input adapter and the tied masked-LM output of DeepMind's language Perceiver IO.
+
+    input_ids (B, L) --token embedding (V, C) + learned positions (max_seq_len, C)[:L]--> tokens (B, L, C)
+    decoder output (B, O, C) --x @ embedding.T + bias--> logits (B, O, V)
+
+The vocabulary is UTF-8 bytes plus six special tokens (262 ids, see `perceiver.tokenizer.ByteTokenizer`); the
+positions are learned up to `max_seq_len` (2048 in the published model). Masks are boolean, True = real token; the
+adapter also takes the 0/1 integer or float masks tokenizers produce and converts them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.decoder import AdaptedInputs
+from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.nn.position import TrainablePositionEncoding
+
+
+def _check_ids(input_ids: Tensor, vocab_size: int, max_seq_len: int) -> None:
+    if not isinstance(input_ids, Tensor):
+        raise ValueError(f"expected input_ids as a torch.Tensor of shape (B, L), got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"expected input_ids of shape (B, L), got {tuple(input_ids.shape)}")
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise ValueError(f"expected integer token ids (e.g. torch.long), got dtype {input_ids.dtype}")
+    length = input_ids.shape[1]
+    if length == 0:
+        raise ValueError(f"expected at least one token per sequence, got input_ids of shape {tuple(input_ids.shape)}")
+    if length > max_seq_len:
+        raise ValueError(
+            f"expected at most {max_seq_len} tokens (the model's max_seq_len), got {length}; "
+            f"truncate the text (e.g. tokenizer(..., truncation=True, max_length={max_seq_len}))"
+        )
+    if input_ids.numel():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"expected token ids in [0, {vocab_size}), got values in [{low}, {high}]")
+
+
+def to_bool_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
+    """A user's attention mask `(B, L)` (bool, or 0/1 integers or floats) as a boolean mask, True = real token.
+
+    Raises ValueError for a mask whose shape does not match `input_ids` or with values other than 0 and 1.
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor):
+        raise ValueError(f"expected attention_mask as a torch.Tensor of shape (B, L), got {type(attention_mask)}")
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"expected attention_mask of the same shape as input_ids {tuple(input_ids.shape)}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if attention_mask.dtype == torch.bool:
+        return attention_mask.to(input_ids.device)
+    if attention_mask.is_complex():
+        raise ValueError(f"expected a bool, integer or float attention_mask, got dtype {attention_mask.dtype}")
+    binary = (attention_mask == 0) | (attention_mask == 1)
+    if not bool(binary.all()):
+        bad = attention_mask[~binary].flatten()[:4].tolist()
+        raise ValueError(f"expected attention_mask values 0 (padding) or 1 (token), got e.g. {bad}")
+    return (attention_mask != 0).to(input_ids.device)
+
+
+class TextAdapter(InputAdapter):
+    """Token embedding plus learned absolute positions.
+
+    Args:
+        vocab_size: number of token ids `V` (262: 256 bytes + 6 special tokens).
+        max_seq_len: number of learned positions; longer inputs are rejected.
+        num_channels: embedding channels `C` (`d_model`, 768 in the published model).
+        init_scale: std of the normal initialisation of both tables.
+
+    `forward(input_ids (B, L), attention_mask (B, L) or None) -> AdaptedInputs` with tokens `(B, L, C)`, a boolean
+    mask `(B, L)` (or None) and `without_pos` = the token embeddings `(B, L, C)`.
+    """
+
+    def __init__(self, vocab_size: int = 262, max_seq_len: int = 2048, num_channels: int = 768, init_scale=0.02):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("max_seq_len", max_seq_len), ("num_channels", num_channels)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.num_channels = num_channels
+        self.token_embedding = nn.Embedding(vocab_size, num_channels)
+        nn.init.normal_(self.token_embedding.weight, std=init_scale)
+        self.position_encoding = TrainablePositionEncoding(max_seq_len, num_channels, init_scale)
+
+    def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
+        """`input_ids` `(B, L)` integer ids, `mask` `(B, L)` (True/1 = token, False/0 = padding) or None."""
+        _check_ids(input_ids, self.vocab_size, self.max_seq_len)
+        mask = to_bool_mask(mask, input_ids)
+        embedded = self.token_embedding(input_ids)  # (B, L, C)
+        tokens = embedded + self.position_encoding(input_ids.shape[1])
+        return AdaptedInputs(tokens=tokens, mask=mask, without_pos=embedded)
+
+
+class TiedEmbeddingOutput(OutputAdapter):
+    """Masked-LM logits from the decoder output with the input embedding as the output matrix.
+
+    `logits = x @ embedding.weight.T + bias`: `(B, O, C) -> (B, O, V)`, as transformers' `PerceiverEmbeddingDecoder`.
+    The embedding is shared with the input adapter (one parameter, trained by both uses).
+    """
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    def forward(self, x: Tensor, adapted: AdaptedInputs | None = None, output_index: Tensor | None = None) -> Tensor:
+        return nn.functional.linear(x, self.embedding.weight, self.bias)
