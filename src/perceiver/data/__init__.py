@@ -1,7 +1,14 @@
 """Datasets that work offline and loaders for local standard formats, as Lightning datamodules."""
 
 from perceiver.data.digits import DigitsDataModule
+from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataModule
 from perceiver.data.pydoc import PydocMLMDataModule
 from perceiver.data.text import TextClassificationDataModule
 
-__all__ = ["DigitsDataModule", "PydocMLMDataModule", "TextClassificationDataModule"]
+__all__ = [
+    "DigitsDataModule",
+    "ModelNetDataModule",
+    "PydocMLMDataModule",
+    "SyntheticPointCloudDataModule",
+    "TextClassificationDataModule",
+]

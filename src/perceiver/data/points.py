@@ -1,0 +1,496 @@
+"""Point-cloud classification: generated shapes (synthetic) and ModelNet-style `.off` meshes.
+
+`SyntheticPointCloudDataModule` -- SYNTHETIC data, generated on the fly, no files. Eight shape classes
+(`SHAPES`: sphere, cube, cylinder, cone, torus, pyramid, ellipsoid, helix), points sampled on the surface (the
+helix is a thin tube), then a uniformly random rotation, a random isotropic scale in [min_scale, max_scale],
+Gaussian jitter of std `noise` and a random number of points in [min_points, max_points]. Sample `i` has label
+`i % num_classes` (balanced) and is a pure function of `(seed, i)` for training and of a fixed seed for
+validation / test (so evaluation sets do not depend on `seed`); `resample_train=True` draws new training clouds
+every epoch.
+
+`ModelNetDataModule` -- meshes in the ModelNet40 layout `root/<class>/{train,test}/*.off`; every cloud is
+`num_points` points sampled uniformly on the surface (area-weighted triangles), centred and scaled into the unit
+sphere. Training clouds are resampled every epoch (optionally augmented: rotation about the up axis z, scale,
+jitter), validation (a stratified `val_fraction` of `train`, fixed) and test clouds are fixed.
+
+Batch (padded to the largest cloud of the batch):
+`{"inputs": float32 (B, P, 3), "mask": bool (B, P) True = real point, "labels": int64 (B,)}`.
+
+Attributes available right after construction: `num_classes`, `class_names`, `max_points` (P of the largest
+possible batch), `point_dim = 3`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from perceiver.data._common import BaseDataModule, KeyedDataset, require_dir, sample_rng, stratified_split
+
+EVAL_SEED = 0
+SPLIT_SEED = 0
+_TRAIN, _VAL, _TEST = 0, 1, 2
+
+# ----------------------------------------------------------------------------------------------- shape generators
+
+
+def _sphere(rng: np.random.Generator, n: int) -> np.ndarray:
+    p = rng.standard_normal((n, 3))
+    return p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+def _ellipsoid(rng: np.random.Generator, n: int) -> np.ndarray:
+    return _sphere(rng, n) * np.array([1.0, 0.65, 0.4])
+
+
+def _cube(rng: np.random.Generator, n: int, a: float = 0.6) -> np.ndarray:
+    p = rng.uniform(-a, a, size=(n, 3))
+    axis = rng.integers(0, 3, size=n)
+    p[np.arange(n), axis] = rng.choice([-a, a], size=n)
+    return p
+
+
+def _cylinder(rng: np.random.Generator, n: int, r: float = 0.5, h: float = 0.8) -> np.ndarray:
+    side, cap = 2 * np.pi * r * 2 * h, np.pi * r * r
+    on_side = rng.random(n) < side / (side + 2 * cap)
+    theta = rng.uniform(0, 2 * np.pi, n)
+    rad = np.where(on_side, r, r * np.sqrt(rng.random(n)))
+    z = np.where(on_side, rng.uniform(-h, h, n), rng.choice([-h, h], size=n))
+    return np.stack([rad * np.cos(theta), rad * np.sin(theta), z], axis=1)
+
+
+def _cone(rng: np.random.Generator, n: int, r: float = 0.7, h: float = 1.4) -> np.ndarray:
+    lateral, base = np.pi * r * np.hypot(r, h), np.pi * r * r
+    on_side = rng.random(n) < lateral / (lateral + base)
+    theta = rng.uniform(0, 2 * np.pi, n)
+    s = np.sqrt(rng.random(n))  # uniform area: radius fraction ~ sqrt(U)
+    rad = r * s
+    z = np.where(on_side, h * (1 - s), 0.0) - h / 3
+    return np.stack([rad * np.cos(theta), rad * np.sin(theta), z], axis=1)
+
+
+def _torus(rng: np.random.Generator, n: int, big: float = 0.75, small: float = 0.25) -> np.ndarray:
+    out = np.zeros((0, 3))
+    while len(out) < n:  # rejection on the tube angle for a uniform surface density
+        u, v = rng.uniform(0, 2 * np.pi, (2, 2 * n))
+        keep = rng.random(2 * n) < (big + small * np.cos(v)) / (big + small)
+        u, v = u[keep], v[keep]
+        ring = big + small * np.cos(v)
+        out = np.concatenate([out, np.stack([ring * np.cos(u), ring * np.sin(u), small * np.sin(v)], axis=1)])
+    return out[:n]
+
+
+_PYRAMID_V = np.array([[-0.6, -0.6, -0.45], [0.6, -0.6, -0.45], [0.6, 0.6, -0.45], [-0.6, 0.6, -0.45], [0, 0, 0.75]])
+_PYRAMID_F = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [0, 2, 1], [0, 3, 2]])
+
+
+def _pyramid(rng: np.random.Generator, n: int) -> np.ndarray:
+    return sample_surface(_PYRAMID_V, _PYRAMID_F, n, rng)
+
+
+def _helix(rng: np.random.Generator, n: int, r: float = 0.6, turns: float = 3.0, tube: float = 0.07) -> np.ndarray:
+    t = rng.uniform(0, 2 * np.pi * turns, n)
+    centre = np.stack([r * np.cos(t), r * np.sin(t), t / (2 * np.pi * turns) * 1.8 - 0.9], axis=1)
+    return centre + tube * _sphere(rng, n)
+
+
+SHAPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "sphere": _sphere,
+    "cube": _cube,
+    "cylinder": _cylinder,
+    "cone": _cone,
+    "torus": _torus,
+    "pyramid": _pyramid,
+    "ellipsoid": _ellipsoid,
+    "helix": _helix,
+}
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation matrix `(3, 3)` (QR of a Gaussian matrix, signs fixed, det +1)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+class SyntheticShapesDataset(KeyedDataset):
+    """Generated clouds: item `i` is `{"inputs": (P_i, 3), "labels": i % len(shapes)}`, a function of
+    `(seed, stream, epoch if resample else 0, i)`."""
+
+    def __init__(
+        self,
+        size: int,
+        shapes: list[str],
+        seed: int,
+        stream: int,
+        min_points: int,
+        max_points: int,
+        noise: float,
+        min_scale: float,
+        max_scale: float,
+        resample: bool = False,
+    ) -> None:
+        self.size, self.shapes, self.seed, self.stream = size, shapes, seed, stream
+        self.min_points, self.max_points, self.noise = min_points, max_points, noise
+        self.min_scale, self.max_scale, self.resample = min_scale, max_scale, resample
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+        rng = sample_rng(self.seed, self.stream, epoch if self.resample else 0, index)
+        label = index % len(self.shapes)
+        n = int(rng.integers(self.min_points, self.max_points + 1))
+        points = SHAPES[self.shapes[label]](rng, n)
+        points = points @ random_rotation(rng).T * rng.uniform(self.min_scale, self.max_scale)
+        points = points + self.noise * rng.standard_normal(points.shape)
+        return {"inputs": torch.from_numpy(points.astype(np.float32)), "labels": torch.tensor(label)}
+
+
+def collate_points(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pad clouds `(P_i, 3)` to `inputs (B, P, 3)` (zeros) with `mask (B, P)` True = real; `labels (B,)`."""
+    length = max(len(e["inputs"]) for e in examples)
+    inputs = torch.zeros(len(examples), length, 3)
+    mask = torch.zeros(len(examples), length, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        inputs[i, : len(e["inputs"])] = e["inputs"]
+        mask[i, : len(e["inputs"])] = True
+    return {"inputs": inputs, "mask": mask, "labels": torch.stack([e["labels"] for e in examples])}
+
+
+class SyntheticPointCloudDataModule(BaseDataModule):
+    """SYNTHETIC point-cloud classification on generated shapes (see the module docstring).
+
+    Args:
+        num_train, num_val, num_test: number of clouds per split.
+        min_points, max_points: range of the number of points per cloud (inclusive).
+        noise: std of the Gaussian jitter added to every point.
+        min_scale, max_scale: range of the random isotropic scale.
+        shapes: subset / order of `SHAPES` to use (default: all eight); labels index this list.
+        resample_train: draw new training clouds every epoch instead of a fixed training set.
+        batch_size, num_workers, seed: see `BaseDataModule`.
+    """
+
+    point_dim = 3
+
+    def __init__(
+        self,
+        num_train: int = 4000,
+        num_val: int = 800,
+        num_test: int = 800,
+        min_points: int = 256,
+        max_points: int = 1024,
+        noise: float = 0.01,
+        min_scale: float = 0.6,
+        max_scale: float = 1.0,
+        shapes: list[str] | None = None,
+        resample_train: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        shapes = list(SHAPES) if shapes is None else list(shapes)
+        unknown = [s for s in shapes if s not in SHAPES]
+        if unknown or len(set(shapes)) != len(shapes) or len(shapes) < 2:
+            raise ValueError(f"shapes must be >= 2 distinct names from {list(SHAPES)}, got {shapes}")
+        if not 1 <= min_points <= max_points:
+            raise ValueError(f"need 1 <= min_points <= max_points, got {min_points}, {max_points}")
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+        if noise < 0 or min(num_train, num_val, num_test) < 1:
+            raise ValueError("noise must be >= 0 and num_train, num_val, num_test >= 1")
+        self.class_names = shapes
+        self.num_classes = len(shapes)
+        self.max_points = max_points
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self._gen = dict(
+            min_points=min_points, max_points=max_points, noise=noise, min_scale=min_scale, max_scale=max_scale
+        )
+        self.resample_train = resample_train
+        self.collate_fn = collate_points
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        s = self.sizes
+        self.train_set = SyntheticShapesDataset(
+            s["train"], self.class_names, self.seed, _TRAIN, resample=self.resample_train, **self._gen
+        )
+        self.val_set = SyntheticShapesDataset(s["val"], self.class_names, EVAL_SEED, _VAL, **self._gen)
+        self.test_set = SyntheticShapesDataset(s["test"], self.class_names, EVAL_SEED, _TEST, **self._gen)
+
+
+# ------------------------------------------------------------------------------------------------ OFF meshes
+
+_OFF_HEADER = re.compile(r"^(ST)?C?N?4?n?OFF")
+
+
+def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an OFF mesh: vertices float32 `(V, 3)` and triangles int64 `(F, 3)` (polygons fan-triangulated).
+
+    Handles comments, blank lines, colour / normal columns (COFF, NOFF) and ModelNet's header quirk where the
+    counts follow "OFF" on the first line ("OFF490 518 0"). Raises `FileNotFoundError` for a missing file and
+    `ValueError` naming the file for anything else (bad header, truncated, non-numeric, index out of range).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"OFF file not found: {path}")
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corrupt OFF file {path}: not ASCII text ({e})") from e
+    if "#" in text:
+        text = "\n".join(ln.split("#", 1)[0] for ln in text.splitlines())
+    head, _, body = text.lstrip().partition("\n")
+    if not (m := _OFF_HEADER.match(head)):
+        raise ValueError(f"corrupt OFF file {path}: first line must start with 'OFF', got {head[:40]!r}")
+    counts = head[m.end() :].split()
+    if not counts:
+        head, _, body = body.lstrip().partition("\n")
+        counts = head.split()
+    try:
+        nv, nf = int(counts[0]), int(counts[1])
+    except (IndexError, ValueError):
+        raise ValueError(
+            f"corrupt OFF file {path}: expected 'vertex_count face_count [edge_count]', got {counts}"
+        ) from None
+    if nv < 0 or nf < 0:
+        raise ValueError(f"corrupt OFF file {path}: negative counts {nv}, {nf}")
+    mesh = _parse_body_fast(body, nv, nf)
+    if mesh is None:  # irregular or broken file: line by line, with a precise message
+        lines = [ln.strip() for ln in body.splitlines()]
+        lines = [ln for ln in lines if ln]
+        if len(lines) < nv + nf:
+            raise ValueError(
+                f"corrupt OFF file {path}: truncated, expected {nv} vertex and {nf} face lines, found {len(lines)}"
+            )
+        try:
+            mesh = _parse_rows(lines[:nv], 3, float), _parse_faces(lines[nv : nv + nf])
+        except ValueError as e:
+            raise ValueError(f"corrupt OFF file {path}: {e}") from None
+    vertices, faces = mesh
+    if faces.size and (faces.min() < 0 or faces.max() >= nv):
+        raise ValueError(f"corrupt OFF file {path}: face index out of range 0..{nv - 1}")
+    if not np.isfinite(vertices).all():
+        raise ValueError(f"corrupt OFF file {path}: non-finite vertex coordinates")
+    return vertices.astype(np.float32), faces
+
+
+def _parse_body_fast(body: str, nv: int, nf: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorised parse when every vertex line has the same columns and every face is a triangle with the same
+    columns (the usual case); None when that does not hold or anything looks off."""
+    import warnings
+
+    body = body.lstrip()
+    first_vertex = body.partition("\n")[0].split() if nv else []
+    kv = len(first_vertex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (instead of raising) on text it cannot parse
+        try:
+            numbers = np.fromstring(body, dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    if nv and kv < 3:
+        return None
+    rest = numbers[nv * kv :]
+    if nf == 0:
+        return (numbers[: nv * kv].reshape(nv, kv)[:, :3], np.zeros((0, 3), dtype=np.int64)) if rest.size == 0 else None
+    if rest.size == 0 or rest.size % nf or rest[0] != 3:
+        return None
+    faces = rest.reshape(nf, -1)
+    if faces.shape[1] < 4 or (faces[:, 0] != 3).any() or (faces[:, 1:4] != np.round(faces[:, 1:4])).any():
+        return None
+    return numbers[: nv * kv].reshape(nv, kv)[:, :3], faces[:, 1:4].astype(np.int64)
+
+
+def _parse_rows(lines: list[str], width: int, dtype: type) -> np.ndarray:
+    """First `width` numbers of every line as `(len(lines), width)`; ValueError for short or non-numeric rows."""
+    rows = [ln.split() for ln in lines]
+    if rows and len({len(r) for r in rows}) == 1 and len(rows[0]) >= width:  # fast path: uniform rows
+        return np.array(rows, dtype=dtype)[:, :width]
+    for r in rows:
+        if len(r) < width:
+            raise ValueError(f"expected >= {width} numbers per line, got {' '.join(r)!r}")
+    return np.array([r[:width] for r in rows], dtype=dtype).reshape(len(rows), width)
+
+
+def _parse_faces(lines: list[str]) -> np.ndarray:
+    """Triangles `(F', 3)` of OFF face lines `k i1 .. ik [colour]`, polygons fan-triangulated."""
+    if not lines:
+        return np.zeros((0, 3), dtype=np.int64)
+    rows = [ln.split() for ln in lines]
+    if len({len(r) for r in rows}) == 1 and len(rows[0]) >= 4:  # fast path: all triangles
+        arr = np.array(rows)[:, :4].astype(np.int64)
+        if (arr[:, 0] == 3).all():
+            return arr[:, 1:4]
+    tris: list[list[int]] = []
+    for r in rows:
+        k = int(r[0])
+        if k < 3 or len(r) < k + 1:
+            raise ValueError(f"bad face line {' '.join(r)!r}")
+        idx = [int(t) for t in r[1 : k + 1]]
+        tris.extend([idx[0], idx[j], idx[j + 1]] for j in range(1, k - 1))
+    return np.array(tris, dtype=np.int64)
+
+
+def write_off(path: str | Path, vertices: np.ndarray, faces: np.ndarray, modelnet_quirk: bool = False) -> None:
+    """Write a triangle mesh as OFF; `modelnet_quirk=True` writes the counts on the "OFF" line ("OFF8 12 0")."""
+    head = f"OFF{len(vertices)} {len(faces)} 0" if modelnet_quirk else f"OFF\n{len(vertices)} {len(faces)} 0"
+    body = [" ".join(f"{x:.6f}" for x in v) for v in vertices] + [
+        "3 " + " ".join(str(int(i)) for i in f) for f in faces
+    ]
+    Path(path).write_text("\n".join([head, *body]) + "\n", encoding="ascii")
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` points `(n, 3)` uniformly on the surface: triangles chosen by area, uniform barycentric coordinates."""
+    tri = np.asarray(vertices, dtype=np.float64)[faces]  # (F, 3, 3)
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = areas.sum()
+    if len(faces) == 0 or not np.isfinite(total) or total <= 0:
+        raise ValueError("mesh has no faces with positive area")
+    pick = rng.choice(len(faces), size=n, p=areas / total)
+    r1, r2 = np.sqrt(rng.random((n, 1))), rng.random((n, 1))
+    a, b, c = tri[pick, 0], tri[pick, 1], tri[pick, 2]
+    return (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c
+
+
+def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+    """Centre `(P, 3)` at its mean and scale so the farthest point has norm 1."""
+    points = points - points.mean(axis=0)
+    radius = np.linalg.norm(points, axis=1).max()
+    return points / radius if radius > 0 else points
+
+
+class MeshDataset(KeyedDataset):
+    """`.off` files and labels; item `i` is `num_points` surface samples drawn from `(seed, stream, epoch, i)`
+    (epoch ignored unless `resample`), normalised to the unit sphere, optionally augmented."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        labels: np.ndarray,
+        num_points: int,
+        seed: int,
+        stream: int,
+        resample: bool = False,
+        augment: bool = False,
+    ) -> None:
+        self.files, self.labels, self.num_points = files, labels, num_points
+        self.seed, self.stream, self.resample, self.augment = seed, stream, resample, augment
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+        rng = sample_rng(self.seed, self.stream, epoch if self.resample else 0, index)
+        path = self.files[index]
+        vertices, faces = read_off(path)
+        try:
+            points = normalize_unit_sphere(sample_surface(vertices, faces, self.num_points, rng))
+        except ValueError as e:
+            raise ValueError(f"corrupt OFF file {path}: {e}") from None
+        if self.augment:
+            a = rng.uniform(0, 2 * np.pi)
+            rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+            points = (points @ rot.T) * rng.uniform(0.8, 1.25) + 0.01 * rng.standard_normal(points.shape)
+        return {"inputs": torch.from_numpy(points.astype(np.float32)), "labels": torch.tensor(int(self.labels[index]))}
+
+
+class ModelNetDataModule(BaseDataModule):
+    """Meshes in the ModelNet40 layout `root/<class>/{train,test}/*.off` (see the module docstring).
+
+    Args:
+        root: dataset directory (e.g. the unpacked `ModelNet40`).
+        num_points: points sampled per mesh.
+        classes: class folders to use (default: every sub-folder of `root`, sorted).
+        val_fraction: stratified share of the `train` meshes held out for validation (fixed).
+        augment: random rotation about z, scale in [0.8, 1.25] and jitter for training clouds.
+        check_files: "parse" (default) reads every mesh once in `setup()` so a corrupt file fails before training
+            (about a minute for the full ModelNet40), "header" checks only the header lines, "none" skips checks.
+        batch_size, num_workers, seed: see `BaseDataModule`.
+
+    Raises (`FileNotFoundError` / `ValueError` naming the folder or file): a missing `root` (constructor), a class
+    folder without `train/*.off` files, a corrupt `.off` file (`setup()`).
+    """
+
+    point_dim = 3
+
+    def __init__(
+        self,
+        root: str,
+        num_points: int = 1024,
+        classes: list[str] | None = None,
+        val_fraction: float = 0.1,
+        augment: bool = False,
+        check_files: Literal["parse", "header", "none"] = "parse",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        self.root = require_dir(root, "ModelNet root")
+        if classes is None:
+            classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise ValueError(f"no class folders in {self.root} (expected root/<class>/train/*.off)")
+        if num_points < 1 or not 0.0 < val_fraction < 1.0 or check_files not in ("parse", "header", "none"):
+            raise ValueError(
+                f"need num_points >= 1, 0 < val_fraction < 1 and check_files in parse/header/none, got "
+                f"{num_points}, {val_fraction}, {check_files!r}"
+            )
+        self.class_names = list(classes)
+        self.num_classes = len(classes)
+        self.num_points = num_points
+        self.max_points = num_points
+        self.val_fraction = val_fraction
+        self.augment = augment
+        self.check_files = check_files
+        self.collate_fn = collate_points
+        self.save_hyperparameters()
+
+    def list_files(self, split: Literal["train", "test"]) -> tuple[list[Path], np.ndarray]:
+        """Sorted `.off` files of `split` and their labels; raises if a class has no training meshes."""
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, name in enumerate(self.class_names):
+            folder = self.root / name / split
+            found = sorted(folder.glob("*.off")) if folder.is_dir() else []
+            if split == "train" and not found:
+                raise ValueError(f"class folder {folder} has no .off files")
+            files += found
+            labels += [label] * len(found)
+        return files, np.asarray(labels, dtype=np.int64)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files, labels = self.list_files("train")
+        test_files, test_labels = self.list_files("test")
+        for f in files + test_files:
+            if self.check_files == "parse":
+                read_off(f)
+            elif self.check_files == "header":
+                _check_off_header(f)
+        keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)
+        n = self.num_points
+        self.train_set = MeshDataset([files[i] for i in keep], labels[keep], n, self.seed, _TRAIN, True, self.augment)
+        self.val_set = MeshDataset([files[i] for i in held], labels[held], n, EVAL_SEED, _VAL)
+        if test_files:
+            self.test_set = MeshDataset(test_files, test_labels, n, EVAL_SEED, _TEST)
+
+
+def _check_off_header(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(256).decode("ascii", "replace").lstrip()
+    if not _OFF_HEADER.match(head):
+        raise ValueError(f"corrupt OFF file {path}: first line must start with 'OFF', got {head[:40]!r}")
