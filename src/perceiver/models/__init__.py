@@ -9,3 +9,6 @@ __all__ += ["ImageClassifierConfig", "PerceiverForImageClassification"]
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification  # noqa: E402
 
 __all__ += ["PerceiverForMaskedLM", "PerceiverForSequenceClassification"]
+from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding  # noqa: E402
+
+__all__ += ["MultimodalAutoencodingConfig", "PerceiverForMultimodalAutoencoding"]

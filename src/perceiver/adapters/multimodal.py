@@ -1,0 +1,297 @@
+"""Multimodal adapters (video + audio + label) for Perceiver IO autoencoding, DeepMind's Kinetics model.
+
+Encoder side (`MultimodalInputAdapter`), one adapter per modality, tokens padded to a common width and joined in
+sorted modality order (audio, image, label):
+
+    audio (B, S, 1)        --AudioAdapter (16-sample patches | 192 Fourier bands)--> (B, S/16, 401)
+    image (B, T, 3, H, W)  --VideoAdapter (space-to-depth 4 | 32 Fourier bands)----> (B, T*H/4*W/4, 243)
+    label (B, K)           --OneHotLabelAdapter-----------------------------------> (B, 1, K)
+    each: [tokens | trainable padding (1, C - C_m)] -> optional mask token -> concat -> (B, M, C)
+
+Decoder side (`MultimodalQueries`): per-modality queries (Fourier features of the output grids, a trainable label
+query) padded to a common width; one shared cross-attention decodes them all; `MultimodalOutput` applies the
+per-modality projections (audio: 16 samples per query, image: 3 colours per pixel, label: K logits).
+
+Queries are made only for the output positions asked for, so a whole video (16 x 224 x 224 = 802,816 queries) is
+decoded in chunks without ever building the full query array.
+
+Subsampled query positions: DeepMind / transformers map a flat output index `i` on an axis of size `n` to
+`-1 + 2 * i / n`, while the full grid (and DeepMind's whole decode) uses `linspace(-1, 1, n)`, i.e.
+`-1 + 2 * i / (n - 1)`. `position_mode="grid"` (ours) makes a subsampled query equal to the same row of the full
+decode; `position_mode="transformers"` reproduces their formula (needed for parity of subsampled decodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from math import prod
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.decoder import AdaptedInputs, QueryBuilder
+from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features
+
+EvalMasking = Literal["deterministic", "none", "random"]
+PositionMode = Literal["grid", "transformers"]
+
+
+class OneHotLabelAdapter(nn.Module):
+    """A (one-hot or soft) label vector as a single token: `(B, K) -> (B, 1, K)` (transformers'
+    `PerceiverOneHotPreprocessor`, no positions)."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.num_labels = self.num_channels = num_labels
+
+    def forward(self, inputs: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
+        if inputs.ndim != 2 or inputs.shape[1] != self.num_labels:
+            raise ValueError(f"expected label of shape (B, {self.num_labels}), got {tuple(inputs.shape)}")
+        x = inputs[:, None, :]
+        return AdaptedInputs(tokens=x, without_pos=x)
+
+
+def _init_param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(*shape) * 0.02)
+
+
+class MultimodalInputAdapter(InputAdapter):
+    """Adapt each modality, pad to a common width with a trainable vector per modality, mask, concatenate.
+
+    Args:
+        modalities: name -> adapter returning `AdaptedInputs` with tokens `(B, M_m, C_m)` and a `num_channels`.
+        min_padding_size: the common width is `max(C_m) + min_padding_size`.
+        mask_probs: name -> probability of replacing each of the modality's tokens by its trainable mask token
+            (DeepMind's model: audio 0, image 0, label 1, i.e. the label input is never seen).
+        eval_masking: what masking does in eval mode. "deterministic" (default): a modality with probability 1 is
+            always masked, other probabilities are not applied, so eval outputs never depend on the random state;
+            "none": no masking at all in eval; "random": Bernoulli sampling in eval too (transformers / DeepMind).
+            Training mode always samples. Probabilities 0 and 1 give the same result in every mode except "none".
+
+    `forward(inputs: dict name -> tensor, mask (B, M) or None)` -> `AdaptedInputs(tokens (B, M, C), mask,
+    modality_sizes={name: M_m})` with modalities in sorted order.
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, nn.Module],
+        min_padding_size: int = 2,
+        mask_probs: Mapping[str, float] | None = None,
+        eval_masking: EvalMasking = "deterministic",
+    ) -> None:
+        super().__init__()
+        if min_padding_size < 0:
+            raise ValueError(f"min_padding_size must be >= 0, got {min_padding_size}")
+        mask_probs = dict(mask_probs or {})
+        unknown = sorted(set(mask_probs) - set(modalities))
+        if unknown or any(not 0.0 <= p <= 1.0 for p in mask_probs.values()):
+            raise ValueError(f"mask_probs must map modalities {sorted(modalities)} to [0, 1], got {mask_probs}")
+        self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
+        self.num_channels = max(m.num_channels for m in self.modalities.values()) + min_padding_size
+        self.padding = nn.ParameterDict(
+            {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
+        )
+        self.mask_probs = {k: float(mask_probs[k]) for k in self.modalities if k in mask_probs}
+        self.mask_tokens = nn.ParameterDict({k: _init_param(1, self.num_channels) for k in self.mask_probs})
+        self.eval_masking = eval_masking
+
+    def _mask(self, name: str, x: Tensor) -> Tensor:
+        """Replace tokens of `x` `(B, M_m, C)` by the mask token with probability `mask_probs[name]`."""
+        p = self.mask_probs[name]
+        mode = "random" if self.training else self.eval_masking
+        if mode not in ("deterministic", "none", "random"):
+            raise ValueError(f"eval_masking must be 'deterministic', 'none' or 'random', got {mode!r}")
+        if mode == "random":
+            # Same draw as transformers (and in the same modality order), so seeded runs agree.
+            hit = torch.bernoulli(torch.full(x.shape[:2], p, device=x.device)).bool()
+        elif mode == "deterministic" and p >= 1.0:
+            hit = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        else:
+            return x
+        return torch.where(hit[..., None], self.mask_tokens[name].to(x.dtype), x)
+
+    def forward(self, inputs: Mapping[str, Tensor], mask: Tensor | None = None) -> AdaptedInputs:
+        if not isinstance(inputs, Mapping):
+            raise ValueError(f"expected a dict with keys {list(self.modalities)}, got {type(inputs).__name__}")
+        missing, extra = sorted(set(self.modalities) - set(inputs)), sorted(set(inputs) - set(self.modalities))
+        if missing or extra:
+            raise ValueError(
+                f"expected inputs with keys {list(self.modalities)}, got {sorted(inputs)} "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        batch = {k: v.shape[0] for k, v in inputs.items()}
+        if len(set(batch.values())) != 1:
+            raise ValueError(f"all modalities need the same batch size, got {batch}")
+        tokens, sizes = [], {}
+        for name, adapter in self.modalities.items():
+            x = adapter(inputs[name]).tokens
+            pad = self.padding[name].to(x.dtype).expand(x.shape[0], x.shape[1], -1)
+            x = torch.cat([x, pad], dim=-1)
+            if name in self.mask_probs:
+                x = self._mask(name, x)
+            tokens.append(x)
+            sizes[name] = x.shape[1]
+        x = torch.cat(tokens, dim=1)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(
+                    f"expected attention_mask of shape {tuple(x.shape[:2])} (B, tokens), got {tuple(mask.shape)}"
+                )
+            mask = mask.to(torch.bool)
+        return AdaptedInputs(tokens=x, mask=mask, modality_sizes=sizes)
+
+
+class FourierGridQueries(nn.Module):
+    """Fourier features (DeepMind convention) of positions on an output grid `index_dims`, for chosen flat indices.
+
+    `forward(index (O',) or None, position_mode)` -> `(O', C)`. Only the asked rows are computed. "grid": axis
+    positions `linspace(-1, 1, n)` (a subset gives the same rows as the whole grid); "transformers": `-1 + 2 i / n`.
+    """
+
+    def __init__(self, index_dims: Sequence[int], num_bands: int, max_resolution: Sequence[int]) -> None:
+        super().__init__()
+        self.index_dims = tuple(int(n) for n in index_dims)
+        self.num_bands = num_bands
+        self.max_resolution = tuple(max_resolution)
+        self.num_channels = fourier_channels(len(self.index_dims), num_bands)
+
+    @property
+    def num_positions(self) -> int:
+        return prod(self.index_dims)
+
+    def positions(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
+        """Positions `(O', d)` in fp32 of the flat grid indices `index` (all when None)."""
+        if index is None:
+            index = torch.arange(self.num_positions, device=device)
+        coords = torch.stack(torch.unravel_index(index.to(device), self.index_dims), dim=1)  # (O', d), long
+        if position_mode == "transformers":
+            # Exactly transformers' PerceiverBasicDecoder.decoder_query for subsampled points.
+            return -1 + 2 * coords / torch.tensor(self.index_dims, device=coords.device)[None, :]
+        if position_mode != "grid":
+            raise ValueError(f"position_mode must be 'grid' or 'transformers', got {position_mode!r}")
+        axes = [torch.linspace(-1.0, 1.0, n, device=coords.device) for n in self.index_dims]
+        return torch.stack([axis[coords[:, i]] for i, axis in enumerate(axes)], dim=1)
+
+    def forward(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
+        pos = self.positions(index, position_mode, device)
+        return fourier_features(pos, self.num_bands, self.max_resolution)
+
+
+class LabelQuery(nn.Module):
+    """One trainable query `(1, C)` for the label (transformers' trainable position encoding, `index_dims=1`)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.num_positions = 1
+        self.encoding = TrainablePositionEncoding(1, num_channels)
+
+    def forward(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
+        q = self.encoding()
+        return q if index is None else q[index.to(q.device)]
+
+
+class MultimodalQueries(QueryBuilder):
+    """Decoder queries of all modalities on one flat axis: modality `m` owns positions `[offset_m, offset_m + O_m)`,
+    in sorted modality order; each modality's queries are padded with its trainable vector to the common width
+    `max(C_m) + min_padding_size`.
+
+    `forward(adapted, index (O',) or None)` -> `(B, O', E)`; `position_mode` selects the subsampled position
+    formula (see the module docstring).
+    """
+
+    def __init__(self, modalities: Mapping[str, nn.Module], min_padding_size: int = 2) -> None:
+        super().__init__()
+        self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
+        self.num_channels = max(m.num_channels for m in self.modalities.values()) + min_padding_size
+        self.padding = nn.ParameterDict(
+            {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
+        )
+        self.position_mode: PositionMode = "grid"
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Output positions per modality, in order."""
+        return {k: m.num_positions for k, m in self.modalities.items()}
+
+    def offsets(self) -> dict[str, tuple[int, int]]:
+        """`[start, stop)` of each modality on the flat output axis."""
+        out, start = {}, 0
+        for k, n in self.sizes.items():
+            out[k] = (start, start + n)
+            start += n
+        return out
+
+    def num_queries(self, adapted: AdaptedInputs | None = None) -> int:
+        return sum(self.sizes.values())
+
+    def _padded(self, name: str, index: Tensor | None, device, dtype) -> Tensor:
+        q = self.modalities[name](index, self.position_mode, device).to(dtype)
+        return torch.cat([q, self.padding[name].to(dtype).expand(q.shape[0], -1)], dim=-1)
+
+    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+        b, device, dtype = adapted.tokens.shape[0], adapted.tokens.device, adapted.tokens.dtype
+        if index is None:
+            q = torch.cat([self._padded(k, None, device, dtype) for k in self.modalities], dim=0)
+            return q.expand(b, -1, -1)
+        index = index.to(device)
+        q = torch.empty(index.numel(), self.num_channels, device=device, dtype=dtype)
+        for name, (start, stop) in self.offsets().items():
+            hit = (index >= start) & (index < stop)
+            if bool(hit.any()):
+                q[hit] = self._padded(name, index[hit] - start, device, dtype)
+        return q.expand(b, -1, -1)
+
+
+class MultimodalOutput(OutputAdapter):
+    """Per-modality projections of the shared decoder's output, as transformers' `PerceiverMultimodalPostprocessor`.
+
+    Args:
+        in_channels: decoder output channels `F`.
+        out_channels: name -> channels per query (audio: samples per patch, image: 3, label: K).
+        sizes: name -> output positions of the modality (the query builder's `sizes`, in order).
+        flatten: modalities whose per-query outputs are flattened into one axis (audio: `(B, O, p) -> (B, O * p)`);
+        single: modalities with one query returned without the query axis (label: `(B, 1, K) -> (B, K)`).
+
+    `forward(x (B, O', F), adapted, output_index (O',) or None)` -> dict name -> output, for the modalities with
+    at least one decoded position; `output_index` must be grouped by modality in order (as the model builds it).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: Mapping[str, int],
+        sizes: Mapping[str, int],
+        flatten: Sequence[str] = ("audio",),
+        single: Sequence[str] = ("label",),
+    ) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({k: nn.Linear(in_channels, c) for k, c in sorted(out_channels.items())})
+        self.sizes = dict(sizes)
+        self.flatten, self.single = tuple(flatten), tuple(single)
+
+    def counts(self, output_index: Tensor | None) -> dict[str, int]:
+        """Decoded positions per modality for the flat `output_index`."""
+        if output_index is None:
+            return dict(self.sizes)
+        out, start = {}, 0
+        for k, n in self.sizes.items():
+            out[k] = int(((output_index >= start) & (output_index < start + n)).sum())
+            start += n
+        return out
+
+    def forward(self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | None = None) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for name, n in self.counts(output_index).items():
+            if n == 0:
+                continue
+            y = self.heads[name](x[:, start : start + n])
+            start += n
+            if name in self.flatten:
+                y = y.reshape(y.shape[0], -1)
+            elif name in self.single:
+                y = y[:, 0]
+            out[name] = y
+        return out

@@ -1,0 +1,99 @@
+"""Convert transformers' `PerceiverForMultimodalAutoencoding` (e.g. `deepmind/multimodal-perceiver`).
+
+Key map (transformers -> ours):
+
+    perceiver.input_preprocessor.padding.{m}               -> input_adapter.padding.{m}
+    perceiver.input_preprocessor.mask.{m}                  -> input_adapter.mask_tokens.{m}
+    perceiver.embeddings.latents, perceiver.encoder.*      -> encoder.*                     (`encoder_from_hf`)
+    perceiver.decoder.modalities.label.decoder.output_position_encodings.position_embeddings
+                                                           -> query_builder.modalities.label.encoding.position_embeddings
+    perceiver.decoder.padding.{m}                          -> query_builder.padding.{m}
+    perceiver.decoder.decoder.*                            -> decoder.*                     (`decoder_from_hf`)
+    perceiver.output_postprocessor.modalities.{m}.classifier.* -> output_adapter.heads.{m}.*
+
+Sizes are read off the weights where they are visible (label count, query / output widths, paddings), the rest
+from the config (frames, image size, audio samples). transformers hard-codes 32 / 192 Fourier bands and the mask
+probabilities (audio 0, image 0, label 1), which are our defaults. The converted model uses our defaults for the two
+switches; set `model.config.subsampled_positions = "transformers"` to reproduce transformers' subsampled decodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.models.multimodal import MODALITIES, MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
+from perceiver.nn.position import fourier_channels
+from perceiver.pretrained import register_hf_converter
+
+IMAGE_BANDS, AUDIO_BANDS = 32, 192  # hard-coded in transformers' PerceiverForMultimodalAutoencoding
+
+
+@register_hf_converter("PerceiverForMultimodalAutoencoding")
+def multimodal_from_hf(config: dict[str, Any], sd: dict[str, Tensor]) -> PerceiverForMultimodalAutoencoding:
+    """Our `PerceiverForMultimodalAutoencoding` with the weights of a transformers checkpoint (config dict + state
+    dict)."""
+    pre, dec, post = "perceiver.input_preprocessor", "perceiver.decoder", "perceiver.output_postprocessor"
+    enc, enc_keys = encoder_from_hf(config, sd)
+    dec_cfg, dec_keys = decoder_from_hf(config, sd, f"{dec}.decoder", num_heads=1, use_query_residual=False)
+
+    image_size = config.get("image_size", 224)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    num_frames = config.get("num_frames", 16)
+    output_shape = tuple(config.get("output_shape", (1, 16, 224, 224)))
+    if tuple(output_shape[1:]) != (num_frames, *size):
+        raise ValueError(
+            f"cannot convert: output_shape {output_shape} must be (batch, num_frames, H, W) = (*, {num_frames}, "
+            f"{size[0]}, {size[1]}) for our video decoder"
+        )
+    spp = config.get("samples_per_patch", 16)
+    num_labels = sd[f"{post}.modalities.label.classifier.weight"].shape[0]
+    label_q = sd[f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"].shape[1]
+
+    # Paddings: common width minus the widest modality (min_padding_size 4 and 2 in transformers).
+    widths_in = (spp + fourier_channels(1, AUDIO_BANDS), 3 * 4 * 4 + fourier_channels(3, IMAGE_BANDS), num_labels)
+    widths_q = (fourier_channels(1, AUDIO_BANDS), fourier_channels(3, IMAGE_BANDS), label_q)
+    ours = MultimodalAutoencodingConfig(
+        num_frames=num_frames,
+        image_size=size,
+        audio_samples_per_frame=config.get("audio_samples_per_frame", 1920),
+        samples_per_patch=spp,
+        num_labels=num_labels,
+        input_padding=enc.input_dim - max(widths_in),
+        num_latents=enc.num_latents,
+        latent_dim=enc.latent_dim,
+        num_self_attends_per_block=enc.num_self_attends_per_block,
+        num_blocks=enc.num_blocks,
+        cross_heads=enc.cross_heads,
+        latent_heads=enc.latent_heads,
+        cross_qk_channels=enc.cross_qk_channels,
+        cross_v_channels=enc.cross_v_channels,
+        latent_qk_channels=enc.latent_qk_channels,
+        latent_v_channels=enc.latent_v_channels,
+        cross_widening_factor=enc.cross_widening_factor,
+        latent_widening_factor=enc.latent_widening_factor,
+        use_query_residual=enc.use_query_residual,
+        label_query_channels=label_q,
+        query_padding=dec_cfg.query_dim - max(widths_q),
+        decoder_heads=dec_cfg.num_heads,
+        decoder_qk_channels=dec_cfg.qk_channels,
+        decoder_v_channels=dec_cfg.v_channels,
+        decoder_widening_factor=dec_cfg.widening_factor,
+        output_num_channels=dec_cfg.output_dim,
+        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
+    )
+    model = PerceiverForMultimodalAutoencoding(ours)
+
+    keys = enc_keys | dec_keys
+    keys["query_builder.modalities.label.encoding.position_embeddings"] = (
+        f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"
+    )
+    for m in MODALITIES:
+        keys[f"input_adapter.padding.{m}"] = f"{pre}.padding.{m}"
+        keys[f"input_adapter.mask_tokens.{m}"] = f"{pre}.mask.{m}"
+        keys[f"query_builder.padding.{m}"] = f"{dec}.padding.{m}"
+        for p in ("weight", "bias"):
+            keys[f"output_adapter.heads.{m}.{p}"] = f"{post}.modalities.{m}.classifier.{p}"
+    return load_converted(model, sd, keys)
