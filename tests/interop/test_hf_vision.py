@@ -91,7 +91,10 @@ def max_diff(hf, ours, x, **kwargs) -> float:
     return (mine - theirs).abs().max().item()
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
+FAST = {"h1-default-b1-res", "h8-qkv-b2-nores"}  # the other two run with the slow tests
+
+
+@pytest.mark.parametrize("config", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
 @pytest.mark.parametrize("head", list(HEADS))
 def test_parity(head, config, tmp_path):
     hf = hf_model(head, **CONFIGS[config])
