@@ -146,15 +146,18 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
         inputs = MultimodalInputAdapter(
             {
                 "audio": AudioAdapter(
-                    c.num_audio_samples, c.samples_per_patch, c.audio_num_bands, max_resolution=c.num_audio_samples
+                    num_samples=c.num_audio_samples,
+                    samples_per_patch=c.samples_per_patch,
+                    num_bands=c.audio_num_bands,
+                    max_resolution=c.num_audio_samples,
                 ),
                 "image": VideoAdapter(
-                    c.image_channels,
-                    t,
-                    (h, w),
-                    c.temporal_downsample,
-                    c.spatial_downsample,
-                    c.image_num_bands,
+                    in_channels=c.image_channels,
+                    num_frames=t,
+                    image_size=(h, w),
+                    temporal_block_size=c.temporal_downsample,
+                    spatial_block_size=c.spatial_downsample,
+                    num_bands=c.image_num_bands,
                     max_resolution=(t, h, w),
                 ),
                 "label": OneHotLabelAdapter(c.num_labels),
