@@ -1,0 +1,295 @@
+"""ImageNet preprocessing of the Perceiver IO image classifiers, equal to transformers' `PerceiverImageProcessor`.
+
+Steps, per image, on ``uint8`` pixels (as transformers does them, in this order):
+
+1. center crop to ``int(size / crop_size * min(H, W))`` on each side (224/256 of the short side by default, a square
+   crop for a square ``size``), top-left corner at ``((H - h) // 2, (W - w) // 2)``;
+2. resize to ``size`` (224 x 224) with Pillow's bicubic filter (``uint8`` in, ``uint8`` out);
+3. rescale by 1/255 (in float64, then cast to float32) and normalize with the ImageNet mean / std in float32;
+4. stack channels-first: ``(B, 3, 224, 224)`` float32.
+
+transformers 5 has two backends behind ``PerceiverImageProcessor``: a Pillow one (``PerceiverImageProcessorPil``,
+used when torchvision is not installed) and a torchvision one (used when it is). They differ in the resize: torch's
+antialiased bicubic kernel on ``uint8`` rounds differently from Pillow's at a few pixels (measured: <= 1 ``uint8`` step,
+i.e. 0.0175 after normalization, at < 1 % of the pixels when downscaling photos; 2 steps, 0.034, when upscaling a small
+image). ``backend="pil"`` (default) reproduces the Pillow backend operation for operation and is bit-identical to it;
+``backend="torch"`` reproduces the torchvision backend (``F.interpolate(uint8, "bicubic", antialias=True)``, then the
+fused rescale-normalize ``(x - 255 mean) / (255 std)``) and is bit-identical to that, without needing torchvision.
+
+Pillow and numpy (the ``vision`` extra) are imported lazily, so ``import perceiver`` works without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_RESAMPLE_NAMES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+
+
+def _vision() -> tuple[Any, Any]:
+    try:
+        import numpy
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("ImageProcessor needs Pillow and numpy: pip install 'perceiver-torch[vision]'") from e
+    return numpy, Image
+
+
+def _pair(name: str, value: int | tuple[int, int] | dict[str, int]) -> tuple[int, int]:
+    if isinstance(value, dict):  # transformers' {"height": ..., "width": ...}
+        value = (value.get("height"), value.get("width"))
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+class ImageProcessor:
+    """Center crop, bicubic resize, rescale and normalize images for the Perceiver IO image classifiers.
+
+    The defaults are those of transformers' ``PerceiverImageProcessor`` (and of DeepMind's ImageNet evaluation).
+
+    Args:
+        size: output ``(height, width)`` (or one int for a square), 224.
+        crop_size: the center crop keeps ``size / crop_size`` of the short side (224/256 by default).
+        resample: filter of the resize: ``"bicubic"`` (default), ``"bilinear"``, and with the Pillow backend also
+            ``"lanczos"``, ``"box"``, ``"hamming"``, ``"nearest"``.
+        do_center_crop, do_resize, do_rescale, do_normalize: switch single steps off.
+        rescale_factor: multiplies the ``uint8`` values, 1/255.
+        image_mean, image_std: per-channel normalization, ImageNet's.
+        backend: ``"pil"`` (default) equals transformers' Pillow backend bit for bit, ``"torch"`` equals its
+            torchvision backend bit for bit (see the module docstring for how far apart the two are).
+
+    Example::
+
+        proc = ImageProcessor()
+        pixel_values = proc([Image.open("cat.jpg"), np_image_hwc_uint8])  # (2, 3, 224, 224) float32
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] = 224,
+        crop_size: int | tuple[int, int] = 256,
+        resample: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] = "bicubic",
+        do_center_crop: bool = True,
+        do_resize: bool = True,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        backend: Literal["pil", "torch"] = "pil",
+    ) -> None:
+        self.size = _pair("size", size)
+        self.crop_size = _pair("crop_size", crop_size)
+        if backend not in ("pil", "torch"):
+            raise ValueError(f"backend must be 'pil' or 'torch', got {backend!r}")
+        allowed = _RESAMPLE_NAMES if backend == "pil" else ("bilinear", "bicubic")
+        if resample not in allowed:
+            raise ValueError(f"resample must be one of {allowed} with backend={backend!r}, got {resample!r}")
+        self.backend = backend
+        self.resample = resample
+        self.do_center_crop = do_center_crop
+        self.do_resize = do_resize
+        self.do_rescale = do_rescale
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = do_normalize
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ValueError(f"image_mean and image_std need 3 values (RGB), got {image_mean!r} and {image_std!r}")
+        if any(s == 0 for s in image_std):
+            raise ValueError(f"image_std must not contain 0, got {image_std!r}")
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, crop_size={self.crop_size}, resample={self.resample!r}, "
+            f"mean={self.image_mean}, std={self.image_std}, backend={self.backend!r})"
+        )
+
+    def __call__(
+        self,
+        images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
+        input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
+    ) -> torch.Tensor:
+        """Preprocess one image or a batch into ``pixel_values``.
+
+        Args:
+            images: a PIL image, a ``uint8`` array ``(H, W, 3)`` (or ``(B, H, W, 3)`` for a batch), or a list of
+                them. PIL images in another mode than RGB are converted to RGB (transparency composited onto white,
+                as transformers' ``do_convert_rgb=True``). Integer arrays of another dtype with values in
+                ``[0, 255]`` are accepted; float arrays are not (their scale is ambiguous).
+            input_data_format: layout of array inputs, ``"channels_last"`` ``(H, W, 3)`` or ``"channels_first"``
+                ``(3, H, W)``.
+
+        Returns:
+            ``(B, 3, size_h, size_w)`` float32 tensor (``B = 1`` for a single image).
+
+        Raises:
+            ValueError: an empty batch, an array that is not 3-D with 3 channels, a float or out-of-range array, an
+                image too small to crop, or images of different sizes when cropping / resizing is off.
+        """
+        if input_data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"input_data_format must be 'channels_last' or 'channels_first', got {input_data_format!r}"
+            )
+        batch = self._as_list(images, input_data_format)
+        tensors = [self.preprocess_one(im, input_data_format) for im in batch]
+        shapes = sorted({tuple(t.shape) for t in tensors})
+        if len(shapes) > 1:
+            raise ValueError(f"images of different sizes cannot be stacked, got (C, H, W) shapes {shapes}")
+        return torch.stack(tensors)
+
+    preprocess = __call__
+
+    def preprocess_one(
+        self,
+        image: Image.Image | np.ndarray,
+        input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
+    ) -> torch.Tensor:
+        """One image -> ``(3, size_h, size_w)`` tensor (float32, or uint8 if every value step is off)."""
+        np, _ = _vision()
+        x = self.to_uint8_rgb(image, input_data_format)
+        if self.do_center_crop:
+            x = self.center_crop(x)
+        if self.backend == "torch":
+            return self._finish_torch(x)
+        if self.do_resize:
+            x = self.resize(x)
+        if self.do_rescale:
+            # as transformers: upcast to float64 first, multiply, cast the result to float32
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if self.do_normalize:
+            if not np.issubdtype(x.dtype, np.floating):
+                x = x.astype(np.float32)
+            mean = np.array(self.image_mean, dtype=x.dtype)
+            std = np.array(self.image_std, dtype=x.dtype)
+            x = (x - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+    def _finish_torch(self, image: np.ndarray) -> torch.Tensor:
+        """Resize, rescale and normalize as transformers' torchvision backend does it, in plain torch."""
+        np, _ = _vision()
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+        if self.do_resize:
+            x = torch.nn.functional.interpolate(x[None], size=self.size, mode=self.resample, antialias=True)[0]
+        mean, std = torch.tensor(self.image_mean), torch.tensor(self.image_std)
+        if self.do_normalize:
+            if self.do_rescale:  # fused: (x - mean / factor) / (std / factor)
+                mean, std = mean * (1.0 / self.rescale_factor), std * (1.0 / self.rescale_factor)
+            return (x.float() - mean[:, None, None]) / std[:, None, None]
+        if self.do_rescale:
+            return x * self.rescale_factor
+        return x
+
+    def center_crop(self, image: np.ndarray) -> np.ndarray:
+        """Crop ``(H, W, 3)`` to ``int(size / crop_size * min(H, W))`` per side around the center."""
+        height, width = image.shape[:2]
+        min_dim = min(height, width)
+        # the exact expression of transformers (float ratio, then int), so the crop is the same pixel for pixel
+        crop_h = int((self.size[0] / self.crop_size[0]) * min_dim)
+        crop_w = int((self.size[1] / self.crop_size[1]) * min_dim)
+        if crop_h < 1 or crop_w < 1:
+            raise ValueError(
+                f"image of size (H, W) = ({height}, {width}) is too small: the center crop "
+                f"({self.size[0]}/{self.crop_size[0]} x {self.size[1]}/{self.crop_size[1]} of the short side) is empty"
+            )
+        if crop_h > height or crop_w > width:
+            raise ValueError(
+                f"center crop ({crop_h}, {crop_w}) is larger than the image ({height}, {width}); "
+                f"size {self.size} must not exceed crop_size {self.crop_size} on the short side"
+            )
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        return image[top : top + crop_h, left : left + crop_w]
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """Resize a ``uint8`` ``(H, W, 3)`` array to ``size`` with Pillow (``uint8`` in and out)."""
+        np, Image = _vision()
+        filt = getattr(Image.Resampling, self.resample.upper())
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        return np.asarray(pil.resize((self.size[1], self.size[0]), resample=filt))
+
+    @staticmethod
+    def to_uint8_rgb(
+        image: Image.Image | np.ndarray,
+        input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
+    ) -> np.ndarray:
+        """Validate one image and return it as a ``uint8`` ``(H, W, 3)`` array."""
+        np, Image = _vision()
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+                if has_alpha:
+                    rgba = image.convert("RGBA")
+                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    image = Image.alpha_composite(white, rgba).convert("RGB")
+                else:
+                    image = image.convert("RGB")
+            x = np.asarray(image)
+        elif isinstance(image, np.ndarray):
+            x = image
+            if x.ndim != 3:
+                raise ValueError(
+                    f"expected an image array of shape {_layout(input_data_format)}, got shape {tuple(x.shape)}"
+                )
+            if input_data_format == "channels_first":
+                x = x.transpose(1, 2, 0)
+            if x.shape[-1] != 3:
+                hint = ""
+                if input_data_format == "channels_last" and x.shape[0] == 3:
+                    hint = "; it looks channels-first: pass input_data_format='channels_first'"
+                raise ValueError(
+                    f"expected an RGB image array of shape {_layout(input_data_format)} with 3 channels, "
+                    f"got shape {tuple(image.shape)}{hint}"
+                )
+            if x.dtype != np.uint8:
+                if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
+                    raise ValueError(
+                        f"expected uint8 pixel values in [0, 255], got dtype {x.dtype}; convert float images in [0, 1] "
+                        "with (x * 255).round().astype(np.uint8)"
+                    )
+                if x.size and (x.min() < 0 or x.max() > 255):
+                    raise ValueError(f"expected pixel values in [0, 255], got [{x.min()}, {x.max()}] (dtype {x.dtype})")
+                x = x.astype(np.uint8)
+        else:
+            raise ValueError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"expected a non-empty image, got (H, W) = {tuple(x.shape[:2])}")
+        return x
+
+    @staticmethod
+    def _as_list(images: Any, input_data_format: str) -> list[Any]:
+        np, Image = _vision()
+        if isinstance(images, Image.Image):
+            return [images]
+        if isinstance(images, np.ndarray):
+            if images.ndim == 4:
+                return list(images)
+            return [images]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("expected at least one image, got an empty list")
+            return list(images)
+        raise ValueError(
+            f"expected a PIL image, a numpy array {_layout(input_data_format)} or a list of them, "
+            f"got {type(images).__name__}"
+        )
+
+
+def _layout(input_data_format: str) -> str:
+    return "(H, W, 3)" if input_data_format == "channels_last" else "(3, H, W)"
