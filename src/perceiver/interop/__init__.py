@@ -5,3 +5,4 @@ Importing this package registers every transformers converter with `perceiver.pr
 from perceiver.interop import hf_vision  # noqa: E402, F401
 from perceiver.interop import hf_text  # noqa: E402,F401
 from perceiver.interop import hf_multimodal  # noqa: E402,F401
+from perceiver.interop import hf_flow  # noqa: E402,F401

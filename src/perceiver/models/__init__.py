@@ -12,3 +12,6 @@ __all__ += ["PerceiverForMaskedLM", "PerceiverForSequenceClassification"]
 from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding  # noqa: E402
 
 __all__ += ["MultimodalAutoencodingConfig", "PerceiverForMultimodalAutoencoding"]
+from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow  # noqa: E402
+
+__all__ += ["OpticalFlowConfig", "PerceiverForOpticalFlow"]

@@ -1,0 +1,244 @@
+"""Optical flow pieces: 3x3 patch extraction, the flow input adapter and output adapter, tiled inference, colours.
+
+    frames (B, 2, H, W, 3) --frames_to_patches--> (B, 2, 27, H, W)           (transformers' model input)
+    --FlowAdapter--> concat frames on channels (B, H, W, 54) --Linear--> (B, H, W, 64)
+                     tokens = [features | fourier(H, W; 64 bands, max_resolution=train_size)]  (B, H*W, 322)
+    decoder queries = the tokens themselves; decoder output (B, H*W, 2)
+    --FlowOutput--> / rescale_factor (100) * flow_scale_factor (20) --> flow in pixels (B, H, W, 2)
+
+Units: transformers' `PerceiverForOpticalFlow` returns `decoder / 100`; DeepMind's colab multiplies that by
+`FLOW_SCALE_FACTOR = 20` to get pixels (the network was trained on flow / 20). `FlowOutput` applies both, so our
+`.logits` are in pixels; `flow_scale_factor=1` gives transformers' numbers.
+
+Patch channel order (DeepMind's `patches_for_flow`, i.e. `tf.image.extract_patches`, and transformers' colab):
+channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1, dx - 1)`, zero outside the image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceiver.adapters.video import space_to_depth
+from perceiver.decoder import AdaptedInputs
+from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.nn.position import FourierPositionEncoding
+
+
+def frames_to_patches(frames: Tensor, channels_last: bool | None = None) -> Tensor:
+    """Zero-padded 3x3 patches around each pixel of two frames: `(B, 2, H, W, 3)` -> `(B, 2, 27, H, W)`.
+
+    Also takes channels-first `(B, 2, 3, H, W)`. `channels_last=None` guesses from the shape (last axis of size 3 ->
+    channels-last); pass it explicitly when both axes have size 3.
+    """
+    if frames.ndim != 5 or frames.shape[1] != 2 or 3 not in (frames.shape[2], frames.shape[-1]):
+        raise ValueError(f"expected frames of shape (B, 2, H, W, 3) or (B, 2, 3, H, W), got {tuple(frames.shape)}")
+    if channels_last is None:
+        channels_last = frames.shape[-1] == 3
+    x = frames.permute(0, 1, 4, 2, 3) if channels_last else frames
+    if x.shape[2] != 3:
+        raise ValueError(f"expected 3 colour channels, got frames of shape {tuple(frames.shape)}")
+    b, t, c, h, w = x.shape
+    x = x.reshape(b * t, c, h, w)
+    cols = F.unfold(x if x.is_floating_point() else x.float(), 3, padding=1)  # (B*2, c*9, H*W)
+    # unfold orders channels (c, dy, dx); DeepMind / TF order is (dy, dx, c).
+    cols = cols.view(b * t, c, 9, h * w).transpose(1, 2)
+    return cols.reshape(b, t, 9 * c, h, w)
+
+
+@dataclass
+class FlowAdaptedInputs(AdaptedInputs):
+    """`AdaptedInputs` plus the image grid `(H, W)` the flat tokens come from."""
+
+    image_shape: tuple[int, int] = (0, 0)
+
+
+class FlowAdapter(InputAdapter):
+    """transformers' flow `PerceiverImagePreprocessor` (prep_type "patches", temporal_downsample 2,
+    spatial_downsample 1, conv_after_patching, Fourier positions concatenated).
+
+    `forward(inputs (B, 2, C_patch, H, W), mask (B, H*W) or None)` -> `FlowAdaptedInputs(tokens (B, H*W,
+    out_channels + 2 * (1 + 2 * num_bands)), mask, without_pos (B, H*W, out_channels), image_shape (H, W))`.
+    Positions are `linspace(-1, 1)` over the actual grid with bands up to `train_size / 2` (DeepMind's convention:
+    the model is meant to see `train_size` inputs; see `predict_flow_tiled` for other sizes).
+    """
+
+    def __init__(
+        self,
+        train_size: Sequence[int] = (368, 496),
+        patch_channels: int = 27,
+        out_channels: int = 64,
+        num_bands: int = 64,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.train_size = (int(train_size[0]), int(train_size[1]))
+        self.patch_channels = patch_channels
+        self.projection = nn.Linear(2 * patch_channels, out_channels)
+        self.position = FourierPositionEncoding(num_bands, self.train_size, concat_pos, sine_only)
+        self.num_channels = out_channels + self.position.num_channels(2)
+
+    def forward(self, inputs: Tensor, mask: Tensor | None = None) -> FlowAdaptedInputs:
+        if inputs.ndim != 5 or inputs.shape[1] != 2 or inputs.shape[2] != self.patch_channels:
+            h, w = self.train_size
+            raise ValueError(
+                f"expected patches of shape (B, 2, {self.patch_channels}, H, W), e.g. (B, 2, {self.patch_channels}, "
+                f"{h}, {w}) (use frames_to_patches on two frames), got {tuple(inputs.shape)}"
+            )
+        b, _, _, h, w = inputs.shape
+        x = space_to_depth(inputs, temporal_block_size=2)[:, 0]  # (B, H, W, 2 * C_patch), frame-major channels
+        x = self.projection(x).reshape(b, h * w, -1)
+        if mask is not None and tuple(mask.shape) != (b, h * w):
+            raise ValueError(f"expected attention_mask of shape ({b}, {h * w}) (B, H*W), got {tuple(mask.shape)}")
+        pos = self.position((h, w), dtype=x.dtype).reshape(1, h * w, -1).expand(b, -1, -1)
+        tokens = torch.cat([x, pos], dim=-1)
+        return FlowAdaptedInputs(tokens=tokens, mask=mask, without_pos=x, image_shape=(h, w))
+
+
+class FlowOutput(OutputAdapter):
+    """Decoder output `(B, O, 2)` -> flow in pixels: `x / rescale_factor * flow_scale_factor`.
+
+    Whole decodes are shaped `(B, H, W, 2)`; subset decodes (`output_index` `(O',)` of flat pixel indices)
+    stay flat `(B, O', 2)`.
+    """
+
+    def __init__(self, rescale_factor: float = 100.0, flow_scale_factor: float = 20.0) -> None:
+        super().__init__()
+        self.rescale_factor = rescale_factor
+        self.flow_scale_factor = flow_scale_factor
+
+    def forward(self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | None = None) -> Tensor:
+        x = x / self.rescale_factor
+        if self.flow_scale_factor != 1.0:
+            x = x * self.flow_scale_factor
+        if output_index is not None:
+            return x
+        h, w = adapted.image_shape  # type: ignore[attr-defined]
+        return x.reshape(x.shape[0], h, w, x.shape[-1])
+
+
+def compute_grid_indices(
+    image_shape: Sequence[int], tile: Sequence[int], min_overlap: int = 20
+) -> list[tuple[int, int]]:
+    """Top-left corners `(y, x)` of overlapping tiles covering `image_shape` `(H, W)`.
+
+    DeepMind colab's `compute_grid_indices`: starts every `tile - min_overlap` pixels and a last tile flush with the
+    border. Unlike the colab, starts past `H - tile` are dropped rather than left to run off the image (the colab
+    only replaces the last one), so small strides work too; for the colab's settings the corners are the same.
+    """
+    (h, w), (th, tw) = image_shape, tile
+    if h < th or w < tw:
+        raise ValueError(
+            f"expected frames of at least the tile size {th}x{tw}, got {h}x{w}; pad or resize the frames first"
+        )
+    if min_overlap >= th or min_overlap >= tw or min_overlap < 0:
+        raise ValueError(f"min_overlap must be in [0, tile size), got {min_overlap} for tile {tuple(tile)}")
+    ys = [*range(0, h - th, th - min_overlap), h - th]
+    xs = [*range(0, w - tw, tw - min_overlap), w - tw]
+    return list(itertools.product(ys, xs))
+
+
+def tile_weights(tile: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """DeepMind's blending weights `(th, tw)`: distance (in pixels, from 1) to the nearest tile border."""
+    th, tw = tile
+    wy = torch.arange(th, device=device)
+    wx = torch.arange(tw, device=device)
+    wy = torch.minimum(wy + 1, th - wy)
+    wx = torch.minimum(wx + 1, tw - wx)
+    return torch.minimum(wy[:, None], wx[None, :]).float()
+
+
+@torch.no_grad()
+def predict_flow_tiled(
+    model: nn.Module,
+    frame1: Tensor,
+    frame2: Tensor,
+    tile: Sequence[int] | None = None,
+    min_overlap: int | None = None,
+    **forward_kwargs: Any,
+) -> Tensor:
+    """Flow for frames of any size >= `tile` by overlapping tiles blended with DeepMind's weights.
+
+    `frame1`, `frame2`: `(B, H, W, 3)` channels-last, already normalised as the model expects (DeepMind: `[-1, 1]`).
+    `tile` defaults to the model's `train_size`; `min_overlap` to DeepMind's 20 pixels (at most half the tile).
+    Each pixel's flow is the average of the tiles covering it, weighted by the distance to each tile's border.
+    Returns `(B, H, W, 2)` in the model's output units (pixels).
+    """
+    if frame1.shape != frame2.shape:
+        raise ValueError(f"expected two frames of the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}")
+    if frame1.ndim != 4 or frame1.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (B, H, W, 3), got {tuple(frame1.shape)}")
+    tile = tuple(tile) if tile is not None else tuple(model.config.train_size)
+    if min_overlap is None:
+        min_overlap = min(20, min(tile) // 2)
+    b, h, w, _ = frame1.shape
+    frames = torch.stack([frame1, frame2], dim=1)  # (B, 2, H, W, 3)
+    weights = tile_weights(tile, frame1.device)[None, :, :, None]
+    flow = torch.zeros(b, h, w, 2, device=frame1.device)
+    count = torch.zeros(1, h, w, 1, device=frame1.device)
+    for y, x in compute_grid_indices((h, w), tile, min_overlap):
+        piece = frames[:, :, y : y + tile[0], x : x + tile[1]]
+        out = model(frames_to_patches(piece, channels_last=True), **forward_kwargs).logits.float()
+        flow[:, y : y + tile[0], x : x + tile[1]] += out * weights
+        count[:, y : y + tile[0], x : x + tile[1]] += weights
+    return flow / count
+
+
+def _colorwheel() -> Tensor:
+    """Middlebury colour wheel (Baker et al.): 55 RGB hues, red -> yellow -> green -> cyan -> blue -> magenta."""
+    segments = [(15, (255, None, 0)), (6, (None, 255, 0)), (4, (0, 255, None)), (11, (0, None, 255)),
+                (13, (None, 0, 255)), (6, (255, 0, None))]  # fmt: skip
+    rising = [True, False, True, False, True, False]
+    rows = []
+    for (n, spec), up in zip(segments, rising):
+        ramp = torch.floor(255 * torch.arange(n) / n)
+        ramp = ramp if up else 255 - ramp
+        rows.append(torch.stack([ramp if v is None else torch.full((n,), float(v)) for v in spec], dim=1))
+    return torch.cat(rows)
+
+
+def flow_to_color(flow: Any, max_flow: float | None = None) -> Any:
+    """Middlebury colour coding of a flow field `(H, W, 2)` -> uint8 RGB `(H, W, 3)` (numpy in, numpy out).
+
+    Hue is the direction (+x red, +y blue-ish, as flow_vis / RAFT), saturation the magnitude normalised by
+    `max_flow` (default: the largest magnitude in `flow`); zero flow is white.
+    """
+    is_numpy = not isinstance(flow, Tensor)
+    f = torch.as_tensor(flow).detach().float().cpu()
+    if f.ndim != 3 or f.shape[-1] != 2:
+        raise ValueError(f"expected flow of shape (H, W, 2), got {tuple(f.shape)}")
+    u, v = f[..., 0], f[..., 1]
+    rad = torch.sqrt(u * u + v * v)
+    scale = (float(rad.max()) if max_flow is None else float(max_flow)) + 1e-5
+    u, v, rad = u / scale, v / scale, rad / scale
+    wheel = _colorwheel()
+    n = wheel.shape[0]
+    a = torch.atan2(-v, -u) / torch.pi
+    fk = (a + 1) / 2 * (n - 1)
+    k0 = fk.floor().long().clamp(0, n - 1)
+    k1 = (k0 + 1) % n
+    frac = (fk - k0)[..., None]
+    col = (1 - frac) * wheel[k0] / 255 + frac * wheel[k1] / 255
+    inside = (rad <= 1)[..., None]
+    col = torch.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
+    img = torch.floor(255 * col).clamp(0, 255).to(torch.uint8)
+    return img.numpy() if is_numpy else img
+
+
+def write_flow_png(path: str | os.PathLike, flow: Any, max_flow: float | None = None) -> None:
+    """Write the colour-coded flow `(H, W, 2)` as an RGB PNG (needs Pillow)."""
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("write_flow_png needs Pillow: pip install 'perceiver-torch[vision]'") from e
+    img = torch.as_tensor(flow_to_color(torch.as_tensor(flow), max_flow))
+    h, w, _ = img.shape
+    Image.frombytes("RGB", (w, h), img.contiguous().numpy().tobytes()).save(os.fspath(path), format="PNG")

@@ -1,0 +1,217 @@
+"""Optical flow model: patch extraction order, shapes, chunked / subset decoding, tiled inference, bad input, colours."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import perceiver
+from perceiver.adapters.flow import (
+    compute_grid_indices,
+    flow_to_color,
+    frames_to_patches,
+    predict_flow_tiled,
+    tile_weights,
+    write_flow_png,
+)
+from perceiver.models.flow import PerceiverForOpticalFlow
+
+SIZE = (8, 12)
+
+
+def tiny(**overrides) -> PerceiverForOpticalFlow:
+    kw = dict(train_size=SIZE, num_latents=8, latent_dim=16, num_self_attends_per_block=1, latent_heads=2)
+    kw |= dict(num_bands=4, out_channels=8, output_init_zeros=False)
+    return perceiver.create_model("optical-flow-perceiver", **(kw | overrides)).eval()
+
+
+@pytest.fixture
+def model() -> PerceiverForOpticalFlow:
+    return tiny()
+
+
+def colab_extract_image_patches(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
+    """transformers' optical flow tutorial (TF 'SAME' padding + unfold), `(N, C, H, W)` -> `(N, 9C, H, W)`."""
+    b, c, h, w = x.shape
+    pad = kernel - 1
+    x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+    patches = x.unfold(2, kernel, 1).unfold(3, kernel, 1).permute(0, 4, 5, 1, 2, 3).contiguous()
+    return patches.view(b, -1, patches.shape[-2], patches.shape[-1])
+
+
+def test_frames_to_patches_channel_order():
+    frames = torch.randn(2, 2, 5, 7, 3)
+    patches = frames_to_patches(frames)
+    assert patches.shape == (2, 2, 27, 5, 7)
+    # channel (dy * 3 + dx) * 3 + c = colour c at offset (dy - 1, dx - 1), zero outside (DeepMind / TF order)
+    padded = F.pad(frames, (0, 0, 1, 1, 1, 1))
+    for dy in range(3):
+        for dx in range(3):
+            for c in range(3):
+                want = padded[:, :, dy : dy + 5, dx : dx + 7, c]
+                assert torch.equal(patches[:, :, (dy * 3 + dx) * 3 + c], want)
+    reference = colab_extract_image_patches(frames.permute(0, 1, 4, 2, 3).reshape(4, 3, 5, 7)).view(2, 2, 27, 5, 7)
+    assert torch.equal(patches, reference)
+    assert torch.equal(frames_to_patches(frames.permute(0, 1, 4, 2, 3)), patches)  # channels-first input
+    assert frames_to_patches(torch.zeros(1, 2, 4, 4, 3, dtype=torch.uint8)).dtype == torch.float32
+
+
+def test_shapes_and_preset_defaults(model):
+    out = model(torch.randn(2, 2, 27, *SIZE))
+    assert out.logits.shape == (2, *SIZE, 2)
+    assert out.last_hidden_state.shape == (2, 8, 16)
+    c = PerceiverForOpticalFlow.config_class()
+    assert (c.train_size, c.num_latents, c.latent_dim, c.num_self_attends_per_block, c.latent_heads) == (
+        (368, 496), 2048, 512, 24, 16
+    )  # fmt: skip
+    assert c.query_chunk_size == 8192
+    # the preset's final layer starts at zero (DeepMind's output_w_init): an untrained model predicts zero flow
+    z = tiny(output_init_zeros=True)
+    assert torch.equal(z(torch.randn(1, 2, 27, *SIZE)).logits, torch.zeros(1, *SIZE, 2))
+
+
+def test_chunked_equals_one_shot_and_default_chunks(model):
+    x = torch.randn(2, 2, 27, *SIZE)
+    with torch.no_grad():
+        whole = model(x, query_chunk_size=0).logits
+        for chunk in (7, 96, 500):
+            assert torch.allclose(model(x, query_chunk_size=chunk).logits, whole, atol=1e-6)
+        index = torch.tensor([95, 0, 13, 13, 40])
+        subset = model(x, output_index=index, query_chunk_size=2).logits
+    assert subset.shape == (2, 5, 2)
+    assert torch.allclose(subset, whole.reshape(2, -1, 2)[:, index], atol=1e-6)
+    calls = []
+    handle = model.decoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[1]))
+    model.config.query_chunk_size = 10
+    with torch.no_grad():
+        model(x)  # None -> config.query_chunk_size
+    handle.remove()
+    assert calls == [10] * 9 + [6]
+
+
+def test_mask_and_gradients(model):
+    x = torch.randn(1, 2, 27, *SIZE)
+    mask = torch.ones(1, SIZE[0] * SIZE[1], dtype=torch.long)
+    assert torch.allclose(model(x, attention_mask=mask).logits, model(x).logits, atol=1e-6)
+    model.train()
+    model(x).logits.square().mean().backward()
+    assert model.input_adapter.projection.weight.grad.abs().sum() > 0
+    assert model.encoder.latents.grad.abs().sum() > 0
+
+
+def test_tiled_equals_untiled_at_training_size(model):
+    f1, f2 = torch.rand(2, *SIZE, 3) * 2 - 1, torch.rand(2, *SIZE, 3) * 2 - 1
+    with torch.no_grad():
+        direct = model(frames_to_patches(torch.stack([f1, f2], dim=1))).logits
+    for overlap in (0, 2, 5):
+        assert torch.allclose(predict_flow_tiled(model, f1, f2, min_overlap=overlap), direct, atol=1e-6)
+    assert torch.allclose(model.predict(f1, f2), direct, atol=1e-6)
+    assert torch.allclose(model.predict(f1[0], f2[0]), direct[0], atol=1e-6)  # unbatched
+
+
+def test_tiled_blending_on_a_larger_image(model):
+    h, w = SIZE[0], 20  # tiles at x = 0 and 8 (min_overlap 4): columns 8..11 blend the two
+    assert compute_grid_indices((h, w), SIZE, 4) == [(0, 0), (0, 8)]
+    f1, f2 = torch.rand(1, h, w, 3), torch.rand(1, h, w, 3)
+    flow = predict_flow_tiled(model, f1, f2, min_overlap=4)
+    assert flow.shape == (1, h, w, 2)
+    frames = torch.stack([f1, f2], dim=1)
+    with torch.no_grad():
+        left = model(frames_to_patches(frames[:, :, :, 0:12])).logits
+        right = model(frames_to_patches(frames[:, :, :, 8:20])).logits
+    wts = tile_weights(SIZE)[None, :, :, None]
+    assert torch.allclose(flow[:, :, :8], left[:, :, :8], atol=1e-6)
+    assert torch.allclose(flow[:, :, 12:], right[:, :, 4:], atol=1e-6)
+    blend = (left[:, :, 8:] * wts[:, :, 8:] + right[:, :, :4] * wts[:, :, :4]) / (wts[:, :, 8:] + wts[:, :, :4])
+    assert torch.allclose(flow[:, :, 8:12], blend, atol=1e-6)
+    # uint8 frames are normalised to [-1, 1] by predict
+    u1, u2 = (torch.randint(0, 256, (h, w, 3), dtype=torch.uint8) for _ in range(2))
+    want = predict_flow_tiled(model, u1[None] / 255 * 2 - 1, u2[None] / 255 * 2 - 1, min_overlap=4)
+    assert torch.allclose(model.predict(u1, u2, min_overlap=4), want[0], atol=1e-5)
+
+
+def colab_grid_indices(image_shape, patch_size, min_overlap=20):
+    """DeepMind colab's `compute_grid_indices`."""
+    ys = list(range(0, image_shape[0], patch_size[0] - min_overlap))
+    xs = list(range(0, image_shape[1], patch_size[1] - min_overlap))
+    ys[-1] = image_shape[0] - patch_size[0]
+    xs[-1] = image_shape[1] - patch_size[1]
+    return [(y, x) for y in ys for x in xs]
+
+
+@pytest.mark.parametrize("shape", [(436, 1024), (375, 1242), (368, 496)])
+def test_grid_indices_match_colab(shape):
+    # Sintel, KITTI, the training size: the colab's corners (without its duplicates)
+    assert compute_grid_indices(shape, (368, 496)) == sorted(set(colab_grid_indices(shape, (368, 496))))
+
+
+def test_grid_indices_stay_inside():
+    # 540 x 960: the colab starts a tile at x = 476, running past the border (476 + 496 > 960)
+    assert (0, 476) in colab_grid_indices((540, 960), (368, 496))
+    corners = compute_grid_indices((540, 960), (368, 496))
+    assert corners == [(0, 0), (0, 464), (172, 0), (172, 464)]
+    covered = torch.zeros(540, 960, dtype=torch.bool)
+    for y, x in corners:
+        assert y + 368 <= 540 and x + 496 <= 960
+        covered[y : y + 368, x : x + 496] = True
+    assert covered.all()
+    assert compute_grid_indices((8, 12), (8, 12), min_overlap=5) == [(0, 0)]
+
+
+def test_tile_weights_match_colab():
+    wts = tile_weights((4, 5))
+    # min(min(x + 1, W - x), min(y + 1, H - y))
+    want = [[min(min(x + 1, 5 - x), min(y + 1, 4 - y)) for x in range(5)] for y in range(4)]
+    assert wts.tolist() == want
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="same shape"):
+        model.predict(torch.rand(*SIZE, 3), torch.rand(SIZE[0], SIZE[1] + 1, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        predict_flow_tiled(model, torch.rand(1, *SIZE, 3), torch.rand(1, SIZE[0] + 1, SIZE[1], 3))
+    with pytest.raises(ValueError, match="at least the tile size"):
+        model.predict(torch.rand(4, 4, 3), torch.rand(4, 4, 3))
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W, 3\)"):
+        frames_to_patches(torch.rand(1, 3, *SIZE, 3))  # three frames
+    with pytest.raises(ValueError, match=r"expected patches of shape \(B, 2, 27, H, W\)"):
+        model(torch.randn(1, 2, 26, *SIZE))
+    with pytest.raises(ValueError, match=r"expected patches"):
+        model(torch.randn(1, 3, 27, *SIZE))  # wrong number of frames
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.randn(1, 2, 27, *SIZE), attention_mask=torch.ones(1, 5))
+    with pytest.raises(ValueError, match="min_overlap"):
+        compute_grid_indices((20, 20), SIZE, min_overlap=8)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    x = torch.randn(1, 2, 27, *SIZE)
+    model.save_pretrained(tmp_path)
+    again = perceiver.from_pretrained(tmp_path)
+    assert isinstance(again, PerceiverForOpticalFlow) and again.config == model.config
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, model(x).logits)
+
+
+def test_flow_to_color_known_colours(tmp_path):
+    flow = torch.zeros(2, 3, 2)
+    flow[0, 0] = torch.tensor([1.0, 0.0])  # +x: red
+    flow[0, 1] = torch.tensor([-1.0, 0.0])  # -x: cyan-blue
+    img = flow_to_color(flow)
+    assert img.dtype == torch.uint8 and img.shape == (2, 3, 3)
+    assert img[0, 0].tolist() == [255, 0, 0]
+    assert img[0, 1].tolist() == [0, 209, 255]
+    assert img[1, 2].tolist() == [255, 255, 255]  # zero flow: white
+    assert flow_to_color(torch.zeros(4, 4, 2)).eq(255).all()
+    half = flow_to_color(torch.tensor([[[0.5, 0.0]]]), max_flow=1.0)  # half magnitude: half saturated red
+    assert half[0, 0].tolist() == [255, 127, 127]
+    np = pytest.importorskip("numpy")
+    assert isinstance(flow_to_color(flow.numpy()), np.ndarray)
+    Image = pytest.importorskip("PIL.Image")
+    write_flow_png(tmp_path / "flow.png", flow)
+    back = torch.tensor(np.asarray(Image.open(tmp_path / "flow.png")))
+    assert torch.equal(back, img)
+    assert math.isclose(float(tile_weights((3, 3)).max()), 2.0)
