@@ -10,18 +10,22 @@ from perceiver.decoder import (
     TrainableQueries,
 )
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.image_processing import ImageProcessor
 from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.registry import create_model, list_models, register_model
 from perceiver.pretrained import from_pretrained
+from perceiver.tokenizer import ByteTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptedInputs",
+    "ByteTokenizer",
     "DecoderConfig",
     "EncoderConfig",
     "FourierQueries",
+    "ImageProcessor",
     "InputAdapter",
     "InputQueries",
     "OutputAdapter",
