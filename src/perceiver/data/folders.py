@@ -1,0 +1,189 @@
+"""Image classification from a folder per class (the torchvision / Keras `ImageFolder` layout).
+
+    root/<class_a>/xxx.png
+    root/<class_a>/sub/yyy.jpg      (searched recursively)
+    root/<class_b>/zzz.jpeg
+
+Classes are the sorted sub-folder names of `root` (hidden folders skipped). Files are images by extension
+(`IMAGE_EXTENSIONS`, case-insensitive); other files are ignored. Images are decoded with Pillow, converted to RGB
+(or L with `grayscale=True`) and resized to `image_size` with bilinear filtering (aspect ratio not preserved).
+Validation is `val_root` (same layout, a subset of the classes) or a stratified `val_fraction` of `root` (fixed,
+independent of `seed`); `test_root` is optional.
+
+`setup()` checks the data before training starts: `FileNotFoundError` for a missing root, `ValueError` naming the
+folder for a class folder with no images (or a `val_root` / `test_root` class unknown to `root`), and naming the
+file for an image Pillow cannot decode (`check_images="decode"`, the default, fully decodes every image once;
+"verify" only opens and integrity-checks them, faster for big folders; "none" skips the check).
+
+Batch: `{"inputs": float32 (B, H, W, C) channels-last in [0, 1], "labels": int64 (B,)}`, C = 3 (1 if grayscale).
+Augmentation (`augment=True`, training only): random horizontal flip and a random translation by up to 1/8 of
+the size (zero fill), drawn from `(seed, epoch, index)`.
+
+Attributes available right after construction: `class_names`, `num_classes`, `image_shape = (H, W, C)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver.data._common import (
+    IMAGE_EXTENSIONS,
+    BaseDataModule,
+    ImageCheck,
+    KeyedDataset,
+    as_hw,
+    check_image,
+    load_image,
+    require_dir,
+    sample_rng,
+    stratified_split,
+)
+from perceiver.data.digits import shift_image
+
+SPLIT_SEED = 0
+
+
+def list_classes(root: Path) -> list[str]:
+    """Sorted non-hidden sub-folder names of `root`; `ValueError` naming `root` if there are none."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"no class folders in {root} (expected {root}/<class>/<image files>)")
+    return classes
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files under `folder` (recursive, hidden files skipped)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def scan_folder(root: Path, class_names: list[str], check: ImageCheck) -> tuple[list[Path], np.ndarray]:
+    """Files and labels of every class folder of `root` (each must be one of `class_names`), checked."""
+    to_id = {name: i for i, name in enumerate(class_names)}
+    files: list[Path] = []
+    labels: list[int] = []
+    for name in list_classes(root):
+        folder = root / name
+        if name not in to_id:
+            raise ValueError(f"class folder {folder} is not a class of the training folder ({class_names})")
+        found = list_images(folder)
+        if not found:
+            raise ValueError(f"class folder {folder} has no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        for f in found:
+            check_image(f, check)
+        files += found
+        labels += [to_id[name]] * len(found)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+class ImageFileDataset(KeyedDataset):
+    """Image files and labels; items `{"inputs": (H, W, C), "labels": ()}` (see the module docstring)."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        labels: np.ndarray,
+        size: tuple[int, int],
+        grayscale: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.files, self.labels, self.size, self.grayscale = files, labels, size, grayscale
+        self.augment, self.seed = augment, seed
+        self.cache = torch.stack([self._load(i) for i in range(len(files))]) if cache and files else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(load_image(self.files[index], self.size, self.grayscale))
+
+    def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+        image = self.cache[index] if self.cache is not None else self._load(index)
+        if self.augment:
+            rng = sample_rng(self.seed, epoch, index)
+            h, w = self.size
+            dy, dx = rng.integers(-(h // 8), h // 8 + 1), rng.integers(-(w // 8), w // 8 + 1)
+            image = shift_image(image.flip(1) if rng.random() < 0.5 else image, int(dy), int(dx))
+        return {"inputs": image, "labels": torch.tensor(int(self.labels[index]))}
+
+
+class ImageFolderDataModule(BaseDataModule):
+    """Image classification from folders of images, one sub-folder per class (see the module docstring).
+
+    Args:
+        root: training folder (`root/<class>/...`).
+        image_size: `H` or `(H, W)` images are resized to.
+        val_root: validation folder with the same layout; default: a stratified `val_fraction` of `root`.
+        test_root: test folder with the same layout; `test_dataloader()` raises if None.
+        val_fraction: share of `root` held out when `val_root` is None.
+        grayscale: decode to one channel instead of RGB.
+        augment: random flips and translations of training images.
+        check_images: "decode" (default), "verify" or "none" (see the module docstring).
+        cache_images: keep every decoded, resized image in memory (float32) after `setup()`.
+        batch_size, num_workers, seed: see `BaseDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int | tuple[int, int] = 64,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        val_fraction: float = 0.1,
+        grayscale: bool = False,
+        augment: bool = False,
+        check_images: ImageCheck = "decode",
+        cache_images: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if check_images not in ("decode", "verify", "none"):
+            raise ValueError(f"check_images must be 'decode', 'verify' or 'none', got {check_images!r}")
+        if val_root is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
+        self.root = require_dir(root, "image folder")
+        self.val_root = require_dir(val_root, "validation image folder") if val_root is not None else None
+        self.test_root = require_dir(test_root, "test image folder") if test_root is not None else None
+        self.class_names = list_classes(self.root)
+        self.num_classes = len(self.class_names)
+        self.image_size = as_hw(image_size)
+        self.image_shape = (*self.image_size, 1 if grayscale else 3)
+        self.val_fraction = val_fraction
+        self.grayscale = grayscale
+        self.augment = augment
+        self.check_images = check_images
+        self.cache_images = cache_images
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files, labels = scan_folder(self.root, self.class_names, self.check_images)
+        if self.val_root is not None:
+            val_files, val_labels = scan_folder(self.val_root, self.class_names, self.check_images)
+        else:
+            keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)
+            if len(held) == 0:
+                raise ValueError(f"{self.root}: too few images to hold out a validation split; give val_root")
+            files, val_files = [files[i] for i in keep], [files[i] for i in held]
+            labels, val_labels = labels[keep], labels[held]
+
+        def make(f: list[Path], y: np.ndarray, augment: bool = False) -> ImageFileDataset:
+            return ImageFileDataset(f, y, self.image_size, self.grayscale, augment, self.seed, self.cache_images)
+
+        self.train_set = make(files, labels, self.augment)
+        self.val_set = make(val_files, val_labels)
+        if self.test_root is not None:
+            self.test_set = make(*scan_folder(self.test_root, self.class_names, self.check_images))
