@@ -15,3 +15,10 @@ __all__ += ["MultimodalAutoencodingConfig", "PerceiverForMultimodalAutoencoding"
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow  # noqa: E402
 
 __all__ += ["OpticalFlowConfig", "PerceiverForOpticalFlow"]
+from perceiver.models.classifiers import (  # noqa: E402
+    PerceiverForAudioClassification,
+    PerceiverForPointCloudClassification,
+    PerceiverForVideoClassification,
+)
+
+__all__ += ["PerceiverForAudioClassification", "PerceiverForPointCloudClassification", "PerceiverForVideoClassification"]
