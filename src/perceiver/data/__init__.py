@@ -1,9 +1,34 @@
-"""Datasets that work offline and loaders for local standard formats, as Lightning datamodules."""
+"""Datasets that work offline and loaders for local standard formats, as Lightning datamodules.
+
+Every datamodule is a `lightning.pytorch.LightningDataModule` whose constructor takes plain typed values
+(LightningCLI builds them from YAML), always including `batch_size`, `num_workers=0` and `seed=0`; the
+attributes a model config needs are available right after construction (for `link_arguments(...,
+apply_on="instantiate")`). Batches are dicts:
+
+| datamodule | batch | attributes |
+| --- | --- | --- |
+| `DigitsDataModule` (sklearn digits) | `inputs` f32 (B, 8, 8, 1) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
+| `ImageFolderDataModule(root, image_size)` | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
+| `TextClassificationDataModule(train_file, ...)` | `input_ids` i64 (B, L), `attention_mask` bool (B, L), `labels` i64 (B,) | `num_classes`, `class_names`, `vocab_size`, `max_seq_len`, `pad_token_id` |
+| `PydocMLMDataModule` (pydoc topics) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` |
+| `SyntheticPointCloudDataModule`, `ModelNetDataModule(root)` | `inputs` f32 (B, P, 3), `mask` bool (B, P) True = point, `labels` i64 (B,) | `num_classes`, `class_names`, `max_points`, `point_dim` |
+| `SyntheticFlowDataModule`, `SintelFlowDataModule(root)` | `frames` f32 (B, 2, H, W, 3) in [0, 1], `flow` f32 (B, H, W, 2) px (dx, dy), `frame2(p + flow(p)) ~= frame1(p)` | `image_shape` |
+
+Masks are boolean, True = valid. Text is UTF-8 bytes + 6 with PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5 (the ids of
+transformers' `PerceiverTokenizer`), sequences `[CLS] bytes [SEP]`.
+
+Determinism (see `perceiver.data._common`): splits and evaluation data are fixed; `seed` drives training order,
+augmentation and MLM masks, all functions of `(seed, epoch, index)`, so results do not depend on the number of
+workers, a run resumed at an epoch boundary sees the same data, and R processes with batch b see the same global
+batches as one process with batch R * b. Bad data (missing / corrupt files, empty class folders, undecodable
+images, missing fields) raises `FileNotFoundError` / `ValueError` naming the file, folder or field, in the
+constructor or in `setup()`, before training starts.
+"""
 
 from perceiver.data.digits import DigitsDataModule
 from perceiver.data.flow import SintelFlowDataModule, SyntheticFlowDataModule, read_flo, write_flo
 from perceiver.data.folders import ImageFolderDataModule
-from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataModule
+from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataModule, read_off, write_off
 from perceiver.data.pydoc import PydocMLMDataModule
 from perceiver.data.text import TextClassificationDataModule
 
@@ -17,5 +42,7 @@ __all__ = [
     "SyntheticPointCloudDataModule",
     "TextClassificationDataModule",
     "read_flo",
+    "read_off",
     "write_flo",
+    "write_off",
 ]

@@ -416,7 +416,9 @@ class ModelNetDataModule(BaseDataModule):
         val_fraction: stratified share of the `train` meshes held out for validation (fixed).
         augment: random rotation about z, scale in [0.8, 1.25] and jitter for training clouds.
         check_files: "parse" (default) reads every mesh once in `setup()` so a corrupt file fails before training
-            (about a minute for the full ModelNet40), "header" checks only the header lines, "none" skips checks.
+            (costs about one epoch of data loading, as training clouds are re-sampled from the meshes every epoch),
+            "header" checks only the first line, "none" skips checks (a corrupt file then fails when loaded,
+            still naming the file).
         batch_size, num_workers, seed: see `BaseDataModule`.
 
     Raises (`FileNotFoundError` / `ValueError` naming the folder or file): a missing `root` (constructor), a class
