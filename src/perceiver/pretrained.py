@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
-HF_CONVERTERS: dict[str, Callable[[dict[str, Any], dict[str, Tensor]], nn.Module]] = {}
+HF_CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_hf_converter(*architectures: str):
-    """Decorator: `fn(hf_config: dict, state_dict: dict) -> nn.Module` converts these transformers heads."""
+    """Decorator: `fn(hf_config: dict, state_dict: dict, **options) -> nn.Module` converts these heads."""
 
     def wrap(fn):
         for arch in architectures:
@@ -68,7 +68,11 @@ def _import_converters() -> None:
 
 
 def from_pretrained(path_or_id: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode."""
+    """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode.
+
+    `overrides` go to the converter of a transformers checkpoint (e.g. `same_padding=False` to reproduce
+    transformers' conv stem) or replace config fields of one of our folders.
+    """
     folder = resolve(path_or_id)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -82,7 +86,7 @@ def from_pretrained(path_or_id: str | os.PathLike, **overrides: Any) -> nn.Modul
                 f"{folder}: architectures {config['architectures']} are not supported; "
                 f"expected one of {sorted(HF_CONVERTERS)}"
             )
-        model = HF_CONVERTERS[archs[0]](config, load_state_dict(folder))
+        model = HF_CONVERTERS[archs[0]](config, load_state_dict(folder), **overrides)
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
