@@ -1,0 +1,255 @@
+"""MultiHeadAttention (SDPA) against an independent einsum reference, masks, attention maps, dropout, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceiver.nn import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
+
+
+def reference_attention(mha: MultiHeadAttention, x_q, x_kv=None, mask=None, dtype=torch.float64):
+    """Plain multi-head attention in `dtype` with the module's weights; fully masked query rows give zeros.
+
+    Returns the output `(B, N, out_dim)` and the probabilities `(B, H, N, M)`.
+    """
+    x_kv = x_q if x_kv is None else x_kv
+    h = mha.num_heads
+
+    def proj(layer, x):
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+
+    q, k, v = proj(mha.q_proj, x_q), proj(mha.k_proj, x_kv), proj(mha.v_proj, x_kv)
+    q, k, v = (t.reshape(*t.shape[:2], h, -1) for t in (q, k, v))  # (B, L, H, d)
+    scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if mask is not None:
+        probs = torch.where(mask.any(-1)[:, None, None, None], probs, torch.zeros_like(probs))  # NaN rows -> 0
+    out = torch.einsum("bhnm,bmhd->bnhd", probs, v).flatten(2)
+    out = proj(mha.o_proj, out)
+    if mask is not None:
+        out = out * mask.any(-1)[:, None, None].to(dtype)
+    return out, probs
+
+
+def random_mask(b: int, m: int) -> torch.Tensor:
+    """A key mask with a different number of valid keys per sample, at least one valid in each."""
+    mask = torch.rand(b, m) > 0.4
+    mask[:, 0] = True
+    return mask
+
+
+CASES = [
+    # q_dim, kv_dim, heads, qk_channels, v_channels, out_dim, qkv_bias
+    pytest.param(16, 16, 1, None, None, None, True, id="self-1head"),
+    pytest.param(16, 16, 4, None, None, None, False, id="self-4heads-nobias"),
+    pytest.param(16, 7, 2, 8, 12, 10, True, id="cross-qk8-v12-out10"),
+    pytest.param(12, 5, 3, 6, 9, None, False, id="cross-3heads-nobias"),
+]
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize(("q_dim", "kv_dim", "heads", "qk", "v", "out_dim", "bias"), CASES)
+def test_sdpa_matches_reference_fp32(q_dim, kv_dim, heads, qk, v, out_dim, bias, with_mask):
+    mha = MultiHeadAttention(q_dim, kv_dim, heads, qk, v, out_dim, qkv_bias=bias).eval()
+    x_q, x_kv = torch.randn(3, 5, q_dim), torch.randn(3, 11, kv_dim)
+    mask = random_mask(3, 11) if with_mask else None
+    out, probs = mha(x_q, x_kv, kv_mask=mask)
+    expected, _ = reference_attention(mha, x_q, x_kv, mask)
+    assert probs is None
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_self_attention_defaults_kv_to_queries():
+    mha = MultiHeadAttention(16, num_heads=2).eval()
+    x = torch.randn(2, 6, 16)
+    torch.testing.assert_close(mha(x)[0], mha(x, x)[0], atol=0, rtol=0)
+    torch.testing.assert_close(mha(x)[0].double(), reference_attention(mha, x)[0], atol=1e-5, rtol=0)
+
+
+def test_mask_changes_the_output():
+    """The reference check above is only meaningful if masking matters for these inputs."""
+    mha = MultiHeadAttention(16, 7, 2).eval()
+    x_q, x_kv = torch.randn(2, 5, 16), torch.randn(2, 11, 7)
+    mask = random_mask(2, 11)
+    assert (mha(x_q, x_kv, mask)[0] - mha(x_q, x_kv)[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_sdpa_bf16_weights_within_tolerance(with_mask):
+    mha = MultiHeadAttention(32, 24, 4, 32, 16, qkv_bias=True).eval()
+    x_q, x_kv = torch.randn(2, 8, 32), torch.randn(2, 40, 24)
+    mask = random_mask(2, 40) if with_mask else None
+    mha_bf16 = mha.to(torch.bfloat16)
+    x_q, x_kv = x_q.bfloat16(), x_kv.bfloat16()
+    out, _ = mha_bf16(x_q, x_kv, kv_mask=mask)
+    assert out.dtype == torch.bfloat16
+    expected, _ = reference_attention(mha_bf16, x_q, x_kv, mask)  # same bf16 weights and inputs, in fp64
+    torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_sdpa_bf16_autocast_within_tolerance(with_mask):
+    mha = MultiHeadAttention(32, 24, 4, 32, 16).eval()
+    x_q, x_kv = torch.randn(2, 8, 32), torch.randn(2, 40, 24)
+    mask = random_mask(2, 40) if with_mask else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = mha(x_q, x_kv, kv_mask=mask)
+    assert out.dtype == torch.bfloat16
+    expected, _ = reference_attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_fully_masked_rows_give_zeros_not_nan(return_attention):
+    mha = MultiHeadAttention(16, 8, 2).train()  # dropout 0: training mode must behave the same
+    x_q = torch.randn(3, 4, 16, requires_grad=True)
+    x_kv = torch.randn(3, 9, 8, requires_grad=True)
+    mask = random_mask(3, 9)
+    mask[1] = False  # sample 1 has no valid key at all
+    out, probs = mha(x_q, x_kv, mask, return_attention=return_attention)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    expected, expected_probs = reference_attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    if return_attention:
+        assert torch.equal(probs[1], torch.zeros_like(probs[1]))
+        torch.testing.assert_close(probs.double(), expected_probs, atol=1e-6, rtol=0)
+    out.square().sum().backward()
+    assert torch.isfinite(x_q.grad).all() and torch.isfinite(x_kv.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mha.parameters())
+    assert torch.equal(x_kv.grad[1], torch.zeros_like(x_kv.grad[1]))  # nothing flows from masked keys
+
+
+def test_attention_maps_sum_to_one_over_valid_keys():
+    mha = MultiHeadAttention(16, 8, 4, 16, 8).eval()
+    x_q, x_kv = torch.randn(2, 5, 16), torch.randn(2, 12, 8)
+    mask = random_mask(2, 12)
+    out_maps, probs = mha(x_q, x_kv, mask, return_attention=True)
+    assert probs.shape == (2, 4, 5, 12)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 5))
+    masked = ~mask[:, None, None, :].expand_as(probs)
+    assert torch.equal(probs[masked], torch.zeros_like(probs[masked]))
+    assert (probs[~masked] > 0).all()
+    _, expected_probs = reference_attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(probs.double(), expected_probs, atol=1e-6, rtol=0)
+    # Asking for the maps does not change the output (materialising path == SDPA path).
+    torch.testing.assert_close(out_maps, mha(x_q, x_kv, mask)[0], atol=1e-6, rtol=0)
+
+
+def test_separate_qk_and_v_channel_shapes():
+    mha = MultiHeadAttention(q_dim=20, kv_dim=6, num_heads=2, qk_channels=8, v_channels=14, out_dim=10)
+    assert mha.q_proj.weight.shape == (8, 20)
+    assert mha.k_proj.weight.shape == (8, 6)
+    assert mha.v_proj.weight.shape == (14, 6)
+    assert mha.o_proj.weight.shape == (10, 14)
+    out, probs = mha(torch.randn(3, 4, 20), torch.randn(3, 9, 6), return_attention=True)
+    assert out.shape == (3, 4, 10)
+    assert probs.shape == (3, 2, 4, 9)
+
+
+def test_defaults_follow_query_width():
+    mha = MultiHeadAttention(12, 5, 3)
+    assert mha.q_proj.weight.shape == (12, 12)
+    assert mha.k_proj.weight.shape == (12, 5)
+    assert mha.v_proj.weight.shape == (12, 5)
+    assert mha.o_proj.weight.shape == (12, 12)
+
+
+def test_bias_switches():
+    no_bias = MultiHeadAttention(8, qkv_bias=False, out_bias=False)
+    assert all(p.bias is None for p in (no_bias.q_proj, no_bias.k_proj, no_bias.v_proj, no_bias.o_proj))
+    bias = MultiHeadAttention(8, qkv_bias=True, out_bias=True)
+    assert all(p.bias is not None for p in (bias.q_proj, bias.k_proj, bias.v_proj, bias.o_proj))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        ({"q_dim": 16, "num_heads": 3}, ["16", "3"]),
+        ({"q_dim": 16, "num_heads": 4, "qk_channels": 10}, ["qk_channels", "10", "4"]),
+        ({"q_dim": 16, "num_heads": 4, "v_channels": 6}, ["v_channels", "6", "4"]),
+        ({"q_dim": 16, "num_heads": 0}, ["num_heads", "0"]),
+    ],
+)
+def test_heads_not_dividing_channels_raise(kwargs, fragments):
+    with pytest.raises(ValueError) as info:
+        MultiHeadAttention(**kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_bad_dropout_raises(p):
+    with pytest.raises(ValueError, match=str(p)):
+        MultiHeadAttention(8, dropout=p)
+    with pytest.raises(ValueError, match=str(p)):
+        MLP(8, dropout=p)
+    with pytest.raises(ValueError, match=str(p)):
+        CrossAttentionLayer(8, 4, attn_dropout=p)
+    with pytest.raises(ValueError, match=str(p)):
+        SelfAttentionLayer(8, 2, ff_dropout=p)
+
+
+def test_dropout_only_in_train_mode():
+    mha = MultiHeadAttention(16, 8, 2, dropout=0.5)
+    x_q, x_kv = torch.randn(2, 6, 16), torch.randn(2, 30, 8)
+    mha.eval()
+    eval_out = mha(x_q, x_kv)[0]
+    torch.testing.assert_close(mha(x_q, x_kv)[0], eval_out, atol=0, rtol=0)
+    torch.testing.assert_close(eval_out.double(), reference_attention(mha, x_q, x_kv)[0], atol=1e-5, rtol=0)
+    mha.train()
+    train_a, train_b = mha(x_q, x_kv)[0], mha(x_q, x_kv)[0]
+    assert (train_a - eval_out).abs().max() > 1e-3
+    assert (train_a - train_b).abs().max() > 1e-3
+    # The materialising path drops out too, but returns the undropped probabilities.
+    out_maps, probs = mha(x_q, x_kv, return_attention=True)
+    assert (out_maps - eval_out).abs().max() > 1e-3
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 6))
+
+
+# ---------------------------------------------------------------------------------------------- MLP and layers
+
+
+def test_mlp_gelu_and_geglu():
+    x = torch.randn(2, 3, 8)
+    gelu = MLP(8, widening_factor=2, activation="gelu")
+    assert gelu.fc1.weight.shape == (16, 8) and gelu.fc2.weight.shape == (8, 16)
+    torch.testing.assert_close(gelu(x), gelu.fc2(F.gelu(gelu.fc1(x))))
+    geglu = MLP(8, widening_factor=2, activation="geglu")
+    assert geglu.fc1.weight.shape == (32, 8) and geglu.fc2.weight.shape == (8, 16)
+    a, gates = geglu.fc1(x).split(16, dim=-1)
+    torch.testing.assert_close(geglu(x), geglu.fc2(a * F.gelu(gates)))
+    with pytest.raises(ValueError, match="relu"):
+        MLP(8, activation="relu")
+
+
+@pytest.mark.parametrize("use_query_residual", [True, False])
+def test_cross_attention_layer_is_pre_ln(use_query_residual):
+    layer = CrossAttentionLayer(16, 6, num_heads=2, widening_factor=2, use_query_residual=use_query_residual).eval()
+    for norm in (layer.q_norm, layer.kv_norm, layer.mlp_norm):  # non-trivial affine LayerNorms
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x, kv, mask = torch.randn(2, 4, 16), torch.randn(2, 10, 6), random_mask(2, 10)
+    out, probs = layer(x, kv, mask)
+    h = reference_attention(layer.attention, layer.q_norm(x), layer.kv_norm(kv), mask)[0].float()
+    if use_query_residual:
+        h = h + x
+    expected = h + layer.mlp(layer.mlp_norm(h))
+    assert probs is None
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_self_attention_layer_is_pre_ln():
+    layer = SelfAttentionLayer(16, num_heads=4, widening_factor=2).eval()
+    torch.nn.init.normal_(layer.norm.weight)
+    x, mask = torch.randn(2, 7, 16), random_mask(2, 7)
+    h = x + reference_attention(layer.attention, layer.norm(x), mask=mask)[0].float()
+    expected = h + layer.mlp(layer.mlp_norm(h))
+    torch.testing.assert_close(layer(x, mask), expected, atol=1e-5, rtol=0)
