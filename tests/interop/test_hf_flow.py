@@ -43,13 +43,23 @@ def hf_flow(**overrides) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(params=sorted(CONFIGS))
-def pair(request, tmp_path):
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def converted(request, tmp_path_factory):
     hf = hf_flow(**CONFIGS[request.param])
-    hf.save_pretrained(tmp_path)
-    ours = perceiver.from_pretrained(tmp_path)
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    ours = perceiver.from_pretrained(path)
     assert isinstance(ours, PerceiverForOpticalFlow) and not ours.training
     return hf, ours
+
+
+@pytest.fixture
+def pair(converted):
+    """The converted pair, reporting transformers' units (`flow_scale_factor=1`) by default in each test."""
+    hf, ours = converted
+    ours.config.flow_scale_factor = 1.0
+    yield hf, ours
+    ours.config.flow_scale_factor = 20.0
 
 
 def test_whole_decode_parity_and_pixel_units(pair):
@@ -57,9 +67,9 @@ def test_whole_decode_parity_and_pixel_units(pair):
     x = torch.randn(2, 2, 27, *TRAIN_SIZE)
     with torch.no_grad():
         ref = hf(inputs=x).logits
+        got = ours(x, query_chunk_size=0).logits  # transformers' units (flow_scale_factor=1)
+        ours.config.flow_scale_factor = 20.0
         pixels = ours(x, query_chunk_size=0).logits
-        ours.output_adapter.flow_scale_factor = 1.0  # transformers' units
-        got = ours(x, query_chunk_size=0).logits
     assert got.shape == ref.shape == (2, *TRAIN_SIZE, 2)
     assert (got - ref).abs().max() <= 1e-4
     assert ref.abs().max() > 1e-3  # not trivially zero
@@ -68,7 +78,6 @@ def test_whole_decode_parity_and_pixel_units(pair):
 
 def test_chunked_and_subset_decode_parity(pair):
     hf, ours = pair
-    ours.output_adapter.flow_scale_factor = 1.0
     x = torch.randn(1, 2, 27, *TRAIN_SIZE)
     index = torch.tensor([0, 5, 17, 100, 191, 3])
     with torch.no_grad():
@@ -85,18 +94,17 @@ def test_chunked_and_subset_decode_parity(pair):
 def test_parity_from_frames(pair):
     """Frames -> our 3x3 patch extraction -> both models: equal flow (the patches are the shared input)."""
     hf, ours = pair
-    ours.output_adapter.flow_scale_factor = 1.0
     frames = torch.rand(1, 2, *TRAIN_SIZE, 3) * 2 - 1
     patches = frames_to_patches(frames)
     with torch.no_grad():
         assert (ours(patches).logits - hf(inputs=patches).logits).abs().max() <= 1e-4
 
 
-def test_converted_model_round_trip(pair, tmp_path):
-    _, ours = pair
+def test_converted_model_round_trip(converted, tmp_path):
+    _, ours = converted
     x = torch.randn(1, 2, 27, *TRAIN_SIZE)
     ours.save_pretrained(tmp_path / "ours")
     again = perceiver.from_pretrained(tmp_path / "ours")
     with torch.no_grad():
         assert torch.equal(again(x).logits, ours(x).logits)
-    assert again.config.train_size == TRAIN_SIZE
+    assert again.config.train_size == TRAIN_SIZE and again.config.flow_scale_factor == 20.0

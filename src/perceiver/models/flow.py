@@ -159,6 +159,7 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
         """
         if query_chunk_size is None:
             query_chunk_size = self.config.query_chunk_size
+        self.output_adapter.flow_scale_factor = self.config.flow_scale_factor  # the config is the switch
         if attention_mask is not None:
             attention_mask = attention_mask.to(torch.bool)
         return super().forward(inputs, attention_mask, output_index, query_chunk_size or None, return_attention)
