@@ -164,27 +164,18 @@ def test_state_dict_with_fewer_layers_raises():
         Perceiver.from_perceiver_pytorch(state_dict, **peer_kwargs())
 
 
-UNEXPECTED_BUG = (
-    "bug: a perceiver-pytorch key whose mapped target does not exist in our model escapes as IndexError / KeyError "
-    "instead of the loader's ValueError listing unexpected keys"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=UNEXPECTED_BUG)
 def test_state_dict_with_more_layers_raises():
     state_dict = pp.Perceiver(**peer_kwargs(depth=4)).state_dict()
     with pytest.raises(ValueError, match=r"unexpected keys \['layers\.3\."):
         Perceiver.from_perceiver_pytorch(state_dict, **peer_kwargs(depth=3))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=UNEXPECTED_BUG)
 def test_state_dict_with_more_self_attention_layers_raises():
     state_dict = pp.Perceiver(**peer_kwargs(self_per_cross_attn=2)).state_dict()
     with pytest.raises(ValueError, match=r"unexpected keys \['layers\.0\.self_attns\.1\."):
         Perceiver.from_perceiver_pytorch(state_dict, **peer_kwargs(self_per_cross_attn=1))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=UNEXPECTED_BUG)
 def test_state_dict_with_head_loaded_headless_raises():
     state_dict = pp.Perceiver(**peer_kwargs()).state_dict()
     with pytest.raises(ValueError, match=r"unexpected keys \['to_logits\."):
@@ -211,12 +202,7 @@ def test_state_dict_with_other_widths_raises():
         Perceiver.from_perceiver_pytorch(state_dict, **peer_kwargs())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: loader keeps the first of layers.1..depth-1 and silently drops the others when an untied "
-    "state dict is loaded with weight_tie_layers=True; it should check that tied copies are equal",
-)
 def test_untied_state_dict_loaded_as_tied_raises():
     state_dict = pp.Perceiver(**peer_kwargs(depth=3)).state_dict()  # layers 1 and 2 hold different weights
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"layers\.2\..* differs from the layer it is tied to"):
         Perceiver.from_perceiver_pytorch(state_dict, **peer_kwargs(depth=3, weight_tie_layers=True))

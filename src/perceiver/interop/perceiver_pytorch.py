@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from perceiver.models.classic import Perceiver
@@ -30,6 +31,8 @@ def _map_key(key: str, model: Perceiver) -> list[tuple[str, Tensor | None]] | No
     if m is None:
         return None
     i, rest = int(m[1]), m[2]
+    if i >= len(enc.cross_index):
+        return None
     cross = f"encoder.cross_attends.{enc.cross_index[i]}"
     latent = f"encoder.latent_blocks.{enc.latent_index[i]}"
     table = [
@@ -76,11 +79,16 @@ def from_perceiver_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: 
     unexpected = []
     for key, tensor in state_dict.items():
         targets = _map_key(key, model)
-        if targets is None:
+        if targets is None or any(target not in ours for target, _ in targets):
             unexpected.append(key)
             continue
         for target, part in targets:
             value = tensor if part is None else tensor.chunk(2, dim=0)[0 if part == "k" else 1]
+            if target in converted and not torch.equal(converted[target], value):
+                raise ValueError(
+                    f"{key} differs from the layer it is tied to in our model ({target}); the state dict is not "
+                    "weight-tied: load it with weight_tie_layers=False"
+                )
             converted.setdefault(target, value)
     missing = sorted(set(ours) - set(converted))
     if unexpected or missing:
