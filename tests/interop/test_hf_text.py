@@ -94,15 +94,14 @@ def padded_batch(lengths=(MAX_LEN, 11, 3), total=MAX_LEN, seed=1):
 def test_masked_lm_parity(name, tmp_path):
     theirs = random_hf(transformers.PerceiverForMaskedLM, hf_config(**CONFIGS[name]))
     ours = perceiver.from_pretrained(save(theirs, tmp_path))
-    assert isinstance(ours, PerceiverForMaskedLM) and not ours.training
+    ours_all = perceiver.from_pretrained(tmp_path, decode_all_positions=True)  # transformers' output length
+    assert isinstance(ours, PerceiverForMaskedLM) and not ours.training and ours_all.config.decode_all_positions
     for total in (MAX_LEN, 12):  # full length and shorter than max_position_embeddings
         ids, mask = padded_batch(lengths=(total, 9, 2), total=total)
         with torch.no_grad():
             expected = theirs(inputs=ids, attention_mask=mask).logits  # (B, MAX_LEN, V) whatever the length
             got = ours(ids, attention_mask=mask).logits  # (B, total, V): the input positions only
-            ours.config.decode_all_positions = True
-            got_all = ours(ids, attention_mask=mask).logits  # (B, MAX_LEN, V) as transformers
-            ours.config.decode_all_positions = False
+            got_all = ours_all(ids, attention_mask=mask).logits  # (B, MAX_LEN, V) as transformers
         assert got.shape == (3, total, 262) and got_all.shape == expected.shape == (3, MAX_LEN, 262)
         # Padded positions (and those beyond the input) are compared too: transformers computes them.
         assert (got - expected[:, :total]).abs().max() <= TOL
@@ -208,3 +207,17 @@ def test_real_tokenizer_end_to_end(tmp_path):
     length = enc["input_ids"].shape[1]
     assert got.shape == (3, length, 262)
     assert (got - expected[:, :length]).abs().max() <= TOL
+
+
+def test_unsupported_activation_is_rejected(tmp_path):
+    theirs = random_hf(transformers.PerceiverForMaskedLM, hf_config(hidden_act="relu"))
+    with pytest.raises(ValueError, match="expected hidden_act 'gelu'.*got 'relu'"):
+        perceiver.from_pretrained(save(theirs, tmp_path))
+
+
+def test_converter_options(tmp_path):
+    save(random_hf(transformers.PerceiverForSequenceClassification, hf_config()), tmp_path)
+    assert perceiver.from_pretrained(tmp_path).config.attn_dropout == 0.1  # as the checkpoint says
+    assert perceiver.from_pretrained(tmp_path, attn_dropout=0.0).config.attn_dropout == 0.0
+    with pytest.raises(ValueError, match=r"unknown keys for PerceiverTextClassifierConfig: \['nope'\]"):
+        perceiver.from_pretrained(tmp_path, nope=1)

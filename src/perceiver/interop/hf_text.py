@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
+from perceiver.hub import config_from_dict
 from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
 from perceiver.models.text import (
     PerceiverForMaskedLM,
@@ -30,6 +31,9 @@ _PRE = "perceiver.input_preprocessor"
 
 def _text_fields(config: dict[str, Any], sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, str]]:
     """Fields of our `TextEncoderConfig` and the key map for `input_adapter.*` and `encoder.*`."""
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"expected hidden_act 'gelu' (exact GELU, as DeepMind's checkpoints), got {act!r}")
     enc, keys = encoder_from_hf(config, sd)
     vocab_size, d_model = sd[f"{_PRE}.embeddings.weight"].shape
     fields = dict(
@@ -64,20 +68,21 @@ def _unless(channels: int | None, default: int) -> int | None:
 
 
 @register_hf_converter("PerceiverForMaskedLM")
-def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor]) -> PerceiverForMaskedLM:
-    """Our `PerceiverForMaskedLM` with the weights of a transformers `PerceiverForMaskedLM`."""
+def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor], **options: Any) -> PerceiverForMaskedLM:
+    """Our `PerceiverForMaskedLM` with the weights of a transformers `PerceiverForMaskedLM`.
+
+    `options` replace fields of our config, e.g. `decode_all_positions=True` (transformers' output length) or
+    `attn_dropout=0.0`."""
     fields, keys = _text_fields(config, sd)
     dec, dec_keys = decoder_from_hf(config, sd, "perceiver.decoder", num_heads=8, use_query_residual=False)
-    model = PerceiverForMaskedLM(
-        PerceiverMaskedLMConfig(
-            **fields,
-            decoder_num_heads=dec.num_heads,
-            decoder_qk_channels=dec.qk_channels,
-            decoder_v_channels=_unless(dec.v_channels, fields["d_model"]),
-            decoder_widening_factor=dec.widening_factor,
-            decoder_use_query_residual=dec.use_query_residual,
-        )
+    fields |= dict(
+        decoder_num_heads=dec.num_heads,
+        decoder_qk_channels=dec.qk_channels,
+        decoder_v_channels=_unless(dec.v_channels, fields["d_model"]),
+        decoder_widening_factor=dec.widening_factor,
+        decoder_use_query_residual=dec.use_query_residual,
     )
+    model = PerceiverForMaskedLM(config_from_dict(PerceiverMaskedLMConfig, fields | options))
     keys |= dec_keys | {
         "query_builder.encoding.position_embeddings": "perceiver.decoder.output_position_encodings.position_embeddings",
         "output_adapter.embedding.weight": f"{_PRE}.embeddings.weight",
@@ -88,23 +93,22 @@ def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor]) -> Perceive
 
 @register_hf_converter("PerceiverForSequenceClassification")
 def convert_sequence_classification(
-    config: dict[str, Any], sd: dict[str, Tensor]
+    config: dict[str, Any], sd: dict[str, Tensor], **options: Any
 ) -> PerceiverForSequenceClassification:
-    """Our `PerceiverForSequenceClassification` with the weights of the transformers head of the same name."""
+    """Our `PerceiverForSequenceClassification` with the weights of the transformers head of the same name;
+    `options` replace fields of our config (e.g. `attn_dropout=0.0`)."""
     fields, keys = _text_fields(config, sd)
     prefix = "perceiver.decoder.decoder"
     dec, dec_keys = decoder_from_hf(config, sd, prefix, num_heads=1, use_query_residual=True)
-    model = PerceiverForSequenceClassification(
-        PerceiverTextClassifierConfig(
-            **fields,
-            num_labels=dec.output_dim,
-            decoder_num_heads=dec.num_heads,
-            decoder_qk_channels=_unless(dec.qk_channels, fields["d_latents"]),
-            decoder_v_channels=_unless(dec.v_channels, dec.qk_channels),
-            decoder_widening_factor=dec.widening_factor,
-            decoder_use_query_residual=dec.use_query_residual,
-        )
+    fields |= dict(
+        num_labels=dec.output_dim,
+        decoder_num_heads=dec.num_heads,
+        decoder_qk_channels=_unless(dec.qk_channels, fields["d_latents"]),
+        decoder_v_channels=_unless(dec.v_channels, dec.qk_channels),
+        decoder_widening_factor=dec.widening_factor,
+        decoder_use_query_residual=dec.use_query_residual,
     )
+    model = PerceiverForSequenceClassification(config_from_dict(PerceiverTextClassifierConfig, fields | options))
     keys |= dec_keys | {
         "query_builder.encoding.position_embeddings": f"{prefix}.output_position_encodings.position_embeddings"
     }
