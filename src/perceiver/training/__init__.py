@@ -1,0 +1,5 @@
+"""Training on PyTorch Lightning: task modules, the `perceiver` CLI, plots, the digits demo."""
+
+from perceiver.training.tasks import ClassificationTask, FlowTask, MaskedLMTask, PerceiverTask, build_model, logits_of
+
+__all__ = ["ClassificationTask", "FlowTask", "MaskedLMTask", "PerceiverTask", "build_model", "logits_of"]

@@ -1,0 +1,192 @@
+"""The `perceiver` command.
+
+    perceiver fit|validate|test|predict --config FILE [--trainer.* ...] [--model.* ...] [--data.* ...]
+    perceiver fit --config FILE --ckpt_path last          # resume the run in trainer.default_root_dir
+    perceiver fit --config FILE --print_config            # the full, resolved configuration
+    perceiver plot RUN_DIR [-o OUT.png]                   # training curves from RUN_DIR/metrics.csv
+    perceiver attention MODEL_DIR IMAGE... [-o OUT.png]   # cross-attention maps over images
+    perceiver predict MODEL_DIR FILE... [--top-k 5]       # top-k labels (images, text) or a flow PNG (image pair)
+
+`fit`, `validate`, `test` and `predict` are LightningCLI subcommands. `predict` is dispatched on its first
+argument: an existing directory is a model folder (`perceiver.from_pretrained`) and runs `perceiver.training.predict`;
+anything else (`--config ...`, options) is LightningCLI's predict over a datamodule.
+
+A run directory is `trainer.default_root_dir` and holds everything of a run in a fixed layout, so that
+`--ckpt_path last` finds the last checkpoint again:
+
+    RUN_DIR/config.yaml          the resolved configuration (LightningCLI)
+    RUN_DIR/metrics.csv          CSV log (CSVLogger), RUN_DIR/tb/ TensorBoard events
+    RUN_DIR/checkpoints/         best.ckpt (by the task's monitored metric) and last.ckpt, written atomically
+    RUN_DIR/model/               the best model as config.json + model.safetensors + task.json (at fit end)
+    RUN_DIR/training_curves.png  (`perceiver plot RUN_DIR`), RUN_DIR/flow/*.png for the flow task
+
+Loggers and these callbacks are added unless the configuration sets its own (`trainer.logger`, a
+`ModelCheckpoint` or progress bar in `trainer.callbacks`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+)
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from perceiver.training.callbacks import AppendingCSVLogger, EpochSeed, JsonlPredictionWriter, SavePretrained
+from perceiver.training.tasks import PerceiverTask
+
+__all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
+
+EXTRA_HELP = """\
+perceiver: train, evaluate and inspect Perceiver models (LightningCLI + extras)
+
+  perceiver fit|validate|test|predict --config FILE [--trainer.* --model.* --data.*]  (see below)
+  perceiver plot RUN_DIR [-o OUT.png]                  training curves (PNG) from RUN_DIR/metrics.csv
+  perceiver attention MODEL_DIR IMAGE... [-o OUT.png]  first cross-attend's attention maps over images (PNG)
+  perceiver predict MODEL_DIR FILE... [--top-k K]      top-k labels for images / text, flow PNG for an image pair
+
+Shipped configs: configs/digits.yaml, configs/mlm-pydoc.yaml, configs/points-synthetic.yaml,
+configs/flow-synthetic.yaml. `perceiver SUBCOMMAND -h` for the options of each.
+"""
+
+
+def default_loggers(run_dir: str | Path) -> list[Any]:
+    """CSV log in `RUN_DIR/metrics.csv` (first: it defines `trainer.log_dir`) and TensorBoard in `RUN_DIR/tb`."""
+    return [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+
+
+def default_callbacks(
+    task: PerceiverTask | type[PerceiverTask], run_dir: str | Path, existing: list[Callback], progress_bar: bool = True
+) -> list[Callback]:
+    """The callbacks of a run that the configuration does not already provide (see the module docstring)."""
+    run_dir = Path(run_dir)
+    have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
+    out: list[Callback] = []
+    if not have(ModelCheckpoint):
+        # Two callbacks: Lightning 2.6's `save_last=True` refreshes last.ckpt only in epochs where the monitored
+        # metric improved, which is not what resuming needs. The second one (no monitor, top-1 by recency)
+        # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
+        metric, mode = task.monitor
+        common = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
+        out.append(ModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
+        out.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))
+    if progress_bar and not have(ProgressBar):
+        out.append(RichProgressBar(leave=True))
+    if not have(LearningRateMonitor):
+        out.append(LearningRateMonitor(logging_interval="step"))
+    for cls in (EpochSeed, SavePretrained, JsonlPredictionWriter):
+        if not have(cls):
+            out.append(cls())
+    return out
+
+
+class PerceiverCLI(LightningCLI):
+    """LightningCLI over any `PerceiverTask` and any `LightningDataModule` (both given by `class_path` in the
+    config), with the run-directory layout, loggers and callbacks of the module docstring."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # `args` given while pytest / a launcher has its own sys.argv is intended here
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(
+            PerceiverTask,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"trainer.default_root_dir": "runs/default"})
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Start a new `fit` in a run directory that already holds a run (its logs and checkpoints are "
+            "deleted). Without it such a fit stops with an error; resume with --ckpt_path last instead.",
+        )
+
+    def _subconfig(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self._subconfig()
+        starting_fresh = self.subcommand in (None, "fit") and not config.get("ckpt_path")
+        if starting_fresh:
+            prepare_run_dir(Path(config.trainer.default_root_dir), overwrite=bool(config.get("overwrite")))
+
+    def before_predict(self) -> None:
+        """`perceiver predict --config ...` runs over the datamodule's test split when it has no predict split."""
+        dm = self.datamodule
+        if dm is not None and type(dm).predict_dataloader is LightningDataModule.predict_dataloader:
+            dm.predict_dataloader = dm.test_dataloader
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self._get(self.config_init, "trainer", default={})
+        run_dir = Path(config.get("default_root_dir") or "runs/default")
+        existing = list(config.get("callbacks") or [])
+        progress_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
+        kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar)
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(run_dir)
+        return super().instantiate_trainer(**kwargs)
+
+
+RUN_FILES = ("metrics.csv", "hparams.yaml", "config.yaml", "tb", "checkpoints", "model", "flow")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) a run directory that already holds a run, before training starts."""
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise SystemExit(
+            f"error: run directory {run_dir} already holds a run ({', '.join(present)}).\n"
+            f"  resume it:        add --ckpt_path last\n"
+            f"  start a new one:  choose another --trainer.default_root_dir, or add --overwrite true"
+        )
+    for name in present:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `perceiver` console script (see the module docstring)."""
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "plot":
+        from perceiver.training.inspect import plot_main
+
+        return plot_main(argv[1:])
+    if argv and argv[0] == "attention":
+        from perceiver.training.inspect import attention_main
+
+        return attention_main(argv[1:])
+    if len(argv) >= 2 and argv[0] == "predict" and Path(argv[1]).is_dir():
+        from perceiver.training.predict import predict_main
+
+        return predict_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(EXTRA_HELP)
+    PerceiverCLI(args=None if from_sys else argv)
+    return None
+
+
+if __name__ == "__main__":
+    main()

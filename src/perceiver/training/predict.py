@@ -1,0 +1,161 @@
+"""`perceiver predict MODEL_DIR FILE...`: run a saved or converted model on files.
+
+- classification over images (`task.json` has `image_shape`): prints the top-k labels of every image;
+- classification over text (a model taking `input_ids`): every file is one text, UTF-8 bytes;
+- optical flow: FILEs are image pairs (frame 1, frame 2, frame 1', frame 2', ...); writes a colour-coded flow PNG
+  per pair (`-o`, default `flow.png` / `flow-<i>.png`).
+
+The model folder is anything `perceiver.from_pretrained` loads; `task.json` (written by `perceiver fit`) tells the
+task, input shape and class names. Without it pass `--task` and, for images, `--image-size H W [--channels C]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from perceiver.training.tasks import frames_to_model_input, logits_of
+
+__all__ = ["classify_images", "load_image", "load_model_dir", "predict_flow", "predict_main"]
+
+TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
+
+
+def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a folder (`perceiver.from_pretrained`, eval mode) and its `task.json` (empty dict if absent)."""
+    import perceiver
+
+    path = Path(path)
+    info_file = path / "task.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    return perceiver.from_pretrained(path).eval(), info
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
+    """Decode an image to float32 `(H, W, C)` in [0, 1] (`C` = 1 grey or 3 RGB), resized (bilinear) to `size`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image not found: {path}") from e
+    except Exception as e:
+        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+    return arr[..., None] if channels == 1 else arr
+
+
+def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None):
+    """`(H, W), C` from the command line, else `task.json`'s `image_shape`, else the model config's channels."""
+    shape = info.get("image_shape")
+    hw = tuple(size) if size else (tuple(shape[:2]) if shape else None)
+    c = channels or (
+        shape[2] if shape and len(shape) > 2 else getattr(getattr(model, "config", None), "input_channels", 3)
+    )
+    if hw is None:
+        raise SystemExit("error: the model folder has no task.json with image_shape; pass --image-size H W")
+    return hw, int(c)
+
+
+@torch.no_grad()
+def classify_images(
+    model: torch.nn.Module, images: Tensor, class_names: list[str] | None = None, top_k: int = 5
+) -> list[list[tuple[str, float]]]:
+    """Images `(B, H, W, C)` -> for each the top-k `(label, probability)`."""
+    probs = logits_of(model(images)).float().softmax(-1)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    names = class_names or [str(i) for i in range(probs.shape[-1])]
+    return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
+
+
+@torch.no_grad()
+def classify_texts(model: torch.nn.Module, texts: list[str], info: dict[str, Any], top_k: int = 5):
+    """UTF-8 texts -> top-k labels; encoded as in training (`[CLS] bytes + 6 [SEP]`, `perceiver.data.text`)."""
+    from perceiver.data.text import encode_sequence
+
+    max_len = int(info.get("max_seq_len") or 2048)
+    seqs = [torch.from_numpy(encode_sequence(t, max_len)) for t in texts]
+    input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.bool) for s in seqs], batch_first=True)
+    probs = logits_of(model(input_ids, mask)).float().softmax(-1)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    names = info.get("class_names") or [str(i) for i in range(probs.shape[-1])]
+    return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
+
+
+@torch.no_grad()
+def predict_flow(model: torch.nn.Module, frame1: np.ndarray, frame2: np.ndarray) -> Tensor:
+    """Two RGB frames `(H, W, 3)` in [0, 1] -> flow `(H, W, 2)` in pixels."""
+    frames = torch.from_numpy(np.stack([frame1, frame2]))[None]  # (1, 2, H, W, 3)
+    return logits_of(model(frames_to_model_input(frames)))[0].float()
+
+
+def predict_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="perceiver predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model_dir", help="model folder (save_pretrained / perceiver fit's RUN_DIR/model)")
+    parser.add_argument("files", nargs="+", help="images, text files, or image pairs for flow")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--task", choices=["classification", "optical-flow"], help="override task.json")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    parser.add_argument("--channels", type=int, choices=[1, 3], help="1 = greyscale, 3 = RGB")
+    parser.add_argument("-o", "--output", help="flow PNG path (optical flow)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file")
+    args = parser.parse_args(argv)
+
+    model, info = load_model_dir(args.model_dir)
+    task = args.task or info.get("task") or "classification"
+    if task == "optical-flow":
+        _predict_flow_files(model, args, info)
+        return
+    if task != "classification":
+        raise SystemExit(f"error: perceiver predict supports classification and optical-flow models, got {task!r}")
+    files = [Path(f) for f in args.files]
+    for f in files:
+        if not f.is_file():
+            raise SystemExit(f"error: file not found: {f}")
+    takes_text = "image_shape" not in info and all(f.suffix.lower() in TEXT_SUFFIXES for f in files)
+    if takes_text:
+        results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
+    else:
+        hw, channels = image_geometry(info, model, args.image_size, args.channels)
+        images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))
+        results = classify_images(model, images, info.get("class_names"), args.top_k)
+    for f, top in zip(files, results):
+        if args.json:
+            print(json.dumps({"file": str(f), "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
+        else:
+            print(f"{f}: " + "  ".join(f"{n} ({p:.3f})" for n, p in top))
+
+
+def _predict_flow_files(model: torch.nn.Module, args: argparse.Namespace, info: dict[str, Any]) -> None:
+    from perceiver.training.plots import save_flow_comparison
+
+    if len(args.files) % 2:
+        raise SystemExit(f"error: optical flow needs image pairs (frame 1, frame 2), got {len(args.files)} files")
+    size = (
+        tuple(args.image_size)
+        if args.image_size
+        else (tuple(info["image_shape"][:2]) if "image_shape" in info else None)
+    )
+    pairs = list(zip(args.files[0::2], args.files[1::2]))
+    for i, (a, b) in enumerate(pairs):
+        f1 = load_image(a, size, 3)
+        f2 = load_image(b, f1.shape[:2], 3)
+        flow = predict_flow(model, f1, f2)
+        out = Path(args.output or "flow.png")
+        if len(pairs) > 1:
+            out = out.with_name(f"{out.stem}-{i}{out.suffix}")
+        save_flow_comparison(torch.from_numpy(f1)[None], None, flow[None], out, titles=[f"{Path(a).name}"])
+        speed = flow.norm(dim=-1)
+        print(f"{a} -> {b}: flow {tuple(flow.shape[:2])}, mean {speed.mean():.2f} px, max {speed.max():.2f} px; {out}")

@@ -1,0 +1,304 @@
+"""Lightning task modules: one small class per task on a shared base.
+
+    PerceiverTask            model building, AdamW + linear warmup + cosine schedule, checkpoint metadata
+    ├── ClassificationTask   images / point clouds / text -> class; cross-entropy with label smoothing, accuracy
+    ├── MaskedLMTask         byte-level masked language modelling; masked-byte accuracy + most-frequent-byte baseline
+    └── FlowTask             optical flow; end-point error (EPE) + zero-flow baseline, colour-coded flow PNGs
+
+The wrapped network is `self.model`, built from a registry name (`perceiver.create_model(model, **model_kwargs)`;
+`"perceiver"` is the classic `Perceiver`) or loaded from a model folder (`pretrained=...`, e.g. a converted
+checkpoint to fine-tune). Models return a tensor (classic `Perceiver`) or an output object with `.logits`
+(Perceiver IO); `logits_of` accepts both.
+
+Batches are dicts (see `perceiver.data`): image classification `{"inputs" (B, H, W, C), "labels" (B,)}`; point
+clouds `{"inputs" (B, P, 3), "mask" (B, P), "labels"}`; text `{"input_ids" (B, L), "attention_mask" (B, L),
+"labels"}`; masked LM `labels` `(B, L)` with -100 where not masked; flow `{"frames" (B, 2, H, W, 3), "flow"
+(B, H, W, 2)}`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+__all__ = ["ClassificationTask", "FlowTask", "MaskedLMTask", "PerceiverTask", "build_model", "logits_of"]
+
+
+def build_model(model: str = "perceiver", model_kwargs: dict[str, Any] | None = None, pretrained: str | None = None):
+    """A registry preset (`perceiver.create_model`) or, with `pretrained`, a saved / converted model folder."""
+    import perceiver
+
+    kwargs = dict(model_kwargs or {})
+    if pretrained:
+        return perceiver.from_pretrained(pretrained, **kwargs).train()
+    return perceiver.create_model(model, **kwargs)
+
+
+def logits_of(output: Any) -> Tensor:
+    """The task output of a model call: the tensor itself (classic `Perceiver`) or `output.logits` (Perceiver IO)."""
+    return output if isinstance(output, Tensor) else output.logits
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear from 0 to 1 over `warmup_steps`, then cosine down to `min_lr_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def metric_dict(name: str, baseline: str | None = None) -> nn.ModuleDict:
+    """Running means `{stage}_{name}` for train / val / test (and `{stage}_{baseline}` for val / test)."""
+    metrics = {f"{s}_{name}": MeanMetric() for s in ("train", "val", "test")}
+    if baseline:
+        metrics.update({f"{s}_{baseline}": MeanMetric() for s in ("val", "test")})
+    return nn.ModuleDict(metrics)
+
+
+class PerceiverTask(L.LightningModule):
+    """Base task: builds `self.model` and the optimizer; subclasses define `step(batch) -> (loss, outputs)`.
+
+    Args:
+        model: registry name for `perceiver.create_model` (`"perceiver"` = classic Perceiver).
+        model_kwargs: constructor / preset overrides, e.g. `{depth: 2, num_latents: 32, num_classes: 10}`.
+        pretrained: a model folder (ours or a transformers Perceiver checkpoint) to start from instead.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to biases, norms, latents and position / query embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps; if < 1 it is a fraction of the total optimizer steps.
+        min_lr_ratio: the cosine schedule ends at `lr * min_lr_ratio`.
+    """
+
+    #: metric ModelCheckpoint keeps the best of, and whether lower or higher is better
+    monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
+    #: what `task.json` in a saved model folder says the model does (read by `perceiver predict`)
+    task_name: ClassVar[str] = "generic"
+
+    def __init__(
+        self,
+        model: str = "perceiver",
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: float = 0.05,
+        min_lr_ratio: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, model_kwargs, pretrained)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return logits_of(self._call_model(batch))
+
+    def _call_model(self, batch: dict[str, Tensor]) -> Any:
+        raise NotImplementedError
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.step(batch, "test")
+
+    def _log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size)
+
+    def _log_metric(self, stage: str, name: str, prog_bar: bool = True) -> None:
+        """Log the epoch value of `self.metrics["{stage}_{name}"]` as `{stage}/{name}` (synced across processes)."""
+        self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=False, on_epoch=True, prog_bar=prog_bar)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = p.ndim < 2 or any(k in name for k in ("latents", "position", "queries", "embedding", "norm"))
+            (no_decay if skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_with_warmup(s, warmup, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ helpers
+    def run_dir(self) -> Path:
+        """The run folder (`trainer.default_root_dir`, where the CLI puts logs, checkpoints and plots)."""
+        return Path(self.trainer.default_root_dir)
+
+
+class ClassificationTask(PerceiverTask):
+    """Classification of images, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
+
+    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds) and as
+    `model(input_ids, attention_mask)` for text.
+    """
+
+    monitor = ("val/acc", "max")
+    task_name = "classification"
+
+    def __init__(self, *args: Any, label_smoothing: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.metrics = metric_dict("acc")
+
+    def _call_model(self, batch: dict[str, Tensor]) -> Any:
+        if "inputs" in batch:
+            mask = batch.get("mask")
+            return self.model(batch["inputs"]) if mask is None else self.model(batch["inputs"], mask)
+        if "input_ids" in batch:
+            return self.model(batch["input_ids"], batch.get("attention_mask"))
+        raise ValueError(f"expected a batch with 'inputs' or 'input_ids', got keys {sorted(batch)}")
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        logits = self(batch).float()
+        labels = batch["labels"]
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        self._log_loss(stage, loss, labels.shape[0])
+        self.metrics[f"{stage}_acc"].update((logits.argmax(-1) == labels).float())
+        self._log_metric(stage, "acc")
+        return loss
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        probs = self(batch).float().softmax(-1)
+        top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+        return [
+            {"top_labels": i.tolist(), "top_probs": [round(x, 6) for x in p.tolist()]}
+            for i, p in zip(top.indices, top.values)
+        ]
+
+
+class MaskedLMTask(PerceiverTask):
+    """Masked language modelling: cross-entropy over the masked positions (`labels != -100`).
+
+    Logs `acc`, the accuracy on masked positions; when the datamodule has `most_frequent_byte_baseline()` (as
+    `PydocMLMDataModule`) also `acc_baseline`, the accuracy of always predicting the most frequent training byte.
+    """
+
+    monitor = ("val/acc", "max")
+    task_name = "masked-lm"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = metric_dict("acc")
+        self._baseline: float | None = None
+
+    def _call_model(self, batch: dict[str, Tensor]) -> Any:
+        return self.model(batch["input_ids"], batch.get("attention_mask"))
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        logits = self(batch).float()
+        labels = batch["labels"]
+        valid = labels != -100
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        self._log_loss(stage, loss, max(int(valid.sum()), 1))
+        if valid.any():
+            self.metrics[f"{stage}_acc"].update((logits.argmax(-1)[valid] == labels[valid]).float())
+        self._log_metric(stage, "acc")
+        return loss
+
+    def baseline(self) -> float | None:
+        """The datamodule's most-frequent-byte accuracy on the evaluation masks, if it offers one (cached)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self._baseline is None and hasattr(dm, "most_frequent_byte_baseline"):
+            self._baseline = float(dm.most_frequent_byte_baseline())
+        return self._baseline
+
+    def _log_baseline(self, stage: str) -> None:
+        if (value := self.baseline()) is not None:
+            self.log(f"{stage}/acc_baseline", value, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_baseline("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_baseline("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        preds = self(batch).argmax(-1)
+        return [{"predicted_ids": p.tolist()} for p in preds]
+
+
+def frames_to_model_input(frames: Tensor) -> Tensor:
+    """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches)."""
+    from perceiver.adapters.flow import frames_to_patches
+
+    return frames_to_patches(frames)
+
+
+class FlowTask(PerceiverTask):
+    """Optical flow: the loss is the mean end-point error (EPE, in pixels); logs `epe` and `epe_zero`, the EPE of
+    predicting zero flow. After each validation epoch it writes `RUN_DIR/flow/epoch=NNN.png`: the first frame,
+    ground truth and predicted flow of a few validation pairs, colour-coded (Middlebury colour wheel).
+    """
+
+    monitor = ("val/epe", "min")
+    task_name = "optical-flow"
+
+    def __init__(self, *args: Any, num_flow_images: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.metrics = metric_dict("epe", baseline="epe_zero")
+        self._examples: dict[str, Tensor] | None = None
+
+    def _call_model(self, batch: dict[str, Tensor]) -> Any:
+        return self.model(frames_to_model_input(batch["frames"]))
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        pred = self(batch).float()
+        gt = batch["flow"].float()
+        epe = (pred - gt).norm(dim=-1)  # (B, H, W)
+        loss = epe.mean()
+        self._log_loss(stage, loss, gt.shape[0])
+        self.metrics[f"{stage}_epe"].update(epe.mean(dim=(1, 2)))
+        self._log_metric(stage, "epe")
+        if stage != "train":
+            self.metrics[f"{stage}_epe_zero"].update(gt.norm(dim=-1).mean(dim=(1, 2)))
+            self._log_metric(stage, "epe_zero", prog_bar=False)
+        if stage == "val" and self._examples is None:
+            k = self.hparams.num_flow_images
+            self._examples = {"frames": batch["frames"][:k].cpu(), "flow": gt[:k].cpu(), "pred": pred[:k].cpu()}
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._examples = None
+
+    def on_validation_epoch_end(self) -> None:
+        if self._examples is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from perceiver.training.plots import save_flow_comparison
+
+        ex = self._examples
+        out = self.run_dir() / "flow" / f"epoch={self.current_epoch:03d}.png"
+        save_flow_comparison(ex["frames"][:, 0], ex["flow"], ex["pred"], out)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        pred = self(batch).float()
+        rows = []
+        for i in range(pred.shape[0]):
+            row: dict[str, Any] = {"mean_flow_magnitude": float(pred[i].norm(dim=-1).mean())}
+            if "flow" in batch:
+                row["epe"] = float((pred[i] - batch["flow"][i]).norm(dim=-1).mean())
+            rows.append(row)
+        return rows

@@ -1,0 +1,117 @@
+"""The `perceiver` command: every shipped config trains on a tiny budget, bad keys fail clearly, run dirs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, assert_png, tiny_args
+
+from perceiver.training.cli import main
+
+SHIPPED = ["digits", "mlm-pydoc", "points-synthetic", "flow-synthetic"]
+
+
+def test_every_shipped_config_is_tested():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_config_smoke(config, tmp_path):
+    """fit (train + validate) on a tiny budget writes logs, best / last checkpoints and the model folder."""
+    main(["fit", *tiny_args(config, tmp_path)])
+    assert (tmp_path / "config.yaml").is_file()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert any(r.get("train/loss_step") for r in rows) and any(r.get("val/loss") for r in rows)
+    for name in ("best.ckpt", "last.ckpt"):
+        assert (tmp_path / "checkpoints" / name).is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    model_dir = tmp_path / "model"
+    assert {p.name for p in model_dir.iterdir()} >= {"config.json", "model.safetensors", "task.json"}
+    import perceiver
+
+    model = perceiver.from_pretrained(model_dir)  # the saved model loads back
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    key = next(iter(model.state_dict()))
+    assert torch.equal(model.state_dict()[key], ckpt["state_dict"][f"model.{key}"])  # = the best checkpoint
+    if config == "flow-synthetic":
+        assert_png(tmp_path / "flow" / "epoch=000.png")
+
+
+def test_validate_and_test_from_checkpoint(digits_run, tmp_path):
+    ckpt = digits_run / "checkpoints" / "best.ckpt"
+    for sub in ("validate", "test"):
+        main([sub, *tiny_args("digits", tmp_path), f"--ckpt_path={ckpt}"])
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert any(r.get("test/acc") for r in rows) and any(r.get("val/acc") for r in rows)
+
+
+def test_lightning_predict_writes_jsonl(digits_run, tmp_path):
+    ckpt = digits_run / "checkpoints" / "best.ckpt"
+    main(["predict", *tiny_args("digits", tmp_path), f"--ckpt_path={ckpt}"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and len(rows[0]["top_labels"]) == 5  # one batch of 16 digits, top-5
+
+
+def test_bad_config_key_fails_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", *tiny_args("digits", tmp_path), "--trainer.max_epocs=3"])
+    assert err.value.code != 0
+    assert "max_epocs" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_bad_key_in_config_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    learning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args("digits", tmp_path / "run"), "--config", str(bad)])
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_bad_model_kwarg_is_named(tmp_path):
+    with pytest.raises(Exception, match="num_latentz"):
+        main(["fit", *tiny_args("digits", tmp_path), "--model.model_kwargs.num_latentz=4"])
+
+
+def test_print_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(CONFIGS / "digits.yaml"), "--model.lr=0.123", "--print_config"])
+    assert err.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "lr: 0.123" in out and "perceiver.data.DigitsDataModule" in out
+
+
+def test_fresh_fit_refuses_existing_run_dir(digits_run, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["fit", *tiny_args("digits", digits_run)])
+    assert (digits_run / "checkpoints" / "last.ckpt").is_file()  # nothing was deleted
+
+
+def test_help_lists_extra_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("perceiver plot", "perceiver attention", "perceiver predict MODEL_DIR", "fit"):
+        assert word in out
+
+
+def test_resume_continues_from_last_checkpoint(digits_run, tmp_path):
+    """`--ckpt_path last` finds RUN_DIR/checkpoints/last.ckpt and trains the remaining epochs."""
+    before = torch.load(digits_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(digits_run, run)
+    main(["fit", *tiny_args("digits", run, "--trainer.max_epochs=3"), "--ckpt_path=last"])
+    after = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (before["epoch"], after["epoch"]) == (1, 2)
+    assert after["global_step"] == before["global_step"] + 2
+
+
+def test_entry_point_declared():
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert 'perceiver = "perceiver.training.cli:main"' in text
