@@ -1,9 +1,10 @@
 """Attention and the pre-LN layers every Perceiver is built from.
 
 One `MultiHeadAttention` serves cross-attention (latents <- inputs, queries <- latents) and self-attention.
-It always runs through `F.scaled_dot_product_attention`, which picks fused kernels (flash / memory-efficient on
-GPU, a fused flash kernel on CPU), so the `(B, H, N, M)` attention matrix is only materialised when a caller asks
-for attention maps.
+It runs through `F.scaled_dot_product_attention`, which picks fused kernels (flash / memory-efficient on GPU, a
+fused flash kernel on CPU), so the `(B, H, N, M)` attention matrix is not materialised, except when a caller asks
+for attention maps, and when training on CPU, where the fused kernel's backward is several times slower than plain
+matmul attention (see `_prefer_math_kernel`).
 
 Shapes: queries `(B, N, Cq)`, keys/values `(B, M, Ckv)`, key mask `(B, M)` boolean with True = valid.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -103,8 +105,9 @@ class MultiHeadAttention(nn.Module):
             attn_mask = (kv_mask | ~has_valid[:, None])[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         probs = None
-        if return_attention:
+        if return_attention or _prefer_math_kernel(q, k, v):
             out, probs = _reference_attention(q, k, v, attn_mask, dropout)
+            probs = probs if return_attention else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         b, h, n, d = out.shape
@@ -114,6 +117,18 @@ class MultiHeadAttention(nn.Module):
             if probs is not None:
                 probs = probs * has_valid[:, None, None, None].to(probs.dtype)
         return out, probs
+
+
+def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """True when plain matmul attention beats SDPA's fused kernel: training on CPU.
+
+    On CPU the fused flash kernel wins the forward (1.3-5x here) but its backward is 1.6-6x slower than the backward
+    of two GEMMs and a softmax (measured in benchmarks/attention_kernels.py), so when gradients flow on CPU we
+    materialise the attention matrix, as every peer does in training. On GPU the fused kernels win both ways.
+    """
+    return (
+        q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    )
 
 
 def _reference_attention(
