@@ -208,7 +208,7 @@ def _colorwheel() -> Tensor:
 def flow_to_color(flow: Any, max_flow: float | None = None) -> Any:
     """Middlebury colour coding of a flow field `(H, W, 2)` -> uint8 RGB `(H, W, 3)` (numpy in, numpy out).
 
-    Hue is the direction (+x red, +y blue-ish, as flow_vis / RAFT), saturation the magnitude normalised by
+    Hue is the direction (as flow_vis / RAFT: +x red, +y (down) yellow, -x cyan-blue, -y violet), saturation the magnitude normalised by
     `max_flow` (default: the largest magnitude in `flow`); zero flow is white.
     """
     is_numpy = not isinstance(flow, Tensor)
