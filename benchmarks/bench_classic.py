@@ -1,0 +1,308 @@
+"""Classic Perceiver inference: ours vs perceiver-pytorch, same weights, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_classic.py                 # writes benchmarks/results/classic.{md,json}
+    .venv/bin/python benchmarks/bench_classic.py --runs 5 --profile
+
+The model is the README snippet's (depth 6, 256 latents of 512, 1 cross head of 64, 8 latent heads of 64). Cases:
+batch 1 at 224x224 and batch 8 at 64x64, fp32 and bf16 autocast, under `torch.inference_mode`, 2 threads.
+
+Latency: both models live in this process and are timed alternately (ours, peer, peer, ours, ...) so that load from
+other processes on the machine hits both alike; we report the median over `--runs` after `--warmup` runs.
+
+Peak memory: CPU torch has no memory statistics, so each (model, case) runs in a fresh subprocess that builds the
+model, resets the kernel's RSS high-water mark (`/proc/self/clear_refs`, value 5), runs the forward passes and reads
+`VmHWM` from `/proc/self/status`. We report the peak increase over the RSS after model construction: activations,
+workspaces and caches of the forward, not the weights (which are the same for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext, suppress
+from pathlib import Path
+
+import torch
+
+SNIPPET = dict(
+    input_channels=3,
+    input_axis=2,
+    num_freq_bands=6,
+    max_freq=10.0,
+    depth=6,
+    num_latents=256,
+    latent_dim=512,
+    cross_heads=1,
+    latent_heads=8,
+    cross_dim_head=64,
+    latent_dim_head=64,
+    num_classes=1000,
+    attn_dropout=0.0,
+    ff_dropout=0.0,
+)
+CASES = [("b1-224x224", 1, 224), ("b8-64x64", 8, 64)]
+PRECISIONS = ["fp32", "bf16"]
+THREADS = 2
+RESULTS = Path(__file__).parent / "results"
+
+
+def build_models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """perceiver-pytorch's snippet model (seed 0) and ours with the same weights, both in eval mode."""
+    import perceiver_pytorch
+
+    from perceiver import Perceiver
+
+    torch.manual_seed(0)
+    peer = perceiver_pytorch.Perceiver(**SNIPPET).eval()
+    ours = Perceiver.from_perceiver_pytorch(peer.state_dict(), **SNIPPET).eval()
+    return ours, peer
+
+
+def make_input(batch: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, size, size, 3, generator=torch.Generator().manual_seed(1))
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def run(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    with torch.inference_mode(), autocast(precision):
+        return model(x)
+
+
+# ----------------------------------------------------------------------------- memory (one subprocess per case)
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def memory_worker(impl: str, batch: int, size: int, precision: str, runs: int) -> dict:
+    torch.set_num_threads(THREADS)
+    ours, peer = build_models()
+    model = ours if impl == "ours" else peer
+    del ours, peer
+    gc.collect()
+    x = make_input(batch, size)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM after clear_refs reset"
+    except OSError:
+        method = "ru_maxrss (no reset possible: includes construction peak)"
+    baseline_kb = _status_kb("VmRSS")
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(runs):
+        run(model, x, precision)
+    peak_kb = _status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "impl": impl,
+        "baseline_rss_mb": baseline_kb / 1024,
+        "peak_rss_mb": peak_kb / 1024,
+        "peak_increase_mb": (peak_kb - baseline_kb) / 1024,
+        "ru_maxrss_increase_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before) / 1024,
+        "method": method,
+    }
+
+
+def measure_memory(impl: str, batch: int, size: int, precision: str, runs: int) -> dict:
+    spec = json.dumps({"impl": impl, "batch": batch, "size": size, "precision": precision, "runs": runs})
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- latency (interleaved, in process)
+
+
+def measure_latency(ours, peer, x: torch.Tensor, precision: str, runs: int, warmup: int) -> dict:
+    models = {"ours": ours, "peer": peer}
+    for _ in range(warmup):
+        for model in models.values():
+            run(model, x, precision)
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for i in range(runs):
+        order = ["ours", "peer"] if i % 2 == 0 else ["peer", "ours"]
+        for name in order:
+            start = time.perf_counter()
+            run(models[name], x, precision)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for name, t in times.items()}
+
+
+def profile(ours, peer, x: torch.Tensor, precision: str) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, model in (("ours", ours), ("peer", peer)):
+        run(model, x, precision)
+        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+            run(model, x, precision)
+        print(f"\n=== profile: {name} {tuple(x.shape)} {precision} ===")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    from importlib.metadata import version
+
+    cpu = "unknown"
+    with suppress(OSError, AttributeError):
+        cpu = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "bf16_native": "avx512_bf16" in Path("/proc/cpuinfo").read_text(),
+        "torch": torch.__version__,
+        "perceiver_pytorch": version("perceiver-pytorch"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_report(results: dict, out: Path) -> str:
+    info = results["machine"]
+    lines = [
+        "# Classic Perceiver: ours vs perceiver-pytorch (inference)",
+        "",
+        f"Date: {results['date']} · commit `{results['commit']}`",
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads({info['threads']}), "
+        f"torch {info['torch']}, perceiver-pytorch {info['perceiver_pytorch']}, Python {info['python']}, "
+        f"bf16 in hardware (avx512_bf16): {info['bf16_native']}. Load average (1 min) during the run: "
+        f"{results['load_average_1min']['start']:.1f} at start, {results['load_average_1min']['end']:.1f} at end "
+        "(the machine is shared; timings are interleaved so both models see the same load).",
+        "",
+        "Model: the README snippet (depth 6, 256 x 512 latents, cross 1 x 64, latent 8 x 64, 1000 classes); ours is "
+        "built from perceiver-pytorch's state dict with `Perceiver.from_perceiver_pytorch` (same weights). "
+        f"Latency: median of {results['runs']} interleaved runs after {results['warmup']} warm-up runs, "
+        "`torch.inference_mode`, bf16 = `torch.autocast('cpu', dtype=torch.bfloat16)`. "
+        "Peak memory: increase of the peak RSS over the RSS after model construction, one fresh process per "
+        "(model, case), high-water mark reset with `/proc/self/clear_refs` before the forward passes.",
+        "",
+        "| case | precision | ours median (ms) | perceiver-pytorch median (ms) | speedup | speedup of min "
+        "| ours peak +MB | peer peak +MB | memory ratio | max abs diff |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['precision']} | {1e3 * r['ours_s']:.0f} | {1e3 * r['peer_s']:.0f} | "
+            f"{r['speedup']:.2f}x | {r['speedup_min']:.2f}x | {r['ours_mem_mb']:.0f} | {r['peer_mem_mb']:.0f} | {r['mem_ratio']:.2f} | "
+            f"{r['max_abs_diff']:.1e} |"
+        )
+    target = results["target"]
+    lines += [
+        "",
+        "speedup = perceiver-pytorch median / our median; speedup of min = the same with the fastest run of each "
+        "(less sensitive to load from other processes); memory ratio = our peak increase / perceiver-pytorch's.",
+        "",
+        f"Target (issue 2): ours >= 1.5x faster at 224x224 fp32 with no more peak memory: "
+        f"speedup {target['speedup']:.2f}x, memory ratio {target['mem_ratio']:.2f} -> "
+        f"**{'met' if target['met'] else 'missed'}**.",
+        "",
+        "Absolute peak RSS (weights and libraries included), MB: "
+        + ", ".join(
+            f"{r['case']} {r['precision']} ours {r['ours_peak_rss_mb']:.0f} / peer {r['peer_peak_rss_mb']:.0f}"
+            for r in results["rows"]
+        )
+        + ".",
+        "",
+    ]
+    text = "\n".join(lines)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per model and case")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per model and case")
+    parser.add_argument("--memory-runs", type=int, default=2, help="forward passes in each memory subprocess")
+    parser.add_argument("--out", type=Path, default=RESULTS / "classic", help="output path without suffix")
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table at 224x224")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.memory_worker:
+        spec = json.loads(args.memory_worker)
+        print(json.dumps(memory_worker(spec["impl"], spec["batch"], spec["size"], spec["precision"], spec["runs"])))
+        return
+
+    torch.set_num_threads(THREADS)
+    load_before = os.getloadavg()
+    ours, peer = build_models()
+    rows = []
+    for case, batch, size in CASES:
+        x = make_input(batch, size)
+        for precision in PRECISIONS:
+            diff = (run(ours, x, precision).float() - run(peer, x, precision).float()).abs().max().item()
+            lat = measure_latency(ours, peer, x, precision, args.runs, args.warmup)
+            mem = {impl: measure_memory(impl, batch, size, precision, args.memory_runs) for impl in ("ours", "peer")}
+            row = {
+                "case": case,
+                "batch": batch,
+                "size": size,
+                "precision": precision,
+                "ours_s": lat["ours"]["median_s"],
+                "peer_s": lat["peer"]["median_s"],
+                "speedup": lat["peer"]["median_s"] / lat["ours"]["median_s"],
+                "speedup_min": lat["peer"]["min_s"] / lat["ours"]["min_s"],
+                "ours_mem_mb": mem["ours"]["peak_increase_mb"],
+                "peer_mem_mb": mem["peer"]["peak_increase_mb"],
+                "mem_ratio": mem["ours"]["peak_increase_mb"] / mem["peer"]["peak_increase_mb"],
+                "ours_peak_rss_mb": mem["ours"]["peak_rss_mb"],
+                "peer_peak_rss_mb": mem["peer"]["peak_rss_mb"],
+                "max_abs_diff": diff,
+                "latency": lat,
+                "memory": mem,
+            }
+            rows.append(row)
+            print(
+                f"{case:11s} {precision}: ours {1e3 * row['ours_s']:7.1f} ms, peer {1e3 * row['peer_s']:7.1f} ms "
+                f"({row['speedup']:.2f}x); peak +{row['ours_mem_mb']:.0f} MB vs +{row['peer_mem_mb']:.0f} MB; "
+                f"max abs diff {diff:.1e}",
+                flush=True,
+            )
+    if args.profile:
+        profile(ours, peer, make_input(1, 224), "fp32")
+
+    head = next(r for r in rows if r["case"] == "b1-224x224" and r["precision"] == "fp32")
+    target = {"speedup": head["speedup"], "mem_ratio": head["mem_ratio"]}
+    target["met"] = target["speedup"] >= 1.5 and target["mem_ratio"] <= 1.0
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "machine": machine_info(),
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "target": target,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print(write_report(results, args.out))
+
+
+if __name__ == "__main__":
+    main()
