@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import io_config_from_hf, load_converted
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.pretrained import register_hf_converter
 
@@ -29,32 +29,13 @@ def convert_optical_flow(hf_config: dict[str, Any], sd: dict[str, Tensor], **ove
     """Build our `PerceiverForOpticalFlow` from a transformers checkpoint (`hf_config`: its config.json dict,
     `sd`: its state dict); `overrides` replace fields of our config (e.g. `flow_scale_factor=1.0`)."""
     proj = sd[f"{PRE}.conv_after_patches.weight"]  # (out_channels, 2 * patch_channels)
-    enc, enc_keys = encoder_from_hf(hf_config, sd)
-    dec, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=False)
+    io_fields, enc, _, keys = io_config_from_hf(hf_config, sd, DEC, decoder_use_query_residual=False)
     fields: dict[str, Any] = dict(
         train_size=tuple(hf_config.get("train_size", (368, 496))),
         patch_channels=proj.shape[1] // 2,
         out_channels=proj.shape[0],
         num_bands=64,
-        num_latents=enc.num_latents,
-        latent_dim=enc.latent_dim,
-        num_blocks=enc.num_blocks,
-        num_self_attends_per_block=enc.num_self_attends_per_block,
-        cross_heads=enc.cross_heads,
-        latent_heads=enc.latent_heads,
-        cross_qk_channels=enc.cross_qk_channels,
-        cross_v_channels=enc.cross_v_channels,
-        latent_qk_channels=enc.latent_qk_channels,
-        latent_v_channels=enc.latent_v_channels,
-        cross_widening_factor=enc.cross_widening_factor,
-        latent_widening_factor=enc.latent_widening_factor,
-        use_query_residual=enc.use_query_residual,
-        attn_dropout=enc.attn_dropout,
-        decoder_heads=dec.num_heads,
-        decoder_qk_channels=dec.qk_channels,
-        decoder_v_channels=dec.v_channels,
-        decoder_widening_factor=dec.widening_factor,
-        decoder_use_query_residual=dec.use_query_residual,
+        **io_fields,
         output_init_zeros=False,
     )
     fields.update(overrides)
@@ -64,6 +45,5 @@ def convert_optical_flow(hf_config: dict[str, Any], sd: dict[str, Tensor], **ove
             f"checkpoint encoder takes {enc.input_dim} input channels, the flow preprocessing gives "
             f"{model.input_adapter.num_channels} (64 Fourier bands expected)"
         )
-    keys = enc_keys | dec_keys
     keys |= {f"input_adapter.projection.{p}": f"{PRE}.conv_after_patches.{p}" for p in ("weight", "bias")}
     return load_converted(model, sd, keys)

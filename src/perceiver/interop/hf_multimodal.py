@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import io_config_from_hf, load_converted
 from perceiver.models.multimodal import MODALITIES, MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
 from perceiver.nn.position import fourier_channels
 from perceiver.pretrained import register_hf_converter
@@ -36,8 +36,7 @@ def multimodal_from_hf(config: dict[str, Any], sd: dict[str, Tensor]) -> Perceiv
     """Our `PerceiverForMultimodalAutoencoding` with the weights of a transformers checkpoint (config dict + state
     dict)."""
     pre, dec, post = "perceiver.input_preprocessor", "perceiver.decoder", "perceiver.output_postprocessor"
-    enc, enc_keys = encoder_from_hf(config, sd)
-    dec_cfg, dec_keys = decoder_from_hf(config, sd, f"{dec}.decoder", num_heads=1, use_query_residual=False)
+    io_fields, enc, dec_cfg, keys = io_config_from_hf(config, sd, f"{dec}.decoder", decoder_use_query_residual=False)
 
     image_size = config.get("image_size", 224)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -62,31 +61,13 @@ def multimodal_from_hf(config: dict[str, Any], sd: dict[str, Tensor]) -> Perceiv
         samples_per_patch=spp,
         num_labels=num_labels,
         input_padding=enc.input_dim - max(widths_in),
-        num_latents=enc.num_latents,
-        latent_dim=enc.latent_dim,
-        num_self_attends_per_block=enc.num_self_attends_per_block,
-        num_blocks=enc.num_blocks,
-        cross_heads=enc.cross_heads,
-        latent_heads=enc.latent_heads,
-        cross_qk_channels=enc.cross_qk_channels,
-        cross_v_channels=enc.cross_v_channels,
-        latent_qk_channels=enc.latent_qk_channels,
-        latent_v_channels=enc.latent_v_channels,
-        cross_widening_factor=enc.cross_widening_factor,
-        latent_widening_factor=enc.latent_widening_factor,
-        use_query_residual=enc.use_query_residual,
         label_query_channels=label_q,
         query_padding=dec_cfg.query_dim - max(widths_q),
-        decoder_heads=dec_cfg.num_heads,
-        decoder_qk_channels=dec_cfg.qk_channels,
-        decoder_v_channels=dec_cfg.v_channels,
-        decoder_widening_factor=dec_cfg.widening_factor,
         output_num_channels=dec_cfg.output_dim,
-        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
+        **io_fields,
     )
     model = PerceiverForMultimodalAutoencoding(ours)
 
-    keys = enc_keys | dec_keys
     keys["query_builder.modalities.label.encoding.position_embeddings"] = (
         f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"
     )

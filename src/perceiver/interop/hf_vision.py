@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import io_config_from_hf, load_converted
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.pretrained import register_hf_converter
 
@@ -77,8 +77,7 @@ def convert_image_classifier(
     if not archs:
         raise ValueError(f"expected one of {sorted(HEADS)} in architectures, got {hf_config.get('architectures')}")
     head = HEADS[archs[0]]
-    enc, enc_keys = encoder_from_hf(hf_config, sd)
-    dec, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=True)
+    io_fields, enc, dec, io_keys = io_config_from_hf(hf_config, sd, DEC, decoder_use_query_residual=True)
     image_size = hf_config.get("image_size", 224)
     if head["prep_type"] == "conv1x1":  # the learned positions fix the image size: image_size ** 2 of them
         image_size = math.isqrt(sd[f"{PRE}.position_embeddings.position_embeddings"].shape[0])
@@ -86,25 +85,7 @@ def convert_image_classifier(
         num_labels=dec.output_dim,
         image_size=(image_size, image_size),
         **head,
-        num_latents=enc.num_latents,
-        latent_dim=enc.latent_dim,
-        num_blocks=enc.num_blocks,
-        num_self_attends_per_block=enc.num_self_attends_per_block,
-        cross_heads=enc.cross_heads,
-        latent_heads=enc.latent_heads,
-        cross_qk_channels=enc.cross_qk_channels,
-        cross_v_channels=enc.cross_v_channels,
-        latent_qk_channels=enc.latent_qk_channels,
-        latent_v_channels=enc.latent_v_channels,
-        cross_widening_factor=enc.cross_widening_factor,
-        latent_widening_factor=enc.latent_widening_factor,
-        use_query_residual=enc.use_query_residual,
-        attn_dropout=enc.attn_dropout,
-        decoder_heads=dec.num_heads,
-        decoder_qk_channels=dec.qk_channels,
-        decoder_v_channels=dec.v_channels,
-        decoder_widening_factor=dec.widening_factor,
-        decoder_use_query_residual=dec.use_query_residual,
+        **io_fields,
     )
     if head["prep_type"] == "conv1x1":
         fields["out_channels"], fields["in_channels"] = sd[f"{PRE}.convnet_1x1.weight"].shape[:2]
@@ -117,7 +98,7 @@ def convert_image_classifier(
         fields["in_channels"] = enc.input_dim - 2 * (1 + 2 * head["num_bands"])
     fields.update(overrides)
     model = PerceiverForImageClassification(ImageClassifierConfig(**fields))
-    keys = _adapter_keys(head["prep_type"], sd) | enc_keys | dec_keys
+    keys = _adapter_keys(head["prep_type"], sd) | io_keys
     keys["query_builder.encoding.position_embeddings"] = f"{DEC}.output_position_encodings.position_embeddings"
     return load_converted(model, sd, keys)
 

@@ -24,7 +24,7 @@ These are reasoned defaults for the modalities, not reproductions of published c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,43 +33,24 @@ from perceiver.adapters.audio import AudioAdapter
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.point_cloud import PointCloudAdapter
 from perceiver.adapters.video import VideoAdapter
-from perceiver.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.decoder import PerceiverDecoder, TrainableQueries
+from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import InputAdapter, PerceiverIO, PerceiverIOOutput
+from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
 
 @dataclass
-class ClassifierConfig:
-    """Encoder / decoder fields shared by the modality classifiers (see the module docstring for the defaults)."""
+class ClassifierConfig(PerceiverIOConfig):
+    """`PerceiverIOConfig` (whose defaults are the encoder in the module docstring) plus the class count."""
 
     num_classes: int = 2
-    num_latents: int = 512
-    latent_dim: int = 1024
-    num_blocks: int = 8
-    num_self_attends_per_block: int = 6
-    cross_heads: int = 1
-    latent_heads: int = 8
-    cross_attention_shape: Literal["kv", "q"] = "kv"
-    cross_qk_channels: int | None = None
-    cross_v_channels: int | None = None
-    latent_qk_channels: int | None = None
-    latent_v_channels: int | None = None
-    cross_widening_factor: int = 1
-    latent_widening_factor: int = 1
-    use_query_residual: bool = True
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    decoder_heads: int = 1
-    decoder_widening_factor: int = 1
-    decoder_use_query_residual: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
-        if self.cross_attention_shape not in ("kv", "q"):
-            raise ValueError(f"cross_attention_shape must be 'kv' or 'q', got {self.cross_attention_shape!r}")
 
 
 @dataclass
@@ -128,39 +109,8 @@ class _ModalityClassifier(PretrainedMixin, PerceiverIO):
     def __init__(self, config: ClassifierConfig) -> None:
         c = config
         adapter = self.build_adapter(c)
-        d = adapter.num_channels
-        encoder = PerceiverEncoder(
-            EncoderConfig(
-                input_dim=d,
-                num_latents=c.num_latents,
-                latent_dim=c.latent_dim,
-                num_self_attends_per_block=c.num_self_attends_per_block,
-                num_blocks=c.num_blocks,
-                cross_heads=c.cross_heads,
-                latent_heads=c.latent_heads,
-                cross_qk_channels=c.cross_qk_channels or (d if c.cross_attention_shape == "kv" else c.latent_dim),
-                cross_v_channels=c.cross_v_channels,
-                latent_qk_channels=c.latent_qk_channels,
-                latent_v_channels=c.latent_v_channels,
-                cross_widening_factor=c.cross_widening_factor,
-                latent_widening_factor=c.latent_widening_factor,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-                use_query_residual=c.use_query_residual,
-            )
-        )
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=c.latent_dim,
-                latent_dim=c.latent_dim,
-                output_dim=c.num_classes,
-                num_heads=c.decoder_heads,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=c.decoder_use_query_residual,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-            )
-        )
+        encoder = PerceiverEncoder(c.encoder_config(adapter.num_channels))
+        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.latent_dim, output_dim=c.num_classes))
         super().__init__(adapter, encoder, TrainableQueries(1, c.latent_dim), decoder, ClassificationOutput())
         self.config = c
 

@@ -18,26 +18,27 @@ input arrays, so the decoder no longer sets the peak; chunking is exact and cost
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.flow import FlowAdapter, FlowOutput, frames_to_patches, predict_flow_tiled
-from perceiver.decoder import DecoderConfig, InputQueries, PerceiverDecoder
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.decoder import InputQueries, PerceiverDecoder
+from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import PerceiverIO, PerceiverIOOutput
+from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
 
 @dataclass
-class OpticalFlowConfig:
+class OpticalFlowConfig(PerceiverIOConfig):
     """Flat configuration of `PerceiverForOpticalFlow`; the defaults are `optical-flow-perceiver`'s.
 
     train_size: the `(H, W)` the model is trained at (Fourier `max_resolution`, tiling size of `predict`).
-    cross_attention_shape: q/k width of the cross-attentions when not given: `'kv'` (DeepMind) the key/value
-    width, `'q'` the query width. flow_scale_factor: 20 gives pixels (DeepMind's colab), 1 transformers' logits.
+    cross_attention_shape: q/k width of the cross-attentions when not given (see `PerceiverIOConfig`).
+    flow_scale_factor: 20 gives pixels (DeepMind's colab), 1 transformers' logits.
     query_chunk_size: queries decoded at a time by default (None: all at once).
     output_init_zeros: zero-initialise the final Linear (DeepMind), so an untrained model predicts zero flow.
     """
@@ -48,40 +49,24 @@ class OpticalFlowConfig:
     num_bands: int = 64
     concat_pos: bool = True
     sine_only: bool = False
-    # encoder
+    # encoder / decoder (queries = the adapted inputs): PerceiverIOConfig's fields, at the published sizes
     num_latents: int = 2048
     latent_dim: int = 512
     num_blocks: int = 1
     num_self_attends_per_block: int = 24
-    cross_heads: int = 1
     latent_heads: int = 16
-    cross_attention_shape: Literal["kv", "q"] = "kv"
-    cross_qk_channels: int | None = None
-    cross_v_channels: int | None = None
-    latent_qk_channels: int | None = None
-    latent_v_channels: int | None = None
-    cross_widening_factor: int = 1
-    latent_widening_factor: int = 1
-    use_query_residual: bool = True
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    # decoder (queries = the adapted inputs)
-    decoder_heads: int = 1
-    decoder_qk_channels: int | None = None
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
     decoder_use_query_residual: bool = False
+    # output
     rescale_factor: float = 100.0
     flow_scale_factor: float = 20.0
     query_chunk_size: int | None = 8192
     output_init_zeros: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.train_size) != 2:
             raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
         self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
-        if self.cross_attention_shape not in ("kv", "q"):
-            raise ValueError(f"cross_attention_shape must be 'kv' or 'q', got {self.cross_attention_shape!r}")
         if self.query_chunk_size is not None and self.query_chunk_size < 1:
             raise ValueError(f"query_chunk_size must be >= 1 or None, got {self.query_chunk_size}")
 
@@ -100,41 +85,8 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
         c = config
         adapter = FlowAdapter(c.train_size, c.patch_channels, c.out_channels, c.num_bands, c.concat_pos, c.sine_only)
         d = adapter.num_channels
-        kv_shape = c.cross_attention_shape == "kv"
-        encoder = PerceiverEncoder(
-            EncoderConfig(
-                input_dim=d,
-                num_latents=c.num_latents,
-                latent_dim=c.latent_dim,
-                num_self_attends_per_block=c.num_self_attends_per_block,
-                num_blocks=c.num_blocks,
-                cross_heads=c.cross_heads,
-                latent_heads=c.latent_heads,
-                cross_qk_channels=c.cross_qk_channels or (d if kv_shape else c.latent_dim),
-                cross_v_channels=c.cross_v_channels,
-                latent_qk_channels=c.latent_qk_channels,
-                latent_v_channels=c.latent_v_channels,
-                cross_widening_factor=c.cross_widening_factor,
-                latent_widening_factor=c.latent_widening_factor,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-                use_query_residual=c.use_query_residual,
-            )
-        )
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=d,
-                latent_dim=c.latent_dim,
-                output_dim=2,
-                num_heads=c.decoder_heads,
-                qk_channels=c.decoder_qk_channels or (c.latent_dim if kv_shape else d),
-                v_channels=c.decoder_v_channels,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=c.decoder_use_query_residual,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-            )
-        )
+        encoder = PerceiverEncoder(c.encoder_config(d))
+        decoder = PerceiverDecoder(c.decoder_config(query_dim=d, output_dim=2))
         if c.output_init_zeros:
             nn.init.zeros_(decoder.final_layer.weight)
             nn.init.zeros_(decoder.final_layer.bias)

@@ -35,25 +35,26 @@ from perceiver.adapters.multimodal import (
     OneHotLabelAdapter,
 )
 from perceiver.adapters.video import VideoAdapter
-from perceiver.decoder import DecoderConfig, PerceiverDecoder, decode
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.decoder import PerceiverDecoder, decode
+from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.io import PerceiverIO, PerceiverIOOutput
+from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
 MODALITIES = ("audio", "image", "label")
 
 
 @dataclass
-class MultimodalAutoencodingConfig:
+class MultimodalAutoencodingConfig(PerceiverIOConfig):
     """Hyper-parameters of `PerceiverForMultimodalAutoencoding` (defaults: DeepMind's / transformers' checkpoint).
 
     Inputs: `num_frames` x `image_size` video (space-to-depth `spatial_downsample`, `temporal_downsample`, Fourier
     bands `image_num_bands` with max resolution (T, H, W)); `num_frames * audio_samples_per_frame` audio samples in
     patches of `samples_per_patch` (`audio_num_bands` bands, max resolution = samples); `num_labels` label channels.
     Tokens are padded to `max(width) + input_padding`; `mask_probs` / `eval_masking`: see `MultimodalInputAdapter`.
-    Channel counts left None follow transformers' defaults (encoder cross-attention: the input width; decoder: the
-    latent width). Decoder queries: Fourier features of the output grids and a `label_query_channels` trainable
+    Encoder / decoder fields are `PerceiverIOConfig`'s; channel counts left None follow transformers' defaults
+    (`cross_attention_shape="kv"`: the input width in the encoder, the latent width in the decoder). Decoder queries: Fourier features of the output grids and a `label_query_channels` trainable
     query, padded to `max(width) + query_padding`. `subsampled_positions`: "grid" (a subsampled decode gives the
     same rows as the whole decode) or "transformers" (their `-1 + 2 i / n` positions; set for parity). These three
     (`mask_probs`, `eval_masking`, `subsampled_positions`) are read at every forward, so they can be changed on a
@@ -73,30 +74,19 @@ class MultimodalAutoencodingConfig:
     input_padding: int = 4
     mask_probs: dict[str, float] = field(default_factory=lambda: {"audio": 0.0, "image": 0.0, "label": 1.0})
     eval_masking: str = "deterministic"
-    num_latents: int = 784
-    latent_dim: int = 512
-    num_self_attends_per_block: int = 8
-    num_blocks: int = 1
-    cross_heads: int = 1
-    latent_heads: int = 8
-    cross_qk_channels: int | None = None
-    cross_v_channels: int | None = None
-    latent_qk_channels: int | None = None
-    latent_v_channels: int | None = None
-    cross_widening_factor: int = 1
-    latent_widening_factor: int = 1
-    use_query_residual: bool = True
     label_query_channels: int = 1024
     query_padding: int = 2
-    decoder_heads: int = 1
-    decoder_qk_channels: int | None = None
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
     output_num_channels: int = 512
-    attn_dropout: float = 0.0
     subsampled_positions: str = "grid"
+    # encoder / decoder: PerceiverIOConfig's fields, at the checkpoint's sizes
+    num_latents: int = 784
+    latent_dim: int = 512
+    num_blocks: int = 1
+    num_self_attends_per_block: int = 8
+    decoder_use_query_residual: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         size = self.image_size
         self.image_size = (int(size), int(size)) if isinstance(size, int) else tuple(int(n) for n in size)
         if len(self.image_size) != 2:
@@ -175,40 +165,8 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
             },
             c.query_padding,
         )
-        cross_qk = c.cross_qk_channels or inputs.num_channels  # transformers' "kv" default
-        encoder = PerceiverEncoder(
-            EncoderConfig(
-                input_dim=inputs.num_channels,
-                num_latents=c.num_latents,
-                latent_dim=c.latent_dim,
-                num_self_attends_per_block=c.num_self_attends_per_block,
-                num_blocks=c.num_blocks,
-                cross_heads=c.cross_heads,
-                latent_heads=c.latent_heads,
-                cross_qk_channels=cross_qk,
-                cross_v_channels=c.cross_v_channels or cross_qk,
-                latent_qk_channels=c.latent_qk_channels,
-                latent_v_channels=c.latent_v_channels,
-                cross_widening_factor=c.cross_widening_factor,
-                latent_widening_factor=c.latent_widening_factor,
-                attn_dropout=c.attn_dropout,
-                use_query_residual=c.use_query_residual,
-            )
-        )
-        dec_qk = c.decoder_qk_channels or c.latent_dim  # transformers' "kv" default
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=queries.num_channels,
-                latent_dim=c.latent_dim,
-                output_dim=c.output_num_channels,
-                num_heads=c.decoder_heads,
-                qk_channels=dec_qk,
-                v_channels=c.decoder_v_channels or dec_qk,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=False,
-                attn_dropout=c.attn_dropout,
-            )
-        )
+        encoder = PerceiverEncoder(c.encoder_config(inputs.num_channels))
+        decoder = PerceiverDecoder(c.decoder_config(queries.num_channels, c.output_num_channels))
         outputs = MultimodalOutput(
             c.output_num_channels,
             {"audio": c.samples_per_patch, "image": c.image_channels, "label": c.num_labels},

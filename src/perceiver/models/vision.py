@@ -19,19 +19,20 @@ from torch import Tensor
 
 from perceiver.adapters.image import ImageAdapter, PositionType, PrepType
 from perceiver.adapters.outputs import ClassificationOutput
-from perceiver.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries, decode
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.decoder import PerceiverDecoder, TrainableQueries, decode
+from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import PerceiverIO, PerceiverIOOutput
+from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
 
 @dataclass
-class ImageClassifierConfig:
+class ImageClassifierConfig(PerceiverIOConfig):
     """Flat configuration of `PerceiverForImageClassification`; the defaults are `vision-perceiver-learned`'s.
 
-    Adapter fields mirror `ImageAdapter`. `cross_attention_shape` picks the cross-attention width when
-    `cross_qk_channels` is None: `'kv'` (DeepMind's default) uses the input channels, `'q'` the latent channels.
+    Adapter fields mirror `ImageAdapter`; the encoder / decoder fields (and their defaults, the published sizes) are
+    `PerceiverIOConfig`'s. The decoder has one trainable query of `latent_dim` channels.
     """
 
     num_labels: int = 1000
@@ -52,38 +53,14 @@ class ImageClassifierConfig:
     max_resolution: tuple[int, int] | None = None
     concat_pos: bool = True
     sine_only: bool = False
-    # encoder
-    num_latents: int = 512
-    latent_dim: int = 1024
-    num_blocks: int = 8
-    num_self_attends_per_block: int = 6
-    cross_heads: int = 1
-    latent_heads: int = 8
-    cross_attention_shape: Literal["kv", "q"] = "kv"
-    cross_qk_channels: int | None = None
-    cross_v_channels: int | None = None
-    latent_qk_channels: int | None = None
-    latent_v_channels: int | None = None
-    cross_widening_factor: int = 1
-    latent_widening_factor: int = 1
-    use_query_residual: bool = True
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    # decoder (one trainable query of latent_dim channels)
-    decoder_heads: int = 1
-    decoder_qk_channels: int | None = None
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
-    decoder_use_query_residual: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.image_size = _pair("image_size", self.image_size)
         if self.max_resolution is not None:
             self.max_resolution = _pair("max_resolution", self.max_resolution)
         if self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
-        if self.cross_attention_shape not in ("kv", "q"):
-            raise ValueError(f"cross_attention_shape must be 'kv' or 'q', got {self.cross_attention_shape!r}")
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:
@@ -126,44 +103,8 @@ class PerceiverForImageClassification(PretrainedMixin, PerceiverIO):
     def __init__(self, config: ImageClassifierConfig) -> None:
         c = config
         adapter = build_adapter(c)
-        d = adapter.num_channels
-        cross_qk = c.cross_qk_channels
-        if cross_qk is None:
-            cross_qk = d if c.cross_attention_shape == "kv" else c.latent_dim
-        encoder = PerceiverEncoder(
-            EncoderConfig(
-                input_dim=d,
-                num_latents=c.num_latents,
-                latent_dim=c.latent_dim,
-                num_self_attends_per_block=c.num_self_attends_per_block,
-                num_blocks=c.num_blocks,
-                cross_heads=c.cross_heads,
-                latent_heads=c.latent_heads,
-                cross_qk_channels=cross_qk,
-                cross_v_channels=c.cross_v_channels,
-                latent_qk_channels=c.latent_qk_channels,
-                latent_v_channels=c.latent_v_channels,
-                cross_widening_factor=c.cross_widening_factor,
-                latent_widening_factor=c.latent_widening_factor,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-                use_query_residual=c.use_query_residual,
-            )
-        )
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=c.latent_dim,
-                latent_dim=c.latent_dim,
-                output_dim=c.num_labels,
-                num_heads=c.decoder_heads,
-                qk_channels=c.decoder_qk_channels,
-                v_channels=c.decoder_v_channels,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=c.decoder_use_query_residual,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-            )
-        )
+        encoder = PerceiverEncoder(c.encoder_config(adapter.num_channels))
+        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.latent_dim, output_dim=c.num_labels))
         super().__init__(adapter, encoder, TrainableQueries(1, c.latent_dim), decoder, ClassificationOutput())
         self.config = c
 
