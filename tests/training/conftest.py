@@ -1,98 +1,14 @@
-"""Shared helpers of the training tests: tiny overrides of the shipped configs and one small digits run."""
+"""Fixtures of the training tests: one small digits run shared by the plot / predict / attention tests."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
-
-#: a few batches, no sanity check, fp32 (bf16 is covered by the shipped configs' own smoke runs)
-TINY_TRAINER = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.limit_test_batches=1",
-    "--trainer.limit_predict_batches=1",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-    "--trainer.enable_progress_bar=false",
-]
-
-#: tiny models and datasets for each shipped config
-TINY = {
-    "digits": [
-        "--model.model_kwargs.depth=1",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.latent_heads=2",
-        "--model.model_kwargs.latent_dim_head=16",
-        "--model.model_kwargs.cross_dim_head=16",
-        "--model.model_kwargs.self_per_cross_attn=1",
-        "--data.batch_size=16",
-    ],
-    "mlm-pydoc": [
-        "--model.model_kwargs.max_seq_len=32",
-        "--model.model_kwargs.d_model=32",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.d_latents=32",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--model.model_kwargs.cross_qk_channels=16",
-        "--model.model_kwargs.cross_v_channels=32",
-        "--model.model_kwargs.latent_qk_channels=16",
-        "--model.model_kwargs.latent_v_channels=32",
-        "--model.model_kwargs.decoder_qk_channels=16",
-        "--data.max_seq_len=32",
-        "--data.batch_size=4",
-    ],
-    "points-synthetic": [
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.num_bands=4",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--data.num_train=16",
-        "--data.num_val=8",
-        "--data.num_test=8",
-        "--data.min_points=16",
-        "--data.max_points=32",
-        "--data.batch_size=8",
-    ],
-    "flow-synthetic": [
-        "--model.model_kwargs.train_size=[16, 16]",
-        "--model.model_kwargs.out_channels=16",
-        "--model.model_kwargs.num_bands=4",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--data.image_size=16",
-        "--data.num_train=8",
-        "--data.num_val=4",
-        "--data.num_test=4",
-        "--data.batch_size=4",
-    ],
-}
-
-
-def tiny_args(config: str, run_dir: Path, *extra: str) -> list[str]:
-    """`--config configs/<config>.yaml` + tiny model / data / trainer overrides, writing into `run_dir`."""
-    return [
-        "--config",
-        str(CONFIGS / f"{config}.yaml"),
-        f"--trainer.default_root_dir={run_dir}",
-        *TINY_TRAINER,
-        *TINY[config],
-        *extra,
-    ]
-
-
-def assert_png(path: Path) -> None:
-    """`path` is a non-empty PNG file."""
-    assert path.is_file(), f"{path} was not written"
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, f"{path} is not a real PNG ({len(data)} bytes)"
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers module `trainutil` next to this file
+from trainutil import tiny_args  # noqa: E402
 
 
 @pytest.fixture(scope="session")

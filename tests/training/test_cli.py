@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, assert_png, tiny_args
+from trainutil import CONFIGS, assert_png, tiny_args
 
 from perceiver.training.cli import main
 

@@ -1,4 +1,4 @@
-"""Callbacks and the logger the `perceiver` CLI adds to every run: per-epoch reseeding, the best model as a model
+"""Callbacks and the logger the `perceiver` CLI adds to every run: per-step reseeding, the best model as a model
 folder, predictions as JSON lines, a CSV logger that appends to the run's metrics.csv."""
 
 from __future__ import annotations
@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import CSVLogger
@@ -17,7 +19,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["AppendingCSVLogger", "EpochSeed", "JsonlPredictionWriter", "SavePretrained", "data_description"]
+__all__ = ["AppendingCSVLogger", "JsonlPredictionWriter", "SavePretrained", "StepSeed", "data_description"]
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -47,22 +49,31 @@ class AppendingCSVLogger(CSVLogger):
         return self._experiment
 
 
-class EpochSeed(Callback):
-    """Reseed torch / numpy / random at the start of every training epoch with a function of (seed, epoch, rank).
+class StepSeed(Callback):
+    """Reseed torch / numpy / random before every training batch with a function of (seed, step, batch, rank).
 
-    Everything random inside epoch `e` (dropout, stochastic depth, ...) then depends only on the seed and `e`, so a
-    run resumed from an epoch-boundary checkpoint continues exactly as the uninterrupted run would have. (The
-    datamodules of `perceiver.data` already make data order, augmentation and masks a function of (seed, epoch).)
-    `seed` defaults to the run's `seed_everything` value (`PL_GLOBAL_SEED`), else 0.
+    Everything random in a training step (dropout, stochastic depth, ...) then depends only on the seed and the
+    step, so a run resumed from its last checkpoint continues exactly as the uninterrupted run would have. (The
+    datamodules of `perceiver.data` already make data order, augmentation and masks functions of (seed, epoch,
+    index).) Lightning does not store RNG states in checkpoints, so without this a resumed run draws other dropout
+    masks; reseeding per step rather than per epoch also covers checkpoints written inside an epoch. `seed`
+    defaults to the run's `seed_everything` value (`PL_GLOBAL_SEED`, read once at setup).
     """
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
+        self._base: int | None = None
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = (base * 1_000_003 + trainer.current_epoch * 1009 + trainer.global_rank) % (2**32)
-        L.seed_everything(seed, workers=True, verbose=False)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        key = [self._base or 0, trainer.global_step, batch_idx, trainer.global_rank]
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        # not seed_everything: it would overwrite PL_GLOBAL_SEED, the base of the next steps
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 def data_description(datamodule: Any) -> dict[str, Any]:

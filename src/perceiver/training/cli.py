@@ -43,7 +43,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from perceiver.training.callbacks import AppendingCSVLogger, EpochSeed, JsonlPredictionWriter, SavePretrained
+from perceiver.training.callbacks import AppendingCSVLogger, JsonlPredictionWriter, SavePretrained, StepSeed
 from perceiver.training.tasks import PerceiverTask
 
 __all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
@@ -85,7 +85,7 @@ def default_callbacks(
         out.append(RichProgressBar(leave=True))
     if not have(LearningRateMonitor):
         out.append(LearningRateMonitor(logging_interval="step"))
-    for cls in (EpochSeed, SavePretrained, JsonlPredictionWriter):
+    for cls in (StepSeed, SavePretrained, JsonlPredictionWriter):
         if not have(cls):
             out.append(cls())
     return out

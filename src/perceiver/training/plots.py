@@ -157,15 +157,15 @@ def plot_attention_maps(
     out: str | Path,
     latents: Sequence[int] | None = None,
     titles: Sequence[str] | None = None,
-    cmap: str = "gray_r",
     suptitle: str | None = None,
 ) -> Path:
-    """One column per image: the image, then the mean attention (heads, latents) and a few single latents overlaid.
+    """One column per image: the image, then heatmaps of the mean attention (heads, latents) and of a few latents.
 
-    images: `(B, h, w)` or `(B, h, w, C)` with values in any range (each image is min-max scaled for display).
-    attention: the cross-attention `(B, H, N, h * w)` of one cross-attend, e.g. the first one of
+    images: `(B, h, w)` or `(B, h, w, C)`, any value range (min-max scaled for display); greyscale is drawn as dark
+    ink on white. attention: the cross-attention `(B, H, N, h * w)` of one cross-attend, e.g. the first one of
     `model.forward_features(x, return_attention=True)`. `latents`: which latents get their own rows (default: the
-    three most concentrated ones).
+    three most concentrated ones). Heatmaps of one row share a colour scale (0 = black, the row's maximum = white)
+    and carry the image's outline (cyan) so that attention can be read against the strokes.
     """
     plt = _pyplot()
     images = images.detach().float().cpu()
@@ -173,29 +173,27 @@ def plot_attention_maps(
         images = images[..., 0]
     b, h, w = images.shape[:3]
     latents = list(latents) if latents is not None else select_latents(attention)
-    mean_maps = attention_heatmaps(attention, (h, w))[:, 0]
-    latent_maps = attention_heatmaps(attention, (h, w), latents)
-    rows = [("input", None)] + [("mean attention\n(heads, latents)", None)]
-    rows += [(f"latent {i}", j) for j, i in enumerate(latents)]
-    fig, axes = plt.subplots(len(rows), b, figsize=(1.7 * b + 0.8, 1.7 * len(rows)), squeeze=False)
+    heat_rows = [("mean attention\n(heads, latents)", attention_heatmaps(attention, (h, w))[:, 0])]
+    per_latent = attention_heatmaps(attention, (h, w), latents)
+    heat_rows += [(f"latent {i}", per_latent[:, j]) for j, i in enumerate(latents)]
+    fig, axes = plt.subplots(1 + len(heat_rows), b, figsize=(1.6 * b + 0.9, 1.6 * (1 + len(heat_rows)) + 0.4))
+    axes = np.asarray(axes).reshape(1 + len(heat_rows), b)
     for col in range(b):
         img = images[col]
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
-        for r, (label, j) in enumerate(rows):
+        img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).numpy()
+        gray = img if img.ndim == 2 else img.mean(-1)
+        axes[0][col].imshow(img, cmap="gray_r" if img.ndim == 2 else None, interpolation="nearest")
+        if titles is not None:
+            axes[0][col].set_title(titles[col], fontsize=8)
+        for r, (_, maps) in enumerate(heat_rows, start=1):
             ax = axes[r][col]
+            ax.imshow(maps[col].numpy(), cmap="magma", vmin=0.0, vmax=float(maps.max()), interpolation="nearest")
+            ax.contour(gray, levels=[0.5], colors="cyan", linewidths=0.8)
+    for r, row in enumerate(axes):
+        for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.imshow(img.numpy(), cmap=cmap if img.ndim == 2 else None, interpolation="nearest")
-                if titles is not None:
-                    ax.set_title(titles[col], fontsize=9)
-            else:
-                heat = mean_maps[col] if j is None else latent_maps[col, j]
-                gray = img if img.ndim == 2 else img.mean(-1)
-                ax.imshow(gray.numpy(), cmap="gray_r", interpolation="nearest", alpha=1.0)
-                ax.imshow(heat.numpy(), cmap="inferno", interpolation="nearest", alpha=0.65)
-            if col == 0:
-                ax.set_ylabel(label, fontsize=8)
+        row[0].set_ylabel("input" if r == 0 else heat_rows[r - 1][0], fontsize=8)
     fig.suptitle(suptitle or "first cross-attend: where the latents look", fontsize=10)
     fig.tight_layout()
     out = Path(out)
