@@ -16,7 +16,8 @@ SHIPPED = ["digits", "mlm-pydoc", "points-synthetic", "flow-synthetic"]
 
 
 def test_every_shipped_config_is_tested():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(SHIPPED)
+    tasks = [p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("strategy-")]
+    assert sorted(tasks) == sorted(SHIPPED)
 
 
 @pytest.mark.parametrize("config", SHIPPED)

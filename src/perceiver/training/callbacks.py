@@ -106,22 +106,41 @@ class SavePretrained(Callback):
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(pl_module.model, "save_pretrained"):
-            return
         model = pl_module.model
+        if not hasattr(model, "save_pretrained"):
+            return
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        source = "final weights"
+        sharded = _is_sharded(model)
+        state, source = None, "final weights"
         if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            model = copy.deepcopy(model).cpu()
-            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+            if trainer.is_global_zero:
+                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
             source = f"best checkpoint {best} ({ckpt.monitor}={float(ckpt.best_model_score):.4f})"
+        elif sharded:  # FSDP2: gather the full weights (a collective: every process takes part)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not trainer.is_global_zero:
+            return
+        if state is not None:
+            # a plain (unsharded) copy of the network to hold the chosen weights
+            model = pl_module.build_plain_model() if sharded else copy.deepcopy(model).cpu()
+            model.load_state_dict(state)
         out = Path(trainer.default_root_dir) / self.dirname
         model.save_pretrained(out)
         task = {"task": getattr(pl_module, "task_name", "generic"), **data_description(trainer.datamodule)}
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return isinstance(model, FSDPModule)
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

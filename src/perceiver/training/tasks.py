@@ -54,6 +54,10 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+#: modules that become their own FSDP2 unit under `ModelParallelStrategy` (see `PerceiverTask.configure_model`)
+SHARDED_LAYERS = ("CrossAttentionLayer", "SelfAttentionLayer")
+
+
 def metric_dict(name: str, baseline: str | None = None) -> nn.ModuleDict:
     """Running means `{stage}_{name}` for train / val / test (and `{stage}_{baseline}` for val / test)."""
     metrics = {f"{s}_{name}": MeanMetric() for s in ("train", "val", "test")}
@@ -96,6 +100,28 @@ class PerceiverTask(L.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(model, model_kwargs, pretrained)
 
+    def build_plain_model(self) -> nn.Module:
+        """A new, unsharded instance of the network (random weights) built from this task's hyperparameters."""
+        hp = self.hparams
+        return build_model(hp.model, hp.model_kwargs, hp.pretrained)
+
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """FSDP2 under Lightning's `ModelParallelStrategy`: shard every attention layer (cross, self and decoder
+        layers), then the rest of the model, over the data-parallel mesh. A no-op under other strategies."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.model, FSDPModule):  # configure_model runs once per trainer entry point
+            return
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        for module in self.model.modules():
+            if type(module).__name__ in SHARDED_LAYERS:
+                fully_shard(module, mesh=dp_mesh)
+        fully_shard(self.model, mesh=dp_mesh)
+
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return logits_of(self._call_model(batch))
@@ -117,7 +143,9 @@ class PerceiverTask(L.LightningModule):
 
     def _log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True
+        )
 
     def _log_metric(self, stage: str, name: str, prog_bar: bool = True) -> None:
         """Log the epoch value of `self.metrics["{stage}_{name}"]` as `{stage}/{name}` (synced across processes)."""
