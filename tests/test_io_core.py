@@ -176,3 +176,54 @@ def test_unknown_config_keys_are_rejected(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"unknown keys for PerceiverConfig: \['depht'\]"):
         perceiver.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("share", ["all", "none"])
+def test_gradient_checkpointing_gives_the_same_gradients(share):
+    torch.manual_seed(0)
+    enc = PerceiverEncoder(
+        EncoderConfig(
+            input_dim=5,
+            num_latents=4,
+            latent_dim=8,
+            num_cross_attends=2,
+            num_self_attends_per_block=2,
+            latent_heads=2,
+            share_latent_blocks=share,
+        )
+    )
+    x, mask = torch.randn(2, 7, 5), torch.rand(2, 7) > 0.3
+
+    def grads():
+        enc.zero_grad()
+        enc(x, mask).square().sum().backward()
+        return {n: p.grad.clone() for n, p in enc.named_parameters()}
+
+    plain = grads()
+    enc.gradient_checkpointing = True
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_stores_fewer_activations():
+    torch.manual_seed(0)
+    model = perceiver.create_model("perceiver", depth=2, num_latents=16, latent_dim=32, latent_heads=2, num_classes=5)
+    x = torch.randn(2, 12, 12, 3)
+
+    def saved_bytes():
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x).sum()
+        return total
+
+    plain = saved_bytes()
+    model.set_grad_checkpointing()
+    assert saved_bytes() < plain / 2

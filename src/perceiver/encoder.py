@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer
 
@@ -77,6 +78,8 @@ class PerceiverEncoder(nn.Module):
         self.latent_index = {"all": [0] * n, "after_first": [0] + [1] * (n - 1), "none": list(range(n))}[
             c.share_latent_blocks
         ]
+        # Recompute each layer's activations in the backward pass instead of keeping them (set_grad_checkpointing).
+        self.gradient_checkpointing = False
         self.cross_attends = nn.ModuleList(self._cross_layer() for _ in range(max(self.cross_index) + 1))
         self.latent_blocks = nn.ModuleList(
             nn.ModuleList(self._self_layer() for _ in range(c.num_self_attends_per_block))
@@ -125,11 +128,16 @@ class PerceiverEncoder(nn.Module):
         """
         x = self.latents.expand(inputs.shape[0], -1, -1)
         maps: list[Tensor] = []
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for ci, li in zip(self.cross_index, self.latent_index):
-            x, probs = self.cross_attends[ci](x, inputs, mask, return_attention)
+            cross = self.cross_attends[ci]
+            if checkpointing and not return_attention:
+                x, probs = checkpoint(cross, x, inputs, mask, use_reentrant=False)
+            else:
+                x, probs = cross(x, inputs, mask, return_attention)
             if probs is not None:
                 maps.append(probs)
             for _ in range(self.config.num_blocks):
                 for layer in self.latent_blocks[li]:
-                    x = layer(x)
+                    x = checkpoint(layer, x, use_reentrant=False) if checkpointing else layer(x)
         return (x, maps) if return_attention else x

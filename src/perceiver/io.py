@@ -77,6 +77,10 @@ class PerceiverIO(nn.Module):
         self.decoder = decoder
         self.output_adapter = output_adapter
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute encoder activations in the backward pass: far less training memory for ~1/3 more compute."""
+        self.encoder.gradient_checkpointing = enable
+
     def forward_features(self, inputs: Any, mask: Tensor | None = None, return_attention: bool = False):
         """Adapt and encode: returns `(AdaptedInputs, latents (B, N, D), encoder maps or None)`."""
         adapted = self.input_adapter(inputs, mask)

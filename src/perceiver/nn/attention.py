@@ -119,16 +119,25 @@ class MultiHeadAttention(nn.Module):
         return out, probs
 
 
-def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """True when plain matmul attention beats SDPA's fused kernel: training on CPU.
+# Attention-matrix elements (B * H * N * M) we materialise for speed at inference: 128 MB in fp32.
+MATH_KERNEL_MAX_SCORES = 1 << 25
 
-    On CPU the fused flash kernel wins the forward (1.3-5x here) but its backward is 1.6-6x slower than the backward
-    of two GEMMs and a softmax (measured in benchmarks/attention_kernels.py), so when gradients flow on CPU we
-    materialise the attention matrix, as every peer does in training. On GPU the fused kernels win both ways.
+
+def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """True where plain matmul attention beats SDPA's fused kernel on CPU (benchmarks/attention_kernels.py).
+
+    - Training: the fused flash kernel wins the forward (1.3-5x) but its backward is 1.7-3.3x slower than the backward
+      of two GEMMs and a softmax, so when gradients flow we materialise the attention matrix, as the peers do.
+    - bf16 / fp16 with wide heads (>= 128 channels): the fused kernel does not use the reduced-precision matmul units
+      (up to 7x slower than bf16 GEMMs), so small enough attention matrices go through matmuls.
+    On GPU the fused kernels win both ways.
     """
-    return (
-        q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    )
+    if q.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return True
+    b, h, n, d = q.shape
+    return q.dtype in (torch.bfloat16, torch.float16) and d >= 128 and b * h * n * k.shape[2] <= MATH_KERNEL_MAX_SCORES
 
 
 def _reference_attention(
