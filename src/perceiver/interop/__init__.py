@@ -2,7 +2,7 @@
 
 Importing this package registers every transformers converter with `perceiver.pretrained`.
 """
-from perceiver.interop import hf_vision  # noqa: E402, F401
-from perceiver.interop import hf_text  # noqa: E402,F401
-from perceiver.interop import hf_multimodal  # noqa: E402,F401
-from perceiver.interop import hf_flow  # noqa: E402,F401
+
+from perceiver.interop import hf_flow, hf_multimodal, hf_text, hf_vision
+
+__all__ = ["hf_flow", "hf_multimodal", "hf_text", "hf_vision"]

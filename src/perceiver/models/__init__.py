@@ -1,24 +1,30 @@
-"""Ready models built from the core parts."""
+"""Ready models built from the core parts; importing this package registers every preset and model type."""
 
 from perceiver.models.classic import Perceiver, PerceiverConfig
-
-__all__ = ["Perceiver", "PerceiverConfig"]
-from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification  # noqa: E402
-
-__all__ += ["ImageClassifierConfig", "PerceiverForImageClassification"]
-from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification  # noqa: E402
-
-__all__ += ["PerceiverForMaskedLM", "PerceiverForSequenceClassification"]
-from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding  # noqa: E402
-
-__all__ += ["MultimodalAutoencodingConfig", "PerceiverForMultimodalAutoencoding"]
-from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow  # noqa: E402
-
-__all__ += ["OpticalFlowConfig", "PerceiverForOpticalFlow"]
-from perceiver.models.classifiers import (  # noqa: E402
+from perceiver.models.classifiers import (
+    ClassifierConfig,
     PerceiverForAudioClassification,
     PerceiverForPointCloudClassification,
     PerceiverForVideoClassification,
 )
+from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
+from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
+from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
+from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
 
-__all__ += ["PerceiverForAudioClassification", "PerceiverForPointCloudClassification", "PerceiverForVideoClassification"]
+__all__ = [
+    "ClassifierConfig",
+    "ImageClassifierConfig",
+    "MultimodalAutoencodingConfig",
+    "OpticalFlowConfig",
+    "Perceiver",
+    "PerceiverConfig",
+    "PerceiverForAudioClassification",
+    "PerceiverForImageClassification",
+    "PerceiverForMaskedLM",
+    "PerceiverForMultimodalAutoencoding",
+    "PerceiverForOpticalFlow",
+    "PerceiverForPointCloudClassification",
+    "PerceiverForSequenceClassification",
+    "PerceiverForVideoClassification",
+]
