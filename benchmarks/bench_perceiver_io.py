@@ -1,0 +1,346 @@
+"""Perceiver IO, ours vs transformers with the same weights: latency, peak memory and model FLOP/s.
+
+Cases (issue 3, point 10):
+- `language-perceiver` masked LM at 2048 bytes, batch 1 inference, fp32 and bf16 autocast;
+- `vision-perceiver-learned` at 224 x 224, batch 1 inference fp32 and bf16 autocast, and one training step at batch 2
+  in fp32 (forward + backward + AdamW step), with the checkpoint's attention dropout (transformers' default 0.1) and
+  without it (DeepMind's training setting).
+A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
+implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`). Every
+(implementation, case) runs in a fresh subprocess with torch.set_num_threads(2): latency = median of `--repeats`
+timed runs after `--warmup` runs; peak memory = VmHWM minus the RSS after model construction (weights touched,
+malloc_trim, high-water mark reset via /proc/self/clear_refs). Model FLOPs are counted with
+torch.utils.flop_counter.FlopCounterMode on transformers' forward (plain matmuls; the CPU flash-attention kernel ours
+uses has no FLOP formula) and divided by the median latency and this machine's matmul peak (best of a few
+4096^3 matmuls per dtype, measured here).
+
+    .venv/bin/python benchmarks/bench_perceiver_io.py [--cases mlm-fp32,...] [--repeats 5] [--workdir DIR]
+
+Writes benchmarks/results/perceiver_io.md and perceiver_io.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# case -> (model, mode, autocast dtype or None, batch, dropout override or None)
+CASES = {
+    "mlm-fp32": ("mlm", "infer", None, 1, None),
+    "mlm-bf16": ("mlm", "infer", "bfloat16", 1, None),
+    "vision-fp32": ("vision", "infer", None, 1, None),
+    "vision-bf16": ("vision", "infer", "bfloat16", 1, None),
+    "vision-train-fp32": ("vision", "train", None, 2, None),
+    "vision-train-fp32-nodrop": ("vision", "train", None, 2, 0.0),
+}
+ANALYSIS = """## Why (profiles)
+
+(analysis pending)
+"""
+HF_HEADS = {"mlm": "PerceiverForMaskedLM", "vision": "PerceiverForImageClassificationLearned"}
+PRESETS = {"mlm": "language-perceiver", "vision": "vision-perceiver-learned"}
+
+
+def hf_config(model: str):
+    from transformers import PerceiverConfig
+
+    if model == "mlm":  # deepmind/language-perceiver
+        return PerceiverConfig(qk_channels=256, v_channels=1280, architectures=[HF_HEADS[model]])
+    # deepmind/vision-perceiver-learned
+    return PerceiverConfig(
+        num_latents=512, d_latents=1024, d_model=512, num_blocks=8, num_self_attends_per_block=6,
+        num_self_attention_heads=8, num_cross_attention_heads=1, image_size=224, num_labels=1000,
+        architectures=[HF_HEADS[model]],
+    )  # fmt: skip
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+# ---------------------------------------------------------------- worker: one (implementation, case) per process
+
+
+def load(impl: str, model: str, folder: Path):
+    if impl == "hf":
+        import transformers
+
+        return getattr(transformers, HF_HEADS[model]).from_pretrained(folder)
+    import perceiver
+    import perceiver.interop  # noqa: F401  (registers the converters)
+
+    return perceiver.from_pretrained(folder)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model_name, mode, dtype, batch, _ = CASES[args.case]
+    model = load(args.impl, model_name, Path(args.ckpt))
+    with torch.no_grad():  # page in every weight (safetensors may be memory-mapped) before the baseline
+        sum(float(t.float().sum()) for t in model.state_dict().values())
+    if model_name == "mlm":
+        ids = torch.randint(0, 262, (batch, 2048))
+        inputs = {"inputs": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        inputs = {"inputs": torch.randn(batch, 3, 224, 224)}
+    labels = torch.randint(0, 1000, (batch,))
+    if mode == "train":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def run(grad_mode=None):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(**inputs).logits, labels)
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def run(grad_mode=torch.inference_mode):  # FlopCounterMode's module tracker needs grad mode (nullcontext)
+            with grad_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is not None):
+                return model(**inputs).logits
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    for _ in range(args.warmup):
+        run()
+    times, cpu_times = [], []
+    for _ in range(args.repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    peak = status_mb("VmHWM")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run() if mode == "train" else run(contextlib.nullcontext)
+    return {
+        "case": args.case,
+        "impl": args.impl,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "cpu_times_s": cpu_times,
+        "rss_after_construction_mb": base,
+        "peak_rss_mb": peak,
+        "peak_delta_mb": peak - base,
+        "counted_flops": counter.get_total_flops(),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+
+def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 4) -> float:
+    """Best FLOP/s of an n^3 matmul in this process (2 threads)."""
+    import torch
+
+    torch.set_num_threads(2)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
+    """transformers models at the published sizes, random (seed 0), saved once; plus a no-dropout config copy."""
+    import torch
+    import transformers
+
+    import perceiver
+    import perceiver.interop  # noqa: F401  (registers the converters)
+
+    folders = {}
+    for name in sorted(models):
+        folder = workdir / name
+        if not (folder / "model.safetensors").exists():
+            torch.manual_seed(0)
+            config = hf_config(name)
+            getattr(transformers, HF_HEADS[name])(config).save_pretrained(folder)
+            # The benchmarked architecture is exactly our preset (conversion on the meta device, no memory).
+            with torch.device("meta"):
+                theirs = getattr(transformers, HF_HEADS[name])(config)
+                ours = perceiver.pretrained.HF_CONVERTERS[HF_HEADS[name]](config.to_dict(), theirs.state_dict())
+                preset = perceiver.create_model(PRESETS[name])
+            shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (ours, preset)]
+            assert shapes[0] == shapes[1], f"{name}: transformers config does not give the {PRESETS[name]} preset"
+        folders[name] = folder
+        nodrop = workdir / f"{name}-nodrop"
+        nodrop.mkdir(exist_ok=True)
+        config = json.loads((folder / "config.json").read_text())
+        (nodrop / "config.json").write_text(json.dumps({**config, "attention_probs_dropout_prob": 0.0}))
+        if not (nodrop / "model.safetensors").exists():
+            (nodrop / "model.safetensors").symlink_to(folder / "model.safetensors")
+        folders[f"{name}-nodrop"] = nodrop
+    return folders
+
+
+def machine_info() -> dict:
+    import torch
+    import transformers
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": 2,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def run_case(case: str, impl: str, folder: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--ckpt", str(folder)]
+    cmd += ["--repeats", str(args.repeats if CASES[case][1] == "infer" else args.train_repeats)]
+    cmd += ["--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=args.timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{case}/{impl} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TARGETS = {"infer": ("speedup", 1.2), "train": ("memory ratio", 0.6)}
+
+
+def report(info: dict, rows: list[dict], command: str) -> str:
+    peak = info["matmul_peak_gflops"]
+    load = " / ".join(", ".join(f"{x:.1f}" for x in info[k]) for k in ("load_average_at_start", "load_average_at_end"))
+    lines = [
+        "# Perceiver IO: ours vs transformers (same weights)",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads(2); torch {info['torch']}, "
+        f"transformers {info['transformers']}, Python {info['python']}. Load average (1, 5, 15 min) at start / end: "
+        f"{load}: the 2 cores were shared with other jobs, so latencies are noisy; min and CPU time are shown too.",
+        f"Measured matmul peak (4096^3, best of 4, at that load): fp32 {peak['float32']:.0f} GFLOP/s, "
+        f"bf16 {peak['bfloat16']:.0f} GFLOP/s.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Latency: median (and min) wall time of the timed runs after warm-up; CPU s = median process CPU time per run. "
+        "Peak memory: VmHWM minus RSS after model construction, fresh subprocess per row. GFLOP: counted with "
+        "FlopCounterMode on transformers' forward (training: forward + backward). MFU: GFLOP / median latency / "
+        "matmul peak of the compute dtype. Speedup = transformers / ours (median; min in brackets); memory ratio = "
+        "ours / transformers peak.",
+        "",
+        "| case | impl | median s | min s | CPU s | peak MB | GFLOP | GFLOP/s | MFU | speedup | memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    by = {(r["case"], r["impl"]): r for r in rows}
+    verdicts = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        hf = by.get((case, "hf"))
+        flops = (hf or by[(case, "ours")])["counted_flops"]
+        dtype = "bfloat16" if CASES[case][2] else "float32"
+        for impl in ("ours", "hf"):
+            r = by.get((case, impl))
+            if r is None:
+                continue
+            rate = flops / r["median_s"] / 1e9
+            speed = mem = ""
+            if impl == "ours" and hf is not None:
+                ratio, ratio_min = hf["median_s"] / r["median_s"], min(hf["times_s"]) / min(r["times_s"])
+                mem_ratio = r["peak_delta_mb"] / max(hf["peak_delta_mb"], 1e-9)
+                speed, mem = f"{ratio:.2f}x ({ratio_min:.2f}x)", f"{mem_ratio:.2f}x"
+                what, bound = TARGETS[CASES[case][1]]
+                value = ratio if what == "speedup" else mem_ratio
+                ok = value >= bound if what == "speedup" else value <= bound
+                sign = ">=" if what == "speedup" else "<="
+                verdicts.append(f"- {case}: {what} {value:.2f}x (target {sign} {bound}x): {'met' if ok else 'MISSED'}")
+            lines.append(
+                f"| {case} | {'ours' if impl == 'ours' else 'transformers'} | {r['median_s']:.3f} | "
+                f"{min(r['times_s']):.3f} | {statistics.median(r.get('cpu_times_s') or [float('nan')]):.2f} | "
+                f"{r['peak_delta_mb']:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {rate / peak[dtype]:.1%} | {speed} | {mem} |"
+            )
+    lines += ["", "## Targets", "", *verdicts, "", ANALYSIS]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--impls", default="ours,hf")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per inference case")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed steps per training case")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temporary folder)")
+    parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.report_only:
+        data = json.loads((RESULTS / "perceiver_io.json").read_text())
+        (RESULTS / "perceiver_io.md").write_text(report(data["machine"], data["rows"], data["command"]))
+        return
+
+    os.environ.update(ENV)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; known: {list(CASES)}")
+    info = machine_info()
+    info["matmul_peak_gflops"] = {d: matmul_peak(d) / 1e9 for d in ("float32", "bfloat16")}
+    print(f"matmul peak GFLOP/s: {info['matmul_peak_gflops']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_perceiver_io_") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        folders = make_checkpoints(workdir, {CASES[c][0] for c in cases})
+        rows = []
+        for i, case in enumerate(cases):
+            model, _, _, _, dropout = CASES[case]
+            folder = folders[f"{model}-nodrop" if dropout == 0.0 else model]
+            impls = args.impls.split(",")
+            for impl in impls if i % 2 == 0 else impls[::-1]:  # alternate who runs first under drifting load
+                row = run_case(case, impl, folder, args)
+                rows.append(row)
+                print(
+                    f"{case:26s} {impl:5s} median {row['median_s']:.3f}s  peak {row['peak_delta_mb']:.0f} MB",
+                    flush=True,
+                )
+    info["load_average_at_end"] = os.getloadavg()
+    command = "python benchmarks/bench_perceiver_io.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "perceiver_io.json").write_text(
+        json.dumps({"machine": info, "command": command, "rows": rows}, indent=2)
+    )
+    (RESULTS / "perceiver_io.md").write_text(report(info, rows, command))
+    print(report(info, rows, command))
+
+
+if __name__ == "__main__":
+    main()
