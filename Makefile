@@ -34,8 +34,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Side-by-side benchmarks against the peers (results in benchmarks/results/); tens of minutes on 2 cores.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classic.py
+	$(BIN)/python benchmarks/attention_kernels.py
+	$(BIN)/python benchmarks/bench_perceiver_io.py
+	$(BIN)/python benchmarks/bench_flow.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
