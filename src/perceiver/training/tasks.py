@@ -67,7 +67,7 @@ def metric_dict(name: str, baseline: str | None = None) -> nn.ModuleDict:
 
 
 class PerceiverTask(L.LightningModule):
-    """Base task: builds `self.model` and the optimizer; subclasses define `step(batch) -> (loss, outputs)`.
+    """Base task: builds `self.model` and the optimizer; subclasses define `step(batch, stage) -> loss`.
 
     Args:
         model: registry name for `perceiver.create_model` (`"perceiver"` = classic Perceiver).
