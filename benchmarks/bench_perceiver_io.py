@@ -44,6 +44,8 @@ CASES = {
     "vision-bf16": ("vision", "infer", "bfloat16", 1, None),
     "vision-train-fp32": ("vision", "train", None, 2, None),
     "vision-train-fp32-nodrop": ("vision", "train", None, 2, 0.0),
+    # ours with set_grad_checkpointing(); transformers' Perceiver has no gradient checkpointing: its plain step
+    "vision-train-fp32-ckpt": ("vision", "train", None, 2, None),
 }
 ANALYSIS = """## Why (profiles)
 
@@ -105,6 +107,8 @@ def worker(args: argparse.Namespace) -> dict:
     labels = torch.randint(0, 1000, (batch,))
     if mode == "train":
         model.train()
+        if args.case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
         def run(grad_mode=None):
@@ -132,8 +136,9 @@ def worker(args: argparse.Namespace) -> dict:
         cpu_times.append(time.process_time() - c0)
     peak = status_mb("VmHWM")
     counter = FlopCounterMode(display=False)
-    with counter:
-        run() if mode == "train" else run(contextlib.nullcontext)
+    if args.count_flops:
+        with counter:
+            run() if mode == "train" else run(contextlib.nullcontext)
     return {
         "case": args.case,
         "impl": args.impl,
@@ -219,14 +224,31 @@ def machine_info() -> dict:
     }
 
 
-def run_case(case: str, impl: str, folder: Path, args) -> dict:
+def run_case(case: str, impl: str, folder: Path, args, memory: bool = False) -> dict:
+    """One fresh worker process. `memory=True`: glibc returns every freed block >= 64 KB to the OS
+    (MALLOC_MMAP_THRESHOLD_), so VmHWM follows the live tensors instead of heap fragmentation; one timed run."""
     cmd = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--ckpt", str(folder)]
-    cmd += ["--repeats", str(args.repeats if CASES[case][1] == "infer" else args.train_repeats)]
-    cmd += ["--warmup", str(args.warmup)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=args.timeout)
+    repeats = args.repeats if CASES[case][1] == "infer" else args.train_repeats
+    cmd += ["--repeats", str(1 if memory else repeats), "--warmup", str(args.warmup)]
+    env = {**os.environ, **ENV, **({"MALLOC_MMAP_THRESHOLD_": "65536"} if memory else {})}
+    out = subprocess.run(cmd + ([] if memory else ["--count-flops"]), capture_output=True, text=True, env=env,
+                         timeout=args.timeout)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"{case}/{impl} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pool(timed: list[dict], memory: list[dict]) -> dict:
+    """One row from several rounds of fresh processes: timings pooled; peak memory = median over the memory
+    processes (the timing processes' heap-fragmented peaks are kept as `default_malloc_peak_delta_mb`)."""
+    row = dict(timed[0])
+    row["times_s"] = [t for r in timed for t in r["times_s"]]
+    row["cpu_times_s"] = [t for r in timed for t in r["cpu_times_s"]]
+    row["median_s"] = statistics.median(row["times_s"])
+    row["default_malloc_peak_delta_mb"] = [r["peak_delta_mb"] for r in timed]
+    row["peak_delta_mb_rounds"] = [r["peak_delta_mb"] for r in memory]
+    row["peak_delta_mb"] = statistics.median(row["peak_delta_mb_rounds"])
+    return row
 
 
 TARGETS = {"infer": ("speedup", 1.2), "train": ("memory ratio", 0.6)}
@@ -241,13 +263,16 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads(2); torch {info['torch']}, "
         f"transformers {info['transformers']}, Python {info['python']}. Load average (1, 5, 15 min) at start / end: "
         f"{load}: the 2 cores were shared with other jobs, so latencies are noisy; min and CPU time are shown too.",
-        f"Measured matmul peak (4096^3, best of 4, at that load): fp32 {peak['float32']:.0f} GFLOP/s, "
-        f"bf16 {peak['bfloat16']:.0f} GFLOP/s.",
+        f"Measured matmul peak (4096^3, best of 4, at that load; MFU uses the peak measured in each row's run): "
+        f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s.",
         "",
         f"Command: `{command}`",
         "",
         "Latency: median (and min) wall time of the timed runs after warm-up; CPU s = median process CPU time per run. "
-        "Peak memory: VmHWM minus RSS after model construction, fresh subprocess per row. GFLOP: counted with "
+        "Peak memory: VmHWM minus RSS after model construction in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536 "
+        "(freed blocks go back to the OS, so the peak is that of live tensors, not of glibc heap fragmentation, "
+        "which adds up to ~1.9 GB to a training step's RSS at random; those default-malloc peaks are in the .json). "
+        "GFLOP: counted with "
         "FlopCounterMode on transformers' forward (training: forward + backward). MFU: GFLOP / median latency / "
         "matmul peak of the compute dtype. Speedup = transformers / ours (median; min in brackets); memory ratio = "
         "ours / transformers peak.",
@@ -266,6 +291,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             if r is None:
                 continue
             rate = flops / r["median_s"] / 1e9
+            peak = r.get("matmul_peak_gflops", info["matmul_peak_gflops"])  # measured in the run of this row
             speed = mem = ""
             if impl == "ours" and hf is not None:
                 ratio, ratio_min = hf["median_s"] / r["median_s"], min(hf["times_s"]) / min(r["times_s"])
@@ -292,12 +318,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per inference case")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed steps per training case")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per (case, impl), timings pooled")
+    parser.add_argument("--merge", action="store_true", help="replace only these cases' rows in the saved .json")
     parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temporary folder)")
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
     if args.worker:
@@ -325,19 +354,28 @@ def main() -> None:
             model, _, _, _, dropout = CASES[case]
             folder = folders[f"{model}-nodrop" if dropout == 0.0 else model]
             impls = args.impls.split(",")
-            for impl in impls if i % 2 == 0 else impls[::-1]:  # alternate who runs first under drifting load
-                row = run_case(case, impl, folder, args)
-                rows.append(row)
-                print(
-                    f"{case:26s} {impl:5s} median {row['median_s']:.3f}s  peak {row['peak_delta_mb']:.0f} MB",
-                    flush=True,
-                )
+            timed: dict[str, list[dict]] = {impl: [] for impl in impls}
+            memory: dict[str, list[dict]] = {impl: [] for impl in impls}
+            for r in range(args.rounds):
+                for impl in impls if (i + r) % 2 == 0 else impls[::-1]:  # alternate who goes first (drifting load)
+                    timed[impl].append(run_case(case, impl, folder, args))
+                    memory[impl].append(run_case(case, impl, folder, args, memory=True))
+                    print(f"{case:26s} {impl:5s} round {r}: runs {[round(t, 2) for t in timed[impl][-1]['times_s']]}"
+                          f" s, peak {memory[impl][-1]['peak_delta_mb']:.0f} MB", flush=True)  # fmt: skip
+            rows += [
+                pool(timed[impl], memory[impl]) | {"matmul_peak_gflops": info["matmul_peak_gflops"]} for impl in impls
+            ]
     info["load_average_at_end"] = os.getloadavg()
     command = "python benchmarks/bench_perceiver_io.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "perceiver_io.json").write_text(
-        json.dumps({"machine": info, "command": command, "rows": rows}, indent=2)
-    )
+    json_file = RESULTS / "perceiver_io.json"
+    if args.merge and json_file.exists():
+        old = json.loads(json_file.read_text())
+        rows = [r for r in old["rows"] if r["case"] not in cases] + rows
+        rows.sort(key=lambda r: list(CASES).index(r["case"]))
+        info = {**info, "earlier_runs": old.get("earlier_runs", []) + [old["machine"] | {"command": old["command"]}]}
+        command = f"{old['command']}; then {command}"
+    json_file.write_text(json.dumps({"machine": info, "command": command, "rows": rows}, indent=2))
     (RESULTS / "perceiver_io.md").write_text(report(info, rows, command))
     print(report(info, rows, command))
 

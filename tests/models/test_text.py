@@ -11,10 +11,10 @@ TINY = dict(
     max_seq_len=12,
     d_model=16,
     num_latents=4,
-    d_latents=8,
+    latent_dim=8,
     num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
+    latent_heads=2,
+    cross_heads=1,
     cross_qk_channels=None,
     cross_v_channels=None,
     latent_qk_channels=None,
@@ -54,8 +54,8 @@ def test_published_preset_sizes():
     with torch.device("meta"):
         model = c("language-perceiver")
     cfg = model.config
-    assert (cfg.d_model, cfg.num_latents, cfg.d_latents, cfg.num_self_attends_per_block) == (768, 256, 1280, 26)
-    assert (cfg.vocab_size, cfg.max_seq_len, cfg.num_self_attention_heads, cfg.num_cross_attention_heads) == (
+    assert (cfg.d_model, cfg.num_latents, cfg.latent_dim, cfg.num_self_attends_per_block) == (768, 256, 1280, 26)
+    assert (cfg.vocab_size, cfg.max_seq_len, cfg.latent_heads, cfg.cross_heads) == (
         262,
         2048,
         8,

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from perceiver.hub import config_from_dict
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import io_config_from_hf, load_converted
 from perceiver.models.text import (
     PerceiverForMaskedLM,
     PerceiverForSequenceClassification,
@@ -29,31 +29,17 @@ from perceiver.pretrained import register_hf_converter
 _PRE = "perceiver.input_preprocessor"
 
 
-def _text_fields(config: dict[str, Any], sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Fields of our `TextEncoderConfig` and the key map for `input_adapter.*` and `encoder.*`."""
+def _text_fields(
+    config: dict[str, Any], sd: dict[str, Tensor], decoder_prefix: str, decoder_use_query_residual: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Fields of our `TextConfig` and the key map for `input_adapter.*`, `encoder.*` and `decoder.*`."""
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(f"expected hidden_act 'gelu' (exact GELU, as DeepMind's checkpoints), got {act!r}")
-    enc, keys = encoder_from_hf(config, sd)
+    fields, _, _, keys = io_config_from_hf(config, sd, decoder_prefix, decoder_use_query_residual)
     vocab_size, d_model = sd[f"{_PRE}.embeddings.weight"].shape
-    fields = dict(
-        vocab_size=vocab_size,
-        max_seq_len=sd[f"{_PRE}.position_embeddings.weight"].shape[0],
-        d_model=d_model,
-        num_latents=enc.num_latents,
-        d_latents=enc.latent_dim,
-        num_blocks=enc.num_blocks,
-        num_self_attends_per_block=enc.num_self_attends_per_block,
-        num_self_attention_heads=enc.latent_heads,
-        num_cross_attention_heads=enc.cross_heads,
-        cross_qk_channels=enc.cross_qk_channels,
-        cross_v_channels=enc.cross_v_channels,
-        latent_qk_channels=enc.latent_qk_channels,
-        latent_v_channels=enc.latent_v_channels,
-        cross_attention_widening_factor=enc.cross_widening_factor,
-        self_attention_widening_factor=enc.latent_widening_factor,
-        use_query_residual=enc.use_query_residual,
-        attn_dropout=enc.attn_dropout,
+    fields |= dict(
+        vocab_size=vocab_size, max_seq_len=sd[f"{_PRE}.position_embeddings.weight"].shape[0], d_model=d_model
     )
     keys |= {
         "input_adapter.token_embedding.weight": f"{_PRE}.embeddings.weight",
@@ -63,7 +49,7 @@ def _text_fields(config: dict[str, Any], sd: dict[str, Tensor]) -> tuple[dict[st
 
 
 def _unless(channels: int | None, default: int) -> int | None:
-    """None (= our layer default) where the width read off the weights is the default anyway."""
+    """None (= our config's default) where the width read off the weights is the default anyway."""
     return None if channels == default else channels
 
 
@@ -73,17 +59,11 @@ def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor], **options: 
 
     `options` replace fields of our config, e.g. `decode_all_positions=True` (transformers' output length) or
     `attn_dropout=0.0`."""
-    fields, keys = _text_fields(config, sd)
-    dec, dec_keys = decoder_from_hf(config, sd, "perceiver.decoder", num_heads=8, use_query_residual=False)
-    fields |= dict(
-        decoder_num_heads=dec.num_heads,
-        decoder_qk_channels=dec.qk_channels,
-        decoder_v_channels=_unless(dec.v_channels, fields["d_model"]),
-        decoder_widening_factor=dec.widening_factor,
-        decoder_use_query_residual=dec.use_query_residual,
-    )
+    fields, keys = _text_fields(config, sd, "perceiver.decoder", decoder_use_query_residual=False)
+    # transformers hard-codes the MLM decoder's 8 heads (not visible in the weights).
+    fields |= dict(decoder_heads=8, decoder_v_channels=_unless(fields["decoder_v_channels"], fields["d_model"]))
     model = PerceiverForMaskedLM(config_from_dict(PerceiverMaskedLMConfig, fields | options))
-    keys |= dec_keys | {
+    keys |= {
         "query_builder.encoding.position_embeddings": "perceiver.decoder.output_position_encodings.position_embeddings",
         "output_adapter.embedding.weight": f"{_PRE}.embeddings.weight",
         "output_adapter.bias": "embedding_decoder.bias",
@@ -97,19 +77,14 @@ def convert_sequence_classification(
 ) -> PerceiverForSequenceClassification:
     """Our `PerceiverForSequenceClassification` with the weights of the transformers head of the same name;
     `options` replace fields of our config (e.g. `attn_dropout=0.0`)."""
-    fields, keys = _text_fields(config, sd)
     prefix = "perceiver.decoder.decoder"
-    dec, dec_keys = decoder_from_hf(config, sd, prefix, num_heads=1, use_query_residual=True)
+    fields, keys = _text_fields(config, sd, prefix, decoder_use_query_residual=True)
+    qk = fields["decoder_qk_channels"]
     fields |= dict(
-        num_labels=dec.output_dim,
-        decoder_num_heads=dec.num_heads,
-        decoder_qk_channels=_unless(dec.qk_channels, fields["d_latents"]),
-        decoder_v_channels=_unless(dec.v_channels, dec.qk_channels),
-        decoder_widening_factor=dec.widening_factor,
-        decoder_use_query_residual=dec.use_query_residual,
+        num_labels=sd[f"{prefix}.final_layer.weight"].shape[0],
+        decoder_qk_channels=_unless(qk, fields["latent_dim"]),
+        decoder_v_channels=_unless(fields["decoder_v_channels"], qk),
     )
     model = PerceiverForSequenceClassification(config_from_dict(PerceiverTextClassifierConfig, fields | options))
-    keys |= dec_keys | {
-        "query_builder.encoding.position_embeddings": f"{prefix}.output_position_encodings.position_embeddings"
-    }
+    keys |= {"query_builder.encoding.position_embeddings": f"{prefix}.output_position_encodings.position_embeddings"}
     return load_converted(model, sd, keys)

@@ -1,9 +1,9 @@
 """Perceiver IO on UTF-8 bytes: DeepMind's masked language model and a sequence classifier.
 
-    input_ids (B, L) --TextAdapter--> (B, L, d_model) --PerceiverEncoder--> latents (B, N, d_latents)
+    input_ids (B, L) --TextAdapter--> (B, L, d_model) --PerceiverEncoder--> latents (B, N, latent_dim)
     masked LM:      learned position queries (L of max_seq_len, d_model) --decoder--> (B, L, d_model)
                     --tied embedding--> logits (B, L, vocab_size)
-    classification: one learned query (1, d_latents) --decoder + Linear--> logits (B, num_labels)
+    classification: one learned query (1, latent_dim) --decoder + Linear--> logits (B, num_labels)
 
 Presets: `language-perceiver` (DeepMind's published MLM: d_model 768, 256 latents x 1280, 26 self-attends, 8 heads,
 qk 256 / v 1280, 2048 bytes, 262 ids) and `text-classifier` (the same encoder under transformers'
@@ -23,43 +23,40 @@ from torch import Tensor
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.text import TextAdapter, TiedEmbeddingOutput
 from perceiver.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import PerceiverIO, PerceiverIOOutput
+from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
 
 @dataclass
-class TextEncoderConfig:
-    """Input adapter and encoder of the text models (names follow transformers' `PerceiverConfig`).
+class TextConfig(PerceiverIOConfig):
+    """Text adapter fields plus `PerceiverIOConfig`'s encoder / decoder fields, with DeepMind's language model values
+    as defaults (256 x 1280 latents, one block of 26 self-attends, 8 cross and 8 latent heads, qk 256 / v 1280).
 
-    `cross_*` / `latent_*` channels of None take the layer defaults (the query width); DeepMind's model sets
-    qk 256 and v 1280 for both.
+    vocab_size: token ids (262 = 256 bytes + 6 special tokens); max_seq_len: learned input positions (and MLM
+    queries); d_model: token embedding channels, the encoder's input width.
     """
 
-    vocab_size: int = 262
-    max_seq_len: int = 2048
-    d_model: int = 768
     num_latents: int = 256
-    d_latents: int = 1280
+    latent_dim: int = 1280
     num_blocks: int = 1
     num_self_attends_per_block: int = 26
-    num_self_attention_heads: int = 8
-    num_cross_attention_heads: int = 8
+    cross_heads: int = 8
+    latent_heads: int = 8
     cross_qk_channels: int | None = 256
     cross_v_channels: int | None = 1280
     latent_qk_channels: int | None = 256
     latent_v_channels: int | None = 1280
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    use_query_residual: bool = True
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
+    vocab_size: int = 262
+    max_seq_len: int = 2048
+    d_model: int = 768
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "max_seq_len", "d_model", "num_latents", "d_latents", "num_blocks")
-        positive += ("num_self_attention_heads", "num_cross_attention_heads")
-        positive += ("cross_attention_widening_factor", "self_attention_widening_factor")
+        super().__post_init__()
+        positive = ("vocab_size", "max_seq_len", "d_model", "num_latents", "latent_dim", "num_blocks")
+        positive += ("cross_heads", "latent_heads", "decoder_heads", "cross_widening_factor", "latent_widening_factor")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -68,53 +65,32 @@ class TextEncoderConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
-    def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(
-            input_dim=self.d_model,
-            num_latents=self.num_latents,
-            latent_dim=self.d_latents,
-            num_cross_attends=1,
-            num_self_attends_per_block=self.num_self_attends_per_block,
-            num_blocks=self.num_blocks,
-            cross_heads=self.num_cross_attention_heads,
-            latent_heads=self.num_self_attention_heads,
-            cross_qk_channels=self.cross_qk_channels,
-            cross_v_channels=self.cross_v_channels,
-            latent_qk_channels=self.latent_qk_channels,
-            latent_v_channels=self.latent_v_channels,
-            cross_widening_factor=self.cross_attention_widening_factor,
-            latent_widening_factor=self.self_attention_widening_factor,
-            attn_dropout=self.attn_dropout,
-            ff_dropout=self.ff_dropout,
-            use_query_residual=self.use_query_residual,
-        )
-
 
 @dataclass
-class PerceiverMaskedLMConfig(TextEncoderConfig):
-    """A `TextEncoderConfig` plus the MLM decoder: queries of `d_model` channels, 8 heads, qk 256, v `d_model`
-    (None), no query residual, output tied to the input embedding. `decode_all_positions=True` decodes all
-    `max_seq_len` queries whatever the input length, as transformers does."""
+class PerceiverMaskedLMConfig(TextConfig):
+    """`TextConfig` plus DeepMind's MLM decoder: `max_seq_len` learned queries of `d_model` channels, 8 heads, qk 256,
+    v `d_model` (`decoder_v_channels=None` means `d_model` here), no query residual, output tied to the input
+    embedding. `decode_all_positions=True` decodes all `max_seq_len` queries whatever the input length, as
+    transformers does (its first L rows are what the default returns)."""
 
-    decoder_num_heads: int = 8
+    decoder_heads: int = 8
     decoder_qk_channels: int | None = 256
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
     decoder_use_query_residual: bool = False
     decode_all_positions: bool = False
 
+    def decoder_config(self, query_dim: int, output_dim: int | None) -> DecoderConfig:
+        config = super().decoder_config(query_dim, output_dim)
+        if self.decoder_v_channels is None:
+            config.v_channels = query_dim  # values as wide as the queries (d_model), as DeepMind's MLM decoder
+        return config
+
 
 @dataclass
-class PerceiverTextClassifierConfig(TextEncoderConfig):
-    """A `TextEncoderConfig` plus transformers' classification decoder: one learned query of `d_latents` channels,
-    1 head, query residual, final Linear to `num_labels`."""
+class PerceiverTextClassifierConfig(TextConfig):
+    """`TextConfig` plus transformers' classification decoder (`PerceiverIOConfig`'s decoder defaults): one learned
+    query of `latent_dim` channels, 1 head, query residual, final Linear to `num_labels`."""
 
     num_labels: int = 2
-    decoder_num_heads: int = 1
-    decoder_qk_channels: int | None = None
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
-    decoder_use_query_residual: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,7 +119,7 @@ class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
     """Byte-level masked language model (DeepMind's `language-perceiver`).
 
     `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, L, vocab_size)` (or `(B, O', V)` for
-    `output_index` `(O',)`), `.last_hidden_state` `(B, num_latents, d_latents)`.
+    `output_index` `(O',)`), `.last_hidden_state` `(B, num_latents, latent_dim)`.
     """
 
     config_class = PerceiverMaskedLMConfig
@@ -152,23 +128,10 @@ class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
     def __init__(self, config: PerceiverMaskedLMConfig) -> None:
         c = config
         adapter = TextAdapter(c.vocab_size, c.max_seq_len, c.d_model)
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=c.d_model,
-                latent_dim=c.d_latents,
-                output_dim=None,
-                num_heads=c.decoder_num_heads,
-                qk_channels=c.decoder_qk_channels,
-                v_channels=c.decoder_v_channels if c.decoder_v_channels is not None else c.d_model,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=c.decoder_use_query_residual,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-            )
-        )
+        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.d_model, output_dim=None))
         super().__init__(
             adapter,
-            PerceiverEncoder(c.encoder_config()),
+            PerceiverEncoder(c.encoder_config(c.d_model)),
             TrainableQueries(c.max_seq_len, c.d_model),
             decoder,
             TiedEmbeddingOutput(adapter.token_embedding),
@@ -217,7 +180,7 @@ class PerceiverForSequenceClassification(PretrainedMixin, PerceiverIO):
     """Text classifier: the text encoder and one learned decoder query.
 
     `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, num_labels)`, `.last_hidden_state`
-    `(B, num_latents, d_latents)`.
+    `(B, num_latents, latent_dim)`.
     """
 
     config_class = PerceiverTextClassifierConfig
@@ -225,24 +188,11 @@ class PerceiverForSequenceClassification(PretrainedMixin, PerceiverIO):
 
     def __init__(self, config: PerceiverTextClassifierConfig) -> None:
         c = config
-        decoder = PerceiverDecoder(
-            DecoderConfig(
-                query_dim=c.d_latents,
-                latent_dim=c.d_latents,
-                output_dim=c.num_labels,
-                num_heads=c.decoder_num_heads,
-                qk_channels=c.decoder_qk_channels,
-                v_channels=c.decoder_v_channels,
-                widening_factor=c.decoder_widening_factor,
-                use_query_residual=c.decoder_use_query_residual,
-                attn_dropout=c.attn_dropout,
-                ff_dropout=c.ff_dropout,
-            )
-        )
+        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.latent_dim, output_dim=c.num_labels))
         super().__init__(
             TextAdapter(c.vocab_size, c.max_seq_len, c.d_model),
-            PerceiverEncoder(c.encoder_config()),
-            TrainableQueries(1, c.d_latents),
+            PerceiverEncoder(c.encoder_config(c.d_model)),
+            TrainableQueries(1, c.latent_dim),
             decoder,
             ClassificationOutput(),
         )
