@@ -83,7 +83,7 @@ def test_predict_names_missing_and_corrupt_files(digits_run, tmp_path):
 
 def test_predict_text_classifier(tmp_path, capsys):
     model = perceiver.create_model(
-        "text-classifier", num_labels=3, max_seq_len=64, d_model=32, num_latents=8, d_latents=32,
+        "text-classifier", num_labels=3, max_seq_len=64, d_model=32, num_latents=8, latent_dim=32,
         num_self_attends_per_block=1, cross_qk_channels=16, cross_v_channels=32, latent_qk_channels=16,
         latent_v_channels=32,
     )  # fmt: skip
