@@ -17,34 +17,29 @@ from typing import Any
 from torch import Tensor
 
 from perceiver.interop.transformers import io_config_from_hf, load_converted
-from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
+from perceiver.models.vision import CONV, FOURIER, LEARNED, ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.pretrained import register_hf_converter
 
 PRE = "perceiver.input_preprocessor"
 DEC = "perceiver.decoder.decoder"
 
-# What each transformers head hard-codes for its PerceiverImagePreprocessor.
+# What each transformers head hard-codes for its PerceiverImagePreprocessor: the preprocessing of our presets.
+# (transformers passes spatial_downsample=1 to the conv head, but its Conv2DDownsample always downsamples 4x.)
+_PREP_FIELDS = (
+    "prep_type",
+    "spatial_downsample",
+    "position_encoding",
+    "project_pos_dim",
+    "num_bands",
+    "max_resolution",
+)
 HEADS: dict[str, dict[str, Any]] = {
-    "PerceiverForImageClassificationLearned": dict(
-        prep_type="conv1x1", spatial_downsample=1, position_encoding="trainable", project_pos_dim=256
-    ),
-    "PerceiverForImageClassificationFourier": dict(
-        prep_type="pixels",
-        spatial_downsample=1,
-        position_encoding="fourier",
-        project_pos_dim=None,
-        num_bands=64,
-        max_resolution=(224, 224),
-    ),  # fmt: skip
-    # transformers passes spatial_downsample=1 but its Conv2DDownsample always downsamples 4x (one conv layer).
-    "PerceiverForImageClassificationConvProcessing": dict(
-        prep_type="conv",
-        spatial_downsample=4,
-        position_encoding="fourier",
-        project_pos_dim=None,
-        num_bands=64,
-        max_resolution=(56, 56),
-    ),  # fmt: skip
+    arch: {name: getattr(preset, name) for name in _PREP_FIELDS}
+    for arch, preset in (
+        ("PerceiverForImageClassificationLearned", LEARNED),
+        ("PerceiverForImageClassificationFourier", FOURIER),
+        ("PerceiverForImageClassificationConvProcessing", CONV),
+    )
 }
 
 
