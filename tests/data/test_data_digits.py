@@ -6,7 +6,7 @@ import torch
 
 from perceiver.data import DigitsDataModule
 from perceiver.data._common import EpochSampler, SampleKey
-from perceiver.data.digits import shift_image
+from perceiver.data.digits import rotate_scale_image, shift_image
 
 
 def _all(loader):
@@ -84,7 +84,35 @@ def test_shift_image():
     assert out[1, 0, 0] == img[0, 1, 0]
 
 
+def test_rotate_scale_image():
+    img = torch.zeros(8, 8, 1)
+    img[1:7, 3:5] = 1.0  # a vertical bar
+    assert torch.equal(rotate_scale_image(img, 0.0, 1.0), img)  # identity
+    turned = rotate_scale_image(img, 90.0, 1.0)
+    torch.testing.assert_close(turned, img.transpose(0, 1), atol=1e-5, rtol=0)  # the bar lies down
+    grown = rotate_scale_image(img, 0.0, 1.25)
+    assert grown[0, 3, 0] > 0 and grown[7, 4, 0] > 0  # zooming in stretches it to the border
+    assert rotate_scale_image(img, 0.0, 0.75)[1, 3, 0] < 0.5  # zooming out shrinks it
+
+
+def test_rotation_and_scale_augmentation_is_deterministic_and_train_only():
+    dm = DigitsDataModule(batch_size=8, augment=True, max_shift=0, max_rotation=15.0, max_scale=0.1)
+    dm.setup()
+    ds = dm.train_set
+    assert torch.equal(ds[SampleKey(2, 4)]["inputs"], ds[SampleKey(2, 4)]["inputs"])
+    assert not torch.equal(ds[SampleKey(2, 4)]["inputs"], ds[SampleKey(3, 4)]["inputs"])
+    assert not torch.equal(ds[SampleKey(2, 4)]["inputs"], ds.images[4])
+    assert torch.equal(dm.val_set[SampleKey(2, 4)]["inputs"], dm.val_set.images[4])
+    plain = DigitsDataModule(batch_size=8, max_rotation=15.0, max_scale=0.1)  # augment off: no effect
+    plain.setup()
+    assert torch.equal(plain.train_set[SampleKey(2, 4)]["inputs"], plain.train_set.images[4])
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_rotation"):
+        DigitsDataModule(max_rotation=-1.0)
+    with pytest.raises(ValueError, match="max_scale"):
+        DigitsDataModule(max_scale=1.0)
     with pytest.raises(ValueError, match="val_fraction"):
         DigitsDataModule(val_fraction=0.0)
     with pytest.raises(ValueError, match="batch_size"):

@@ -214,6 +214,76 @@ def test_dropout_only_in_train_mode():
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 6))
 
 
+# ------------------------------------------------------------------------------------- reassociated attention
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize(("q_dim", "kv_dim", "heads", "qk", "v", "out_dim", "bias"), CASES)
+def test_reassociated_equals_reference_fp64(q_dim, kv_dim, heads, qk, v, out_dim, bias, with_mask):
+    """The absorbed-query form is the same function: output to fp64 rounding, with a fully masked sample."""
+    mha = MultiHeadAttention(q_dim, kv_dim, heads, qk, v, out_dim, qkv_bias=bias).double().eval()
+    mha.reassociate = True
+    x_q, x_kv = torch.randn(3, 5, q_dim, dtype=torch.double), torch.randn(3, 11, kv_dim, dtype=torch.double)
+    mask = random_mask(3, 11) if with_mask else None
+    if with_mask:
+        mask[2] = False
+    expected, _ = reference_attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(mha(x_q, x_kv, mask)[0], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_reassociated_gradients_equal_standard(bias):
+    mha = MultiHeadAttention(24, 6, 2, 16, 20, qkv_bias=bias).double().train()
+    x_q = torch.randn(2, 4, 24, dtype=torch.double, requires_grad=True)
+    x_kv = torch.randn(2, 30, 6, dtype=torch.double, requires_grad=True)
+    mask = random_mask(2, 30)
+    grads = []
+    for reassociate in (False, True):
+        mha.reassociate = reassociate
+        out = mha(x_q, x_kv, mask)[0]
+        grads.append(torch.autograd.grad(out.square().sum(), [x_q, x_kv, *mha.parameters()]))
+    for standard, reassociated in zip(*grads):
+        torch.testing.assert_close(reassociated, standard, atol=1e-12, rtol=0)
+
+
+def test_reassociation_is_chosen_by_cost(monkeypatch):
+    """Auto mode reassociates where it saves work (latents <- 224x224 pixels), not for byte-level MLM shapes."""
+    vision = MultiHeadAttention(1024, 512, 1)  # vision-perceiver-learned's encoder cross-attention
+    assert vision._use_reassociated(512, 224 * 224, 512)
+    mlm = MultiHeadAttention(1280, 768, 8, 256, 1280)  # language-perceiver's encoder cross-attention
+    assert not mlm._use_reassociated(256, 2048, 768)
+    assert not MultiHeadAttention(64, num_heads=4)._use_reassociated(32, 32, 64)  # self-attention
+    vision.reassociate = False
+    assert not vision._use_reassociated(512, 224 * 224, 512)
+
+    small = MultiHeadAttention(64, 3, 1).eval()  # 3 input channels: reassociated for any input length
+    calls = []
+    original = MultiHeadAttention._reassociated_attention
+    monkeypatch.setattr(
+        MultiHeadAttention, "_reassociated_attention", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    x_q, x_kv = torch.randn(1, 4, 64), torch.randn(1, 100, 3)
+    out = small(x_q, x_kv)[0]
+    assert calls == [1]
+    torch.testing.assert_close(out.double(), reference_attention(small, x_q, x_kv)[0], atol=1e-5, rtol=0)
+    small(x_q, x_kv, return_attention=True)  # maps need the standard form
+    assert calls == [1]
+
+
+def test_reassociated_dropout_drops_the_same_probabilities():
+    """With the same dropout mask, both forms agree: the value bias is weighted by the dropped rows' sums."""
+    mha = MultiHeadAttention(16, 4, 2, dropout=0.5).double().train()
+    x_q, x_kv = torch.randn(2, 6, 16, dtype=torch.double), torch.randn(2, 25, 4, dtype=torch.double)
+    outs = []
+    for reassociate in (False, True):
+        mha.reassociate = reassociate
+        torch.manual_seed(3)
+        outs.append(mha(x_q, x_kv)[0])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=0)
+    mha.eval()
+    assert (outs[1] - mha(x_q, x_kv)[0]).abs().max() > 1e-3
+
+
 # ---------------------------------------------------------------------------------------------- MLP and layers
 
 

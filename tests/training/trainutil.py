@@ -33,6 +33,9 @@ TINY = {
         "--data.batch_size=16",
     ],
     "mlm-pydoc": [
+        "--trainer.devices=1",  # the shipped config runs 2 DDP processes
+        "--trainer.strategy=auto",
+        "--trainer.check_val_every_n_epoch=1",
         "--model.model_kwargs.max_seq_len=32",
         "--model.model_kwargs.d_model=32",
         "--model.model_kwargs.num_latents=8",

@@ -13,8 +13,11 @@ Attributes available right after construction: `num_classes = 10`, `image_shape 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from perceiver.data._common import BaseDataModule, KeyedDataset, sample_rng, stratified_split
 
@@ -23,23 +26,42 @@ SPLIT_SEED = 0
 
 
 class DigitsDataset(KeyedDataset):
-    """Images `(N, 8, 8, 1)` in [0, 1] and labels `(N,)`; with `shift > 0` every sample is translated by a random
-    integer offset in [-shift, shift] px (zero fill) drawn from `(seed, epoch, index)`."""
+    """Images `(N, 8, 8, 1)` in [0, 1] and labels `(N,)`, optionally augmented per `(seed, epoch, index)`.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, shift: int = 0, seed: int = 0) -> None:
+    With `shift > 0` every sample is translated by a random integer offset in [-shift, shift] px (zero fill); with
+    `rotation > 0` (degrees) or `scale > 0` (fraction) it is also rotated by an angle in [-rotation, rotation] and
+    zoomed by a factor in [1 - scale, 1 + scale] about the image centre (bilinear, zero fill).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        shift: int = 0,
+        seed: int = 0,
+        rotation: float = 0.0,
+        scale: float = 0.0,
+    ) -> None:
         self.images = torch.as_tensor(images, dtype=torch.float32)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.shift = shift
         self.seed = seed
+        self.rotation = rotation
+        self.scale = scale
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
         image = self.images[index]
+        rng = sample_rng(self.seed, epoch, index)
         if self.shift > 0:
-            dy, dx = sample_rng(self.seed, epoch, index).integers(-self.shift, self.shift + 1, size=2)
+            dy, dx = rng.integers(-self.shift, self.shift + 1, size=2)
             image = shift_image(image, int(dy), int(dx))
+        if self.rotation > 0 or self.scale > 0:
+            angle = rng.uniform(-self.rotation, self.rotation)
+            zoom = rng.uniform(1.0 - self.scale, 1.0 + self.scale)
+            image = rotate_scale_image(image, angle, zoom)
         return {"inputs": image, "labels": self.labels[index]}
 
 
@@ -53,6 +75,17 @@ def shift_image(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def rotate_scale_image(image: torch.Tensor, degrees: float, zoom: float) -> torch.Tensor:
+    """Rotate `(H, W, C)` by `degrees` (counter-clockwise) and zoom by `zoom` (> 1 enlarges) about the centre."""
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta) / zoom, math.sin(theta) / zoom
+    # affine_grid maps output coordinates to input coordinates: the inverse of the wanted transform.
+    matrix = torch.tensor([[[cos, sin, 0.0], [-sin, cos, 0.0]]], dtype=image.dtype)
+    x = image.permute(2, 0, 1)[None]  # (1, C, H, W)
+    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].permute(1, 2, 0)
+
+
 class DigitsDataModule(BaseDataModule):
     """scikit-learn handwritten digits for image classification (see the module docstring).
 
@@ -61,8 +94,11 @@ class DigitsDataModule(BaseDataModule):
         num_workers: DataLoader workers.
         seed: training order and augmentation (splits are fixed).
         val_fraction: share of the 1437 non-test images used for validation (stratified, fixed).
-        augment: random shifts of the training images by up to `max_shift` px.
+        augment: augment the training images: random shifts by up to `max_shift` px, rotations by up to
+            `max_rotation` degrees and zooms by up to `max_scale` (0.1 = 0.9x to 1.1x).
         max_shift: largest shift in pixels when `augment` is on.
+        max_rotation: largest rotation in degrees when `augment` is on (0 = none).
+        max_scale: largest relative zoom when `augment` is on (0 = none).
     """
 
     num_classes = 10
@@ -77,12 +113,20 @@ class DigitsDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         augment: bool = False,
         max_shift: int = 1,
+        max_rotation: float = 0.0,
+        max_scale: float = 0.0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        if not 0.0 <= max_rotation <= 180.0:
+            raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation}")
+        if not 0.0 <= max_scale < 1.0:
+            raise ValueError(f"max_scale must be in [0, 1), got {max_scale}")
+        self.max_rotation = max_rotation
+        self.max_scale = max_scale
         self.val_fraction = val_fraction
         self.augment = augment
         self.max_shift = max_shift
@@ -114,6 +158,9 @@ class DigitsDataModule(BaseDataModule):
         images, labels = self.load_arrays()
         idx = self.split_indices(labels, self.val_fraction)
         shift = self.max_shift if self.augment else 0
-        self.train_set = DigitsDataset(images[idx["train"]], labels[idx["train"]], shift=shift, seed=self.seed)
+        rotation, scale = (self.max_rotation, self.max_scale) if self.augment else (0.0, 0.0)
+        self.train_set = DigitsDataset(
+            images[idx["train"]], labels[idx["train"]], shift=shift, seed=self.seed, rotation=rotation, scale=scale
+        )
         self.val_set = DigitsDataset(images[idx["val"]], labels[idx["val"]])
         self.test_set = DigitsDataset(images[idx["test"]], labels[idx["test"]])

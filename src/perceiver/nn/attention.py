@@ -6,6 +6,9 @@ fused flash kernel on CPU), so the `(B, H, N, M)` attention matrix is not materi
 for attention maps, and when training on CPU, where the fused kernel's backward is several times slower than plain
 matmul attention (see `_prefer_math_kernel`).
 
+Cross-attention from few queries to many narrow inputs (latents <- pixels) is computed in reassociated form when
+that is cheaper, see `MultiHeadAttention.reassociate`.
+
 Shapes: queries `(B, N, Cq)`, keys/values `(B, M, Ckv)`, key mask `(B, M)` boolean with True = valid.
 """
 
@@ -46,6 +49,15 @@ class MultiHeadAttention(nn.Module):
         qkv_bias: bias on the q, k and v projections (perceiver-pytorch has none, DeepMind/HF have them).
         out_bias: bias on the output projection.
         dropout: dropout on the attention probabilities (training only).
+
+    Reassociated attention (`reassociate`): per head, `q_h K_h^T = (q_h W_k,h) X^T + const` and
+    `P_h V_h = (P_h X) W_v,h^T + b_v,h`, where `X` `(B, M, Ckv)` is the key/value input and the row constant
+    `q_h . b_k,h` does not change a softmax (biases are carried exactly, see `_reassociated_attention`). Attending with the `(N, Ckv)` "absorbed" queries to `X` itself skips
+    projecting all `M` inputs to keys and values. The result is the same function (up to rounding), with
+    `2 H N M Ckv` multiply-adds instead of `M Ckv (Dqk + Dv) + N M (Dqk + Dv)`: for vision-perceiver-learned's
+    encoder (N=512 latents, M=50176 pixels of 512 channels, Dqk=Dv=1024) 4x fewer, and the `(B, M, Dqk + Dv)` key
+    and value tensors are never stored for backward. `None` (default) picks the form with fewer multiply-adds for
+    each call; True / False force one (attention maps always use the standard form).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class MultiHeadAttention(nn.Module):
         self.qk_channels = qk_channels
         self.v_channels = v_channels
         self.dropout = dropout
+        self.reassociate: bool | None = None
         self.q_proj = nn.Linear(q_dim, qk_channels, bias=qkv_bias)
         self.k_proj = nn.Linear(kv_dim, qk_channels, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_dim, v_channels, bias=qkv_bias)
@@ -94,9 +107,6 @@ class MultiHeadAttention(nn.Module):
         Returns the output `(B, N, out_dim)` and, if `return_attention`, the probabilities `(B, H, N, M)`.
         """
         x_kv = x_q if x_kv is None else x_kv
-        q = self._heads(self.q_proj(x_q))
-        k = self._heads(self.k_proj(x_kv))
-        v = self._heads(self.v_proj(x_kv))
         attn_mask = has_valid = None
         if kv_mask is not None:
             # Rows with no valid key would softmax over nothing (NaN). Let them attend everywhere, then zero them.
@@ -105,11 +115,17 @@ class MultiHeadAttention(nn.Module):
             attn_mask = (kv_mask | ~has_valid[:, None])[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         probs = None
-        if return_attention or _prefer_math_kernel(q, k, v):
-            out, probs = _reference_attention(q, k, v, attn_mask, dropout)
-            probs = probs if return_attention else None
+        q = self._heads(self.q_proj(x_q))
+        if not return_attention and self._use_reassociated(x_q.shape[1], x_kv.shape[1], x_kv.shape[2]):
+            out = self._reassociated_attention(q, x_kv, attn_mask, dropout)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+            k = self._heads(self.k_proj(x_kv))
+            v = self._heads(self.v_proj(x_kv))
+            if return_attention or _prefer_math_kernel(q, k, v):
+                out, probs = _reference_attention(q, k, v, attn_mask, dropout)
+                probs = probs if return_attention else None
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         b, h, n, d = out.shape
         out = self.o_proj(out.transpose(1, 2).reshape(b, n, h * d))
         if has_valid is not None:
@@ -117,6 +133,41 @@ class MultiHeadAttention(nn.Module):
             if probs is not None:
                 probs = probs * has_valid[:, None, None, None].to(probs.dtype)
         return out, probs
+
+
+    def _use_reassociated(self, n: int, m: int, kv_dim: int) -> bool:
+        """Whether this call runs in reassociated form: forced by `reassociate`, else if it saves >= 20% of MACs."""
+        if self.reassociate is not None:
+            return self.reassociate
+        channels = self.qk_channels + self.v_channels
+        standard = m * kv_dim * channels + n * m * channels
+        reassociated = n * kv_dim * channels + 2 * self.num_heads * n * m * kv_dim
+        return reassociated <= 0.8 * standard
+
+    def _reassociated_attention(
+        self, q: Tensor, x_kv: Tensor, attn_mask: Tensor | None, dropout: float
+    ) -> tuple[Tensor, Tensor | None]:
+        """`q` `(B, H, N, Dqk/H)`, `x_kv` `(B, M, Ckv)` -> per-head values `(B, H, N, Dv/H)`, without k and v.
+
+        Biases ride along as an extra input channel of ones (`[X, 1] [W; b]^T = X W^T + b`), so the key bias keeps
+        its (zero) gradient, which DDP expects of every parameter, and dropout on the probabilities stays exact.
+        """
+        h = self.num_heads
+        w_k, w_v = self.k_proj.weight, self.v_proj.weight
+        x = x_kv.to(q.dtype)
+        if self.k_proj.bias is not None:  # qkv_bias sets both
+            w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
+            w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
+            x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+        q_abs = q @ w_k.to(q.dtype).view(h, self.qk_channels // h, -1)  # (B, H, N, Ckv [+1])
+        x = x[:, None]  # (B, 1, M, Ckv [+1]): keys and values, shared by all heads
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        if _prefer_math_kernel(q_abs, x, x):
+            mixed, _ = _reference_attention(q_abs, x, x, attn_mask, dropout, scale)
+        else:
+            x = x.expand(-1, h, -1, -1)
+            mixed = F.scaled_dot_product_attention(q_abs, x, x, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+        return mixed @ w_v.to(q.dtype).view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
 
 
 # Attention-matrix elements (B * H * N * M) we materialise for speed at inference: 128 MB in fp32.
@@ -128,6 +179,8 @@ def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
     - Training: the fused flash kernel wins the forward (1.3-5x) but its backward is 1.7-3.3x slower than the backward
       of two GEMMs and a softmax, so when gradients flow we materialise the attention matrix, as the peers do.
+    - Value heads wider or narrower than query heads (language-perceiver: 32 vs 160): the flash kernel does not
+      apply and SDPA's own fallback upcasts bf16 to fp32 and adds NaN guards (1.5-5x slower than `_reference_attention`).
     - bf16 / fp16 with wide heads (>= 128 channels): the fused kernel does not use the reduced-precision matmul units
       (up to 7x slower than bf16 GEMMs), so small enough attention matrices go through matmuls.
     On GPU the fused kernels win both ways.
@@ -136,18 +189,31 @@ def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return True
+    if q.shape[-1] != v.shape[-1]:
+        return True
     b, h, n, d = q.shape
     return q.dtype in (torch.bfloat16, torch.float16) and d >= 128 and b * h * n * k.shape[2] <= MATH_KERNEL_MAX_SCORES
 
 
 def _reference_attention(
-    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout: float = 0.0,
+    scale: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Plain attention that materialises the probabilities `(B, H, N, M)`; softmax in fp32."""
-    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    """Plain attention that materialises the probabilities `(B, H, N, M)` (in the dtype of `q`).
+
+    The scale is applied to `q` (`N x d` multiplies instead of `N x M`). CPU and CUDA softmax kernels accumulate
+    bf16 / fp16 in fp32, so this equals an fp32 softmax of the same (reduced-precision) scores, without the copies.
+    `k` and `v` may have a head dimension of 1 that broadcasts over the heads of `q`.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-1, -2)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
-    probs = scores.softmax(dim=-1).to(v.dtype)
+    probs = scores.softmax(dim=-1)
     dropped = F.dropout(probs, dropout) if dropout > 0 else probs
     return dropped @ v, probs
 
