@@ -178,6 +178,24 @@ def test_cache_rebuilt_for_new_dtype_and_not_saved():
     assert enc.state_dict() == {}  # non-persistent: never written to a checkpoint
 
 
+def test_cache_follows_module_dtype_and_survives_weight_averaging():
+    """EMA / SWA (`AveragedModel`, Lightning's WeightAveraging) copy buffers between a deep copy made before any
+    forward and the live model: the cache must not be a buffer whose shape changes."""
+    import perceiver
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+    model = perceiver.Perceiver(input_channels=1, input_axis=2, num_freq_bands=2, max_freq=4.0, depth=1,
+                                num_latents=4, latent_dim=8, latent_heads=2, latent_dim_head=4, cross_dim_head=4,
+                                num_classes=3)  # fmt: skip
+    ema = AveragedModel(model, avg_fn=get_ema_avg_fn(0.9), use_buffers=True)
+    model(torch.rand(2, 8, 8, 1)).sum().backward()  # builds the cache for 8x8
+    ema.update_parameters(model)
+    ema.update_parameters(model)
+    assert ema(torch.rand(2, 8, 8, 1)).shape == (2, 3)
+    enc = FourierPositionEncoding(num_bands=3, max_freq=8.0).to(torch.bfloat16)
+    assert enc((4, 5)).dtype == torch.bfloat16
+
+
 # ----------------------------------------------------------------------------- trainable
 
 

@@ -1,7 +1,9 @@
 """Position encodings: Fourier features in both published conventions, and trainable ones.
 
-Fourier encodings depend only on the index shape, so they are built once per shape and kept as a non-persistent
-buffer (moved by `.to()`, never saved); a new shape, device or dtype rebuilds it.
+Fourier encodings depend only on the index shape, so they are built once per shape and cached (never saved); a new
+shape, device or dtype rebuilds it. The cache is a plain attribute beside an empty anchor buffer that follows
+`.to()`: a buffer whose shape changes with the input would break `torch.optim.swa_utils.AveragedModel` (EMA / SWA,
+Lightning's weight averaging), which copies buffers between models that saw different shapes.
 
 Conventions
 - DeepMind / HF transformers (`fourier_features`): positions `linspace(-1, 1, n)` per axis, bands
@@ -93,8 +95,8 @@ class FourierPositionEncoding(nn.Module):
         self.concat_pos = concat_pos
         self.sine_only = sine_only
         self.max_freq = max_freq
-        self.register_buffer("cached", torch.empty(0), persistent=False)
-        self._cached_dims: tuple[int, ...] | None = None
+        self.register_buffer("anchor", torch.empty(0), persistent=False)  # device and default dtype
+        self._cache: tuple[tuple, Tensor] | None = None
 
     def num_channels(self, num_axes: int) -> int:
         if self.max_freq is not None:
@@ -110,12 +112,12 @@ class FourierPositionEncoding(nn.Module):
 
     def forward(self, index_dims: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
         index_dims = tuple(int(n) for n in index_dims)
-        dtype = dtype or (self.cached.dtype if self.cached.is_floating_point() else torch.float32)
-        if self._cached_dims != index_dims or self.cached.dtype != dtype:
+        dtype = dtype or self.anchor.dtype
+        key = (index_dims, dtype, self.anchor.device)
+        if self._cache is None or self._cache[0] != key:
             # Built in fp32 and cast, so the values do not depend on the dtype they are asked in.
-            self.cached = self.build(index_dims, device=self.cached.device).to(dtype)
-            self._cached_dims = index_dims
-        return self.cached
+            self._cache = (key, self.build(index_dims, device=self.anchor.device).to(dtype))
+        return self._cache[1]
 
 
 class TrainablePositionEncoding(nn.Module):
