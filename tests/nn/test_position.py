@@ -181,8 +181,9 @@ def test_cache_rebuilt_for_new_dtype_and_not_saved():
 def test_cache_follows_module_dtype_and_survives_weight_averaging():
     """EMA / SWA (`AveragedModel`, Lightning's WeightAveraging) copy buffers between a deep copy made before any
     forward and the live model: the cache must not be a buffer whose shape changes."""
-    import perceiver
     from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+    import perceiver
 
     model = perceiver.Perceiver(input_channels=1, input_axis=2, num_freq_bands=2, max_freq=4.0, depth=1,
                                 num_latents=4, latent_dim=8, latent_heads=2, latent_dim_head=4, cross_dim_head=4,

@@ -1,7 +1,7 @@
 """`python -m perceiver.training.results [NAME ...]`: run shipped configs end to end and print the results table.
 
 For each config: `perceiver fit --config configs/NAME.yaml --overwrite true`, then `perceiver test` on the best
-checkpoint, each as its own process; the wall-clock time of both commands is measured. The test metrics (and
+checkpoint (in one process), each as its own process; the wall-clock time of both commands is measured. The test metrics (and
 baselines) are read back from `RUN_DIR/metrics.csv` and printed as a markdown row (the table of docs/training.md).
 """
 
@@ -35,16 +35,18 @@ def last_value(csv_path: Path, key: str) -> float | None:
     return value
 
 
-def run_config(name: str, extra: list[str]) -> dict[str, object]:
+def run_config(name: str, extra: list[str], runs_dir: str | Path = "runs") -> dict[str, object]:
     """fit + test one shipped config in fresh processes; returns its metrics and wall-clock seconds."""
     config = find_config(f"{name}.yaml")
-    run_dir = Path("runs") / name
+    run_dir = Path(runs_dir) / name
     cli = [sys.executable, "-m", "perceiver.training.cli"]
     start = time.perf_counter()
     fit = [*cli, "fit", "--config", str(config), f"--trainer.default_root_dir={run_dir}", "--overwrite=true", *extra]
     subprocess.run(fit, check=True)
     best = run_dir / "checkpoints" / "best.ckpt"
-    test = [*cli, "test", "--config", str(config), f"--trainer.default_root_dir={run_dir}", f"--ckpt_path={best}"]
+    # Testing in one process: a distributed sampler would pad the test set to a multiple of the process count.
+    test = [*cli, "test", "--config", str(config), f"--trainer.default_root_dir={run_dir}", f"--ckpt_path={best}",
+            "--trainer.devices=1", "--trainer.strategy=auto"]  # fmt: skip
     subprocess.run([*test, *extra], check=True)
     seconds = time.perf_counter() - start
     metric, baseline, label = TABLE[name]
@@ -68,13 +70,16 @@ def markdown_row(r: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perceiver.training.results", description=__doc__)
     parser.add_argument("names", nargs="*", default=list(TABLE), help=f"configs to run (default: {list(TABLE)})")
+    parser.add_argument("--runs-dir", default="runs", help="parent of the run directories (default: runs)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="CLI overrides for every run")
     args = parser.parse_args(argv)
     rows = []
     for name in args.names:
         if name not in TABLE:
             raise SystemExit(f"error: unknown config {name!r}; choose from {list(TABLE)}")
-        rows.append(run_config(name, args.extra))
+        rows.append(run_config(name, args.extra, args.runs_dir))
+        if rows[-1]["value"] is None:
+            raise SystemExit(f"error: {TABLE[name][0]} not found in {Path(args.runs_dir) / name / 'metrics.csv'}")
         print(markdown_row(rows[-1]), flush=True)
     print("\n| config | metric | result | baseline | wall-clock (fit + test) | command |")
     print("| --- | --- | --- | --- | --- | --- |")
