@@ -134,7 +134,6 @@ class MultiHeadAttention(nn.Module):
                 probs = probs * has_valid[:, None, None, None].to(probs.dtype)
         return out, probs
 
-
     def _use_reassociated(self, n: int, m: int, kv_dim: int) -> bool:
         """Whether this call runs in reassociated form: forced by `reassociate`, else if it saves >= 20% of MACs."""
         if self.reassociate is not None:
