@@ -196,6 +196,42 @@ def test_save_load_round_trip(model, tmp_path):
         assert torch.equal(again(x).logits, model(x).logits)
 
 
+def test_mlp_projection_option(tmp_path):
+    """`projection_hidden`: a nonlinear per-pixel stem (not DeepMind's), saved and loaded with the model."""
+    plain = tiny()
+    assert isinstance(plain.input_adapter.projection, torch.nn.Linear)  # DeepMind / checkpoint layout by default
+    mlp = tiny(projection_hidden=24)
+    stem = mlp.input_adapter.projection
+    assert [type(m) for m in stem] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert stem[0].in_features == 54 and stem[0].out_features == 24 and stem[2].out_features == 8
+    x = torch.randn(2, 2, 27, *SIZE)
+    with torch.no_grad():
+        flow = mlp(x).logits
+    assert flow.shape == (2, *SIZE, 2)
+    mlp.save_pretrained(tmp_path)
+    again = perceiver.from_pretrained(tmp_path)
+    assert again.config.projection_hidden == 24
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, flow)
+    with pytest.raises(ValueError, match="projection_hidden"):
+        tiny(projection_hidden=0)
+
+
+def test_training_input_is_deepmind_range():
+    """Training and `perceiver predict` feed frames in [-1, 1] like DeepMind (and `model.predict` for uint8)."""
+    from perceiver.training.tasks import frames_to_model_input
+
+    frames = torch.rand(1, 2, *SIZE, 3)
+    expected = frames_to_patches(frames * 2 - 1)
+    assert torch.equal(frames_to_model_input(frames), expected)
+    model = tiny()
+    uint8 = (frames * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        via_predict = model.predict(uint8[0, 0], uint8[0, 1])
+        via_training = model(frames_to_model_input(uint8.float() / 255)).logits[0]
+    torch.testing.assert_close(via_predict, via_training, atol=1e-5, rtol=0)
+
+
 def test_flow_to_color_known_colours(tmp_path):
     flow = torch.zeros(2, 3, 2)
     flow[0, 0] = torch.tensor([1.0, 0.0])  # +x: red

@@ -31,6 +31,7 @@ def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto") ->
         "--trainer.limit_train_batches=null",
         "--trainer.limit_val_batches=0",
         "--trainer.precision=32",
+        "--model.model_kwargs.ff_dropout=0.0",  # dropout masks depend on how a batch is split over processes
         f"--trainer.devices={devices}",
         f"--data.batch_size={batch_size}",
         *strategy_args,

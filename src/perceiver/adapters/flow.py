@@ -68,6 +68,11 @@ class FlowAdapter(InputAdapter):
     out_channels + 2 * (1 + 2 * num_bands)), mask, without_pos (B, H*W, out_channels), image_shape (H, W))`.
     Positions are `linspace(-1, 1)` over the actual grid with bands up to `train_size / 2` (DeepMind's convention:
     the model is meant to see `train_size` inputs; see `predict_flow_tiled` for other sizes).
+
+    `projection_hidden` (not in DeepMind's model; None keeps its single Linear, which the checkpoints need) makes the
+    per-pixel projection an MLP `2 * C_patch -> projection_hidden -> GELU -> out_channels`. Motion is a nonlinear
+    function of a pixel's two patches (intensity differences over gradients); with a linear projection nothing can
+    form it before cross-attention averages pixels, and small models trained briefly stay at zero flow.
     """
 
     def __init__(
@@ -78,11 +83,19 @@ class FlowAdapter(InputAdapter):
         num_bands: int = 64,
         concat_pos: bool = True,
         sine_only: bool = False,
+        projection_hidden: int | None = None,
     ) -> None:
         super().__init__()
         self.train_size = (int(train_size[0]), int(train_size[1]))
         self.patch_channels = patch_channels
-        self.projection = nn.Linear(2 * patch_channels, out_channels)
+        if projection_hidden is None:
+            self.projection = nn.Linear(2 * patch_channels, out_channels)
+        elif projection_hidden < 1:
+            raise ValueError(f"projection_hidden must be None or >= 1, got {projection_hidden}")
+        else:
+            self.projection = nn.Sequential(
+                nn.Linear(2 * patch_channels, projection_hidden), nn.GELU(), nn.Linear(projection_hidden, out_channels)
+            )
         self.position = FourierPositionEncoding(num_bands, self.train_size, concat_pos, sine_only)
         self.num_channels = out_channels + self.position.num_channels(2)
 

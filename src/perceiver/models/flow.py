@@ -41,6 +41,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
     flow_scale_factor: 20 gives pixels (DeepMind's colab), 1 transformers' logits.
     query_chunk_size: queries decoded at a time by default (None: all at once).
     output_init_zeros: zero-initialise the final Linear (DeepMind), so an untrained model predicts zero flow.
+    projection_hidden: None (DeepMind) or the hidden width of an MLP per-pixel projection (see `FlowAdapter`).
     """
 
     train_size: tuple[int, int] = (368, 496)
@@ -61,6 +62,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
     flow_scale_factor: float = 20.0
     query_chunk_size: int | None = 8192
     output_init_zeros: bool = True
+    projection_hidden: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,7 +85,9 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
 
     def __init__(self, config: OpticalFlowConfig) -> None:
         c = config
-        adapter = FlowAdapter(c.train_size, c.patch_channels, c.out_channels, c.num_bands, c.concat_pos, c.sine_only)
+        adapter = FlowAdapter(
+            c.train_size, c.patch_channels, c.out_channels, c.num_bands, c.concat_pos, c.sine_only, c.projection_hidden
+        )
         d = adapter.num_channels
         encoder = PerceiverEncoder(c.encoder_config(d))
         decoder = PerceiverDecoder(c.decoder_config(query_dim=d, output_dim=2))

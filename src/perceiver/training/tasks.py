@@ -269,10 +269,12 @@ class MaskedLMTask(PerceiverTask):
 
 
 def frames_to_model_input(frames: Tensor) -> Tensor:
-    """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches)."""
+    """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches) of the
+    frames scaled to [-1, 1], DeepMind's input range (the published weights expect it; `model.predict` does the same
+    for uint8 frames)."""
     from perceiver.adapters.flow import frames_to_patches
 
-    return frames_to_patches(frames)
+    return frames_to_patches(frames * 2 - 1)
 
 
 class FlowTask(PerceiverTask):
