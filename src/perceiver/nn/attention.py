@@ -52,12 +52,13 @@ class MultiHeadAttention(nn.Module):
 
     Reassociated attention (`reassociate`): per head, `q_h K_h^T = (q_h W_k,h) X^T + const` and
     `P_h V_h = (P_h X) W_v,h^T + b_v,h`, where `X` `(B, M, Ckv)` is the key/value input and the row constant
-    `q_h . b_k,h` does not change a softmax (biases are carried exactly, see `_reassociated_attention`). Attending with the `(N, Ckv)` "absorbed" queries to `X` itself skips
-    projecting all `M` inputs to keys and values. The result is the same function (up to rounding), with
-    `2 H N M Ckv` multiply-adds instead of `M Ckv (Dqk + Dv) + N M (Dqk + Dv)`: for vision-perceiver-learned's
-    encoder (N=512 latents, M=50176 pixels of 512 channels, Dqk=Dv=1024) 4x fewer, and the `(B, M, Dqk + Dv)` key
-    and value tensors are never stored for backward. `None` (default) picks the form with fewer multiply-adds for
-    each call; True / False force one (attention maps always use the standard form).
+    `q_h . b_k,h` does not change a softmax (biases are carried exactly, see `_reassociated_attention`). Attending
+    with the `(N, Ckv)` "absorbed" queries to `X` itself skips projecting all `M` inputs to keys and values: the
+    same function (up to rounding) in `2 H N M Ckv` multiply-adds instead of `M Ckv (Dqk + Dv) + N M (Dqk + Dv)`.
+    vision-perceiver-learned's encoder (N=512 latents, M=50176 pixels of 512 channels, Dqk=Dv=512) needs half, and
+    its `(B, M, Dqk + Dv)` keys and values are never stored for backward. `None` (default) picks the form with at
+    least 20% fewer multiply-adds for each call; True / False force one (attention maps always use the standard
+    form). The cost model counts multiply-adds only; its choices were measured on CPU.
     """
 
     def __init__(
@@ -143,9 +144,7 @@ class MultiHeadAttention(nn.Module):
         reassociated = n * kv_dim * channels + 2 * self.num_heads * n * m * kv_dim
         return reassociated <= 0.8 * standard
 
-    def _reassociated_attention(
-        self, q: Tensor, x_kv: Tensor, attn_mask: Tensor | None, dropout: float
-    ) -> tuple[Tensor, Tensor | None]:
+    def _reassociated_attention(self, q: Tensor, x_kv: Tensor, attn_mask: Tensor | None, dropout: float) -> Tensor:
         """`q` `(B, H, N, Dqk/H)`, `x_kv` `(B, M, Ckv)` -> per-head values `(B, H, N, Dv/H)`, without k and v.
 
         Biases ride along as an extra input channel of ones (`[X, 1] [W; b]^T = X W^T + b`), so the key bias keeps

@@ -1,8 +1,9 @@
 """`python -m perceiver.training.results [NAME ...]`: run shipped configs end to end and print the results table.
 
 For each config: `perceiver fit --config configs/NAME.yaml --overwrite true`, then `perceiver test` on the best
-checkpoint (in one process), each as its own process; the wall-clock time of both commands is measured. The test metrics (and
-baselines) are read back from `RUN_DIR/metrics.csv` and printed as a markdown row (the table of docs/training.md).
+checkpoint (in one process), each as its own process; the wall-clock time of both commands is measured. The test
+metrics (and baselines) are read back from `RUN_DIR/metrics.csv` and printed as a markdown row (the results table of
+README.md and docs/training.md).
 """
 
 from __future__ import annotations
