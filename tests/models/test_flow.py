@@ -251,3 +251,38 @@ def test_flow_to_color_known_colours(tmp_path):
     back = torch.tensor(np.asarray(Image.open(tmp_path / "flow.png")))
     assert torch.equal(back, img)
     assert math.isclose(float(tile_weights((3, 3)).max()), 2.0)
+
+
+def test_wider_patches_channel_order_config_and_predict():
+    frames = torch.randn(1, 2, 6, 7, 3)
+    patches = frames_to_patches(frames, patch_size=5)
+    assert patches.shape == (1, 2, 75, 6, 7)
+    padded = F.pad(frames, (0, 0, 2, 2, 2, 2))  # channel (dy * 5 + dx) * 3 + c at offset (dy - 2, dx - 2)
+    for dy in range(5):
+        for dx in range(5):
+            for c in range(3):
+                assert torch.equal(patches[:, :, (dy * 5 + dx) * 3 + c], padded[:, :, dy : dy + 6, dx : dx + 7, c])
+    reference = colab_extract_image_patches(frames.permute(0, 1, 4, 2, 3).reshape(2, 3, 6, 7), kernel=5)
+    assert torch.equal(patches, reference.view(1, 2, 75, 6, 7))
+    assert torch.equal(frames_to_patches(frames, patch_size=1), frames.permute(0, 1, 4, 2, 3))
+    with pytest.raises(ValueError, match="patch_size must be an odd number >= 1.*got 4"):
+        frames_to_patches(frames, patch_size=4)
+
+    model = tiny(patch_size=5)
+    assert (model.config.patch_channels, model.input_adapter.patch_channels) == (75, 75)
+    f1, f2 = torch.rand(1, *SIZE, 3), torch.rand(1, *SIZE, 3)
+    with torch.no_grad():
+        direct = model(frames_to_patches(torch.stack([f1, f2], dim=1), patch_size=5)).logits
+        assert torch.allclose(model.predict(f1, f2), direct, atol=1e-6)  # predict extracts 5x5 patches itself
+    with pytest.raises(ValueError, match=r"expected patches of shape \(B, 2, 75, H, W\).*got \(1, 2, 27, 8, 12\)"):
+        model(torch.randn(1, 2, 27, *SIZE))
+    with pytest.raises(ValueError, match="patch_size must be an odd number >= 1, got 2"):
+        tiny(patch_size=2)
+    with pytest.raises(
+        ValueError, match=r"patch_channels must be 3 \* patch_size \*\* 2 = 75 for patch_size 5, got 27"
+    ):
+        tiny(patch_size=5, patch_channels=27)
+    # a saved model keeps its patch size
+    from perceiver.models.flow import OpticalFlowConfig
+
+    assert OpticalFlowConfig(**{**model.config.__dict__}).patch_channels == 75

@@ -11,7 +11,8 @@ Units: transformers' `PerceiverForOpticalFlow` returns `decoder / 100`; DeepMind
 `.logits` are in pixels; `flow_scale_factor=1` gives transformers' numbers.
 
 Patch channel order (DeepMind's `patches_for_flow`, i.e. `tf.image.extract_patches`, and transformers' colab):
-channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1, dx - 1)`, zero outside the image.
+channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1, dx - 1)`, zero outside the image
+(for `k x k` patches: `(dy * k + dx) * 3 + c`, offset `(dy - k // 2, dx - k // 2)`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ from perceiver.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import FourierPositionEncoding
 
 
-def frames_to_patches(frames: Tensor, channels_last: bool | None = None) -> Tensor:
-    """Zero-padded 3x3 patches around each pixel of two frames: `(B, 2, H, W, 3)` -> `(B, 2, 27, H, W)`.
+def frames_to_patches(frames: Tensor, channels_last: bool | None = None, patch_size: int = 3) -> Tensor:
+    """Zero-padded `k x k` patches (`k = patch_size`, odd; DeepMind: 3) around each pixel of two frames:
+    `(B, 2, H, W, 3)` -> `(B, 2, 3 * k * k, H, W)`, i.e. `(B, 2, 27, H, W)` for DeepMind's 3x3.
 
     Also takes channels-first `(B, 2, 3, H, W)`. `channels_last=None` guesses from the shape (last axis of size 3 ->
     channels-last); pass it explicitly when both axes have size 3.
     """
+    if patch_size < 1 or patch_size % 2 == 0:
+        raise ValueError(f"patch_size must be an odd number >= 1 (a patch centred on its pixel), got {patch_size}")
     if frames.ndim != 5 or frames.shape[1] != 2 or 3 not in (frames.shape[2], frames.shape[-1]):
         raise ValueError(f"expected frames of shape (B, 2, H, W, 3) or (B, 2, 3, H, W), got {tuple(frames.shape)}")
     if channels_last is None:
@@ -47,10 +51,11 @@ def frames_to_patches(frames: Tensor, channels_last: bool | None = None) -> Tens
         raise ValueError(f"expected 3 colour channels, got frames of shape {tuple(frames.shape)}")
     b, t, c, h, w = x.shape
     x = x.reshape(b * t, c, h, w)
-    cols = F.unfold(x if x.is_floating_point() else x.float(), 3, padding=1)  # (B*2, c*9, H*W)
+    k2 = patch_size * patch_size
+    cols = F.unfold(x if x.is_floating_point() else x.float(), patch_size, padding=patch_size // 2)  # (B*2, c*k2, H*W)
     # unfold orders channels (c, dy, dx); DeepMind / TF order is (dy, dx, c).
-    cols = cols.view(b * t, c, 9, h * w).transpose(1, 2)
-    return cols.reshape(b, t, 9 * c, h, w)
+    cols = cols.view(b * t, c, k2, h * w).transpose(1, 2)
+    return cols.reshape(b, t, k2 * c, h, w)
 
 
 @dataclass
@@ -199,7 +204,8 @@ def predict_flow_tiled(
     count = torch.zeros(1, h, w, 1, device=frame1.device)
     for y, x in compute_grid_indices((h, w), tile, min_overlap):
         piece = frames[:, :, y : y + tile[0], x : x + tile[1]]
-        out = model(frames_to_patches(piece, channels_last=True), **forward_kwargs).logits.float()
+        patches = frames_to_patches(piece, channels_last=True, patch_size=getattr(model.config, "patch_size", 3))
+        out = model(patches, **forward_kwargs).logits.float()
         flow[:, y : y + tile[0], x : x + tile[1]] += out * weights
         count[:, y : y + tile[0], x : x + tile[1]] += weights
     return flow / count

@@ -42,10 +42,13 @@ class OpticalFlowConfig(PerceiverIOConfig):
     query_chunk_size: queries decoded at a time by default (None: all at once).
     output_init_zeros: zero-initialise the final Linear (DeepMind), so an untrained model predicts zero flow.
     projection_hidden: None (DeepMind) or the hidden width of an MLP per-pixel projection (see `FlowAdapter`).
+    patch_size: side of the square patch around each pixel (DeepMind: 3); a wider patch lets each pixel's own
+        features see motions up to `patch_size // 2` pixels. `patch_channels` follows: `3 * patch_size ** 2`.
     """
 
     train_size: tuple[int, int] = (368, 496)
-    patch_channels: int = 27
+    patch_size: int = 3
+    patch_channels: int | None = None
     out_channels: int = 64
     num_bands: int = 64
     concat_pos: bool = True
@@ -69,13 +72,24 @@ class OpticalFlowConfig(PerceiverIOConfig):
         if len(self.train_size) != 2:
             raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
         self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
+        expected = 3 * self.patch_size**2
+        if self.patch_channels is None:
+            self.patch_channels = expected
+        elif self.patch_channels != expected:
+            raise ValueError(
+                f"patch_channels must be 3 * patch_size ** 2 = {expected} for patch_size {self.patch_size}, "
+                f"got {self.patch_channels}"
+            )
         if self.query_chunk_size is not None and self.query_chunk_size < 1:
             raise ValueError(f"query_chunk_size must be >= 1 or None, got {self.query_chunk_size}")
 
 
 @register_model_type
 class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
-    """Perceiver IO optical flow: `model(inputs (B, 2, 27, H, W))` -> `.logits` flow `(B, H, W, 2)` in pixels.
+    """Perceiver IO optical flow: `model(inputs (B, 2, 27, H, W))` -> `.logits` flow `(B, H, W, 2)` in pixels
+    (`(B, 2, 3 * k * k, H, W)` for `config.patch_size` k).
 
     `model.predict(frame1, frame2)` takes channels-last frames and tiles frames of other sizes.
     """
@@ -139,7 +153,10 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
         dtype = next(self.parameters()).dtype
         f1, f2 = (_normalise(f, dtype) for f in (f1, f2))
         if tuple(f1.shape[1:3]) == self.config.train_size:
-            flow = self(frames_to_patches(torch.stack([f1, f2], dim=1), channels_last=True), **forward_kwargs).logits
+            patches = frames_to_patches(
+                torch.stack([f1, f2], dim=1), channels_last=True, patch_size=self.config.patch_size
+            )
+            flow = self(patches, **forward_kwargs).logits
         else:
             flow = predict_flow_tiled(self, f1, f2, self.config.train_size, min_overlap, **forward_kwargs)
         return flow[0] if unbatched else flow
@@ -157,7 +174,10 @@ FLOW = OpticalFlowConfig()
 @register_model("optical-flow-perceiver")
 def optical_flow_perceiver(**overrides: Any) -> PerceiverForOpticalFlow:
     """DeepMind's Perceiver IO optical flow model (deepmind/optical-flow-perceiver), 368 x 496 input."""
-    return PerceiverForOpticalFlow(config_from_dict(OpticalFlowConfig, {**asdict(FLOW), **overrides}))
+    # patch_channels follows patch_size unless given
+    return PerceiverForOpticalFlow(
+        config_from_dict(OpticalFlowConfig, {**asdict(FLOW), "patch_channels": None, **overrides})
+    )
 
 
 __all__ = ["OpticalFlowConfig", "PerceiverForOpticalFlow", "optical_flow_perceiver"]

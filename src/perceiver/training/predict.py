@@ -96,7 +96,7 @@ def classify_texts(model: torch.nn.Module, texts: list[str], info: dict[str, Any
 def predict_flow(model: torch.nn.Module, frame1: np.ndarray, frame2: np.ndarray) -> Tensor:
     """Two RGB frames `(H, W, 3)` in [0, 1] -> flow `(H, W, 2)` in pixels."""
     frames = torch.from_numpy(np.stack([frame1, frame2]))[None]  # (1, 2, H, W, 3)
-    return logits_of(model(frames_to_model_input(frames)))[0].float()
+    return logits_of(model(frames_to_model_input(frames, getattr(model.config, "patch_size", 3))))[0].float()
 
 
 def predict_main(argv: list[str]) -> None:

@@ -268,13 +268,13 @@ class MaskedLMTask(PerceiverTask):
         return [{"predicted_ids": p.tolist()} for p in preds]
 
 
-def frames_to_model_input(frames: Tensor) -> Tensor:
-    """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches) of the
-    frames scaled to [-1, 1], DeepMind's input range (the published weights expect it; `model.predict` does the same
-    for uint8 frames)."""
+def frames_to_model_input(frames: Tensor, patch_size: int = 3) -> Tensor:
+    """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches, or
+    `(B, 2, 3 * k * k, H, W)` for `patch_size` k) of the frames scaled to [-1, 1], DeepMind's input range (the
+    published weights expect it; `model.predict` does the same for uint8 frames)."""
     from perceiver.adapters.flow import frames_to_patches
 
-    return frames_to_patches(frames * 2 - 1)
+    return frames_to_patches(frames * 2 - 1, patch_size=patch_size)
 
 
 class FlowTask(PerceiverTask):
@@ -293,7 +293,7 @@ class FlowTask(PerceiverTask):
         self._examples: dict[str, Tensor] | None = None
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
-        return self.model(frames_to_model_input(batch["frames"]))
+        return self.model(frames_to_model_input(batch["frames"], getattr(self.model.config, "patch_size", 3)))
 
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self(batch).float()
