@@ -14,6 +14,7 @@ from perceiver.image_processing import ImageProcessor
 from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.registry import create_model, list_models, register_model
+from perceiver.nn.inference import optimize_for_inference
 from perceiver.pretrained import from_pretrained
 from perceiver.tokenizer import ByteTokenizer
 
@@ -41,5 +42,6 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "list_models",
+    "optimize_for_inference",
     "register_model",
 ]

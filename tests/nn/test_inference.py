@@ -1,0 +1,134 @@
+"""optimize_for_inference: same outputs, weights cast once across autocast calls, rebuilt when weights change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import perceiver
+from perceiver.nn.inference import CastCachingLinear, clear_cast_cache, optimize_for_inference
+
+BF16 = torch.bfloat16
+
+
+class CountWeightCasts(TorchDispatchMode):
+    """Counts bf16 casts of the weights of `model`'s Linear layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.weights = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Linear)}
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        casts = (torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default)
+        if func in casts and args[0].data_ptr() in self.weights and BF16 in (*args[1:2], kwargs.get("dtype")):
+            self.casts += 1
+        return func(*args, **kwargs)
+
+
+def tiny_mlm() -> nn.Module:
+    kw = dict(num_latents=8, latent_dim=32, d_model=16, num_self_attends_per_block=2, max_seq_len=24)
+    return perceiver.create_model("language-perceiver", **kw).eval()
+
+
+def run(model, ids, autocast=True):
+    with torch.autocast("cpu", BF16, enabled=autocast):
+        return model(ids).logits
+
+
+def test_same_outputs_and_state_dict_weights_cast_once():
+    torch.manual_seed(0)
+    model = tiny_mlm()
+    ids = torch.randint(6, 262, (2, 24))
+    keys = list(model.state_dict())
+    with torch.inference_mode():
+        ref_bf16, ref_fp32 = run(model, ids), run(model, ids, autocast=False)
+        with CountWeightCasts(model) as plain:
+            run(model, ids)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert plain.casts > len(linears) // 2  # autocast recasts every Linear weight it uses on every call
+        assert optimize_for_inference(model) is model
+        assert list(model.state_dict()) == keys
+        assert all(type(m) is CastCachingLinear for m in linears)
+        assert torch.equal(run(model, ids), ref_bf16)  # first call fills the cache
+        with CountWeightCasts(model) as cached:
+            out = run(model, ids)
+        assert cached.casts == 0  # no Linear weight was cast again
+        assert torch.equal(out, ref_bf16)
+        assert torch.equal(run(model, ids, autocast=False), ref_fp32)  # fp32 calls use the fp32 weights
+    with torch.no_grad():  # the copies made under inference_mode serve plain no_grad calls too
+        assert torch.equal(run(model, ids), ref_bf16)
+
+
+def test_cache_follows_in_place_updates_and_replacement():
+    torch.manual_seed(0)
+    layer = optimize_for_inference(nn.Sequential(nn.Linear(8, 4)))[0]
+    plain = nn.Linear(8, 4)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 8)
+
+    def both():
+        with torch.no_grad(), torch.autocast("cpu", BF16):
+            return layer(x), plain(x)
+
+    a, b = both()
+    assert torch.equal(a, b) and a.dtype == BF16
+    w = layer.cast_weights(BF16)[0]
+    assert layer.cast_weights(BF16)[0] is w  # cached
+    with torch.no_grad():  # an optimizer-style in-place update moves the version counter
+        layer.weight.add_(1.0)
+        plain.weight.add_(1.0)
+    a, b = both()
+    assert torch.equal(a, b)
+    assert layer.cast_weights(BF16)[0] is not w
+    layer.load_state_dict({"weight": torch.randn(4, 8), "bias": torch.randn(4)})
+    plain.load_state_dict(layer.state_dict())
+    assert torch.equal(*both())
+    layer.bias = nn.Parameter(torch.zeros(4))  # replaced parameter
+    plain.bias = nn.Parameter(torch.zeros(4))
+    assert torch.equal(*both())
+    layer.weight.data.mul_(2)  # .data bypasses the version counter: documented, clear_cast_cache refreshes
+    plain.weight.data.mul_(2)
+    clear_cast_cache(layer)
+    assert torch.equal(*both())
+
+
+def test_training_is_untouched_and_switch_off():
+    torch.manual_seed(0)
+    layer = optimize_for_inference(nn.Sequential(nn.Linear(8, 4)))[0]
+    x = torch.randn(3, 8)
+    with torch.no_grad(), torch.autocast("cpu", BF16):
+        layer(x)
+    assert BF16 in layer._cast_cache
+    with torch.autocast("cpu", BF16):  # gradients flow to the fp32 weight, not to a cached copy
+        layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    layer.weight.requires_grad_(False)  # frozen weight: the cache serves even with grad mode on
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", BF16):
+        out = layer(xg)
+    assert out.dtype == BF16
+    out.float().sum().backward()
+    assert xg.grad is not None
+    model = nn.Sequential(layer)
+    optimize_for_inference(model, enabled=False)
+    assert type(layer) is nn.Linear and "_cast_cache" not in layer.__dict__
+
+
+@pytest.mark.parametrize("name", ["vision-perceiver-learned", "language-perceiver"])
+def test_presets_unchanged_under_bf16(name):
+    torch.manual_seed(0)
+    if name == "language-perceiver":
+        model, x = tiny_mlm(), torch.randint(6, 262, (1, 24))
+    else:
+        kw = dict(image_size=16, num_latents=8, latent_dim=32, num_blocks=1, num_self_attends_per_block=1)
+        model = perceiver.create_model(name, **kw, num_labels=5).eval()
+        x = torch.randn(1, 3, 16, 16)
+    with torch.inference_mode(), torch.autocast("cpu", BF16):
+        ref = model(x).logits
+        optimize_for_inference(model)
+        model(x)
+        assert torch.equal(model(x).logits, ref)
