@@ -6,6 +6,9 @@ Cases (issue 3, point 10):
   in fp32 (forward + backward + AdamW step), with the checkpoint's attention dropout (transformers' default 0.1) and
   without it (DeepMind's training setting); and the no-dropout step with ours under `set_grad_checkpointing()`
   (transformers' Perceiver has no gradient checkpointing, so its row is its plain step).
+Implementations: `hf` (transformers), `ours`, and for the bf16 inference cases `ours-opt`, ours after
+`perceiver.optimize_for_inference(model)` (bf16 weight copies cached across calls instead of autocast re-casting
+every Linear weight on every forward; same outputs bit for bit).
 A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
 implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`). Every
 (implementation, case) runs in a fresh subprocess with torch.set_num_threads(2): latency = median of `--repeats`

@@ -286,3 +286,37 @@ def test_wider_patches_channel_order_config_and_predict():
     from perceiver.models.flow import OpticalFlowConfig
 
     assert OpticalFlowConfig(**{**model.config.__dict__}).patch_channels == 75
+
+
+def test_pyramid_scales_add_patches_of_downsampled_frames(tmp_path):
+    """Scale s adds the k x k patches of both frames area-downsampled by s, upsampled back to (H, W)."""
+    model = tiny(projection_hidden=16, pyramid_scales=[2, 4])
+    adapter = model.input_adapter
+    assert model.config.pyramid_scales == (2, 4)
+    assert adapter.projection[0].in_features == 2 * 27 * 3
+    frames = torch.rand(1, 2, *SIZE, 3)
+    patches = frames_to_patches(frames)
+    coarse2, coarse4 = adapter.coarse_patches(patches)
+    # by hand for scale 2 (8x12 is divisible): average 2x2 blocks, 3x3 patches, bilinear upsampling
+    small = F.avg_pool2d(frames.permute(0, 1, 4, 2, 3).flatten(0, 1), 2).view(1, 2, 3, 4, 6)
+    expected = F.interpolate(frames_to_patches(small, channels_last=False)[0], size=SIZE, mode="bilinear")
+    assert torch.allclose(coarse2[0], expected, atol=1e-6)
+    assert coarse4.shape == (1, 2, 27, *SIZE)
+    # a motion of 4 px, invisible in 3x3 patches, moves the scale-4 patches' content by one coarse pixel
+    wide = frames_to_patches(torch.rand(1, 2, 16, 16, 3))
+    shifted = wide.clone()
+    shifted[:, 1] = torch.roll(wide[:, 0], shifts=4, dims=-1)
+    _, c4 = tiny(train_size=(16, 16), pyramid_scales=[2, 4]).input_adapter.coarse_patches(shifted)
+    assert torch.allclose(c4[:, 1, 4 * 3 + 0, :, 6:10], c4[:, 0, 3 * 3 + 0, :, 6:10], atol=1e-6)
+    with torch.no_grad():
+        out = model(patches).logits
+    assert out.shape == (1, *SIZE, 2)
+    with torch.no_grad():  # the pyramid is part of the model: predict() and a save / load round trip keep it
+        assert torch.allclose(model.predict(frames[:, 0], frames[:, 1]), out, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    loaded = perceiver.from_pretrained(tmp_path)
+    assert loaded.config.pyramid_scales == (2, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(patches).logits, out)
+    with pytest.raises(ValueError, match=r"pyramid_scales must be integers >= 2, got \(1,\)"):
+        tiny(pyramid_scales=[1])

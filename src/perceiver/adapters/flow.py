@@ -18,6 +18,7 @@ channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,12 @@ class FlowAdapter(InputAdapter):
     per-pixel projection an MLP `2 * C_patch -> projection_hidden -> GELU -> out_channels`. Motion is a nonlinear
     function of a pixel's two patches (intensity differences over gradients); with a linear projection nothing can
     form it before cross-attention averages pixels, and small models trained briefly stay at zero flow.
+
+    `pyramid_scales` (not in DeepMind's model; empty by default) adds, for each scale `s`, the same `k x k` patches
+    taken from both frames area-downsampled by `s` and bilinearly upsampled back to `(H, W)`: a pixel's features then
+    see motions up to `s * (k // 2)` pixels, where the small-motion (linearised) relation between the two patches
+    still holds at the coarse scale. The frames are read back from the patches' centre channels, so the model's
+    input stays `(B, 2, C_patch, H, W)`; the projection takes `2 * C_patch * (1 + len(pyramid_scales))` channels.
     """
 
     def __init__(
@@ -89,17 +96,25 @@ class FlowAdapter(InputAdapter):
         concat_pos: bool = True,
         sine_only: bool = False,
         projection_hidden: int | None = None,
+        pyramid_scales: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.train_size = (int(train_size[0]), int(train_size[1]))
         self.patch_channels = patch_channels
+        self.patch_size = math.isqrt(patch_channels // 3)
+        if 3 * self.patch_size**2 != patch_channels:
+            raise ValueError(f"patch_channels must be 3 * k * k for an odd patch side k, got {patch_channels}")
+        self.pyramid_scales = tuple(int(v) for v in pyramid_scales)
+        if any(v < 2 for v in self.pyramid_scales):
+            raise ValueError(f"pyramid_scales must be integers >= 2, got {tuple(pyramid_scales)}")
+        in_channels = 2 * patch_channels * (1 + len(self.pyramid_scales))
         if projection_hidden is None:
-            self.projection = nn.Linear(2 * patch_channels, out_channels)
+            self.projection = nn.Linear(in_channels, out_channels)
         elif projection_hidden < 1:
             raise ValueError(f"projection_hidden must be None or >= 1, got {projection_hidden}")
         else:
             self.projection = nn.Sequential(
-                nn.Linear(2 * patch_channels, projection_hidden), nn.GELU(), nn.Linear(projection_hidden, out_channels)
+                nn.Linear(in_channels, projection_hidden), nn.GELU(), nn.Linear(projection_hidden, out_channels)
             )
         self.position = FourierPositionEncoding(num_bands, self.train_size, concat_pos, sine_only)
         self.num_channels = out_channels + self.position.num_channels(2)
@@ -112,13 +127,29 @@ class FlowAdapter(InputAdapter):
                 f"{h}, {w}) (use frames_to_patches on two frames), got {tuple(inputs.shape)}"
             )
         b, _, _, h, w = inputs.shape
-        x = space_to_depth(inputs, temporal_block_size=2)[:, 0]  # (B, H, W, 2 * C_patch), frame-major channels
+        if self.pyramid_scales:
+            inputs = torch.cat([inputs, *self.coarse_patches(inputs)], dim=2)  # (B, 2, C_patch * (1 + S), H, W)
+        x = space_to_depth(inputs, temporal_block_size=2)[:, 0]  # (B, H, W, 2 * C), frame-major channels
         x = self.projection(x).reshape(b, h * w, -1)
         if mask is not None and tuple(mask.shape) != (b, h * w):
             raise ValueError(f"expected attention_mask of shape ({b}, {h * w}) (B, H*W), got {tuple(mask.shape)}")
         pos = self.position((h, w), dtype=x.dtype).reshape(1, h * w, -1).expand(b, -1, -1)
         tokens = torch.cat([x, pos], dim=-1)
         return FlowAdaptedInputs(tokens=tokens, mask=mask, without_pos=x, image_shape=(h, w))
+
+    def coarse_patches(self, inputs: Tensor) -> list[Tensor]:
+        """Per pyramid scale, `(B, 2, C_patch, H, W)` patches of the downsampled frames, upsampled to `(H, W)`."""
+        b, t, _, h, w = inputs.shape
+        k = self.patch_size
+        centre = (k * k) // 2 * 3
+        frames = inputs[:, :, centre : centre + 3].reshape(b * t, 3, h, w)
+        out = []
+        for scale in self.pyramid_scales:
+            coarse = F.adaptive_avg_pool2d(frames, (max(1, -(-h // scale)), max(1, -(-w // scale))))
+            patches = frames_to_patches(coarse.view(b, t, 3, *coarse.shape[-2:]), channels_last=False, patch_size=k)
+            up = F.interpolate(patches.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+            out.append(up.view(b, t, self.patch_channels, h, w))
+        return out
 
 
 class FlowOutput(OutputAdapter):

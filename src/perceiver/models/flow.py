@@ -44,6 +44,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
     projection_hidden: None (DeepMind) or the hidden width of an MLP per-pixel projection (see `FlowAdapter`).
     patch_size: side of the square patch around each pixel (DeepMind: 3); a wider patch lets each pixel's own
         features see motions up to `patch_size // 2` pixels. `patch_channels` follows: `3 * patch_size ** 2`.
+    pyramid_scales: () (DeepMind) or downsampling factors whose patches are added per pixel (see `FlowAdapter`).
     """
 
     train_size: tuple[int, int] = (368, 496)
@@ -66,12 +67,14 @@ class OpticalFlowConfig(PerceiverIOConfig):
     query_chunk_size: int | None = 8192
     output_init_zeros: bool = True
     projection_hidden: int | None = None
+    pyramid_scales: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.train_size) != 2:
             raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
         self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
+        self.pyramid_scales = tuple(int(v) for v in self.pyramid_scales)
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ValueError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
         expected = 3 * self.patch_size**2
@@ -100,7 +103,14 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
     def __init__(self, config: OpticalFlowConfig) -> None:
         c = config
         adapter = FlowAdapter(
-            c.train_size, c.patch_channels, c.out_channels, c.num_bands, c.concat_pos, c.sine_only, c.projection_hidden
+            c.train_size,
+            c.patch_channels,
+            c.out_channels,
+            c.num_bands,
+            c.concat_pos,
+            c.sine_only,
+            c.projection_hidden,
+            c.pyramid_scales,
         )
         d = adapter.num_channels
         encoder = PerceiverEncoder(c.encoder_config(d))
