@@ -1,5 +1,6 @@
 """MultiHeadAttention (SDPA) against an independent einsum reference, masks, attention maps, dropout, errors."""
 
+import contextlib
 import math
 
 import pytest
@@ -229,6 +230,43 @@ def test_reassociated_equals_reference_fp64(q_dim, kv_dim, heads, qk, v, out_dim
         mask[2] = False
     expected, _ = reference_attention(mha, x_q, x_kv, mask)
     torch.testing.assert_close(mha(x_q, x_kv, mask)[0], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "frozen"])
+def test_reassociated_inference_moves_biases_out_without_copying_inputs(grad_mode):
+    """Without gradients to the projections, the key bias is dropped and the value bias added after mixing: same
+    function to fp64 rounding (a fully masked sample included), and no concatenation of a ones column to the inputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCat(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.cats = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.cats += func is torch.ops.aten.cat.default
+            return func(*args, **(kwargs or {}))
+
+    mha = MultiHeadAttention(24, 6, 2, 16, 20).double().eval()
+    mha.reassociate = True
+    with torch.no_grad():  # a non-zero key bias, so dropping it is tested
+        mha.k_proj.bias.normal_()
+        mha.v_proj.bias.normal_()
+    x_q, x_kv = torch.randn(3, 4, 24, dtype=torch.double), torch.randn(3, 30, 6, dtype=torch.double)
+    mask = random_mask(3, 30)
+    mask[2] = False
+    expected, _ = reference_attention(mha, x_q, x_kv, mask)
+    if grad_mode == "frozen":
+        mha.requires_grad_(False)
+        x_q.requires_grad_(True)
+    with torch.no_grad() if grad_mode == "no_grad" else contextlib.nullcontext(), CountCat() as counter:
+        out = mha(x_q, x_kv, mask)[0]
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert counter.cats == 0
+    mha.requires_grad_(True)
+    with CountCat() as counter:  # gradients to the biases: they ride along as a ones channel
+        mha(x_q, x_kv, mask)
+    assert counter.cats == 3
 
 
 @pytest.mark.parametrize("bias", [True, False])

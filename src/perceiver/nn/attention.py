@@ -147,13 +147,19 @@ class MultiHeadAttention(nn.Module):
     def _reassociated_attention(self, q: Tensor, x_kv: Tensor, attn_mask: Tensor | None, dropout: float) -> Tensor:
         """`q` `(B, H, N, Dqk/H)`, `x_kv` `(B, M, Ckv)` -> per-head values `(B, H, N, Dv/H)`, without k and v.
 
-        Biases ride along as an extra input channel of ones (`[X, 1] [W; b]^T = X W^T + b`), so the key bias keeps
-        its (zero) gradient, which DDP expects of every parameter, and dropout on the probabilities stays exact.
+        When gradients can reach the projections or dropout is on, biases ride along as an extra input channel of
+        ones (`[X, 1] [W; b]^T = X W^T + b`), so the key bias keeps its (zero) gradient, which DDP expects of every
+        parameter, and dropout on the probabilities stays exact. Otherwise (inference) the key bias is dropped (it
+        adds `q_h . b_k,h` to a whole row of scores, which a softmax ignores) and the value bias is added after
+        mixing (the probabilities sum to 1), which saves copying the inputs once more.
         """
         h = self.num_heads
         w_k, w_v = self.k_proj.weight, self.v_proj.weight
         x = x_kv.to(q.dtype)
-        if self.k_proj.bias is not None:  # qkv_bias sets both
+        b_v = None
+        if self.k_proj.bias is not None and dropout == 0.0 and not _grad_reaches(self.k_proj, self.v_proj):
+            b_v = self.v_proj.bias.to(q.dtype).view(h, 1, self.v_channels // h)
+        elif self.k_proj.bias is not None:  # qkv_bias sets both
             w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
             w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
             x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
@@ -165,7 +171,13 @@ class MultiHeadAttention(nn.Module):
         else:
             x = x.expand(-1, h, -1, -1)
             mixed = F.scaled_dot_product_attention(q_abs, x, x, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
-        return mixed @ w_v.to(q.dtype).view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
+        out = mixed @ w_v.to(q.dtype).view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
+        return out if b_v is None else out + b_v
+
+
+def _grad_reaches(*modules: nn.Module) -> bool:
+    """Whether autograd records this call and any parameter of `modules` requires a gradient."""
+    return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
 
 
 # Attention-matrix elements (B * H * N * M) we materialise for speed at inference: 128 MB in fp32.
