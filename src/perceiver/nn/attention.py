@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.nn.inference import CastCachingLinear
+
 Activation = Literal["gelu", "geglu"]
 
 
@@ -154,15 +156,18 @@ class MultiHeadAttention(nn.Module):
         mixing (the probabilities sum to 1), which saves copying the inputs once more.
         """
         h = self.num_heads
-        w_k, w_v = self.k_proj.weight, self.v_proj.weight
         x = x_kv.to(q.dtype)
         b_v = None
-        if self.k_proj.bias is not None and dropout == 0.0 and not _grad_reaches(self.k_proj, self.v_proj):
-            b_v = self.v_proj.bias.to(q.dtype).view(h, 1, self.v_channels // h)
-        elif self.k_proj.bias is not None:  # qkv_bias sets both
-            w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
-            w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
-            x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+        if dropout == 0.0 and not _grad_reaches(self.k_proj, self.v_proj):
+            w_k, _ = _params_in(self.k_proj, q.dtype)
+            w_v, b_v = _params_in(self.v_proj, q.dtype)
+            b_v = None if b_v is None else b_v.view(h, 1, self.v_channels // h)
+        else:
+            w_k, w_v = self.k_proj.weight, self.v_proj.weight
+            if self.k_proj.bias is not None:  # qkv_bias sets both
+                w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
+                w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
+                x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
         q_abs = q @ w_k.to(q.dtype).view(h, self.qk_channels // h, -1)  # (B, H, N, Ckv [+1])
         x = x[:, None]  # (B, 1, M, Ckv [+1]): keys and values, shared by all heads
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -173,6 +178,13 @@ class MultiHeadAttention(nn.Module):
             mixed = F.scaled_dot_product_attention(q_abs, x, x, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
         out = mixed @ w_v.to(q.dtype).view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
         return out if b_v is None else out + b_v
+
+
+def _params_in(linear: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """`linear`'s weight and bias in `dtype`: the kept copies of a `CastCachingLinear` (`optimize_for_inference`)."""
+    if isinstance(linear, CastCachingLinear) and linear.weight.dtype != dtype:
+        return linear.cast_weights(dtype)
+    return linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype)
 
 
 def _grad_reaches(*modules: nn.Module) -> bool:
