@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.nn.inference import CastCachingLinear
+from perceiver.nn.inference import CastCachingLinear, grad_reaches
 
 Activation = Literal["gelu", "geglu"]
 
@@ -158,7 +158,7 @@ class MultiHeadAttention(nn.Module):
         h = self.num_heads
         x = x_kv.to(q.dtype)
         b_v = None
-        if dropout == 0.0 and not _grad_reaches(self.k_proj, self.v_proj):
+        if dropout == 0.0 and not grad_reaches(self.k_proj, self.v_proj):
             w_k, _ = _params_in(self.k_proj, q.dtype)
             w_v, b_v = _params_in(self.v_proj, q.dtype)
             b_v = None if b_v is None else b_v.view(h, 1, self.v_channels // h)
@@ -168,7 +168,8 @@ class MultiHeadAttention(nn.Module):
                 w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
                 w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
                 x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
-        q_abs = q @ w_k.to(q.dtype).view(h, self.qk_channels // h, -1)  # (B, H, N, Ckv [+1])
+            w_k, w_v = w_k.to(q.dtype), w_v.to(q.dtype)
+        q_abs = q @ w_k.view(h, self.qk_channels // h, -1)  # (B, H, N, Ckv [+1])
         x = x[:, None]  # (B, 1, M, Ckv [+1]): keys and values, shared by all heads
         scale = 1.0 / math.sqrt(q.shape[-1])
         if _prefer_math_kernel(q_abs, x, x):
@@ -176,7 +177,7 @@ class MultiHeadAttention(nn.Module):
         else:
             x = x.expand(-1, h, -1, -1)
             mixed = F.scaled_dot_product_attention(q_abs, x, x, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
-        out = mixed @ w_v.to(q.dtype).view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
+        out = mixed @ w_v.view(h, self.v_channels // h, -1).transpose(-1, -2)  # (B, H, N, Dv/H)
         return out if b_v is None else out + b_v
 
 
@@ -185,11 +186,6 @@ def _params_in(linear: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | 
     if isinstance(linear, CastCachingLinear) and linear.weight.dtype != dtype:
         return linear.cast_weights(dtype)
     return linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype)
-
-
-def _grad_reaches(*modules: nn.Module) -> bool:
-    """Whether autograd records this call and any parameter of `modules` requires a gradient."""
-    return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
 
 
 # Attention-matrix elements (B * H * N * M) we materialise for speed at inference: 128 MB in fp32.

@@ -22,6 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def grad_reaches(*modules: nn.Module) -> bool:
+    """Whether autograd records this call and any parameter of `modules` requires a gradient."""
+    return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
+
+
 class CastCachingLinear(nn.Linear):
     """`nn.Linear` that reuses its autocast-dtype copies of weight and bias between calls (see module docstring).
 
@@ -48,10 +53,7 @@ class CastCachingLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         device = x.device.type
-        if torch.is_autocast_enabled(device) and not (
-            torch.is_grad_enabled()
-            and (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
-        ):
+        if torch.is_autocast_enabled(device) and not grad_reaches(self):
             dtype = torch.get_autocast_dtype(device)
             if self.weight.dtype != dtype and self.weight.is_floating_point():
                 w, b = self.cast_weights(dtype)
