@@ -320,3 +320,26 @@ def test_pyramid_scales_add_patches_of_downsampled_frames(tmp_path):
         assert torch.equal(loaded(patches).logits, out)
     with pytest.raises(ValueError, match=r"pyramid_scales must be integers >= 2, got \(1,\)"):
         tiny(pyramid_scales=[1])
+
+
+def test_difference_scale_reparametrises_the_projection(tmp_path):
+    """difference_scale s feeds [frame 1, s * (frame 2 - frame 1)]: with weights [W1 + W2, W2 / s] it is the plain
+    model with weights [W1, W2] (same function class, different conditioning)."""
+    plain, diff = tiny(), tiny(difference_scale=4.0)
+    assert diff.config.difference_scale == 4.0
+    diff.load_state_dict(plain.state_dict())
+    patches = frames_to_patches(torch.rand(2, 2, *SIZE, 3) * 2 - 1)
+    with torch.no_grad():  # same weights, other inputs to the projection
+        assert not torch.allclose(diff(patches).logits, plain(patches).logits, atol=1e-3)
+    w = plain.input_adapter.projection.weight.detach()
+    w1, w2 = w[:, :27], w[:, 27:]
+    with torch.no_grad():
+        diff.input_adapter.projection.weight.copy_(torch.cat([w1 + w2, w2 / 4.0], dim=1))
+        assert torch.allclose(diff(patches).logits, plain(patches).logits, atol=1e-5)
+    diff.save_pretrained(tmp_path)
+    loaded = perceiver.from_pretrained(tmp_path)
+    assert loaded.config.difference_scale == 4.0
+    with torch.no_grad():
+        assert torch.equal(loaded(patches).logits, diff(patches).logits)
+    with pytest.raises(ValueError, match=r"difference_scale must be None or > 0, got 0.0"):
+        tiny(difference_scale=0.0)

@@ -85,6 +85,11 @@ class FlowAdapter(InputAdapter):
     see motions up to `s * (k // 2)` pixels, where the small-motion (linearised) relation between the two patches
     still holds at the coarse scale. The frames are read back from the patches' centre channels, so the model's
     input stays `(B, 2, C_patch, H, W)`; the projection takes `2 * C_patch * (1 + len(pyramid_scales))` channels.
+
+    `difference_scale` (not in DeepMind's model; None by default) feeds the projection frame 1 and
+    `difference_scale * (frame 2 - frame 1)` instead of the two frames: the same information, but the small temporal
+    differences motion shows up in (std 0.12 against 0.54 for intensities on the synthetic pairs) get their own
+    channels at a comparable scale, which gradient descent otherwise learns ~4x slower than the intensities.
     """
 
     def __init__(
@@ -97,8 +102,12 @@ class FlowAdapter(InputAdapter):
         sine_only: bool = False,
         projection_hidden: int | None = None,
         pyramid_scales: Sequence[int] = (),
+        difference_scale: float | None = None,
     ) -> None:
         super().__init__()
+        if difference_scale is not None and not difference_scale > 0:
+            raise ValueError(f"difference_scale must be None or > 0, got {difference_scale}")
+        self.difference_scale = difference_scale
         self.train_size = (int(train_size[0]), int(train_size[1]))
         self.patch_channels = patch_channels
         self.patch_size = math.isqrt(patch_channels // 3)
@@ -130,6 +139,9 @@ class FlowAdapter(InputAdapter):
         if self.pyramid_scales:
             inputs = torch.cat([inputs, *self.coarse_patches(inputs)], dim=2)  # (B, 2, C_patch * (1 + S), H, W)
         x = space_to_depth(inputs, temporal_block_size=2)[:, 0]  # (B, H, W, 2 * C), frame-major channels
+        if self.difference_scale is not None:
+            c = x.shape[-1] // 2
+            x = torch.cat([x[..., :c], (x[..., c:] - x[..., :c]) * self.difference_scale], dim=-1)
         x = self.projection(x).reshape(b, h * w, -1)
         if mask is not None and tuple(mask.shape) != (b, h * w):
             raise ValueError(f"expected attention_mask of shape ({b}, {h * w}) (B, H*W), got {tuple(mask.shape)}")

@@ -45,6 +45,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
     patch_size: side of the square patch around each pixel (DeepMind: 3); a wider patch lets each pixel's own
         features see motions up to `patch_size // 2` pixels. `patch_channels` follows: `3 * patch_size ** 2`.
     pyramid_scales: () (DeepMind) or downsampling factors whose patches are added per pixel (see `FlowAdapter`).
+    difference_scale: None (DeepMind) or the factor on the frame-2-minus-frame-1 channels (see `FlowAdapter`).
     """
 
     train_size: tuple[int, int] = (368, 496)
@@ -68,6 +69,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
     output_init_zeros: bool = True
     projection_hidden: int | None = None
     pyramid_scales: tuple[int, ...] = ()
+    difference_scale: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,6 +113,7 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
             c.sine_only,
             c.projection_hidden,
             c.pyramid_scales,
+            c.difference_scale,
         )
         d = adapter.num_channels
         encoder = PerceiverEncoder(c.encoder_config(d))
