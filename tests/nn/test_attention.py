@@ -361,3 +361,77 @@ def test_self_attention_layer_is_pre_ln():
     h = x + reference_attention(layer.attention, layer.norm(x), mask=mask)[0].float()
     expected = h + layer.mlp(layer.mlp_norm(h))
     torch.testing.assert_close(layer(x, mask), expected, atol=1e-5, rtol=0)
+
+
+def test_inference_residuals_and_gelu_work_in_place():
+    """Without autograd, residual adds and the GELU write into the block's own fresh outputs (the same values as the
+    out-of-place forms); under autocast, where a bf16 output meets the fp32 stream, the add stays out of place."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountAdds(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("add", "add_", "gelu", "gelu_"):
+                self.ops[name] = self.ops.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    layer = SelfAttentionLayer(16, num_heads=2, widening_factor=2).eval()
+    cross = CrossAttentionLayer(16, 8, num_heads=2).eval()
+    x, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 8)
+    expected = layer(x)  # autograd records (the parameters require grad): out of place
+    expected_cross = cross(x, kv)[0]
+    with torch.no_grad(), CountAdds() as counter:
+        out = layer(x)
+        out_cross = cross(x, kv)[0]
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)  # (inference picks another attention kernel)
+    torch.testing.assert_close(out_cross, expected_cross, atol=1e-6, rtol=0)
+    assert counter.ops == {"add_": 4, "gelu_": 2}
+    x_in = x.clone()
+    with torch.no_grad():
+        layer(x_in)
+    assert torch.equal(x_in, x)  # the caller's tensor is never written
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), CountAdds() as counter:
+        out = layer(x)
+    assert out.dtype == torch.float32 and counter.ops.get("add") == 2
+
+
+def test_inference_masks_and_softmaxes_in_place_and_skips_an_all_valid_mask():
+    """Without autograd the materialised scores are masked and softmaxed in place (one (B, H, N, M) buffer, same
+    values); a mask with every key valid is dropped on CPU (no masking work), the result unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            self.ops += (
+                ["softmax(out=scores)"] if func is torch.ops.aten.softmax.int_out and args[0] is kwargs["out"] else []
+            )
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 12, 2, 8, 20).eval()  # q / v heads of different widths: materialised scores
+    x_q, x_kv = torch.randn(2, 3, 16), torch.randn(2, 9, 12)
+    mask = random_mask(2, 9)
+    mask[:, 0] = True
+    expected, maps = mha(x_q, x_kv, mask, return_attention=True)  # autograd records: out of place
+    with torch.no_grad(), Count() as counter:
+        out, probs = mha(x_q, x_kv, mask, return_attention=True)
+    assert torch.equal(out, expected) and torch.equal(probs, maps)
+    assert "masked_fill_" in counter.ops and "masked_fill" not in counter.ops
+    assert "softmax(out=scores)" in counter.ops and "_softmax" not in counter.ops
+    assert probs.masked_select(~mask[:, None, None, :].expand_as(probs)).eq(0).all()
+    full = torch.ones(2, 9, dtype=torch.bool)
+    with torch.no_grad(), Count() as counter:
+        out_full = mha(x_q, x_kv, full)[0]
+    assert not {"masked_fill", "masked_fill_", "mul"} & set(counter.ops)
+    with torch.no_grad():
+        assert torch.equal(out_full, mha(x_q, x_kv)[0])

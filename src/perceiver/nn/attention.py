@@ -111,6 +111,8 @@ class MultiHeadAttention(nn.Module):
         """
         x_kv = x_q if x_kv is None else x_kv
         attn_mask = has_valid = None
+        if kv_mask is not None and kv_mask.device.type == "cpu" and bool(kv_mask.all()):
+            kv_mask = None  # every key valid (an unpadded batch): same result without masking; a free check on CPU
         if kv_mask is not None:
             # Rows with no valid key would softmax over nothing (NaN). Let them attend everywhere, then zero them.
             # Elementwise on (B, M): no host sync, so this stays cheap on GPU as well.
@@ -225,13 +227,19 @@ def _reference_attention(
 
     The scale is applied to `q` (`N x d` multiplies instead of `N x M`). CPU and CUDA softmax kernels accumulate
     bf16 / fp16 in fp32, so this equals an fp32 softmax of the same (reduced-precision) scores, without the copies.
-    `k` and `v` may have a head dimension of 1 that broadcasts over the heads of `q`.
+    `k` and `v` may have a head dimension of 1 that broadcasts over the heads of `q`. Without autograd, masking and
+    softmax run in place in the scores.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q * scale) @ k.transpose(-1, -2)
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    probs = scores.softmax(dim=-1)
+    if autograd_records(scores):
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+    else:  # inference: mask and softmax in the fresh (B, H, N, M) scores, not in two more buffers of that size
+        if attn_mask is not None:
+            scores.masked_fill_(~attn_mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, out=scores)
     dropped = F.dropout(probs, dropout) if dropout > 0 else probs
     return dropped @ v, probs
 
@@ -263,8 +271,10 @@ class MLP(nn.Module):
         if self.activation == "geglu":
             a, gates = h.chunk(2, dim=-1)
             h = a * F.gelu(gates)
-        else:
+        elif autograd_records(h):
             h = F.gelu(h)
+        else:
+            h = torch.ops.aten.gelu_(h)  # fc1's fresh output: no second (N, hidden) buffer at inference
         return self.dropout(self.fc2(h))
 
 
@@ -305,8 +315,8 @@ class CrossAttentionLayer(nn.Module):
         """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None."""
         h, probs = self.attention(self.q_norm(x), self.kv_norm(kv), kv_mask, return_attention)
         if self.use_query_residual:
-            h = h + x
-        return h + self.mlp(self.mlp_norm(h)), probs
+            h = residual_add(h, x)
+        return residual_add(self.mlp(self.mlp_norm(h)), h), probs
 
 
 class SelfAttentionLayer(nn.Module):
@@ -334,5 +344,19 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`."""
-        x = x + self.attention(self.norm(x), kv_mask=mask)[0]
-        return x + self.mlp(self.mlp_norm(x))
+        x = residual_add(self.attention(self.norm(x), kv_mask=mask)[0], x)
+        return residual_add(self.mlp(self.mlp_norm(x)), x)
+
+
+def autograd_records(*tensors: Tensor) -> bool:
+    """Whether autograd records an op on `tensors` (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def residual_add(out: Tensor, x: Tensor) -> Tensor:
+    """`x + out` for a block output `out` the block just made: added in place into `out` when autograd does not
+    record it and the result keeps `out`'s dtype and shape (bit-identical, one fewer activation-sized buffer per
+    residual at inference); otherwise out of place (under autocast `out` may be bf16 and `x` fp32)."""
+    if out.dtype == x.dtype and out.shape == x.shape and not autograd_records(out, x):
+        return out.add_(x)
+    return x + out

@@ -27,6 +27,17 @@ def grad_reaches(*modules: nn.Module) -> bool:
     return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
 
 
+def parameters_key(*modules: nn.Module) -> tuple:
+    """Identity and version of every parameter of `modules`: changes when any is replaced or changed in place."""
+    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for m in modules for p in m.parameters())
+
+
+def autocast_key(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """Whether autocast is on for `device_type`, and its dtype: results computed under it depend on both."""
+    enabled = torch.is_autocast_enabled(device_type)
+    return enabled, torch.get_autocast_dtype(device_type) if enabled else None
+
+
 class CastCachingLinear(nn.Linear):
     """`nn.Linear` that reuses its autocast-dtype copies of weight and bias between calls (see module docstring).
 
