@@ -194,20 +194,28 @@ def worker(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 4) -> float:
-    """Best FLOP/s of an n^3 matmul in this process (2 threads)."""
+def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 4) -> dict[str, float]:
+    """Best FLOP/s of an n^3 matmul in this process (2 threads), per backend: `aten` (`a @ b`: MKL's BLAS in fp32,
+    oneDNN in bf16) and `onednn` (`torch.ops.mkldnn._linear_pointwise`, what `perceiver.nn.Linear` uses in fp32)."""
     import torch
 
     torch.set_num_threads(2)
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    runs = {"aten": lambda: a @ b}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
+        runs["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    out = {}
+    with torch.no_grad():
+        for name, run in runs.items():
+            run()
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+            out[name] = 2 * n**3 / best
+    return out
 
 
 def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
@@ -293,6 +301,16 @@ TARGETS = {"infer": ("speedup", 1.2), "train": ("memory ratio", 0.6)}
 IMPL_NAMES = {"ours": "ours", "ours-opt": "ours + optimize_for_inference", "hf": "transformers"}
 
 
+def by_backend_note(info: dict) -> str:
+    """` (fp32: aten 181, oneDNN 393 GFLOP/s; ...)`: the peak per backend, where the run measured both."""
+    by = info.get("matmul_peak_by_backend_gflops")
+    if not by:
+        return ""
+    names = {"aten": "`a @ b`", "onednn": "oneDNN Linear"}
+    parts = [f"{d}: " + ", ".join(f"{names[k]} {v:.0f}" for k, v in by[d].items()) for d in ("float32", "bfloat16")]
+    return " (best of " + "; ".join(parts) + " GFLOP/s)"
+
+
 def report(info: dict, rows: list[dict], command: str) -> str:
     peak = info["matmul_peak_gflops"]
     load = " / ".join(", ".join(f"{x:.1f}" for x in info[k]) for k in ("load_average_at_start", "load_average_at_end"))
@@ -306,7 +324,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         f"transformers {info['transformers']}, Python {info['python']}. Load average (1, 5, 15 min) at start / end: "
         f"{load} ({busy}); min and CPU time are shown too.",
         f"Measured matmul peak (4096^3, best of 4, at that load; MFU uses the peak measured in each row's run): "
-        f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s.",
+        f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s{by_backend_note(info)}.",
         "",
         f"Command: `{command}`",
         "",
@@ -388,7 +406,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; known: {list(CASES)}")
     info = machine_info()
-    info["matmul_peak_gflops"] = {d: matmul_peak(d) / 1e9 for d in ("float32", "bfloat16")}
+    by_backend = {d: {k: v / 1e9 for k, v in matmul_peak(d).items()} for d in ("float32", "bfloat16")}
+    info["matmul_peak_by_backend_gflops"] = by_backend
+    info["matmul_peak_gflops"] = {d: max(v.values()) for d, v in by_backend.items()}
     print(f"matmul peak GFLOP/s: {info['matmul_peak_gflops']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_perceiver_io_") as tmp:
         workdir = Path(args.workdir or tmp)

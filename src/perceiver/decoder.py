@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer
+from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 
@@ -75,7 +76,7 @@ class PerceiverDecoder(nn.Module):
             ff_dropout=c.ff_dropout,
             use_query_residual=c.use_query_residual,
         )
-        self.final_layer = nn.Linear(c.query_dim, c.output_dim) if c.output_dim is not None else nn.Identity()
+        self.final_layer = Linear(c.query_dim, c.output_dim) if c.output_dim is not None else nn.Identity()
 
     def forward(self, queries: Tensor, latents: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         """`queries` `(B, O, E)`, `latents` `(B, N, D)` -> `(B, O, F)` and maps `(B, H, O, N)` or None."""
@@ -135,7 +136,7 @@ class FourierQueries(QueryBuilder):
         self.index_dims = tuple(index_dims)
         self.encoding = FourierPositionEncoding(num_bands, max_resolution or self.index_dims, concat_pos, sine_only)
         raw = self.encoding.num_channels(len(self.index_dims))
-        self.projection = nn.Linear(raw, project_dim) if project_dim else None
+        self.projection = Linear(raw, project_dim) if project_dim else None
         self.num_channels = project_dim or raw
 
     def num_queries(self, adapted: AdaptedInputs) -> int:

@@ -202,7 +202,8 @@ def test_mlp_projection_option(tmp_path):
     assert isinstance(plain.input_adapter.projection, torch.nn.Linear)  # DeepMind / checkpoint layout by default
     mlp = tiny(projection_hidden=24)
     stem = mlp.input_adapter.projection
-    assert [type(m) for m in stem] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert [type(m).__name__ for m in stem] == ["Linear", "GELU", "Linear"]
+    assert isinstance(stem[0], torch.nn.Linear) and isinstance(stem[2], torch.nn.Linear)
     assert stem[0].in_features == 54 and stem[0].out_features == 24 and stem[2].out_features == 8
     x = torch.randn(2, 2, 27, *SIZE)
     with torch.no_grad():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import perceiver
+from perceiver.nn import inference
 from perceiver.nn.inference import CastCachingLinear, clear_cast_cache, optimize_for_inference
 
 BF16 = torch.bfloat16
@@ -132,3 +134,50 @@ def test_presets_unchanged_under_bf16(name):
         optimize_for_inference(model)
         model(x)
         assert torch.equal(model(x).logits, ref)
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not inference._ONEDNN_FP32, reason="this PyTorch has no oneDNN Linear")
+def test_fp32_cpu_inference_linears_run_on_onednn():
+    """fp32 CPU Linears without autograd or autocast use oneDNN's fused Linear (fp32 accuracy against fp64); with
+    gradients, under autocast, or switched off they are `F.linear`. Every Linear of the models is this `Linear`."""
+    torch.manual_seed(0)
+    layer = inference.Linear(64, 48)
+    x = torch.randn(2, 5, 64)
+    exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+    with torch.no_grad(), CountOps() as counter:
+        fast = layer(x)
+    assert counter.ops == {"mkldnn._linear_pointwise"}
+    torch.testing.assert_close(fast.double(), exact, atol=1e-5, rtol=0)
+    with CountOps() as counter:  # autograd records: BLAS addmm, gradients as nn.Linear's
+        out = layer(x)
+    assert "mkldnn._linear_pointwise" not in counter.ops and "aten.addmm" in counter.ops
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", BF16), CountOps() as counter:
+        assert layer(x).dtype == BF16
+    assert "mkldnn._linear_pointwise" not in counter.ops
+    previous = inference.use_onednn_fp32_linear(False)
+    try:
+        assert previous is True
+        with torch.no_grad(), CountOps() as counter:
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=0, rtol=0)
+        assert "mkldnn._linear_pointwise" not in counter.ops
+    finally:
+        inference.use_onednn_fp32_linear(previous)
+    model = tiny_mlm()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is inference.Linear for m in linears)
+    optimize_for_inference(model)
+    assert all(type(m) is CastCachingLinear for m in linears)
+    optimize_for_inference(model, enabled=False)
+    assert all(type(m) is inference.Linear for m in linears)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
-from perceiver.nn.inference import autocast_key, grad_reaches, parameters_key
+from perceiver.nn.inference import Linear, autocast_key, grad_reaches, linear, parameters_key
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 PrepType = Literal["conv", "conv1x1", "patches", "pixels"]
@@ -163,7 +163,7 @@ class ImageAdapter(InputAdapter):
             features = out_channels
         elif prep_type == "patches":
             patch_dim = in_channels * spatial_downsample**2
-            self.conv_after_patches = nn.Linear(patch_dim, out_channels) if conv_after_patching else None
+            self.conv_after_patches = Linear(patch_dim, out_channels) if conv_after_patching else None
             features = out_channels if conv_after_patching else patch_dim
         else:
             features = in_channels
@@ -178,7 +178,7 @@ class ImageAdapter(InputAdapter):
             self.trainable = TrainablePositionEncoding(math.prod(self.grid), trainable_pos_channels, pos_init_scale)
             pos_raw = trainable_pos_channels
         if project_pos_dim and position_encoding != "none":
-            self.positions_projection = nn.Linear(pos_raw, project_pos_dim)
+            self.positions_projection = Linear(pos_raw, project_pos_dim)
         pos_dim = project_pos_dim if self.positions_projection is not None else pos_raw
         if concat_or_add_pos == "add" and position_encoding != "none" and pos_dim != features:
             raise ValueError(f"concat_or_add_pos='add' needs positions of {features} channels, got {pos_dim}")
@@ -250,7 +250,7 @@ class ImageAdapter(InputAdapter):
             # A strided 1x1 conv is a Linear on the subsampled pixels; channels-last straight from the GEMM, where
             # the conv's (B, F, h, w) output would be copied once more by the flattening in `forward`.
             s, conv = self.spatial_downsample, self.convnet_1x1
-            return F.linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+            return linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
             x = space_to_depth(x, self.spatial_downsample)
             return self.conv_after_patches(x) if self.conv_after_patches is not None else x

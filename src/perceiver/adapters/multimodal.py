@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs, QueryBuilder
 from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.nn.inference import Linear
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features
 
 EvalMasking = Literal["deterministic", "none", "random"]
@@ -268,7 +269,7 @@ class MultimodalOutput(OutputAdapter):
         single: Sequence[str] = ("label",),
     ) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict({k: nn.Linear(in_channels, c) for k, c in sorted(out_channels.items())})
+        self.heads = nn.ModuleDict({k: Linear(in_channels, c) for k, c in sorted(out_channels.items())})
         self.sizes = dict(sizes)
         self.flatten, self.single = tuple(flatten), tuple(single)
 

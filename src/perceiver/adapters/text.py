@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.nn.inference import linear
 from perceiver.nn.position import TrainablePositionEncoding
 
 
@@ -111,4 +112,4 @@ class TiedEmbeddingOutput(OutputAdapter):
         self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
 
     def forward(self, x: Tensor, adapted: AdaptedInputs | None = None, output_index: Tensor | None = None) -> Tensor:
-        return nn.functional.linear(x, self.embedding.weight, self.bias)
+        return linear(x, self.embedding.weight, self.bias)

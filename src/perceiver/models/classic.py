@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.registry import register_model, register_model_type
+from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -102,7 +103,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
+        self.fc = Linear(dim, num_classes)
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.fc(self.norm(latents.mean(dim=1)))

@@ -1,7 +1,14 @@
 """Building blocks: SDPA attention, feed-forward, pre-LN layers, position encodings."""
 
 from perceiver.nn.attention import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
-from perceiver.nn.inference import CastCachingLinear, clear_cast_cache, optimize_for_inference
+from perceiver.nn.inference import (
+    CastCachingLinear,
+    Linear,
+    clear_cast_cache,
+    linear,
+    optimize_for_inference,
+    use_onednn_fp32_linear,
+)
 from perceiver.nn.position import (
     FourierPositionEncoding,
     TrainablePositionEncoding,
@@ -16,6 +23,7 @@ __all__ = [
     "CastCachingLinear",
     "CrossAttentionLayer",
     "FourierPositionEncoding",
+    "Linear",
     "MultiHeadAttention",
     "SelfAttentionLayer",
     "TrainablePositionEncoding",
@@ -23,6 +31,8 @@ __all__ = [
     "clear_cast_cache",
     "fourier_channels",
     "fourier_features",
+    "linear",
     "linear_positions",
     "optimize_for_inference",
+    "use_onednn_fp32_linear",
 ]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.nn.inference import CastCachingLinear, grad_reaches
+from perceiver.nn.inference import CastCachingLinear, Linear, grad_reaches
 
 Activation = Literal["gelu", "geglu"]
 
@@ -88,10 +88,10 @@ class MultiHeadAttention(nn.Module):
         self.v_channels = v_channels
         self.dropout = dropout
         self.reassociate: bool | None = None
-        self.q_proj = nn.Linear(q_dim, qk_channels, bias=qkv_bias)
-        self.k_proj = nn.Linear(kv_dim, qk_channels, bias=qkv_bias)
-        self.v_proj = nn.Linear(kv_dim, v_channels, bias=qkv_bias)
-        self.o_proj = nn.Linear(v_channels, out_dim, bias=out_bias)
+        self.q_proj = Linear(q_dim, qk_channels, bias=qkv_bias)
+        self.k_proj = Linear(kv_dim, qk_channels, bias=qkv_bias)
+        self.v_proj = Linear(kv_dim, v_channels, bias=qkv_bias)
+        self.o_proj = Linear(v_channels, out_dim, bias=out_bias)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
@@ -262,8 +262,8 @@ class MLP(nn.Module):
         _check_dropout(dropout, "feed-forward dropout")
         hidden = dim * widening_factor
         self.activation = activation
-        self.fc1 = nn.Linear(dim, hidden * (2 if activation == "geglu" else 1))
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden * (2 if activation == "geglu" else 1))
+        self.fc2 = Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
