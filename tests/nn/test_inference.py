@@ -147,29 +147,35 @@ class CountOps(TorchDispatchMode):
 
 
 @pytest.mark.skipif(not inference._ONEDNN_FP32, reason="this PyTorch has no oneDNN Linear")
-def test_fp32_cpu_inference_linears_run_on_onednn():
-    """fp32 CPU Linears without autograd or autocast use oneDNN's fused Linear (fp32 accuracy against fp64); with
-    gradients, under autocast, or switched off they are `F.linear`. Every Linear of the models is this `Linear`."""
+def test_fp32_cpu_linears_run_on_onednn():
+    """fp32 CPU Linears outside autocast run their GEMMs in oneDNN, forward and (with autograd) both gradients, to
+    fp32 accuracy against fp64; under autocast or switched off they are `F.linear`. Every Linear of the models is
+    this `Linear`."""
     torch.manual_seed(0)
     layer = inference.Linear(64, 48)
-    x = torch.randn(2, 5, 64)
-    exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    grad = torch.randn(2, 5, 48)
+    ref = [t.detach().double().requires_grad_() for t in (x, layer.weight, layer.bias)]
+    exact = F.linear(*ref)
+    exact.backward(grad.double())
     with torch.no_grad(), CountOps() as counter:
         fast = layer(x)
     assert counter.ops == {"mkldnn._linear_pointwise"}
     torch.testing.assert_close(fast.double(), exact, atol=1e-5, rtol=0)
-    with CountOps() as counter:  # autograd records: BLAS addmm, gradients as nn.Linear's
+    with CountOps() as counter:  # autograd records: forward and both gradient GEMMs in oneDNN
         out = layer(x)
-    assert "mkldnn._linear_pointwise" not in counter.ops and "aten.addmm" in counter.ops
-    out.sum().backward()
-    assert layer.weight.grad is not None
+        out.backward(grad)
+    assert "mkldnn._linear_pointwise" in counter.ops and not {"aten.addmm", "aten.mm"} & counter.ops
+    torch.testing.assert_close(out.double(), exact, atol=1e-5, rtol=0)
+    for got, want in zip((x.grad, layer.weight.grad, layer.bias.grad), (r.grad for r in ref)):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
     with torch.no_grad(), torch.autocast("cpu", BF16), CountOps() as counter:
         assert layer(x).dtype == BF16
     assert "mkldnn._linear_pointwise" not in counter.ops
     previous = inference.use_onednn_fp32_linear(False)
     try:
         assert previous is True
-        with torch.no_grad(), CountOps() as counter:
+        with CountOps() as counter:
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=0, rtol=0)
         assert "mkldnn._linear_pointwise" not in counter.ops
     finally:

@@ -18,9 +18,12 @@ Outside autocast, or while the weight takes gradients, a `CastCachingLinear` is 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def grad_reaches(*modules: nn.Module) -> bool:
@@ -46,7 +49,7 @@ _ONEDNN_FP32 = _onednn_linear_available()
 
 
 def use_onednn_fp32_linear(enabled: bool = True) -> bool:
-    """Route fp32 CPU inference of this library's Linears through oneDNN (default: on where available); returns the
+    """Route fp32 CPU GEMMs of this library's Linears through oneDNN (default: on where available); returns the
     previous setting. False gives `F.linear` (BLAS) everywhere. Raises if enabling where oneDNN's Linear is missing."""
     global _ONEDNN_FP32
     if enabled and not _onednn_linear_available():
@@ -55,32 +58,62 @@ def use_onednn_fp32_linear(enabled: bool = True) -> bool:
     return previous
 
 
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`x @ weight.T + bias` in oneDNN's fp32 kernel (also for transposed views)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """`F.linear` whose three GEMMs (forward, input gradient, weight gradient) run in oneDNN; saves what `F.linear`
+    saves (input and weight). First-order gradients only (`once_differentiable`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_2d = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_w = _onednn(grad_2d.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        grad_b = grad_2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`: `(..., in) -> (..., out)`; fp32 on CPU without autograd or autocast goes through
-    oneDNN's fused Linear instead of the BLAS `addmm` behind `F.linear`.
+    """`F.linear(x, weight, bias)`: `(..., in) -> (..., out)`; fp32 on CPU outside autocast runs its GEMMs in
+    oneDNN instead of the BLAS `addmm` behind `F.linear` (gradients too, first order).
 
     PyTorch runs fp32 CPU matmuls in MKL's BLAS, which on this project's AMD EPYC (AVX-512) reaches 181 GFLOP/s on a
     4096^3 product where oneDNN's fp32 kernel reaches 393 (2.1-2.3x on the Perceiver IO Linear shapes; both fp32,
-    errors against fp64 of the same order). bf16 already goes through oneDNN, and gradients keep `F.linear`.
+    errors against fp64 of the same order). bf16 (autocast) already goes through oneDNN and keeps `F.linear`, as do
+    tensor subclasses (e.g. DTensor) and other devices. `use_onednn_fp32_linear(False)` switches it off, e.g. for
+    double backward.
     """
     if (
         _ONEDNN_FP32
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
+        and type(x) is Tensor
+        and type(weight) in (Tensor, nn.Parameter)
         and not torch.is_autocast_enabled("cpu")
-        and not (
-            torch.is_grad_enabled()
-            and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-        )
     ):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        if torch.is_grad_enabled() and (
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        ):
+            return _OneDNNLinearFunction.apply(x, weight, bias)
+        return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, state dict and init) whose forward is `linear` above: oneDNN for fp32 CPU
-    inference. Every Linear of this library's models is one. `(..., in_features) -> (..., out_features)`."""
+    """`nn.Linear` (same parameters, state dict and init) whose forward is `linear` above: oneDNN GEMMs for fp32 on
+    CPU. Every Linear of this library's models is one. `(..., in_features) -> (..., out_features)`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
