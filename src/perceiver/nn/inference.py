@@ -1,10 +1,10 @@
-"""Inference speed: this library's `Linear` (oneDNN for fp32 on CPU) and `optimize_for_inference(model)`, which keeps
-autocast's reduced-precision weight copies between forward calls.
+"""Speed: this library's `Linear` (fp32 GEMMs on CPU in oneDNN, gradients included) and
+`optimize_for_inference(model)`, which keeps autocast's reduced-precision weight copies between forward calls.
 
 Under `torch.autocast`, every `nn.Linear` call casts its fp32 weight and bias to the autocast dtype; autocast's own
 cache of those casts lives for one autocast region, so a model run as `with torch.autocast(...): model(x)` recasts all
 its weights on every call. For language-perceiver (201M weights in its Linears) keeping the copies took a bf16 forward
-from 0.237 to 0.208 s on this project's 2-core CPU (benchmarks/bench_perceiver_io.py, +377 MB for the copies); for
+from 0.222 to 0.201 s on this project's 2-core CPU (benchmarks/bench_perceiver_io.py, +377 MB for the copies); for
 vision-perceiver-learned (62M weights, 478 GFLOP) the difference was below the run-to-run spread.
 
 `optimize_for_inference(model)` turns every plain `nn.Linear` (or `Linear`) of `model` into a `CastCachingLinear` (same
