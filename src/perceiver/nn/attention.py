@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.nn.inference import CastCachingLinear, Linear, grad_reaches
+from perceiver.nn.inference import CastCachingLinear, Linear, autograd_records, grad_reaches
 
 Activation = Literal["gelu", "geglu"]
 
@@ -346,11 +346,6 @@ class SelfAttentionLayer(nn.Module):
         """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`."""
         x = residual_add(self.attention(self.norm(x), kv_mask=mask)[0], x)
         return residual_add(self.mlp(self.mlp_norm(x)), x)
-
-
-def autograd_records(*tensors: Tensor) -> bool:
-    """Whether autograd records an op on `tensors` (grad mode on and one of them requires grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def residual_add(out: Tensor, x: Tensor) -> Tensor:

@@ -26,6 +26,11 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 
+def autograd_records(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on `tensors` (grad mode on and one of them requires grad; None is skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def grad_reaches(*modules: nn.Module) -> bool:
     """Whether autograd records this call and any parameter of `modules` requires a gradient."""
     return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
@@ -103,9 +108,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and type(weight) in (Tensor, nn.Parameter)
         and not torch.is_autocast_enabled("cpu")
     ):
-        if torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        ):
+        if autograd_records(x, weight, bias):
             return _OneDNNLinearFunction.apply(x, weight, bias)
         return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
