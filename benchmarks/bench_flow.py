@@ -237,8 +237,9 @@ def render(report: dict) -> str:
         "both (transformers' init with seed 0, converted to ours), batch 1, input (1, 2, 27, 368, 496)",
         "- peak = VmHWM - RSS after model construction (max over runs), a fresh subprocess per run; latency = median "
         f"of all timed forwards ({report['rounds']} interleaved rounds x {report['repeats']} forwards after 1 warm-up "
-        "each). The machine is shared with other jobs (1-min load averages per run in flow.json), so latencies are "
-        "indicative; peaks are not affected.",
+        "each). 1-min load average over the runs: "
+        f"{max(r.get('load_avg_1min', 0.0) for row in report['rows'] for r in row['runs']):.1f} at most (the benchmark's own 2 threads make "
+        "~2; more means other jobs shared the cores and latencies are indicative; peaks are not affected).",
         "- max abs diff: on the final logits (transformers' units); with transformers' random init they are small "
         f"(max |logit| = {report.get('transformers_logits_max_abs') or float('nan'):.1e}), so this column checks "
         "that both runs used the same weights; numerical parity is tested on perturbed weights in "
