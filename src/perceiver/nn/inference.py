@@ -145,7 +145,7 @@ class CastCachingLinear(Linear):
     def cast_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         """`(weight, bias)` in `dtype`, from the cache when neither changed since they were cast."""
         w, b = self.weight, self.bias
-        key = (w.data_ptr(), w._version, w.device, None if b is None else (b.data_ptr(), b._version))
+        key = parameters_key(self)
         cache = self.__dict__.setdefault("_cast_cache", {})
         hit = cache.get(dtype)
         if hit is not None and hit[0] == key:
