@@ -207,7 +207,7 @@ def _prefer_math_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """
     if q.device.type != "cpu":
         return False
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if autograd_records(q, k, v):
         return True
     if q.shape[-1] != v.shape[-1]:
         return True

@@ -33,7 +33,7 @@ def autograd_records(*tensors: Tensor | None) -> bool:
 
 def grad_reaches(*modules: nn.Module) -> bool:
     """Whether autograd records this call and any parameter of `modules` requires a gradient."""
-    return torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
+    return autograd_records(*(p for m in modules for p in m.parameters()))
 
 
 def _onednn_linear_available() -> bool:
