@@ -14,7 +14,6 @@ from perceiver.image_processing import ImageProcessor
 from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.registry import create_model, list_models, register_model
-from perceiver.nn.inference import optimize_for_inference, use_onednn_fp32_linear
 from perceiver.pretrained import from_pretrained
 from perceiver.tokenizer import ByteTokenizer
 
@@ -42,7 +41,5 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "list_models",
-    "optimize_for_inference",
-    "use_onednn_fp32_linear",
     "register_model",
 ]

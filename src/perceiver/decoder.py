@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 
@@ -76,7 +75,7 @@ class PerceiverDecoder(nn.Module):
             ff_dropout=c.ff_dropout,
             use_query_residual=c.use_query_residual,
         )
-        self.final_layer = Linear(c.query_dim, c.output_dim) if c.output_dim is not None else nn.Identity()
+        self.final_layer = nn.Linear(c.query_dim, c.output_dim) if c.output_dim is not None else nn.Identity()
 
     def forward(self, queries: Tensor, latents: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         """`queries` `(B, O, E)`, `latents` `(B, N, D)` -> `(B, O, F)` and maps `(B, H, O, N)` or None."""
@@ -84,11 +83,16 @@ class PerceiverDecoder(nn.Module):
         return self.final_layer(out), probs
 
 
+Index = Tensor | slice | None
+"""Output positions to decode: a tensor of flat indices `(O',)`, a `slice` of them (what chunked decoding passes, so
+no index tensor is built and compiled graphs see only static slicing), or None for all."""
+
+
 class QueryBuilder(nn.Module):
     """Makes decoder queries for chosen output positions.
 
-    `forward(adapted, index)` returns `(B, O', E)` for the flat output positions `index` `(O',)` (all positions
-    when None). `num_queries(adapted)` is the number of output positions `O`.
+    `forward(adapted, index)` returns `(B, O', E)` for the flat output positions `index` (an `Index`: indices `(O',)`,
+    a slice, or None for all). `num_queries(adapted)` is the number of output positions `O`.
     """
 
     num_channels: int
@@ -96,8 +100,17 @@ class QueryBuilder(nn.Module):
     def num_queries(self, adapted: AdaptedInputs) -> int:
         raise NotImplementedError
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
         raise NotImplementedError
+
+
+def select(x: Tensor, index: Index, dim: int = 0) -> Tensor:
+    """Rows `index` of `x` along `dim`: all for None, a view for a slice, a gather for an index tensor."""
+    if index is None:
+        return x
+    if isinstance(index, slice):
+        return x[(slice(None),) * dim + (index,)]
+    return x.index_select(dim, index.to(x.device))
 
 
 class TrainableQueries(QueryBuilder):
@@ -111,16 +124,15 @@ class TrainableQueries(QueryBuilder):
     def num_queries(self, adapted: AdaptedInputs) -> int:
         return self.encoding.num_positions
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
-        q = self.encoding()
-        q = q if index is None else q[index]
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
+        q = select(self.encoding(), index)
         return q.expand(adapted.tokens.shape[0], -1, -1)
 
 
 class FourierQueries(QueryBuilder):
     """Fourier features of an output grid `index_dims` (DeepMind convention), optionally projected.
 
-    The feature table is built once per grid (cached) and rows are selected by `index`.
+    The feature table of the grid is built per call and rows are selected by `index`.
     """
 
     def __init__(
@@ -136,15 +148,15 @@ class FourierQueries(QueryBuilder):
         self.index_dims = tuple(index_dims)
         self.encoding = FourierPositionEncoding(num_bands, max_resolution or self.index_dims, concat_pos, sine_only)
         raw = self.encoding.num_channels(len(self.index_dims))
-        self.projection = Linear(raw, project_dim) if project_dim else None
+        self.projection = nn.Linear(raw, project_dim) if project_dim else None
         self.num_channels = project_dim or raw
 
     def num_queries(self, adapted: AdaptedInputs) -> int:
         return prod(self.index_dims)
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
         table = self.encoding(self.index_dims).reshape(-1, self.encoding.num_channels(len(self.index_dims)))
-        q = table if index is None else table[index.to(table.device)]
+        q = select(table, index)
         if self.projection is not None:
             q = self.projection(q)
         return q.expand(adapted.tokens.shape[0], -1, -1)
@@ -160,8 +172,23 @@ class InputQueries(QueryBuilder):
     def num_queries(self, adapted: AdaptedInputs) -> int:
         return adapted.tokens.shape[1]
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
-        return adapted.tokens if index is None else adapted.tokens[:, index.to(adapted.tokens.device)]
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
+        return select(adapted.tokens, index, dim=1)
+
+
+def check_output_index(output_index: Tensor | None, total: int, device: torch.device) -> Tensor | None:
+    """`output_index` as a flat long tensor on `device`, its range checked in eager mode (a host sync)."""
+    if output_index is None:
+        return None
+    output_index = torch.as_tensor(output_index, device=device)
+    if output_index.is_floating_point() or output_index.is_complex() or output_index.dtype == torch.bool:
+        raise ValueError(f"expected integer output positions, got dtype {output_index.dtype}")
+    output_index = output_index.long().flatten()
+    if output_index.numel() and not torch.compiler.is_compiling():
+        low, high = int(output_index.min()), int(output_index.max())
+        if low < 0 or high >= total:
+            raise ValueError(f"output_index must lie in [0, {total}), got values in [{low}, {high}]")
+    return output_index
 
 
 def decode(
@@ -169,35 +196,40 @@ def decode(
     query_builder: QueryBuilder,
     adapted: AdaptedInputs,
     latents: Tensor,
-    output_index: Tensor | None = None,
+    output_index: Index = None,
     query_chunk_size: int | None = None,
     return_attention: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Decode the output positions `output_index` `(O',)` (all when None) in chunks of `query_chunk_size`.
+    """Decode the output positions `output_index` (indices `(O',)`, a slice, or None for all) in chunks of
+    `query_chunk_size`.
 
     Returns `(B, O', F)` and, with `return_attention`, the maps `(B, H, O', N)`. Chunked decoding equals one-shot
-    decoding exactly (queries are independent), with memory bounded by the chunk.
+    decoding exactly (queries are independent), with memory bounded by the chunk. Chunks are slices of the positions
+    (or of the index tensor), so the loop is static Python that compiled graphs unroll.
     """
     total = query_builder.num_queries(adapted)
-    if output_index is not None:
-        output_index = torch.as_tensor(output_index, dtype=torch.long, device=latents.device).flatten()
-        if output_index.numel() and (int(output_index.min()) < 0 or int(output_index.max()) >= total):
-            raise ValueError(
-                f"output_index must lie in [0, {total}), got values in "
-                f"[{int(output_index.min())}, {int(output_index.max())}]"
-            )
     if query_chunk_size is not None and query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
-    count = total if output_index is None else output_index.numel()
+    if isinstance(output_index, slice):
+        start, stop, step = output_index.indices(total)
+        if step != 1:
+            raise ValueError(f"expected a slice of output positions with step 1, got {output_index}")
+        positions = range(start, stop)
+    elif output_index is None:
+        positions = range(total)
+    else:
+        output_index = check_output_index(output_index, total, latents.device)
+        positions = range(output_index.shape[0])
+    count = len(positions)
     if query_chunk_size is None or query_chunk_size >= count:
         return decoder(query_builder(adapted, output_index), latents, return_attention)
     outs, maps = [], []
     for start in range(0, count, query_chunk_size):
         stop = min(start + query_chunk_size, count)
-        if output_index is None:
-            index = torch.arange(start, stop, device=latents.device)
+        if isinstance(output_index, Tensor):
+            index: Index = output_index[start:stop]
         else:
-            index = output_index[start:stop]
+            index = slice(positions.start + start, positions.start + stop)
         out, probs = decoder(query_builder(adapted, index), latents, return_attention)
         outs.append(out)
         if probs is not None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer
+from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer, reassociation_saves
 
 LatentSharing = Literal["all", "after_first", "none"]
 
@@ -51,6 +51,18 @@ class EncoderConfig:
     share_cross_attends: bool = True
     share_latent_blocks: LatentSharing = "all"
     latent_init_std: float = 0.02
+    reassociate_cross_attention: bool | None = None
+
+
+def resolve_reassociation(c: EncoderConfig) -> bool:
+    """`c.reassociate_cross_attention`, or where it is None whether the reassociated form of the encoder's
+    cross-attention needs at most 80% of the standard form's multiply-adds (`perceiver.nn.reassociation_saves`):
+    True for latents reading narrow inputs (pixels, 3-channel points), False for wide ones (text embeddings)."""
+    if c.reassociate_cross_attention is not None:
+        return bool(c.reassociate_cross_attention)
+    qk = c.cross_qk_channels if c.cross_qk_channels is not None else c.latent_dim
+    v = c.cross_v_channels if c.cross_v_channels is not None else qk
+    return reassociation_saves(c.num_latents, c.input_dim, c.cross_heads, qk, v)
 
 
 class PerceiverEncoder(nn.Module):
@@ -100,6 +112,7 @@ class PerceiverEncoder(nn.Module):
             c.attn_dropout,
             c.ff_dropout,
             c.use_query_residual,
+            reassociate=resolve_reassociation(c),
         )
 
     def _self_layer(self) -> SelfAttentionLayer:

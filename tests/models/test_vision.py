@@ -312,37 +312,6 @@ def test_end_to_end_image_processor_and_model(tmp_path):
     assert math.prod(matched.input_adapter.grid) == 55 * 55
 
 
-def test_learned_positions_are_projected_once_at_inference():
-    """The projected trainable positions do not depend on the image: at inference they are computed once and kept
-    until the grid, the autocast state or a parameter changes; with gradients they are computed on every call."""
-    model = tiny(spatial_downsample=2)  # conv1x1, trainable positions, projection
-    adapter = model.input_adapter
-    calls = []
-    adapter.positions_projection.register_forward_hook(lambda *_: calls.append(1))
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        first = model(x).logits
-        assert torch.equal(model(x).logits, first) and len(calls) == 1
-        with torch.inference_mode():
-            assert torch.equal(model(x).logits, first) and len(calls) == 1
-        with torch.autocast("cpu", torch.bfloat16):
-            model(x)
-        assert len(calls) == 2  # positions under autocast are another result
-        model(x)
-        assert len(calls) == 3
-        model(torch.randn(2, 3, 20, 20), interpolate_pos_encoding=True)
-        assert len(calls) == 4
-        adapter.trainable.position_embeddings.mul_(2)  # in place: version counter moves
-        changed = model(x).logits
-        assert len(calls) == 5 and not torch.allclose(changed, first)
-    model.train()
-    model(x).logits.sum().backward()
-    model(x)
-    assert len(calls) == 7  # gradients reach the positions: no cache
-    assert adapter.trainable.position_embeddings.grad is not None
-    assert adapter.positions_projection.weight.grad is not None
-
-
 def test_conv1x1_is_a_strided_pointwise_conv():
     """conv1x1 runs as a Linear on the subsampled pixels; the parameters stay those of an nn.Conv2d."""
     adapter = ImageAdapter(image_size=(15, 14), prep_type="conv1x1", spatial_downsample=4, out_channels=8)

@@ -11,11 +11,10 @@ uses `max_resolution = S`, the number of samples, not the number of tokens).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -55,7 +54,7 @@ class AudioAdapter(InputAdapter):
         self.samples_per_patch = samples_per_patch
         if max_resolution is None and num_samples is not None:
             max_resolution = num_samples // samples_per_patch
-        self.projection = Linear(samples_per_patch, project_dim) if project_dim else None
+        self.projection = nn.Linear(samples_per_patch, project_dim) if project_dim else None
         res = (max_resolution,) if max_resolution is not None else None
         self.position = FourierPositionEncoding(num_bands, res, concat_pos, sine_only)
         self.num_channels = (project_dim or samples_per_patch) + self.position.num_channels(1)

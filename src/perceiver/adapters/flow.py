@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from perceiver.adapters.video import space_to_depth
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter, OutputAdapter
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -119,12 +118,12 @@ class FlowAdapter(InputAdapter):
             raise ValueError(f"pyramid_scales must be integers >= 2, got {tuple(pyramid_scales)}")
         in_channels = 2 * patch_channels * (1 + len(self.pyramid_scales))
         if projection_hidden is None:
-            self.projection = Linear(in_channels, out_channels)
+            self.projection = nn.Linear(in_channels, out_channels)
         elif projection_hidden < 1:
             raise ValueError(f"projection_hidden must be None or >= 1, got {projection_hidden}")
         else:
             self.projection = nn.Sequential(
-                Linear(in_channels, projection_hidden), nn.GELU(), Linear(projection_hidden, out_channels)
+                nn.Linear(in_channels, projection_hidden), nn.GELU(), nn.Linear(projection_hidden, out_channels)
             )
         self.position = FourierPositionEncoding(num_bands, self.train_size, concat_pos, sine_only)
         self.num_channels = out_channels + self.position.num_channels(2)

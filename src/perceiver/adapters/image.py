@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
-from perceiver.nn.inference import Linear, autocast_key, grad_reaches, linear, parameters_key
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 PrepType = Literal["conv", "conv1x1", "patches", "pixels"]
@@ -163,7 +162,7 @@ class ImageAdapter(InputAdapter):
             features = out_channels
         elif prep_type == "patches":
             patch_dim = in_channels * spatial_downsample**2
-            self.conv_after_patches = Linear(patch_dim, out_channels) if conv_after_patching else None
+            self.conv_after_patches = nn.Linear(patch_dim, out_channels) if conv_after_patching else None
             features = out_channels if conv_after_patching else patch_dim
         else:
             features = in_channels
@@ -178,7 +177,7 @@ class ImageAdapter(InputAdapter):
             self.trainable = TrainablePositionEncoding(math.prod(self.grid), trainable_pos_channels, pos_init_scale)
             pos_raw = trainable_pos_channels
         if project_pos_dim and position_encoding != "none":
-            self.positions_projection = Linear(pos_raw, project_pos_dim)
+            self.positions_projection = nn.Linear(pos_raw, project_pos_dim)
         pos_dim = project_pos_dim if self.positions_projection is not None else pos_raw
         if concat_or_add_pos == "add" and position_encoding != "none" and pos_dim != features:
             raise ValueError(f"concat_or_add_pos='add' needs positions of {features} channels, got {pos_dim}")
@@ -215,25 +214,7 @@ class ImageAdapter(InputAdapter):
             )
 
     def positions(self, grid: tuple[int, int], interpolate_pos_encoding: bool = False) -> Tensor | None:
-        """Position features `(h*w, P)` of a token grid (None without positions).
-
-        They do not depend on the image: while gradients cannot reach the position parameters (inference), the last
-        result is kept and reused until the grid, the autocast state or a parameter changes. For
-        vision-perceiver-learned that skips a `(50176, 256) x (256, 256)` projection per call.
-        """
-        modules = [m for m in (self.trainable, self.positions_projection) if m is not None]
-        if not modules or grad_reaches(*modules):
-            return self._positions(grid, interpolate_pos_encoding)
-        device = next(modules[0].parameters()).device
-        key = (grid, interpolate_pos_encoding, autocast_key(device.type), parameters_key(*modules))
-        hit = self.__dict__.get("_positions_cache")
-        if hit is None or hit[0] != key:
-            # Normal (not inference) tensors, so that they may also serve a call made outside inference_mode.
-            with torch.inference_mode(False), torch.no_grad():
-                self.__dict__["_positions_cache"] = (key, self._positions(grid, interpolate_pos_encoding))
-        return self.__dict__["_positions_cache"][1]
-
-    def _positions(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> Tensor | None:
+        """Position features `(h*w, P)` of a token grid (None without positions)."""
         if self.fourier is not None:
             pos = self.fourier(grid).reshape(math.prod(grid), -1)
         elif self.trainable is not None:
@@ -250,7 +231,7 @@ class ImageAdapter(InputAdapter):
             # A strided 1x1 conv is a Linear on the subsampled pixels; channels-last straight from the GEMM, where
             # the conv's (B, F, h, w) output would be copied once more by the flattening in `forward`.
             s, conv = self.spatial_downsample, self.convnet_1x1
-            return linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+            return F.linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
             x = space_to_depth(x, self.spatial_downsample)
             return self.conv_after_patches(x) if self.conv_after_patches is not None else x

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs, QueryBuilder
 from perceiver.io import InputAdapter, OutputAdapter
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features
 
 EvalMasking = Literal["deterministic", "none", "random"]
@@ -232,17 +231,25 @@ class MultimodalQueries(QueryBuilder):
         q = self.modalities[name](index, self.position_mode, device).to(dtype)
         return torch.cat([q, self.padding[name].to(dtype).expand(q.shape[0], -1)], dim=-1)
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | None = None) -> Tensor:
+    def forward(self, adapted: AdaptedInputs, index: Tensor | slice | None = None) -> Tensor:
         b, device, dtype = adapted.tokens.shape[0], adapted.tokens.device, adapted.tokens.dtype
         if index is None:
-            q = torch.cat([self._padded(k, None, device, dtype) for k in self.modalities], dim=0)
+            index = slice(0, self.num_queries())
+        if isinstance(index, slice):  # contiguous positions: each modality's part is known without looking at data
+            parts = []
+            for name, (start, stop) in self.offsets().items():
+                lo, hi = max(index.start, start), min(index.stop, stop)
+                if lo < hi:
+                    local = None if (lo, hi) == (start, stop) else torch.arange(lo - start, hi - start, device=device)
+                    parts.append(self._padded(name, local, device, dtype))
+            q = torch.cat(parts, dim=0) if parts else torch.empty(0, self.num_channels, device=device, dtype=dtype)
             return q.expand(b, -1, -1)
         index = index.to(device)
-        q = torch.empty(index.numel(), self.num_channels, device=device, dtype=dtype)
+        q = torch.zeros(index.numel(), self.num_channels, device=device, dtype=dtype)
         for name, (start, stop) in self.offsets().items():
             hit = (index >= start) & (index < stop)
-            if bool(hit.any()):
-                q[hit] = self._padded(name, index[hit] - start, device, dtype)
+            local = (index - start).clamp(0, stop - start - 1)
+            q = torch.where(hit[:, None], self._padded(name, local, device, dtype), q)
         return q.expand(b, -1, -1)
 
 
@@ -269,21 +276,28 @@ class MultimodalOutput(OutputAdapter):
         single: Sequence[str] = ("label",),
     ) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict({k: Linear(in_channels, c) for k, c in sorted(out_channels.items())})
+        self.heads = nn.ModuleDict({k: nn.Linear(in_channels, c) for k, c in sorted(out_channels.items())})
         self.sizes = dict(sizes)
         self.flatten, self.single = tuple(flatten), tuple(single)
 
-    def counts(self, output_index: Tensor | None) -> dict[str, int]:
-        """Decoded positions per modality for the flat `output_index`."""
+    def counts(self, output_index: Tensor | slice | None) -> dict[str, int]:
+        """Decoded positions per modality for the flat `output_index` (a tensor is counted in eager mode only)."""
         if output_index is None:
             return dict(self.sizes)
         out, start = {}, 0
+        if isinstance(output_index, slice):
+            for k, n in self.sizes.items():
+                out[k] = max(0, min(output_index.stop, start + n) - max(output_index.start, start))
+                start += n
+            return out
         for k, n in self.sizes.items():
             out[k] = int(((output_index >= start) & (output_index < start + n)).sum())
             start += n
         return out
 
-    def forward(self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | slice | None = None
+    ) -> dict[str, Tensor]:
         out, start = {}, 0
         for name, n in self.counts(output_index).items():
             if n == 0:

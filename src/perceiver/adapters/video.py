@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -99,7 +98,7 @@ class VideoAdapter(InputAdapter):
         if max_resolution is not None and len(max_resolution) != 3:
             raise ValueError(f"max_resolution needs 3 entries (T, H, W), got {tuple(max_resolution)}")
         self.patch_channels = t * s * s * in_channels
-        self.projection = Linear(self.patch_channels, project_dim) if project_dim else None
+        self.projection = nn.Linear(self.patch_channels, project_dim) if project_dim else None
         self.position = FourierPositionEncoding(num_bands, max_resolution, concat_pos, sine_only)
         self.num_channels = (project_dim or self.patch_channels) + self.position.num_channels(3)
 

@@ -10,6 +10,7 @@ self-attention layers; `weight_tie_layers` shares everything after the first cro
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -19,7 +20,6 @@ from torch import Tensor, nn
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.registry import register_model, register_model_type
-from perceiver.nn.inference import Linear
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -103,7 +103,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc = Linear(dim, num_classes)
+        self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.fc(self.norm(latents.mean(dim=1)))
@@ -184,7 +184,7 @@ class Perceiver(PretrainedMixin, nn.Module):
                 got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
                 raise ValueError(f"expected a boolean mask (True = valid), got {got}")
             axes = tuple(data.shape[1:-1])
-            shapes = [(data.shape[0], *axes), (data.shape[0], int(torch.tensor(axes).prod()))]
+            shapes = [(data.shape[0], *axes), (data.shape[0], math.prod(axes))]
             if tuple(mask.shape) not in shapes:
                 raise ValueError(f"expected mask of shape {shapes[0]} or {shapes[1]}, got {tuple(mask.shape)}")
 

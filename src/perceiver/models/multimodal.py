@@ -265,7 +265,7 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
             if index is not None:
                 idx = index[start:stop]
             else:
-                idx = None if (start, stop) == (0, count) else torch.arange(start, stop, device=latents.device)
+                idx = None if (start, stop) == (0, count) else slice(start, stop)
             out, probs = decode(self.decoder, self.query_builder, adapted, latents, idx, None, return_attention)
             for name, y in self.output_adapter(out, adapted, idx).items():
                 pieces.setdefault(name, []).append(y)

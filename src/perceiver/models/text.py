@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -162,7 +161,7 @@ class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
         ids = _pick_inputs(inputs, input_ids)
         decode_inputs_only = output_index is None and not self.config.decode_all_positions
         if decode_inputs_only and isinstance(ids, Tensor) and ids.dim() == 2 and ids.shape[1] < self.config.max_seq_len:
-            output_index = torch.arange(ids.shape[1], device=ids.device)  # the L input positions, not all max_seq_len
+            output_index = slice(0, ids.shape[1])  # the L input positions, not all max_seq_len
         out = super().forward(ids, attention_mask, output_index, query_chunk_size, return_attention)
         loss = None
         if labels is not None:

@@ -1,13 +1,12 @@
-"""Building blocks: SDPA attention, feed-forward, pre-LN layers, position encodings."""
+"""Building blocks: SDPA attention, feed-forward, pre-LN layers, position encodings. Plain PyTorch only."""
 
-from perceiver.nn.attention import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
-from perceiver.nn.inference import (
-    CastCachingLinear,
-    Linear,
-    clear_cast_cache,
-    linear,
-    optimize_for_inference,
-    use_onednn_fp32_linear,
+from perceiver.nn.attention import (
+    MLP,
+    CrossAttentionLayer,
+    MultiHeadAttention,
+    SelfAttentionLayer,
+    attention_with_probs,
+    reassociation_saves,
 )
 from perceiver.nn.position import (
     FourierPositionEncoding,
@@ -20,19 +19,15 @@ from perceiver.nn.position import (
 
 __all__ = [
     "MLP",
-    "CastCachingLinear",
     "CrossAttentionLayer",
     "FourierPositionEncoding",
-    "Linear",
     "MultiHeadAttention",
     "SelfAttentionLayer",
     "TrainablePositionEncoding",
+    "attention_with_probs",
     "axial_fourier_features",
-    "clear_cast_cache",
     "fourier_channels",
     "fourier_features",
-    "linear",
     "linear_positions",
-    "optimize_for_inference",
-    "use_onednn_fp32_linear",
+    "reassociation_saves",
 ]
