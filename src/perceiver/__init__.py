@@ -13,6 +13,7 @@ from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.image_processing import ImageProcessor
 from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models import Perceiver, PerceiverConfig
+from perceiver.models.ar import PerceiverAR
 from perceiver.models.registry import create_model, list_models, register_model
 from perceiver.pretrained import from_pretrained
 from perceiver.tokenizer import ByteTokenizer
@@ -30,6 +31,7 @@ __all__ = [
     "InputQueries",
     "OutputAdapter",
     "Perceiver",
+    "PerceiverAR",
     "PerceiverConfig",
     "PerceiverDecoder",
     "PerceiverEncoder",

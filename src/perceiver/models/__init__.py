@@ -1,5 +1,6 @@
 """Ready models built from the core parts; importing this package registers every preset and model type."""
 
+from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 from perceiver.models.classic import Perceiver, PerceiverConfig
 from perceiver.models.classifiers import (
     ClassifierConfig,
@@ -18,6 +19,8 @@ __all__ = [
     "MultimodalAutoencodingConfig",
     "OpticalFlowConfig",
     "Perceiver",
+    "PerceiverAR",
+    "PerceiverARConfig",
     "PerceiverConfig",
     "PerceiverForAudioClassification",
     "PerceiverForImageClassification",

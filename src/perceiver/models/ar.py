@@ -1,0 +1,679 @@
+"""Perceiver AR (Hawthorne et al. 2022, arXiv 2202.07765): a causal language model whose latents are the last N
+positions of its window.
+
+    input_ids (B, L) --embedding (+ learned positions)--> (B, L, D) = prefix (B, L-N, D) | latents (B, N, D)
+    latents --[causal cross-attention to prefix + latents, FF] x num_cross_layers--> (B, N, D)
+            --[causal self-attention, FF] x num_layers--> (final LayerNorm) --Linear--> logits (B, N, V)
+
+Latent `i` (window position `L - N + i`) attends to every window position `<= L - N + i`, so the model is causal and
+predicts the token after each latent position. Pre-LN layers; in the cross-attention the prefix is normalised by
+`context_norm` and the latents by the query `norm`, keys / values of both come from one `to_kv` (as
+perceiver-ar-pytorch). Positions are rotary (partial: `rotary_fraction` of each head's channels, same angles in every
+layer), optionally plus learned absolute positions (`abs_pos_emb=True`, as perceiver-ar-pytorch). With an
+`attention_mask` (left padding, True = token) positions count valid tokens only, so a left-padded row computes what
+the row alone computes.
+
+Vocabulary: 262 ids by default, those of `perceiver.ByteTokenizer` (byte b is id b + 6, 0 is PAD); any `vocab_size`
+works (256 for raw bytes, perceiver-ar-pytorch's `num_tokens`).
+
+Generation (`generate`) keeps a static KV cache (`PerceiverARCache`: cross-attention keys / values of every window
+position, self-attention keys / values of every latent). A new token becomes a new latent, so the cached states stay
+exact while the window grows. When the window would exceed `max_seq_len` or the latents `max_latents`, the window
+slides (`W - (max_latents - num_latents)` newest tokens are kept) and the cache is recomputed from it with
+`num_latents` latents. `use_cache=False` follows the same schedule with full forwards, token for token equal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.models.registry import register_model, register_model_type
+from perceiver.nn.rotary import apply_rotary, rotary_angles, rotary_dim, rotary_inv_freq
+
+
+@dataclass
+class PerceiverARConfig:
+    """Hyper-parameters of `PerceiverAR`.
+
+    vocab_size: token ids (262 = `ByteTokenizer`); max_seq_len: window W (positions); num_latents: N, the latent
+    positions at the end of the window (forward can take another N); d_model: width D; num_heads / head_dim
+    (None: D // num_heads); num_layers: causal latent self-attention layers; num_cross_layers: cross-attention layers
+    (each attends to the embedded prefix); ff_mult: feed-forward hidden width / D (GELU, no biases).
+    dropout: on attention probabilities and in the feed-forward; prefix_dropout: fraction of the prefix positions
+    dropped (per row, at random) in training, as the paper's cross-attend dropout.
+    rotary_fraction / rotary_dim: rotated channels per head (rotary_dim wins if set); rotary_interleaved: channel
+    pairs (2i, 2i+1) instead of (i, i + dim/2); rotary_base: frequency base.
+    abs_pos_emb: add learned absolute positions (W, D) to the token embedding; final_norm: LayerNorm before the head;
+    cross_out_bias: bias of the cross-attention output projection; tie_embeddings: head weight = token embedding.
+    prefix_len: perceiver-ar-pytorch's convention: the first prefix_len positions are the prefix and all others are
+    latents (a forward without `num_latents` uses L - prefix_len latents; None: num_latents).
+    """
+
+    vocab_size: int = 262
+    max_seq_len: int = 4096
+    num_latents: int = 1024
+    d_model: int = 512
+    num_heads: int = 8
+    head_dim: int | None = None
+    num_layers: int = 8
+    num_cross_layers: int = 1
+    ff_mult: float = 4.0
+    dropout: float = 0.0
+    prefix_dropout: float = 0.0
+    rotary_fraction: float = 0.5
+    rotary_dim: int | None = None
+    rotary_interleaved: bool = False
+    rotary_base: float = 10000.0
+    abs_pos_emb: bool = False
+    final_norm: bool = True
+    cross_out_bias: bool = False
+    tie_embeddings: bool = False
+    prefix_len: int | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "num_latents", "d_model", "num_heads", "num_cross_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 0:
+            raise ValueError(f"num_layers must be a non-negative integer, got {self.num_layers!r}")
+        if self.num_latents > self.max_seq_len:
+            raise ValueError(f"num_latents must be <= max_seq_len={self.max_seq_len}, got {self.num_latents}")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.prefix_len is not None and not 0 <= self.prefix_len < self.max_seq_len:
+            raise ValueError(f"prefix_len must be in [0, max_seq_len={self.max_seq_len}), got {self.prefix_len}")
+        for name in ("dropout", "prefix_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        rotary_dim(self.dim_head, self.rotary_fraction, self.rotary_dim)  # validates
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+
+@dataclass
+class PerceiverARCache:
+    """Static KV cache of `PerceiverAR` for a batch of B rows (see `PerceiverAR.init_cache`).
+
+    cross_k / cross_v: per cross layer `(B, H, W_c, Dh)` keys / values of the window positions (rotary applied);
+    self_k / self_v: per latent layer `(B, H, M, Dh)` of the latents; cross_valid `(B, W_c)` / self_valid `(B, M)`:
+    slot written and a token (not padding); cross_len / self_len: slots written (0-dim tensors, so a compiled step
+    does not recompile as they grow); next_position `(B,)`: position id of the next token (valid tokens so far).
+    """
+
+    cross_k: list[Tensor]
+    cross_v: list[Tensor]
+    self_k: list[Tensor]
+    self_v: list[Tensor]
+    cross_valid: Tensor
+    self_valid: Tensor
+    cross_len: Tensor
+    self_len: Tensor
+    next_position: Tensor
+    prefilled: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.cross_valid.shape[0]
+
+    @property
+    def window_capacity(self) -> int:
+        return self.cross_valid.shape[1]
+
+    @property
+    def latent_capacity(self) -> int:
+        return self.self_valid.shape[1]
+
+
+@dataclass
+class PerceiverAROutput:
+    """logits `(B, N, V)` (next-token logits of the N latent positions), last_hidden_state `(B, N, D)` (before the
+    final norm), loss (given labels), cache (given a cache)."""
+
+    logits: Tensor
+    last_hidden_state: Tensor
+    loss: Tensor | None = None
+    cache: PerceiverARCache | None = field(default=None, repr=False)
+
+
+class FeedForward(nn.Module):
+    """Pre-LN MLP `(B, N, D) -> (B, N, D)`: LayerNorm, Linear (no bias), GELU, dropout, Linear (no bias)."""
+
+    def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(dim * mult)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(self.norm(x)))))
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _write(buffer: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """`buffer[:, :, index] = values` in place (a tensor index: no recompiles as it moves)."""
+    return buffer.index_copy_(2, index, values.to(buffer.dtype))
+
+
+class _Layer(nn.Module):
+    """Shared parts of the cross- and self-attention layers: attention over fresh keys or over a cache, then FF."""
+
+    num_heads: int
+    dropout_p: float
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+        p = self.dropout_p if self.training else 0.0
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=is_causal)
+
+
+class CrossLayer(_Layer):
+    """Causal cross-attention of the latents `(B, N, D)` to prefix `(B, P, D)` + latents, then FF (residuals)."""
+
+    def __init__(self, c: PerceiverARConfig) -> None:
+        super().__init__()
+        inner = c.num_heads * c.dim_head
+        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
+        self.norm = nn.LayerNorm(c.d_model)
+        self.context_norm = nn.LayerNorm(c.d_model)
+        self.to_q = nn.Linear(c.d_model, inner, bias=False)
+        self.to_kv = nn.Linear(c.d_model, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, c.d_model, bias=c.cross_out_bias)
+        self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        prefix: Tensor | None,
+        q_rot: tuple[Tensor, Tensor],
+        k_rot: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: tuple[Tensor, Tensor] | None = None,
+        index: Tensor | None = None,
+        attend_cache: bool = False,
+    ) -> Tensor:
+        h = self.norm(x)
+        q = _heads(self.to_q(h), self.num_heads)
+        kv = self.to_kv(h)
+        if prefix is not None and prefix.shape[1] > 0:
+            kv = torch.cat((self.to_kv(self.context_norm(prefix)), kv), dim=1)
+        k, v = (_heads(t, self.num_heads) for t in kv.chunk(2, dim=-1))
+        q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
+        k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
+        if cache is not None and index is not None:
+            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
+            if attend_cache:
+                k, v = ck.to(q.dtype), cv.to(q.dtype)
+        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=False)))
+        return x + self.ff(x)
+
+
+class SelfLayer(_Layer):
+    """Causal self-attention of the latents `(B, N, D)`, then FF (residuals)."""
+
+    def __init__(self, c: PerceiverARConfig) -> None:
+        super().__init__()
+        inner = c.num_heads * c.dim_head
+        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
+        self.norm = nn.LayerNorm(c.d_model)
+        self.to_qkv = nn.Linear(c.d_model, 3 * inner, bias=False)
+        self.to_out = nn.Linear(inner, c.d_model, bias=False)
+        self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        rot: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: tuple[Tensor, Tensor] | None = None,
+        index: Tensor | None = None,
+        attend_cache: bool = False,
+    ) -> Tensor:
+        q, k, v = (_heads(t, self.num_heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
+        q = apply_rotary(q, *rot, interleaved=self.interleaved)
+        k = apply_rotary(k, *rot, interleaved=self.interleaved)
+        if cache is not None and index is not None:
+            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
+            if attend_cache:
+                k, v = ck.to(q.dtype), cv.to(q.dtype)
+        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=mask is None)))
+        return x + self.ff(x)
+
+
+def _causal_mask(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None) -> Tensor:
+    """Boolean `(B|1, 1, Q, K)`: key allowed if at or before the query in the window and valid; a query always sees
+    itself (`q_index == k_index`), so padded rows stay finite and valid rows never see padding.
+
+    q_index `(Q,)` or `(B, Q)`, k_index `(K,)` or `(B, K)` window indices; k_valid `(B, K)` or None.
+    """
+    qi, ki = q_index.unsqueeze(-1), k_index.unsqueeze(-2)  # (..., Q, 1), (..., 1, K)
+    allowed = ki <= qi
+    if k_valid is not None:
+        allowed = (allowed & k_valid.unsqueeze(-2)) | (ki == qi)
+    if allowed.dim() == 2:
+        allowed = allowed.unsqueeze(0)
+    return allowed.unsqueeze(1)
+
+
+def _check_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        dtype = getattr(ids, "dtype", None)
+        raise ValueError(f"expected integer token ids of shape (B, L) as {name}, got {shape} ({dtype})")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"expected at least one token per row in {name} (B >= 1, L >= 1), got {tuple(ids.shape)}")
+    if not torch.compiler.is_compiling() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"expected token ids in [0, {vocab_size}) (vocab_size), got ids in [{int(ids.min())}, {int(ids.max())}]"
+        )
+
+
+def _check_mask(mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+    if mask is None:
+        return None
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"expected attention_mask of shape {shape} (as input_ids), got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+@register_model_type
+class PerceiverAR(PretrainedMixin, nn.Module):
+    """Perceiver AR causal language model (see the module docstring).
+
+    `forward(input_ids (B, L), attention_mask (B, L), labels (B, L), num_latents=N)` -> `PerceiverAROutput` with
+    `.logits` `(B, N, V)` for the last N positions (the next token after each).
+    """
+
+    config_class = PerceiverARConfig
+    model_type = "perceiver-ar"
+
+    def __init__(self, config: PerceiverARConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.token_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model) if c.abs_pos_emb else None
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        self.cross_layers = nn.ModuleList(CrossLayer(c) for _ in range(c.num_cross_layers))
+        self.layers = nn.ModuleList(SelfLayer(c) for _ in range(c.num_layers))
+        self.norm = nn.LayerNorm(c.d_model) if c.final_norm else nn.Identity()
+        self.to_logits = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.init_weights()
+
+    def _inv_freq(self, device: torch.device | None = None) -> Tensor:
+        c = self.config
+        return rotary_inv_freq(rotary_dim(c.dim_head, c.rotary_fraction, c.rotary_dim), c.rotary_base, device)
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for Linear / Embedding weights (output projections scaled by 1 / sqrt(2 * layers), as
+        GPT-2), zero biases, unit LayerNorms; the rotary frequencies are recomputed (e.g. after a meta-device init)."""
+        std = self.config.init_std
+        depth = self.config.num_layers + self.config.num_cross_layers
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                scale = 1.0 / math.sqrt(2 * depth) if name.endswith(("to_out", "fc2")) else 1.0
+                nn.init.normal_(m.weight, std=std * scale)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.config.tie_embeddings:
+            self.to_logits.weight = self.token_emb.weight
+        self.inv_freq = self._inv_freq(self.inv_freq.device if self.inv_freq.device.type != "meta" else None)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of (distinct) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.to_logits
+
+    @classmethod
+    def from_perceiver_ar_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverAR:
+        """Build from perceiver-ar-pytorch's constructor keywords and its `state_dict()` (or the module itself)."""
+        from perceiver.interop.perceiver_ar_pytorch import from_perceiver_ar_pytorch
+
+        return from_perceiver_ar_pytorch(state_dict, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # forward
+
+    def _num_latents(self, length: int, num_latents: int | None) -> int:
+        c = self.config
+        if num_latents is None:
+            n = length - c.prefix_len if c.prefix_len is not None else c.num_latents
+            return max(1, min(n, length))
+        if isinstance(num_latents, bool) or not isinstance(num_latents, int) or num_latents < 1:
+            raise ValueError(f"num_latents must be a positive integer, got {num_latents!r}")
+        return min(num_latents, length)
+
+    def _rot(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos / sin `(1|B, 1, L, r)` for positions `(L,)` or `(B, L)`."""
+        angles = rotary_angles(positions, self.inv_freq.to(positions.device), self.config.rotary_interleaved)
+        angles = angles.unsqueeze(-3) if angles.dim() == 3 else angles[None, None]
+        return angles.cos(), angles.sin()
+
+    def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.token_emb(ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions.clamp(max=self.config.max_seq_len - 1))
+        return x
+
+    def forward_features(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        num_latents: int | None = None,
+        cache: PerceiverARCache | None = None,
+    ) -> Tensor:
+        """Latent states `(B, N, D)` (before the final norm) of the last N window positions.
+
+        input_ids `(B, L)`, L <= max_seq_len; attention_mask `(B, L)` True = token (left padding); num_latents: N
+        (default `config.num_latents`, at most L). With an empty `cache` the window is also written into it; with a
+        filled cache, input_ids `(B, K)` are K new tokens appended as K new latents.
+        """
+        c = self.config
+        _check_ids(input_ids, c.vocab_size)
+        b, length = input_ids.shape
+        mask = _check_mask(attention_mask, (b, length))
+        if cache is not None and cache.batch_size != b:
+            raise ValueError(f"expected a cache for batch size {b}, got a cache for batch size {cache.batch_size}")
+        if cache is not None and cache.prefilled:
+            return self._step(input_ids, mask, cache)
+        if length > c.max_seq_len:
+            raise ValueError(f"expected at most max_seq_len={c.max_seq_len} tokens, got {length}")
+        n = self._num_latents(length, num_latents)
+        p = length - n
+        window = torch.arange(length, device=input_ids.device)
+        positions = window if mask is None else (mask.long().cumsum(1) - 1).clamp(min=0)
+        x = self._embed(input_ids, positions)
+        prefix, x = x[:, :p], x[:, p:]
+        k_index, k_valid, k_positions = window, mask, positions
+        if self.training and c.prefix_dropout > 0 and p > 0 and cache is None:
+            keep = p - int(p * c.prefix_dropout)
+            kept = torch.rand(b, p, device=x.device).topk(keep, dim=1).indices.sort(dim=1).values  # (B, keep)
+            prefix = prefix.gather(1, kept.unsqueeze(-1).expand(-1, -1, prefix.shape[-1]))
+            k_index = torch.cat((kept, window[p:].expand(b, -1)), dim=1)
+            k_positions = positions.expand(b, -1).gather(1, k_index)
+            k_valid = None if mask is None else mask.gather(1, k_index)
+        q_positions = positions[..., p:]
+        q_rot, k_rot = self._rot(q_positions), self._rot(k_positions)
+        cross_mask = _causal_mask(window[p:], k_index, k_valid)
+        self_mask = None if mask is None else _causal_mask(window[p:], window[p:], mask[:, p:])
+        if cache is not None:
+            self._check_cache_room(cache, length, n)
+            cross_index, self_index = window, window[:n]
+        for i, layer in enumerate(self.cross_layers):
+            kv = None if cache is None else (cache.cross_k[i], cache.cross_v[i])
+            x = layer(x, prefix, q_rot, k_rot, cross_mask, kv, None if cache is None else cross_index)
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.self_k[i], cache.self_v[i])
+            x = layer(x, q_rot, self_mask, kv, None if cache is None else self_index)
+        if cache is not None:
+            valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if mask is None else mask
+            cache.cross_valid.zero_()[:, :length] = valid
+            cache.self_valid.zero_()[:, :n] = valid[:, p:]
+            cache.cross_len.fill_(length)
+            cache.self_len.fill_(n)
+            cache.next_position.copy_(valid.long().sum(1))
+            cache.prefilled = True
+        return x
+
+    def _check_cache_room(self, cache: PerceiverARCache, length: int, n: int) -> None:
+        if length > cache.window_capacity or n > cache.latent_capacity:
+            raise ValueError(
+                f"expected a window of at most {cache.window_capacity} tokens and {cache.latent_capacity} latents "
+                f"(cache capacity), got {length} tokens and {n} latents"
+            )
+
+    def _step(self, ids: Tensor, mask: Tensor | None, cache: PerceiverARCache) -> Tensor:
+        """Append K new tokens `(B, K)` to a filled cache as K new latents; returns their states `(B, K, D)`.
+
+        The caller keeps the cache within its capacity (`generate` does): writes past it fail in `index_copy_`.
+        """
+        b, k = ids.shape
+        step = torch.arange(k, device=ids.device)
+        valid = torch.ones(b, k, dtype=torch.bool, device=ids.device) if mask is None else mask
+        positions = cache.next_position.unsqueeze(1) + (valid.long().cumsum(1) - valid.long())  # (B, K)
+        x = self._embed(ids, positions)
+        rot = self._rot(positions)
+        cross_index, self_index = cache.cross_len + step, cache.self_len + step  # (K,)
+        cache.cross_valid.index_copy_(1, cross_index, valid)
+        cache.self_valid.index_copy_(1, self_index, valid)
+        slots_c = torch.arange(cache.window_capacity, device=ids.device)
+        slots_s = torch.arange(cache.latent_capacity, device=ids.device)
+        cross_mask = _causal_mask(cross_index, slots_c, cache.cross_valid)
+        self_mask = _causal_mask(self_index, slots_s, cache.self_valid)
+        for i, layer in enumerate(self.cross_layers):
+            x = layer(x, None, rot, rot, cross_mask, (cache.cross_k[i], cache.cross_v[i]), cross_index, True)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rot, self_mask, (cache.self_k[i], cache.self_v[i]), self_index, True)
+        cache.cross_len.add_(k)
+        cache.self_len.add_(k)
+        cache.next_position.add_(valid.long().sum(1))
+        return x
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Next-token logits `(B, N, V)` from latent states `(B, N, D)`."""
+        return self.to_logits(self.norm(features))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        num_latents: int | None = None,
+        cache: PerceiverARCache | None = None,
+    ) -> PerceiverAROutput:
+        """Next-token logits of the last N window positions.
+
+        Args:
+            input_ids: token ids `(B, L)`, L <= max_seq_len (with a filled `cache`: `(B, K)` new tokens).
+            attention_mask: `(B, L)` True / 1 = token, False / 0 = padding (left padding); None: all tokens.
+            labels: `(B, L)` target ids aligned with input_ids (usually input_ids itself), -100 = ignored; gives
+                `.loss`, the mean cross-entropy of predicting `labels[:, t + 1]` at each latent position t < L - 1.
+            num_latents: N (default `config.num_latents`, or L - prefix_len with `config.prefix_len`; at most L).
+            cache: a `PerceiverARCache` from `init_cache`: empty, it is filled with this window; filled, the tokens
+                are appended (see `generate`).
+        """
+        if labels is not None and cache is not None and cache.prefilled:
+            raise ValueError("expected no labels for a decoding step (a filled cache), got labels")
+        features = self.forward_features(input_ids, attention_mask, num_latents, cache)
+        logits = self.forward_head(features)
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"expected labels of shape {tuple(input_ids.shape)} (as input_ids), got {tuple(labels.shape)}"
+                )
+            n = logits.shape[1]
+            targets = labels[:, labels.shape[1] - n + 1 :]
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().long(), ignore_index=-100)
+        return PerceiverAROutput(logits, features, loss, cache)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # generation
+
+    def init_cache(
+        self,
+        batch_size: int,
+        max_latents: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PerceiverARCache:
+        """An empty cache for `batch_size` rows: `max_seq_len` window slots, `max_latents` latent slots (default
+        `max_seq_len`), on the model's device and dtype unless given."""
+        c = self.config
+        ref = self.to_logits.weight
+        device = ref.device if device is None else torch.device(device)
+        dtype = ref.dtype if dtype is None else dtype
+        m = c.max_seq_len if max_latents is None else max_latents
+        if batch_size < 1 or not 1 <= m <= c.max_seq_len:
+            raise ValueError(f"expected batch_size >= 1 and max_latents in [1, {c.max_seq_len}], got {batch_size}, {m}")
+        h, d = c.num_heads, c.dim_head
+
+        def buffers(count: int, slots: int) -> list[Tensor]:
+            return [torch.zeros(batch_size, h, slots, d, device=device, dtype=dtype) for _ in range(count)]
+
+        return PerceiverARCache(
+            cross_k=buffers(c.num_cross_layers, c.max_seq_len),
+            cross_v=buffers(c.num_cross_layers, c.max_seq_len),
+            self_k=buffers(c.num_layers, m),
+            self_v=buffers(c.num_layers, m),
+            cross_valid=torch.zeros(batch_size, c.max_seq_len, dtype=torch.bool, device=device),
+            self_valid=torch.zeros(batch_size, m, dtype=torch.bool, device=device),
+            cross_len=torch.zeros((), dtype=torch.long, device=device),
+            self_len=torch.zeros((), dtype=torch.long, device=device),
+            next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+        attention_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        num_latents: int | None = None,
+        max_latents: int | None = None,
+        pad_token_id: int = 0,
+    ) -> Tensor:
+        """Prompt + up to `max_new_tokens` new tokens `(B, L + T)` (greedy, or sampling with `do_sample`).
+
+        Args:
+            input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
+            attention_mask: `(B, L)` True = token, left padding only (rows end with their last token).
+            temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]).
+            eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
+            use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
+                give the same tokens.
+            generator: for sampling, e.g. `torch.Generator().manual_seed(0)`.
+            num_latents: latents N at the start and after every slide (default as `forward`).
+            max_latents: M, the latents may grow to M new tokens before the window slides (default min(W, 2N));
+                M = N slides at every token, as perceiver-ar-pytorch's wrapper.
+        """
+        c = self.config
+        _check_ids(input_ids, c.vocab_size)
+        b, length = input_ids.shape
+        if length > c.max_seq_len:
+            raise ValueError(
+                f"expected a prompt of at most max_seq_len={c.max_seq_len} tokens, got {length} "
+                f"(truncate it, e.g. input_ids[:, -{c.max_seq_len}:])"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"expected max_new_tokens >= 0 (an int), got {max_new_tokens!r}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"expected top_p in (0, 1], got {top_p}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"expected top_k >= 1 (an int), got {top_k!r}")
+        if do_sample and not temperature > 0:
+            raise ValueError(f"expected temperature > 0 for sampling, got {temperature}")
+        for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+            if value is not None and not 0 <= value < c.vocab_size:
+                raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
+        mask = _check_mask(attention_mask, (b, length))
+        if mask is not None:
+            if bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
+                raise ValueError(
+                    "expected a left-padded attention_mask (each row: False..., then True...), got another"
+                )
+        base = self._num_latents(c.max_seq_len, num_latents)  # N at a full window
+        m = min(c.max_seq_len, 2 * base) if max_latents is None else max_latents
+        if not base <= m <= c.max_seq_len:
+            raise ValueError(f"expected max_latents in [num_latents={base}, max_seq_len={c.max_seq_len}], got {m}")
+        keep = max(1, c.max_seq_len - (m - base))  # window length after a slide
+
+        ids = input_ids
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        start, n, cache, refresh = 0, 0, None, True
+        for _ in range(max_new_tokens):
+            total = ids.shape[1]
+            if refresh:
+                start = max(start, total - keep) if total - start > c.max_seq_len or n > m else start
+                window, wmask = ids[:, start:], mask[:, start:]
+                n = self._num_latents(window.shape[1], num_latents)
+                if use_cache:
+                    cache = self.init_cache(b, m)
+                    logits = self(window, wmask, num_latents=n, cache=cache).logits[:, -1]
+                else:
+                    logits = self(window, wmask, num_latents=n).logits[:, -1]
+            elif use_cache:
+                logits = self(ids[:, -1:], cache=cache).logits[:, -1]
+            else:
+                logits = self(ids[:, start:], mask[:, start:], num_latents=n).logits[:, -1]
+            token = _next_token(logits.float(), do_sample, temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, pad_token_id), token)
+                done = done | (token == eos_token_id)
+            ids = torch.cat((ids, token.unsqueeze(1)), dim=1)
+            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+            n += 1
+            refresh = ids.shape[1] - start > c.max_seq_len or n > m
+            if eos_token_id is not None and bool(done.all()):
+                break
+        return ids
+
+
+def _next_token(
+    logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator: Any
+) -> Tensor:
+    """One token per row `(B,)` from logits `(B, V)`: argmax, or a sample after temperature / top-k / top-p."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def _build(**overrides: Any) -> PerceiverAR:
+    return PerceiverAR(config_from_dict(PerceiverARConfig, overrides))
+
+
+@register_model("perceiver-ar")
+def perceiver_ar(**overrides: Any) -> PerceiverAR:
+    """Byte-level Perceiver AR: 4096-token window, 1024 latents, width 512, 8 heads, 1 cross + 8 self layers."""
+    return _build(**overrides)
+
+
+@register_model("perceiver-ar-tiny")
+def perceiver_ar_tiny(**overrides: Any) -> PerceiverAR:
+    """A small byte-level Perceiver AR for tests and CPU training: window 512, 128 latents, width 128, 4 heads,
+    1 cross + 3 self layers."""
+    defaults = dict(max_seq_len=512, num_latents=128, d_model=128, num_heads=4, num_layers=3)
+    return _build(**{**defaults, **overrides})
