@@ -9,6 +9,12 @@ Weight sharing covers the published variants:
   one set (`share_cross_attends=True, share_latent_blocks="after_first"`);
 - Perceiver IO (DeepMind / HF): one cross-attend, a latent block of k layers applied `num_blocks` times.
 Shared modules are the same Python objects, so their parameters are counted and updated once.
+
+Options of perceiver-pytorch (default off): `inverted_cross_attention` (a bool or one per cross-attend) and attention
+residuals (`perceiver.nn.residual`), a learned depth-wise mix of the earlier outputs that replaces the latents after
+every cross-attend step (`attn_residual="cross_attend"`, the classic Perceiver: the history starts with the initial
+latents) or after every latent self-attention layer (`"self_attend"`, PerceiverIO: the history restarts with each
+cross-attend's output). Residual modules are shared as the blocks they follow are.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer, reassociation_saves
+from perceiver.nn.residual import AttentionResidual
 
 LatentSharing = Literal["all", "after_first", "none"]
+ResidualMode = Literal["none", "cross_attend", "self_attend"]
 
 
 @dataclass
@@ -52,6 +60,20 @@ class EncoderConfig:
     share_latent_blocks: LatentSharing = "all"
     latent_init_std: float = 0.02
     reassociate_cross_attention: bool | None = None
+    inverted_cross_attention: bool | tuple[bool, ...] = False
+    attn_residual: ResidualMode = "none"
+    attn_residual_rank: int = 64
+    attn_residual_norm: bool = True
+
+    def inverted_steps(self) -> tuple[bool, ...]:
+        """`inverted_cross_attention` as one bool per cross-attend."""
+        inv = self.inverted_cross_attention
+        steps = (bool(inv),) * self.num_cross_attends if isinstance(inv, bool) else tuple(bool(v) for v in inv)
+        if len(steps) != self.num_cross_attends:
+            raise ValueError(
+                f"inverted_cross_attention needs one bool per cross-attend ({self.num_cross_attends}), got {inv!r}"
+            )
+        return steps
 
 
 def resolve_reassociation(c: EncoderConfig) -> bool:
@@ -80,6 +102,9 @@ class PerceiverEncoder(nn.Module):
             raise ValueError(
                 f"share_latent_blocks must be 'all', 'after_first' or 'none', got {c.share_latent_blocks!r}"
             )
+        if c.attn_residual not in ("none", "cross_attend", "self_attend"):
+            raise ValueError(f"attn_residual must be 'none', 'cross_attend' or 'self_attend', got {c.attn_residual!r}")
+        self.inverted = c.inverted_steps()
         self.config = c
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.latent_dim))
         nn.init.trunc_normal_(self.latents, std=c.latent_init_std, a=-2 * c.latent_init_std, b=2 * c.latent_init_std)
@@ -96,6 +121,21 @@ class PerceiverEncoder(nn.Module):
         self.latent_blocks = nn.ModuleList(
             nn.ModuleList(self._self_layer() for _ in range(c.num_self_attends_per_block))
             for _ in range(max(self.latent_index) + 1)
+        )
+        # Attention residuals: which unique module follows each step (cross_attend) or latent layer (self_attend).
+        k = c.num_self_attends_per_block
+        if c.attn_residual == "cross_attend":
+            self.residual_index = list(self.latent_index)
+        elif c.attn_residual == "self_attend":
+            self.residual_index = [
+                li * k + j for li in self.latent_index for _ in range(c.num_blocks) for j in range(k)
+            ]
+        else:
+            self.residual_index = []
+        unique = sorted(set(self.residual_index))
+        self.residual_index = [unique.index(r) for r in self.residual_index]
+        self.residuals = nn.ModuleList(
+            AttentionResidual(c.latent_dim, c.attn_residual_rank, c.attn_residual_norm) for _ in unique
         )
 
     def _cross_layer(self) -> CrossAttentionLayer:
@@ -142,15 +182,26 @@ class PerceiverEncoder(nn.Module):
         x = self.latents.expand(inputs.shape[0], -1, -1)
         maps: list[Tensor] = []
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for ci, li in zip(self.cross_index, self.latent_index):
+        mode = self.config.attn_residual
+        history = [x]  # outputs mixed by the attention residuals
+        residual = iter(self.residual_index)
+        for ci, li, inverted in zip(self.cross_index, self.latent_index, self.inverted):
             cross = self.cross_attends[ci]
             if checkpointing and not return_attention:
-                x, probs = checkpoint(cross, x, inputs, mask, use_reentrant=False)
+                x, probs = checkpoint(cross, x, inputs, mask, False, inverted, use_reentrant=False)
             else:
-                x, probs = cross(x, inputs, mask, return_attention)
+                x, probs = cross(x, inputs, mask, return_attention, inverted)
             if probs is not None:
                 maps.append(probs)
+            if mode == "self_attend":
+                history = [x]
             for _ in range(self.config.num_blocks):
                 for layer in self.latent_blocks[li]:
                     x = checkpoint(layer, x, use_reentrant=False) if checkpointing else layer(x)
+                    if mode == "self_attend":
+                        history.append(x)
+                        x = self.residuals[next(residual)](history)
+            if mode == "cross_attend":
+                history.append(x)
+                x = self.residuals[next(residual)](history)
         return (x, maps) if return_attention else x

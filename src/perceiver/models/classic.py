@@ -4,8 +4,11 @@
 
 Fourier features follow perceiver-pytorch (`[sin | cos | x]` per axis, bands up to `max_freq / 2`); the feed-forward
 is GEGLU and q / kv projections have no bias, so a perceiver-pytorch `state_dict` loads as is
-(`Perceiver.from_perceiver_pytorch`). `depth` cross-attends, each followed by `self_per_cross_attn` latent
-self-attention layers; `weight_tie_layers` shares everything after the first cross-attend and its latent block.
+(`Perceiver.from_perceiver_pytorch`, every layout from 0.8 to 0.11). `depth` cross-attends, each followed by
+`self_per_cross_attn` latent self-attention layers; `weight_tie_layers` shares everything after the first cross-attend
+and its latent block. perceiver-pytorch's later options are ours too (default off): `inverted_cross_attn` (0.9, a bool
+or one per cross-attend) and `attn_residual` / `attn_residual_rank` (0.10; `attn_residual_norm=False` is 0.10.0's
+residual without the RMSNorm that 0.10.1 added).
 """
 
 from __future__ import annotations
@@ -45,8 +48,14 @@ class PerceiverConfig:
     fourier_encode_data: bool = True
     self_per_cross_attn: int = 1
     final_classifier_head: bool = True
+    inverted_cross_attn: bool | tuple[bool, ...] = False
+    attn_residual: bool = False
+    attn_residual_rank: int = 64
+    attn_residual_norm: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.inverted_cross_attn, list):  # from config.json
+            self.inverted_cross_attn = tuple(self.inverted_cross_attn)
         positive = ("input_channels", "input_axis", "depth", "num_latents", "latent_dim", "cross_heads")
         positive += ("latent_heads", "cross_dim_head", "latent_dim_head", "num_classes")
         for name in positive:
@@ -63,6 +72,13 @@ class PerceiverConfig:
         for name in ("attn_dropout", "ff_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        inv = self.inverted_cross_attn
+        if not isinstance(inv, bool) and (
+            not isinstance(inv, tuple) or len(inv) != self.depth or not all(isinstance(v, bool) for v in inv)
+        ):
+            raise ValueError(f"inverted_cross_attn must be a bool or {self.depth} bools (depth), got {inv!r}")
+        if self.attn_residual and (not isinstance(self.attn_residual_rank, int) or self.attn_residual_rank < 1):
+            raise ValueError(f"attn_residual_rank must be a positive integer, got {self.attn_residual_rank!r}")
 
     @property
     def fourier_channels(self) -> int:
@@ -91,6 +107,10 @@ class PerceiverConfig:
             share_cross_attends=self.weight_tie_layers,
             share_latent_blocks="after_first" if self.weight_tie_layers else "none",
             latent_init_std=1.0,  # perceiver-pytorch draws latents from N(0, 1)
+            inverted_cross_attention=self.inverted_cross_attn,
+            attn_residual="cross_attend" if self.attn_residual else "none",
+            attn_residual_rank=self.attn_residual_rank,
+            attn_residual_norm=self.attn_residual_norm,
         )
 
 
@@ -140,6 +160,10 @@ class Perceiver(PretrainedMixin, nn.Module):
         fourier_encode_data: bool = True,
         self_per_cross_attn: int = 1,
         final_classifier_head: bool = True,
+        inverted_cross_attn: bool | tuple[bool, ...] = False,
+        attn_residual: bool = False,
+        attn_residual_rank: int = 64,
+        attn_residual_norm: bool = True,
     ) -> None:
         super().__init__()
         self.config = config = PerceiverConfig(**{k: v for k, v in locals().items() if k in _CONFIG_FIELDS})
@@ -157,7 +181,11 @@ class Perceiver(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_perceiver_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> Perceiver:
-        """Build from perceiver-pytorch's constructor keywords and its `state_dict()` (or the module itself)."""
+        """Build from perceiver-pytorch's constructor keywords and its `state_dict()` (or the module itself).
+
+        Every state-dict layout from 0.8 to 0.11 is recognised from its keys (`layers.{i}.0` before 0.11,
+        `layers.{i}.cross_attn` since); attention residuals and their rank and norm are read from the keys too.
+        """
         from perceiver.interop.perceiver_pytorch import from_perceiver_pytorch
 
         return from_perceiver_pytorch(state_dict, **kwargs)

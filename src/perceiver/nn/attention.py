@@ -65,6 +65,11 @@ class MultiHeadAttention(nn.Module):
         out_bias: bias on the output projection.
         dropout: dropout on the attention probabilities (training only).
         reassociate: compute in reassociated form (see below); fixed at construction.
+        inverted: inverted attention (slot attention, perceiver-pytorch's `inverted_cross_attn`): softmax over the
+            queries, masked keys zeroed, then each query's weights renormalised to sum 1 over the keys; the
+            standard (non-reassociated) form is used.
+        queries_contribute_kv: the queries join the keys/values, `[x_q, x_kv]` (the Flamingo resampler,
+            perceiver-pytorch's `queries_contribute_kv`); needs `kv_dim == q_dim`; maps are then `(B, H, N, N + M)`.
 
     Reassociated form: per head, `q_h K_h^T = (q_h W_k,h) [X, 1]^T` and `P_h V_h = (P_h [X, 1]) [W_v,h, b_v,h]^T`,
     where `X` `(B, M, Ckv)` is the key/value input and the biases ride along as a channel of ones. Attending with the
@@ -86,9 +91,13 @@ class MultiHeadAttention(nn.Module):
         out_bias: bool = True,
         dropout: float = 0.0,
         reassociate: bool = False,
+        inverted: bool = False,
+        queries_contribute_kv: bool = False,
     ) -> None:
         super().__init__()
         kv_dim = q_dim if kv_dim is None else kv_dim
+        if queries_contribute_kv and kv_dim != q_dim:
+            raise ValueError(f"queries_contribute_kv needs kv_dim == q_dim, got kv_dim={kv_dim}, q_dim={q_dim}")
         qk_channels = q_dim if qk_channels is None else qk_channels
         v_channels = qk_channels if v_channels is None else v_channels
         out_dim = q_dim if out_dim is None else out_dim
@@ -100,6 +109,8 @@ class MultiHeadAttention(nn.Module):
         self.v_channels = v_channels
         self.dropout = dropout
         self.reassociate = bool(reassociate)
+        self.inverted = bool(inverted)
+        self.queries_contribute_kv = bool(queries_contribute_kv)
         self.q_proj = nn.Linear(q_dim, qk_channels, bias=qkv_bias)
         self.k_proj = nn.Linear(kv_dim, qk_channels, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_dim, v_channels, bias=qkv_bias)
@@ -115,13 +126,20 @@ class MultiHeadAttention(nn.Module):
         x_kv: Tensor | None = None,
         kv_mask: Tensor | None = None,
         return_attention: bool = False,
+        inverted: bool | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `x_q` `(B, N, Cq)` to `x_kv` `(B, M, Ckv)` (self-attention when None).
+
+        `inverted` overrides the constructor's choice for this call (a Python bool, so compiled graphs stay static).
 
         `kv_mask` `(B, M)` is boolean, True = valid. A query row without any valid key returns zeros (never NaN), and
         values at masked-out keys never reach the output. Returns the output `(B, N, out_dim)` and, if
         `return_attention`, the probabilities `(B, H, N, M)` (else None).
         """
+        if x_kv is not None and self.queries_contribute_kv:
+            x_kv = torch.cat([x_q, x_kv], dim=1)
+            if kv_mask is not None:
+                kv_mask = torch.cat([kv_mask.new_ones(kv_mask.shape[0], x_q.shape[1]), kv_mask], dim=1)
         x_kv = x_q if x_kv is None else x_kv
         attn_mask = has_valid = None
         if kv_mask is not None:
@@ -130,15 +148,19 @@ class MultiHeadAttention(nn.Module):
             attn_mask = (kv_mask | ~has_valid[:, None])[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         probs = None
+        inverted = self.inverted if inverted is None else inverted
         q = self._heads(self.q_proj(x_q))
-        if self.reassociate and not return_attention:
+        if self.reassociate and not return_attention and not inverted:
             out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout)
         else:
             if kv_mask is not None:
                 x_kv = x_kv.masked_fill(~kv_mask[..., None], 0.0)  # NaN / inf at masked keys must not leak via 0 * v
             k = self._heads(self.k_proj(x_kv))
             v = self._heads(self.v_proj(x_kv))
-            if return_attention:
+            if inverted:
+                out, probs = inverted_attention(q, k, v, attn_mask, dropout)
+                probs = probs if return_attention else None
+            elif return_attention:
                 out, probs = attention_with_probs(q, k, v, attn_mask, dropout)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
@@ -189,6 +211,22 @@ def attention_with_probs(
     return dropped @ v, probs
 
 
+def inverted_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """Inverted attention (slot attention; perceiver-pytorch's `inverted_cross_attn`): the softmax runs over the
+    queries, masked keys get weight 0 and each query's weights are L1-renormalised over the keys (`eps` as the peer).
+    `(B, H, N, d)`, `(B, H, M, d)`, `(B, H, M, dv)`, mask `(B, 1, 1, M)` -> `(B, H, N, dv)`, `(B, H, N, M)`."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32)) * scale
+    probs = scores.softmax(dim=-2)
+    if attn_mask is not None:
+        probs = probs.masked_fill(~attn_mask, 0.0)
+    probs = (probs / probs.sum(dim=-1, keepdim=True).clamp_min(eps)).to(q.dtype)
+    dropped = F.dropout(probs, dropout) if dropout > 0 else probs
+    return dropped @ v, probs
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: `dim -> widening_factor * dim -> dim` with GELU, or GEGLU gating.
 
@@ -226,7 +264,8 @@ class CrossAttentionLayer(nn.Module):
 
     Queries `(B, N, q_dim)` attend to `(B, M, kv_dim)`; the output has the queries' shape. With
     `use_query_residual=False` the first residual is dropped (DeepMind's decoders, where queries are only positions).
-    `reassociate` is passed to the attention (see `MultiHeadAttention`).
+    `reassociate`, `inverted` and `queries_contribute_kv` are passed to the attention (see `MultiHeadAttention`);
+    with `queries_contribute_kv` the normalised queries join the normalised keys/values.
     """
 
     def __init__(
@@ -243,6 +282,8 @@ class CrossAttentionLayer(nn.Module):
         ff_dropout: float = 0.0,
         use_query_residual: bool = True,
         reassociate: bool = False,
+        inverted: bool = False,
+        queries_contribute_kv: bool = False,
     ) -> None:
         super().__init__()
         self.use_query_residual = use_query_residual
@@ -258,15 +299,24 @@ class CrossAttentionLayer(nn.Module):
             qkv_bias=qkv_bias,
             dropout=attn_dropout,
             reassociate=reassociate,
+            inverted=inverted,
+            queries_contribute_kv=queries_contribute_kv,
         )
         self.mlp_norm = nn.LayerNorm(q_dim)
         self.mlp = MLP(q_dim, widening_factor, activation, ff_dropout)
 
     def forward(
-        self, x: Tensor, kv: Tensor, kv_mask: Tensor | None = None, return_attention: bool = False
+        self,
+        x: Tensor,
+        kv: Tensor,
+        kv_mask: Tensor | None = None,
+        return_attention: bool = False,
+        inverted: bool | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None."""
-        h, probs = self.attention(self.q_norm(x), self.kv_norm(kv), kv_mask, return_attention)
+        """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None.
+
+        `inverted` (a Python bool or None for the constructor's) selects inverted attention for this call."""
+        h, probs = self.attention(self.q_norm(x), self.kv_norm(kv), kv_mask, return_attention, inverted)
         if self.use_query_residual:
             h = h + x
         return h + self.mlp(self.mlp_norm(h)), probs

@@ -1,0 +1,308 @@
+"""perceiver-pytorch's (lucidrains) `PerceiverIO`, `PerceiverLM` and `PerceiverBlock`, built from our parts.
+
+    data (B, M, dim) --[seq dropout]--> PerceiverEncoder (1 cross-attend, `depth` latent layers) --> (B, N, D)
+    queries (B, O, E) or (O, E) --LN, cross-attend to LN(latents) [+ GEGLU ff]--> (B, O, E) --Linear--> (B, O, F)
+
+The decoder cross-attention has no query residual (as the peer), `decoder_ff` adds a residual GEGLU feed-forward;
+`weight_tie_layers` shares all `depth` latent layers; `seq_dropout_prob` drops that fraction of the input tokens in
+training (Perceiver AR's structured dropout, with the peer's random draw so seeded runs agree); `attn_residual` mixes
+the outputs of the latent layers (`perceiver.nn.residual`); `inverted_cross_attn` inverts the encoder cross-attend.
+State dicts of every perceiver-pytorch version load with `from_perceiver_pytorch` (see
+`perceiver.interop.perceiver_pytorch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.hub import PretrainedMixin
+from perceiver.models.registry import register_model_type
+from perceiver.nn.attention import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
+
+
+def dropout_seq(seq: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:
+    """Keep a random `1 - prob` of the tokens of `seq` `(B, M, C)` (valid ones first), as perceiver-pytorch.
+
+    Returns `(B, K, C)` with `K = max(1, int((1 - prob) * M))` and the mask `(B, K)` (None when `mask` is None); with
+    a mask, each sample keeps `ceil(valid * (1 - prob))` valid tokens. The draw is `torch.randn(B, M)`, the peer's.
+    """
+    b, n = seq.shape[:2]
+    logits = torch.randn(b, n, device=seq.device)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -torch.finfo(logits.dtype).max)
+    keep_prob = 1.0 - prob
+    num_keep = max(1, int(keep_prob * n))
+    keep = logits.topk(num_keep, dim=1).indices
+    rows = torch.arange(b, device=seq.device)[:, None]
+    seq = seq[rows, keep]
+    if mask is not None:
+        keep_counts = torch.ceil(mask.sum(dim=-1) * keep_prob).int()
+        mask = mask[rows, keep] & (torch.arange(num_keep, device=seq.device) < keep_counts[:, None])
+    return seq, mask
+
+
+class QueryDecoder(nn.Module):
+    """`LN(queries)` `(B, O, E)` cross-attend to `LN(latents)` `(B, N, D)` (no query residual), then an optional
+    residual GEGLU feed-forward and a Linear to `output_dim` -> `(B, O, F)`."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        latent_dim: int,
+        num_heads: int,
+        dim_head: int,
+        output_dim: int | None,
+        feed_forward: bool = False,
+    ) -> None:
+        super().__init__()
+        self.q_norm = nn.LayerNorm(query_dim)
+        self.kv_norm = nn.LayerNorm(latent_dim)
+        inner = num_heads * dim_head
+        self.attention = MultiHeadAttention(query_dim, latent_dim, num_heads, inner, inner, query_dim, qkv_bias=False)
+        self.mlp_norm = nn.LayerNorm(query_dim) if feed_forward else None
+        self.mlp = MLP(query_dim, 4, "geglu") if feed_forward else None
+        self.to_logits = nn.Linear(query_dim, output_dim) if output_dim is not None else nn.Identity()
+
+    def forward(self, queries: Tensor, latents: Tensor) -> Tensor:
+        """`queries` `(B, O, E)`, `latents` `(B, N, D)` -> `(B, O, F)`."""
+        h = self.attention(self.q_norm(queries), self.kv_norm(latents))[0]
+        if self.mlp is not None:
+            h = h + self.mlp(self.mlp_norm(h))
+        return self.to_logits(h)
+
+
+@dataclass
+class LucidrainsIOConfig:
+    """perceiver-pytorch `PerceiverIO`'s constructor keywords (and its defaults); `attn_residual_norm=False` is the
+    0.10.0 residual without RMSNorm."""
+
+    depth: int = 6
+    dim: int = 32
+    queries_dim: int = 32
+    logits_dim: int | None = None
+    num_latents: int = 512
+    latent_dim: int = 512
+    cross_heads: int = 1
+    latent_heads: int = 8
+    cross_dim_head: int = 64
+    latent_dim_head: int = 64
+    weight_tie_layers: bool = False
+    decoder_ff: bool = False
+    seq_dropout_prob: float = 0.0
+    attn_residual: bool = False
+    attn_residual_rank: int = 64
+    attn_residual_norm: bool = True
+    inverted_cross_attn: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "dim", "queries_dim", "num_latents", "latent_dim", "cross_heads", "latent_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.seq_dropout_prob < 1.0:
+            raise ValueError(f"seq_dropout_prob must be in [0, 1), got {self.seq_dropout_prob}")
+
+    def encoder_config(self) -> EncoderConfig:
+        tied = self.weight_tie_layers
+        return EncoderConfig(
+            input_dim=self.dim,
+            num_latents=self.num_latents,
+            latent_dim=self.latent_dim,
+            num_cross_attends=1,
+            num_self_attends_per_block=1 if tied else self.depth,
+            num_blocks=self.depth if tied else 1,
+            cross_heads=self.cross_heads,
+            latent_heads=self.latent_heads,
+            cross_qk_channels=self.cross_heads * self.cross_dim_head,
+            cross_v_channels=self.cross_heads * self.cross_dim_head,
+            latent_qk_channels=self.latent_heads * self.latent_dim_head,
+            latent_v_channels=self.latent_heads * self.latent_dim_head,
+            cross_widening_factor=4,
+            latent_widening_factor=4,
+            activation="geglu",
+            qkv_bias=False,
+            share_latent_blocks="all",
+            latent_init_std=1.0,
+            inverted_cross_attention=self.inverted_cross_attn,
+            attn_residual="self_attend" if self.attn_residual else "none",
+            attn_residual_rank=self.attn_residual_rank,
+            attn_residual_norm=self.attn_residual_norm,
+        )
+
+
+_IO_FIELDS = {f.name for f in fields(LucidrainsIOConfig)}
+
+
+@register_model_type
+class LucidrainsPerceiverIO(PretrainedMixin, nn.Module):
+    """perceiver-pytorch's `PerceiverIO`: `model(data (B, M, dim), mask (B, M), queries (B, O, E) | (O, E))`.
+
+    Without queries it returns the latents `(B, N, latent_dim)`, with them `(B, O, logits_dim or E)`.
+    """
+
+    config_class = LucidrainsIOConfig
+    model_type = "lucidrains-perceiver-io"
+
+    def __init__(self, config: LucidrainsIOConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = LucidrainsIOConfig(**{k: v for k, v in kwargs.items() if k in _IO_FIELDS})
+            unknown = sorted(set(kwargs) - _IO_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown PerceiverIO keywords {unknown}; expected a subset of {sorted(_IO_FIELDS)}")
+        self.config = c = config
+        self.encoder = PerceiverEncoder(c.encoder_config())
+        self.decoder = QueryDecoder(
+            c.queries_dim, c.latent_dim, c.cross_heads, c.cross_dim_head, c.logits_dim, c.decoder_ff
+        )
+
+    @classmethod
+    def from_perceiver_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverIO:
+        """From a perceiver-pytorch `PerceiverIO(**kwargs)` state dict of any version 0.8 - 0.11."""
+        from perceiver.interop.perceiver_pytorch import from_perceiver_pytorch_io
+
+        return from_perceiver_pytorch_io(state_dict, **kwargs)
+
+    def forward_features(self, data: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`data` `(B, M, dim)`, `mask` `(B, M)` -> latents `(B, N, latent_dim)`."""
+        if data.ndim != 3 or data.shape[-1] != self.config.dim:
+            raise ValueError(f"expected data of shape (B, M, {self.config.dim}), got {tuple(data.shape)}")
+        if self.training and self.config.seq_dropout_prob > 0.0:
+            data, mask = dropout_seq(data, mask, self.config.seq_dropout_prob)
+        return self.encoder(data, mask)
+
+    def forward_head(self, latents: Tensor, queries: Tensor) -> Tensor:
+        """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` -> `(B, O, F)`."""
+        if queries.ndim == 2:
+            queries = queries.expand(latents.shape[0], -1, -1)
+        return self.decoder(queries, latents)
+
+    def forward(self, data: Tensor, mask: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
+        latents = self.forward_features(data, mask)
+        return latents if queries is None else self.forward_head(latents, queries)
+
+
+@dataclass
+class LucidrainsLMConfig(LucidrainsIOConfig):
+    """perceiver-pytorch `PerceiverLM`: `num_tokens` ids, `max_seq_len` learned positions, `dim` embedding width."""
+
+    num_tokens: int = 256
+    max_seq_len: int = 512
+
+    def io_config(self) -> LucidrainsIOConfig:
+        io = {k: v for k, v in asdict(self).items() if k in _IO_FIELDS}
+        return LucidrainsIOConfig(**{**io, "queries_dim": self.dim, "logits_dim": self.num_tokens})
+
+
+@register_model_type
+class LucidrainsPerceiverLM(PretrainedMixin, nn.Module):
+    """perceiver-pytorch's `PerceiverLM`: token ids `(B, L)` -> logits `(B, L, num_tokens)`; the embedded inputs
+    (token + position embeddings) are both the encoder inputs and the decoder queries. With `labels` `(B, L)`
+    (-100 = ignore) it returns `(logits, loss)`."""
+
+    config_class = LucidrainsLMConfig
+    model_type = "lucidrains-perceiver-lm"
+
+    def __init__(self, config: LucidrainsLMConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = LucidrainsLMConfig(**{k: v for k, v in kwargs.items() if k not in ("queries_dim", "logits_dim")})
+        self.config = config
+        self.token_emb = nn.Embedding(config.num_tokens, config.dim)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.dim)
+        self.perceiver_io = LucidrainsPerceiverIO(config.io_config())
+
+    @classmethod
+    def from_perceiver_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverLM:
+        """From a perceiver-pytorch `PerceiverLM(**kwargs)` state dict of any version 0.8 - 0.11."""
+        from perceiver.interop.perceiver_pytorch import from_perceiver_pytorch_lm
+
+        return from_perceiver_pytorch_lm(state_dict, **kwargs)
+
+    def forward(
+        self, input_ids: Tensor, mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`input_ids` `(B, L)` with `L <= max_seq_len`, `mask` `(B, L)` -> logits `(B, L, num_tokens)`."""
+        if input_ids.ndim != 2 or input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"expected input_ids of shape (B, L) with L <= {self.config.max_seq_len}, got {tuple(input_ids.shape)}"
+            )
+        n = input_ids.shape[1]
+        x = self.token_emb(input_ids) + self.pos_emb(torch.arange(n, device=input_ids.device))[None]
+        logits = self.perceiver_io(x, mask=mask, queries=x)
+        if labels is None:
+            return logits
+        return logits, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+@dataclass
+class LucidrainsBlockConfig:
+    """perceiver-pytorch 0.11 `PerceiverBlock`'s keywords."""
+
+    dim: int = 512
+    context_dim: int | None = None
+    cross_heads: int = 1
+    latent_heads: int = 8
+    cross_dim_head: int = 64
+    latent_dim_head: int = 64
+    self_per_cross_attn: int = 1
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    has_cross_attn: bool = True
+    queries_contribute_kv: bool = False
+
+
+@register_model_type
+class LucidrainsPerceiverBlock(PretrainedMixin, nn.Module):
+    """perceiver-pytorch 0.11's `PerceiverBlock`: `x` `(B, N, dim)` cross-attends to `context` `(B, M, context_dim)`
+    (with `queries_contribute_kv`, to `[x, context]`, as the Flamingo resampler), then `self_per_cross_attn` latent
+    self-attention layers -> `(B, N, dim)`."""
+
+    config_class = LucidrainsBlockConfig
+    model_type = "lucidrains-perceiver-block"
+
+    def __init__(self, config: LucidrainsBlockConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = c = config if config is not None else LucidrainsBlockConfig(**kwargs)
+        context_dim = c.context_dim if c.context_dim is not None else c.dim
+        cross_inner, latent_inner = c.cross_heads * c.cross_dim_head, c.latent_heads * c.latent_dim_head
+        self.cross = (
+            CrossAttentionLayer(
+                c.dim,
+                context_dim,
+                c.cross_heads,
+                cross_inner,
+                cross_inner,
+                4,
+                "geglu",
+                qkv_bias=False,
+                attn_dropout=c.attn_dropout,
+                ff_dropout=c.ff_dropout,
+                queries_contribute_kv=c.queries_contribute_kv,
+            )
+            if c.has_cross_attn
+            else None
+        )
+        self.self_attns = nn.ModuleList(
+            SelfAttentionLayer(
+                c.dim, c.latent_heads, latent_inner, latent_inner, 4, "geglu", False, c.attn_dropout, c.ff_dropout
+            )
+            for _ in range(c.self_per_cross_attn)
+        )
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, inverted_attention: bool = False
+    ) -> Tensor:
+        """`x` `(B, N, dim)`, `context` `(B, M, context_dim)`, `mask` `(B, M)` -> `(B, N, dim)`."""
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("expected a context (B, M, context_dim) for the cross-attention, got None")
+            x = self.cross(x, context, mask, inverted=inverted_attention)[0]
+        for layer in self.self_attns:
+            x = layer(x)
+        return x
