@@ -600,11 +600,9 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             if value is not None and not 0 <= value < c.vocab_size:
                 raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
         mask = _check_mask(attention_mask, (b, length))
-        if mask is not None:
-            if bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
-                raise ValueError(
-                    "expected a left-padded attention_mask (each row: False..., then True...), got another"
-                )
+        left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
+        if not left_padded:
+            raise ValueError("expected a left-padded attention_mask (each row: False..., then True...), got another")
         base = self._num_latents(c.max_seq_len, num_latents)  # N at a full window
         m = min(c.max_seq_len, 2 * base) if max_latents is None else max_latents
         if not base <= m <= c.max_seq_len:

@@ -1,0 +1,280 @@
+"""PerceiverAR: causality, latents, prefix dropout, KV-cached generation (sliding window, left padding), bad input,
+save / load, compile and ONNX export."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import perceiver
+from perceiver import PerceiverAR
+from perceiver.models.ar import PerceiverARConfig
+
+V = 41
+
+
+def tiny(**overrides) -> PerceiverAR:
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=V, max_seq_len=24, num_latents=6, d_model=32, num_heads=2, num_layers=2)
+    model = PerceiverAR(PerceiverARConfig(**{**kwargs, **overrides})).eval()
+    with torch.no_grad():  # larger weights than the 0.02 init, so that tokens visibly change the outputs
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+def ids(b: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(6, V, (b, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["rotary", "rotary+abs"])
+def model(request) -> PerceiverAR:
+    return tiny(abs_pos_emb=request.param, num_cross_layers=2 if request.param else 1)
+
+
+def test_shapes_and_shifted_loss(model):
+    x = ids(2, 20)
+    out = model(x, labels=x)
+    assert out.logits.shape == (2, 6, V) and out.last_hidden_state.shape == (2, 6, 32)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, V), x[:, 15:].reshape(-1))
+    assert torch.allclose(out.loss, expected)
+    assert model(x, num_latents=9).logits.shape == (2, 9, V)
+    assert model(x[:, :4]).logits.shape == (2, 4, V)  # fewer tokens than latents: all positions are latents
+    labels = x.clone()
+    labels[:, -3:] = -100
+    masked = model(x, labels=labels).loss
+    assert torch.allclose(masked, F.cross_entropy(out.logits[:, :2].reshape(-1, V), x[:, 15:17].reshape(-1)))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_changing_a_future_token_never_changes_an_earlier_logit(model, padded):
+    x = ids(2, 20)
+    mask = None
+    if padded:
+        mask = torch.ones_like(x, dtype=torch.bool)
+        mask[1, :4] = False
+    base = model(x, mask, num_latents=10).logits  # latent i is window position 10 + i
+    for t in (3, 12, 16, 19):
+        y = x.clone()
+        y[:, t] = (y[:, t] + 7) % V
+        diff = (model(y, mask, num_latents=10).logits - base).abs().amax(-1)  # (B, 10)
+        positions = torch.arange(10, 20)
+        assert (diff[:, positions < t] == 0).all()
+        if padded and t < 4:  # a padding token of row 1 changes nothing in it
+            assert (diff[1] == 0).all() and (diff[0, positions >= t] > 0).all()
+        else:
+            assert (diff[:, positions >= t] > 0).all()  # ... and does change the later ones
+
+
+def test_left_padded_row_equals_the_row_alone(model):
+    x = ids(2, 18)
+    short = x[1, 5:]
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, :5] = False
+    batched = model(x, mask, num_latents=8).logits
+    alone = model(short[None], num_latents=8).logits
+    assert torch.allclose(batched[1], alone[0], atol=1e-5)
+    assert torch.isfinite(model(x, mask, num_latents=16).logits).all()  # padded latents stay finite
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny(abs_pos_emb=True, final_norm=True, cross_out_bias=True).train()
+    x = ids(2, 20)
+    model(x, labels=x).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_prefix_dropout_drops_that_fraction_of_prefix_positions_in_training_only():
+    model = tiny(prefix_dropout=0.5).train()
+    x = ids(3, 20)  # 14 prefix positions, 7 kept per row
+    grads = {}
+
+    def keep(module, args, output):
+        output.retain_grad()
+        grads["emb"] = output
+
+    model.token_emb.register_forward_hook(keep)
+    model(x, labels=x).loss.backward()
+    reached = grads["emb"].grad.abs().sum(-1) > 0  # (B, L): positions that took part
+    assert reached[:, :14].sum(1).tolist() == [7, 7, 7]
+    assert reached[:, 14:-1].all()  # (the last position predicts nothing with a target)
+    model.eval()
+    assert torch.equal(model(x).logits, model(x).logits)
+    assert torch.equal(model(x).logits, tiny()(x).logits)  # no dropout at eval
+
+
+def _schedule_reference(model, prompt, steps, num_latents, max_latents):
+    """The documented window schedule written out with full forwards (greedy)."""
+    w = model.config.max_seq_len
+    keep = w - (max_latents - num_latents)
+    out, start, n = prompt, 0, min(num_latents, prompt.shape[1])
+    for i in range(steps):
+        if i > 0:
+            n += 1
+            if out.shape[1] - start > w or n > max_latents:
+                start = max(start, out.shape[1] - keep)
+                n = min(num_latents, out.shape[1] - start)
+        logits = model(out[:, start:], num_latents=n).logits[:, -1]
+        out = torch.cat((out, logits.argmax(-1, keepdim=True)), 1)
+    return out
+
+
+@pytest.mark.parametrize("max_latents", [6, 11])
+def test_cached_greedy_equals_uncached_and_the_schedule_past_max_seq_len(model, max_latents):
+    prompt = ids(2, 10)
+    steps = 34  # the window (24) slides several times
+    cached = model.generate(prompt, steps, max_latents=max_latents)
+    uncached = model.generate(prompt, steps, max_latents=max_latents, use_cache=False)
+    assert cached.shape == (2, 44)
+    assert torch.equal(cached[:, :10], prompt)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, _schedule_reference(model, prompt, steps, 6, max_latents))
+
+
+def test_cached_sampling_equals_uncached_with_a_fixed_generator(model):
+    prompt = ids(3, 7)
+    kw = dict(do_sample=True, temperature=0.9, top_k=20, top_p=0.9)
+    a = model.generate(prompt, 16, generator=torch.Generator().manual_seed(1), **kw)
+    b = model.generate(prompt, 16, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    c = model.generate(prompt, 16, generator=torch.Generator().manual_seed(2), **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = model.generate(prompt, 10)
+    assert torch.equal(model.generate(prompt, 10, do_sample=True, top_k=1), greedy)
+    assert torch.equal(model.generate(prompt, 10, do_sample=True, top_p=1e-6), greedy)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(model, use_cache):
+    prompts = [ids(1, 9, seed=1)[0], ids(1, 4, seed=2)[0], ids(1, 1, seed=3)[0]]
+    batch = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        batch[i, 9 - len(p) :] = p
+        mask[i, 9 - len(p) :] = True
+    # equal while no window slides: 9 + 8 < 24 tokens, latents <= max_latents (rows slide together, see generate)
+    out = model.generate(batch, 8, attention_mask=mask, use_cache=use_cache, max_latents=24)
+    for i, p in enumerate(prompts):
+        alone = model.generate(p[None], 8, use_cache=use_cache, max_latents=24)
+        assert torch.equal(out[i, 9 - len(p) :], alone[0])
+
+
+def test_eos_stops_rows_and_pads_them(model):
+    prompt = ids(2, 5)
+    free = model.generate(prompt, 12)
+    eos = int(free[0, 7])
+    out = model.generate(prompt, 12, eos_token_id=eos, pad_token_id=0)
+    for row_free, row in zip(free, out):
+        hits = (row_free[5:] == eos).nonzero()
+        if len(hits):
+            cut = 5 + int(hits[0]) + 1
+            assert torch.equal(row[:cut], row_free[:cut]) and (row[cut:] == 0).all()
+    assert model.generate(prompt, 0).shape == (2, 5)
+
+
+def test_save_load_round_trip_and_presets(tmp_path, model):
+    model.save_pretrained(tmp_path / "ar")
+    loaded = perceiver.from_pretrained(tmp_path / "ar")
+    x = ids(2, 20)
+    assert isinstance(loaded, PerceiverAR) and torch.equal(loaded(x).logits, model(x).logits)
+    assert "perceiver-ar" in perceiver.list_models("perceiver-ar*")
+    small = perceiver.create_model("perceiver-ar-tiny", max_seq_len=64, num_latents=16)
+    assert small.config.vocab_size == 262 and small.num_parameters() > 0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m: m.generate(ids(1, 25), 1), "at most max_seq_len=24 tokens, got 25"),
+        (lambda m: m.generate(ids(1, 3) + V, 1), r"token ids in \[0, 41\)"),
+        (lambda m: m.generate(ids(1, 3) - 50, 1), r"token ids in \[0, 41\)"),
+        (lambda m: m(ids(1, 3) + V), r"token ids in \[0, 41\)"),
+        (lambda m: m.generate(torch.zeros(1, 0, dtype=torch.long), 1), "at least one token"),
+        (lambda m: m.generate(ids(1, 3).float(), 1), "integer token ids"),
+        (lambda m: m.generate(ids(1, 3), -1), "max_new_tokens >= 0"),
+        (lambda m: m.generate(ids(1, 3), 2, do_sample=True, top_p=0.0), r"top_p in \(0, 1\]"),
+        (lambda m: m.generate(ids(1, 3), 2, do_sample=True, top_p=1.5), r"top_p in \(0, 1\]"),
+        (lambda m: m.generate(ids(1, 3), 2, do_sample=True, temperature=0.0), "temperature > 0"),
+        (lambda m: m.generate(ids(1, 3), 2, top_k=0), "top_k >= 1"),
+        (lambda m: m.generate(ids(2, 3), 2, attention_mask=torch.tensor([[1, 0, 1], [1, 1, 1]])), "left-padded"),
+        (lambda m: m(ids(2, 3), torch.ones(2, 4)), r"attention_mask of shape \(2, 3\)"),
+        (lambda m: m(ids(2, 8), labels=ids(2, 7)), r"labels of shape \(2, 8\)"),
+        (lambda m: m(ids(2, 8), num_latents=0), "num_latents must be a positive integer"),
+        (lambda m: m.generate(ids(1, 3), 2, max_latents=3), r"max_latents in \[num_latents=6"),
+        (lambda m: m(ids(2, 1), cache=_filled_cache(m, 3)), "cache for batch size 2, got a cache for batch size 3"),
+        (lambda m: m(ids(1, 20), num_latents=10, cache=m.init_cache(1, 8)), "at most 24 tokens and 8 latents"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(model, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(model)
+
+
+def _filled_cache(model, b):
+    cache = model.init_cache(b, 12)
+    model(ids(b, 10), cache=cache)
+    return cache
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_latents must be <= max_seq_len"):
+        PerceiverARConfig(max_seq_len=8, num_latents=9)
+    with pytest.raises(ValueError, match="rotary dim"):
+        PerceiverARConfig(d_model=32, num_heads=2, rotary_dim=18)
+
+
+def test_forward_has_no_graph_breaks_and_a_compiled_decoding_step_matches_eager():
+    model = tiny(abs_pos_emb=True)
+    x = ids(2, 20)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, :3] = False
+    explained = torch._dynamo.explain(model)(x, mask)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    with torch.no_grad():
+        cache = model.init_cache(2, 12)
+        model(x, mask, cache=cache)
+        eager_cache = copy.deepcopy(cache)
+        step = torch.compile(model, fullgraph=True, dynamic=False)  # fullgraph: any graph break is an error
+        token = x[:, -1:]
+        for _ in range(3):  # the cache lengths are tensors: one graph for every step
+            got = step(token, cache=cache).logits
+            expected = model(token, cache=eager_cache).logits
+            assert torch.allclose(got, expected, atol=1e-5)
+            token = expected.argmax(-1)
+
+
+@pytest.mark.slow
+def test_compiled_forward_matches_eager():
+    model = tiny(abs_pos_emb=True)
+    x = ids(2, 20)
+    with torch.no_grad():
+        assert torch.allclose(torch.compile(model, fullgraph=True)(x).logits, model(x).logits, atol=1e-5)
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask).logits
+
+
+def test_onnx_export_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _Logits(tiny(abs_pos_emb=True)).eval()
+    x = ids(2, 20)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, :5] = False
+    torch.onnx.export(model, (x, mask), str(tmp_path / "ar.onnx"), dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "ar.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, (x.numpy(), mask.numpy()))))[0]
+    with torch.no_grad():
+        expected = model(x, mask).numpy()
+    assert abs(got - expected).max() <= 1e-4
