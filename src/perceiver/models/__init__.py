@@ -9,13 +9,18 @@ from perceiver.models.classifiers import (
     PerceiverForVideoClassification,
 )
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
+from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
 from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
+from perceiver.models.token_heads import PerceiverForQuestionAnswering, PerceiverForTokenClassification
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
 
 __all__ = [
     "ClassifierConfig",
     "ImageClassifierConfig",
+    "LucidrainsPerceiverBlock",
+    "LucidrainsPerceiverIO",
+    "LucidrainsPerceiverLM",
     "MultimodalAutoencodingConfig",
     "OpticalFlowConfig",
     "Perceiver",
@@ -28,6 +33,8 @@ __all__ = [
     "PerceiverForMultimodalAutoencoding",
     "PerceiverForOpticalFlow",
     "PerceiverForPointCloudClassification",
+    "PerceiverForQuestionAnswering",
     "PerceiverForSequenceClassification",
+    "PerceiverForTokenClassification",
     "PerceiverForVideoClassification",
 ]
