@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         from perceiver.training.inspect import plot_main
 
         return plot_main(argv[1:])
+    if argv and argv[0] == "generate":
+        from perceiver.training.generate import generate_main
+
+        return generate_main(argv[1:])
     if argv and argv[0] == "attention":
         from perceiver.training.inspect import attention_main
 

@@ -1,0 +1,88 @@
+"""Causal language modelling task (Perceiver AR, or any model with `model(input_ids, attention_mask, labels=...)`
+returning `.logits` `(B, N, V)` for the last N positions and `.loss`).
+
+Batches `{"input_ids" (B, L), "labels" (B, L), optional "attention_mask" (B, L)}` as `PydocARDataModule` gives
+them: labels aligned with the inputs (-100 = not scored), the model shifts them. Logs `loss` (nats per scored
+token) and `bpb`, bits per byte (= loss / ln 2 with byte tokens), weighted by the number of scored tokens, so an
+epoch value is the mean over all scored bytes; with a datamodule offering `unigram_bpb()` also `bpb_unigram`, the
+bits per byte of the training byte frequencies on the same bytes.
+
+`time_budget` (seconds) makes the warmup + cosine schedule run over wall-clock time instead of steps (pair it with
+`trainer.max_time`), so that models of different speed can be compared at equal training time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from perceiver.training.tasks import PerceiverTask, cosine_with_warmup, metric_dict
+
+__all__ = ["CausalLMTask"]
+
+
+class CausalLMTask(PerceiverTask):
+    """Next-token cross-entropy on the model's latent positions; logs `{stage}/bpb` (see the module docstring)."""
+
+    monitor = ("val/bpb", "min")
+    task_name = "causal-lm"
+
+    def __init__(self, *args: Any, time_budget: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.metrics = metric_dict("bpb")
+        self._unigram: dict[str, float] = {}
+        self._start: float | None = None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = super().configure_optimizers()
+        budget = self.hparams.time_budget
+        if not budget:
+            return config
+        hp, optimizer = self.hparams, config["optimizer"]
+        warmup = hp.warmup_steps if hp.warmup_steps < 1 else 0.05  # a fraction of the budget
+
+        def by_time(step: int) -> float:
+            if self._start is None:
+                self._start = time.monotonic()
+            elapsed = min(1.0, (time.monotonic() - self._start) / budget)
+            return cosine_with_warmup(int(elapsed * 10000), int(warmup * 10000), 10000, hp.min_lr_ratio)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, by_time)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _call_model(self, batch: dict[str, Tensor]) -> Any:
+        return self.model(batch["input_ids"], batch.get("attention_mask"), labels=batch["labels"])
+
+    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        out = self._call_model(batch)
+        labels = batch["labels"]
+        n = out.logits.shape[1]
+        count = int((labels[:, labels.shape[1] - n + 1 :] != -100).sum())
+        loss = out.loss
+        self._log_loss(stage, loss, max(count, 1))
+        if count:
+            self.metrics[f"{stage}_bpb"].update(loss.detach() / math.log(2), count)
+        self._log_metric(stage, "bpb")
+        return loss
+
+    def _log_unigram(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if hasattr(dm, "unigram_bpb"):
+            if stage not in self._unigram:
+                self._unigram[stage] = float(dm.unigram_bpb(stage))
+            self.log(f"{stage}/bpb_unigram", self._unigram[stage], sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_unigram("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_unigram("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        logits = self._call_model(batch).logits
+        return [{"next_token_ids": row.argmax(-1).tolist()} for row in logits]
