@@ -15,6 +15,7 @@ from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOu
 from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.ar import PerceiverAR
 from perceiver.models.registry import create_model, list_models, register_model
+from perceiver.models.resampler import PerceiverResampler
 from perceiver.pretrained import from_pretrained
 from perceiver.tokenizer import ByteTokenizer
 
@@ -37,6 +38,7 @@ __all__ = [
     "PerceiverEncoder",
     "PerceiverIO",
     "PerceiverIOOutput",
+    "PerceiverResampler",
     "QueryBuilder",
     "TrainableQueries",
     "__version__",

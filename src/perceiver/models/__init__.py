@@ -11,6 +11,7 @@ from perceiver.models.classifiers import (
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
 from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
+from perceiver.models.resampler import PerceiverResampler, PerceiverResamplerConfig
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
 from perceiver.models.token_heads import PerceiverForQuestionAnswering, PerceiverForTokenClassification
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
@@ -37,4 +38,6 @@ __all__ = [
     "PerceiverForSequenceClassification",
     "PerceiverForTokenClassification",
     "PerceiverForVideoClassification",
+    "PerceiverResampler",
+    "PerceiverResamplerConfig",
 ]

@@ -1,0 +1,111 @@
+"""Load Perceiver Resampler weights: flamingo-pytorch's `PerceiverResampler` and transformers'
+`Idefics2PerceiverResampler` (the Idefics2 connector's resampler).
+
+flamingo-pytorch: LayerNorm, GELU MLP, fused `to_kv`, per-time media embeddings: keys map one to one.
+Idefics2: RMSNorm (eps from its config), SwiGLU MLP (gate / up / down), separate k / v projections (concatenated
+into our `to_kv`), grouped-query attention, no media embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.hub import config_from_dict
+from perceiver.models.resampler import PerceiverResampler, PerceiverResamplerConfig
+
+_FLAMINGO_DEFAULTS = {"dim_head": 64, "heads": 8, "num_latents": 64, "num_media_embeds": 4, "ff_mult": 4}
+_FLAMINGO_TABLE = [
+    (r"layers\.(\d+)\.0\.(norm_media|norm_latents)\.(weight|bias)", "layers.{0}.attn.{1}.{2}"),
+    (r"layers\.(\d+)\.0\.(to_q|to_kv|to_out)\.weight", "layers.{0}.attn.{1}.weight"),
+    (r"layers\.(\d+)\.1\.0\.(weight|bias)", "layers.{0}.ff.norm.{1}"),
+    (r"layers\.(\d+)\.1\.1\.weight", "layers.{0}.ff.fc1.weight"),
+    (r"layers\.(\d+)\.1\.3\.weight", "layers.{0}.ff.fc2.weight"),
+    (r"(latents|media_pos_emb)", "{0}"),
+    (r"norm\.(weight|bias)", "norm.{0}"),
+]
+_IDEFICS2_TABLE = [
+    (r"layers\.(\d+)\.input_latents_norm\.weight", "layers.{0}.attn.norm_latents.weight"),
+    (r"layers\.(\d+)\.input_context_norm\.weight", "layers.{0}.attn.norm_media.weight"),
+    (r"layers\.(\d+)\.self_attn\.q_proj\.weight", "layers.{0}.attn.to_q.weight"),
+    (r"layers\.(\d+)\.self_attn\.o_proj\.weight", "layers.{0}.attn.to_out.weight"),
+    (r"layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{0}.ff.norm.weight"),
+    (r"layers\.(\d+)\.mlp\.gate_proj\.weight", "layers.{0}.ff.gate.weight"),
+    (r"layers\.(\d+)\.mlp\.up_proj\.weight", "layers.{0}.ff.fc1.weight"),
+    (r"layers\.(\d+)\.mlp\.down_proj\.weight", "layers.{0}.ff.fc2.weight"),
+    (r"(latents)", "{0}"),
+    (r"norm\.weight", "norm.weight"),
+]
+
+
+def _map(state_dict: dict[str, Tensor], table: list[tuple[str, str]], peer: str) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, target in table:
+            if m := re.fullmatch(pattern, key):
+                out[target.format(*m.groups())] = value
+                break
+        else:
+            raise ValueError(f"unexpected {peer} key {key!r}")
+    return out
+
+
+def _load(model: PerceiverResampler, weights: dict[str, Tensor]) -> PerceiverResampler:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"state_dict does not match the keywords: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
+    """Our resampler equal to flamingo-pytorch's `PerceiverResampler(**kwargs)` with `state_dict` (or the module)."""
+    if isinstance(state_dict, nn.Module):
+        state_dict = state_dict.state_dict()
+    missing = [k for k in ("dim", "depth") if k not in kwargs]
+    if missing:
+        raise ValueError(f"expected flamingo-pytorch keywords dim and depth, missing {missing}")
+    peer = {**_FLAMINGO_DEFAULTS, **kwargs}
+    config = config_from_dict(
+        PerceiverResamplerConfig,
+        {
+            "dim": peer.pop("dim"),
+            "depth": peer.pop("depth"),
+            "num_latents": peer.pop("num_latents"),
+            "num_heads": peer.pop("heads"),
+            "head_dim": peer.pop("dim_head"),
+            "num_media_embeds": peer.pop("num_media_embeds"),
+            "ff_mult": float(peer.pop("ff_mult")),
+            **peer,
+        },
+    )
+    return _load(PerceiverResampler(config), _map(state_dict, _FLAMINGO_TABLE, "flamingo-pytorch"))
+
+
+def from_idefics2(resampler: nn.Module) -> PerceiverResampler:
+    """Our resampler equal to transformers' `Idefics2PerceiverResampler` (`.config` and weights of the module)."""
+    c = resampler.config
+    if c.hidden_act != "silu":
+        raise ValueError(f"expected an Idefics2 resampler with hidden_act='silu', got {c.hidden_act!r}")
+    config = PerceiverResamplerConfig(
+        dim=c.hidden_size,
+        depth=c.resampler_depth,
+        num_latents=c.resampler_n_latents,
+        num_heads=c.resampler_n_heads,
+        head_dim=c.resampler_head_dim,
+        num_kv_heads=c.num_key_value_heads,
+        num_media_embeds=0,
+        ff_mult=4.0,
+        mlp="swiglu",
+        norm="rmsnorm",
+        norm_eps=c.rms_norm_eps,
+    )
+    state = dict(resampler.state_dict())
+    fused = {}
+    for i in range(c.resampler_depth):
+        k = state.pop(f"layers.{i}.self_attn.k_proj.weight")
+        v = state.pop(f"layers.{i}.self_attn.v_proj.weight")
+        fused[f"layers.{i}.attn.to_kv.weight"] = torch.cat((k, v), dim=0)
+    return _load(PerceiverResampler(config), {**_map(state, _IDEFICS2_TABLE, "Idefics2"), **fused})

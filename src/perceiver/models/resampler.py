@@ -1,0 +1,219 @@
+"""Perceiver Resampler (Flamingo, Alayrac et al. 2022, arXiv 2204.14198): a fixed number of learned latents read a
+variable number of media features, the bridge from a vision encoder to a language model.
+
+    media (B, T, M, D) (+ media time embedding (T, 1, D)) | (B, M, D)
+    latents (N, D) --[attention to concat(media, latents), FF] x depth (pre-norm, residual)--> final norm
+    --> (B, T, N, D) | (B, N, D)
+
+As Flamingo (and flamingo-pytorch) the keys / values of each layer are the normalised media *and* the latents, so
+latents also exchange information with each other. `media_mask` `(B, T, M)` / `(B, M)` (True = valid) removes
+padded media features; latents are always valid keys, so no row is empty.
+
+Two layouts: flamingo-pytorch's (LayerNorm, GELU MLP, per-time media embeddings; `PerceiverResampler.from_flamingo_pytorch`)
+and transformers' Idefics2 resampler (RMSNorm, SwiGLU MLP, grouped-query attention, no media embeddings:
+`norm="rmsnorm", mlp="swiglu", num_kv_heads=..., num_media_embeds=0`; `from_idefics2`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.models.registry import register_model, register_model_type
+
+
+@dataclass
+class PerceiverResamplerConfig:
+    """dim: width D of media and latents; depth: layers; num_latents: N; num_heads / head_dim: query heads;
+    num_kv_heads: key / value heads (None: num_heads; fewer = grouped-query attention); num_media_embeds: learned
+    time embeddings (T <= num_media_embeds; 0 = none); ff_mult: MLP hidden width / D; mlp: `"gelu"` (Linear, GELU,
+    Linear) or `"swiglu"` (down(silu(gate(x)) * up(x))); norm: `"layernorm"` or `"rmsnorm"` with `norm_eps`."""
+
+    dim: int = 1024
+    depth: int = 6
+    num_latents: int = 64
+    num_heads: int = 8
+    head_dim: int = 64
+    num_kv_heads: int | None = None
+    num_media_embeds: int = 4
+    ff_mult: float = 4.0
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "depth", "num_latents", "num_heads", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_media_embeds < 0:
+            raise ValueError(f"num_media_embeds must be >= 0, got {self.num_media_embeds}")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads, got {self.kv_heads}")
+        if self.mlp not in ("gelu", "swiglu") or self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(
+                f"expected mlp in (gelu, swiglu) and norm in (layernorm, rmsnorm), got {self.mlp}, {self.norm}"
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+
+def _norm(c: PerceiverResamplerConfig) -> nn.Module:
+    if c.norm == "rmsnorm":
+        return nn.RMSNorm(c.dim, eps=c.norm_eps)
+    return nn.LayerNorm(c.dim, eps=c.norm_eps)
+
+
+class ResamplerAttention(nn.Module):
+    """Latents `(B', N, D)` attend to `concat(norm_media(media) (B', M, D), norm_latents(latents))`."""
+
+    def __init__(self, c: PerceiverResamplerConfig) -> None:
+        super().__init__()
+        self.num_heads, self.kv_heads, self.head_dim = c.num_heads, c.kv_heads, c.head_dim
+        self.norm_media, self.norm_latents = _norm(c), _norm(c)
+        self.to_q = nn.Linear(c.dim, c.num_heads * c.head_dim, bias=False)
+        self.to_kv = nn.Linear(c.dim, 2 * c.kv_heads * c.head_dim, bias=False)
+        self.to_out = nn.Linear(c.num_heads * c.head_dim, c.dim, bias=False)
+
+    def forward(self, media: Tensor, latents: Tensor, mask: Tensor | None) -> Tensor:
+        b, n, _ = latents.shape
+        latents = self.norm_latents(latents)
+        kv = self.to_kv(torch.cat((self.norm_media(media), latents), dim=1))
+        q = self.to_q(latents).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (t.view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2) for t in kv.chunk(2, dim=-1))
+        if self.kv_heads != self.num_heads:
+            k = k.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class ResamplerMLP(nn.Module):
+    """Pre-norm MLP `(B', N, D)`: GELU (fc2(gelu(fc1 x))) or SwiGLU (fc2(silu(gate x) * fc1 x)), no biases."""
+
+    def __init__(self, c: PerceiverResamplerConfig) -> None:
+        super().__init__()
+        hidden = int(c.dim * c.ff_mult)
+        self.norm = _norm(c)
+        self.gate = nn.Linear(c.dim, hidden, bias=False) if c.mlp == "swiglu" else None
+        self.fc1 = nn.Linear(c.dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, c.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        if self.gate is not None:
+            return self.fc2(F.silu(self.gate(x)) * self.fc1(x))
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ResamplerLayer(nn.Module):
+    def __init__(self, c: PerceiverResamplerConfig) -> None:
+        super().__init__()
+        self.attn = ResamplerAttention(c)
+        self.ff = ResamplerMLP(c)
+
+    def forward(self, media: Tensor, latents: Tensor, mask: Tensor | None) -> Tensor:
+        latents = latents + self.attn(media, latents, mask)
+        return latents + self.ff(latents)
+
+
+@dataclass
+class PerceiverResamplerOutput:
+    """last_hidden_state: the resampled latents `(B, T, N, D)` (4-D media) or `(B, N, D)` (3-D media)."""
+
+    last_hidden_state: Tensor
+
+
+@register_model_type
+class PerceiverResampler(PretrainedMixin, nn.Module):
+    """Perceiver Resampler (see the module docstring).
+
+    `forward(media (B, T, M, D) or (B, M, D), media_mask (B, T, M) or (B, M))` -> `.last_hidden_state`
+    `(B, T, N, D)` or `(B, N, D)`.
+    """
+
+    config_class = PerceiverResamplerConfig
+    model_type = "perceiver-resampler"
+
+    def __init__(self, config: PerceiverResamplerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.latents = nn.Parameter(torch.empty(c.num_latents, c.dim))
+        self.media_pos_emb = nn.Parameter(torch.empty(c.num_media_embeds, 1, c.dim)) if c.num_media_embeds else None
+        self.layers = nn.ModuleList(ResamplerLayer(c) for _ in range(c.depth))
+        self.norm = _norm(c)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Latents and media embeddings N(0, 1) (as flamingo-pytorch), Linear N(0, 0.02), unit norms."""
+        nn.init.normal_(self.latents)
+        if self.media_pos_emb is not None:
+            nn.init.normal_(self.media_pos_emb)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def forward_features(self, media: Tensor, media_mask: Tensor | None = None) -> Tensor:
+        """Latents `(B, T, N, D)` for media `(B, T, M, D)` (3-D media are T = 1)."""
+        c = self.config
+        if not isinstance(media, Tensor) or media.dim() not in (3, 4) or media.shape[-1] != c.dim:
+            shape = tuple(media.shape) if isinstance(media, Tensor) else type(media).__name__
+            raise ValueError(f"expected media of shape (B, T, M, {c.dim}) or (B, M, {c.dim}), got {shape}")
+        x = media if media.dim() == 4 else media.unsqueeze(1)
+        b, t, m, d = x.shape
+        if self.media_pos_emb is not None:
+            if t > c.num_media_embeds:
+                raise ValueError(f"expected at most num_media_embeds={c.num_media_embeds} media times, got T={t}")
+            x = x + self.media_pos_emb[:t].to(x.dtype)
+        mask = None
+        if media_mask is not None:
+            if tuple(media_mask.shape) != tuple(media.shape[:-1]):
+                raise ValueError(
+                    f"expected media_mask of shape {tuple(media.shape[:-1])} (media without D), "
+                    f"got {tuple(media_mask.shape)}"
+                )
+            valid = media_mask.bool().reshape(b * t, m)
+            keys = torch.cat((valid, valid.new_ones(b * t, c.num_latents)), dim=1)  # latents are always valid
+            mask = keys[:, None, None, :]  # (B*T, 1, 1, M + N)
+        x = x.reshape(b * t, m, d)
+        latents = self.latents.to(x.dtype).expand(b * t, -1, -1)
+        for layer in self.layers:
+            latents = layer(x, latents, mask)
+        return self.norm(latents).view(b, t, c.num_latents, d)
+
+    def forward(self, media: Tensor, media_mask: Tensor | None = None) -> PerceiverResamplerOutput:
+        """Resample `media` `(B, T, M, D)` / `(B, M, D)` with `media_mask` (True = valid) to N latents."""
+        out = self.forward_features(media, media_mask)
+        return PerceiverResamplerOutput(out if media.dim() == 4 else out[:, 0])
+
+    @classmethod
+    def from_flamingo_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
+        """Build from flamingo-pytorch's `PerceiverResampler(**kwargs)` keywords and its `state_dict()`."""
+        from perceiver.interop.flamingo import from_flamingo_pytorch
+
+        return from_flamingo_pytorch(state_dict, **kwargs)
+
+    @classmethod
+    def from_idefics2(cls, resampler: nn.Module) -> PerceiverResampler:
+        """Build from transformers' `Idefics2PerceiverResampler` (its config and weights)."""
+        from perceiver.interop.flamingo import from_idefics2
+
+        return from_idefics2(resampler)
+
+
+@register_model("perceiver-resampler")
+def perceiver_resampler(**overrides: Any) -> PerceiverResampler:
+    """Flamingo's resampler as flamingo-pytorch's defaults: 64 latents, 8 heads x 64, width 1024, depth 6."""
+    return PerceiverResampler(config_from_dict(PerceiverResamplerConfig, overrides))
