@@ -137,3 +137,19 @@ def test_save_load_and_head_api(tmp_path):
     assert model(ids, mask).logits.shape == (2, 10, 6)
     with pytest.raises(ValueError, match=r"expected labels of shape \(2, 10\)"):
         model(ids, mask, labels=torch.zeros(2, 9, dtype=torch.long))
+
+
+def test_decoder_query_inputs_adds_the_input_tokens_to_the_queries():
+    model = perceiver.create_model("token-classifier", **TINY, decoder_query_inputs=True).eval()
+    plain = perceiver.create_model("token-classifier", **TINY).eval()
+    plain.load_state_dict(model.state_dict())  # no new parameters
+    ids, mask = batch()
+    with torch.no_grad():
+        adapted = model.input_adapter(ids, mask)
+        queries = model.query_builder(adapted, slice(0, 10))
+        expected = plain.query_builder(adapted, slice(0, 10)) + adapted.tokens
+        assert torch.allclose(queries, expected)
+        assert (model(ids, mask).logits - plain(ids, mask).logits).abs().max() > 1e-4
+    mlm = PerceiverForMaskedLM(PerceiverMaskedLMConfig(**TINY))
+    _, report = PerceiverForTokenClassification.from_masked_lm(mlm, decoder_query_inputs=True)
+    assert all(k.startswith("head.") for k in report["new"])

@@ -30,6 +30,7 @@ from perceiver.data.flow import SintelFlowDataModule, SyntheticFlowDataModule, r
 from perceiver.data.folders import ImageFolderDataModule
 from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataModule, read_off, write_off
 from perceiver.data.pydoc import PydocMLMDataModule
+from perceiver.data.segment_pydoc import SegmentPydocDataModule
 from perceiver.data.text import TextClassificationDataModule
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ImageFolderDataModule",
     "ModelNetDataModule",
     "PydocMLMDataModule",
+    "SegmentPydocDataModule",
     "SintelFlowDataModule",
     "SyntheticFlowDataModule",
     "SyntheticPointCloudDataModule",

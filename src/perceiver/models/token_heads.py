@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.text import TextAdapter
-from perceiver.decoder import PerceiverDecoder, TrainableQueries, decode
+from perceiver.decoder import AdaptedInputs, Index, PerceiverDecoder, TrainableQueries, decode, select
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import PerceiverIO
@@ -41,12 +41,15 @@ from perceiver.nn.attention import SelfAttentionLayer
 class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
     """`PerceiverMaskedLMConfig` (the encoder and the per-byte decoder) plus the head: `num_labels` classes per byte,
     `decoder_self_attends` self-attention layers over the decoder outputs (`decoder_self_attend_heads` heads,
-    widening 4), `classifier_dropout` before the classifier."""
+    widening 4), `classifier_dropout` before the classifier. `decoder_query_inputs=True` adds each byte's input
+    token (embedding + position) to its learned decoder query, so a query knows its byte without reading it back
+    from the latents (no new parameters; off = the masked LM's decoder queries)."""
 
     num_labels: int = 2
     decoder_self_attends: int = 0
     decoder_self_attend_heads: int = 8
     classifier_dropout: float = 0.0
+    decoder_query_inputs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +76,13 @@ class PerceiverQuestionAnsweringConfig(PerceiverTokenClassifierConfig):
         super().__post_init__()
         if self.num_labels != 2:
             raise ValueError(f"question answering has num_labels=2 (start, end), got {self.num_labels}")
+
+
+class InputPlusTrainableQueries(TrainableQueries):
+    """Learned position queries `(O, E)` plus the adapted input tokens `(B, O, E)` at the same positions."""
+
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
+        return super().forward(adapted, index) + select(adapted.tokens, index, dim=1)
 
 
 class TokenHead(nn.Module):
@@ -120,7 +130,7 @@ class PerceiverForTokenClassification(PretrainedMixin, PerceiverIO):
         super().__init__(
             TextAdapter(c.vocab_size, c.max_seq_len, c.d_model),
             PerceiverEncoder(c.encoder_config(c.d_model)),
-            TrainableQueries(c.max_seq_len, c.d_model),
+            (InputPlusTrainableQueries if c.decoder_query_inputs else TrainableQueries)(c.max_seq_len, c.d_model),
             PerceiverDecoder(c.decoder_config(query_dim=c.d_model, output_dim=None)),
         )
         heads = c.decoder_self_attend_heads
