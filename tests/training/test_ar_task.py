@@ -1,0 +1,95 @@
+"""Causal LM on pydoc topics: the shipped `configs/ar-pydoc.yaml` trains on a tiny budget, bits per byte are
+logged, `perceiver generate` continues a prompt with the saved model; the datamodule scores the same bytes for any
+window."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from trainutil import CONFIGS, TINY_TRAINER
+
+from perceiver.data.ar_pydoc import PydocARDataModule
+from perceiver.training.cli import main
+
+TINY_AR = [
+    "--trainer.max_time=null",
+    "--trainer.val_check_interval=null",
+    "--trainer.check_val_every_n_epoch=1",
+    "--model.time_budget=null",
+    "--model.model_kwargs.max_seq_len=64",
+    "--model.model_kwargs.num_latents=16",
+    "--model.model_kwargs.d_model=32",
+    "--model.model_kwargs.num_heads=2",
+    "--model.model_kwargs.num_layers=1",
+    "--data.max_seq_len=64",
+    "--data.num_targets=8",
+    "--data.eval_context=64",
+    "--data.batch_size=4",
+]
+
+
+def _args(run_dir, *extra):
+    return [
+        "--config",
+        str(CONFIGS / "ar-pydoc.yaml"),
+        f"--trainer.default_root_dir={run_dir}",
+        *TINY_TRAINER,
+        *TINY_AR,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def ar_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ar-run")
+    main(["fit", *_args(run_dir)])
+    return run_dir
+
+
+def test_fit_logs_bits_per_byte_and_saves_a_model(ar_run):
+    rows = list(csv.DictReader((ar_run / "metrics.csv").open()))
+    val = [r for r in rows if r.get("val/bpb")]
+    assert val and any(r.get("train/loss_step") for r in rows)
+    bpb, loss = float(val[-1]["val/bpb"]), float(val[-1]["val/loss"])
+    assert math.isclose(bpb, loss / math.log(2), rel_tol=1e-4)
+    assert 0 < float(val[-1]["val/bpb_unigram"]) < 8.1
+    import perceiver
+
+    model = perceiver.from_pretrained(ar_run / "model")
+    assert isinstance(model, perceiver.PerceiverAR) and model.config.max_seq_len == 64
+
+
+def test_test_split_reports_bpb(ar_run, tmp_path):
+    main(["test", *_args(tmp_path), f"--ckpt_path={ar_run / 'checkpoints' / 'best.ckpt'}"])
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert any(r.get("test/bpb") for r in rows)
+
+
+def test_generate_cli_continues_the_prompt(ar_run, capsys):
+    main(["generate", str(ar_run / "model"), "--prompt", "The assert", "--max-new-tokens", "12", "--greedy"])
+    greedy = capsys.readouterr().out
+    assert greedy.startswith("The assert") and len(greedy.encode()) > len("The assert")
+    main(["generate", str(ar_run / "model"), "--prompt", "x" * 100, "--max-new-tokens", "3", "--temperature", "0.7"])
+    assert capsys.readouterr().out.startswith("x" * 64)  # a prompt longer than the window keeps its last 64 bytes
+    with pytest.raises(SystemExit, match="temperature > 0"):
+        main(["generate", str(ar_run / "model"), "--prompt", "a", "--temperature", "0"])
+    with pytest.raises(SystemExit, match="non-empty --prompt"):
+        main(["generate", str(ar_run / "model"), "--prompt", ""])
+
+
+def test_held_out_topics_and_scored_bytes_do_not_depend_on_the_window():
+    short = PydocARDataModule(max_seq_len=32, num_targets=8, eval_context=64)
+    long = PydocARDataModule(max_seq_len=64, num_targets=8, eval_context=64)
+    assert not set(short.train_topics) & (set(short.val_topics) | set(short.test_topics))
+    assert not set(short.val_topics) & set(short.test_topics) and short.test_topics
+    for dm in (short, long):
+        dm.setup()
+    for i in (0, 5, len(short.val_set) - 1):
+        a, b = short.val_set[i], long.val_set[i]
+        assert torch.equal(a["labels"][a["labels"] != -100], b["labels"][b["labels"] != -100])
+        assert (a["labels"] != -100).sum() == min(8, (a["labels"] != -100).sum())
+    batch = next(iter(short.train_dataloader()))
+    assert batch["input_ids"].shape == (16, 32) and torch.equal(batch["input_ids"], batch["labels"])
