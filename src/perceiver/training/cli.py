@@ -5,6 +5,7 @@
     perceiver fit --config FILE --print_config            # the full, resolved configuration
     perceiver plot RUN_DIR [-o OUT.png]                   # training curves from RUN_DIR/metrics.csv
     perceiver attention MODEL_DIR IMAGE... [-o OUT.png]   # cross-attention maps over images
+    perceiver export MODEL_DIR OUT.onnx [--check]         # ONNX with a dynamic batch dimension
     perceiver predict MODEL_DIR FILE... [--top-k 5]       # top-k labels (images, text) or a flow PNG (image pair)
 
 `fit`, `validate`, `test` and `predict` are LightningCLI subcommands. `predict` is dispatched on its first
@@ -55,6 +56,7 @@ perceiver: train, evaluate and inspect Perceiver models (LightningCLI + extras)
   perceiver fit|validate|test|predict --config FILE [--trainer.* --model.* --data.*]  (see below)
   perceiver plot RUN_DIR [-o OUT.png]                  training curves (PNG) from RUN_DIR/metrics.csv
   perceiver attention MODEL_DIR IMAGE... [-o OUT.png]  first cross-attend's attention maps over images (PNG)
+  perceiver export MODEL_DIR OUT.onnx [--check]        ONNX with a dynamic batch (--check: compare onnxruntime)
   perceiver predict MODEL_DIR FILE... [--top-k K]      top-k labels for images / text, flow PNG for an image pair
 
 Shipped configs: configs/digits.yaml, configs/mlm-pydoc.yaml, configs/points-synthetic.yaml,
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
         from perceiver.training.generate import generate_main
 
         return generate_main(argv[1:])
+    if argv and argv[0] == "export":
+        from perceiver.export import export_main
+
+        return export_main(argv[1:])
     if argv and argv[0] == "attention":
         from perceiver.training.inspect import attention_main
 

@@ -1,0 +1,207 @@
+"""Deployment: `torch.export` and ONNX export of our models, with a dynamic batch dimension.
+
+    program = perceiver.export.export_program(model)                      # torch.export.ExportedProgram
+    perceiver.export.export_onnx(model, "model.onnx", check=True)          # ONNX (dynamo exporter) + onnxruntime check
+    perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape ...]   (the same from the command line)
+
+`example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
+`max_seq_len` bytes with an attention mask, flow patches of `train_size`, ...); the exported graph takes any batch
+size and that input size. The graph returns the task output (`logits`) as one tensor. ONNX export needs the `onnx`
+and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also `onnxruntime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LogitsOnly", "example_inputs", "export_onnx", "export_program", "export_main", "onnx_max_abs_diff"]
+
+
+class LogitsOnly(nn.Module):
+    """`model(*inputs)` -> the task output as one tensor (`.logits` of an output object, or the tensor itself)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        out = self.model(*inputs)
+        out = out if isinstance(out, Tensor) else out.logits
+        if not isinstance(out, Tensor):
+            raise TypeError(f"expected the model's task output to be one tensor, got {type(out).__name__}")
+        return out
+
+
+def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] | None = None) -> tuple[Tensor, ...]:
+    """Random inputs `(B, ...)` of the size `model` is built for (`shape` replaces the per-sample shape).
+
+    Classic `Perceiver` `(B, *axes, C)` (224 per axis for images, 1024 samples for 1-D, 8 x 64 x 64 for video);
+    text `(B, max_seq_len)` ids and a boolean mask; images `(B, C, H, W)`; flow `(B, 2, 27, H, W)`; point clouds
+    `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`.
+    """
+    from perceiver.models import (
+        Perceiver,
+        PerceiverForAudioClassification,
+        PerceiverForImageClassification,
+        PerceiverForMaskedLM,
+        PerceiverForOpticalFlow,
+        PerceiverForPointCloudClassification,
+        PerceiverForSequenceClassification,
+        PerceiverForVideoClassification,
+    )
+
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+    b, c = batch_size, getattr(model, "config", None)
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+
+    def randn(*size: int) -> Tensor:
+        return torch.randn(*size, dtype=dtype, device=device)
+
+    sample = tuple(shape) if shape is not None else None
+    if isinstance(model, Perceiver):
+        default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
+        return (randn(b, *(sample or (*default, c.input_channels))),)
+    if isinstance(model, PerceiverForMaskedLM | PerceiverForSequenceClassification):
+        length = sample[0] if sample else c.max_seq_len
+        ids = torch.randint(6, c.vocab_size, (b, length), device=device)
+        return ids, torch.ones(b, length, dtype=torch.bool, device=device)
+    if isinstance(model, PerceiverForImageClassification):
+        return (randn(b, *(sample or (c.in_channels, *c.image_size))),)
+    if isinstance(model, PerceiverForOpticalFlow):
+        return (randn(b, *(sample or (2, c.patch_channels, *c.train_size))),)
+    if isinstance(model, PerceiverForPointCloudClassification):
+        points = randn(b, *(sample or (1024, c.in_channels))).clamp(-1, 1)
+        return points, torch.ones(b, points.shape[1], dtype=torch.bool, device=device)
+    if isinstance(model, PerceiverForAudioClassification):
+        return (randn(b, *(sample or (c.num_samples or 16 * c.samples_per_patch,))),)
+    if isinstance(model, PerceiverForVideoClassification):
+        return (randn(b, *(sample or (c.num_frames, c.in_channels, *c.image_size))),)
+    raise ValueError(
+        f"no example inputs for {type(model).__name__}; pass the inputs to export yourself "
+        "(export_program(model, inputs=...) / export_onnx(model, path, inputs=...))"
+    )
+
+
+def _dynamic_batch(inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return (tuple({0: batch} for _ in inputs),)
+
+
+def export_program(model: nn.Module, inputs: Sequence[Tensor] | None = None) -> torch.export.ExportedProgram:
+    """`torch.export.export` of `model`'s task output with a dynamic batch dimension (eval mode).
+
+    Batch 1 is exported as batch 2 (torch.export specialises a size-1 dimension), the program takes any batch.
+    """
+    model = model.eval()
+    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    if inputs[0].shape[0] == 1:
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
+    return torch.export.export(LogitsOnly(model), inputs, dynamic_shapes=_dynamic_batch(inputs))
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    inputs: Sequence[Tensor] | None = None,
+    check: bool = False,
+    check_batch_sizes: Sequence[int] = (1, 3),
+    atol: float = 1e-4,
+) -> Path:
+    """Write `model` as ONNX (`torch.onnx.export(..., dynamo=True)`, dynamic batch) to `path`.
+
+    With `check`, runs the file in onnxruntime at `check_batch_sizes` on random inputs and raises if its output
+    differs from eager PyTorch by more than `atol` (max abs). Returns the path. The file is written next to `path`
+    first and moved into place, so a failed export leaves no half-written file.
+    """
+    model = model.eval()
+    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    if inputs[0].shape[0] == 1:
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    names = [f"input_{i}" for i in range(len(inputs))]
+    if len(inputs) == 2:
+        names = ["inputs", "mask"]
+    try:
+        program = torch.onnx.export(
+            LogitsOnly(model),
+            tuple(inputs),
+            dynamo=True,
+            dynamic_shapes=_dynamic_batch(inputs),
+            input_names=names if len(inputs) > 1 else ["inputs"],
+            output_names=["logits"],
+            verbose=False,
+        )
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if check:
+        for b in check_batch_sizes:
+            diff = onnx_max_abs_diff(model, path, _resized(inputs, b))
+            if not diff <= atol:
+                raise RuntimeError(f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {atol})")
+    return path
+
+
+def _resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
+    """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid)."""
+    out = []
+    for x in inputs:
+        shape = (batch, *x.shape[1:])
+        if x.dtype == torch.bool:
+            out.append(torch.ones(shape, dtype=torch.bool))
+        elif not x.is_floating_point():
+            out.append(torch.randint(int(x.min()), int(x.max()) + 1, shape))
+        else:
+            out.append(torch.randn(shape, dtype=x.dtype).clamp(-1, 1))
+    return tuple(out)
+
+
+def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor]) -> float:
+    """Max abs difference between onnxruntime's output for the file `path` and eager `model` on `inputs`."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the ONNX check needs onnxruntime: pip install 'perceiver-torch[export]'") from e
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    with torch.no_grad():
+        expected = LogitsOnly(model.eval())(*inputs).float().cpu()
+    return float((got.float() - expected).abs().max())
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`."""
+    parser = argparse.ArgumentParser(
+        prog="perceiver export",
+        description="Export a model folder (ours or a transformers Perceiver checkpoint) to ONNX with a dynamic batch.",
+    )
+    parser.add_argument("model_dir", help="a model folder (save_pretrained / perceiver fit's RUN_DIR/model) or Hub id")
+    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
+    parser.add_argument("--batch-size", type=int, default=2, help="batch size of the example inputs (default 2)")
+    parser.add_argument("--shape", type=int, nargs="+", help="per-sample input shape (default: the model's own)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by --check")
+    args = parser.parse_args(argv)
+    from perceiver.pretrained import from_pretrained
+
+    model = from_pretrained(args.model_dir)
+    inputs = example_inputs(model, args.batch_size, args.shape)
+    path = export_onnx(model, args.output, inputs, check=args.check, atol=args.atol)
+    shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): inputs (batch, ...) per sample {shapes} -> logits")
+    if args.check:
+        print(f"onnxruntime matches PyTorch within {args.atol} at batch sizes 1 and 3")

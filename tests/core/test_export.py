@@ -1,0 +1,59 @@
+"""torch.export and ONNX (dynamo exporter) with a dynamic batch: onnxruntime equals eager within 1e-4 at two batch
+sizes for the classic model, language-perceiver, the three image classifiers, point clouds and optical flow; the
+`perceiver export` command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny
+
+from perceiver.export import LogitsOnly, example_inputs, export_onnx, export_program, onnx_max_abs_diff
+from perceiver.training.cli import main
+
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+EXPORTED = [
+    "perceiver",
+    "language-perceiver",
+    "vision-perceiver-learned",
+    "vision-perceiver-fourier",
+    "vision-perceiver-conv",
+    "point-cloud-classifier",
+    "optical-flow-perceiver",
+]
+SHAPES = {"perceiver": (8, 8, 3), "point-cloud-classifier": (20, 3)}  # tiny inputs where the model takes any size
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_torch_export_takes_any_batch(name):
+    model = tiny(name)
+    program = export_program(model, example_inputs(model, 2, SHAPES.get(name)))
+    for batch in (1, 3):
+        x = example_inputs(model, batch, SHAPES.get(name))
+        torch.testing.assert_close(program.module()(*x), LogitsOnly(model)(*x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_onnx_matches_eager_at_two_batch_sizes(name, tmp_path):
+    model = tiny(name)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", example_inputs(model, 2, SHAPES.get(name)))
+    assert path.is_file() and not list(tmp_path.glob(".*.tmp"))
+    for batch in (1, 3):
+        assert onnx_max_abs_diff(model, path, example_inputs(model, batch, SHAPES.get(name))) <= 1e-4
+
+
+def test_export_command_writes_and_checks(tmp_path, capsys):
+    folder = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "model")
+    main(["export", str(folder), str(tmp_path / "out.onnx"), "--check"])
+    out = capsys.readouterr().out
+    assert (tmp_path / "out.onnx").is_file()
+    assert "wrote" in out and "onnxruntime matches PyTorch" in out
+
+
+def test_example_inputs_rejects_unknown_models_clearly():
+    with pytest.raises(ValueError, match="no example inputs for Linear"):
+        example_inputs(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="expected batch_size >= 1, got 0"):
+        example_inputs(tiny("perceiver"), 0)
