@@ -142,14 +142,38 @@ def test_save_load_and_head_api(tmp_path):
 def test_decoder_query_inputs_adds_the_input_tokens_to_the_queries():
     model = perceiver.create_model("token-classifier", **TINY, decoder_query_inputs=True).eval()
     plain = perceiver.create_model("token-classifier", **TINY).eval()
-    plain.load_state_dict(model.state_dict())  # no new parameters
+    plain.load_state_dict(model.state_dict(), strict=False)  # all but the query norm
     ids, mask = batch()
     with torch.no_grad():
         adapted = model.input_adapter(ids, mask)
         queries = model.query_builder(adapted, slice(0, 10))
-        expected = plain.query_builder(adapted, slice(0, 10)) + adapted.tokens
+        expected = model.query_builder.norm(plain.query_builder(adapted, slice(0, 10)) + adapted.tokens)
         assert torch.allclose(queries, expected)
-        assert (model(ids, mask).logits - plain(ids, mask).logits).abs().max() > 1e-4
+        other = ids.clone()
+        other[:, 4] = (other[:, 4] + 1) % 262
+        changed = model.query_builder(model.input_adapter(other, mask), slice(0, 10))
+        assert (changed[:, 4] - queries[:, 4]).abs().max() > 1e-3  # a query knows its own byte
+        assert torch.allclose(changed[:, 5], queries[:, 5])
     mlm = PerceiverForMaskedLM(PerceiverMaskedLMConfig(**TINY))
     _, report = PerceiverForTokenClassification.from_masked_lm(mlm, decoder_query_inputs=True)
-    assert all(k.startswith("head.") for k in report["new"])
+    assert all(k.startswith(("head.", "query_builder.norm.")) for k in report["new"])
+    assert "query_builder.norm.weight" in report["new"]
+
+
+def test_head_convolution_is_local_and_ignores_padding():
+    model = perceiver.create_model("token-classifier", **TINY, head_conv_kernel=3).eval()
+    head = model.head
+    x = torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    with torch.no_grad():
+        base = head(x, mask)
+        y = x.clone()
+        y[:, 5] += 1.0
+        moved = (head(y, mask) - base).abs().amax(dim=(0, 2))
+        assert (moved[4:7] > 1e-5).all() and (moved[:4] < 1e-6).all() and (moved[7:] < 1e-6).all()
+        z = x.clone()
+        z[1, 7:] = 100.0  # padding values never reach valid positions
+        assert torch.allclose(head(z, mask)[1, :7], base[1, :7], atol=1e-6)
+    with pytest.raises(ValueError, match="head_conv_kernel"):
+        perceiver.create_model("token-classifier", **TINY, head_conv_kernel=4)

@@ -42,14 +42,17 @@ class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
     """`PerceiverMaskedLMConfig` (the encoder and the per-byte decoder) plus the head: `num_labels` classes per byte,
     `decoder_self_attends` self-attention layers over the decoder outputs (`decoder_self_attend_heads` heads,
     widening 4), `classifier_dropout` before the classifier. `decoder_query_inputs=True` adds each byte's input
-    token (embedding + position) to its learned decoder query, so a query knows its byte without reading it back
-    from the latents (no new parameters; off = the masked LM's decoder queries)."""
+    token (embedding + position) to its learned decoder query and normalises the sum (`InputPlusTrainableQueries`), so
+    a query knows its byte without reading it back from the latents (off = the masked LM's decoder queries). `head_conv_kernel=k` (odd) adds
+    a residual 1-D convolution over the decoded bytes before the self-attention layers: local context (a byte's
+    neighbours) that learned absolute positions make attention find only slowly."""
 
     num_labels: int = 2
     decoder_self_attends: int = 0
     decoder_self_attend_heads: int = 8
     classifier_dropout: float = 0.0
     decoder_query_inputs: bool = False
+    head_conv_kernel: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +65,8 @@ class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
                 f"d_model ({self.d_model}) must be a multiple of decoder_self_attend_heads "
                 f"({self.decoder_self_attend_heads})"
             )
+        if self.head_conv_kernel < 0 or (self.head_conv_kernel and self.head_conv_kernel % 2 == 0):
+            raise ValueError(f"head_conv_kernel must be 0 (off) or odd, got {self.head_conv_kernel}")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
 
@@ -79,18 +84,34 @@ class PerceiverQuestionAnsweringConfig(PerceiverTokenClassifierConfig):
 
 
 class InputPlusTrainableQueries(TrainableQueries):
-    """Learned position queries `(O, E)` plus the adapted input tokens `(B, O, E)` at the same positions."""
+    """`LayerNorm(learned position queries (O, E) + the adapted input tokens (B, O, E))` at the same positions: the
+    norm brings the small-initialised embeddings to unit scale, so with a query residual the decoded bytes carry
+    their identity from the start."""
+
+    def __init__(self, num_queries: int, num_channels: int, init_scale: float = 0.02) -> None:
+        super().__init__(num_queries, num_channels, init_scale)
+        self.norm = nn.LayerNorm(num_channels)
 
     def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
-        return super().forward(adapted, index) + select(adapted.tokens, index, dim=1)
+        return self.norm(super().forward(adapted, index) + select(adapted.tokens, index, dim=1))
 
 
 class TokenHead(nn.Module):
-    """`(B, L, E)` decoder outputs and a key mask `(B, L)` -> `(B, L, K)`: optional self-attention layers over the
+    """`(B, L, E)` decoder outputs and a key mask `(B, L)` -> `(B, L, K)`: an optional residual convolution over the
+    positions (padding zeroed first, so it never reaches valid positions), optional self-attention layers over the
     valid positions, then LayerNorm, dropout and a Linear classifier."""
 
-    def __init__(self, dim: int, num_labels: int, self_attends: int = 0, heads: int = 8, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_labels: int,
+        self_attends: int = 0,
+        heads: int = 8,
+        dropout: float = 0.0,
+        conv_kernel: int = 0,
+    ) -> None:
         super().__init__()
+        self.conv = nn.Conv1d(dim, dim, conv_kernel, padding=conv_kernel // 2) if conv_kernel else None
         self.self_attends = nn.ModuleList(
             SelfAttentionLayer(dim, heads, widening_factor=4) for _ in range(self_attends)
         )
@@ -99,6 +120,9 @@ class TokenHead(nn.Module):
         self.classifier = nn.Linear(dim, num_labels)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.conv is not None:
+            h = x if mask is None else x.masked_fill(~mask[..., None], 0.0)
+            x = x + self.conv(h.transpose(1, 2)).transpose(1, 2)
         for layer in self.self_attends:
             x = layer(x, mask)
         return self.classifier(self.dropout(self.norm(x)))
@@ -134,7 +158,9 @@ class PerceiverForTokenClassification(PretrainedMixin, PerceiverIO):
             PerceiverDecoder(c.decoder_config(query_dim=c.d_model, output_dim=None)),
         )
         heads = c.decoder_self_attend_heads
-        self.head = TokenHead(c.d_model, c.num_labels, c.decoder_self_attends, heads, c.classifier_dropout)
+        self.head = TokenHead(
+            c.d_model, c.num_labels, c.decoder_self_attends, heads, c.classifier_dropout, c.head_conv_kernel
+        )
         self.config = config
 
     # ------------------------------------------------------------------ timm-style head API
