@@ -401,3 +401,52 @@ def test_no_model_buffers_in_checkpoint_keys():
     keys = set(model.state_dict())
     assert keys == {name for name, _ in model.named_parameters()}
     assert not any(re.search("position_encoding", k) for k in keys)
+
+
+# ----------------------------------------------------------------------------- perceiver-pytorch's later options
+
+LATER = [
+    dict(inverted_cross_attn=True),
+    dict(inverted_cross_attn=(True, False)),
+    dict(attn_residual=True, attn_residual_rank=4),
+    dict(attn_residual=True, attn_residual_norm=False, weight_tie_layers=True, depth=3),
+]
+
+
+@pytest.mark.parametrize("options", LATER, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_later_options_masks_gradients_and_round_trip(options, tmp_path):
+    model = tiny(**options)
+    data = torch.randn(2, 4, 6, 3)
+    mask = torch.rand(2, 4, 6) > 0.5
+    mask[:, 0, 0] = True
+    changed = torch.where(mask[..., None], data, 1e3 * torch.randn_like(data))
+    expected = model(data, mask)
+    torch.testing.assert_close(model(changed, mask), expected, atol=1e-5, rtol=0)  # masked values never leak
+    plain = tiny(**{k: v for k, v in options.items() if k in ("weight_tie_layers", "depth")})
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert (plain(data, mask) - expected).abs().max() > 1e-4  # the option changes the function
+    model.train()
+    torch.nn.functional.cross_entropy(model(data, mask), torch.tensor([0, 3])).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    model.save_pretrained(tmp_path / "m")
+    loaded = Perceiver.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(data, mask), model.eval()(data, mask), atol=0, rtol=0)
+
+
+def test_attention_residuals_are_shared_like_the_layers():
+    tied = tiny(depth=4, attn_residual=True, weight_tie_layers=True)
+    assert len(tied.encoder.residuals) == 2 and tied.encoder.residual_index == [0, 1, 1, 1]
+    untied = tiny(depth=4, attn_residual=True)
+    assert len(untied.encoder.residuals) == 4
+
+
+def test_later_options_compile_whole():
+    model = tiny(inverted_cross_attn=(True, False), attn_residual=True)
+    data = torch.randn(2, 4, 5, 3)
+    mask = torch.rand(2, 4, 5) > 0.3
+    mask[:, 0, 0] = True
+    compiled = torch.compile(model.encoder, fullgraph=True, backend="eager")
+    tokens = model.prepare_inputs(data)
+    torch.testing.assert_close(compiled(tokens, mask.reshape(2, -1)), model.encoder(tokens, mask.reshape(2, -1)))
