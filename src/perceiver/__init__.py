@@ -16,6 +16,7 @@ from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.ar import PerceiverAR
 from perceiver.models.registry import create_model, list_models, register_model
 from perceiver.models.resampler import PerceiverResampler
+from perceiver.optimization import OptimizedModel, OptimizeReport, optimize
 from perceiver.pretrained import from_pretrained
 from perceiver.tokenizer import ByteTokenizer
 
@@ -39,11 +40,14 @@ __all__ = [
     "PerceiverIO",
     "PerceiverIOOutput",
     "PerceiverResampler",
+    "OptimizeReport",
+    "OptimizedModel",
     "QueryBuilder",
     "TrainableQueries",
     "__version__",
     "create_model",
     "from_pretrained",
     "list_models",
+    "optimize",
     "register_model",
 ]

@@ -4,7 +4,7 @@ One `MultiHeadAttention` serves cross-attention (latents <- inputs, queries <- l
 through `F.scaled_dot_product_attention`, which picks the fused kernel the device has (flash / memory-efficient on GPU,
 a fused flash kernel on CPU), so the `(B, H, N, M)` attention matrix is only materialised when a caller asks for the
 attention maps. The code is plain PyTorch with no data-dependent branches: `torch.compile(fullgraph=True)`,
-`torch.export` and ONNX take it whole. Machine-specific kernel choices live in `perceiver.optimize`, chosen by timing.
+`torch.export` and ONNX take it whole. Machine-specific choices live in `perceiver.optimization` (`perceiver.optimize`), made by timing.
 
 Cross-attention from few queries to many narrow inputs (latents <- pixels) can be computed in reassociated form, a
 change of the arithmetic that halves the FLOPs of vision-perceiver-learned's encoder cross-attention; it is chosen

@@ -31,7 +31,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from perceiver.hardware import resolve_precision, resolve_threads
 from perceiver.training.callbacks import AppendingCSVLogger, JsonlPredictionWriter, SavePretrained, StepSeed
 from perceiver.training.tasks import PerceiverTask
 
@@ -125,11 +126,18 @@ class PerceiverCLI(LightningCLI):
         )
         parser.add_argument(
             "--threads",
-            type=int | None,
+            type=int | Literal["auto"] | None,
             default=None,
-            help="CPU threads per process for torch ops (torch.set_num_threads); default: torch's choice. The "
-            "shipped configs use 1: their models are small, and on a shared CPU OpenMP threads that spin-wait for "
-            "each other can cost 10x the CPU time of one thread.",
+            help="CPU threads per process for torch ops (torch.set_num_threads): a number, 'auto' (the usable cores "
+            "shared by the run's processes) or none (torch's choice). Printed at start.",
+        )
+        parser.add_argument(
+            "--precision",
+            type=str,
+            default="auto",
+            help="'auto' (default): bf16-mixed on a GPU with bf16 and on CPUs with native bf16 (avx512_bf16, "
+            "amx_bf16, Arm bf16), 32-true otherwise; or any Lightning precision. --trainer.precision, when given, "
+            "wins. Printed at start.",
         )
 
     def _subconfig(self) -> Any:
@@ -137,8 +145,21 @@ class PerceiverCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subconfig()
-        if config.get("threads"):
-            torch.set_num_threads(int(config.threads))
+        trainer = config.trainer
+        devices = trainer.get("devices")
+        processes = (int(devices) if str(devices).isdigit() else 1) * int(trainer.get("num_nodes") or 1)
+        threads = resolve_threads(config.get("threads"), processes)
+        if threads is not None:
+            torch.set_num_threads(int(threads.value))
+        if trainer.get("precision") is None:
+            precision = resolve_precision(config.get("precision", "auto"), str(trainer.get("accelerator") or "auto"))
+            trainer.precision = precision.value
+        else:
+            precision = resolve_precision(trainer.precision)
+        if self.subcommand is not None:
+            what = f"precision {precision.value} ({precision.reason})"
+            what += f"; {torch.get_num_threads()} CPU threads" + (f" ({threads.reason})" if threads else "")
+            print(f"perceiver: {what}", file=sys.stderr)
         starting_fresh = self.subcommand in (None, "fit") and not config.get("ckpt_path")
         if starting_fresh:
             prepare_run_dir(Path(config.trainer.default_root_dir), overwrite=bool(config.get("overwrite")))

@@ -1,0 +1,241 @@
+"""`perceiver.optimize(model, example_inputs)`: pick the fastest way to run a model on this machine, by timing.
+
+Machines differ (an AMD EPYC with native bf16 where oneDNN's fp32 GEMM ran 2.2x MKL's; an Intel Xeon without bf16
+where MKL won and bf16 ran five times slower than fp32), so nothing machine-specific is assumed. This is the one
+place where such choices are made, and only when it is called: it builds each candidate that exists here, checks
+that it gives the model's own outputs, times it on the user's inputs, keeps the fastest and reports by how much.
+
+Candidates (`CANDIDATES`):
+- `eager`: the model as it is (the baseline).
+- `compile`: `torch.compile(model)` (Inductor).
+- `compile-freezing` (inference): Inductor with freezing: weights become constants, so it folds the position
+  encodings, pre-packs Linear weights and on CPU emits oneDNN GEMMs (the kernel an earlier release hand-wrote).
+- `sdpa-math` (training): attention through SDPA's math backend (matmuls and a softmax), whose backward on CPU was
+  measured 1.7-3.3x faster than the fused kernel's.
+- `bf16-autocast`, `bf16-compile-freezing` / `bf16-compile`: the same under bf16 autocast, only with
+  `allow_bf16=True` and where the device computes bf16 natively (`perceiver.hardware.has_native_bf16`); their
+  outputs are compared with a bf16 tolerance instead.
+
+    fast = perceiver.optimize(model.eval(), (pixel_values,))
+    print(fast.report)           # chosen candidate, time of each, speed-up over eager
+    logits = fast(pixel_values).logits
+
+The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model). Inputs of other shapes
+than the examples may recompile (compiled candidates) and are not re-timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from perceiver.hardware import has_native_bf16
+
+__all__ = ["CANDIDATES", "OptimizeReport", "OptimizedModel", "optimize"]
+
+INFERENCE = ("eager", "compile", "compile-freezing", "bf16-autocast", "bf16-compile-freezing")
+TRAINING = ("eager", "compile", "sdpa-math", "bf16-autocast", "bf16-compile")
+CANDIDATES = {"inference": INFERENCE, "training": TRAINING}
+
+
+@dataclass
+class OptimizeReport:
+    """What `optimize` measured: median seconds per call of each candidate it could run, and why others were not."""
+
+    chosen: str
+    mode: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    max_rel_error: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        """Eager time over the chosen candidate's time."""
+        return self.seconds["eager"] / self.seconds[self.chosen]
+
+    def __str__(self) -> str:
+        lines = [f"optimize ({self.mode}): chose {self.chosen!r}, {self.speedup:.2f}x eager"]
+        for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]):
+            extra = f", compiled in {self.compile_seconds[name]:.1f} s" if name in self.compile_seconds else ""
+            err = self.max_rel_error.get(name)
+            extra += f", max rel. error {err:.1e}" if err else ""
+            lines.append(f"  {name:<22} {s * 1000:9.2f} ms  ({self.seconds['eager'] / s:.2f}x{extra})")
+        lines += [f"  {name:<22} skipped: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+class OptimizedModel(nn.Module):
+    """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters.
+
+    `forward(*args, **kwargs)` = `module(*args, **kwargs)` under the chosen candidate's compiled function and
+    contexts (bf16 autocast, SDPA backend, `torch.no_grad` for frozen inference).
+    """
+
+    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
+        super().__init__()
+        self.module = module
+        self._fn = fn
+        self._contexts = contexts
+        self.report = report
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self._contexts():
+            return self._fn(*args, **kwargs)
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    """The floating tensors of an output (tensor, dict, dataclass with fields, tuple), in a fixed order."""
+    if isinstance(out, Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _tensors(out[k])]
+    if isinstance(out, list | tuple):
+        return [t for v in out for t in _tensors(v)]
+    if hasattr(out, "__dataclass_fields__"):
+        return [t for k in out.__dataclass_fields__ for t in _tensors(getattr(out, k))]
+    return []
+
+
+def _rel_error(got: Any, expected: Any) -> float:
+    g, e = _tensors(got), _tensors(expected)
+    if len(g) != len(e) or any(a.shape != b.shape for a, b in zip(g, e)):
+        return float("inf")
+    g, e = [t.detach().float() for t in g], [t.detach().float() for t in e]
+    errs = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) for a, b in zip(g, e)]
+    return max(errs, default=0.0)
+
+
+def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str) -> Callable[[], Any]:
+    def make():
+        stack = contextlib.ExitStack()
+        if no_grad:
+            stack.enter_context(torch.no_grad())
+        if bf16:
+            stack.enter_context(torch.autocast(device, torch.bfloat16))
+        if math_sdpa:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
+
+    return make
+
+
+def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    bf16 = name.startswith("bf16-")
+    base = name.removeprefix("bf16-")
+    contexts = _contexts(bf16, base == "sdpa-math", not training, device)
+    if base in ("eager", "autocast", "sdpa-math"):
+        return model, contexts
+    if base == "compile":
+        return torch.compile(model), contexts
+    if base == "compile-freezing":
+        return torch.compile(model, options={"freezing": True}), contexts
+    raise ValueError(f"unknown candidate {name!r}; expected one of {sorted(set(INFERENCE) | set(TRAINING))}")
+
+
+def optimize(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    example_kwargs: dict[str, Any] | None = None,
+    *,
+    training: bool = False,
+    candidates: Sequence[str] | None = None,
+    allow_bf16: bool = False,
+    loss_fn: Callable[[Any], Tensor] | None = None,
+    rtol: float = 1e-4,
+    bf16_rtol: float = 5e-2,
+    warmup: int = 2,
+    repeats: int = 5,
+    verbose: bool = True,
+) -> OptimizedModel:
+    """Time the candidates on `model(*example_inputs, **example_kwargs)` and return the fastest as `OptimizedModel`.
+
+    Args:
+        model: the model, in the mode it will run in (`.eval()` for inference).
+        example_inputs / example_kwargs: a call of the model as it will be used (shapes matter).
+        training: time a training step (forward + backward of `loss_fn(output)`, default the mean square of the
+            outputs; gradients are cleared after each) instead of inference under `torch.no_grad()`.
+        candidates: names to try (default `CANDIDATES["training" | "inference"]`); `eager` is always timed.
+        allow_bf16: also try bf16 autocast, where the device computes bf16 natively (it changes the arithmetic).
+        rtol: largest relative difference (max abs error over max abs value) from eager for an fp32 candidate;
+            `bf16_rtol` for bf16 ones. Candidates that differ more, or fail, are skipped with the reason.
+        warmup, repeats: calls before timing (compilation happens here) and timed calls (the median is kept).
+        verbose: print the report.
+    """
+    kwargs = dict(example_kwargs or {})
+    mode = "training" if training else "inference"
+    names = list(candidates if candidates is not None else CANDIDATES[mode])
+    if "eager" not in names:
+        names.insert(0, "eager")
+    unknown = sorted(set(names) - set(CANDIDATES[mode]))
+    if unknown:
+        raise ValueError(f"unknown {mode} candidates {unknown}; expected some of {list(CANDIDATES[mode])}")
+    if warmup < 1 or repeats < 1:
+        raise ValueError(f"expected warmup >= 1 and repeats >= 1, got {warmup} and {repeats}")
+    param = next(model.parameters(), None)
+    device = param.device.type if param is not None else "cpu"
+    loss_fn = loss_fn or (lambda out: sum(t.float().square().mean() for t in _tensors(out)))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def call(fn: Callable[..., Any], contexts: Callable[[], Any]) -> Any:
+        with contexts():
+            out = fn(*example_inputs, **kwargs)
+            if training:
+                loss_fn(out).backward()
+        if training:
+            for p in params:
+                p.grad = None
+        return out
+
+    report = OptimizeReport(chosen="eager", mode=mode)
+    built: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
+    reference = None
+    torch.manual_seed(0)
+    for name in names:
+        if name.startswith("bf16-") and not (allow_bf16 and has_native_bf16(device)):
+            why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
+            report.skipped[name] = why
+            continue
+        try:
+            fn, contexts = _build(name, model, training, device)
+            start = time.perf_counter()
+            torch.manual_seed(0)
+            out = call(fn, contexts)
+            for _ in range(warmup - 1):
+                call(fn, contexts)
+            if name != "eager":
+                report.compile_seconds[name] = time.perf_counter() - start
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call(fn, contexts)
+                times.append(time.perf_counter() - start)
+        except Exception as e:  # a candidate that cannot run here is skipped, not fatal
+            report.skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        if name == "eager":
+            reference = out
+        else:
+            err = _rel_error(out, reference)
+            limit = bf16_rtol if name.startswith("bf16-") else rtol
+            if not err <= limit:
+                report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
+                continue
+            report.max_rel_error[name] = err
+        report.seconds[name] = statistics.median(times)
+        built[name] = (fn, contexts)
+    if "eager" not in report.seconds:
+        raise RuntimeError(f"the model does not run on the example inputs: {report.skipped.get('eager')}")
+    report.chosen = min(report.seconds, key=report.seconds.get)
+    if verbose:
+        print(report)
+    return OptimizedModel(model, *built[report.chosen], report)

@@ -1,0 +1,68 @@
+"""`perceiver.optimize`: the chosen candidate gives the model's own outputs, the report names it and what was skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import inputs, tiny
+
+import perceiver
+from perceiver.optimization import CANDIDATES, OptimizedModel
+
+
+def test_inference_choice_keeps_outputs_and_reports(capsys):
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    fast = perceiver.optimize(model, x, candidates=["eager", "compile-freezing", "bf16-autocast"], repeats=2)
+    assert isinstance(fast, OptimizedModel) and fast.module is model
+    report = fast.report
+    assert report.chosen in report.seconds and set(report.seconds) <= {"eager", "compile-freezing"}
+    assert report.skipped["bf16-autocast"] == "allow_bf16=False"
+    assert report.speedup == pytest.approx(report.seconds["eager"] / report.seconds[report.chosen])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*x), model(*x), atol=1e-5, rtol=1e-5)
+    printed = capsys.readouterr().out
+    assert f"chose {report.chosen!r}" in printed and "eager" in printed
+
+
+def test_training_choice_gives_gradients():
+    model = tiny("language-perceiver").train()
+    x = inputs("language-perceiver")
+    fast = perceiver.optimize(model, x, training=True, candidates=["eager", "sdpa-math"], repeats=2, verbose=False)
+    assert set(fast.report.seconds) == {"eager", "sdpa-math"}
+    assert all(p.grad is None for p in model.parameters())  # timing leaves no gradients behind
+    fast(*x).logits.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_unknown_candidates_and_failures():
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    with pytest.raises(ValueError, match=r"unknown inference candidates \['sdpa-math'\]"):
+        perceiver.optimize(model, x, candidates=["sdpa-math"])
+    with pytest.raises(RuntimeError, match="does not run on the example inputs"):
+        perceiver.optimize(model, (torch.randn(2, 8, 8, 5),), candidates=["eager"], verbose=False)
+
+
+def test_wrong_outputs_are_rejected(monkeypatch):
+    import perceiver.optimization as opt
+
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    real = opt._build
+
+    def broken(name, *args):
+        fn, contexts = real(name, *args)
+        return ((lambda *a, **k: fn(*a, **k) * 2) if name == "compile" else fn), contexts
+
+    monkeypatch.setattr(opt, "_build", broken)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)  # no real compilation needed to test the check
+    fast = perceiver.optimize(model, x, candidates=["eager", "compile"], verbose=False)
+    assert fast.report.chosen == "eager"
+    assert fast.report.skipped["compile"].startswith("outputs differ from eager")
+
+
+def test_every_candidate_name_is_buildable():
+    assert set(CANDIDATES) == {"inference", "training"}
+    with pytest.raises(ValueError, match="expected warmup >= 1"):
+        perceiver.optimize(tiny("perceiver"), inputs("perceiver"), warmup=0)
