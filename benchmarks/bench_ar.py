@@ -1,0 +1,281 @@
+"""Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch, same weights.
+
+    .venv/bin/python benchmarks/bench_ar.py                # writes benchmarks/results/ar.{md,json}
+    .venv/bin/python benchmarks/bench_ar.py --quick        # fewer tokens / runs (a smoke run)
+
+Cases (fp32, 2 threads):
+
+- generate: 256 new tokens after a 2048-token prompt. perceiver-ar-pytorch: `AutoregressiveWrapper.generate`
+  (a full forward of the last `max_seq_len` tokens per token, top-k sampling with `filter_thres=0.9`); ours:
+  `PerceiverAR.generate` with its KV cache, the same top-k (k = 10% of the vocabulary) sampling. Same weights
+  (`PerceiverAR.from_perceiver_ar_pytorch`). Window 2048, 512 latents (perceiver-ar-pytorch: `cross_attn_seq_len`
+  1536), width 256, 4 + 1 layers, 4 heads of 64, vocabulary 262.
+- train step: forward + backward + AdamW step at context 2048 (batch 2), the same model. Time: median of
+  interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
+  (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then more steps; we report
+  the peak increase over the RSS before them.
+- resampler: forward of Flamingo's resampler (width 1024, depth 6, 64 latents, 8 heads x 64) on 2 x 1 x 256 media
+  features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import torch
+
+THREADS = 2
+RESULTS = Path(__file__).parent / "results"
+AR = dict(num_tokens=262, dim=256, depth=4, max_seq_len=2048, cross_attn_seq_len=1536, dim_head=64, heads=4, ff_mult=4)
+RESAMPLER = dict(dim=1024, depth=6, dim_head=64, heads=8, num_latents=64, num_media_embeds=4)
+PROMPT, NEW_TOKENS, TRAIN_BATCH = 2048, 256, 2
+
+
+def build_ar():
+    from perceiver_ar_pytorch import PerceiverAR as PeerAR
+    from perceiver_ar_pytorch.autoregressive_wrapper import AutoregressiveWrapper
+
+    from perceiver import PerceiverAR
+
+    torch.manual_seed(0)
+    peer = PeerAR(**AR)
+    ours = PerceiverAR.from_perceiver_ar_pytorch(peer.state_dict(), **AR)
+    return ours, AutoregressiveWrapper(peer)
+
+
+def build_resampler():
+    from flamingo_pytorch import PerceiverResampler as PeerResampler
+
+    from perceiver import PerceiverResampler
+
+    torch.manual_seed(0)
+    peer = PeerResampler(**RESAMPLER).eval()
+    return PerceiverResampler.from_flamingo_pytorch(peer.state_dict(), **RESAMPLER).eval(), peer
+
+
+def tokens(b: int, n: int) -> torch.Tensor:
+    return torch.randint(6, 262, (b, n), generator=torch.Generator().manual_seed(1))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def gen_ours(model, prompt, new_tokens):
+    return model.generate(prompt, new_tokens, do_sample=True, top_k=int(0.1 * 262), generator=torch.Generator())
+
+
+def gen_peer(wrapper, prompt, new_tokens):
+    return wrapper.generate(prompt, new_tokens, filter_thres=0.9)
+
+
+def bench_generate(new_tokens: int) -> dict:
+    ours, wrapper = build_ar()
+    prompt = tokens(1, PROMPT)
+    out = {}
+    for name, fn, model in (("ours", gen_ours, ours), ("peer", gen_peer, wrapper)):
+        fn(model, prompt[:, -64:] if name == "ours" else prompt, 2)  # warm-up
+        start = time.perf_counter()
+        fn(model, prompt, new_tokens)
+        elapsed = time.perf_counter() - start
+        out[name] = {"seconds": elapsed, "tokens_per_s": new_tokens / elapsed}
+    out["speedup"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    return out
+
+
+# ----------------------------------------------------------------------------- training step
+
+
+def train_step(impl: str, model, opt, x) -> None:
+    if impl == "ours":
+        loss = model(x, labels=x).loss
+    else:
+        loss = model.net(x, labels=x)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _train_setup(impl: str):
+    ours, wrapper = build_ar()
+    model = (ours if impl == "ours" else wrapper).train()
+    del ours, wrapper
+    gc.collect()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens(TRAIN_BATCH, AR["max_seq_len"])
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def memory_worker(impl: str, steps: int) -> dict:
+    torch.set_num_threads(THREADS)
+    model, opt, x = _train_setup(impl)
+    train_step(impl, model, opt, x)  # optimizer state allocated
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS")
+    for _ in range(steps):
+        train_step(impl, model, opt, x)
+    peak = _status_kb("VmHWM")
+    return {
+        "impl": impl,
+        "baseline_rss_mb": base / 1024,
+        "peak_rss_mb": peak / 1024,
+        "peak_increase_mb": (peak - base) / 1024,
+    }
+
+
+def bench_train(runs: int) -> dict:
+    setups = {impl: _train_setup(impl) for impl in ("ours", "peer")}
+    for impl, (model, opt, x) in setups.items():
+        train_step(impl, model, opt, x)
+    times = {"ours": [], "peer": []}
+    for i in range(runs):
+        for impl in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+            model, opt, x = setups[impl]
+            start = time.perf_counter()
+            train_step(impl, model, opt, x)
+            times[impl].append(time.perf_counter() - start)
+    del setups
+    gc.collect()
+    out = {impl: {"median_s": statistics.median(t), "times_s": t} for impl, t in times.items()}
+    for impl in ("ours", "peer"):
+        spec = json.dumps({"impl": impl, "steps": 2})
+        res = subprocess.run(
+            [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True
+        )
+        out[impl]["memory"] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
+    out["mem_ratio"] = out["ours"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
+    return out
+
+
+# ----------------------------------------------------------------------------- resampler
+
+
+def bench_resampler(runs: int) -> dict:
+    ours, peer = build_resampler()
+    media = torch.randn(2, 1, 256, RESAMPLER["dim"], generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        diff = (ours(media).last_hidden_state - peer(media)).abs().max().item()
+        times = {"ours": [], "peer": []}
+        for i in range(runs + 1):
+            for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+                fn = (lambda: ours(media)) if name == "ours" else (lambda: peer(media))
+                start = time.perf_counter()
+                fn()
+                if i:  # the first round is a warm-up
+                    times[name].append(time.perf_counter() - start)
+    out = {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+    out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
+    out["max_abs_diff"] = diff
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    from importlib.metadata import version
+
+    text = Path("/proc/cpuinfo").read_text()
+    cpu = "unknown"
+    with suppress(AttributeError):
+        cpu = re.search(r"^model name\s*:\s*(.*)$", text, re.M).group(1)
+    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))),
+        "torch": torch.__version__,
+        "perceiver_ar_pytorch": version("perceiver-ar-pytorch"),
+        "flamingo_pytorch": version("flamingo-pytorch"),
+        "python": platform.python_version(),
+    }
+
+
+def write_report(results: dict, out: Path) -> str:
+    info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
+    lines = [
+        "# Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch",
+        "",
+        f"Date: {results['date']} · commit `{results['commit']}` · command: `{results['command']}`",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads({info['threads']}), flags "
+        f"{' '.join(info['flags'])}; torch {info['torch']}, perceiver-ar-pytorch {info['perceiver_ar_pytorch']}, "
+        f"flamingo-pytorch {info['flamingo_pytorch']}. Load average (1 min): {results['load'][0]:.1f} at start, "
+        f"{results['load'][1]:.1f} at end (shared machine). fp32 everywhere. See the script's docstring for the cases.",
+        "",
+        "| case | ours | peer | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+        f"| generate {results['new_tokens']} tokens after {PROMPT} (tokens/s) | {g['ours']['tokens_per_s']:.1f} | "
+        f"{g['peer']['tokens_per_s']:.2f} | {g['speedup']:.1f}x | >= 5x: {'met' if g['speedup'] >= 5 else 'missed'} |",
+        f"| train step, context 2048, batch {TRAIN_BATCH} (s, median) | {t['ours']['median_s']:.3f} | "
+        f"{t['peer']['median_s']:.3f} | {t['speedup']:.2f}x | >= 1.5x: {'met' if t['speedup'] >= 1.5 else 'missed'} |",
+        f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
+        f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
+        f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
+        f"| resampler forward 2 x 256 x 1024 (ms, median) | {1e3 * r['ours']['median_s']:.1f} | "
+        f"{1e3 * r['peer']['median_s']:.1f} | {r['speedup']:.2f}x | >= 1.5x: "
+        f"{'met' if r['speedup'] >= 1.5 else 'missed'} |",
+        "",
+        f"Resampler max abs diff vs flamingo-pytorch: {r['max_abs_diff']:.1e}. Ratio = speed-up (peer time / ours) or "
+        "memory ratio (ours / peer). Generation: one run each (ours: 2 full forwards - the prompt and one window "
+        "slide - and cached steps; perceiver-ar-pytorch: one full forward per token).",
+        "",
+    ]
+    text = "\n".join(lines)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="16 new tokens, 3 runs (smoke run, not for the report)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per implementation (train, resampler)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ar", help="output path without suffix")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        spec = json.loads(args.memory_worker)
+        print(json.dumps(memory_worker(spec["impl"], spec["steps"])))
+        return
+    torch.set_num_threads(THREADS)
+    runs, new_tokens = (3, 16) if args.quick else (args.runs, NEW_TOKENS)
+    load0 = os.getloadavg()[0]
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "command": " ".join(["python", "benchmarks/bench_ar.py", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "new_tokens": new_tokens,
+    }
+    results["resampler"] = bench_resampler(runs)
+    print("resampler", results["resampler"]["speedup"], flush=True)
+    results["train"] = bench_train(runs)
+    print("train", results["train"]["speedup"], results["train"]["mem_ratio"], flush=True)
+    results["generate"] = bench_generate(new_tokens)
+    print("generate", results["generate"]["speedup"], flush=True)
+    results["load"] = [load0, os.getloadavg()[0]]
+    print(write_report(results, args.out))
+
+
+if __name__ == "__main__":
+    main()
