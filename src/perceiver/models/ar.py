@@ -570,7 +570,9 @@ class PerceiverAR(PretrainedMixin, nn.Module):
 
         Args:
             input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
-            attention_mask: `(B, L)` True = token, left padding only (rows end with their last token).
+            attention_mask: `(B, L)` True = token, left padding only (rows end with their last token). The rows
+                of a batch share one window schedule (that of the padded length), so a left-padded row generates
+                what it generates alone until the first window slide / latent reset.
             temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]).
             eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
             use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
