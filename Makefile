@@ -37,7 +37,6 @@ format: $(STAMP)
 # Side-by-side benchmarks against the peers (results in benchmarks/results/); tens of minutes on 2 cores.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classic.py
-	$(BIN)/python benchmarks/attention_kernels.py
 	$(BIN)/python benchmarks/bench_perceiver_io.py
 	$(BIN)/python benchmarks/bench_flow.py
 

@@ -6,9 +6,10 @@ Cases (issue 3, point 10):
   in fp32 (forward + backward + AdamW step), with the checkpoint's attention dropout (transformers' default 0.1) and
   without it (DeepMind's training setting); and the no-dropout step with ours under `set_grad_checkpointing()`
   (transformers' Perceiver has no gradient checkpointing, so its row is its plain step).
-Implementations: `hf` (transformers), `ours`, and for the bf16 inference cases `ours-opt`, ours after
-`perceiver.optimize_for_inference(model)` (bf16 weight copies cached across calls instead of autocast re-casting
-every Linear weight on every forward; same outputs bit for bit).
+Implementations: `ours` (the default eager path), `ours-opt` (ours after `perceiver.optimize(model, inputs)`, which
+times eager / torch.compile / Inductor freezing / SDPA's math backend on this machine and keeps the fastest; fp32 only,
+so the arithmetic stays that of the case), `hf` (transformers, eager) and `hf-compile` (transformers under
+`torch.compile`, with Inductor freezing for inference: the best compiled form for it too).
 A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
 implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`). Every
 (implementation, case) runs in a fresh subprocess with torch.set_num_threads(2): latency = median of `--repeats`
@@ -30,7 +31,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,7 +51,7 @@ CASES = {
     # ours with set_grad_checkpointing(); transformers' Perceiver has no gradient checkpointing: its plain step
     "vision-train-fp32-nodrop-ckpt": ("vision", "train", None, 2, 0.0),
 }
-ANALYSIS = """## Why (FLOP accounting and profiles)
+ANALYSIS = """## Why (FLOP accounting)
 
 FLOPs per forward, counted by hand for the published sizes (they add up to the FlopCounterMode totals above):
 
@@ -60,40 +60,18 @@ FLOPs per forward, counted by hand for the published sizes (they add up to the F
 | vision-perceiver-learned, 224x224 | 48 layers x 7.52 = 360.8 GFLOP | 108.4 / 56.5 GFLOP | 8.8 |
 | language-perceiver, 2048 bytes | 26 layers x 3.89 = 101.2 GFLOP | 9.1 / 9.1 GFLOP | 10.6 |
 
-- Ours reassociates the vision encoder's cross-attention (`MultiHeadAttention.reassociate`): the 512 latent queries
-  absorb the key and value projections and attend to the 50176 LayerNormed input tokens (512 channels) directly,
-  instead of projecting every token to 512-channel keys and values: 105 -> 53 GFLOP for that attention, the same
-  function (tests: fp64 equality of outputs and gradients). That removes 12% of vision-learned's FLOPs; the MLM's
-  cross-attention (8 heads over 768 channels) would get costlier, so the cost model leaves it alone.
-- fp32 GEMMs in oneDNN: PyTorch runs fp32 CPU matmuls (`F.linear` -> `addmm`) in MKL's BLAS, which on this AMD
-  EPYC reaches ~181 GFLOP/s on a 4096^3 product, while oneDNN's fp32 kernel (the one Inductor emits for CPU Linears,
-  `torch.ops.mkldnn._linear_pointwise`) reaches ~393-417: the "matmul peak" above is the better of the two, so
-  transformers' fp32 rows show 34-40% MFU. Every Linear of our models is `perceiver.nn.Linear`, whose fp32 forward
-  and gradients run in oneDNN (fp32 arithmetic: errors against fp64 of the same order as BLAS; parity with
-  transformers stays within 1e-4). The latent Transformer (76% of vision's FLOPs, 84% of the MLM's) is the same
-  GEMMs in both libraries, so this is where most of the fp32 speedup comes from (MLM 0.95x -> 1.99x, vision 1.16x ->
-  1.92x). `perceiver.use_onednn_fp32_linear(False)` restores `F.linear` (before this change: `addmm` 587 ms in
-  transformers' MLM, 604 ms in ours, at 85% of the BLAS peak). bf16 matmuls already go through oneDNN in PyTorch.
-- Inference without autograd writes residual adds, the GELU, masking and softmax into the blocks' own fresh outputs,
-  drops an all-valid attention mask on CPU (the MLM's `attention_mask` of ones), and keeps the projected learned
-  positions of vision-learned (a constant at inference, 51 MB kept with the model, most of why its fp32 peak went
-  from 268 to 310 MB): fresh activation buffers cost page faults here (one profiled forward spent a third of its
-  time in copies and elementwise ops writing new 2 MB tensors).
-- bf16 autocast: the same GEMMs at ~2x oneDNN's fp32 rate, so attention, autocast's weight casts and elementwise work
-  weigh more. Ours runs attention with unequal q/v head widths (MLM: 32 vs 160) and wide bf16 heads as two bf16
-  GEMMs with a softmax that accumulates in fp32 (SDPA's fallback upcasts to fp32 and was 1.5-5x slower), reassociates
-  vision's encoder and, at inference, drops the key bias and adds the value bias after mixing instead of copying the
-  (50176, 513) inputs with a ones column. The MLM bf16 row (not one of issue 3's cases, which are vision fp32 / bf16
-  and the MLM in fp32) stays below 1.2x without `optimize_for_inference()`: autocast re-casts the 201M Linear weights
-  on every forward in both libraries; keeping the bf16 copies gives 1.27x at +377 MB, which is why it is opt-in.
-- Run-to-run spread: the same case varies by up to 15% between fresh processes on this machine (e.g. transformers'
-  vision fp32 2.95-3.57 s in one run), so the inference rows pool three rounds of fresh processes, interleaved with
-  transformers'.
-- Training memory: at batch 2, the activations kept for backward by 48 latent layers dominate the step's peak in both
-  libraries; the reassociated cross-attention does not store its (B, 50176, 512) keys and values (0.89x). Only
-  recomputation (`set_grad_checkpointing()`, which transformers' Perceiver lacks) brings the peak below 0.6x: 0.43x
-  for 14% more step time than our plain step, still 1.3x faster than transformers' plain step (the oneDNN Linears
-  take the step from 16.5 s to 12.5 s; attention's batched matmuls and the elementwise backward stay in PyTorch).
+- Ours reassociates the vision encoder's cross-attention (chosen once when the encoder is built, by a multiply-add
+  count): the 512 latent queries absorb the key and value projections and attend to the 50176 LayerNormed input
+  tokens directly: 108 -> 56 GFLOP for that attention, the same function (tests: fp64 equality of outputs and
+  gradients), and its (B, 50176, 1024) keys and values are never stored for backward. The MLM's cross-attention
+  (8 heads over 768 channels) would get costlier, so it keeps the standard form.
+- Attention runs in SDPA's fused kernel (no (B, H, N, M) matrix), transformers' in explicit matmuls and a softmax.
+- The latent Transformer (76% of vision's FLOPs, 84% of the MLM's) is the same GEMMs in both libraries: in eager
+  fp32 both run PyTorch's `addmm` (MKL's BLAS on x86), so the eager MLM can only gain on the rest. `optimize()` finds
+  what this machine runs faster: Inductor with freezing pre-packs the weights and emits oneDNN GEMMs, which on this
+  CPU beat the BLAS kernel (the matmul peaks per backend are in the header).
+- Run-to-run spread: fresh processes of the same case differ by up to 15% on these machines, so rows can pool
+  rounds of fresh processes (`--rounds`), interleaved between implementations.
 """
 HF_HEADS = {"mlm": "PerceiverForMaskedLM", "vision": "PerceiverForImageClassificationLearned"}
 PRESETS = {"mlm": "language-perceiver", "vision": "vision-perceiver-learned"}
@@ -129,10 +107,24 @@ def load(impl: str, model: str, folder: Path):
         return getattr(transformers, HF_HEADS[model]).from_pretrained(folder)
     import perceiver
     import perceiver.interop  # noqa: F401  (registers the converters)
-    from perceiver.nn.inference import optimize_for_inference
 
-    model = perceiver.from_pretrained(folder)
-    return optimize_for_inference(model) if impl == "ours-opt" else model
+    return perceiver.from_pretrained(folder)
+
+
+def prepare(impl: str, model, mode: str, inputs: dict):
+    """The callable timed for `impl`: compiled (hf-compile) or chosen by `perceiver.optimize` (ours-opt)."""
+    import torch
+
+    if impl == "hf-compile":
+        model.train(mode == "train")
+        return torch.compile(model) if mode == "train" else torch.compile(model, options={"freezing": True}), None
+    if impl == "ours-opt":
+        import perceiver
+
+        model.train(mode == "train")
+        fast = perceiver.optimize(model, (), inputs, training=mode == "train", warmup=1, repeats=2, verbose=False)
+        return fast, str(fast.report)
+    return model, None
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -151,10 +143,11 @@ def worker(args: argparse.Namespace) -> dict:
     else:
         inputs = {"inputs": torch.randn(batch, 3, 224, 224)}
     labels = torch.randint(0, 1000, (batch,))
+    if mode == "train" and args.case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing()
+    model, optimize_report = prepare(args.impl, model, mode, inputs)
     if mode == "train":
         model.train()
-        if args.case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
         def run(grad_mode=None):
@@ -182,7 +175,7 @@ def worker(args: argparse.Namespace) -> dict:
         cpu_times.append(time.process_time() - c0)
     peak = status_mb("VmHWM")
     counter = FlopCounterMode(display=False)
-    if args.count_flops:
+    if args.count_flops and args.impl in ("hf", "ours"):
         with counter:
             run() if mode == "train" else run(contextlib.nullcontext)
     return {
@@ -196,6 +189,7 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_delta_mb": peak - base,
         "counted_flops": counter.get_total_flops(),
         "params": sum(p.numel() for p in model.parameters()),
+        "optimize_report": optimize_report,
     }
 
 
@@ -260,22 +254,12 @@ def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
 
 
 def machine_info() -> dict:
-    import torch
     import transformers
 
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": 2,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import machine
+
+    return machine(2, peaks=False) | {"transformers": transformers.__version__}
 
 
 def run_case(case: str, impl: str, folder: Path, args, memory: bool = False) -> dict:
@@ -305,8 +289,12 @@ def pool(timed: list[dict], memory: list[dict]) -> dict:
     return row
 
 
-TARGETS = {"infer": ("speedup", 1.2), "train": ("memory ratio", 0.6)}
-IMPL_NAMES = {"ours": "ours", "ours-opt": "ours + optimize_for_inference", "hf": "transformers"}
+IMPL_NAMES = {
+    "ours": "ours (eager default)",
+    "ours-opt": "ours after optimize()",
+    "hf": "transformers (eager)",
+    "hf-compile": "transformers (torch.compile)",
+}
 
 
 def by_backend_note(info: dict) -> str:
@@ -328,7 +316,8 @@ def report(info: dict, rows: list[dict], command: str) -> str:
     lines = [
         "# Perceiver IO: ours vs transformers (same weights)",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads(2); torch {info['torch']}, "
+        f"Machine: {info['cpu']} ({', '.join(info.get('flags', []))}), {info['cores']} cores, "
+        f"torch.set_num_threads(2); torch {info['torch']}, "
         f"transformers {info['transformers']}, Python {info['python']}. Load average (1, 5, 15 min) at start / end: "
         f"{load} ({busy}); min and CPU time are shown too.",
         f"Measured matmul peak (4096^3, best of 4, at that load; MFU uses the peak measured in each row's run): "
@@ -351,34 +340,52 @@ def report(info: dict, rows: list[dict], command: str) -> str:
     by = {(r["case"], r["impl"]): r for r in rows}
     verdicts = []
     for case in dict.fromkeys(r["case"] for r in rows):
-        hf = by.get((case, "hf"))
-        flops = (hf or by[(case, "ours")])["counted_flops"]
+        hf, hfc, ours, opt = (by.get((case, i)) for i in ("hf", "hf-compile", "ours", "ours-opt"))
+        flops = (hf or ours)["counted_flops"]
         dtype = "bfloat16" if CASES[case][2] else "float32"
-        for impl in ("ours", "ours-opt", "hf"):
+        peers = [r for r in (hf, hfc) if r is not None]
+        best_peer = min(peers, key=lambda r: r["median_s"]) if peers else None
+        for impl in ("ours", "ours-opt", "hf", "hf-compile"):
             r = by.get((case, impl))
             if r is None:
                 continue
             rate = flops / r["median_s"] / 1e9
             peak = r.get("matmul_peak_gflops", info["matmul_peak_gflops"])  # measured in the run of this row
             speed = mem = ""
-            if impl != "hf" and hf is not None:
+            if impl.startswith("ours") and hf is not None:
                 ratio, ratio_min = hf["median_s"] / r["median_s"], min(hf["times_s"]) / min(r["times_s"])
-                mem_ratio = r["peak_delta_mb"] / max(hf["peak_delta_mb"], 1e-9)
-                speed, mem = f"{ratio:.2f}x ({ratio_min:.2f}x)", f"{mem_ratio:.2f}x"
-                what, bound = TARGETS[CASES[case][1]]
-                value = ratio if what == "speedup" else mem_ratio
-                ok = value >= bound if what == "speedup" else value <= bound
-                sign = ">=" if what == "speedup" else "<="
-                who = " with optimize_for_inference()" if impl == "ours-opt" else ""
-                extra = " (extra case: issue 3 asks for the MLM in fp32)" if case == "mlm-bf16" else ""
-                verdicts.append(
-                    f"- {case}{who}: {what} {value:.2f}x (target {sign} {bound}x): {'met' if ok else 'MISSED'}{extra}"
+                speed, mem = (
+                    f"{ratio:.2f}x ({ratio_min:.2f}x)",
+                    f"{r['peak_delta_mb'] / max(hf['peak_delta_mb'], 1e-9):.2f}x",
                 )
+            chosen = ""
+            if r.get("optimize_report"):
+                chosen = r["optimize_report"].splitlines()[0].split("chose ")[1].split(",")[0]
             lines.append(
-                f"| {case} | {IMPL_NAMES[impl]} | {r['median_s']:.3f} | "
+                f"| {case} | {IMPL_NAMES[impl]}{' ' + chosen if chosen else ''} | {r['median_s']:.3f} | "
                 f"{min(r['times_s']):.3f} | {statistics.median(r.get('cpu_times_s') or [float('nan')]):.2f} | "
                 f"{r['peak_delta_mb']:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {rate / peak[dtype]:.1%} | {speed} | {mem} |"
             )
+        train = CASES[case][1] == "train"
+
+        def verdict(what: str, value: float, bound: float, higher: bool = True, case: str = case) -> None:
+            ok = value >= bound if higher else value <= bound
+            sign = ">=" if higher else "<="
+            verdicts.append(f"- {case}: {what} {value:.2f} (target {sign} {bound}): {'met' if ok else 'MISSED'}")
+
+        if ours and hf:
+            verdict(
+                "ours eager / transformers eager, speed-up", hf["median_s"] / ours["median_s"], 1.5 if train else 1.3
+            )
+            if train:
+                verdict("ours / transformers peak memory", ours["peak_delta_mb"] / hf["peak_delta_mb"], 0.6, False)
+        if opt and best_peer:
+            name = IMPL_NAMES[best_peer["impl"]]
+            verdict(f"ours after optimize() / the faster of transformers ({name})",
+                    best_peer["median_s"] / opt["median_s"], 1.5 if train else 1.2)  # fmt: skip
+            if case == "vision-fp32":
+                peak = opt.get("matmul_peak_gflops", info["matmul_peak_gflops"])["float32"]
+                verdict("MFU after optimize()", flops / opt["median_s"] / 1e9 / peak, 0.7)
     lines += ["", "## Targets", "", *verdicts, "", ANALYSIS]
     return "\n".join(lines)
 
@@ -386,7 +393,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--impls", default="ours,ours-opt,hf", help="ours-opt: ours after optimize_for_inference()")
+    parser.add_argument("--impls", default="ours,ours-opt,hf,hf-compile", help="implementations (see the docstring)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per inference case")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed steps per training case")
     parser.add_argument("--warmup", type=int, default=1)
@@ -427,8 +434,7 @@ def main() -> None:
         for i, case in enumerate(cases):
             model, _, _, _, dropout = CASES[case]
             folder = folders[f"{model}-nodrop" if dropout == 0.0 else model]
-            # optimize_for_inference only changes autocast inference: its rows are the bf16 inference cases
-            impls = [m for m in args.impls.split(",") if m != "ours-opt" or (CASES[case][1:3] == ("infer", "bfloat16"))]
+            impls = [m.strip() for m in args.impls.split(",") if m.strip()]
             timed: dict[str, list[dict]] = {impl: [] for impl in impls}
             memory: dict[str, list[dict]] = {impl: [] for impl in impls}
             for r in range(args.rounds):

@@ -66,6 +66,8 @@ def run_demo(
     has_best = bool(getattr(trainer.checkpoint_callback, "best_model_path", ""))
     results = trainer.test(task, datamodule=data, ckpt_path="best" if has_best else None, verbose=False)
     test_acc = float(results[0]["test/acc"])
+    if trainer.global_rank != 0:  # the other processes of a multi-process run stop here (rank 0 plots and reports)
+        return {"test_acc": test_acc, "model_dir": out / "model", "curves": None, "attention": None, "seconds": 0.0}
 
     curves = plot_training_curves(out, out / "training_curves.png", title="classic Perceiver on sklearn digits")
     model = from_pretrained(out / "model")
