@@ -88,6 +88,20 @@ TINY: dict[str, tuple[dict[str, Any], Callable[..., tuple]]] = {
         dict(IO, num_bands=4, num_classes=5),
         lambda b, size=20: (torch.rand(b, size, 3) * 2 - 1,),
     ),
+    "token-classifier": (dict(TEXT, decoder_qk_channels=16, num_labels=3), _ids),
+    "question-answering": (dict(TEXT, decoder_qk_channels=16), _ids),
+    "perceiver-ar": (
+        dict(max_seq_len=16, num_latents=4, d_model=16, num_heads=2, num_layers=1),
+        lambda b, size=12: (torch.randint(0, 262, (b, size)),),
+    ),
+    "perceiver-ar-tiny": (
+        dict(max_seq_len=16, num_latents=4, d_model=16, num_heads=2, num_layers=1),
+        lambda b, size=12: (torch.randint(0, 262, (b, size)),),
+    ),
+    "perceiver-resampler": (
+        dict(dim=16, depth=1, num_latents=4, num_heads=2, head_dim=8),
+        lambda b, size=5: (torch.randn(b, 2, size, 16),),
+    ),
 }
 
 

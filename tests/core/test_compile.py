@@ -29,6 +29,11 @@ VARIABLE_LENGTH = {  # models whose input length may change between calls (the `
     "optical-flow-perceiver": (12, 8),
     "audio-classifier": (16, 9),
     "point-cloud-classifier": (20, 13),
+    "token-classifier": (10, 7),
+    "question-answering": (10, 7),
+    "perceiver-ar": (12, 9),
+    "perceiver-ar-tiny": (12, 9),
+    "perceiver-resampler": (5, 3),
 }
 
 
