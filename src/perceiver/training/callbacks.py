@@ -1,5 +1,6 @@
 """Callbacks and the logger the `perceiver` CLI adds to every run: per-step reseeding, the best model as a model
-folder, predictions as JSON lines, a CSV logger that appends to the run's metrics.csv."""
+folder, predictions as JSON lines, a CSV logger that appends to the run's metrics.csv, a stop on non-finite losses or
+gradients, checkpoints that are never non-finite and are written atomically next to their target."""
 
 from __future__ import annotations
 
@@ -13,13 +14,175 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["AppendingCSVLogger", "JsonlPredictionWriter", "SavePretrained", "StepSeed", "data_description"]
+__all__ = [
+    "AppendingCSVLogger",
+    "FiniteCheck",
+    "FiniteModelCheckpoint",
+    "JsonlPredictionWriter",
+    "MetricsResume",
+    "NonFiniteError",
+    "SavePretrained",
+    "StepSeed",
+    "data_description",
+    "remove_stale_temp_files",
+]
+
+#: suffix of the temporary files / folders written next to their target and renamed into place
+TMP_SUFFIX = ".tmp"
+
+
+class NonFiniteError(FloatingPointError):
+    """A training loss, gradient or set of weights holds NaN or infinity; the run stops (nothing is saved)."""
+
+
+def _non_finite_names(named: Any, limit: int = 3) -> list[str]:
+    """Names of (up to `limit`) tensors in `named` ((name, tensor) pairs) holding NaN or inf; one host sync."""
+    items = [(n, t) for n, t in named if t is not None and t.is_floating_point() and t.numel()]
+    if not items:
+        return []
+    device = items[0][1].device
+    flags = torch.stack([torch.isfinite(t).all().to(device) for _, t in items]).tolist()
+    return [n for (n, _), ok in zip(items, flags, strict=True) if not ok][:limit]
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Delete leftovers of writes killed half-way (`folder/pattern`, files or folders); returns what was removed."""
+    import shutil
+
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(pattern):
+        if not path.name.endswith(TMP_SUFFIX):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+class FiniteCheck(Callback):
+    """Stop training with `NonFiniteError` at the first non-finite loss (before its backward pass) or gradient
+    (before the optimizer step, so the weights stay finite), naming the step, epoch and batch.
+
+    With fp16 loss scaling (`16-mixed`) non-finite gradients are expected and skipped by the scaler, so only the loss
+    is checked there. Costs one host sync per step for the loss and one for all gradients.
+    """
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        self.check_gradients = check_gradients
+        self._batch_idx = 0
+
+    def _where(self, trainer: L.Trainer) -> str:
+        return f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteError(
+                f"non-finite training loss {loss.detach().float().cpu().tolist()} at {self._where(trainer)}; "
+                f"the run stops and no checkpoint or model of it is written (lower the learning rate, check the "
+                f"data for NaN / inf, or use gradient clipping)"
+            )
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if not self.check_gradients or getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = ((n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None)
+        bad = _non_finite_names(grads)
+        if bad:
+            raise NonFiniteError(
+                f"non-finite gradient at {self._where(trainer)} in {', '.join(bad)}; the run stops before the "
+                f"optimizer step and no checkpoint or model of it is written (lower the learning rate or clip "
+                f"gradients)"
+            )
+
+
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` into `.NAME.PID.tmp` next to the target, then `os.replace` (Lightning's own atomic save writes
+    its temporary file into the system temp folder, where a killed run leaves it behind)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class FiniteModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that refuses to write weights holding NaN / inf (`NonFiniteError`), writes atomically next
+    to the target (`.NAME.PID.tmp`, renamed into place) and removes such leftovers of a killed run at setup.
+
+    `every_n_train_steps` gives step checkpoints inside an epoch, as in `ModelCheckpoint`.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = _AtomicCheckpointIO()
+        if trainer.is_global_zero and self.dirpath:
+            for path in remove_stale_temp_files(self.dirpath, f".*{TMP_SUFFIX}"):
+                rank_zero_info(f"removed {path}, left behind by a killed run")
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        bad = _non_finite_names(trainer.lightning_module.state_dict().items())
+        if bad:
+            raise NonFiniteError(
+                f"refusing to write the checkpoint {filepath} at step {trainer.global_step}: non-finite weights in "
+                f"{', '.join(bad)}"
+            )
+        super()._save_checkpoint(trainer, filepath)
+
+
+class MetricsResume(Callback):
+    """Stores the number of data rows of `metrics.csv` in every checkpoint and, when `fit` resumes from one, cuts
+    the file back to that many rows, so that steps logged after the checkpoint (and logged again by the resumed
+    run) do not appear twice."""
+
+    def _logger(self, trainer: L.Trainer) -> AppendingCSVLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, AppendingCSVLogger)), None)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        logger = self._logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        logger.save()  # flush buffered rows, so the count is that of everything logged so far
+        path = Path(logger.experiment.metrics_file_path)
+        rows = 0
+        if path.is_file():
+            with path.open(newline="") as f:
+                rows = max(sum(1 for _ in f) - 1, 0)
+        checkpoint["metrics_csv_rows"] = rows
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        logger = self._logger(trainer)
+        rows = checkpoint.get("metrics_csv_rows")
+        if logger is None or rows is None or not trainer.is_global_zero:
+            return
+        path = Path(logger.experiment.metrics_file_path)
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        if len(lines) - 1 > rows:
+            tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+            tmp.write_text("".join(lines[: rows + 1]))
+            os.replace(tmp, path)
+            rank_zero_info(f"{path}: dropped {len(lines) - 1 - rows} rows logged after the checkpoint")
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -105,6 +268,11 @@ class SavePretrained(Callback):
     def __init__(self, dirname: str = "model") -> None:
         self.dirname = dirname
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            out = Path(trainer.default_root_dir) / self.dirname
+            remove_stale_temp_files(out.parent, f".{out.name}.*{TMP_SUFFIX}")
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.model
         if not hasattr(model, "save_pretrained"):
@@ -128,6 +296,9 @@ class SavePretrained(Callback):
             # a plain (unsharded) copy of the network to hold the chosen weights
             model = pl_module.build_plain_model() if sharded else copy.deepcopy(model).cpu()
             model.load_state_dict(state)
+        bad = _non_finite_names(model.state_dict().items())
+        if bad:
+            raise NonFiniteError(f"refusing to save the model of the {source}: non-finite weights in {', '.join(bad)}")
         out = Path(trainer.default_root_dir) / self.dirname
         model.save_pretrained(out)
         task = {"task": getattr(pl_module, "task_name", "generic"), **data_description(trainer.datamodule)}

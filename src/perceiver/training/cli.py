@@ -46,7 +46,16 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from perceiver.hardware import resolve_precision, resolve_threads
-from perceiver.training.callbacks import AppendingCSVLogger, JsonlPredictionWriter, SavePretrained, StepSeed
+from perceiver.training.callbacks import (
+    AppendingCSVLogger,
+    FiniteCheck,
+    FiniteModelCheckpoint,
+    JsonlPredictionWriter,
+    MetricsResume,
+    NonFiniteError,
+    SavePretrained,
+    StepSeed,
+)
 from perceiver.training.tasks import PerceiverTask
 
 __all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
@@ -71,9 +80,14 @@ def default_loggers(run_dir: str | Path) -> list[Any]:
 
 
 def default_callbacks(
-    task: PerceiverTask | type[PerceiverTask], run_dir: str | Path, existing: list[Callback], progress_bar: bool = True
+    task: PerceiverTask | type[PerceiverTask],
+    run_dir: str | Path,
+    existing: list[Callback],
+    progress_bar: bool = True,
+    every_n_train_steps: int | None = None,
 ) -> list[Callback]:
-    """The callbacks of a run that the configuration does not already provide (see the module docstring)."""
+    """The callbacks of a run that the configuration does not already provide (see the module docstring);
+    `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs)."""
     run_dir = Path(run_dir)
     have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
     out: list[Callback] = []
@@ -83,13 +97,20 @@ def default_callbacks(
         # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
         metric, mode = task.monitor
         common = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
-        out.append(ModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
-        out.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))
+        # FiniteModelCheckpoint: never writes NaN / inf weights, writes next to the target and renames
+        out.append(FiniteModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
+        out.append(FiniteModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))
+        if every_n_train_steps:
+            out.append(
+                FiniteModelCheckpoint(
+                    filename="last", monitor=None, save_top_k=1, every_n_train_steps=every_n_train_steps, **common
+                )
+            )
     if progress_bar and not have(ProgressBar):
         out.append(RichProgressBar(leave=True))
     if not have(LearningRateMonitor):
         out.append(LearningRateMonitor(logging_interval="step"))
-    for cls in (StepSeed, SavePretrained, JsonlPredictionWriter):
+    for cls in (FiniteCheck, MetricsResume, StepSeed, SavePretrained, JsonlPredictionWriter):
         if not have(cls):
             out.append(cls())
     return out
@@ -139,6 +160,13 @@ class PerceiverCLI(LightningCLI):
             "amx_bf16, Arm bf16), 32-true otherwise; or any Lightning precision. --trainer.precision, when given, "
             "wins. Printed at start.",
         )
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="Also write checkpoints/last.ckpt every N optimizer steps (inside epochs), for resuming long "
+            "epochs with --ckpt_path last.",
+        )
 
     def _subconfig(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -175,7 +203,8 @@ class PerceiverCLI(LightningCLI):
         run_dir = Path(config.get("default_root_dir") or "runs/default")
         existing = list(config.get("callbacks") or [])
         progress_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
-        kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar)
+        every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
+        kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar, every)
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(run_dir)
         return super().instantiate_trainer(**kwargs)
@@ -228,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         print(EXTRA_HELP)
     try:
         PerceiverCLI(args=None if from_sys else argv)
+    except NonFiniteError as e:
+        raise SystemExit(f"error: {e}") from e
     except ValueError as e:
         raise SystemExit(f"error: {_instantiation_error(e)}") from e
     return None
