@@ -122,7 +122,12 @@ def test_mismatched_parts_raise():
 
 def test_registry_lists_and_creates_presets():
     assert "perceiver" in perceiver.list_models()
-    assert perceiver.list_models("perc*") == ["perceiver"]
+    assert perceiver.list_models("perceiver*") == [
+        "perceiver",
+        "perceiver-ar",
+        "perceiver-ar-tiny",
+        "perceiver-resampler",
+    ]
     model = perceiver.create_model("perceiver", depth=1, num_latents=4, latent_dim=8, latent_heads=2, num_classes=5)
     assert model(torch.randn(1, 3, 3, 3)).shape == (1, 5)
     with pytest.raises(ValueError, match="unknown model 'nope'"):

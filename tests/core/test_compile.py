@@ -37,12 +37,13 @@ VARIABLE_LENGTH = {  # models whose input length may change between calls (the `
 }
 
 
-FAST = {"perceiver", "language-perceiver", "vision-perceiver-learned", "optical-flow-perceiver"}
+FAST_TRAINING = {"perceiver", "vision-perceiver-learned"}
+FAST_DYNAMIC = {"language-perceiver", "vision-perceiver-learned"}
 
 
-def subset(names):
-    """`names`, the ones outside FAST marked slow."""
-    return [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(names)]
+def subset(names, fast):
+    """`names`, the ones outside `fast` marked slow."""
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in sorted(names)]
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_no_graph_breaks(name):
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize("name", subset(TINY))
+@pytest.mark.parametrize("name", subset(TINY, FAST_TRAINING))
 def test_training_step_compiles_whole(name):
     """Forward + backward through one captured graph (AOT autograd) give eager's gradients."""
     model = tiny(name).train()
@@ -92,7 +93,7 @@ def test_training_step_compiles_whole(name):
         torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-@pytest.mark.parametrize("name", subset(TINY))
+@pytest.mark.parametrize("name", subset(TINY, FAST_DYNAMIC))
 def test_dynamic_batch_and_length(name):
     """`dynamic=True`: other batch sizes (and input lengths where the model takes any) reuse the graph, same outputs."""
     model = tiny(name)
