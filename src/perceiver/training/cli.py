@@ -52,6 +52,7 @@ from perceiver.training.callbacks import (
     FiniteModelCheckpoint,
     JsonlPredictionWriter,
     MetricsResume,
+    MidEpochResume,
     NonFiniteError,
     SavePretrained,
     StepSeed,
@@ -110,7 +111,7 @@ def default_callbacks(
         out.append(RichProgressBar(leave=True))
     if not have(LearningRateMonitor):
         out.append(LearningRateMonitor(logging_interval="step"))
-    for cls in (FiniteCheck, MetricsResume, StepSeed, SavePretrained, JsonlPredictionWriter):
+    for cls in (FiniteCheck, MetricsResume, MidEpochResume, StepSeed, SavePretrained, JsonlPredictionWriter):
         if not have(cls):
             out.append(cls())
     return out
@@ -184,10 +185,9 @@ class PerceiverCLI(LightningCLI):
             trainer.precision = precision.value
         else:
             precision = resolve_precision(trainer.precision)
-        if self.subcommand is not None:
-            what = f"precision {precision.value} ({precision.reason})"
-            what += f"; {torch.get_num_threads()} CPU threads" + (f" ({threads.reason})" if threads else "")
-            print(f"perceiver: {what}", file=sys.stderr)
+        what = f"precision {precision.value} ({precision.reason})"
+        what += f"; {torch.get_num_threads()} CPU threads" + (f" ({threads.reason})" if threads else "")
+        print(f"perceiver: {what}", file=sys.stderr)
         starting_fresh = self.subcommand in (None, "fit") and not config.get("ckpt_path")
         if starting_fresh:
             prepare_run_dir(Path(config.trainer.default_root_dir), overwrite=bool(config.get("overwrite")))

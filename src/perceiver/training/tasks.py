@@ -81,6 +81,10 @@ class PerceiverTask(L.LightningModule):
         compile: run the model through `torch.compile` (`nn.Module.compile`: state dict and checkpoints unchanged).
             Worth it for long runs of small models, whose steps are dominated by per-op overhead; the first steps
             (and the first validation) pay the compilation.
+        optimize: at the start of training, time the ways to run a training step on this machine with the first
+            batch (`perceiver.optimize(..., training=True)`: eager, torch.compile, SDPA's math backend, both) under
+            the run's precision, print the report and train with the fastest (parameters, checkpoints and the
+            model folder are unchanged). An explicit opt-in: the choice depends on the CPU / GPU it runs on.
     """
 
     #: metric ModelCheckpoint keeps the best of, and whether lower or higher is better
@@ -99,12 +103,43 @@ class PerceiverTask(L.LightningModule):
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.01,
         compile: bool = False,
+        optimize: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, model_kwargs, pretrained)
         if compile:
             self.model.compile()
+        self.__dict__["_runner"] = None  # what `optimize` chose for training steps (not a submodule: no new keys)
+        self.__dict__["_captured"] = None
+
+    def run_model(self, *args: Any, **kwargs: Any) -> Any:
+        """`self.model(*args, **kwargs)`, through what `optimize=True` chose while training."""
+        if self.__dict__["_captured"] is not None:
+            self.__dict__["_captured"].append((args, kwargs))
+        runner = self.__dict__["_runner"]
+        return runner(*args, **kwargs) if runner is not None and self.training else self.model(*args, **kwargs)
+
+    def on_train_start(self) -> None:
+        if not self.hparams.get("optimize") or self.__dict__["_runner"] is not None:
+            return
+        import perceiver
+
+        batch = self.transfer_batch_to_device(next(iter(self.trainer.train_dataloader)), self.device, 0)
+        self.__dict__["_captured"] = calls = []
+        try:
+            with torch.no_grad():
+                self._call_model(batch)  # records the model call a training step makes
+        finally:
+            self.__dict__["_captured"] = None
+        args, kwargs = calls[0]
+        with self.trainer.precision_plugin.forward_context():
+            fast = perceiver.optimize(
+                self.model, args, kwargs, training=True, candidates=perceiver.optimization.TRAINING_FP32, verbose=False
+            )
+        if self.trainer.is_global_zero:
+            print(f"perceiver: training steps {fast.report}", flush=True)
+        self.__dict__["_runner"] = fast
 
     def build_plain_model(self) -> nn.Module:
         """A new, unsharded instance of the network (random weights) built from this task's hyperparameters."""
@@ -199,9 +234,9 @@ class ClassificationTask(PerceiverTask):
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         if "inputs" in batch:
             mask = batch.get("mask")
-            return self.model(batch["inputs"]) if mask is None else self.model(batch["inputs"], mask)
+            return self.run_model(batch["inputs"]) if mask is None else self.run_model(batch["inputs"], mask)
         if "input_ids" in batch:
-            return self.model(batch["input_ids"], batch.get("attention_mask"))
+            return self.run_model(batch["input_ids"], batch.get("attention_mask"))
         raise ValueError(f"expected a batch with 'inputs' or 'input_ids', got keys {sorted(batch)}")
 
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
@@ -239,7 +274,7 @@ class MaskedLMTask(PerceiverTask):
         self._baseline: float | None = None
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
-        return self.model(batch["input_ids"], batch.get("attention_mask"))
+        return self.run_model(batch["input_ids"], batch.get("attention_mask"))
 
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch).float()
@@ -299,7 +334,7 @@ class FlowTask(PerceiverTask):
         self._examples: dict[str, Tensor] | None = None
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
-        return self.model(frames_to_model_input(batch["frames"], getattr(self.model.config, "patch_size", 3)))
+        return self.run_model(frames_to_model_input(batch["frames"], getattr(self.model.config, "patch_size", 3)))
 
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self(batch).float()
