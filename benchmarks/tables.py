@@ -1,0 +1,161 @@
+"""Regenerate the README's speed table from `benchmarks/results/*.json` (never typed by hand).
+
+    .venv/bin/python benchmarks/tables.py            # rewrites the block between the speed-table markers in README.md
+    .venv/bin/python benchmarks/tables.py --print    # prints it instead
+
+Each row names the machine its results file was measured on (CPU model, family / model id and the flags that decide
+kernels) and the load during the run; a results file that was not re-run keeps the machine it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+README = ROOT.parent / "README.md"
+BEGIN, END = "<!-- speed-table:begin (benchmarks/tables.py) -->", "<!-- speed-table:end -->"
+
+
+def _machine(info: dict) -> str:
+    if "flags" not in info:
+        return f"{info.get('cpu', '?')} (an earlier session's machine; flags not recorded)"
+    flags = info["flags"]
+    bf16 = "native bf16" if any(f in flags for f in ("avx512_bf16", "amx_bf16")) else "no native bf16"
+    ident = info.get("cpu_id", "").replace("vendor_id ", "").replace("cpu family ", "family ")
+    return f"{info.get('cpu', '?')} {ident} ({bf16})".replace("  ", " ").strip()
+
+
+def _load(info: dict, fallback=None) -> str:
+    start = info.get("load_average_at_start") or (fallback[0:1] if fallback else None)
+    end = info.get("load_average_at_end") or (fallback[1:2] if fallback else None)
+    if not start:
+        return ""
+    s = start[0] if isinstance(start, list | tuple) else start
+    e = end[0] if isinstance(end, list | tuple) else end if end else None
+    return f"{s:.1f}" + (f"-{e:.1f}" if e is not None else "")
+
+
+def classic_rows() -> list[list[str]]:
+    path = RESULTS / "classic.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    info, rows = data["machine"], []
+    for r in data["rows"]:
+        if r["case"] != "b1-224x224":
+            continue
+        lat, mem = r["latency"], r["memory"]
+        peer = lat["peer"]["median_s"]
+        best = min(lat[k]["median_s"] for k in ("peer", "peer-compile") if k in lat)
+        what = f"classic snippet 224x224, batch 1, {r['precision']}"
+        mem_ratio = f"{mem['ours']['peak_increase_mb'] / mem['peer']['peak_increase_mb']:.2f}x"
+        rows.append([what, "perceiver-pytorch", f"{peer / lat['ours']['median_s']:.2f}x", "", mem_ratio,
+                     _machine(info), _load(info), "classic.md"])  # fmt: skip
+        if "ours-opt" in lat:
+            rows.append([what, "perceiver-pytorch (faster of eager, compiled)", "",
+                         f"{best / lat['ours-opt']['median_s']:.2f}x ({r['chosen']})", "", _machine(info), _load(info),
+                         "classic.md"])  # fmt: skip
+    return rows
+
+
+IO_CASES = {
+    "mlm-fp32": "language-perceiver MLM, 2048 bytes, fp32",
+    "vision-fp32": "vision-perceiver-learned 224x224, batch 1, fp32",
+    "vision-train-fp32-nodrop": "vision-learned training step, batch 2, fp32",
+    "vision-train-fp32-nodrop-ckpt": "same, with set_grad_checkpointing()",
+    "mlm-bf16": "language-perceiver MLM, bf16 autocast",
+    "vision-bf16": "vision-perceiver-learned, bf16 autocast",
+}
+
+
+def io_rows() -> list[list[str]]:
+    path = RESULTS / "perceiver_io.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    info = data["machine"]
+    by = {(r["case"], r["impl"]): r for r in data["rows"]}
+    out = []
+    for case, what in IO_CASES.items():
+        hf, ours, opt = by.get((case, "hf")), by.get((case, "ours")), by.get((case, "ours-opt"))
+        if not hf or not ours:
+            continue
+        peers = [r for r in (hf, by.get((case, "hf-compile"))) if r]
+        best = min(peers, key=lambda r: r["median_s"])
+        mem = f"{ours['peak_delta_mb'] / max(hf['peak_delta_mb'], 1e-9):.2f}x"
+        chosen = ""
+        if opt and opt.get("optimize_report"):
+            chosen = opt["optimize_report"].splitlines()[0].split("chose ")[1].split(",")[0].strip("'")
+        speed_opt = f"{best['median_s'] / opt['median_s']:.2f}x ({chosen})" if opt else ""
+        out.append([what, "transformers (opt: faster of eager, compiled)", f"{hf['median_s'] / ours['median_s']:.2f}x",
+                    speed_opt, mem, _machine(info), _load(info), "perceiver_io.md"])  # fmt: skip
+    return out
+
+
+def flow_rows() -> list[list[str]]:
+    path = RESULTS / "flow.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    info = data["machine"]
+    out = []
+    for r in data["rows"]:
+        if r.get("implementation") == "ours" and r.get("latency_ratio_vs_transformers") and not r.get("autocast"):
+            out.append([f"optical flow 368x496, {r['case'].removeprefix('ours, ')}", "transformers",
+                        f"{1 / r['latency_ratio_vs_transformers']:.2f}x", "", f"{r['peak_ratio_vs_transformers']:.2f}x",
+                        _machine(info), _load(info), "flow.md"])  # fmt: skip
+            break
+    return out
+
+
+def ar_rows() -> list[list[str]]:
+    path = RESULTS / "ar.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    info, load = data["machine"], data.get("load")
+    m, ld = _machine(info), _load(info, load)
+    out = [
+        ["Perceiver AR: 256 new tokens after 2048 (cached generation)", "perceiver-ar-pytorch",
+         f"{data['generate']['speedup']:.1f}x", "", "", m, ld, "ar.md"],
+        ["Perceiver AR training step, context 2048", "perceiver-ar-pytorch", f"{data['train']['speedup']:.2f}x", "",
+         f"{data['train']['mem_ratio']:.2f}x", m, ld, "ar.md"],
+        ["Perceiver Resampler forward", "flamingo-pytorch", f"{data['resampler']['speedup']:.2f}x", "", "", m, ld,
+         "ar.md"],
+    ]  # fmt: skip
+    return out
+
+
+def table() -> str:
+    header = [
+        "| case | vs | ours eager (speed-up) | ours after `optimize()` (chosen) | peak memory (ours / theirs) | machine "
+        "| load | details |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    rows = classic_rows() + io_rows() + flow_rows() + ar_rows()
+    body = ["| " + " | ".join(r[:-1] + [f"[{r[-1]}](benchmarks/results/{r[-1]})"]) + " |" for r in rows]
+    return "\n".join(header + body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print", action="store_true", help="print the table instead of rewriting README.md")
+    args = parser.parse_args()
+    text = table()
+    if args.print:
+        print(text)
+        return
+    readme = README.read_text()
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    print(f"rewrote the speed table in {README} ({text.count(chr(10)) - 1} rows)")
+
+
+if __name__ == "__main__":
+    main()
