@@ -1,19 +1,29 @@
 """`save_pretrained` / `from_pretrained` for our own models: a folder with `config.json` + `model.safetensors`.
 
 Never pickle: configs are dataclasses written as JSON, weights are safetensors (shared / tied tensors are stored once
-and re-tied on load). Both files are written to a temporary folder first and moved into place, so a crash leaves
-either the old model directory or the new one, never half of one.
+and re-tied on load). Both files are written to a temporary folder next to the target (`.NAME.PID.XXXX.tmp`) first
+and moved into place, so a crash leaves either the old model directory or the new one, never half of one; such a
+folder left by a killed process is removed by the next `save_pretrained` next to it. Both files get the permissions
+of a new file under the umask (0644 under the usual 022).
+
+Loading validates: `config.json` must be a JSON object whose keys are fields of the config with values of their
+annotated types (ints at most `MAX_INT`, finite floats); the safetensors file must hold every tensor with the
+model's dtype and shape (no silent casts); with `check_finite=True` (default) every floating tensor must be finite,
+so that corrupted data bytes do not load silently. Errors name the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
+import types
+import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import torch
 from torch import nn
@@ -24,18 +34,163 @@ WEIGHTS_NAME = "model.safetensors"
 T = TypeVar("T", bound="PretrainedMixin")
 
 
+#: largest integer a config field may hold (sizes beyond it are corrupt files, not models)
+MAX_INT = 10**8
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as a JSON-ready dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build the dataclass `cls` from `data`, rejecting unknown keys with a clear error."""
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in `path`; `ValueError` naming the file for an empty file, invalid JSON or a non-object."""
+    path = Path(path)
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"{path}: expected a JSON object, got an empty file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: expected a JSON object, got invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__} {json.dumps(data)[:60]}")
+    return data
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits the annotation `hint` (int, float, bool, str, None, unions, Literal, tuple, list,
+    dict, nested dataclasses); unknown annotations accept anything."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not args:
+            return True
+        if origin is tuple and Ellipsis not in typing.get_args(hint):
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return all(_matches(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
+    return True
+
+
+def config_from_dict(cls: type, data: dict[str, Any], source: str | os.PathLike | None = None) -> Any:
+    """Build the dataclass `cls` from `data`, rejecting unknown keys. With `source` (the file the data comes from)
+    values of the wrong type or range (integers beyond `MAX_INT`, non-finite floats) are rejected too, and every
+    error names the file and the key."""
+    where = f"{source}: " if source is not None else ""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}expected a JSON object for {cls.__name__}, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown keys for {cls.__name__}: {unknown}; expected a subset of {sorted(names)}")
-    return cls(**data)
+        raise ValueError(f"{where}unknown keys for {cls.__name__}: {unknown}; expected a subset of {sorted(names)}")
+    if source is None:
+        return cls(**data)
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get(key, Any)
+        if not _matches(value, hint):
+            extra = f" (integers at most {MAX_INT}, finite floats)" if hint in (int, float) else ""
+            raise ValueError(
+                f"{where}key {key!r} of {cls.__name__}: expected {_type_name(hint)}{extra}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}invalid {cls.__name__}: {e}") from e
+
+
+def _umask() -> int:
+    """The process umask (from /proc on Linux; elsewhere set and restored, which is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temp_dirs(target: Path) -> None:
+    """Remove `.NAME.PID.*.tmp` folders next to `target` whose writing process no longer runs."""
+    for path in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = path.name[len(target.name) + 2 :].split(".")
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running: its write is in progress
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif pid == os.getpid():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_safetensors_checked(
+    model: nn.Module, path: str | os.PathLike, device: str = "cpu", check_finite: bool = True
+) -> None:
+    """Load `path` into `model` strictly: every tensor with the model's dtype and shape, no missing or unexpected
+    keys (tied tensors stored once are re-tied), finite when `check_finite`; `ValueError` naming file and key."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        stored = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: expected a safetensors file, could not read it ({e})") from None
+    own = model.state_dict()
+    unexpected = sorted(set(stored) - set(own))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}; expected the keys of {type(model).__name__}")
+    for key, tensor in stored.items():
+        want = own[key]
+        if tensor.dtype != want.dtype or tensor.shape != want.shape:
+            raise ValueError(
+                f"{path}: tensor {key!r}: expected {want.dtype} of shape {tuple(want.shape)}, "
+                f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
+            )
+        if check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{path}: tensor {key!r} holds NaN or inf; expected finite weights (a corrupted file?). "
+                f"Pass check_finite=False to load it anyway"
+            )
+    # tensors stored once for several names (tied weights): the other names share the storage in the model
+    stored_ptrs = {own[k].data_ptr() for k in stored}
+    missing = [k for k in own if k not in stored and own[k].data_ptr() not in stored_ptrs]
+    if missing:
+        raise ValueError(f"{path}: missing tensors {missing[:5]}; expected every tensor of {type(model).__name__}")
+    model.load_state_dict(stored, strict=False)
 
 
 class PretrainedMixin:
@@ -59,13 +214,16 @@ class PretrainedMixin:
         assert isinstance(self, nn.Module)
         target = Path(save_directory)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        _remove_stale_temp_dirs(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
         try:
             config = {"model_type": self.model_type, **config_to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_model(self, str(tmp / WEIGHTS_NAME))
+            mode = 0o666 & ~_umask()
             target.mkdir(exist_ok=True)
             for name in (CONFIG_NAME, WEIGHTS_NAME):
+                os.chmod(tmp / name, mode)
                 os.replace(tmp / name, target / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -73,19 +231,27 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(
-        cls: type[T], directory: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any
+        cls: type[T],
+        directory: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        check_finite: bool = True,
+        **overrides: Any,
     ) -> T:
-        """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout)."""
-        from safetensors.torch import load_model
+        """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout).
 
+        `check_finite` rejects weights holding NaN / inf (corrupted files); see the module docstring for the checks.
+        """
         path = Path(directory)
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} in {path}")
-        data = json.loads((path / CONFIG_NAME).read_text())
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} in {path}, {name} is missing")
+        config_file = path / CONFIG_NAME
+        data = read_config_file(config_file)
         model_type = data.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"{path} holds a {model_type!r} model, expected {cls.model_type!r}")
-        config = config_from_dict(cls.config_class, {**data, **overrides})
+        config_from_dict(cls.config_class, data, source=config_file)  # the file itself must be valid
+        config = config_from_dict(cls.config_class, {**data, **overrides}, source=f"{config_file} + overrides")
         model = cls.from_config(config)
-        load_model(model, str(path / WEIGHTS_NAME), strict=True, device=str(map_location))
+        load_safetensors_checked(model, path / WEIGHTS_NAME, device=str(map_location), check_finite=check_finite)
         return model.eval()

@@ -4,13 +4,16 @@
 - transformers checkpoints: `config.json` with `architectures` (e.g. `PerceiverForMaskedLM`) + `model.safetensors`
   or `pytorch_model.bin` (read with `torch.load(weights_only=True)`); a converter registered for the architecture
   builds our model and maps the weights.
-A name that is not a local folder is fetched from the Hugging Face Hub with `huggingface_hub` (where a network is).
+A name that is not a local folder is fetched from the Hugging Face Hub with `huggingface_hub` (where a network is);
+a name that looks like a local path (empty, starting with `.`, `/` or `~`, with more than one separator, or whose first
+component exists here) never goes to the Hub: a missing one is a `FileNotFoundError` naming it. `config.json` and the
+weights are validated (see `perceiver.hub`); `check_finite=True` rejects weights holding NaN / inf.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perceiver.hub import read_config_file
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
@@ -35,19 +39,34 @@ def register_hf_converter(*architectures: str):
     return wrap
 
 
+def looks_local(name: str) -> bool:
+    """Whether `name` is meant as a local path rather than a Hub id `owner/name` (see the module docstring)."""
+    if not name or name.startswith((".", "/", "~", os.sep)):
+        return True
+    parts = re.split(r"[/\\]", name)
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).exists())
+
+
 def resolve(path_or_id: str | os.PathLike) -> Path:
     """A local folder as is; otherwise download the files we need from the Hub."""
-    path = Path(path_or_id)
-    if path.is_dir():
+    name = os.fspath(path_or_id)
+    path = Path(name).expanduser()
+    if name and path.is_dir():
         return path
-    if path.exists():
+    if name and path.exists():
         raise ValueError(f"expected a model folder or a Hub id, got the file {path}")
+    if isinstance(path_or_id, Path) or looks_local(name):
+        raise FileNotFoundError(f"expected a model folder (config.json + weights) at {name!r}, no such folder")
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{path_or_id!r} is not a local folder; install huggingface_hub to fetch it") from e
+        raise ImportError(f"{name!r} is not a local folder; install huggingface_hub to fetch it") from e
     patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json"]
-    return Path(snapshot_download(str(path_or_id), allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except HFValidationError as e:
+        raise FileNotFoundError(f"expected a model folder or a Hub id 'owner/name', got {name!r}: {e}") from None
 
 
 def load_state_dict(folder: Path) -> dict[str, Tensor]:
@@ -67,29 +86,46 @@ def _import_converters() -> None:
     import perceiver.interop  # noqa: F401  (registers the converters)
 
 
-def from_pretrained(path_or_id: str | os.PathLike, **overrides: Any) -> nn.Module:
+def _check_finite(state_dict: dict[str, Tensor], source: Path) -> None:
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{source}: tensor {key!r} holds NaN or inf; expected finite weights (a corrupted file?). "
+                f"Pass check_finite=False to load it anyway"
+            )
+
+
+def from_pretrained(path_or_id: str | os.PathLike, check_finite: bool = True, **overrides: Any) -> nn.Module:
     """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode.
 
     `overrides` go to the converter of a transformers checkpoint (e.g. `same_padding=False` to reproduce
-    transformers' conv stem) or replace config fields of one of our folders.
+    transformers' conv stem) or replace config fields of one of our folders. `check_finite` rejects weights that
+    hold NaN / inf.
     """
     folder = resolve(path_or_id)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"expected config.json in {folder}")
-    config = json.loads(config_file.read_text())
+    config = read_config_file(config_file)
     if "architectures" in config:
+        archs = config["architectures"]
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ValueError(f"{config_file}: key 'architectures': expected a list of names, got {archs!r}")
         _import_converters()
-        archs = [a for a in config["architectures"] if a in HF_CONVERTERS]
-        if not archs:
+        supported = [a for a in archs if a in HF_CONVERTERS]
+        if not supported:
             raise ValueError(
-                f"{folder}: architectures {config['architectures']} are not supported; "
-                f"expected one of {sorted(HF_CONVERTERS)}"
+                f"{folder}: architectures {archs} are not supported; expected one of {sorted(HF_CONVERTERS)}"
             )
-        model = HF_CONVERTERS[archs[0]](config, load_state_dict(folder), **overrides)
+        state_dict = load_state_dict(folder)
+        if check_finite:
+            _check_finite(state_dict, folder)
+        model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
+    if not isinstance(config["model_type"], str):
+        raise ValueError(f"{config_file}: key 'model_type': expected a string, got {config['model_type']!r}")
     import perceiver.models  # noqa: F401  (registers the model types)
 
-    return model_type_class(config["model_type"]).from_pretrained(folder, **overrides)
+    return model_type_class(config["model_type"]).from_pretrained(folder, check_finite=check_finite, **overrides)

@@ -1,0 +1,179 @@
+"""Model folders: config.json validated by type and range with errors naming file and key, safetensors dtype /
+shape mismatches and non-finite weights rejected, local-looking paths never sent to the Hub, consistent file
+permissions, no temp folders left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_models import tiny
+
+import perceiver
+from perceiver.pretrained import looks_local
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny("perceiver")
+
+
+@pytest.fixture
+def folder(model, tmp_path) -> Path:
+    return model.save_pretrained(tmp_path / "m")
+
+
+def set_config(folder: Path, text: str) -> None:
+    (folder / "config.json").write_text(text)
+
+
+def edit_config(folder: Path, **changes) -> None:
+    data = json.loads((folder / "config.json").read_text())
+    set_config(folder, json.dumps(data | changes))
+
+
+def test_round_trip_is_bit_exact(model, folder):
+    loaded = perceiver.from_pretrained(folder)
+    x = torch.randn(2, 8, 8, 3)
+    assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "expected a JSON object, got an empty file"),
+        ("   \n", "expected a JSON object, got an empty file"),
+        ("{not json", "expected a JSON object, got invalid JSON"),
+        ("null", "expected a JSON object, got NoneType"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('"perceiver"', "expected a JSON object, got str"),
+    ],
+)
+def test_config_that_is_not_an_object_names_the_file(folder, text, message):
+    set_config(folder, text)
+    with pytest.raises(ValueError, match=message) as e:
+        perceiver.from_pretrained(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("weight_tie_layers", "yes", "expected bool"),
+        ("max_freq", "10", "expected float"),
+        ("max_freq", float("nan"), "expected float"),
+        ("num_classes", 1e9, "expected int"),
+        ("num_classes", 10**9, "integers at most"),
+        ("num_classes", True, "expected int"),
+        ("depth", None, "expected int"),
+        ("inverted_cross_attn", ["x", "y"], "expected bool | tuple"),
+        ("model_type", 3, "expected a string"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_name_file_and_key(folder, key, value, expected):
+    edit_config(folder, **{key: value})
+    with pytest.raises(ValueError, match=expected) as e:
+        perceiver.from_pretrained(folder)
+    assert str(folder / "config.json") in str(e.value) and repr(key) in str(e.value)
+
+
+def test_config_out_of_range_value_names_the_file(folder):
+    edit_config(folder, num_latents=0)
+    with pytest.raises(ValueError, match="num_latents must be a positive integer") as e:
+        perceiver.from_pretrained(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+def test_unknown_model_type_and_keys(folder):
+    edit_config(folder, unknown_key=1)
+    with pytest.raises(ValueError, match="unknown keys .*unknown_key"):
+        perceiver.from_pretrained(folder)
+
+
+def rewrite_weights(folder: Path, fn) -> None:
+    tensors = load_file(str(folder / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def test_dtype_mismatch_is_an_error_not_a_cast(folder):
+    key = "head.fc.weight"
+    rewrite_weights(folder, lambda t: t.__setitem__(key, t[key].double()))
+    with pytest.raises(ValueError, match=rf"tensor '{key}': expected torch.float32 .* got torch.float64") as e:
+        perceiver.from_pretrained(folder)
+    assert "model.safetensors" in str(e.value)
+
+
+def test_shape_mismatch_missing_and_unexpected_tensors(folder):
+    key = "head.fc.bias"
+    rewrite_weights(folder, lambda t: t.__setitem__(key, torch.zeros(7)))
+    with pytest.raises(ValueError, match=rf"'{key}': expected torch.float32 of shape \(5,\), got .* \(7,\)"):
+        perceiver.from_pretrained(folder)
+    rewrite_weights(folder, lambda t: t.pop(key))
+    with pytest.raises(ValueError, match="missing tensors .*head.fc.bias"):
+        perceiver.from_pretrained(folder)
+    rewrite_weights(folder, lambda t: t.update({key: torch.zeros(5), "extra": torch.zeros(1)}))
+    with pytest.raises(ValueError, match="unexpected tensors .*extra"):
+        perceiver.from_pretrained(folder)
+
+
+def test_non_finite_weights_are_rejected_unless_asked(folder):
+    def corrupt(t):
+        t["head.fc.weight"][0, 0] = float("nan")
+
+    rewrite_weights(folder, corrupt)
+    with pytest.raises(ValueError, match="'head.fc.weight' holds NaN or inf"):
+        perceiver.from_pretrained(folder)
+    model = perceiver.from_pretrained(folder, check_finite=False)
+    assert model.head.fc.weight.isnan().any()
+
+
+def test_corrupted_weights_file_is_a_clear_error(folder):
+    (folder / "model.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ValueError, match="expected a safetensors file"):
+        perceiver.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name", ["", ".", "./nope", "/no/such/dir", "~/no-such-model-dir", "a/b/c", "runs\\x\\y"])
+def test_missing_local_paths_are_file_not_found_naming_the_path(name, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    if name == ".":
+        pytest.raises(FileNotFoundError, perceiver.from_pretrained, name)  # a folder without config.json
+        return
+    with pytest.raises(FileNotFoundError) as e:
+        perceiver.from_pretrained(name)
+    assert repr(name) in str(e.value) or name in str(e.value)
+
+
+def test_partially_existing_path_is_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_local("runs/model") and not looks_local("deepmind/language-perceiver")
+    with pytest.raises(FileNotFoundError, match="runs/model"):
+        perceiver.from_pretrained("runs/model")
+    with pytest.raises(FileNotFoundError):
+        perceiver.from_pretrained(tmp_path / "missing")  # a Path is always local
+
+
+def test_file_permissions_follow_the_umask(model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_save_leaves_no_temp_folders_and_removes_stale_ones(model, tmp_path):
+    stale = tmp_path / ".m.999999999.abcd.tmp"  # left by a killed process (no such pid)
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
