@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import check_float_input, model_dtype, to_bool_mask
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.registry import register_model, register_model_type
@@ -195,26 +196,21 @@ class Perceiver(PretrainedMixin, nn.Module):
         self.encoder.gradient_checkpointing = enable
 
     # ------------------------------------------------------------------ input checks
-    def _check_inputs(self, data: Tensor, mask: Tensor | None) -> None:
+    def _check_inputs(self, data: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """`data` cast to the model's dtype and `mask` as bool, or a clear error (policy: docs/reliability.md)."""
         c = self.config
         expected = "(B, " + ", ".join(f"d{i + 1}" for i in range(c.input_axis)) + f", {c.input_channels})"
         where = f"(input_axis={c.input_axis}, input_channels={c.input_channels})"
-        if not isinstance(data, Tensor):
-            raise TypeError(f"expected data as a torch.Tensor of shape {expected}, got {type(data).__name__}")
-        if not data.is_floating_point():
-            raise ValueError(f"expected floating-point data, got dtype {data.dtype}; convert with data.float()")
+        data = check_float_input(data, "data", expected, model_dtype(self))
         if data.ndim != c.input_axis + 2 or data.shape[-1] != c.input_channels:
             raise ValueError(f"expected input of shape {expected} {where}, got {tuple(data.shape)}")
         if 0 in data.shape:
             raise ValueError(f"expected non-empty axes in input of shape {expected}, got {tuple(data.shape)}")
         if mask is not None:
-            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-                raise ValueError(f"expected a boolean mask (True = valid), got {got}")
             axes = tuple(data.shape[1:-1])
-            shapes = [(data.shape[0], *axes), (data.shape[0], math.prod(axes))]
-            if tuple(mask.shape) not in shapes:
-                raise ValueError(f"expected mask of shape {shapes[0]} or {shapes[1]}, got {tuple(mask.shape)}")
+            shapes = ((data.shape[0], *axes), (data.shape[0], math.prod(axes)))
+            mask = to_bool_mask(mask, "mask", shapes)
+        return data, mask
 
     # ------------------------------------------------------------------ forward
     def prepare_inputs(self, data: Tensor) -> Tensor:
@@ -229,7 +225,7 @@ class Perceiver(PretrainedMixin, nn.Module):
         self, data: Tensor, mask: Tensor | None = None, return_attention: bool = False
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Latents `(B, N, D)`; with `return_attention` also the maps of each cross-attend `(B, H, N, M)`."""
-        self._check_inputs(data, mask)
+        data, mask = self._check_inputs(data, mask)
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
         return self.encoder(self.prepare_inputs(data), mask, return_attention=return_attention)

@@ -26,13 +26,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from perceiver.adapters.audio import AudioAdapter
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.point_cloud import PointCloudAdapter
 from perceiver.adapters.video import VideoAdapter
+from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.decoder import PerceiverDecoder, TrainableQueries
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
@@ -114,9 +114,14 @@ class _ModalityClassifier(PretrainedMixin, PerceiverIO):
         super().__init__(adapter, encoder, TrainableQueries(1, c.latent_dim), decoder, ClassificationOutput())
         self.config = c
 
+    #: the input shape named in errors (set by each modality)
+    expected_input: str = "(B, ...)"
+
     def forward(self, inputs: Tensor, mask: Tensor | None = None, return_attention: bool = False) -> PerceiverIOOutput:
-        if mask is not None:
-            mask = torch.as_tensor(mask, device=inputs.device).to(torch.bool)
+        """`inputs` of `expected_input` (floating; cast to the model's dtype), `mask` bool or 0 / 1 -> `.logits`."""
+        inputs = check_float_input(inputs, "inputs", self.expected_input, model_dtype(self))
+        check_nonempty(inputs, "inputs", self.expected_input)
+        mask = to_bool_mask(mask, "mask")
         return super().forward(inputs, mask, return_attention=return_attention)
 
 
@@ -124,6 +129,7 @@ class _ModalityClassifier(PretrainedMixin, PerceiverIO):
 class PerceiverForAudioClassification(_ModalityClassifier):
     """Raw audio classifier: `model(inputs (B, S) or (B, S, 1), mask (B, S) or None)` -> `.logits` `(B, K)`."""
 
+    expected_input = "(B, S) or (B, S, 1)"
     config_class = AudioClassifierConfig
     model_type = "perceiver-audio-classifier"
 
@@ -135,6 +141,7 @@ class PerceiverForAudioClassification(_ModalityClassifier):
 class PerceiverForVideoClassification(_ModalityClassifier):
     """Video classifier: `model(inputs (B, T, C, H, W), mask (B, M) over tokens or None)` -> `.logits` `(B, K)`."""
 
+    expected_input = "(B, T, C, H, W)"
     config_class = VideoClassifierConfig
     model_type = "perceiver-video-classifier"
 
@@ -157,6 +164,7 @@ class PerceiverForPointCloudClassification(_ModalityClassifier):
     """Point cloud classifier: `model(inputs (B, P, 3), mask (B, P) or None)` -> `.logits` `(B, K)`,
     invariant to the order of the points and to masked padding points."""
 
+    expected_input = "(B, P, 3)"
     config_class = PointCloudClassifierConfig
     model_type = "perceiver-point-cloud-classifier"
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.flow import FlowAdapter, FlowOutput, frames_to_patches, predict_flow_tiled
+from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.decoder import InputQueries, PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
@@ -143,8 +144,9 @@ class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
         if query_chunk_size is None:
             query_chunk_size = self.config.query_chunk_size
         self.output_adapter.flow_scale_factor = self.config.flow_scale_factor  # the config is the switch
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(torch.bool)
+        inputs = check_float_input(inputs, "inputs", "(B, 2, 27, H, W)", model_dtype(self))
+        check_nonempty(inputs, "inputs", "(B, 2, 27, H, W)")
+        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         return super().forward(inputs, attention_mask, output_index, query_chunk_size or None, return_attention)
 
     @torch.no_grad()

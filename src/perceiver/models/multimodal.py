@@ -35,6 +35,7 @@ from perceiver.adapters.multimodal import (
     OneHotLabelAdapter,
 )
 from perceiver.adapters.video import VideoAdapter
+from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.decoder import PerceiverDecoder, decode
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin
@@ -177,8 +178,9 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
 
     # -- inputs ---------------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Any) -> None:
-        """Clear errors for the common mistakes before the adapters see the tensors."""
+    def _check_inputs(self, inputs: Any) -> dict[str, Tensor]:
+        """Clear errors for the common mistakes before the adapters see the tensors; returns the inputs cast to the
+        model's dtype (floating tensors only, see docs/reliability.md)."""
         c = self.config
         if not isinstance(inputs, Mapping):
             raise ValueError(f"expected inputs as a dict with keys {list(MODALITIES)}, got {type(inputs).__name__}")
@@ -186,6 +188,12 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
         if missing:
             hint = " (to classify a video without a label, use classify(video, audio))" if missing == ["label"] else ""
             raise ValueError(f"inputs is missing {missing}; expected keys {list(MODALITIES)}{hint}")
+        shapes = {"image": "(B, T, C, H, W)", "audio": "(B, S, 1)", "label": f"(B, {c.num_labels})"}
+        dtype = model_dtype(self)
+        inputs = {**inputs}
+        for name in MODALITIES:
+            inputs[name] = check_float_input(inputs[name], f"inputs[{name!r}]", shapes[name], dtype)
+            check_nonempty(inputs[name], f"inputs[{name!r}]", shapes[name])
         image = inputs["image"]
         if image.ndim == 5:
             (n, _, h, w), s = image.shape[1:], c.spatial_downsample
@@ -199,6 +207,7 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
                     f"expected {c.num_frames} frames (num_frames) in inputs['image'] (B, T, C, H, W), got {n} "
                     f"(shape {tuple(image.shape)})"
                 )
+        return inputs
 
     def output_index(self, subsampled_output_points: Mapping[str, Any] | None, device=None) -> Tensor | None:
         """Flat output index `(O',)` for transformers' `subsampled_output_points` (None: every position).
@@ -248,7 +257,8 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
         `.last_hidden_state` (B, N, D) and, with `return_attention`, the encoder maps and the decoder map
         `(B, H, O, N)`.
         """
-        self._check_inputs(inputs)
+        inputs = self._check_inputs(inputs)
+        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         self.input_adapter.eval_masking = self.config.eval_masking
         self.input_adapter.mask_probs = {m: float(self.config.mask_probs.get(m, 0.0)) for m in MODALITIES}
         self.query_builder.position_mode = self.config.subsampled_positions

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from perceiver.adapters.image import ImageAdapter, PositionType, PrepType
 from perceiver.adapters.outputs import ClassificationOutput
+from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.decoder import PerceiverDecoder, TrainableQueries, decode
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
@@ -128,6 +129,9 @@ class PerceiverForImageClassification(PretrainedMixin, PerceiverIO):
         inputs = pixel_values if inputs is None else inputs
         if inputs is None:
             raise ValueError("expected pixel_values of shape (B, C, H, W), got None")
+        inputs = check_float_input(inputs, "pixel_values", "(B, C, H, W)", model_dtype(self))
+        check_nonempty(inputs, "pixel_values", "(B, C, H, W)")
+        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         adapted = self.input_adapter(inputs, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding)
         encoded = self.encoder(adapted.tokens, adapted.mask, return_attention=return_attention)
         latents, enc_maps = encoded if return_attention else (encoded, None)
