@@ -123,7 +123,7 @@ class MultimodalInputAdapter(InputAdapter):
             )
         batch = {k: v.shape[0] for k, v in inputs.items()}
         if len(set(batch.values())) != 1:
-            raise ValueError(f"all modalities need the same batch size, got {batch}")
+            raise ValueError(f"expected the same batch size for all modalities, got {batch}")
         tokens, sizes = [], {}
         for name, adapter in self.modalities.items():
             x = adapter(inputs[name]).tokens

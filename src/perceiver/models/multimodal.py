@@ -199,7 +199,7 @@ class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
             (n, _, h, w), s = image.shape[1:], c.spatial_downsample
             if h % s or w % s:
                 raise ValueError(
-                    f"image height and width must be multiples of the space-to-depth factor {s}, got {h} x {w} "
+                    f"expected image height and width that are multiples of the space-to-depth factor {s}, got {h} x {w} "
                     f"(inputs['image'] of shape {tuple(image.shape)})"
                 )
             if n != c.num_frames:
