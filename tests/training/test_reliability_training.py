@@ -109,6 +109,9 @@ def test_resume_after_a_crash_no_duplicate_rows_no_temp_files(tmp_path):
     assert len(rows) == 6  # 2 epochs x 3 steps, each once
     assert not list(tmp_path.rglob("*.tmp"))
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    # validate from a checkpoint of the run appends: the rows of the fit stay
+    main(["validate", *tiny_args("digits", tmp_path, *common, "--ckpt_path=last")])
+    assert train_rows(tmp_path) == rows
 
 
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:

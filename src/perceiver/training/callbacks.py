@@ -173,7 +173,8 @@ class MetricsResume(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         logger = self._logger(trainer)
         rows = checkpoint.get("metrics_csv_rows")
-        if logger is None or rows is None or not trainer.is_global_zero:
+        # only a resumed fit repeats steps; validate / test from a checkpoint append to the full log
+        if logger is None or rows is None or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         path = Path(logger.experiment.metrics_file_path)
         if not path.is_file():
