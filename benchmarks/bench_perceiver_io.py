@@ -196,30 +196,6 @@ def worker(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def matmul_peak(dtype_name: str, n: int = 4096, reps: int = 4) -> dict[str, float]:
-    """Best FLOP/s of an n^3 matmul in this process (2 threads), per backend: `aten` (`a @ b`: MKL's BLAS in fp32,
-    oneDNN in bf16) and `onednn` (`torch.ops.mkldnn._linear_pointwise`, what `perceiver.nn.Linear` uses in fp32)."""
-    import torch
-
-    torch.set_num_threads(2)
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    runs = {"aten": lambda: a @ b}
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
-        runs["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    out = {}
-    with torch.no_grad():
-        for name, run in runs.items():
-            run()
-            best = float("inf")
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - t0)
-            out[name] = 2 * n**3 / best
-    return out
-
-
 def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
     """transformers models at the published sizes, random (seed 0), saved once; plus a no-dropout config copy."""
     import torch
@@ -422,7 +398,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; known: {list(CASES)}")
     info = machine_info()
-    by_backend = {d: {k: v / 1e9 for k, v in matmul_peak(d).items()} for d in ("float32", "bfloat16")}
+    from machine import matmul_peaks
+
+    peaks = matmul_peaks(2)
+    by_backend = {
+        "float32": {k.split()[0].lower(): v for k, v in peaks.items() if k.endswith("fp32")},
+        "bfloat16": {k.split()[0].lower(): v for k, v in peaks.items() if k.endswith("bf16")},
+    }
     info["matmul_peak_by_backend_gflops"] = by_backend
     info["matmul_peak_gflops"] = {d: max(v.values()) for d, v in by_backend.items()}
     print(f"matmul peak GFLOP/s: {info['matmul_peak_gflops']}", flush=True)

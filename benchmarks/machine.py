@@ -40,8 +40,18 @@ def machine(threads: int = 2, peaks: bool = True) -> dict:
     from perceiver.hardware import cpu_flags, cpu_model_name
 
     flags = cpu_flags()
+    ident = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in ident:
+                    ident[key.strip()] = value.strip()
+    except OSError:
+        pass
     info = {
         "cpu": cpu_model_name(),
+        "cpu_id": " ".join(f"{k} {v}" for k, v in ident.items()),
         "flags": [f for f in FLAGS_THAT_MATTER if f in flags],
         "cores": os.cpu_count(),
         "threads": threads,
@@ -61,7 +71,8 @@ def describe(info: dict) -> str:
     end = info.get("load_average_at_end")
     load = f"{info['load_average_at_start'][0]:.1f}" + (f" at start, {end[0]:.1f} at end" if end else " at start")
     return (
-        f"Machine: {info['cpu']} ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), {info['cores']} cores, "
+        f"Machine: {info['cpu']} [{info.get('cpu_id', '')}] ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), "
+        f"{info['cores']} cores, "
         f"{info['threads']} threads; torch {info['torch']}, Python {info['python']}. Load average (1 min): {load}. "
         f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}."
     )

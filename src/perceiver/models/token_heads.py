@@ -33,7 +33,7 @@ from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.io import PerceiverIO
 from perceiver.models.registry import register_model, register_model_type
-from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig, TextModelOutput, _pick_inputs
+from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig, TextModelOutput, _build, _pick_inputs
 from perceiver.nn.attention import SelfAttentionLayer
 
 
@@ -286,10 +286,6 @@ def _load_masked_lm(source: PerceiverForMaskedLM | str | os.PathLike) -> Perceiv
         mlm.load_state_dict(state, strict=True)
         return mlm
     raise ValueError(f"expected a PerceiverForMaskedLM, a model folder, a .safetensors or a .ckpt file, got {path}")
-
-
-def _build(cls: type, config_cls: type, **overrides: Any):
-    return cls(config_from_dict(config_cls, overrides))
 
 
 @register_model("token-classifier")

@@ -46,12 +46,12 @@ class TokenClassificationTask(PerceiverTask):
 
     monitor = ("val/f1", "max")
     task_name = "token-classification"
+    datamodule_baseline = ("heuristic_f1", "f1_baseline")  # the rule-based F1 of the datamodule
 
     def __init__(self, *args: Any, positive_label: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.f1 = torch.nn.ModuleDict({f"{s}_f1": BinaryF1(positive_label) for s in ("train", "val", "test")})
-        self._baseline: float | None = None
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         return self.model(batch["input_ids"], batch.get("attention_mask"))
@@ -64,23 +64,6 @@ class TokenClassificationTask(PerceiverTask):
         self.f1[f"{stage}_f1"].update(logits.argmax(-1), labels)
         self.log(f"{stage}/f1", self.f1[f"{stage}_f1"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def baseline(self) -> float | None:
-        """The datamodule's rule-based F1 (`heuristic_f1()`), if it offers one (cached)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if self._baseline is None and hasattr(dm, "heuristic_f1"):
-            self._baseline = float(dm.heuristic_f1())
-        return self._baseline
-
-    def _log_baseline(self, stage: str) -> None:
-        if (value := self.baseline()) is not None:
-            self.log(f"{stage}/f1_baseline", value, sync_dist=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_baseline("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_baseline("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
         preds = self(batch).argmax(-1)

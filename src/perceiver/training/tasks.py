@@ -91,6 +91,8 @@ class PerceiverTask(L.LightningModule):
     monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
     #: what `task.json` in a saved model folder says the model does (read by `perceiver predict`)
     task_name: ClassVar[str] = "generic"
+    #: (datamodule method giving a baseline value, metric name it is logged under as `{stage}/{name}`), or None
+    datamodule_baseline: ClassVar[tuple[str, str] | None] = None
 
     def __init__(
         self,
@@ -192,6 +194,28 @@ class PerceiverTask(L.LightningModule):
         """Log the epoch value of `self.metrics["{stage}_{name}"]` as `{stage}/{name}` (synced across processes)."""
         self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=False, on_epoch=True, prog_bar=prog_bar)
 
+    # ------------------------------------------------------------------ baseline of the datamodule
+    def baseline(self) -> float | None:
+        """The datamodule's baseline value (`datamodule_baseline`), if the task names one and the datamodule has it
+        (computed once)."""
+        if self.datamodule_baseline is None:
+            return None
+        method = self.datamodule_baseline[0]
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.__dict__.get("_baseline") is None and hasattr(dm, method):
+            self.__dict__["_baseline"] = float(getattr(dm, method)())
+        return self.__dict__.get("_baseline")
+
+    def _log_baseline(self, stage: str) -> None:
+        if (value := self.baseline()) is not None:
+            self.log(f"{stage}/{self.datamodule_baseline[1]}", value, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_baseline("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_baseline("test")
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -267,11 +291,11 @@ class MaskedLMTask(PerceiverTask):
 
     monitor = ("val/acc", "max")
     task_name = "masked-lm"
+    datamodule_baseline = ("most_frequent_byte_baseline", "acc_baseline")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics = metric_dict("acc")
-        self._baseline: float | None = None
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         return self.run_model(batch["input_ids"], batch.get("attention_mask"))
@@ -286,23 +310,6 @@ class MaskedLMTask(PerceiverTask):
             self.metrics[f"{stage}_acc"].update((logits.argmax(-1)[valid] == labels[valid]).float())
         self._log_metric(stage, "acc")
         return loss
-
-    def baseline(self) -> float | None:
-        """The datamodule's most-frequent-byte accuracy on the evaluation masks, if it offers one (cached)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if self._baseline is None and hasattr(dm, "most_frequent_byte_baseline"):
-            self._baseline = float(dm.most_frequent_byte_baseline())
-        return self._baseline
-
-    def _log_baseline(self, stage: str) -> None:
-        if (value := self.baseline()) is not None:
-            self.log(f"{stage}/acc_baseline", value, sync_dist=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_baseline("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_baseline("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
         preds = self(batch).argmax(-1)
