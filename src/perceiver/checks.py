@@ -1,8 +1,10 @@
 """Input checks shared by the model and adapter boundaries (the policy is docs/reliability.md).
 
 - Floating inputs of another floating dtype are cast to the model's dtype (`check_float_input`); integer, bool or
-  complex tensors where floats are expected are a `TypeError`.
-- Token ids must be integer tensors (`check_int_input`); floating ids are a `TypeError`.
+  complex tensors where floats are expected are an `InputTypeError`.
+- Token ids must be integer tensors (`check_int_input`); floating ids are an `InputTypeError`.
+- `InputTypeError` is both a `TypeError` and a `ValueError`: `except ValueError` (the library's habit for bad
+  inputs) and `except TypeError` (Python's for wrong types) both catch it.
 - Masks (`to_bool_mask`) are bool, or integer / floating tensors holding only 0 and 1 (`True` / 1 = valid); other
   values are a `ValueError` (checked in eager mode only, so that compiled graphs stay whole).
 - Shapes are checked as plain Python (compile-friendly); errors name what was expected and what came.
@@ -13,7 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_float_input", "check_int_input", "check_nonempty", "model_dtype", "to_bool_mask"]
+__all__ = ["InputTypeError", "check_float_input", "check_int_input", "check_nonempty", "model_dtype", "to_bool_mask"]
+
+
+class InputTypeError(TypeError, ValueError):
+    """An input of the wrong type or dtype (a `TypeError` and, as every bad-input error here, a `ValueError`)."""
 
 
 def model_dtype(module: nn.Module) -> torch.dtype:
@@ -26,16 +32,16 @@ def model_dtype(module: nn.Module) -> torch.dtype:
 
 def _require_tensor(x: object, name: str, expected: str) -> Tensor:
     if not isinstance(x, Tensor):
-        raise TypeError(f"expected {name} as a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        raise InputTypeError(f"expected {name} as a torch.Tensor of shape {expected}, got {type(x).__name__}")
     return x
 
 
 def check_float_input(x: object, name: str, expected: str, dtype: torch.dtype | None = None) -> Tensor:
-    """`x` as a floating tensor of `dtype` (cast from other floating dtypes); `TypeError` for non-tensors and for
+    """`x` as a floating tensor of `dtype` (cast from other floating dtypes); `InputTypeError` for non-tensors and
     integer / bool / complex tensors. `expected` describes the shape, e.g. `"(B, H, W, 3)"`."""
     x = _require_tensor(x, name, expected)
     if not x.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"expected {name} as a floating-point tensor of shape {expected}, got dtype {x.dtype}; "
             f"convert it with .float()"
         )
@@ -43,10 +49,10 @@ def check_float_input(x: object, name: str, expected: str, dtype: torch.dtype | 
 
 
 def check_int_input(x: object, name: str, expected: str) -> Tensor:
-    """`x` as an integer tensor (token ids); `TypeError` for non-tensors and floating / bool / complex tensors."""
+    """`x` as an integer tensor (token ids); `InputTypeError` for non-tensors and floating / bool / complex."""
     x = _require_tensor(x, name, expected)
     if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
-        raise TypeError(f"expected {name} as an integer tensor of shape {expected}, got dtype {x.dtype}")
+        raise InputTypeError(f"expected integer token ids (e.g. torch.long) as {name} {expected}, got dtype {x.dtype}")
     return x
 
 
@@ -62,14 +68,14 @@ def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...]
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
-        raise TypeError(f"expected {name} as a boolean torch.Tensor (True = valid), got {type(mask).__name__}")
+        raise InputTypeError(f"expected {name} as a boolean torch.Tensor (True = valid), got {type(mask).__name__}")
     if shapes is not None and tuple(mask.shape) not in shapes:
         want = " or ".join(str(s) for s in shapes)
         raise ValueError(f"expected {name} of shape {want}, got {tuple(mask.shape)}")
     if mask.dtype == torch.bool:
         return mask
     if mask.is_complex():
-        raise TypeError(f"expected {name} as a boolean tensor (True = valid), got dtype {mask.dtype}")
+        raise InputTypeError(f"expected {name} as a boolean tensor (True = valid), got dtype {mask.dtype}")
     if not torch.compiler.is_compiling() and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(
             f"expected {name} as bool or 0 / 1 values (1 = valid), got dtype {mask.dtype} with other values"

@@ -312,10 +312,14 @@ def test_mask_of_wrong_shape():
 
 
 def test_mask_of_wrong_dtype():
-    model = tiny()
+    """Masks are bool or 0 / 1 integers / floats (docs/reliability.md); other values and non-tensors are errors."""
+    model = tiny().eval()
     data = torch.randn(2, 4, 5, 3)
-    assert_raises(ValueError, lambda: model(data, torch.ones(2, 4, 5)), "bool", "torch.float32")
-    assert_raises(ValueError, lambda: model(data, torch.ones(2, 4, 5, dtype=torch.int64)), "bool", "torch.int64")
+    mask = torch.rand(2, 4, 5) > 0.3
+    want = model(data, mask)
+    assert torch.equal(model(data, mask.float()), want) and torch.equal(model(data, mask.long()), want)
+    assert_raises(ValueError, lambda: model(data, torch.full((2, 4, 5), 0.5)), "bool", "torch.float32")
+    assert_raises(ValueError, lambda: model(data, torch.full((2, 4, 5), 2)), "bool", "torch.int64")
     assert_raises(ValueError, lambda: model(data, [[True] * 20] * 2), "bool", "list")
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.text import TextAdapter, TiedEmbeddingOutput
-from perceiver.checks import check_int_input, check_nonempty, to_bool_mask
+from perceiver.checks import check_int_input
 from perceiver.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
 from perceiver.encoder import PerceiverEncoder
 from perceiver.hub import PretrainedMixin, config_from_dict
@@ -105,7 +105,8 @@ def _pick_inputs(inputs: Tensor | None, input_ids: Tensor | None) -> Tensor:
     if ids is None:
         raise ValueError("expected token ids of shape (B, L) as `inputs` (or `input_ids`), got None")
     ids = check_int_input(ids, "input_ids", "(B, L)")
-    check_nonempty(ids, "input_ids", "(B, L)")
+    if ids.ndim >= 1 and ids.shape[0] == 0:  # empty batches are an error in every model (docs/reliability.md)
+        raise ValueError(f"expected at least one token sequence (B >= 1) in input_ids (B, L), got {tuple(ids.shape)}")
     return ids
 
 
@@ -165,7 +166,6 @@ class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
         decode_inputs_only = output_index is None and not self.config.decode_all_positions
         if decode_inputs_only and isinstance(ids, Tensor) and ids.dim() == 2 and ids.shape[1] < self.config.max_seq_len:
             output_index = slice(0, ids.shape[1])  # the L input positions, not all max_seq_len
-        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         out = super().forward(ids, attention_mask, output_index, query_chunk_size, return_attention)
         loss = None
         if labels is not None:
@@ -214,7 +214,6 @@ class PerceiverForSequenceClassification(PretrainedMixin, PerceiverIO):
         `labels` as in transformers: `(B,)` for one label (MSE), integer class ids `(B,)` (cross-entropy) or float
         multi-label targets `(B, num_labels)` (BCE with logits).
         """
-        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         out = super().forward(_pick_inputs(inputs, input_ids), attention_mask, return_attention=return_attention)
         loss = None if labels is None else _classification_loss(out.logits, labels)
         return TextModelOutput(out.logits, out.last_hidden_state, out.encoder_attentions, out.decoder_attention, loss)
