@@ -76,7 +76,7 @@ def test_non_finite_weights_are_never_checkpointed_or_saved(tmp_path):
 
 def test_finite_check_names_non_finite_gradients():
     class Trainer:  # the attributes FiniteCheck reads
-        global_step, current_epoch = 7, 1
+        global_step, current_epoch, world_size = 7, 1, 1
         precision_plugin = None
 
     model = torch.nn.Linear(2, 2)

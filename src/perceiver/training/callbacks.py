@@ -74,7 +74,9 @@ class FiniteCheck(Callback):
     (before the optimizer step, so the weights stay finite), naming the step, epoch and batch.
 
     With fp16 loss scaling (`16-mixed`) non-finite gradients are expected and skipped by the scaler, so only the loss
-    is checked there. Costs one host sync per step for the loss and one for all gradients.
+    is checked there. With several processes (DDP) and no scaler only the gradients are checked: they are averaged
+    over the processes, so every process stops at the same step (a loss check on one rank alone would leave the
+    others waiting in the gradient all-reduce). Costs one host sync per step for the loss and one for the gradients.
     """
 
     def __init__(self, check_gradients: bool = True) -> None:
@@ -88,6 +90,9 @@ class FiniteCheck(Callback):
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if trainer.world_size > 1 and self.check_gradients and scaler is None:
+            return  # the gradient check stops every process at the same step
         if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteError(
                 f"non-finite training loss {loss.detach().float().cpu().tolist()} at {self._where(trainer)}; "
