@@ -43,14 +43,27 @@ class NonFiniteError(FloatingPointError):
     """A training loss, gradient or set of weights holds NaN or infinity; the run stops (nothing is saved)."""
 
 
-def _non_finite_names(named: Any, limit: int = 3) -> list[str]:
-    """Names of (up to `limit`) tensors in `named` ((name, tensor) pairs) holding NaN or inf; one host sync."""
-    items = [(n, t) for n, t in named if t is not None and t.is_floating_point() and t.numel()]
-    if not items:
-        return []
-    device = items[0][1].device
-    flags = torch.stack([torch.isfinite(t).all().to(device) for _, t in items]).tolist()
-    return [n for (n, _), ok in zip(items, flags, strict=True) if not ok][:limit]
+def _non_finite_names(named: Any, limit: int = 3, trainer: L.Trainer | None = None) -> list[str]:
+    """Names of (up to `limit`) tensors in `named` ((name, tensor) pairs) holding NaN or inf; one host sync.
+
+    Sharded tensors (DTensor) are checked by their local shards; with `trainer` and several processes the verdict is
+    agreed by all of them (one collective), so that every process stops together.
+    """
+    items = []
+    for n, t in named:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if t is not None and t.is_floating_point() and t.numel():
+            items.append((n, t))
+    bad: list[str] = []
+    if items:
+        device = items[0][1].device
+        flags = torch.stack([torch.isfinite(t).all().to(device) for _, t in items]).tolist()
+        bad = [n for (n, _), ok in zip(items, flags, strict=True) if not ok][:limit]
+    if trainer is not None and trainer.world_size > 1:
+        all_ok = trainer.strategy.reduce_boolean_decision(not bad, all=True)
+        if not all_ok and not bad:
+            bad = ["tensors of another process"]
+    return bad
 
 
 def remove_stale_temp_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
@@ -104,7 +117,7 @@ class FiniteCheck(Callback):
         if not self.check_gradients or getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
         grads = ((n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None)
-        bad = _non_finite_names(grads)
+        bad = _non_finite_names(grads, trainer=trainer)
         if bad:
             raise NonFiniteError(
                 f"non-finite gradient at {self._where(trainer)} in {', '.join(bad)}; the run stops before the "
@@ -146,7 +159,7 @@ class FiniteModelCheckpoint(ModelCheckpoint):
                 rank_zero_info(f"removed {path}, left behind by a killed run")
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        bad = _non_finite_names(trainer.lightning_module.state_dict().items())
+        bad = _non_finite_names(trainer.lightning_module.state_dict().items(), trainer=trainer)
         if bad:
             raise NonFiniteError(
                 f"refusing to write the checkpoint {filepath} at step {trainer.global_step}: non-finite weights in "
