@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import check_float_input
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding
@@ -64,6 +65,7 @@ class AudioAdapter(InputAdapter):
         return f"(B, {s}) or (B, {s}, 1)"
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
+        inputs = check_float_input(inputs, "audio", self._expected())
         x = inputs[..., 0] if inputs.ndim == 3 and inputs.shape[-1] == 1 else inputs
         if x.ndim != 2:
             raise ValueError(f"expected audio of shape {self._expected()}, got {tuple(inputs.shape)}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
+from perceiver.checks import check_float_input
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import FourierPositionEncoding
@@ -129,6 +130,7 @@ class FlowAdapter(InputAdapter):
         self.num_channels = out_channels + self.position.num_channels(2)
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> FlowAdaptedInputs:
+        inputs = check_float_input(inputs, "patches", f"(B, 2, {self.patch_channels}, H, W)")
         if inputs.ndim != 5 or inputs.shape[1] != 2 or inputs.shape[2] != self.patch_channels:
             h, w = self.train_size
             raise ValueError(

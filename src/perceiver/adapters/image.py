@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_float_input
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
@@ -246,6 +247,7 @@ class ImageAdapter(InputAdapter):
         Returns tokens `(B, h*w, num_channels)` and `without_pos` `(B, h*w, F)`. `interpolate_pos_encoding`
         resizes trainable positions to another image size (Fourier positions always follow the token grid).
         """
+        inputs = check_float_input(inputs, "pixel_values", f"(B, {self.in_channels}, H, W)")
         self._check(inputs, interpolate_pos_encoding)
         feats = self.features(inputs)
         b, h, w, _ = feats.shape

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from perceiver.checks import check_float_input
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
 from perceiver.nn.position import fourier_channels, fourier_features
@@ -54,6 +55,7 @@ class PointCloudAdapter(InputAdapter):
         self.num_channels = fourier_channels(3, num_bands, concat_pos, sine_only) + in_channels - 3
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
+        inputs = check_float_input(inputs, "points", f"(B, P, {self.in_channels})")
         if inputs.ndim != 3 or inputs.shape[-1] != self.in_channels or inputs.shape[1] == 0:
             raise ValueError(
                 f"expected points of shape (B, P, {self.in_channels}) with P >= 1 (xyz first), got {tuple(inputs.shape)}"

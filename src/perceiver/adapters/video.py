@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import check_float_input
 from perceiver.decoder import AdaptedInputs
 from perceiver.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding
@@ -125,6 +126,7 @@ class VideoAdapter(InputAdapter):
         return self.projection(x) if self.projection is not None else x
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
+        inputs = check_float_input(inputs, "video", self.expected_shape())
         x = self.patches(inputs)
         b, grid = x.shape[0], tuple(x.shape[1:4])
         x = x.reshape(b, -1, x.shape[-1])
