@@ -131,3 +131,10 @@ def test_step_checkpoint_resumes_inside_an_epoch_to_identical_weights(tmp_path):
     a, b = last_weights(full), last_weights(broken)
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert diff <= 1e-6, f"resumed weights differ from the uninterrupted run by {diff}"
+
+
+def test_divergent_learning_rate_stops_without_checkpoints(tmp_path):
+    args = tiny_args("digits", tmp_path, "--model.init_args.lr=1e6", "--model.init_args.warmup_steps=0")
+    with pytest.raises(SystemExit, match=r"non-finite training loss .* at step \d+ \(epoch 0, batch \d+\)"):
+        main(["fit", *args, "--trainer.limit_train_batches=8"])
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "model").exists()
