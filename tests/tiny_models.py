@@ -115,8 +115,11 @@ def inputs(name: str, batch: int = 2, **kwargs: Any) -> tuple:
 
 
 def logits(output: Any) -> Any:
-    """The model's task output (a tensor, or `.logits` of an output object)."""
-    return output if isinstance(output, torch.Tensor) else output.logits
+    """The model's task output (a tensor, `.logits` of an output object, or its `.last_hidden_state` where it has no
+    logits: the resampler)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
 
 
 def flat(value: Any) -> list[torch.Tensor]:

@@ -22,8 +22,7 @@ from tiny_models import flat as _flat
 
 import perceiver
 
-# the resampler's forward (models/resampler.py) is outside the input-policy boundary of this issue
-NAMES = [n for n in TINY if n != "perceiver-resampler"]
+NAMES = list(TINY)
 FAST = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.hub import PretrainedMixin, config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 
@@ -168,9 +169,11 @@ class PerceiverResampler(PretrainedMixin, nn.Module):
     def forward_features(self, media: Tensor, media_mask: Tensor | None = None) -> Tensor:
         """Latents `(B, T, N, D)` for media `(B, T, M, D)` (3-D media are T = 1)."""
         c = self.config
-        if not isinstance(media, Tensor) or media.dim() not in (3, 4) or media.shape[-1] != c.dim:
-            shape = tuple(media.shape) if isinstance(media, Tensor) else type(media).__name__
-            raise ValueError(f"expected media of shape (B, T, M, {c.dim}) or (B, M, {c.dim}), got {shape}")
+        expected = f"(B, T, M, {c.dim}) or (B, M, {c.dim})"
+        media = check_float_input(media, "media", expected, model_dtype(self))
+        if media.dim() not in (3, 4) or media.shape[-1] != c.dim:
+            raise ValueError(f"expected media of shape {expected}, got {tuple(media.shape)}")
+        check_nonempty(media, "media", expected)
         x = media if media.dim() == 4 else media.unsqueeze(1)
         b, t, m, d = x.shape
         if self.media_pos_emb is not None:
@@ -179,12 +182,9 @@ class PerceiverResampler(PretrainedMixin, nn.Module):
             x = x + self.media_pos_emb[:t].to(x.dtype)
         mask = None
         if media_mask is not None:
-            if tuple(media_mask.shape) != tuple(media.shape[:-1]):
-                raise ValueError(
-                    f"expected media_mask of shape {tuple(media.shape[:-1])} (media without D), "
-                    f"got {tuple(media_mask.shape)}"
-                )
-            valid = media_mask.bool().reshape(b * t, m)
+            media_mask = to_bool_mask(media_mask, "media_mask", (tuple(media.shape[:-1]),))
+            valid = media_mask.reshape(b * t, m)
+            x = x.masked_fill(~valid.view(b, t, m, 1), 0.0)  # NaN / inf in padded media must not leak via 0 * v
             keys = torch.cat((valid, valid.new_ones(b * t, c.num_latents)), dim=1)  # latents are always valid
             mask = keys[:, None, None, :]  # (B*T, 1, 1, M + N)
         x = x.reshape(b * t, m, d)
