@@ -118,3 +118,12 @@ def test_resume_continues_from_last_checkpoint(digits_run, tmp_path):
 def test_entry_point_declared():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert 'perceiver = "perceiver.training.cli:main"' in text
+
+
+def test_optimize_times_training_candidates_and_trains_with_the_fastest(tmp_path, capsys):
+    """`--model.optimize true` (the digits config's setting): the report names the chosen candidate, the run trains
+    and saves a model folder as usual."""
+    main(["fit", *tiny_args("digits", tmp_path / "run"), "--model.optimize=true"])
+    printed = capsys.readouterr().out
+    assert "perceiver: training steps optimize (training): chose" in printed
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -30,6 +30,7 @@ TINY = {
         "--model.model_kwargs.latent_dim_head=16",
         "--model.model_kwargs.cross_dim_head=16",
         "--model.model_kwargs.self_per_cross_attn=1",
+        "--model.optimize=false",  # the shipped config times compiled candidates first (tested on its own)
         "--data.batch_size=16",
     ],
     "mlm-pydoc": [

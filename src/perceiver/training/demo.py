@@ -29,6 +29,7 @@ FAST_OVERRIDES = [
     "--trainer.limit_test_batches=1",
     "--trainer.num_sanity_val_steps=0",
     "--trainer.log_every_n_steps=1",
+    "--model.init_args.optimize=false",  # a few batches: timing compiled candidates would cost more than the run
 ]
 
 
