@@ -270,9 +270,16 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_gradients_reach_every_parameter():
+    """Every parameter gets a gradient (DDP needs one for each); it is non-zero except for the key bias of a
+    reassociated cross-attention, which adds a constant to each row of scores: a softmax ignores it, so its exact
+    gradient is zero (in the standard form it is rounding noise)."""
     model = tiny("vision-perceiver-conv", image_size=16).train()
     model(torch.randn(2, 3, 16, 16)).logits.sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert all(p.grad is not None for p in model.parameters())
+    reassociated = {f"encoder.cross_attends.{i}.attention.k_proj.bias" for i, c in enumerate(model.encoder.cross_attends)
+                    if c.attention.reassociate}  # fmt: skip
+    assert reassociated
+    missing = [n for n, p in model.named_parameters() if n not in reassociated and not p.grad.abs().sum() > 0]
     assert not missing
 
 

@@ -71,9 +71,11 @@ class MultiHeadAttention(nn.Module):
         queries_contribute_kv: the queries join the keys/values, `[x_q, x_kv]` (the Flamingo resampler,
             perceiver-pytorch's `queries_contribute_kv`); needs `kv_dim == q_dim`; maps are then `(B, H, N, N + M)`.
 
-    Reassociated form: per head, `q_h K_h^T = (q_h W_k,h) [X, 1]^T` and `P_h V_h = (P_h [X, 1]) [W_v,h, b_v,h]^T`,
-    where `X` `(B, M, Ckv)` is the key/value input and the biases ride along as a channel of ones. Attending with the
-    `(N, Ckv + 1)` absorbed queries to `[X, 1]` itself skips projecting all `M` inputs to keys and values: the same
+    Reassociated form: per head, `q_h K_h^T = (q_h W_k,h) X^T + q_h . b_k,h` and `P_h V_h = (P_h X) W_v,h^T + b_v,h`,
+    where `X` `(B, M, Ckv)` is the key/value input; the key bias adds a constant to a row of scores, which the softmax
+    ignores, and the value bias comes after mixing since the probabilities sum to 1 (with dropout, which breaks that,
+    both ride along as a channel of ones). Attending with the `(N, Ckv)` absorbed queries to `X` itself skips
+    projecting all `M` inputs to keys and values: the same
     function (up to rounding; gradients and dropout included) in `2 H N M Ckv` multiply-adds instead of
     `M Ckv (Dqk + Dv) + N M (Dqk + Dv)`, and the `(B, M, Dqk + Dv)` keys and values are never stored for backward.
     Attention maps always use the standard form.
@@ -180,16 +182,24 @@ class MultiHeadAttention(nn.Module):
         if kv_mask is not None:
             x = x.masked_fill(~kv_mask[..., None], 0.0)
         w_k, w_v = self.k_proj.weight, self.v_proj.weight
-        if self.k_proj.bias is not None:  # qkv_bias sets both
-            w_k = torch.cat([w_k, self.k_proj.bias[:, None]], dim=1)
-            w_v = torch.cat([w_v, self.v_proj.bias[:, None]], dim=1)
+        b_k, b_v = self.k_proj.bias, self.v_proj.bias  # qkv_bias sets both
+        bias_channel = b_k is not None and dropout > 0.0
+        if bias_channel:  # dropped probabilities no longer sum to 1: the biases ride along as a channel of ones
+            w_k = torch.cat([w_k, b_k[:, None]], dim=1)
+            w_v = torch.cat([w_v, b_v[:, None]], dim=1)
             x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
         w_k, w_v = w_k.to(q.dtype), w_v.to(q.dtype)
         q_abs = q @ w_k.unflatten(0, (h, -1))  # (B, H, N, Ckv [+1])
         xh = x[:, None].expand(-1, h, -1, -1)  # (B, H, M, Ckv [+1]): keys and values, shared by all heads
         scale = 1.0 / math.sqrt(q.shape[-1])
         mixed = F.scaled_dot_product_attention(q_abs, xh, xh, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
-        return mixed @ w_v.unflatten(0, (h, -1)).transpose(-1, -2)  # (B, H, N, Dv/H)
+        out = mixed @ w_v.unflatten(0, (h, -1)).transpose(-1, -2)  # (B, H, N, Dv/H)
+        if b_k is not None and not bias_channel:
+            # The key bias adds q_h . b_k,h to a whole row of scores, which the softmax ignores, so its exact gradient
+            # is zero (`0 * b_k.sum()` gives it that, DDP expects one); the probabilities sum to 1, so the value bias
+            # is added after mixing. No ones channel: the keys keep Ckv channels (512, not 513, for vision-learned).
+            out = out + b_v.to(out.dtype).view(h, 1, -1) + 0 * b_k.sum().to(out.dtype)
+        return out
 
 
 def attention_with_probs(
