@@ -86,33 +86,43 @@ class PerceiverConfig:
         return self.input_axis * (2 * self.num_freq_bands + 1) if self.fourier_encode_data else 0
 
     def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(
+        return lucidrains_encoder_config(
+            self,
             input_dim=self.input_channels + self.fourier_channels,
-            num_latents=self.num_latents,
-            latent_dim=self.latent_dim,
             num_cross_attends=self.depth,
             num_self_attends_per_block=self.self_per_cross_attn,
             num_blocks=1,
-            cross_heads=self.cross_heads,
-            latent_heads=self.latent_heads,
-            cross_qk_channels=self.cross_heads * self.cross_dim_head,
-            cross_v_channels=self.cross_heads * self.cross_dim_head,
-            latent_qk_channels=self.latent_heads * self.latent_dim_head,
-            latent_v_channels=self.latent_heads * self.latent_dim_head,
-            cross_widening_factor=4,
-            latent_widening_factor=4,
-            activation="geglu",
-            qkv_bias=False,
             attn_dropout=self.attn_dropout,
             ff_dropout=self.ff_dropout,
             share_cross_attends=self.weight_tie_layers,
             share_latent_blocks="after_first" if self.weight_tie_layers else "none",
-            latent_init_std=1.0,  # perceiver-pytorch draws latents from N(0, 1)
-            inverted_cross_attention=self.inverted_cross_attn,
             attn_residual="cross_attend" if self.attn_residual else "none",
-            attn_residual_rank=self.attn_residual_rank,
-            attn_residual_norm=self.attn_residual_norm,
         )
+
+
+def lucidrains_encoder_config(c: Any, **fields_: Any) -> EncoderConfig:
+    """An `EncoderConfig` with perceiver-pytorch's conventions (heads x dim_head channels, GEGLU x4 feed-forwards, no
+    q/k/v bias, latents drawn from N(0, 1), its inverted cross-attention and attention residual options), read from a
+    config `c` with perceiver-pytorch's field names; `fields_` give the structure of the model (depth, sharing)."""
+    return EncoderConfig(
+        num_latents=c.num_latents,
+        latent_dim=c.latent_dim,
+        cross_heads=c.cross_heads,
+        latent_heads=c.latent_heads,
+        cross_qk_channels=c.cross_heads * c.cross_dim_head,
+        cross_v_channels=c.cross_heads * c.cross_dim_head,
+        latent_qk_channels=c.latent_heads * c.latent_dim_head,
+        latent_v_channels=c.latent_heads * c.latent_dim_head,
+        cross_widening_factor=4,
+        latent_widening_factor=4,
+        activation="geglu",
+        qkv_bias=False,
+        latent_init_std=1.0,  # perceiver-pytorch draws latents from N(0, 1)
+        inverted_cross_attention=c.inverted_cross_attn,
+        attn_residual_rank=c.attn_residual_rank,
+        attn_residual_norm=c.attn_residual_norm,
+        **fields_,
+    )
 
 
 _CONFIG_FIELDS = {f.name for f in fields(PerceiverConfig)}

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from perceiver.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
+from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
 from perceiver.nn.attention import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
 
@@ -109,29 +110,14 @@ class LucidrainsIOConfig:
 
     def encoder_config(self) -> EncoderConfig:
         tied = self.weight_tie_layers
-        return EncoderConfig(
+        return lucidrains_encoder_config(
+            self,
             input_dim=self.dim,
-            num_latents=self.num_latents,
-            latent_dim=self.latent_dim,
             num_cross_attends=1,
             num_self_attends_per_block=1 if tied else self.depth,
             num_blocks=self.depth if tied else 1,
-            cross_heads=self.cross_heads,
-            latent_heads=self.latent_heads,
-            cross_qk_channels=self.cross_heads * self.cross_dim_head,
-            cross_v_channels=self.cross_heads * self.cross_dim_head,
-            latent_qk_channels=self.latent_heads * self.latent_dim_head,
-            latent_v_channels=self.latent_heads * self.latent_dim_head,
-            cross_widening_factor=4,
-            latent_widening_factor=4,
-            activation="geglu",
-            qkv_bias=False,
             share_latent_blocks="all",
-            latent_init_std=1.0,
-            inverted_cross_attention=self.inverted_cross_attn,
             attn_residual="self_attend" if self.attn_residual else "none",
-            attn_residual_rank=self.attn_residual_rank,
-            attn_residual_norm=self.attn_residual_norm,
         )
 
 
