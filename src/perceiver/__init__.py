@@ -1,6 +1,6 @@
 """perceiver-torch: Perceiver, Perceiver IO and friends in PyTorch."""
 
-from perceiver.decoder import (
+from perceiver.core.decoder import (
     AdaptedInputs,
     DecoderConfig,
     FourierQueries,
@@ -9,9 +9,9 @@ from perceiver.decoder import (
     QueryBuilder,
     TrainableQueries,
 )
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.image_processing import ImageProcessor
-from perceiver.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models import Perceiver, PerceiverConfig
 from perceiver.models.ar import PerceiverAR
 from perceiver.models.registry import create_model, list_models, register_model

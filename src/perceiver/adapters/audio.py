@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import InputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding
 
 

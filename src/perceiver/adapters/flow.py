@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
 from perceiver.checks import check_float_input
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import FourierPositionEncoding
 
 

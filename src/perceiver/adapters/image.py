@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import InputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 PrepType = Literal["conv", "conv1x1", "patches", "pixels"]

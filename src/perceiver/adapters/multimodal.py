@@ -30,8 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from perceiver.decoder import AdaptedInputs, QueryBuilder
-from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.core.decoder import AdaptedInputs, QueryBuilder
+from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features
 
 EvalMasking = Literal["deterministic", "none", "random"]

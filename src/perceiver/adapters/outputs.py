@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import OutputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import OutputAdapter
 
 
 class ClassificationOutput(OutputAdapter):

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from perceiver.checks import check_float_input
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import InputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import InputAdapter
 from perceiver.nn.position import fourier_channels, fourier_features
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.decoder import AdaptedInputs
-from perceiver.io import InputAdapter, OutputAdapter
+from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import TrainablePositionEncoding
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from perceiver.decoder import DecoderConfig
-from perceiver.encoder import EncoderConfig
+from perceiver.core.decoder import DecoderConfig
+from perceiver.core.encoder import EncoderConfig
 
 _LAYER_KEYS = {
     "attention.self.layernorm2": "kv_norm",

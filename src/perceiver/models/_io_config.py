@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from perceiver.decoder import DecoderConfig
-from perceiver.encoder import EncoderConfig
+from perceiver.core.decoder import DecoderConfig
+from perceiver.core.encoder import EncoderConfig
 
 
 @dataclass

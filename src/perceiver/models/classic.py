@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input, model_dtype, to_bool_mask
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.registry import register_model, register_model_type
 from perceiver.nn.position import FourierPositionEncoding

@@ -33,10 +33,10 @@ from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.point_cloud import PointCloudAdapter
 from perceiver.adapters.video import VideoAdapter
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.decoder import PerceiverDecoder, TrainableQueries
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import PerceiverDecoder, TrainableQueries
+from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.io import InputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.hub import PretrainedMixin, config_from_dict
-from perceiver.io import InputAdapter, PerceiverIO, PerceiverIOOutput
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type

@@ -36,10 +36,10 @@ from perceiver.adapters.multimodal import (
 )
 from perceiver.adapters.video import VideoAdapter
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.decoder import PerceiverDecoder, decode
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import PerceiverDecoder, decode
+from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.io import PerceiverIO, PerceiverIOOutput
 from perceiver.hub import PretrainedMixin
-from perceiver.io import PerceiverIO, PerceiverIOOutput
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 

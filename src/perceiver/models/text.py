@@ -22,10 +22,10 @@ from torch import Tensor
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.text import TextAdapter, TiedEmbeddingOutput
 from perceiver.checks import check_int_input
-from perceiver.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
+from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.io import PerceiverIO, PerceiverIOOutput
 from perceiver.hub import PretrainedMixin, config_from_dict
-from perceiver.io import PerceiverIO, PerceiverIOOutput
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 

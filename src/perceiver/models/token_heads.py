@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.text import TextAdapter
-from perceiver.decoder import AdaptedInputs, Index, PerceiverDecoder, TrainableQueries, decode, select
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import AdaptedInputs, Index, PerceiverDecoder, TrainableQueries, decode, select
+from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.io import PerceiverIO
 from perceiver.hub import PretrainedMixin, config_from_dict
-from perceiver.io import PerceiverIO
 from perceiver.models.registry import register_model, register_model_type
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig, TextModelOutput, _build, _pick_inputs
 from perceiver.nn.attention import SelfAttentionLayer

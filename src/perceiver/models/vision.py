@@ -20,10 +20,10 @@ from torch import Tensor
 from perceiver.adapters.image import ImageAdapter, PositionType, PrepType
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.decoder import PerceiverDecoder, TrainableQueries, decode
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import PerceiverDecoder, TrainableQueries, decode
+from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.io import PerceiverIO, PerceiverIOOutput
 from perceiver.hub import PretrainedMixin, config_from_dict
-from perceiver.io import PerceiverIO, PerceiverIOOutput
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from perceiver.decoder import AdaptedInputs, PerceiverDecoder, QueryBuilder, decode
-from perceiver.encoder import PerceiverEncoder
+from perceiver.core.decoder import AdaptedInputs, PerceiverDecoder, QueryBuilder, decode
+from perceiver.core.encoder import PerceiverEncoder
 
 
 @dataclass
