@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceiver.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.nn import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer, reassociation_saves
 
 
