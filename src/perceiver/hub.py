@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -99,9 +100,10 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def config_from_dict(cls: type, data: dict[str, Any], source: str | os.PathLike | None = None) -> Any:
-    """Build the dataclass `cls` from `data`, rejecting unknown keys. With `source` (the file the data comes from)
-    values of the wrong type or range (integers beyond `MAX_INT`, non-finite floats) are rejected too, and every
-    error names the file and the key."""
+    """Build the dataclass `cls` from `data` (nested dataclass fields from nested dicts), rejecting unknown keys.
+
+    With `source` (the file the data comes from) values of the wrong type or range (integers beyond `MAX_INT`,
+    non-finite floats) are rejected too, and every error names the file and the key (dotted for nested parts)."""
     where = f"{source}: " if source is not None else ""
     if not isinstance(data, dict):
         raise ValueError(f"{where}expected a JSON object for {cls.__name__}, got {type(data).__name__}")
@@ -109,21 +111,119 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str | os.PathLike 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}unknown keys for {cls.__name__}: {unknown}; expected a subset of {sorted(names)}")
-    if source is None:
-        return cls(**data)
     hints = typing.get_type_hints(cls)
+    data = dict(data)
     for key, value in data.items():
         hint = hints.get(key, Any)
-        if not _matches(value, hint):
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            try:
+                data[key] = config_from_dict(hint, value, source)
+            except ValueError as e:
+                raise ValueError(str(e).replace(f"{where}key '", f"{where}key '{key}.", 1)) from None
+            continue
+        if source is not None and not _matches(value, hint):
             extra = f" (integers at most {MAX_INT}, finite floats)" if hint in (int, float) else ""
             raise ValueError(
                 f"{where}key {key!r} of {cls.__name__}: expected {_type_name(hint)}{extra}, got {value!r} "
                 f"({type(value).__name__})"
             )
+    if source is None:
+        return cls(**data)
     try:
         return cls(**data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}invalid {cls.__name__}: {e}") from e
+
+
+#: flat names of the transformers heads that mean one of ours
+ALIASES = {"num_labels": "num_classes"}
+
+
+def _paths_with(config: Any, name: str, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Dotted paths of every field called `name` in `config` and its nested part configs."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == name:
+            found.append((*prefix, f.name))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += _paths_with(value, name, (*prefix, f.name))
+    return found
+
+
+def _set_path(config: Any, path: tuple[str, ...], value: Any) -> Any:
+    """A copy of `config` with the field at `path` replaced (parts above it copied too)."""
+    head, *rest = path
+    if rest:
+        return dataclasses.replace(config, **{head: _set_path(getattr(config, head), tuple(rest), value)})
+    current = getattr(config, head)
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        return dataclasses.replace(config, **{head: apply_overrides(current, value)})
+    return dataclasses.replace(config, **{head: value})
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.PathLike | None = None) -> Any:
+    """A copy of the (nested) config dataclass `config` with `overrides` applied.
+
+    Keys may be dotted paths (`"encoder.num_latents"`), fields of the top config (a dict for a part config merges
+    into it), or the name of a field of the nested part configs: such a flat key sets that field in every part that
+    has it (`attn_dropout=0.1` sets the encoder's and the decoder's; `latent_dim=64` the encoder's and the decoder's
+    latent width), so presets take the short keywords timm users know. `num_labels` is an alias of `num_classes`.
+    Unknown keys are a ValueError listing what exists; with `source`, values are type-checked as in
+    `config_from_dict` and errors name it.
+    """
+    where = f"{source}: " if source is not None else ""
+    for key, value in overrides.items():
+        key = ALIASES.get(key, key)
+        if "." in key:
+            paths = [tuple(key.split("."))]
+            try:
+                _get_path(config, paths[0])
+            except AttributeError:
+                raise ValueError(f"{where}unknown key {key!r} for {type(config).__name__}") from None
+        else:
+            paths = _paths_with(config, key)
+            top = [p for p in paths if len(p) == 1]
+            paths = top or paths
+        if not paths:
+            known = sorted({".".join(p) for p in _all_paths(config)})
+            raise ValueError(
+                f"{where}unknown keys [{key!r}] for {type(config).__name__}; expected a field of it or of its parts: "
+                f"{known}"
+            )
+        for path in paths:
+            if source is not None:
+                parent = _get_path(config, path[:-1]) if len(path) > 1 else config
+                hint = typing.get_type_hints(type(parent)).get(path[-1], Any)
+                if not dataclasses.is_dataclass(hint) and not _matches(value, hint):
+                    raise ValueError(
+                        f"{where}key {'.'.join(path)!r}: expected {_type_name(hint)}, got {value!r} "
+                        f"({type(value).__name__})"
+                    )
+            try:
+                config = _set_path(config, path, value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}invalid value for {'.'.join(path)!r}: {e}") from e
+    return config
+
+
+def _get_path(config: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        if not dataclasses.is_dataclass(config) or name not in {f.name for f in dataclasses.fields(config)}:
+            raise AttributeError(name)
+        config = getattr(config, name)
+    return config
+
+
+def _all_paths(config: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out += _all_paths(value, (*prefix, f.name))
+        else:
+            out.append((*prefix, f.name))
+    return out
 
 
 def _umask() -> int:
@@ -193,15 +293,26 @@ def load_safetensors_checked(
     model.load_state_dict(stored, strict=False)
 
 
+#: version of the config.json layout: 1 = flat task configs (releases before nested part configs, no
+#: `format_version` key), 2 = nested part configs (`encoder`, `decoder`, `adapter`, ...)
+FORMAT_VERSION = 2
+
+logger = logging.getLogger("perceiver")
+
+
 class PretrainedMixin:
-    """Adds `save_pretrained(dir)` and `from_pretrained(dir)` to an `nn.Module` built from `self.config`.
+    """Adds `save_pretrained(dir)`, `from_pretrained(dir)` and `push_to_hub(repo_id)` to an `nn.Module` built from
+    `self.config`.
 
     Subclasses set `config_class` (a dataclass) and `model_type` (a registry name written into config.json) and take
-    the config as the single argument of their constructor via `from_config`.
+    the config as the single argument of their constructor via `from_config`. `legacy_keys` maps the flat keys of
+    format-1 config files that were renamed to their new (dotted) paths; the other flat keys are routed by
+    `apply_overrides`.
     """
 
     config_class: ClassVar[type]
     model_type: ClassVar[str]
+    legacy_keys: ClassVar[dict[str, str | tuple[str, ...]]] = {}
 
     @classmethod
     def from_config(cls: type[T], config: Any) -> T:
@@ -217,7 +328,7 @@ class PretrainedMixin:
         _remove_stale_temp_dirs(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
         try:
-            config = {"model_type": self.model_type, **config_to_dict(self.config)}
+            config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_model(self, str(tmp / WEIGHTS_NAME))
             mode = 0o666 & ~_umask()
@@ -229,17 +340,65 @@ class PretrainedMixin:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload perceiver-torch model",
+        model_card: str | None = None,
+    ) -> str:
+        """Upload `config.json`, `model.safetensors` and a model card (`README.md`) to the Hub repo `repo_id`
+        (created if needed) with huggingface_hub; returns the commit URL."""
+        from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model")
+            if model_card is None:
+                data = ModelCardData(library_name="perceiver-torch", tags=["perceiver", self.model_type])
+                n = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+                body = (
+                    f"# {repo_id}\n\nA `{type(self).__name__}` ({self.model_type}, {n:,} parameters) saved by "
+                    f"[perceiver-torch](https://github.com/perceiver-torch).\n\n```python\nimport perceiver\n\n"
+                    f"model = perceiver.from_pretrained({repo_id!r})\n```\n"
+                )
+                model_card = f"---\n{data.to_yaml()}\n---\n\n{body}"
+            ModelCard(model_card).save(folder / "README.md")
+            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(info)
+
+    @classmethod
+    def config_from_file(cls, data: dict[str, Any], source: str | os.PathLike, overrides: dict[str, Any]) -> Any:
+        """The config of a config.json dict (without `model_type`) of either format, with `overrides` applied."""
+        version = data.pop("format_version", 1)
+        if version == FORMAT_VERSION:
+            config = config_from_dict(cls.config_class, data, source=source)
+        elif version == 1:  # flat keys of the releases before nested part configs
+            from perceiver.core.config import rename_keys
+
+            config = apply_overrides(cls.config_class(), rename_keys(cls.legacy_keys, data), source=source)
+        else:
+            raise ValueError(f"{source}: format_version {version!r} is not one this release reads (1 or 2)")
+        return apply_overrides(config, overrides, source=f"{source} + overrides") if overrides else config
+
     @classmethod
     def from_pretrained(
         cls: type[T],
         directory: str | os.PathLike,
         map_location: str | torch.device = "cpu",
         check_finite: bool = True,
+        num_classes: int | None = None,
+        ignore_mismatched_sizes: bool = False,
         **overrides: Any,
     ) -> T:
         """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout).
 
-        `check_finite` rejects weights holding NaN / inf (corrupted files); see the module docstring for the checks.
+        `num_classes=K` with `ignore_mismatched_sizes=True` re-initialises a classifier of another size (and logs which
+        tensors); without it a different K is an error. `check_finite` rejects weights holding NaN / inf (corrupted
+        files); see the module docstring for the checks.
         """
         path = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -250,8 +409,37 @@ class PretrainedMixin:
         model_type = data.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"{path} holds a {model_type!r} model, expected {cls.model_type!r}")
-        config_from_dict(cls.config_class, data, source=config_file)  # the file itself must be valid
-        config = config_from_dict(cls.config_class, {**data, **overrides}, source=f"{config_file} + overrides")
+        config = cls.config_from_file(data, config_file, overrides)
         model = cls.from_config(config)
         load_safetensors_checked(model, path / WEIGHTS_NAME, device=str(map_location), check_finite=check_finite)
+        if num_classes is not None:
+            resize_head(model, num_classes, ignore_mismatched_sizes, str(path))
         return model.eval()
+
+
+def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, source: str) -> list[str]:
+    """Give a loaded `model` a classifier of `num_classes` outputs: nothing when it has that many already, a fresh
+    head (`reset_classifier`) with `ignore_mismatched_sizes`, else a ValueError. Returns (and logs) the names of the
+    re-initialised tensors."""
+    have = model.num_classes
+    if have == num_classes:
+        return []
+    if not ignore_mismatched_sizes:
+        raise ValueError(
+            f"{source} has a head of {have} classes, asked for num_classes={num_classes}; pass "
+            f"ignore_mismatched_sizes=True to re-initialise the head for fine-tuning"
+        )
+    before = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
+    model.reset_classifier(num_classes)
+    after = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
+    changed = sorted(k for k in after if before.get(k) != after[k])
+    logger.warning(
+        "Some weights of %s were newly initialised because the head of %s has %d classes, not %d: %s",
+        type(model).__name__,
+        source,
+        have,
+        num_classes,
+        changed,
+    )
+    model.reinitialized_keys = changed
+    return changed

@@ -10,10 +10,14 @@ uses `max_resolution = S`, the number of samples, not the number of tokens).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input
+from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding
@@ -88,3 +92,18 @@ class AudioAdapter(InputAdapter):
             x = self.projection(x)
         pos = self.position((s // p,), dtype=x.dtype).unsqueeze(0).expand(b, -1, -1)
         return AdaptedInputs(tokens=torch.cat([x, pos], dim=-1), mask=token_mask, without_pos=x)
+
+
+@dataclass
+class AudioAdapterConfig(PartConfig):
+    """`AudioAdapter`'s keywords; defaults: the `audio-classifier` preset (61,440 samples, 16 per token, 192 bands)."""
+
+    part_class: ClassVar[type] = AudioAdapter
+
+    num_samples: int | None = 61440
+    samples_per_patch: int = 16
+    num_bands: int = 192
+    max_resolution: float | None = 61440
+    project_dim: int | None = None
+    concat_pos: bool = True
+    sine_only: bool = False

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input
+from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
@@ -262,3 +264,42 @@ class ImageAdapter(InputAdapter):
         else:
             tokens = feats + pos.to(feats.dtype)
         return AdaptedInputs(tokens, None if mask is None else mask.bool(), without_pos=feats)
+
+
+@dataclass
+class ImageAdapterConfig(PartConfig):
+    """`ImageAdapter`'s keywords (see its docstring); defaults: `vision-perceiver-learned`'s adapter."""
+
+    part_class: ClassVar[type] = ImageAdapter
+
+    image_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    prep_type: PrepType = "conv1x1"
+    spatial_downsample: int = 1
+    out_channels: int = 256
+    conv_after_patching: bool = False
+    use_batchnorm: bool = True
+    same_padding: bool = True
+    position_encoding: PositionType = "trainable"
+    concat_or_add_pos: Literal["concat", "add"] = "concat"
+    project_pos_dim: int | None = 256
+    trainable_pos_channels: int = 256
+    num_bands: int = 64
+    max_resolution: tuple[int, int] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+    pos_init_scale: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.image_size = pair("image_size", self.image_size)
+        if self.max_resolution is not None:
+            self.max_resolution = pair("max_resolution", self.max_resolution)
+
+
+def pair(name: str, value: Any) -> tuple[int, int]:
+    """An int or a `(height, width)` pair as a tuple of two ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be an int or (height, width), got {value!r}")
+    return int(value[0]), int(value[1])

@@ -12,10 +12,14 @@ extra masked padding points.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from perceiver.checks import check_float_input
+from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
 from perceiver.nn.position import fourier_channels, fourier_features
@@ -79,3 +83,16 @@ class PointCloudAdapter(InputAdapter):
         feats = fourier_features(xyz.float(), self.num_bands, res, self.concat_pos, self.sine_only).to(x.dtype)
         tokens = torch.cat([feats, x[..., 3:]], dim=-1) if self.in_channels > 3 else feats
         return AdaptedInputs(tokens=tokens, mask=mask, without_pos=x)
+
+
+@dataclass
+class PointCloudAdapterConfig(PartConfig):
+    """`PointCloudAdapter`'s keywords; defaults: the `point-cloud-classifier` preset (xyz, 64 bands, resolution 64)."""
+
+    part_class: ClassVar[type] = PointCloudAdapter
+
+    in_channels: int = 3
+    num_bands: int = 64
+    max_resolution: float = 64.0
+    concat_pos: bool = True
+    sine_only: bool = False

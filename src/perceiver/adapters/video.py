@@ -11,11 +11,14 @@ equals transformers' function (same channel order `(t, s_h, s_w, C)`), so conver
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input
+from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
 from perceiver.nn.position import FourierPositionEncoding
@@ -134,3 +137,28 @@ class VideoAdapter(InputAdapter):
             raise ValueError(f"expected mask of shape {tuple(x.shape[:2])} (B, tokens), got {tuple(mask.shape)}")
         pos = self.position(grid, dtype=x.dtype).reshape(1, x.shape[1], -1).expand(b, -1, -1)
         return AdaptedInputs(tokens=torch.cat([x, pos], dim=-1), mask=mask, without_pos=x)
+
+
+@dataclass
+class VideoAdapterConfig(PartConfig):
+    """`VideoAdapter`'s keywords; defaults: the `video-classifier` preset (16 x 224 x 224, space-to-depth 4)."""
+
+    part_class: ClassVar[type] = VideoAdapter
+
+    in_channels: int = 3
+    num_frames: int | None = 16
+    image_size: tuple[int, int] | None = (224, 224)
+    temporal_block_size: int = 1
+    spatial_block_size: int = 4
+    num_bands: int = 32
+    max_resolution: tuple[float, ...] | None = (16, 224, 224)
+    project_dim: int | None = None
+    channels_last: bool = False
+    concat_pos: bool = True
+    sine_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if self.max_resolution is not None:
+            self.max_resolution = tuple(self.max_resolution)

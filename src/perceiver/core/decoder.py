@@ -11,8 +11,9 @@ neither the full query array nor the full output is needed unless asked for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,12 +41,14 @@ class AdaptedInputs:
 class DecoderConfig:
     """Hyper-parameters of a `PerceiverDecoder`.
 
-    query_dim: channels `E` of the queries; latent_dim: channels `D` of the latents; output_dim: channels `F` of the
-    final projection (None: no projection, the output keeps `E` channels).
+    query_dim: channels `E` of the queries; latent_dim: channels `D` of the latents (both None inside a model config:
+    the model fills them from its query builder and encoder with `for_parts`); output_dim: channels `F` of the final
+    projection (None: no projection, the output keeps `E` channels; a classifier sets it to its `num_classes`).
+    cross_attention_shape: the q/k width when `qk_channels` is None: `'q'` the queries', `'kv'` the latents'.
     """
 
-    query_dim: int
-    latent_dim: int
+    query_dim: int | None = None
+    latent_dim: int | None = None
     output_dim: int | None = None
     num_heads: int = 1
     qk_channels: int | None = None
@@ -55,6 +58,32 @@ class DecoderConfig:
     use_query_residual: bool = False
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
+    cross_attention_shape: Literal["q", "kv"] = "q"
+
+    def __post_init__(self) -> None:
+        if self.cross_attention_shape not in ("q", "kv"):
+            raise ValueError(f"cross_attention_shape must be 'q' or 'kv', got {self.cross_attention_shape!r}")
+
+    def for_parts(self, query_dim: int, latent_dim: int, output_dim: int | None = None) -> DecoderConfig:
+        """This config with the widths of the query builder and the latents (and, from a classifier, its class count
+        as `output_dim`); a copy. Explicit widths that disagree are an error."""
+        for name, value in (("query_dim", query_dim), ("latent_dim", latent_dim)):
+            own = getattr(self, name)
+            if own is not None and own != value:
+                raise ValueError(f"decoder {name} is {own}, but the model's parts give {value}")
+        return replace(
+            self,
+            query_dim=query_dim,
+            latent_dim=latent_dim,
+            output_dim=self.output_dim if output_dim is None else output_dim,
+        )
+
+    @property
+    def qk(self) -> int | None:
+        """The q/k width: `qk_channels`, else by `cross_attention_shape` (None: the layer's default, the queries')."""
+        if self.qk_channels is not None:
+            return self.qk_channels
+        return self.latent_dim if self.cross_attention_shape == "kv" else None
 
 
 class PerceiverDecoder(nn.Module):
@@ -63,11 +92,13 @@ class PerceiverDecoder(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         c = self.config = config
+        if c.query_dim is None or c.latent_dim is None:
+            raise ValueError("DecoderConfig needs query_dim and latent_dim (models set them with for_parts)")
         self.cross_attention = CrossAttentionLayer(
             c.query_dim,
             c.latent_dim,
             c.num_heads,
-            c.qk_channels,
+            c.qk,
             c.v_channels,
             c.widening_factor,
             c.activation,
@@ -199,13 +230,16 @@ def decode(
     output_index: Index = None,
     query_chunk_size: int | None = None,
     return_attention: bool = False,
-) -> tuple[Tensor, Tensor | None]:
+    output_adapter: nn.Module | None = None,
+) -> tuple[Any, Tensor | None]:
     """Decode the output positions `output_index` (indices `(O',)`, a slice, or None for all) in chunks of
     `query_chunk_size`.
 
     Returns `(B, O', F)` and, with `return_attention`, the maps `(B, H, O', N)`. Chunked decoding equals one-shot
     decoding exactly (queries are independent), with memory bounded by the chunk. Chunks are slices of the positions
-    (or of the index tensor), so the loop is static Python that compiled graphs unroll.
+    (or of the index tensor), so the loop is static Python that compiled graphs unroll. With an `output_adapter`
+    (see `perceiver.core.io.OutputAdapter`) each chunk is mapped as soon as it is decoded and the pieces are joined
+    by its `assemble`, so the decoder's `(B, O, F)` features never exist for all positions at once.
     """
     total = query_builder.num_queries(adapted)
     if query_chunk_size is not None and query_chunk_size < 1:
@@ -222,7 +256,10 @@ def decode(
         positions = range(output_index.shape[0])
     count = len(positions)
     if query_chunk_size is None or query_chunk_size >= count:
-        return decoder(query_builder(adapted, output_index), latents, return_attention)
+        out, probs = decoder(query_builder(adapted, output_index), latents, return_attention)
+        if output_adapter is not None:
+            out = output_adapter.assemble([output_adapter(out, adapted, output_index)], adapted, output_index)
+        return out, probs
     outs, maps = [], []
     for start in range(0, count, query_chunk_size):
         stop = min(start + query_chunk_size, count)
@@ -231,7 +268,8 @@ def decode(
         else:
             index = slice(positions.start + start, positions.start + stop)
         out, probs = decoder(query_builder(adapted, index), latents, return_attention)
-        outs.append(out)
+        outs.append(out if output_adapter is None else output_adapter(out, adapted, index))
         if probs is not None:
             maps.append(probs)
-    return torch.cat(outs, dim=1), (torch.cat(maps, dim=2) if maps else None)
+    joined = torch.cat(outs, dim=1) if output_adapter is None else output_adapter.assemble(outs, adapted, output_index)
+    return joined, (torch.cat(maps, dim=2) if maps else None)

@@ -19,7 +19,7 @@ cross-attend's output). Residual modules are shared as the blocks they follow ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -35,9 +35,15 @@ ResidualMode = Literal["none", "cross_attend", "self_attend"]
 
 @dataclass
 class EncoderConfig:
-    """Hyper-parameters of a `PerceiverEncoder` (see the class docstring)."""
+    """Hyper-parameters of a `PerceiverEncoder` (see the class docstring).
 
-    input_dim: int
+    input_dim: channels `C` of the inputs; None inside a model config, where the input adapter gives it (the model
+    builds its encoder with `for_inputs(adapter.num_channels)`).
+    cross_attention_shape: the q/k width of the cross-attention when `cross_qk_channels` is None: `'q'` the latents'
+    width, `'kv'` the inputs' width (DeepMind's `cross_attention_shape_for_attention='kv'`, the Perceiver IO default).
+    """
+
+    input_dim: int | None = None
     num_latents: int = 256
     latent_dim: int = 512
     num_cross_attends: int = 1
@@ -64,6 +70,30 @@ class EncoderConfig:
     attn_residual: ResidualMode = "none"
     attn_residual_rank: int = 64
     attn_residual_norm: bool = True
+    cross_attention_shape: Literal["q", "kv"] = "q"
+
+    def __post_init__(self) -> None:
+        if self.cross_attention_shape not in ("q", "kv"):
+            raise ValueError(f"cross_attention_shape must be 'q' or 'kv', got {self.cross_attention_shape!r}")
+        if isinstance(self.inverted_cross_attention, list):  # from config.json
+            self.inverted_cross_attention = tuple(self.inverted_cross_attention)
+
+    def for_inputs(self, input_dim: int) -> EncoderConfig:
+        """This config for inputs of `input_dim` channels (a copy); an explicit different `input_dim` is an error."""
+        if self.input_dim is not None and self.input_dim != input_dim:
+            raise ValueError(f"encoder input_dim is {self.input_dim}, but the input adapter gives {input_dim} channels")
+        return replace(self, input_dim=input_dim)
+
+    @property
+    def cross_qk(self) -> int:
+        """The cross-attention's q/k width: `cross_qk_channels`, else by `cross_attention_shape`."""
+        if self.cross_qk_channels is not None:
+            return self.cross_qk_channels
+        if self.cross_attention_shape == "kv":
+            if self.input_dim is None:
+                raise ValueError("cross_attention_shape='kv' needs input_dim (set by the model from its adapter)")
+            return self.input_dim
+        return self.latent_dim
 
     def inverted_steps(self) -> tuple[bool, ...]:
         """`inverted_cross_attention` as one bool per cross-attend."""
@@ -82,7 +112,7 @@ def resolve_reassociation(c: EncoderConfig) -> bool:
     True for latents reading narrow inputs (pixels, 3-channel points), False for wide ones (text embeddings)."""
     if c.reassociate_cross_attention is not None:
         return bool(c.reassociate_cross_attention)
-    qk = c.cross_qk_channels if c.cross_qk_channels is not None else c.latent_dim
+    qk = c.cross_qk
     v = c.cross_v_channels if c.cross_v_channels is not None else qk
     return reassociation_saves(c.num_latents, c.input_dim, c.cross_heads, qk, v)
 
@@ -93,6 +123,8 @@ class PerceiverEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         c = config
+        if c.input_dim is None:
+            raise ValueError("EncoderConfig.input_dim is None: give the input width (models set it from their adapter)")
         for name in ("input_dim", "num_latents", "latent_dim", "num_cross_attends", "num_blocks"):
             if getattr(c, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
@@ -144,7 +176,7 @@ class PerceiverEncoder(nn.Module):
             c.latent_dim,
             c.input_dim,
             c.cross_heads,
-            c.cross_qk_channels,
+            c.cross_qk,
             c.cross_v_channels,
             c.cross_widening_factor,
             c.activation,

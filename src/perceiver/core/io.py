@@ -5,54 +5,68 @@
     QueryBuilder(adapted, index) --> queries (B, O, E) --PerceiverDecoder(latents)--> (B, O, F)
                --OutputAdapter--> task output (logits of any shape)
 
-Task models (masked LM, classifiers, flow, multimodal) are subclasses that pick the parts and, where needed,
-override `forward` to take what the matching transformers head takes.
+Task models (masked LM, classifiers, flow, multimodal) are subclasses that pick the parts, check their inputs
+(`check_inputs`) and name their arguments as the matching transformers head does; the pipeline itself
+(`forward_features` -> `forward_head`) is this class's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from perceiver.core.decoder import AdaptedInputs, PerceiverDecoder, QueryBuilder, decode
+from perceiver.core.decoder import AdaptedInputs, Index, PerceiverDecoder, QueryBuilder, decode
 from perceiver.core.encoder import PerceiverEncoder
+from perceiver.core.model import Features, ModelOutput, PerceiverModel
 
-
-@dataclass
-class PerceiverIOOutput:
-    """logits: the task output; last_hidden_state: latents `(B, N, D)`; attentions when asked for
-    (encoder cross-attention maps per cross-attend `(B, H, N, M)`, decoder map `(B, H, O, N)`)."""
-
-    logits: Any
-    last_hidden_state: Tensor
-    encoder_attentions: list[Tensor] | None = None
-    decoder_attention: Tensor | None = None
+#: the output type of every model (kept under its earlier name)
+PerceiverIOOutput = ModelOutput
 
 
 class InputAdapter(nn.Module):
-    """Turns raw inputs into encoder tokens. `forward(inputs, mask=None) -> AdaptedInputs`; `num_channels` = `C`."""
+    """Turns raw inputs into encoder tokens. `forward(inputs, mask=None, **options) -> AdaptedInputs`;
+    `num_channels` = `C`. Options are adapter-specific (e.g. `interpolate_pos_encoding` of the image adapter) and
+    reach it through `PerceiverIO.forward(..., **adapter_kwargs)`."""
 
     num_channels: int
 
-    def forward(self, inputs: Any, mask: Tensor | None = None) -> AdaptedInputs:
+    def forward(self, inputs: Any, mask: Tensor | None = None, **options: Any) -> AdaptedInputs:
         raise NotImplementedError
 
 
 class OutputAdapter(nn.Module):
-    """Turns decoder outputs `(B, O, F)` into the task output.
+    """Turns decoder outputs `(B, O', F)` into the task output, one query chunk at a time.
 
-    `forward(x, adapted, output_index)` also sees the adapted inputs (e.g. the image shape for flow, modality sizes
-    for multimodal) and which output positions were decoded (None: all).
+    `forward(x, adapted, index)` maps the decoded chunk `index` (an `Index`: indices, a slice, or None for all
+    positions) and must be position-wise (its rows depend on their own queries only); `assemble(pieces, adapted,
+    output_index)` joins the chunks (by default: concatenation along the query axis, per key for dicts) and may
+    reshape a whole decode (e.g. flow to `(B, H, W, 2)`).
     """
 
-    def forward(self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | None = None) -> Any:
+    def forward(self, x: Tensor, adapted: AdaptedInputs, index: Index = None) -> Any:
         raise NotImplementedError
 
+    def assemble(self, pieces: list[Any], adapted: AdaptedInputs, output_index: Index = None) -> Any:
+        if len(pieces) == 1:
+            return pieces[0]
+        if isinstance(pieces[0], dict):
+            keys = dict.fromkeys(k for p in pieces for k in p)
+            return {k: torch.cat([p[k] for p in pieces if k in p], dim=1) for k in keys}
+        return torch.cat(pieces, dim=1)
 
-class PerceiverIO(nn.Module):
-    """Generic Perceiver IO: composes an input adapter, encoder, query builder, decoder and output adapter."""
+
+class PerceiverIO(PerceiverModel):
+    """Generic Perceiver IO: composes an input adapter, encoder, query builder, decoder and output adapter.
+
+    `forward_features(inputs, mask)` adapts and encodes (`Features`), `forward_head(features, output_index,
+    query_chunk_size)` builds the queries, decodes in chunks and applies the output adapter per chunk
+    (`ModelOutput`); `forward` is both plus `.loss` from `compute_loss` when `labels` are given. Task models pick
+    the parts and check their inputs; they do not re-implement this pipeline.
+    """
+
+    classifier_name = "decoder.final_layer"
 
     def __init__(
         self,
@@ -81,26 +95,64 @@ class PerceiverIO(nn.Module):
         """Recompute encoder activations in the backward pass: far less training memory for ~1/3 more compute."""
         self.encoder.gradient_checkpointing = enable
 
-    def forward_features(self, inputs: Any, mask: Tensor | None = None, return_attention: bool = False):
-        """Adapt and encode: returns `(AdaptedInputs, latents (B, N, D), encoder maps or None)`."""
-        adapted = self.input_adapter(inputs, mask)
+    def _pre_logits_dim(self) -> int:
+        return self.decoder.config.query_dim
+
+    def check_inputs(self, inputs: Any, mask: Tensor | None) -> tuple[Any, Tensor | None]:
+        """Validate and cast the raw inputs (task models override; errors name what was expected)."""
+        return inputs, mask
+
+    def forward_features(
+        self, inputs: Any, mask: Tensor | None = None, return_attention: bool = False, **adapter_kwargs: Any
+    ) -> Features:
+        """Check, adapt and encode: `Features(latents (B, N, D), adapted, encoder maps or None)`."""
+        inputs, mask = self.check_inputs(inputs, mask)
+        adapted = self.input_adapter(inputs, mask, **adapter_kwargs)
         encoded = self.encoder(adapted.tokens, adapted.mask, return_attention=return_attention)
         latents, maps = encoded if return_attention else (encoded, None)
-        return adapted, latents, maps
+        return Features(latents, adapted, maps)
+
+    def default_output_index(self, adapted: AdaptedInputs) -> Index:
+        """The positions decoded when the caller names none (None: all of the query builder's)."""
+        return None
+
+    def forward_head(
+        self,
+        features: Features,
+        output_index: Index = None,
+        query_chunk_size: int | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Decode the output positions `output_index` (default: `default_output_index`) in chunks of
+        `query_chunk_size` and apply the output adapter: `ModelOutput(logits, latents, maps)`."""
+        adapted = features.adapted
+        if output_index is None:
+            output_index = self.default_output_index(adapted)
+        out, dec_map = decode(
+            self.decoder,
+            self.query_builder,
+            adapted,
+            features.latents,
+            output_index,
+            query_chunk_size,
+            return_attention,
+            self.output_adapter,
+        )
+        return ModelOutput(out, features.latents, None, features.encoder_attentions, dec_map)
 
     def forward(
         self,
         inputs: Any,
         mask: Tensor | None = None,
-        output_index: Tensor | None = None,
+        output_index: Index = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
-    ) -> PerceiverIOOutput:
-        """Encode `inputs` and decode the output positions `output_index` (all when None) in query chunks."""
-        adapted, latents, enc_maps = self.forward_features(inputs, mask, return_attention)
-        out, dec_map = decode(
-            self.decoder, self.query_builder, adapted, latents, output_index, query_chunk_size, return_attention
-        )
-        if self.output_adapter is not None:
-            out = self.output_adapter(out, adapted, output_index)
-        return PerceiverIOOutput(out, latents, enc_maps, dec_map)
+        labels: Tensor | None = None,
+        **adapter_kwargs: Any,
+    ) -> ModelOutput:
+        """Encode `inputs` and decode the output positions `output_index` in query chunks; `.loss` with labels."""
+        features = self.forward_features(inputs, mask, return_attention, **adapter_kwargs)
+        out = self.forward_head(features, output_index, query_chunk_size, return_attention)
+        if labels is not None:
+            out.loss = self.compute_loss(out.logits, labels)
+        return out

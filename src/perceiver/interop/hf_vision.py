@@ -12,34 +12,26 @@ from the config dict and the weights. The conv stem converts with DeepMind's SAM
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import io_config_from_hf, load_converted
+from perceiver.adapters.image import ImageAdapterConfig
+from perceiver.hub import apply_overrides
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
 from perceiver.models.vision import CONV, FOURIER, LEARNED, ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.pretrained import register_hf_converter
 
 PRE = "perceiver.input_preprocessor"
 DEC = "perceiver.decoder.decoder"
 
-# What each transformers head hard-codes for its PerceiverImagePreprocessor: the preprocessing of our presets.
+# What each transformers head hard-codes for its PerceiverImagePreprocessor: the adapters of our presets.
 # (transformers passes spatial_downsample=1 to the conv head, but its Conv2DDownsample always downsamples 4x.)
-_PREP_FIELDS = (
-    "prep_type",
-    "spatial_downsample",
-    "position_encoding",
-    "project_pos_dim",
-    "num_bands",
-    "max_resolution",
-)
-HEADS: dict[str, dict[str, Any]] = {
-    arch: {name: getattr(preset, name) for name in _PREP_FIELDS}
-    for arch, preset in (
-        ("PerceiverForImageClassificationLearned", LEARNED),
-        ("PerceiverForImageClassificationFourier", FOURIER),
-        ("PerceiverForImageClassificationConvProcessing", CONV),
-    )
+HEADS: dict[str, ImageAdapterConfig] = {
+    "PerceiverForImageClassificationLearned": LEARNED.adapter,
+    "PerceiverForImageClassificationFourier": FOURIER.adapter,
+    "PerceiverForImageClassificationConvProcessing": CONV.adapter,
 }
 
 
@@ -60,40 +52,44 @@ def _adapter_keys(prep_type: str, sd: dict[str, Tensor]) -> dict[str, str]:
     return keys
 
 
+def adapter_from_hf(arch: str, hf_config: dict[str, Any], sd: dict[str, Tensor]) -> ImageAdapterConfig:
+    """The `ImageAdapterConfig` of a transformers image head: the head's hard-coded preprocessing, sizes from the
+    config and the weights."""
+    head = HEADS[arch]
+    image_size = hf_config.get("image_size", 224)
+    fields: dict[str, Any] = {}
+    if head.prep_type == "conv1x1":  # the learned positions fix the image size: image_size ** 2 of them
+        positions = sd[f"{PRE}.position_embeddings.position_embeddings"]
+        image_size = math.isqrt(positions.shape[0])
+        fields["out_channels"], fields["in_channels"] = sd[f"{PRE}.convnet_1x1.weight"].shape[:2]
+        fields["trainable_pos_channels"] = positions.shape[1]
+        fields["project_pos_dim"] = sd[f"{PRE}.positions_projection.weight"].shape[0]
+    elif head.prep_type == "conv":
+        fields["out_channels"], fields["in_channels"] = sd[f"{PRE}.convnet.conv.weight"].shape[:2]
+        fields["use_batchnorm"] = f"{PRE}.convnet.batchnorm.weight" in sd
+    else:  # pixels: the encoder's input width is C + the Fourier features of 2 axes
+        width = sd["perceiver.encoder.cross_attention.attention.self.key.weight"].shape[1]
+        fields["in_channels"] = width - 2 * (1 + 2 * head.num_bands)
+    return replace(head, image_size=(image_size, image_size), **fields)
+
+
 def convert_image_classifier(
     hf_config: dict[str, Any], sd: dict[str, Tensor], **overrides: Any
 ) -> PerceiverForImageClassification:
     """Build our `PerceiverForImageClassification` from a transformers image-classification checkpoint.
 
     `hf_config` is the checkpoint's config.json dict, `sd` its state dict; `overrides` replace fields of our config
-    (e.g. `same_padding=False` for transformers' conv-stem numbers).
+    (flat or dotted keys, e.g. `same_padding=False` for transformers' conv-stem numbers).
     """
     archs = [a for a in hf_config.get("architectures", []) if a in HEADS]
     if not archs:
         raise ValueError(f"expected one of {sorted(HEADS)} in architectures, got {hf_config.get('architectures')}")
-    head = HEADS[archs[0]]
-    io_fields, enc, dec, io_keys = io_config_from_hf(hf_config, sd, DEC, decoder_use_query_residual=True)
-    image_size = hf_config.get("image_size", 224)
-    if head["prep_type"] == "conv1x1":  # the learned positions fix the image size: image_size ** 2 of them
-        image_size = math.isqrt(sd[f"{PRE}.position_embeddings.position_embeddings"].shape[0])
-    fields: dict[str, Any] = dict(
-        num_labels=dec.output_dim,
-        image_size=(image_size, image_size),
-        **head,
-        **io_fields,
-    )
-    if head["prep_type"] == "conv1x1":
-        fields["out_channels"], fields["in_channels"] = sd[f"{PRE}.convnet_1x1.weight"].shape[:2]
-        fields["trainable_pos_channels"] = sd[f"{PRE}.position_embeddings.position_embeddings"].shape[1]
-        fields["project_pos_dim"] = sd[f"{PRE}.positions_projection.weight"].shape[0]
-    elif head["prep_type"] == "conv":
-        fields["out_channels"], fields["in_channels"] = sd[f"{PRE}.convnet.conv.weight"].shape[:2]
-        fields["use_batchnorm"] = f"{PRE}.convnet.batchnorm.weight" in sd
-    if head["prep_type"] == "pixels":
-        fields["in_channels"] = enc.input_dim - 2 * (1 + 2 * head["num_bands"])
-    fields.update(overrides)
-    model = PerceiverForImageClassification(ImageClassifierConfig(**fields))
-    keys = _adapter_keys(head["prep_type"], sd) | io_keys
+    adapter = adapter_from_hf(archs[0], hf_config, sd)
+    encoder, enc_keys = encoder_from_hf(hf_config, sd)
+    decoder, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=True)
+    config = ImageClassifierConfig(adapter, encoder, replace(decoder, output_dim=None), num_classes=decoder.output_dim)
+    model = PerceiverForImageClassification(apply_overrides(config, overrides))
+    keys = _adapter_keys(adapter.prep_type, sd) | enc_keys | dec_keys
     keys["query_builder.encoding.position_embeddings"] = f"{DEC}.output_position_encodings.position_embeddings"
     return load_converted(model, sd, keys)
 

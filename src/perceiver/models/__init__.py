@@ -3,10 +3,12 @@
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 from perceiver.models.classic import Perceiver, PerceiverConfig
 from perceiver.models.classifiers import (
-    ClassifierConfig,
+    AudioClassifierConfig,
     PerceiverForAudioClassification,
     PerceiverForPointCloudClassification,
     PerceiverForVideoClassification,
+    PointCloudClassifierConfig,
+    VideoClassifierConfig,
 )
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
@@ -17,7 +19,7 @@ from perceiver.models.token_heads import PerceiverForQuestionAnswering, Perceive
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
 
 __all__ = [
-    "ClassifierConfig",
+    "AudioClassifierConfig",
     "ImageClassifierConfig",
     "LucidrainsPerceiverBlock",
     "LucidrainsPerceiverIO",
@@ -40,4 +42,6 @@ __all__ = [
     "PerceiverForVideoClassification",
     "PerceiverResampler",
     "PerceiverResamplerConfig",
+    "PointCloudClassifierConfig",
+    "VideoClassifierConfig",
 ]

@@ -23,106 +23,102 @@ These are reasoned defaults for the modalities, not reproductions of published c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from perceiver.adapters.audio import AudioAdapter
-from perceiver.adapters.outputs import ClassificationOutput
-from perceiver.adapters.point_cloud import PointCloudAdapter
-from perceiver.adapters.video import VideoAdapter
+from perceiver.adapters.audio import AudioAdapterConfig
+from perceiver.adapters.point_cloud import PointCloudAdapterConfig
+from perceiver.adapters.video import VideoAdapterConfig
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.core.decoder import PerceiverDecoder, TrainableQueries
-from perceiver.core.encoder import PerceiverEncoder
-from perceiver.core.io import InputAdapter, PerceiverIO, PerceiverIOOutput
-from perceiver.hub import PretrainedMixin, config_from_dict
-from perceiver.models._io_config import PerceiverIOConfig
-from perceiver.models.registry import register_model, register_model_type
+from perceiver.core.decoder import DecoderConfig
+from perceiver.core.encoder import EncoderConfig
+from perceiver.core.io import PerceiverIO
+from perceiver.core.model import ModelOutput
+from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
+from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.models.vision import build_classifier_parts
 
 
 @dataclass
-class ClassifierConfig(PerceiverIOConfig):
-    """`PerceiverIOConfig` (whose defaults are the encoder in the module docstring) plus the class count."""
+class AudioClassifierConfig:
+    """Raw audio `(B, S)` / `(B, S, 1)`: an `AudioAdapterConfig` (num_samples None: any multiple of the patch), the
+    encoder, the classification decoder, 527 classes (AudioSet)."""
 
-    num_classes: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
-
-
-@dataclass
-class AudioClassifierConfig(ClassifierConfig):
-    """Raw audio `(B, S)` / `(B, S, 1)`: `AudioAdapter` fields (num_samples None: any multiple of the patch)."""
-
+    adapter: AudioAdapterConfig = field(default_factory=AudioAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=imagenet_encoder)
+    decoder: DecoderConfig = field(default_factory=classifier_decoder)
     num_classes: int = 527
-    num_samples: int | None = 61440
-    samples_per_patch: int = 16
-    num_bands: int = 192
-    max_resolution: float | None = 61440
-
-
-@dataclass
-class VideoClassifierConfig(ClassifierConfig):
-    """Video `(B, T, C, H, W)` (or channels-last): `VideoAdapter` fields."""
-
-    num_classes: int = 700
-    num_frames: int = 16
-    image_size: tuple[int, int] = (224, 224)
-    in_channels: int = 3
-    temporal_block_size: int = 1
-    spatial_block_size: int = 4
-    num_bands: int = 32
-    max_resolution: tuple[float, float, float] | None = (16, 224, 224)
-    project_dim: int | None = None
-    channels_last: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
-        if self.max_resolution is not None:
-            self.max_resolution = tuple(self.max_resolution)
+        check_num_classes(self.num_classes)
 
 
 @dataclass
-class PointCloudClassifierConfig(ClassifierConfig):
-    """Point clouds `(B, P, in_channels)` with xyz first: `PointCloudAdapter` fields."""
+class VideoClassifierConfig:
+    """Video `(B, T, C, H, W)` (or channels-last): a `VideoAdapterConfig`, the encoder, the classification decoder,
+    700 classes (Kinetics-700)."""
 
+    adapter: VideoAdapterConfig = field(default_factory=VideoAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=imagenet_encoder)
+    decoder: DecoderConfig = field(default_factory=classifier_decoder)
+    num_classes: int = 700
+
+    def __post_init__(self) -> None:
+        check_num_classes(self.num_classes)
+
+
+@dataclass
+class PointCloudClassifierConfig:
+    """Point clouds `(B, P, in_channels)` with xyz first: a `PointCloudAdapterConfig`, the encoder, the
+    classification decoder, 40 classes (ModelNet40)."""
+
+    adapter: PointCloudAdapterConfig = field(default_factory=PointCloudAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=imagenet_encoder)
+    decoder: DecoderConfig = field(default_factory=classifier_decoder)
     num_classes: int = 40
-    in_channels: int = 3
-    num_bands: int = 64
-    max_resolution: float = 64.0
+
+    def __post_init__(self) -> None:
+        check_num_classes(self.num_classes)
 
 
-class _ModalityClassifier(PretrainedMixin, PerceiverIO):
-    """Shared body: an input adapter (from `build_adapter`), the encoder, one trainable query and the decoder.
+class _ModalityClassifier(PerceiverIO):
+    """Shared body: the config's adapter, the encoder, one trainable query and the decoder.
 
-    `forward(inputs, mask=None)` -> `PerceiverIOOutput` with `.logits` `(B, num_classes)` and `.last_hidden_state`
-    `(B, num_latents, latent_dim)`; with `return_attention`, encoder `(B, H, N, M)` and decoder `(B, H, 1, N)` maps.
+    `forward(inputs, mask=None, labels=None)` -> `ModelOutput` with `.logits` `(B, num_classes)` and
+    `.last_hidden_state` `(B, num_latents, latent_dim)`; with `return_attention`, encoder `(B, H, N, M)` and
+    decoder `(B, H, 1, N)` maps.
     """
 
-    def build_adapter(self, config: Any) -> InputAdapter:
-        raise NotImplementedError
-
-    def __init__(self, config: ClassifierConfig) -> None:
-        c = config
-        adapter = self.build_adapter(c)
-        encoder = PerceiverEncoder(c.encoder_config(adapter.num_channels))
-        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.latent_dim, output_dim=c.num_classes))
-        super().__init__(adapter, encoder, TrainableQueries(1, c.latent_dim), decoder, ClassificationOutput())
-        self.config = c
-
+    legacy_keys = IO_LEGACY_KEYS
     #: the input shape named in errors (set by each modality)
-    expected_input: str = "(B, ...)"
+    expected_input: ClassVar[str] = "(B, ...)"
 
-    def forward(self, inputs: Tensor, mask: Tensor | None = None, return_attention: bool = False) -> PerceiverIOOutput:
-        """`inputs` of `expected_input` (floating; cast to the model's dtype), `mask` bool or 0 / 1 -> `.logits`."""
+    def __init__(self, config: Any) -> None:
+        super().__init__(
+            *build_classifier_parts(config.adapter.build(), config.encoder, config.decoder, config.num_classes)
+        )
+        self.config = config
+
+    def check_inputs(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """`inputs` of `expected_input` (floating; cast to the model's dtype), `mask` bool or 0 / 1."""
         inputs = check_float_input(inputs, "inputs", self.expected_input, model_dtype(self))
         check_nonempty(inputs, "inputs", self.expected_input)
-        mask = to_bool_mask(mask, "mask")
-        return super().forward(inputs, mask, return_attention=return_attention)
+        return inputs, to_bool_mask(mask, "mask")
+
+    def forward(
+        self,
+        inputs: Tensor,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+        labels: Tensor | None = None,
+    ) -> ModelOutput:
+        """`inputs` of `expected_input`, `mask` over inputs or tokens -> `.logits` (and `.loss` with `labels`)."""
+        return super().forward(inputs, mask, return_attention=return_attention, labels=labels)
+
+
+# Legacy (format 1) files name the adapter fields flat; `apply_overrides` routes them into `adapter`.
 
 
 @register_model_type
@@ -133,9 +129,6 @@ class PerceiverForAudioClassification(_ModalityClassifier):
     config_class = AudioClassifierConfig
     model_type = "perceiver-audio-classifier"
 
-    def build_adapter(self, c: AudioClassifierConfig) -> AudioAdapter:
-        return AudioAdapter(c.num_samples, c.samples_per_patch, c.num_bands, c.max_resolution)
-
 
 @register_model_type
 class PerceiverForVideoClassification(_ModalityClassifier):
@@ -144,19 +137,7 @@ class PerceiverForVideoClassification(_ModalityClassifier):
     expected_input = "(B, T, C, H, W)"
     config_class = VideoClassifierConfig
     model_type = "perceiver-video-classifier"
-
-    def build_adapter(self, c: VideoClassifierConfig) -> VideoAdapter:
-        return VideoAdapter(
-            c.in_channels,
-            c.num_frames,
-            c.image_size,
-            c.temporal_block_size,
-            c.spatial_block_size,
-            c.num_bands,
-            c.max_resolution,
-            c.project_dim,
-            c.channels_last,
-        )
+    input_layout: ClassVar[str] = "channels_first"
 
 
 @register_model_type
@@ -168,38 +149,27 @@ class PerceiverForPointCloudClassification(_ModalityClassifier):
     config_class = PointCloudClassifierConfig
     model_type = "perceiver-point-cloud-classifier"
 
-    def build_adapter(self, c: PointCloudClassifierConfig) -> PointCloudAdapter:
-        return PointCloudAdapter(c.in_channels, c.num_bands, c.max_resolution)
-
-
-def _preset(cls: type, base: ClassifierConfig, overrides: dict[str, Any]) -> _ModalityClassifier:
-    overrides = dict(overrides)
-    if "num_labels" in overrides:  # the name transformers' heads use
-        overrides["num_classes"] = overrides.pop("num_labels")
-    return cls(config_from_dict(type(base), {**asdict(base), **overrides}))
-
 
 @register_model("audio-classifier")
 def audio_classifier(**overrides: Any) -> PerceiverForAudioClassification:
     """Raw audio Perceiver IO classifier (AudioSet-like: 527 classes, 61,440 samples, 16 samples per token)."""
-    return _preset(PerceiverForAudioClassification, AudioClassifierConfig(), overrides)
+    return build_preset(PerceiverForAudioClassification, AudioClassifierConfig(), overrides)
 
 
 @register_model("video-classifier")
 def video_classifier(**overrides: Any) -> PerceiverForVideoClassification:
     """Video Perceiver IO classifier (Kinetics-like: 700 classes, 16 x 224 x 224, space-to-depth 4)."""
-    return _preset(PerceiverForVideoClassification, VideoClassifierConfig(), overrides)
+    return build_preset(PerceiverForVideoClassification, VideoClassifierConfig(), overrides)
 
 
 @register_model("point-cloud-classifier")
 def point_cloud_classifier(**overrides: Any) -> PerceiverForPointCloudClassification:
     """Point cloud Perceiver IO classifier (ModelNet40: 40 classes, Fourier features of xyz, masks)."""
-    return _preset(PerceiverForPointCloudClassification, PointCloudClassifierConfig(), overrides)
+    return build_preset(PerceiverForPointCloudClassification, PointCloudClassifierConfig(), overrides)
 
 
 __all__ = [
     "AudioClassifierConfig",
-    "ClassifierConfig",
     "PerceiverForAudioClassification",
     "PerceiverForPointCloudClassification",
     "PerceiverForVideoClassification",

@@ -28,7 +28,7 @@ from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_
 from perceiver.core.decoder import InputQueries, PerceiverDecoder
 from perceiver.core.encoder import PerceiverEncoder
 from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.hub import config_from_dict
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
@@ -93,7 +93,7 @@ class OpticalFlowConfig(PerceiverIOConfig):
 
 
 @register_model_type
-class PerceiverForOpticalFlow(PretrainedMixin, PerceiverIO):
+class PerceiverForOpticalFlow(PerceiverIO):
     """Perceiver IO optical flow: `model(inputs (B, 2, 27, H, W))` -> `.logits` flow `(B, H, W, 2)` in pixels
     (`(B, 2, 3 * k * k, H, W)` for `config.patch_size` k).
 

@@ -39,7 +39,6 @@ from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_
 from perceiver.core.decoder import PerceiverDecoder, decode
 from perceiver.core.encoder import PerceiverEncoder
 from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.hub import PretrainedMixin
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
@@ -124,7 +123,7 @@ class MultimodalAutoencodingConfig(PerceiverIOConfig):
 
 
 @register_model_type
-class PerceiverForMultimodalAutoencoding(PretrainedMixin, PerceiverIO):
+class PerceiverForMultimodalAutoencoding(PerceiverIO):
     """Perceiver IO autoencoder of video + audio + label; see the module docstring and
     `MultimodalAutoencodingConfig`."""
 

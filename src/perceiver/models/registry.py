@@ -52,3 +52,12 @@ def model_type_class(model_type: str) -> type:
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(_MODEL_TYPES))}")
     return _MODEL_TYPES[model_type]
+
+
+def build_preset(cls: type, base: Any, overrides: dict[str, Any]) -> nn.Module:
+    """`cls(config)` for the preset config `base` with keyword `overrides` (flat or dotted keys, see
+    `perceiver.hub.apply_overrides`; the renamed keys of earlier releases in `cls.legacy_keys` still work)."""
+    from perceiver.core.config import rename_keys
+    from perceiver.hub import apply_overrides
+
+    return cls(apply_overrides(base, rename_keys(getattr(cls, "legacy_keys", {}), overrides)))

@@ -25,7 +25,7 @@ from perceiver.checks import check_int_input
 from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import PerceiverEncoder
 from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.hub import config_from_dict
 from perceiver.models._io_config import PerceiverIOConfig
 from perceiver.models.registry import register_model, register_model_type
 
@@ -118,7 +118,7 @@ class TextModelOutput(PerceiverIOOutput):
 
 
 @register_model_type
-class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
+class PerceiverForMaskedLM(PerceiverIO):
     """Byte-level masked language model (DeepMind's `language-perceiver`).
 
     `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, L, vocab_size)` (or `(B, O', V)` for
@@ -179,7 +179,7 @@ class PerceiverForMaskedLM(PretrainedMixin, PerceiverIO):
 
 
 @register_model_type
-class PerceiverForSequenceClassification(PretrainedMixin, PerceiverIO):
+class PerceiverForSequenceClassification(PerceiverIO):
     """Text classifier: the text encoder and one learned decoder query.
 
     `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, num_labels)`, `.last_hidden_state`

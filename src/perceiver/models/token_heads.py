@@ -31,7 +31,7 @@ from perceiver.adapters.text import TextAdapter
 from perceiver.core.decoder import AdaptedInputs, Index, PerceiverDecoder, TrainableQueries, decode, select
 from perceiver.core.encoder import PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.hub import config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig, TextModelOutput, _build, _pick_inputs
 from perceiver.nn.attention import SelfAttentionLayer
@@ -142,7 +142,7 @@ class QuestionAnsweringOutput(TextModelOutput):
 
 
 @register_model_type
-class PerceiverForTokenClassification(PretrainedMixin, PerceiverIO):
+class PerceiverForTokenClassification(PerceiverIO):
     """A class per input byte: `forward(inputs (B, L), attention_mask (B, L), labels (B, L))` -> `.logits`
     `(B, L, num_labels)`, `.loss` with labels (-100 = ignore; padding is ignored as well)."""
 

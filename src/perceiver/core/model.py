@@ -1,0 +1,134 @@
+"""The contract every model of the library follows (timm's and transformers' habits).
+
+    features = model.forward_features(inputs, ...)      # Features: latents (B, N, D) and what the head needs
+    output = model.forward_head(features, ...)          # ModelOutput: logits, last_hidden_state, attention maps
+    model(inputs, ..., labels=None)                     # = both, plus `.loss` when labels are given
+
+`num_classes` (the size of the logits' last axis), `get_classifier()`, `reset_classifier(n)` (a fresh head of `n`
+outputs: fine-tuning on another label set), `num_parameters()`, and from `PretrainedMixin`: `save_pretrained`,
+`from_pretrained`, `push_to_hub`. A model whose output is not a class head (masked LM over a vocabulary, flow,
+autoencoding, resampled latents) says so in `reset_classifier`'s error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceiver.hub import PretrainedMixin
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns (the classic `Perceiver` with `return_dict=True` or `labels`).
+
+    logits: the task output (a tensor, or a dict per modality for the multimodal autoencoder); last_hidden_state:
+    latents `(B, N, D)`; loss: given labels; encoder_attentions: cross-attention maps per cross-attend `(B, H, N, M)`
+    and decoder_attention `(B, H, O, N)` when asked for (`return_attention=True`).
+    """
+
+    logits: Any = None
+    last_hidden_state: Tensor | None = None
+    loss: Tensor | None = None
+    encoder_attentions: list[Tensor] | None = None
+    decoder_attention: Tensor | None = None
+
+
+@dataclass
+class Features:
+    """What `forward_features` hands to `forward_head`: latents `(B, N, D)`, the adapted inputs (the query builder
+    and output adapter of Perceiver IO read them; None for models without an adapter) and the encoder's maps."""
+
+    latents: Tensor
+    adapted: Any = None
+    encoder_attentions: list[Tensor] | None = None
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """transformers' automatic `problem_type`: one output = regression (MSE), integer class ids = cross-entropy,
+    float targets of the logits' shape = multi-label (BCE with logits)."""
+    num_classes = logits.shape[-1]
+    if num_classes == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).to(logits.dtype).float())
+    if not labels.is_floating_point():
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
+        return F.cross_entropy(logits.float(), labels.long())
+    if labels.shape != logits.shape:
+        raise ValueError(f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class PerceiverModel(PretrainedMixin, nn.Module):
+    """Base of every model: the contract in the module docstring.
+
+    Subclasses set `classifier_name`, the dotted name of the final `nn.Linear` of their head (None: no class head,
+    then `head_kind` says what the output is), and keep `config.num_classes` where they have a class count.
+    """
+
+    classifier_name: ClassVar[str | None] = None
+    head_kind: ClassVar[str] = "a task output"
+
+    # -- head -------------------------------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        """The head's final layer (`nn.Linear`, or `nn.Identity` after `reset_classifier(0)`)."""
+        if self.classifier_name is None:
+            raise NotImplementedError(f"{type(self).__name__} has no class head: its output is {self.head_kind}")
+        return self.get_submodule(self.classifier_name)
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the class head (0 after `reset_classifier(0)`: the model returns pre-logits features)."""
+        config = getattr(self, "config", None)
+        if config is not None and hasattr(config, "num_classes"):
+            return int(config.num_classes)
+        head = self.get_classifier()
+        return head.out_features if isinstance(head, nn.Linear) else 0
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head's final layer by a freshly initialised `nn.Linear(in, num_classes)` (0: `nn.Identity`,
+        so the logits are the pre-logits features) and record `num_classes` in the config."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        old = self.get_classifier()
+        in_features = old.in_features if isinstance(old, nn.Linear) else self._pre_logits_dim()
+        new: nn.Module = nn.Linear(in_features, num_classes) if num_classes else nn.Identity()
+        if isinstance(new, nn.Linear) and isinstance(old, nn.Linear):
+            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+            self._init_classifier(new)
+        parent_name, _, attr = self.classifier_name.rpartition(".")  # type: ignore[union-attr]
+        setattr(self.get_submodule(parent_name) if parent_name else self, attr, new)
+        config = getattr(self, "config", None)
+        if config is not None and hasattr(config, "num_classes"):
+            config.num_classes = num_classes
+        self._head_resized(num_classes)
+
+    def _init_classifier(self, layer: nn.Linear) -> None:
+        """Initialisation of a new head (default: PyTorch's `nn.Linear` init)."""
+
+    def _head_resized(self, num_classes: int) -> None:
+        """Hook for models whose other parts follow the head size."""
+
+    def _pre_logits_dim(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__}: the head's input width is unknown")
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Parameters of the model (shared / tied tensors counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for p in self.parameters():  # nn.Module.parameters() already yields each shared tensor once
+            if id(p) in seen or (only_trainable and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def compute_loss(self, logits: Any, labels: Tensor) -> Tensor:
+        """The training loss for `labels` (classification by default, see `classification_loss`)."""
+        return classification_loss(logits, labels)
+
+
+__all__ = ["Features", "ModelOutput", "PerceiverModel", "classification_loss"]
