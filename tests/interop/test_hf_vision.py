@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 import perceiver
+from perceiver.hub import apply_overrides
 from perceiver.models.vision import PerceiverForImageClassification
 
 transformers = pytest.importorskip("transformers")
@@ -76,7 +76,7 @@ def load_ours(model, tmp_path, **fields) -> PerceiverForImageClassification:
     model.save_pretrained(tmp_path)
     ours = perceiver.from_pretrained(tmp_path)
     if fields:  # switches that are not in the checkpoint (e.g. transformers' conv-stem padding): rebuild and reload
-        switched = PerceiverForImageClassification(replace(ours.config, **fields))
+        switched = PerceiverForImageClassification(apply_overrides(ours.config, fields))
         switched.load_state_dict(ours.state_dict())
         ours = switched.eval()
     return ours
@@ -130,7 +130,7 @@ def test_conv_default_is_deepmind_same_padding(tmp_path):
     hf = hf_model("conv", d_latents=32)
     hf.save_pretrained(tmp_path)
     ours = perceiver.from_pretrained(tmp_path)
-    assert ours.config.same_padding and ours.input_adapter.token_grid(32, 32) == (8, 8)
+    assert ours.config.adapter.same_padding and ours.input_adapter.token_grid(32, 32) == (8, 8)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert ours(x).last_hidden_state.shape == (1, 12, 32)
@@ -141,7 +141,8 @@ def test_converted_config_reads_checkpoint(tmp_path):
     hf = hf_model("learned", image_size=8, d_latents=32, num_labels=3, num_blocks=2)
     ours = load_ours(hf, tmp_path)
     c = ours.config
-    assert (c.image_size, c.num_labels, c.num_latents, c.latent_dim, c.num_blocks) == ((8, 8), 3, 12, 32, 2)
+    got = (c.adapter.image_size, c.num_classes, c.encoder.num_latents, c.encoder.latent_dim, c.encoder.num_blocks)
+    assert got == ((8, 8), 3, 12, 32, 2)
     assert ours.encoder.config.cross_qk_channels == 512  # 'kv': the input's 256 + 256 channels
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["PerceiverForImageClassificationLearned"]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import perceiver
-from perceiver.adapters.image import ImageAdapter, same_pads
+from perceiver.adapters.image import ImageAdapter, ImageAdapterConfig, same_pads
+from perceiver.hub import apply_overrides
 from perceiver.models.vision import ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.nn.position import fourier_features, linear_positions
 
@@ -231,9 +232,9 @@ def test_presets_are_registered_at_published_sizes():
     for name in PRESETS:
         with torch.device("meta"):
             model = perceiver.create_model(name)
-        c = model.config
+        c = model.config.encoder
         assert (c.num_latents, c.latent_dim, c.num_blocks, c.num_self_attends_per_block) == (512, 1024, 8, 6)
-        assert sum(p.numel() for p in model.parameters()) == published[name]
+        assert sum(p.numel() for p in model.parameters()) == published[name] == model.num_parameters()
         assert model.input_adapter.grid == grids[name]
 
 
@@ -284,9 +285,10 @@ def test_gradients_reach_every_parameter():
 
 
 def test_config_normalises_json_lists():
-    config = ImageClassifierConfig(image_size=[32, 48], max_resolution=[8, 8])
+    config = ImageAdapterConfig(image_size=[32, 48], max_resolution=[8, 8])
     assert config.image_size == (32, 48) and config.max_resolution == (8, 8)
-    assert ImageClassifierConfig(image_size=64).image_size == (64, 64)
+    assert ImageAdapterConfig(image_size=64).image_size == (64, 64)
+    assert apply_overrides(ImageClassifierConfig(), {"image_size": [8, 4]}).adapter.image_size == (8, 4)
 
 
 # --- end to end on real photos ---------------------------------------------------------------------------------
@@ -312,7 +314,7 @@ def test_end_to_end_image_processor_and_model(tmp_path):
         assert logits.shape == (2, 10) and torch.isfinite(logits).all()
         assert torch.allclose(logits[1:], ours(pixel_values[1:]).logits, atol=1e-5)
         matched = PerceiverForImageClassification(
-            ImageClassifierConfig(**{**asdict(ours.config), "same_padding": False})
+            apply_overrides(ours.config, {"adapter.same_padding": False})
         )
         matched.load_state_dict(ours.state_dict())
         assert (matched.eval()(pixel_values).logits - hf(inputs=pixel_values).logits).abs().max() <= 1e-4
