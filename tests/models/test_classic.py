@@ -97,7 +97,11 @@ def test_return_embeddings_and_no_head():
     data = torch.randn(3, 5, 4, 3)
     latents = model(data, return_embeddings=True)
     assert latents.shape == (3, 6, 24)
-    torch.testing.assert_close(model.forward_head(latents), model(data), atol=0, rtol=0)
+    features = model.forward_features(data)
+    torch.testing.assert_close(features.latents, latents, atol=0, rtol=0)
+    torch.testing.assert_close(model.forward_head(features).logits, model(data), atol=0, rtol=0)
+    out = model(data, labels=torch.tensor([0, 1, 2]))
+    assert out.logits.shape == (3, 5) and out.loss.ndim == 0 and out.last_hidden_state.shape == (3, 6, 24)
     headless = tiny(num_latents=6, latent_dim=24, final_classifier_head=False)
     assert headless.head is None
     assert headless(data).shape == (3, 6, 24)
@@ -106,7 +110,8 @@ def test_return_embeddings_and_no_head():
 def test_attention_maps_of_every_cross_attend():
     model = tiny(depth=3, cross_heads=2)
     data, mask = torch.randn(2, 4, 5, 3), torch.rand(2, 4, 5) > 0.3
-    latents, maps = model.forward_features(data, mask, return_attention=True)
+    features = model.forward_features(data, mask, return_attention=True)
+    latents, maps = features.latents, features.encoder_attentions
     torch.testing.assert_close(latents, model(data, mask, return_embeddings=True), atol=1e-6, rtol=0)
     assert len(maps) == 3
     flat = mask.reshape(2, 1, 1, 20)

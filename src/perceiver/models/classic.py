@@ -14,16 +14,16 @@ residual without the RMSNorm that 0.10.1 added).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input, model_dtype, to_bool_mask
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.hub import PretrainedMixin
-from perceiver.models.registry import register_model, register_model_type
+from perceiver.core.model import Features, ModelOutput, PerceiverModel
+from perceiver.models.registry import build_preset, register_model, register_model_type
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -58,11 +58,13 @@ class PerceiverConfig:
         if isinstance(self.inverted_cross_attn, list):  # from config.json
             self.inverted_cross_attn = tuple(self.inverted_cross_attn)
         positive = ("input_channels", "input_axis", "depth", "num_latents", "latent_dim", "cross_heads")
-        positive += ("latent_heads", "cross_dim_head", "latent_dim_head", "num_classes")
+        positive += ("latent_heads", "cross_dim_head", "latent_dim_head")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no class layer), got {self.num_classes!r}")
         if self.fourier_encode_data and (self.num_freq_bands < 1 or self.max_freq <= 0):
             raise ValueError(
                 f"Fourier encoding needs num_freq_bands >= 1 and max_freq > 0, "
@@ -125,59 +127,42 @@ def lucidrains_encoder_config(c: Any, **fields_: Any) -> EncoderConfig:
     )
 
 
-_CONFIG_FIELDS = {f.name for f in fields(PerceiverConfig)}
-
-
 class ClassifierHead(nn.Module):
     """Mean over latents, LayerNorm, Linear: `(B, N, D) -> (B, K)`."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes)
+        self.fc = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.fc(self.norm(latents.mean(dim=1)))
 
 
 @register_model_type
-class Perceiver(PretrainedMixin, nn.Module):
-    """Classic Perceiver classifier over channels-last data `(B, *axes, C)`; see `PerceiverConfig` for arguments.
+class Perceiver(PerceiverModel):
+    """Classic Perceiver classifier over channels-last data `(B, *axes, C)`.
 
-    `model(data)` -> logits `(B, num_classes)`; `model(data, return_embeddings=True)` -> latents `(B, N, D)`.
+    `Perceiver(input_channels=3, ..., num_classes=1000)` takes `PerceiverConfig`'s fields as keywords (the
+    `perceiver` package's API), or `Perceiver(config)`. `model(data)` -> logits `(B, num_classes)` (a tensor, as the
+    seed API and perceiver-pytorch return); `model(data, return_dict=True)` (or with `labels`) -> `ModelOutput` like
+    every other model; `model(data, return_embeddings=True)` -> latents `(B, N, D)`.
     """
 
     config_class = PerceiverConfig
     model_type = "perceiver"
+    classifier_name = "head.fc"
+    head_kind = "the latents (final_classifier_head=False)"
+    #: data comes channels last, `(B, H, W, C)` for images
+    input_layout: ClassVar[str] = "channels_last"
 
-    def __init__(
-        self,
-        *,
-        input_channels: int = 3,
-        input_axis: int = 2,
-        num_freq_bands: int = 6,
-        max_freq: float = 10.0,
-        depth: int = 6,
-        num_latents: int = 256,
-        latent_dim: int = 512,
-        cross_heads: int = 1,
-        latent_heads: int = 8,
-        cross_dim_head: int = 64,
-        latent_dim_head: int = 64,
-        num_classes: int = 1000,
-        attn_dropout: float = 0.0,
-        ff_dropout: float = 0.0,
-        weight_tie_layers: bool = False,
-        fourier_encode_data: bool = True,
-        self_per_cross_attn: int = 1,
-        final_classifier_head: bool = True,
-        inverted_cross_attn: bool | tuple[bool, ...] = False,
-        attn_residual: bool = False,
-        attn_residual_rank: int = 64,
-        attn_residual_norm: bool = True,
-    ) -> None:
+    def __init__(self, config: PerceiverConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.config = config = PerceiverConfig(**{k: v for k, v in locals().items() if k in _CONFIG_FIELDS})
+        if config is not None and kwargs:
+            raise ValueError(f"pass a PerceiverConfig or keywords, not both (got config and {sorted(kwargs)})")
+        if config is not None and not isinstance(config, PerceiverConfig):
+            raise ValueError(f"expected a PerceiverConfig, got {type(config).__name__}")
+        self.config = config = config if config is not None else PerceiverConfig(**kwargs)
         self.position_encoding = (
             FourierPositionEncoding(config.num_freq_bands, max_freq=config.max_freq)
             if config.fourier_encode_data
@@ -186,9 +171,19 @@ class Perceiver(PretrainedMixin, nn.Module):
         self.encoder = PerceiverEncoder(config.encoder_config())
         self.head = ClassifierHead(config.latent_dim, config.num_classes) if config.final_classifier_head else None
 
-    @classmethod
-    def from_config(cls, config: PerceiverConfig) -> Perceiver:
-        return cls(**asdict(config))
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes if self.head is not None else 0
+
+    def get_classifier(self) -> nn.Module:
+        if self.head is None:
+            raise NotImplementedError(
+                f"Perceiver(final_classifier_head=False) has no class head: it returns {self.head_kind}"
+            )
+        return self.head.fc
+
+    def _pre_logits_dim(self) -> int:
+        return self.config.latent_dim
 
     @classmethod
     def from_perceiver_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> Perceiver:
@@ -231,26 +226,47 @@ class Perceiver(PretrainedMixin, nn.Module):
             data = torch.cat([data, pos.expand(b, *pos.shape)], dim=-1)
         return data.reshape(b, -1, data.shape[-1])
 
-    def forward_features(
-        self, data: Tensor, mask: Tensor | None = None, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Latents `(B, N, D)`; with `return_attention` also the maps of each cross-attend `(B, H, N, M)`."""
+    def forward_features(self, data: Tensor, mask: Tensor | None = None, return_attention: bool = False) -> Features:
+        """`Features` with the latents `(B, N, D)` (and, with `return_attention`, each cross-attend's map
+        `(B, H, N, M)`)."""
         data, mask = self._check_inputs(data, mask)
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
-        return self.encoder(self.prepare_inputs(data), mask, return_attention=return_attention)
+        encoded = self.encoder(self.prepare_inputs(data), mask, return_attention=return_attention)
+        latents, maps = encoded if return_attention else (encoded, None)
+        return Features(latents, None, maps)
 
-    def forward_head(self, latents: Tensor) -> Tensor:
-        """`(B, N, D)` -> logits `(B, num_classes)` (identity when `final_classifier_head=False`)."""
-        return latents if self.head is None else self.head(latents)
+    def forward_head(self, features: Features) -> ModelOutput:
+        """Logits `(B, num_classes)` (the latents when `final_classifier_head=False`) in a `ModelOutput`."""
+        latents = features.latents
+        logits = latents if self.head is None else self.head(latents)
+        return ModelOutput(logits, latents, None, features.encoder_attentions)
 
-    def forward(self, data: Tensor, mask: Tensor | None = None, return_embeddings: bool = False) -> Tensor:
-        """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> `(B, num_classes)` or `(B, N, D)`."""
-        latents = self.forward_features(data, mask)
-        return latents if return_embeddings else self.forward_head(latents)
+    def forward(
+        self,
+        data: Tensor,
+        mask: Tensor | None = None,
+        return_embeddings: bool = False,
+        labels: Tensor | None = None,
+        return_dict: bool = False,
+        return_attention: bool = False,
+    ) -> Tensor | ModelOutput:
+        """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> logits `(B, num_classes)`.
+
+        `return_embeddings`: the latents `(B, N, D)` instead. `return_dict` (implied by `labels` and
+        `return_attention`): a `ModelOutput` with `.logits`, `.last_hidden_state`, `.loss` for `labels` (class ids
+        `(B,)`) and the cross-attention maps.
+        """
+        features = self.forward_features(data, mask, return_attention)
+        if return_embeddings:
+            return features.latents
+        out = self.forward_head(features)
+        if labels is not None:
+            out.loss = self.compute_loss(out.logits, labels)
+        return out if (return_dict or labels is not None or return_attention) else out.logits
 
 
 @register_model("perceiver")
 def perceiver(**overrides: Any) -> Perceiver:
     """The classic Perceiver with the README snippet's settings (ImageNet-sized, 224x224x3 channels-last input)."""
-    return Perceiver(**overrides)
+    return build_preset(Perceiver, PerceiverConfig(), overrides)

@@ -30,13 +30,18 @@ def plot_main(argv: list[str]) -> None:
 
 @torch.no_grad()
 def cross_attention(model: torch.nn.Module, images: Tensor, cross_attend: int = 0) -> tuple[Tensor, Tensor]:
-    """Logits `(B, K)` and the attention `(B, H, N, M)` of cross-attend `cross_attend` of a classic `Perceiver`."""
+    """Logits `(B, K)` and the attention `(B, H, N, M)` of cross-attend `cross_attend` of an image model (the classic
+    `Perceiver` or a Perceiver IO classifier: both follow the `forward_features` / `forward_head` contract).
+    `images` are channels-last `(B, H, W, C)`; models whose `input_layout` is channels-first get them permuted."""
     if not hasattr(model, "forward_features"):
         raise SystemExit(f"error: {type(model).__name__} has no forward_features(return_attention=True)")
-    latents, maps = model.forward_features(images, return_attention=True)
+    if getattr(model, "input_layout", "channels_last") == "channels_first":
+        images = images.permute(0, 3, 1, 2)
+    features = model.forward_features(images, return_attention=True)
+    maps = features.encoder_attentions
     if not 0 <= cross_attend < len(maps):
         raise SystemExit(f"error: the model has {len(maps)} cross-attends, got --cross-attend {cross_attend}")
-    return model.forward_head(latents), maps[cross_attend]
+    return model.forward_head(features).logits, maps[cross_attend]
 
 
 def attention_figure(
