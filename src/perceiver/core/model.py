@@ -12,7 +12,7 @@ autoencoding, resampled latents) says so in `reset_classifier`'s error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ class ModelOutput:
 
     logits: the task output (a tensor, or a dict per modality for the multimodal autoencoder); last_hidden_state:
     latents `(B, N, D)`; loss: given labels; encoder_attentions: cross-attention maps per cross-attend `(B, H, N, M)`
-    and decoder_attention `(B, H, O, N)` when asked for (`return_attention=True`).
+    and decoder_attention `(B, H, O, N)` when asked for (`return_attention=True`); cache: the state of incremental
+    decoding (Perceiver AR's key / value cache) when one was passed.
     """
 
     logits: Any = None
@@ -35,6 +36,7 @@ class ModelOutput:
     loss: Tensor | None = None
     encoder_attentions: list[Tensor] | None = None
     decoder_attention: Tensor | None = None
+    cache: Any = field(default=None, repr=False)
 
 
 @dataclass

@@ -26,14 +26,15 @@ slides (`W - (max_latents - num_latents)` newest tokens are kept) and the cache 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.core.model import Features, ModelOutput, PerceiverModel
+from perceiver.hub import config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 from perceiver.nn.rotary import apply_rotary, rotary_angles, rotary_dim, rotary_inv_freq
 
@@ -135,15 +136,9 @@ class PerceiverARCache:
         return self.self_valid.shape[1]
 
 
-@dataclass
-class PerceiverAROutput:
-    """logits `(B, N, V)` (next-token logits of the N latent positions), last_hidden_state `(B, N, D)` (before the
-    final norm), loss (given labels), cache (given a cache)."""
-
-    logits: Tensor
-    last_hidden_state: Tensor
-    loss: Tensor | None = None
-    cache: PerceiverARCache | None = field(default=None, repr=False)
+#: Perceiver AR's output is the library's one output type: logits `(B, N, V)` (next-token logits of the N latent
+#: positions), last_hidden_state `(B, N, D)` (before the final norm), loss (given labels), cache (given a cache)
+PerceiverAROutput = ModelOutput
 
 
 class FeedForward(nn.Module):
@@ -299,7 +294,7 @@ def _check_mask(mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
 
 
 @register_model_type
-class PerceiverAR(PretrainedMixin, nn.Module):
+class PerceiverAR(PerceiverModel):
     """Perceiver AR causal language model (see the module docstring).
 
     `forward(input_ids (B, L), attention_mask (B, L), labels (B, L), num_latents=N)` -> `PerceiverAROutput` with
@@ -308,6 +303,19 @@ class PerceiverAR(PretrainedMixin, nn.Module):
 
     config_class = PerceiverARConfig
     model_type = "perceiver-ar"
+    classifier_name = "to_logits"
+    head_kind = "next-token logits over the vocabulary"
+
+    @property
+    def num_classes(self) -> int:
+        """The vocabulary size (the logits' last axis)."""
+        return self.config.vocab_size
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError(
+            f"PerceiverAR predicts tokens of its vocabulary (vocab_size={self.config.vocab_size}, shared with the "
+            f"input embedding); reset_classifier applies to class heads only"
+        )
 
     def __init__(self, config: PerceiverARConfig) -> None:
         super().__init__()
@@ -342,10 +350,6 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         if self.config.tie_embeddings:
             self.to_logits.weight = self.token_emb.weight
         self.inv_freq = self._inv_freq(self.inv_freq.device if self.inv_freq.device.type != "meta" else None)
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of (distinct) parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.to_logits
@@ -387,8 +391,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         attention_mask: Tensor | None = None,
         num_latents: int | None = None,
         cache: PerceiverARCache | None = None,
-    ) -> Tensor:
-        """Latent states `(B, N, D)` (before the final norm) of the last N window positions.
+    ) -> Features:
+        """`Features` with the latent states `(B, N, D)` (before the final norm) of the last N window positions.
 
         input_ids `(B, L)`, L <= max_seq_len; attention_mask `(B, L)` True = token (left padding); num_latents: N
         (default `config.num_latents`, at most L). With an empty `cache` the window is also written into it; with a
@@ -401,7 +405,7 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         if cache is not None and cache.batch_size != b:
             raise ValueError(f"expected a cache for batch size {b}, got a cache for batch size {cache.batch_size}")
         if cache is not None and cache.prefilled:
-            return self._step(input_ids, mask, cache)
+            return Features(self._step(input_ids, mask, cache))
         if length > c.max_seq_len:
             raise ValueError(f"expected at most max_seq_len={c.max_seq_len} tokens, got {length}")
         n = self._num_latents(length, num_latents)
@@ -439,7 +443,7 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             cache.self_len.fill_(n)
             cache.next_position.copy_(valid.long().sum(1))
             cache.prefilled = True
-        return x
+        return Features(x)
 
     def _check_cache_room(self, cache: PerceiverARCache, length: int, n: int) -> None:
         if length > cache.window_capacity or n > cache.latent_capacity:
@@ -475,9 +479,9 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         cache.next_position.add_(valid.long().sum(1))
         return x
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        """Next-token logits `(B, N, V)` from latent states `(B, N, D)`."""
-        return self.to_logits(self.norm(features))
+    def forward_head(self, features: Features) -> ModelOutput:
+        """Next-token logits `(B, N, V)` from the latent states `(B, N, D)`."""
+        return ModelOutput(self.to_logits(self.norm(features.latents)), features.latents)
 
     def forward(
         self,
@@ -501,7 +505,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         if labels is not None and cache is not None and cache.prefilled:
             raise ValueError("expected no labels for a decoding step (a filled cache), got labels")
         features = self.forward_features(input_ids, attention_mask, num_latents, cache)
-        logits = self.forward_head(features)
+        out = self.forward_head(features)
+        logits = out.logits
         loss = None
         if labels is not None:
             if tuple(labels.shape) != tuple(input_ids.shape):
@@ -511,7 +516,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             n = logits.shape[1]
             targets = labels[:, labels.shape[1] - n + 1 :]
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().long(), ignore_index=-100)
-        return PerceiverAROutput(logits, features, loss, cache)
+        out.loss, out.cache = loss, cache
+        return out
 
     # ------------------------------------------------------------------------------------------------------------
     # generation

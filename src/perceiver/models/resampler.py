@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.hub import PretrainedMixin, config_from_dict
+from perceiver.core.model import Features, ModelOutput, PerceiverModel
+from perceiver.hub import config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 
 
@@ -125,15 +126,12 @@ class ResamplerLayer(nn.Module):
         return latents + self.ff(latents)
 
 
-@dataclass
-class PerceiverResamplerOutput:
-    """last_hidden_state: the resampled latents `(B, T, N, D)` (4-D media) or `(B, N, D)` (3-D media)."""
-
-    last_hidden_state: Tensor
+#: the resampler returns the library's one output type with `last_hidden_state` (and no logits)
+PerceiverResamplerOutput = ModelOutput
 
 
 @register_model_type
-class PerceiverResampler(PretrainedMixin, nn.Module):
+class PerceiverResampler(PerceiverModel):
     """Perceiver Resampler (see the module docstring).
 
     `forward(media (B, T, M, D) or (B, M, D), media_mask (B, T, M) or (B, M))` -> `.last_hidden_state`
@@ -142,6 +140,12 @@ class PerceiverResampler(PretrainedMixin, nn.Module):
 
     config_class = PerceiverResamplerConfig
     model_type = "perceiver-resampler"
+    head_kind = "resampled latents (last_hidden_state), no logits"
+
+    @property
+    def num_classes(self) -> int:
+        """0: the resampler has no head (its output is `last_hidden_state`)."""
+        return 0
 
     def __init__(self, config: PerceiverResamplerConfig) -> None:
         super().__init__()
@@ -163,11 +167,8 @@ class PerceiverResampler(PretrainedMixin, nn.Module):
             elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
                 m.reset_parameters()
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-    def forward_features(self, media: Tensor, media_mask: Tensor | None = None) -> Tensor:
-        """Latents `(B, T, N, D)` for media `(B, T, M, D)` (3-D media are T = 1)."""
+    def forward_features(self, media: Tensor, media_mask: Tensor | None = None) -> Features:
+        """`Features` with the latents `(B, T, N, D)` for media `(B, T, M, D)` (`(B, N, D)` for 3-D media `(B, M, D)`)."""
         c = self.config
         expected = f"(B, T, M, {c.dim}) or (B, M, {c.dim})"
         media = check_float_input(media, "media", expected, model_dtype(self))
@@ -191,12 +192,17 @@ class PerceiverResampler(PretrainedMixin, nn.Module):
         latents = self.latents.to(x.dtype).expand(b * t, -1, -1)
         for layer in self.layers:
             latents = layer(x, latents, mask)
-        return self.norm(latents).view(b, t, c.num_latents, d)
+        out = self.norm(latents).view(b, t, c.num_latents, d)
+        return Features(out if media.dim() == 4 else out[:, 0])
 
-    def forward(self, media: Tensor, media_mask: Tensor | None = None) -> PerceiverResamplerOutput:
-        """Resample `media` `(B, T, M, D)` / `(B, M, D)` with `media_mask` (True = valid) to N latents."""
-        out = self.forward_features(media, media_mask)
-        return PerceiverResamplerOutput(out if media.dim() == 4 else out[:, 0])
+    def forward_head(self, features: Features) -> ModelOutput:
+        """The resampled latents as `last_hidden_state` (there is no head)."""
+        return ModelOutput(last_hidden_state=features.latents)
+
+    def forward(self, media: Tensor, media_mask: Tensor | None = None) -> ModelOutput:
+        """Resample `media` `(B, T, M, D)` / `(B, M, D)` with `media_mask` (True = valid) to N latents:
+        `.last_hidden_state` `(B, T, N, D)` / `(B, N, D)`."""
+        return self.forward_head(self.forward_features(media, media_mask))
 
     @classmethod
     def from_flamingo_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
