@@ -151,15 +151,23 @@ def _paths_with(config: Any, name: str, prefix: tuple[str, ...] = ()) -> list[tu
     return found
 
 
-def _set_path(config: Any, path: tuple[str, ...], value: Any) -> Any:
-    """A copy of `config` with the field at `path` replaced (parts above it copied too)."""
-    head, *rest = path
-    if rest:
-        return dataclasses.replace(config, **{head: _set_path(getattr(config, head), tuple(rest), value)})
-    current = getattr(config, head)
-    if dataclasses.is_dataclass(current) and isinstance(value, dict):
-        return dataclasses.replace(config, **{head: apply_overrides(current, value)})
-    return dataclasses.replace(config, **{head: value})
+class _Tree(dict):
+    """Assignments below one part config: field -> value or `_Tree` of its own fields."""
+
+
+def _apply_tree(config: Any, tree: _Tree) -> Any:
+    """A copy of `config` with every assignment of `tree` made in one `replace` per part (so a part's
+    `__post_init__` checks the new values together, not one at a time)."""
+    changes = {}
+    for name, value in tree.items():
+        current = getattr(config, name)
+        if isinstance(value, _Tree):
+            changes[name] = _apply_tree(current, value)
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[name] = apply_overrides(current, value)
+        else:
+            changes[name] = value
+    return dataclasses.replace(config, **changes)
 
 
 def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.PathLike | None = None) -> Any:
@@ -173,6 +181,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
     `config_from_dict` and errors name it.
     """
     where = f"{source}: " if source is not None else ""
+    tree = _Tree()
     for key, value in overrides.items():
         key = ALIASES.get(key, key)
         if "." in key:
@@ -200,11 +209,14 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
                         f"{where}key {'.'.join(path)!r}: expected {_type_name(hint)}, got {value!r} "
                         f"({type(value).__name__})"
                     )
-            try:
-                config = _set_path(config, path, value)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{where}invalid value for {'.'.join(path)!r}: {e}") from e
-    return config
+            node = tree
+            for name in path[:-1]:
+                node = node.setdefault(name, _Tree())
+            node[path[-1]] = value
+    try:
+        return _apply_tree(config, tree)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}invalid overrides {sorted(overrides)}: {e}") from e
 
 
 def _get_path(config: Any, path: tuple[str, ...]) -> Any:
@@ -400,6 +412,10 @@ class PretrainedMixin:
         tensors); without it a different K is an error. `check_finite` rejects weights holding NaN / inf (corrupted
         files); see the module docstring for the checks.
         """
+        if "num_labels" in overrides:  # transformers' name of the class count
+            if num_classes is not None:
+                raise ValueError("pass num_classes or its alias num_labels, not both")
+            num_classes = overrides.pop("num_labels")
         path = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():

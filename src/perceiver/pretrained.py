@@ -40,11 +40,13 @@ def register_hf_converter(*architectures: str):
 
 
 def looks_local(name: str) -> bool:
-    """Whether `name` is meant as a local path rather than a Hub id `owner/name` (see the module docstring)."""
+    """Whether `name` is meant as a local path rather than a Hub id `owner/name` (see the module docstring): empty,
+    starting with `.`, `/` or `~`, a bare name without a separator (`my-model`: Hub ids have an owner), more than one
+    separator, or a first component that exists here (`runs/model` next to a `runs` folder)."""
     if not name or name.startswith((".", "/", "~", os.sep)):
         return True
     parts = re.split(r"[/\\]", name)
-    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).exists())
+    return len(parts) != 2 or Path(parts[0]).exists()
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
@@ -56,7 +58,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     if name and path.exists():
         raise ValueError(f"expected a model folder or a Hub id, got the file {path}")
     if isinstance(path_or_id, Path) or looks_local(name):
-        raise FileNotFoundError(f"expected a model folder (config.json + weights) at {name!r}, no such folder")
+        hint = " (a Hub id is 'owner/name')" if name and not re.search(r"[/\\]", name) else ""
+        raise FileNotFoundError(f"expected a model folder (config.json + weights) at {name!r}, no such folder{hint}")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError
@@ -67,6 +70,11 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except HFValidationError as e:
         raise FileNotFoundError(f"expected a model folder or a Hub id 'owner/name', got {name!r}: {e}") from None
+    except Exception as e:  # offline, unknown repo, gated, HTTP errors: huggingface_hub has many types for them
+        raise OSError(
+            f"could not fetch {name!r} from the Hugging Face Hub ({type(e).__name__}: {e}); if you are offline, "
+            f"download it elsewhere and pass its local folder instead"
+        ) from e
 
 
 def load_state_dict(folder: Path) -> dict[str, Tensor]:
@@ -95,13 +103,25 @@ def _check_finite(state_dict: dict[str, Tensor], source: Path) -> None:
             )
 
 
-def from_pretrained(path_or_id: str | os.PathLike, check_finite: bool = True, **overrides: Any) -> nn.Module:
+def from_pretrained(
+    path_or_id: str | os.PathLike,
+    check_finite: bool = True,
+    num_classes: int | None = None,
+    ignore_mismatched_sizes: bool = False,
+    **overrides: Any,
+) -> nn.Module:
     """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode.
 
     `overrides` go to the converter of a transformers checkpoint (e.g. `same_padding=False` to reproduce
-    transformers' conv stem) or replace config fields of one of our folders. `check_finite` rejects weights that
-    hold NaN / inf.
+    transformers' conv stem) or replace config fields of one of our folders. `num_classes=K` with
+    `ignore_mismatched_sizes=True` gives the model a freshly initialised head of K classes when the checkpoint's has
+    another size (logged, and listed in `model.reinitialized_keys`); without the flag a different K is an error
+    (`num_labels` is accepted as transformers' name for it). `check_finite` rejects weights that hold NaN / inf.
     """
+    if "num_labels" in overrides:
+        if num_classes is not None:
+            raise ValueError("pass num_classes or its alias num_labels, not both")
+        num_classes = overrides.pop("num_labels")
     folder = resolve(path_or_id)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -121,6 +141,10 @@ def from_pretrained(path_or_id: str | os.PathLike, check_finite: bool = True, **
         if check_finite:
             _check_finite(state_dict, folder)
         model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
+        if num_classes is not None:
+            from perceiver.hub import resize_head
+
+            resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
@@ -128,4 +152,11 @@ def from_pretrained(path_or_id: str | os.PathLike, check_finite: bool = True, **
         raise ValueError(f"{config_file}: key 'model_type': expected a string, got {config['model_type']!r}")
     import perceiver.models  # noqa: F401  (registers the model types)
 
-    return model_type_class(config["model_type"]).from_pretrained(folder, check_finite=check_finite, **overrides)
+    cls = model_type_class(config["model_type"])
+    return cls.from_pretrained(
+        folder,
+        check_finite=check_finite,
+        num_classes=num_classes,
+        ignore_mismatched_sizes=ignore_mismatched_sizes,
+        **overrides,
+    )

@@ -1,7 +1,11 @@
-"""A registry of named model presets, like timm's: `create_model(name, **overrides)`, `list_models()`.
+"""A registry of named model presets, like timm's: `create_model(name, pretrained=False, **overrides)`,
+`list_models()`, `list_pretrained()`.
 
-A preset is a function `(**overrides) -> nn.Module` registered with `@register_model("name")`; overrides replace
-fields of the preset's config (e.g. tiny sizes for tests, another number of classes).
+A preset is a function `(**overrides) -> nn.Module` registered with `@register_model("name", hub_id=...)`; overrides
+replace fields of the preset's config (e.g. tiny sizes for tests, another number of classes). A preset with a
+`hub_id` knows its published checkpoint: `create_model(name, pretrained=True)` loads it with
+`perceiver.from_pretrained` (which picks the transformers converter from the checkpoint's `architectures`), from the
+Hub or from a local copy given as `checkpoint_path`.
 """
 
 from __future__ import annotations
@@ -13,18 +17,21 @@ from typing import Any, TypeVar
 from torch import nn
 
 _PRESETS: dict[str, Callable[..., nn.Module]] = {}
+_HUB_IDS: dict[str, str] = {}
 _MODEL_TYPES: dict[str, type] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
 C = TypeVar("C", bound=type)
 
 
-def register_model(name: str) -> Callable[[F], F]:
-    """Decorator registering a preset function under `name`."""
+def register_model(name: str, hub_id: str | None = None) -> Callable[[F], F]:
+    """Decorator registering a preset function under `name`; `hub_id` names its published checkpoint."""
 
     def wrap(fn: F) -> F:
         if name in _PRESETS:
             raise ValueError(f"model preset {name!r} is already registered")
         _PRESETS[name] = fn
+        if hub_id is not None:
+            _HUB_IDS[name] = hub_id
         return fn
 
     return wrap
@@ -41,11 +48,48 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build the preset `name` with config `overrides`, randomly initialised."""
+def list_pretrained(pattern: str = "*") -> dict[str, str]:
+    """Presets matching `pattern` that have a published checkpoint -> its Hub id."""
+    return {n: _HUB_IDS[n] for n in sorted(_HUB_IDS) if fnmatch.fnmatch(n, pattern)}
+
+
+def pretrained_hub_id(name: str) -> str | None:
+    """The Hub id of the checkpoint of preset `name` (None: it has none)."""
+    return _HUB_IDS.get(name)
+
+
+def create_model(
+    name: str, pretrained: bool = False, checkpoint_path: str | None = None, **overrides: Any
+) -> nn.Module:
+    """Build the preset `name` with config `overrides`: randomly initialised, or with `pretrained=True` the weights of
+    its checkpoint (its Hub id, or a local folder `checkpoint_path` holding a copy of it) in eval mode.
+
+    With `pretrained`, `overrides` go to `perceiver.from_pretrained`: e.g. `num_classes=10,
+    ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches.
+    """
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _PRESETS[name](**overrides)
+    if not pretrained and checkpoint_path is None:
+        return _PRESETS[name](**overrides)
+    from perceiver.pretrained import from_pretrained
+
+    hub_id = _HUB_IDS.get(name)
+    if checkpoint_path is not None:
+        return from_pretrained(checkpoint_path, **overrides)
+    if hub_id is None:
+        raise ValueError(
+            f"model {name!r} has no published checkpoint; presets with one: {', '.join(sorted(_HUB_IDS))}. "
+            f"Pass checkpoint_path='path/to/folder' to load your own weights"
+        )
+    try:
+        return from_pretrained(hub_id, **overrides)
+    except OSError as e:
+        raise OSError(
+            f"could not load the checkpoint of {name!r} ({hub_id!r} on the Hugging Face Hub): {e}\n"
+            f"Offline? Download it where there is a network (`huggingface-cli download {hub_id} --local-dir DIR`) "
+            f"and pass the folder: create_model({name!r}, pretrained=True, checkpoint_path='DIR') or "
+            f"perceiver.from_pretrained('DIR')"
+        ) from e
 
 
 def model_type_class(model_type: str) -> type:

@@ -136,19 +136,19 @@ CONV = ImageClassifierConfig(
 )
 
 
-@register_model("vision-perceiver-learned")
+@register_model("vision-perceiver-learned", hub_id="deepmind/vision-perceiver-learned")
 def vision_perceiver_learned(**overrides: Any) -> PerceiverForImageClassification:
     """DeepMind's ImageNet Perceiver IO with learned positions (deepmind/vision-perceiver-learned)."""
     return _preset(LEARNED, overrides)
 
 
-@register_model("vision-perceiver-fourier")
+@register_model("vision-perceiver-fourier", hub_id="deepmind/vision-perceiver-fourier")
 def vision_perceiver_fourier(**overrides: Any) -> PerceiverForImageClassification:
     """DeepMind's ImageNet Perceiver IO on raw pixels with Fourier positions (deepmind/vision-perceiver-fourier)."""
     return _preset(FOURIER, overrides)
 
 
-@register_model("vision-perceiver-conv")
+@register_model("vision-perceiver-conv", hub_id="deepmind/vision-perceiver-conv")
 def vision_perceiver_conv(**overrides: Any) -> PerceiverForImageClassification:
     """DeepMind's ImageNet Perceiver IO with a conv + max-pool stem (deepmind/vision-perceiver-conv)."""
     return _preset(CONV, overrides)
