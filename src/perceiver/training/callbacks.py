@@ -342,6 +342,18 @@ def data_description(datamodule: Any) -> dict[str, Any]:
     return info
 
 
+def task_description(pl_module: L.LightningModule, model: torch.nn.Module, datamodule: Any) -> dict[str, Any]:
+    """`task.json` of a model folder: the task name and `data_description`; for a classifier `num_classes` is the
+    model head's (the task made it agree with the datamodule before training)."""
+    from perceiver.training.tasks import num_classes_of
+
+    task = {"task": getattr(pl_module, "task_name", "generic"), **data_description(datamodule)}
+    n = num_classes_of(model) if task["task"] == "classification" else None
+    if n is not None:
+        task["num_classes"] = n
+    return task
+
+
 class SavePretrained(Callback):
     """At the end of `fit`, write the best checkpoint's model (or the final one without a best) as a model folder:
     `RUN_DIR/model/{config.json, model.safetensors, task.json}`, loadable with `perceiver.from_pretrained` and
@@ -387,7 +399,7 @@ class SavePretrained(Callback):
             raise NonFiniteError(f"refusing to save the model of the {source}: non-finite weights in {', '.join(bad)}")
         out = Path(trainer.default_root_dir) / self.dirname
         model.save_pretrained(out)
-        task = {"task": getattr(pl_module, "task_name", "generic"), **data_description(trainer.datamodule)}
+        task = task_description(pl_module, model, trainer.datamodule)
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
 

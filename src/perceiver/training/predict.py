@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceiver.training.tasks import frames_to_model_input, logits_of
+from perceiver.training.tasks import config_value, frames_to_model_input, logits_of, to_model_layout
 
-__all__ = ["classify_images", "load_image", "load_model_dir", "predict_flow", "predict_main"]
+__all__ = ["classify_images", "label_names", "load_image", "load_model_dir", "predict_flow", "predict_main"]
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
 
@@ -58,22 +58,41 @@ def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int]
     """`(H, W), C` from the command line, else `task.json`'s `image_shape`, else the model config's channels."""
     shape = info.get("image_shape")
     hw = tuple(size) if size else (tuple(shape[:2]) if shape else None)
+    config = getattr(model, "config", None)
     c = channels or (
-        shape[2] if shape and len(shape) > 2 else getattr(getattr(model, "config", None), "input_channels", 3)
+        shape[2]
+        if shape and len(shape) > 2
+        else config_value(config, "in_channels") or config_value(config, "input_channels") or 3
     )
     if hw is None:
         raise SystemExit("error: the model folder has no task.json with image_shape; pass --image-size H W")
     return hw, int(c)
 
 
+def label_names(class_names: list[str] | None, num_outputs: int) -> list[str]:
+    """The names of a classifier's `num_outputs` classes (`task.json`'s `class_names`, else "0", "1", ...);
+    `ValueError` when the names do not match the head (a model folder whose head and data disagree)."""
+    if not class_names:
+        return [str(i) for i in range(num_outputs)]
+    if len(class_names) != num_outputs:
+        raise ValueError(
+            f"the model predicts {num_outputs} classes but its task.json names {len(class_names)} "
+            f"({class_names[:10]}{' ...' if len(class_names) > 10 else ''}); the model was trained with a head of "
+            f"another size than its data's classes: retrain it (perceiver fit now stops on such a mismatch), or fix "
+            f"class_names in task.json"
+        )
+    return list(class_names)
+
+
 @torch.no_grad()
 def classify_images(
     model: torch.nn.Module, images: Tensor, class_names: list[str] | None = None, top_k: int = 5
 ) -> list[list[tuple[str, float]]]:
-    """Images `(B, H, W, C)` -> for each the top-k `(label, probability)`."""
-    probs = logits_of(model(images)).float().softmax(-1)
+    """Images `(B, H, W, C)` (channels-last; permuted for models with `input_layout = "channels_first"`) -> for
+    each the top-k `(label, probability)`."""
+    probs = logits_of(model(to_model_layout(model, images))).float().softmax(-1)
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    names = class_names or [str(i) for i in range(probs.shape[-1])]
+    names = label_names(class_names, probs.shape[-1])
     return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
 
 
@@ -88,7 +107,7 @@ def classify_texts(model: torch.nn.Module, texts: list[str], info: dict[str, Any
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.bool) for s in seqs], batch_first=True)
     probs = logits_of(model(input_ids, mask)).float().softmax(-1)
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    names = info.get("class_names") or [str(i) for i in range(probs.shape[-1])]
+    names = label_names(info.get("class_names"), probs.shape[-1])
     return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
 
 

@@ -6,7 +6,7 @@
     └── FlowTask             optical flow; end-point error (EPE) + zero-flow baseline, colour-coded flow PNGs
 
 The wrapped network is `self.model`, built from a registry name (`perceiver.create_model(model, **model_kwargs)`;
-`"perceiver"` is the classic `Perceiver`) or loaded from a model folder (`pretrained=...`, e.g. a converted
+`"perceiver"` is the classic `Perceiver`) or loaded from a model folder or Hub id (`pretrained=...`, e.g. a converted
 checkpoint to fine-tune). Models return a tensor (classic `Perceiver`) or an output object with `.logits`
 (Perceiver IO); `logits_of` accepts both.
 
@@ -14,10 +14,22 @@ Batches are dicts (see `perceiver.data`): image classification `{"inputs" (B, H,
 clouds `{"inputs" (B, P, 3), "mask" (B, P), "labels"}`; text `{"input_ids" (B, L), "attention_mask" (B, L),
 "labels"}`; masked LM `labels` `(B, L)` with -100 where not masked; flow `{"frames" (B, 2, H, W, 3), "flow"
 (B, H, W, 2)}`.
+
+The task and its datamodule agree before training starts (`setup`, once the trainer has the datamodule):
+
+- Layout: images / videos come channels-last from the datamodules (`input_layout`, default `"channels_last"`);
+  a model whose class says `input_layout = "channels_first"` (the Perceiver IO image and video classifiers) gets
+  `(B, C, H, W)` / `(B, T, C, H, W)`: the task permutes (`convert_layout`).
+- Classes (`ClassificationTask`): a model built without a class count in `model_kwargs` is built with the
+  datamodule's `num_classes`; an explicit count or a `pretrained` head of another size is a `ValueError` naming
+  both numbers, unless `reset_head=True` re-initialises a pretrained head at the datamodule's size
+  (`perceiver.from_pretrained(..., num_classes=K, ignore_mismatched_sizes=True)`). Image shapes / channels and text
+  lengths the model cannot take are errors too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,20 +37,100 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-__all__ = ["ClassificationTask", "FlowTask", "MaskedLMTask", "PerceiverTask", "build_model", "logits_of"]
+from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
+
+__all__ = [
+    "ClassificationTask",
+    "FlowTask",
+    "MaskedLMTask",
+    "PerceiverTask",
+    "build_model",
+    "convert_layout",
+    "input_layout",
+    "logits_of",
+    "num_classes_of",
+    "param_groups",
+    "to_model_layout",
+]
+
+#: keyword of a class count in `model_kwargs` (`num_labels` is transformers' name)
+CLASS_COUNT_KEYS = ("num_classes", "num_labels")
+CHANNELS_LAST, CHANNELS_FIRST = "channels_last", "channels_first"
+LAYOUTS = (CHANNELS_LAST, CHANNELS_FIRST)
 
 
-def build_model(model: str = "perceiver", model_kwargs: dict[str, Any] | None = None, pretrained: str | None = None):
-    """A registry preset (`perceiver.create_model`) or, with `pretrained`, a saved / converted model folder."""
+def build_model(
+    model: str = "perceiver",
+    model_kwargs: dict[str, Any] | None = None,
+    pretrained: str | None = None,
+    reset_head: bool = False,
+):
+    """A registry preset (`perceiver.create_model`) or, with `pretrained`, a saved / converted model folder or Hub
+    id. With `reset_head` and a class count in `model_kwargs`, a pretrained head of another size is re-initialised
+    (`ignore_mismatched_sizes=True`)."""
     import perceiver
 
     kwargs = dict(model_kwargs or {})
-    if pretrained:
+    if not pretrained:
+        return perceiver.create_model(model, **kwargs)
+    counted = any(k in kwargs for k in CLASS_COUNT_KEYS)
+    if reset_head and counted:
+        kwargs["ignore_mismatched_sizes"] = True
+    try:
         return perceiver.from_pretrained(pretrained, **kwargs).train()
-    return perceiver.create_model(model, **kwargs)
+    except ValueError as e:
+        if counted and not reset_head and "ignore_mismatched_sizes" in str(e):
+            raise ValueError(f"{e} (in a training config: --model.reset_head true)") from e
+        raise
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """The number of classes a model's head predicts (`model.num_classes`, else its config's `num_classes` /
+    `num_labels`), or None for a model without a classification head."""
+    config = getattr(model, "config", None)
+    if getattr(config, "final_classifier_head", True) is False:  # classic Perceiver returning latents
+        return None
+    value = getattr(model, "num_classes", None)
+    for candidate in (value, *(getattr(config, k, None) for k in CLASS_COUNT_KEYS)):
+        if isinstance(candidate, int) and not isinstance(candidate, bool):
+            return candidate
+    return None
+
+
+def class_count_key(model: nn.Module) -> str:
+    """The config field that holds a model's class count (`num_classes`, or `num_labels` of transformers-style
+    configs), the keyword to build it with another count."""
+    config = getattr(model, "config", None)
+    return next((k for k in CLASS_COUNT_KEYS if hasattr(config, k)), "num_classes")
+
+
+def input_layout(obj: Any) -> str:
+    """`obj.input_layout` (a model or a datamodule): `"channels_last"` (the default, as `perceiver.data` gives
+    images) or `"channels_first"`."""
+    layout = getattr(obj, "input_layout", CHANNELS_LAST)
+    if layout not in LAYOUTS:
+        raise ValueError(f"{type(obj).__name__}.input_layout: expected one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def convert_layout(x: Tensor, source: str, target: str) -> Tensor:
+    """Images `(B, H, W, C)` <-> `(B, C, H, W)` and videos `(B, T, H, W, C)` <-> `(B, T, C, H, W)` from the `source`
+    to the `target` layout; other ranks (sequences, point clouds `(B, P, 3)`) are returned unchanged."""
+    for layout in (source, target):
+        if layout not in LAYOUTS:
+            raise ValueError(f"expected an input layout of {LAYOUTS}, got {layout!r}")
+    if source == target or x.ndim not in (4, 5):
+        return x
+    return x.movedim(-1, -3) if target == CHANNELS_FIRST else x.movedim(-3, -1)
+
+
+def to_model_layout(model: nn.Module, x: Tensor, source: str = CHANNELS_LAST) -> Tensor:
+    """`x` in the layout `model` takes (`input_layout(model)`), from `source` (default: channels-last)."""
+    return convert_layout(x, source, input_layout(model))
 
 
 def logits_of(output: Any) -> Tensor:
@@ -54,8 +146,102 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-#: modules that become their own FSDP2 unit under `ModelParallelStrategy` (see `PerceiverTask.configure_model`)
-SHARDED_LAYERS = ("CrossAttentionLayer", "SelfAttentionLayer")
+#: modules that become their own FSDP2 unit under `ModelParallelStrategy` (see `PerceiverTask.configure_model`):
+#: every cross- and self-attention layer (encoder, latent Transformer, decoder) and subclasses of them
+SHARDED_LAYERS: tuple[type[nn.Module], ...] = (CrossAttentionLayer, SelfAttentionLayer)
+
+#: layers whose `weight` multiplies the input: the only tensors AdamW decays (see `param_groups`)
+DECAYED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of `module`'s trainable parameters: `weight_decay` on the weights of `DECAYED_LAYERS`
+    (Linear, Bilinear, Conv), none on everything else: biases, norm weights (LayerNorm, BatchNorm, ...), embeddings
+    (`nn.Embedding`) and free `nn.Parameter`s such as latents and trainable position / query embeddings.
+
+    Decided by the owning module's type and the tensor's role, not by its name (`positions_projection.weight` is a
+    Linear weight and is decayed). A parameter shared by several modules (tied weights) is decayed only if every
+    owner decays it."""
+    decays: dict[int, bool] = {}
+    params: dict[int, nn.Parameter] = {}
+    for owner in module.modules():
+        for name, p in owner.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            decayed = isinstance(owner, DECAYED_LAYERS) and name == "weight" and p.ndim >= 2
+            decays[id(p)] = decays.get(id(p), True) and decayed
+            params[id(p)] = p
+    decay = [params[i] for i, d in decays.items() if d]
+    no_decay = [params[i] for i, d in decays.items() if not d]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def config_value(config: Any, name: str, default: Any = None) -> Any:
+    """Field `name` of a model config, searched in the config itself and then in its nested part configs
+    (`adapter`, `encoder`, ... dataclasses), as flat preset keywords address them; `default` if none has it."""
+    todo = [config]
+    while todo:
+        c = todo.pop(0)
+        if c is None:
+            continue
+        if hasattr(c, name):
+            return getattr(c, name)
+        if dataclasses.is_dataclass(c):
+            todo += [getattr(c, f.name) for f in dataclasses.fields(c) if dataclasses.is_dataclass(getattr(c, f.name))]
+    return default
+
+
+def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
+    """`ValueError` before training when the datamodule's inputs do not fit the model's config: the channels of its
+    `image_shape` `(H, W, C)` (config `in_channels` / `input_channels`), the image size of a model with learned
+    positions (`position_encoding="trainable"`, config `image_size`) and text longer than the model's positions
+    (`max_seq_len`). Fields a model or datamodule does not have are not checked."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    name, data = type(model).__name__, type(datamodule).__name__
+    shape = getattr(datamodule, "image_shape", None)
+    if shape is not None and len(shape) == 3:
+        h, w, c = (int(v) for v in shape)
+        key = next((k for k in ("in_channels", "input_channels") if config_value(config, k) is not None), None)
+        channels = config_value(config, key) if key else None
+        if isinstance(channels, int) and channels != c:
+            grey = (
+                "; or --data.grayscale " + ("false" if c == 1 else "true") if hasattr(datamodule, "grayscale") else ""
+            )
+            raise ValueError(
+                f"{data} gives images of shape (H, W, C) = {(h, w, c)} ({c} channels) but {name} takes {channels} "
+                f"channels ({key}={channels}); pass --model.model_kwargs.{key} {c}{grey}"
+            )
+        axes = config_value(config, "input_axis", 2)
+        if axes != 2:
+            raise ValueError(
+                f"{data} gives 2-D images but {name} has input_axis={axes}; pass --model.model_kwargs.input_axis 2"
+            )
+        size = config_value(config, "image_size")
+        if config_value(config, "position_encoding") == "trainable" and size is not None and tuple(size) != (h, w):
+            raise ValueError(
+                f"{data} gives {h}x{w} images but the learned positions of {name} are for {size[0]}x{size[1]} "
+                f"images (image_size={list(size)}); pass --data.image_size [{size[0]}, {size[1]}], or (training "
+                f"from scratch) --model.model_kwargs.image_size [{h}, {w}]"
+            )
+    length = getattr(datamodule, "max_seq_len", None)
+    limit = config_value(config, "max_seq_len")
+    if isinstance(length, int) and isinstance(limit, int) and length > limit:
+        raise ValueError(
+            f"{data} gives sequences of up to {length} tokens (max_seq_len={length}) but {name} has positions for "
+            f"{limit} (max_seq_len={limit}); pass --data.max_seq_len {limit} or --model.model_kwargs.max_seq_len "
+            f"{length}"
+        )
 
 
 def metric_dict(name: str, baseline: str | None = None) -> nn.ModuleDict:
@@ -72,9 +258,17 @@ class PerceiverTask(L.LightningModule):
     Args:
         model: registry name for `perceiver.create_model` (`"perceiver"` = classic Perceiver).
         model_kwargs: constructor / preset overrides, e.g. `{depth: 2, num_latents: 32, num_classes: 10}`.
-        pretrained: a model folder (ours or a transformers Perceiver checkpoint) to start from instead.
+        pretrained: a model folder or Hub id (ours or a transformers Perceiver checkpoint) to start from instead;
+            `model_kwargs` then override fields of its config.
+        reset_head: fine-tune `pretrained` on data with another number of classes: a pretrained classification
+            head whose size differs from the datamodule's class count K (or `model_kwargs.num_classes`) is replaced
+            by a new, randomly initialised K-class head and all other weights are kept
+            (`perceiver.from_pretrained(..., num_classes=K, ignore_mismatched_sizes=True)`, which reports the
+            re-initialised tensors); a head of the right size is kept. Without it such a mismatch is an error before
+            training starts.
         lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not applied to biases, norms, latents and position / query embeddings).
+        weight_decay: AdamW weight decay on the weights of Linear / Conv layers (not on biases, norms,
+            embeddings, latents and position / query embeddings; see `param_groups`).
         betas: AdamW betas.
         warmup_steps: linear warmup steps; if < 1 it is a fraction of the total optimizer steps.
         min_lr_ratio: the cosine schedule ends at `lr * min_lr_ratio`.
@@ -99,6 +293,7 @@ class PerceiverTask(L.LightningModule):
         model: str = "perceiver",
         model_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        reset_head: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -109,11 +304,17 @@ class PerceiverTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(model, model_kwargs, pretrained)
-        if compile:
-            self.model.compile()
         self.__dict__["_runner"] = None  # what `optimize` chose for training steps (not a submodule: no new keys)
         self.__dict__["_captured"] = None
+        self.__dict__["_data_layout"] = CHANNELS_LAST  # the datamodule's (`setup`)
+        self.set_model(build_model(model, model_kwargs, pretrained, reset_head))
+
+    def set_model(self, model: nn.Module) -> None:
+        """Make `model` the task's network (compiled if `compile`; `optimize` chooses again)."""
+        self.model = model
+        if self.hparams.get("compile"):
+            self.model.compile()
+        self.__dict__["_runner"] = None
 
     def run_model(self, *args: Any, **kwargs: Any) -> Any:
         """`self.model(*args, **kwargs)`, through what `optimize=True` chose while training."""
@@ -144,9 +345,25 @@ class PerceiverTask(L.LightningModule):
         self.__dict__["_runner"] = fast
 
     def build_plain_model(self) -> nn.Module:
-        """A new, unsharded instance of the network (random weights) built from this task's hyperparameters."""
+        """A new, unsharded instance of the network built from this task's hyperparameters (random weights, or the
+        `pretrained` ones)."""
         hp = self.hparams
-        return build_model(hp.model, hp.model_kwargs, hp.pretrained)
+        return build_model(hp.model, hp.model_kwargs, hp.pretrained, hp.get("reset_head", False))
+
+    # ------------------------------------------------------------------ agreement with the datamodule
+    def setup(self, stage: str) -> None:
+        """Before training / evaluation (and before a checkpoint is restored): adapt to the trainer's datamodule."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.adapt_to_datamodule(datamodule)
+
+    def adapt_to_datamodule(self, datamodule: Any) -> None:
+        """Take the datamodule's input layout (`input_layout`, default channels-last); subclasses check more."""
+        self.__dict__["_data_layout"] = input_layout(datamodule)
+
+    def model_inputs(self, x: Tensor) -> Tensor:
+        """A batch's images / videos `x` (in the datamodule's layout) in the layout the model takes."""
+        return convert_layout(x, self.__dict__["_data_layout"], input_layout(self.model))
 
     # ------------------------------------------------------------------ sharding
     def configure_model(self) -> None:
@@ -161,7 +378,7 @@ class PerceiverTask(L.LightningModule):
             return
         dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
         for module in self.model.modules():
-            if type(module).__name__ in SHARDED_LAYERS:
+            if isinstance(module, SHARDED_LAYERS):
                 fully_shard(module, mesh=dp_mesh)
         fully_shard(self.model, mesh=dp_mesh)
 
@@ -219,14 +436,7 @@ class PerceiverTask(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            skip = p.ndim < 2 or any(k in name for k in ("latents", "position", "queries", "embedding", "norm"))
-            (no_decay if skip else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        optimizer = torch.optim.AdamW(param_groups(self, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -243,8 +453,13 @@ class PerceiverTask(L.LightningModule):
 class ClassificationTask(PerceiverTask):
     """Classification of images, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
 
-    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds) and as
-    `model(input_ids, attention_mask)` for text.
+    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds; images in the
+    model's `input_layout`) and as `model(input_ids, attention_mask)` for text.
+
+    Before training the head is matched to the datamodule's `num_classes` (see the module docstring): built with it
+    when `model_kwargs` name no class count, an error naming both counts otherwise, or with `reset_head=True` a new
+    head for a `pretrained` model. The datamodule's `image_shape` `(H, W, C)` and `max_seq_len` are checked against
+    what the model takes (channels, learned-position grid, text positions).
     """
 
     monitor = ("val/acc", "max")
@@ -255,10 +470,50 @@ class ClassificationTask(PerceiverTask):
         self.save_hyperparameters()
         self.metrics = metric_dict("acc")
 
+    def adapt_to_datamodule(self, datamodule: Any) -> None:
+        super().adapt_to_datamodule(datamodule)
+        self._match_classes(datamodule)
+        check_input_geometry(self.model, datamodule)
+
+    def _match_classes(self, dm: Any) -> None:
+        k = getattr(dm, "num_classes", None)
+        n = num_classes_of(self.model)
+        if not isinstance(k, int) or isinstance(k, bool) or n is None:
+            return
+        hp = self.hparams
+        kwargs = dict(hp.model_kwargs or {})
+        names = list(getattr(dm, "class_names", None) or [])
+        shown = f" {names[:10]}{' ...' if len(names) > 10 else ''}" if names else ""
+        data = f"the datamodule ({type(dm).__name__}) has {k} classes{shown}"
+        explicit = next((key for key in CLASS_COUNT_KEYS if key in kwargs), None)
+        if n == k:
+            return
+        if explicit is not None:
+            fix = f"--model.model_kwargs.{explicit} {k}" + (" --model.reset_head true" if hp.pretrained else "")
+            raise ValueError(
+                f"the model is configured for {kwargs[explicit]} classes (model_kwargs.{explicit}="
+                f"{kwargs[explicit]}) but {data}; pass {fix}, or remove {explicit} from model_kwargs to take the "
+                f"datamodule's count"
+            )
+        if hp.pretrained:
+            if not hp.get("reset_head"):
+                raise ValueError(
+                    f"the pretrained model {hp.pretrained} has a {n}-class head but {data}; to fine-tune it with a "
+                    f"new {k}-class head (re-initialised, all other weights kept) add --model.reset_head true, "
+                    f"which loads it with num_classes={k} and ignore_mismatched_sizes=True"
+                )
+            rank_zero_info(
+                f"perceiver: reset_head: replacing the {n}-class head of {hp.pretrained} by a new {k}-class head"
+            )
+            hp.model_kwargs = {**kwargs, "num_classes": k}
+        else:
+            hp.model_kwargs = {**kwargs, class_count_key(self.model): k}
+        self.set_model(self.build_plain_model().to(next(self.model.parameters()).device))
+
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         if "inputs" in batch:
-            mask = batch.get("mask")
-            return self.run_model(batch["inputs"]) if mask is None else self.run_model(batch["inputs"], mask)
+            inputs, mask = self.model_inputs(batch["inputs"]), batch.get("mask")
+            return self.run_model(inputs) if mask is None else self.run_model(inputs, mask)
         if "input_ids" in batch:
             return self.run_model(batch["input_ids"], batch.get("attention_mask"))
         raise ValueError(f"expected a batch with 'inputs' or 'input_ids', got keys {sorted(batch)}")

@@ -1,0 +1,210 @@
+"""configs/examples/*.yaml: each trains one step through the `perceiver` CLI on data written here (a tiny image
+folder, tiny JSONL / CSV files), the model folder predicts; layout and class-count mismatches stop before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from trainutil import CONFIGS, TINY_TRAINER
+
+from perceiver.training.cli import main
+
+EXAMPLES = CONFIGS / "examples"
+CLASSES = ["cat", "dog"]
+
+#: small models for the examples (the configs' sizes are for real data)
+TINY = {
+    "imagefolder-classic": [
+        "--model.model_kwargs.depth=1",
+        "--model.model_kwargs.num_latents=8",
+        "--model.model_kwargs.latent_dim=32",
+        "--model.model_kwargs.latent_heads=2",
+        "--model.model_kwargs.cross_dim_head=16",
+        "--model.model_kwargs.latent_dim_head=16",
+        "--model.model_kwargs.self_per_cross_attn=1",
+        "--model.model_kwargs.num_freq_bands=4",
+        "--model.model_kwargs.max_freq=8.0",
+        "--data.image_size=16",
+    ],
+    "imagefolder-perceiver-io": [
+        "--model.model_kwargs.image_size=[16, 16]",
+        "--model.model_kwargs.max_resolution=[16, 16]",
+        "--model.model_kwargs.num_bands=4",
+        "--model.model_kwargs.num_latents=8",
+        "--model.model_kwargs.latent_dim=32",
+        "--model.model_kwargs.num_self_attends_per_block=1",
+        "--model.model_kwargs.latent_heads=2",
+        "--data.image_size=16",
+    ],
+    "text-jsonl": [],
+    "text-csv": [],
+}
+TINY_TEXT = [
+    "--model.model_kwargs.max_seq_len=64",
+    "--model.model_kwargs.d_model=16",
+    "--model.model_kwargs.num_latents=4",
+    "--model.model_kwargs.latent_dim=32",
+    "--model.model_kwargs.num_self_attends_per_block=1",
+    "--model.model_kwargs.latent_heads=2",
+    "--model.model_kwargs.cross_qk_channels=16",
+    "--model.model_kwargs.cross_v_channels=32",
+    "--model.model_kwargs.latent_qk_channels=16",
+    "--model.model_kwargs.latent_v_channels=32",
+    "--data.max_seq_len=64",
+]
+TINY["text-jsonl"] = TINY["text-csv"] = TINY_TEXT
+
+
+def write_image_folder(root: Path, classes: list[str] = CLASSES, per_class: int = 8, size: int = 20) -> Path:
+    """`root/<class>/<i>.png`: RGB images, a colour per class plus noise (size x size, resized by the datamodule)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3)) + np.eye(3, dtype=np.int64)[c % 3] * 190
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+TEXTS = {"pos": ["great film", "loved it", "wonderful", "so good"], "neg": ["awful", "boring", "bad film", "meh"]}
+
+
+def text_rows() -> list[tuple[str, str]]:
+    return [(f"{t} {i}", label) for i in range(2) for label, ts in TEXTS.items() for t in ts]
+
+
+def write_jsonl(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in text_rows()))
+    return path
+
+
+def write_csv(path: Path) -> Path:
+    path.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in text_rows()))
+    return path
+
+
+def data_args(config: str, data_dir: Path) -> list[str]:
+    """`--data.*` pointing the example at freshly written data in `data_dir`."""
+    if config.startswith("imagefolder"):
+        root = write_image_folder(data_dir / "images")
+        return [f"--data.root={root}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
+    file = write_jsonl(data_dir / "train.jsonl") if config == "text-jsonl" else write_csv(data_dir / "train.csv")
+    return [f"--data.train_file={file}", "--data.val_fraction=0.25", "--data.batch_size=4"]
+
+
+def example_args(config: str, run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(EXAMPLES / f"{config}.yaml"),
+        f"--trainer.default_root_dir={run_dir}",
+        "--precision=32-true",
+        "--threads=1",
+        *TINY_TRAINER,
+        "--trainer.limit_train_batches=1",
+        *TINY[config],
+        *data_args(config, data_dir),
+        *extra,
+    ]
+
+
+def test_every_example_config_is_tested():
+    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(TINY)
+
+
+@pytest.mark.parametrize("config", sorted(TINY))
+def test_example_config_fits_and_predicts(config, tmp_path, capsys):
+    """One training step from the shipped example; the head takes the data's class count (the configs name none),
+    task.json records it, the checkpoint reloads with it, and `perceiver predict` labels files with class names."""
+    run = tmp_path / "run"
+    main(["fit", *example_args(config, run, tmp_path)])
+    info = json.loads((run / "model" / "task.json").read_text())
+    names = CLASSES if config.startswith("imagefolder") else sorted(TEXTS)
+    assert info["num_classes"] == 2 and info["class_names"] == names
+
+    import perceiver
+    from perceiver.training import ClassificationTask
+    from perceiver.training.tasks import num_classes_of
+
+    assert num_classes_of(perceiver.from_pretrained(run / "model")) == 2
+    task = ClassificationTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert num_classes_of(task.model) == 2  # the checkpoint's hyperparameters carry the data's count
+
+    capsys.readouterr()
+    if config.startswith("imagefolder"):
+        files = [tmp_path / "images" / "cat" / "0.png", tmp_path / "images" / "dog" / "0.png"]
+    else:
+        files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+        files[0].write_text("great film")
+        files[1].write_text("boring")
+    main(["predict", str(run / "model"), *map(str, files), "--json", "--top-k", "2"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 2
+    for row in rows:
+        assert sorted(t["label"] for t in row["top"]) == names
+        assert abs(sum(t["prob"] for t in row["top"]) - 1) < 1e-4
+
+
+def assert_nothing_trained(run: Path) -> None:
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
+    assert not (run / "model").exists()
+
+
+def test_channels_first_model_on_channels_last_folder(tmp_path):
+    """vision-perceiver-fourier takes (B, 3, H, W), ImageFolderDataModule gives (B, H, W, 3): the run just works
+    (the issue's `expected pixel_values of shape (B, 3, 32, 32) (channels first), got (16, 32, 32, 3)`)."""
+    import perceiver
+
+    model = perceiver.create_model("vision-perceiver-fourier", num_latents=4, latent_dim=16, num_blocks=1)
+    with pytest.raises(ValueError, match="channels first"):
+        model(torch.rand(2, 16, 16, 3))  # what the datamodule gives, fed as is
+    run = tmp_path / "run"
+    main(["fit", *example_args("imagefolder-perceiver-io", run, tmp_path)])
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_layout_mismatch_is_a_clear_error_before_training(tmp_path):
+    """Greyscale images (1 channel) for a 3-channel model: stopped before the first step, naming both and the fix."""
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        main(["fit", *example_args("imagefolder-perceiver-io", run, tmp_path, "--data.grayscale=true")])
+    message = str(err.value)
+    assert "(H, W, C) = (16, 16, 1)" in message and "takes 3 channels" in message
+    assert "--model.model_kwargs.in_channels 1" in message
+    assert_nothing_trained(run)
+
+
+def test_learned_positions_of_another_size_are_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    args = example_args("imagefolder-perceiver-io", run, tmp_path, "--model.model=vision-perceiver-learned")
+    args += ["--model.model_kwargs.out_channels=8", "--model.model_kwargs.project_pos_dim=8"]
+    args += ["--model.model_kwargs.trainable_pos_channels=8", "--model.model_kwargs.image_size=[24, 24]"]
+    with pytest.raises(SystemExit, match=r"16x16 images but the learned positions .* are for 24x24"):
+        main(["fit", *args])
+    assert_nothing_trained(run)
+
+
+@pytest.mark.parametrize("config", ["imagefolder-classic", "text-jsonl"])
+def test_class_count_mismatch_is_a_clear_error_before_training(config, tmp_path):
+    """An explicit `num_classes` (or transformers' `num_labels`) that is not the data's: both numbers and the fix."""
+    run = tmp_path / "run"
+    key = "num_classes" if config == "imagefolder-classic" else "num_labels"
+    with pytest.raises(SystemExit) as err:
+        main(["fit", *example_args(config, run, tmp_path, f"--model.model_kwargs.{key}=3")])
+    message = str(err.value)
+    assert f"configured for 3 classes (model_kwargs.{key}=3)" in message
+    assert "has 2 classes" in message and f"--model.model_kwargs.{key} 2" in message
+    assert_nothing_trained(run)
+
+
+def test_text_longer_than_the_model_positions_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match="up to 128 tokens .* positions for 64"):
+        main(["fit", *example_args("text-csv", run, tmp_path, "--data.max_seq_len=128")])
+    assert_nothing_trained(run)

@@ -1,0 +1,164 @@
+"""Fine-tuning from your own data: the head follows the datamodule's classes, a pretrained head of another size is a
+clear error unless `reset_head` re-initialises it, and `perceiver predict` refuses names that do not fit the head."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_examples import CLASSES, example_args, write_image_folder
+
+import perceiver
+from perceiver.data import ImageFolderDataModule
+from perceiver.training import ClassificationTask
+from perceiver.training.cli import main
+from perceiver.training.tasks import num_classes_of
+
+TINY_FOURIER = dict(
+    image_size=[16, 16],
+    max_resolution=[16, 16],
+    num_bands=4,
+    num_latents=8,
+    latent_dim=32,
+    num_blocks=1,
+    num_self_attends_per_block=1,
+    latent_heads=2,
+)
+TINY_CLASSIC = dict(
+    input_channels=3,
+    depth=1,
+    num_latents=8,
+    latent_dim=32,
+    latent_heads=2,
+    cross_dim_head=16,
+    latent_dim_head=16,
+    num_freq_bands=4,
+    max_freq=8.0,
+)
+
+
+def _has_head_contract() -> bool:
+    model = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER)
+    return hasattr(model, "reset_classifier") and hasattr(model, "num_classes")
+
+
+#: needs the model contract: `reset_classifier`, `num_classes`, `from_pretrained(num_classes=, ignore_mismatched_sizes=)`
+head_contract = pytest.mark.skipif(not _has_head_contract(), reason="models without reset_classifier / num_classes")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def pretrained_3(tmp_path) -> Path:
+    """A saved 3-class Perceiver IO image classifier (stands in for a Hub checkpoint with another head)."""
+    torch.manual_seed(0)
+    model = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER, num_classes=3)
+    return model.save_pretrained(tmp_path / "pretrained-3")
+
+
+def datamodule(folder: Path) -> ImageFolderDataModule:
+    return ImageFolderDataModule(str(folder), image_size=16, val_fraction=0.25, batch_size=4)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("perceiver", TINY_CLASSIC), ("vision-perceiver-fourier", TINY_FOURIER)])
+def test_head_takes_the_datamodule_class_count(name, kwargs, folder):
+    """No class count in model_kwargs: the model is built with the datamodule's (the presets say 1000)."""
+    task = ClassificationTask(model=name, model_kwargs=dict(kwargs))
+    assert num_classes_of(task.model) == 1000
+    task.adapt_to_datamodule(datamodule(folder))
+    assert num_classes_of(task.model) == 2
+    counts = {k: v for k, v in task.hparams.model_kwargs.items() if k in ("num_classes", "num_labels")}
+    assert list(counts.values()) == [2]  # in the hyperparameters: checkpoints rebuild the same network
+    assert num_classes_of(task.build_plain_model()) == 2
+    logits = task({"inputs": torch.rand(2, 16, 16, 3), "labels": torch.tensor([0, 1])})
+    assert logits.shape == (2, 2)
+
+
+def test_pretrained_head_of_another_size_is_a_clear_error(pretrained_3, folder):
+    task = ClassificationTask(pretrained=str(pretrained_3))
+    with pytest.raises(ValueError) as err:
+        task.adapt_to_datamodule(datamodule(folder))
+    message = str(err.value)
+    assert f"pretrained model {pretrained_3} has a 3-class head" in message
+    assert "ImageFolderDataModule) has 2 classes ['cat', 'dog']" in message
+    assert "--model.reset_head true" in message and "ignore_mismatched_sizes=True" in message
+
+
+def test_pretrained_mismatch_stops_the_cli_before_training(pretrained_3, tmp_path):
+    """The documented fine-tuning command without `reset_head` (the issue: a 3-class model trained silently on 2
+    classes, then `perceiver predict` crashed with IndexError)."""
+    run = tmp_path / "run"
+    args = example_args("imagefolder-perceiver-io", run, tmp_path, f"--model.pretrained={pretrained_3}")
+    with pytest.raises(SystemExit, match=r"has a 3-class head but the datamodule .* has 2 classes"):
+        main(["fit", *args, "--model.model_kwargs=null"])
+    assert not (run / "model").exists()
+
+
+@head_contract
+def test_reset_head_keeps_the_body_and_gives_a_new_head(pretrained_3, folder):
+    source = perceiver.from_pretrained(pretrained_3)
+    task = ClassificationTask(pretrained=str(pretrained_3), reset_head=True)
+    task.adapt_to_datamodule(datamodule(folder))
+    assert num_classes_of(task.model) == 2 and task.hparams.model_kwargs == {"num_classes": 2}
+    head = {id(p) for p in task.model.get_classifier().parameters()}
+    ours, theirs = task.model.state_dict(keep_vars=True), source.state_dict()
+    assert set(ours) == set(theirs)
+    kept = [k for k, v in ours.items() if id(v) not in head]
+    assert kept and all(torch.equal(ours[k], theirs[k]) for k in kept)  # every other tensor is the pretrained one
+    assert [tuple(v.shape)[0] for k, v in ours.items() if id(v) in head and v.ndim] == [2] * len(head)
+    rebuilt = task.build_plain_model()  # what load_from_checkpoint / FSDP's model folder build from hparams
+    assert num_classes_of(rebuilt) == 2
+
+
+@head_contract
+def test_explicit_count_with_reset_head_loads_with_ignore_mismatched_sizes(pretrained_3, folder):
+    task = ClassificationTask(pretrained=str(pretrained_3), model_kwargs={"num_classes": 2}, reset_head=True)
+    assert num_classes_of(task.model) == 2  # built so by from_pretrained(num_classes=2, ignore_mismatched_sizes=True)
+    model = task.model
+    task.adapt_to_datamodule(datamodule(folder))
+    assert task.model is model  # nothing to change
+
+
+@head_contract
+def test_explicit_count_without_reset_head_names_the_option(pretrained_3):
+    with pytest.raises(ValueError, match="reset_head true"):
+        ClassificationTask(pretrained=str(pretrained_3), model_kwargs={"num_classes": 2})
+
+
+@head_contract
+def test_fine_tune_through_the_cli_and_predict(pretrained_3, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = example_args("imagefolder-perceiver-io", run, tmp_path, f"--model.pretrained={pretrained_3}")
+    main(["fit", *args, "--model.model_kwargs=null", "--model.reset_head=true"])
+    info = json.loads((run / "model" / "task.json").read_text())
+    assert info["num_classes"] == 2 and info["class_names"] == CLASSES
+    assert num_classes_of(perceiver.from_pretrained(run / "model")) == 2
+    capsys.readouterr()
+    main(["predict", str(run / "model"), str(tmp_path / "images" / "dog" / "1.png"), "--json"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(t["label"] for t in row["top"]) == CLASSES
+
+
+def test_matching_pretrained_head_is_kept(tmp_path, folder):
+    torch.manual_seed(0)
+    path = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER, num_classes=2).save_pretrained(
+        tmp_path / "pretrained-2"
+    )
+    task = ClassificationTask(pretrained=str(path), reset_head=True)
+    model = task.model
+    task.adapt_to_datamodule(datamodule(folder))
+    assert task.model is model and num_classes_of(model) == 2
+
+
+def test_predict_refuses_class_names_that_do_not_fit_the_head(pretrained_3, tmp_path, folder):
+    """An old model folder whose head (3) and task.json (2 names) disagree: a clear error, not an IndexError."""
+    (pretrained_3 / "task.json").write_text(
+        json.dumps({"task": "classification", "image_shape": [16, 16, 3], "class_names": CLASSES})
+    )
+    with pytest.raises(ValueError, match=r"predicts 3 classes but its task.json names 2 \(\['cat', 'dog'\]\)"):
+        main(["predict", str(pretrained_3), str(folder / "cat" / "0.png")])

@@ -1,0 +1,170 @@
+"""PerceiverTask internals: weight-decay groups by module type / tensor role, FSDP units by class, input layouts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
+from perceiver.training.tasks import ClassificationTask, PerceiverTask, convert_layout
+
+TINY_VISION = dict(
+    image_size=8,
+    out_channels=8,
+    trainable_pos_channels=8,
+    project_pos_dim=8,
+    num_latents=4,
+    latent_dim=16,
+    num_blocks=1,
+    num_self_attends_per_block=1,
+    latent_heads=2,
+)
+
+
+def decay_of(task: PerceiverTask) -> dict[str, float]:
+    """`{parameter name: weight decay}` of the optimizer `configure_optimizers` builds (outside a trainer)."""
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what configure_optimizers reads of the trainer
+    try:
+        optimizer = task.configure_optimizers()["optimizer"]
+    finally:
+        task._trainer = None
+    by_id = {id(p): name for name, p in task.named_parameters()}
+    decays = {by_id[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(decays) == len(by_id), "every trainable parameter is in exactly one group"
+    return decays
+
+
+def test_weight_decay_by_module_type_not_name():
+    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    decay = decay_of(task)
+    # a Linear weight whose name contains "position": decayed (the name-substring rule exempted it)
+    assert decay["model.input_adapter.positions_projection.weight"] == 0.05
+    assert decay["model.encoder.cross_attends.0.attention.q_proj.weight"] == 0.05
+    assert decay["model.decoder.final_layer.weight"] == 0.05
+    assert decay["model.input_adapter.convnet_1x1.weight"] == 0.05  # conv weights too
+    # free parameters (latents, learned positions, queries), norms and biases: no decay
+    for name in (
+        "model.encoder.latents",
+        "model.input_adapter.trainable.position_embeddings",
+        "model.query_builder.encoding.position_embeddings",
+        "model.encoder.cross_attends.0.q_norm.weight",
+        "model.encoder.latent_blocks.0.0.mlp_norm.bias",
+        "model.input_adapter.positions_projection.bias",
+        "model.decoder.final_layer.bias",
+    ):
+        assert decay[name] == 0.0, name
+
+
+class Gate(nn.Module):
+    """A module whose weight matrix is named like a norm; it is a Linear, so it is decayed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_mixer = nn.Linear(4, 4)
+        self.embedding_scale = nn.Parameter(torch.ones(4, 4))  # a free parameter: not decayed
+        self.table = nn.Embedding(10, 4)  # embeddings: not decayed
+
+
+def test_weight_decay_ignores_misleading_names(monkeypatch):
+    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    task.model.extra = Gate()
+    decay = decay_of(task)
+    assert decay["model.extra.norm_mixer.weight"] == 0.05
+    assert decay["model.extra.norm_mixer.bias"] == 0.0
+    assert decay["model.extra.embedding_scale"] == 0.0
+    assert decay["model.extra.table.weight"] == 0.0
+
+
+def test_no_weight_decay_on_token_embeddings():
+    """The text models' token embeddings (`nn.Embedding`) are not decayed, their projections are."""
+    task = ClassificationTask(
+        model="text-classifier",
+        model_kwargs=dict(
+            max_seq_len=16,
+            d_model=16,
+            num_latents=4,
+            latent_dim=16,
+            num_self_attends_per_block=1,
+            cross_heads=1,
+            latent_heads=1,
+            cross_qk_channels=16,
+            cross_v_channels=16,
+            latent_qk_channels=16,
+            latent_v_channels=16,
+        ),
+    )
+    decay = decay_of(task)
+    embeddings = [n for n, m in task.named_modules() if isinstance(m, nn.Embedding)]
+    linears = [n for n, m in task.named_modules() if isinstance(m, nn.Linear)]
+    assert embeddings and all(decay[f"{n}.weight"] == 0.0 for n in embeddings)
+    assert linears and all(decay[f"{n}.weight"] == 0.05 for n in linears)
+
+
+# ---------------------------------------------------------------------------------------------------- FSDP units
+class RenamedCross(CrossAttentionLayer):
+    """A subclass under another name: still an attention layer, so its own FSDP unit."""
+
+
+class SelfAttentionLayerLookalike(nn.Module):
+    """Named like an attention layer but not one: not an FSDP unit of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+
+def test_fsdp_units_are_chosen_by_class(monkeypatch):
+    import torch.distributed.fsdp as fsdp
+
+    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    task.model.renamed = RenamedCross(q_dim=16, kv_dim=16, num_heads=1)
+    task.model.lookalike = type("SelfAttentionLayer", (SelfAttentionLayerLookalike,), {})()
+    sharded: list[nn.Module] = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mesh: sharded.append(module))
+    task._device_mesh = SimpleNamespace(mesh_dim_names=None)
+    task.configure_model()
+    assert sharded[-1] is task.model  # the root last
+    units = sharded[:-1]
+    assert task.model.renamed in units
+    assert task.model.lookalike not in units
+    expected = [m for m in task.model.modules() if isinstance(m, (CrossAttentionLayer, SelfAttentionLayer))]
+    assert len(expected) == 4 and units == expected  # encoder cross, latent self, decoder cross, the subclass
+
+
+# ---------------------------------------------------------------------------------------------------- layouts
+def test_convert_layout_images_and_videos():
+    image = torch.randn(2, 5, 6, 3)
+    first = convert_layout(image, "channels_last", "channels_first")
+    assert first.shape == (2, 3, 5, 6) and torch.equal(first[:, 1], image[..., 1])
+    assert torch.equal(convert_layout(first, "channels_first", "channels_last"), image)
+    video = torch.randn(2, 4, 5, 6, 3)
+    assert convert_layout(video, "channels_last", "channels_first").shape == (2, 4, 3, 5, 6)
+    points = torch.randn(2, 7, 3)
+    assert convert_layout(points, "channels_last", "channels_first") is points  # no spatial axes: unchanged
+    with pytest.raises(ValueError, match="expected an input layout"):
+        convert_layout(image, "channels_last", "nchw")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_classification_task_feeds_the_model_its_layout(layout):
+    """The task permutes `(B, H, W, C)` batches for models with `input_layout = "channels_first"` (the Perceiver IO
+    image classifiers declare it; this test sets it on the instance to cover both layouts either way)."""
+    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    seen = []
+    model_forward = task.model.forward
+
+    def forward(inputs, *args, **kwargs):
+        seen.append(tuple(inputs.shape))
+        if layout == "channels_last":  # a channels-last model: feed the model what it takes after recording
+            inputs = inputs.permute(0, 3, 1, 2)
+        return model_forward(inputs, *args, **kwargs)
+
+    task.model.input_layout = layout
+    task.model.forward = forward
+    batch = {"inputs": torch.rand(2, 8, 8, 3), "labels": torch.tensor([0, 2])}
+    logits = task(batch)
+    assert logits.shape == (2, 3)
+    assert seen == [(2, 3, 8, 8) if layout == "channels_first" else (2, 8, 8, 3)]
