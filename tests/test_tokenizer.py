@@ -265,3 +265,17 @@ def test_errors(tok):
         tok("abc", "d", max_length=2, truncation=True)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([300])
+
+
+def test_one_byte_encoding_for_tokenizer_datasets_and_generate():
+    """The tokenizer, the datasets and `perceiver generate` share `perceiver.tokenizer.encode_bytes`: the same ids."""
+    import perceiver.data.text as data_text
+    import perceiver.training.generate as generate
+    from perceiver import tokenizer
+
+    text = "Perceiver: ∑ bytes, é"
+    ids = tokenizer.encode_bytes(text)
+    assert ids == data_text.encode_bytes(text).tolist() == ByteTokenizer(split_special_tokens=True).tokenize(text)
+    assert generate.encode_bytes is tokenizer.encode_bytes and generate.decode_bytes is tokenizer.decode_bytes
+    assert tokenizer.decode_bytes([0, *ids, 5]) == data_text.decode_bytes([0, *ids, 5]) == text
+    assert data_text.NUM_SPECIAL_TOKENS is tokenizer.NUM_SPECIAL_TOKENS and data_text.VOCAB_SIZE == 262

@@ -27,6 +27,21 @@ PAD, BOS, EOS, MASK, CLS, SEP = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, MASK, CLS, SEP)
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 NUM_BYTES = 256
+PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(NUM_SPECIAL_TOKENS)
+VOCAB_SIZE = NUM_SPECIAL_TOKENS + NUM_BYTES
+
+
+def encode_bytes(text: str) -> list[int]:
+    """The byte ids of `text`: its UTF-8 bytes + 6, no special tokens (the one byte encoding of the library: the
+    tokenizer, the datasets and `perceiver generate` use it)."""
+    return [b + NUM_SPECIAL_TOKENS for b in text.encode("utf-8")]
+
+
+def decode_bytes(ids: Iterable[int]) -> str:
+    """Inverse of `encode_bytes`: special ids (< 6) and ids outside the vocabulary are dropped, invalid UTF-8 is
+    replaced."""
+    return bytes(i - NUM_SPECIAL_TOKENS for i in ids if NUM_SPECIAL_TOKENS <= i < VOCAB_SIZE).decode("utf-8", "replace")
+
 
 _SPECIAL_TO_ID = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
@@ -113,13 +128,13 @@ class ByteTokenizer:
         if not isinstance(text, str):
             raise ValueError(f"expected text as a str, got {type(text).__name__}")
         if self.split_special_tokens:
-            return [b + NUM_SPECIAL_TOKENS for b in text.encode("utf-8")]
+            return encode_bytes(text)
         ids: list[int] = []
         for i, piece in enumerate(_SPECIAL_RE.split(text)):
             if i % 2:  # odd pieces are the captured special tokens
                 ids.append(_SPECIAL_TO_ID[piece])
             elif piece:
-                ids.extend(b + NUM_SPECIAL_TOKENS for b in piece.encode("utf-8"))
+                ids.extend(encode_bytes(piece))
         return ids
 
     def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:

@@ -1,10 +1,10 @@
 """Text classification from local JSONL / CSV files (through HF `datasets`), byte-tokenised for Perceiver IO.
 
-Byte tokenisation (`encode_bytes`): the UTF-8 bytes of the text + 6, after six special ids
-`PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5`, i.e. 262 ids, id-for-id the ids of transformers' `PerceiverTokenizer`
-and of `perceiver.tokenizer.ByteTokenizer` for plain text. A sequence is `[CLS] bytes [SEP]`, truncated to
-`max_seq_len` ids. It is implemented here (a few lines) so the data layer does not depend on the tokenizer module;
-unlike the tokenizer, literal strings such as "[MASK]" inside a text stay plain bytes.
+Byte tokenisation (`encode_bytes`, `perceiver.tokenizer`'s one byte encoding as an int64 array): the UTF-8 bytes of
+the text + 6, after six special ids `PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5`, i.e. 262 ids, id-for-id the ids of
+transformers' `PerceiverTokenizer` and of `perceiver.tokenizer.ByteTokenizer` for plain text. A sequence is
+`[CLS] bytes [SEP]`, truncated to `max_seq_len` ids; unlike the tokenizer, literal strings such as "[MASK]" inside a
+text stay plain bytes.
 
 `TextClassificationDataModule` reads files with `datasets.load_dataset("json" | "csv", data_files=...)`
 (`.jsonl` / `.json` -> json, `.csv` -> csv, `.tsv` -> csv with tab delimiter). Local files need no network.
@@ -32,15 +32,24 @@ import torch
 
 from perceiver.data._common import BaseDataModule, KeyedDataset, require_file, stratified_split
 
-PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
-NUM_SPECIAL_TOKENS = 6
-VOCAB_SIZE = NUM_SPECIAL_TOKENS + 256
+# the byte vocabulary, defined once in perceiver.tokenizer (re-exported for the datasets)
+from perceiver.tokenizer import BOS_ID as BOS_ID
+from perceiver.tokenizer import CLS_ID as CLS_ID
+from perceiver.tokenizer import EOS_ID as EOS_ID
+from perceiver.tokenizer import MASK_ID as MASK_ID
+from perceiver.tokenizer import NUM_SPECIAL_TOKENS as NUM_SPECIAL_TOKENS
+from perceiver.tokenizer import PAD_ID as PAD_ID
+from perceiver.tokenizer import SEP_ID as SEP_ID
+from perceiver.tokenizer import VOCAB_SIZE as VOCAB_SIZE
+from perceiver.tokenizer import decode_bytes as _decode_bytes
+from perceiver.tokenizer import encode_bytes as _encode_bytes
+
 SPLIT_SEED = 0
 
 
 def encode_bytes(text: str) -> np.ndarray:
-    """UTF-8 bytes of `text` + 6 as int64 `(n,)` (no special tokens)."""
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + NUM_SPECIAL_TOKENS
+    """`perceiver.tokenizer.encode_bytes` as int64 `(n,)`: UTF-8 bytes of `text` + 6 (no special tokens)."""
+    return np.asarray(_encode_bytes(text), dtype=np.int64)
 
 
 def encode_sequence(text: str, max_seq_len: int) -> np.ndarray:
@@ -50,9 +59,9 @@ def encode_sequence(text: str, max_seq_len: int) -> np.ndarray:
 
 
 def decode_bytes(ids: Any) -> str:
-    """Inverse of `encode_bytes`, skipping special ids; invalid UTF-8 is replaced."""
-    arr = np.asarray(ids, dtype=np.int64)
-    return (arr[arr >= NUM_SPECIAL_TOKENS] - NUM_SPECIAL_TOKENS).astype(np.uint8).tobytes().decode("utf-8", "replace")
+    """Inverse of `encode_bytes` (`perceiver.tokenizer.decode_bytes`), skipping special ids; invalid UTF-8 is
+    replaced."""
+    return _decode_bytes(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
 
 
 def pad_sequences(seqs: list[torch.Tensor], value: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:

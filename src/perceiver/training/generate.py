@@ -11,14 +11,7 @@ import argparse
 
 import torch
 
-from perceiver.data.text import NUM_SPECIAL_TOKENS, encode_bytes
-
-
-def decode_bytes(ids: list[int]) -> str:
-    """Byte ids (+6) back to text; special ids (< 6) are dropped, invalid UTF-8 is replaced."""
-    return bytes(i - NUM_SPECIAL_TOKENS for i in ids if NUM_SPECIAL_TOKENS <= i < NUM_SPECIAL_TOKENS + 256).decode(
-        "utf-8", errors="replace"
-    )
+from perceiver.tokenizer import decode_bytes, encode_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +34,7 @@ def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace)
     if not prompt:
         raise ValueError("expected a non-empty --prompt, got ''")
     window = model.config.max_seq_len
-    ids = torch.from_numpy(encode_bytes(prompt)[-window:]).unsqueeze(0)
+    ids = torch.tensor(encode_bytes(prompt)[-window:], dtype=torch.long).unsqueeze(0)
     out = model.generate(
         ids,
         args.max_new_tokens,
