@@ -162,3 +162,30 @@ def test_predict_refuses_class_names_that_do_not_fit_the_head(pretrained_3, tmp_
     )
     with pytest.raises(ValueError, match=r"predicts 3 classes but its task.json names 2 \(\['cat', 'dog'\]\)"):
         main(["predict", str(pretrained_3), str(folder / "cat" / "0.png")])
+
+
+@head_contract
+def test_fine_tune_a_transformers_checkpoint_with_a_new_head(tmp_path, capsys):
+    """The documented command for deepmind/vision-perceiver-fourier, on a tiny transformers checkpoint of the same
+    architecture saved locally (7 labels): `reset_head` gives it a 2-class head, the rest is converted weights."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.PerceiverConfig(
+        num_latents=8,
+        d_latents=32,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=1,
+        num_cross_attention_heads=1,
+        image_size=16,
+        num_labels=7,
+    )
+    torch.manual_seed(0)
+    transformers.PerceiverForImageClassificationFourier(config).save_pretrained(tmp_path / "hf-fourier")
+    run = tmp_path / "run"
+    args = example_args("imagefolder-perceiver-io", run, tmp_path, f"--model.pretrained={tmp_path / 'hf-fourier'}")
+    with pytest.raises(SystemExit, match="has a 7-class head but the datamodule"):
+        main(["fit", *args, "--model.model_kwargs=null"])
+    main(["fit", *args, "--model.model_kwargs=null", "--model.reset_head=true", "--overwrite=true"])
+    tuned = perceiver.from_pretrained(run / "model")
+    assert num_classes_of(tuned) == 2 and type(tuned).input_layout == "channels_first"
+    assert json.loads((run / "model" / "task.json").read_text())["num_classes"] == 2
