@@ -113,7 +113,7 @@ def test_masked_lm_parity(name, tmp_path):
 def test_sequence_classification_parity(name, tmp_path):
     theirs = random_hf(transformers.PerceiverForSequenceClassification, hf_config(**CONFIGS[name]))
     ours = perceiver.from_pretrained(save(theirs, tmp_path))
-    assert isinstance(ours, PerceiverForSequenceClassification) and ours.config.num_labels == 3
+    assert isinstance(ours, PerceiverForSequenceClassification) and ours.config.num_classes == ours.num_classes == 3
     ids, mask = padded_batch(lengths=(MAX_LEN, 7, 1))
     with torch.no_grad():
         expected = theirs(inputs=ids, attention_mask=mask).logits
@@ -217,7 +217,11 @@ def test_unsupported_activation_is_rejected(tmp_path):
 
 def test_converter_options(tmp_path):
     save(random_hf(transformers.PerceiverForSequenceClassification, hf_config()), tmp_path)
-    assert perceiver.from_pretrained(tmp_path).config.attn_dropout == 0.1  # as the checkpoint says
-    assert perceiver.from_pretrained(tmp_path, attn_dropout=0.0).config.attn_dropout == 0.0
-    with pytest.raises(ValueError, match=r"unknown keys for PerceiverTextClassifierConfig: \['nope'\]"):
+    config = perceiver.from_pretrained(tmp_path).config
+    assert config.encoder.attn_dropout == config.decoder.attn_dropout == 0.1  # as the checkpoint says
+    config = perceiver.from_pretrained(tmp_path, attn_dropout=0.0).config  # a flat key: encoder and decoder
+    assert config.encoder.attn_dropout == config.decoder.attn_dropout == 0.0
+    config = perceiver.from_pretrained(tmp_path, **{"decoder.attn_dropout": 0.0}, decoder_widening_factor=1).config
+    assert (config.encoder.attn_dropout, config.decoder.attn_dropout) == (0.1, 0.0)  # dotted and legacy keys
+    with pytest.raises(ValueError, match=r"unknown keys \['nope'\] for PerceiverTextClassifierConfig"):
         perceiver.from_pretrained(tmp_path, nope=1)

@@ -1,10 +1,13 @@
 """Text Perceiver IO models: shapes, masks, chunked / subset decoding, tied output, save/load, presets, bad input."""
 
+import json
+
 import pytest
 import torch
 
 import perceiver
-from perceiver.adapters.text import TextAdapter, TiedEmbeddingOutput
+from perceiver.adapters.text import TextAdapter, TextAdapterConfig, TiedEmbeddingOutput
+from perceiver.core.model import Features, ModelOutput
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
 
 TINY = dict(
@@ -53,14 +56,15 @@ def test_published_preset_sizes():
     c = perceiver.create_model  # build on meta: the sizes without allocating 800 MB
     with torch.device("meta"):
         model = c("language-perceiver")
-    cfg = model.config
-    assert (cfg.d_model, cfg.num_latents, cfg.latent_dim, cfg.num_self_attends_per_block) == (768, 256, 1280, 26)
-    assert (cfg.vocab_size, cfg.max_seq_len, cfg.latent_heads, cfg.cross_heads) == (
-        262,
-        2048,
-        8,
-        8,
+    adapter, enc = model.config.adapter, model.config.encoder
+    assert (adapter.num_channels, enc.num_latents, enc.latent_dim, enc.num_self_attends_per_block) == (
+        768,
+        256,
+        1280,
+        26,
     )
+    assert (adapter.vocab_size, adapter.max_seq_len, enc.latent_heads, enc.cross_heads) == (262, 2048, 8, 8)
+    assert (model.config.vocab_size, model.config.max_seq_len) == (262, 2048)  # read-only views of the adapter's
     assert model.decoder.cross_attention.attention.qk_channels == 256
     assert model.encoder.latent_blocks[0][0].attention.v_channels == 1280
 
@@ -230,11 +234,13 @@ def test_bad_call_raises(mlm):
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="max_seq_len must be a positive integer, got 0"):
         perceiver.create_model("language-perceiver", **dict(MLM_TINY, max_seq_len=0))
-    with pytest.raises(ValueError, match="num_labels must be a positive integer"):
-        perceiver.create_model("text-classifier", num_labels=0, **TINY)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 0 .* got -1"):
+        perceiver.create_model("text-classifier", num_labels=-1, **TINY)
+    with pytest.raises(ValueError, match="decoder_heads must be a positive integer, got 0"):
+        perceiver.create_model("language-perceiver", decoder_heads=0, **TINY)
     with pytest.raises(ValueError, match="attn_dropout must be in"):
         perceiver.create_model("text-classifier", attn_dropout=1.5, **TINY)
-    with pytest.raises(ValueError, match=r"unknown keys for PerceiverTextClassifierConfig: \['not_a_field'\]"):
+    with pytest.raises(ValueError, match=r"unknown keys \['not_a_field'\] for PerceiverTextClassifierConfig"):
         perceiver.create_model("text-classifier", not_a_field=1)
 
 
@@ -248,3 +254,129 @@ def test_text_adapter_standalone():
     )
     assert out.mask.tolist() == [[True] * 3, [True, True, False]]
     assert adapter(ids).mask is None
+
+
+# ---- the model contract (issue 13): one output type, head API, nested configs, flat files of the previous release ----
+
+
+def test_outputs_are_model_outputs_with_loss_from_compute_loss(mlm, classifier):
+    import perceiver.models.text as text
+
+    assert not hasattr(text, "TextModelOutput")
+    ids, mask = ids_and_mask()
+    labels = torch.where(mask, ids, -100)
+    with torch.no_grad():
+        out = mlm(ids, mask, labels=labels)
+        features = mlm.forward_features(ids, mask)
+        head = mlm.forward_head(features)
+    assert type(out) is ModelOutput and type(head) is ModelOutput and isinstance(features, Features)
+    torch.testing.assert_close(head.logits, out.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, mlm.compute_loss(out.logits, labels))
+    out = classifier(ids, mask, labels=torch.tensor([0, 4, 2]))
+    assert type(out) is ModelOutput and out.loss.ndim == 0
+
+
+def test_head_api(mlm, classifier):
+    assert mlm.num_classes == 262  # the logits' last axis: the vocabulary
+    for call in (mlm.get_classifier, lambda: mlm.reset_classifier(3)):
+        with pytest.raises(NotImplementedError, match=r"PerceiverForMaskedLM has no class head.*vocabulary"):
+            call()
+    assert classifier.num_classes == classifier.config.num_classes == 5
+    assert classifier.get_classifier() is classifier.decoder.final_layer
+    ids, mask = ids_and_mask()
+    classifier.reset_classifier(7)
+    assert classifier.config.num_classes == 7 and classifier(ids, mask).logits.shape == (3, 7)
+    classifier.reset_classifier(0)  # no classifier: the pre-logits features (the decoded query, latent_dim wide)
+    assert classifier(ids, mask).logits.shape == (3, 8) and classifier.num_classes == 0
+
+
+def test_nested_config_and_flat_or_dotted_preset_keywords(tmp_path):
+    model = perceiver.create_model("language-perceiver", **MLM_TINY)
+    c = model.config
+    assert isinstance(c.adapter, TextAdapterConfig) and c.adapter.build().num_channels == 16
+    assert (c.adapter.max_seq_len, c.adapter.num_channels, c.encoder.num_latents, c.decoder.qk_channels) == (
+        12,
+        16,
+        4,
+        16,
+    )
+    assert c.encoder.input_dim is None and model.encoder.config.input_dim == 16  # the adapter gives the input width
+    assert model.decoder.config.v_channels == 16  # v_channels None: as wide as the queries (d_model), as DeepMind's
+    dotted = {k: v for k, v in MLM_TINY.items() if k not in ("d_model", "max_seq_len", "decoder_qk_channels")}
+    dotted |= {"adapter.num_channels": 16, "adapter.max_seq_len": 12, "decoder.qk_channels": 16}
+    assert perceiver.create_model("language-perceiver", **dotted).config == c
+    saved = json.loads((model.save_pretrained(tmp_path / "m") / "config.json").read_text())
+    assert saved["format_version"] == 2 and set(saved) == {
+        "model_type",
+        "format_version",
+        "adapter",
+        "encoder",
+        "decoder",
+        "decode_all_positions",
+    }
+    assert saved["adapter"] == {"vocab_size": 262, "max_seq_len": 12, "num_channels": 16, "init_scale": 0.02}
+    with pytest.raises(ValueError, match="num_channels must be a positive integer, got 0"):
+        TextAdapterConfig(num_channels=0)
+
+
+#: every field of the flat text configs of the release before nested part configs (format 1), with its default
+OLD_FLAT = dict(
+    num_latents=256, latent_dim=1280, num_blocks=1, num_self_attends_per_block=26, cross_heads=8, latent_heads=8,
+    cross_attention_shape="kv", cross_qk_channels=256, cross_v_channels=1280, latent_qk_channels=256,
+    latent_v_channels=1280, cross_widening_factor=1, latent_widening_factor=1, use_query_residual=True,
+    attn_dropout=0.0, ff_dropout=0.0, decoder_v_channels=None, decoder_widening_factor=1, vocab_size=262,
+    max_seq_len=2048, d_model=768,
+)  # fmt: skip
+OLD_MLM = OLD_FLAT | dict(decoder_heads=8, decoder_qk_channels=256, decoder_use_query_residual=False)
+OLD_MLM |= dict(decode_all_positions=False)
+OLD_CLASSIFIER = OLD_FLAT | dict(decoder_heads=1, decoder_qk_channels=None, decoder_use_query_residual=True)
+OLD_CLASSIFIER |= dict(num_labels=2)
+
+
+@pytest.mark.parametrize(
+    ("preset", "model_type", "old", "fields"),
+    [
+        (
+            "language-perceiver",
+            "perceiver-masked-lm",
+            OLD_MLM,
+            dict(
+                MLM_TINY,
+                cross_attention_shape="q",
+                decoder_v_channels=8,
+                decoder_widening_factor=2,
+                use_query_residual=False,
+                attn_dropout=0.1,
+                decode_all_positions=True,
+            ),
+        ),  # fmt: skip
+        (
+            "text-classifier",
+            "perceiver-text-classifier",
+            OLD_CLASSIFIER,
+            dict(TINY, num_labels=4, decoder_qk_channels=12, decoder_heads=2, ff_dropout=0.1),
+        ),
+    ],
+)
+def test_format1_config_of_the_previous_release_loads(preset, model_type, old, fields, tmp_path):
+    """A flat config.json as the previous release wrote it (every field, no format_version) next to weights of the
+    current model: it loads into the nested config the same flat keywords give, with the same outputs."""
+    model = perceiver.create_model(preset, **fields).eval()
+    folder = model.save_pretrained(tmp_path / preset)
+    flat = {"model_type": model_type, **old, **fields}
+    assert set(flat) == set(old) | {"model_type"}  # only the old release's fields
+    (folder / "config.json").write_text(json.dumps(flat))
+    loaded = perceiver.from_pretrained(folder)
+    assert loaded.config == model.config
+    c = loaded.config
+    if preset == "language-perceiver":
+        assert (c.encoder.cross_attention_shape, c.decoder.cross_attention_shape) == ("q", "q")
+        assert (c.decoder.v_channels, c.decoder.widening_factor, c.encoder.use_query_residual) == (8, 2, False)
+        assert c.encoder.attn_dropout == c.decoder.attn_dropout == 0.1 and c.decode_all_positions
+    else:
+        assert (loaded.num_classes, c.decoder.qk_channels, c.decoder.num_heads, c.decoder.ff_dropout) == (4, 12, 2, 0.1)
+    ids, mask = ids_and_mask()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
+    again = perceiver.from_pretrained(loaded.save_pretrained(tmp_path / "again"))  # written as format 2
+    assert again.config == model.config

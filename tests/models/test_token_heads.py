@@ -1,10 +1,12 @@
 """Token classification and question answering on the language Perceiver's encoder."""
 
+import json
+
 import pytest
 import torch
 
 import perceiver
-from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig
+from perceiver.core.model import ModelOutput
 from perceiver.models.token_heads import PerceiverForQuestionAnswering, PerceiverForTokenClassification
 
 TINY = dict(
@@ -87,13 +89,13 @@ def test_question_answering_logits_and_loss():
     ce = torch.nn.functional.cross_entropy
     expected = (ce(out.start_logits, torch.tensor([1, 2])) + ce(out.end_logits[1:], torch.tensor([6]))) / 2
     assert torch.allclose(out2.loss, expected)
-    with pytest.raises(ValueError, match="num_labels=2"):
+    with pytest.raises(ValueError, match="num_classes=2"):
         perceiver.create_model("question-answering", **TINY, num_labels=3)
 
 
 @pytest.mark.parametrize("form", ["model", "folder", "ckpt"])
 def test_from_masked_lm_copies_the_encoder(form, tmp_path):
-    mlm = PerceiverForMaskedLM(PerceiverMaskedLMConfig(**TINY)).eval()
+    mlm = perceiver.create_model("language-perceiver", **TINY).eval()
     if form == "model":
         source = mlm
     elif form == "folder":
@@ -106,7 +108,8 @@ def test_from_masked_lm_copies_the_encoder(form, tmp_path):
         )
     model, report = PerceiverForTokenClassification.from_masked_lm(source, num_labels=5, decoder_self_attends=1,
                                                                    decoder_self_attend_heads=2)  # fmt: skip
-    assert model.config.num_labels == 5 and model.config.d_model == 32
+    assert model.num_classes == model.config.num_classes == 5 and model.config.adapter.num_channels == 32
+    assert (model.config.encoder, model.config.decoder) == (mlm.config.encoder, mlm.config.decoder)
     assert report["new"] and all(k.startswith("head.") for k in report["new"])
     assert "head.classifier.weight" in report["new"] and "head.self_attends.0.attention.q_proj.weight" in report["new"]
     assert report["unused"] == ["output_adapter.bias", "output_adapter.embedding.weight"]
@@ -114,11 +117,13 @@ def test_from_masked_lm_copies_the_encoder(form, tmp_path):
     for key in ("encoder.latents", "input_adapter.token_embedding.weight", "decoder.cross_attention.q_norm.weight"):
         assert torch.equal(ours[key], theirs[key])
     ids, mask = batch()
-    with torch.no_grad():  # the decoded features are the masked LM's decoder outputs
-        decoded = model.forward_features(ids, mask)[0]
-        adapted, latents, _ = mlm.forward_features(ids, mask)
-        expected = mlm.decoder(mlm.query_builder(adapted, slice(0, 10)), latents)[0]
-        assert torch.allclose(decoded, expected, atol=1e-6)
+    with torch.no_grad():  # the latents and the decoded bytes are the masked LM's
+        features, expected = model.forward_features(ids, mask), mlm.forward_features(ids, mask)
+        assert torch.allclose(features.latents, expected.latents, atol=1e-6)
+        decoded = model.decoder(model.query_builder(features.adapted, slice(0, 10)), features.latents)[0]
+        mlm.output_adapter, tied = None, mlm.output_adapter  # the MLM's decoder outputs before the tied embedding
+        assert torch.allclose(decoded, mlm.forward_head(expected).logits, atol=1e-6)
+        mlm.output_adapter = tied
     qa, report = PerceiverForQuestionAnswering.from_masked_lm(source)
     assert isinstance(qa, PerceiverForQuestionAnswering) and "head.classifier.weight" in report["new"]
 
@@ -154,7 +159,7 @@ def test_decoder_query_inputs_adds_the_input_tokens_to_the_queries():
         changed = model.query_builder(model.input_adapter(other, mask), slice(0, 10))
         assert (changed[:, 4] - queries[:, 4]).abs().max() > 1e-3  # a query knows its own byte
         assert torch.allclose(changed[:, 5], queries[:, 5])
-    mlm = PerceiverForMaskedLM(PerceiverMaskedLMConfig(**TINY))
+    mlm = perceiver.create_model("language-perceiver", **TINY)
     _, report = PerceiverForTokenClassification.from_masked_lm(mlm, decoder_query_inputs=True)
     assert all(k.startswith(("head.", "query_builder.norm.")) for k in report["new"])
     assert "query_builder.norm.weight" in report["new"]
@@ -177,3 +182,55 @@ def test_head_convolution_is_local_and_ignores_padding():
         assert torch.allclose(head(z, mask)[1, :7], base[1, :7], atol=1e-6)
     with pytest.raises(ValueError, match="head_conv_kernel"):
         perceiver.create_model("token-classifier", **TINY, head_conv_kernel=4)
+
+
+def test_outputs_and_head_contract():
+    model = perceiver.create_model("token-classifier", **TINY, num_labels=3, decoder_self_attends=1,
+                                   decoder_self_attend_heads=2, head_conv_kernel=3).eval()  # fmt: skip
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model(ids, mask)
+        features = model.forward_features(ids, mask)
+        torch.testing.assert_close(model.forward_head(features).logits, out.logits, rtol=0, atol=0)
+        # the decoder runs in query chunks, the head (which mixes positions) once over all of them
+        torch.testing.assert_close(model(ids, mask, query_chunk_size=3).logits, out.logits, rtol=0, atol=1e-6)
+    assert type(out) is ModelOutput and out.loss is None
+    model.reset_classifier(0)  # the pre-logits features (after the head's norm)
+    assert model.num_classes == 0 and model(ids, mask).logits.shape == (2, 10, 32)
+    qa = perceiver.create_model("question-answering", **TINY).eval()
+    out = qa(ids, mask)
+    assert isinstance(out, ModelOutput) and out.logits.shape == (2, 10, 2)
+    assert torch.equal(out.start_logits, out.logits[..., 0]) and torch.equal(out.end_logits, out.logits[..., 1])
+    assert qa.num_classes == 2 and qa.get_classifier() is qa.head.classifier
+    with pytest.raises(NotImplementedError, match="fixed head of 2 outputs"):
+        qa.reset_classifier(3)
+
+
+#: the flat config the previous release wrote for a token classifier (format 1: every field, no format_version)
+OLD_TOKEN = dict(
+    num_latents=256, latent_dim=1280, num_blocks=1, num_self_attends_per_block=26, cross_heads=8, latent_heads=8,
+    cross_attention_shape="kv", cross_qk_channels=256, cross_v_channels=1280, latent_qk_channels=256,
+    latent_v_channels=1280, cross_widening_factor=1, latent_widening_factor=1, use_query_residual=True,
+    attn_dropout=0.0, ff_dropout=0.0, decoder_heads=8, decoder_qk_channels=256, decoder_v_channels=None,
+    decoder_widening_factor=1, decoder_use_query_residual=False, vocab_size=262, max_seq_len=2048, d_model=768,
+    decode_all_positions=False, num_labels=2, decoder_self_attends=0, decoder_self_attend_heads=8,
+    classifier_dropout=0.0, decoder_query_inputs=False, head_conv_kernel=0,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", ["perceiver-token-classifier", "perceiver-question-answering"])
+def test_format1_config_of_the_previous_release_loads(model_type, tmp_path):
+    qa = model_type == "perceiver-question-answering"
+    head = {} if qa else dict(num_labels=4, decoder_self_attends=1, decoder_self_attend_heads=2, head_conv_kernel=3)
+    fields = dict(TINY, decoder_query_inputs=True, decoder_use_query_residual=True, **head)
+    model = perceiver.create_model("question-answering" if qa else "token-classifier", **fields).eval()
+    folder = model.save_pretrained(tmp_path / "tok")
+    flat = {"model_type": model_type, **OLD_TOKEN, **fields}
+    assert set(flat) == set(OLD_TOKEN) | {"model_type"}
+    (folder / "config.json").write_text(json.dumps(flat))
+    loaded = perceiver.from_pretrained(folder)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert loaded.num_classes == (2 if qa else 4) and loaded.config.decoder.use_query_residual
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask).logits, model(ids, mask).logits)

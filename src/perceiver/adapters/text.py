@@ -10,10 +10,14 @@ adapter also takes the 0/1 integer or float masks tokenizers produce and convert
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import TrainablePositionEncoding
@@ -97,6 +101,26 @@ class TextAdapter(InputAdapter):
         embedded = self.token_embedding(input_ids)  # (B, L, C)
         tokens = embedded + self.position_encoding(input_ids.shape[1])
         return AdaptedInputs(tokens=tokens, mask=mask, without_pos=embedded)
+
+
+@dataclass
+class TextAdapterConfig(PartConfig):
+    """`TextAdapter`'s keywords; defaults: DeepMind's language Perceiver (262 ids, 2048 positions, 768 channels).
+
+    `num_channels` is the embedding width (`d_model` in the flat keywords and transformers' config)."""
+
+    part_class: ClassVar[type] = TextAdapter
+
+    vocab_size: int = 262
+    max_seq_len: int = 2048
+    num_channels: int = 768
+    init_scale: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "num_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class TiedEmbeddingOutput(OutputAdapter):

@@ -3,7 +3,12 @@
     input_ids (B, L) --TextAdapter--> (B, L, d_model) --PerceiverEncoder--> latents (B, N, latent_dim)
     masked LM:      learned position queries (L of max_seq_len, d_model) --decoder--> (B, L, d_model)
                     --tied embedding--> logits (B, L, vocab_size)
-    classification: one learned query (1, latent_dim) --decoder + Linear--> logits (B, num_labels)
+    classification: one learned query (1, latent_dim) --decoder + Linear--> logits (B, num_classes)
+
+Configs compose part configs: `PerceiverMaskedLMConfig(adapter=TextAdapterConfig(...), encoder=EncoderConfig(...),
+decoder=DecoderConfig(...))` and `PerceiverTextClassifierConfig(adapter, encoder, decoder, num_classes)`. Presets take
+the flat keywords of earlier releases too (`create_model("language-perceiver", d_model=128, decoder_heads=4)`: see
+`TEXT_LEGACY_KEYS` and `perceiver.hub.apply_overrides`).
 
 Presets: `language-perceiver` (DeepMind's published MLM: d_model 768, 256 latents x 1280, 26 self-attends, 8 heads,
 qk 256 / v 1280, 2048 bytes, 262 ids) and `text-classifier` (the same encoder under transformers'
@@ -13,89 +18,124 @@ always decodes all `max_seq_len` queries, which `decode_all_positions=True` repr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver.adapters.outputs import ClassificationOutput
-from perceiver.adapters.text import TextAdapter, TiedEmbeddingOutput
+from perceiver.adapters.text import TextAdapter, TextAdapterConfig, TiedEmbeddingOutput
 from perceiver.checks import check_int_input
-from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
-from perceiver.core.encoder import PerceiverEncoder
-from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.hub import config_from_dict
-from perceiver.models._io_config import PerceiverIOConfig
-from perceiver.models.registry import register_model, register_model_type
+from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.io import PerceiverIO
+from perceiver.core.model import ModelOutput
+from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
+from perceiver.models.registry import build_preset, register_model, register_model_type
+
+#: flat keys of format-1 files and earlier preset keywords whose field moved: the Perceiver IO ones and `d_model`
+TEXT_LEGACY_KEYS: dict[str, str | tuple[str, ...]] = IO_LEGACY_KEYS | {"d_model": "adapter.num_channels"}
 
 
-@dataclass
-class TextConfig(PerceiverIOConfig):
-    """Text adapter fields plus `PerceiverIOConfig`'s encoder / decoder fields, with DeepMind's language model values
-    as defaults (256 x 1280 latents, one block of 26 self-attends, 8 cross and 8 latent heads, qk 256 / v 1280).
+def language_encoder(**fields: Any) -> EncoderConfig:
+    """DeepMind's language Perceiver encoder: 256 x 1280 latents, one block of 26 self-attends, 8 cross and 8 latent
+    heads, qk 256 / v 1280 (input width from the adapter), with `fields` replaced."""
+    base: dict[str, Any] = dict(
+        num_latents=256,
+        latent_dim=1280,
+        num_blocks=1,
+        num_self_attends_per_block=26,
+        cross_heads=8,
+        latent_heads=8,
+        cross_qk_channels=256,
+        cross_v_channels=1280,
+        latent_qk_channels=256,
+        latent_v_channels=1280,
+    )
+    return imagenet_encoder(**(base | fields))
 
-    vocab_size: token ids (262 = 256 bytes + 6 special tokens); max_seq_len: learned input positions (and MLM
-    queries); d_model: token embedding channels, the encoder's input width.
-    """
 
-    num_latents: int = 256
-    latent_dim: int = 1280
-    num_blocks: int = 1
-    num_self_attends_per_block: int = 26
-    cross_heads: int = 8
-    latent_heads: int = 8
-    cross_qk_channels: int | None = 256
-    cross_v_channels: int | None = 1280
-    latent_qk_channels: int | None = 256
-    latent_v_channels: int | None = 1280
-    vocab_size: int = 262
-    max_seq_len: int = 2048
-    d_model: int = 768
+def masked_lm_decoder(**fields: Any) -> DecoderConfig:
+    """DeepMind's MLM decoder: 8 heads, qk 256, no query residual; `v_channels=None` means values as wide as the
+    queries (`d_model`) in the models that use it."""
+    base: dict[str, Any] = dict(num_heads=8, qk_channels=256, cross_attention_shape="kv", use_query_residual=False)
+    return DecoderConfig(**(base | fields))
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        positive = ("vocab_size", "max_seq_len", "d_model", "num_latents", "latent_dim", "num_blocks")
-        positive += ("cross_heads", "latent_heads", "decoder_heads", "cross_widening_factor", "latent_widening_factor")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+def check_text_parts(encoder: EncoderConfig, decoder: DecoderConfig) -> None:
+    """The positive sizes and dropout ranges of a text model's encoder and decoder (errors name the field)."""
+    names = ("num_latents", "latent_dim", "num_blocks", "cross_heads", "latent_heads")
+    positive = [(n, getattr(encoder, n)) for n in (*names, "cross_widening_factor", "latent_widening_factor")]
+    positive += [("decoder_heads", decoder.num_heads), ("decoder_widening_factor", decoder.widening_factor)]
+    for name, value in positive:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for part in (encoder, decoder):
         for name in ("attn_dropout", "ff_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+            if not 0.0 <= getattr(part, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(part, name)}")
+
+
+class _TextConfigViews:
+    """Read-only views of the adapter's sizes that code reading any text model's config uses."""
+
+    adapter: TextAdapterConfig
+
+    @property
+    def vocab_size(self) -> int:
+        return self.adapter.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.adapter.max_seq_len
 
 
 @dataclass
-class PerceiverMaskedLMConfig(TextConfig):
-    """`TextConfig` plus DeepMind's MLM decoder: `max_seq_len` learned queries of `d_model` channels, 8 heads, qk 256,
-    v `d_model` (`decoder_v_channels=None` means `d_model` here), no query residual, output tied to the input
-    embedding. `decode_all_positions=True` decodes all `max_seq_len` queries whatever the input length, as
-    transformers does (its first L rows are what the default returns)."""
+class PerceiverMaskedLMConfig(_TextConfigViews):
+    """`PerceiverForMaskedLM`: the text adapter, the encoder and DeepMind's MLM decoder (`max_seq_len` learned queries
+    of the adapter's width, 8 heads, qk 256, v = the query width when `v_channels` is None, no query residual, output
+    tied to the input embedding); the defaults are `language-perceiver`'s (the published sizes).
 
-    decoder_heads: int = 8
-    decoder_qk_channels: int | None = 256
-    decoder_use_query_residual: bool = False
+    `decode_all_positions=True` decodes all `max_seq_len` queries whatever the input length, as transformers does
+    (its first L rows are what the default returns)."""
+
+    adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=language_encoder)
+    decoder: DecoderConfig = field(default_factory=masked_lm_decoder)
     decode_all_positions: bool = False
 
-    def decoder_config(self, query_dim: int, output_dim: int | None) -> DecoderConfig:
-        config = super().decoder_config(query_dim, output_dim)
-        if self.decoder_v_channels is None:
-            config.v_channels = query_dim  # values as wide as the queries (d_model), as DeepMind's MLM decoder
-        return config
+    def __post_init__(self) -> None:
+        check_text_parts(self.encoder, self.decoder)
 
 
 @dataclass
-class PerceiverTextClassifierConfig(TextConfig):
-    """`TextConfig` plus transformers' classification decoder (`PerceiverIOConfig`'s decoder defaults): one learned
-    query of `latent_dim` channels, 1 head, query residual, final Linear to `num_labels`."""
+class PerceiverTextClassifierConfig(_TextConfigViews):
+    """`PerceiverForSequenceClassification`: the text adapter, the encoder, transformers' classification decoder (one
+    learned query of the latents' width, 1 head, query residual, a final Linear) and the class count (0: no
+    projection, the logits are the pre-logits features)."""
 
-    num_labels: int = 2
+    adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=language_encoder)
+    decoder: DecoderConfig = field(default_factory=classifier_decoder)
+    num_classes: int = 2
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 1:
-            raise ValueError(f"num_labels must be a positive integer, got {self.num_labels!r}")
+        check_text_parts(self.encoder, self.decoder)
+        check_num_classes(self.num_classes)
+
+
+def build_text_encoder(adapter: TextAdapter, encoder: EncoderConfig) -> PerceiverEncoder:
+    return PerceiverEncoder(encoder.for_inputs(adapter.num_channels))
+
+
+def per_byte_decoder(decoder: DecoderConfig, d_model: int, latent_dim: int) -> PerceiverDecoder:
+    """The MLM's decoder for queries of `d_model` channels: values as wide as the queries when `v_channels` is None
+    (DeepMind's MLM decoder), no final projection."""
+    config = decoder.for_parts(query_dim=d_model, latent_dim=latent_dim)
+    if config.v_channels is None:
+        config = replace(config, v_channels=d_model)
+    return PerceiverDecoder(config)
 
 
 def _pick_inputs(inputs: Tensor | None, input_ids: Tensor | None) -> Tensor:
@@ -104,42 +144,72 @@ def _pick_inputs(inputs: Tensor | None, input_ids: Tensor | None) -> Tensor:
     ids = inputs if inputs is not None else input_ids
     if ids is None:
         raise ValueError("expected token ids of shape (B, L) as `inputs` (or `input_ids`), got None")
-    ids = check_int_input(ids, "input_ids", "(B, L)")
-    if ids.ndim >= 1 and ids.shape[0] == 0:  # empty batches are an error in every model (docs/reliability.md)
-        raise ValueError(f"expected at least one token sequence (B >= 1) in input_ids (B, L), got {tuple(ids.shape)}")
     return ids
 
 
-@dataclass
-class TextModelOutput(PerceiverIOOutput):
-    """`PerceiverIOOutput` plus `loss` when `labels` were given."""
+class TextModel(PerceiverIO):
+    """Shared checks of the models on the text adapter: integer token ids `(B, L)` with `B >= 1`."""
 
-    loss: Tensor | None = None
+    legacy_keys = TEXT_LEGACY_KEYS
+
+    def check_inputs(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        ids = check_int_input(inputs, "input_ids", "(B, L)")
+        if ids.ndim >= 1 and ids.shape[0] == 0:  # empty batches are an error in every model (docs/reliability.md)
+            raise ValueError(
+                f"expected at least one token sequence (B >= 1) in input_ids (B, L), got {tuple(ids.shape)}"
+            )
+        return ids, mask  # the adapter checks the ids' values and the mask (shape, 0 / 1 values)
 
 
 @register_model_type
-class PerceiverForMaskedLM(PerceiverIO):
+class PerceiverForMaskedLM(TextModel):
     """Byte-level masked language model (DeepMind's `language-perceiver`).
 
-    `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, L, vocab_size)` (or `(B, O', V)` for
-    `output_index` `(O',)`), `.last_hidden_state` `(B, num_latents, latent_dim)`.
+    `forward(inputs (B, L), attention_mask (B, L))` -> `ModelOutput` with `.logits` `(B, L, vocab_size)` (or
+    `(B, O', V)` for `output_index` `(O',)`), `.last_hidden_state` `(B, num_latents, latent_dim)`, `.loss` given
+    `labels`. Its output is a distribution over the vocabulary, not a class head: `num_classes` is the vocabulary
+    size and `reset_classifier` raises.
     """
 
     config_class = PerceiverMaskedLMConfig
     model_type = "perceiver-masked-lm"
+    classifier_name = None
+    head_kind = "logits over the vocabulary (vocab_size)"
 
     def __init__(self, config: PerceiverMaskedLMConfig) -> None:
         c = config
-        adapter = TextAdapter(c.vocab_size, c.max_seq_len, c.d_model)
-        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.d_model, output_dim=None))
+        adapter = c.adapter.build()
+        d = adapter.num_channels
+        decoder = per_byte_decoder(c.decoder, d, c.encoder.latent_dim)
         super().__init__(
             adapter,
-            PerceiverEncoder(c.encoder_config(c.d_model)),
-            TrainableQueries(c.max_seq_len, c.d_model),
+            build_text_encoder(adapter, c.encoder),
+            TrainableQueries(adapter.max_seq_len, d),
             decoder,
             TiedEmbeddingOutput(adapter.token_embedding),
         )
         self.config = config
+
+    @property
+    def num_classes(self) -> int:
+        """The size of the logits' last axis: the vocabulary."""
+        return self.config.adapter.vocab_size
+
+    def default_output_index(self, adapted: AdaptedInputs) -> Index:
+        """The L input positions (all `max_seq_len` with `config.decode_all_positions`)."""
+        length = adapted.tokens.shape[1]
+        if self.config.decode_all_positions or length >= self.config.adapter.max_seq_len:
+            return None
+        return slice(0, length)
+
+    def compute_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of `labels` `(B, O)` (one target id per decoded position, -100 = ignored)."""
+        if tuple(labels.shape) != tuple(logits.shape[:2]):
+            raise ValueError(
+                f"expected labels of shape {tuple(logits.shape[:2])} (one per decoded position), "
+                f"got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
 
     def forward(
         self,
@@ -150,7 +220,7 @@ class PerceiverForMaskedLM(PerceiverIO):
         output_index: Tensor | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
-    ) -> TextModelOutput:
+    ) -> ModelOutput:
         """Predict every decoded byte position.
 
         Args:
@@ -163,27 +233,15 @@ class PerceiverForMaskedLM(PerceiverIO):
             return_attention: also return the encoder and decoder attention maps.
         """
         ids = _pick_inputs(inputs, input_ids)
-        decode_inputs_only = output_index is None and not self.config.decode_all_positions
-        if decode_inputs_only and isinstance(ids, Tensor) and ids.dim() == 2 and ids.shape[1] < self.config.max_seq_len:
-            output_index = slice(0, ids.shape[1])  # the L input positions, not all max_seq_len
-        out = super().forward(ids, attention_mask, output_index, query_chunk_size, return_attention)
-        loss = None
-        if labels is not None:
-            if tuple(labels.shape) != tuple(out.logits.shape[:2]):
-                raise ValueError(
-                    f"expected labels of shape {tuple(out.logits.shape[:2])} (one per decoded position), "
-                    f"got {tuple(labels.shape)}"
-                )
-            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
-        return TextModelOutput(out.logits, out.last_hidden_state, out.encoder_attentions, out.decoder_attention, loss)
+        return super().forward(ids, attention_mask, output_index, query_chunk_size, return_attention, labels)
 
 
 @register_model_type
-class PerceiverForSequenceClassification(PerceiverIO):
+class PerceiverForSequenceClassification(TextModel):
     """Text classifier: the text encoder and one learned decoder query.
 
-    `forward(inputs (B, L), attention_mask (B, L))` -> `.logits` `(B, num_labels)`, `.last_hidden_state`
-    `(B, num_latents, latent_dim)`.
+    `forward(inputs (B, L), attention_mask (B, L))` -> `ModelOutput` with `.logits` `(B, num_classes)`,
+    `.last_hidden_state` `(B, num_latents, latent_dim)`, `.loss` given `labels`.
     """
 
     config_class = PerceiverTextClassifierConfig
@@ -191,13 +249,11 @@ class PerceiverForSequenceClassification(PerceiverIO):
 
     def __init__(self, config: PerceiverTextClassifierConfig) -> None:
         c = config
-        decoder = PerceiverDecoder(c.decoder_config(query_dim=c.latent_dim, output_dim=c.num_labels))
+        d = c.encoder.latent_dim
+        decoder = PerceiverDecoder(c.decoder.for_parts(query_dim=d, latent_dim=d, output_dim=c.num_classes or None))
+        adapter = c.adapter.build()
         super().__init__(
-            TextAdapter(c.vocab_size, c.max_seq_len, c.d_model),
-            PerceiverEncoder(c.encoder_config(c.d_model)),
-            TrainableQueries(1, c.latent_dim),
-            decoder,
-            ClassificationOutput(),
+            adapter, build_text_encoder(adapter, c.encoder), TrainableQueries(1, d), decoder, ClassificationOutput()
         )
         self.config = config
 
@@ -208,42 +264,36 @@ class PerceiverForSequenceClassification(PerceiverIO):
         labels: Tensor | None = None,
         input_ids: Tensor | None = None,
         return_attention: bool = False,
-    ) -> TextModelOutput:
+    ) -> ModelOutput:
         """Classify `inputs` `(B, L)` (`input_ids` is an alias) with `attention_mask` `(B, L)`.
 
-        `labels` as in transformers: `(B,)` for one label (MSE), integer class ids `(B,)` (cross-entropy) or float
-        multi-label targets `(B, num_labels)` (BCE with logits).
+        `labels` as in transformers: `(B,)` for one class (MSE), integer class ids `(B,)` (cross-entropy) or float
+        multi-label targets `(B, num_classes)` (BCE with logits).
         """
-        out = super().forward(_pick_inputs(inputs, input_ids), attention_mask, return_attention=return_attention)
-        loss = None if labels is None else _classification_loss(out.logits, labels)
-        return TextModelOutput(out.logits, out.last_hidden_state, out.encoder_attentions, out.decoder_attention, loss)
-
-
-def _classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """transformers' automatic `problem_type`: regression, single-label or multi-label classification."""
-    num_labels = logits.shape[-1]
-    if num_labels == 1:
-        return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).to(logits.dtype).float())
-    if not labels.is_floating_point():
-        if labels.shape != logits.shape[:1]:
-            raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-        return F.cross_entropy(logits.float(), labels.long())
-    if labels.shape != logits.shape:
-        raise ValueError(f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
-
-def _build(cls: type, config_cls: type, **overrides: Any):
-    return cls(config_from_dict(config_cls, overrides))
+        ids = _pick_inputs(inputs, input_ids)
+        return super().forward(ids, attention_mask, return_attention=return_attention, labels=labels)
 
 
 @register_model("language-perceiver")
 def language_perceiver(**overrides: Any) -> PerceiverForMaskedLM:
     """DeepMind's byte-level masked LM (201M parameters), the size of `deepmind/language-perceiver`."""
-    return _build(PerceiverForMaskedLM, PerceiverMaskedLMConfig, **overrides)
+    return build_preset(PerceiverForMaskedLM, PerceiverMaskedLMConfig(), overrides)
 
 
 @register_model("text-classifier")
 def text_classifier(**overrides: Any) -> PerceiverForSequenceClassification:
-    """The language Perceiver's encoder with transformers' sequence-classification decoder (2 labels)."""
-    return _build(PerceiverForSequenceClassification, PerceiverTextClassifierConfig, **overrides)
+    """The language Perceiver's encoder with transformers' sequence-classification decoder (2 classes)."""
+    return build_preset(PerceiverForSequenceClassification, PerceiverTextClassifierConfig(), overrides)
+
+
+__all__ = [
+    "TEXT_LEGACY_KEYS",
+    "PerceiverForMaskedLM",
+    "PerceiverForSequenceClassification",
+    "PerceiverMaskedLMConfig",
+    "PerceiverTextClassifierConfig",
+    "language_encoder",
+    "language_perceiver",
+    "masked_lm_decoder",
+    "text_classifier",
+]

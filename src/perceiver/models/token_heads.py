@@ -4,22 +4,25 @@
     position queries (L, d_model) --decoder (the MLM's)--> (B, L, d_model)
         --[SelfAttentionLayer x decoder_self_attends (over the valid bytes)]--> LayerNorm, Linear --> (B, L, K)
 
-- `PerceiverForTokenClassification`: a label per byte, `logits` `(B, L, num_labels)`; loss: cross-entropy over the
+- `PerceiverForTokenClassification`: a label per byte, `logits` `(B, L, num_classes)`; loss: cross-entropy over the
   positions whose label is not -100 (padding is ignored too).
 - `PerceiverForQuestionAnswering`: start / end logits per byte `(B, L)` (padding gets the dtype's minimum); loss: the
   mean of the start and end cross-entropies (transformers' `...ForQuestionAnswering`; positions outside [0, L)
-  are ignored).
+  are ignored). Its head has two fixed outputs (start, end).
 
-Decoder queries do not see each other, so `decoder_self_attends=k` adds k Transformer layers over the decoder outputs
-before the classifier (transformers #15282). Both models load the encoder, adapter, queries and decoder of a
-`PerceiverForMaskedLM` (`from_masked_lm`: a model, a `save_pretrained` folder, a safetensors file or a Lightning
-checkpoint); the head is new and reported, as transformers' `ignore_mismatched_sizes` reports it.
+The configs compose the masked LM's parts (`adapter`, `encoder`, `decoder`: `PerceiverMaskedLMConfig`'s defaults) with
+the head's fields. The head is the model's `forward_head`: the decoded bytes go through `TokenHead` (which mixes
+positions, so it runs once over all decoded chunks), `get_classifier()` is its final Linear. Decoder queries do not
+see each other, so `decoder_self_attends=k` adds k Transformer layers over the decoder outputs before the classifier
+(transformers #15282). Both models load the encoder, adapter, queries and decoder of a `PerceiverForMaskedLM`
+(`from_masked_lm`: a model, a `save_pretrained` folder, a safetensors file or a Lightning checkpoint); the head is new
+and reported, as transformers' `ignore_mismatched_sizes` reports it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +30,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.adapters.text import TextAdapter
-from perceiver.core.decoder import AdaptedInputs, Index, PerceiverDecoder, TrainableQueries, decode, select
-from perceiver.core.encoder import PerceiverEncoder
-from perceiver.core.io import PerceiverIO
-from perceiver.hub import config_from_dict
-from perceiver.models.registry import register_model, register_model_type
-from perceiver.models.text import PerceiverForMaskedLM, PerceiverMaskedLMConfig, TextModelOutput, _build, _pick_inputs
+from perceiver.adapters.text import TextAdapterConfig
+from perceiver.core.config import rename_keys
+from perceiver.core.decoder import (
+    AdaptedInputs,
+    DecoderConfig,
+    Index,
+    TrainableQueries,
+    check_output_index,
+    select,
+)
+from perceiver.core.encoder import EncoderConfig
+from perceiver.core.model import Features, ModelOutput
+from perceiver.hub import apply_overrides
+from perceiver.models._io_config import check_num_classes
+from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.models.text import (
+    PerceiverForMaskedLM,
+    TextModel,
+    _pick_inputs,
+    _TextConfigViews,
+    build_text_encoder,
+    check_text_parts,
+    language_encoder,
+    masked_lm_decoder,
+    per_byte_decoder,
+)
 from perceiver.nn.attention import SelfAttentionLayer
 
 
 @dataclass
-class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
-    """`PerceiverMaskedLMConfig` (the encoder and the per-byte decoder) plus the head: `num_labels` classes per byte,
+class PerceiverTokenClassifierConfig(_TextConfigViews):
+    """The masked LM's parts (the text adapter, the encoder and the per-byte decoder, `PerceiverMaskedLMConfig`'s
+    defaults) plus the head: `num_classes` per byte (0: the logits are the head's pre-logits features),
     `decoder_self_attends` self-attention layers over the decoder outputs (`decoder_self_attend_heads` heads,
     widening 4), `classifier_dropout` before the classifier. `decoder_query_inputs=True` adds each byte's input
     token (embedding + position) to its learned decoder query and normalises the sum (`InputPlusTrainableQueries`), so
-    a query knows its byte without reading it back from the latents (off = the masked LM's decoder queries). `head_conv_kernel=k` (odd) adds
-    a residual 1-D convolution over the decoded bytes before the self-attention layers: local context (a byte's
-    neighbours) that learned absolute positions make attention find only slowly."""
+    a query knows its byte without reading it back from the latents (off = the masked LM's decoder queries).
+    `head_conv_kernel=k` (odd) adds a residual 1-D convolution over the decoded bytes before the self-attention
+    layers: local context (a byte's neighbours) that learned absolute positions make attention find only slowly."""
 
-    num_labels: int = 2
+    adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=language_encoder)
+    decoder: DecoderConfig = field(default_factory=masked_lm_decoder)
+    num_classes: int = 2
     decoder_self_attends: int = 0
     decoder_self_attend_heads: int = 8
     classifier_dropout: float = 0.0
@@ -55,15 +81,14 @@ class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
     head_conv_kernel: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 1:
-            raise ValueError(f"num_labels must be a positive integer, got {self.num_labels!r}")
+        check_text_parts(self.encoder, self.decoder)
+        check_num_classes(self.num_classes)
         if self.decoder_self_attends < 0:
             raise ValueError(f"decoder_self_attends must be >= 0, got {self.decoder_self_attends}")
-        if self.decoder_self_attends and self.d_model % self.decoder_self_attend_heads:
+        d_model = self.adapter.num_channels
+        if self.decoder_self_attends and d_model % self.decoder_self_attend_heads:
             raise ValueError(
-                f"d_model ({self.d_model}) must be a multiple of decoder_self_attend_heads "
-                f"({self.decoder_self_attend_heads})"
+                f"d_model ({d_model}) must be a multiple of decoder_self_attend_heads ({self.decoder_self_attend_heads})"
             )
         if self.head_conv_kernel < 0 or (self.head_conv_kernel and self.head_conv_kernel % 2 == 0):
             raise ValueError(f"head_conv_kernel must be 0 (off) or odd, got {self.head_conv_kernel}")
@@ -75,12 +100,12 @@ class PerceiverTokenClassifierConfig(PerceiverMaskedLMConfig):
 class PerceiverQuestionAnsweringConfig(PerceiverTokenClassifierConfig):
     """`PerceiverTokenClassifierConfig` with two outputs per byte (answer start, answer end)."""
 
-    num_labels: int = 2
+    num_classes: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_labels != 2:
-            raise ValueError(f"question answering has num_labels=2 (start, end), got {self.num_labels}")
+        if self.num_classes != 2:
+            raise ValueError(f"question answering has num_classes=2 (start, end), got {self.num_classes}")
 
 
 class InputPlusTrainableQueries(TrainableQueries):
@@ -99,7 +124,8 @@ class InputPlusTrainableQueries(TrainableQueries):
 class TokenHead(nn.Module):
     """`(B, L, E)` decoder outputs and a key mask `(B, L)` -> `(B, L, K)`: an optional residual convolution over the
     positions (padding zeroed first, so it never reaches valid positions), optional self-attention layers over the
-    valid positions, then LayerNorm, dropout and a Linear classifier."""
+    valid positions, then LayerNorm, dropout and a Linear classifier (`num_labels=0`: none, the pre-logits
+    features)."""
 
     def __init__(
         self,
@@ -117,7 +143,7 @@ class TokenHead(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(dim, num_labels)
+        self.classifier: nn.Module = nn.Linear(dim, num_labels) if num_labels else nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.conv is not None:
@@ -129,64 +155,85 @@ class TokenHead(nn.Module):
 
 
 @dataclass
-class TokenClassifierOutput(TextModelOutput):
-    """`TextModelOutput` (logits `(B, L, K)`, latents, maps, loss)."""
+class QuestionAnsweringOutput(ModelOutput):
+    """`ModelOutput` (logits `(B, L, 2)`, latents, maps, loss) with transformers' names for the two logit columns:
+    `start_logits` / `end_logits` `(B, L)`."""
 
+    @property
+    def start_logits(self) -> Tensor:
+        return self.logits[..., 0]
 
-@dataclass
-class QuestionAnsweringOutput(TextModelOutput):
-    """`TextModelOutput` plus `start_logits` / `end_logits` `(B, L)` (`logits` is both, `(B, L, 2)`)."""
-
-    start_logits: Tensor | None = None
-    end_logits: Tensor | None = None
+    @property
+    def end_logits(self) -> Tensor:
+        return self.logits[..., 1]
 
 
 @register_model_type
-class PerceiverForTokenClassification(PerceiverIO):
-    """A class per input byte: `forward(inputs (B, L), attention_mask (B, L), labels (B, L))` -> `.logits`
-    `(B, L, num_labels)`, `.loss` with labels (-100 = ignore; padding is ignored as well)."""
+class PerceiverForTokenClassification(TextModel):
+    """A class per input byte: `forward(inputs (B, L), attention_mask (B, L), labels (B, L))` -> `ModelOutput` with
+    `.logits` `(B, L, num_classes)`, `.loss` with labels (-100 = ignore; padding is ignored as well)."""
 
     config_class: Any = PerceiverTokenClassifierConfig
     model_type = "perceiver-token-classifier"
+    classifier_name = "head.classifier"
 
     def __init__(self, config: PerceiverTokenClassifierConfig) -> None:
         c = config
+        adapter = c.adapter.build()
+        d = adapter.num_channels
         super().__init__(
-            TextAdapter(c.vocab_size, c.max_seq_len, c.d_model),
-            PerceiverEncoder(c.encoder_config(c.d_model)),
-            (InputPlusTrainableQueries if c.decoder_query_inputs else TrainableQueries)(c.max_seq_len, c.d_model),
-            PerceiverDecoder(c.decoder_config(query_dim=c.d_model, output_dim=None)),
+            adapter,
+            build_text_encoder(adapter, c.encoder),
+            (InputPlusTrainableQueries if c.decoder_query_inputs else TrainableQueries)(adapter.max_seq_len, d),
+            per_byte_decoder(c.decoder, d, c.encoder.latent_dim),
         )
         heads = c.decoder_self_attend_heads
-        self.head = TokenHead(
-            c.d_model, c.num_labels, c.decoder_self_attends, heads, c.classifier_dropout, c.head_conv_kernel
-        )
+        self.head = TokenHead(d, c.num_classes, c.decoder_self_attends, heads, c.classifier_dropout, c.head_conv_kernel)
         self.config = config
 
-    # ------------------------------------------------------------------ timm-style head API
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_labels
+    @classmethod
+    def config_from_file(cls, data: dict[str, Any], source: str | os.PathLike, overrides: dict[str, Any]) -> Any:
+        if data.get("format_version", 1) == 1:  # format-1 files carry the masked LM's flag, which heads ignore
+            data = {k: v for k, v in data.items() if k != "decode_all_positions"}
+        return super().config_from_file(data, source, overrides)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head.classifier
+    # ------------------------------------------------------------------ contract
+    def default_output_index(self, adapted: AdaptedInputs) -> Index:
+        """The L input positions: one output per input byte."""
+        return slice(0, adapted.tokens.shape[1])
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.config.num_labels = num_classes
-        self.head.classifier = nn.Linear(self.config.d_model, num_classes)
+    def forward_head(
+        self,
+        features: Features,
+        output_index: Index = None,
+        query_chunk_size: int | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Decode the byte positions `output_index` (default: the L input positions) in chunks of
+        `query_chunk_size`, then apply the head over all of them at once (it mixes positions): `.logits`
+        `(B, O, num_classes)`."""
+        adapted = features.adapted
+        if output_index is None:
+            output_index = self.default_output_index(adapted)
+        elif not isinstance(output_index, slice):
+            total = self.query_builder.num_queries(adapted)
+            output_index = check_output_index(output_index, total, features.latents.device)
+        out = super().forward_head(features, output_index, query_chunk_size, return_attention)
+        mask = None if adapted.mask is None else select(adapted.mask, output_index, dim=1)
+        out.logits = self.head_logits(out.logits, mask)
+        return out
 
-    # ------------------------------------------------------------------ forward
-    def forward_features(self, inputs: Tensor, mask: Tensor | None = None, return_attention: bool = False):
-        """Encode and decode the L input positions: `(decoded (B, L, d_model), latents, mask (B, L) or None, maps)`."""
-        adapted, latents, enc_maps = super().forward_features(inputs, mask, return_attention)
-        decoded, dec_map = decode(
-            self.decoder, self.query_builder, adapted, latents, slice(0, inputs.shape[1]), None, return_attention
-        )
-        return decoded, latents, adapted.mask, (enc_maps, dec_map)
-
-    def forward_head(self, decoded: Tensor, mask: Tensor | None = None) -> Tensor:
-        """`(B, L, d_model)` -> `(B, L, num_labels)`."""
+    def head_logits(self, decoded: Tensor, mask: Tensor | None) -> Tensor:
+        """The head on the decoded bytes `(B, O, d_model)` with their mask `(B, O)` -> `(B, O, num_classes)`."""
         return self.head(decoded, mask)
+
+    def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Cross-entropy of `labels` `(B, L)` over the positions whose label is not -100 and, given the boolean
+        `mask` `(B, L)`, that are not padding."""
+        if tuple(labels.shape) != tuple(logits.shape[:2]):
+            raise ValueError(f"expected labels of shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        labels = labels.long() if mask is None else labels.long().masked_fill(~mask, -100)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
     def forward(
         self,
@@ -195,18 +242,15 @@ class PerceiverForTokenClassification(PerceiverIO):
         labels: Tensor | None = None,
         input_ids: Tensor | None = None,
         return_attention: bool = False,
-    ) -> TokenClassifierOutput:
-        """`inputs` token ids `(B, L)` (`input_ids` is an alias), `attention_mask` `(B, L)`, `labels` `(B, L)`."""
-        ids = _pick_inputs(inputs, input_ids)
-        decoded, latents, mask, (enc_maps, dec_map) = self.forward_features(ids, attention_mask, return_attention)
-        logits = self.forward_head(decoded, mask)
-        loss = None
+        query_chunk_size: int | None = None,
+    ) -> ModelOutput:
+        """`inputs` token ids `(B, L)` (`input_ids` is an alias), `attention_mask` `(B, L)`, `labels` `(B, L)`;
+        `query_chunk_size` bounds the decoder's memory (same result)."""
+        features = self.forward_features(_pick_inputs(inputs, input_ids), attention_mask, return_attention)
+        out = self.forward_head(features, None, query_chunk_size, return_attention)
         if labels is not None:
-            if tuple(labels.shape) != tuple(logits.shape[:2]):
-                raise ValueError(f"expected labels of shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-            labels = labels.long() if mask is None else labels.long().masked_fill(~mask, -100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return TokenClassifierOutput(logits, latents, enc_maps, dec_map, loss)
+            out.loss = self.compute_loss(out.logits, labels, features.adapted.mask)
+        return out
 
     # ------------------------------------------------------------------ from a masked LM
     @classmethod
@@ -216,13 +260,16 @@ class PerceiverForTokenClassification(PerceiverIO):
         """This head on the encoder, queries and decoder of a `PerceiverForMaskedLM` (a model, a `save_pretrained`
         folder, a `model.safetensors` file with `config.json` beside it, or a Lightning `.ckpt` of `MaskedLMTask`).
 
-        `overrides` set head fields (`num_labels`, `decoder_self_attends`, ...) or dropout. Returns the model and a
-        report: `new` (initialised here: the head), `mismatched` (shapes differ, initialised here), `unused` (the
-        masked LM's output layer).
+        `overrides` set head fields (`num_classes` / `num_labels`, `decoder_self_attends`, ...) or dropout (flat or
+        dotted keys, as presets take them). Returns the model and a report: `new` (initialised here: the head),
+        `mismatched` (shapes differ, initialised here), `unused` (the masked LM's output layer).
         """
         mlm = _load_masked_lm(source)
-        base = {k: v for k, v in asdict(mlm.config).items() if k in {f.name for f in fields(cls.config_class)}}
-        model = cls(config_from_dict(cls.config_class, {**base, **overrides}))
+        parts = mlm.config
+        base = cls.config_class(
+            adapter=replace(parts.adapter), encoder=replace(parts.encoder), decoder=replace(parts.decoder)
+        )
+        model = cls(apply_overrides(base, rename_keys(cls.legacy_keys, overrides)))
         ours, theirs = model.state_dict(), mlm.state_dict()
         loaded = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
         report = {
@@ -237,10 +284,46 @@ class PerceiverForTokenClassification(PerceiverIO):
 @register_model_type
 class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
     """Extractive QA over bytes: `forward(inputs (B, L), attention_mask, start_positions (B,), end_positions (B,))`
-    -> `.start_logits`, `.end_logits` `(B, L)` and `.loss` (mean of both cross-entropies) given the positions."""
+    -> `QuestionAnsweringOutput` (a `ModelOutput`): `.logits` `(B, L, 2)`, `.start_logits`, `.end_logits` `(B, L)`
+    and `.loss` (mean of both cross-entropies) given the positions. The head has two fixed outputs."""
 
     config_class = PerceiverQuestionAnsweringConfig
     model_type = "perceiver-question-answering"
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Not supported: the head has two fixed outputs (answer start, answer end)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has a fixed head of 2 outputs (answer start, answer end), so it cannot be reset "
+            f"to num_classes={num_classes!r}; for a head of other labels per byte use PerceiverForTokenClassification"
+        )
+
+    def head_logits(self, decoded: Tensor, mask: Tensor | None) -> Tensor:
+        """The token head's `(B, O, 2)` logits with padding set to the dtype's minimum (never an answer)."""
+        logits = self.head(decoded, mask)
+        return logits if mask is None else logits.masked_fill(~mask[..., None], torch.finfo(logits.dtype).min)
+
+    def forward_head(
+        self,
+        features: Features,
+        output_index: Index = None,
+        query_chunk_size: int | None = None,
+        return_attention: bool = False,
+    ) -> QuestionAnsweringOutput:
+        """The token classifier's `forward_head`, as a `QuestionAnsweringOutput` (start / end views)."""
+        out = super().forward_head(features, output_index, query_chunk_size, return_attention)
+        return QuestionAnsweringOutput(
+            out.logits, out.last_hidden_state, None, out.encoder_attentions, out.decoder_attention
+        )
+
+    def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The mean of the start and end cross-entropies for `labels` `(B, 2)` (answer start, answer end positions);
+        positions outside [0, L) are ignored."""
+        if labels.ndim != 2 or labels.shape[-1] != 2:
+            raise ValueError(f"expected (start, end) positions of shape (B, 2), got {tuple(labels.shape)}")
+        start, end = logits.unbind(-1)
+        n = start.shape[1]
+        targets = [t.long().masked_fill((t < 0) | (t >= n), -100) for t in labels.unbind(-1)]
+        return (F.cross_entropy(start.float(), targets[0]) + F.cross_entropy(end.float(), targets[1])) / 2
 
     def forward(  # type: ignore[override]
         self,
@@ -250,20 +333,16 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
         end_positions: Tensor | None = None,
         input_ids: Tensor | None = None,
         return_attention: bool = False,
+        query_chunk_size: int | None = None,
     ) -> QuestionAnsweringOutput:
-        ids = _pick_inputs(inputs, input_ids)
-        decoded, latents, mask, (enc_maps, dec_map) = self.forward_features(ids, attention_mask, return_attention)
-        logits = self.forward_head(decoded, mask)
-        if mask is not None:
-            logits = logits.masked_fill(~mask[..., None], torch.finfo(logits.dtype).min)
-        start, end = logits.unbind(-1)
-        loss = None
+        """`inputs` token ids `(B, L)`, `attention_mask` `(B, L)`; `start_positions` and `end_positions` `(B,)`
+        (both) give `.loss`."""
+        features = self.forward_features(_pick_inputs(inputs, input_ids), attention_mask, return_attention)
+        out = self.forward_head(features, None, query_chunk_size, return_attention)
         if start_positions is not None and end_positions is not None:
-            n = start.shape[1]
-            targets = [p.reshape(-1).long() for p in (start_positions, end_positions)]
-            targets = [t.masked_fill((t < 0) | (t >= n), -100) for t in targets]
-            loss = (F.cross_entropy(start.float(), targets[0]) + F.cross_entropy(end.float(), targets[1])) / 2
-        return QuestionAnsweringOutput(logits, latents, enc_maps, dec_map, loss, start, end)
+            labels = torch.stack([start_positions.reshape(-1), end_positions.reshape(-1)], dim=-1)
+            out.loss = self.compute_loss(out.logits, labels)
+        return out
 
 
 def _load_masked_lm(source: PerceiverForMaskedLM | str | os.PathLike) -> PerceiverForMaskedLM:
@@ -290,11 +369,24 @@ def _load_masked_lm(source: PerceiverForMaskedLM | str | os.PathLike) -> Perceiv
 
 @register_model("token-classifier")
 def token_classifier(**overrides: Any) -> PerceiverForTokenClassification:
-    """The language Perceiver (DeepMind's MLM sizes) with a per-byte classifier (2 labels)."""
-    return _build(PerceiverForTokenClassification, PerceiverTokenClassifierConfig, **overrides)
+    """The language Perceiver (DeepMind's MLM sizes) with a per-byte classifier (2 classes)."""
+    return build_preset(PerceiverForTokenClassification, PerceiverTokenClassifierConfig(), overrides)
 
 
 @register_model("question-answering")
 def question_answering(**overrides: Any) -> PerceiverForQuestionAnswering:
     """The language Perceiver (DeepMind's MLM sizes) with per-byte answer start / end logits."""
-    return _build(PerceiverForQuestionAnswering, PerceiverQuestionAnsweringConfig, **overrides)
+    return build_preset(PerceiverForQuestionAnswering, PerceiverQuestionAnsweringConfig(), overrides)
+
+
+__all__ = [
+    "InputPlusTrainableQueries",
+    "PerceiverForQuestionAnswering",
+    "PerceiverForTokenClassification",
+    "PerceiverQuestionAnsweringConfig",
+    "PerceiverTokenClassifierConfig",
+    "QuestionAnsweringOutput",
+    "TokenHead",
+    "question_answering",
+    "token_classifier",
+]
