@@ -57,9 +57,9 @@ def converted(request, tmp_path_factory):
 def pair(converted):
     """The converted pair, reporting transformers' units (`flow_scale_factor=1`) by default in each test."""
     hf, ours = converted
-    ours.config.flow_scale_factor = 1.0
+    ours.config.output.flow_scale_factor = 1.0
     yield hf, ours
-    ours.config.flow_scale_factor = 20.0
+    ours.config.output.flow_scale_factor = 20.0
 
 
 def test_whole_decode_parity_and_pixel_units(pair):
@@ -68,7 +68,7 @@ def test_whole_decode_parity_and_pixel_units(pair):
     with torch.no_grad():
         ref = hf(inputs=x).logits
         got = ours(x, query_chunk_size=0).logits  # transformers' units (flow_scale_factor=1)
-        ours.config.flow_scale_factor = 20.0
+        ours.config.output.flow_scale_factor = 20.0
         pixels = ours(x, query_chunk_size=0).logits
     assert got.shape == ref.shape == (2, *TRAIN_SIZE, 2)
     assert (got - ref).abs().max() <= 1e-4
@@ -107,4 +107,24 @@ def test_converted_model_round_trip(converted, tmp_path):
     again = perceiver.from_pretrained(tmp_path / "ours")
     with torch.no_grad():
         assert torch.equal(again(x).logits, ours(x).logits)
-    assert again.config.train_size == TRAIN_SIZE and again.config.flow_scale_factor == 20.0
+    assert again.config.adapter.train_size == TRAIN_SIZE and again.config.output.flow_scale_factor == 20.0
+    assert again.config == ours.config
+
+
+def test_converted_config_is_built_from_the_checkpoint_parts(converted):
+    hf, ours = converted
+    c, hc = ours.config, hf.config
+    assert (c.adapter.train_size, c.adapter.patch_size, c.adapter.out_channels, c.adapter.num_bands) == (
+        TRAIN_SIZE, 3, 64, 64
+    )  # fmt: skip
+    assert (c.encoder.num_latents, c.encoder.latent_dim, c.encoder.num_blocks) == (16, hc.d_latents, hc.num_blocks)
+    assert c.encoder.use_query_residual == hc.use_query_residual and not c.decoder.use_query_residual
+    assert c.decoder.num_heads == 1 and not c.output_init_zeros
+
+
+def test_overrides_reach_the_nested_config(tmp_path):
+    hf_flow(**CONFIGS["default-kv"]).save_pretrained(tmp_path)
+    ours = perceiver.from_pretrained(tmp_path, flow_scale_factor=1.0, **{"query_chunk_size": 5})
+    assert ours.config.output.flow_scale_factor == 1.0 and ours.config.query_chunk_size == 5
+    with pytest.raises(ValueError, match="unknown keys"):
+        perceiver.from_pretrained(tmp_path, flow_scale=1.0)

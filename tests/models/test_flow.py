@@ -1,7 +1,9 @@
-"""Optical flow model: patch extraction order, shapes, chunked / subset decoding, tiled inference, bad input, colours."""
+"""Optical flow model: patch extraction order, shapes, chunked / subset decoding, tiled inference, bad input, colours,
+the nested config (shared output settings, format-1 files of the previous release)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,7 +19,8 @@ from perceiver.adapters.flow import (
     tile_weights,
     write_flow_png,
 )
-from perceiver.models.flow import PerceiverForOpticalFlow
+from perceiver.hub import config_from_dict, config_to_dict
+from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 
 SIZE = (8, 12)
 
@@ -64,10 +67,14 @@ def test_shapes_and_preset_defaults(model):
     assert out.logits.shape == (2, *SIZE, 2)
     assert out.last_hidden_state.shape == (2, 8, 16)
     c = PerceiverForOpticalFlow.config_class()
-    assert (c.train_size, c.num_latents, c.latent_dim, c.num_self_attends_per_block, c.latent_heads) == (
+    e = c.encoder
+    assert (c.adapter.train_size, e.num_latents, e.latent_dim, e.num_self_attends_per_block, e.latent_heads) == (
         (368, 496), 2048, 512, 24, 16
     )  # fmt: skip
-    assert c.query_chunk_size == 8192
+    assert (e.cross_heads, e.num_blocks, e.cross_attention_shape, c.decoder.num_heads) == (1, 1, "kv", 1)
+    assert not c.decoder.use_query_residual and c.query_chunk_size == 8192
+    assert (c.output.rescale_factor, c.output.flow_scale_factor) == (100.0, 20.0)
+    assert model.num_classes == 2  # the logits' last axis: (dx, dy)
     # the preset's final layer starts at zero (DeepMind's output_w_init): an untrained model predicts zero flow
     z = tiny(output_init_zeros=True)
     assert torch.equal(z(torch.randn(1, 2, 27, *SIZE)).logits, torch.zeros(1, *SIZE, 2))
@@ -211,7 +218,7 @@ def test_mlp_projection_option(tmp_path):
     assert flow.shape == (2, *SIZE, 2)
     mlp.save_pretrained(tmp_path)
     again = perceiver.from_pretrained(tmp_path)
-    assert again.config.projection_hidden == 24
+    assert again.config.adapter.projection_hidden == 24
     with torch.no_grad():
         assert torch.equal(again(x).logits, flow)
     with pytest.raises(ValueError, match="projection_hidden"):
@@ -283,17 +290,17 @@ def test_wider_patches_channel_order_config_and_predict():
         ValueError, match=r"patch_channels must be 3 \* patch_size \*\* 2 = 75 for patch_size 5, got 27"
     ):
         tiny(patch_size=5, patch_channels=27)
+    assert tiny(patch_size=5, patch_channels=75).config.patch_channels == 75  # the earlier keyword, when it agrees
     # a saved model keeps its patch size
-    from perceiver.models.flow import OpticalFlowConfig
-
-    assert OpticalFlowConfig(**{**model.config.__dict__}).patch_channels == 75
+    again = config_from_dict(OpticalFlowConfig, json.loads(json.dumps(config_to_dict(model.config))))
+    assert again == model.config and again.adapter.patch_channels == 75
 
 
 def test_pyramid_scales_add_patches_of_downsampled_frames(tmp_path):
     """Scale s adds the k x k patches of both frames area-downsampled by s, upsampled back to (H, W)."""
     model = tiny(projection_hidden=16, pyramid_scales=[2, 4])
     adapter = model.input_adapter
-    assert model.config.pyramid_scales == (2, 4)
+    assert model.config.adapter.pyramid_scales == (2, 4)
     assert adapter.projection[0].in_features == 2 * 27 * 3
     frames = torch.rand(1, 2, *SIZE, 3)
     patches = frames_to_patches(frames)
@@ -316,7 +323,7 @@ def test_pyramid_scales_add_patches_of_downsampled_frames(tmp_path):
         assert torch.allclose(model.predict(frames[:, 0], frames[:, 1]), out, atol=1e-6)
     model.save_pretrained(tmp_path)
     loaded = perceiver.from_pretrained(tmp_path)
-    assert loaded.config.pyramid_scales == (2, 4)
+    assert loaded.config.adapter.pyramid_scales == (2, 4)
     with torch.no_grad():
         assert torch.equal(loaded(patches).logits, out)
     with pytest.raises(ValueError, match=r"pyramid_scales must be integers >= 2, got \(1,\)"):
@@ -327,7 +334,7 @@ def test_difference_scale_reparametrises_the_projection(tmp_path):
     """difference_scale s feeds [frame 1, s * (frame 2 - frame 1)]: with weights [W1 + W2, W2 / s] it is the plain
     model with weights [W1, W2] (same function class, different conditioning)."""
     plain, diff = tiny(), tiny(difference_scale=4.0)
-    assert diff.config.difference_scale == 4.0
+    assert diff.config.adapter.difference_scale == 4.0
     diff.load_state_dict(plain.state_dict())
     patches = frames_to_patches(torch.rand(2, 2, *SIZE, 3) * 2 - 1)
     with torch.no_grad():  # same weights, other inputs to the projection
@@ -339,8 +346,85 @@ def test_difference_scale_reparametrises_the_projection(tmp_path):
         assert torch.allclose(diff(patches).logits, plain(patches).logits, atol=1e-5)
     diff.save_pretrained(tmp_path)
     loaded = perceiver.from_pretrained(tmp_path)
-    assert loaded.config.difference_scale == 4.0
+    assert loaded.config.adapter.difference_scale == 4.0
     with torch.no_grad():
         assert torch.equal(loaded(patches).logits, diff(patches).logits)
     with pytest.raises(ValueError, match=r"difference_scale must be None or > 0, got 0.0"):
         tiny(difference_scale=0.0)
+
+
+def test_output_settings_are_read_from_the_config_the_model_shares(model):
+    """`config.output` is the output adapter's own settings object: changing it on a built (or loaded) model takes
+    effect at the next forward, which copies nothing into the adapter."""
+    assert model.output_adapter.config is model.config.output
+    x = torch.randn(1, 2, 27, *SIZE)
+    with torch.no_grad():
+        pixels = model(x).logits
+        model.config.output.flow_scale_factor = 1.0  # transformers' units
+        units = model(x).logits
+        model.config.flow_scale_factor = 20.0  # the name earlier releases documented, same object
+        again = model(x).logits
+    assert model.config.output.flow_scale_factor == 20.0
+    torch.testing.assert_close(pixels, 20 * units, atol=1e-6, rtol=1e-6)
+    assert torch.equal(again, pixels)
+    assert "flow_scale_factor" not in vars(model.output_adapter)
+
+
+def test_presets_do_not_share_config_objects():
+    a, b = tiny(), tiny()
+    a.config.output.flow_scale_factor = 1.0
+    a.config.query_chunk_size = 3
+    assert b.config.output.flow_scale_factor == 20.0 and tiny().config.output.flow_scale_factor == 20.0
+    assert perceiver.create_model("optical-flow-perceiver", num_latents=4).config.query_chunk_size == 8192
+
+
+def test_no_class_head():
+    model = tiny()
+    with pytest.raises(NotImplementedError, match="optical flow"):
+        model.reset_classifier(3)
+
+
+def format1_config(**fields) -> dict:
+    """config.json as the previous release wrote it: its flat `OpticalFlowConfig` (`git show
+    HEAD~3:src/perceiver/models/flow.py`, the PerceiverIOConfig fields first), no format_version."""
+    old = dict(
+        num_latents=2048, latent_dim=512, num_blocks=1, num_self_attends_per_block=24, cross_heads=1,
+        latent_heads=16, cross_attention_shape="kv", cross_qk_channels=None, cross_v_channels=None,
+        latent_qk_channels=None, latent_v_channels=None, cross_widening_factor=1, latent_widening_factor=1,
+        use_query_residual=True, attn_dropout=0.0, ff_dropout=0.0, decoder_heads=1, decoder_qk_channels=None,
+        decoder_v_channels=None, decoder_widening_factor=1, decoder_use_query_residual=False,
+        train_size=[368, 496], patch_size=3, patch_channels=27, out_channels=64, num_bands=64, concat_pos=True,
+        sine_only=False, rescale_factor=100.0, flow_scale_factor=20.0, query_chunk_size=8192,
+        output_init_zeros=True, projection_hidden=None, pyramid_scales=[], difference_scale=None,
+    )  # fmt: skip
+    assert set(fields) <= set(old)
+    return {"model_type": "perceiver-optical-flow", **old, **fields}
+
+
+TINY_FLAT = dict(train_size=list(SIZE), num_latents=8, latent_dim=16, num_self_attends_per_block=1, latent_heads=2)
+TINY_FLAT |= dict(num_bands=4, out_channels=8, output_init_zeros=False)
+VARIANT_FLAT = dict(
+    patch_size=5, patch_channels=75, projection_hidden=12, pyramid_scales=[2], difference_scale=2.0,
+    cross_attention_shape="q", decoder_use_query_residual=True, decoder_heads=2, decoder_widening_factor=2,
+    cross_v_channels=8, latent_widening_factor=2, flow_scale_factor=1.0, query_chunk_size=10, attn_dropout=0.0,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("flat", [{}, VARIANT_FLAT], ids=["preset", "variant"])
+def test_format1_config_of_the_previous_release_loads(flat, tmp_path):
+    """An old flat config.json with this model's weights: the same config and the same flow as the model."""
+    model = tiny(**flat)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(format1_config(**TINY_FLAT, **flat)))
+    loaded = perceiver.from_pretrained(tmp_path)
+    assert isinstance(loaded, PerceiverForOpticalFlow) and loaded.config == model.config
+    k = model.config.adapter.patch_channels
+    x = torch.randn(2, 2, k, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    loaded.save_pretrained(tmp_path / "again")  # and it is written in the nested format
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["format_version"] == 2
+    bad = format1_config(**TINY_FLAT, **(flat | {"patch_channels": 12}))
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"config.json: patch_channels must be 3 \* patch_size \*\* 2"):
+        perceiver.from_pretrained(tmp_path)

@@ -6,6 +6,9 @@
     decoder queries = the tokens themselves; decoder output (B, H*W, 2)
     --FlowOutput--> / rescale_factor (100) * flow_scale_factor (20) --> flow in pixels (B, H, W, 2)
 
+Input range: DeepMind's model takes frames in [-1, 1]; `normalize_frames` is the one place that maps uint8 frames
+([0, 255]) and the data modules' float frames ([0, 1]) there (training, `perceiver predict` and `model.predict`).
+
 Units: transformers' `PerceiverForOpticalFlow` returns `decoder / 100`; DeepMind's colab multiplies that by
 `FLOW_SCALE_FACTOR = 20` to get pixels (the network was trained on flow / 20). `FlowOutput` applies both, so our
 `.logits` are in pixels; `flow_scale_factor=1` gives transformers' numbers.
@@ -18,11 +21,10 @@ channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +32,31 @@ from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
 from perceiver.checks import check_float_input
-from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.config import PartConfig
+from perceiver.core.decoder import AdaptedInputs, Index
 from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import FourierPositionEncoding
+
+
+def normalize_frames(frames: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Frames in DeepMind's input range [-1, 1]: uint8 frames (`[0, 255]`) as `x / 255 * 2 - 1` (DeepMind's colab),
+    floating frames in [0, 1] (the data modules' batches) as `x * 2 - 1`; cast to `dtype` (default: float32 for
+    uint8, else the frames' own) first.
+
+    The one normalisation of the library: the training task, `perceiver predict` and `model.predict` (for uint8
+    frames) all feed the model through it, so the inputs they give the model for the same images cannot diverge.
+    """
+    if frames.dtype == torch.uint8:
+        return frames.to(dtype or torch.float32) / 255.0 * 2 - 1
+    if not frames.is_floating_point():
+        raise ValueError(f"expected uint8 frames in [0, 255] or floating frames in [0, 1], got dtype {frames.dtype}")
+    return (frames if dtype is None else frames.to(dtype)) * 2 - 1
+
+
+def check_patch_size(patch_size: int) -> int:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
+        raise ValueError(f"patch_size must be an odd number >= 1, got {patch_size} (a patch centred on its pixel)")
+    return patch_size
 
 
 def frames_to_patches(frames: Tensor, channels_last: bool | None = None, patch_size: int = 3) -> Tensor:
@@ -42,8 +66,7 @@ def frames_to_patches(frames: Tensor, channels_last: bool | None = None, patch_s
     Also takes channels-first `(B, 2, 3, H, W)`. `channels_last=None` guesses from the shape (last axis of size 3 ->
     channels-last); pass it explicitly when both axes have size 3.
     """
-    if patch_size < 1 or patch_size % 2 == 0:
-        raise ValueError(f"patch_size must be an odd number >= 1 (a patch centred on its pixel), got {patch_size}")
+    check_patch_size(patch_size)
     if frames.ndim != 5 or frames.shape[1] != 2 or 3 not in (frames.shape[2], frames.shape[-1]):
         raise ValueError(f"expected frames of shape (B, 2, H, W, 3) or (B, 2, 3, H, W), got {tuple(frames.shape)}")
     if channels_last is None:
@@ -72,7 +95,8 @@ class FlowAdapter(InputAdapter):
     spatial_downsample 1, conv_after_patching, Fourier positions concatenated).
 
     `forward(inputs (B, 2, C_patch, H, W), mask (B, H*W) or None)` -> `FlowAdaptedInputs(tokens (B, H*W,
-    out_channels + 2 * (1 + 2 * num_bands)), mask, without_pos (B, H*W, out_channels), image_shape (H, W))`.
+    out_channels + 2 * (1 + 2 * num_bands)), mask, without_pos (B, H*W, out_channels), image_shape (H, W))`, with
+    `C_patch = patch_channels = 3 * patch_size ** 2` (27 for DeepMind's 3 x 3 patches).
     Positions are `linspace(-1, 1)` over the actual grid with bands up to `train_size / 2` (DeepMind's convention:
     the model is meant to see `train_size` inputs; see `predict_flow_tiled` for other sizes).
 
@@ -96,7 +120,7 @@ class FlowAdapter(InputAdapter):
     def __init__(
         self,
         train_size: Sequence[int] = (368, 496),
-        patch_channels: int = 27,
+        patch_size: int = 3,
         out_channels: int = 64,
         num_bands: int = 64,
         concat_pos: bool = True,
@@ -110,10 +134,8 @@ class FlowAdapter(InputAdapter):
             raise ValueError(f"difference_scale must be None or > 0, got {difference_scale}")
         self.difference_scale = difference_scale
         self.train_size = (int(train_size[0]), int(train_size[1]))
-        self.patch_channels = patch_channels
-        self.patch_size = math.isqrt(patch_channels // 3)
-        if 3 * self.patch_size**2 != patch_channels:
-            raise ValueError(f"patch_channels must be 3 * k * k for an odd patch side k, got {patch_channels}")
+        self.patch_size = check_patch_size(patch_size)
+        self.patch_channels = patch_channels = 3 * patch_size**2
         self.pyramid_scales = tuple(int(v) for v in pyramid_scales)
         if any(v < 2 for v in self.pyramid_scales):
             raise ValueError(f"pyramid_scales must be integers >= 2, got {tuple(pyramid_scales)}")
@@ -166,22 +188,75 @@ class FlowAdapter(InputAdapter):
         return out
 
 
-class FlowOutput(OutputAdapter):
-    """Decoder output `(B, O, 2)` -> flow in pixels: `x / rescale_factor * flow_scale_factor`.
+@dataclass
+class FlowAdapterConfig(PartConfig):
+    """`FlowAdapter`'s keywords (see its docstring); defaults: `optical-flow-perceiver`'s (DeepMind's) adapter.
 
-    Whole decodes are shaped `(B, H, W, 2)`; subset decodes (`output_index` `(O',)` of flat pixel indices)
-    stay flat `(B, O', 2)`.
+    `patch_channels` (the model input's channel count, `3 * patch_size ** 2`) follows `patch_size`.
     """
 
-    def __init__(self, rescale_factor: float = 100.0, flow_scale_factor: float = 20.0) -> None:
-        super().__init__()
-        self.rescale_factor = rescale_factor
-        self.flow_scale_factor = flow_scale_factor
+    part_class: ClassVar[type] = FlowAdapter
 
-    def forward(self, x: Tensor, adapted: AdaptedInputs, output_index: Tensor | None = None) -> Tensor:
-        x = x / self.rescale_factor
-        if self.flow_scale_factor != 1.0:
-            x = x * self.flow_scale_factor
+    train_size: tuple[int, int] = (368, 496)
+    patch_size: int = 3
+    out_channels: int = 64
+    num_bands: int = 64
+    concat_pos: bool = True
+    sine_only: bool = False
+    projection_hidden: int | None = None
+    pyramid_scales: tuple[int, ...] = ()
+    difference_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_size, (tuple, list)) or len(self.train_size) != 2:
+            raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
+        self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
+        self.pyramid_scales = tuple(int(v) for v in self.pyramid_scales)
+        check_patch_size(self.patch_size)
+
+    @property
+    def patch_channels(self) -> int:
+        """Channels per frame of the model input: `3 * patch_size ** 2`."""
+        return 3 * self.patch_size**2
+
+
+@dataclass
+class FlowOutputConfig:
+    """`FlowOutput`'s settings, read at every forward: the model config holds this object (`config.output`) and the
+    output adapter the same one, so `model.config.output.flow_scale_factor = 1.0` switches a loaded model to
+    transformers' units. Change the fields; replacing the object would detach it from the model.
+
+    rescale_factor: the decoder output is divided by it (transformers' 100); flow_scale_factor: then multiplied by it
+    (DeepMind's colab: 20 gives pixels, 1 transformers' logits).
+    """
+
+    rescale_factor: float = 100.0
+    flow_scale_factor: float = 20.0
+
+    def build(self) -> FlowOutput:
+        return FlowOutput(self)
+
+
+class FlowOutput(OutputAdapter):
+    """Decoder output `(B, O, 2)` -> flow in pixels: `x / rescale_factor * flow_scale_factor` (`config`, a
+    `FlowOutputConfig` kept by reference, so changes to it apply to the next forward).
+
+    Per query chunk `forward` scales its rows (position-wise); `assemble` joins the chunks and shapes a whole decode
+    `(B, H, W, 2)`, while subset decodes (`output_index` of flat pixel indices) stay flat `(B, O', 2)`.
+    """
+
+    def __init__(self, config: FlowOutputConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else FlowOutputConfig()
+
+    def forward(self, x: Tensor, adapted: AdaptedInputs, index: Index = None) -> Tensor:
+        x = x / self.config.rescale_factor
+        if self.config.flow_scale_factor != 1.0:
+            x = x * self.config.flow_scale_factor
+        return x
+
+    def assemble(self, pieces: list[Tensor], adapted: AdaptedInputs, output_index: Index = None) -> Tensor:
+        x = super().assemble(pieces, adapted, output_index)
         if output_index is not None:
             return x
         h, w = adapted.image_shape  # type: ignore[attr-defined]
@@ -230,8 +305,8 @@ def predict_flow_tiled(
 ) -> Tensor:
     """Flow for frames of any size >= `tile` by overlapping tiles blended with DeepMind's weights.
 
-    `frame1`, `frame2`: `(B, H, W, 3)` channels-last, already normalised as the model expects (DeepMind: `[-1, 1]`).
-    `tile` defaults to the model's `train_size`; `min_overlap` to DeepMind's 20 pixels (at most half the tile).
+    `frame1`, `frame2`: `(B, H, W, 3)` channels-last, already normalised as the model expects (DeepMind: `[-1, 1]`,
+    see `normalize_frames`). `tile` defaults to the model's `train_size`; `min_overlap` to DeepMind's 20 pixels (at most half the tile).
     Each pixel's flow is the average of the tiles covering it, weighted by the distance to each tile's border.
     Returns `(B, H, W, 2)` in the model's output units (pixels).
     """
@@ -239,7 +314,8 @@ def predict_flow_tiled(
         raise ValueError(f"expected two frames of the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}")
     if frame1.ndim != 4 or frame1.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (B, H, W, 3), got {tuple(frame1.shape)}")
-    tile = tuple(tile) if tile is not None else tuple(model.config.train_size)
+    adapter = model.input_adapter
+    tile = tuple(tile) if tile is not None else tuple(adapter.train_size)
     if min_overlap is None:
         min_overlap = min(20, min(tile) // 2)
     b, h, w, _ = frame1.shape
@@ -249,7 +325,7 @@ def predict_flow_tiled(
     count = torch.zeros(1, h, w, 1, device=frame1.device)
     for y, x in compute_grid_indices((h, w), tile, min_overlap):
         piece = frames[:, :, y : y + tile[0], x : x + tile[1]]
-        patches = frames_to_patches(piece, channels_last=True, patch_size=getattr(model.config, "patch_size", 3))
+        patches = frames_to_patches(piece, channels_last=True, patch_size=adapter.patch_size)
         out = model(patches, **forward_kwargs).logits.float()
         flow[:, y : y + tile[0], x : x + tile[1]] += out * weights
         count[:, y : y + tile[0], x : x + tile[1]] += weights

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.adapters.video import space_to_depth
 from perceiver.checks import check_float_input
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
@@ -50,13 +51,6 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     out = _cdiv(size, stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
-
-
-def space_to_depth(x: Tensor, block: int) -> Tensor:
-    """`(B, C, H, W)` -> `(B, H/b, W/b, b*b*C)`, channels ordered (dh, dw, C) as DeepMind's and transformers'."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // block, block, w // block, block)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, h // block, w // block, block * block * c)
 
 
 class ConvDownsample(nn.Module):
@@ -236,7 +230,7 @@ class ImageAdapter(InputAdapter):
             s, conv = self.spatial_downsample, self.convnet_1x1
             return F.linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
-            x = space_to_depth(x, self.spatial_downsample)
+            x = space_to_depth(x, spatial_block_size=self.spatial_downsample)  # channels (dh, dw, C)
             return self.conv_after_patches(x) if self.conv_after_patches is not None else x
         s = self.spatial_downsample
         return x[:, :, ::s, ::s].permute(0, 2, 3, 1)

@@ -29,11 +29,20 @@ def space_to_depth(frames: Tensor, temporal_block_size: int = 1, spatial_block_s
 
     `(B, C, H, W)` -> `(B, H/s, W/s, s*s*C)`; `(B, T, C, H, W)` -> `(B, T/t, H/s, W/s, t*s*s*C)` with the new channel
     index ordered `(t, s_h, s_w, C)` (C fastest). Raises ValueError when a size is not divisible by its block.
+
+    The one implementation of the library: images (`ImageAdapter`'s `patches`), video and flow frames all use it.
+    Name the block of an image `spatial_block_size=`: the second positional argument is the temporal block, and a
+    temporal block other than 1 for `(B, C, H, W)` images is an error rather than ignored.
     """
     if temporal_block_size < 1 or spatial_block_size < 1:
         raise ValueError(f"block sizes must be >= 1, got t={temporal_block_size}, s={spatial_block_size}")
     s = spatial_block_size
     if frames.ndim == 4:
+        if temporal_block_size != 1:
+            raise ValueError(
+                f"temporal_block_size={temporal_block_size} needs frames (B, T, C, H, W), got an image of shape "
+                f"{tuple(frames.shape)}; pass the block of an image as spatial_block_size="
+            )
         b, c, h, w = frames.shape
         _check_divisible((h, w), (s, s), ("height", "width"), tuple(frames.shape))
         x = frames.reshape(b, c, h // s, s, w // s, s).permute(0, 2, 4, 3, 5, 1)

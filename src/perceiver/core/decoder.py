@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer
-from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
+from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features, linear_positions
 
 
 @dataclass
@@ -163,34 +163,71 @@ class TrainableQueries(QueryBuilder):
 class FourierQueries(QueryBuilder):
     """Fourier features of an output grid `index_dims` (DeepMind convention), optionally projected.
 
-    The feature table of the grid is built per call and rows are selected by `index`.
+    Only the rows asked for are computed (a slice or an index tensor of flat grid positions), so a subset or a chunk
+    of a large grid (a 16 x 224 x 224 video) never builds the whole feature table. `position_mode` places subsampled
+    rows: "grid" (default) on the full grid's `linspace(-1, 1, n)` per axis, so a subset equals the same rows of the
+    whole decode; "transformers" at `-1 + 2 i / n`, the formula of DeepMind's / transformers' subsampled decoding (for
+    parity; it applies to whole decodes too). `forward(..., position_mode=...)` overrides it per call.
     """
 
     def __init__(
         self,
         index_dims: Sequence[int],
         num_bands: int,
-        max_resolution: Sequence[int] | None = None,
+        max_resolution: Sequence[float] | None = None,
         concat_pos: bool = True,
         sine_only: bool = False,
         project_dim: int | None = None,
+        position_mode: Literal["grid", "transformers"] = "grid",
     ) -> None:
         super().__init__()
-        self.index_dims = tuple(index_dims)
-        self.encoding = FourierPositionEncoding(num_bands, max_resolution or self.index_dims, concat_pos, sine_only)
-        raw = self.encoding.num_channels(len(self.index_dims))
+        if num_bands < 1:
+            raise ValueError(f"num_bands must be >= 1, got {num_bands}")
+        self.index_dims = tuple(int(n) for n in index_dims)
+        self.num_bands = num_bands
+        self.max_resolution = tuple(max_resolution) if max_resolution is not None else self.index_dims
+        if len(self.max_resolution) != len(self.index_dims):
+            raise ValueError(
+                f"max_resolution needs one entry per grid axis {self.index_dims}, got {tuple(self.max_resolution)}"
+            )
+        self.concat_pos, self.sine_only = concat_pos, sine_only
+        self.position_mode = _check_position_mode(position_mode)
+        raw = fourier_channels(len(self.index_dims), num_bands, concat_pos, sine_only)
         self.projection = nn.Linear(raw, project_dim) if project_dim else None
         self.num_channels = project_dim or raw
+        self.register_buffer("anchor", torch.empty(0), persistent=False)  # device and default dtype
 
-    def num_queries(self, adapted: AdaptedInputs) -> int:
+    def num_queries(self, adapted: AdaptedInputs | None = None) -> int:
         return prod(self.index_dims)
 
-    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
-        table = self.encoding(self.index_dims).reshape(-1, self.encoding.num_channels(len(self.index_dims)))
-        q = select(table, index)
+    def positions(self, index: Index = None, position_mode: str | None = None) -> Tensor:
+        """Positions `(O', d)` in fp32 of the flat grid positions `index` (all for None)."""
+        mode = _check_position_mode(position_mode or self.position_mode)
+        device = self.anchor.device
+        if index is None and mode == "grid":
+            return linear_positions(self.index_dims, device=device).reshape(-1, len(self.index_dims))
+        if index is None or isinstance(index, slice):
+            start, stop, _ = (slice(None) if index is None else index).indices(self.num_queries())
+            index = torch.arange(start, stop, device=device)
+        coords = torch.stack(torch.unravel_index(index.to(device), self.index_dims), dim=1)  # (O', d), long
+        if mode == "transformers":
+            return -1 + 2 * coords / torch.tensor(self.index_dims, device=device)[None, :]
+        axes = [torch.linspace(-1.0, 1.0, n, device=device) for n in self.index_dims]
+        return torch.stack([axis[coords[:, i]] for i, axis in enumerate(axes)], dim=1)
+
+    def forward(self, adapted: AdaptedInputs, index: Index = None, position_mode: str | None = None) -> Tensor:
+        pos = self.positions(index, position_mode)
+        q = fourier_features(pos, self.num_bands, self.max_resolution, self.concat_pos, self.sine_only)
+        q = q.to(self.anchor.dtype)  # built in fp32, as `FourierPositionEncoding`
         if self.projection is not None:
             q = self.projection(q)
         return q.expand(adapted.tokens.shape[0], -1, -1)
+
+
+def _check_position_mode(mode: str) -> Any:
+    if mode not in ("grid", "transformers"):
+        raise ValueError(f"position_mode must be 'grid' or 'transformers', got {mode!r}")
+    return mode
 
 
 class InputQueries(QueryBuilder):

@@ -7,43 +7,60 @@
 The preprocessor and decoder settings (64 Fourier bands, max resolution `train_size`, one decoder head, no query
 residual, rescale 100) are what transformers' head hard-codes; sizes come from the config dict and the weights.
 The converted model returns flow in pixels (`flow_scale_factor=20`, DeepMind's colab); pass
-`flow_scale_factor=1.0` to get transformers' logits.
+`flow_scale_factor=1.0` to get transformers' logits (or set `model.config.output.flow_scale_factor = 1.0` later).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import io_config_from_hf, load_converted
+from perceiver.adapters.flow import FlowAdapterConfig
+from perceiver.hub import apply_overrides
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.pretrained import register_hf_converter
 
 PRE = "perceiver.input_preprocessor"
 DEC = "perceiver.decoder.decoder"
+NUM_BANDS = 64  # hard-coded in transformers' PerceiverForOpticalFlow
 
 
 @register_hf_converter("PerceiverForOpticalFlow")
 def convert_optical_flow(hf_config: dict[str, Any], sd: dict[str, Tensor], **overrides: Any) -> PerceiverForOpticalFlow:
     """Build our `PerceiverForOpticalFlow` from a transformers checkpoint (`hf_config`: its config.json dict,
-    `sd`: its state dict); `overrides` replace fields of our config (e.g. `flow_scale_factor=1.0`)."""
-    proj = sd[f"{PRE}.conv_after_patches.weight"]  # (out_channels, 2 * patch_channels)
-    io_fields, enc, _, keys = io_config_from_hf(hf_config, sd, DEC, decoder_use_query_residual=False)
-    fields: dict[str, Any] = dict(
+    `sd`: its state dict); `overrides` replace fields of our config (flat or dotted keys, e.g.
+    `flow_scale_factor=1.0`)."""
+    proj = sd[f"{PRE}.conv_after_patches.weight"]  # (out_channels, 2 * 3 * patch_size ** 2)
+    patch_size = math.isqrt(proj.shape[1] // 6)
+    if 6 * patch_size**2 != proj.shape[1]:
+        raise ValueError(
+            f"{PRE}.conv_after_patches takes {proj.shape[1]} channels, expected 2 * 3 * k * k (k x k patches)"
+        )
+    adapter = FlowAdapterConfig(
         train_size=tuple(hf_config.get("train_size", (368, 496))),
-        patch_channels=proj.shape[1] // 2,
+        patch_size=patch_size,
         out_channels=proj.shape[0],
-        num_bands=64,
-        **io_fields,
+        num_bands=NUM_BANDS,
+    )
+    encoder, enc_keys = encoder_from_hf(hf_config, sd)
+    decoder, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=False)
+    # the model sets the widths and the 2 output channels from its parts; the encoder's input width is checked below
+    config = OpticalFlowConfig(
+        adapter=adapter,
+        encoder=replace(encoder, input_dim=None),
+        decoder=replace(decoder, query_dim=None, output_dim=None),
         output_init_zeros=False,
     )
-    fields.update(overrides)
-    model = PerceiverForOpticalFlow(OpticalFlowConfig(**fields))
-    if model.input_adapter.num_channels != enc.input_dim:
+    model = PerceiverForOpticalFlow(apply_overrides(config, overrides))
+    if model.input_adapter.num_channels != encoder.input_dim:
         raise ValueError(
-            f"checkpoint encoder takes {enc.input_dim} input channels, the flow preprocessing gives "
-            f"{model.input_adapter.num_channels} (64 Fourier bands expected)"
+            f"checkpoint encoder takes {encoder.input_dim} input channels, the flow preprocessing gives "
+            f"{model.input_adapter.num_channels} ({NUM_BANDS} Fourier bands expected)"
         )
+    keys = enc_keys | dec_keys
     keys |= {f"input_adapter.projection.{p}": f"{PRE}.conv_after_patches.{p}" for p in ("weight", "bias")}
     return load_converted(model, sd, keys)

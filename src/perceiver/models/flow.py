@@ -3,6 +3,10 @@
     patches (B, 2, 27, H, W) --FlowAdapter--> tokens (B, H*W, 322) --PerceiverEncoder--> latents (B, 2048, 512)
     queries = tokens (one per pixel) --PerceiverDecoder(latents), in chunks--> (B, H*W, 2) --FlowOutput--> (B, H, W, 2)
 
+`OpticalFlowConfig(adapter=FlowAdapterConfig(...), encoder=EncoderConfig(...), decoder=DecoderConfig(...),
+output=FlowOutputConfig(...))`; the preset takes flat keywords too (`create_model("optical-flow-perceiver",
+train_size=(32, 32), num_latents=128)`, see `perceiver.hub.apply_overrides`).
+
 Preset `optical-flow-perceiver` at the published size (DeepMind's colab / transformers): 368 x 496 training size,
 a Linear 54 -> 64 after patching, 64 Fourier bands (max resolution 368 x 496), 2048 x 512 latents, one
 cross-attention head with `cross_attention_shape_for_attention='kv'` (q/k width = input width 322), 1 block of 24
@@ -17,113 +21,148 @@ input arrays, so the decoder no longer sets the peak; chunking is exact and cost
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from perceiver.adapters.flow import FlowAdapter, FlowOutput, frames_to_patches, predict_flow_tiled
+from perceiver.adapters.flow import (
+    FlowAdapterConfig,
+    FlowOutputConfig,
+    frames_to_patches,
+    normalize_frames,
+    predict_flow_tiled,
+)
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.core.decoder import InputQueries, PerceiverDecoder
-from perceiver.core.encoder import PerceiverEncoder
-from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.hub import config_from_dict
-from perceiver.models._io_config import PerceiverIOConfig
+from perceiver.core.config import rename_keys
+from perceiver.core.decoder import DecoderConfig, InputQueries, PerceiverDecoder
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.io import PerceiverIO
+from perceiver.core.model import ModelOutput
+from perceiver.hub import apply_overrides
+from perceiver.models._io_config import IO_LEGACY_KEYS, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import register_model, register_model_type
 
 
-@dataclass
-class OpticalFlowConfig(PerceiverIOConfig):
-    """Flat configuration of `PerceiverForOpticalFlow`; the defaults are `optical-flow-perceiver`'s.
+def flow_encoder(**fields: Any) -> EncoderConfig:
+    """DeepMind's flow encoder: 2048 x 512 latents, one block of 24 self-attention layers with 16 heads (the rest as
+    the ImageNet encoder: one `'kv'` cross-attention head, widening 1)."""
+    base = dict(num_latents=2048, latent_dim=512, num_blocks=1, num_self_attends_per_block=24, latent_heads=16)
+    return imagenet_encoder(**(base | fields))
 
-    train_size: the `(H, W)` the model is trained at (Fourier `max_resolution`, tiling size of `predict`).
-    cross_attention_shape: q/k width of the cross-attentions when not given (see `PerceiverIOConfig`).
-    flow_scale_factor: 20 gives pixels (DeepMind's colab), 1 transformers' logits.
-    query_chunk_size: queries decoded at a time by default (None: all at once).
+
+def flow_decoder(**fields: Any) -> DecoderConfig:
+    """DeepMind's flow decoder: one head, q/k as wide as the latents, no query residual (projection to 2 added by
+    the model)."""
+    return classifier_decoder(**(dict(use_query_residual=False) | fields))
+
+
+@dataclass
+class OpticalFlowConfig:
+    """`PerceiverForOpticalFlow`: the flow adapter, the encoder, the decoder (its queries are the adapted pixels, its
+    output 2 channels) and the output scaling; the defaults are `optical-flow-perceiver`'s.
+
+    output: a `FlowOutputConfig` the model's output adapter reads at every forward (shared by reference):
+        `model.config.output.flow_scale_factor = 1.0` gives transformers' units on a loaded model.
+    query_chunk_size: pixels decoded at a time by default (None: all at once).
     output_init_zeros: zero-initialise the final Linear (DeepMind), so an untrained model predicts zero flow.
-    projection_hidden: None (DeepMind) or the hidden width of an MLP per-pixel projection (see `FlowAdapter`).
-    patch_size: side of the square patch around each pixel (DeepMind: 3); a wider patch lets each pixel's own
-        features see motions up to `patch_size // 2` pixels. `patch_channels` follows: `3 * patch_size ** 2`.
-    pyramid_scales: () (DeepMind) or downsampling factors whose patches are added per pixel (see `FlowAdapter`).
-    difference_scale: None (DeepMind) or the factor on the frame-2-minus-frame-1 channels (see `FlowAdapter`).
+
+    `train_size`, `patch_size`, `patch_channels` read the adapter's (`config.adapter.*`); `flow_scale_factor` is
+    `output.flow_scale_factor` (the name earlier releases documented for switching units on a loaded model).
     """
 
-    train_size: tuple[int, int] = (368, 496)
-    patch_size: int = 3
-    patch_channels: int | None = None
-    out_channels: int = 64
-    num_bands: int = 64
-    concat_pos: bool = True
-    sine_only: bool = False
-    # encoder / decoder (queries = the adapted inputs): PerceiverIOConfig's fields, at the published sizes
-    num_latents: int = 2048
-    latent_dim: int = 512
-    num_blocks: int = 1
-    num_self_attends_per_block: int = 24
-    latent_heads: int = 16
-    decoder_use_query_residual: bool = False
-    # output
-    rescale_factor: float = 100.0
-    flow_scale_factor: float = 20.0
+    adapter: FlowAdapterConfig = field(default_factory=FlowAdapterConfig)
+    encoder: EncoderConfig = field(default_factory=flow_encoder)
+    decoder: DecoderConfig = field(default_factory=flow_decoder)
+    output: FlowOutputConfig = field(default_factory=FlowOutputConfig)
     query_chunk_size: int | None = 8192
     output_init_zeros: bool = True
-    projection_hidden: int | None = None
-    pyramid_scales: tuple[int, ...] = ()
-    difference_scale: float | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.train_size) != 2:
-            raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
-        self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
-        self.pyramid_scales = tuple(int(v) for v in self.pyramid_scales)
-        if self.patch_size < 1 or self.patch_size % 2 == 0:
-            raise ValueError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
-        expected = 3 * self.patch_size**2
-        if self.patch_channels is None:
-            self.patch_channels = expected
-        elif self.patch_channels != expected:
-            raise ValueError(
-                f"patch_channels must be 3 * patch_size ** 2 = {expected} for patch_size {self.patch_size}, "
-                f"got {self.patch_channels}"
-            )
         if self.query_chunk_size is not None and self.query_chunk_size < 1:
             raise ValueError(f"query_chunk_size must be >= 1 or None, got {self.query_chunk_size}")
+
+    @property
+    def train_size(self) -> tuple[int, int]:
+        return self.adapter.train_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.adapter.patch_size
+
+    @property
+    def patch_channels(self) -> int:
+        return self.adapter.patch_channels
+
+    @property
+    def flow_scale_factor(self) -> float:
+        return self.output.flow_scale_factor
+
+    @flow_scale_factor.setter
+    def flow_scale_factor(self, value: float) -> None:
+        self.output.flow_scale_factor = value
+
+
+def check_patch_channels(config: OpticalFlowConfig, patch_channels: Any, source: Any = None) -> None:
+    """`patch_channels` of a format-1 file or a preset keyword (now derived from `patch_size`) must agree."""
+    if patch_channels is None or patch_channels == config.adapter.patch_channels:
+        return
+    where = f"{source}: " if source is not None else ""
+    k = config.adapter.patch_size
+    raise ValueError(
+        f"{where}patch_channels must be 3 * patch_size ** 2 = {3 * k * k} for patch_size {k}, got {patch_channels}"
+    )
 
 
 @register_model_type
 class PerceiverForOpticalFlow(PerceiverIO):
     """Perceiver IO optical flow: `model(inputs (B, 2, 27, H, W))` -> `.logits` flow `(B, H, W, 2)` in pixels
-    (`(B, 2, 3 * k * k, H, W)` for `config.patch_size` k).
+    (`(B, 2, 3 * k * k, H, W)` for `config.adapter.patch_size` k).
 
     `model.predict(frame1, frame2)` takes channels-last frames and tiles frames of other sizes.
     """
 
     config_class = OpticalFlowConfig
     model_type = "perceiver-optical-flow"
+    legacy_keys = IO_LEGACY_KEYS
+    classifier_name = None
+    head_kind = "optical flow (B, H, W, 2)"
+
+    @property
+    def num_classes(self) -> int:
+        """2: the logits' last axis is the flow `(dx, dy)`; there is no class head to reset."""
+        return 2
 
     def __init__(self, config: OpticalFlowConfig) -> None:
-        c = config
-        adapter = FlowAdapter(
-            c.train_size,
-            c.patch_channels,
-            c.out_channels,
-            c.num_bands,
-            c.concat_pos,
-            c.sine_only,
-            c.projection_hidden,
-            c.pyramid_scales,
-            c.difference_scale,
-        )
+        adapter = config.adapter.build()
         d = adapter.num_channels
-        encoder = PerceiverEncoder(c.encoder_config(d))
-        decoder = PerceiverDecoder(c.decoder_config(query_dim=d, output_dim=2))
-        if c.output_init_zeros:
+        encoder = PerceiverEncoder(config.encoder.for_inputs(d))
+        decoder = PerceiverDecoder(
+            config.decoder.for_parts(query_dim=d, latent_dim=encoder.config.latent_dim, output_dim=2)
+        )
+        if config.output_init_zeros:
             nn.init.zeros_(decoder.final_layer.weight)
             nn.init.zeros_(decoder.final_layer.bias)
-        super().__init__(adapter, encoder, InputQueries(d), decoder, FlowOutput(c.rescale_factor, c.flow_scale_factor))
-        self.config = c
+        super().__init__(adapter, encoder, InputQueries(d), decoder, config.output.build())
+        self.config = config
+
+    @classmethod
+    def config_from_file(cls, data: dict[str, Any], source: str | os.PathLike, overrides: dict[str, Any]) -> Any:
+        if data.get("format_version", 1) != 1:
+            return super().config_from_file(data, source, overrides)
+        data = dict(data)
+        channels = data.pop("patch_channels", None)  # format 1 stored it beside patch_size
+        config = super().config_from_file(data, source, overrides)
+        check_patch_channels(config, channels, source)
+        return config
+
+    def check_inputs(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        k = self.input_adapter.patch_channels
+        inputs = check_float_input(inputs, "inputs", f"(B, 2, {k}, H, W)", model_dtype(self))
+        check_nonempty(inputs, "inputs", f"(B, 2, {k}, H, W)")
+        return inputs, to_bool_mask(mask, "attention_mask")
 
     def forward(
         self,
@@ -132,30 +171,27 @@ class PerceiverForOpticalFlow(PerceiverIO):
         output_index: Tensor | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
-    ) -> PerceiverIOOutput:
+    ) -> ModelOutput:
         """Flow from patches `inputs` `(B, 2, 27, H, W)` (see `frames_to_patches`).
 
         attention_mask: `(B, H*W)` over the input pixels (True/1 = attend), as transformers takes it.
         output_index: flat pixel indices `(O',)` to decode only those pixels -> logits `(B, O', 2)`.
         query_chunk_size: pixels decoded at a time; None uses `config.query_chunk_size`, 0 decodes all at once.
-        Returns `.logits` `(B, H, W, 2)` (pixels, see `config.flow_scale_factor`), `.last_hidden_state`
+        Returns `.logits` `(B, H, W, 2)` (pixels, see `config.output.flow_scale_factor`), `.last_hidden_state`
         `(B, N, D)`, and with `return_attention` the encoder `(B, H, N, H*W)` / decoder `(B, H, O, N)` maps.
         """
         if query_chunk_size is None:
             query_chunk_size = self.config.query_chunk_size
-        self.output_adapter.flow_scale_factor = self.config.flow_scale_factor  # the config is the switch
-        inputs = check_float_input(inputs, "inputs", "(B, 2, 27, H, W)", model_dtype(self))
-        check_nonempty(inputs, "inputs", "(B, 2, 27, H, W)")
-        attention_mask = to_bool_mask(attention_mask, "attention_mask")
         return super().forward(inputs, attention_mask, output_index, query_chunk_size or None, return_attention)
 
     @torch.no_grad()
     def predict(self, frame1: Tensor, frame2: Tensor, min_overlap: int | None = None, **forward_kwargs: Any) -> Tensor:
         """Flow in pixels from frame 1 to frame 2, channels-last `(H, W, 3)` or `(B, H, W, 3)`.
 
-        uint8 frames are normalised to [-1, 1] (DeepMind's `im / 255 * 2 - 1`); float frames are taken as already
-        normalised. Frames of `train_size` run in one pass, larger ones by overlapping tiles (`predict_flow_tiled`,
-        `min_overlap` pixels, default 20), smaller ones raise (pad or resize them). Returns `(H, W, 2)` or `(B, H, W, 2)`.
+        uint8 frames are normalised to [-1, 1] (`normalize_frames`: DeepMind's `im / 255 * 2 - 1`, the training
+        task's normalisation); floating frames are taken as already normalised. Frames of `train_size` run in one
+        pass, larger ones by overlapping tiles (`predict_flow_tiled`, `min_overlap` pixels, default 20), smaller ones
+        raise (pad or resize them). Returns `(H, W, 2)` or `(B, H, W, 2)`.
         """
         if frame1.shape != frame2.shape:
             raise ValueError(
@@ -165,34 +201,25 @@ class PerceiverForOpticalFlow(PerceiverIO):
         f1, f2 = (frame1[None], frame2[None]) if unbatched else (frame1, frame2)
         if f1.ndim != 4 or f1.shape[-1] != 3:
             raise ValueError(f"expected frames of shape (H, W, 3) or (B, H, W, 3), got {tuple(frame1.shape)}")
-        dtype = next(self.parameters()).dtype
-        f1, f2 = (_normalise(f, dtype) for f in (f1, f2))
-        if tuple(f1.shape[1:3]) == self.config.train_size:
-            patches = frames_to_patches(
-                torch.stack([f1, f2], dim=1), channels_last=True, patch_size=self.config.patch_size
-            )
+        dtype = model_dtype(self)
+        f1, f2 = (f.to(dtype) if f.is_floating_point() else normalize_frames(f, dtype) for f in (f1, f2))
+        adapter = self.input_adapter
+        if tuple(f1.shape[1:3]) == adapter.train_size:
+            patches = frames_to_patches(torch.stack([f1, f2], dim=1), channels_last=True, patch_size=adapter.patch_size)
             flow = self(patches, **forward_kwargs).logits
         else:
-            flow = predict_flow_tiled(self, f1, f2, self.config.train_size, min_overlap, **forward_kwargs)
+            flow = predict_flow_tiled(self, f1, f2, adapter.train_size, min_overlap, **forward_kwargs)
         return flow[0] if unbatched else flow
-
-
-def _normalise(frame: Tensor, dtype: torch.dtype) -> Tensor:
-    if frame.dtype == torch.uint8:
-        return frame.to(dtype) / 255.0 * 2 - 1
-    return frame.to(dtype)
-
-
-FLOW = OpticalFlowConfig()
 
 
 @register_model("optical-flow-perceiver")
 def optical_flow_perceiver(**overrides: Any) -> PerceiverForOpticalFlow:
     """DeepMind's Perceiver IO optical flow model (deepmind/optical-flow-perceiver), 368 x 496 input."""
-    # patch_channels follows patch_size unless given
-    return PerceiverForOpticalFlow(
-        config_from_dict(OpticalFlowConfig, {**asdict(FLOW), "patch_channels": None, **overrides})
-    )
+    overrides = dict(overrides)
+    channels = overrides.pop("patch_channels", None)  # follows patch_size; accepted when it agrees
+    config = apply_overrides(OpticalFlowConfig(), rename_keys(PerceiverForOpticalFlow.legacy_keys, overrides))
+    check_patch_channels(config, channels)
+    return PerceiverForOpticalFlow(config)
 
 
-__all__ = ["OpticalFlowConfig", "PerceiverForOpticalFlow", "optical_flow_perceiver"]
+__all__ = ["OpticalFlowConfig", "PerceiverForOpticalFlow", "flow_decoder", "flow_encoder", "optical_flow_perceiver"]
