@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import perceiver
+from perceiver.core.decoder import AdaptedInputs
 from perceiver.models.multimodal import PerceiverForMultimodalAutoencoding
 
 transformers = pytest.importorskip("transformers")
@@ -71,7 +72,7 @@ def pair(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_multimodal")
     hf.save_pretrained(path)
     ours = perceiver.from_pretrained(path)
-    ours.config.subsampled_positions = "transformers"
+    ours.config.queries.subsampled_positions = "transformers"
     return hf, ours, path
 
 
@@ -99,8 +100,12 @@ def test_converted_model_type_and_config(pair):
     _, ours, _ = pair
     assert isinstance(ours, PerceiverForMultimodalAutoencoding)
     c = ours.config
-    assert (c.num_frames, c.image_size, c.num_labels, c.num_latents, c.latent_dim) == (T, (HW, HW), LABELS, 8, 32)
-    assert (c.input_padding, c.query_padding, c.label_query_channels) == (4, 2, 24)
+    assert (c.image.num_frames, c.image.image_size, c.num_classes) == (T, (HW, HW), LABELS)
+    assert (c.encoder.num_latents, c.encoder.latent_dim, c.decoder.output_dim) == (8, 32, 16)
+    assert (c.inputs.min_padding_size, c.queries.min_padding_size, c.queries.label_channels) == (4, 2, 24)
+    assert (c.audio.num_samples, c.audio.max_resolution, c.image.max_resolution) == (
+        T * SAMPLES_PER_FRAME, T * SAMPLES_PER_FRAME, (T, HW, HW)
+    )  # fmt: skip
     assert not ours.training
 
 
@@ -166,7 +171,7 @@ def test_random_mask_probabilities_match_with_identical_seeds(pair):
     probs = {"audio": 0.5, "image": 0.3, "label": 1.0}
     saved = hf.perceiver.input_preprocessor.mask_probs
     hf.perceiver.input_preprocessor.mask_probs = probs
-    ours.config.mask_probs, ours.config.eval_masking = probs, "random"
+    ours.config.inputs.mask_probs, ours.config.inputs.eval_masking = probs, "random"
     try:
         x = make_inputs()
         points = {"image": torch.arange(0, 64), "audio": torch.arange(AUDIO_POINTS), "label": None}
@@ -181,8 +186,8 @@ def test_random_mask_probabilities_match_with_identical_seeds(pair):
         assert (other["audio"] - got["audio"]).abs().max() > 1e-4  # the draw matters
     finally:
         hf.perceiver.input_preprocessor.mask_probs = saved
-        ours.config.mask_probs = {"audio": 0.0, "image": 0.0, "label": 1.0}
-        ours.config.eval_masking = "deterministic"
+        ours.config.inputs.mask_probs = {"audio": 0.0, "image": 0.0, "label": 1.0}
+        ours.config.inputs.eval_masking = "deterministic"
 
 
 def test_grid_positions_are_deepmind_full_grid_and_differ_from_transformers_subsampling(pair):
@@ -190,10 +195,11 @@ def test_grid_positions_are_deepmind_full_grid_and_differ_from_transformers_subs
     image_queries = ours.query_builder.modalities["image"]
     hf_image = hf.perceiver.decoder.modalities["image"].decoder
     full = hf_image.output_position_encodings((T, HW, HW), 1, device="cpu", dtype=torch.float32)[0]
-    torch.testing.assert_close(image_queries(None, "grid"), full, atol=1e-6, rtol=0)
+    one = AdaptedInputs(torch.zeros(1, 1, 1))
+    torch.testing.assert_close(image_queries(one, None, position_mode="grid")[0], full, atol=1e-6, rtol=0)
     idx = torch.tensor([0, 5, 300, IMAGE_POINTS - 1])
-    torch.testing.assert_close(image_queries(idx, "grid"), full[idx], atol=1e-6, rtol=0)
-    theirs = image_queries(idx, "transformers")
+    torch.testing.assert_close(image_queries(one, idx, position_mode="grid")[0], full[idx], atol=1e-6, rtol=0)
+    theirs = image_queries(one, idx, position_mode="transformers")[0]
     assert torch.equal(theirs[0], full[0])  # index 0 maps to -1 in both formulas
     assert (theirs[1:] - full[idx[1:]]).abs().max() > 1e-3
 
@@ -201,7 +207,7 @@ def test_grid_positions_are_deepmind_full_grid_and_differ_from_transformers_subs
 def test_default_grid_mode_differs_from_transformers_only_in_positions(pair):
     hf, ours, path = pair
     grid = perceiver.from_pretrained(path)
-    assert grid.config.subsampled_positions == "grid"
+    assert grid.config.queries.subsampled_positions == "grid"
     x = make_inputs()
     points = {"image": torch.arange(10, 40), "audio": torch.tensor([0, 2]), "label": None}
     with torch.no_grad():
@@ -217,7 +223,7 @@ def test_save_load_round_trip_of_converted_model(pair, tmp_path):
     ours.save_pretrained(tmp_path / "ours")
     again = perceiver.from_pretrained(tmp_path / "ours")
     assert isinstance(again, PerceiverForMultimodalAutoencoding)
-    assert again.config.subsampled_positions == "transformers"
+    assert again.config.queries.subsampled_positions == "transformers" and again.config == ours.config
     x = make_inputs()
     with torch.no_grad():
         a, b = ours(x).logits, again(x).logits
@@ -241,3 +247,20 @@ def test_outputs_depend_on_the_inputs_and_queries(pair):
         flipped = ours(y).logits
     assert out["image"].std(dim=1).min() > 1e-2  # varies over pixels (queries)
     assert (out["label"] - flipped["label"]).abs().max() > 1e-2  # depends on the video
+
+
+def test_from_pretrained_overrides_reach_the_converter(pair):
+    """`perceiver.from_pretrained(checkpoint, **overrides)` hands them to the converter (it used to take none, so
+    any override raised a TypeError)."""
+    hf, _, path = pair
+    ours = perceiver.from_pretrained(path, subsampled_positions="transformers", **{"inputs.eval_masking": "none"})
+    assert ours.config.queries.subsampled_positions == "transformers" and ours.config.inputs.eval_masking == "none"
+    ours.config.inputs.eval_masking = "deterministic"
+    x = make_inputs()
+    points = {"image": torch.arange(10, 40), "audio": torch.tensor([0, 2]), "label": None}
+    with torch.no_grad():
+        ref = hf(inputs=x, subsampled_output_points=points).logits
+        got = ours(x, subsampled_output_points=points).logits
+    assert max(max_diff(ref, got).values()) <= ATOL
+    with pytest.raises(ValueError, match="unknown keys"):
+        perceiver.from_pretrained(path, subsampled_position="transformers")

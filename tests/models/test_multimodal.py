@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import perceiver
-from perceiver.models.multimodal import MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
+import perceiver.core.io
+from perceiver.models.multimodal import (
+    MultimodalAutoencodingConfig,
+    PerceiverForMultimodalAutoencoding,
+    multimodal_config,
+)
 
 T, HW, LABELS = 2, 16, 5
 AUDIO = T * 32  # samples
@@ -61,8 +68,16 @@ def assert_close(a: dict, b: dict, atol=1e-5):
 
 def test_preset_has_the_published_sizes():
     c = MultimodalAutoencodingConfig()
-    assert (c.num_frames, c.image_size, c.num_audio_samples, c.num_labels) == (16, (224, 224), 30720, 700)
-    assert (c.num_latents, c.latent_dim, c.num_self_attends_per_block, c.latent_heads) == (784, 512, 8, 8)
+    assert (c.image.num_frames, c.image.image_size, c.audio.num_samples, c.num_classes) == (16, (224, 224), 30720, 700)
+    assert (c.image.max_resolution, c.audio.max_resolution) == ((16, 224, 224), 30720)
+    assert (c.image.spatial_block_size, c.image.num_bands, c.audio.samples_per_patch, c.audio.num_bands) == (
+        4, 32, 16, 192
+    )  # fmt: skip
+    e = c.encoder
+    assert (e.num_latents, e.latent_dim, e.num_self_attends_per_block, e.latent_heads) == (784, 512, 8, 8)
+    assert (e.cross_heads, e.num_blocks, e.cross_attention_shape) == (1, 1, "kv")
+    assert (c.decoder.output_dim, c.decoder.use_query_residual, c.inputs.min_padding_size) == (512, False, 4)
+    assert (c.queries.label_channels, c.queries.min_padding_size) == (1024, 2)
     assert "multimodal-perceiver" in perceiver.list_models("multimodal*")
 
 
@@ -136,7 +151,7 @@ def test_subsampled_rows_equal_whole_decode_in_grid_mode_only():
     with torch.no_grad():
         whole = model(x).logits
         sub = model(x, subsampled_output_points=points).logits
-        model.config.subsampled_positions = "transformers"
+        model.config.queries.subsampled_positions = "transformers"
         theirs = model(x, subsampled_output_points=points).logits
         theirs_whole = model(x).logits
     assert set(sub) == {"image", "audio"}  # an empty index leaves the modality out
@@ -177,10 +192,10 @@ def test_eval_masking_modes():
         a, b = model(x).logits, model(x).logits
         assert_close(a, b, atol=0)  # deterministic: probabilities < 1 are not applied in eval
         assert_close(a, reference(x).logits, atol=0)
-        model.config.eval_masking = "random"
+        model.config.inputs.eval_masking = "random"
         r1, r2 = model(x).logits, model(x).logits
         assert (r1["label"] - r2["label"]).abs().max() > 1e-6
-        model.config.eval_masking = "none"  # the label is seen: outputs depend on it
+        model.config.eval_masking = "none"  # the earlier flat name, same field: the label is seen now
         labelled = {**x, "label": torch.eye(LABELS)[:2]}
         assert (model(labelled).logits["label"] - model(x).logits["label"]).abs().max() > 1e-6
 
@@ -274,8 +289,10 @@ def test_bad_input_raises(model, inputs, kwargs, match):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"image_size": 18}, "divisible by spatial_downsample"),
-        ({"audio_samples_per_frame": 30}, "multiple of samples_per_patch"),
+        ({"image_size": 18}, r"image.image_size \(18, 18\) must be divisible by image.spatial_block_size 4"),
+        ({"audio_samples_per_frame": 30}, r"audio.num_samples \(60\) must be a multiple of audio.samples_per_patch"),
+        ({"num_frames": 0}, "num_frames must be an integer >= 1"),
+        ({"image.channels_last": True}, "channels_last must be False"),
         ({"eval_masking": "sometimes"}, "eval_masking"),
         ({"subsampled_positions": "linspace"}, "subsampled_positions"),
         ({"mask_probs": {"label": 1.5}}, "mask_probs"),
@@ -284,4 +301,154 @@ def test_bad_input_raises(model, inputs, kwargs, match):
 )
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
-        MultimodalAutoencodingConfig(**(TINY | overrides))
+        multimodal_config(**(TINY | overrides))
+
+
+def test_flat_preset_keywords_keep_their_meaning():
+    """`num_frames` / `image_size` / `audio_samples_per_frame` (earlier releases' flat keywords) set the video grid,
+    the audio length and both Fourier resolutions, as they did."""
+    c = tiny().config
+    assert (c.image.num_frames, c.image.image_size, c.image.max_resolution) == (T, (HW, HW), (T, HW, HW))
+    assert (c.audio.num_samples, c.audio.max_resolution) == (AUDIO, AUDIO)
+    assert (c.num_classes, c.queries.label_channels, c.decoder.output_dim) == (LABELS, 24, 16)
+    longer = multimodal_config(**(TINY | {"num_frames": 4}))
+    assert (longer.audio.num_samples, longer.image.max_resolution) == (4 * 32, (4, HW, HW))
+    explicit = multimodal_config(**(TINY | {"image.max_resolution": (1, 2, 3)}))  # a dotted key wins
+    assert explicit.image.max_resolution == (1, 2, 3)
+
+
+def test_model_contract(model):
+    assert model.num_classes == LABELS
+    with pytest.raises(NotImplementedError, match="autoencoding"):
+        model.reset_classifier(3)
+
+
+def test_runtime_switches_are_the_shared_config_objects():
+    """The input adapter and the query builder keep `config.inputs` / `config.queries` themselves: a change on the
+    model's config is read by the next forward, which copies nothing into them."""
+    model = tiny()
+    assert model.input_adapter.config is model.config.inputs
+    assert model.query_builder.config is model.config.queries
+    x, points = make_inputs(), {"image": torch.tensor([37, 300]), "audio": torch.tensor([1]), "label": None}
+    with torch.no_grad():
+        grid = model(x, subsampled_output_points=points).logits
+        model.config.subsampled_positions = "transformers"  # the flat name of earlier releases: the same field
+        assert model.config.queries.subsampled_positions == "transformers"
+        theirs = model(x, subsampled_output_points=points).logits
+        model.config.queries.subsampled_positions = "grid"
+        assert_close(model(x, subsampled_output_points=points).logits, grid, atol=0)
+    assert (theirs["image"] - grid["image"]).abs().max() > 1e-4
+    for module in (model.input_adapter, model.query_builder):
+        assert not {"mask_probs", "eval_masking", "position_mode"} & set(vars(module))
+    other = tiny()  # presets own their configs
+    assert other.config.inputs is not model.config.inputs and other.config.queries.subsampled_positions == "grid"
+    with pytest.raises(ValueError, match="eval_masking must be"):
+        model.config.inputs.eval_masking = "sometimes"
+        model(x, subsampled_output_points=points)
+    model.config.inputs.eval_masking = "deterministic"
+
+
+def test_loaded_model_switches_take_effect(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = perceiver.from_pretrained(tmp_path)
+    x = make_inputs()
+    with torch.no_grad():
+        seen = loaded(x).logits["label"]
+        loaded.config.inputs.eval_masking = "none"  # the label input is seen now
+        labelled = loaded({**x, "label": torch.eye(LABELS)[:2]}).logits["label"]
+    assert (labelled - seen).abs().max() > 1e-6
+
+
+def _record_decode(monkeypatch) -> list:
+    """The `query_chunk_size` of every call of the generic decoding loop (`perceiver.core.decoder.decode`)."""
+    calls, decode = [], perceiver.core.io.decode
+
+    def spy(*args, **kwargs):
+        calls.append(args[5] if len(args) > 5 else kwargs.get("query_chunk_size"))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(perceiver.core.io, "decode", spy)
+    return calls
+
+
+def test_forward_is_the_generic_pipeline(model, monkeypatch):
+    """One `PerceiverIO.forward_head` decode per forward, its chunk loop, no loop of the model's own."""
+    calls = _record_decode(monkeypatch)
+    x = make_inputs()
+    with torch.no_grad():
+        out = model(x, query_chunk_size=100)
+        features = model.forward_features(x)
+        head = model.forward_head(features, query_chunk_size=100)
+    assert calls == [100, 100]
+    assert_close(head.logits, out.logits, atol=0)
+
+
+def test_classify_decodes_in_chunks_of_its_query_chunk_size(model, monkeypatch):
+    """`classify(..., query_chunk_size=k)` passes `k` on (it used to be dropped)."""
+    calls = _record_decode(monkeypatch)
+    x = make_inputs()
+    with torch.no_grad():
+        logits = model.classify(x["image"], x["audio"], query_chunk_size=3)
+        assert calls == [3]
+        torch.testing.assert_close(logits, model.classify(x["image"], x["audio"]), atol=0, rtol=0)
+    assert calls == [3, None]
+    with pytest.raises(ValueError, match="query_chunk_size must be >= 1, got 0"):
+        model.classify(x["image"], x["audio"], query_chunk_size=0)
+
+
+def format1_config(**fields) -> dict:
+    """config.json as the previous release wrote it: its flat `MultimodalAutoencodingConfig` (`git show
+    HEAD~3:src/perceiver/models/multimodal.py`, the PerceiverIOConfig fields first), no format_version."""
+    old = dict(
+        num_latents=784, latent_dim=512, num_blocks=1, num_self_attends_per_block=8, cross_heads=1, latent_heads=8,
+        cross_attention_shape="kv", cross_qk_channels=None, cross_v_channels=None, latent_qk_channels=None,
+        latent_v_channels=None, cross_widening_factor=1, latent_widening_factor=1, use_query_residual=True,
+        attn_dropout=0.0, ff_dropout=0.0, decoder_heads=1, decoder_qk_channels=None, decoder_v_channels=None,
+        decoder_widening_factor=1, decoder_use_query_residual=False, num_frames=16, image_size=[224, 224],
+        image_channels=3, spatial_downsample=4, temporal_downsample=1, image_num_bands=32,
+        audio_samples_per_frame=1920, samples_per_patch=16, audio_num_bands=192, num_labels=700, input_padding=4,
+        mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0}, eval_masking="deterministic",
+        label_query_channels=1024, query_padding=2, output_num_channels=512, subsampled_positions="grid",
+    )  # fmt: skip
+    assert set(fields) <= set(old)
+    return {"model_type": "perceiver_multimodal_autoencoding", **old, **fields}
+
+
+VARIANT = dict(
+    num_frames=4, image_size=[8, 12], audio_samples_per_frame=8, samples_per_patch=4, num_labels=3,
+    num_latents=8, latent_dim=32, num_self_attends_per_block=2, latent_heads=2, label_query_channels=12,
+    output_num_channels=10, spatial_downsample=2, temporal_downsample=2, image_num_bands=3, audio_num_bands=5,
+    input_padding=3, query_padding=5, decoder_heads=2, cross_attention_shape="q", decoder_use_query_residual=True,
+    image_channels=2, eval_masking="none", mask_probs={"label": 0.5}, subsampled_positions="transformers",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("flat", [TINY | {"image_size": [HW, HW]}, VARIANT], ids=["preset", "variant"])
+def test_format1_config_of_the_previous_release_loads(flat, tmp_path):
+    """An old flat config.json with this model's weights: the same config and the same outputs as the model."""
+    model = perceiver.create_model("multimodal-perceiver", **flat).eval()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(format1_config(**flat)))
+    loaded = perceiver.from_pretrained(tmp_path)
+    assert isinstance(loaded, PerceiverForMultimodalAutoencoding) and loaded.config == model.config
+    c = loaded.config
+    t, ch, h, w = c.video_shape
+    x = {
+        "image": torch.randn(2, t, ch, h, w),
+        "audio": torch.randn(2, c.audio.num_samples, 1),
+        "label": torch.zeros(2, c.num_classes),
+    }
+    with torch.no_grad():
+        assert_close(loaded(x, query_chunk_size=37).logits, model(x).logits, atol=1e-6)
+    if flat is VARIANT:  # the renamed and derived keys landed where the previous release put them
+        assert (c.image.in_channels, c.image.spatial_block_size, c.image.temporal_block_size) == (2, 2, 2)
+        assert (c.image.max_resolution, c.audio.num_samples, c.audio.max_resolution) == ((4, 8, 12), 32, 32)
+        assert (c.inputs.min_padding_size, c.queries.min_padding_size, c.queries.label_channels) == (3, 5, 12)
+        assert (c.decoder.num_heads, c.decoder.output_dim, c.decoder.use_query_residual) == (2, 10, True)
+        assert (c.encoder.cross_attention_shape, c.decoder.cross_attention_shape) == ("q", "q")
+        assert (c.inputs.mask_probs, c.inputs.eval_masking, c.queries.subsampled_positions) == (
+            {"label": 0.5}, "none", "transformers"
+        )  # fmt: skip
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["format_version"] == 2
+    assert perceiver.from_pretrained(tmp_path / "again").config == model.config

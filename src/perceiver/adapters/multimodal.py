@@ -8,9 +8,14 @@ sorted modality order (audio, image, label):
     label (B, K)           --OneHotLabelAdapter-----------------------------------> (B, 1, K)
     each: [tokens | trainable padding (1, C - C_m)] -> optional mask token -> concat -> (B, M, C)
 
-Decoder side (`MultimodalQueries`): per-modality queries (Fourier features of the output grids, a trainable label
-query) padded to a common width; one shared cross-attention decodes them all; `MultimodalOutput` applies the
-per-modality projections (audio: 16 samples per query, image: 3 colours per pixel, label: K logits).
+Decoder side (`MultimodalQueries`): per-modality query builders (`FourierQueries` of the output grids, one
+`TrainableQueries` label query) padded to a common width; one shared cross-attention decodes them all;
+`MultimodalOutput` applies the per-modality projections (audio: 16 samples per query, image: 3 colours per pixel,
+label: K logits), one query chunk at a time.
+
+Settings read at every forward live in small config objects the modules keep by reference
+(`MultimodalInputConfig`: padding, mask probabilities, eval masking; `MultimodalQueryConfig`: padding, label query
+width, subsampled positions), so the model config that holds the same objects switches them on a loaded model.
 
 Queries are made only for the output positions asked for, so a whole video (16 x 224 x 224 = 802,816 queries) is
 decoded in chunks without ever building the full query array.
@@ -18,24 +23,101 @@ decoded in chunks without ever building the full query array.
 Subsampled query positions: DeepMind / transformers map a flat output index `i` on an axis of size `n` to
 `-1 + 2 * i / n`, while the full grid (and DeepMind's whole decode) uses `linspace(-1, 1, n)`, i.e.
 `-1 + 2 * i / (n - 1)`. `position_mode="grid"` (ours) makes a subsampled query equal to the same row of the full
-decode; `position_mode="transformers"` reproduces their formula (needed for parity of subsampled decodes).
+decode; `position_mode="transformers"` reproduces their formula (needed for parity of subsampled decodes). Both are
+`FourierQueries`' modes; `MultimodalQueryConfig.subsampled_positions` picks one for every Fourier modality.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from math import prod
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from perceiver.core.decoder import AdaptedInputs, QueryBuilder
+from perceiver.core.decoder import AdaptedInputs, FourierQueries, Index, QueryBuilder
 from perceiver.core.io import InputAdapter, OutputAdapter
-from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features
 
 EvalMasking = Literal["deterministic", "none", "random"]
 PositionMode = Literal["grid", "transformers"]
+
+
+def _default_mask_probs() -> dict[str, float]:
+    return {"audio": 0.0, "image": 0.0, "label": 1.0}
+
+
+def check_mask_probs(mask_probs: Mapping[str, float], modalities: Sequence[str] | None = None) -> dict[str, float]:
+    """`mask_probs` as `{name: float}`, each in [0, 1] (and, given `modalities`, naming only those)."""
+    try:
+        probs = {str(k): float(v) for k, v in mask_probs.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"mask_probs must map modality names to probabilities, got {mask_probs!r}") from None
+    unknown = sorted(set(probs) - set(modalities)) if modalities is not None else []
+    if unknown or any(not 0.0 <= p <= 1.0 for p in probs.values()):
+        names = f"some of {list(modalities)}" if modalities is not None else "modality names"
+        raise ValueError(f"mask_probs must map {names} to [0, 1], got {dict(mask_probs)}")
+    return probs
+
+
+def check_eval_masking(mode: str) -> str:
+    if mode not in ("deterministic", "none", "random"):
+        raise ValueError(f"eval_masking must be 'deterministic', 'none' or 'random', got {mode!r}")
+    return mode
+
+
+@dataclass
+class MultimodalInputConfig:
+    """Settings of `MultimodalInputAdapter` (it keeps this object: `mask_probs` and `eval_masking` are read at every
+    forward, so changing them on a loaded model's config takes effect; change the fields, do not replace the object).
+
+    min_padding_size: the common token width is the widest modality's plus this (DeepMind: 4).
+    mask_probs: name -> probability of replacing each of the modality's tokens by its trainable mask token (DeepMind:
+        audio 0, image 0, label 1, i.e. the label input is never seen); modalities left out are not masked.
+    eval_masking: what masking does in eval mode. "deterministic" (default): a modality with probability 1 is always
+        masked, other probabilities are not applied, so eval outputs never depend on the random state; "none": no
+        masking at all in eval; "random": Bernoulli sampling in eval too (transformers / DeepMind). Training mode
+        always samples. Probabilities 0 and 1 give the same result in every mode except "none".
+    """
+
+    min_padding_size: int = 4
+    mask_probs: dict[str, float] = field(default_factory=_default_mask_probs)
+    eval_masking: EvalMasking = "deterministic"
+
+    def __post_init__(self) -> None:
+        if self.min_padding_size < 0:
+            raise ValueError(f"min_padding_size must be >= 0, got {self.min_padding_size}")
+        self.mask_probs = check_mask_probs(self.mask_probs)
+        check_eval_masking(self.eval_masking)
+
+
+@dataclass
+class MultimodalQueryConfig:
+    """Settings of the decoder queries (`MultimodalQueries` keeps this object and reads `subsampled_positions` at
+    every forward).
+
+    label_channels: width of the trainable label query (DeepMind: 1024).
+    min_padding_size: the common query width is the widest modality's plus this (DeepMind: 2).
+    subsampled_positions: "grid" (a subsampled decode gives the same rows as the whole decode) or "transformers"
+        (their `-1 + 2 i / n` positions, for parity), the `position_mode` of the Fourier query builders.
+    """
+
+    label_channels: int = 1024
+    min_padding_size: int = 2
+    subsampled_positions: PositionMode = "grid"
+
+    def __post_init__(self) -> None:
+        if self.min_padding_size < 0:
+            raise ValueError(f"min_padding_size must be >= 0, got {self.min_padding_size}")
+        if self.label_channels < 1:
+            raise ValueError(f"label_channels must be >= 1, got {self.label_channels}")
+        check_subsampled_positions(self.subsampled_positions)
+
+
+def check_subsampled_positions(mode: str) -> str:
+    if mode not in ("grid", "transformers"):
+        raise ValueError(f"subsampled_positions must be 'grid' or 'transformers', got {mode!r}")
+    return mode
 
 
 class OneHotLabelAdapter(nn.Module):
@@ -62,47 +144,26 @@ class MultimodalInputAdapter(InputAdapter):
 
     Args:
         modalities: name -> adapter returning `AdaptedInputs` with tokens `(B, M_m, C_m)` and a `num_channels`.
-        min_padding_size: the common width is `max(C_m) + min_padding_size`.
-        mask_probs: name -> probability of replacing each of the modality's tokens by its trainable mask token
-            (DeepMind's model: audio 0, image 0, label 1, i.e. the label input is never seen).
-        eval_masking: what masking does in eval mode. "deterministic" (default): a modality with probability 1 is
-            always masked, other probabilities are not applied, so eval outputs never depend on the random state;
-            "none": no masking at all in eval; "random": Bernoulli sampling in eval too (transformers / DeepMind).
-            Training mode always samples. Probabilities 0 and 1 give the same result in every mode except "none".
+        config: a `MultimodalInputConfig` (padding, mask probabilities, eval masking; see there), kept by reference
+            and read at every forward. Every modality has a trainable mask token, so any of them can be masked.
 
     `forward(inputs: dict name -> tensor, mask (B, M) or None)` -> `AdaptedInputs(tokens (B, M, C), mask,
     modality_sizes={name: M_m})` with modalities in sorted order.
     """
 
-    def __init__(
-        self,
-        modalities: Mapping[str, nn.Module],
-        min_padding_size: int = 2,
-        mask_probs: Mapping[str, float] | None = None,
-        eval_masking: EvalMasking = "deterministic",
-    ) -> None:
+    def __init__(self, modalities: Mapping[str, nn.Module], config: MultimodalInputConfig | None = None) -> None:
         super().__init__()
-        if min_padding_size < 0:
-            raise ValueError(f"min_padding_size must be >= 0, got {min_padding_size}")
-        mask_probs = dict(mask_probs or {})
-        unknown = sorted(set(mask_probs) - set(modalities))
-        if unknown or any(not 0.0 <= p <= 1.0 for p in mask_probs.values()):
-            raise ValueError(f"mask_probs must map modalities {sorted(modalities)} to [0, 1], got {mask_probs}")
+        self.config = config if config is not None else MultimodalInputConfig()
         self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
-        self.num_channels = max(m.num_channels for m in self.modalities.values()) + min_padding_size
+        check_mask_probs(self.config.mask_probs, list(self.modalities))
+        self.num_channels = max(m.num_channels for m in self.modalities.values()) + self.config.min_padding_size
         self.padding = nn.ParameterDict(
             {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
         )
-        self.mask_probs = {k: float(mask_probs[k]) for k in self.modalities if k in mask_probs}
-        self.mask_tokens = nn.ParameterDict({k: _init_param(1, self.num_channels) for k in self.mask_probs})
-        self.eval_masking = eval_masking
+        self.mask_tokens = nn.ParameterDict({k: _init_param(1, self.num_channels) for k in self.modalities})
 
-    def _mask(self, name: str, x: Tensor) -> Tensor:
-        """Replace tokens of `x` `(B, M_m, C)` by the mask token with probability `mask_probs[name]`."""
-        p = self.mask_probs[name]
-        mode = "random" if self.training else self.eval_masking
-        if mode not in ("deterministic", "none", "random"):
-            raise ValueError(f"eval_masking must be 'deterministic', 'none' or 'random', got {mode!r}")
+    def _mask(self, name: str, x: Tensor, p: float, mode: str) -> Tensor:
+        """Replace tokens of `x` `(B, M_m, C)` by the mask token with probability `p`."""
         if mode == "random":
             # Same draw as transformers (and in the same modality order), so seeded runs agree.
             hit = torch.bernoulli(torch.full(x.shape[:2], p, device=x.device)).bool()
@@ -124,13 +185,14 @@ class MultimodalInputAdapter(InputAdapter):
         batch = {k: v.shape[0] for k, v in inputs.items()}
         if len(set(batch.values())) != 1:
             raise ValueError(f"expected the same batch size for all modalities, got {batch}")
+        probs = check_mask_probs(self.config.mask_probs, list(self.modalities))  # read now: the config may change
+        mode = "random" if self.training else check_eval_masking(self.config.eval_masking)
         tokens, sizes = [], {}
         for name, adapter in self.modalities.items():
             x = adapter(inputs[name]).tokens
             pad = self.padding[name].to(x.dtype).expand(x.shape[0], x.shape[1], -1)
             x = torch.cat([x, pad], dim=-1)
-            if name in self.mask_probs:
-                x = self._mask(name, x)
+            x = self._mask(name, x, probs.get(name, 0.0), mode)  # every modality draws in "random" mode
             tokens.append(x)
             sizes[name] = x.shape[1]
         x = torch.cat(tokens, dim=1)
@@ -143,78 +205,30 @@ class MultimodalInputAdapter(InputAdapter):
         return AdaptedInputs(tokens=x, mask=mask, modality_sizes=sizes)
 
 
-class FourierGridQueries(nn.Module):
-    """Fourier features (DeepMind convention) of positions on an output grid `index_dims`, for chosen flat indices.
-
-    `forward(index (O',) or None, position_mode)` -> `(O', C)`. Only the asked rows are computed. "grid": axis
-    positions `linspace(-1, 1, n)` (a subset gives the same rows as the whole grid); "transformers": `-1 + 2 i / n`.
-    """
-
-    def __init__(self, index_dims: Sequence[int], num_bands: int, max_resolution: Sequence[int]) -> None:
-        super().__init__()
-        self.index_dims = tuple(int(n) for n in index_dims)
-        self.num_bands = num_bands
-        self.max_resolution = tuple(max_resolution)
-        self.num_channels = fourier_channels(len(self.index_dims), num_bands)
-
-    @property
-    def num_positions(self) -> int:
-        return prod(self.index_dims)
-
-    def positions(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
-        """Positions `(O', d)` in fp32 of the flat grid indices `index` (all when None)."""
-        if index is None:
-            index = torch.arange(self.num_positions, device=device)
-        coords = torch.stack(torch.unravel_index(index.to(device), self.index_dims), dim=1)  # (O', d), long
-        if position_mode == "transformers":
-            # Exactly transformers' PerceiverBasicDecoder.decoder_query for subsampled points.
-            return -1 + 2 * coords / torch.tensor(self.index_dims, device=coords.device)[None, :]
-        if position_mode != "grid":
-            raise ValueError(f"position_mode must be 'grid' or 'transformers', got {position_mode!r}")
-        axes = [torch.linspace(-1.0, 1.0, n, device=coords.device) for n in self.index_dims]
-        return torch.stack([axis[coords[:, i]] for i, axis in enumerate(axes)], dim=1)
-
-    def forward(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
-        pos = self.positions(index, position_mode, device)
-        return fourier_features(pos, self.num_bands, self.max_resolution)
-
-
-class LabelQuery(nn.Module):
-    """One trainable query `(1, C)` for the label (transformers' trainable position encoding, `index_dims=1`)."""
-
-    def __init__(self, num_channels: int) -> None:
-        super().__init__()
-        self.num_channels = num_channels
-        self.num_positions = 1
-        self.encoding = TrainablePositionEncoding(1, num_channels)
-
-    def forward(self, index: Tensor | None, position_mode: PositionMode = "grid", device=None) -> Tensor:
-        q = self.encoding()
-        return q if index is None else q[index.to(q.device)]
-
-
 class MultimodalQueries(QueryBuilder):
     """Decoder queries of all modalities on one flat axis: modality `m` owns positions `[offset_m, offset_m + O_m)`,
     in sorted modality order; each modality's queries are padded with its trainable vector to the common width
-    `max(C_m) + min_padding_size`.
+    `max(E_m) + config.min_padding_size`.
 
-    `forward(adapted, index (O',) or None)` -> `(B, O', E)`; `position_mode` selects the subsampled position
-    formula (see the module docstring).
+    `modalities`: name -> a query builder whose queries do not depend on the inputs (`FourierQueries`,
+    `TrainableQueries`); `config`: a `MultimodalQueryConfig`, kept by reference: its `subsampled_positions` is the
+    `position_mode` of the Fourier builders at every forward. `forward(adapted, index (O',), a slice or None)` ->
+    `(B, O', E)`.
     """
 
-    def __init__(self, modalities: Mapping[str, nn.Module], min_padding_size: int = 2) -> None:
+    def __init__(self, modalities: Mapping[str, QueryBuilder], config: MultimodalQueryConfig | None = None) -> None:
         super().__init__()
+        self.config = config if config is not None else MultimodalQueryConfig()
         self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
-        self.num_channels = max(m.num_channels for m in self.modalities.values()) + min_padding_size
+        self.num_channels = max(m.num_channels for m in self.modalities.values()) + self.config.min_padding_size
         self.padding = nn.ParameterDict(
             {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
         )
-        self.position_mode: PositionMode = "grid"
 
     @property
     def sizes(self) -> dict[str, int]:
         """Output positions per modality, in order."""
-        return {k: m.num_positions for k, m in self.modalities.items()}
+        return {k: m.num_queries(None) for k, m in self.modalities.items()}
 
     def offsets(self) -> dict[str, tuple[int, int]]:
         """`[start, stop)` of each modality on the flat output axis."""
@@ -227,12 +241,19 @@ class MultimodalQueries(QueryBuilder):
     def num_queries(self, adapted: AdaptedInputs | None = None) -> int:
         return sum(self.sizes.values())
 
-    def _padded(self, name: str, index: Tensor | None, device, dtype) -> Tensor:
-        q = self.modalities[name](index, self.position_mode, device).to(dtype)
-        return torch.cat([q, self.padding[name].to(dtype).expand(q.shape[0], -1)], dim=-1)
+    def _padded(self, name: str, index: Index, one: AdaptedInputs) -> Tensor:
+        """Queries `(O', E)` of modality `name` at its own positions `index`, padded to the common width."""
+        builder = self.modalities[name]
+        if isinstance(builder, FourierQueries):
+            q = builder(one, index, position_mode=check_subsampled_positions(self.config.subsampled_positions))
+        else:
+            q = builder(one, index)
+        q = q[0].to(one.tokens.dtype)  # the same for every batch entry: built once, expanded by the caller
+        return torch.cat([q, self.padding[name].to(q.dtype).expand(q.shape[0], -1)], dim=-1)
 
-    def forward(self, adapted: AdaptedInputs, index: Tensor | slice | None = None) -> Tensor:
+    def forward(self, adapted: AdaptedInputs, index: Index = None) -> Tensor:
         b, device, dtype = adapted.tokens.shape[0], adapted.tokens.device, adapted.tokens.dtype
+        one = AdaptedInputs(adapted.tokens[:1])
         if index is None:
             index = slice(0, self.num_queries())
         if isinstance(index, slice):  # contiguous positions: each modality's part is known without looking at data
@@ -240,8 +261,8 @@ class MultimodalQueries(QueryBuilder):
             for name, (start, stop) in self.offsets().items():
                 lo, hi = max(index.start, start), min(index.stop, stop)
                 if lo < hi:
-                    local = None if (lo, hi) == (start, stop) else torch.arange(lo - start, hi - start, device=device)
-                    parts.append(self._padded(name, local, device, dtype))
+                    local = None if (lo, hi) == (start, stop) else slice(lo - start, hi - start)
+                    parts.append(self._padded(name, local, one))
             q = torch.cat(parts, dim=0) if parts else torch.empty(0, self.num_channels, device=device, dtype=dtype)
             return q.expand(b, -1, -1)
         index = index.to(device)
@@ -249,7 +270,7 @@ class MultimodalQueries(QueryBuilder):
         for name, (start, stop) in self.offsets().items():
             hit = (index >= start) & (index < stop)
             local = (index - start).clamp(0, stop - start - 1)
-            q = torch.where(hit[:, None], self._padded(name, local, device, dtype), q)
+            q = torch.where(hit[:, None], self._padded(name, local, one), q)
         return q.expand(b, -1, -1)
 
 

@@ -12,31 +12,46 @@ Key map (transformers -> ours):
     perceiver.output_postprocessor.modalities.{m}.classifier.* -> output_adapter.heads.{m}.*
 
 Sizes are read off the weights where they are visible (label count, query / output widths, paddings), the rest
-from the config (frames, image size, audio samples). transformers hard-codes 32 / 192 Fourier bands and the mask
-probabilities (audio 0, image 0, label 1), which are our defaults. The converted model uses our defaults for the two
-switches; set `model.config.subsampled_positions = "transformers"` to reproduce transformers' subsampled decodes.
+from the config (frames, image size, audio samples); the part configs (audio, video, inputs, queries, encoder,
+decoder) are built directly. transformers hard-codes 32 / 192 Fourier bands and the mask probabilities (audio 0,
+image 0, label 1), which are our defaults. The converted model uses our defaults for the two switches; pass
+`subsampled_positions="transformers"` (or `eval_masking="random"`) to `perceiver.from_pretrained`, or set
+`model.config.queries.subsampled_positions = "transformers"` later, to reproduce transformers' subsampled decodes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
 
-from perceiver.interop.transformers import io_config_from_hf, load_converted
-from perceiver.models.multimodal import MODALITIES, MultimodalAutoencodingConfig, PerceiverForMultimodalAutoencoding
+from perceiver.adapters.multimodal import MultimodalInputConfig, MultimodalQueryConfig
+from perceiver.hub import apply_overrides
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.models.multimodal import (
+    MODALITIES,
+    MultimodalAutoencodingConfig,
+    PerceiverForMultimodalAutoencoding,
+    multimodal_audio,
+    multimodal_video,
+)
 from perceiver.nn.position import fourier_channels
 from perceiver.pretrained import register_hf_converter
 
 IMAGE_BANDS, AUDIO_BANDS = 32, 192  # hard-coded in transformers' PerceiverForMultimodalAutoencoding
+SPATIAL_BLOCK = 4  # transformers' image preprocessor: space-to-depth 4 x 4, one frame per token
 
 
 @register_hf_converter("PerceiverForMultimodalAutoencoding")
-def multimodal_from_hf(config: dict[str, Any], sd: dict[str, Tensor]) -> PerceiverForMultimodalAutoencoding:
+def multimodal_from_hf(
+    config: dict[str, Any], sd: dict[str, Tensor], **overrides: Any
+) -> PerceiverForMultimodalAutoencoding:
     """Our `PerceiverForMultimodalAutoencoding` with the weights of a transformers checkpoint (config dict + state
-    dict)."""
+    dict); `overrides` replace fields of our config (flat or dotted keys, e.g. `subsampled_positions="transformers"`)."""
     pre, dec, post = "perceiver.input_preprocessor", "perceiver.decoder", "perceiver.output_postprocessor"
-    io_fields, enc, dec_cfg, keys = io_config_from_hf(config, sd, f"{dec}.decoder", decoder_use_query_residual=False)
+    encoder, enc_keys = encoder_from_hf(config, sd)
+    decoder, dec_keys = decoder_from_hf(config, sd, f"{dec}.decoder", num_heads=1, use_query_residual=False)
 
     image_size = config.get("image_size", 224)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -48,26 +63,39 @@ def multimodal_from_hf(config: dict[str, Any], sd: dict[str, Tensor]) -> Perceiv
             f"{size[0]}, {size[1]}) for our video decoder"
         )
     spp = config.get("samples_per_patch", 16)
+    samples = num_frames * config.get("audio_samples_per_frame", 1920)
     num_labels = sd[f"{post}.modalities.label.classifier.weight"].shape[0]
     label_q = sd[f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"].shape[1]
 
     # Paddings: common width minus the widest modality (min_padding_size 4 and 2 in transformers).
-    widths_in = (spp + fourier_channels(1, AUDIO_BANDS), 3 * 4 * 4 + fourier_channels(3, IMAGE_BANDS), num_labels)
+    widths_in = (
+        spp + fourier_channels(1, AUDIO_BANDS),
+        3 * SPATIAL_BLOCK**2 + fourier_channels(3, IMAGE_BANDS),
+        num_labels,
+    )
     widths_q = (fourier_channels(1, AUDIO_BANDS), fourier_channels(3, IMAGE_BANDS), label_q)
     ours = MultimodalAutoencodingConfig(
-        num_frames=num_frames,
-        image_size=size,
-        audio_samples_per_frame=config.get("audio_samples_per_frame", 1920),
-        samples_per_patch=spp,
-        num_labels=num_labels,
-        input_padding=enc.input_dim - max(widths_in),
-        label_query_channels=label_q,
-        query_padding=dec_cfg.query_dim - max(widths_q),
-        output_num_channels=dec_cfg.output_dim,
-        **io_fields,
+        audio=multimodal_audio(
+            num_samples=samples, samples_per_patch=spp, num_bands=AUDIO_BANDS, max_resolution=samples
+        ),
+        image=multimodal_video(
+            in_channels=3,
+            num_frames=num_frames,
+            image_size=size,
+            temporal_block_size=1,
+            spatial_block_size=SPATIAL_BLOCK,
+            num_bands=IMAGE_BANDS,
+            max_resolution=(num_frames, *size),
+        ),
+        inputs=MultimodalInputConfig(min_padding_size=encoder.input_dim - max(widths_in)),
+        queries=MultimodalQueryConfig(label_channels=label_q, min_padding_size=decoder.query_dim - max(widths_q)),
+        encoder=replace(encoder, input_dim=None),  # widths the model sets from its parts (and checks on load)
+        decoder=replace(decoder, query_dim=None),
+        num_classes=num_labels,
     )
-    model = PerceiverForMultimodalAutoencoding(ours)
+    model = PerceiverForMultimodalAutoencoding(apply_overrides(ours, overrides))
 
+    keys = enc_keys | dec_keys
     keys["query_builder.modalities.label.encoding.position_embeddings"] = (
         f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"
     )

@@ -21,6 +21,7 @@ input arrays, so the decoder no longer sets the peak; chunking is exact and cost
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
         return 2
 
     def __init__(self, config: OpticalFlowConfig) -> None:
+        config = copy.deepcopy(config)  # the model's own: the output adapter keeps `config.output` by reference
         adapter = config.adapter.build()
         d = adapter.num_channels
         encoder = PerceiverEncoder(config.encoder.for_inputs(d))

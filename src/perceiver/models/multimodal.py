@@ -6,120 +6,209 @@
     MultimodalQueries (audio patches | video pixels | 1 label query) --shared cross-attention--> (B, O, F)
       --MultimodalOutput--> {"audio": (B, O_a * 16), "image": (B, O_i, 3), "label": (B, K)}
 
+`MultimodalAutoencodingConfig(audio=AudioAdapterConfig(...), image=VideoAdapterConfig(...),
+inputs=MultimodalInputConfig(...), queries=MultimodalQueryConfig(...), encoder=EncoderConfig(...),
+decoder=DecoderConfig(...), num_classes=700)`. The preset takes the flat keywords of earlier releases too
+(`create_model("multimodal-perceiver", num_frames=2, image_size=16, audio_samples_per_frame=32, num_labels=5)`: the
+video length sets the audio length and both Fourier resolutions, as before; see `multimodal_config`).
+
 Output shapes are transformers' (the image comes back per decoded pixel, flat); `reconstruct` reshapes a whole decode
 to the input layout. The label input is replaced by a mask token (mask probability 1, as DeepMind trained it), so the
 model classifies a video from its frames and sound: `classify(video, audio)` feeds a zero label, as DeepMind's colab,
 and decodes only the label query.
 
-Decoding runs in chunks of `query_chunk_size` flat output positions (audio, then image, then label); each chunk is
-projected to its few output channels at once, so a whole 16 x 224 x 224 video never holds more than a chunk of
-queries or decoder features.
+Decoding runs in chunks of `query_chunk_size` flat output positions (audio, then image, then label) in
+`PerceiverIO.forward_head`; each chunk is projected to its few output channels at once, so a whole 16 x 224 x 224
+video never holds more than a chunk of queries or decoder features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from perceiver.adapters.audio import AudioAdapter
+from perceiver.adapters.audio import AudioAdapterConfig
+from perceiver.adapters.image import pair
 from perceiver.adapters.multimodal import (
-    FourierGridQueries,
-    LabelQuery,
     MultimodalInputAdapter,
+    MultimodalInputConfig,
     MultimodalOutput,
     MultimodalQueries,
+    MultimodalQueryConfig,
     OneHotLabelAdapter,
+    check_mask_probs,
 )
-from perceiver.adapters.video import VideoAdapter
+from perceiver.adapters.video import VideoAdapterConfig
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.core.decoder import PerceiverDecoder, decode
-from perceiver.core.encoder import PerceiverEncoder
-from perceiver.core.io import PerceiverIO, PerceiverIOOutput
-from perceiver.models._io_config import PerceiverIOConfig
+from perceiver.core.config import rename_keys
+from perceiver.core.decoder import DecoderConfig, FourierQueries, PerceiverDecoder, TrainableQueries
+from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.io import PerceiverIO
+from perceiver.core.model import ModelOutput
+from perceiver.hub import apply_overrides
+from perceiver.models._io_config import IO_LEGACY_KEYS, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import register_model, register_model_type
 
 MODALITIES = ("audio", "image", "label")
 
 
-@dataclass
-class MultimodalAutoencodingConfig(PerceiverIOConfig):
-    """Hyper-parameters of `PerceiverForMultimodalAutoencoding` (defaults: DeepMind's / transformers' checkpoint).
+def multimodal_audio(**fields: Any) -> AudioAdapterConfig:
+    """DeepMind's audio input: 30,720 samples (16 frames x 1,920), 16 per token, 192 bands, max resolution 30,720."""
+    return AudioAdapterConfig(
+        **(dict(num_samples=30720, samples_per_patch=16, num_bands=192, max_resolution=30720) | fields)
+    )
 
-    Inputs: `num_frames` x `image_size` video (space-to-depth `spatial_downsample`, `temporal_downsample`, Fourier
-    bands `image_num_bands` with max resolution (T, H, W)); `num_frames * audio_samples_per_frame` audio samples in
-    patches of `samples_per_patch` (`audio_num_bands` bands, max resolution = samples); `num_labels` label channels.
-    Tokens are padded to `max(width) + input_padding`; `mask_probs` / `eval_masking`: see `MultimodalInputAdapter`.
-    Encoder / decoder fields are `PerceiverIOConfig`'s; channel counts left None follow transformers' defaults
-    (`cross_attention_shape="kv"`: the input width in the encoder, the latent width in the decoder). Decoder queries: Fourier features of the output grids and a `label_query_channels` trainable
-    query, padded to `max(width) + query_padding`. `subsampled_positions`: "grid" (a subsampled decode gives the
-    same rows as the whole decode) or "transformers" (their `-1 + 2 i / n` positions; set for parity). These three
-    (`mask_probs`, `eval_masking`, `subsampled_positions`) are read at every forward, so they can be changed on a
-    loaded model.
+
+def multimodal_video(**fields: Any) -> VideoAdapterConfig:
+    """DeepMind's video input: 16 x 3 x 224 x 224, space-to-depth 4, 32 bands, max resolution (16, 224, 224)."""
+    base = dict(num_frames=16, image_size=(224, 224), spatial_block_size=4, num_bands=32, max_resolution=(16, 224, 224))
+    return VideoAdapterConfig(**(base | fields))
+
+
+def multimodal_encoder(**fields: Any) -> EncoderConfig:
+    """DeepMind's multimodal encoder: 784 x 512 latents, one block of 8 self-attention layers (8 heads)."""
+    return imagenet_encoder(
+        **(dict(num_latents=784, latent_dim=512, num_blocks=1, num_self_attends_per_block=8) | fields)
+    )
+
+
+def multimodal_decoder(**fields: Any) -> DecoderConfig:
+    """DeepMind's multimodal decoder: one head, q/k as wide as the latents, no query residual, 512 output channels."""
+    return classifier_decoder(**(dict(use_query_residual=False, output_dim=512) | fields))
+
+
+@dataclass
+class MultimodalAutoencodingConfig:
+    """`PerceiverForMultimodalAutoencoding` (defaults: DeepMind's / transformers' checkpoint).
+
+    audio, image: the adapter configs of the audio (`(B, S, 1)`, `num_samples` fixed) and the video (channels first
+        `(B, T, C, H, W)`, `num_frames` and `image_size` fixed); the label input is a one-hot `(B, num_classes)`.
+        The decoder queries are Fourier features of the output grids (audio tokens, video pixels) with the adapters'
+        bands and max resolutions; the outputs reconstruct `samples_per_patch` samples per audio query, `in_channels`
+        colours per pixel and `num_classes` label logits.
+    inputs: padding and masking of the encoder tokens (`MultimodalInputConfig`).
+    queries: the label query width, the query padding and the subsampled position formula (`MultimodalQueryConfig`).
+    encoder, decoder: the parts (the decoder's `output_dim` is the width the per-modality heads read; None: the
+        query width, no projection).
+    num_classes: the label count (transformers' `num_labels`).
+
+    `inputs` and `queries` are the very objects the model's input adapter and query builder read at every forward,
+    so `model.config.inputs.mask_probs`, `.inputs.eval_masking` and `.queries.subsampled_positions` can be changed
+    on a loaded model (change the fields; replacing the objects would detach them). The flat names of earlier
+    releases (`config.mask_probs`, `config.eval_masking`, `config.subsampled_positions`) read and write the same
+    fields.
     """
 
-    num_frames: int = 16
-    image_size: Sequence[int] | int = (224, 224)
-    image_channels: int = 3
-    spatial_downsample: int = 4
-    temporal_downsample: int = 1
-    image_num_bands: int = 32
-    audio_samples_per_frame: int = 1920
-    samples_per_patch: int = 16
-    audio_num_bands: int = 192
-    num_labels: int = 700
-    input_padding: int = 4
-    mask_probs: dict[str, float] = field(default_factory=lambda: {"audio": 0.0, "image": 0.0, "label": 1.0})
-    eval_masking: str = "deterministic"
-    label_query_channels: int = 1024
-    query_padding: int = 2
-    output_num_channels: int = 512
-    subsampled_positions: str = "grid"
-    # encoder / decoder: PerceiverIOConfig's fields, at the checkpoint's sizes
-    num_latents: int = 784
-    latent_dim: int = 512
-    num_blocks: int = 1
-    num_self_attends_per_block: int = 8
-    decoder_use_query_residual: bool = False
+    audio: AudioAdapterConfig = field(default_factory=multimodal_audio)
+    image: VideoAdapterConfig = field(default_factory=multimodal_video)
+    inputs: MultimodalInputConfig = field(default_factory=MultimodalInputConfig)
+    queries: MultimodalQueryConfig = field(default_factory=MultimodalQueryConfig)
+    encoder: EncoderConfig = field(default_factory=multimodal_encoder)
+    decoder: DecoderConfig = field(default_factory=multimodal_decoder)
+    num_classes: int = 700
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        size = self.image_size
-        self.image_size = (int(size), int(size)) if isinstance(size, int) else tuple(int(n) for n in size)
-        if len(self.image_size) != 2:
-            raise ValueError(f"image_size must be an int or (H, W), got {size}")
-        s, t = self.spatial_downsample, self.temporal_downsample
-        if s < 1 or t < 1 or any(n % s for n in self.image_size) or self.num_frames % t:
+        a, v = self.audio, self.image
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes (the label count) must be an integer >= 1, got {self.num_classes!r}")
+        if v.num_frames is None or v.image_size is None:
+            raise ValueError("image.num_frames and image.image_size must be set: they are the video decoder's grid")
+        if v.channels_last:
+            raise ValueError("image.channels_last must be False: the autoencoder takes (B, T, C, H, W) video")
+        s, t = v.spatial_block_size, v.temporal_block_size
+        if s < 1 or t < 1 or any(n % s for n in v.image_size) or v.num_frames % t:
             raise ValueError(
-                f"image_size {self.image_size} must be divisible by spatial_downsample {s} and num_frames "
-                f"{self.num_frames} by temporal_downsample {t}"
+                f"image.image_size {v.image_size} must be divisible by image.spatial_block_size {s} and "
+                f"image.num_frames {v.num_frames} by image.temporal_block_size {t}"
             )
-        if self.num_audio_samples % self.samples_per_patch:
+        if a.num_samples is None or a.num_samples % a.samples_per_patch:
             raise ValueError(
-                f"num_frames * audio_samples_per_frame ({self.num_audio_samples}) must be a multiple of "
-                f"samples_per_patch ({self.samples_per_patch})"
+                f"audio.num_samples ({a.num_samples}) must be a multiple of audio.samples_per_patch "
+                f"({a.samples_per_patch}): it fixes the audio decoder's grid"
             )
-        self.mask_probs = {str(k): float(v) for k, v in self.mask_probs.items()}
-        if set(self.mask_probs) - set(MODALITIES) or any(not 0.0 <= p <= 1.0 for p in self.mask_probs.values()):
-            raise ValueError(f"mask_probs must map some of {list(MODALITIES)} to [0, 1], got {self.mask_probs}")
-        if self.eval_masking not in ("deterministic", "none", "random"):
-            raise ValueError(f"eval_masking must be 'deterministic', 'none' or 'random', got {self.eval_masking!r}")
-        if self.subsampled_positions not in ("grid", "transformers"):
-            raise ValueError(
-                f"subsampled_positions must be 'grid' or 'transformers', got {self.subsampled_positions!r}"
-            )
+        self.inputs.mask_probs = check_mask_probs(self.inputs.mask_probs, MODALITIES)
+
+    # the flat names of earlier releases for the switches read at every forward (same objects as `inputs` / `queries`)
+    @property
+    def mask_probs(self) -> dict[str, float]:
+        return self.inputs.mask_probs
+
+    @mask_probs.setter
+    def mask_probs(self, value: dict[str, float]) -> None:
+        self.inputs.mask_probs = value
 
     @property
-    def num_audio_samples(self) -> int:
-        return self.num_frames * self.audio_samples_per_frame
+    def eval_masking(self) -> str:
+        return self.inputs.eval_masking
+
+    @eval_masking.setter
+    def eval_masking(self, value: str) -> None:
+        self.inputs.eval_masking = value  # type: ignore[assignment]
+
+    @property
+    def subsampled_positions(self) -> str:
+        return self.queries.subsampled_positions
+
+    @subsampled_positions.setter
+    def subsampled_positions(self, value: str) -> None:
+        self.queries.subsampled_positions = value  # type: ignore[assignment]
 
     @property
     def video_shape(self) -> tuple[int, int, int, int]:
         """`(T, C, H, W)` of the expected video."""
-        return (self.num_frames, self.image_channels, *self.image_size)
+        return (self.image.num_frames, self.image.in_channels, *self.image.image_size)  # type: ignore[return-value]
+
+
+#: flat keys of format-1 files and earlier preset keywords that moved (other flat keys route by their field name)
+LEGACY_KEYS: dict[str, str | tuple[str, ...]] = IO_LEGACY_KEYS | {
+    "image_channels": "image.in_channels",
+    "spatial_downsample": "image.spatial_block_size",
+    "temporal_downsample": "image.temporal_block_size",
+    "image_num_bands": "image.num_bands",
+    "audio_num_bands": "audio.num_bands",
+    "samples_per_patch": "audio.samples_per_patch",
+    "input_padding": "inputs.min_padding_size",
+    "label_query_channels": "queries.label_channels",
+    "query_padding": "queries.min_padding_size",
+    "output_num_channels": "decoder.output_dim",
+}
+#: flat keys of earlier releases that set several fields: the video's `num_frames` x `image_size` with its
+#: max resolution (T, H, W), and `num_frames * audio_samples_per_frame` audio samples (= the audio max resolution)
+DERIVED_KEYS = ("num_frames", "image_size", "audio_samples_per_frame")
+
+
+def legacy_overrides(base: MultimodalAutoencodingConfig, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keywords of earlier releases (format-1 files, preset keywords) as overrides of the nested config `base`:
+    renamed keys to their paths, the video / audio sizes to every field they set. Other keys pass unchanged (dotted
+    keys win over what the flat sizes set)."""
+    flat = dict(flat)
+    given = {k: flat.pop(k) for k in DERIVED_KEYS if k in flat}
+    for key, value in given.items():
+        if key != "image_size" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    out: dict[str, Any] = {}
+    t = given.get("num_frames", base.image.num_frames)
+    if "num_frames" in given or "image_size" in given:
+        size = pair("image_size", given["image_size"]) if "image_size" in given else base.image.image_size
+        out |= {"image.num_frames": t, "image.image_size": size, "image.max_resolution": (t, *size)}
+    if "num_frames" in given or "audio_samples_per_frame" in given:
+        per_frame = given.get("audio_samples_per_frame", base.audio.num_samples // base.image.num_frames)
+        out |= {"audio.num_samples": t * per_frame, "audio.max_resolution": t * per_frame}
+    return out | rename_keys(LEGACY_KEYS, flat)
+
+
+def multimodal_config(**overrides: Any) -> MultimodalAutoencodingConfig:
+    """The preset's config with `overrides`: dotted or field keys (`perceiver.hub.apply_overrides`) and the flat
+    keywords of earlier releases (`num_frames`, `image_size`, `audio_samples_per_frame`, `num_labels`,
+    `input_padding`, ... see `LEGACY_KEYS` / `DERIVED_KEYS`)."""
+    base = MultimodalAutoencodingConfig()
+    return apply_overrides(base, legacy_overrides(base, overrides))
 
 
 @register_model_type
@@ -129,57 +218,55 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
 
     config_class = MultimodalAutoencodingConfig
     model_type = "perceiver_multimodal_autoencoding"
+    legacy_keys = LEGACY_KEYS
+    classifier_name = None
+    head_kind = "an autoencoding of video, audio and label (a dict per modality); num_classes is the label count"
 
     def __init__(self, config: MultimodalAutoencodingConfig) -> None:
-        c = config
-        t, (h, w) = c.num_frames, c.image_size
+        c = config = copy.deepcopy(config)  # the model's own: its parts keep `inputs` / `queries` by reference
+        audio, image = c.audio.build(), c.image.build()
         inputs = MultimodalInputAdapter(
-            {
-                "audio": AudioAdapter(
-                    num_samples=c.num_audio_samples,
-                    samples_per_patch=c.samples_per_patch,
-                    num_bands=c.audio_num_bands,
-                    max_resolution=c.num_audio_samples,
-                ),
-                "image": VideoAdapter(
-                    in_channels=c.image_channels,
-                    num_frames=t,
-                    image_size=(h, w),
-                    temporal_block_size=c.temporal_downsample,
-                    spatial_block_size=c.spatial_downsample,
-                    num_bands=c.image_num_bands,
-                    max_resolution=(t, h, w),
-                ),
-                "label": OneHotLabelAdapter(c.num_labels),
-            },
-            c.input_padding,
-            {m: c.mask_probs.get(m, 0.0) for m in MODALITIES},  # a mask token for every modality
-            c.eval_masking,  # type: ignore[arg-type]
+            {"audio": audio, "image": image, "label": OneHotLabelAdapter(c.num_classes)}, c.inputs
         )
-        audio_tokens = c.num_audio_samples // c.samples_per_patch
+        t, (h, w) = c.image.num_frames, c.image.image_size
+        ap, vp = audio.position, image.position  # the queries take the adapters' Fourier settings
         queries = MultimodalQueries(
             {
-                "audio": FourierGridQueries((audio_tokens,), c.audio_num_bands, (c.num_audio_samples,)),
-                "image": FourierGridQueries((t, h, w), c.image_num_bands, (t, h, w)),
-                "label": LabelQuery(c.label_query_channels),
+                "audio": FourierQueries(
+                    (c.audio.num_samples // c.audio.samples_per_patch,), ap.num_bands, ap.max_resolution,
+                    ap.concat_pos, ap.sine_only,
+                ),
+                "image": FourierQueries((t, h, w), vp.num_bands, vp.max_resolution, vp.concat_pos, vp.sine_only),
+                "label": TrainableQueries(1, c.queries.label_channels),
             },
-            c.query_padding,
+            c.queries,
+        )  # fmt: skip
+        encoder = PerceiverEncoder(c.encoder.for_inputs(inputs.num_channels))
+        decoder = PerceiverDecoder(
+            c.decoder.for_parts(query_dim=queries.num_channels, latent_dim=encoder.config.latent_dim)
         )
-        encoder = PerceiverEncoder(c.encoder_config(inputs.num_channels))
-        decoder = PerceiverDecoder(c.decoder_config(queries.num_channels, c.output_num_channels))
         outputs = MultimodalOutput(
-            c.output_num_channels,
-            {"audio": c.samples_per_patch, "image": c.image_channels, "label": c.num_labels},
+            decoder.config.output_dim or queries.num_channels,
+            {"audio": c.audio.samples_per_patch, "image": c.image.in_channels, "label": c.num_classes},
             queries.sizes,
         )
         super().__init__(inputs, encoder, queries, decoder, outputs)
         self.config = c
 
+    @classmethod
+    def config_from_file(cls, data: dict[str, Any], source: str | os.PathLike, overrides: dict[str, Any]) -> Any:
+        if data.get("format_version", 1) != 1:
+            return super().config_from_file(data, source, overrides)
+        data = {k: v for k, v in data.items() if k != "format_version"}
+        base = cls.config_class()
+        config = apply_overrides(base, legacy_overrides(base, data), source=source)
+        return apply_overrides(config, overrides, source=f"{source} + overrides") if overrides else config
+
     # -- inputs ---------------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Any) -> dict[str, Tensor]:
+    def check_inputs(self, inputs: Any, mask: Tensor | None) -> tuple[dict[str, Tensor], Tensor | None]:
         """Clear errors for the common mistakes before the adapters see the tensors; returns the inputs cast to the
-        model's dtype (floating tensors only, see docs/reliability.md)."""
+        model's dtype (floating tensors only, see docs/reliability.md) and the mask as booleans."""
         c = self.config
         if not isinstance(inputs, Mapping):
             raise ValueError(f"expected inputs as a dict with keys {list(MODALITIES)}, got {type(inputs).__name__}")
@@ -187,7 +274,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         if missing:
             hint = " (to classify a video without a label, use classify(video, audio))" if missing == ["label"] else ""
             raise ValueError(f"inputs is missing {missing}; expected keys {list(MODALITIES)}{hint}")
-        shapes = {"image": "(B, T, C, H, W)", "audio": "(B, S, 1)", "label": f"(B, {c.num_labels})"}
+        shapes = {"image": "(B, T, C, H, W)", "audio": "(B, S, 1)", "label": f"(B, {c.num_classes})"}
         dtype = model_dtype(self)
         inputs = {**inputs}
         for name in MODALITIES:
@@ -195,18 +282,18 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
             check_nonempty(inputs[name], f"inputs[{name!r}]", shapes[name])
         image = inputs["image"]
         if image.ndim == 5:
-            (n, _, h, w), s = image.shape[1:], c.spatial_downsample
+            (n, _, h, w), s = image.shape[1:], c.image.spatial_block_size
             if h % s or w % s:
                 raise ValueError(
                     f"expected image height and width that are multiples of the space-to-depth factor {s}, got {h} x {w} "
                     f"(inputs['image'] of shape {tuple(image.shape)})"
                 )
-            if n != c.num_frames:
+            if n != c.image.num_frames:
                 raise ValueError(
-                    f"expected {c.num_frames} frames (num_frames) in inputs['image'] (B, T, C, H, W), got {n} "
-                    f"(shape {tuple(image.shape)})"
+                    f"expected {c.image.num_frames} frames (image.num_frames) in inputs['image'] (B, T, C, H, W), got "
+                    f"{n} (shape {tuple(image.shape)})"
                 )
-        return inputs
+        return inputs, to_bool_mask(mask, "attention_mask")
 
     def output_index(self, subsampled_output_points: Mapping[str, Any] | None, device=None) -> Tensor | None:
         """Flat output index `(O',)` for transformers' `subsampled_output_points` (None: every position).
@@ -247,50 +334,30 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         subsampled_output_points: Mapping[str, Any] | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
-    ) -> PerceiverIOOutput:
+    ) -> ModelOutput:
         """Encode `inputs` {"image": (B, T, C, H, W), "audio": (B, S, 1), "label": (B, K)} and decode.
 
         attention_mask: `(B, M)` over the input tokens (True = valid), as transformers. subsampled_output_points:
-        see `output_index`. Returns `.logits` {"audio": (B, O_a * samples_per_patch), "image": (B, O_i, C),
-        "label": (B, K)} with `O_a`, `O_i` the decoded positions (all: S / samples_per_patch and T * H * W),
-        `.last_hidden_state` (B, N, D) and, with `return_attention`, the encoder maps and the decoder map
-        `(B, H, O, N)`.
+        see `output_index`. query_chunk_size: output positions decoded at a time (None: all at once). Returns
+        `.logits` {"audio": (B, O_a * samples_per_patch), "image": (B, O_i, C), "label": (B, K)} with `O_a`, `O_i`
+        the decoded positions (all: S / samples_per_patch and T * H * W), `.last_hidden_state` (B, N, D) and, with
+        `return_attention`, the encoder maps and the decoder map `(B, H, O, N)`.
         """
-        inputs = self._check_inputs(inputs)
-        attention_mask = to_bool_mask(attention_mask, "attention_mask")
-        self.input_adapter.eval_masking = self.config.eval_masking
-        self.input_adapter.mask_probs = {m: float(self.config.mask_probs.get(m, 0.0)) for m in MODALITIES}
-        self.query_builder.position_mode = self.config.subsampled_positions
-        if query_chunk_size is not None and query_chunk_size < 1:
+        if query_chunk_size is not None and query_chunk_size < 1:  # before the encoder runs
             raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
-        adapted, latents, enc_maps = self.forward_features(inputs, attention_mask, return_attention)
-        index = self.output_index(subsampled_output_points, latents.device)
-        count = self.query_builder.num_queries() if index is None else index.numel()
-        chunk = query_chunk_size or max(count, 1)
-        pieces: dict[str, list[Tensor]] = {}
-        maps = []
-        for start in range(0, count, chunk):
-            stop = min(start + chunk, count)
-            if index is not None:
-                idx = index[start:stop]
-            else:
-                idx = None if (start, stop) == (0, count) else slice(start, stop)
-            out, probs = decode(self.decoder, self.query_builder, adapted, latents, idx, None, return_attention)
-            for name, y in self.output_adapter(out, adapted, idx).items():
-                pieces.setdefault(name, []).append(y)
-            if probs is not None:
-                maps.append(probs)
-        logits = {k: v[0] if len(v) == 1 else torch.cat(v, dim=1) for k, v in pieces.items()}
-        return PerceiverIOOutput(logits, latents, enc_maps, torch.cat(maps, dim=2) if maps else None)
+        index = self.output_index(subsampled_output_points, self.encoder.latents.device)
+        return super().forward(inputs, attention_mask, index, query_chunk_size, return_attention)
 
     def classify(self, video: Tensor, audio: Tensor, query_chunk_size: int | None = None) -> Tensor:
         """Label logits `(B, K)` of a video `(B, T, C, H, W)` with its audio `(B, S, 1)`: feeds a zero label (which
-        the label's mask token replaces, as in DeepMind's colab) and decodes only the label query."""
-        label = video.new_zeros(video.shape[0], self.config.num_labels)
+        the label's mask token replaces, as in DeepMind's colab) and decodes only the label query (in chunks of
+        `query_chunk_size`, as `forward`)."""
+        label = video.new_zeros(video.shape[0], self.config.num_classes)
         empty = torch.empty(0, dtype=torch.long)
         out = self(
             {"image": video, "audio": audio, "label": label},
             subsampled_output_points={"audio": empty, "image": empty, "label": None},
+            query_chunk_size=query_chunk_size,
         )
         return out.logits["label"]
 
@@ -309,4 +376,13 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
 def multimodal_perceiver(**overrides: Any) -> PerceiverForMultimodalAutoencoding:
     """DeepMind's Kinetics-700 autoencoder (`deepmind/multimodal-perceiver`): 16 frames at 224 x 224, 30,720 audio
     samples, 700 labels; 784 x 512 latents, 8 self-attention layers (8 heads), 1 cross-attention head."""
-    return PerceiverForMultimodalAutoencoding(MultimodalAutoencodingConfig(**overrides))
+    return PerceiverForMultimodalAutoencoding(multimodal_config(**overrides))
+
+
+__all__ = [
+    "MODALITIES",
+    "MultimodalAutoencodingConfig",
+    "PerceiverForMultimodalAutoencoding",
+    "multimodal_config",
+    "multimodal_perceiver",
+]
