@@ -274,7 +274,7 @@ class PerceiverForSequenceClassification(TextModel):
         return super().forward(ids, attention_mask, return_attention=return_attention, labels=labels)
 
 
-@register_model("language-perceiver")
+@register_model("language-perceiver", hub_id="deepmind/language-perceiver")
 def language_perceiver(**overrides: Any) -> PerceiverForMaskedLM:
     """DeepMind's byte-level masked LM (201M parameters), the size of `deepmind/language-perceiver`."""
     return build_preset(PerceiverForMaskedLM, PerceiverMaskedLMConfig(), overrides)
