@@ -136,39 +136,3 @@ def load_converted(model: nn.Module, sd: dict[str, Tensor], keys: dict[str, str]
         converted[mine] = tensor
     model.load_state_dict(converted, strict=True)
     return model
-
-
-def io_config_from_hf(
-    config: dict[str, Any], sd: dict[str, Tensor], decoder_prefix: str, decoder_use_query_residual: bool
-) -> tuple[dict[str, Any], EncoderConfig, DecoderConfig, dict[str, str]]:
-    """The `PerceiverIOConfig` fields of a transformers Perceiver IO head with one decoder head at `decoder_prefix`.
-
-    Returns `(fields, encoder, decoder, keys)`: the field values as a dict for our task config, the `EncoderConfig`
-    and `DecoderConfig` read off the checkpoint (for the sizes a converter needs beyond the fields, e.g. the input
-    and query widths) and the key map `ours -> theirs` of the encoder and decoder. Channel widths are explicit, so
-    the fields do not depend on `cross_attention_shape`.
-    """
-    enc, enc_keys = encoder_from_hf(config, sd)
-    dec, dec_keys = decoder_from_hf(config, sd, decoder_prefix, 1, decoder_use_query_residual)
-    fields = dict(
-        num_latents=enc.num_latents,
-        latent_dim=enc.latent_dim,
-        num_blocks=enc.num_blocks,
-        num_self_attends_per_block=enc.num_self_attends_per_block,
-        cross_heads=enc.cross_heads,
-        latent_heads=enc.latent_heads,
-        cross_qk_channels=enc.cross_qk_channels,
-        cross_v_channels=enc.cross_v_channels,
-        latent_qk_channels=enc.latent_qk_channels,
-        latent_v_channels=enc.latent_v_channels,
-        cross_widening_factor=enc.cross_widening_factor,
-        latent_widening_factor=enc.latent_widening_factor,
-        use_query_residual=enc.use_query_residual,
-        attn_dropout=enc.attn_dropout,
-        decoder_heads=dec.num_heads,
-        decoder_qk_channels=dec.qk_channels,
-        decoder_v_channels=dec.v_channels,
-        decoder_widening_factor=dec.widening_factor,
-        decoder_use_query_residual=dec.use_query_residual,
-    )
-    return fields, enc, dec, enc_keys | dec_keys
