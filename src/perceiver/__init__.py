@@ -1,26 +1,47 @@
-"""perceiver-torch: Perceiver, Perceiver IO and friends in PyTorch."""
+"""perceiver-torch: Perceiver, Perceiver IO and friends in PyTorch.
 
-from perceiver.core.decoder import (
-    AdaptedInputs,
-    DecoderConfig,
-    FourierQueries,
-    InputQueries,
-    PerceiverDecoder,
-    QueryBuilder,
-    TrainableQueries,
-)
-from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.core.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
-from perceiver.image_processing import ImageProcessor
-from perceiver.models import Perceiver, PerceiverConfig
-from perceiver.models.ar import PerceiverAR
-from perceiver.models.registry import create_model, list_models, register_model
-from perceiver.models.resampler import PerceiverResampler
-from perceiver.optimization import OptimizedModel, OptimizeReport, optimize
-from perceiver.pretrained import from_pretrained
-from perceiver.tokenizer import ByteTokenizer
+Every name of `__all__` is imported on first use (PEP 562 `__getattr__`): `import perceiver` itself imports
+neither torch nor any model module, so what needs only a corner of the package (the `perceiver --help` command)
+starts fast. `from perceiver import Perceiver` and `perceiver.create_model(...)` work as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: exported name -> module that defines it (imported when the name is first looked up)
+_LAZY: dict[str, str] = {
+    "AdaptedInputs": "perceiver.core.decoder",
+    "DecoderConfig": "perceiver.core.decoder",
+    "FourierQueries": "perceiver.core.decoder",
+    "InputQueries": "perceiver.core.decoder",
+    "PerceiverDecoder": "perceiver.core.decoder",
+    "QueryBuilder": "perceiver.core.decoder",
+    "TrainableQueries": "perceiver.core.decoder",
+    "EncoderConfig": "perceiver.core.encoder",
+    "PerceiverEncoder": "perceiver.core.encoder",
+    "InputAdapter": "perceiver.core.io",
+    "ModelOutput": "perceiver.core.io",
+    "OutputAdapter": "perceiver.core.io",
+    "PerceiverIO": "perceiver.core.io",
+    "PerceiverIOOutput": "perceiver.core.io",
+    "ImageProcessor": "perceiver.image_processing",
+    "Perceiver": "perceiver.models",
+    "PerceiverConfig": "perceiver.models",
+    "PerceiverAR": "perceiver.models.ar",
+    "create_model": "perceiver.models.registry",
+    "list_models": "perceiver.models.registry",
+    "register_model": "perceiver.models.registry",
+    "PerceiverResampler": "perceiver.models.resampler",
+    "OptimizedModel": "perceiver.optimization",
+    "OptimizeReport": "perceiver.optimization",
+    "optimize": "perceiver.optimization",
+    "from_pretrained": "perceiver.pretrained",
+    "ByteTokenizer": "perceiver.tokenizer",
+}
 
 __all__ = [
     "AdaptedInputs",
@@ -31,6 +52,9 @@ __all__ = [
     "ImageProcessor",
     "InputAdapter",
     "InputQueries",
+    "ModelOutput",
+    "OptimizeReport",
+    "OptimizedModel",
     "OutputAdapter",
     "Perceiver",
     "PerceiverAR",
@@ -40,8 +64,6 @@ __all__ = [
     "PerceiverIO",
     "PerceiverIOOutput",
     "PerceiverResampler",
-    "OptimizeReport",
-    "OptimizedModel",
     "QueryBuilder",
     "TrainableQueries",
     "__version__",
@@ -51,3 +73,38 @@ __all__ = [
     "optimize",
     "register_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perceiver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from perceiver.core.decoder import (
+        AdaptedInputs,
+        DecoderConfig,
+        FourierQueries,
+        InputQueries,
+        PerceiverDecoder,
+        QueryBuilder,
+        TrainableQueries,
+    )
+    from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+    from perceiver.core.io import InputAdapter, ModelOutput, OutputAdapter, PerceiverIO, PerceiverIOOutput
+    from perceiver.image_processing import ImageProcessor
+    from perceiver.models import Perceiver, PerceiverConfig
+    from perceiver.models.ar import PerceiverAR
+    from perceiver.models.registry import create_model, list_models, register_model
+    from perceiver.models.resampler import PerceiverResampler
+    from perceiver.optimization import OptimizedModel, OptimizeReport, optimize
+    from perceiver.pretrained import from_pretrained
+    from perceiver.tokenizer import ByteTokenizer

@@ -189,6 +189,10 @@ class BaseDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require(self.test_set, "test"))
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split (`perceiver predict --config ...` and `trainer.predict(datamodule=...)` predict over it)."""
+        return self._eval_loader(self._require(self.test_set, "test"))
+
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices `(keep, held_out)` with about `fraction` of every class held out (at least one sample per class

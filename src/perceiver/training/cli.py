@@ -2,15 +2,19 @@
 
     perceiver fit|validate|test|predict --config FILE [--trainer.* ...] [--model.* ...] [--data.* ...]
     perceiver fit --config FILE --ckpt_path last          # resume the run in trainer.default_root_dir
+    perceiver fit --config FILE --ckpt_path last_if_any   # resume it if it has a last checkpoint, else start it
     perceiver fit --config FILE --print_config            # the full, resolved configuration
     perceiver plot RUN_DIR [-o OUT.png]                   # training curves from RUN_DIR/metrics.csv
     perceiver attention MODEL_DIR IMAGE... [-o OUT.png]   # cross-attention maps over images
     perceiver export MODEL_DIR OUT.onnx [--check]         # ONNX with a dynamic batch dimension
     perceiver predict MODEL_DIR FILE... [--top-k 5]       # top-k labels (images, text) or a flow PNG (image pair)
+    perceiver generate MODEL_DIR --prompt TEXT            # continue a text with a causal byte model
 
 `fit`, `validate`, `test` and `predict` are LightningCLI subcommands. `predict` is dispatched on its first
 argument: an existing directory is a model folder (`perceiver.from_pretrained`) and runs `perceiver.training.predict`;
-anything else (`--config ...`, options) is LightningCLI's predict over a datamodule.
+anything else (`--config ...`, options) is LightningCLI's predict over a datamodule (its `predict_dataloader`; the
+datamodules of `perceiver.data` predict over their test split). Keys are matched exactly: an abbreviated or
+misspelled key (`--trainer.max_epoch`) is an error naming it.
 
 A run directory is `trainer.default_root_dir` and holds everything of a run in a fixed layout, so that
 `--ckpt_path last` finds the last checkpoint again:
@@ -22,61 +26,126 @@ A run directory is `trainer.default_root_dir` and holds everything of a run in a
     RUN_DIR/training_curves.png  (`perceiver plot RUN_DIR`), RUN_DIR/flow/*.png for the flow task
 
 Loggers and these callbacks are added unless the configuration sets its own (`trainer.logger`, a
-`ModelCheckpoint` or progress bar in `trainer.callbacks`).
+`ModelCheckpoint` or progress bar in `trainer.callbacks`). A new `fit` refuses a run directory that holds a run (a
+checkpoint, a model folder or a logged metric); what a start that failed before its first optimizer step wrote
+is removed again, so the corrected command runs in the same directory.
+
+Help is fast: `perceiver --help` imports neither torch nor Lightning, and the help of a subcommand (`perceiver fit
+--help`, `--model.help CLASS`, ...) is rendered by the real parser once and then read from a cache
+(`$PERCEIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/perceiver` or `~/.cache/perceiver`, under `help/`), keyed by the
+command line, the files it names (path, mtime, size), the installed distributions, perceiver's source files
+(mtime, size), Python, the terminal width and the working directory. `PERCEIVER_HELP_CACHE=0` turns it off.
+This module imports Lightning and the models only inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
 import shutil
 import sys
 import warnings
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import (
-    Callback,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ProgressBar,
-    RichProgressBar,
-)
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
 
-from perceiver.hardware import resolve_precision, resolve_threads
-from perceiver.training.callbacks import (
-    AppendingCSVLogger,
-    FiniteCheck,
-    FiniteModelCheckpoint,
-    JsonlPredictionWriter,
-    MetricsResume,
-    MidEpochResume,
-    NonFiniteError,
-    SavePretrained,
-    StepSeed,
-)
-from perceiver.training.tasks import PerceiverTask
+    from perceiver.training.tasks import PerceiverTask
+
+    PerceiverCLI: type  # the LightningCLI subclass, defined on first use (module `__getattr__`, `_cli_class`)
 
 __all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
 
 EXTRA_HELP = """\
 perceiver: train, evaluate and inspect Perceiver models (LightningCLI + extras)
 
-  perceiver fit|validate|test|predict --config FILE [--trainer.* --model.* --data.*]  (see below)
+  perceiver fit|validate|test|predict --config FILE [--trainer.* --model.* --data.*]
   perceiver plot RUN_DIR [-o OUT.png]                  training curves (PNG) from RUN_DIR/metrics.csv
   perceiver attention MODEL_DIR IMAGE... [-o OUT.png]  first cross-attend's attention maps over images (PNG)
   perceiver export MODEL_DIR OUT.onnx [--check]        ONNX with a dynamic batch (--check: compare onnxruntime)
   perceiver predict MODEL_DIR FILE... [--top-k K]      top-k labels for images / text, flow PNG for an image pair
+  perceiver generate MODEL_DIR --prompt TEXT           continue a text with a causal byte model (Perceiver AR)
+
+LightningCLI subcommands (each takes -c/--config FILE, --print_config and --trainer.*, --model.*, --data.* keys):
+  fit       train (and validate) in the run directory trainer.default_root_dir; --ckpt_path last resumes it
+            (an error when it has no checkpoint), --ckpt_path last_if_any resumes it or starts it fresh,
+            --overwrite true starts it afresh
+  validate  one evaluation epoch over the validation split (--ckpt_path FILE or last)
+  test      one evaluation epoch over the test split (--ckpt_path FILE or last)
+  predict   predictions of the datamodule's predict split (the test split for perceiver.data) to
+            RUN_DIR/predictions.jsonl (--ckpt_path FILE or last)
 
 Shipped configs: configs/digits.yaml, configs/mlm-pydoc.yaml, configs/points-synthetic.yaml,
-configs/flow-synthetic.yaml. `perceiver SUBCOMMAND -h` for the options of each.
+configs/flow-synthetic.yaml, configs/ar-pydoc.yaml, configs/segment-pydoc.yaml.
+`perceiver SUBCOMMAND -h` for the options of each.
 """
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+CKPT_PATH_HELP = (
+    "perceiver: 'last' resumes from the last checkpoint of the run directory "
+    "(trainer.default_root_dir/checkpoints/last.ckpt) and is an error when there is none; "
+    "'last_if_any' (fit only) resumes from it when there is one and starts the run fresh otherwise. "
+    "Lightning: {}"
+)
+
+
+def _is_launching_process() -> bool:
+    """False in the worker processes of a multi-process launch (ranks > 0), which re-run this command."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+# -- Lightning's noise ---------------------------------------------------------------------------------------------
+
+#: warnings of the libraries that say nothing actionable about a perceiver run (message regex, category)
+QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # torch >= 2.6 deprecates pytree's LeafSpec, which Lightning 2.6 still builds on every training step
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # resuming writes best.ckpt / last.ckpt into the same checkpoints folder: that is the run layout
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
+    # `args` given while pytest / a launcher has its own sys.argv is intended here
+    (r"LightningCLI's args parameter is intended", UserWarning),
+)
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising ("💡 Tip: For seamless cloud ... try installing [litmodels] ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """Silences the warnings of `QUIET_WARNINGS` and Lightning's tips (only those; idempotent)."""
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "pytorch_lightning.utilities.rank_zero",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+# -- callbacks, loggers, the run directory -------------------------------------------------------------------------
 
 
 def default_loggers(run_dir: str | Path) -> list[Any]:
     """CSV log in `RUN_DIR/metrics.csv` (first: it defines `trainer.log_dir`) and TensorBoard in `RUN_DIR/tb`."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from perceiver.training.callbacks import AppendingCSVLogger
+
     return [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
 
 
@@ -89,6 +158,18 @@ def default_callbacks(
 ) -> list[Callback]:
     """The callbacks of a run that the configuration does not already provide (see the module docstring);
     `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+
+    from perceiver.training.callbacks import (
+        FiniteCheck,
+        FiniteModelCheckpoint,
+        JsonlPredictionWriter,
+        MetricsResume,
+        MidEpochResume,
+        SavePretrained,
+        StepSeed,
+    )
+
     run_dir = Path(run_dir)
     have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
     out: list[Callback] = []
@@ -117,116 +198,393 @@ def default_callbacks(
     return out
 
 
-class PerceiverCLI(LightningCLI):
-    """LightningCLI over any `PerceiverTask` and any `LightningDataModule` (both given by `class_path` in the
-    config), with the run-directory layout, loggers and callbacks of the module docstring."""
-
-    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        # `args` given while pytest / a launcher has its own sys.argv is intended here
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
-        super().__init__(
-            PerceiverTask,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=run,
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"trainer.default_root_dir": "runs/default"})
-        parser.add_argument(
-            "--overwrite",
-            type=bool,
-            default=False,
-            help="Start a new `fit` in a run directory that already holds a run (its logs and checkpoints are "
-            "deleted). Without it such a fit stops with an error; resume with --ckpt_path last instead.",
-        )
-        parser.add_argument(
-            "--threads",
-            type=int | Literal["auto"] | None,
-            default=None,
-            help="CPU threads per process for torch ops (torch.set_num_threads): a number, 'auto' (the usable cores "
-            "shared by the run's processes) or none (torch's choice). Printed at start.",
-        )
-        parser.add_argument(
-            "--precision",
-            type=str,
-            default="auto",
-            help="'auto' (default): bf16-mixed on a GPU with bf16 and on CPUs with native bf16 (avx512_bf16, "
-            "amx_bf16, Arm bf16), 32-true otherwise; or any Lightning precision. --trainer.precision, when given, "
-            "wins. Printed at start.",
-        )
-        parser.add_argument(
-            "--checkpoint_every_n_steps",
-            type=int | None,
-            default=None,
-            help="Also write checkpoints/last.ckpt every N optimizer steps (inside epochs), for resuming long "
-            "epochs with --ckpt_path last.",
-        )
-
-    def _subconfig(self) -> Any:
-        return self.config[self.subcommand] if self.subcommand else self.config
-
-    def before_instantiate_classes(self) -> None:
-        config = self._subconfig()
-        trainer = config.trainer
-        devices = trainer.get("devices")
-        processes = (int(devices) if str(devices).isdigit() else 1) * int(trainer.get("num_nodes") or 1)
-        threads = resolve_threads(config.get("threads"), processes)
-        if threads is not None:
-            torch.set_num_threads(int(threads.value))
-        if trainer.get("precision") is None:
-            precision = resolve_precision(config.get("precision", "auto"), str(trainer.get("accelerator") or "auto"))
-            trainer.precision = precision.value
-        else:
-            precision = resolve_precision(trainer.precision)
-        what = f"precision {precision.value} ({precision.reason})"
-        what += f"; {torch.get_num_threads()} CPU threads" + (f" ({threads.reason})" if threads else "")
-        print(f"perceiver: {what}", file=sys.stderr)
-        starting_fresh = self.subcommand in (None, "fit") and not config.get("ckpt_path")
-        if starting_fresh:
-            prepare_run_dir(Path(config.trainer.default_root_dir), overwrite=bool(config.get("overwrite")))
-
-    def before_predict(self) -> None:
-        """`perceiver predict --config ...` runs over the datamodule's test split when it has no predict split."""
-        dm = self.datamodule
-        if dm is not None and type(dm).predict_dataloader is LightningDataModule.predict_dataloader:
-            dm.predict_dataloader = dm.test_dataloader
-
-    def instantiate_trainer(self, **kwargs: Any):
-        config = self._get(self.config_init, "trainer", default={})
-        run_dir = Path(config.get("default_root_dir") or "runs/default")
-        existing = list(config.get("callbacks") or [])
-        progress_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
-        every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
-        kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar, every)
-        if config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(run_dir)
-        return super().instantiate_trainer(**kwargs)
-
-
+#: what the CLI writes into a run directory (`--overwrite` deletes these)
 RUN_FILES = ("metrics.csv", "hparams.yaml", "config.yaml", "tb", "checkpoints", "model", "flow")
 
 
+def run_contents(run_dir: Path) -> list[str]:
+    """What of `RUN_FILES` in `run_dir` comes from a run that trained: checkpoints, a model folder, flow plots, or a
+    metrics.csv with a logged metric (learning rates alone are logged before the first step). A start that failed
+    before its first step leaves none of these, only config.yaml, hparams.yaml, tb/ and such a metrics.csv."""
+    found = []
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(p.suffix == ".ckpt" for p in checkpoints.iterdir()):
+        found.append("checkpoints")
+    for name in ("model", "flow"):
+        if (run_dir / name).is_dir() and any((run_dir / name).iterdir()):
+            found.append(name)
+    if _logs_a_metric(run_dir / "metrics.csv"):
+        found.append("metrics.csv")
+    return found
+
+
+def _logs_a_metric(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if any(
+                v not in (None, "") and k not in ("step", "epoch") and not k.startswith("lr-") for k, v in row.items()
+            ):
+                return True
+    return False
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse (or, with `overwrite`, clear) a run directory that already holds a run, before training starts."""
+    """Before a new `fit`: refuse (or, with `overwrite`, clear) a run directory that holds a run; clear what a start
+    that failed left there (see `run_contents`)."""
     present = [name for name in RUN_FILES if (run_dir / name).exists()]
     if not present:
         return
-    if not overwrite:
+    real = run_contents(run_dir)
+    if real and not overwrite:
         raise SystemExit(
-            f"error: run directory {run_dir} already holds a run ({', '.join(present)}).\n"
+            f"error: run directory {run_dir} already holds a run ({', '.join(real)}).\n"
             f"  resume it:        add --ckpt_path last\n"
             f"  start a new one:  choose another --trainer.default_root_dir, or add --overwrite true"
         )
-    for name in present:
+    if not real:
+        print(f"perceiver: clearing what a failed start left in {run_dir}: {', '.join(present)}", file=sys.stderr)
+    _remove(run_dir, present)
+
+
+def _remove(run_dir: Path, names: list[str]) -> None:
+    for name in names:
         path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
+
+
+def _undo_failed_start(run_dir: Path, existed: bool, before: set[str]) -> None:
+    """Removes what a fit that failed before its first optimizer step wrote into `run_dir`."""
+    if run_contents(run_dir):
+        return
+    new = [name for name in RUN_FILES if name not in before and (run_dir / name).exists()]
+    _remove(run_dir, new)
+    if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    if new:
+        print(f"perceiver: removed what the failed start wrote to {run_dir}: {', '.join(new)}", file=sys.stderr)
+
+
+# -- the LightningCLI ----------------------------------------------------------------------------------------------
+
+
+@cache
+def _cli_class() -> type:
+    """`PerceiverCLI`, defined on first use so that importing this module does not import Lightning."""
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from perceiver.hardware import resolve_precision, resolve_threads
+    from perceiver.training.tasks import PerceiverTask
+
+    class PerceiverArgumentParser(LightningArgumentParser):
+        """Names the closest known keys when a key is unknown (abbreviations are off: see `PerceiverCLI`)."""
+
+        def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+            return super().error(_with_suggestions(message, self._option_string_actions), ex)
+
+    class PerceiverCLI(LightningCLI):
+        """LightningCLI over any `PerceiverTask` and any `LightningDataModule` (both given by `class_path` in the
+        config), with the run-directory layout, loggers and callbacks of the module docstring. Keys must be spelled
+        out: argparse's prefix matching (`--trainer.max_epoch` for `max_epochs`) is off in every parser."""
+
+        def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+            quiet_lightning()
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            kwargs.setdefault("parser_class", PerceiverArgumentParser)
+            given = dict(kwargs.pop("parser_kwargs", None) or {})
+            parser_kwargs: dict[str, Any] = {"default_env": False, "allow_abbrev": False}
+            for sub in self.subcommands():
+                parser_kwargs[sub] = {"allow_abbrev": False, **given.pop(sub, {})}
+            parser_kwargs.update(given)
+            self._fresh_start: tuple[Path, bool, set[str]] | None = None
+            super().__init__(
+                PerceiverTask,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=run,
+                auto_configure_optimizers=False,
+                parser_kwargs=parser_kwargs,
+                **kwargs,
+            )
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.set_defaults({"trainer.default_root_dir": "runs/default"})
+            parser.add_argument(
+                "--overwrite",
+                type=bool,
+                default=False,
+                help="Start a new `fit` in a run directory that already holds a run (its logs and checkpoints are "
+                "deleted). Without it such a fit stops with an error; resume with --ckpt_path last instead.",
+            )
+            parser.add_argument(
+                "--threads",
+                type=int | Literal["auto"] | None,
+                default=None,
+                help="CPU threads per process for torch ops (torch.set_num_threads): a number, 'auto' (the usable "
+                "cores shared by the run's processes) or none (torch's choice). Printed at start.",
+            )
+            parser.add_argument(
+                "--precision",
+                type=str,
+                default="auto",
+                help="'auto' (default): bf16-mixed on a GPU with bf16 and on CPUs with native bf16 (avx512_bf16, "
+                "amx_bf16, Arm bf16), 32-true otherwise; or any Lightning precision. --trainer.precision, when "
+                "given, wins. Printed at start.",
+            )
+            parser.add_argument(
+                "--checkpoint_every_n_steps",
+                type=int | None,
+                default=None,
+                help="Also write checkpoints/last.ckpt every N optimizer steps (inside epochs), for resuming long "
+                "epochs with --ckpt_path last.",
+            )
+
+        def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            for action in parser._actions:
+                if action.dest == "ckpt_path":
+                    action.help = CKPT_PATH_HELP.format(action.help or "")
+            return parser
+
+        def _subconfig(self) -> Any:
+            return self.config[self.subcommand] if self.subcommand else self.config
+
+        def before_instantiate_classes(self) -> None:
+            import torch
+
+            config = self._subconfig()
+            trainer = config.trainer
+            devices = trainer.get("devices")
+            processes = (int(devices) if str(devices).isdigit() else 1) * int(trainer.get("num_nodes") or 1)
+            threads = resolve_threads(config.get("threads"), processes)
+            if threads is not None:
+                torch.set_num_threads(int(threads.value))
+            if trainer.get("precision") is None:
+                precision = resolve_precision(
+                    config.get("precision", "auto"), str(trainer.get("accelerator") or "auto")
+                )
+                trainer.precision = precision.value
+            else:
+                precision = resolve_precision(trainer.precision)
+            what = f"precision {precision.value} ({precision.reason})"
+            what += f"; {torch.get_num_threads()} CPU threads" + (f" ({threads.reason})" if threads else "")
+            print(f"perceiver: {what}", file=sys.stderr)
+            if config.get("ckpt_path") == "last_if_any" and self.subcommand != "fit":
+                raise SystemExit(
+                    f"error: --ckpt_path last_if_any is for fit (it may start fresh); for {self.subcommand} "
+                    "give a checkpoint file or 'last'"
+                )
+
+        def _resolve_last(self) -> None:
+            """`--ckpt_path last` / `last_if_any`: look for the last checkpoint where Lightning looks (the folders
+            of the ModelCheckpoint callbacks, RUN_DIR/checkpoints by default, and on-exception checkpoints);
+            none: an error for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh)."""
+            config = self.config_init[self.subcommand]
+            wanted = config.get("ckpt_path")
+            if wanted not in ("last", "last_if_any"):
+                return
+            found: set[str] = set()
+            looked: list[str] = []
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, OnExceptionCheckpoint):
+                    looked.append(str(cb.ckpt_path))
+                    found |= {str(cb.ckpt_path)} if Path(cb.ckpt_path).is_file() else set()
+                elif isinstance(cb, ModelCheckpoint):
+                    where = cb.dirpath if cb.dirpath is not None else f"the checkpoint folder of {type(cb).__name__}"
+                    looked.append(f"{where}/{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")
+                    found |= cb._find_last_checkpoints(self.trainer)  # what Lightning's ckpt_path="last" uses
+            if found:
+                config["ckpt_path"] = "last"
+                return
+            if wanted == "last":
+                raise SystemExit(
+                    f"error: --ckpt_path last: run directory {self.trainer.default_root_dir} has no checkpoint to "
+                    f"resume (looked for {', '.join(dict.fromkeys(looked)) or 'checkpoint callbacks: none'}).\n"
+                    f"  start the run:        leave out --ckpt_path\n"
+                    f"  resume it if it can:  --ckpt_path last_if_any (starts fresh when there is no checkpoint)"
+                )
+            config["ckpt_path"] = None
+            print(f"perceiver: no last checkpoint in {self.trainer.default_root_dir}; starting fresh", file=sys.stderr)
+
+        def _prepare_fresh_start(self) -> None:
+            """A fit that does not resume: `prepare_run_dir`, and remember what was there (`_run_subcommand`)."""
+            if self._get(self.config_init, "ckpt_path") or not _is_launching_process():
+                return
+            run_dir = Path(self.trainer.default_root_dir)
+            existed = run_dir.exists()
+            prepare_run_dir(run_dir, overwrite=bool(self._get(self.config_init, "overwrite")))
+            self._fresh_start = (run_dir, existed, {name for name in RUN_FILES if (run_dir / name).exists()})
+
+        def after_instantiate_classes(self) -> None:
+            if self.subcommand is None:  # run=False (e.g. the digits demo): the caller fits a fresh run
+                self._prepare_fresh_start()
+
+        def before_fit(self) -> None:
+            self._resolve_last()
+            self._prepare_fresh_start()
+
+        def before_validate(self) -> None:
+            self._resolve_last()
+
+        def before_test(self) -> None:
+            self._resolve_last()
+
+        def before_predict(self) -> None:
+            self._resolve_last()
+            dm = self.datamodule
+            if dm is not None and type(dm).predict_dataloader is LightningDataModule.predict_dataloader:
+                raise SystemExit(
+                    f"error: {type(dm).__name__} has no predict split (predict_dataloader); give it one (the "
+                    "datamodules of perceiver.data predict over their test split), or use `perceiver test`"
+                )
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except BaseException:
+                if self._fresh_start is not None and self.trainer.global_step == 0:
+                    _undo_failed_start(*self._fresh_start)
+                raise
+
+        def instantiate_trainer(self, **kwargs: Any):
+            config = self._get(self.config_init, "trainer", default={})
+            run_dir = Path(config.get("default_root_dir") or "runs/default")
+            existing = list(config.get("callbacks") or [])
+            progress_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
+            every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
+            kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar, every)
+            if config.get("logger") in (None, True):
+                kwargs["logger"] = default_loggers(run_dir)
+            return super().instantiate_trainer(**kwargs)
+
+    PerceiverCLI.__module__ = __name__
+    PerceiverCLI.__qualname__ = "PerceiverCLI"
+    return PerceiverCLI
+
+
+def _with_suggestions(message: str, options: dict[str, Any]) -> str:
+    """argparse's "unrecognized arguments: --a=1 --b" + the closest known keys of each."""
+    import difflib
+
+    prefix = "unrecognized arguments:"
+    if not message.startswith(prefix):
+        return message
+    hints = []
+    for token in message[len(prefix) :].split():
+        key = token.split("=", 1)[0]
+        if key.startswith("--"):
+            close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.75)
+            if close:
+                hints.append(f"{key}: did you mean {' or '.join(close)}?")
+    return message + ("\n" + "\n".join(hints) if hints else "")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PerceiverCLI":
+        return _cli_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the help cache ------------------------------------------------------------------------------------------------
+
+HELP_CACHE_FORMAT = 1
+
+
+def is_help_request(argv: list[str]) -> bool:
+    """`-h`, `--help` or a `--KEY.help [CLASS]` option: the command prints help and exits."""
+    return any(a in ("-h", "--help") or a.split("=", 1)[0].endswith(".help") for a in argv)
+
+
+def help_cache_dir() -> Path | None:
+    """Where rendered help is kept (None: `PERCEIVER_HELP_CACHE=0`)."""
+    if os.environ.get("PERCEIVER_HELP_CACHE", "1") == "0":
+        return None
+    root = os.environ.get("PERCEIVER_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "perceiver")
+    return Path(root) / "help"
+
+
+def help_cache_key(argv: list[str]) -> str:
+    """A digest of everything the help text of `argv` depends on (see the module docstring)."""
+    package = Path(__file__).resolve().parents[1]
+    named = []
+    for token in argv:
+        for part in dict.fromkeys((token, token.partition("=")[2])):
+            if part and os.path.isfile(part):
+                st = os.stat(part)
+                named.append((os.path.abspath(part), st.st_mtime_ns, st.st_size))
+    sources = []
+    for path in sorted(package.rglob("*.py")):
+        st = path.stat()
+        sources.append((str(path.relative_to(package)), st.st_mtime_ns, st.st_size))
+    distributions = sorted(
+        entry.name
+        for folder in dict.fromkeys(sys.path)
+        if folder and os.path.isdir(folder)
+        for entry in os.scandir(folder)
+        if entry.name.endswith((".dist-info", ".egg-info"))
+    )
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("JSONARGPARSE_", "PL_", "LIGHTNING_")))
+    payload = [
+        HELP_CACHE_FORMAT,
+        sys.version,
+        sys.executable,
+        Path(sys.argv[0]).name,
+        os.getcwd(),
+        shutil.get_terminal_size().columns,
+        argv,
+        named,
+        sources,
+        distributions,
+        env,
+    ]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
+
+
+def _help(argv: list[str], run: Any) -> None:
+    """Prints the help of `argv`: from the cache, or rendered by `run()` (the real parser) and then cached."""
+    folder = help_cache_dir()
+    path = folder / f"{help_cache_key(argv)}.txt" if folder is not None else None
+    if path is not None and path.is_file():
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        sys.stdout.flush()
+        raise SystemExit(0)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            run()
+    except SystemExit as e:
+        sys.stdout.write(buffer.getvalue())
+        if path is not None and e.code in (0, None) and buffer.getvalue():
+            _store(path, buffer.getvalue())
+        raise
+    sys.stdout.write(buffer.getvalue())
+
+
+def _store(path: Path, text: str, keep: int = 64) -> None:
+    """Writes `path` atomically and keeps the `keep` newest entries of its folder (a cache: errors are ignored)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        entries = sorted(path.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+# -- entry point ---------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,13 +613,23 @@ def main(argv: list[str] | None = None) -> None:
         return predict_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print(EXTRA_HELP)
+        if not argv:
+            print("error: expected a command", file=sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    if is_help_request(argv):
+        return _help(argv, lambda: _run_cli(argv, from_sys))
+    return _run_cli(argv, from_sys)
+
+
+def _run_cli(argv: list[str], from_sys: bool) -> None:
+    from perceiver.training.callbacks import NonFiniteError
+
     try:
-        PerceiverCLI(args=None if from_sys else argv)
+        _cli_class()(args=None if from_sys else argv)
     except NonFiniteError as e:
         raise SystemExit(f"error: {e}") from e
     except ValueError as e:
         raise SystemExit(f"error: {_instantiation_error(e)}") from e
-    return None
 
 
 def _instantiation_error(error: ValueError) -> str:
