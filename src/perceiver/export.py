@@ -70,21 +70,22 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     if isinstance(model, Perceiver):
         default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
         return (randn(b, *(sample or (*default, c.input_channels))),)
+    a = getattr(c, "adapter", None)  # the input adapter's config of a Perceiver IO model
     if isinstance(model, PerceiverForMaskedLM | PerceiverForSequenceClassification):
-        length = sample[0] if sample else c.max_seq_len
-        ids = torch.randint(6, c.vocab_size, (b, length), device=device)
+        length = sample[0] if sample else a.max_seq_len
+        ids = torch.randint(6, a.vocab_size, (b, length), device=device)
         return ids, torch.ones(b, length, dtype=torch.bool, device=device)
     if isinstance(model, PerceiverForImageClassification):
-        return (randn(b, *(sample or (c.in_channels, *c.image_size))),)
+        return (randn(b, *(sample or (a.in_channels, *a.image_size))),)
     if isinstance(model, PerceiverForOpticalFlow):
-        return (randn(b, *(sample or (2, c.patch_channels, *c.train_size))),)
+        return (randn(b, *(sample or (2, 3 * a.patch_size**2, *a.train_size))),)
     if isinstance(model, PerceiverForPointCloudClassification):
-        points = randn(b, *(sample or (1024, c.in_channels))).clamp(-1, 1)
+        points = randn(b, *(sample or (1024, a.in_channels))).clamp(-1, 1)
         return points, torch.ones(b, points.shape[1], dtype=torch.bool, device=device)
     if isinstance(model, PerceiverForAudioClassification):
-        return (randn(b, *(sample or (c.num_samples or 16 * c.samples_per_patch,))),)
+        return (randn(b, *(sample or (a.num_samples or 16 * a.samples_per_patch,))),)
     if isinstance(model, PerceiverForVideoClassification):
-        return (randn(b, *(sample or (c.num_frames, c.in_channels, *c.image_size))),)
+        return (randn(b, *(sample or (a.num_frames or 8, a.in_channels, *(a.image_size or (64, 64))))),)
     raise ValueError(
         f"no example inputs for {type(model).__name__}; pass the inputs to export yourself "
         "(export_program(model, inputs=...) / export_onnx(model, path, inputs=...))"
