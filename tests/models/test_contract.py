@@ -193,3 +193,16 @@ def test_one_output_type():
     from perceiver.models.resampler import PerceiverResamplerOutput
 
     assert PerceiverIOOutput is PerceiverAROutput is PerceiverResamplerOutput is ModelOutput
+
+
+def test_models_from_one_preset_share_no_config():
+    """Changing one model's config (a head reset, a part's switch) leaves the preset and other models alone."""
+    with torch.device("meta"):  # published sizes, no allocation; overrides that touch no part config
+        a, b = (perceiver.create_model("vision-perceiver-fourier", num_classes=3) for _ in range(2))
+        a.reset_classifier(2)
+        a.config.encoder.attn_dropout = 0.5
+        a.config.adapter.num_bands = 1
+        c = perceiver.create_model("vision-perceiver-fourier")
+    assert b.num_classes == 3 and c.num_classes == 1000
+    assert b.config.encoder.attn_dropout == c.config.encoder.attn_dropout == 0.0
+    assert b.config.adapter.num_bands == c.config.adapter.num_bands == 64

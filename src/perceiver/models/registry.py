@@ -101,7 +101,10 @@ def model_type_class(model_type: str) -> type:
 def build_preset(cls: type, base: Any, overrides: dict[str, Any]) -> nn.Module:
     """`cls(config)` for the preset config `base` with keyword `overrides` (flat or dotted keys, see
     `perceiver.hub.apply_overrides`; the renamed keys of earlier releases in `cls.legacy_keys` still work)."""
+    import copy
+
     from perceiver.core.config import rename_keys
     from perceiver.hub import apply_overrides
 
-    return cls(apply_overrides(base, rename_keys(getattr(cls, "legacy_keys", {}), overrides)))
+    # a deep copy: no part config of the model is the preset's (runtime switches, reset_classifier stay local)
+    return cls(copy.deepcopy(apply_overrides(base, rename_keys(getattr(cls, "legacy_keys", {}), overrides))))

@@ -575,9 +575,9 @@ def frames_to_model_input(frames: Tensor, patch_size: int = 3) -> Tensor:
     """`(B, 2, H, W, 3)` frames in [0, 1] -> the flow model's input (transformers' `(B, 2, 27, H, W)` patches, or
     `(B, 2, 3 * k * k, H, W)` for `patch_size` k) of the frames scaled to [-1, 1], DeepMind's input range (the
     published weights expect it; `model.predict` does the same for uint8 frames)."""
-    from perceiver.adapters.flow import frames_to_patches
+    from perceiver.adapters.flow import frames_to_patches, normalize_frames
 
-    return frames_to_patches(frames * 2 - 1, patch_size=patch_size)
+    return frames_to_patches(normalize_frames(frames), patch_size=patch_size)
 
 
 class FlowTask(PerceiverTask):
