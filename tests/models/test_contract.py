@@ -145,8 +145,9 @@ def _tied_copy(model, key: str) -> bool:
 
 def test_pretrained_presets_know_their_checkpoints():
     hub = list_pretrained()
-    assert hub["vision-perceiver-learned"] == "deepmind/vision-perceiver-learned"
-    assert {"vision-perceiver-fourier", "vision-perceiver-conv"} <= set(hub)
+    published = ("vision-perceiver-learned", "vision-perceiver-fourier", "vision-perceiver-conv")
+    published += ("language-perceiver", "optical-flow-perceiver", "multimodal-perceiver")
+    assert hub == {name: f"deepmind/{name}" for name in published}
 
 
 def test_pretrained_offline_error_names_the_hub_id(monkeypatch, tmp_path):

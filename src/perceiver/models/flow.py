@@ -214,7 +214,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
         return flow[0] if unbatched else flow
 
 
-@register_model("optical-flow-perceiver")
+@register_model("optical-flow-perceiver", hub_id="deepmind/optical-flow-perceiver")
 def optical_flow_perceiver(**overrides: Any) -> PerceiverForOpticalFlow:
     """DeepMind's Perceiver IO optical flow model (deepmind/optical-flow-perceiver), 368 x 496 input."""
     overrides = dict(overrides)

@@ -372,7 +372,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         return {"image": image, "audio": logits["audio"].reshape(b, -1, 1), "label": logits["label"]}
 
 
-@register_model("multimodal-perceiver")
+@register_model("multimodal-perceiver", hub_id="deepmind/multimodal-perceiver")
 def multimodal_perceiver(**overrides: Any) -> PerceiverForMultimodalAutoencoding:
     """DeepMind's Kinetics-700 autoencoder (`deepmind/multimodal-perceiver`): 16 frames at 224 x 224, 30,720 audio
     samples, 700 labels; 784 x 512 latents, 8 self-attention layers (8 heads), 1 cross-attention head."""
