@@ -175,8 +175,8 @@ def test_import_perceiver_is_lazy():
     code = "import sys, perceiver; print(sorted(m for m in ('torch', 'perceiver.models') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "from perceiver import Perceiver, PerceiverIO, create_model, __all__; import perceiver; " + (
-        "print(all(getattr(perceiver, n) is not None for n in __all__ if n != 'ModelOutput'))"
+    code = "from perceiver import Perceiver, PerceiverIO, ModelOutput, __all__; import perceiver; " + (
+        "print(all(getattr(perceiver, n) is not None for n in __all__))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr[-2000:]
@@ -202,6 +202,13 @@ def test_cached_subcommand_help_equals_the_real_parser(tmp_path):
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
     again, _ = run_probe(*argv, cache=cache)
     assert again == real and len(list((cache / "help").glob("*.txt"))) == 2
+
+
+def test_help_request_is_an_option_not_a_value():
+    assert cli.is_help_request(["fit", "--help"]) and cli.is_help_request(["fit", "-h"])
+    assert cli.is_help_request(["fit", "--model.help", "ClassificationTask"])
+    assert cli.is_help_request(["fit", "--trainer.callbacks.help=ModelCheckpoint"])
+    assert not cli.is_help_request(["fit", "--data.init_args.root", "data.help"])
 
 
 def test_help_cache_key_follows_versions_sources_and_files(tmp_path, monkeypatch):

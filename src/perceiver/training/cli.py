@@ -500,7 +500,7 @@ HELP_CACHE_FORMAT = 1
 
 def is_help_request(argv: list[str]) -> bool:
     """`-h`, `--help` or a `--KEY.help [CLASS]` option: the command prints help and exits."""
-    return any(a in ("-h", "--help") or a.split("=", 1)[0].endswith(".help") for a in argv)
+    return any(a in ("-h", "--help") or (a.startswith("--") and a.split("=", 1)[0].endswith(".help")) for a in argv)
 
 
 def help_cache_dir() -> Path | None:
