@@ -177,3 +177,39 @@ def test_save_leaves_no_temp_folders_and_removes_stale_ones(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
     model.save_pretrained(tmp_path / "m")  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_push_to_hub_uploads_config_weights_and_a_model_card(tmp_path, monkeypatch):
+    """`push_to_hub` goes through huggingface_hub: it creates the repo and uploads the folder `save_pretrained`
+    writes plus a model card (the network calls are replaced by recorders here)."""
+    import huggingface_hub
+
+    import perceiver
+
+    calls: dict[str, object] = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+
+    def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        calls["upload_folder"] = (repo_id, files, commit_message)
+        return "https://huggingface.co/me/tiny/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model = perceiver.Perceiver(input_channels=1, input_axis=1, depth=1, num_latents=4, latent_dim=8,
+                                latent_heads=2, cross_dim_head=4, latent_dim_head=4, num_classes=3)  # fmt: skip
+    url = model.push_to_hub("me/tiny", private=True)
+    assert url.endswith("/commit/0")
+    assert calls["create_repo"] == ("me/tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    repo_id, files, message = calls["upload_folder"]
+    assert repo_id == "me/tiny" and set(files) == {"config.json", "model.safetensors", "README.md"}
+    card = files["README.md"].decode()
+    assert "library_name: perceiver-torch" in card and "perceiver.from_pretrained('me/tiny')" in card
+    (tmp_path / "m").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "m" / name).write_bytes(files[name])
+    again = perceiver.from_pretrained(tmp_path / "m")
+    x = torch.randn(2, 5, 1)
+    torch.testing.assert_close(again(x), model.eval()(x))
