@@ -269,6 +269,25 @@ def _remove_stale_temp_dirs(target: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def check_finite_tensors(tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """`ValueError` naming `source` and the key of the first floating tensor holding NaN or inf."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{source}: tensor {key!r} holds NaN or inf; expected finite weights (a corrupted file?). "
+                f"Pass check_finite=False to load it anyway"
+            )
+
+
+def pop_num_classes(num_classes: int | None, overrides: dict[str, Any]) -> int | None:
+    """`num_classes`, or transformers' name for it (`num_labels`) taken out of `overrides`."""
+    if "num_labels" not in overrides:
+        return num_classes
+    if num_classes is not None:
+        raise ValueError("pass num_classes or its alias num_labels, not both")
+    return overrides.pop("num_labels")
+
+
 def load_safetensors_checked(
     model: nn.Module, path: str | os.PathLike, device: str = "cpu", check_finite: bool = True
 ) -> None:
@@ -292,11 +311,8 @@ def load_safetensors_checked(
                 f"{path}: tensor {key!r}: expected {want.dtype} of shape {tuple(want.shape)}, "
                 f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
             )
-        if check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
-                f"{path}: tensor {key!r} holds NaN or inf; expected finite weights (a corrupted file?). "
-                f"Pass check_finite=False to load it anyway"
-            )
+    if check_finite:
+        check_finite_tensors(stored, path)
     # tensors stored once for several names (tied weights): the other names share the storage in the model
     stored_ptrs = {own[k].data_ptr() for k in stored}
     missing = [k for k in own if k not in stored and own[k].data_ptr() not in stored_ptrs]
@@ -412,10 +428,7 @@ class PretrainedMixin:
         tensors); without it a different K is an error. `check_finite` rejects weights holding NaN / inf (corrupted
         files); see the module docstring for the checks.
         """
-        if "num_labels" in overrides:  # transformers' name of the class count
-            if num_classes is not None:
-                raise ValueError("pass num_classes or its alias num_labels, not both")
-            num_classes = overrides.pop("num_labels")
+        num_classes = pop_num_classes(num_classes, overrides)
         path = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():

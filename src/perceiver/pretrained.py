@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver.hub import read_config_file
+from perceiver.hub import check_finite_tensors, pop_num_classes, read_config_file, resize_head
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
@@ -94,15 +94,6 @@ def _import_converters() -> None:
     import perceiver.interop  # noqa: F401  (registers the converters)
 
 
-def _check_finite(state_dict: dict[str, Tensor], source: Path) -> None:
-    for key, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
-                f"{source}: tensor {key!r} holds NaN or inf; expected finite weights (a corrupted file?). "
-                f"Pass check_finite=False to load it anyway"
-            )
-
-
 def from_pretrained(
     path_or_id: str | os.PathLike,
     check_finite: bool = True,
@@ -118,10 +109,7 @@ def from_pretrained(
     another size (logged, and listed in `model.reinitialized_keys`); without the flag a different K is an error
     (`num_labels` is accepted as transformers' name for it). `check_finite` rejects weights that hold NaN / inf.
     """
-    if "num_labels" in overrides:
-        if num_classes is not None:
-            raise ValueError("pass num_classes or its alias num_labels, not both")
-        num_classes = overrides.pop("num_labels")
+    num_classes = pop_num_classes(num_classes, overrides)
     folder = resolve(path_or_id)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -139,11 +127,9 @@ def from_pretrained(
             )
         state_dict = load_state_dict(folder)
         if check_finite:
-            _check_finite(state_dict, folder)
+            check_finite_tensors(state_dict, folder)
         model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
         if num_classes is not None:
-            from perceiver.hub import resize_head
-
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
         return model.eval()
     if "model_type" not in config:

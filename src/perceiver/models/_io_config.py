@@ -22,8 +22,7 @@ IO_LEGACY_KEYS: dict[str, str | tuple[str, ...]] = {
     "decoder_use_query_residual": "decoder.use_query_residual",
     "use_query_residual": "encoder.use_query_residual",
     "cross_attention_shape": ("encoder.cross_attention_shape", "decoder.cross_attention_shape"),
-    "num_labels": "num_classes",
-}
+}  # (`num_labels` -> `num_classes` is an alias of every config: `perceiver.hub.ALIASES`)
 
 
 def imagenet_encoder(**fields: Any) -> EncoderConfig:
