@@ -76,8 +76,37 @@ def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...]
         return mask
     if mask.is_complex():
         raise InputTypeError(f"expected {name} as a boolean tensor (True = valid), got dtype {mask.dtype}")
-    if not torch.compiler.is_compiling() and bool(((mask != 0) & (mask != 1)).any()):
+    binary = (mask == 0) | (mask == 1)
+    if not torch.compiler.is_compiling() and not bool(binary.all()):  # a value check (host sync): eager only
+        bad = mask[~binary].flatten()[:4].tolist()
         raise ValueError(
-            f"expected {name} as bool or 0 / 1 values (1 = valid), got dtype {mask.dtype} with other values"
+            f"expected {name} as bool or values 0 (padding) or 1 (valid), got dtype {mask.dtype} with e.g. {bad}"
         )
     return mask != 0
+
+
+def check_token_ids(ids: object, vocab_size: int, name: str = "input_ids") -> Tensor:
+    """Token ids `(B, L)`: an integer tensor with B, L >= 1 and (in eager mode, a host sync) every id in
+    `[0, vocab_size)`; `InputTypeError` / `ValueError` naming what came. Shared by the text adapter and Perceiver AR."""
+    ids = check_int_input(ids, name, "(B, L)")
+    if ids.dim() != 2:
+        raise ValueError(f"expected {name} of shape (B, L), got {tuple(ids.shape)}")
+    if 0 in ids.shape:
+        raise ValueError(f"expected at least one token per row in {name} (B >= 1, L >= 1), got {tuple(ids.shape)}")
+    if not torch.compiler.is_compiling():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"expected token ids in [0, {vocab_size}), got values in [{low}, {high}]")
+    return ids
+
+
+def token_mask(mask: object, ids: Tensor, name: str = "attention_mask") -> Tensor | None:
+    """The padding mask of token ids `ids` `(B, L)`: `to_bool_mask` of the same shape, on the ids' device."""
+    if mask is None:
+        return None
+    if isinstance(mask, Tensor) and tuple(mask.shape) != tuple(ids.shape):
+        shape = tuple(ids.shape)
+        raise ValueError(
+            f"expected {name} of shape {shape}: the same shape as input_ids {shape}, got {tuple(mask.shape)}"
+        )
+    return to_bool_mask(mask, name).to(ids.device)

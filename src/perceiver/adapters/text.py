@@ -17,56 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_token_ids, token_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import TrainablePositionEncoding
-
-
-def _check_ids(input_ids: Tensor, vocab_size: int, max_seq_len: int) -> None:
-    if not isinstance(input_ids, Tensor):
-        raise ValueError(f"expected input_ids as a torch.Tensor of shape (B, L), got {type(input_ids).__name__}")
-    if input_ids.dim() != 2:
-        raise ValueError(f"expected input_ids of shape (B, L), got {tuple(input_ids.shape)}")
-    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
-        raise ValueError(f"expected integer token ids (e.g. torch.long), got dtype {input_ids.dtype}")
-    length = input_ids.shape[1]
-    if length == 0:
-        raise ValueError(f"expected at least one token per sequence, got input_ids of shape {tuple(input_ids.shape)}")
-    if length > max_seq_len:
-        raise ValueError(
-            f"expected at most {max_seq_len} tokens (the model's max_seq_len), got {length}; "
-            f"truncate the text (e.g. tokenizer(..., truncation=True, max_length={max_seq_len}))"
-        )
-    if input_ids.numel() and not torch.compiler.is_compiling():  # a value check (host sync): eager only
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(f"expected token ids in [0, {vocab_size}), got values in [{low}, {high}]")
-
-
-def to_bool_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
-    """A user's attention mask `(B, L)` (bool, or 0/1 integers or floats) as a boolean mask, True = real token.
-
-    Raises ValueError for a mask whose shape does not match `input_ids` or with values other than 0 and 1.
-    """
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, Tensor):
-        raise ValueError(f"expected attention_mask as a torch.Tensor of shape (B, L), got {type(attention_mask)}")
-    if tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(
-            f"expected attention_mask of the same shape as input_ids {tuple(input_ids.shape)}, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    if attention_mask.dtype == torch.bool:
-        return attention_mask.to(input_ids.device)
-    if attention_mask.is_complex():
-        raise ValueError(f"expected a bool, integer or float attention_mask, got dtype {attention_mask.dtype}")
-    binary = (attention_mask == 0) | (attention_mask == 1)
-    if not torch.compiler.is_compiling() and not bool(binary.all()):  # a value check (host sync): eager only
-        bad = attention_mask[~binary].flatten()[:4].tolist()
-        raise ValueError(f"expected attention_mask values 0 (padding) or 1 (token), got e.g. {bad}")
-    return (attention_mask != 0).to(input_ids.device)
 
 
 class TextAdapter(InputAdapter):
@@ -96,8 +51,13 @@ class TextAdapter(InputAdapter):
 
     def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> AdaptedInputs:
         """`input_ids` `(B, L)` integer ids, `mask` `(B, L)` (True/1 = token, False/0 = padding) or None."""
-        _check_ids(input_ids, self.vocab_size, self.max_seq_len)
-        mask = to_bool_mask(mask, input_ids)
+        input_ids = check_token_ids(input_ids, self.vocab_size)
+        if input_ids.shape[1] > self.max_seq_len:
+            raise ValueError(
+                f"expected at most {self.max_seq_len} tokens (the model's max_seq_len), got {input_ids.shape[1]}; "
+                f"truncate the text (e.g. tokenizer(..., truncation=True, max_length={self.max_seq_len}))"
+            )
+        mask = token_mask(mask, input_ids)
         embedded = self.token_embedding(input_ids)  # (B, L, C)
         tokens = embedded + self.position_encoding(input_ids.shape[1])
         return AdaptedInputs(tokens=tokens, mask=mask, without_pos=embedded)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_token_ids, token_mask
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.hub import config_from_dict
 from perceiver.models.registry import register_model, register_model_type
@@ -272,27 +273,6 @@ def _causal_mask(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None) -> Te
     return allowed.unsqueeze(1)
 
 
-def _check_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
-    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
-        dtype = getattr(ids, "dtype", None)
-        raise ValueError(f"expected integer token ids of shape (B, L) as {name}, got {shape} ({dtype})")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"expected at least one token per row in {name} (B >= 1, L >= 1), got {tuple(ids.shape)}")
-    if not torch.compiler.is_compiling() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise ValueError(
-            f"expected token ids in [0, {vocab_size}) (vocab_size), got ids in [{int(ids.min())}, {int(ids.max())}]"
-        )
-
-
-def _check_mask(mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
-    if mask is None:
-        return None
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"expected attention_mask of shape {shape} (as input_ids), got {tuple(mask.shape)}")
-    return mask.bool()
-
-
 @register_model_type
 class PerceiverAR(PerceiverModel):
     """Perceiver AR causal language model (see the module docstring).
@@ -399,9 +379,9 @@ class PerceiverAR(PerceiverModel):
         filled cache, input_ids `(B, K)` are K new tokens appended as K new latents.
         """
         c = self.config
-        _check_ids(input_ids, c.vocab_size)
+        check_token_ids(input_ids, c.vocab_size)
         b, length = input_ids.shape
-        mask = _check_mask(attention_mask, (b, length))
+        mask = token_mask(attention_mask, input_ids)
         if cache is not None and cache.batch_size != b:
             raise ValueError(f"expected a cache for batch size {b}, got a cache for batch size {cache.batch_size}")
         if cache is not None and cache.prefilled:
@@ -589,7 +569,7 @@ class PerceiverAR(PerceiverModel):
                 M = N slides at every token, as perceiver-ar-pytorch's wrapper.
         """
         c = self.config
-        _check_ids(input_ids, c.vocab_size)
+        check_token_ids(input_ids, c.vocab_size)
         b, length = input_ids.shape
         if length > c.max_seq_len:
             raise ValueError(
@@ -607,7 +587,7 @@ class PerceiverAR(PerceiverModel):
         for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
             if value is not None and not 0 <= value < c.vocab_size:
                 raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
-        mask = _check_mask(attention_mask, (b, length))
+        mask = token_mask(attention_mask, input_ids)
         left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
         if not left_padded:
             raise ValueError("expected a left-padded attention_mask (each row: False..., then True...), got another")
