@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.nn import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer, reassociation_saves
+from perceiver.nn import (
+    MLP,
+    CrossAttentionLayer,
+    MultiHeadAttention,
+    SelfAttentionLayer,
+    normalize_inputs,
+    reassociation_saves,
+)
 
 
 def reference_attention(mha: MultiHeadAttention, x_q, x_kv=None, mask=None, dtype=torch.float64):
@@ -323,6 +330,81 @@ def test_cross_attention_layer_is_pre_ln(use_query_residual):
     expected = h + layer.mlp(layer.mlp_norm(h))
     assert probs is None
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- inputs normalised once, LayerNorm affine folded
+
+
+def test_normalize_inputs_pads_to_a_multiple_of_eight():
+    x = torch.randn(2, 7, 29, dtype=torch.double)
+    z = normalize_inputs(x, 1e-5)
+    assert z.shape == (2, 7, 32)
+    torch.testing.assert_close(z[..., :29], F.layer_norm(x, (29,), eps=1e-5))
+    assert (z[..., 29:] == 0).all()
+    assert normalize_inputs(torch.randn(1, 3, 16)).shape == (1, 3, 16)  # aligned widths are not copied wider
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["nodrop", "drop"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("mode", ["standard", "reassociated", "maps", "inverted"])
+def test_folded_layer_norm_is_the_same_layer(mode, bias, dropout):
+    """`kv_normalized=True` (inputs normalised and zero-padded once, the layer's LayerNorm affine folded into its key
+    and value projections) is the same function as normalising inside the layer: outputs, maps and the gradients of
+    every parameter and input, to fp64 rounding, with a mask and with dropout (same seed, same masks)."""
+    layer = CrossAttentionLayer(12, 5, num_heads=2, qk_channels=8, v_channels=6, qkv_bias=bias, attn_dropout=dropout)
+    layer = layer.double().train(dropout > 0)
+    layer.attention.reassociate = mode == "reassociated"
+    torch.nn.init.normal_(layer.kv_norm.weight)
+    torch.nn.init.normal_(layer.kv_norm.bias)
+    x = torch.randn(2, 4, 12, dtype=torch.double, requires_grad=True)
+    kv = torch.randn(2, 9, 5, dtype=torch.double, requires_grad=True)
+    mask = random_mask(2, 9)
+    runs = []
+    for folded in (False, True):
+        torch.manual_seed(0)
+        z = normalize_inputs(kv, layer.kv_norm.eps) if folded else kv
+        out, probs = layer(x, z, mask, mode == "maps", mode == "inverted", kv_normalized=folded)
+        loss = out.square().sum() + (0 if probs is None else probs.square().sum())
+        runs.append((out, probs, torch.autograd.grad(loss, [x, kv, *layer.parameters()], allow_unused=True)))
+    (out0, p0, g0), (out1, p1, g1) = runs
+    torch.testing.assert_close(out1, out0, atol=1e-12, rtol=0)
+    if mode == "maps":
+        torch.testing.assert_close(p1, p0, atol=1e-12, rtol=0)
+    for a, b in zip(g1, g0):
+        if b is None or a is None:
+            assert a is None and b is None or (a if b is None else b).abs().max() < 1e-12
+        else:
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_encoder_normalises_its_inputs_once_for_all_cross_attends(monkeypatch):
+    """Six cross-attends over the same inputs (the classic Perceiver) normalise them once, and the encoder's output
+    equals running each layer on the raw inputs (non-trivial LayerNorm affines, one eps)."""
+    import perceiver.core.encoder as encoder_module
+
+    cfg = EncoderConfig(input_dim=5, num_latents=4, latent_dim=16, num_cross_attends=3, num_self_attends_per_block=1)
+    enc = PerceiverEncoder(cfg).double().eval()
+    for layer in enc.cross_attends:
+        torch.nn.init.normal_(layer.kv_norm.weight)
+        torch.nn.init.normal_(layer.kv_norm.bias)
+    calls = []
+    real = encoder_module.normalize_inputs
+    monkeypatch.setattr(encoder_module, "normalize_inputs", lambda t, eps: calls.append(eps) or real(t, eps))
+    inputs, mask = torch.randn(2, 40, 5, dtype=torch.double), random_mask(2, 40)
+    got = enc(inputs, mask)
+    assert len(calls) == 1
+    x = enc.latents.expand(2, -1, -1)
+    for ci, li in zip(enc.cross_index, enc.latent_index):
+        x = enc.cross_attends[ci](x, inputs, mask)[0]
+        for layer in enc.latent_blocks[li]:
+            x = layer(x)
+    torch.testing.assert_close(got, x, atol=1e-12, rtol=0)
+
+
+def test_folding_needs_separate_key_value_inputs():
+    mha = MultiHeadAttention(8, 8, queries_contribute_kv=True)
+    with pytest.raises(ValueError, match="kv_affine needs a separate key/value input"):
+        mha(torch.randn(1, 2, 8), torch.randn(1, 3, 8), kv_affine=(torch.ones(8), torch.zeros(8)))
 
 
 def test_self_attention_layer_is_pre_ln():

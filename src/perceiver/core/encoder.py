@@ -26,7 +26,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer, reassociation_saves
+from perceiver.nn.attention import (
+    Activation,
+    CrossAttentionLayer,
+    SelfAttentionLayer,
+    normalize_inputs,
+    reassociation_saves,
+)
 from perceiver.nn.residual import AttentionResidual
 
 LatentSharing = Literal["all", "after_first", "none"]
@@ -217,12 +223,18 @@ class PerceiverEncoder(nn.Module):
         mode = self.config.attn_residual
         history = [x]  # outputs mixed by the attention residuals
         residual = iter(self.residual_index)
+        # The inputs are LayerNormed once (per eps) for all cross-attends; each folds its own affine (normalize_inputs).
+        normalized: dict[float, Tensor] = {}
         for ci, li, inverted in zip(self.cross_index, self.latent_index, self.inverted):
             cross = self.cross_attends[ci]
+            eps = cross.kv_norm.eps
+            if eps not in normalized:
+                normalized[eps] = normalize_inputs(inputs, eps)
+            z = normalized[eps]
             if checkpointing and not return_attention:
-                x, probs = checkpoint(cross, x, inputs, mask, False, inverted, use_reentrant=False)
+                x, probs = checkpoint(cross, x, z, mask, False, inverted, True, use_reentrant=False)
             else:
-                x, probs = cross(x, inputs, mask, return_attention, inverted)
+                x, probs = cross(x, z, mask, return_attention, inverted, kv_normalized=True)
             if probs is not None:
                 maps.append(probs)
             if mode == "self_attend":

@@ -6,6 +6,7 @@ from perceiver.nn.attention import (
     MultiHeadAttention,
     SelfAttentionLayer,
     attention_with_probs,
+    normalize_inputs,
     reassociation_saves,
 )
 from perceiver.nn.position import (
@@ -29,5 +30,6 @@ __all__ = [
     "fourier_channels",
     "fourier_features",
     "linear_positions",
+    "normalize_inputs",
     "reassociation_saves",
 ]

@@ -37,6 +37,20 @@ def _check_dropout(p: float, what: str) -> None:
         raise ValueError(f"{what} must be in [0, 1), got {p}")
 
 
+def normalize_inputs(x: Tensor, eps: float = 1e-5, align: int = 8) -> Tensor:
+    """`x` `(B, M, C)` LayerNormed over `C` without an affine, zero-padded to a multiple of `align` channels.
+
+    A cross-attention layer given this (`CrossAttentionLayer(..., kv_normalized=True)`) folds its own LayerNorm's
+    affine into its key and value projections, so an encoder normalises its inputs once for all its cross-attends
+    (the classic Perceiver has six, each over the same 50176 pixels). The padded channels are zeros, so they change
+    nothing but the width: attention kernels and GEMMs run their vector loops without a remainder (SDPA's CPU flash
+    kernel over 50176 keys of 29 channels took 24 ms, of 32 channels 15 ms, on an AMD EPYC Zen 4).
+    """
+    z = F.layer_norm(x, (x.shape[-1],), eps=eps)
+    pad = -x.shape[-1] % align
+    return F.pad(z, (0, pad)) if pad else z
+
+
 def reassociation_saves(
     num_queries: int, kv_dim: int, num_heads: int, qk_channels: int, v_channels: int, threshold: float = 0.8
 ) -> bool:
@@ -122,6 +136,31 @@ class MultiHeadAttention(nn.Module):
         """`(B, N, H * d)` -> `(B, H, N, d)`."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
+    def kv_projections(
+        self, kv_affine: tuple[Tensor | None, Tensor | None] | None = None, width: int | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """The key and value projections `(w_k, b_k, w_v, b_v)`, with a LayerNorm's affine folded in.
+
+        With `kv_affine = (gamma, beta)` the key/value input is the normalised `z` before that affine:
+        `W (gamma * z + beta) + b = (W gamma) z + (W beta + b)`, the same function (gradients reach `gamma` and `beta`
+        through the folded weights). `width` > `Ckv`: the weights get zero columns for a zero-padded input.
+        """
+        w_k, b_k, w_v, b_v = self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias
+        if kv_affine is None:
+            return w_k, b_k, w_v, b_v
+        gamma, beta = kv_affine
+
+        def fold(w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            if beta is not None:
+                b = w @ beta if b is None else torch.addmv(b, w, beta)
+            if gamma is not None:
+                w = w * gamma
+            if width is not None and width > w.shape[1]:
+                w = F.pad(w, (0, width - w.shape[1]))
+            return w, b
+
+        return *fold(w_k, b_k), *fold(w_v, b_v)
+
     def forward(
         self,
         x_q: Tensor,
@@ -129,15 +168,20 @@ class MultiHeadAttention(nn.Module):
         kv_mask: Tensor | None = None,
         return_attention: bool = False,
         inverted: bool | None = None,
+        kv_affine: tuple[Tensor | None, Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `x_q` `(B, N, Cq)` to `x_kv` `(B, M, Ckv)` (self-attention when None).
 
         `inverted` overrides the constructor's choice for this call (a Python bool, so compiled graphs stay static).
+        `kv_affine` `(gamma, beta)`: `x_kv` is LayerNormed without this affine (and may be zero-padded to more than
+        `Ckv` channels, see `normalize_inputs`); it is folded into the key and value projections (`kv_projections`).
 
         `kv_mask` `(B, M)` is boolean, True = valid. A query row without any valid key returns zeros (never NaN), and
         values at masked-out keys never reach the output. Returns the output `(B, N, out_dim)` and, if
         `return_attention`, the probabilities `(B, H, N, M)` (else None).
         """
+        if kv_affine is not None and (x_kv is None or self.queries_contribute_kv):
+            raise ValueError("kv_affine needs a separate key/value input (no self-attention, no queries_contribute_kv)")
         if x_kv is not None and self.queries_contribute_kv:
             x_kv = torch.cat([x_q, x_kv], dim=1)
             if kv_mask is not None:
@@ -152,13 +196,15 @@ class MultiHeadAttention(nn.Module):
         probs = None
         inverted = self.inverted if inverted is None else inverted
         q = self._heads(self.q_proj(x_q))
+        weights = self.kv_projections(kv_affine, x_kv.shape[-1])
         if self.reassociate and not return_attention and not inverted:
-            out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout)
+            out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout, weights)
         else:
             if kv_mask is not None:
                 x_kv = x_kv.masked_fill(~kv_mask[..., None], 0.0)  # NaN / inf at masked keys must not leak via 0 * v
-            k = self._heads(self.k_proj(x_kv))
-            v = self._heads(self.v_proj(x_kv))
+            w_k, b_k, w_v, b_v = weights
+            k = self._heads(F.linear(x_kv, w_k, b_k))
+            v = self._heads(F.linear(x_kv, w_v, b_v))
             if inverted:
                 out, probs = inverted_attention(q, k, v, attn_mask, dropout)
                 probs = probs if return_attention else None
@@ -174,15 +220,22 @@ class MultiHeadAttention(nn.Module):
         return out, probs
 
     def _reassociated(
-        self, q: Tensor, x_kv: Tensor, kv_mask: Tensor | None, attn_mask: Tensor | None, dropout: float
+        self,
+        q: Tensor,
+        x_kv: Tensor,
+        kv_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        dropout: float,
+        weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
     ) -> Tensor:
-        """`q` `(B, H, N, Dqk/H)`, `x_kv` `(B, M, Ckv)` -> per-head values `(B, H, N, Dv/H)`, without k and v."""
+        """`q` `(B, H, N, Dqk/H)`, `x_kv` `(B, M, Ckv)` -> per-head values `(B, H, N, Dv/H)`, without k and v.
+
+        `weights`: `(w_k, b_k, w_v, b_v)` from `kv_projections` (both biases or neither)."""
         h = self.num_heads
         x = x_kv.to(q.dtype)
         if kv_mask is not None:
             x = x.masked_fill(~kv_mask[..., None], 0.0)
-        w_k, w_v = self.k_proj.weight, self.v_proj.weight
-        b_k, b_v = self.k_proj.bias, self.v_proj.bias  # qkv_bias sets both
+        w_k, b_k, w_v, b_v = weights
         bias_channel = b_k is not None and dropout > 0.0
         if bias_channel:  # dropped probabilities no longer sum to 1: the biases ride along as a channel of ones
             w_k = torch.cat([w_k, b_k[:, None]], dim=1)
@@ -322,11 +375,19 @@ class CrossAttentionLayer(nn.Module):
         kv_mask: Tensor | None = None,
         return_attention: bool = False,
         inverted: bool | None = None,
+        kv_normalized: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None.
 
-        `inverted` (a Python bool or None for the constructor's) selects inverted attention for this call."""
-        h, probs = self.attention(self.q_norm(x), self.kv_norm(kv), kv_mask, return_attention, inverted)
+        `inverted` (a Python bool or None for the constructor's) selects inverted attention for this call.
+        `kv_normalized`: `kv` is `normalize_inputs(kv, self.kv_norm.eps)` (normalised without an affine, maybe
+        zero-padded), computed once by the caller for several layers; this layer's `kv_norm` affine is folded into its
+        key and value projections instead of applied to `kv`: the same function."""
+        if kv_normalized:
+            affine = (self.kv_norm.weight, self.kv_norm.bias)
+        else:
+            kv, affine = self.kv_norm(kv), None
+        h, probs = self.attention(self.q_norm(x), kv, kv_mask, return_attention, inverted, kv_affine=affine)
         if self.use_query_residual:
             h = h + x
         return h + self.mlp(self.mlp_norm(h)), probs
