@@ -335,15 +335,6 @@ def test_cross_attention_layer_is_pre_ln(use_query_residual):
 # ---------------------------------------------------------------- inputs normalised once, LayerNorm affine folded
 
 
-def test_normalize_inputs_pads_to_a_multiple_of_eight():
-    x = torch.randn(2, 7, 29, dtype=torch.double)
-    z = normalize_inputs(x, 1e-5)
-    assert z.shape == (2, 7, 32)
-    torch.testing.assert_close(z[..., :29], F.layer_norm(x, (29,), eps=1e-5))
-    assert (z[..., 29:] == 0).all()
-    assert normalize_inputs(torch.randn(1, 3, 16)).shape == (1, 3, 16)  # aligned widths are not copied wider
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["nodrop", "drop"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("mode", ["standard", "reassociated", "maps", "inverted"])

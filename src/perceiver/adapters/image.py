@@ -36,6 +36,7 @@ from perceiver.checks import check_float_input
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
+from perceiver.nn.inputs import InputFactors
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
 PrepType = Literal["conv", "conv1x1", "patches", "pixels"]
@@ -257,7 +258,13 @@ class ImageAdapter(InputAdapter):
             tokens = torch.cat([feats, pos.to(feats.dtype).expand(b, -1, -1)], dim=-1)
         else:
             tokens = feats + pos.to(feats.dtype)
-        return AdaptedInputs(tokens, None if mask is None else mask.bool(), without_pos=feats)
+        factors = None
+        if self.prep_type == "conv1x1" and pos is not None and self.concat_or_add_pos == "concat":
+            # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates.
+            s, conv = self.spatial_downsample, self.convnet_1x1
+            raw = inputs[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(b, h * w, -1)
+            factors = InputFactors(raw, conv.weight.flatten(1), conv.bias, pos.to(feats.dtype))
+        return AdaptedInputs(tokens, None if mask is None else mask.bool(), without_pos=feats, factors=factors)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.nn.attention import Activation, CrossAttentionLayer
+from perceiver.nn.inputs import InputFactors
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features, linear_positions
 
 
@@ -28,13 +29,15 @@ class AdaptedInputs:
 
     tokens: `(B, M, C)` encoder inputs (with position features); mask: `(B, M)` boolean, True = valid, or None;
     without_pos: `(B, M, C')` the same tokens before position features, where a query builder needs them;
-    modality_sizes: tokens per modality for multimodal inputs (in order).
+    modality_sizes: tokens per modality for multimodal inputs (in order);
+    factors: the tokens as `cat([raw W^T + b, positions])` where an adapter knows that (the encoder may use it).
     """
 
     tokens: Tensor
     mask: Tensor | None = None
     without_pos: Tensor | None = None
     modality_sizes: dict[str, int] | None = None
+    factors: InputFactors | None = None
 
 
 @dataclass

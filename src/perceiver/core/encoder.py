@@ -26,13 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.nn.attention import (
-    Activation,
-    CrossAttentionLayer,
-    SelfAttentionLayer,
-    normalize_inputs,
-    reassociation_saves,
-)
+from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer, reassociation_saves
+from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
 from perceiver.nn.residual import AttentionResidual
 
 LatentSharing = Literal["all", "after_first", "none"]
@@ -212,8 +207,12 @@ class PerceiverEncoder(nn.Module):
         inputs: Tensor,
         mask: Tensor | None = None,
         return_attention: bool = False,
+        factors: InputFactors | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """`inputs` `(B, M, C)`, `mask` `(B, M)` -> latents `(B, N, D)`.
+
+        `factors`: the same inputs as `cat([raw W^T + b, pos])` (`perceiver.nn.InputFactors`, from an adapter);
+        where their normalised coordinates are narrower than `C`, the cross-attends use those (the same function).
 
         With `return_attention`, also the cross-attention probabilities of every cross-attend, each `(B, H, N, M)`.
         """
@@ -223,18 +222,25 @@ class PerceiverEncoder(nn.Module):
         mode = self.config.attn_residual
         history = [x]  # outputs mixed by the attention residuals
         residual = iter(self.residual_index)
-        # The inputs are LayerNormed once (per eps) for all cross-attends; each folds its own affine (normalize_inputs).
-        normalized: dict[float, Tensor] = {}
+        # The inputs are LayerNormed once (per eps) for all cross-attends; each folds its own affine (perceiver.nn.inputs).
+        if factors is not None and factors.num_channels != inputs.shape[-1]:
+            raise ValueError(
+                f"expected factors of {inputs.shape[-1]} channels (the inputs'), got {factors.num_channels}"
+            )
+        factored = factors is not None and -(-factors.num_coordinates // 8) < -(-inputs.shape[-1] // 8)
+        normalized: dict[float, tuple[Tensor, Tensor | None]] = {}
         for ci, li, inverted in zip(self.cross_index, self.latent_index, self.inverted):
             cross = self.cross_attends[ci]
             eps = cross.kv_norm.eps
             if eps not in normalized:
-                normalized[eps] = normalize_inputs(inputs, eps)
-            z = normalized[eps]
+                normalized[eps] = (
+                    normalize_factored(factors, eps) if factored else (normalize_inputs(inputs, eps), None)
+                )
+            z, basis = normalized[eps]
             if checkpointing and not return_attention:
-                x, probs = checkpoint(cross, x, z, mask, False, inverted, True, use_reentrant=False)
+                x, probs = checkpoint(cross, x, z, mask, False, inverted, True, basis, use_reentrant=False)
             else:
-                x, probs = cross(x, z, mask, return_attention, inverted, kv_normalized=True)
+                x, probs = cross(x, z, mask, return_attention, inverted, kv_normalized=True, kv_basis=basis)
             if probs is not None:
                 maps.append(probs)
             if mode == "self_attend":

@@ -108,7 +108,7 @@ class PerceiverIO(PerceiverModel):
         """Check, adapt and encode: `Features(latents (B, N, D), adapted, encoder maps or None)`."""
         inputs, mask = self.check_inputs(inputs, mask)
         adapted = self.input_adapter(inputs, mask, **adapter_kwargs)
-        encoded = self.encoder(adapted.tokens, adapted.mask, return_attention=return_attention)
+        encoded = self.encoder(adapted.tokens, adapted.mask, return_attention, adapted.factors)
         latents, maps = encoded if return_attention else (encoded, None)
         return Features(latents, adapted, maps)
 

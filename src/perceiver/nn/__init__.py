@@ -6,9 +6,9 @@ from perceiver.nn.attention import (
     MultiHeadAttention,
     SelfAttentionLayer,
     attention_with_probs,
-    normalize_inputs,
     reassociation_saves,
 )
+from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
 from perceiver.nn.position import (
     FourierPositionEncoding,
     TrainablePositionEncoding,
@@ -22,6 +22,7 @@ __all__ = [
     "MLP",
     "CrossAttentionLayer",
     "FourierPositionEncoding",
+    "InputFactors",
     "MultiHeadAttention",
     "SelfAttentionLayer",
     "TrainablePositionEncoding",
@@ -30,6 +31,7 @@ __all__ = [
     "fourier_channels",
     "fourier_features",
     "linear_positions",
+    "normalize_factored",
     "normalize_inputs",
     "reassociation_saves",
 ]

@@ -37,20 +37,6 @@ def _check_dropout(p: float, what: str) -> None:
         raise ValueError(f"{what} must be in [0, 1), got {p}")
 
 
-def normalize_inputs(x: Tensor, eps: float = 1e-5, align: int = 8) -> Tensor:
-    """`x` `(B, M, C)` LayerNormed over `C` without an affine, zero-padded to a multiple of `align` channels.
-
-    A cross-attention layer given this (`CrossAttentionLayer(..., kv_normalized=True)`) folds its own LayerNorm's
-    affine into its key and value projections, so an encoder normalises its inputs once for all its cross-attends
-    (the classic Perceiver has six, each over the same 50176 pixels). The padded channels are zeros, so they change
-    nothing but the width: attention kernels and GEMMs run their vector loops without a remainder (SDPA's CPU flash
-    kernel over 50176 keys of 29 channels took 24 ms, of 32 channels 15 ms, on an AMD EPYC Zen 4).
-    """
-    z = F.layer_norm(x, (x.shape[-1],), eps=eps)
-    pad = -x.shape[-1] % align
-    return F.pad(z, (0, pad)) if pad else z
-
-
 def reassociation_saves(
     num_queries: int, kv_dim: int, num_heads: int, qk_channels: int, v_channels: int, threshold: float = 0.8
 ) -> bool:
@@ -137,13 +123,18 @@ class MultiHeadAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def kv_projections(
-        self, kv_affine: tuple[Tensor | None, Tensor | None] | None = None, width: int | None = None
+        self,
+        kv_affine: tuple[Tensor | None, Tensor | None] | None = None,
+        width: int | None = None,
+        kv_basis: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """The key and value projections `(w_k, b_k, w_v, b_v)`, with a LayerNorm's affine folded in.
 
         With `kv_affine = (gamma, beta)` the key/value input is the normalised `z` before that affine:
         `W (gamma * z + beta) + b = (W gamma) z + (W beta + b)`, the same function (gradients reach `gamma` and `beta`
-        through the folded weights). `width` > `Ckv`: the weights get zero columns for a zero-padded input.
+        through the folded weights). `width` > `Ckv`: the weights get zero columns for a zero-padded input. With
+        `kv_basis` `T` `(Ckv, K)` the input is given in coordinates `k` with `z = k T^T` (`perceiver.nn.inputs`):
+        the weights become `W gamma T` `(D, K)`.
         """
         w_k, b_k, w_v, b_v = self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias
         if kv_affine is None:
@@ -155,6 +146,8 @@ class MultiHeadAttention(nn.Module):
                 b = w @ beta if b is None else torch.addmv(b, w, beta)
             if gamma is not None:
                 w = w * gamma
+            if kv_basis is not None:
+                return w @ kv_basis.to(w.dtype), b
             if width is not None and width > w.shape[1]:
                 w = F.pad(w, (0, width - w.shape[1]))
             return w, b
@@ -169,12 +162,14 @@ class MultiHeadAttention(nn.Module):
         return_attention: bool = False,
         inverted: bool | None = None,
         kv_affine: tuple[Tensor | None, Tensor | None] | None = None,
+        kv_basis: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `x_q` `(B, N, Cq)` to `x_kv` `(B, M, Ckv)` (self-attention when None).
 
         `inverted` overrides the constructor's choice for this call (a Python bool, so compiled graphs stay static).
         `kv_affine` `(gamma, beta)`: `x_kv` is LayerNormed without this affine (and may be zero-padded to more than
-        `Ckv` channels, see `normalize_inputs`); it is folded into the key and value projections (`kv_projections`).
+        `Ckv` channels, see `perceiver.nn.inputs`); it is folded into the key and value projections, and so is
+        `kv_basis` `(Ckv, K)` when `x_kv` `(B, M, K)` holds coordinates of the normalised inputs (`kv_projections`).
 
         `kv_mask` `(B, M)` is boolean, True = valid. A query row without any valid key returns zeros (never NaN), and
         values at masked-out keys never reach the output. Returns the output `(B, N, out_dim)` and, if
@@ -196,7 +191,7 @@ class MultiHeadAttention(nn.Module):
         probs = None
         inverted = self.inverted if inverted is None else inverted
         q = self._heads(self.q_proj(x_q))
-        weights = self.kv_projections(kv_affine, x_kv.shape[-1])
+        weights = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)
         if self.reassociate and not return_attention and not inverted:
             out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout, weights)
         else:
@@ -376,18 +371,22 @@ class CrossAttentionLayer(nn.Module):
         return_attention: bool = False,
         inverted: bool | None = None,
         kv_normalized: bool = False,
+        kv_basis: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """`x` `(B, N, q_dim)`, `kv` `(B, M, kv_dim)`, `kv_mask` `(B, M)` -> `(B, N, q_dim)`, maps or None.
 
         `inverted` (a Python bool or None for the constructor's) selects inverted attention for this call.
-        `kv_normalized`: `kv` is `normalize_inputs(kv, self.kv_norm.eps)` (normalised without an affine, maybe
-        zero-padded), computed once by the caller for several layers; this layer's `kv_norm` affine is folded into its
-        key and value projections instead of applied to `kv`: the same function."""
+        `kv_normalized`: `kv` is `perceiver.nn.normalize_inputs(kv, self.kv_norm.eps)` (normalised without an affine,
+        maybe zero-padded), computed once by the caller for several layers; this layer's `kv_norm` affine is folded
+        into its key and value projections instead of applied to `kv`: the same function. With `kv_basis` `T`, `kv`
+        holds coordinates `k` of the normalised inputs, `z = k T^T` (`perceiver.nn.normalize_factored`)."""
         if kv_normalized:
             affine = (self.kv_norm.weight, self.kv_norm.bias)
         else:
             kv, affine = self.kv_norm(kv), None
-        h, probs = self.attention(self.q_norm(x), kv, kv_mask, return_attention, inverted, kv_affine=affine)
+        if kv_basis is not None and not kv_normalized:
+            raise ValueError("kv_basis needs kv_normalized=True (coordinates of normalised inputs)")
+        h, probs = self.attention(self.q_norm(x), kv, kv_mask, return_attention, inverted, affine, kv_basis)
         if self.use_query_residual:
             h = h + x
         return h + self.mlp(self.mlp_norm(h)), probs
