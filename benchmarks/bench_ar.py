@@ -15,7 +15,9 @@ Cases (fp32, 2 threads):
   (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then more steps; we report
   the peak increase over the RSS before them.
 - resampler: forward of Flamingo's resampler (width 1024, depth 6, 64 latents, 8 heads x 64) on 2 x 1 x 256 media
-  features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`).
+  features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`): both eager, and ours
+  after `perceiver.optimize` (fp32 candidates) vs the faster of flamingo-pytorch eager and `torch.compile`d (with and
+  without Inductor freezing), interleaved in one process.
 """
 
 from __future__ import annotations
@@ -165,21 +167,48 @@ def bench_train(runs: int) -> dict:
 # ----------------------------------------------------------------------------- resampler
 
 
+def _interleaved(fns: dict, runs: int) -> dict:
+    """Median seconds of `runs` calls of each function, in rotating order after one warm-up round."""
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for i in range(runs + 1):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+
+
 def bench_resampler(runs: int) -> dict:
+    """Eager forms, `perceiver.optimize` (fp32 candidates) for ours, `torch.compile` (with and without Inductor
+    freezing, the faster kept) for flamingo-pytorch; all timed in one process, interleaved."""
+    import perceiver
+
     ours, peer = build_resampler()
     media = torch.randn(2, 1, 256, RESAMPLER["dim"], generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
+    out = {}
+    with torch.no_grad():
         diff = (ours(media).last_hidden_state - peer(media)).abs().max().item()
-        times = {"ours": [], "peer": []}
-        for i in range(runs + 1):
-            for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
-                fn = (lambda: ours(media)) if name == "ours" else (lambda: peer(media))
-                start = time.perf_counter()
-                fn()
-                if i:  # the first round is a warm-up
-                    times[name].append(time.perf_counter() - start)
-    out = {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
+        fast = perceiver.optimize(ours, (media,), candidates=("eager", "compile", "compile-freezing"), verbose=False)
+        peer_forms = {
+            "peer-compile": torch.compile(peer),
+            "peer-compile-freezing": torch.compile(peer, options={"freezing": True}),
+        }
+        fns = {"ours": lambda: ours(media), "peer": lambda: peer(media), "ours-opt": lambda: fast(media)}
+        for name, fn in peer_forms.items():
+            try:
+                fn(media)
+                fns[name] = lambda fn=fn: fn(media)
+            except Exception as e:  # report, do not fail the benchmark
+                out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        out.update(_interleaved(fns, runs))
+    compiled = [n for n in peer_forms if "median_s" in out.get(n, {})]
+    best_peer = min(["peer", *compiled], key=lambda n: out[n]["median_s"])
     out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
+    out["opt_chosen"] = fast.report.chosen
+    out["opt_best_peer"] = best_peer
+    out["opt_speedup"] = out[best_peer]["median_s"] / out["ours-opt"]["median_s"]
     out["max_abs_diff"] = diff
     return out
 
@@ -229,9 +258,21 @@ def write_report(results: dict, out: Path) -> str:
         f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
         f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
         f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
-        f"| resampler forward 2 x 256 x 1024 (ms, median) | {1e3 * r['ours']['median_s']:.1f} | "
+        f"| resampler forward 2 x 256 x 1024, eager (ms, median) | {1e3 * r['ours']['median_s']:.1f} | "
         f"{1e3 * r['peer']['median_s']:.1f} | {r['speedup']:.2f}x | >= 1.5x: "
         f"{'met' if r['speedup'] >= 1.5 else 'missed'} |",
+        f"| resampler forward, ours after optimize() ('{r['opt_chosen']}') vs the faster flamingo-pytorch form "
+        f"({r['opt_best_peer']}) (ms, median) | {1e3 * r['ours-opt']['median_s']:.1f} | "
+        f"{1e3 * r[r['opt_best_peer']]['median_s']:.1f} | {r['opt_speedup']:.2f}x | >= 1.5x: "
+        f"{'met' if r['opt_speedup'] >= 1.5 else 'missed'} |",
+        "",
+        "Resampler forms (ms, median of the interleaved runs): "
+        + ", ".join(
+            f"{n} {1e3 * v['median_s']:.1f}" if "median_s" in v else f"{n}: {v['error']}"
+            for n, v in r.items()
+            if isinstance(v, dict)
+        )
+        + ".",
         "",
         f"Resampler max abs diff vs flamingo-pytorch: {r['max_abs_diff']:.1e}. Ratio = speed-up (peer time / ours) or "
         "memory ratio (ours / peer). Generation: one run each (ours: 2 full forwards - the prompt and one window "
