@@ -106,3 +106,21 @@ def test_image_adapter_factors_describe_its_tokens():
     assert adapted.factors is not None
     torch.testing.assert_close(tokens_of(adapted.factors), adapted.tokens)
     assert ImageAdapter((8, 8), prep_type="pixels").forward(torch.randn(1, 3, 8, 8)).factors is None
+
+
+def test_vision_learned_never_forms_its_tokens_and_matches_the_token_path():
+    """The 1x1-conv image adapter returns `FactoredInputs`: the encoder attends in the factors' coordinates and the
+    (B, M, F + P) tokens are never built; the logits equal those of the encoder run on the tokens."""
+    from tests.tiny_models import inputs, tiny
+
+    model = tiny("vision-perceiver-learned").double().eval()
+    torch.nn.init.normal_(model.encoder.cross_attends[0].kv_norm.bias)
+    (pixels,) = inputs("vision-perceiver-learned")
+    pixels = pixels.double()
+    features = model.forward_features(pixels)
+    assert features.adapted.factors is not None and features.adapted._tokens is None
+    tokens = features.adapted.tokens  # built on demand, equal to what the factors describe
+    torch.testing.assert_close(tokens, features.adapted.factors.tokens())
+    plain = model.encoder(tokens, None)
+    torch.testing.assert_close(features.latents, plain, atol=1e-10, rtol=0)
+    torch.testing.assert_close(model.forward_head(features).logits, model(pixels).logits)

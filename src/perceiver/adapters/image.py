@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from perceiver.adapters.video import space_to_depth
 from perceiver.checks import check_float_input
 from perceiver.core.config import PartConfig
-from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.decoder import AdaptedInputs, FactoredInputs
 from perceiver.core.io import InputAdapter
 from perceiver.nn.inputs import InputFactors
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
@@ -246,11 +246,23 @@ class ImageAdapter(InputAdapter):
         """
         inputs = check_float_input(inputs, "pixel_values", f"(B, {self.in_channels}, H, W)")
         self._check(inputs, interpolate_pos_encoding)
+        if mask is not None:
+            b, (h, w) = inputs.shape[0], self.token_grid(*inputs.shape[2:])
+            if mask.ndim != 2 or tuple(mask.shape) != (b, h * w):
+                raise ValueError(f"expected a token mask of shape ({b}, {h * w}), got {tuple(mask.shape)}")
+            mask = mask.bool()
+        if self.prep_type == "conv1x1" and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
+            # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates, and
+            # the tokens are only formed if something reads them (FactoredInputs).
+            s, conv = self.spatial_downsample, self.convnet_1x1
+            raw = inputs[:, :, ::s, ::s].permute(0, 2, 3, 1)
+            b, h, w, _ = raw.shape
+            pos = self.positions((h, w), interpolate_pos_encoding)
+            factors = InputFactors(raw.reshape(b, h * w, -1), conv.weight.flatten(1), conv.bias, pos.to(raw.dtype))
+            return FactoredInputs(None, mask, factors=factors)
         feats = self.features(inputs)
         b, h, w, _ = feats.shape
         feats = feats.reshape(b, h * w, -1)
-        if mask is not None and (mask.ndim != 2 or tuple(mask.shape) != (b, h * w)):
-            raise ValueError(f"expected a token mask of shape ({b}, {h * w}), got {tuple(mask.shape)}")
         pos = self.positions((h, w), interpolate_pos_encoding)
         if pos is None:
             tokens = feats
@@ -258,13 +270,7 @@ class ImageAdapter(InputAdapter):
             tokens = torch.cat([feats, pos.to(feats.dtype).expand(b, -1, -1)], dim=-1)
         else:
             tokens = feats + pos.to(feats.dtype)
-        factors = None
-        if self.prep_type == "conv1x1" and pos is not None and self.concat_or_add_pos == "concat":
-            # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates.
-            s, conv = self.spatial_downsample, self.convnet_1x1
-            raw = inputs[:, :, ::s, ::s].permute(0, 2, 3, 1).reshape(b, h * w, -1)
-            factors = InputFactors(raw, conv.weight.flatten(1), conv.bias, pos.to(feats.dtype))
-        return AdaptedInputs(tokens, None if mask is None else mask.bool(), without_pos=feats, factors=factors)
+        return AdaptedInputs(tokens, mask, without_pos=feats)
 
 
 @dataclass

@@ -202,9 +202,16 @@ class PerceiverEncoder(nn.Module):
             c.ff_dropout,
         )
 
+    def uses_factors(self, factors: InputFactors | None) -> bool:
+        """Whether inputs given as `factors` are attended in their coordinates: where those (padded to a multiple
+        of 8) are narrower than the inputs (`perceiver.nn.inputs`)."""
+        if factors is None:
+            return False
+        return -(-factors.num_coordinates // 8) < -(-factors.num_channels // 8)
+
     def forward(
         self,
-        inputs: Tensor,
+        inputs: Tensor | None,
         mask: Tensor | None = None,
         return_attention: bool = False,
         factors: InputFactors | None = None,
@@ -212,22 +219,25 @@ class PerceiverEncoder(nn.Module):
         """`inputs` `(B, M, C)`, `mask` `(B, M)` -> latents `(B, N, D)`.
 
         `factors`: the same inputs as `cat([raw W^T + b, pos])` (`perceiver.nn.InputFactors`, from an adapter);
-        where their normalised coordinates are narrower than `C`, the cross-attends use those (the same function).
+        where their normalised coordinates are narrower than `C` (`uses_factors`), the cross-attends use those (the
+        same function), and `inputs` may then be None (never formed).
 
         With `return_attention`, also the cross-attention probabilities of every cross-attend, each `(B, H, N, M)`.
         """
-        x = self.latents.expand(inputs.shape[0], -1, -1)
+        if inputs is None and factors is None:
+            raise ValueError("expected inputs (B, M, C) or their factors, got neither")
+        x = self.latents.expand((inputs if inputs is not None else factors.raw).shape[0], -1, -1)
         maps: list[Tensor] = []
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         mode = self.config.attn_residual
         history = [x]  # outputs mixed by the attention residuals
         residual = iter(self.residual_index)
         # The inputs are LayerNormed once (per eps) for all cross-attends; each folds its own affine (perceiver.nn.inputs).
-        if factors is not None and factors.num_channels != inputs.shape[-1]:
+        if factors is not None and inputs is not None and factors.num_channels != inputs.shape[-1]:
             raise ValueError(
                 f"expected factors of {inputs.shape[-1]} channels (the inputs'), got {factors.num_channels}"
             )
-        factored = factors is not None and -(-factors.num_coordinates // 8) < -(-inputs.shape[-1] // 8)
+        factored = factors is not None and (inputs is None or self.uses_factors(factors))
         normalized: dict[float, tuple[Tensor, Tensor | None]] = {}
         for ci, li, inverted in zip(self.cross_index, self.latent_index, self.inverted):
             cross = self.cross_attends[ci]

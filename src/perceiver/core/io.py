@@ -108,7 +108,9 @@ class PerceiverIO(PerceiverModel):
         """Check, adapt and encode: `Features(latents (B, N, D), adapted, encoder maps or None)`."""
         inputs, mask = self.check_inputs(inputs, mask)
         adapted = self.input_adapter(inputs, mask, **adapter_kwargs)
-        encoded = self.encoder(adapted.tokens, adapted.mask, return_attention, adapted.factors)
+        factors = adapted.factors if self.encoder.uses_factors(adapted.factors) else None
+        tokens = None if factors is not None else adapted.tokens  # factored: the tokens are never formed
+        encoded = self.encoder(tokens, adapted.mask, return_attention, factors)
         latents, maps = encoded if return_attention else (encoded, None)
         return Features(latents, adapted, maps)
 

@@ -51,6 +51,11 @@ class InputFactors:
         """`F + P`, the channels of the inputs they describe."""
         return self.weight.shape[0] + self.positions.shape[-1]
 
+    def tokens(self) -> Tensor:
+        """The inputs they describe, `(B, M, F + P)`."""
+        feats = F.linear(self.raw, self.weight, self.bias)
+        return torch.cat([feats, self.positions.to(feats.dtype).expand(*feats.shape[:-1], -1)], dim=-1)
+
     @property
     def num_coordinates(self) -> int:
         """`r + 2 + P`, the channels of `normalize_factored`'s coordinates (before padding)."""
