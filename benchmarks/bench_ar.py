@@ -10,10 +10,11 @@ Cases (fp32, 2 threads):
   `PerceiverAR.generate` with its KV cache, the same top-k (k = 10% of the vocabulary) sampling. Same weights
   (`PerceiverAR.from_perceiver_ar_pytorch`). Window 2048, 512 latents (perceiver-ar-pytorch: `cross_attn_seq_len`
   1536), width 256, 4 + 1 layers, 4 heads of 64, vocabulary 262.
-- train step: forward + backward + AdamW step at context 2048 (batch 2), the same model. Time: median of
-  interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
+- train step: forward + backward + AdamW step at context 2048 (batch 2), the same model: both eager, ours after
+  `perceiver.optimize(training=True)` (eager / compile / SDPA math backend) and perceiver-ar-pytorch under
+  `torch.compile`. Time: median of interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
   (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then more steps; we report
-  the peak increase over the RSS before them.
+  the peak increase over the RSS before them, with `MALLOC_MMAP_THRESHOLD_=65536`, median of 3 processes each.
 - resampler: forward of Flamingo's resampler (width 1024, depth 6, 64 latents, 8 heads x 64) on 2 x 1 x 256 media
   features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`): both eager, and ours
   after `perceiver.optimize` (fp32 candidates) vs the faster of flamingo-pytorch eager and `torch.compile`d (with and
@@ -43,6 +44,7 @@ RESULTS = Path(__file__).parent / "results"
 AR = dict(num_tokens=262, dim=256, depth=4, max_seq_len=2048, cross_attn_seq_len=1536, dim_head=64, heads=4, ff_mult=4)
 RESAMPLER = dict(dim=1024, depth=6, dim_head=64, heads=8, num_latents=64, num_media_embeds=4)
 PROMPT, NEW_TOKENS, TRAIN_BATCH = 2048, 256, 2
+MEMORY_ROUNDS = 3
 
 
 def build_ar():
@@ -100,10 +102,10 @@ def bench_generate(new_tokens: int) -> dict:
 
 
 def train_step(impl: str, model, opt, x) -> None:
-    if impl == "ours":
+    if impl.startswith("ours"):  # ours, or ours after perceiver.optimize (an OptimizedModel around it)
         loss = model(x, labels=x).loss
-    else:
-        loss = model.net(x, labels=x)
+    else:  # perceiver-ar-pytorch's wrapper (peer) or its compiled network (peer-compile)
+        loss = (model.net if impl == "peer" else model)(x, labels=x)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -111,10 +113,22 @@ def train_step(impl: str, model, opt, x) -> None:
 
 def _train_setup(impl: str):
     ours, wrapper = build_ar()
-    model = (ours if impl == "ours" else wrapper).train()
+    model = (ours if impl.startswith("ours") else wrapper).train()
     del ours, wrapper
     gc.collect()
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens(TRAIN_BATCH, AR["max_seq_len"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = tokens(TRAIN_BATCH, AR["max_seq_len"])
+    if impl == "ours-opt":
+        import perceiver
+
+        candidates = ("eager", "compile", "sdpa-math", "compile-sdpa-math")
+        model = perceiver.optimize(
+            model, (x,), {"labels": x}, training=True, candidates=candidates, loss_fn=lambda out: out.loss,
+            warmup=2, repeats=3, verbose=False,
+        )  # fmt: skip
+    elif impl == "peer-compile":
+        model = torch.compile(model.net)
+    return model, opt, x
 
 
 def _status_kb(field: str) -> int:
@@ -140,27 +154,44 @@ def memory_worker(impl: str, steps: int) -> dict:
 
 
 def bench_train(runs: int) -> dict:
-    setups = {impl: _train_setup(impl) for impl in ("ours", "peer")}
-    for impl, (model, opt, x) in setups.items():
-        train_step(impl, model, opt, x)
-    times = {"ours": [], "peer": []}
-    for i in range(runs):
-        for impl in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
-            model, opt, x = setups[impl]
-            start = time.perf_counter()
-            train_step(impl, model, opt, x)
-            times[impl].append(time.perf_counter() - start)
-    del setups
+    """Eager steps of both, ours after `perceiver.optimize(training=True)` and perceiver-ar-pytorch under
+    `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
+    out: dict = {}
+    setups = {}
+    for impl in ("ours", "peer", "ours-opt", "peer-compile"):
+        try:
+            setups[impl] = _train_setup(impl)
+            train_step(impl, *setups[impl])
+        except Exception as e:  # a form that does not run here is reported, not fatal
+            setups.pop(impl, None)
+            out[impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    fns = {impl: (lambda impl=impl, s=setups: train_step(impl, *s[impl])) for impl in setups}
+    out.update(_interleaved(fns, runs))
+    if "ours-opt" in setups:
+        out["opt_chosen"] = setups["ours-opt"][0].report.chosen
+    del setups, fns
     gc.collect()
-    out = {impl: {"median_s": statistics.median(t), "times_s": t} for impl, t in times.items()}
-    for impl in ("ours", "peer"):
-        spec = json.dumps({"impl": impl, "steps": 2})
-        res = subprocess.run(
-            [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True
-        )
-        out[impl]["memory"] = json.loads(res.stdout.strip().splitlines()[-1])
+    # Fresh processes, alternating, with MALLOC_MMAP_THRESHOLD_ (as bench_perceiver_io.py): freed blocks go back to
+    # the OS, so the peak is that of live tensors rather than of glibc's heap fragmentation (which made one run of
+    # the same step read 48 MB and another 125 MB); the median of MEMORY_ROUNDS processes is reported.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    samples: dict[str, list[dict]] = {"ours": [], "peer": []}
+    for _ in range(MEMORY_ROUNDS):
+        for impl in ("ours", "peer"):
+            spec = json.dumps({"impl": impl, "steps": 2})
+            res = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True, env=env
+            )
+            samples[impl].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for impl, runs in samples.items():
+        peak = statistics.median(r["peak_increase_mb"] for r in runs)
+        out[impl]["memory"] = {"peak_increase_mb": peak, "rounds": runs}
     out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
     out["mem_ratio"] = out["ours"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
+    peers = [n for n in ("peer", "peer-compile") if "median_s" in out.get(n, {})]
+    if "median_s" in out.get("ours-opt", {}):
+        out["opt_best_peer"] = min(peers, key=lambda n: out[n]["median_s"])
+        out["opt_speedup"] = out[out["opt_best_peer"]]["median_s"] / out["ours-opt"]["median_s"]
     return out
 
 
@@ -255,6 +286,16 @@ def write_report(results: dict, out: Path) -> str:
         f"{g['peer']['tokens_per_s']:.2f} | {g['speedup']:.1f}x | >= 5x: {'met' if g['speedup'] >= 5 else 'missed'} |",
         f"| train step, context 2048, batch {TRAIN_BATCH} (s, median) | {t['ours']['median_s']:.3f} | "
         f"{t['peer']['median_s']:.3f} | {t['speedup']:.2f}x | >= 1.5x: {'met' if t['speedup'] >= 1.5 else 'missed'} |",
+        *(
+            [
+                f"| train step, ours after optimize() ('{t['opt_chosen']}') vs the faster perceiver-ar-pytorch form "
+                f"({t['opt_best_peer']}) (s, median) | {t['ours-opt']['median_s']:.3f} | "
+                f"{t[t['opt_best_peer']]['median_s']:.3f} | {t['opt_speedup']:.2f}x | >= 1.5x: "
+                f"{'met' if t['opt_speedup'] >= 1.5 else 'missed'} |"
+            ]
+            if "opt_speedup" in t
+            else []
+        ),
         f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
         f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
         f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
@@ -266,7 +307,13 @@ def write_report(results: dict, out: Path) -> str:
         f"{1e3 * r[r['opt_best_peer']]['median_s']:.1f} | {r['opt_speedup']:.2f}x | >= 1.5x: "
         f"{'met' if r['opt_speedup'] >= 1.5 else 'missed'} |",
         "",
-        "Resampler forms (ms, median of the interleaved runs): "
+        "Training-step forms (s, median of the interleaved runs): "
+        + ", ".join(
+            f"{n} {v['median_s']:.3f}" if "median_s" in v else f"{n}: {v['error']}"
+            for n, v in t.items()
+            if isinstance(v, dict) and ("median_s" in v or "error" in v)
+        )
+        + ". Resampler forms (ms, median of the interleaved runs): "
         + ", ".join(
             f"{n} {1e3 * v['median_s']:.1f}" if "median_s" in v else f"{n}: {v['error']}"
             for n, v in r.items()

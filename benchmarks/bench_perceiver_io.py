@@ -369,7 +369,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             if case == "vision-fp32":
                 peak = opt.get("matmul_peak_gflops", info["matmul_peak_gflops"])["float32"]
                 verdict("MFU after optimize()", flops / opt["median_s"] / 1e9 / peak, 0.7)
-    lines += ["", "## Targets", "", *verdicts, "", ANALYSIS]
+    lines += ["", "## Targets", "", *dict.fromkeys(verdicts), "", ANALYSIS]  # each verdict once
     return "\n".join(lines)
 
 
