@@ -124,3 +124,13 @@ def test_vision_learned_never_forms_its_tokens_and_matches_the_token_path():
     plain = model.encoder(tokens, None)
     torch.testing.assert_close(features.latents, plain, atol=1e-10, rtol=0)
     torch.testing.assert_close(model.forward_head(features).logits, model(pixels).logits)
+
+
+def test_a_basis_alone_is_folded_too():
+    """`kv_basis` without a LayerNorm affine: the attention on coordinates equals the attention on `k T^T`."""
+    from perceiver.nn import MultiHeadAttention
+
+    mha = MultiHeadAttention(8, 6, 2, qk_channels=4, v_channels=4).double().eval()
+    k, basis = torch.randn(2, 5, 3, dtype=torch.double), torch.randn(6, 3, dtype=torch.double)
+    x = torch.randn(2, 4, 8, dtype=torch.double)
+    torch.testing.assert_close(mha(x, k, kv_basis=basis)[0], mha(x, k @ basis.T)[0])

@@ -137,9 +137,9 @@ class MultiHeadAttention(nn.Module):
         the weights become `W gamma T` `(D, K)`.
         """
         w_k, b_k, w_v, b_v = self.k_proj.weight, self.k_proj.bias, self.v_proj.weight, self.v_proj.bias
-        if kv_affine is None:
+        if kv_affine is None and kv_basis is None:
             return w_k, b_k, w_v, b_v
-        gamma, beta = kv_affine
+        gamma, beta = kv_affine if kv_affine is not None else (None, None)
 
         def fold(w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
             if beta is not None:
