@@ -228,11 +228,15 @@ class ImageAdapter(InputAdapter):
         if self.prep_type == "conv1x1":
             # A strided 1x1 conv is a Linear on the subsampled pixels; channels-last straight from the GEMM, where
             # the conv's (B, F, h, w) output would be copied once more by the flattening in `forward`.
-            s, conv = self.spatial_downsample, self.convnet_1x1
-            return F.linear(x[:, :, ::s, ::s].permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+            conv = self.convnet_1x1
+            return F.linear(self._subsampled(x), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
             x = space_to_depth(x, spatial_block_size=self.spatial_downsample)  # channels (dh, dw, C)
             return self.conv_after_patches(x) if self.conv_after_patches is not None else x
+        return self._subsampled(x)
+
+    def _subsampled(self, x: Tensor) -> Tensor:
+        """Every `spatial_downsample`-th pixel of `(B, C, H, W)`, channels last `(B, h, w, C)`."""
         s = self.spatial_downsample
         return x[:, :, ::s, ::s].permute(0, 2, 3, 1)
 
@@ -254,8 +258,7 @@ class ImageAdapter(InputAdapter):
         if self.prep_type == "conv1x1" and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
             # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates, and
             # the tokens are only formed if something reads them (FactoredInputs).
-            s, conv = self.spatial_downsample, self.convnet_1x1
-            raw = inputs[:, :, ::s, ::s].permute(0, 2, 3, 1)
+            conv, raw = self.convnet_1x1, self._subsampled(inputs)
             b, h, w, _ = raw.shape
             pos = self.positions((h, w), interpolate_pos_encoding)
             factors = InputFactors(raw.reshape(b, h * w, -1), conv.weight.flatten(1), conv.bias, pos.to(raw.dtype))

@@ -55,12 +55,8 @@ class FactoredInputs(AdaptedInputs):
     @property
     def tokens(self) -> Tensor:
         if self._tokens is None:
-            self._tokens = torch.cat([self.without_pos, self._positions()], dim=-1)
+            self._tokens = self.factors.tokens(self.without_pos)
         return self._tokens
-
-    def _positions(self) -> Tensor:
-        pos = self.factors.positions.to(self.without_pos.dtype)
-        return pos.expand(self.batch_size, -1, -1) if pos.dim() == 2 else pos
 
     @tokens.setter
     def tokens(self, value: Tensor | None) -> None:
@@ -69,8 +65,7 @@ class FactoredInputs(AdaptedInputs):
     @property
     def without_pos(self) -> Tensor:
         if self._without_pos is None:
-            f = self.factors
-            self._without_pos = torch.nn.functional.linear(f.raw, f.weight, f.bias)
+            self._without_pos = self.factors.features()
         return self._without_pos
 
     @without_pos.setter

@@ -203,11 +203,9 @@ class PerceiverEncoder(nn.Module):
         )
 
     def uses_factors(self, factors: InputFactors | None) -> bool:
-        """Whether inputs given as `factors` are attended in their coordinates: where those (padded to a multiple
-        of 8) are narrower than the inputs (`perceiver.nn.inputs`)."""
-        if factors is None:
-            return False
-        return -(-factors.num_coordinates // 8) < -(-factors.num_channels // 8)
+        """Whether inputs given as `factors` are attended in their coordinates: where those are narrower than the
+        inputs (`InputFactors.narrower`)."""
+        return factors is not None and factors.narrower()
 
     def forward(
         self,

@@ -8,7 +8,7 @@ from perceiver.nn.attention import (
     attention_with_probs,
     reassociation_saves,
 )
-from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
+from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs, padded_width
 from perceiver.nn.position import (
     FourierPositionEncoding,
     TrainablePositionEncoding,
@@ -33,5 +33,6 @@ __all__ = [
     "linear_positions",
     "normalize_factored",
     "normalize_inputs",
+    "padded_width",
     "reassociation_saves",
 ]

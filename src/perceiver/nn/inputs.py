@@ -24,13 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["InputFactors", "normalize_factored", "normalize_inputs"]
+__all__ = ["ALIGN", "InputFactors", "normalize_factored", "normalize_inputs", "padded_width"]
+
+ALIGN = 8  # channels are zero-padded to a multiple of this
 
 
-def normalize_inputs(x: Tensor, eps: float = 1e-5, align: int = 8) -> Tensor:
+def padded_width(channels: int, align: int = ALIGN) -> int:
+    """`channels` rounded up to a multiple of `align`."""
+    return -(-channels // align) * align
+
+
+def normalize_inputs(x: Tensor, eps: float = 1e-5, align: int = ALIGN) -> Tensor:
     """`x` `(B, M, C)` LayerNormed over `C` without an affine, zero-padded to a multiple of `align` channels."""
     z = F.layer_norm(x, (x.shape[-1],), eps=eps)
-    pad = -x.shape[-1] % align
+    pad = padded_width(x.shape[-1], align) - x.shape[-1]
     return F.pad(z, (0, pad)) if pad else z
 
 
@@ -51,18 +58,26 @@ class InputFactors:
         """`F + P`, the channels of the inputs they describe."""
         return self.weight.shape[0] + self.positions.shape[-1]
 
-    def tokens(self) -> Tensor:
-        """The inputs they describe, `(B, M, F + P)`."""
-        feats = F.linear(self.raw, self.weight, self.bias)
-        return torch.cat([feats, self.positions.to(feats.dtype).expand(*feats.shape[:-1], -1)], dim=-1)
-
     @property
     def num_coordinates(self) -> int:
         """`r + 2 + P`, the channels of `normalize_factored`'s coordinates (before padding)."""
         return self.raw.shape[-1] + 2 + self.positions.shape[-1]
 
+    def narrower(self, align: int = ALIGN) -> bool:
+        """Whether the coordinates, padded to a multiple of `align`, are narrower than the padded inputs."""
+        return padded_width(self.num_coordinates, align) < padded_width(self.num_channels, align)
 
-def normalize_factored(f: InputFactors, eps: float = 1e-5, align: int = 8) -> tuple[Tensor, Tensor]:
+    def features(self) -> Tensor:
+        """`raw @ weight.T + bias`, `(B, M, F)`."""
+        return F.linear(self.raw, self.weight, self.bias)
+
+    def tokens(self, features: Tensor | None = None) -> Tensor:
+        """The inputs they describe, `(B, M, F + P)` (from `features()` if given)."""
+        feats = self.features() if features is None else features
+        return torch.cat([feats, self.positions.to(feats.dtype).expand(*feats.shape[:-1], -1)], dim=-1)
+
+
+def normalize_factored(f: InputFactors, eps: float = 1e-5, align: int = ALIGN) -> tuple[Tensor, Tensor]:
     """Coordinates `k` `(B, M, K)` and basis `T` `(F + P, K)` with `k @ T.T == normalize_inputs(tokens)[..., :F + P]`.
 
     `k = [raw / std, 1 / std, mean / std, pos / std, 0...]` (padded to a multiple of `align`). Each token's mean and
@@ -82,7 +97,7 @@ def normalize_factored(f: InputFactors, eps: float = 1e-5, align: int = 8) -> tu
         square = square + 2 * (x @ (w32.T @ b32)) + b32.square().sum()
     mean = total / c
     rstd = torch.rsqrt((square / c - mean.square()).clamp_min(0.0) + eps)[..., None]
-    pad = -(r + 2 + p) % align
+    pad = padded_width(r + 2 + p, align) - (r + 2 + p)
     pos_b = p32.expand(*raw.shape[:-1], p) if p32.dim() == 2 else p32
     k = torch.cat([x * rstd, rstd, mean[..., None] * rstd, pos_b * rstd, rstd.new_zeros(*rstd.shape[:-1], pad)], -1)
     zeros, minus_one = w32.new_zeros, w32.new_full
