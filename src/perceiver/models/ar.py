@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from perceiver.checks import check_token_ids, token_mask
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.hub import config_from_dict
+from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.registry import register_model, register_model_type
 from perceiver.nn.rotary import apply_rotary, rotary_angles, rotary_dim, rotary_inv_freq
 
@@ -101,40 +102,6 @@ class PerceiverARConfig:
     @property
     def dim_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
-
-
-@dataclass
-class PerceiverARCache:
-    """Static KV cache of `PerceiverAR` for a batch of B rows (see `PerceiverAR.init_cache`).
-
-    cross_k / cross_v: per cross layer `(B, H, W_c, Dh)` keys / values of the window positions (rotary applied);
-    self_k / self_v: per latent layer `(B, H, M, Dh)` of the latents; cross_valid `(B, W_c)` / self_valid `(B, M)`:
-    slot written and a token (not padding); cross_len / self_len: slots written (0-dim tensors, so a compiled step
-    does not recompile as they grow); next_position `(B,)`: position id of the next token (valid tokens so far).
-    """
-
-    cross_k: list[Tensor]
-    cross_v: list[Tensor]
-    self_k: list[Tensor]
-    self_v: list[Tensor]
-    cross_valid: Tensor
-    self_valid: Tensor
-    cross_len: Tensor
-    self_len: Tensor
-    next_position: Tensor
-    prefilled: bool = False
-
-    @property
-    def batch_size(self) -> int:
-        return self.cross_valid.shape[0]
-
-    @property
-    def window_capacity(self) -> int:
-        return self.cross_valid.shape[1]
-
-    @property
-    def latent_capacity(self) -> int:
-        return self.self_valid.shape[1]
 
 
 #: Perceiver AR's output is the library's one output type: logits `(B, N, V)` (next-token logits of the N latent
@@ -274,7 +241,7 @@ def _causal_mask(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None) -> Te
 
 
 @register_model_type
-class PerceiverAR(PerceiverModel):
+class PerceiverAR(ARGeneration, PerceiverModel):
     """Perceiver AR causal language model (see the module docstring).
 
     `forward(input_ids (B, L), attention_mask (B, L), labels (B, L), num_latents=N)` -> `PerceiverAROutput` with
@@ -498,153 +465,6 @@ class PerceiverAR(PerceiverModel):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().long(), ignore_index=-100)
         out.loss, out.cache = loss, cache
         return out
-
-    # ------------------------------------------------------------------------------------------------------------
-    # generation
-
-    def init_cache(
-        self,
-        batch_size: int,
-        max_latents: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> PerceiverARCache:
-        """An empty cache for `batch_size` rows: `max_seq_len` window slots, `max_latents` latent slots (default
-        `max_seq_len`), on the model's device and dtype unless given."""
-        c = self.config
-        ref = self.to_logits.weight
-        device = ref.device if device is None else torch.device(device)
-        dtype = ref.dtype if dtype is None else dtype
-        m = c.max_seq_len if max_latents is None else max_latents
-        if batch_size < 1 or not 1 <= m <= c.max_seq_len:
-            raise ValueError(f"expected batch_size >= 1 and max_latents in [1, {c.max_seq_len}], got {batch_size}, {m}")
-        h, d = c.num_heads, c.dim_head
-
-        def buffers(count: int, slots: int) -> list[Tensor]:
-            return [torch.zeros(batch_size, h, slots, d, device=device, dtype=dtype) for _ in range(count)]
-
-        return PerceiverARCache(
-            cross_k=buffers(c.num_cross_layers, c.max_seq_len),
-            cross_v=buffers(c.num_cross_layers, c.max_seq_len),
-            self_k=buffers(c.num_layers, m),
-            self_v=buffers(c.num_layers, m),
-            cross_valid=torch.zeros(batch_size, c.max_seq_len, dtype=torch.bool, device=device),
-            self_valid=torch.zeros(batch_size, m, dtype=torch.bool, device=device),
-            cross_len=torch.zeros((), dtype=torch.long, device=device),
-            self_len=torch.zeros((), dtype=torch.long, device=device),
-            next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        use_cache: bool = True,
-        attention_mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        num_latents: int | None = None,
-        max_latents: int | None = None,
-        pad_token_id: int = 0,
-    ) -> Tensor:
-        """Prompt + up to `max_new_tokens` new tokens `(B, L + T)` (greedy, or sampling with `do_sample`).
-
-        Args:
-            input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
-            attention_mask: `(B, L)` True = token, left padding only (rows end with their last token). The rows
-                of a batch share one window schedule (that of the padded length), so a left-padded row generates
-                what it generates alone until the first window slide / latent reset.
-            temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]).
-            eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
-            use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
-                give the same tokens.
-            generator: for sampling, e.g. `torch.Generator().manual_seed(0)`.
-            num_latents: latents N at the start and after every slide (default as `forward`).
-            max_latents: M, the latents may grow to M new tokens before the window slides (default min(W, 2N));
-                M = N slides at every token, as perceiver-ar-pytorch's wrapper.
-        """
-        c = self.config
-        check_token_ids(input_ids, c.vocab_size)
-        b, length = input_ids.shape
-        if length > c.max_seq_len:
-            raise ValueError(
-                f"expected a prompt of at most max_seq_len={c.max_seq_len} tokens, got {length} "
-                f"(truncate it, e.g. input_ids[:, -{c.max_seq_len}:])"
-            )
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"expected max_new_tokens >= 0 (an int), got {max_new_tokens!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"expected top_p in (0, 1], got {top_p}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"expected top_k >= 1 (an int), got {top_k!r}")
-        if do_sample and not temperature > 0:
-            raise ValueError(f"expected temperature > 0 for sampling, got {temperature}")
-        for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-            if value is not None and not 0 <= value < c.vocab_size:
-                raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
-        mask = token_mask(attention_mask, input_ids)
-        left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
-        if not left_padded:
-            raise ValueError("expected a left-padded attention_mask (each row: False..., then True...), got another")
-        base = self._num_latents(c.max_seq_len, num_latents)  # N at a full window
-        m = min(c.max_seq_len, 2 * base) if max_latents is None else max_latents
-        if not base <= m <= c.max_seq_len:
-            raise ValueError(f"expected max_latents in [num_latents={base}, max_seq_len={c.max_seq_len}], got {m}")
-        keep = max(1, c.max_seq_len - (m - base))  # window length after a slide
-
-        ids = input_ids
-        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        start, n, cache, refresh = 0, 0, None, True
-        for _ in range(max_new_tokens):
-            total = ids.shape[1]
-            if refresh:
-                start = max(start, total - keep) if total - start > c.max_seq_len or n > m else start
-                window, wmask = ids[:, start:], mask[:, start:]
-                n = self._num_latents(window.shape[1], num_latents)
-                if use_cache:
-                    cache = self.init_cache(b, m)
-                    logits = self(window, wmask, num_latents=n, cache=cache).logits[:, -1]
-                else:
-                    logits = self(window, wmask, num_latents=n).logits[:, -1]
-            elif use_cache:
-                logits = self(ids[:, -1:], cache=cache).logits[:, -1]
-            else:
-                logits = self(ids[:, start:], mask[:, start:], num_latents=n).logits[:, -1]
-            token = _next_token(logits.float(), do_sample, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                token = torch.where(done, torch.full_like(token, pad_token_id), token)
-                done = done | (token == eos_token_id)
-            ids = torch.cat((ids, token.unsqueeze(1)), dim=1)
-            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-            n += 1
-            refresh = ids.shape[1] - start > c.max_seq_len or n > m
-            if eos_token_id is not None and bool(done.all()):
-                break
-        return ids
-
-
-def _next_token(
-    logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator: Any
-) -> Tensor:
-    """One token per row `(B,)` from logits `(B, V)`: argmax, or a sample after temperature / top-k / top-p."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
 def _build(**overrides: Any) -> PerceiverAR:
