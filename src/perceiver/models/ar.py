@@ -38,6 +38,7 @@ from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.hub import config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.registry import register_model, register_model_type
+from perceiver.nn.activation import gelu_linear
 from perceiver.nn.rotary import apply_rotary, rotary_angles, rotary_dim, rotary_inv_freq
 
 
@@ -121,7 +122,10 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.dropout(F.gelu(self.fc1(self.norm(x)))))
+        h = self.fc1(self.norm(x))
+        if self.training and self.dropout.p > 0:
+            return self.fc2(self.dropout(F.gelu(h)))
+        return gelu_linear(h, self.fc2.weight, recompute=self.training)
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
@@ -179,10 +183,10 @@ class CrossLayer(_Layer):
     ) -> Tensor:
         h = self.norm(x)
         q = _heads(self.to_q(h), self.num_heads)
-        kv = self.to_kv(h)
         if prefix is not None and prefix.shape[1] > 0:
-            kv = torch.cat((self.to_kv(self.context_norm(prefix)), kv), dim=1)
-        k, v = (_heads(t, self.num_heads) for t in kv.chunk(2, dim=-1))
+            h = torch.cat((self.context_norm(prefix), h), dim=1)  # (B, P + N, D): one projection, half the copy
+        k, v = (_heads(t, self.num_heads) for t in self.to_kv(h).chunk(2, dim=-1))
+        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of kv alive
         q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
         k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
         if cache is not None and index is not None:
@@ -215,6 +219,7 @@ class SelfLayer(_Layer):
         attend_cache: bool = False,
     ) -> Tensor:
         q, k, v = (_heads(t, self.num_heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
+        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of qkv alive
         q = apply_rotary(q, *rot, interleaved=self.interleaved)
         k = apply_rotary(k, *rot, interleaved=self.interleaved)
         if cache is not None and index is not None:

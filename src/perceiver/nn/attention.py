@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.nn.activation import gelu_linear
+
 Activation = Literal["gelu", "geglu"]
 
 
@@ -311,10 +313,8 @@ class MLP(nn.Module):
         h = self.fc1(x)
         if self.activation == "geglu":
             a, gates = h.chunk(2, dim=-1)
-            h = a * F.gelu(gates)
-        else:
-            h = F.gelu(h)
-        return self.dropout(self.fc2(h))
+            return self.dropout(self.fc2(a * F.gelu(gates)))
+        return self.dropout(gelu_linear(h, self.fc2.weight, self.fc2.bias, recompute=self.training))
 
 
 class CrossAttentionLayer(nn.Module):

@@ -1,0 +1,60 @@
+"""`linear(gelu(h))` whose backward recomputes the GELU: autograd keeps one `(..., hidden)` tensor per feed-forward
+instead of two.
+
+    h (..., hidden) --GELU--> g (..., hidden) --Linear(weight (out, hidden), bias (out,))--> y (..., out)
+
+Plain autograd saves both `h` (for GELU's backward) and `g` (for the Linear's weight gradient). `gelu_linear` saves
+`h` and recomputes `g = gelu(h)` in backward, one elementwise pass over the hidden activations. For a pre-LN
+Transformer at 4x widening that is 4 of the ~17 activations per position and width saved per layer. The gradients
+are those of the plain composition (the same ops in the same order). Under autocast the backward computes in the
+dtype of the incoming gradient, as autocast's forward did, and returns each gradient in its input's dtype.
+
+`torch.compile` traces the function (its partitioner makes the same choice on its own). The layers pass
+`recompute=self.training`, and without grad the plain composition runs, so export and ONNX of an eval model see only
+`gelu` and `linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class _GeluLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
+        h, weight, bias = inputs
+        ctx.save_for_backward(h, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: ANN001
+        h, weight = ctx.saved_tensors
+        dtype = grad.dtype
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_g = (grad @ weight.to(dtype)).to(h.dtype)
+            grad_h = torch.ops.aten.gelu_backward(grad_g, h)
+        if ctx.needs_input_grad[1]:
+            g = F.gelu(h).to(dtype)
+            grad_w = (grad.reshape(-1, grad.shape[-1]).mT @ g.reshape(-1, g.shape[-1])).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_h, grad_w, grad_b
+
+
+def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, recompute: bool = True) -> Tensor:
+    """`F.linear(F.gelu(h), weight, bias)`: h `(..., hidden)`, weight `(out, hidden)`, bias `(out,)` -> `(..., out)`.
+
+    recompute: when autograd records (grad enabled and an input requires grad), save only `h` and recompute the GELU
+    in backward (layers pass `self.training`); False, or nothing to record: the plain composition.
+    """
+    records = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    if recompute and records:
+        return _GeluLinear.apply(h, weight, bias)
+    return F.linear(F.gelu(h), weight, bias)
