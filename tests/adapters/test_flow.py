@@ -48,8 +48,8 @@ def test_data_pipeline_and_predict_paths_feed_the_model_identical_inputs(patch_s
     uint8 pixels: the normalisations cannot diverge."""
     Image = pytest.importorskip("PIL.Image")
     from perceiver.data._common import load_image
+    from perceiver.training.flow_task import frames_to_model_input
     from perceiver.training.predict import predict_flow
-    from perceiver.training.tasks import frames_to_model_input
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, *SIZE, 3), dtype=np.uint8)
     paths = [tmp_path / f"frame_{i}.png" for i in range(2)]

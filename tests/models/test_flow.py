@@ -227,7 +227,7 @@ def test_mlp_projection_option(tmp_path):
 
 def test_training_input_is_deepmind_range():
     """Training and `perceiver predict` feed frames in [-1, 1] like DeepMind (and `model.predict` for uint8)."""
-    from perceiver.training.tasks import frames_to_model_input
+    from perceiver.training.flow_task import frames_to_model_input
 
     frames = torch.rand(1, 2, *SIZE, 3)
     expected = frames_to_patches(frames * 2 - 1)

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from trainutil import CONFIGS, ROOT, tiny_args
 
-from perceiver.training import cli
+from perceiver.training import cli, help_cache
 from perceiver.training.cli import main
 
 #: runs the console script's entry point with argv[1:], then prints which heavy modules it imported (last line)
@@ -205,29 +205,29 @@ def test_cached_subcommand_help_equals_the_real_parser(tmp_path):
 
 
 def test_help_request_is_an_option_not_a_value():
-    assert cli.is_help_request(["fit", "--help"]) and cli.is_help_request(["fit", "-h"])
-    assert cli.is_help_request(["fit", "--model.help", "ClassificationTask"])
-    assert cli.is_help_request(["fit", "--trainer.callbacks.help=ModelCheckpoint"])
-    assert not cli.is_help_request(["fit", "--data.init_args.root", "data.help"])
+    assert help_cache.is_help_request(["fit", "--help"]) and help_cache.is_help_request(["fit", "-h"])
+    assert help_cache.is_help_request(["fit", "--model.help", "ClassificationTask"])
+    assert help_cache.is_help_request(["fit", "--trainer.callbacks.help=ModelCheckpoint"])
+    assert not help_cache.is_help_request(["fit", "--data.init_args.root", "data.help"])
 
 
 def test_help_cache_key_follows_versions_sources_and_files(tmp_path, monkeypatch):
     config = tmp_path / "cfg.yaml"
     config.write_text("seed_everything: 1\n")
     argv = ["fit", "--config", str(config), "--help"]
-    key = cli.help_cache_key(argv)
-    assert cli.help_cache_key(argv) == key
+    key = help_cache.help_cache_key(argv)
+    assert help_cache.help_cache_key(argv) == key
     site = tmp_path / "site"
     (site / "lightning-2.6.6.dist-info").mkdir(parents=True)
     monkeypatch.syspath_prepend(str(site))
-    with_lightning_266 = cli.help_cache_key(argv)
+    with_lightning_266 = help_cache.help_cache_key(argv)
     assert with_lightning_266 != key
     (site / "lightning-2.6.6.dist-info").rename(site / "lightning-2.7.0.dist-info")  # an upgrade
-    assert cli.help_cache_key(argv) not in (key, with_lightning_266)
-    before = cli.help_cache_key(argv)
+    assert help_cache.help_cache_key(argv) not in (key, with_lightning_266)
+    before = help_cache.help_cache_key(argv)
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
-    assert cli.help_cache_key(argv) != before
-    assert cli.help_cache_key(["fit", "--config", str(config), "-h"]) != cli.help_cache_key(argv)
+    assert help_cache.help_cache_key(argv) != before
+    assert help_cache.help_cache_key(["fit", "--config", str(config), "-h"]) != help_cache.help_cache_key(argv)
 
 
 # -- 5. no advertising, no known deprecation noise -----------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "ClassificationTask": "perceiver.training.tasks",
-    "FlowTask": "perceiver.training.tasks",
-    "MaskedLMTask": "perceiver.training.tasks",
+    "FlowTask": "perceiver.training.flow_task",
+    "MaskedLMTask": "perceiver.training.mlm_task",
     "PerceiverTask": "perceiver.training.tasks",
     "TokenClassificationTask": "perceiver.training.segment_task",
     "build_model": "perceiver.training.tasks",
@@ -44,12 +44,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from perceiver.training.flow_task import FlowTask
+    from perceiver.training.mlm_task import MaskedLMTask
     from perceiver.training.segment_task import TokenClassificationTask
-    from perceiver.training.tasks import (
-        ClassificationTask,
-        FlowTask,
-        MaskedLMTask,
-        PerceiverTask,
-        build_model,
-        logits_of,
-    )
+    from perceiver.training.tasks import ClassificationTask, PerceiverTask, build_model, logits_of

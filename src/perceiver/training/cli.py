@@ -32,27 +32,21 @@ is removed again, so the corrected command runs in the same directory.
 
 Help is fast: `perceiver --help` imports neither torch nor Lightning, and the help of a subcommand (`perceiver fit
 --help`, `--model.help CLASS`, ...) is rendered by the real parser once and then read from a cache
-(`$PERCEIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/perceiver` or `~/.cache/perceiver`, under `help/`), keyed by the
-command line, the files it names (path, mtime, size), the installed distributions, perceiver's source files
-(mtime, size), Python, the terminal width and the working directory. `PERCEIVER_HELP_CACHE=0` turns it off.
-This module imports Lightning and the models only inside the functions that need them.
+(`perceiver.training.help_cache`). This module imports Lightning and the models only inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import hashlib
-import io
-import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from perceiver.training.help_cache import is_help_request, print_help
+from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -196,77 +190,6 @@ def default_callbacks(
         if not have(cls):
             out.append(cls())
     return out
-
-
-#: what the CLI writes into a run directory (`--overwrite` deletes these)
-RUN_FILES = ("metrics.csv", "hparams.yaml", "config.yaml", "tb", "checkpoints", "model", "flow")
-
-
-def run_contents(run_dir: Path) -> list[str]:
-    """What of `RUN_FILES` in `run_dir` comes from a run that trained: checkpoints, a model folder, flow plots, or a
-    metrics.csv with a logged metric (learning rates alone are logged before the first step). A start that failed
-    before its first step leaves none of these, only config.yaml, hparams.yaml, tb/ and such a metrics.csv."""
-    found = []
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(p.suffix == ".ckpt" for p in checkpoints.iterdir()):
-        found.append("checkpoints")
-    for name in ("model", "flow"):
-        if (run_dir / name).is_dir() and any((run_dir / name).iterdir()):
-            found.append(name)
-    if _logs_a_metric(run_dir / "metrics.csv"):
-        found.append("metrics.csv")
-    return found
-
-
-def _logs_a_metric(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if any(
-                v not in (None, "") and k not in ("step", "epoch") and not k.startswith("lr-") for k, v in row.items()
-            ):
-                return True
-    return False
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Before a new `fit`: refuse (or, with `overwrite`, clear) a run directory that holds a run; clear what a start
-    that failed left there (see `run_contents`)."""
-    present = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not present:
-        return
-    real = run_contents(run_dir)
-    if real and not overwrite:
-        raise SystemExit(
-            f"error: run directory {run_dir} already holds a run ({', '.join(real)}).\n"
-            f"  resume it:        add --ckpt_path last\n"
-            f"  start a new one:  choose another --trainer.default_root_dir, or add --overwrite true"
-        )
-    if not real:
-        print(f"perceiver: clearing what a failed start left in {run_dir}: {', '.join(present)}", file=sys.stderr)
-    _remove(run_dir, present)
-
-
-def _remove(run_dir: Path, names: list[str]) -> None:
-    for name in names:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists():
-            path.unlink(missing_ok=True)
-
-
-def _undo_failed_start(run_dir: Path, existed: bool, before: set[str]) -> None:
-    """Removes what a fit that failed before its first optimizer step wrote into `run_dir`."""
-    if run_contents(run_dir):
-        return
-    new = [name for name in RUN_FILES if name not in before and (run_dir / name).exists()]
-    _remove(run_dir, new)
-    if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-    if new:
-        print(f"perceiver: removed what the failed start wrote to {run_dir}: {', '.join(new)}", file=sys.stderr)
 
 
 # -- the LightningCLI ----------------------------------------------------------------------------------------------
@@ -451,7 +374,7 @@ def _cli_class() -> type:
                 super()._run_subcommand(subcommand)
             except BaseException:
                 if self._fresh_start is not None and self.trainer.global_step == 0:
-                    _undo_failed_start(*self._fresh_start)
+                    undo_failed_start(*self._fresh_start)
                 raise
 
         def instantiate_trainer(self, **kwargs: Any):
@@ -493,97 +416,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- the help cache ------------------------------------------------------------------------------------------------
-
-HELP_CACHE_FORMAT = 1
-
-
-def is_help_request(argv: list[str]) -> bool:
-    """`-h`, `--help` or a `--KEY.help [CLASS]` option: the command prints help and exits."""
-    return any(a in ("-h", "--help") or (a.startswith("--") and a.split("=", 1)[0].endswith(".help")) for a in argv)
-
-
-def help_cache_dir() -> Path | None:
-    """Where rendered help is kept (None: `PERCEIVER_HELP_CACHE=0`)."""
-    if os.environ.get("PERCEIVER_HELP_CACHE", "1") == "0":
-        return None
-    root = os.environ.get("PERCEIVER_CACHE_DIR")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "perceiver")
-    return Path(root) / "help"
-
-
-def help_cache_key(argv: list[str]) -> str:
-    """A digest of everything the help text of `argv` depends on (see the module docstring)."""
-    package = Path(__file__).resolve().parents[1]
-    named = []
-    for token in argv:
-        for part in dict.fromkeys((token, token.partition("=")[2])):
-            if part and os.path.isfile(part):
-                st = os.stat(part)
-                named.append((os.path.abspath(part), st.st_mtime_ns, st.st_size))
-    sources = []
-    for path in sorted(package.rglob("*.py")):
-        st = path.stat()
-        sources.append((str(path.relative_to(package)), st.st_mtime_ns, st.st_size))
-    distributions = sorted(
-        entry.name
-        for folder in dict.fromkeys(sys.path)
-        if folder and os.path.isdir(folder)
-        for entry in os.scandir(folder)
-        if entry.name.endswith((".dist-info", ".egg-info"))
-    )
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("JSONARGPARSE_", "PL_", "LIGHTNING_")))
-    payload = [
-        HELP_CACHE_FORMAT,
-        sys.version,
-        sys.executable,
-        Path(sys.argv[0]).name,
-        os.getcwd(),
-        shutil.get_terminal_size().columns,
-        argv,
-        named,
-        sources,
-        distributions,
-        env,
-    ]
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
-
-
-def _help(argv: list[str], run: Any) -> None:
-    """Prints the help of `argv`: from the cache, or rendered by `run()` (the real parser) and then cached."""
-    folder = help_cache_dir()
-    path = folder / f"{help_cache_key(argv)}.txt" if folder is not None else None
-    if path is not None and path.is_file():
-        sys.stdout.write(path.read_text(encoding="utf-8"))
-        sys.stdout.flush()
-        raise SystemExit(0)
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            run()
-    except SystemExit as e:
-        sys.stdout.write(buffer.getvalue())
-        if path is not None and e.code in (0, None) and buffer.getvalue():
-            _store(path, buffer.getvalue())
-        raise
-    sys.stdout.write(buffer.getvalue())
-
-
-def _store(path: Path, text: str, keep: int = 64) -> None:
-    """Writes `path` atomically and keeps the `keep` newest entries of its folder (a cache: errors are ignored)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        entries = sorted(path.parent.glob("*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[keep:]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
 # -- entry point ---------------------------------------------------------------------------------------------------
 
 
@@ -617,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
             print("error: expected a command", file=sys.stderr)
         raise SystemExit(0 if argv else 2)
     if is_help_request(argv):
-        return _help(argv, lambda: _run_cli(argv, from_sys))
+        return print_help(argv, lambda: _run_cli(argv, from_sys))
     return _run_cli(argv, from_sys)
 
 
