@@ -19,6 +19,10 @@ Cases (fp32, 2 threads):
   features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`): both eager, and ours
   after `perceiver.optimize` (fp32 candidates) vs the faster of flamingo-pytorch eager and `torch.compile`d (with and
   without Inductor freezing), interleaved in one process.
+- bf16 (only where the CPU computes bf16 natively, `perceiver.hardware.has_native_bf16`): the train step and the
+  resampler of both libraries under `torch.autocast("cpu", torch.bfloat16)`, timed with the fp32 forms; a form
+  that fails under autocast is reported with its error, and the train-step ratio is then against the fastest peer
+  form that runs.
 """
 
 from __future__ import annotations
@@ -101,11 +105,19 @@ def bench_generate(new_tokens: int) -> dict:
 # ----------------------------------------------------------------------------- training step
 
 
+def bf16_forms() -> bool:
+    """The bf16-autocast forms (`ours-bf16`, `peer-bf16`) run only where the CPU computes bf16 natively."""
+    from perceiver.hardware import has_native_bf16
+
+    return has_native_bf16("cpu")
+
+
 def train_step(impl: str, model, opt, x) -> None:
-    if impl.startswith("ours"):  # ours, or ours after perceiver.optimize (an OptimizedModel around it)
-        loss = model(x, labels=x).loss
-    else:  # perceiver-ar-pytorch's wrapper (peer) or its compiled network (peer-compile)
-        loss = (model.net if impl == "peer" else model)(x, labels=x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=impl.endswith("-bf16")):
+        if impl.startswith("ours"):  # ours, or ours after perceiver.optimize (an OptimizedModel around it)
+            loss = model(x, labels=x).loss
+        else:  # perceiver-ar-pytorch's wrapper (peer, peer-bf16) or its compiled network (peer-compile)
+            loss = (model.net if impl in ("peer", "peer-bf16") else model)(x, labels=x)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -158,7 +170,7 @@ def bench_train(runs: int) -> dict:
     `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
     out: dict = {}
     setups = {}
-    for impl in ("ours", "peer", "ours-opt", "peer-compile"):
+    for impl in ("ours", "peer", "ours-opt", "peer-compile", *(("ours-bf16", "peer-bf16") if bf16_forms() else ())):
         try:
             setups[impl] = _train_setup(impl)
             train_step(impl, *setups[impl])
@@ -192,6 +204,10 @@ def bench_train(runs: int) -> dict:
     if "median_s" in out.get("ours-opt", {}):
         out["opt_best_peer"] = min(peers, key=lambda n: out[n]["median_s"])
         out["opt_speedup"] = out[out["opt_best_peer"]]["median_s"] / out["ours-opt"]["median_s"]
+    if "median_s" in out.get("ours-bf16", {}):
+        bf16_peers = [n for n in (*peers, "peer-bf16") if "median_s" in out.get(n, {})]
+        out["bf16_best_peer"] = min(bf16_peers, key=lambda n: out[n]["median_s"])
+        out["bf16_speedup"] = out[out["bf16_best_peer"]]["median_s"] / out["ours-bf16"]["median_s"]
     return out
 
 
@@ -227,6 +243,12 @@ def bench_resampler(runs: int) -> dict:
             "peer-compile-freezing": torch.compile(peer, options={"freezing": True}),
         }
         fns = {"ours": lambda: ours(media), "peer": lambda: peer(media), "ours-opt": lambda: fast(media)}
+        if bf16_forms():
+            for name, model in (("ours-bf16", ours), ("peer-bf16", peer)):
+                fns[name] = lambda model=model: _bf16(model, media)
+            diff_bf16 = (ours_bf16 := _bf16(ours, media).last_hidden_state.float()) - _bf16(peer, media).float()
+            out["max_abs_diff_bf16"] = diff_bf16.abs().max().item()
+            out["max_abs_ref_bf16"] = ours_bf16.abs().max().item()
         for name, fn in peer_forms.items():
             try:
                 fn(media)
@@ -241,7 +263,14 @@ def bench_resampler(runs: int) -> dict:
     out["opt_best_peer"] = best_peer
     out["opt_speedup"] = out[best_peer]["median_s"] / out["ours-opt"]["median_s"]
     out["max_abs_diff"] = diff
+    if "ours-bf16" in out:
+        out["bf16_speedup"] = out["peer-bf16"]["median_s"] / out["ours-bf16"]["median_s"]
     return out
+
+
+def _bf16(model, media):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(media)
 
 
 # ----------------------------------------------------------------------------- report
@@ -278,7 +307,8 @@ def write_report(results: dict, out: Path) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads({info['threads']}), flags "
         f"{' '.join(info['flags'])}; torch {info['torch']}, perceiver-ar-pytorch {info['perceiver_ar_pytorch']}, "
         f"flamingo-pytorch {info['flamingo_pytorch']}. Load average (1 min): {results['load'][0]:.1f} at start, "
-        f"{results['load'][1]:.1f} at end (shared machine). fp32 everywhere. See the script's docstring for the cases.",
+        f"{results['load'][1]:.1f} at end (shared machine). fp32 unless a row says bf16. See the script's docstring "
+        "for the cases.",
         "",
         "| case | ours | peer | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -299,6 +329,15 @@ def write_report(results: dict, out: Path) -> str:
         f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
         f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
         f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
+        *(
+            [
+                f"| train step, both under bf16 autocast (native bf16 here): ours vs the fastest perceiver-ar-pytorch "
+                f"form that runs ({t['bf16_best_peer']}) (s, median) | {t['ours-bf16']['median_s']:.3f} | "
+                f"{t[t['bf16_best_peer']]['median_s']:.3f} | {t['bf16_speedup']:.2f}x | (fp32 target; bf16 shown) |"
+            ]
+            if "bf16_speedup" in t
+            else []
+        ),
         f"| resampler forward 2 x 256 x 1024, eager (ms, median) | {1e3 * r['ours']['median_s']:.1f} | "
         f"{1e3 * r['peer']['median_s']:.1f} | {r['speedup']:.2f}x | >= 1.5x: "
         f"{'met' if r['speedup'] >= 1.5 else 'missed'} |",
@@ -306,6 +345,15 @@ def write_report(results: dict, out: Path) -> str:
         f"({r['opt_best_peer']}) (ms, median) | {1e3 * r['ours-opt']['median_s']:.1f} | "
         f"{1e3 * r[r['opt_best_peer']]['median_s']:.1f} | {r['opt_speedup']:.2f}x | >= 1.5x: "
         f"{'met' if r['opt_speedup'] >= 1.5 else 'missed'} |",
+        *(
+            [
+                f"| resampler forward, both under bf16 autocast (native bf16 here) (ms, median) | "
+                f"{1e3 * r['ours-bf16']['median_s']:.1f} | {1e3 * r['peer-bf16']['median_s']:.1f} | "
+                f"{r['bf16_speedup']:.2f}x | (fp32 target; bf16 shown) |"
+            ]
+            if "bf16_speedup" in r
+            else []
+        ),
         "",
         "Training-step forms (s, median of the interleaved runs): "
         + ", ".join(
@@ -321,7 +369,13 @@ def write_report(results: dict, out: Path) -> str:
         )
         + ".",
         "",
-        f"Resampler max abs diff vs flamingo-pytorch: {r['max_abs_diff']:.1e}. Ratio = speed-up (peer time / ours) or "
+        f"Resampler max abs diff vs flamingo-pytorch: {r['max_abs_diff']:.1e}"
+        + (
+            f" (bf16: {r['max_abs_diff_bf16']:.1e}, outputs up to {r['max_abs_ref_bf16']:.1f})"
+            if "max_abs_diff_bf16" in r
+            else ""
+        )
+        + ". Ratio = speed-up (peer time / ours) or "
         "memory ratio (ours / peer). Generation: one run each (ours: 2 full forwards - the prompt and one window "
         "slide - and cached steps; perceiver-ar-pytorch: one full forward per token).",
         "",
