@@ -32,13 +32,11 @@ import datetime
 import gc
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -277,38 +275,29 @@ def _bf16(model, media):
 
 
 def machine_info() -> dict:
+    """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus the peers' versions."""
     from importlib.metadata import version
 
-    text = Path("/proc/cpuinfo").read_text()
-    cpu = "unknown"
-    with suppress(AttributeError):
-        cpu = re.search(r"^model name\s*:\s*(.*)$", text, re.M).group(1)
-    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    flags = set(flags.group(1).split()) if flags else set()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": THREADS,
-        "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))),
-        "torch": torch.__version__,
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import machine
+
+    return machine(THREADS) | {
         "perceiver_ar_pytorch": version("perceiver-ar-pytorch"),
         "flamingo_pytorch": version("flamingo-pytorch"),
-        "python": platform.python_version(),
     }
 
 
 def write_report(results: dict, out: Path) -> str:
+    from machine import describe
+
     info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
     lines = [
         "# Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch",
         "",
         f"Date: {results['date']} · commit `{results['commit']}` · command: `{results['command']}`",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch.set_num_threads({info['threads']}), flags "
-        f"{' '.join(info['flags'])}; torch {info['torch']}, perceiver-ar-pytorch {info['perceiver_ar_pytorch']}, "
-        f"flamingo-pytorch {info['flamingo_pytorch']}. Load average (1 min): {results['load'][0]:.1f} at start, "
-        f"{results['load'][1]:.1f} at end (shared machine). fp32 unless a row says bf16. See the script's docstring "
-        "for the cases.",
+        f"{describe(info)} perceiver-ar-pytorch {info['perceiver_ar_pytorch']}, flamingo-pytorch "
+        f"{info['flamingo_pytorch']}. fp32 unless a row says bf16. See the script's docstring for the cases.",
         "",
         "| case | ours | peer | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
@@ -416,6 +405,7 @@ def main() -> None:
     results["generate"] = bench_generate(new_tokens)
     print("generate", results["generate"]["speedup"], flush=True)
     results["load"] = [load0, os.getloadavg()[0]]
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     print(write_report(results, args.out))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -116,22 +115,14 @@ def run_case(impl: str, chunk: int, autocast: str | None, weights: str, out: str
     Path(out).write_text(json.dumps(result))
 
 
-def machine() -> dict:
-    import torch
+def machine_info() -> dict:
+    """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus transformers' version."""
     import transformers
 
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
-        platform.processor(),
-    )
-    return dict(
-        cpu=cpu,
-        cores_visible=os.cpu_count(),
-        torch_threads=2,
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        python=platform.python_version(),
-    )
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import machine
+
+    return machine(2) | {"transformers": transformers.__version__}
 
 
 def main() -> None:
@@ -206,7 +197,8 @@ def main() -> None:
         logits = torch.load(str(tmp / f"{i}.json.pt"))
         row["max_abs_diff_vs_transformers"] = float((logits - ref_logits).abs().max())
 
-    info = machine()
+    info = machine_info()
+    info["load_average_at_end"] = os.getloadavg()
     command = ".venv/bin/python benchmarks/bench_flow.py " + " ".join(sys.argv[1:])
     report = dict(
         machine=info,
@@ -226,12 +218,14 @@ def main() -> None:
 
 
 def render(report: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import describe
+
     m = report["machine"]
     lines = [
         "# Optical flow: full 368 x 496 forward, ours (chunked decoding) vs transformers",
         "",
-        f"- machine: {m['cpu']}, {m['cores_visible']} cores visible, torch.set_num_threads(2); "
-        f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}",
+        f"- {describe(m)} transformers {m['transformers']}.",
         f"- command: `{report['command']}`",
         f"- model: optical-flow-perceiver size ({report['params'] / 1e6:.1f} M parameters), same random weights in "
         "both (transformers' init with seed 0, converted to ours), batch 1, input (1, 2, 27, 368, 496)",

@@ -23,7 +23,10 @@ def _machine(info: dict) -> str:
     if "flags" not in info:
         return f"{info.get('cpu', '?')} (an earlier session's machine; flags not recorded)"
     flags = info["flags"]
-    bf16 = "native bf16" if any(f in flags for f in ("avx512_bf16", "amx_bf16")) else "no native bf16"
+    if "amx_bf16" in flags:
+        bf16 = "native bf16, AMX"
+    else:
+        bf16 = "native bf16" if "avx512_bf16" in flags else "no native bf16"
     ident = info.get("cpu_id", "").replace("vendor_id ", "").replace("cpu family ", "family ")
     return f"{info.get('cpu', '?')} {ident} ({bf16})".replace("  ", " ").strip()
 
@@ -128,10 +131,23 @@ def ar_rows() -> list[list[str]]:
          f"{data['train']['opt_speedup']:.2f}x ({data['train']['opt_chosen']})" if "opt_speedup" in data["train"] else "",
          f"{data['train']['mem_ratio']:.2f}x", m, ld, "ar.md"],
     ]  # fmt: skip
+    t = data["train"]
+    if "bf16_speedup" in t:
+        vs = "perceiver-ar-pytorch " + (
+            "(bf16 autocast)"
+            if t["bf16_best_peer"] == "peer-bf16"
+            else f"(fails under autocast: vs {t['bf16_best_peer']})"
+        )
+        out.append(
+            ["Perceiver AR training step, bf16 autocast", vs, f"{t['bf16_speedup']:.2f}x", "", "", m, ld, "ar.md"]
+        )
     r = data["resampler"]
     opt = f"{r['opt_speedup']:.2f}x ({r['opt_chosen']})" if "opt_speedup" in r else ""
     vs = "flamingo-pytorch (opt: vs the faster of eager, compiled)" if opt else "flamingo-pytorch"
     out.append(["Perceiver Resampler forward", vs, f"{r['speedup']:.2f}x", opt, "", m, ld, "ar.md"])
+    if "bf16_speedup" in r:
+        out.append(["Perceiver Resampler forward, bf16 autocast", "flamingo-pytorch (bf16 autocast)",
+                    f"{r['bf16_speedup']:.2f}x", "", "", m, ld, "ar.md"])  # fmt: skip
     return out
 
 
