@@ -420,3 +420,25 @@ def test_non_finite_values_at_masked_keys_never_reach_the_output(reassociate):
     out = mha(x_q, dirty, mask)[0]
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, clean, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sdpa_helper_equals_sdpa_for_unequal_head_widths(masked):
+    """The language perceiver's 32-channel queries / keys and 160-channel values: same outputs and gradients as
+    `F.scaled_dot_product_attention` (which runs its math path for these shapes off CUDA)."""
+    from perceiver.nn.attention import scaled_dot_product_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 4, 7, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 4, 7, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(2, 1, 1, 7, generator=g) > 0.3) | (torch.arange(7) == 0) if masked else None
+    ours = scaled_dot_product_attention(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
+    assert out.shape == (2, 4, 5, 40) and torch.isfinite(out).all()
