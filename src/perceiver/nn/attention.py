@@ -261,8 +261,9 @@ def scaled_dot_product_attention(
     Queries / keys and values of different head widths (the language perceiver's 32 and 160) have a fused kernel on
     CUDA only; elsewhere SDPA falls back to its math path, which computes in fp32 even under bf16 autocast and adds
     a guarded softmax. There the plain `softmax(q k^T / sqrt(d)) v` of `attention_with_probs` computes the same
-    function with less work: 6% of the fp32 MLM forward and 20% under bf16 autocast on a 2-core Xeon. The choice
-    depends on the device type and shapes only, so compiled graphs stay static.
+    function with less work (language-perceiver, 2048 bytes, bf16 autocast, 2-core Xeon with AMX: 0.275 -> 0.233 s
+    per forward; fp32: within noise). The choice depends on the device type and shapes only, so compiled graphs
+    stay static.
     """
     if q.shape[-1] != v.shape[-1] and q.device.type != "cuda":
         return attention_with_probs(q, k, v, attn_mask, dropout)[0]
