@@ -270,6 +270,13 @@ def scaled_dot_product_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
 
 
+def _scores(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor:
+    """Scaled scores `(B, H, N, M)` in at least fp32; the scale (default `1 / sqrt(d)`) is applied to the smaller
+    `q` `(B, H, N, d)` before the product."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return ((q * scale) @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32))
+
+
 def attention_with_probs(
     q: Tensor,
     k: Tensor,
@@ -280,8 +287,7 @@ def attention_with_probs(
 ) -> tuple[Tensor, Tensor]:
     """Plain attention that also returns the probabilities: `(B, H, N, d)`, `(B, H, M, d)`, `(B, H, M, dv)` ->
     `(B, H, N, dv)`, `(B, H, N, M)`. The softmax runs in at least fp32 (as SDPA's); the maps come back in `q`'s dtype."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = ((q * scale) @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32))
+    scores = _scores(q, k, scale)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     probs = scores.softmax(dim=-1).to(q.dtype)
@@ -295,8 +301,7 @@ def inverted_attention(
     """Inverted attention (slot attention; perceiver-pytorch's `inverted_cross_attn`): the softmax runs over the
     queries, masked keys get weight 0 and each query's weights are L1-renormalised over the keys (`eps` as the peer).
     `(B, H, N, d)`, `(B, H, M, d)`, `(B, H, M, dv)`, mask `(B, 1, 1, M)` -> `(B, H, N, dv)`, `(B, H, N, M)`."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32)) * scale
+    scores = _scores(q, k)
     probs = scores.softmax(dim=-2)
     if attn_mask is not None:
         probs = probs.masked_fill(~attn_mask, 0.0)
