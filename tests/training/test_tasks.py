@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
-from perceiver.training.tasks import ClassificationTask, PerceiverTask, convert_layout
+from perceiver.training.classification_task import ClassificationTask
+from perceiver.training.tasks import PerceiverTask, convert_layout
 
 TINY_VISION = dict(
     image_size=8,

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "ClassificationTask": "perceiver.training.tasks",
+    "ClassificationTask": "perceiver.training.classification_task",
     "FlowTask": "perceiver.training.flow_task",
     "MaskedLMTask": "perceiver.training.mlm_task",
     "PerceiverTask": "perceiver.training.tasks",
@@ -44,7 +44,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from perceiver.training.classification_task import ClassificationTask
     from perceiver.training.flow_task import FlowTask
     from perceiver.training.mlm_task import MaskedLMTask
     from perceiver.training.segment_task import TokenClassificationTask
-    from perceiver.training.tasks import ClassificationTask, PerceiverTask, build_model, logits_of
+    from perceiver.training.tasks import PerceiverTask, build_model, logits_of

@@ -1,7 +1,7 @@
-"""Lightning task modules: one small class per task on a shared base.
+"""Lightning task modules: one small class per task (each in its own module) on a shared base, defined here.
 
     PerceiverTask                model building, AdamW + linear warmup + cosine schedule, checkpoint metadata
-    ├── ClassificationTask       images / point clouds / text -> class; cross-entropy with label smoothing, accuracy
+    ├── ClassificationTask       (classification_task) images / point clouds / text -> class; accuracy
     ├── MaskedLMTask             (mlm_task) byte-level masked LM; masked-byte accuracy + most-frequent-byte baseline
     ├── FlowTask                 (flow_task) optical flow; end-point error (EPE) + zero-flow baseline, flow PNGs
     ├── CausalLMTask             (ar_task) causal byte LM (Perceiver AR); bits per byte + unigram baseline
@@ -38,15 +38,12 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
 
 __all__ = [
-    "ClassificationTask",
     "PerceiverTask",
     "build_model",
     "convert_layout",
@@ -448,90 +445,3 @@ class PerceiverTask(L.LightningModule):
     def run_dir(self) -> Path:
         """The run folder (`trainer.default_root_dir`, where the CLI puts logs, checkpoints and plots)."""
         return Path(self.trainer.default_root_dir)
-
-
-class ClassificationTask(PerceiverTask):
-    """Classification of images, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
-
-    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds; images in the
-    model's `input_layout`) and as `model(input_ids, attention_mask)` for text.
-
-    Before training the head is matched to the datamodule's `num_classes` (see the module docstring): built with it
-    when `model_kwargs` name no class count, an error naming both counts otherwise, or with `reset_head=True` a new
-    head for a `pretrained` model. The datamodule's `image_shape` `(H, W, C)` and `max_seq_len` are checked against
-    what the model takes (channels, learned-position grid, text positions).
-    """
-
-    monitor = ("val/acc", "max")
-    task_name = "classification"
-
-    def __init__(self, *args: Any, label_smoothing: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.save_hyperparameters()
-        self.metrics = metric_dict("acc")
-
-    def adapt_to_datamodule(self, datamodule: Any) -> None:
-        super().adapt_to_datamodule(datamodule)
-        self._match_classes(datamodule)
-        check_input_geometry(self.model, datamodule)
-
-    def _match_classes(self, dm: Any) -> None:
-        k = getattr(dm, "num_classes", None)
-        n = num_classes_of(self.model)
-        if not isinstance(k, int) or isinstance(k, bool) or n is None:
-            return
-        hp = self.hparams
-        kwargs = dict(hp.model_kwargs or {})
-        names = list(getattr(dm, "class_names", None) or [])
-        shown = f" {names[:10]}{' ...' if len(names) > 10 else ''}" if names else ""
-        data = f"the datamodule ({type(dm).__name__}) has {k} classes{shown}"
-        explicit = next((key for key in CLASS_COUNT_KEYS if key in kwargs), None)
-        if n == k:
-            return
-        if explicit is not None:
-            fix = f"--model.model_kwargs.{explicit} {k}" + (" --model.reset_head true" if hp.pretrained else "")
-            raise ValueError(
-                f"the model is configured for {kwargs[explicit]} classes (model_kwargs.{explicit}="
-                f"{kwargs[explicit]}) but {data}; pass {fix}, or remove {explicit} from model_kwargs to take the "
-                f"datamodule's count"
-            )
-        if hp.pretrained:
-            if not hp.get("reset_head"):
-                raise ValueError(
-                    f"the pretrained model {hp.pretrained} has a {n}-class head but {data}; to fine-tune it with a "
-                    f"new {k}-class head (re-initialised, all other weights kept) add --model.reset_head true, "
-                    f"which loads it with num_classes={k} and ignore_mismatched_sizes=True"
-                )
-            rank_zero_info(
-                f"perceiver: reset_head: replacing the {n}-class head of {hp.pretrained} by a new {k}-class head"
-            )
-            hp.model_kwargs = {**kwargs, "num_classes": k}
-        else:
-            hp.model_kwargs = {**kwargs, class_count_key(self.model): k}
-        self.set_model(self.build_plain_model().to(next(self.model.parameters()).device))
-
-    def _call_model(self, batch: dict[str, Tensor]) -> Any:
-        if "inputs" in batch:
-            inputs, mask = self.model_inputs(batch["inputs"]), batch.get("mask")
-            return self.run_model(inputs) if mask is None else self.run_model(inputs, mask)
-        if "input_ids" in batch:
-            return self.run_model(batch["input_ids"], batch.get("attention_mask"))
-        raise ValueError(f"expected a batch with 'inputs' or 'input_ids', got keys {sorted(batch)}")
-
-    def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        logits = self(batch).float()
-        labels = batch["labels"]
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
-        self._log_loss(stage, loss, labels.shape[0])
-        self.metrics[f"{stage}_acc"].update((logits.argmax(-1) == labels).float())
-        self._log_metric(stage, "acc")
-        return loss
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        probs = self(batch).float().softmax(-1)
-        top = probs.topk(min(5, probs.shape[-1]), dim=-1)
-        return [
-            {"top_labels": i.tolist(), "top_probs": [round(x, 6) for x in p.tolist()]}
-            for i, p in zip(top.indices, top.values)
-        ]
