@@ -104,6 +104,44 @@ def test_no_weight_decay_on_token_embeddings():
     assert linears and all(decay[f"{n}.weight"] == 0.05 for n in linears)
 
 
+def test_adamw_is_fused_on_cpu_and_steps_like_the_default():
+    """The task's AdamW takes torch's fused kernel for plain CPU parameters, and a step equals the default AdamW's."""
+    torch.manual_seed(0)
+    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    try:
+        optimizer = task.configure_optimizers()["optimizer"]
+    finally:
+        task._trainer = None
+    assert all(group["fused"] for group in optimizer.param_groups)
+    reference = [p.detach().clone().requires_grad_() for p in task.parameters()]
+    groups = [{**g, "params": [reference[i] for i, p in enumerate(task.parameters()) if any(p is q for q in g["params"])]}
+              for g in optimizer.param_groups]  # fmt: skip
+    plain = torch.optim.AdamW([{k: v for k, v in g.items() if k != "fused"} for g in groups])
+    for _ in range(3):
+        for p, r in zip(task.parameters(), reference, strict=True):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        optimizer.step()
+        plain.step()
+    for p, r in zip(task.parameters(), reference, strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_is_not_fused_for_parameters_without_a_fused_kernel():
+    from perceiver.training.tasks import fused_adam_applies
+
+    assert fused_adam_applies([{"params": [nn.Parameter(torch.zeros(2))]}])
+    assert not fused_adam_applies([{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}])
+    assert not fused_adam_applies([{"params": [nn.Parameter(torch.zeros(2), requires_grad=False).to(torch.int64)]}])
+
+    class Sharded(torch.Tensor):  # stands for a DTensor: a tensor subclass torch steps with its foreach path
+        pass
+
+    assert not fused_adam_applies([{"params": [torch.zeros(2).as_subclass(Sharded)]}])
+    assert not fused_adam_applies([])
+
+
 # ---------------------------------------------------------------------------------------------------- FSDP units
 class RenamedCross(CrossAttentionLayer):
     """A subclass under another name: still an attention layer, so its own FSDP unit."""
