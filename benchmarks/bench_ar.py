@@ -1,6 +1,6 @@
 """Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch, same weights.
 
-    .venv/bin/python benchmarks/bench_ar.py                # writes benchmarks/results/ar.{md,json}
+    .venv/bin/python benchmarks/bench_ar.py                # writes benchmarks/results/<machine>/ar.{md,json}
     .venv/bin/python benchmarks/bench_ar.py --quick        # fewer tokens / runs (a smoke run)
 
 Cases (fp32, 2 threads):
@@ -41,8 +41,10 @@ from pathlib import Path
 
 import torch
 
+from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+
 THREADS = 2
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_dir()  # benchmarks/results/<this machine>/
 AR = dict(num_tokens=262, dim=256, depth=4, max_seq_len=2048, cross_attn_seq_len=1536, dim_head=64, heads=4, ff_mult=4)
 RESAMPLER = dict(dim=1024, depth=6, dim_head=64, heads=8, num_latents=64, num_media_embeds=4)
 PROMPT, NEW_TOKENS, TRAIN_BATCH = 2048, 256, 2
@@ -370,6 +372,7 @@ def write_report(results: dict, out: Path) -> str:
         "",
     ]
     text = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     return text

@@ -1,6 +1,6 @@
 """Classic Perceiver inference: ours vs perceiver-pytorch, same weights, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_classic.py                 # writes benchmarks/results/classic.{md,json}
+    .venv/bin/python benchmarks/bench_classic.py                 # writes benchmarks/results/<machine>/classic.{md,json}
     .venv/bin/python benchmarks/bench_classic.py --runs 5 --profile
 
 The model is the README snippet's (depth 6, 256 latents of 512, 1 cross head of 64, 8 latent heads of 64). Cases:
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+
 sys.path.insert(0, str(Path(__file__).parent))  # machine.py
 
 SNIPPET = dict(
@@ -69,7 +71,7 @@ def precisions() -> list[str]:
 
 
 THREADS = 2
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_dir()  # benchmarks/results/<this machine>/
 
 
 def build_models() -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -9,7 +9,7 @@ fp32, torch.set_num_threads(2); bf16 autocast (where the CPU has native bf16) an
 
     .venv/bin/python benchmarks/bench_flow.py [--rounds 2] [--repeats 2] [--timeout 1800]
 
-Writes benchmarks/results/flow.md and flow.json.
+Writes benchmarks/results/<machine>/flow.md and flow.json.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+
+RESULTS = results_dir()  # benchmarks/results/<this machine>/
 SIZE = (368, 496)
 # (name, implementation, query_chunk_size (0 = one shot), autocast dtype)
 CASES = [

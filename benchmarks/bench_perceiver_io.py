@@ -21,7 +21,7 @@ uses has no FLOP formula) and divided by the median latency and this machine's m
 
     .venv/bin/python benchmarks/bench_perceiver_io.py [--cases mlm-fp32,...] [--repeats 5] [--workdir DIR]
 
-Writes benchmarks/results/perceiver_io.md and perceiver_io.json.
+Writes benchmarks/results/<machine>/perceiver_io.md and perceiver_io.json.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+
+RESULTS = results_dir()  # benchmarks/results/<this machine>/
 ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # case -> (model, mode, autocast dtype or None, batch, dropout override or None)
 CASES = {
@@ -442,7 +444,7 @@ def main() -> None:
             ]
     info["load_average_at_end"] = os.getloadavg()
     command = "python benchmarks/bench_perceiver_io.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     json_file = RESULTS / "perceiver_io.json"
     if args.merge and json_file.exists():
         old = json.loads(json_file.read_text())

@@ -6,8 +6,13 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
+
+#: results live per machine, `results/<vendor>-<family>-<model>/`, so that a run on a new CPU adds its figures beside
+#: the others instead of replacing them (a kernel choice right on one CPU was wrong on the other)
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
 
@@ -60,11 +65,9 @@ def matmul_peaks(
     return out
 
 
-def machine(threads: int = 2, peaks: bool = True) -> dict:
-    from perceiver.hardware import cpu_flags, cpu_model_name
-
-    flags = cpu_flags()
-    ident = {}
+def cpu_ident() -> dict[str, str]:
+    """`vendor_id`, `cpu family` and `model` of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    ident: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -73,6 +76,28 @@ def machine(threads: int = 2, peaks: bool = True) -> dict:
                     ident[key.strip()] = value.strip()
     except OSError:
         pass
+    return ident
+
+
+def machine_slug() -> str:
+    """`intel-6-167`, `amd-25-1`, ...: the folder of this CPU's results (`platform.machine()` off x86 Linux)."""
+    ident = cpu_ident()
+    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(ident.get("vendor_id", ""), "")
+    if not vendor or "cpu family" not in ident:
+        return (platform.machine() or "unknown").lower()
+    return f"{vendor}-{ident['cpu family']}-{ident.get('model', '0')}"
+
+
+def results_dir() -> Path:
+    """`benchmarks/results/<machine_slug()>`: where this machine's benchmark results go."""
+    return RESULTS_ROOT / machine_slug()
+
+
+def machine(threads: int = 2, peaks: bool = True) -> dict:
+    from perceiver.hardware import cpu_flags, cpu_model_name
+
+    flags = cpu_flags()
+    ident = cpu_ident()
     info = {
         "cpu": cpu_model_name(),
         "cpu_id": " ".join(f"{k} {v}" for k, v in ident.items()),

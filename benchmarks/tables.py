@@ -1,10 +1,12 @@
-"""Regenerate the README's speed table from `benchmarks/results/*.json` (never typed by hand).
+"""Regenerate the README's speed table from `benchmarks/results/<machine>/*.json` (never typed by hand).
 
     .venv/bin/python benchmarks/tables.py            # rewrites the block between the speed-table markers in README.md
     .venv/bin/python benchmarks/tables.py --print    # prints it instead
 
-Each row names the machine its results file was measured on (CPU model, family / model id and the flags that decide
-kernels) and the load during the run; a results file that was not re-run keeps the machine it came from.
+Each machine has its folder (`machine.machine_slug()`: vendor, family and model id), so a run on a new CPU adds rows
+beside the others' instead of replacing them. Each row names the machine its results file was measured on (CPU model,
+family / model id and the flags that decide kernels) and the load during the run; the machine most recently measured
+comes first.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def _load(info: dict, fallback=None) -> str:
     return f"{s:.1f}" + (f"-{e:.1f}" if e is not None else "")
 
 
-def classic_rows() -> list[list[str]]:
-    path = RESULTS / "classic.json"
+def classic_rows(folder: Path) -> list[list[str]]:
+    path = folder / "classic.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -74,8 +76,8 @@ IO_CASES = {
 }
 
 
-def io_rows() -> list[list[str]]:
-    path = RESULTS / "perceiver_io.json"
+def io_rows(folder: Path) -> list[list[str]]:
+    path = folder / "perceiver_io.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -99,8 +101,8 @@ def io_rows() -> list[list[str]]:
     return out
 
 
-def flow_rows() -> list[list[str]]:
-    path = RESULTS / "flow.json"
+def flow_rows(folder: Path) -> list[list[str]]:
+    path = folder / "flow.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -115,8 +117,8 @@ def flow_rows() -> list[list[str]]:
     return out
 
 
-def ar_rows() -> list[list[str]]:
-    path = RESULTS / "ar.json"
+def ar_rows(folder: Path) -> list[list[str]]:
+    path = folder / "ar.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -151,14 +153,31 @@ def ar_rows() -> list[list[str]]:
     return out
 
 
+def machine_folders() -> list[Path]:
+    """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
+
+    def newest(folder: Path) -> str:
+        dates = []
+        for path in folder.glob("*.json"):
+            data = json.loads(path.read_text())
+            dates.append(str(data.get("date") or data.get("machine", {}).get("date") or ""))
+        return max(dates, default="")
+
+    folders = [f for f in RESULTS.iterdir() if f.is_dir() and any(f.glob("*.json"))] if RESULTS.is_dir() else []
+    return sorted(folders, key=newest, reverse=True)
+
+
 def table() -> str:
     header = [
         "| case | vs | ours eager (speed-up) | ours after `optimize()` (chosen) | peak memory (ours / theirs) | machine "
         "| load | details |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
-    rows = classic_rows() + io_rows() + flow_rows() + ar_rows()
-    body = ["| " + " | ".join(r[:-1] + [f"[{r[-1]}](benchmarks/results/{r[-1]})"]) + " |" for r in rows]
+    body = []
+    for folder in machine_folders():
+        rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder)
+        link = f"benchmarks/results/{folder.name}"
+        body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
     return "\n".join(header + body)
 
 
