@@ -40,8 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
 
 THREADS = 2
 RESULTS = results_dir()  # benchmarks/results/<this machine>/

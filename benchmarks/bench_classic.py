@@ -37,8 +37,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-
-from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
 
 sys.path.insert(0, str(Path(__file__).parent))  # machine.py
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import results_dir  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
+from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
 
 RESULTS = results_dir()  # benchmarks/results/<this machine>/
 SIZE = (368, 496)
