@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m perceiver.training.demo
 
+# The fast suite runs in one pytest process per core (pytest-xdist, at most 4; tests/conftest.py gives each its share
+# of the threads): most tests are single-threaded Python (tracing, compiling, small models). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --maxprocesses 4
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

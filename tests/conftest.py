@@ -1,5 +1,6 @@
 """Shared test setup: every test starts from the same random state, so failures reproduce."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # `tiny_models`, shared by the compile / export / property tests
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test`), each worker process takes its share of the cores for torch's threads."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // int(workers)))
 
 
 @pytest.fixture(autouse=True)

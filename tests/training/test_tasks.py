@@ -105,14 +105,20 @@ def test_no_weight_decay_on_token_embeddings():
 
 
 def test_adamw_is_fused_on_cpu_and_steps_like_the_default():
-    """The task's AdamW takes torch's fused kernel for plain CPU parameters, and a step equals the default AdamW's."""
+    """`fused_adamw=True` takes torch's fused AdamW kernel for plain CPU parameters, and its steps equal the loop's."""
     torch.manual_seed(0)
-    task = ClassificationTask(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
-    task._trainer = SimpleNamespace(estimated_stepping_batches=10)
-    try:
-        optimizer = task.configure_optimizers()["optimizer"]
-    finally:
-        task._trainer = None
+    kwargs = dict(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+    default = ClassificationTask(**kwargs)
+    task = ClassificationTask(**kwargs, fused_adamw=True)
+    optimizers = []
+    for t in (default, task):
+        t._trainer = SimpleNamespace(estimated_stepping_batches=10)
+        try:
+            optimizers.append(t.configure_optimizers()["optimizer"])
+        finally:
+            t._trainer = None
+    assert not any(group["fused"] for group in optimizers[0].param_groups)  # opt-in: the default loop's rounding
+    optimizer = optimizers[1]
     assert all(group["fused"] for group in optimizer.param_groups)
     reference = [p.detach().clone().requires_grad_() for p in task.parameters()]
     groups = [{**g, "params": [reference[i] for i, p in enumerate(task.parameters()) if any(p is q for q in g["params"])]}
