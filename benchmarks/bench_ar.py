@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
+from machine import describe, machine, native_bf16, results_dir  # benchmarks/: the script's folder
 
 THREADS = 2
 RESULTS = results_dir()  # benchmarks/results/<this machine>/
@@ -104,13 +104,6 @@ def bench_generate(new_tokens: int) -> dict:
 # ----------------------------------------------------------------------------- training step
 
 
-def bf16_forms() -> bool:
-    """The bf16-autocast forms (`ours-bf16`, `peer-bf16`) run only where the CPU computes bf16 natively."""
-    from perceiver.hardware import has_native_bf16
-
-    return has_native_bf16("cpu")
-
-
 def train_step(impl: str, model, opt, x) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=impl.endswith("-bf16")):
         if impl.startswith("ours"):  # ours, or ours after perceiver.optimize (an OptimizedModel around it)
@@ -169,7 +162,7 @@ def bench_train(runs: int) -> dict:
     `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
     out: dict = {}
     setups = {}
-    for impl in ("ours", "peer", "ours-opt", "peer-compile", *(("ours-bf16", "peer-bf16") if bf16_forms() else ())):
+    for impl in ("ours", "peer", "ours-opt", "peer-compile", *(("ours-bf16", "peer-bf16") if native_bf16() else ())):
         try:
             setups[impl] = _train_setup(impl)
             train_step(impl, *setups[impl])
@@ -242,7 +235,7 @@ def bench_resampler(runs: int) -> dict:
             "peer-compile-freezing": torch.compile(peer, options={"freezing": True}),
         }
         fns = {"ours": lambda: ours(media), "peer": lambda: peer(media), "ours-opt": lambda: fast(media)}
-        if bf16_forms():
+        if native_bf16():
             for name, model in (("ours-bf16", ours), ("peer-bf16", peer)):
                 fns[name] = lambda model=model: _bf16(model, media)
             diff_bf16 = (ours_bf16 := _bf16(ours, media).last_hidden_state.float()) - _bf16(peer, media).float()
@@ -279,9 +272,6 @@ def machine_info() -> dict:
     """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus the peers' versions."""
     from importlib.metadata import version
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from machine import machine
-
     return machine(THREADS) | {
         "perceiver_ar_pytorch": version("perceiver-ar-pytorch"),
         "flamingo_pytorch": version("flamingo-pytorch"),
@@ -289,7 +279,6 @@ def machine_info() -> dict:
 
 
 def write_report(results: dict, out: Path) -> str:
-    from machine import describe
 
     info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
     lines = [

@@ -37,9 +37,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
-
-sys.path.insert(0, str(Path(__file__).parent))  # machine.py
+from machine import describe, machine, native_bf16, results_dir  # benchmarks/: the script's folder
 
 SNIPPET = dict(
     input_channels=3,
@@ -59,15 +57,6 @@ SNIPPET = dict(
 )
 CASES = [("b1-224x224", 1, 224), ("b8-64x64", 8, 64)]
 PRECISIONS = ["fp32", "bf16"]
-
-
-def precisions() -> list[str]:
-    """The bf16 rows run only where the CPU computes bf16 natively: elsewhere bf16 is emulated (1.2 GFLOP/s on an
-    AVX2-only EPYC), a case would take hours and say nothing a user would choose."""
-    from perceiver.hardware import has_native_bf16
-
-    return PRECISIONS if has_native_bf16("cpu") else [p for p in PRECISIONS if p != "bf16"]
-
 
 THREADS = 2
 RESULTS = results_dir()  # benchmarks/results/<this machine>/
@@ -176,8 +165,6 @@ def profile(ours, peer, x: torch.Tensor, precision: str) -> None:
 def machine_info() -> dict:
     from importlib.metadata import version
 
-    from machine import machine
-
     return machine(THREADS) | {"perceiver_pytorch": version("perceiver-pytorch"), "platform": platform.platform()}
 
 
@@ -190,7 +177,6 @@ NAMES = {
 
 
 def write_report(results: dict, out: Path) -> str:
-    from machine import describe
 
     info = results["machine"]
     lines = [
@@ -270,7 +256,7 @@ def main() -> None:
     rows = []
     for case, batch, size in CASES:
         x = make_input(batch, size)
-        for precision in precisions():
+        for precision in (p for p in PRECISIONS if p != "bf16" or native_bf16()):
             diff = (run(ours, x, precision).float() - run(peer, x, precision).float()).abs().max().item()
             torch._dynamo.reset()
             models = {"ours": ours, "peer": peer}

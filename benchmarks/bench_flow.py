@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import results_dir  # benchmarks/ is on sys.path: the script's folder
+from machine import describe, machine, native_bf16, results_dir  # benchmarks/: the script's folder
 
 RESULTS = results_dir()  # benchmarks/results/<this machine>/
 SIZE = (368, 496)
@@ -121,9 +121,6 @@ def machine_info() -> dict:
     """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus transformers' version."""
     import transformers
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from machine import machine
-
     return machine(2) | {"transformers": transformers.__version__}
 
 
@@ -155,10 +152,7 @@ def main() -> None:
     del hf
 
     # Rounds interleave the cases, so that load from other processes on a shared machine hits all of them alike.
-    from perceiver.hardware import has_native_bf16
-
-    # bf16 autocast only where the CPU computes bf16 natively (elsewhere it is emulated, hours per case)
-    cases = [c for c in CASES if c[3] is None or has_native_bf16("cpu")]
+    cases = [c for c in CASES if c[3] is None or native_bf16()]
     runs: dict[str, list[dict]] = {name: [] for name, *_ in cases}
     for rnd in range(args.rounds):
         for k, (name, impl, chunk, autocast) in enumerate(cases):
@@ -224,8 +218,6 @@ def main() -> None:
 
 
 def render(report: dict) -> str:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from machine import describe
 
     m = report["machine"]
     lines = [

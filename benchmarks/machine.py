@@ -65,6 +65,14 @@ def matmul_peaks(
     return out
 
 
+def native_bf16() -> bool:
+    """Whether the bench scripts run their bf16-autocast rows: only where the CPU computes bf16 natively. Elsewhere
+    bf16 is emulated (1.2 GFLOP/s on an AVX2-only EPYC), a case takes hours and says nothing a user would choose."""
+    from perceiver.hardware import has_native_bf16
+
+    return has_native_bf16("cpu")
+
+
 def cpu_ident() -> dict[str, str]:
     """`vendor_id`, `cpu family` and `model` of the first CPU in /proc/cpuinfo (empty where there is none)."""
     ident: dict[str, str] = {}
