@@ -25,13 +25,18 @@ TINY_VISION = dict(
 )
 
 
-def decay_of(task: PerceiverTask) -> dict[str, float]:
-    """`{parameter name: weight decay}` of the optimizer `configure_optimizers` builds (outside a trainer)."""
+def optimizer_of(task: PerceiverTask) -> torch.optim.Optimizer:
+    """The optimizer `configure_optimizers` builds (outside a trainer)."""
     task._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what configure_optimizers reads of the trainer
     try:
-        optimizer = task.configure_optimizers()["optimizer"]
+        return task.configure_optimizers()["optimizer"]
     finally:
         task._trainer = None
+
+
+def decay_of(task: PerceiverTask) -> dict[str, float]:
+    """`{parameter name: weight decay}` of the optimizer `configure_optimizers` builds (outside a trainer)."""
+    optimizer = optimizer_of(task)
     by_id = {id(p): name for name, p in task.named_parameters()}
     decays = {by_id[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
     assert len(decays) == len(by_id), "every trainable parameter is in exactly one group"
@@ -108,21 +113,14 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_default():
     """`fused_adamw=True` takes torch's fused AdamW kernel for plain CPU parameters, and its steps equal the loop's."""
     torch.manual_seed(0)
     kwargs = dict(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
-    default = ClassificationTask(**kwargs)
+    default = optimizer_of(ClassificationTask(**kwargs))
+    assert not any(group["fused"] for group in default.param_groups)  # opt-in: the default loop's rounding
     task = ClassificationTask(**kwargs, fused_adamw=True)
-    optimizers = []
-    for t in (default, task):
-        t._trainer = SimpleNamespace(estimated_stepping_batches=10)
-        try:
-            optimizers.append(t.configure_optimizers()["optimizer"])
-        finally:
-            t._trainer = None
-    assert not any(group["fused"] for group in optimizers[0].param_groups)  # opt-in: the default loop's rounding
-    optimizer = optimizers[1]
+    optimizer = optimizer_of(task)
     assert all(group["fused"] for group in optimizer.param_groups)
-    reference = [p.detach().clone().requires_grad_() for p in task.parameters()]
-    groups = [{**g, "params": [reference[i] for i, p in enumerate(task.parameters()) if any(p is q for q in g["params"])]}
-              for g in optimizer.param_groups]  # fmt: skip
+    copies = {id(p): p.detach().clone().requires_grad_() for p in task.parameters()}
+    reference = [copies[id(p)] for p in task.parameters()]
+    groups = [{**g, "params": [copies[id(p)] for p in g["params"]]} for g in optimizer.param_groups]
     plain = torch.optim.AdamW([{k: v for k, v in g.items() if k != "fused"} for g in groups])
     for _ in range(3):
         for p, r in zip(task.parameters(), reference, strict=True):
