@@ -139,3 +139,73 @@ def describe(info: dict) -> str:
         f"{info['threads']} threads; torch {info['torch']}, Python {info['python']}. Load average (1 min): {load}. "
         f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}."
     )
+
+
+#: how `time_by_kind` files an op by its name: the weight products (a Linear's forward and its two backward products),
+#: attention (fused SDPA kernels, and the batched products and softmax of attention written out), everything else
+_WEIGHT_GEMMS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
+_ATTENTION = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data"}
+
+
+def op_kind(name: str) -> str:
+    """'weight GEMM', 'attention' or 'other' for a profiler op name (see `time_by_kind`)."""
+    if name in _WEIGHT_GEMMS:
+        return "weight GEMM"
+    if name in _ATTENTION or "scaled_dot_product" in name or "flash_attention" in name:
+        return "attention"
+    return "other"
+
+
+def time_by_kind(fn, runs: int = 2, warmup: int = 1) -> dict[str, float]:
+    """Milliseconds per call of `fn` spent in weight GEMMs, attention and everything else, from the profiler's self
+    CPU time (each op's wall time on the calling thread, its intra-op threads included, children excluded), mean of
+    `runs` profiled calls after `warmup` unprofiled ones. Profiling adds overhead to every op, most to the many small
+    ones of 'other', so the sum exceeds an unprofiled call: use it for where the time goes, not for how long."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    out = {"weight GEMM": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        out[op_kind(event.key)] += event.self_cpu_time_total / 1e3 / runs
+    return out
+
+
+def bound_text(
+    name: str,
+    target: float,
+    ours: dict[str, float],
+    ours_s: float,
+    peer: dict[str, float],
+    peer_s: float,
+    same_gemms: bool = False,
+) -> str:
+    """A measured reading of a speed target: how much of the time it leaves is taken by the work ours cannot shed (its
+    weight GEMMs and the fastest attention kernel this PyTorch has). The profiles (`time_by_kind`, ms) are scaled to
+    each side's unprofiled median (`ours_s`, `peer_s`, seconds), which removes the profiler's overhead on average.
+    `same_gemms`: both run the same weight products (same shapes), so ours' share is the faster of the two measured
+    (the same GEMMs read 170-220 ms in four profiles of one process on an AVX2 EPYC: the rest is the machine)."""
+    o = {k: v * 1e3 * ours_s / sum(ours.values()) for k, v in ours.items()}
+    p = {k: v * 1e3 * peer_s / sum(peer.values()) for k, v in peer.items()}
+    budget = 1e3 * peer_s / target
+    fixed = (min(o["weight GEMM"], p["weight GEMM"]) if same_gemms else o["weight GEMM"]) + o["attention"]
+    return (
+        f"{name}: {target}x needs ours <= {budget:.0f} ms (peer {1e3 * peer_s:.0f}, ours {1e3 * ours_s:.0f}). "
+        f"Where the time goes (ms, profiled and scaled to the unprofiled medians): weight GEMMs ours "
+        f"{o['weight GEMM']:.0f} / peer {p['weight GEMM']:.0f}, attention {o['attention']:.0f} / "
+        f"{p['attention']:.0f}, everything else {o['other']:.0f} / {p['other']:.0f}. "
+        + (
+            "The same GEMMs at the faster of the two readings and our attention "
+            if same_gemms
+            else "Our GEMMs and attention alone "
+        )
+        + f"take {fixed:.0f} ms, {100 * fixed / budget:.0f}% of that budget"
+        + (
+            f", which leaves {budget - fixed:.0f} ms for everything else (now {o['other']:.0f})."
+            if fixed < budget
+            else ": out of reach without GEMM or attention kernels faster than the ones PyTorch runs for both."
+        )
+    )
