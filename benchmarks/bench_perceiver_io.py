@@ -395,6 +395,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             o["median_s"],
             h["profile_ms"],
             h["median_s"],
+            same_gemms=CASES[case][0] == "mlm",  # the MLM keeps the standard cross-attention: the same GEMMs
         )
         for case in dict.fromkeys(r["case"] for r in rows)
         if (o := by.get((case, "ours"))) and (h := by.get((case, "hf"))) and o.get("profile_ms") and h.get("profile_ms")

@@ -143,7 +143,7 @@ def describe(info: dict) -> str:
 
 #: how `time_by_kind` files an op by its name: the weight products (a Linear's forward and its two backward products),
 #: attention (fused SDPA kernels, and the batched products and softmax of attention written out), everything else
-_WEIGHT_GEMMS = {"aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"}
+_WEIGHT_GEMMS = {"aten::mm", "aten::addmm"}  # eager forms only: compiled ones are not profiled
 _ATTENTION = {"aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data"}
 
 
