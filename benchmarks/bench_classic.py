@@ -250,6 +250,7 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     import perceiver
+    from perceiver.optimization import compile_frozen
 
     info = machine_info()
     ours, peer = build_models()
@@ -266,7 +267,7 @@ def main() -> None:
                     fast = perceiver.optimize(ours, (x,), repeats=3, verbose=False)
                 chosen = fast.report.chosen
                 models["ours-opt"] = fast
-                models["peer-compile"] = torch.compile(peer, options={"freezing": True})
+                models["peer-compile"] = compile_frozen(peer)  # options={"freezing": True} alone does not freeze
             lat = measure_latency(models, x, precision, args.runs, args.warmup)
             mem = {impl: measure_memory(impl, batch, size, precision, args.memory_runs) for impl in ("ours", "peer")}
             row = {

@@ -129,7 +129,11 @@ def prepare(impl: str, model, mode: str, inputs: dict):
 
     if impl == "hf-compile":
         model.train(mode == "train")
-        return torch.compile(model) if mode == "train" else torch.compile(model, options={"freezing": True}), None
+        if mode == "train":
+            return torch.compile(model), None
+        from perceiver.optimization import compile_frozen  # options={"freezing": True} alone does not freeze
+
+        return compile_frozen(model), None
     if impl == "ours-opt":
         import perceiver
 

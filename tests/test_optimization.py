@@ -7,7 +7,7 @@ import torch
 from tiny_models import inputs, tiny
 
 import perceiver
-from perceiver.optimization import CANDIDATES, OptimizedModel
+from perceiver.optimization import CANDIDATES, OptimizedModel, compile_frozen
 
 
 def test_inference_choice_keeps_outputs_and_reports(capsys):
@@ -66,3 +66,31 @@ def test_every_candidate_name_is_buildable():
     assert set(CANDIDATES) == {"inference", "training"}
     with pytest.raises(ValueError, match="expected warmup >= 1"):
         perceiver.optimize(tiny("perceiver"), inputs("perceiver"), warmup=0)
+
+
+@pytest.mark.parametrize("how", ["compile_frozen", "optimize candidate"])
+def test_freezing_folds_the_weights(how):
+    """Frozen means the Linear weights are pre-packed constants of the compiled graph, so an in-place edit after
+    compiling is not seen (what Inductor does not fold, e.g. biases, stays live). `torch.compile(model,
+    options={"freezing": True})` fails this: Dynamo keeps the weights as graph inputs."""
+    import perceiver.optimization as opt
+
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    if how == "compile_frozen":
+        run = compile_frozen(model)
+    else:
+        fn, contexts = opt._build("compile-freezing", model, False, "cpu")
+
+        def run(*a):
+            with contexts():
+                return fn(*a)
+
+    with torch.no_grad():
+        expected = model(*x)
+        torch.testing.assert_close(run(*x), expected, atol=1e-5, rtol=1e-5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(1.5)
+        assert not torch.allclose(model(*x), expected, atol=1e-3)
+        torch.testing.assert_close(run(*x), expected, atol=1e-5, rtol=1e-5)

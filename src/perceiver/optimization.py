@@ -9,7 +9,8 @@ Candidates (`CANDIDATES`):
 - `eager`: the model as it is (the baseline).
 - `compile`: `torch.compile(model)` (Inductor).
 - `compile-freezing` (inference): Inductor with freezing: weights become constants, so it folds the position
-  encodings, pre-packs Linear weights and on CPU emits oneDNN GEMMs (the kernel an earlier release hand-wrote).
+  encodings, pre-packs Linear weights and on CPU emits packed MKL / oneDNN GEMMs. The frozen graph keeps the weights
+  it was compiled with: after changing the model's parameters, call `optimize` again (`compile_frozen`).
 - `sdpa-math` (training): attention through SDPA's math backend (matmuls and a softmax), whose backward on CPU was
   measured 1.7-3.3x faster than the fused kernel's (in bf16 the fused backward was a quarter of a small model's
   step); `compile-sdpa-math`: both.
@@ -21,8 +22,9 @@ Candidates (`CANDIDATES`):
     print(fast.report)           # chosen candidate, time of each, speed-up over eager
     logits = fast(pixel_values).logits
 
-The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model). Inputs of other shapes
-than the examples may recompile (compiled candidates) and are not re-timed.
+The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model); a frozen candidate
+(`compile-freezing`) computes with the weights they had when it was compiled. Inputs of other shapes than the examples
+may recompile (compiled candidates) and are not re-timed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 
 from perceiver.hardware import has_native_bf16
 
-__all__ = ["CANDIDATES", "TRAINING_FP32", "OptimizeReport", "OptimizedModel", "optimize"]
+__all__ = ["CANDIDATES", "TRAINING_FP32", "OptimizeReport", "OptimizedModel", "compile_frozen", "optimize"]
 
 INFERENCE = ("eager", "compile", "compile-freezing", "bf16-autocast", "bf16-compile-freezing")
 TRAINING = ("eager", "compile", "sdpa-math", "compile-sdpa-math", "bf16-autocast", "bf16-compile")
@@ -81,7 +83,8 @@ class OptimizedModel(nn.Module):
     """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters.
 
     `forward(*args, **kwargs)` = `module(*args, **kwargs)` under the chosen candidate's compiled function and
-    contexts (bf16 autocast, SDPA backend, `torch.no_grad` for frozen inference).
+    contexts (bf16 autocast, SDPA backend, `torch.no_grad` and Inductor freezing for frozen inference). A frozen
+    candidate keeps the weights it was compiled with (see `compile_frozen`).
     """
 
     def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
@@ -127,11 +130,37 @@ def _rel_error(got: Any, expected: Any) -> float:
     return max(errs, default=0.0)
 
 
-def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str) -> Callable[[], Any]:
+def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> Callable[..., Any]:
+    """`torch.compile(model, **compile_kwargs)` with Inductor freezing, for inference: a callable that runs the model
+    under `torch.no_grad()` with its weights folded into the compiled graph as constants.
+
+    `torch.compile(model, options={"freezing": True})` does not freeze: Dynamo reads the global
+    `torch._inductor.config.freezing` when it traces, to keep parameters out of the graph's inputs, and `options` only
+    reach Inductor after that, so the weights stay inputs and nothing is folded or pre-packed (pytorch/pytorch#139272
+    describes the Dynamo side). Here every call, and so every (re)compilation, runs under the global flag.
+
+    The compiled graph keeps the weights it was traced with; changes to the parameters afterwards (an optimiser
+    step, `load_state_dict`) are not seen: compile again.
+    """
+    compiled = torch.compile(model, **compile_kwargs)
+    contexts = _contexts(False, False, True, "cpu", freezing=True)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with contexts():
+            return compiled(*args, **kwargs)
+
+    return run
+
+
+def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str, freezing: bool = False) -> Callable[[], Any]:
     def make():
         stack = contextlib.ExitStack()
         if no_grad:
             stack.enter_context(torch.no_grad())
+        if freezing:  # read by Dynamo at trace time (see `compile_frozen`), so it wraps every call
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(freezing=True))
         if bf16:
             stack.enter_context(torch.autocast(device, torch.bfloat16))
         if math_sdpa:
@@ -146,13 +175,12 @@ def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str) -> Callab
 def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Callable[..., Any], Callable[[], Any]]:
     bf16 = name.startswith("bf16-")
     base = name.removeprefix("bf16-")
-    contexts = _contexts(bf16, base.endswith("sdpa-math"), not training, device)
+    freezing = base == "compile-freezing"
+    contexts = _contexts(bf16, base.endswith("sdpa-math"), not training, device, freezing=freezing)
     if base in ("eager", "autocast", "sdpa-math"):
         return model, contexts
-    if base in ("compile", "compile-sdpa-math"):
+    if base in ("compile", "compile-sdpa-math", "compile-freezing"):
         return torch.compile(model), contexts
-    if base == "compile-freezing":
-        return torch.compile(model, options={"freezing": True}), contexts
     raise ValueError(f"unknown candidate {name!r}; expected one of {sorted(set(INFERENCE) | set(TRAINING))}")
 
 
