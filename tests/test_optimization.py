@@ -78,7 +78,8 @@ def test_freezing_folds_the_weights(how):
     model = tiny("perceiver")
     x = inputs("perceiver")
     if how == "compile_frozen":
-        run = compile_frozen(model)
+        run = compile_frozen(model).eval()
+        assert run.module is model and not model.training
     else:
         fn, contexts = opt._build("compile-freezing", model, False, "cpu")
 

@@ -41,7 +41,15 @@ from torch import Tensor, nn
 
 from perceiver.hardware import has_native_bf16
 
-__all__ = ["CANDIDATES", "TRAINING_FP32", "OptimizeReport", "OptimizedModel", "compile_frozen", "optimize"]
+__all__ = [
+    "CANDIDATES",
+    "TRAINING_FP32",
+    "CompiledModel",
+    "OptimizeReport",
+    "OptimizedModel",
+    "compile_frozen",
+    "optimize",
+]
 
 INFERENCE = ("eager", "compile", "compile-freezing", "bf16-autocast", "bf16-compile-freezing")
 TRAINING = ("eager", "compile", "sdpa-math", "compile-sdpa-math", "bf16-autocast", "bf16-compile")
@@ -79,24 +87,31 @@ class OptimizeReport:
         return "\n".join(lines)
 
 
-class OptimizedModel(nn.Module):
-    """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters.
+class CompiledModel(nn.Module):
+    """`module` run through `fn` (its compiled form) under `contexts`; shares `module`'s parameters.
 
-    `forward(*args, **kwargs)` = `module(*args, **kwargs)` under the chosen candidate's compiled function and
-    contexts (bf16 autocast, SDPA backend, `torch.no_grad` and Inductor freezing for frozen inference). A frozen
-    candidate keeps the weights it was compiled with (see `compile_frozen`).
+    `forward(*args, **kwargs)` = `fn(*args, **kwargs)` inside `contexts()` (bf16 autocast, SDPA backend,
+    `torch.no_grad` and Inductor freezing for frozen inference). `.eval()` / `.train()` reach `module`.
     """
 
-    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
+    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any]):
         super().__init__()
         self.module = module
         self._fn = fn
         self._contexts = contexts
-        self.report = report
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with self._contexts():
             return self._fn(*args, **kwargs)
+
+
+class OptimizedModel(CompiledModel):
+    """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters. A frozen candidate
+    keeps the weights it was compiled with (see `compile_frozen`)."""
+
+    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
+        super().__init__(module, fn, contexts)
+        self.report = report
 
 
 def _tensors(out: Any) -> list[Tensor]:
@@ -130,9 +145,9 @@ def _rel_error(got: Any, expected: Any) -> float:
     return max(errs, default=0.0)
 
 
-def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> Callable[..., Any]:
-    """`torch.compile(model, **compile_kwargs)` with Inductor freezing, for inference: a callable that runs the model
-    under `torch.no_grad()` with its weights folded into the compiled graph as constants.
+def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> CompiledModel:
+    """`torch.compile(model, **compile_kwargs)` with Inductor freezing, for inference: the model run under
+    `torch.no_grad()` with its Linear weights folded into the compiled graph as pre-packed constants.
 
     `torch.compile(model, options={"freezing": True})` does not freeze: Dynamo reads the global
     `torch._inductor.config.freezing` when it traces, to keep parameters out of the graph's inputs, and `options` only
@@ -142,14 +157,7 @@ def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> Callable[..., Any
     The compiled graph keeps the weights it was traced with; changes to the parameters afterwards (an optimiser
     step, `load_state_dict`) are not seen: compile again.
     """
-    compiled = torch.compile(model, **compile_kwargs)
-    contexts = _contexts(False, False, True, "cpu", freezing=True)
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with contexts():
-            return compiled(*args, **kwargs)
-
-    return run
+    return CompiledModel(model, torch.compile(model, **compile_kwargs), _contexts(False, False, True, "cpu", True))
 
 
 def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str, freezing: bool = False) -> Callable[[], Any]:
