@@ -79,11 +79,13 @@ FLOPs per forward, counted by hand for the published sizes (they add up to the F
   latents attend over 264 channels instead of 512, 56 -> 32 GFLOP, the same function again.
 - Attention runs in SDPA's fused kernel (no (B, H, N, M) matrix), transformers' in explicit matmuls and a softmax.
 - The latent Transformer (76% of vision's FLOPs, 84% of the MLM's) is the same GEMMs in both libraries: in eager
-  fp32 both run PyTorch's `addmm` (MKL's BLAS on x86), so the eager MLM can only gain on the rest. `optimize()` finds
-  what this machine runs faster: Inductor with freezing pre-packs the weights and emits oneDNN GEMMs, which on this
-  CPU beat the BLAS kernel (the matmul peaks per backend are in the header).
-- Run-to-run spread: fresh processes of the same case differ by up to 15% on these machines, so rows can pool
-  rounds of fresh processes (`--rounds`), interleaved between implementations.
+  fp32 both run PyTorch's `addmm` (MKL's BLAS on x86), so the eager MLM can only gain on the rest. `optimize()` times
+  Inductor with freezing, which pre-packs the weights for MKL's or oneDNN's GEMM (on the AVX2 EPYC: MKL's
+  `_mkl_linear`, which Inductor's autotuner also preferred to its own CPP GEMM template, 6.5 against 9.1 ms at
+  256x1280x1280); compiled transformers gets the same packed GEMMs, so after `optimize()` these are shared too.
+- Run-to-run spread: fresh processes of the same case differ by 20% and more on these machines (transformers'
+  vision forward read 3.3 and 5.5 s in two rounds on the AVX2 EPYC), so rows pool rounds of fresh processes
+  (`--rounds`), interleaved between implementations, and show the min-based ratio beside the median one.
 """
 HF_HEADS = {"mlm": "PerceiverForMaskedLM", "vision": "PerceiverForImageClassificationLearned"}
 PRESETS = {"mlm": "language-perceiver", "vision": "vision-perceiver-learned"}

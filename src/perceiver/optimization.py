@@ -10,7 +10,7 @@ Candidates (`CANDIDATES`):
 - `compile`: `torch.compile(model)` (Inductor).
 - `compile-freezing` (inference): Inductor with freezing: weights become constants, so it folds the position
   encodings, pre-packs Linear weights and on CPU emits packed MKL / oneDNN GEMMs. The frozen graph keeps the weights
-  it was compiled with: after changing the model's parameters, call `optimize` again (`compile_frozen`).
+  it was compiled with: after changing the model's parameters, call `optimize` again (see `compile_frozen`).
 - `sdpa-math` (training): attention through SDPA's math backend (matmuls and a softmax), whose backward on CPU was
   measured 1.7-3.3x faster than the fused kernel's (in bf16 the fused backward was a quarter of a small model's
   step); `compile-sdpa-math`: both.
@@ -157,7 +157,11 @@ def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> CompiledModel:
     The compiled graph keeps the weights it was traced with; changes to the parameters afterwards (an optimiser
     step, `load_state_dict`) are not seen: compile again.
     """
-    return CompiledModel(model, torch.compile(model, **compile_kwargs), _contexts(False, False, True, "cpu", True))
+    return CompiledModel(
+        model,
+        torch.compile(model, **compile_kwargs),
+        _contexts(bf16=False, math_sdpa=False, no_grad=True, device="cpu", freezing=True),
+    )
 
 
 def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str, freezing: bool = False) -> Callable[[], Any]:
