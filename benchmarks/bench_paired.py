@@ -6,7 +6,7 @@
 a shared VM the machine's speed drifts between those processes by 20% and more. Here all four forms live in one
 process and are timed in turns (the order reverses every run), so a slow minute hits them alike, and each run gives
 a paired ratio. The caveat is the reverse one: the forms share one heap, and transformers' eager form, whose
-vision forward allocates (1, 50176, 1024) keys and values, ran at half its fresh-process speed here, so read the
+vision forward allocates (1, 50176, 1024) keys and values, ran at half its fresh-process speed in one run here, so read the
 compiled pair (frozen weights, Inductor's planned buffers) as the cleaner figure. Latency only; no memory.
 
 Checkpoints are those `bench_perceiver_io.py` writes (`--workdir`, random weights at the published sizes, seed 0).
