@@ -29,9 +29,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     args = parser.parse_args()
     import transformers
+    from bench_perceiver_io import load, make_inputs  # benchmarks/: the script's folder (same loaders and inputs)
 
-    import perceiver
-    import perceiver.interop  # noqa: F401  (registers the converters)
     from perceiver.optimization import compile_frozen
 
     torch.set_num_threads(2)
@@ -39,14 +38,9 @@ def main() -> None:
     folder = Path(args.workdir) / args.case
     if not (folder / "model.safetensors").exists():
         raise SystemExit(f"no checkpoint in {folder}: run bench_perceiver_io.py --workdir {args.workdir} first")
-    head = "PerceiverForImageClassificationLearned" if args.case == "vision" else "PerceiverForMaskedLM"
-    hf = getattr(transformers, head).from_pretrained(folder).eval()
-    ours = perceiver.from_pretrained(folder).eval()
-    if args.case == "vision":
-        inputs = {"inputs": torch.randn(1, 3, 224, 224)}
-    else:
-        ids = torch.randint(0, 262, (1, 2048))
-        inputs = {"inputs": ids, "attention_mask": torch.ones_like(ids)}
+    hf = load("hf", args.case, folder).eval()
+    ours = load("ours", args.case, folder).eval()
+    inputs = make_inputs(args.case, 1)
     forms = {
         "ours": ours,
         "transformers": hf,

@@ -111,6 +111,16 @@ def status_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def make_inputs(model: str, batch: int) -> dict:
+    """The forward's keyword inputs: 2048 random bytes (all valid) for the MLM, a random 224x224 image for vision."""
+    import torch
+
+    if model == "mlm":
+        ids = torch.randint(0, 262, (batch, 2048))
+        return {"inputs": ids, "attention_mask": torch.ones_like(ids)}
+    return {"inputs": torch.randn(batch, 3, 224, 224)}
+
+
 # ---------------------------------------------------------------- worker: one (implementation, case) per process
 
 
@@ -159,11 +169,7 @@ def worker(args: argparse.Namespace) -> dict:
     model = load(args.impl, model_name, Path(args.ckpt))
     with torch.no_grad():  # page in every weight (safetensors may be memory-mapped) before the baseline
         sum(float(t.float().sum()) for t in model.state_dict().values())
-    if model_name == "mlm":
-        ids = torch.randint(0, 262, (batch, 2048))
-        inputs = {"inputs": ids, "attention_mask": torch.ones_like(ids)}
-    else:
-        inputs = {"inputs": torch.randn(batch, 3, 224, 224)}
+    inputs = make_inputs(model_name, batch)
     labels = torch.randint(0, 1000, (batch,))
     if mode == "train" and args.case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing()
