@@ -11,10 +11,13 @@ times eager / torch.compile / Inductor freezing / SDPA's math backend on this ma
 so the arithmetic stays that of the case), `hf` (transformers, eager) and `hf-compile` (transformers under
 `torch.compile`, with Inductor freezing for inference: the best compiled form for it too).
 A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
-implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`). Every
-(implementation, case) runs in a fresh subprocess with torch.set_num_threads(2): latency = median of `--repeats`
-timed runs after `--warmup` runs; peak memory = VmHWM minus the RSS after model construction (weights touched,
-malloc_trim, high-water mark reset via /proc/self/clear_refs). Model FLOPs are counted with
+implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`), with
+torch.set_num_threads(2). Latency (`--latency paired`, the default): all implementations of a case live in one
+process and are timed in turns, the order reversing every run, so drift in a shared VM's speed (20% and more between
+processes here) hits them alike; speed-ups are medians of the per-run ratios. `--latency fresh` times each in its own
+process instead. Either way latency = median of `--repeats` timed runs after `--warmup` runs, pooled over `--rounds`.
+Peak memory always comes from a fresh subprocess per (implementation, case): VmHWM minus the RSS after model
+construction (weights touched, malloc_trim, high-water mark reset via /proc/self/clear_refs). Model FLOPs are counted with
 torch.utils.flop_counter.FlopCounterMode on transformers' forward (plain matmuls; the CPU flash-attention kernel ours
 uses has no FLOP formula) and divided by the median latency and this machine's matmul peak (best of a few
 4096^3 matmuls per dtype, measured here).
@@ -44,6 +47,7 @@ from machine import (
     matmul_peaks,
     native_bf16,
     results_dir,
+    speedup,
     time_by_kind,
 )  # benchmarks/: the script's folder
 
@@ -159,21 +163,21 @@ def prepare(impl: str, model, mode: str, inputs: dict):
     return model, None
 
 
-def worker(args: argparse.Namespace) -> dict:
+def build(impl: str, case: str, folder: Path):
+    """Load `impl` for `case` and return (model, run, optimize report): `run()` is one timed call (a training step:
+    forward, backward, AdamW step; inference: the forward under inference mode, or `run(contextlib.nullcontext)`)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    model_name, mode, dtype, batch, _ = CASES[args.case]
-    model = load(args.impl, model_name, Path(args.ckpt))
+    model_name, mode, dtype, batch, _ = CASES[case]
+    model = load(impl, model_name, folder)
     with torch.no_grad():  # page in every weight (safetensors may be memory-mapped) before the baseline
         sum(float(t.float().sum()) for t in model.state_dict().values())
+    torch.manual_seed(0)  # the same inputs for every implementation
     inputs = make_inputs(model_name, batch)
     labels = torch.randint(0, 1000, (batch,))
-    if mode == "train" and args.case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
+    if mode == "train" and case.endswith("-ckpt") and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing()
-    model, optimize_report = prepare(args.impl, model, mode, inputs)
+    model, optimize_report = prepare(impl, model, mode, inputs)
     if mode == "train":
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -190,38 +194,88 @@ def worker(args: argparse.Namespace) -> dict:
             with grad_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is not None):
                 return model(**inputs).logits
 
+    return model, run, optimize_report
+
+
+def timed(run) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def count_and_profile(run, mode: str) -> tuple[int, dict]:
+    """Model FLOPs of one call (FlopCounterMode) and its profiler time by kind (`machine.time_by_kind`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run() if mode == "train" else run(contextlib.nullcontext)
+    profile_ms = time_by_kind(run, runs=1 if mode == "train" else 2, warmup=0)  # warm since the timed runs
+    return counter.get_total_flops(), profile_ms
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One implementation in a fresh process: latency and the peak memory of its runs."""
+    import torch
+
+    torch.set_num_threads(2)
+    mode = CASES[args.case][1]
+    model, run, optimize_report = build(args.impl, args.case, Path(args.ckpt))
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     for _ in range(args.warmup):
         run()
-    times, cpu_times = [], []
-    for _ in range(args.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        run()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
+    times, cpu_times = zip(*(timed(run) for _ in range(args.repeats)))
     peak = status_mb("VmHWM")
-    counter = FlopCounterMode(display=False)
-    profile_ms = None
+    flops, profile_ms = 0, None
     if args.count_flops and args.impl in ("hf", "ours"):
-        with counter:
-            run() if mode == "train" else run(contextlib.nullcontext)
-        profile_ms = time_by_kind(run, runs=1 if mode == "train" else 2, warmup=0)  # warm since the timed runs
+        flops, profile_ms = count_and_profile(run, mode)
     return {
         "case": args.case,
         "impl": args.impl,
-        "times_s": times,
+        "times_s": list(times),
         "median_s": statistics.median(times),
-        "cpu_times_s": cpu_times,
+        "cpu_times_s": list(cpu_times),
         "rss_after_construction_mb": base,
         "peak_rss_mb": peak,
         "peak_delta_mb": peak - base,
-        "counted_flops": counter.get_total_flops(),
+        "counted_flops": flops,
         "params": sum(p.numel() for p in model.parameters()),
         "optimize_report": optimize_report,
         "profile_ms": profile_ms,
     }
+
+
+def paired_worker(args: argparse.Namespace) -> list[dict]:
+    """Every implementation of `args.impls` in one process, timed in turns (the order reverses every run), so that
+    drift in the machine's speed hits all alike and each run gives paired ratios. Latency only: the peaks come from
+    the fresh memory processes."""
+    import torch
+
+    torch.set_num_threads(2)
+    mode = CASES[args.case][1]
+    impls = [m for m in args.impls.split(",") if m]
+    built = {impl: build(impl, args.case, Path(args.ckpt)) for impl in impls}
+    for impl in impls:
+        for _ in range(args.warmup):
+            built[impl][1]()
+    times: dict[str, list[tuple[float, float]]] = {impl: [] for impl in impls}
+    for i in range(args.repeats):
+        for impl in impls if i % 2 == 0 else impls[::-1]:
+            times[impl].append(timed(built[impl][1]))
+    rows = []
+    for impl, (model, run, optimize_report) in built.items():
+        flops, profile_ms = count_and_profile(run, mode) if args.count_flops and impl in ("hf", "ours") else (0, None)
+        wall, cpu = zip(*times[impl])
+        rows.append({
+            "case": args.case, "impl": impl, "latency_method": "paired", "times_s": list(wall),
+            "median_s": statistics.median(wall), "cpu_times_s": list(cpu), "counted_flops": flops,
+            "params": sum(p.numel() for p in model.parameters()), "optimize_report": optimize_report,
+            "profile_ms": profile_ms,
+        })  # fmt: skip
+    return rows
 
 
 # ---------------------------------------------------------------- driver
@@ -266,28 +320,35 @@ def machine_info() -> dict:
     return machine(2, peaks=False) | {"transformers": transformers.__version__}
 
 
-def run_case(case: str, impl: str, folder: Path, args, memory: bool = False) -> dict:
+def run_case(case: str, impl: str, folder: Path, args, memory: bool = False, count_flops: bool = True):
     """One fresh worker process. `memory=True`: glibc returns every freed block >= 64 KB to the OS
-    (MALLOC_MMAP_THRESHOLD_), so VmHWM follows the live tensors instead of heap fragmentation; one timed run."""
-    cmd = [sys.executable, __file__, "--worker", "--case", case, "--impl", impl, "--ckpt", str(folder)]
+    (MALLOC_MMAP_THRESHOLD_), so VmHWM follows the live tensors instead of heap fragmentation; one timed run.
+    `impl` may list several implementations (comma-separated): then one paired worker times them all in turns and
+    returns a row for each."""
+    paired = "," in impl
+    cmd = [sys.executable, __file__, "--paired-worker" if paired else "--worker", "--case", case, "--ckpt", str(folder)]
+    cmd += ["--impls" if paired else "--impl", impl]
     repeats = args.repeats if CASES[case][1] == "infer" else args.train_repeats
     cmd += ["--repeats", str(1 if memory else repeats), "--warmup", str(args.warmup)]
     env = {**os.environ, **ENV, **({"MALLOC_MMAP_THRESHOLD_": "65536"} if memory else {})}
-    out = subprocess.run(cmd + ([] if memory else ["--count-flops"]), capture_output=True, text=True, env=env,
-                         timeout=args.timeout)  # fmt: skip
+    out = subprocess.run(cmd + ["--count-flops"] * (count_flops and not memory), capture_output=True, text=True,
+                         env=env, timeout=args.timeout)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"{case}/{impl} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def pool(timed: list[dict], memory: list[dict]) -> dict:
-    """One row from several rounds of fresh processes: timings pooled; peak memory = median over the memory
-    processes (the timing processes' heap-fragmented peaks are kept as `default_malloc_peak_delta_mb`)."""
+    """One row from several rounds: timings pooled; peak memory = median over the memory processes (the fresh
+    timing processes' heap-fragmented peaks are kept as `default_malloc_peak_delta_mb`). Counted FLOPs and the
+    profile come from the first round that measured them."""
     row = dict(timed[0])
+    for key in ("counted_flops", "profile_ms"):
+        row[key] = next((r[key] for r in timed if r.get(key)), row.get(key))
     row["times_s"] = [t for r in timed for t in r["times_s"]]
     row["cpu_times_s"] = [t for r in timed for t in r["cpu_times_s"]]
     row["median_s"] = statistics.median(row["times_s"])
-    row["default_malloc_peak_delta_mb"] = [r["peak_delta_mb"] for r in timed]
+    row["default_malloc_peak_delta_mb"] = [r["peak_delta_mb"] for r in timed if "peak_delta_mb" in r]
     row["peak_delta_mb_rounds"] = [r["peak_delta_mb"] for r in memory]
     row["peak_delta_mb"] = statistics.median(row["peak_delta_mb_rounds"])
     return row
@@ -337,12 +398,19 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         f"Command: `{command}`",
         "",
         "Latency: median (and min) wall time of the timed runs after warm-up; CPU s = median process CPU time per run. "
-        "Peak memory: VmHWM minus RSS after model construction in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536 "
+        + (
+            "Rows marked paired were timed in turns in one process per round (order reversing every run); their "
+            "speed-ups are medians of the per-run ratios. "
+            if any(r.get("latency_method") == "paired" for r in rows)
+            else "Each row was timed in its own fresh processes. "
+        )
+        + "Peak memory: VmHWM minus RSS after model construction in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536 "
         "(freed blocks go back to the OS, so the peak is that of live tensors, not of glibc heap fragmentation, "
         "which adds up to ~1.9 GB to a training step's RSS at random; those default-malloc peaks are in the .json). "
         "GFLOP: counted with "
         "FlopCounterMode on transformers' forward (training: forward + backward). MFU: GFLOP / median latency / "
-        "matmul peak of the compute dtype. Speedup = transformers / ours (median; min in brackets); memory ratio = "
+        "matmul peak of the compute dtype. Speedup = transformers / ours (paired: median of the per-run ratios; else the "
+        "ratio of medians; min-based in brackets); memory ratio = "
         "ours / transformers peak.",
         "",
         "| case | impl | median s | min s | CPU s | peak MB | GFLOP | GFLOP/s | MFU | speedup | memory ratio |",
@@ -364,7 +432,7 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             peak = r.get("matmul_peak_gflops", info["matmul_peak_gflops"])  # measured in the run of this row
             speed = mem = ""
             if impl.startswith("ours") and hf is not None:
-                ratio, ratio_min = hf["median_s"] / r["median_s"], min(hf["times_s"]) / min(r["times_s"])
+                ratio, ratio_min = speedup(hf, r), min(hf["times_s"]) / min(r["times_s"])
                 speed, mem = (
                     f"{ratio:.2f}x ({ratio_min:.2f}x)",
                     f"{r['peak_delta_mb'] / max(hf['peak_delta_mb'], 1e-9):.2f}x",
@@ -385,15 +453,13 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             verdicts.append(f"- {case}: {what} {value:.2f} (target {sign} {bound}): {'met' if ok else 'MISSED'}")
 
         if ours and hf:
-            verdict(
-                "ours eager / transformers eager, speed-up", hf["median_s"] / ours["median_s"], 1.5 if train else 1.3
-            )
+            verdict("ours eager / transformers eager, speed-up", speedup(hf, ours), 1.5 if train else 1.3)
             if train:
                 verdict("ours / transformers peak memory", ours["peak_delta_mb"] / hf["peak_delta_mb"], 0.6, False)
         if opt and best_peer:
             name = IMPL_NAMES[best_peer["impl"]]
             verdict(f"ours after optimize() / the faster of transformers ({name})",
-                    best_peer["median_s"] / opt["median_s"], 1.5 if train else 1.2)  # fmt: skip
+                    speedup(best_peer, opt), 1.5 if train else 1.2)  # fmt: skip
             if case == "vision-fp32":
                 peak = opt.get("matmul_peak_gflops", info["matmul_peak_gflops"])["float32"]
                 verdict("MFU after optimize()", flops / opt["median_s"] / 1e9 / peak, 0.7)
@@ -433,19 +499,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per inference case")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed steps per training case")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per (case, impl), timings pooled")
+    parser.add_argument("--rounds", type=int, default=1, help="timing processes per (case, impl), timings pooled")
+    parser.add_argument("--latency", choices=("paired", "fresh"), default="paired",
+                        help="paired: all implementations of a case in one process, timed in turns (drift cancels "
+                        "in the per-run ratios); fresh: each in its own process")  # fmt: skip
     parser.add_argument("--merge", action="store_true", help="replace only these cases' rows in the saved .json")
     parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temporary folder)")
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--paired-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+    if args.paired_worker:
+        print(json.dumps(paired_worker(args)))
         return
     if args.report_only:
         data = json.loads((RESULTS / "perceiver_io.json").read_text())
@@ -483,10 +556,15 @@ def main() -> None:
             timed: dict[str, list[dict]] = {impl: [] for impl in impls}
             memory: dict[str, list[dict]] = {impl: [] for impl in impls}
             for r in range(args.rounds):
-                for impl in impls if (i + r) % 2 == 0 else impls[::-1]:  # alternate who goes first (drifting load)
-                    timed[impl].append(run_case(case, impl, folder, args))
+                order = impls if (i + r) % 2 == 0 else impls[::-1]  # alternate who goes first (drifting load)
+                if args.latency == "paired":
+                    for row in run_case(case, ",".join(order), folder, args, count_flops=r == 0):
+                        timed[row["impl"]].append(row)
+                for impl in order:
+                    if args.latency == "fresh":
+                        timed[impl].append(run_case(case, impl, folder, args))
                     memory[impl].append(run_case(case, impl, folder, args, memory=True))
-                    print(f"{case:26s} {impl:5s} round {r}: runs {[round(t, 2) for t in timed[impl][-1]['times_s']]}"
+                    print(f"{case:26s} {impl:10s} round {r}: runs {[round(t, 2) for t in timed[impl][-1]['times_s']]}"
                           f" s, peak {memory[impl][-1]['peak_delta_mb']:.0f} MB", flush=True)  # fmt: skip
             rows += [
                 pool(timed[impl], memory[impl]) | {"matmul_peak_gflops": info["matmul_peak_gflops"]} for impl in impls

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -211,3 +212,16 @@ def bound_text(
             else ": out of reach without GEMM or attention kernels faster than the ones PyTorch runs for both."
         )
     )
+
+
+def paired(a: dict, b: dict) -> bool:
+    """Whether rows `a` and `b` were timed in turns in the same processes (their runs pair up one to one)."""
+    both = a.get("latency_method") == b.get("latency_method") == "paired"
+    return both and len(a["times_s"]) == len(b["times_s"])
+
+
+def speedup(peer: dict, ours: dict) -> float:
+    """peer / ours latency: the median of the per-run ratios where the rows are paired, else the ratio of medians."""
+    if paired(peer, ours):
+        return statistics.median(p / o for p, o in zip(peer["times_s"], ours["times_s"]))
+    return peer["median_s"] / ours["median_s"]

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from machine import speedup  # benchmarks/: the script's folder
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 README = ROOT.parent / "README.md"
@@ -94,9 +96,9 @@ def io_rows(folder: Path) -> list[list[str]]:
         chosen = ""
         if opt and opt.get("optimize_report"):
             chosen = opt["optimize_report"].splitlines()[0].split("chose ")[1].split(",")[0].strip("'")
-        speed_opt = f"{best['median_s'] / opt['median_s']:.2f}x ({chosen})" if opt else ""
+        speed_opt = f"{speedup(best, opt):.2f}x ({chosen})" if opt else ""
         vs = "transformers (opt: vs the faster of eager, compiled)" if len(peers) > 1 else "transformers (eager)"
-        out.append([what, vs, f"{hf['median_s'] / ours['median_s']:.2f}x",
+        out.append([what, vs, f"{speedup(hf, ours):.2f}x",
                     speed_opt, mem, _machine(info), _load(info), "perceiver_io.md"])  # fmt: skip
     return out
 
