@@ -12,9 +12,10 @@ so the arithmetic stays that of the case), `hf` (transformers, eager) and `hf-co
 `torch.compile`, with Inductor freezing for inference: the best compiled form for it too).
 A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
 implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`), with
-torch.set_num_threads(2). Latency (`--latency paired`, the default): all implementations of a case live in one
-process and are timed in turns, the order reversing every run, so drift in a shared VM's speed (20% and more between
-processes here) hits them alike; speed-ups are medians of the per-run ratios. `--latency fresh` times each in its own
+torch.set_num_threads(2). Latency (`--latency paired`, the default): the eager implementations of a case share one
+process and the optimized / compiled ones another (`PAIRED_GROUPS`), each timed in turns with the order reversing
+every run, so drift in a shared VM's speed (20% and more between processes here) hits a pair alike; speed-ups within
+a group are medians of the per-run ratios. `--latency fresh` times each in its own
 process instead. Either way latency = median of `--repeats` timed runs after `--warmup` runs, pooled over `--rounds`.
 Peak memory always comes from a fresh subprocess per (implementation, case): VmHWM minus the RSS after model
 construction (weights touched, malloc_trim, high-water mark reset via /proc/self/clear_refs). Model FLOPs are counted with
@@ -91,6 +92,10 @@ FLOPs per forward, counted by hand for the published sizes (they add up to the F
   vision forward read 3.3 and 5.5 s in two rounds on the AVX2 EPYC), so rows pool rounds of fresh processes
   (`--rounds`), interleaved between implementations, and show the min-based ratio beside the median one.
 """
+# --latency paired: the eager forms share one process, the compiled ones another. With the compiled forms beside it
+# (their frozen constants and Inductor buffers in the same heap), transformers' eager vision forward ran 15-50% slower
+# than alone (4.6-6.1 against 3.8-4.7 s) on the AVX2 EPYC, a bias in our favour; the groups avoid it.
+PAIRED_GROUPS = (("ours", "hf"), ("ours-opt", "hf-compile"))
 HF_HEADS = {"mlm": "PerceiverForMaskedLM", "vision": "PerceiverForImageClassificationLearned"}
 PRESETS = {"mlm": "language-perceiver", "vision": "vision-perceiver-learned"}
 
@@ -197,6 +202,11 @@ def build(impl: str, case: str, folder: Path):
     return model, run, optimize_report
 
 
+def trim() -> None:
+    """Return the heap's free memory to the OS (glibc `malloc_trim`)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def timed(run) -> tuple[float, float]:
     """(wall, process CPU) seconds of one call."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -222,7 +232,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(2)
     mode = CASES[args.case][1]
     model, run, optimize_report = build(args.impl, args.case, Path(args.ckpt))
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim()
     base = status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     for _ in range(args.warmup):
@@ -264,6 +274,7 @@ def paired_worker(args: argparse.Namespace) -> list[dict]:
     times: dict[str, list[tuple[float, float]]] = {impl: [] for impl in impls}
     for i in range(args.repeats):
         for impl in impls if i % 2 == 0 else impls[::-1]:
+            trim()  # each form starts from a trimmed heap, as in its own process
             times[impl].append(timed(built[impl][1]))
     rows = []
     for impl, (model, run, optimize_report) in built.items():
@@ -320,12 +331,12 @@ def machine_info() -> dict:
     return machine(2, peaks=False) | {"transformers": transformers.__version__}
 
 
-def run_case(case: str, impl: str, folder: Path, args, memory: bool = False, count_flops: bool = True):
+def run_case(case: str, impl: str, folder: Path, args, memory: bool = False, count_flops: bool = True,
+             paired: bool = False):  # fmt: skip
     """One fresh worker process. `memory=True`: glibc returns every freed block >= 64 KB to the OS
     (MALLOC_MMAP_THRESHOLD_), so VmHWM follows the live tensors instead of heap fragmentation; one timed run.
-    `impl` may list several implementations (comma-separated): then one paired worker times them all in turns and
-    returns a row for each."""
-    paired = "," in impl
+    `paired=True`: `impl` lists implementations (comma-separated), which one paired worker times in turns; it returns
+    a row for each."""
     cmd = [sys.executable, __file__, "--paired-worker" if paired else "--worker", "--case", case, "--ckpt", str(folder)]
     cmd += ["--impls" if paired else "--impl", impl]
     repeats = args.repeats if CASES[case][1] == "infer" else args.train_repeats
@@ -399,8 +410,9 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         "",
         "Latency: median (and min) wall time of the timed runs after warm-up; CPU s = median process CPU time per run. "
         + (
-            "Rows marked paired were timed in turns in one process per round (order reversing every run); their "
-            "speed-ups are medians of the per-run ratios. "
+            "Paired latency: per round, the eager forms (ours, transformers) were timed in turns in one process and "
+            "the optimized / compiled forms in another (the order reversing every run); a speed-up between forms of "
+            "one process is the median of the per-run ratios, otherwise the ratio of medians. "
             if any(r.get("latency_method") == "paired" for r in rows)
             else "Each row was timed in its own fresh processes. "
         )
@@ -558,8 +570,10 @@ def main() -> None:
             for r in range(args.rounds):
                 order = impls if (i + r) % 2 == 0 else impls[::-1]  # alternate who goes first (drifting load)
                 if args.latency == "paired":
-                    for row in run_case(case, ",".join(order), folder, args, count_flops=r == 0):
-                        timed[row["impl"]].append(row)
+                    for group in PAIRED_GROUPS:
+                        if members := ",".join(impl for impl in order if impl in group):
+                            for row in run_case(case, members, folder, args, count_flops=r == 0, paired=True):
+                                timed[row["impl"]].append(row | {"paired_with": members})
                 for impl in order:
                     if args.latency == "fresh":
                         timed[impl].append(run_case(case, impl, folder, args))

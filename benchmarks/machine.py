@@ -217,7 +217,7 @@ def bound_text(
 def paired(a: dict, b: dict) -> bool:
     """Whether rows `a` and `b` were timed in turns in the same processes (their runs pair up one to one)."""
     both = a.get("latency_method") == b.get("latency_method") == "paired"
-    return both and len(a["times_s"]) == len(b["times_s"])
+    return both and a.get("paired_with") == b.get("paired_with") and len(a["times_s"]) == len(b["times_s"])
 
 
 def speedup(peer: dict, ours: dict) -> float:
