@@ -88,6 +88,12 @@ FLOPs per forward, counted by hand for the published sizes (they add up to the F
   Inductor with freezing, which pre-packs the weights for MKL's or oneDNN's GEMM (on the AVX2 EPYC: MKL's
   `_mkl_linear`, which Inductor's autotuner also preferred to its own CPP GEMM template, 6.5 against 9.1 ms at
   256x1280x1280); compiled transformers gets the same packed GEMMs, so after `optimize()` these are shared too.
+- What the FLOPs bound: ours runs 360.8 + 31.6 + 8.8 = 401.2 GFLOP per vision forward against transformers' 478.0,
+  so at equal kernel efficiency the vision forward gains 478.0 / 401.2 = 1.19x, and after `optimize()`, where both
+  sides run the same packed GEMMs and SDPA or Inductor kernels, that is about what is left. More than that comes from
+  transformers' written-out cross-attention (a (512, 50176) score matrix and its softmax, memory-bound) running
+  below GEMM speed, and how far below depends on the machine's memory system: the speed-up after `optimize()` read
+  0.94-1.09x on the AVX2 EPYC (Zen 3) and is measured again on every machine (the rows above).
 - Run-to-run spread: fresh processes of the same case differ by 20% and more on these machines (transformers'
   vision forward read 3.3 and 5.5 s in two rounds on the AVX2 EPYC), so rows pool rounds of fresh processes
   (`--rounds`), interleaved between implementations, and show the min-based ratio beside the median one.

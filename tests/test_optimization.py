@@ -95,3 +95,19 @@ def test_freezing_folds_the_weights(how):
                 m.weight.mul_(1.5)
         assert not torch.allclose(model(*x), expected, atol=1e-3)
         torch.testing.assert_close(run(*x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linear_candidate_keeps_outputs():
+    from perceiver.nn.cpu_kernels import onednn_available
+
+    model = tiny("language-perceiver")
+    x = inputs("language-perceiver")
+    fast = perceiver.optimize(model, x, candidates=["eager", "onednn-linear"], repeats=2, verbose=False)
+    if not onednn_available():
+        assert "onednn-linear" in fast.report.skipped
+        return
+    assert set(fast.report.seconds) == {"eager", "onednn-linear"}
+    assert fast.report.max_rel_error["onednn-linear"] <= 1e-4
+    assert all(type(m).__name__ == "Linear" for m in model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*x).logits, model(*x).logits, atol=1e-5, rtol=1e-4)

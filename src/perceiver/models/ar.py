@@ -125,7 +125,9 @@ class FeedForward(nn.Module):
         h = self.fc1(self.norm(x))
         if self.training and self.dropout.p > 0:
             return self.fc2(self.dropout(F.gelu(h)))
-        return gelu_linear(h, self.fc2.weight, recompute=self.training)
+        if self.training:  # save only h for backward, recompute the GELU
+            return gelu_linear(h, self.fc2.weight)
+        return self.fc2(F.gelu(h))
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
