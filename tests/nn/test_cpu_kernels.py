@@ -70,3 +70,22 @@ def test_mlp_in_eval_runs_both_linears_through_their_modules(activation):
     with torch.no_grad():
         mlp(torch.randn(2, 3, 16))
     assert called == ["fc1", "fc2"]
+
+
+def test_private_ops_live_only_in_cpu_kernels():
+    """The default path is plain PyTorch (the portable-core contract): oneDNN / MKL / `torch._C` calls only here."""
+    import re
+    from pathlib import Path
+
+    import perceiver
+
+    root = Path(perceiver.__file__).parent
+    private = re.compile(r"torch\.ops\.(mkldnn|mkl)\b|torch\._C\._")
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted(root.rglob("*.py"))
+        if path.name != "cpu_kernels.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert found == []

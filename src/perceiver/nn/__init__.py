@@ -1,4 +1,7 @@
-"""Building blocks: SDPA attention, feed-forward, pre-LN layers, position encodings. Plain PyTorch only."""
+"""Building blocks: SDPA attention, feed-forward, pre-LN layers, position encodings. Plain PyTorch only.
+
+`perceiver.nn.cpu_kernels` (not imported here) holds the one private-op kernel, which only `perceiver.optimize` uses.
+"""
 
 from perceiver.nn.attention import (
     MLP,
