@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from perceiver.nn.cpu_kernels import onednn_available
+
 #: results live per machine, `results/<vendor>-<family>-<model>/`, so that a run on a new CPU adds its figures beside
 #: the others instead of replacing them (a kernel choice right on one CPU was wrong on the other)
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -22,7 +24,8 @@ def matmul_peaks(
     threads: int = 2, n: int = 4096, reps: int = 4, budget_s: float = 3.0, sizes: dict[str, int] | None = None
 ) -> dict[str, float]:
     """Best GFLOP/s of an n^3 product per backend: `aten fp32` (`a @ b`: MKL's BLAS on x86), `oneDNN fp32`
-    (`torch.ops.mkldnn._linear_pointwise`, what Inductor's freezing emits for CPU Linears) and `aten bf16` (oneDNN).
+    (`torch.ops.mkldnn._linear_pointwise`, the kernel of `optimize()`'s `onednn-linear`; Inductor's freezing emits
+    MKL's packed GEMM for fp32 Linears on x86) and `aten bf16` (oneDNN).
 
     A backend without a fast kernel here (bf16 on a CPU without native bf16 ran 1.2 GFLOP/s on an AVX2-only EPYC: a
     4096^3 product takes two minutes) is measured at the largest power-of-two size up to `n` whose product is projected
@@ -39,7 +42,7 @@ def matmul_peaks(
         return lambda: a @ b
 
     names = ["aten fp32", "aten bf16"]
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if onednn_available():
         names.append("oneDNN fp32")
     out = {}
     with torch.no_grad():

@@ -9,9 +9,9 @@ Transformer at 4x widening that is 4 of the ~17 activations per position and wid
 are those of the plain composition (the same ops in the same order). Under autocast the backward computes in the
 dtype of the incoming gradient, as autocast's forward did, and returns each gradient in its input's dtype.
 
-`torch.compile` traces the function (its partitioner makes the same choice on its own). The layers pass
-`recompute=self.training`, and without grad the plain composition runs, so export and ONNX of an eval model see only
-`gelu` and `linear`.
+`torch.compile` traces the function (its partitioner makes the same choice on its own). The layers call it only in
+training (in eval they run `fc2(gelu(h))` through the module), and without grad the plain composition runs, so
+export and ONNX of an eval model see only `gelu` and `linear`.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ class _GeluLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b
 
 
-def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None, recompute: bool = True) -> Tensor:
+def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(F.gelu(h), weight, bias)`: h `(..., hidden)`, weight `(out, hidden)`, bias `(out,)` -> `(..., out)`.
 
-    recompute: when autograd records (grad enabled and an input requires grad), save only `h` and recompute the GELU
-    in backward (layers pass `self.training`); False, or nothing to record: the plain composition.
+    When autograd records (grad enabled and an input requires grad), only `h` is saved and the GELU is recomputed in
+    backward; with nothing to record, the plain composition runs.
     """
     records = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    if recompute and records:
+    if records:
         return _GeluLinear.apply(h, weight, bias)
     return F.linear(F.gelu(h), weight, bias)
