@@ -11,8 +11,8 @@ Cases (fp32, 2 threads):
   (`PerceiverAR.from_perceiver_ar_pytorch`). Window 2048, 512 latents (perceiver-ar-pytorch: `cross_attn_seq_len`
   1536), width 256, 4 + 1 layers, 4 heads of 64, vocabulary 262.
 - train step: forward + backward + AdamW step at context 2048 (batch 2), the same model: both eager, ours after
-  `perceiver.optimize(training=True)` (eager / compile / SDPA math backend) and perceiver-ar-pytorch under
-  `torch.compile`. Time: median of interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
+  `perceiver.optimize(training=True)` (eager / compile / SDPA math backend / oneDNN Linears) and
+  perceiver-ar-pytorch under `torch.compile`. Time: median of interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
   (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then more steps; we report
   the peak increase over the RSS before them, with `MALLOC_MMAP_THRESHOLD_=65536`, median of 3 processes each.
 - resampler: forward of Flamingo's resampler (width 1024, depth 6, 64 latents, 8 heads x 64) on 2 x 1 x 256 media
@@ -132,7 +132,7 @@ def _train_setup(impl: str):
     if impl == "ours-opt":
         import perceiver
 
-        candidates = ("eager", "compile", "sdpa-math", "compile-sdpa-math")
+        candidates = ("eager", "compile", "sdpa-math", "compile-sdpa-math", "onednn-linear")
         model = perceiver.optimize(
             model, (x,), {"labels": x}, training=True, candidates=candidates, loss_fn=lambda out: out.loss,
             warmup=2, repeats=3, verbose=False,
@@ -238,7 +238,9 @@ def bench_resampler(runs: int) -> dict:
     out = {}
     with torch.no_grad():
         diff = (ours(media).last_hidden_state - peer(media)).abs().max().item()
-        fast = perceiver.optimize(ours, (media,), candidates=("eager", "compile", "compile-freezing"), verbose=False)
+        fast = perceiver.optimize(
+            ours, (media,), candidates=("eager", "compile", "compile-freezing", "onednn-linear"), verbose=False
+        )
         peer_forms = {
             "peer-compile": torch.compile(peer),
             "peer-compile-freezing": compile_frozen(peer),  # options={"freezing": True} alone does not freeze

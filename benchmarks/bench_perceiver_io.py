@@ -12,11 +12,12 @@ so the arithmetic stays that of the case), `hf` (transformers, eager) and `hf-co
 `torch.compile`, with Inductor freezing for inference: the best compiled form for it too).
 A transformers model at the published size is built once from a fixed seed and saved with `save_pretrained`; both
 implementations load that folder (`transformers...from_pretrained` / `perceiver.from_pretrained`), with
-torch.set_num_threads(2). Latency (`--latency paired`, the default): the eager implementations of a case share one
-process and the optimized / compiled ones another (`PAIRED_GROUPS`), each timed in turns with the order reversing
-every run, so drift in a shared VM's speed (20% and more between processes here) hits a pair alike; speed-ups within
-a group are medians of the per-run ratios. `--latency fresh` times each in its own
-process instead. Either way latency = median of `--repeats` timed runs after `--warmup` runs, pooled over `--rounds`.
+torch.set_num_threads(2). Latency (`--latency auto`, the default: paired for inference, fresh for training steps):
+paired: the eager implementations of a case share one process and the optimized / compiled ones another
+(`PAIRED_GROUPS`), each timed in turns with the order reversing every run, so drift in a shared VM's speed (20% and
+more between processes here) hits a pair alike; speed-ups within a group are medians of the per-run ratios. fresh:
+each in its own process (a training step's multi-GB activations beside another model's slowed transformers' vision
+step from 19.7 to 26.8 s on the Zen 4 EPYC, a bias in our favour). Either way latency = median of `--repeats` timed runs after `--warmup` runs, pooled over `--rounds`.
 Peak memory always comes from a fresh subprocess per (implementation, case): VmHWM minus the RSS after model
 construction (weights touched, malloc_trim, high-water mark reset via /proc/self/clear_refs). Model FLOPs are counted with
 torch.utils.flop_counter.FlopCounterMode on transformers' forward (plain matmuls; the CPU flash-attention kernel ours
@@ -165,8 +166,9 @@ def prepare(impl: str, model, mode: str, inputs: dict):
         import perceiver
 
         model.train(mode == "train")
-        # training: eager and SDPA's math backend (compiling the full training graph costs minutes per candidate here)
-        candidates = ("eager", "sdpa-math") if mode == "train" else None
+        # training: eager, SDPA's math backend and oneDNN Linears (compiling the full training graph costs
+        # minutes per candidate here)
+        candidates = ("eager", "sdpa-math", "onednn-linear") if mode == "train" else None
         fast = perceiver.optimize(
             model, (), inputs, training=mode == "train", candidates=candidates, warmup=1, repeats=2, verbose=False
         )
@@ -422,6 +424,14 @@ def report(info: dict, rows: list[dict], command: str) -> str:
             if any(r.get("latency_method") == "paired" for r in rows)
             else "Each row was timed in its own fresh processes. "
         )
+        + (
+            "The rows of "
+            + ", ".join(sorted({r["case"] for r in rows if r.get("latency_method") == "fresh"}))
+            + " were timed each in its own fresh processes (`--latency fresh`). "
+            if any(r.get("latency_method") == "paired" for r in rows)
+            and any(r.get("latency_method") == "fresh" for r in rows)
+            else ""
+        )
         + "Peak memory: VmHWM minus RSS after model construction in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536 "
         "(freed blocks go back to the OS, so the peak is that of live tensors, not of glibc heap fragmentation, "
         "which adds up to ~1.9 GB to a training step's RSS at random; those default-malloc peaks are in the .json). "
@@ -518,9 +528,10 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=3, help="timed steps per training case")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="timing processes per (case, impl), timings pooled")
-    parser.add_argument("--latency", choices=("paired", "fresh"), default="paired",
+    parser.add_argument("--latency", choices=("auto", "paired", "fresh"), default="auto",
                         help="paired: all implementations of a case in one process, timed in turns (drift cancels "
-                        "in the per-run ratios); fresh: each in its own process")  # fmt: skip
+                        "in the per-run ratios); fresh: each in its own process; auto: paired for inference, fresh "
+                        "for training steps")  # fmt: skip
     parser.add_argument("--merge", action="store_true", help="replace only these cases' rows in the saved .json")
     parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temporary folder)")
     parser.add_argument("--timeout", type=int, default=3600)
@@ -573,16 +584,17 @@ def main() -> None:
             impls = [m.strip() for m in args.impls.split(",") if m.strip()]
             timed: dict[str, list[dict]] = {impl: [] for impl in impls}
             memory: dict[str, list[dict]] = {impl: [] for impl in impls}
+            latency = args.latency if args.latency != "auto" else ("fresh" if CASES[case][1] == "train" else "paired")
             for r in range(args.rounds):
                 order = impls if (i + r) % 2 == 0 else impls[::-1]  # alternate who goes first (drifting load)
-                if args.latency == "paired":
+                if latency == "paired":
                     for group in PAIRED_GROUPS:
                         if members := ",".join(impl for impl in order if impl in group):
                             for row in run_case(case, members, folder, args, count_flops=r == 0, paired=True):
                                 timed[row["impl"]].append(row | {"paired_with": members})
                 for impl in order:
-                    if args.latency == "fresh":
-                        timed[impl].append(run_case(case, impl, folder, args))
+                    if latency == "fresh":
+                        timed[impl].append(run_case(case, impl, folder, args) | {"latency_method": "fresh"})
                     memory[impl].append(run_case(case, impl, folder, args, memory=True))
                     print(f"{case:26s} {impl:10s} round {r}: runs {[round(t, 2) for t in timed[impl][-1]['times_s']]}"
                           f" s, peak {memory[impl][-1]['peak_delta_mb']:.0f} MB", flush=True)  # fmt: skip
