@@ -137,3 +137,29 @@ def test_onednn_linear_training_candidate_trains_the_models_parameters():
             torch.testing.assert_close(got[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
         opt.step()
         assert any(not torch.equal(reference[n], p) for n, p in model.named_parameters())
+
+
+def test_candidates_are_timed_in_turns(monkeypatch):
+    """Drift in the machine's speed must hit every candidate alike: after each candidate's warm-up, the timed calls
+    alternate between the candidates, the order reversing every round."""
+    import perceiver.optimization as opt
+
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    real, log = opt._build, []
+
+    def logged(name, *args):
+        fn, contexts = real(name, *args)
+
+        def run(*a, **k):
+            log.append(name)
+            return fn(*a, **k)
+
+        return run, contexts
+
+    monkeypatch.setattr(opt, "_build", logged)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+    fast = perceiver.optimize(model, x, candidates=["eager", "compile"], warmup=2, repeats=3, verbose=False)
+    assert log[:4] == ["eager", "eager", "compile", "compile"]  # warm-up (and the check against eager)
+    assert log[4:] == ["eager", "compile", "compile", "eager", "eager", "compile"]
+    assert set(fast.report.seconds) == {"eager", "compile"}

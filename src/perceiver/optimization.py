@@ -142,6 +142,11 @@ def _has_dropout(model: nn.Module) -> bool:
     return False
 
 
+def _reason(e: Exception) -> str:
+    """Why a candidate was skipped: the exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def _rel_error(got: Any, expected: Any) -> float:
     g, e = _tensors(got), _tensors(expected)
     if len(g) != len(e) or any(a.shape != b.shape for a, b in zip(g, e)):
@@ -238,7 +243,8 @@ def optimize(
         rtol: largest relative difference (max abs error over max abs value) from eager for an fp32 candidate;
             `bf16_rtol` for bf16 ones and under the caller's autocast. Candidates that differ more, or fail, are
             skipped with the reason. A training step of a model with dropout is not compared (the masks differ).
-        warmup, repeats: calls before timing (compilation happens here) and timed calls (the median is kept).
+        warmup, repeats: calls of each candidate before timing (compilation happens here) and timed calls of each
+            (the median is kept); the timed calls take turns between the candidates, the order reversing every round.
         verbose: print the report.
     """
     kwargs = dict(example_kwargs or {})
@@ -272,7 +278,7 @@ def optimize(
     built: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
     reference = None
     torch.manual_seed(0)
-    for name in names:
+    for name in names:  # build, check against eager and warm up each candidate
         if name.startswith("bf16-") and not (allow_bf16 and has_native_bf16(device)):
             why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
             report.skipped[name] = why
@@ -286,13 +292,8 @@ def optimize(
                 call(fn, contexts)
             if name != "eager":
                 report.compile_seconds[name] = time.perf_counter() - start
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                call(fn, contexts)
-                times.append(time.perf_counter() - start)
         except Exception as e:  # a candidate that cannot run here is skipped, not fatal
-            report.skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            report.skipped[name] = _reason(e)
             continue
         if name == "eager":
             reference = out
@@ -305,8 +306,23 @@ def optimize(
                 report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
                 continue
             report.max_rel_error[name] = err
-        report.seconds[name] = statistics.median(times)
         built[name] = (fn, contexts)
+    # Timed in turns, the order reversing every round: a shared machine's speed drifts by 20% and more within
+    # minutes, which timing one candidate after another would read as a difference between them.
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for r in range(repeats):
+        for name in list(built) if r % 2 == 0 else list(built)[::-1]:
+            if name not in times:
+                continue
+            try:
+                start = time.perf_counter()
+                call(*built[name])
+                times[name].append(time.perf_counter() - start)
+            except Exception as e:
+                report.skipped[name] = _reason(e)
+                del times[name]
+    built = {name: built[name] for name in times}
+    report.seconds = {name: statistics.median(t) for name, t in times.items()}
     if "eager" not in report.seconds:
         raise RuntimeError(f"the model does not run on the example inputs: {report.skipped.get('eager')}")
     report.chosen = min(report.seconds, key=report.seconds.get)
