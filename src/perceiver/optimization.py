@@ -13,9 +13,11 @@ Candidates (`CANDIDATES`):
   it was compiled with: after changing the model's parameters, call `optimize` again (see `compile_frozen`).
 - `onednn-linear` (CPU): the model's fp32 `nn.Linear`s run oneDNN's GEMM on packed copies of their weights
   (`perceiver.nn.cpu_kernels`; in training also the input gradient); PyTorch's own fp32 Linear, eager and
-  frozen-compiled, is MKL's. On the AVX-512 AMD EPYC (Zen 4) it ran the MLM forward 1.2x faster than either and the
-  resampler's small-token MLP GEMMs 1.4x; on the Intel Xeon MKL's GEMM was the faster. The packed copies are rebuilt
-  when a weight changes (an optimiser step, `load_state_dict`), so unlike a frozen graph they follow the weights.
+  frozen-compiled, is MKL's. On the AVX-512 AMD EPYC (Zen 4) it ran the resampler 1.2x faster than frozen
+  flamingo-pytorch (its few-token MLP GEMMs 1.4x) and the vision training step 1.07x, while for the MLM forward
+  freezing won when the two were timed in turns (685 against 773 ms); on the Intel Xeon MKL's GEMM was the faster.
+  The packed copies are rebuilt when a weight changes (an optimiser step, `load_state_dict`), so unlike a frozen
+  graph they follow the weights.
 - `sdpa-math` (training): attention through SDPA's math backend (matmuls and a softmax), whose backward on CPU was
   measured 1.7-3.3x faster than the fused kernel's (in bf16 the fused backward was a quarter of a small model's
   step); `compile-sdpa-math`: both.

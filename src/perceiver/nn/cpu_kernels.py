@@ -10,7 +10,8 @@ depends on the CPU and the shapes (2 threads, GFLOP/s, MKL `F.linear` against on
 - AMD EPYC family 25 model 17 (Zen 4, AVX-512), 2026-12-05: tokens x 1024 x 1024 (the latent Transformers'
   Linears): forward 189-190 against 207-221, input gradient 177-195 against 217-226, weight gradient MKL 187-196
   (oneDNN no faster); 128 x 1024 x 4096 (the resampler's MLP, few tokens): forward 161 against 225 (1.4x).
-  language-perceiver MLM forward 0.83 s against 0.97 s frozen-compiled and 1.00 s eager (2026-12-04, one process);
+  language-perceiver MLM forward 0.83 s against 0.97 s frozen-compiled (2026-12-04, one after the other), but timed
+  in turns by `optimize` (2026-12-05) 773 ms against frozen 685 and eager 800;
   the vision-perceiver-learned training step (batch 2) only 1.07x eager (14.8 against 15.9 s, fresh processes), as
   its MLP's `fc2` runs through `gelu_linear` and its weight gradients through MKL.
 - Intel Xeon family 6 model 167: MKL 309 against oneDNN 276 GFLOP/s at 4096^3, so there it loses.
