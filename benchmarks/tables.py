@@ -75,6 +75,7 @@ IO_CASES = {
     "vision-train-fp32-nodrop-ckpt": "same, with set_grad_checkpointing()",
     "mlm-bf16": "language-perceiver MLM, bf16 autocast",
     "vision-bf16": "vision-perceiver-learned, bf16 autocast",
+    "vision-train-bf16-nodrop": "vision-learned training step, batch 2, bf16 autocast",
 }
 
 
