@@ -163,3 +163,16 @@ def test_candidates_are_timed_in_turns(monkeypatch):
     assert log[:4] == ["eager", "eager", "compile", "compile"]  # warm-up (and the check against eager)
     assert log[4:] == ["eager", "compile", "compile", "eager", "eager", "compile"]
     assert set(fast.report.seconds) == {"eager", "compile"}
+
+
+def test_matmul_attention_candidate_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = tiny("vision-perceiver-learned").train()
+    x = inputs("vision-perceiver-learned")
+    fast = perceiver.optimize(model, x, training=True, candidates=["matmul-attention"], repeats=1, verbose=False)
+    assert set(fast.report.seconds) == {"eager", "matmul-attention"}
+    assert fast.report.max_rel_error.get("matmul-attention", 0.0) <= 1e-4
+    assert all(m.kernel == "sdpa" for m in model.modules() if hasattr(m, "kernel"))  # the model itself unchanged
+    skip = perceiver.optimize(torch.nn.Linear(3, 3), (torch.randn(2, 3),), training=True,
+                              candidates=["matmul-attention"], repeats=1, verbose=False)  # fmt: skip
+    assert "has no perceiver.nn.MultiHeadAttention" in skip.report.skipped["matmul-attention"]

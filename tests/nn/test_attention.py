@@ -442,3 +442,38 @@ def test_sdpa_helper_equals_sdpa_for_unequal_head_widths(masked):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
     assert out.shape == (2, 4, 5, 40) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("reassociate", [False, True])
+def test_matmul_kernel_equals_sdpa_with_masks_and_gradients(reassociate):
+    from perceiver.nn.attention import use_matmul_attention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, kv_dim=12, num_heads=2, qk_channels=8, v_channels=16, reassociate=reassociate)
+    x_q, x_kv = torch.randn(3, 5, 16), torch.randn(3, 7, 12)
+    mask = torch.rand(3, 7) > 0.4
+    mask[1] = False  # a row without any valid key: zeros, never NaN
+    twin = use_matmul_attention(mha)
+    assert mha.kernel == "sdpa" and twin.kernel == "matmul"
+    assert twin.q_proj.weight is mha.q_proj.weight  # parameters shared, the original untouched
+    out, _ = mha(x_q, x_kv, mask)
+    out.square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in mha.named_parameters()}
+    mha.zero_grad()
+    got, _ = twin(x_q, x_kv, mask)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, out, atol=1e-5, rtol=1e-5)
+    assert torch.all(got[1] == 0)
+    for n, p in mha.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4, msg=n)
+    ref, _ = reference_attention(mha, x_q, x_kv, mask)
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_matmul_kernel_bad_value_and_model_without_attention():
+    from perceiver.nn.attention import use_matmul_attention
+
+    with pytest.raises(ValueError, match=r"kernel must be one of \('sdpa', 'matmul'\), got 'flash'"):
+        MultiHeadAttention(8, kernel="flash")
+    with pytest.raises(ValueError, match="has no perceiver.nn.MultiHeadAttention"):
+        use_matmul_attention(torch.nn.Linear(2, 2))

@@ -72,6 +72,10 @@ class MultiHeadAttention(nn.Module):
             standard (non-reassociated) form is used.
         queries_contribute_kv: the queries join the keys/values, `[x_q, x_kv]` (the Flamingo resampler,
             perceiver-pytorch's `queries_contribute_kv`); needs `kv_dim == q_dim`; maps are then `(B, H, N, N + M)`.
+        kernel: `"sdpa"` (default: `F.scaled_dot_product_attention`, fused kernels, no `(B, H, N, M)` matrix) or
+            `"matmul"` (`matmul_attention`: two matmuls and a softmax in the compute dtype; the same function, up to
+            rounding). A choice made once (`use_matmul_attention` sets it on a copy; `perceiver.optimize` times it):
+            under bf16 on a CPU the written-out form's backward ran 1.5-2.3x faster than SDPA's fused one.
 
     Reassociated form: per head, `q_h K_h^T = (q_h W_k,h) X^T + q_h . b_k,h` and `P_h V_h = (P_h X) W_v,h^T + b_v,h`,
     where `X` `(B, M, Ckv)` is the key/value input; the key bias adds a constant to a row of scores, which the softmax
@@ -97,8 +101,12 @@ class MultiHeadAttention(nn.Module):
         reassociate: bool = False,
         inverted: bool = False,
         queries_contribute_kv: bool = False,
+        kernel: str = "sdpa",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
         kv_dim = q_dim if kv_dim is None else kv_dim
         if queries_contribute_kv and kv_dim != q_dim:
             raise ValueError(f"queries_contribute_kv needs kv_dim == q_dim, got kv_dim={kv_dim}, q_dim={q_dim}")
@@ -207,6 +215,8 @@ class MultiHeadAttention(nn.Module):
                 probs = probs if return_attention else None
             elif return_attention:
                 out, probs = attention_with_probs(q, k, v, attn_mask, dropout)
+            elif self.kernel == "matmul":
+                out = matmul_attention(q, k, v, attn_mask, dropout)
             else:
                 out = scaled_dot_product_attention(q, k, v, attn_mask, dropout)
         out = self.o_proj(out.transpose(1, 2).flatten(2))
@@ -242,7 +252,10 @@ class MultiHeadAttention(nn.Module):
         q_abs = q @ w_k.unflatten(0, (h, -1))  # (B, H, N, Ckv [+1])
         xh = x[:, None].expand(-1, h, -1, -1)  # (B, H, M, Ckv [+1]): keys and values, shared by all heads
         scale = 1.0 / math.sqrt(q.shape[-1])
-        mixed = F.scaled_dot_product_attention(q_abs, xh, xh, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
+        if self.kernel == "matmul":
+            mixed = matmul_attention(q_abs, xh, xh, attn_mask, dropout, scale)
+        else:
+            mixed = F.scaled_dot_product_attention(q_abs, xh, xh, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
         out = mixed @ w_v.unflatten(0, (h, -1)).transpose(-1, -2)  # (B, H, N, Dv/H)
         if b_k is not None and not bias_channel:
             # The key bias adds q_h . b_k,h to a whole row of scores, which the softmax ignores, so its exact gradient
@@ -268,6 +281,50 @@ def scaled_dot_product_attention(
     if q.shape[-1] != v.shape[-1] and q.device.type != "cuda":
         return attention_with_probs(q, k, v, attn_mask, dropout)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+
+
+def matmul_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """`softmax(q k^T * scale) v` written out: `(B, H, N, d)`, `(B, H, M, d)`, `(B, H, M, dv)` -> `(B, H, N, dv)`.
+
+    The scores and probabilities stay in the compute dtype (under bf16 autocast: bf16 GEMMs, a bf16 `(B, H, N, M)`
+    matrix, the softmax accumulating in fp32 inside the kernel), as transformers' Perceiver computes them. On the
+    Zen 4 EPYC (2 threads, bf16, forward + backward) it ran the vision latent self-attention (2, 8, 512, 512, 128) in
+    22 ms against SDPA's fused 52 ms and the reassociated cross-attention (2, 1, 512, 50176, 264) in 0.80 against
+    1.17 s; in fp32 SDPA was as fast or faster. `attn_mask` boolean, True = attend.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout > 0:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
+
+
+KERNELS = ("sdpa", "matmul")
+
+
+def use_matmul_attention(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose `MultiHeadAttention` modules use `kernel="matmul"`, sharing every parameter and
+    buffer with `model`, which is not changed. Raises `ValueError` if `model` has no `MultiHeadAttention`."""
+    import copy
+
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    twin = copy.deepcopy(model, memo)
+    found = [m for m in twin.modules() if isinstance(m, MultiHeadAttention)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no perceiver.nn.MultiHeadAttention to switch to matmul attention")
+    for module in found:
+        module.kernel = "matmul"
+    return twin
 
 
 def _scores(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor:
