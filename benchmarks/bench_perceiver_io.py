@@ -177,8 +177,8 @@ def prepare(impl: str, model, mode: str, inputs: dict):
         import perceiver
 
         model.train(mode == "train")
-        # training: eager, SDPA's math backend, written-out attention and oneDNN Linears (compiling the full training graph costs
-        # minutes per candidate here)
+        # training: eager, SDPA's math backend, written-out attention and oneDNN Linears (compiling the full
+        # training graph costs minutes per candidate here)
         candidates = ("eager", "sdpa-math", "matmul-attention", "onednn-linear") if mode == "train" else None
         fast = perceiver.optimize(
             model, (), inputs, training=mode == "train", candidates=candidates, warmup=1, repeats=2, verbose=False
