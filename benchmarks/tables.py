@@ -143,8 +143,9 @@ def ar_rows(folder: Path) -> list[list[str]]:
             if t["bf16_best_peer"] == "peer-bf16"
             else f"(fails under autocast: vs {t['bf16_best_peer']})"
         )
+        opt = f"{t['opt_bf16_speedup']:.2f}x ({t['opt_bf16_chosen']})" if "opt_bf16_speedup" in t else ""
         out.append(
-            ["Perceiver AR training step, bf16 autocast", vs, f"{t['bf16_speedup']:.2f}x", "", "", m, ld, "ar.md"]
+            ["Perceiver AR training step, bf16 autocast", vs, f"{t['bf16_speedup']:.2f}x", opt, "", m, ld, "ar.md"]
         )
     r = data["resampler"]
     opt = f"{r['opt_speedup']:.2f}x ({r['opt_chosen']})" if "opt_speedup" in r else ""

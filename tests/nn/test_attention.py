@@ -475,5 +475,5 @@ def test_matmul_kernel_bad_value_and_model_without_attention():
 
     with pytest.raises(ValueError, match=r"kernel must be one of \('sdpa', 'matmul'\), got 'flash'"):
         MultiHeadAttention(8, kernel="flash")
-    with pytest.raises(ValueError, match="has no perceiver.nn.MultiHeadAttention"):
+    with pytest.raises(ValueError, match="has no attention with a kernel choice"):
         use_matmul_attention(torch.nn.Linear(2, 2))

@@ -313,15 +313,21 @@ KERNELS = ("sdpa", "matmul")
 
 
 def use_matmul_attention(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose `MultiHeadAttention` modules use `kernel="matmul"`, sharing every parameter and
-    buffer with `model`, which is not changed. Raises `ValueError` if `model` has no `MultiHeadAttention`."""
+    """A copy of `model` whose attention modules use `kernel="matmul"`, sharing every parameter and buffer with
+    `model`, which is not changed.
+
+    Attention modules are those with a `kernel` attribute in `KERNELS`: `MultiHeadAttention` and the layers of
+    models that call attention themselves (Perceiver AR's causal layers). Raises `ValueError` if `model` has none."""
     import copy
 
     memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
     twin = copy.deepcopy(model, memo)
-    found = [m for m in twin.modules() if isinstance(m, MultiHeadAttention)]
+    found = [m for m in twin.modules() if getattr(m, "kernel", None) in KERNELS]
     if not found:
-        raise ValueError(f"{type(model).__name__} has no perceiver.nn.MultiHeadAttention to switch to matmul attention")
+        raise ValueError(
+            f"{type(model).__name__} has no attention with a kernel choice (perceiver.nn.MultiHeadAttention or "
+            f"Perceiver AR's layers) to switch to matmul attention"
+        )
     for module in found:
         module.kernel = "matmul"
     return twin
