@@ -310,6 +310,7 @@ def test_matmul_kernel_equals_sdpa_in_forward_gradients_and_cached_generation(mo
         torch.testing.assert_close(grads[1][n], g, atol=1e-5, rtol=1e-4, msg=n)
     prompt = ids(2, 10, seed=1)
     assert torch.equal(twin.generate(prompt, 20), model.generate(prompt, 20))
+    assert torch._dynamo.explain(twin)(x, mask).graph_break_count == 0  # compile-clean like the default kernel
 
 
 def test_matmul_attention_optimize_candidate_runs_perceiver_ar():
