@@ -23,7 +23,9 @@ Cases (fp32, 2 threads):
   resampler of both libraries under `torch.autocast("cpu", torch.bfloat16)`, timed with the fp32 forms, and ours
   after `perceiver.optimize(training=True)` called under that autocast (`ours-opt-bf16`: the candidates that keep
   the caller's arithmetic, `TRAINING_FP32`, among them the written-out `matmul-attention`); a form that fails under
-  autocast is reported with its error, and the train-step ratios are then against the fastest peer form that runs.
+  autocast is reported with its error (perceiver-ar-pytorch's: its mask value overflows bf16), so its network with
+  bf16 weights (`peer-bf16w`, no autocast) is timed as well, and the train-step ratios are against the fastest peer
+  form that runs, fp32 or bf16.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def train_step(impl: str, model, opt, x) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=impl.endswith("-bf16")):
         if impl.startswith("ours"):  # ours, or ours after perceiver.optimize (an OptimizedModel around it)
             loss = model(x, labels=x).loss
-        else:  # perceiver-ar-pytorch's wrapper (peer, peer-bf16) or its compiled network (peer-compile)
+        else:  # perceiver-ar-pytorch's wrapper (peer, peer-bf16), its network (compiled: peer-compile; in bf16: peer-bf16w)
             loss = (model.net if impl in ("peer", "peer-bf16") else model)(x, labels=x)
     loss.backward()
     opt.step()
@@ -141,6 +143,9 @@ def _train_setup(impl: str):
             )  # fmt: skip
     elif impl == "peer-compile":
         model = torch.compile(model.net)
+    elif impl == "peer-bf16w":  # its bf16 form that runs: weights in bf16 (under autocast its mask value overflows)
+        model = model.net.to(torch.bfloat16)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     return model, opt, x
 
 
@@ -171,7 +176,7 @@ def bench_train(runs: int) -> dict:
     `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
     out: dict = {}
     setups = {}
-    bf16_forms = ("ours-bf16", "ours-opt-bf16", "peer-bf16") if native_bf16() else ()
+    bf16_forms = ("ours-bf16", "ours-opt-bf16", "peer-bf16", "peer-bf16w") if native_bf16() else ()
     for impl in ("ours", "peer", "ours-opt", "peer-compile", *bf16_forms):
         try:
             setups[impl] = _train_setup(impl)
@@ -210,7 +215,7 @@ def bench_train(runs: int) -> dict:
         out["opt_best_peer"] = min(peers, key=lambda n: out[n]["median_s"])
         out["opt_speedup"] = out[out["opt_best_peer"]]["median_s"] / out["ours-opt"]["median_s"]
     if "median_s" in out.get("ours-bf16", {}):
-        bf16_peers = [n for n in (*peers, "peer-bf16") if "median_s" in out.get(n, {})]
+        bf16_peers = [n for n in (*peers, "peer-bf16", "peer-bf16w") if "median_s" in out.get(n, {})]
         out["bf16_best_peer"] = min(bf16_peers, key=lambda n: out[n]["median_s"])
         out["bf16_speedup"] = out[out["bf16_best_peer"]]["median_s"] / out["ours-bf16"]["median_s"]
         if "median_s" in out.get("ours-opt-bf16", {}):

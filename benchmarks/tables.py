@@ -138,10 +138,9 @@ def ar_rows(folder: Path) -> list[list[str]]:
     ]  # fmt: skip
     t = data["train"]
     if "bf16_speedup" in t:
-        vs = "perceiver-ar-pytorch " + (
-            "(bf16 autocast)"
-            if t["bf16_best_peer"] == "peer-bf16"
-            else f"(fails under autocast: vs {t['bf16_best_peer']})"
+        forms = {"peer-bf16": "(bf16 autocast)", "peer-bf16w": "(bf16 weights: it fails under bf16 autocast)"}
+        vs = "perceiver-ar-pytorch " + forms.get(
+            t["bf16_best_peer"], f"(fails under autocast: vs {t['bf16_best_peer']})"
         )
         opt = f"{t['opt_bf16_speedup']:.2f}x ({t['opt_bf16_chosen']})" if "opt_bf16_speedup" in t else ""
         out.append(
