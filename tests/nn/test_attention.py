@@ -477,3 +477,13 @@ def test_matmul_kernel_bad_value_and_model_without_attention():
         MultiHeadAttention(8, kernel="flash")
     with pytest.raises(ValueError, match="has no attention with a kernel choice"):
         use_matmul_attention(torch.nn.Linear(2, 2))
+
+
+def test_matmul_attention_is_causal_equals_sdpa_and_rejects_a_mask_beside_it():
+    from perceiver.nn.attention import matmul_attention
+
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(matmul_attention(q, k, v, is_causal=True), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected attn_mask or is_causal, got both"):
+        matmul_attention(q, k, v, torch.ones(6, 6, dtype=torch.bool), is_causal=True)

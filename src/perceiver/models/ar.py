@@ -163,9 +163,7 @@ class _Layer(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         p = self.dropout_p if self.training else 0.0
         if self.kernel == "matmul":
-            if mask is None and is_causal:  # SDPA's is_causal: query i sees keys <= i
-                mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-            return matmul_attention(q, k, v, mask, p)
+            return matmul_attention(q, k, v, mask, p, is_causal=mask is None and is_causal)
         if mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=is_causal)
