@@ -37,10 +37,9 @@ from perceiver.checks import check_token_ids, token_mask
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.hub import config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
+from perceiver.models.ar_layers import CrossLayer, SelfLayer, causal_mask
 from perceiver.models.registry import register_model, register_model_type
-from perceiver.nn.activation import gelu_linear
-from perceiver.nn.attention import matmul_attention
-from perceiver.nn.rotary import apply_rotary, rotary_angles, rotary_dim, rotary_inv_freq
+from perceiver.nn.rotary import rotary_angles, rotary_dim, rotary_inv_freq
 
 
 @dataclass
@@ -109,153 +108,6 @@ class PerceiverARConfig:
 #: Perceiver AR's output is the library's one output type: logits `(B, N, V)` (next-token logits of the N latent
 #: positions), last_hidden_state `(B, N, D)` (before the final norm), loss (given labels), cache (given a cache)
 PerceiverAROutput = ModelOutput
-
-
-class FeedForward(nn.Module):
-    """Pre-LN MLP `(B, N, D) -> (B, N, D)`: LayerNorm, Linear (no bias), GELU, dropout, Linear (no bias)."""
-
-    def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        hidden = int(dim * mult)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc1(self.norm(x))
-        if self.training and self.dropout.p > 0:
-            return self.fc2(self.dropout(F.gelu(h)))
-        if self.training:  # save only h for backward, recompute the GELU
-            return gelu_linear(h, self.fc2.weight)
-        return self.fc2(F.gelu(h))
-
-
-def _heads(x: Tensor, num_heads: int) -> Tensor:
-    b, n, _ = x.shape
-    return x.view(b, n, num_heads, -1).transpose(1, 2)
-
-
-def _merge(x: Tensor) -> Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def _write(buffer: Tensor, index: Tensor, values: Tensor) -> Tensor:
-    """`buffer[:, :, index] = values` in place (a tensor index: no recompiles as it moves)."""
-    return buffer.index_copy_(2, index, values.to(buffer.dtype))
-
-
-class _Layer(nn.Module):
-    """Shared parts of the cross- and self-attention layers: attention over fresh keys or over a cache, then FF.
-
-    `kernel` (as `perceiver.nn.MultiHeadAttention`'s): `"sdpa"` (fused kernels) or `"matmul"` (written out, the
-    same function up to rounding), set once on a copy by `perceiver.nn.attention.use_matmul_attention` and timed by
-    `perceiver.optimize`. Under bf16 on the Zen 4 EPYC (forward + backward, batch 2, 4 heads of 64) the written-out
-    form ran the cross-attention (512 latents over a 2048 window) in 44 against SDPA's 56 ms and the latent
-    self-attention (512) in 8 against 14 ms; in fp32 SDPA was the faster (57 / 16 against 118 / 23 ms).
-    """
-
-    num_heads: int
-    dropout_p: float
-    kernel: str = "sdpa"
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-        p = self.dropout_p if self.training else 0.0
-        if self.kernel == "matmul":
-            return matmul_attention(q, k, v, mask, p, is_causal=mask is None and is_causal)
-        if mask is not None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=is_causal)
-
-
-class CrossLayer(_Layer):
-    """Causal cross-attention of the latents `(B, N, D)` to prefix `(B, P, D)` + latents, then FF (residuals)."""
-
-    def __init__(self, c: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = c.num_heads * c.dim_head
-        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
-        self.norm = nn.LayerNorm(c.d_model)
-        self.context_norm = nn.LayerNorm(c.d_model)
-        self.to_q = nn.Linear(c.d_model, inner, bias=False)
-        self.to_kv = nn.Linear(c.d_model, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, c.d_model, bias=c.cross_out_bias)
-        self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        prefix: Tensor | None,
-        q_rot: tuple[Tensor, Tensor],
-        k_rot: tuple[Tensor, Tensor],
-        mask: Tensor | None,
-        cache: tuple[Tensor, Tensor] | None = None,
-        index: Tensor | None = None,
-        attend_cache: bool = False,
-    ) -> Tensor:
-        h = self.norm(x)
-        q = _heads(self.to_q(h), self.num_heads)
-        if prefix is not None and prefix.shape[1] > 0:
-            h = torch.cat((self.context_norm(prefix), h), dim=1)  # (B, P + N, D): one projection, half the copy
-        k, v = (_heads(t, self.num_heads) for t in self.to_kv(h).chunk(2, dim=-1))
-        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of kv alive
-        q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
-        k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
-        if cache is not None and index is not None:
-            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
-            if attend_cache:
-                k, v = ck.to(q.dtype), cv.to(q.dtype)
-        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=False)))
-        return x + self.ff(x)
-
-
-class SelfLayer(_Layer):
-    """Causal self-attention of the latents `(B, N, D)`, then FF (residuals)."""
-
-    def __init__(self, c: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = c.num_heads * c.dim_head
-        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
-        self.norm = nn.LayerNorm(c.d_model)
-        self.to_qkv = nn.Linear(c.d_model, 3 * inner, bias=False)
-        self.to_out = nn.Linear(inner, c.d_model, bias=False)
-        self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        rot: tuple[Tensor, Tensor],
-        mask: Tensor | None,
-        cache: tuple[Tensor, Tensor] | None = None,
-        index: Tensor | None = None,
-        attend_cache: bool = False,
-    ) -> Tensor:
-        q, k, v = (_heads(t, self.num_heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
-        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of qkv alive
-        q = apply_rotary(q, *rot, interleaved=self.interleaved)
-        k = apply_rotary(k, *rot, interleaved=self.interleaved)
-        if cache is not None and index is not None:
-            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
-            if attend_cache:
-                k, v = ck.to(q.dtype), cv.to(q.dtype)
-        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=mask is None)))
-        return x + self.ff(x)
-
-
-def _causal_mask(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None) -> Tensor:
-    """Boolean `(B|1, 1, Q, K)`: key allowed if at or before the query in the window and valid; a query always sees
-    itself (`q_index == k_index`), so padded rows stay finite and valid rows never see padding.
-
-    q_index `(Q,)` or `(B, Q)`, k_index `(K,)` or `(B, K)` window indices; k_valid `(B, K)` or None.
-    """
-    qi, ki = q_index.unsqueeze(-1), k_index.unsqueeze(-2)  # (..., Q, 1), (..., 1, K)
-    allowed = ki <= qi
-    if k_valid is not None:
-        allowed = (allowed & k_valid.unsqueeze(-2)) | (ki == qi)
-    if allowed.dim() == 2:
-        allowed = allowed.unsqueeze(0)
-    return allowed.unsqueeze(1)
 
 
 @register_model_type
@@ -389,8 +241,8 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             k_valid = None if mask is None else mask.gather(1, k_index)
         q_positions = positions[..., p:]
         q_rot, k_rot = self._rot(q_positions), self._rot(k_positions)
-        cross_mask = _causal_mask(window[p:], k_index, k_valid)
-        self_mask = None if mask is None else _causal_mask(window[p:], window[p:], mask[:, p:])
+        cross_mask = causal_mask(window[p:], k_index, k_valid)
+        self_mask = None if mask is None else causal_mask(window[p:], window[p:], mask[:, p:])
         if cache is not None:
             self._check_cache_room(cache, length, n)
             cross_index, self_index = window, window[:n]
@@ -433,8 +285,8 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         cache.self_valid.index_copy_(1, self_index, valid)
         slots_c = torch.arange(cache.window_capacity, device=ids.device)
         slots_s = torch.arange(cache.latent_capacity, device=ids.device)
-        cross_mask = _causal_mask(cross_index, slots_c, cache.cross_valid)
-        self_mask = _causal_mask(self_index, slots_s, cache.self_valid)
+        cross_mask = causal_mask(cross_index, slots_c, cache.cross_valid)
+        self_mask = causal_mask(self_index, slots_s, cache.self_valid)
         for i, layer in enumerate(self.cross_layers):
             x = layer(x, None, rot, rot, cross_mask, (cache.cross_k[i], cache.cross_v[i]), cross_index, True)
         for i, layer in enumerate(self.layers):
