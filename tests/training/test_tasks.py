@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
+from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from perceiver.training.classification_task import ClassificationTask
 from perceiver.training.tasks import PerceiverTask, convert_layout
 

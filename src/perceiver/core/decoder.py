@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from perceiver.nn.attention import Activation, CrossAttentionLayer
 from perceiver.nn.inputs import InputFactors
+from perceiver.nn.layers import Activation, CrossAttentionLayer
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features, linear_positions
 
 

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.nn.attention import Activation, CrossAttentionLayer, SelfAttentionLayer, reassociation_saves
+from perceiver.nn.attention import reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
+from perceiver.nn.layers import Activation, CrossAttentionLayer, SelfAttentionLayer
 from perceiver.nn.residual import AttentionResidual
 
 LatentSharing = Literal["all", "after_first", "none"]

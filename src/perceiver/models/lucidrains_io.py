@@ -24,7 +24,8 @@ from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.hub import PretrainedMixin
 from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
-from perceiver.nn.attention import MLP, CrossAttentionLayer, MultiHeadAttention, SelfAttentionLayer
+from perceiver.nn.attention import MultiHeadAttention
+from perceiver.nn.layers import MLP, CrossAttentionLayer, SelfAttentionLayer
 
 
 def dropout_seq(seq: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, Tensor | None]:

@@ -56,7 +56,7 @@ from perceiver.models.text import (
     masked_lm_decoder,
     per_byte_decoder,
 )
-from perceiver.nn.attention import SelfAttentionLayer
+from perceiver.nn.layers import SelfAttentionLayer
 
 
 @dataclass

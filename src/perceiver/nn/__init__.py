@@ -3,15 +3,9 @@
 `perceiver.nn.cpu_kernels` (not imported here) holds the one private-op kernel, which only `perceiver.optimize` uses.
 """
 
-from perceiver.nn.attention import (
-    MLP,
-    CrossAttentionLayer,
-    MultiHeadAttention,
-    SelfAttentionLayer,
-    attention_with_probs,
-    reassociation_saves,
-)
+from perceiver.nn.attention import MultiHeadAttention, attention_with_probs, reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs, padded_width
+from perceiver.nn.layers import MLP, CrossAttentionLayer, SelfAttentionLayer
 from perceiver.nn.position import (
     FourierPositionEncoding,
     TrainablePositionEncoding,

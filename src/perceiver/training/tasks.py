@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from perceiver.nn.attention import CrossAttentionLayer, SelfAttentionLayer
+from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 
 __all__ = [
     "PerceiverTask",
