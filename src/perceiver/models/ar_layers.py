@@ -66,9 +66,12 @@ class _Layer(nn.Module):
     self-attention (512) in 8 against 14 ms; in fp32 SDPA was the faster (57 / 16 against 118 / 23 ms).
     """
 
-    num_heads: int
-    dropout_p: float
     kernel: str = "sdpa"
+
+    def __init__(self, c: PerceiverARConfig) -> None:
+        super().__init__()  # subclasses register their modules in init order (it decides init_weights' draws)
+        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
+        self.inner = c.num_heads * c.dim_head
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
         p = self.dropout_p if self.training else 0.0
@@ -78,19 +81,43 @@ class _Layer(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=is_causal)
 
+    def _attend_and_ff(
+        self,
+        x: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_rot: tuple[Tensor, Tensor],
+        k_rot: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: tuple[Tensor, Tensor] | None,
+        index: Tensor | None,
+        attend_cache: bool,
+        is_causal: bool,
+    ) -> Tensor:
+        """Rotate q / k `(B, H, N|K, d)`, write k / v into the cache at `index` (and attend over the whole cache if
+        `attend_cache`), then `x + to_out(attention)` and `x + ff(x)` `(B, N, D)`."""
+        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of the k / v projection alive
+        q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
+        k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
+        if cache is not None and index is not None:
+            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
+            if attend_cache:
+                k, v = ck.to(q.dtype), cv.to(q.dtype)
+        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal)))
+        return x + self.ff(x)
+
 
 class CrossLayer(_Layer):
     """Causal cross-attention of the latents `(B, N, D)` to prefix `(B, P, D)` + latents, then FF (residuals)."""
 
     def __init__(self, c: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = c.num_heads * c.dim_head
-        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
+        super().__init__(c)
         self.norm = nn.LayerNorm(c.d_model)
         self.context_norm = nn.LayerNorm(c.d_model)
-        self.to_q = nn.Linear(c.d_model, inner, bias=False)
-        self.to_kv = nn.Linear(c.d_model, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, c.d_model, bias=c.cross_out_bias)
+        self.to_q = nn.Linear(c.d_model, self.inner, bias=False)
+        self.to_kv = nn.Linear(c.d_model, 2 * self.inner, bias=False)
+        self.to_out = nn.Linear(self.inner, c.d_model, bias=c.cross_out_bias)
         self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
 
     def forward(
@@ -109,27 +136,17 @@ class CrossLayer(_Layer):
         if prefix is not None and prefix.shape[1] > 0:
             h = torch.cat((self.context_norm(prefix), h), dim=1)  # (B, P + N, D): one projection, half the copy
         k, v = (_heads(t, self.num_heads) for t in self.to_kv(h).chunk(2, dim=-1))
-        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of kv alive
-        q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
-        k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
-        if cache is not None and index is not None:
-            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
-            if attend_cache:
-                k, v = ck.to(q.dtype), cv.to(q.dtype)
-        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=False)))
-        return x + self.ff(x)
+        return self._attend_and_ff(x, q, k, v, q_rot, k_rot, mask, cache, index, attend_cache, is_causal=False)
 
 
 class SelfLayer(_Layer):
     """Causal self-attention of the latents `(B, N, D)`, then FF (residuals)."""
 
     def __init__(self, c: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = c.num_heads * c.dim_head
-        self.num_heads, self.dropout_p, self.interleaved = c.num_heads, c.dropout, c.rotary_interleaved
+        super().__init__(c)
         self.norm = nn.LayerNorm(c.d_model)
-        self.to_qkv = nn.Linear(c.d_model, 3 * inner, bias=False)
-        self.to_out = nn.Linear(inner, c.d_model, bias=False)
+        self.to_qkv = nn.Linear(c.d_model, 3 * self.inner, bias=False)
+        self.to_out = nn.Linear(self.inner, c.d_model, bias=False)
         self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
 
     def forward(
@@ -142,15 +159,7 @@ class SelfLayer(_Layer):
         attend_cache: bool = False,
     ) -> Tensor:
         q, k, v = (_heads(t, self.num_heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
-        v = v.contiguous()  # SDPA saves v for backward: a view would keep all of qkv alive
-        q = apply_rotary(q, *rot, interleaved=self.interleaved)
-        k = apply_rotary(k, *rot, interleaved=self.interleaved)
-        if cache is not None and index is not None:
-            ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
-            if attend_cache:
-                k, v = ck.to(q.dtype), cv.to(q.dtype)
-        x = x + self.to_out(_merge(self._attend(q, k, v, mask, is_causal=mask is None)))
-        return x + self.ff(x)
+        return self._attend_and_ff(x, q, k, v, rot, rot, mask, cache, index, attend_cache, is_causal=mask is None)
 
 
 def causal_mask(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None) -> Tensor:
