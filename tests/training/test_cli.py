@@ -127,3 +127,22 @@ def test_optimize_times_training_candidates_and_trains_with_the_fastest(tmp_path
     printed = capsys.readouterr().out
     assert "perceiver: training steps optimize (training): chose" in printed
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("monitor", "pick"), [("val/loss", min), ("val/loss:max", max), ("last", max)])
+def test_best_checkpoint_follows_the_monitor_option(monitor, pick, tmp_path):
+    """`--model.monitor` (and `--model.monitor_mode`) choose which epoch best.ckpt and the model folder hold; for
+    "last" it is the final epoch (picked here as the largest epoch number)."""
+    metric, _, mode = monitor.partition(":")
+    extra = [f"--model.monitor={metric}", "--trainer.max_epochs=3"] + ([f"--model.monitor_mode={mode}"] if mode else [])
+    main(["fit", *tiny_args("digits", tmp_path, *extra)])
+    rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r.get("val/loss")]
+    losses = {int(r["epoch"]): float(r["val/loss"]) for r in rows}
+    assert len(losses) == 3 and len(set(losses.values())) == 3
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == (pick(losses) if monitor == "last" else pick(losses, key=losses.get))
+    import perceiver
+
+    model = perceiver.from_pretrained(tmp_path / "model")  # the model folder holds the chosen epoch's weights
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key

@@ -211,3 +211,29 @@ def test_classification_task_feeds_the_model_its_layout(layout):
     logits = task(batch)
     assert logits.shape == (2, 3)
     assert seen == [(2, 3, 8, 8) if layout == "channels_first" else (2, 8, 8, 3)]
+
+
+TINY_TASK = dict(model="vision-perceiver-learned", model_kwargs={**TINY_VISION, "num_labels": 3})
+
+
+def test_monitor_defaults_to_the_task_and_is_inferred_from_the_metric_name():
+    assert ClassificationTask(**TINY_TASK).monitor == ("val/acc", "max")
+    assert ClassificationTask(**TINY_TASK, monitor="val/loss").monitor == ("val/loss", "min")
+    assert ClassificationTask(**TINY_TASK, monitor="train/loss_epoch").monitor == ("train/loss_epoch", "min")
+    assert ClassificationTask(**TINY_TASK, monitor="val/acc", monitor_mode="min").monitor == ("val/acc", "min")
+    assert ClassificationTask(**TINY_TASK, monitor="last").monitor == ("step", "max")  # the latest
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "match"),
+    [
+        ("loss", None, "must name a logged metric such as 'val/loss'.*got 'loss'"),
+        ("val/margin", None, "cannot tell whether lower or higher 'val/margin' is better.*monitor_mode"),
+        ("val/loss", "lowest", "monitor_mode must be 'min' or 'max', got 'lowest'"),
+        (None, "min", "monitor_mode='min' needs monitor"),
+        ("last", "max", "monitor_mode='max' needs monitor, the metric"),
+    ],
+)
+def test_monitor_errors_name_expected_and_got(monitor, mode, match):
+    with pytest.raises(ValueError, match=match):
+        ClassificationTask(**TINY_TASK, monitor=monitor, monitor_mode=mode)

@@ -383,7 +383,7 @@ class SavePretrained(Callback):
             if trainer.is_global_zero:
                 state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                 state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-            source = f"best checkpoint {best} ({ckpt.monitor}={float(ckpt.best_model_score):.4f})"
+            source = f"best checkpoint {best} ({ckpt.monitor}={float(ckpt.best_model_score):.6g})"
         elif sharded:  # FSDP2: gather the full weights (a collective: every process takes part)
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
