@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from perceiver.training.mixing import check_mixing, mix_batch
 from perceiver.training.tasks import (
     CLASS_COUNT_KEYS,
     PerceiverTask,
@@ -28,6 +29,10 @@ __all__ = ["ClassificationTask"]
 class ClassificationTask(PerceiverTask):
     """Classification of images, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
 
+    `mixup_alpha` / `cutmix_alpha` (> 0: on; images and videos only) mix each training batch with a permutation of
+    itself, as timm's `Mixup` (`perceiver.training.mixing`); the training accuracy is then measured against the label
+    that dominates each mixed input.
+
     The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds; images in the
     model's `input_layout`) and as `model(input_ids, attention_mask)` for text.
 
@@ -40,7 +45,15 @@ class ClassificationTask(PerceiverTask):
     monitor = ("val/acc", "max")
     task_name = "classification"
 
-    def __init__(self, *args: Any, label_smoothing: float = 0.1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        check_mixing(mixup_alpha, cutmix_alpha)
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.metrics = metric_dict("acc")
@@ -94,10 +107,27 @@ class ClassificationTask(PerceiverTask):
         raise ValueError(f"expected a batch with 'inputs' or 'input_ids', got keys {sorted(batch)}")
 
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        logits = self(batch).float()
+        hp = self.hparams
         labels = batch["labels"]
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        smoothing = hp.label_smoothing if stage == "train" else 0.0
+        if stage == "train" and (hp.get("mixup_alpha") or hp.get("cutmix_alpha")):
+            if "inputs" not in batch or "mask" in batch:
+                raise ValueError(
+                    f"mixup_alpha / cutmix_alpha mix image or video batches; this batch has keys {sorted(batch)} "
+                    f"(text and point clouds cannot be mixed): set both to 0"
+                )
+            inputs, perm, lam = mix_batch(
+                batch["inputs"], hp.mixup_alpha, hp.cutmix_alpha, self.__dict__["_data_layout"]
+            )
+            logits = self({**batch, "inputs": inputs}).float()
+            loss = lam * F.cross_entropy(logits, labels, label_smoothing=smoothing) + (1.0 - lam) * F.cross_entropy(
+                logits, labels[perm], label_smoothing=smoothing
+            )
+            if lam < 0.5:  # training accuracy against the label that dominates the mixed input
+                labels = labels[perm]
+        else:
+            logits = self(batch).float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         self._log_loss(stage, loss, labels.shape[0])
         self.metrics[f"{stage}_acc"].update((logits.argmax(-1) == labels).float())
         self._log_metric(stage, "acc")
