@@ -3,7 +3,7 @@
 It is `perceiver fit --config configs/digits.yaml` run programmatically (the same `PerceiverCLI`, task, datamodule,
 callbacks and run-directory layout), followed by a test on the fixed 360-image test split and two plots:
 
-    runs/demo/model/                   the trained model (final weights; the config's `monitor: last`): perceiver.from_pretrained(...)
+    runs/demo/model/                   the trained model (final weights, `monitor: last`): perceiver.from_pretrained(..)
     runs/demo/training_curves.png      loss, accuracy and learning rate
     runs/demo/attention.png            first cross-attend's attention over a few test digits
     runs/demo/checkpoints, metrics.csv, tb/, config.yaml   as for any `perceiver fit` run

@@ -273,7 +273,8 @@ MONITOR_MODES = {"loss": "min", "bpb": "min", "epe": "min", "perplexity": "min",
 
 def resolve_monitor(default: tuple[str, str], metric: str | None, mode: str | None) -> tuple[str, str]:
     """`(metric, mode)` for ModelCheckpoint: the task's `default`, `("step", "max")` for `metric="last"` (the
-    latest checkpoint: Lightning offers the global step as a monitor), or `metric` with `mode` (inferred from the metric's name when None; see `MONITOR_MODES`)."""
+    latest checkpoint: Lightning offers the global step as a monitor), or `metric` with `mode` (inferred from the
+    metric's name when None; see `MONITOR_MODES`)."""
     if mode is not None and mode not in ("min", "max"):
         raise ValueError(f"monitor_mode must be 'min' or 'max', got {mode!r}")
     if metric is None or metric == "last":
@@ -330,7 +331,8 @@ class PerceiverTask(L.LightningModule):
             `val/acc` for classification), or `"last"`: the final epoch's weights (validation is still logged, it
             just does not choose). On a small validation set selection is noise: on the digits demo's 70 images
             accuracy moves in steps of 1.4% and Lightning keeps the *first* epoch that reaches the maximum, an
-            undertrained one (seed 0: epoch 72 of 120, test accuracy 0.9694 against 0.9917 for the final weights).
+            undertrained one (seed 0 without mixup: epoch 72 of 120, test accuracy 0.9694 against 0.9917 for the final
+            weights).
         monitor_mode: `"min"` or `"max"`: whether lower or higher `monitor` is better. Inferred from the metric's
             name for the metrics the tasks log (loss, bpb, epe: min; acc, f1: max).
     """
