@@ -67,6 +67,7 @@ def test_zero_alphas_return_the_batch():
         (torch.randn(2, 8, 8, 1), {"cutmix_alpha": float("inf")}, "cutmix_alpha must be a number >= 0"),
         (torch.randn(2, 100, 3), {"mixup_alpha": 0.2}, r"images \(B, H, W, C\).*got inputs of shape \(2, 100, 3\)"),
         (torch.zeros(2, 8, 8, 1, dtype=torch.long), {"mixup_alpha": 0.2}, "of floats.*torch.int64"),
+        (torch.randn(2, 8, 8, 1), {"cutmix_alpha": 1.0, "layout": "nhwc"}, "input layout of.*got 'nhwc'"),
     ],
 )
 def test_bad_mixing_input_names_expected_and_got(inputs, kwargs, match):

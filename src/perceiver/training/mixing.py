@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_mixing", "mix_batch"]
+from perceiver.training.layouts import CHANNELS_LAST, LAYOUTS
 
-CHANNELS_LAST = "channels_last"
+__all__ = ["check_mixing", "mix_batch"]
 
 
 def check_mixing(mixup_alpha: float, cutmix_alpha: float) -> None:
@@ -43,6 +43,8 @@ def mix_batch(
     Returns `(mixed inputs, perm (B,), lam)`: the loss is `lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm])`.
     """
     check_mixing(mixup_alpha, cutmix_alpha)
+    if layout not in LAYOUTS:
+        raise ValueError(f"expected an input layout of {LAYOUTS}, got {layout!r}")
     if inputs.ndim not in (4, 5) or not inputs.is_floating_point():
         raise ValueError(
             f"mixup / cutmix mix images (B, H, W, C) or videos (B, T, H, W, C) of floats, got inputs of shape "

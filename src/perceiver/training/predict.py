@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from perceiver.training.flow_task import frames_to_model_input
-from perceiver.training.tasks import config_value, logits_of, to_model_layout
+from perceiver.training.layouts import to_model_layout
+from perceiver.training.tasks import config_value, logits_of
 
 __all__ = ["classify_images", "label_names", "load_image", "load_model_dir", "predict_flow", "predict_main"]
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
+from perceiver.training.layouts import CHANNELS_LAST, convert_layout, input_layout, to_model_layout
 
 __all__ = [
     "PerceiverTask",
@@ -57,8 +58,6 @@ __all__ = [
 
 #: keyword of a class count in `model_kwargs` (`num_labels` is transformers' name)
 CLASS_COUNT_KEYS = ("num_classes", "num_labels")
-CHANNELS_LAST, CHANNELS_FIRST = "channels_last", "channels_first"
-LAYOUTS = (CHANNELS_LAST, CHANNELS_FIRST)
 
 
 def build_model(
@@ -104,31 +103,6 @@ def class_count_key(model: nn.Module) -> str:
     configs), the keyword to build it with another count."""
     config = getattr(model, "config", None)
     return next((k for k in CLASS_COUNT_KEYS if hasattr(config, k)), "num_classes")
-
-
-def input_layout(obj: Any) -> str:
-    """`obj.input_layout` (a model or a datamodule): `"channels_last"` (the default, as `perceiver.data` gives
-    images) or `"channels_first"`."""
-    layout = getattr(obj, "input_layout", CHANNELS_LAST)
-    if layout not in LAYOUTS:
-        raise ValueError(f"{type(obj).__name__}.input_layout: expected one of {LAYOUTS}, got {layout!r}")
-    return layout
-
-
-def convert_layout(x: Tensor, source: str, target: str) -> Tensor:
-    """Images `(B, H, W, C)` <-> `(B, C, H, W)` and videos `(B, T, H, W, C)` <-> `(B, T, C, H, W)` from the `source`
-    to the `target` layout; other ranks (sequences, point clouds `(B, P, 3)`) are returned unchanged."""
-    for layout in (source, target):
-        if layout not in LAYOUTS:
-            raise ValueError(f"expected an input layout of {LAYOUTS}, got {layout!r}")
-    if source == target or x.ndim not in (4, 5):
-        return x
-    return x.movedim(-1, -3) if target == CHANNELS_FIRST else x.movedim(-3, -1)
-
-
-def to_model_layout(model: nn.Module, x: Tensor, source: str = CHANNELS_LAST) -> Tensor:
-    """`x` in the layout `model` takes (`input_layout(model)`), from `source` (default: channels-last)."""
-    return convert_layout(x, source, input_layout(model))
 
 
 def logits_of(output: Any) -> Tensor:
