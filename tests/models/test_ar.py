@@ -137,6 +137,28 @@ def test_cached_greedy_equals_uncached_and_the_schedule_past_max_seq_len(max_lat
     assert torch.equal(cached, _schedule_reference(model, prompt, steps, 6, max_latents))
 
 
+def test_krasserm_options_generate_with_the_cache_as_without_and_compile_clean():
+    """Rotary in the first self-attention layer only, interleaved, a wider cross-attention MLP and a logits bias
+    (krasserm's layout): each changes the function, and generation and compile hold for it as for the defaults."""
+    options = dict(rotary_interleaved=True, cross_ff_mult=2.0, logits_bias=True, tie_embeddings=True)
+    model = tiny(abs_pos_emb=True, rotary_layers=1, **options)
+    with torch.no_grad():
+        model.to_logits.bias.normal_(0, 0.5)
+    x = ids(2, 20)
+    all_rotate = tiny(abs_pos_emb=True, **options)
+    all_rotate.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(model(x).logits, all_rotate(x).logits, atol=1e-4)
+    assert model.cross_layers[0].ff.fc1.out_features == 64 and model.layers[0].ff.fc1.out_features == 128
+    assert model.to_logits.weight is model.token_emb.weight
+    prompt = ids(2, 10)
+    cached = model.generate(prompt, 30, max_latents=9)
+    assert torch.equal(cached, model.generate(prompt, 30, max_latents=9, use_cache=False))
+    assert torch.equal(cached, _schedule_reference(model, prompt, 30, 6, 9))
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
 def test_cached_sampling_equals_uncached_with_a_fixed_generator():
     model = tiny()
     prompt = ids(3, 7)
@@ -227,6 +249,10 @@ def test_config_validation():
         PerceiverARConfig(max_seq_len=8, num_latents=9)
     with pytest.raises(ValueError, match="rotary dim"):
         PerceiverARConfig(d_model=32, num_heads=2, rotary_dim=18)
+    with pytest.raises(ValueError, match="rotary_layers must be None .all. or a non-negative integer, got -1"):
+        PerceiverARConfig(rotary_layers=-1)
+    with pytest.raises(ValueError, match="cross_ff_mult must be a positive number, got 0"):
+        PerceiverARConfig(cross_ff_mult=0)
 
 
 def test_forward_has_no_graph_breaks_and_a_compiled_decoding_step_matches_eager():

@@ -1,8 +1,9 @@
-"""Conversion from other implementations: transformers' Perceiver heads, perceiver-pytorch state dicts.
+"""Conversion from other implementations: transformers' Perceiver heads, perceiver-pytorch state dicts, krasserm's
+perceiver-io models.
 
 Importing this package registers every transformers converter with `perceiver.pretrained`.
 """
 
-from perceiver.interop import hf_flow, hf_multimodal, hf_text, hf_vision
+from perceiver.interop import hf_flow, hf_multimodal, hf_text, hf_vision, krasserm
 
-__all__ = ["hf_flow", "hf_multimodal", "hf_text", "hf_vision"]
+__all__ = ["hf_flow", "hf_multimodal", "hf_text", "hf_vision", "krasserm"]

@@ -49,13 +49,17 @@ class PerceiverARConfig:
     vocab_size: token ids (262 = `ByteTokenizer`); max_seq_len: window W (positions); num_latents: N, the latent
     positions at the end of the window (forward can take another N); d_model: width D; num_heads / head_dim
     (None: D // num_heads); num_layers: causal latent self-attention layers; num_cross_layers: cross-attention layers
-    (each attends to the embedded prefix); ff_mult: feed-forward hidden width / D (GELU, no biases).
+    (each attends to the embedded prefix); ff_mult: feed-forward hidden width / D (GELU, no biases); cross_ff_mult:
+    the same for the cross-attention layers (None: ff_mult).
     dropout: on attention probabilities and in the feed-forward; prefix_dropout: fraction of the prefix positions
     dropped (per row, at random) in training, as the paper's cross-attend dropout.
     rotary_fraction / rotary_dim: rotated channels per head (rotary_dim wins if set); rotary_interleaved: channel
-    pairs (2i, 2i+1) instead of (i, i + dim/2); rotary_base: frequency base.
+    pairs (2i, 2i+1) instead of (i, i + dim/2); rotary_base: frequency base; rotary_layers: how many self-attention
+    layers, from the first, rotate their queries and keys (None: all; the cross-attention always does; krasserm's
+    perceiver-io rotates in the first only).
     abs_pos_emb: add learned absolute positions (W, D) to the token embedding; final_norm: LayerNorm before the head;
-    cross_out_bias: bias of the cross-attention output projection; tie_embeddings: head weight = token embedding.
+    cross_out_bias: bias of the cross-attention output projection; tie_embeddings: head weight = token embedding;
+    logits_bias: a bias on the logits (V,).
     prefix_len: perceiver-ar-pytorch's convention: the first prefix_len positions are the prefix and all others are
     latents (a forward without `num_latents` uses L - prefix_len latents; None: num_latents).
     """
@@ -69,16 +73,19 @@ class PerceiverARConfig:
     num_layers: int = 8
     num_cross_layers: int = 1
     ff_mult: float = 4.0
+    cross_ff_mult: float | None = None
     dropout: float = 0.0
     prefix_dropout: float = 0.0
     rotary_fraction: float = 0.5
     rotary_dim: int | None = None
     rotary_interleaved: bool = False
     rotary_base: float = 10000.0
+    rotary_layers: int | None = None
     abs_pos_emb: bool = False
     final_norm: bool = True
     cross_out_bias: bool = False
     tie_embeddings: bool = False
+    logits_bias: bool = False
     prefix_len: int | None = None
     init_std: float = 0.02
 
@@ -95,6 +102,13 @@ class PerceiverARConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.prefix_len is not None and not 0 <= self.prefix_len < self.max_seq_len:
             raise ValueError(f"prefix_len must be in [0, max_seq_len={self.max_seq_len}), got {self.prefix_len}")
+        for name in ("ff_mult", "cross_ff_mult"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        layers = self.rotary_layers
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 0):
+            raise ValueError(f"rotary_layers must be None (all) or a non-negative integer, got {layers!r}")
         for name in ("dropout", "prefix_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -143,7 +157,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         self.cross_layers = nn.ModuleList(CrossLayer(c) for _ in range(c.num_cross_layers))
         self.layers = nn.ModuleList(SelfLayer(c) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.d_model) if c.final_norm else nn.Identity()
-        self.to_logits = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.to_logits = nn.Linear(c.d_model, c.vocab_size, bias=c.logits_bias)
         self.init_weights()
 
     def _inv_freq(self, device: torch.device | None = None) -> Tensor:
@@ -172,6 +186,17 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         return self.to_logits
 
     @classmethod
+    def from_krasserm(
+        cls, state_dict: dict[str, Tensor] | nn.Module, config: dict[str, Any] | None = None, **overrides: Any
+    ) -> PerceiverAR:
+        """Build from a krasserm perceiver-io `CausalSequenceModel` (its causal language and symbolic audio models):
+        its config (`dataclasses.asdict`, or the `model_config` of its Hub `config.json`) and `state_dict()` (or the
+        module itself, whose `.config` is then used). See `perceiver.interop.krasserm`."""
+        from perceiver.interop.krasserm import from_krasserm
+
+        return from_krasserm(state_dict, config, **overrides)
+
+    @classmethod
     def from_perceiver_ar_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverAR:
         """Build from perceiver-ar-pytorch's constructor keywords and its `state_dict()` (or the module itself)."""
         from perceiver.interop.perceiver_ar_pytorch import from_perceiver_ar_pytorch
@@ -189,6 +214,10 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         if isinstance(num_latents, bool) or not isinstance(num_latents, int) or num_latents < 1:
             raise ValueError(f"num_latents must be a positive integer, got {num_latents!r}")
         return min(num_latents, length)
+
+    def _rotates(self, i: int) -> bool:
+        """Whether self-attention layer `i` rotates its queries and keys (`config.rotary_layers`)."""
+        return self.config.rotary_layers is None or i < self.config.rotary_layers
 
     def _rot(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos / sin `(1|B, 1, L, r)` for positions `(L,)` or `(B, L)`."""
@@ -251,7 +280,8 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             x = layer(x, prefix, q_rot, k_rot, cross_mask, kv, None if cache is None else cross_index)
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.self_k[i], cache.self_v[i])
-            x = layer(x, q_rot, self_mask, kv, None if cache is None else self_index)
+            rot = q_rot if self._rotates(i) else None
+            x = layer(x, rot, self_mask, kv, None if cache is None else self_index)
         if cache is not None:
             valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if mask is None else mask
             cache.cross_valid.zero_()[:, :length] = valid
@@ -290,7 +320,8 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         for i, layer in enumerate(self.cross_layers):
             x = layer(x, None, rot, rot, cross_mask, (cache.cross_k[i], cache.cross_v[i]), cross_index, True)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rot, self_mask, (cache.self_k[i], cache.self_v[i]), self_index, True)
+            layer_rot = rot if self._rotates(i) else None
+            x = layer(x, layer_rot, self_mask, (cache.self_k[i], cache.self_v[i]), self_index, True)
         cache.cross_len.add_(k)
         cache.self_len.add_(k)
         cache.next_position.add_(valid.long().sum(1))

@@ -87,19 +87,21 @@ class _Layer(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        q_rot: tuple[Tensor, Tensor],
-        k_rot: tuple[Tensor, Tensor],
+        q_rot: tuple[Tensor, Tensor] | None,
+        k_rot: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
         cache: tuple[Tensor, Tensor] | None,
         index: Tensor | None,
         attend_cache: bool,
         is_causal: bool,
     ) -> Tensor:
-        """Rotate q / k `(B, H, N|K, d)`, write k / v into the cache at `index` (and attend over the whole cache if
+        """Rotate q / k `(B, H, N|K, d)` (unless their cos / sin are None), write k / v into the cache at `index` (and attend over the whole cache if
         `attend_cache`), then `x + to_out(attention)` and `x + ff(x)` `(B, N, D)`."""
         v = v.contiguous()  # SDPA saves v for backward: a view would keep all of the k / v projection alive
-        q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
-        k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
+        if q_rot is not None:
+            q = apply_rotary(q, *q_rot, interleaved=self.interleaved)
+        if k_rot is not None:
+            k = apply_rotary(k, *k_rot, interleaved=self.interleaved)
         if cache is not None and index is not None:
             ck, cv = _write(cache[0], index, k), _write(cache[1], index, v)
             if attend_cache:
@@ -118,7 +120,7 @@ class CrossLayer(_Layer):
         self.to_q = nn.Linear(c.d_model, self.inner, bias=False)
         self.to_kv = nn.Linear(c.d_model, 2 * self.inner, bias=False)
         self.to_out = nn.Linear(self.inner, c.d_model, bias=c.cross_out_bias)
-        self.ff = FeedForward(c.d_model, c.ff_mult, c.dropout)
+        self.ff = FeedForward(c.d_model, c.cross_ff_mult if c.cross_ff_mult is not None else c.ff_mult, c.dropout)
 
     def forward(
         self,
@@ -152,7 +154,7 @@ class SelfLayer(_Layer):
     def forward(
         self,
         x: Tensor,
-        rot: tuple[Tensor, Tensor],
+        rot: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
         cache: tuple[Tensor, Tensor] | None = None,
         index: Tensor | None = None,
