@@ -132,7 +132,7 @@ def test_bad_inputs(reference):
     broken = {k: v for k, v in state_dict.items() if k != "self_attention.1.0.module.attention.v_proj.weight"}
     with pytest.raises(ValueError, match=r"layers.1.to_qkv.weight, missing \['v_proj'\]"):
         convert_state_dict(broken)
-    with pytest.raises(ValueError, match="unexpected key 'extra.weight'"):
+    with pytest.raises(ValueError, match="unexpected krasserm CausalSequenceModel key 'extra.weight'"):
         convert_state_dict({**state_dict, "extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="state_dict does not match the config"):
         from_krasserm(state_dict, {**config, "num_self_attention_layers": 4})

@@ -8,13 +8,12 @@ into our `to_kv`), grouped-query attention, no media embeddings.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
+from perceiver.interop.keys import load_mapped, map_state_dict
 from perceiver.models.resampler import PerceiverResampler, PerceiverResamplerConfig
 
 _FLAMINGO_DEFAULTS = {"dim_head": 64, "heads": 8, "num_latents": 64, "num_media_embeds": 4, "ff_mult": 4}
@@ -31,6 +30,7 @@ _IDEFICS2_TABLE = [
     (r"layers\.(\d+)\.input_latents_norm\.weight", "layers.{0}.attn.norm_latents.weight"),
     (r"layers\.(\d+)\.input_context_norm\.weight", "layers.{0}.attn.norm_media.weight"),
     (r"layers\.(\d+)\.self_attn\.q_proj\.weight", "layers.{0}.attn.to_q.weight"),
+    (r"layers\.(\d+)\.self_attn\.([kv])_proj\.weight", "layers.{0}.attn.to_kv.weight#{1}"),  # fused
     (r"layers\.(\d+)\.self_attn\.o_proj\.weight", "layers.{0}.attn.to_out.weight"),
     (r"layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{0}.ff.norm.weight"),
     (r"layers\.(\d+)\.mlp\.gate_proj\.weight", "layers.{0}.ff.gate.weight"),
@@ -39,25 +39,6 @@ _IDEFICS2_TABLE = [
     (r"(latents)", "{0}"),
     (r"norm\.weight", "norm.weight"),
 ]
-
-
-def _map(state_dict: dict[str, Tensor], table: list[tuple[str, str]], peer: str) -> dict[str, Tensor]:
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, target in table:
-            if m := re.fullmatch(pattern, key):
-                out[target.format(*m.groups())] = value
-                break
-        else:
-            raise ValueError(f"unexpected {peer} key {key!r}")
-    return out
-
-
-def _load(model: PerceiverResampler, weights: dict[str, Tensor]) -> PerceiverResampler:
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"state_dict does not match the keywords: missing {missing}, unexpected {unexpected}")
-    return model.eval()
 
 
 def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
@@ -81,7 +62,8 @@ def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: A
             **peer,
         },
     )
-    return _load(PerceiverResampler(config), _map(state_dict, _FLAMINGO_TABLE, "flamingo-pytorch"))
+    weights = map_state_dict(state_dict, _FLAMINGO_TABLE, "flamingo-pytorch")
+    return load_mapped(PerceiverResampler(config), weights, against="the keywords")
 
 
 def from_idefics2(resampler: nn.Module) -> PerceiverResampler:
@@ -102,10 +84,5 @@ def from_idefics2(resampler: nn.Module) -> PerceiverResampler:
         norm="rmsnorm",
         norm_eps=c.rms_norm_eps,
     )
-    state = dict(resampler.state_dict())
-    fused = {}
-    for i in range(c.resampler_depth):
-        k = state.pop(f"layers.{i}.self_attn.k_proj.weight")
-        v = state.pop(f"layers.{i}.self_attn.v_proj.weight")
-        fused[f"layers.{i}.attn.to_kv.weight"] = torch.cat((k, v), dim=0)
-    return _load(PerceiverResampler(config), {**_map(state, _IDEFICS2_TABLE, "Idefics2"), **fused})
+    weights = map_state_dict(resampler.state_dict(), _IDEFICS2_TABLE, "Idefics2")
+    return load_mapped(PerceiverResampler(config), weights, against="the config")

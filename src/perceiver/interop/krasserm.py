@@ -24,14 +24,13 @@ checkpoint trained with it loads with the same inference outputs; the option is 
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
+from perceiver.interop.keys import load_mapped, map_state_dict
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 from perceiver.pretrained import register_hf_converter
 
@@ -76,11 +75,10 @@ _TABLE = [
     (rf"{_SA}\.1\.module\.3\.weight", "layers.{0}.ff.fc2.weight"),
     (r"out_norm\.(weight|bias)", "norm.{0}"),
     (r"output_adapter\.bias", "to_logits.bias"),
+    (rf"{_CA}\.0\.module\.attention\.([kv])_proj\.weight", "cross_layers.0.to_kv.weight#{0}"),  # fused
+    (rf"{_SA}\.0\.module\.attention\.([qkv])_proj\.weight", "layers.{0}.to_qkv.weight#{1}"),
 ]
-_FUSED = [  # separate q / k / v projections -> our fused ones (concatenated along the output rows)
-    (rf"{_CA}\.0\.module\.attention\.([kv])_proj\.weight", "cross_layers.0.to_kv.weight"),
-    (rf"{_SA}\.0\.module\.attention\.([qkv])_proj\.weight", "layers.{0}.to_qkv.weight"),
-]
+_INV_FREQ = "input_adapter.frq_pos_encoding.inv_freq"
 _PREFIXES = ("backend_model.", "model.")
 
 
@@ -144,30 +142,7 @@ def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
     Raises ValueError naming a key it cannot place or a fused projection with a part missing.
     """
-    out: dict[str, Tensor] = {}
-    parts: dict[str, dict[str, Tensor]] = {}
-    for key, value in _strip_prefix(state_dict).items():
-        if key == "input_adapter.frq_pos_encoding.inv_freq":
-            continue
-        for pattern, target in _TABLE:
-            if m := re.fullmatch(pattern, key):
-                out[target.format(*m.groups())] = value
-                break
-        else:
-            for pattern, target in _FUSED:
-                if m := re.fullmatch(pattern, key):
-                    *layer, which = m.groups()
-                    parts.setdefault(target.format(*layer), {})[which] = value
-                    break
-            else:
-                raise ValueError(f"unexpected key {key!r} in a krasserm CausalSequenceModel state dict")
-    for target, got in parts.items():
-        order = "kv" if target.startswith("cross_layers") else "qkv"
-        missing = [f"{p}_proj" for p in order if p not in got]
-        if missing:
-            raise ValueError(f"expected {', '.join(f'{p}_proj' for p in order)} for {target}, missing {missing}")
-        out[target] = torch.cat([got[p] for p in order], dim=0)
-    return out
+    return map_state_dict(_strip_prefix(state_dict), _TABLE, "krasserm CausalSequenceModel", skip={_INV_FREQ})
 
 
 def from_krasserm(
@@ -188,17 +163,13 @@ def from_krasserm(
     if config is None:
         raise ValueError("expected krasserm's model config (a dict of CausalSequenceModelConfig's fields), got None")
     model = PerceiverAR(config_from_krasserm(dict(config), **overrides))
-    weights = convert_state_dict(state_dict)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [key for key in missing if key != "to_logits.weight"]  # tied to the token embedding
-    if missing or unexpected:
-        raise ValueError(f"state_dict does not match the config: missing {missing}, unexpected {unexpected}")
-    inv_freq = _strip_prefix(state_dict).get("input_adapter.frq_pos_encoding.inv_freq")
+    load_mapped(model, convert_state_dict(state_dict), tied={"to_logits.weight"})  # tied to the token embedding
+    inv_freq = _strip_prefix(state_dict).get(_INV_FREQ)
     if inv_freq is not None and tuple(inv_freq.shape) != tuple(model.inv_freq.shape):
         raise ValueError(
             f"expected rotary inv_freq of shape {tuple(model.inv_freq.shape)}, got {tuple(inv_freq.shape)}"
         )
-    return model.eval()
+    return model
 
 
 @register_hf_converter("PerceiverCausalLanguageModel", "PerceiverSymbolicAudioModel")

@@ -8,12 +8,12 @@ token 0 (ours ignores -100) and its `perceive_max_heads_process` only chunks hea
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
+from perceiver.interop.keys import load_mapped, map_state_dict
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 
 _PEER_DEFAULTS = {
@@ -75,17 +75,7 @@ def config_from_perceiver_ar_pytorch(**kwargs: Any) -> PerceiverARConfig:
 
 def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """perceiver-ar-pytorch keys -> ours (the rotary `inv_freq` buffer is recomputed, not loaded)."""
-    out = {}
-    for key, value in state_dict.items():
-        if key == "rotary_pos_emb.inv_freq":
-            continue
-        for pattern, target in _TABLE:
-            if m := re.fullmatch(pattern, key):
-                out[target.format(*m.groups())] = value
-                break
-        else:
-            raise ValueError(f"unexpected perceiver-ar-pytorch key {key!r}")
-    return out
+    return map_state_dict(state_dict, _TABLE, "perceiver-ar-pytorch", skip={"rotary_pos_emb.inv_freq"})
 
 
 def from_perceiver_ar_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverAR:
@@ -96,13 +86,10 @@ def from_perceiver_ar_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwarg
     if isinstance(state_dict, nn.Module):
         state_dict = state_dict.state_dict()
     model = PerceiverAR(config_from_perceiver_ar_pytorch(**kwargs))
-    weights = convert_state_dict(state_dict)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"state_dict does not match the keywords: missing {missing}, unexpected {unexpected}")
+    load_mapped(model, convert_state_dict(state_dict), against="the keywords")
     inv_freq = state_dict.get("rotary_pos_emb.inv_freq")
     if inv_freq is not None and tuple(inv_freq.shape) != tuple(model.inv_freq.shape):
         raise ValueError(
             f"expected rotary inv_freq of shape {tuple(model.inv_freq.shape)}, got {tuple(inv_freq.shape)}"
         )
-    return model.eval()
+    return model

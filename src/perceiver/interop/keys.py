@@ -1,0 +1,61 @@
+"""State-dict key maps from other implementations to ours: regex tables, fused projections, checked loading.
+
+    their state dict --map_state_dict(table)--> our keys (q / k / v parts fused) --load_mapped--> our model
+
+A table is a list of `(pattern, target)`: the first pattern that matches a key whole renames it to
+`target.format(*groups)`. A target `name#part` (part `q`, `k` or `v`) is one part of a fused projection such as
+`layers.0.to_qkv.weight#k`: the parts of `name` are concatenated along the output rows in the order the name spells
+(`to_qkv`: q, k, v; `to_kv`: k, v).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def map_state_dict(
+    state_dict: dict[str, Tensor], table: Sequence[tuple[str, str]], peer: str, skip: Collection[str] = ()
+) -> dict[str, Tensor]:
+    """`state_dict` with our keys (see the module docstring); keys in `skip` are dropped.
+
+    Raises ValueError naming a key no pattern matches, or a fused projection with a part missing.
+    """
+    out: dict[str, Tensor] = {}
+    parts: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if key in skip:
+            continue
+        for pattern, target in table:
+            if m := re.fullmatch(pattern, key):
+                name, _, part = target.format(*m.groups()).partition("#")
+                if part:
+                    parts.setdefault(name, {})[part] = value
+                else:
+                    out[name] = value
+                break
+        else:
+            raise ValueError(f"unexpected {peer} key {key!r}")
+    for name, got in parts.items():
+        order = re.search(r"to_([qkv]+)\.", name).group(1)
+        missing = [f"{p}_proj" for p in order if p not in got]
+        if missing:
+            raise ValueError(f"expected {', '.join(f'{p}_proj' for p in order)} for {name}, missing {missing}")
+        out[name] = torch.cat([got[p] for p in order], dim=0)
+    return out
+
+
+def load_mapped(
+    model: nn.Module, weights: dict[str, Tensor], against: str = "the config", tied: Collection[str] = ()
+) -> nn.Module:
+    """Load `weights` (our keys) into `model`, which is returned in eval mode; every key of ours but the `tied` ones
+    (shared with another parameter) must be there, and nothing else. Raises ValueError naming the keys otherwise
+    ("state_dict does not match {against}: ...")."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise ValueError(f"state_dict does not match {against}: missing {missing}, unexpected {unexpected}")
+    return model.eval()
