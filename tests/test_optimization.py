@@ -165,6 +165,36 @@ def test_candidates_are_timed_in_turns(monkeypatch):
     assert set(fast.report.seconds) == {"eager", "compile"}
 
 
+def test_report_separates_the_one_time_setup_from_the_time_per_call(monkeypatch):
+    """A candidate whose first call is slow (as compiling is) reports that cost once, not in its time per call."""
+    import time
+
+    import perceiver.optimization as opt
+
+    model, x = tiny("perceiver"), inputs("perceiver")
+    build = opt._build
+
+    def slow_first_call(name, m, training, device):
+        fn, contexts = build("eager", m, training, device)
+        calls = []
+
+        def run(*a, **k):
+            if name == "compile" and not calls:
+                time.sleep(0.4)
+            calls.append(1)
+            return fn(*a, **k)
+
+        return run, contexts
+
+    monkeypatch.setattr(opt, "_build", slow_first_call)
+    fast = perceiver.optimize(model, x, candidates=["eager", "compile"], warmup=3, repeats=3, verbose=False)
+    report = fast.report
+    assert set(report.setup_seconds) == {"compile"}  # eager has nothing to set up
+    assert 0.35 <= report.setup_seconds["compile"] < 1.0
+    assert report.seconds["compile"] < 0.2
+    assert f"one-time setup {report.setup_seconds['compile']:.1f} s" in str(report)
+
+
 def test_matmul_attention_candidate_keeps_outputs_and_gradients():
     torch.manual_seed(0)
     model = tiny("vision-perceiver-learned").train()
