@@ -8,7 +8,7 @@
     perceiver attention MODEL_DIR IMAGE... [-o OUT.png]   # cross-attention maps over images
     perceiver export MODEL_DIR OUT.onnx [--check]         # ONNX with a dynamic batch dimension
     perceiver predict MODEL_DIR FILE... [--top-k 5]       # top-k labels (images, text) or a flow PNG (image pair)
-    perceiver generate MODEL_DIR --prompt TEXT            # continue a text with a causal byte model
+    perceiver generate MODEL_DIR --prompt TEXT            # continue a text with a causal model (Perceiver AR)
 
 `fit`, `validate`, `test` and `predict` are LightningCLI subcommands. `predict` is dispatched on its first
 argument: an existing directory is a model folder (`perceiver.from_pretrained`) and runs `perceiver.training.predict`;
@@ -65,7 +65,7 @@ perceiver: train, evaluate and inspect Perceiver models (LightningCLI + extras)
   perceiver attention MODEL_DIR IMAGE... [-o OUT.png]  first cross-attend's attention maps over images (PNG)
   perceiver export MODEL_DIR OUT.onnx [--check]        ONNX with a dynamic batch (--check: compare onnxruntime)
   perceiver predict MODEL_DIR FILE... [--top-k K]      top-k labels for images / text, flow PNG for an image pair
-  perceiver generate MODEL_DIR --prompt TEXT           continue a text with a causal byte model (Perceiver AR)
+  perceiver generate MODEL_DIR --prompt TEXT           continue a text with a causal model (Perceiver AR)
 
 LightningCLI subcommands (each takes -c/--config FILE, --print_config and --trainer.*, --model.*, --data.* keys):
   fit       train (and validate) in the run directory trainer.default_root_dir; --ckpt_path last resumes it

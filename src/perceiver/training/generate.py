@@ -1,17 +1,26 @@
-"""`perceiver generate MODEL_DIR --prompt TEXT`: continue a text with a saved causal byte model (Perceiver AR).
+"""`perceiver generate MODEL_DIR --prompt TEXT`: continue a text with a saved causal model (Perceiver AR).
 
-The prompt is encoded as UTF-8 bytes + 6 (the ids of `ByteTokenizer`, no special tokens); a prompt longer than the
-model's window keeps its last `max_seq_len` bytes. Prints prompt + continuation (special ids dropped, invalid UTF-8
-replaced). Sampling by default (`--temperature`, `--top-k`, `--top-p`, `--seed`), `--greedy` for argmax.
+How text becomes ids (`--tokenizer`, default `auto`): `bytes`, UTF-8 bytes + 6 (the ids of `ByteTokenizer`, no
+special tokens; `auto` for a 262-token vocabulary); `raw-bytes`, the UTF-8 bytes as ids 0-255 (`auto` for 256, as
+perceiver-ar-pytorch's enwik8 models); or a transformers tokenizer, a Hub id or folder (`auto`: the one saved in
+MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers). Any other vocabulary without a tokenizer is
+an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps its last
+`max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced). Sampling by default
+(`--temperature`, `--top-k`, `--top-p`, `--seed`), `--greedy` for argmax.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from perceiver.tokenizer import decode_bytes, encode_bytes
+from perceiver.tokenizer import NUM_BYTES, VOCAB_SIZE, decode_bytes, encode_bytes
+
+Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]]
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +36,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-latents", type=int, default=None, help="latents N (default: the model's)")
     parser.add_argument("--no-cache", action="store_true", help="full forward per token (same output, slower)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--tokenizer",
+        default="auto",
+        help="'bytes' (UTF-8 bytes + 6), 'raw-bytes' (ids 0-255) or a transformers tokenizer (Hub id or folder); "
+        "default auto: from the model's vocabulary size, or the tokenizer saved in MODEL_DIR",
+    )
     return parser
 
 
-def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace) -> str:
+def _raw_decode(ids: list[int]) -> str:
+    return bytes(i for i in ids if 0 <= i < NUM_BYTES).decode("utf-8", "replace")
+
+
+def text_codec(name: str, model_dir: str, vocab_size: int) -> Codec:
+    """`(encode, decode)` between text and the model's ids for `--tokenizer name` (see the module docstring)."""
+    if name == "auto":
+        folder = Path(model_dir)
+        if vocab_size == VOCAB_SIZE:
+            name = "bytes"
+        elif vocab_size == NUM_BYTES:
+            name = "raw-bytes"
+        elif any((folder / f).is_file() for f in _TOKENIZER_FILES) or not folder.is_dir():
+            name = model_dir  # its saved tokenizer (a Hub id: its repository's)
+        else:
+            raise ValueError(
+                f"expected --tokenizer for a model with a {vocab_size}-token vocabulary (auto knows {VOCAB_SIZE}: bytes "
+                f"+ 6, and {NUM_BYTES}: raw bytes), and found no tokenizer files in {model_dir}"
+            )
+    if name == "bytes":
+        return encode_bytes, decode_bytes
+    if name == "raw-bytes":
+        return (lambda text: list(text.encode("utf-8"))), _raw_decode
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise ValueError(f"--tokenizer {name!r} needs transformers (pip install transformers)") from e
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"expected a tokenizer of at most the model's {vocab_size} ids, got {name!r} with {len(tokenizer)}"
+        )
+    return (
+        lambda text: tokenizer.encode(text, add_special_tokens=False),
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
+
+
+def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace, codec: Codec | None = None) -> str:
+    """`prompt` continued by `model.generate` as `args` say; `codec`: `(encode, decode)`, default bytes + 6."""
+    encode, decode = codec or (encode_bytes, decode_bytes)
     if not prompt:
         raise ValueError("expected a non-empty --prompt, got ''")
     window = model.config.max_seq_len
-    ids = torch.tensor(encode_bytes(prompt)[-window:], dtype=torch.long).unsqueeze(0)
+    ids = encode(prompt)[-window:]
+    if not ids:
+        raise ValueError(f"expected a prompt that encodes to at least one token, got {prompt!r}")
+    ids = torch.tensor(ids, dtype=torch.long).unsqueeze(0)
     out = model.generate(
         ids,
         args.max_new_tokens,
@@ -46,7 +104,7 @@ def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace)
         generator=torch.Generator().manual_seed(args.seed),
         num_latents=args.num_latents,
     )
-    return decode_bytes(out[0].tolist())
+    return decode(out[0].tolist())
 
 
 def generate_main(argv: list[str]) -> None:
@@ -62,6 +120,7 @@ def generate_main(argv: list[str]) -> None:
             raise ValueError(
                 f"expected a causal language model with generate() in {args.model_dir}, got {type(model).__name__}"
             )
-        print(generate_text(model, args.prompt, args))
+        codec = text_codec(args.tokenizer, args.model_dir, model.config.vocab_size)
+        print(generate_text(model, args.prompt, args, codec))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from e

@@ -1,0 +1,58 @@
+"""`perceiver generate` encodes the prompt the way the model's vocabulary needs: bytes + 6 (262 ids), raw bytes (256),
+or the transformers tokenizer saved with the model; any other vocabulary without a tokenizer is a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import perceiver
+from perceiver.training.cli import main
+
+
+def _save(tmp_path, vocab_size: int):
+    model = perceiver.create_model("perceiver-ar-tiny", vocab_size=vocab_size, max_seq_len=32, num_latents=8)
+    with torch.no_grad():  # larger weights than the init, so that greedy decoding does not repeat one id
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    model.save_pretrained(tmp_path / "model")
+    return model.eval(), str(tmp_path / "model")
+
+
+def _greedy(model, ids: list[int]) -> list[int]:
+    return model.generate(torch.tensor([ids]), 6, do_sample=False)[0].tolist()
+
+
+def test_raw_byte_vocabulary_gets_raw_byte_ids(tmp_path, capsys):
+    model, folder = _save(tmp_path, 256)
+    main(["generate", folder, "--prompt", "abc", "--max-new-tokens", "6", "--greedy"])
+    expected = bytes(_greedy(model, list(b"abc"))).decode("utf-8", "replace")
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_saved_transformers_tokenizer_is_used(tmp_path, capsys):
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    words = ["the", "assert", "statement", "is", "a", "way", "to", "insert", "debugging", "checks"]
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    model, folder = _save(tmp_path, 40)
+    tok.save_pretrained(folder)
+    main(["generate", folder, "--prompt", "the assert statement", "--max-new-tokens", "6", "--greedy"])
+    ids = tok.encode("the assert statement", add_special_tokens=False)
+    assert ids == [1, 2, 3]
+    out = _greedy(model, ids)
+    expected = tok.decode(out, skip_special_tokens=True)  # ids past the tokenizer's 11 decode to nothing
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_other_vocabulary_without_tokenizer_is_an_error(tmp_path):
+    _, folder = _save(tmp_path, 40)
+    with pytest.raises(SystemExit, match="expected --tokenizer for a model with a 40-token vocabulary"):
+        main(["generate", folder, "--prompt", "abc"])
+    with pytest.raises(SystemExit, match="token ids"):  # bytes + 6 do not fit 40 ids: the model says so
+        main(["generate", folder, "--prompt", "abc", "--tokenizer", "bytes"])
