@@ -4,6 +4,6 @@ perceiver-io models.
 Importing this package registers every transformers converter with `perceiver.pretrained`.
 """
 
-from perceiver.interop import hf_flow, hf_multimodal, hf_text, hf_vision, krasserm
+from perceiver.interop import hf_flow, hf_multimodal, hf_text, hf_vision, krasserm, krasserm_io
 
-__all__ = ["hf_flow", "hf_multimodal", "hf_text", "hf_vision", "krasserm"]
+__all__ = ["hf_flow", "hf_multimodal", "hf_text", "hf_vision", "krasserm", "krasserm_io"]

@@ -130,7 +130,8 @@ def config_from_krasserm(config: dict[str, Any], **overrides: Any) -> PerceiverA
     return config_from_dict(PerceiverARConfig, fields)
 
 
-def _strip_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def backend_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The backend's keys: without the `backend_model.` (Hugging Face wrapper) or `model.` (Lightning) prefix."""
     for prefix in _PREFIXES:
         if state_dict and all(key.startswith(prefix) for key in state_dict):
             return {key[len(prefix) :]: value for key, value in state_dict.items()}
@@ -142,7 +143,7 @@ def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
     Raises ValueError naming a key it cannot place or a fused projection with a part missing.
     """
-    return map_state_dict(_strip_prefix(state_dict), _TABLE, "krasserm CausalSequenceModel", skip={_INV_FREQ})
+    return map_state_dict(backend_state_dict(state_dict), _TABLE, "krasserm CausalSequenceModel", skip={_INV_FREQ})
 
 
 def from_krasserm(
@@ -164,7 +165,7 @@ def from_krasserm(
         raise ValueError("expected krasserm's model config (a dict of CausalSequenceModelConfig's fields), got None")
     model = PerceiverAR(config_from_krasserm(dict(config), **overrides))
     load_mapped(model, convert_state_dict(state_dict), tied={"to_logits.weight"})  # tied to the token embedding
-    inv_freq = _strip_prefix(state_dict).get(_INV_FREQ)
+    inv_freq = backend_state_dict(state_dict).get(_INV_FREQ)
     if inv_freq is not None and tuple(inv_freq.shape) != tuple(model.inv_freq.shape):
         raise ValueError(
             f"expected rotary inv_freq of shape {tuple(model.inv_freq.shape)}, got {tuple(inv_freq.shape)}"

@@ -98,7 +98,10 @@ class PerceiverMaskedLMConfig(_TextConfigViews):
     tied to the input embedding); the defaults are `language-perceiver`'s (the published sizes).
 
     `decode_all_positions=True` decodes all `max_seq_len` queries whatever the input length, as transformers does
-    (its first L rows are what the default returns)."""
+    (its first L rows are what the default returns).
+
+    `decoder.output_dim=vocab_size` replaces the tied output by the decoder's own Linear (krasserm's
+    `TokenOutputAdapter`), and `decoder.query_dim` then sets the queries' width (default: the adapter's)."""
 
     adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
     encoder: EncoderConfig = field(default_factory=language_encoder)
@@ -112,8 +115,8 @@ class PerceiverMaskedLMConfig(_TextConfigViews):
 @dataclass
 class PerceiverTextClassifierConfig(_TextConfigViews):
     """`PerceiverForSequenceClassification`: the text adapter, the encoder, transformers' classification decoder (one
-    learned query of the latents' width, 1 head, query residual, a final Linear) and the class count (0: no
-    projection, the logits are the pre-logits features)."""
+    learned query of the latents' width or `decoder.query_dim`, 1 head, query residual, a final Linear) and the class
+    count (0: no projection, the logits are the pre-logits features)."""
 
     adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
     encoder: EncoderConfig = field(default_factory=language_encoder)
@@ -131,7 +134,7 @@ def build_text_encoder(adapter: TextAdapter, encoder: EncoderConfig) -> Perceive
 
 def per_byte_decoder(decoder: DecoderConfig, d_model: int, latent_dim: int) -> PerceiverDecoder:
     """The MLM's decoder for queries of `d_model` channels: values as wide as the queries when `v_channels` is None
-    (DeepMind's MLM decoder), no final projection."""
+    (DeepMind's MLM decoder); a final projection only where `decoder.output_dim` is set."""
     config = decoder.for_parts(query_dim=d_model, latent_dim=latent_dim)
     if config.v_channels is None:
         config = replace(config, v_channels=d_model)
@@ -179,14 +182,24 @@ class PerceiverForMaskedLM(TextModel):
     def __init__(self, config: PerceiverMaskedLMConfig) -> None:
         c = config
         adapter = c.adapter.build()
-        d = adapter.num_channels
-        decoder = per_byte_decoder(c.decoder, d, c.encoder.latent_dim)
+        q = c.decoder.query_dim or adapter.num_channels
+        tied = c.decoder.output_dim is None
+        if tied and q != adapter.num_channels:
+            raise ValueError(
+                f"expected decoder.query_dim = adapter.num_channels ({adapter.num_channels}) for the output tied to "
+                f"the input embedding, got {q}; set decoder.output_dim=vocab_size for an untied output Linear"
+            )
+        if not tied and c.decoder.output_dim != adapter.vocab_size:
+            raise ValueError(
+                f"expected decoder.output_dim = vocab_size ({adapter.vocab_size}) or None (tied output), "
+                f"got {c.decoder.output_dim}"
+            )
         super().__init__(
             adapter,
             build_text_encoder(adapter, c.encoder),
-            TrainableQueries(adapter.max_seq_len, d),
-            decoder,
-            TiedEmbeddingOutput(adapter.token_embedding),
+            TrainableQueries(adapter.max_seq_len, q),
+            per_byte_decoder(c.decoder, q, c.encoder.latent_dim),
+            TiedEmbeddingOutput(adapter.token_embedding) if tied else None,
         )
         self.config = config
 
@@ -250,10 +263,11 @@ class PerceiverForSequenceClassification(TextModel):
     def __init__(self, config: PerceiverTextClassifierConfig) -> None:
         c = config
         d = c.encoder.latent_dim
-        decoder = PerceiverDecoder(c.decoder.for_parts(query_dim=d, latent_dim=d, output_dim=c.num_classes or None))
+        q = c.decoder.query_dim or d  # the query's width: the latents', or krasserm's `num_output_query_channels`
+        decoder = PerceiverDecoder(c.decoder.for_parts(query_dim=q, latent_dim=d, output_dim=c.num_classes or None))
         adapter = c.adapter.build()
         super().__init__(
-            adapter, build_text_encoder(adapter, c.encoder), TrainableQueries(1, d), decoder, ClassificationOutput()
+            adapter, build_text_encoder(adapter, c.encoder), TrainableQueries(1, q), decoder, ClassificationOutput()
         )
         self.config = config
 

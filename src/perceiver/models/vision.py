@@ -47,12 +47,14 @@ class ImageClassifierConfig:
 
 
 def build_classifier_parts(adapter: Any, encoder: EncoderConfig, decoder: DecoderConfig, num_classes: int):
-    """The parts of a Perceiver IO classifier: the adapter, an encoder for its width, one trainable query of the
-    latents' width and a decoder projecting to `num_classes` (0: no projection), with the classification output."""
+    """The parts of a Perceiver IO classifier: the adapter, an encoder for its width, one trainable query (of the
+    latents' width, or `decoder.query_dim` when set, as krasserm's `num_output_query_channels`) and a decoder
+    projecting to `num_classes` (0: no projection), with the classification output."""
     enc = PerceiverEncoder(encoder.for_inputs(adapter.num_channels))
     d = enc.config.latent_dim
-    dec = PerceiverDecoder(decoder.for_parts(query_dim=d, latent_dim=d, output_dim=num_classes or None))
-    return adapter, enc, TrainableQueries(1, d), dec, ClassificationOutput()
+    q = decoder.query_dim or d
+    dec = PerceiverDecoder(decoder.for_parts(query_dim=q, latent_dim=d, output_dim=num_classes or None))
+    return adapter, enc, TrainableQueries(1, q), dec, ClassificationOutput()
 
 
 @register_model_type
