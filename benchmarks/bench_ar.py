@@ -10,6 +10,14 @@ Cases (fp32, 2 threads):
   `PerceiverAR.generate` with its KV cache, the same top-k (k = 10% of the vocabulary) sampling. Same weights
   (`PerceiverAR.from_perceiver_ar_pytorch`). Window 2048, 512 latents (perceiver-ar-pytorch: `cross_attn_seq_len`
   1536), width 256, 4 + 1 layers, 4 heads of 64, vocabulary 262.
+- generate-cached: the peer with a KV cache, krasserm's perceiver-io (its PyPI wheel, run in a subprocess because its
+  package is also named `perceiver`, see `tests/krasserm_peer.py`): its causal language model (width 256, 4 heads of
+  64, 1 cross + 4 self layers, window 2048, up to 512 latents, its defaults otherwise: learned positions, rotary in
+  the first self-attention layer) and ours built from its weights (`PerceiverAR.from_krasserm`), 256 greedy tokens
+  after a 1792-token prompt with 256 latents, so that the latents grow to 512 and the window never slides (where the
+  two cache policies differ: its cache is truncated, ours recomputed). Its steps are its Hugging Face wrapper's
+  (`prepare_inputs_for_generation`, forward with `past_key_values`) in a plain loop: transformers 5 no longer mixes
+  `GenerationMixin` into its `PreTrainedModel`, so its `generate` fails. The generated tokens are compared.
 - train step: forward + backward + AdamW step at context 2048 (batch 2), the same model: both eager, ours after
   `perceiver.optimize(training=True)` (eager / compile / SDPA math backend / oneDNN Linears) and
   perceiver-ar-pytorch under `torch.compile`. Time: median of interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
@@ -109,6 +117,85 @@ def bench_generate(new_tokens: int) -> dict:
         out[name] = {"seconds": elapsed, "tokens_per_s": new_tokens / elapsed}
     out["speedup"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
     return out
+
+
+KRASSERM = dict(
+    vocab_size=262, max_seq_len=2048, max_latents=512, num_channels=256, num_heads=4, num_self_attention_layers=4
+)
+KRASSERM_PROMPT, KRASSERM_LATENTS = 1792, 256
+
+KRASSERM_SCRIPT = """
+import dataclasses, json, time
+from perceiver.model.text.clm import PerceiverCausalLanguageModel, PerceiverCausalLanguageModelConfig
+from perceiver.model.text.clm.backend import CausalLanguageModelConfig
+
+spec = json.loads(open(sys.argv[1] + "/spec.json").read())
+torch.manual_seed(0)
+wrapper = PerceiverCausalLanguageModel(PerceiverCausalLanguageModelConfig(CausalLanguageModelConfig(**spec["config"])))
+wrapper.eval()
+with torch.no_grad():  # weights of std 1 / sqrt(fan-in), so that greedy tokens are not near-ties of a 0.02 init
+    for p in wrapper.parameters():
+        if p.ndim > 1:
+            p.normal_(0.0, p.shape[-1] ** -0.5)
+prompt = torch.load(sys.argv[1] + "/prompt.pt", weights_only=True)
+
+
+@torch.no_grad()
+def generate(ids, new_tokens):
+    prefix_len, past = ids.shape[1] - spec["num_latents"], None
+    for _ in range(new_tokens):
+        inputs = wrapper.prepare_inputs_for_generation(ids, past_key_values=past, use_cache=True, prefix_len=prefix_len)
+        out = wrapper(**inputs)
+        past, prefix_len = out.past_key_values, inputs["prefix_len"]
+        ids = torch.cat((ids, out.logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return ids
+
+
+generate(prompt[:, -spec["num_latents"] - 64 :], 2)  # warm-up
+start = time.perf_counter()
+out = generate(prompt, spec["new_tokens"])
+seconds = time.perf_counter() - start
+state = {k: v for k, v in wrapper.backend_model.state_dict().items()}
+torch.save({"config": dataclasses.asdict(wrapper.backend_model.config), "state_dict": state, "tokens": out,
+            "seconds": seconds}, sys.argv[2])
+"""
+
+
+def bench_generate_krasserm(new_tokens: int) -> dict:
+    """Ours vs krasserm's perceiver-io, both with a KV cache (see the module docstring); its error if it cannot run."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from krasserm_peer import VERSION, install, run
+
+    from perceiver import PerceiverAR
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp)
+        error = install(target)
+        if error is not None:
+            return {"error": f"cannot install krasserm's perceiver-io {VERSION}: {error}"}
+        prompt = tokens(1, KRASSERM_PROMPT)
+        torch.save(prompt, target / "prompt.pt")
+        spec = {"config": KRASSERM, "num_latents": KRASSERM_LATENTS, "new_tokens": new_tokens}
+        (target / "spec.json").write_text(json.dumps(spec))
+        peer = run(target, KRASSERM_SCRIPT, "krasserm.pt", threads=THREADS)
+    ours = PerceiverAR.from_krasserm(peer["state_dict"], peer["config"])
+    kwargs = dict(do_sample=False, num_latents=KRASSERM_LATENTS, max_latents=KRASSERM["max_latents"])
+    ours.generate(prompt[:, -KRASSERM_LATENTS - 64 :], 2, **kwargs)  # warm-up
+    start = time.perf_counter()
+    got = ours.generate(prompt, new_tokens, **kwargs)
+    seconds = time.perf_counter() - start
+    same = got[0, KRASSERM_PROMPT:] == peer["tokens"][0, KRASSERM_PROMPT:]
+    first_diff = int((~same).nonzero()[0, 0]) if not bool(same.all()) else None
+    return {
+        "version": VERSION,
+        "ours": {"seconds": seconds, "tokens_per_s": new_tokens / seconds},
+        "peer": {"seconds": peer["seconds"], "tokens_per_s": new_tokens / peer["seconds"]},
+        "speedup": peer["seconds"] / seconds,
+        "same_tokens": first_diff is None,
+        "first_different_token": first_diff,
+    }
 
 
 # ----------------------------------------------------------------------------- training step
@@ -302,11 +389,26 @@ def machine_info() -> dict:
     }
 
 
+def _krasserm_rows(k: dict | None, new_tokens: int) -> list[str]:
+    """The report row of the cached-generation comparison with krasserm's perceiver-io (none in older results)."""
+    if k is None:
+        return []
+    if "error" in k:
+        return [f"| generate, both with a KV cache, vs krasserm perceiver-io: not run ({k['error'][:200]}) | | | | |"]
+    tokens = "equal" if k["same_tokens"] else f"differ from new token {k['first_different_token']}"
+    return [
+        f"| generate {new_tokens} greedy tokens after {KRASSERM_PROMPT}, both with a KV cache: ours vs krasserm "
+        f"perceiver-io {k['version']} (tokens/s) | {k['ours']['tokens_per_s']:.1f} | {k['peer']['tokens_per_s']:.1f} "
+        f"| {k['speedup']:.2f}x | (no target; the generated tokens are {tokens}) |"
+    ]
+
+
 def write_report(results: dict, out: Path) -> str:
 
     info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
     lines = [
-        "# Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch",
+        "# Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch, krasserm perceiver-io, "
+        "flamingo-pytorch",
         "",
         f"Date: {results['date']} · commit `{results['commit']}` · command: `{results['command']}`",
         "",
@@ -317,6 +419,7 @@ def write_report(results: dict, out: Path) -> str:
         "| --- | ---: | ---: | ---: | --- |",
         f"| generate {results['new_tokens']} tokens after {PROMPT} (tokens/s) | {g['ours']['tokens_per_s']:.1f} | "
         f"{g['peer']['tokens_per_s']:.2f} | {g['speedup']:.1f}x | >= 5x: {'met' if g['speedup'] >= 5 else 'missed'} |",
+        *_krasserm_rows(results.get("generate_krasserm"), results["new_tokens"]),
         f"| train step, context 2048, batch {TRAIN_BATCH} (s, median) | {t['ours']['median_s']:.3f} | "
         f"{t['peer']['median_s']:.3f} | {t['speedup']:.2f}x | >= 1.5x: {'met' if t['speedup'] >= 1.5 else 'missed'} |",
         *(
@@ -456,6 +559,8 @@ def main() -> None:
     print("train", results["train"]["speedup"], results["train"]["mem_ratio"], flush=True)
     results["generate"] = bench_generate(new_tokens)
     print("generate", results["generate"]["speedup"], flush=True)
+    results["generate_krasserm"] = bench_generate_krasserm(new_tokens)
+    print("generate vs krasserm", results["generate_krasserm"].get("speedup"), flush=True)
     results["load"] = [load0, os.getloadavg()[0]]
     results["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

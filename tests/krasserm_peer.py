@@ -5,6 +5,7 @@ share our environment: `install` puts the real wheel (with fairscale, which its 
 own with `pip install --no-deps --ignore-requires-python --target`, and `run` executes a script there in a subprocess
 whose `perceiver` is krasserm's (the script gets the folder as `sys.argv[1]` and an output file as `sys.argv[2]`,
 which `run` loads with `torch.load(weights_only=True)`). Everything else (torch, einops) comes from our environment.
+The tests and `benchmarks/bench_ar.py` use it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ VERSION = "0.11.0"
 PACKAGES = [f"perceiver-io=={VERSION}", "fairscale==0.4.13"]
 
 PREAMBLE = """
-import sys, torch
-torch.set_num_threads(1)
+import os, sys, torch
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 import perceiver
 assert perceiver.__file__.startswith(sys.argv[1]), perceiver.__file__  # krasserm's, not ours
 """
@@ -35,10 +36,11 @@ def install(target: Path) -> str | None:
     return None if result.returncode == 0 else result.stderr[-500:]
 
 
-def run(target: Path, script: str, name: str = "reference.pt") -> Any:
-    """Run `PREAMBLE + script` with the peer importable as `perceiver`; returns what the script saved."""
+def run(target: Path, script: str, name: str = "reference.pt", threads: int = 1) -> Any:
+    """Run `PREAMBLE + script` with the peer importable as `perceiver` on `threads` torch threads; returns what the
+    script saved."""
     out = target / name
-    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(
         [sys.executable, "-c", PREAMBLE + script, str(target), str(out)], env=env, capture_output=True, text=True
     )
