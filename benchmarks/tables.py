@@ -130,6 +130,9 @@ def ar_rows(folder: Path) -> list[list[str]]:
     out = [
         ["Perceiver AR: 256 new tokens after 2048 (cached generation)", "perceiver-ar-pytorch",
          f"{data['generate']['speedup']:.1f}x", "", "", m, ld, "ar.md"],
+        *([["Perceiver AR: 256 greedy tokens after 1792, both with a KV cache", "krasserm perceiver-io",
+            f"{k['speedup']:.2f}x", "", "", m, ld, "ar.md"]] if "speedup" in (k := data.get("generate_krasserm", {}))
+          else []),
         ["Perceiver AR training step, context 2048",
          "perceiver-ar-pytorch" + (" (opt: vs the faster of eager, compiled)" if "opt_speedup" in data["train"] else ""),
          f"{data['train']['speedup']:.2f}x",
