@@ -11,6 +11,7 @@ apply_on="instantiate")`). Batches are dicts:
 | `ImageFolderDataModule(root, image_size)` | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `TextClassificationDataModule(train_file, ...)` | `input_ids` i64 (B, L), `attention_mask` bool (B, L), `labels` i64 (B,) | `num_classes`, `class_names`, `vocab_size`, `max_seq_len`, `pad_token_id` |
 | `PydocMLMDataModule` (pydoc topics) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` |
+| `PydocARDataModule` (pydoc topics), `TextFilesARDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) byte windows, `labels` i64 (B, L) (= input_ids; evaluation: -100 except the scored bytes) | `vocab_size`, `pad_token_id`, `unigram_bpb(split)` |
 | `SyntheticPointCloudDataModule`, `ModelNetDataModule(root)` | `inputs` f32 (B, P, 3), `mask` bool (B, P) True = point, `labels` i64 (B,) | `num_classes`, `class_names`, `max_points`, `point_dim` |
 | `SyntheticFlowDataModule`, `SintelFlowDataModule(root)` | `frames` f32 (B, 2, H, W, 3) in [0, 1], `flow` f32 (B, H, W, 2) px (dx, dy), `frame2(p + flow(p)) ~= frame1(p)` | `image_shape` |
 
@@ -25,6 +26,7 @@ images, missing fields) raises `FileNotFoundError` / `ValueError` naming the fil
 constructor or in `setup()`, before training starts.
 """
 
+from perceiver.data.ar_text import TextFilesARDataModule
 from perceiver.data.digits import DigitsDataModule
 from perceiver.data.flow import SintelFlowDataModule, SyntheticFlowDataModule, read_flo, write_flo
 from perceiver.data.folders import ImageFolderDataModule
@@ -43,6 +45,7 @@ __all__ = [
     "SyntheticFlowDataModule",
     "SyntheticPointCloudDataModule",
     "TextClassificationDataModule",
+    "TextFilesARDataModule",
     "read_flo",
     "read_off",
     "write_flo",
