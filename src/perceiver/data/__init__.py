@@ -10,7 +10,7 @@ apply_on="instantiate")`). Batches are dicts:
 | `DigitsDataModule` (sklearn digits) | `inputs` f32 (B, 8, 8, 1) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `ImageFolderDataModule(root, image_size)` | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `TextClassificationDataModule(train_file, ...)` | `input_ids` i64 (B, L), `attention_mask` bool (B, L), `labels` i64 (B,) | `num_classes`, `class_names`, `vocab_size`, `max_seq_len`, `pad_token_id` |
-| `PydocMLMDataModule` (pydoc topics) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` |
+| `PydocMLMDataModule` (pydoc topics), `TextFilesMLMDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` (pydoc), `most_frequent_byte_baseline()` |
 | `PydocARDataModule` (pydoc topics), `TextFilesARDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) byte windows, `labels` i64 (B, L) (= input_ids; evaluation: -100 except the scored bytes) | `vocab_size`, `pad_token_id`, `unigram_bpb(split)` |
 | `SyntheticPointCloudDataModule`, `ModelNetDataModule(root)` | `inputs` f32 (B, P, 3), `mask` bool (B, P) True = point, `labels` i64 (B,) | `num_classes`, `class_names`, `max_points`, `point_dim` |
 | `SyntheticFlowDataModule`, `SintelFlowDataModule(root)` | `frames` f32 (B, 2, H, W, 3) in [0, 1], `flow` f32 (B, H, W, 2) px (dx, dy), `frame2(p + flow(p)) ~= frame1(p)` | `image_shape` |
@@ -26,7 +26,6 @@ images, missing fields) raises `FileNotFoundError` / `ValueError` naming the fil
 constructor or in `setup()`, before training starts.
 """
 
-from perceiver.data.ar_text import TextFilesARDataModule
 from perceiver.data.digits import DigitsDataModule
 from perceiver.data.flow import SintelFlowDataModule, SyntheticFlowDataModule, read_flo, write_flo
 from perceiver.data.folders import ImageFolderDataModule
@@ -34,6 +33,7 @@ from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataMod
 from perceiver.data.pydoc import PydocMLMDataModule
 from perceiver.data.segment_pydoc import SegmentPydocDataModule
 from perceiver.data.text import TextClassificationDataModule
+from perceiver.data.text_files import TextFilesARDataModule, TextFilesMLMDataModule
 
 __all__ = [
     "DigitsDataModule",
@@ -46,6 +46,7 @@ __all__ = [
     "SyntheticPointCloudDataModule",
     "TextClassificationDataModule",
     "TextFilesARDataModule",
+    "TextFilesMLMDataModule",
     "read_flo",
     "read_off",
     "write_flo",

@@ -144,7 +144,23 @@ class MLMCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
-class PydocMLMDataModule(BaseDataModule):
+class MostFrequentByteBaseline:
+    """`most_frequent_byte_baseline()` of an MLM datamodule that has `most_frequent_byte_id()`, `setup()` and
+    `val_dataloader()` (the baseline `MaskedLMTask` logs beside the model's accuracy)."""
+
+    def most_frequent_byte_baseline(self) -> float:
+        """Accuracy of always predicting `most_frequent_byte_id()` on the (fixed) validation masked positions."""
+        self.setup()  # type: ignore[attr-defined]
+        best = self.most_frequent_byte_id()  # type: ignore[attr-defined]
+        hits = total = 0
+        for batch in self.val_dataloader():  # type: ignore[attr-defined]
+            target = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            hits += int((target == best).sum())
+            total += target.numel()
+        return hits / max(total, 1)
+
+
+class PydocMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
     """Masked byte language modelling on Python's pydoc topics (see the module docstring).
 
     Args:
@@ -192,14 +208,3 @@ class PydocMLMDataModule(BaseDataModule):
         """Token id (byte + 6) of the most frequent byte of the training topics."""
         counts = np.bincount(np.concatenate([encode_bytes(self.topics[n]) for n in self.train_topics]))
         return int(np.argmax(counts))
-
-    def most_frequent_byte_baseline(self) -> float:
-        """Accuracy of always predicting `most_frequent_byte_id()` on the (fixed) validation masked positions."""
-        self.setup()
-        best = self.most_frequent_byte_id()
-        hits = total = 0
-        for batch in self.val_dataloader():
-            target = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            hits += int((target == best).sum())
-            total += target.numel()
-        return hits / max(total, 1)

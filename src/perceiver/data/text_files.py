@@ -10,10 +10,16 @@ text, which must be UTF-8 (an error names the file otherwise). Each split is one
 stream is held out for validation (training windows never reach into it); without `test` files there is no test
 split.
 
-Windows and scoring are those of `perceiver.data.ar_pydoc`: training windows at jittered offsets, `num_targets`
+Causal LM (`TextFilesARDataModule`): windows and scoring are those of `perceiver.data.ar_pydoc`: training windows at jittered offsets, `num_targets`
 apart; held-out bytes from `eval_context` on are scored in chunks of `num_targets`, each after at least
 `max_seq_len - num_targets` bytes of context (`eval_context` defaults to that). `unigram_bpb` gives the baseline of
 the training byte frequencies, which `CausalLMTask` logs beside the model's bits per byte.
+
+Masked LM (`TextFilesMLMDataModule`): each document is cut into `[CLS] chunk [SEP]` sequences of at most `max_seq_len`
+ids (chunks never cross documents) and masked as `perceiver.data.pydoc` masks (BERT-style, `mask_prob`; new masks
+every training epoch, fixed ones for evaluation); without `val` files the last `val_fraction` of the training
+sequences are held out; without `test` files `test_dataloader()` serves the validation split, as the pydoc module.
+`most_frequent_byte_baseline()` gives the accuracy `MaskedLMTask` logs beside the model's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,16 @@ import numpy as np
 
 from perceiver.data._common import BaseDataModule
 from perceiver.data.ar_pydoc import SEPARATOR, RandomWindows, ScoredWindows, collate
+from perceiver.data.pydoc import (
+    _TRAIN_STREAM,
+    _VAL_STREAM,
+    MASK_ID,
+    VAL_MASK_SEED,
+    MLMCollator,
+    MostFrequentByteBaseline,
+    SequenceDataset,
+    chunk_topics,
+)
 from perceiver.data.text import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE, encode_bytes, read_table
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -149,3 +165,91 @@ class TextFilesARDataModule(BaseDataModule):
         counts[:NUM_SPECIAL_TOKENS] = 0
         scored = streams[split][self.eval_context :]
         return float(-np.log2(counts[scored] / counts.sum()).mean())
+
+
+class TextFilesMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
+    """Masked byte language modelling on local text files (see the module docstring).
+
+    Args:
+        train, val, test: the files of each split (a path, a glob pattern or a list); val None: the last
+            `val_fraction` of the training sequences; test None: the validation split.
+        text_field: the column holding the text in `.jsonl` / `.json` / `.csv` / `.tsv` files.
+        max_seq_len: ids per sequence including `[CLS]` and `[SEP]` (>= 3).
+        val_fraction: share of the training sequences held out when there are no `val` files, in (0, 1).
+        mask_prob: probability that a byte token is selected for prediction.
+        batch_size, num_workers, seed: see `BaseDataModule`; `seed` drives training order and training masks.
+    """
+
+    vocab_size = VOCAB_SIZE
+    mask_token_id = MASK_ID
+    pad_token_id = PAD_ID
+
+    def __init__(
+        self,
+        train: Files,
+        val: Files | None = None,
+        test: Files | None = None,
+        text_field: str = "text",
+        max_seq_len: int = 256,
+        val_fraction: float = 0.1,
+        mask_prob: float = 0.15,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if max_seq_len < 3:
+            raise ValueError(f"max_seq_len must be >= 3 ([CLS] byte [SEP]), got {max_seq_len}")
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        if val is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"expected val_fraction in (0, 1) (no val files given), got {val_fraction}")
+        self.files = {"train": train, "val": val, "test": test}
+        self.text_field, self.val_fraction = text_field, val_fraction
+        self.max_seq_len, self.mask_prob = max_seq_len, mask_prob
+        self.collate_fn = MLMCollator(seed, _TRAIN_STREAM, mask_prob)
+        self.val_collate_fn = MLMCollator(VAL_MASK_SEED, _VAL_STREAM, mask_prob, fixed=True)
+        self.sequences: dict[str, list[np.ndarray]] = {}
+        self.save_hyperparameters()
+
+    def _chunks(self, split: str) -> list[np.ndarray]:
+        docs = read_documents(expand_files(self.files[split], split), self.text_field)
+        named = {f"{i:08d}": doc for i, doc in enumerate(docs) if doc}
+        chunks = chunk_topics(named, sorted(named), self.max_seq_len)
+        if not chunks:
+            raise ValueError(f"expected text in the {split} files {self.files[split]!r}, got none")
+        return chunks
+
+    def _load_sequences(self) -> dict[str, list[np.ndarray]]:
+        if self.sequences:
+            return self.sequences
+        train = self._chunks("train")
+        if self.files["val"] is None:
+            held = int(len(train) * self.val_fraction)
+            if held < 1 or held == len(train):
+                raise ValueError(
+                    f"expected enough training text to hold out val_fraction={self.val_fraction} of its "
+                    f"{len(train)} sequences of max_seq_len={self.max_seq_len} for validation, got {held} held out; "
+                    f"give val files or more text"
+                )
+            train, val = train[: len(train) - held], train[len(train) - held :]
+        else:
+            val = self._chunks("val")
+        self.sequences = {"train": train, "val": val}
+        if self.files["test"] is not None:
+            self.sequences["test"] = self._chunks("test")
+        return self.sequences
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        sequences = self._load_sequences()
+        self.train_set = SequenceDataset(sequences["train"])
+        self.val_set = SequenceDataset(sequences["val"])
+        self.test_set = SequenceDataset(sequences["test"]) if "test" in sequences else self.val_set
+
+    def most_frequent_byte_id(self) -> int:
+        """Token id (byte + 6) of the most frequent byte of the training sequences."""
+        counts = np.bincount(np.concatenate(self._load_sequences()["train"]), minlength=VOCAB_SIZE)
+        counts[:NUM_SPECIAL_TOKENS] = 0
+        return int(np.argmax(counts))

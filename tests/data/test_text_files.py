@@ -1,5 +1,6 @@
-"""TextFilesARDataModule: your text files (plain, JSONL, CSV; globs) as byte streams for causal LM, the held-out
-tail never in training windows, the pydoc module's windows and scoring, and a clear error for each bad input."""
+"""Your text files (plain, JSONL, CSV; globs) for language modelling. TextFilesARDataModule: byte streams for causal
+LM, the held-out tail never in training windows, the pydoc module's windows and scoring. TextFilesMLMDataModule:
+`[CLS] chunk [SEP]` sequences per document, masked as the pydoc MLM module masks. A clear error for each bad input."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from perceiver.data import TextFilesARDataModule
+from perceiver.data import TextFilesARDataModule, TextFilesMLMDataModule
 from perceiver.data.ar_pydoc import IGNORE_INDEX
-from perceiver.data.text import encode_bytes
+from perceiver.data.text import CLS_ID, MASK_ID, SEP_ID, encode_bytes
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
@@ -92,3 +94,41 @@ def test_bad_input_is_a_clear_error(tmp_path):
         TextFilesARDataModule(train="x.txt", max_seq_len=16, num_targets=16)
     with pytest.raises(ValueError, match="expected train files"):
         TextFilesARDataModule(train=[]).setup()
+
+
+def test_mlm_sequences_are_chunks_of_each_document_and_masks_follow_the_pydoc_rules(tmp_path):
+    write(tmp_path, "docs/a.txt", "alpha " * 30)
+    write(tmp_path, "docs/b.txt", "beta " * 30)
+    dm = TextFilesMLMDataModule(train=str(tmp_path / "docs" / "*.txt"), max_seq_len=18, val_fraction=0.2)
+    dm.setup()
+    train, val = dm.sequences["train"], dm.sequences["val"]
+    every = train + val
+    assert all(s[0] == CLS_ID and s[-1] == SEP_ID and len(s) <= 18 for s in every)
+    inner = [s[1:-1] for s in every]
+    a, b = encode_bytes("alpha " * 30), encode_bytes("beta " * 30)
+    assert np.array_equal(np.concatenate(inner), np.concatenate([a, b]))  # chunks never cross documents:
+    assert sum(len(x) for x in inner[: -(-len(a) // 16)]) == len(a)  # a's chunks end where a ends
+    assert len(val) == int(len(every) * 0.2) and dm.test_set is dm.val_set
+    batch = next(iter(dm.val_dataloader()))
+    again = next(iter(dm.val_dataloader()))
+    assert torch.equal(batch["input_ids"], again["input_ids"])  # fixed evaluation masks
+    selected = batch["labels"] != IGNORE_INDEX
+    assert selected.any(dim=1).all() and (batch["input_ids"][selected] == MASK_ID).any()
+    assert not (batch["labels"][:, 0] != IGNORE_INDEX).any()  # [CLS] is never a target
+    assert 0 < dm.most_frequent_byte_baseline() < 1
+    assert dm.most_frequent_byte_id() == encode_bytes("a")[0]  # 2 in "alpha ", 1 in "beta ": the most frequent
+
+
+def test_mlm_bad_input_is_a_clear_error(tmp_path):
+    short = write(tmp_path, "short.txt", "a few bytes")
+    with pytest.raises(ValueError, match="expected enough training text to hold out val_fraction=0.1 of its 1"):
+        TextFilesMLMDataModule(train=short, max_seq_len=64).setup()
+    dm = TextFilesMLMDataModule(train=short, val=short, test=short, max_seq_len=64)
+    dm.setup()  # with val files nothing is held out
+    assert len(dm.sequences["train"]) == 1 and dm.test_set is not dm.val_set
+    with pytest.raises(ValueError, match="max_seq_len must be >= 3"):
+        TextFilesMLMDataModule(train=short, max_seq_len=2)
+    with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\)"):
+        TextFilesMLMDataModule(train=short, mask_prob=0.0)
+    with pytest.raises(FileNotFoundError, match="no val file matches"):
+        TextFilesMLMDataModule(train=short, val=str(tmp_path / "none.txt")).setup()
