@@ -144,9 +144,24 @@ class MLMCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
-class MostFrequentByteBaseline:
-    """`most_frequent_byte_baseline()` of an MLM datamodule that has `most_frequent_byte_id()`, `setup()` and
-    `val_dataloader()` (the baseline `MaskedLMTask` logs beside the model's accuracy)."""
+class MaskedBytes:
+    """What the MLM datamodules share (mixed into a `BaseDataModule`): the byte vocabulary's ids, the checked masking
+    options and their collators (`_init_masking`), and `most_frequent_byte_baseline()` from the subclass's
+    `most_frequent_byte_id()` (the baseline `MaskedLMTask` logs beside the model's accuracy)."""
+
+    vocab_size = VOCAB_SIZE
+    mask_token_id = MASK_ID
+    pad_token_id = PAD_ID
+
+    def _init_masking(self, max_seq_len: int, mask_prob: float, seed: int) -> None:
+        """Check and keep `max_seq_len` / `mask_prob`; training masks from `seed`, fixed validation masks."""
+        if max_seq_len < 3:
+            raise ValueError(f"max_seq_len must be >= 3 ([CLS] byte [SEP]), got {max_seq_len}")
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        self.max_seq_len, self.mask_prob = max_seq_len, mask_prob
+        self.collate_fn = MLMCollator(seed, _TRAIN_STREAM, mask_prob)
+        self.val_collate_fn = MLMCollator(VAL_MASK_SEED, _VAL_STREAM, mask_prob, fixed=True)
 
     def most_frequent_byte_baseline(self) -> float:
         """Accuracy of always predicting `most_frequent_byte_id()` on the (fixed) validation masked positions."""
@@ -160,7 +175,7 @@ class MostFrequentByteBaseline:
         return hits / max(total, 1)
 
 
-class PydocMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
+class PydocMLMDataModule(MaskedBytes, BaseDataModule):
     """Masked byte language modelling on Python's pydoc topics (see the module docstring).
 
     Args:
@@ -169,10 +184,6 @@ class PydocMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
         val_fraction: share of the bytes (whole topics) held out for validation.
         mask_prob: probability that a byte token is selected for prediction.
     """
-
-    vocab_size = VOCAB_SIZE
-    mask_token_id = MASK_ID
-    pad_token_id = PAD_ID
 
     def __init__(
         self,
@@ -184,17 +195,10 @@ class PydocMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
         mask_prob: float = 0.15,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        if max_seq_len < 3:
-            raise ValueError(f"max_seq_len must be >= 3 ([CLS] byte [SEP]), got {max_seq_len}")
-        if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
-        self.max_seq_len = max_seq_len
+        self._init_masking(max_seq_len, mask_prob, seed)
         self.val_fraction = val_fraction
-        self.mask_prob = mask_prob
         self.topics = pydoc_topics()
         self.train_topics, self.val_topics = split_topics(self.topics, val_fraction)
-        self.collate_fn = MLMCollator(seed, _TRAIN_STREAM, mask_prob)
-        self.val_collate_fn = MLMCollator(VAL_MASK_SEED, _VAL_STREAM, mask_prob, fixed=True)
         self.save_hyperparameters()
 
     def setup(self, stage: str | None = None) -> None:

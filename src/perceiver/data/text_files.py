@@ -32,16 +32,7 @@ import numpy as np
 
 from perceiver.data._common import BaseDataModule
 from perceiver.data.ar_pydoc import SEPARATOR, RandomWindows, ScoredWindows, collate
-from perceiver.data.pydoc import (
-    _TRAIN_STREAM,
-    _VAL_STREAM,
-    MASK_ID,
-    VAL_MASK_SEED,
-    MLMCollator,
-    MostFrequentByteBaseline,
-    SequenceDataset,
-    chunk_topics,
-)
+from perceiver.data.pydoc import MaskedBytes, SequenceDataset, chunk_topics
 from perceiver.data.text import NUM_SPECIAL_TOKENS, PAD_ID, VOCAB_SIZE, encode_bytes, read_table
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -88,7 +79,25 @@ def text_stream(files: Files, split: str, text_field: str = "text") -> np.ndarra
     return stream
 
 
-class TextFilesARDataModule(BaseDataModule):
+class _TextFiles(BaseDataModule):
+    """The split files and their options, shared by the causal and masked LM datamodules below."""
+
+    def __init__(
+        self,
+        files: dict[str, Files | None],
+        text_field: str,
+        val_fraction: float,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if files["val"] is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"expected val_fraction in (0, 1) (no val files given), got {val_fraction}")
+        self.files, self.text_field, self.val_fraction = files, text_field, val_fraction
+
+
+class TextFilesARDataModule(_TextFiles):
     """Byte-level causal LM on local text files (see the module docstring).
 
     Args:
@@ -119,13 +128,10 @@ class TextFilesARDataModule(BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed)
+        files = {"train": train, "val": val, "test": test}
+        super().__init__(files, text_field, val_fraction, batch_size, num_workers, seed)
         if not 1 <= num_targets < max_seq_len:
             raise ValueError(f"expected 1 <= num_targets < max_seq_len={max_seq_len}, got {num_targets}")
-        if val is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"expected val_fraction in (0, 1) (no val files given), got {val_fraction}")
-        self.files = {"train": train, "val": val, "test": test}
-        self.text_field, self.val_fraction = text_field, val_fraction
         self.max_seq_len, self.num_targets = max_seq_len, num_targets
         self.eval_context = max_seq_len - num_targets if eval_context is None else eval_context
         self.collate_fn = collate
@@ -167,7 +173,7 @@ class TextFilesARDataModule(BaseDataModule):
         return float(-np.log2(counts[scored] / counts.sum()).mean())
 
 
-class TextFilesMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
+class TextFilesMLMDataModule(MaskedBytes, _TextFiles):
     """Masked byte language modelling on local text files (see the module docstring).
 
     Args:
@@ -179,10 +185,6 @@ class TextFilesMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
         mask_prob: probability that a byte token is selected for prediction.
         batch_size, num_workers, seed: see `BaseDataModule`; `seed` drives training order and training masks.
     """
-
-    vocab_size = VOCAB_SIZE
-    mask_token_id = MASK_ID
-    pad_token_id = PAD_ID
 
     def __init__(
         self,
@@ -197,18 +199,9 @@ class TextFilesMLMDataModule(MostFrequentByteBaseline, BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed)
-        if max_seq_len < 3:
-            raise ValueError(f"max_seq_len must be >= 3 ([CLS] byte [SEP]), got {max_seq_len}")
-        if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
-        if val is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"expected val_fraction in (0, 1) (no val files given), got {val_fraction}")
-        self.files = {"train": train, "val": val, "test": test}
-        self.text_field, self.val_fraction = text_field, val_fraction
-        self.max_seq_len, self.mask_prob = max_seq_len, mask_prob
-        self.collate_fn = MLMCollator(seed, _TRAIN_STREAM, mask_prob)
-        self.val_collate_fn = MLMCollator(VAL_MASK_SEED, _VAL_STREAM, mask_prob, fixed=True)
+        files = {"train": train, "val": val, "test": test}
+        super().__init__(files, text_field, val_fraction, batch_size, num_workers, seed)
+        self._init_masking(max_seq_len, mask_prob, seed)
         self.sequences: dict[str, list[np.ndarray]] = {}
         self.save_hyperparameters()
 
