@@ -93,3 +93,25 @@ def test_held_out_topics_and_scored_bytes_do_not_depend_on_the_window():
         assert (a["labels"] != -100).sum() == min(8, (a["labels"] != -100).sum())
     batch = next(iter(short.train_dataloader()))
     assert batch["input_ids"].shape == (16, 32) and torch.equal(batch["input_ids"], batch["labels"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--model.model_kwargs.vocab_size=300"],
+            r"PydocARDataModule gives token ids of a 262-token vocabulary but PerceiverAR embeds 300 tokens "
+            r"\(vocab_size=300\); pass --model.model_kwargs.vocab_size 262",
+        ),
+        (
+            ["--data.max_seq_len=96", "--data.eval_context=96"],
+            r"sequences of up to 96 tokens .* positions for 64 .*; pass --data.max_seq_len 64",
+        ),
+    ],
+)
+def test_data_the_model_cannot_read_stops_before_training(tmp_path, extra, message):
+    """A model of another vocabulary (e.g. a subword checkpoint given byte data) or a window longer than its
+    positions: a clear error naming both sides and the fix, and nothing trained."""
+    with pytest.raises(SystemExit, match=message):
+        main(["fit", *_args(tmp_path, *extra)])
+    assert not (tmp_path / "model").exists() and not list((tmp_path / "checkpoints").glob("*.ckpt"))

@@ -17,7 +17,6 @@ from perceiver.training.mixing import check_mixing, mix_batch
 from perceiver.training.tasks import (
     CLASS_COUNT_KEYS,
     PerceiverTask,
-    check_input_geometry,
     class_count_key,
     metric_dict,
     num_classes_of,
@@ -59,9 +58,8 @@ class ClassificationTask(PerceiverTask):
         self.metrics = metric_dict("acc")
 
     def adapt_to_datamodule(self, datamodule: Any) -> None:
-        super().adapt_to_datamodule(datamodule)
         self._match_classes(datamodule)
-        check_input_geometry(self.model, datamodule)
+        super().adapt_to_datamodule(datamodule)
 
     def _match_classes(self, dm: Any) -> None:
         k = getattr(dm, "num_classes", None)

@@ -192,8 +192,9 @@ def config_value(config: Any, name: str, default: Any = None) -> Any:
 def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
     """`ValueError` before training when the datamodule's inputs do not fit the model's config: the channels of its
     `image_shape` `(H, W, C)` (config `in_channels` / `input_channels`), the image size of a model with learned
-    positions (`position_encoding="trainable"`, config `image_size`) and text longer than the model's positions
-    (`max_seq_len`). Fields a model or datamodule does not have are not checked."""
+    positions (`position_encoding="trainable"`, config `image_size`), text longer than the model's positions
+    (`max_seq_len`) and token ids of another vocabulary (`vocab_size`: a model embedding 32000 subword ids does not
+    read bytes + 6). Fields a model or datamodule does not have are not checked."""
     config = getattr(model, "config", None)
     if config is None:
         return
@@ -223,6 +224,13 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
                 f"images (image_size={list(size)}); pass --data.image_size [{size[0]}, {size[1]}], or (training "
                 f"from scratch) --model.model_kwargs.image_size [{h}, {w}]"
             )
+    vocab, embeds = getattr(datamodule, "vocab_size", None), config_value(config, "vocab_size")
+    if isinstance(vocab, int) and isinstance(embeds, int) and vocab != embeds:
+        raise ValueError(
+            f"{data} gives token ids of a {vocab}-token vocabulary but {name} embeds {embeds} tokens "
+            f"(vocab_size={embeds}); pass --model.model_kwargs.vocab_size {vocab} (training from scratch), or train "
+            f"the model on data tokenized its way"
+        )
     length = getattr(datamodule, "max_seq_len", None)
     limit = config_value(config, "max_seq_len")
     if isinstance(length, int) and isinstance(limit, int) and length > limit:
@@ -393,8 +401,10 @@ class PerceiverTask(L.LightningModule):
             self.adapt_to_datamodule(datamodule)
 
     def adapt_to_datamodule(self, datamodule: Any) -> None:
-        """Take the datamodule's input layout (`input_layout`, default channels-last); subclasses check more."""
+        """Take the datamodule's input layout (`input_layout`, default channels-last) and check that its inputs fit
+        the model (`check_input_geometry`); subclasses check more."""
         self.__dict__["_data_layout"] = input_layout(datamodule)
+        check_input_geometry(self.model, datamodule)
 
     def model_inputs(self, x: Tensor) -> Tensor:
         """A batch's images / videos `x` (in the datamodule's layout) in the layout the model takes."""
