@@ -10,10 +10,10 @@ text, which must be UTF-8 (an error names the file otherwise). Each split is one
 stream is held out for validation (training windows never reach into it); without `test` files there is no test
 split.
 
-Causal LM (`TextFilesARDataModule`): windows and scoring are those of `perceiver.data.ar_pydoc`: training windows at jittered offsets, `num_targets`
-apart; held-out bytes from `eval_context` on are scored in chunks of `num_targets`, each after at least
-`max_seq_len - num_targets` bytes of context (`eval_context` defaults to that). `unigram_bpb` gives the baseline of
-the training byte frequencies, which `CausalLMTask` logs beside the model's bits per byte.
+Causal LM (`TextFilesARDataModule`): windows and scoring are those of `perceiver.data.ar_pydoc`: training windows at
+jittered offsets, `num_targets` apart; held-out bytes from `eval_context` on are scored in chunks of `num_targets`,
+each after at least `max_seq_len - num_targets` bytes of context (`eval_context` defaults to that). `unigram_bpb`
+gives the baseline of the training byte frequencies, which `CausalLMTask` logs beside the model's bits per byte.
 
 Masked LM (`TextFilesMLMDataModule`): each document is cut into `[CLS] chunk [SEP]` sequences of at most `max_seq_len`
 ids (chunks never cross documents) and masked as `perceiver.data.pydoc` masks (BERT-style, `mask_prob`; new masks

@@ -9,7 +9,8 @@ Latent `i` (window position `L - N + i`) attends to every window position `<= L 
 predicts the token after each latent position. Pre-LN layers; in the cross-attention the prefix is normalised by
 `context_norm` and the latents by the query `norm`, keys / values of both come from one `to_kv` (as
 perceiver-ar-pytorch). Positions are rotary (partial: `rotary_fraction` of each head's channels, same angles in every
-layer), optionally plus learned absolute positions (`abs_pos_emb=True`, as perceiver-ar-pytorch). With an
+layer, or in the first `rotary_layers` self-attention layers only, as krasserm's perceiver-io), optionally plus
+learned absolute positions (`abs_pos_emb=True`, as perceiver-ar-pytorch). With an
 `attention_mask` (left padding, True = token) positions count valid tokens only, so a left-padded row computes what
 the row alone computes.
 

@@ -95,8 +95,9 @@ class _Layer(nn.Module):
         attend_cache: bool,
         is_causal: bool,
     ) -> Tensor:
-        """Rotate q / k `(B, H, N|K, d)` (unless their cos / sin are None), write k / v into the cache at `index` (and attend over the whole cache if
-        `attend_cache`), then `x + to_out(attention)` and `x + ff(x)` `(B, N, D)`."""
+        """Rotate q / k `(B, H, N|K, d)` (unless their cos / sin are None), write k / v into the cache at `index`
+        (and attend over the whole cache if `attend_cache`), then `x + to_out(attention)` and `x + ff(x)`
+        `(B, N, D)`."""
         v = v.contiguous()  # SDPA saves v for backward: a view would keep all of the k / v projection alive
         if q_rot is not None:
             q = apply_rotary(q, *q_rot, interleaved=self.interleaved)

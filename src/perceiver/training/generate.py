@@ -3,10 +3,10 @@
 How text becomes ids (`--tokenizer`, default `auto`): `bytes`, UTF-8 bytes + 6 (the ids of `ByteTokenizer`, no
 special tokens; `auto` for a 262-token vocabulary); `raw-bytes`, the UTF-8 bytes as ids 0-255 (`auto` for 256, as
 perceiver-ar-pytorch's enwik8 models); or a transformers tokenizer, a Hub id or folder (`auto`: the one saved in
-MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers). Any other vocabulary without a tokenizer is
-an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps its last
-`max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced). Sampling by default
-(`--temperature`, `--top-k`, `--top-p`, `--seed`), `--greedy` for argmax.
+MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers). Any other vocabulary without a
+tokenizer is an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps
+its last `max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced). Sampling by
+default (`--temperature`, `--top-k`, `--top-p`, `--seed`), `--greedy` for argmax.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def text_codec(name: str, model_dir: str, vocab_size: int) -> Codec:
             name = model_dir  # its saved tokenizer (a Hub id: its repository's)
         else:
             raise ValueError(
-                f"expected --tokenizer for a model with a {vocab_size}-token vocabulary (auto knows {VOCAB_SIZE}: bytes "
-                f"+ 6, and {NUM_BYTES}: raw bytes), and found no tokenizer files in {model_dir}"
+                f"expected --tokenizer for a model with a {vocab_size}-token vocabulary (auto knows {VOCAB_SIZE}: "
+                f"bytes + 6, and {NUM_BYTES}: raw bytes), and found no tokenizer files in {model_dir}"
             )
     if name == "bytes":
         return encode_bytes, decode_bytes
