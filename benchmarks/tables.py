@@ -159,6 +159,24 @@ def ar_rows(folder: Path) -> list[list[str]]:
     return out
 
 
+def krasserm_rows(folder: Path) -> list[list[str]]:
+    path = folder / "krasserm.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    info = data["machine"]
+    labels = {
+        "mlm": "language-perceiver MLM, 2048 bytes, fp32",
+        "vision-fourier": "vision-perceiver-fourier 224x224, batch 1, fp32",
+        "ar-train": "Perceiver AR training step, context 2048, fp32",
+    }
+    return [
+        [labels[case], f"krasserm perceiver-io {data['version']}", f"{r['speedup']:.2f}x", "", "", _machine(info),
+         _load(info), "krasserm.md"]
+        for case, r in data["cases"].items() if "speedup" in r
+    ]  # fmt: skip
+
+
 def machine_folders() -> list[Path]:
     """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
 
@@ -181,7 +199,7 @@ def table() -> str:
     ]
     body = []
     for folder in machine_folders():
-        rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder)
+        rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder) + krasserm_rows(folder)
         link = f"benchmarks/results/{folder.name}"
         body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
     return "\n".join(header + body)
