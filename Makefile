@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classic.py
 	$(BIN)/python benchmarks/bench_perceiver_io.py
 	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_ar.py
+	$(BIN)/python benchmarks/bench_krasserm.py
+	$(BIN)/python benchmarks/tables.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
