@@ -39,7 +39,6 @@ Cases (fp32, 2 threads):
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -57,6 +56,7 @@ from machine import (
     machine,
     native_bf16,
     results_dir,
+    run_record,
     time_by_kind,
 )  # benchmarks/: the script's folder
 
@@ -545,11 +545,7 @@ def main() -> None:
     runs, new_tokens = (3, 16) if args.quick else (args.runs, NEW_TOKENS)
     load0 = os.getloadavg()[0]
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
-        "command": " ".join(["python", "benchmarks/bench_ar.py", *sys.argv[1:]]),
+        **run_record("bench_ar.py"),
         "machine": machine_info(),
         "new_tokens": new_tokens,
     }

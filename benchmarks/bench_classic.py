@@ -22,7 +22,6 @@ workspaces and caches of the forward, not the weights (which are the same for bo
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -37,7 +36,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from machine import describe, machine, native_bf16, results_dir  # benchmarks/: the script's folder
+from machine import describe, machine, native_bf16, results_dir, run_record  # benchmarks/: the script's folder
 
 SNIPPET = dict(
     input_channels=3,
@@ -307,14 +306,8 @@ def main() -> None:
     }
     target["met"] = target["speedup"] >= 2.5
     info["load_average_at_end"] = os.getloadavg()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        **run_record("bench_classic.py"),
         "runs": args.runs,
         "warmup": args.warmup,
         "machine": info,

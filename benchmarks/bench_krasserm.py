@@ -23,18 +23,16 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from machine import describe, machine, results_dir  # benchmarks/: the script's folder
+from machine import describe, machine, results_dir, run_record  # benchmarks/: the script's folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from krasserm_peer import VERSION, install, run  # noqa: E402  (tests/: the peer's installer and runner)
@@ -223,11 +221,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     runs = {"mlm": 4, "vision-fourier": 3, "ar-train": 9}
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
-        "command": " ".join(["python", "benchmarks/bench_krasserm.py", *sys.argv[1:]]),
+        **run_record("bench_krasserm.py"),
         "machine": machine(THREADS),
         "version": VERSION,
         "cases": {},

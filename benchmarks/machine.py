@@ -3,9 +3,12 @@ the measured matmul peak of each backend (the denominator of MFU)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,20 @@ from perceiver.nn.cpu_kernels import onednn_available
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
+
+
+def run_record(script: str) -> dict:
+    """When, at which commit and by which command a benchmark ran: `{"date", "commit", "command"}`."""
+    try:
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+    }
 
 
 def matmul_peaks(
