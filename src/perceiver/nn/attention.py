@@ -303,8 +303,8 @@ def matmul_attention(
         if attn_mask is not None:
             raise ValueError("expected attn_mask or is_causal, got both (as F.scaled_dot_product_attention)")
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    if attn_mask is not None:  # in place: the product's backward needs q and k, not its output (no copy of scores)
+        scores.masked_fill_(~attn_mask, float("-inf"))
     probs = scores.softmax(dim=-1)
     if dropout > 0:
         probs = F.dropout(probs, dropout)
@@ -353,8 +353,8 @@ def attention_with_probs(
     """Plain attention that also returns the probabilities: `(B, H, N, d)`, `(B, H, M, d)`, `(B, H, M, dv)` ->
     `(B, H, N, dv)`, `(B, H, N, M)`. The softmax runs in at least fp32 (as SDPA's); the maps come back in `q`'s dtype."""
     scores = _scores(q, k, scale)
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    if attn_mask is not None:  # in place: the product's backward needs q and k, not its output (no copy of scores)
+        scores.masked_fill_(~attn_mask, float("-inf"))
     probs = scores.softmax(dim=-1).to(q.dtype)
     dropped = F.dropout(probs, dropout) if dropout > 0 else probs
     return dropped @ v, probs
