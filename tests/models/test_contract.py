@@ -148,6 +148,8 @@ def test_pretrained_presets_know_their_checkpoints():
     published = ("vision-perceiver-learned", "vision-perceiver-fourier", "vision-perceiver-conv")
     published += ("language-perceiver", "optical-flow-perceiver", "multimodal-perceiver")
     assert hub == {name: f"deepmind/{name}" for name in published}
+    assert perceiver.list_models(pretrained=True) == sorted(published)  # timm's filter
+    assert perceiver.list_models("vision*", pretrained=True) == sorted(n for n in published if n.startswith("vision"))
 
 
 def test_pretrained_offline_error_names_the_hub_id(monkeypatch, tmp_path):

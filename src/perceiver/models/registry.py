@@ -43,9 +43,10 @@ def register_model_type(cls: C) -> C:
     return cls
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered presets matching a shell-style `pattern`, sorted."""
-    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names of the registered presets matching a shell-style `pattern`, sorted; `pretrained=True` (as timm's):
+    only those with a published checkpoint (`list_pretrained` gives their Hub ids)."""
+    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern) and (not pretrained or n in _HUB_IDS))
 
 
 def list_pretrained(pattern: str = "*") -> dict[str, str]:
