@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 import torch
-from machine import describe, machine, results_dir, run_record  # benchmarks/: the script's folder
+from bench_ar import KRASSERM  # benchmarks/: the script's folder (the causal LM of bench_ar's krasserm row)
+from machine import describe, machine, results_dir, run_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from krasserm_peer import VERSION, install, run  # noqa: E402  (tests/: the peer's installer and runner)
@@ -64,8 +65,7 @@ elif case == "vision-fourier":
     inputs = (torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(1)),)
 else:
     from perceiver.model.text.clm.backend import CausalLanguageModel, CausalLanguageModelConfig
-    config = CausalLanguageModelConfig(vocab_size=262, max_seq_len=2048, max_latents=512, num_channels=256,
-                                       num_heads=4, num_self_attention_layers=4, cross_attention_dropout=0.0)
+    config = CausalLanguageModelConfig(**spec["ar_config"], cross_attention_dropout=0.0)
     model = CausalLanguageModel(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = (torch.randint(6, 262, (2, 2048), generator=torch.Generator().manual_seed(1)),)
@@ -104,7 +104,8 @@ torch.save(out, sys.argv[2])
 
 
 def peer_round(target: Path, case: str, runs: int, warmup: int, save: bool) -> dict:
-    (target / "spec.json").write_text(json.dumps({"case": case, "runs": runs, "warmup": warmup, "save": save}))
+    spec = {"case": case, "runs": runs, "warmup": warmup, "save": save, "ar_config": KRASSERM}
+    (target / "spec.json").write_text(json.dumps(spec))
     return run(target, PEER, f"{case}.pt", threads=THREADS)
 
 

@@ -301,6 +301,7 @@ def optimize(
     autocast = torch.is_autocast_enabled(device)  # the caller's autocast: its rounding, not fp32's
     report = OptimizeReport(chosen="eager", mode=mode)
     built: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
+    first_calls: dict[str, float] = {}
     reference = None
     torch.manual_seed(0)
     for name in names:  # build, check against eager and warm up each candidate
@@ -316,7 +317,7 @@ def optimize(
             for _ in range(warmup - 1):
                 call(fn, contexts)
             if name != "eager":
-                report.setup_seconds[name] = time.perf_counter() - start  # minus the calls' own time, below
+                first_calls[name] = time.perf_counter() - start  # build, compile and the warm-up calls
         except Exception as e:  # a candidate that cannot run here is skipped, not fatal
             report.skipped[name] = _reason(e)
             continue
@@ -348,10 +349,8 @@ def optimize(
                 del times[name]
     built = {name: built[name] for name in times}
     report.seconds = {name: statistics.median(t) for name, t in times.items()}
-    report.setup_seconds = {
-        name: max(0.0, s - warmup * report.seconds[name])
-        for name, s in report.setup_seconds.items()
-        if name in report.seconds
+    report.setup_seconds = {  # the warm-up's time beyond that of as many timed calls
+        name: max(0.0, s - warmup * report.seconds[name]) for name, s in first_calls.items() if name in report.seconds
     }
     if "eager" not in report.seconds:
         raise RuntimeError(f"the model does not run on the example inputs: {report.skipped.get('eager')}")

@@ -20,7 +20,6 @@ from krasserm_peer import run
 from safetensors.torch import save_file
 
 import perceiver
-import perceiver.interop.krasserm_io  # noqa: F401  (registers the converters until perceiver.interop imports it)
 from perceiver.interop.krasserm_io import (
     image_classifier_from_krasserm,
     masked_lm_from_krasserm,

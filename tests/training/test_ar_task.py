@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from trainutil import CONFIGS, TINY_TRAINER
+from trainutil import CONFIGS, TINY_AR_MODEL, TINY_TRAINER
 
 from perceiver.data.ar_pydoc import PydocARDataModule
 from perceiver.training.cli import main
@@ -19,13 +19,7 @@ TINY_AR = [
     "--trainer.val_check_interval=null",
     "--trainer.check_val_every_n_epoch=1",
     "--model.time_budget=null",
-    "--model.model_kwargs.max_seq_len=64",
-    "--model.model_kwargs.num_latents=16",
-    "--model.model_kwargs.d_model=32",
-    "--model.model_kwargs.num_heads=2",
-    "--model.model_kwargs.num_layers=1",
-    "--data.max_seq_len=64",
-    "--data.num_targets=8",
+    *TINY_AR_MODEL,
     "--data.eval_context=64",
     "--data.batch_size=4",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainutil import CONFIGS, TINY_TRAINER
+from trainutil import CONFIGS, TINY_AR_MODEL, TINY_TRAINER
 
 from perceiver.training.cli import main
 
@@ -58,15 +58,7 @@ TINY_TEXT = [
     "--data.max_seq_len=64",
 ]
 TINY["text-jsonl"] = TINY["text-csv"] = TINY_TEXT
-TINY["text-files-ar"] = [
-    "--model.model_kwargs.max_seq_len=64",
-    "--model.model_kwargs.num_latents=16",
-    "--model.model_kwargs.d_model=32",
-    "--model.model_kwargs.num_heads=2",
-    "--model.model_kwargs.num_layers=1",
-    "--data.max_seq_len=64",
-    "--data.num_targets=8",
-]
+TINY["text-files-ar"] = TINY_AR_MODEL
 TINY["text-files-mlm"] = [
     "--model.model_kwargs.max_seq_len=32",
     "--model.model_kwargs.d_model=16",

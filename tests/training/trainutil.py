@@ -7,6 +7,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
+#: a tiny Perceiver AR and its windows, for configs that train `CausalLMTask` (model keys, then data keys)
+TINY_AR_MODEL = [
+    "--model.model_kwargs.max_seq_len=64",
+    "--model.model_kwargs.num_latents=16",
+    "--model.model_kwargs.d_model=32",
+    "--model.model_kwargs.num_heads=2",
+    "--model.model_kwargs.num_layers=1",
+    "--data.max_seq_len=64",
+    "--data.num_targets=8",
+]
+
 #: a few batches, no sanity check, fp32 (bf16 is covered by the shipped configs' own smoke runs)
 TINY_TRAINER = [
     "--trainer.max_epochs=1",

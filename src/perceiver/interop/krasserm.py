@@ -24,6 +24,7 @@ checkpoint trained with it loads with the same inference outputs; the option is 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -157,8 +158,6 @@ def from_krasserm(
     if isinstance(state_dict, nn.Module):
         module = state_dict
         if config is None:
-            import dataclasses
-
             config = dataclasses.asdict(module.config) if hasattr(module, "config") else None
         state_dict = module.state_dict()
     if config is None:
