@@ -203,9 +203,11 @@ class MultiHeadAttention(nn.Module):
         else:
             if kv_mask is not None:
                 x_kv = x_kv.masked_fill(~kv_mask[..., None], 0.0)  # NaN / inf at masked keys must not leak via 0 * v
-            w_k, b_k, w_v, b_v = weights
-            k = self._heads(F.linear(x_kv, w_k, b_k))
-            v = self._heads(F.linear(x_kv, w_v, b_v))
+            if kv_affine is None and kv_basis is None:  # through the modules, so a swapped-in Linear kernel applies
+                k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
+            else:
+                w_k, b_k, w_v, b_v = weights
+                k, v = self._heads(F.linear(x_kv, w_k, b_k)), self._heads(F.linear(x_kv, w_v, b_v))
             if inverted:
                 out, probs = inverted_attention(q, k, v, attn_mask, dropout)
                 probs = probs if return_attention else None
