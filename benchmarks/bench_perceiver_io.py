@@ -180,8 +180,11 @@ def prepare(impl: str, model, mode: str, inputs: dict):
         # training: eager, SDPA's math backend, written-out attention and oneDNN Linears (compiling the full
         # training graph costs minutes per candidate here)
         candidates = ("eager", "sdpa-math", "matmul-attention", "onednn-linear") if mode == "train" else None
+        # inference: 5 timed calls per candidate (with 2 the choice between forms within a few % of each other was
+        # left to the machine's drift); training: 2 (a step takes ~15 s)
+        repeats = 2 if mode == "train" else 5
         fast = perceiver.optimize(
-            model, (), inputs, training=mode == "train", candidates=candidates, warmup=1, repeats=2, verbose=False
+            model, (), inputs, training=mode == "train", candidates=candidates, warmup=1, repeats=repeats, verbose=False
         )
         return fast, str(fast.report)
     return model, None
@@ -618,12 +621,15 @@ def main() -> None:
                 pool(timed[impl], memory[impl]) | {"matmul_peak_gflops": info["matmul_peak_gflops"]} for impl in impls
             ]
     info["load_average_at_end"] = os.getloadavg()
+    for row in rows:  # each row keeps the load of its own run (--merge mixes runs)
+        row["load_average"] = [info["load_average_at_start"][0], info["load_average_at_end"][0]]
     command = "python benchmarks/bench_perceiver_io.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_file = RESULTS / "perceiver_io.json"
     if args.merge and json_file.exists():
         old = json.loads(json_file.read_text())
-        rows = [r for r in old["rows"] if r["case"] not in cases] + rows
+        before = [old["machine"][k][0] for k in ("load_average_at_start", "load_average_at_end")]
+        rows = [{"load_average": before} | r for r in old["rows"] if r["case"] not in cases] + rows
         rows.sort(key=lambda r: list(CASES).index(r["case"]))
         info = {**info, "earlier_runs": old.get("earlier_runs", []) + [old["machine"] | {"command": old["command"]}]}
         command = f"{old['command']}; then {command}"

@@ -35,9 +35,11 @@ def _machine(info: dict) -> str:
     return f"{info.get('cpu', '?')} {ident} ({bf16})".replace("  ", " ").strip()
 
 
-def _load(info: dict, fallback=None) -> str:
-    start = info.get("load_average_at_start") or (fallback[0:1] if fallback else None)
-    end = info.get("load_average_at_end") or (fallback[1:2] if fallback else None)
+def _load(info: dict, row_load=None) -> str:
+    """The 1-minute load at the start and end of the run: `row_load` `[start, end]` where a row records its own
+    (results merged from several runs), else the file's."""
+    start = row_load[0:1] if row_load else info.get("load_average_at_start")
+    end = row_load[1:2] if row_load else info.get("load_average_at_end")
     if not start:
         return ""
     s = start[0] if isinstance(start, list | tuple) else start
@@ -100,7 +102,7 @@ def io_rows(folder: Path) -> list[list[str]]:
         speed_opt = f"{speedup(best, opt):.2f}x ({chosen})" if opt else ""
         vs = "transformers (opt: vs the faster of eager, compiled)" if len(peers) > 1 else "transformers (eager)"
         out.append([what, vs, f"{speedup(hf, ours):.2f}x",
-                    speed_opt, mem, _machine(info), _load(info), "perceiver_io.md"])  # fmt: skip
+                    speed_opt, mem, _machine(info), _load(info, ours.get("load_average")), "perceiver_io.md"])  # fmt: skip
     return out
 
 

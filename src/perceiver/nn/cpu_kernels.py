@@ -11,7 +11,9 @@ depends on the CPU and the shapes (2 threads, GFLOP/s, MKL `F.linear` against on
   Linears): forward 189-190 against 207-221, input gradient 177-195 against 217-226, weight gradient MKL 187-196
   (oneDNN no faster); 128 x 1024 x 4096 (the resampler's MLP, few tokens): forward 161 against 225 (1.4x).
   language-perceiver MLM forward 0.83 s against 0.97 s frozen-compiled (2026-12-04, one after the other), but timed
-  in turns by `optimize` (2026-12-05) 773 ms against frozen 685 and eager 800;
+  in turns by `optimize` (2026-12-05) 773 ms against frozen 685 and eager 800; since the attention runs its key
+  and value projections through its `k_proj` / `v_proj` modules (2026-12-06), timed in turns: 643-674 ms against
+  eager 721-803 and frozen 804 (1.12-1.19x eager), the GEMMs at 205 GFLOP/s (MKL at this 256-row shape: 162-197);
   the vision-perceiver-learned training step (batch 2) only 1.07x eager (14.8 against 15.9 s, fresh processes), as
   its MLP's `fc2` runs through `gelu_linear` and its weight gradients through MKL.
 - Intel Xeon family 6 model 167: MKL 309 against oneDNN 276 GFLOP/s at 4096^3, so there it loses.
