@@ -8,7 +8,7 @@ import torch
 from tiny_models import TINY, flat, inputs, tiny
 from torch import nn
 
-from perceiver.nn import MLP
+from perceiver.nn import MLP, MultiHeadAttention
 from perceiver.nn.cpu_kernels import OneDNNLinear, onednn_available, use_onednn_linear
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -133,6 +133,19 @@ def test_mlp_in_eval_runs_both_linears_through_their_modules(activation):
     with torch.no_grad():
         mlp(torch.randn(2, 3, 16))
     assert called == ["fc1", "fc2"]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_runs_its_unfolded_projections_through_their_modules(cross):
+    """Without a folded LayerNorm the key and value projections go through `k_proj` / `v_proj`, so a swapped-in
+    Linear kernel runs all four projections (before, keys and values ran `F.linear` on the weights: MKL)."""
+    attn = use_onednn_linear(MultiHeadAttention(16, 8 if cross else 16, num_heads=2).eval())
+    called = []
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        getattr(attn, name).register_forward_hook(lambda *_, name=name: called.append(name))
+    with torch.no_grad():
+        attn(torch.randn(2, 3, 16), torch.randn(2, 5, 8) if cross else None)
+    assert sorted(called) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
 def test_private_ops_live_only_in_cpu_kernels():
