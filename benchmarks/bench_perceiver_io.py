@@ -453,7 +453,9 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         "which adds up to ~1.9 GB to a training step's RSS at random; those default-malloc peaks are in the .json). "
         "GFLOP: counted with "
         "FlopCounterMode on transformers' forward (training: forward + backward). MFU: GFLOP / median latency / "
-        "matmul peak of the compute dtype. Speedup = transformers / ours (paired: median of the per-run ratios; else the "
+        "matmul peak of the compute dtype; the model FLOPs are the architecture's as transformers computes them, so "
+        "ours, which computes fewer (reassociated cross-attention, factored input channels; see Why), can read "
+        "above 100%. Speedup = transformers / ours (paired: median of the per-run ratios; else the "
         "ratio of medians; min-based in brackets); memory ratio = "
         "ours / transformers peak.",
         "",
