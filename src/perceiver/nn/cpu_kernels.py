@@ -14,7 +14,7 @@ depends on the CPU and the shapes (2 threads, GFLOP/s, MKL `F.linear` against on
   in turns by `optimize` (2026-12-05) 773 ms against frozen 685 and eager 800; since the attention runs its key
   and value projections through its `k_proj` / `v_proj` modules (2026-12-06), timed in turns: 643-674 ms against
   eager 721-803 and frozen 804 (1.12-1.19x eager), the GEMMs at 205 GFLOP/s (MKL at this 256-row shape: 162-197);
-  the vision-perceiver-learned training step (batch 2) only 1.07x eager (14.8 against 15.9 s, fresh processes), as
+  the vision-perceiver-learned training step (batch 2) only 1.04-1.07x eager (14.4 against 15.1 s, fresh processes), as
   its MLP's `fc2` runs through `gelu_linear` and its weight gradients through MKL.
 - Intel Xeon family 6 model 167: MKL 309 against oneDNN 276 GFLOP/s at 4096^3, so there it loses.
 
