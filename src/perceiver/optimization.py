@@ -14,8 +14,9 @@ Candidates (`CANDIDATES`):
 - `onednn-linear` (CPU): the model's fp32 `nn.Linear`s run oneDNN's GEMM on packed copies of their weights
   (`perceiver.nn.cpu_kernels`; in training also the input gradient); PyTorch's own fp32 Linear, eager and
   frozen-compiled, is MKL's. On the AVX-512 AMD EPYC (Zen 4) it ran the resampler 1.2x faster than frozen
-  flamingo-pytorch (its few-token MLP GEMMs 1.4x) and the vision training step 1.07x, while for the MLM forward
-  freezing won when the two were timed in turns (685 against 773 ms); on the Intel Xeon MKL's GEMM was the faster.
+  flamingo-pytorch (its few-token MLP GEMMs 1.4x), the vision training step 1.04-1.07x, and the MLM and vision
+  forwards 1.15x and 1.18x eager, ahead of Inductor freezing (652 against 745 ms, 2.20 against 2.34 s); on the Intel
+  Xeon MKL's GEMM was the faster.
   The packed copies are rebuilt when a weight changes (an optimiser step, `load_state_dict`), so unlike a frozen
   graph they follow the weights.
 - `sdpa-math` (training): attention through SDPA's math backend (matmuls and a softmax), whose backward on CPU was
