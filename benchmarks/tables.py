@@ -35,6 +35,12 @@ def _machine(info: dict) -> str:
     return f"{info.get('cpu', '?')} {ident} ({bf16})".replace("  ", " ").strip()
 
 
+def _read(folder: Path, name: str) -> dict | None:
+    """The results file `name` of a machine's folder, or None where that benchmark has not run there."""
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _load(info: dict, row_load=None) -> str:
     """The 1-minute load at the start and end of the run: `row_load` `[start, end]` where a row records its own
     (results merged from several runs), else the file's."""
@@ -48,10 +54,9 @@ def _load(info: dict, row_load=None) -> str:
 
 
 def classic_rows(folder: Path) -> list[list[str]]:
-    path = folder / "classic.json"
-    if not path.exists():
+    data = _read(folder, "classic.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     info, rows = data["machine"], []
     for r in data["rows"]:
         if r["case"] != "b1-224x224":
@@ -82,10 +87,9 @@ IO_CASES = {
 
 
 def io_rows(folder: Path) -> list[list[str]]:
-    path = folder / "perceiver_io.json"
-    if not path.exists():
+    data = _read(folder, "perceiver_io.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     info = data["machine"]
     by = {(r["case"], r["impl"]): r for r in data["rows"]}
     out = []
@@ -107,10 +111,9 @@ def io_rows(folder: Path) -> list[list[str]]:
 
 
 def flow_rows(folder: Path) -> list[list[str]]:
-    path = folder / "flow.json"
-    if not path.exists():
+    data = _read(folder, "flow.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     info = data["machine"]
     out = []
     for r in data["rows"]:
@@ -123,10 +126,9 @@ def flow_rows(folder: Path) -> list[list[str]]:
 
 
 def ar_rows(folder: Path) -> list[list[str]]:
-    path = folder / "ar.json"
-    if not path.exists():
+    data = _read(folder, "ar.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     info, load = data["machine"], data.get("load")
     m, ld = _machine(info), _load(info, load)
     out = [
@@ -162,10 +164,9 @@ def ar_rows(folder: Path) -> list[list[str]]:
 
 
 def krasserm_rows(folder: Path) -> list[list[str]]:
-    path = folder / "krasserm.json"
-    if not path.exists():
+    data = _read(folder, "krasserm.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     info = data["machine"]
     labels = {
         "mlm": "language-perceiver MLM, 2048 bytes, fp32",
