@@ -171,6 +171,18 @@ def test_top_level_help_imports_neither_torch_nor_lightning(tmp_path):
     assert probe["imported"] == [], f"`perceiver --help` imported {probe['imported']}"
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_the_package_torch_lightning_and_python_without_importing_them(flag):
+    from importlib.metadata import version
+
+    import perceiver
+
+    text, probe = run_probe(flag, cache=None)
+    assert probe == {"code": 0, "imported": []}
+    expected = f"perceiver-torch {perceiver.__version__} (torch {torch.__version__}, lightning {version('lightning')}, "
+    assert text.strip().startswith(expected) and text.strip().endswith(f"Python {sys.version.split()[0]})")
+
+
 def test_import_perceiver_is_lazy():
     code = "import sys, perceiver; print(sorted(m for m in ('torch', 'perceiver.models') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,6 +9,7 @@
     perceiver export MODEL_DIR OUT.onnx [--check]         # ONNX with a dynamic batch dimension
     perceiver predict MODEL_DIR FILE... [--top-k 5]       # top-k labels (images, text) or a flow PNG (image pair)
     perceiver generate MODEL_DIR --prompt TEXT            # continue a text with a causal model (Perceiver AR)
+    perceiver --version                                   # versions of perceiver-torch, torch, Lightning, Python
 
 `fit`, `validate`, `test` and `predict` are LightningCLI subcommands. `predict` is dispatched on its first
 argument: an existing directory is a model folder (`perceiver.from_pretrained`) and runs `perceiver.training.predict`;
@@ -66,6 +67,7 @@ perceiver: train, evaluate and inspect Perceiver models (LightningCLI + extras)
   perceiver export MODEL_DIR OUT.onnx [--check]        ONNX with a dynamic batch (--check: compare onnxruntime)
   perceiver predict MODEL_DIR FILE... [--top-k K]      top-k labels for images / text, flow PNG for an image pair
   perceiver generate MODEL_DIR --prompt TEXT           continue a text with a causal model (Perceiver AR)
+  perceiver --version                                  versions of perceiver-torch, torch, Lightning and Python
 
 LightningCLI subcommands (each takes -c/--config FILE, --print_config and --trainer.*, --model.*, --data.* keys):
   fit       train (and validate) in the run directory trainer.default_root_dir; --ckpt_path last resumes it
@@ -419,6 +421,23 @@ def __getattr__(name: str) -> Any:
 # -- entry point ---------------------------------------------------------------------------------------------------
 
 
+def version_text() -> str:
+    """`perceiver --version`: this package's version and those of what it runs on, read from the installed
+    distributions' metadata (no torch or Lightning import, like `--help`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from perceiver import __version__
+
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    runs_on = ", ".join(f"{dist} {installed(dist)}" for dist in ("torch", "lightning"))
+    return f"perceiver-torch {__version__} ({runs_on}, Python {sys.version.split()[0]})"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `perceiver` console script (see the module docstring)."""
     from_sys = argv is None
@@ -443,6 +462,9 @@ def main(argv: list[str] | None = None) -> None:
         from perceiver.training.predict import predict_main
 
         return predict_main(argv[1:])
+    if argv and argv[0] in ("-V", "--version"):
+        print(version_text())
+        return None
     if not argv or argv[0] in ("-h", "--help"):
         print(EXTRA_HELP)
         if not argv:
