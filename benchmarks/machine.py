@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +88,37 @@ def matmul_peaks(
     return out
 
 
+def fma_ceiling(threads: int = 2, seconds: float = 0.5, reps: int = 3) -> dict | None:
+    """The fp32 arithmetic ceiling of `threads` cores: `fma_peak.c` (independent register FMAs, the widest vectors the
+    CPU has) built with the C compiler found here and run `reps` times for about `seconds` each.
+
+    `{"gflops": best GFLOP/s, "vector_bytes", "compiler"}`, or None where no C compiler is found or it fails. No GEMM
+    can exceed it, so it bounds what any implementation of the same FLOPs can reach (the reports' "Why")."""
+    from perceiver.hardware import cpu_flags
+
+    compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+    if compiler is None:
+        return None
+    flags = cpu_flags()
+    vec = 64 if "avx512f" in flags else 32 if "avx2" in flags or "avx" in flags else 16
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "fma_peak"
+        source = Path(__file__).resolve().parent / "fma_peak.c"
+        build = [compiler, "-O2", "-march=native", f"-DVEC={vec}", "-pthread", str(source), "-o", str(exe)]
+        if subprocess.run(build, capture_output=True).returncode != 0:
+            return None
+
+        def run(iterations: int) -> tuple[float, float]:
+            start = time.perf_counter()
+            out = subprocess.run([str(exe), str(threads), str(iterations)], capture_output=True, text=True, check=True)
+            return float(out.stdout.split()[0]), time.perf_counter() - start
+
+        _, took = run(10_000_000)
+        iterations = max(10_000_000, int(10_000_000 * seconds / max(took, 1e-3)))
+        best = max(run(iterations)[0] for _ in range(reps))
+    return {"gflops": best, "vector_bytes": vec, "compiler": compiler}
+
+
 def native_bf16() -> bool:
     """Whether the bench scripts run their bf16-autocast rows: only where the CPU computes bf16 natively. Elsewhere
     bf16 is emulated (1.2 GFLOP/s on an AVX2-only EPYC), a case takes hours and says nothing a user would choose."""
@@ -141,6 +174,9 @@ def machine(threads: int = 2, peaks: bool = True) -> dict:
         sizes: dict[str, int] = {}
         info["matmul_peak_gflops"] = matmul_peaks(threads, sizes=sizes)
         info["matmul_peak_sizes"] = sizes
+        ceiling = fma_ceiling(threads)
+        if ceiling is not None:
+            info["fma_ceiling_gflops"] = ceiling["gflops"]
     return info
 
 
@@ -154,11 +190,19 @@ def describe(info: dict) -> str:
     )
     end = info.get("load_average_at_end")
     load = f"{info['load_average_at_start'][0]:.1f}" + (f" at start, {end[0]:.1f} at end" if end else " at start")
+    ceiling = info.get("fma_ceiling_gflops")
+    fp32 = max((v for k, v in peaks.items() if "fp32" in k), default=None)
+    bound = (
+        f" fp32 FMA ceiling of {info['threads']} cores (`fma_peak.c`: register FMAs, no memory): {ceiling:.0f} GFLOP/s"
+        + (f"; the fastest fp32 GEMM above reaches {100 * fp32 / ceiling:.0f}% of it." if fp32 else ".")
+        if ceiling
+        else ""
+    )
     return (
         f"Machine: {info['cpu']} [{info.get('cpu_id', '')}] ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), "
         f"{info['cores']} cores, "
         f"{info['threads']} threads; torch {info['torch']}, Python {info['python']}. Load average (1 min): {load}. "
-        f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}."
+        f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}.{bound}"
     )
 
 
@@ -245,3 +289,17 @@ def speedup(peer: dict, ours: dict) -> float:
     if paired(peer, ours):
         return statistics.median(p / o for p, o in zip(peer["times_s"], ours["times_s"]))
     return peer["median_s"] / ours["median_s"]
+
+
+if __name__ == "__main__":
+    # `python benchmarks/machine.py`: this machine's description, matmul peaks and FMA ceiling, also written to
+    # benchmarks/results/<machine>/machine.{md,json}
+    import json
+
+    info = machine()
+    text = describe(info)
+    print(text)
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "machine.json").write_text(json.dumps({"machine": info, **run_record("machine.py")}, indent=2) + "\n")
+    (out / "machine.md").write_text(f"# This machine\n\n{run_record('machine.py')['date']}\n\n{text}\n")

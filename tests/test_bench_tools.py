@@ -1,0 +1,38 @@
+"""The measuring tools of `benchmarks/`: the FMA ceiling the reports bound the targets with, and the FLOP formula
+for PyTorch's fused CPU attention that `bounds.py` adds to FlopCounterMode."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bounds  # noqa: E402
+import machine  # noqa: E402
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")), reason="no C compiler here")
+def test_fma_ceiling_builds_runs_and_bounds_the_measured_gemm():
+    ceiling = machine.fma_ceiling(threads=1, seconds=0.1, reps=1)
+    assert ceiling is not None and ceiling["vector_bytes"] in (16, 32, 64)
+    torch.set_num_threads(1)
+    gemm = machine.matmul_peaks(threads=1, n=512, reps=2)["aten fp32"]
+    # nothing computes faster than register FMAs; generous slack for a shared machine's drift between the two
+    assert gemm < 1.3 * ceiling["gflops"], (gemm, ceiling)
+
+
+def test_fused_cpu_attention_is_counted_and_causal_blocks_are_not():
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))  # equal head widths: the fused kernel, not matmuls
+    full = 2 * 2 * 8 * 8 * (4 + 4)  # q @ k^T and p @ v, 2 heads
+    assert bounds.count_gflop(lambda: F.scaled_dot_product_attention(q, k, v)) * 1e9 == full
+    causal = bounds.count_gflop(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)) * 1e9
+    assert causal == full * 36 // 64  # rows see 1..8 of the 8 keys
+    q.requires_grad_()
+    step = bounds.count_gflop(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) * 1e9
+    assert step == full + 2 * full + full // 2  # forward; backward: dV, dP, dQ, dK and the recomputed scores
