@@ -178,16 +178,17 @@ def main() -> None:
         "activations, memory traffic) comes on top of both.",
         "",
         "| target | peer s | budget s | ours s (measured) | ours GFLOP | at the FMA ceiling: s (% of budget) "
-        "| at the GEMM peak: s (% of budget) | GFLOP/s the target needs (% of the ceiling) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| at the GEMM peak: s (% of budget) | GFLOP/s the target needs (% of the ceiling) "
+        "| GFLOP/s ours runs at (% of the ceiling) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        need = r["ours_gflop"] / r["budget_s"]
+        need, now = r["ours_gflop"] / r["budget_s"], r["ours_gflop"] / r["ours"]
         lines.append(
             f"| {r['target']}: {r['x']}x | {r['peer']:.3f} | {r['budget_s']:.3f} | {r['ours']:.3f} | "
             f"{r['ours_gflop']:.1f} | {r['at_ceiling_s']:.3f} ({100 * r['at_ceiling_s'] / r['budget_s']:.0f}%) | "
             f"{r['at_gemm_peak_s']:.3f} ({100 * r['at_gemm_peak_s'] / r['budget_s']:.0f}%) | "
-            f"{need:.0f} ({100 * need / ceiling:.0f}%) |"
+            f"{need:.0f} ({100 * need / ceiling:.0f}%) | {now:.0f} ({100 * now / ceiling:.0f}%) |"
         )
     (folder / "bounds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
