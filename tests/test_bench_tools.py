@@ -19,7 +19,7 @@ import machine  # noqa: E402
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")), reason="no C compiler here")
 def test_fma_ceiling_builds_runs_and_bounds_the_measured_gemm():
-    ceiling = machine.fma_ceiling(threads=1, seconds=0.1, reps=1)
+    ceiling = machine.fma_ceiling(threads=1, seconds=0.1, reps=3)  # the best of 3: a busy neighbour slows one
     assert ceiling is not None and ceiling["vector_bytes"] in (16, 32, 64)
     gemm = machine.matmul_peaks(threads=1, n=512, reps=2)["aten fp32"]
     # nothing computes faster than register FMAs; generous slack for a shared machine's drift between the two
