@@ -117,3 +117,18 @@ def test_every_cited_cli_subcommand_exists():
         cited |= set(re.findall(r"`perceiver ([a-z]+)", text)) | set(re.findall(r"^\s*perceiver ([a-z]+)", text, re.M))
     assert {"fit", "predict", "generate", "export"} <= known
     assert cited and cited <= known, f"subcommands cited but unknown to the CLI: {sorted(cited - known)}"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_relative_link_points_at_a_file(path):
+    links = re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+    local = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:|#", link)]
+    missing = sorted({link for link in local if link and not (path.parent / link).exists()})
+    assert not missing, f"{path.name} links to files that do not exist: {missing}"
+    # anchors within the file: GitHub's heading slugs (lower case, punctuation dropped, spaces as hyphens)
+    slugs = {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    }
+    anchors = {link[1:] for link in links if link.startswith("#")}
+    assert anchors <= slugs, f"{path.name} links to headings it does not have: {sorted(anchors - slugs)}"
