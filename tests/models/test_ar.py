@@ -200,6 +200,49 @@ def test_eos_stops_rows_and_pads_them(model):
     assert model.generate(prompt, 0).shape == (2, 5)
 
 
+class Recorder:
+    """A streamer that records what `generate` hands it."""
+
+    def __init__(self):
+        self.puts, self.ended = [], 0
+
+    def put(self, value):
+        assert self.ended == 0, "put after end"
+        self.puts.append(value)
+
+    def end(self):
+        self.ended += 1
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_streamer_gets_the_prompt_then_each_step_then_end(model, use_cache):
+    prompt, rec = ids(2, 5), Recorder()
+    out = model.generate(prompt, 30, use_cache=use_cache, streamer=rec, max_latents=9)  # slides the window too
+    assert rec.ended == 1 and torch.equal(rec.puts[0], prompt)
+    assert all(p.shape == (2,) and p.device.type == "cpu" for p in rec.puts[1:])
+    assert torch.equal(torch.cat([rec.puts[0], torch.stack(rec.puts[1:], dim=1)], dim=1), out)
+    eos = int(out[0, 8])  # early stop: the steps streamed are the steps generated
+    rec = Recorder()
+    stopped = model.generate(prompt[:1], 30, use_cache=use_cache, eos_token_id=eos, streamer=rec, max_latents=9)
+    first = 5 + int((out[0, 5:] == eos).nonzero()[0])  # where row 0 first produced it
+    assert stopped.shape[1] == first + 1 and len(rec.puts) == 1 + first + 1 - 5
+
+
+def test_transformers_text_streamer_prints_what_generate_returns(capsys):
+    transformers = pytest.importorskip("transformers")
+    tok = perceiver.ByteTokenizer()
+    prompt = torch.tensor([tok.encode("ab", add_special_tokens=False)])
+    small = tiny(vocab_size=262)
+    out = small.generate(prompt, 12, streamer=transformers.TextStreamer(tok, skip_prompt=True))
+    printed = capsys.readouterr().out
+    assert printed == tok.decode(out[0, prompt.shape[1] :].tolist()) + "\n"
+
+
+def test_a_streamer_without_put_and_end_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="expected a streamer with put\\(ids\\) and end\\(\\) methods, got list"):
+        model.generate(ids(1, 3), 2, streamer=[])
+
+
 def test_save_load_round_trip_and_presets(tmp_path, model):
     model.save_pretrained(tmp_path / "ar")
     loaded = perceiver.from_pretrained(tmp_path / "ar")

@@ -56,3 +56,62 @@ def test_other_vocabulary_without_tokenizer_is_an_error(tmp_path):
         main(["generate", folder, "--prompt", "abc"])
     with pytest.raises(SystemExit, match="token ids"):  # bytes + 6 do not fit 40 ids: the model says so
         main(["generate", folder, "--prompt", "abc", "--tokenizer", "bytes"])
+
+
+def test_text_printer_holds_an_incomplete_utf8_character_until_it_completes():
+    import io
+
+    from perceiver.tokenizer import decode_bytes, encode_bytes
+    from perceiver.training.generate import TextPrinter
+
+    out = io.StringIO()
+    printer = TextPrinter(decode_bytes, out)
+    ids = encode_bytes("né€")  # 1 + 2 + 3 bytes
+    printer.put(torch.tensor([ids[:1]]))  # the prompt, as generate hands it: (1, L)
+    seen = [out.getvalue()]
+    for i in ids[1:]:
+        printer.put(torch.tensor([i]))  # each step: (1,)
+        seen.append(out.getvalue())
+    assert seen == ["n", "n", "né", "né", "né", "né€"]  # never half a character
+    printer.end()
+    assert out.getvalue() == "né€\n"
+
+
+def test_text_printer_prints_trailing_invalid_bytes_at_the_end_and_refuses_batches():
+    import io
+
+    from perceiver.tokenizer import decode_bytes, encode_bytes
+    from perceiver.training.generate import TextPrinter
+
+    out = io.StringIO()
+    printer = TextPrinter(decode_bytes, out)
+    printer.put(torch.tensor([encode_bytes("a")]))
+    printer.put(torch.tensor([0xE2 + 6]))  # the first byte of a 3-byte character that never completes
+    assert out.getvalue() == "a"
+    printer.end()
+    assert out.getvalue() == "a\ufffd\n" == decode_bytes([*encode_bytes("a"), 0xE2 + 6]) + "\n"
+    with pytest.raises(ValueError, match=r"prints one row, got ids of shape \(2, 3\)"):
+        TextPrinter(decode_bytes, out).put(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_cli_streams_the_same_text_generate_returns(tmp_path, capsys, monkeypatch):
+    model, folder = _save(tmp_path, 262)
+    from perceiver.training import generate as cli_generate
+
+    chunks = []
+    real_print = print
+
+    def spy(*args, **kwargs):  # the streamed pieces, as the printer writes them
+        chunks.extend(a for a in args if a)
+        real_print(*args, **kwargs)
+
+    monkeypatch.setattr(cli_generate, "print", spy, raising=False)
+    main(["generate", folder, "--prompt", "héllo", "--max-new-tokens", "12", "--greedy"])
+    prompt = perceiver.ByteTokenizer().encode("héllo", add_special_tokens=False)
+    expected = perceiver.ByteTokenizer().decode(_greedy12(model, prompt), skip_special_tokens=True)
+    assert capsys.readouterr().out == expected + "\n"
+    assert len(chunks) > 1 and "".join(chunks) == expected  # printed as it went, not once at the end
+
+
+def _greedy12(model, ids: list[int]) -> list[int]:
+    return model.generate(torch.tensor([ids]), 12, do_sample=False)[0].tolist()

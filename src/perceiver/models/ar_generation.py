@@ -104,6 +104,7 @@ class ARGeneration:
         num_latents: int | None = None,
         max_latents: int | None = None,
         pad_token_id: int = 0,
+        streamer: Any | None = None,
     ) -> Tensor:
         """Prompt + up to `max_new_tokens` new tokens `(B, L + T)` (greedy, or sampling with `do_sample`).
 
@@ -120,6 +121,9 @@ class ARGeneration:
             num_latents: latents N at the start and after every slide (default as `forward`).
             max_latents: M, the latents may grow to M new tokens before the window slides (default min(W, 2N));
                 M = N slides at every token, as perceiver-ar-pytorch's wrapper.
+            streamer: an object with `put(ids)` and `end()`, as transformers' streamers (`TextStreamer`,
+                `TextIteratorStreamer`): `put` gets the prompt `(B, L)` once, then each step's new tokens `(B,)`, on
+                the CPU; `end()` follows the last. transformers' text streamers take one row (B = 1).
         """
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
@@ -150,8 +154,14 @@ class ARGeneration:
             raise ValueError(f"expected max_latents in [num_latents={base}, max_seq_len={c.max_seq_len}], got {m}")
         keep = max(1, c.max_seq_len - (m - base))  # window length after a slide
 
+        if streamer is not None and not (
+            callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))
+        ):
+            raise ValueError(f"expected a streamer with put(ids) and end() methods, got {type(streamer).__name__}")
         ids = input_ids
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        if streamer is not None:
+            streamer.put(ids.cpu())
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
         start, n, cache, refresh = 0, 0, None, True
         for _ in range(max_new_tokens):
@@ -175,10 +185,14 @@ class ARGeneration:
                 done = done | (token == eos_token_id)
             ids = torch.cat((ids, token.unsqueeze(1)), dim=1)
             mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+            if streamer is not None:
+                streamer.put(token.cpu())
             n += 1
             refresh = ids.shape[1] - start > c.max_seq_len or n > m
             if eos_token_id is not None and bool(done.all()):
                 break
+        if streamer is not None:
+            streamer.end()
         return ids
 
 

@@ -5,15 +5,18 @@ special tokens; `auto` for a 262-token vocabulary); `raw-bytes`, the UTF-8 bytes
 perceiver-ar-pytorch's enwik8 models); or a transformers tokenizer, a Hub id or folder (`auto`: the one saved in
 MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers). Any other vocabulary without a
 tokenizer is an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps
-its last `max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced). Sampling by
-default (`--temperature`, `--top-k`, `--top-p`, `--seed`), `--greedy` for argmax.
+its last `max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced) as it is
+generated (`TextPrinter`, a streamer of `generate`). Sampling by default (`--temperature`, `--top-k`, `--top-p`,
+`--seed`), `--greedy` for argmax.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
@@ -83,8 +86,56 @@ def text_codec(name: str, model_dir: str, vocab_size: int) -> Codec:
     )
 
 
-def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace, codec: Codec | None = None) -> str:
-    """`prompt` continued by `model.generate` as `args` say; `codec`: `(encode, decode)`, default bytes + 6."""
+class TextPrinter:
+    """A streamer for `generate` (`put(ids)`, `end()`, as transformers' streamers) that prints one row's text as it
+    grows: the prompt, then each new piece, then a newline.
+
+    Each `put` decodes all ids so far and prints what extends the printed text; a trailing U+FFFD (an incomplete UTF-8
+    sequence of a byte vocabulary, or a tokenizer's partial character) waits for the next token. What is printed in
+    all is `decode(ids)` of the whole sequence whenever the decoding of a prefix is a prefix of the decoding of the
+    whole (bytes; tokenizers that do not re-space earlier text)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], file: TextIO | None = None) -> None:
+        self.decode, self.file = decode, file
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def put(self, ids: Any) -> None:
+        if ids.dim() > 1 and ids.shape[0] != 1:
+            raise ValueError(f"TextPrinter prints one row, got ids of shape {tuple(ids.shape)}")
+        self.ids.extend(ids.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+        print(file=self.file or sys.stdout, flush=True)
+
+    def _flush(self, final: bool) -> None:
+        text = self.decode(self.ids)
+        if not final:
+            text = text.rstrip("\ufffd")
+        if not text.startswith(self.printed):  # the decoding of earlier ids changed: print only what is new
+            if not final:
+                return
+            common = 0
+            while common < min(len(text), len(self.printed)) and text[common] == self.printed[common]:
+                common += 1
+            self.printed = text[:common]
+        new = text[len(self.printed) :]
+        if new:
+            print(new, end="", file=self.file or sys.stdout, flush=True)
+            self.printed = text
+
+
+def generate_text(
+    model: torch.nn.Module,
+    prompt: str,
+    args: argparse.Namespace,
+    codec: Codec | None = None,
+    streamer: Any | None = None,
+) -> str:
+    """`prompt` continued by `model.generate` as `args` say; `codec`: `(encode, decode)`, default bytes + 6;
+    `streamer`: passed on to `generate` (e.g. a `TextPrinter`)."""
     encode, decode = codec or (encode_bytes, decode_bytes)
     if not prompt:
         raise ValueError("expected a non-empty --prompt, got ''")
@@ -103,6 +154,7 @@ def generate_text(model: torch.nn.Module, prompt: str, args: argparse.Namespace,
         use_cache=not args.no_cache,
         generator=torch.Generator().manual_seed(args.seed),
         num_latents=args.num_latents,
+        streamer=streamer,
     )
     return decode(out[0].tolist())
 
@@ -121,6 +173,6 @@ def generate_main(argv: list[str]) -> None:
                 f"expected a causal language model with generate() in {args.model_dir}, got {type(model).__name__}"
             )
         codec = text_codec(args.tokenizer, args.model_dir, model.config.vocab_size)
-        print(generate_text(model, args.prompt, args, codec))
+        generate_text(model, args.prompt, args, codec, streamer=TextPrinter(codec[1]))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from e
