@@ -238,6 +238,58 @@ def test_transformers_text_streamer_prints_what_generate_returns(capsys):
     assert printed == tok.decode(out[0, prompt.shape[1] :].tolist()) + "\n"
 
 
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sample"])
+def test_repetition_penalty_is_transformers_processor(model, do_sample):
+    transformers = pytest.importorskip("transformers")
+    prompt, kw = ids(2, 6), dict(do_sample=do_sample, max_latents=9)  # slides the window too
+
+    def run(**more):
+        return model.generate(prompt, 24, generator=torch.Generator().manual_seed(3), **kw, **more)
+
+    penalised = run(repetition_penalty=3.0)
+    assert torch.equal(penalised, run(logits_processor=transformers.RepetitionPenaltyLogitsProcessor(3.0)))
+    assert not torch.equal(penalised, run())  # it changes what is generated
+
+
+def test_repetition_penalty_ignores_left_padding():
+    from perceiver.models.ar_generation import _penalize_repeats
+
+    logits = torch.tensor([[2.0, -2.0, 4.0, 1.0]])
+    row, mask = torch.tensor([[3, 0, 1]]), torch.tensor([[False, True, True]])  # id 3 only in the padding
+    assert torch.equal(_penalize_repeats(logits, row, mask, 2.0), torch.tensor([[1.0, -4.0, 4.0, 1.0]]))
+
+
+def test_min_new_tokens_is_transformers_processor(model):
+    transformers = pytest.importorskip("transformers")
+    prompt = ids(2, 5)
+    eos = int(model.generate(prompt, 1)[0, -1])  # row 0's first greedy token
+    out = model.generate(prompt, 10, eos_token_id=eos, min_new_tokens=4)
+    assert not (out[:, 5:9] == eos).any()
+    hf = transformers.MinNewTokensLengthLogitsProcessor(5, 4, eos)
+    assert torch.equal(out, model.generate(prompt, 10, eos_token_id=eos, logits_processor=hf))
+
+
+def test_num_return_sequences_samples_continuations_of_each_prompt(model):
+    prompt = ids(2, 5)
+    out = model.generate(prompt, 8, do_sample=True, num_return_sequences=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (6, 13) and torch.equal(out[:, :5], prompt.repeat_interleave(3, dim=0))
+    assert len({tuple(r) for r in out[:3, 5:].tolist()}) > 1  # samples, not copies
+    same = model.generate(prompt.repeat_interleave(3, 0), 8, do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+
+
+def test_logits_processor_sees_the_rows_and_decides(model):
+    calls = []
+
+    def forbid_seven(row_ids, scores):
+        calls.append((row_ids.shape, scores.shape))
+        return scores.masked_fill(torch.arange(scores.shape[-1]) == 7, float("-inf"))
+
+    out = model.generate(ids(2, 5), 20, do_sample=True, logits_processor=forbid_seven)
+    assert not (out[:, 5:] == 7).any()
+    assert calls[0] == ((2, 5), (2, V)) and calls[-1] == ((2, 24), (2, V))
+
+
 def test_a_streamer_without_put_and_end_is_a_clear_error(model):
     with pytest.raises(ValueError, match="expected a streamer with put\\(ids\\) and end\\(\\) methods, got list"):
         model.generate(ids(1, 3), 2, streamer=[])
@@ -272,6 +324,10 @@ def test_save_load_round_trip_and_presets(tmp_path, model):
         (lambda m: m(ids(2, 8), labels=ids(2, 7)), r"labels of shape \(2, 8\)"),
         (lambda m: m(ids(2, 8), num_latents=0), "num_latents must be a positive integer"),
         (lambda m: m.generate(ids(1, 3), 2, max_latents=3), r"max_latents in \[num_latents=6"),
+        (lambda m: m.generate(ids(1, 3), 2, repetition_penalty=0.0), "repetition_penalty > 0, got 0.0"),
+        (lambda m: m.generate(ids(1, 3), 2, min_new_tokens=-1), r"min_new_tokens >= 0 \(an int\), got -1"),
+        (lambda m: m.generate(ids(1, 3), 2, num_return_sequences=0), r"num_return_sequences >= 1 \(an int\), got 0"),
+        (lambda m: m.generate(ids(1, 3), 2, num_return_sequences=2), "expected do_sample=True for num_return_seq"),
         (lambda m: m(ids(2, 1), cache=_filled_cache(m, 3)), "cache for batch size 2, got a cache for batch size 3"),
         (lambda m: m(ids(1, 20), num_latents=10, cache=m.init_cache(1, 8)), "at most 24 tokens and 8 latents"),
     ],

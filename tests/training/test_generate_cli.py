@@ -115,3 +115,12 @@ def test_cli_streams_the_same_text_generate_returns(tmp_path, capsys, monkeypatc
 
 def _greedy12(model, ids: list[int]) -> list[int]:
     return model.generate(torch.tensor([ids]), 12, do_sample=False)[0].tolist()
+
+
+def test_cli_repetition_penalty_reaches_generate(tmp_path, capsys):
+    model, folder = _save(tmp_path, 262)
+    main(["generate", folder, "--prompt", "aaaa", "--max-new-tokens", "12", "--greedy", "--repetition-penalty", "4"])
+    prompt = perceiver.ByteTokenizer().encode("aaaa", add_special_tokens=False)
+    out = model.generate(torch.tensor([prompt]), 12, repetition_penalty=4.0)[0].tolist()
+    assert capsys.readouterr().out == perceiver.ByteTokenizer().decode(out, skip_special_tokens=True) + "\n"
+    assert out != _greedy12(model, prompt)  # the penalty changed the continuation

@@ -9,6 +9,7 @@ window would exceed `max_seq_len` or the latents `max_latents`, the window slide
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,13 @@ class ARGeneration:
         max_latents: int | None = None,
         pad_token_id: int = 0,
         streamer: Any | None = None,
+        repetition_penalty: float = 1.0,
+        min_new_tokens: int = 0,
+        num_return_sequences: int = 1,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """Prompt + up to `max_new_tokens` new tokens `(B, L + T)` (greedy, or sampling with `do_sample`).
+        """Prompt + up to `max_new_tokens` new tokens `(B * num_return_sequences, L + T)` (greedy, or sampling with
+        `do_sample`). The keywords mean what they mean in transformers' `generate`.
 
         Args:
             input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
@@ -124,6 +130,14 @@ class ARGeneration:
             streamer: an object with `put(ids)` and `end()`, as transformers' streamers (`TextStreamer`,
                 `TextIteratorStreamer`): `put` gets the prompt `(B, L)` once, then each step's new tokens `(B,)`, on
                 the CPU; `end()` follows the last. transformers' text streamers take one row (B = 1).
+            repetition_penalty: > 0; the logit of every token already in the row (prompt included, padding not) is
+                divided by it where positive and multiplied where negative (CTRL's penalty, transformers'
+                `RepetitionPenaltyLogitsProcessor`); 1 = off.
+            min_new_tokens: `eos_token_id` cannot be chosen before this many new tokens.
+            num_return_sequences: sampled continuations per prompt (rows `i * n ... i * n + n - 1` continue prompt
+                `i`); needs `do_sample` (greedy ones would be copies).
+            logits_processor: `(ids (B, L), scores (B, V)) -> scores`, applied after the above and before
+                temperature / top-k / top-p, e.g. transformers' `LogitsProcessorList` of its processors.
         """
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
@@ -141,6 +155,19 @@ class ARGeneration:
             raise ValueError(f"expected top_k >= 1 (an int), got {top_k!r}")
         if do_sample and not temperature > 0:
             raise ValueError(f"expected temperature > 0 for sampling, got {temperature}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"expected repetition_penalty > 0, got {repetition_penalty}")
+        for name, value, least in (
+            ("min_new_tokens", min_new_tokens, 0),
+            ("num_return_sequences", num_return_sequences, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"expected {name} >= {least} (an int), got {value!r}")
+        if num_return_sequences > 1 and not do_sample:
+            raise ValueError(
+                f"expected do_sample=True for num_return_sequences={num_return_sequences} (greedy continuations of "
+                "one prompt are all the same), got do_sample=False"
+            )
         for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
             if value is not None and not 0 <= value < c.vocab_size:
                 raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
@@ -158,13 +185,17 @@ class ARGeneration:
             callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))
         ):
             raise ValueError(f"expected a streamer with put(ids) and end() methods, got {type(streamer).__name__}")
+        if num_return_sequences > 1:
+            input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+            mask = None if mask is None else mask.repeat_interleave(num_return_sequences, dim=0)
+            b = input_ids.shape[0]
         ids = input_ids
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
         if streamer is not None:
             streamer.put(ids.cpu())
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
         start, n, cache, refresh = 0, 0, None, True
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             total = ids.shape[1]
             if refresh:
                 start = max(start, total - keep) if total - start > c.max_seq_len or n > m else start
@@ -179,7 +210,14 @@ class ARGeneration:
                 logits = self(ids[:, -1:], cache=cache).logits[:, -1]
             else:
                 logits = self(ids[:, start:], mask[:, start:], num_latents=n).logits[:, -1]
-            token = _next_token(logits.float(), do_sample, temperature, top_k, top_p, generator)
+            logits = logits.float()
+            if repetition_penalty != 1.0:
+                logits = _penalize_repeats(logits, ids, mask, repetition_penalty)
+            if eos_token_id is not None and step < min_new_tokens:
+                logits[:, eos_token_id] = float("-inf")
+            if logits_processor is not None:
+                logits = logits_processor(ids, logits)
+            token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 token = torch.where(done, torch.full_like(token, pad_token_id), token)
                 done = done | (token == eos_token_id)
@@ -194,6 +232,13 @@ class ARGeneration:
         if streamer is not None:
             streamer.end()
         return ids
+
+
+def _penalize_repeats(logits: Tensor, ids: Tensor, mask: Tensor, penalty: float) -> Tensor:
+    """CTRL's repetition penalty on `logits` `(B, V)`: the tokens of each row of `ids` `(B, L)` where `mask` is True
+    get `logit / penalty` if positive, `logit * penalty` otherwise."""
+    seen = torch.zeros_like(logits, dtype=torch.int8).scatter_reduce(1, ids, mask.to(torch.int8), "amax").bool()
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
 def _next_token(

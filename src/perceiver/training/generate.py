@@ -7,7 +7,7 @@ MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers)
 tokenizer is an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps
 its last `max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced) as it is
 generated (`TextPrinter`, a streamer of `generate`). Sampling by default (`--temperature`, `--top-k`, `--top-p`,
-`--seed`), `--greedy` for argmax.
+`--seed`, `--repetition-penalty`), `--greedy` for argmax.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature > 0 (default 0.8)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens already in the text"
+    )
     parser.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--num-latents", type=int, default=None, help="latents N (default: the model's)")
@@ -155,6 +158,7 @@ def generate_text(
         generator=torch.Generator().manual_seed(args.seed),
         num_latents=args.num_latents,
         streamer=streamer,
+        repetition_penalty=args.repetition_penalty,
     )
     return decode(out[0].tolist())
 
