@@ -47,6 +47,7 @@ from pathlib import Path
 
 from machine import (
     bound_text,
+    fma_ceiling,
     machine,
     matmul_peaks,
     native_bf16,
@@ -352,7 +353,9 @@ def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
 def machine_info() -> dict:
     import transformers
 
-    return machine(2, peaks=False) | {"transformers": transformers.__version__}
+    info = machine(2, peaks=False) | {"transformers": transformers.__version__}  # matmul peaks: per row, see run_case
+    ceiling = fma_ceiling(2)  # the bound of any kernel, for the report's reader (benchmarks/bounds.py uses it)
+    return info | ({"fma_ceiling_gflops": ceiling["gflops"]} if ceiling else {})
 
 
 def run_case(case: str, impl: str, folder: Path, args, memory: bool = False, count_flops: bool = True,
@@ -428,7 +431,13 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         f"{load} ({busy}); min and CPU time are shown too.",
         f"Measured matmul peak (4096^3{smaller_sizes_note(info)}, best of 4, at that load; MFU uses the peak measured in "
         "each row's run): "
-        f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s{by_backend_note(info)}.",
+        f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s{by_backend_note(info)}."
+        + (
+            f" fp32 FMA ceiling of the 2 cores (`fma_peak.c`, register FMAs: no kernel runs faster): "
+            f"{info['fma_ceiling_gflops']:.0f} GFLOP/s (`benchmarks/bounds.py` sets each target against it)."
+            if "fma_ceiling_gflops" in info
+            else ""
+        ),
         "",
         f"Command: `{command}`",
         "",
