@@ -202,7 +202,8 @@ def describe(info: dict) -> str:
         f"Machine: {info['cpu']} [{info.get('cpu_id', '')}] ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), "
         f"{info['cores']} cores, "
         f"{info['threads']} threads; torch {info['torch']}, Python {info['python']}. Load average (1 min): {load}. "
-        f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}.{bound}"
+        + (f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}." if peak else "")
+        + bound
     )
 
 
