@@ -193,18 +193,19 @@ def describe(info: dict) -> str:
     ceiling = info.get("fma_ceiling_gflops")
     fp32 = max((v for k, v in peaks.items() if "fp32" in k), default=None)
     bound = (
-        f" fp32 FMA ceiling of {info['threads']} cores (`fma_peak.c`: register FMAs, no memory): {ceiling:.0f} GFLOP/s"
+        f"fp32 FMA ceiling of {info['threads']} cores (`fma_peak.c`: register FMAs, no memory): {ceiling:.0f} GFLOP/s"
         + (f"; the fastest fp32 GEMM above reaches {100 * fp32 / ceiling:.0f}% of it." if fp32 else ".")
         if ceiling
         else ""
     )
-    return (
+    parts = [
         f"Machine: {info['cpu']} [{info.get('cpu_id', '')}] ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), "
-        f"{info['cores']} cores, "
-        f"{info['threads']} threads; torch {info['torch']}, Python {info['python']}. Load average (1 min): {load}. "
-        + (f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}." if peak else "")
-        + bound
-    )
+        f"{info['cores']} cores, {info['threads']} threads; torch {info['torch']}, Python {info['python']}.",
+        f"Load average (1 min): {load}.",
+        f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}." if peak else "",
+        bound,
+    ]
+    return " ".join(p for p in parts if p)
 
 
 #: how `time_by_kind` files an op by its name: the weight products (a Linear's forward and its two backward products),
