@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import re
 import resource
@@ -36,7 +35,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from machine import describe, machine, native_bf16, results_dir, run_record  # benchmarks/: the script's folder
+from machine import describe, finish, machine, native_bf16, results_dir, run_record  # benchmarks/: the script's folder
 
 SNIPPET = dict(
     input_channels=3,
@@ -305,7 +304,7 @@ def main() -> None:
         "mem_ratio": head["mem_ratio"],
     }
     target["met"] = target["speedup"] >= 2.5
-    info["load_average_at_end"] = os.getloadavg()
+    finish(info)  # the load and the FMA ceiling at the end (the machine's drift)
     results = {
         **run_record("bench_classic.py"),
         "runs": args.runs,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 from bench_ar import KRASSERM  # benchmarks/: the script's folder (the causal LM of bench_ar's krasserm row)
-from machine import describe, machine, results_dir, run_record
+from machine import describe, finish, machine, results_dir, run_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from krasserm_peer import VERSION, install, run  # noqa: E402  (tests/: the peer's installer and runner)
@@ -237,7 +236,7 @@ def main() -> None:
             n, warmup, rounds = (2, 1, 1) if args.quick else (runs[case], 1, args.rounds)
             results["cases"][case] = bench_case(target, case, n, warmup, rounds)
             print(case, f"{results['cases'][case]['speedup']:.2f}x", flush=True)
-    results["machine"]["load_average_at_end"] = os.getloadavg()
+    finish(results["machine"])  # the load and the FMA ceiling at the end (the machine's drift)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     print(write_report(results, args.out))

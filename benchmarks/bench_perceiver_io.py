@@ -47,6 +47,8 @@ from pathlib import Path
 
 from machine import (
     bound_text,
+    drift_text,
+    finish,
     fma_ceiling,
     machine,
     matmul_peaks,
@@ -434,7 +436,8 @@ def report(info: dict, rows: list[dict], command: str) -> str:
         f"fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s{by_backend_note(info)}."
         + (
             f" fp32 FMA ceiling of the 2 cores (`fma_peak.c`, register FMAs: no kernel runs faster): "
-            f"{info['fma_ceiling_gflops']:.0f} GFLOP/s (`benchmarks/bounds.py` sets each target against it)."
+            f"{info['fma_ceiling_gflops']:.0f} GFLOP/s (`benchmarks/bounds.py` sets each target against it). "
+            + drift_text(info)
             if "fma_ceiling_gflops" in info
             else ""
         ),
@@ -631,7 +634,7 @@ def main() -> None:
             rows += [
                 pool(timed[impl], memory[impl]) | {"matmul_peak_gflops": info["matmul_peak_gflops"]} for impl in impls
             ]
-    info["load_average_at_end"] = os.getloadavg()
+    finish(info)  # the load and the FMA ceiling at the end (the machine's drift)
     for row in rows:  # each row keeps the load of its own run (--merge mixes runs)
         row["load_average"] = [info["load_average_at_start"][0], info["load_average_at_end"][0]]
     command = "python benchmarks/bench_perceiver_io.py " + " ".join(sys.argv[1:])

@@ -119,6 +119,18 @@ def fma_ceiling(threads: int = 2, seconds: float = 0.5, reps: int = 3) -> dict |
     return {"gflops": best, "vector_bytes": vec, "compiler": compiler}
 
 
+def finish(info: dict, threads: int = 2) -> dict:
+    """At the end of a run: the load, and the FMA ceiling again where it was measured at the start. A shared VM's
+    speed drifts (the ceiling read 231-234 GFLOP/s in one hour and 188-225 in the next on the Zen 4 EPYC), which
+    timing forms in turns cancels out of their ratios but not out of absolute times; `describe` reports the drift."""
+    info["load_average_at_end"] = os.getloadavg()
+    if "fma_ceiling_gflops" in info:
+        ceiling = fma_ceiling(threads)
+        if ceiling is not None:
+            info["fma_ceiling_gflops_end"] = ceiling["gflops"]
+    return info
+
+
 def native_bf16() -> bool:
     """Whether the bench scripts run their bf16-autocast rows: only where the CPU computes bf16 natively. Elsewhere
     bf16 is emulated (1.2 GFLOP/s on an AVX2-only EPYC), a case takes hours and says nothing a user would choose."""
@@ -198,14 +210,31 @@ def describe(info: dict) -> str:
         if ceiling
         else ""
     )
+    drift = drift_text(info)
     parts = [
         f"Machine: {info['cpu']} [{info.get('cpu_id', '')}] ({', '.join(info['flags']) or 'no AVX-512 / bf16 flags'}), "
         f"{info['cores']} cores, {info['threads']} threads; torch {info['torch']}, Python {info['python']}.",
         f"Load average (1 min): {load}.",
         f"Measured matmul peak (4096^3, best of 4), GFLOP/s: {peak}." if peak else "",
         bound,
+        drift,
     ]
     return " ".join(p for p in parts if p)
+
+
+def drift_text(info: dict) -> str:
+    """The machine's drift over a run, from the FMA ceiling at its start and end ("" if not both measured)."""
+    start, end = info.get("fma_ceiling_gflops"), info.get("fma_ceiling_gflops_end")
+    if not (start and end):
+        return ""
+    change = end / start - 1
+    text = f"At the end of the run the ceiling read {end:.0f} GFLOP/s ({100 * change:+.0f}%)"
+    if abs(change) > 0.1:
+        return (
+            text
+            + ": the machine's speed drifted during the run; ratios of forms timed in turns hold, absolute times less so."
+        )
+    return text + "."
 
 
 #: how `time_by_kind` files an op by its name: the weight products (a Linear's forward and its two backward products),

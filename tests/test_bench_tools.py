@@ -35,3 +35,11 @@ def test_fused_cpu_attention_is_counted_and_causal_blocks_are_not():
     q.requires_grad_()
     step = bounds.count_gflop(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) * 1e9
     assert step == full + 2 * full + full // 2  # forward; backward: dV, dP, dQ, dK and the recomputed scores
+
+
+def test_drift_text_reports_a_machine_that_slowed_during_the_run():
+    assert machine.drift_text({"fma_ceiling_gflops": 200.0}) == ""  # no reading at the end
+    calm = machine.drift_text({"fma_ceiling_gflops": 200.0, "fma_ceiling_gflops_end": 196.0})
+    assert calm == "At the end of the run the ceiling read 196 GFLOP/s (-2%)."
+    slowed = machine.drift_text({"fma_ceiling_gflops": 200.0, "fma_ceiling_gflops_end": 160.0})
+    assert "(-20%)" in slowed and "drifted" in slowed
