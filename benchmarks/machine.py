@@ -120,14 +120,17 @@ def fma_ceiling(threads: int = 2, seconds: float = 0.5, reps: int = 3) -> dict |
 
 
 def finish(info: dict, threads: int = 2) -> dict:
-    """At the end of a run: the load, and the FMA ceiling again where it was measured at the start. A shared VM's
-    speed drifts (the ceiling read 231-234 GFLOP/s in one hour and 188-225 in the next on the Zen 4 EPYC), which
-    timing forms in turns cancels out of their ratios but not out of absolute times; `describe` reports the drift."""
+    """At the end of a run: the load, and the FMA ceiling and matmul peaks again where they were measured at the start.
+    A shared VM's speed drifts (on the Zen 4 EPYC the ceiling read 231-234 GFLOP/s in one hour and 188-225 in the
+    next; in another run the ceiling held while the bf16 GEMM peak read 263 instead of ~390), which timing forms in
+    turns cancels out of their ratios but not out of absolute times; `describe` reports the drift."""
     info["load_average_at_end"] = os.getloadavg()
     if "fma_ceiling_gflops" in info:
         ceiling = fma_ceiling(threads)
         if ceiling is not None:
             info["fma_ceiling_gflops_end"] = ceiling["gflops"]
+    if "matmul_peak_gflops" in info:  # GEMMs also feel what registers do not, e.g. a neighbour's memory traffic
+        info["matmul_peak_gflops_end"] = matmul_peaks(threads, sizes={})
     return info
 
 
@@ -223,17 +226,20 @@ def describe(info: dict) -> str:
 
 
 def drift_text(info: dict) -> str:
-    """The machine's drift over a run, from the FMA ceiling at its start and end ("" if not both measured)."""
-    start, end = info.get("fma_ceiling_gflops"), info.get("fma_ceiling_gflops_end")
-    if not (start and end):
+    """The machine's drift over a run, from the FMA ceiling and matmul peaks at its start and end ("" where none was
+    read at both)."""
+    pairs = [("ceiling", info.get("fma_ceiling_gflops"), info.get("fma_ceiling_gflops_end"))]
+    end_peaks = info.get("matmul_peak_gflops_end", {})
+    pairs += [(k, v, end_peaks.get(k)) for k, v in info.get("matmul_peak_gflops", {}).items()]
+    pairs = [(k, a, b) for k, a, b in pairs if a and b]
+    if not pairs:
         return ""
-    change = end / start - 1
-    text = f"At the end of the run the ceiling read {end:.0f} GFLOP/s ({100 * change:+.0f}%)"
-    if abs(change) > 0.1:
-        return (
-            text
-            + ": the machine's speed drifted during the run; ratios of forms timed in turns hold, absolute times less so."
-        )
+    changes = {k: b / a - 1 for k, a, b in pairs}
+    text = "At the end of the run, GFLOP/s: " + ", ".join(
+        f"{k} {b:.0f} ({100 * changes[k]:+.0f}%)" for k, a, b in pairs
+    )
+    if max(abs(c) for c in changes.values()) > 0.1:
+        return f"{text}: the machine's speed drifted during the run; ratios of forms timed in turns hold, absolute times less so."
     return text + "."
 
 

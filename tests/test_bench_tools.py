@@ -40,6 +40,13 @@ def test_fused_cpu_attention_is_counted_and_causal_blocks_are_not():
 def test_drift_text_reports_a_machine_that_slowed_during_the_run():
     assert machine.drift_text({"fma_ceiling_gflops": 200.0}) == ""  # no reading at the end
     calm = machine.drift_text({"fma_ceiling_gflops": 200.0, "fma_ceiling_gflops_end": 196.0})
-    assert calm == "At the end of the run the ceiling read 196 GFLOP/s (-2%)."
-    slowed = machine.drift_text({"fma_ceiling_gflops": 200.0, "fma_ceiling_gflops_end": 160.0})
-    assert "(-20%)" in slowed and "drifted" in slowed
+    assert calm == "At the end of the run, GFLOP/s: ceiling 196 (-2%)."
+    slowed = machine.drift_text(
+        {
+            "fma_ceiling_gflops": 200.0,
+            "fma_ceiling_gflops_end": 198.0,  # registers held ...
+            "matmul_peak_gflops": {"aten fp32": 180.0, "aten bf16": 400.0},
+            "matmul_peak_gflops_end": {"aten fp32": 178.0, "aten bf16": 260.0},  # ... while a GEMM slowed
+        }
+    )
+    assert "aten bf16 260 (-35%)" in slowed and "drifted" in slowed
