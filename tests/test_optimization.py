@@ -68,15 +68,21 @@ def test_every_candidate_name_is_buildable():
         perceiver.optimize(tiny("perceiver"), inputs("perceiver"), warmup=0)
 
 
+@pytest.mark.parametrize("compiled_before", [False, True])
 @pytest.mark.parametrize("how", ["compile_frozen", "optimize candidate"])
-def test_freezing_folds_the_weights(how):
+def test_freezing_folds_the_weights(how, compiled_before):
     """Frozen means the Linear weights are pre-packed constants of the compiled graph, so an in-place edit after
     compiling is not seen (what Inductor does not fold, e.g. biases, stays live). `torch.compile(model,
-    options={"freezing": True})` fails this: Dynamo keeps the weights as graph inputs."""
+    options={"freezing": True})` fails this: Dynamo keeps the weights as graph inputs. So does a frozen form built
+    after a plain `torch.compile` of the same model (as `optimize` builds its candidates) unless it has a backend of
+    its own: Dynamo hands it the plain graph."""
     import perceiver.optimization as opt
 
     model = tiny("perceiver")
     x = inputs("perceiver")
+    if compiled_before:
+        with torch.no_grad():
+            torch.compile(model)(*x)
     if how == "compile_frozen":
         run = compile_frozen(model).eval()
         assert run.module is model and not model.training
@@ -95,6 +101,46 @@ def test_freezing_folds_the_weights(how):
                 m.weight.mul_(1.5)
         assert not torch.allclose(model(*x), expected, atol=1e-3)
         torch.testing.assert_close(run(*x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_candidates_run_their_own_graphs():
+    """`compile-sdpa-math` built after `compile` on the same model runs SDPA's math backend, not the plain compiled
+    graph's fused kernel (which Dynamo's cache would hand it if both shared a backend)."""
+    import perceiver.optimization as opt
+    from torch.profiler import profile
+
+    model = tiny("language-perceiver").train()
+    x = inputs("language-perceiver")
+    kernels = {}
+    for name in ("compile", "compile-sdpa-math"):
+        fn, contexts = opt._build(name, model, True, "cpu")
+        with contexts():
+            fn(*x).logits.sum().backward()
+        with profile() as prof, contexts():
+            fn(*x).logits.sum().backward()
+        kernels[name] = {e.key for e in prof.key_averages() if "flash_attention" in e.key}
+    assert kernels["compile"] and not kernels["compile-sdpa-math"]
+
+
+def test_report_names_the_memory_a_candidate_keeps():
+    """oneDNN's packed copy of a 2048 x 2048 fp32 weight is 16 MB: the report says the candidate keeps about that
+    much, and `max_memory_mb` below it skips the candidate with the figure."""
+    from perceiver.nn.cpu_kernels import onednn_available
+
+    if not onednn_available() or perceiver.optimization._held_bytes("cpu") is None:
+        pytest.skip("needs oneDNN and a memory reading")
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 8)).eval()
+    x = torch.randn(4, 2048)
+    report = perceiver.optimize(model, (x,), candidates=["eager", "onednn-linear"], repeats=1, verbose=False).report
+    assert 12 <= report.added_memory_mb["onednn-linear"] <= 64, report.added_memory_mb
+    assert "keeps +" in str(report)
+    report = perceiver.optimize(
+        model, (x,), candidates=["eager", "onednn-linear"], repeats=1, max_memory_mb=4, verbose=False
+    ).report
+    assert report.chosen == "eager" and report.skipped["onednn-linear"].startswith("keeps ")
+    assert "more than max_memory_mb=4" in report.skipped["onednn-linear"]
+    with pytest.raises(ValueError, match="max_memory_mb needs a value >= 0, got -1"):
+        perceiver.optimize(model, (x,), max_memory_mb=-1)
 
 
 def test_onednn_linear_candidate_keeps_outputs():

@@ -11,6 +11,8 @@ Candidates (`CANDIDATES`):
 - `compile-freezing` (inference): Inductor with freezing: weights become constants, so it folds the position
   encodings, pre-packs Linear weights and on CPU emits packed MKL / oneDNN GEMMs. The frozen graph keeps the weights
   it was compiled with: after changing the model's parameters, call `optimize` again (see `compile_frozen`).
+  Each compiled candidate has an Inductor backend of its own (`inductor_backend`), else Dynamo would hand the one
+  built second the first one's graph.
 - `onednn-linear` (CPU): the model's fp32 `nn.Linear`s run oneDNN's GEMM on packed copies of their weights
   (`perceiver.nn.cpu_kernels`; in training also the input gradient); PyTorch's own fp32 Linear, eager and
   frozen-compiled, is MKL's. On the AVX-512 AMD EPYC (Zen 4) it ran the resampler 1.2x faster than frozen
@@ -42,6 +44,8 @@ may recompile (compiled candidates) and are not re-timed.
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +64,7 @@ __all__ = [
     "OptimizeReport",
     "OptimizedModel",
     "compile_frozen",
+    "inductor_backend",
     "optimize",
 ]
 
@@ -84,7 +89,7 @@ CANDIDATES = {"inference": INFERENCE, "training": TRAINING}
 class OptimizeReport:
     """What `optimize` measured: median seconds per call of each candidate it could run, the one-time cost of setting
     each up (`setup_seconds`: building it, compiling, packing weights: its warm-up calls' time beyond that many timed
-    calls), and why others were not run."""
+    calls), the memory each keeps (`added_memory_mb`, see `optimize`), and why others were not run."""
 
     chosen: str
     mode: str
@@ -92,6 +97,7 @@ class OptimizeReport:
     setup_seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     max_rel_error: dict[str, float] = field(default_factory=dict)
+    added_memory_mb: dict[str, float] = field(default_factory=dict)
     not_compared: list[str] = field(default_factory=list)
 
     @property
@@ -105,6 +111,8 @@ class OptimizeReport:
             extra = f", one-time setup {self.setup_seconds[name]:.1f} s" if name in self.setup_seconds else ""
             err = self.max_rel_error.get(name)
             extra += f", max rel. error {err:.1e}" if err else ""
+            mb = self.added_memory_mb.get(name)
+            extra += f", keeps +{mb:.0f} MB" if mb is not None and mb >= 1 else ""
             lines.append(f"  {name:<22} {s * 1000:9.2f} ms  ({self.seconds['eager'] / s:.2f}x{extra})")
         lines += [f"  {name:<22} skipped: {why}" for name, why in self.skipped.items()]
         if self.not_compared:
@@ -161,6 +169,37 @@ def _has_dropout(model: nn.Module) -> bool:
     return False
 
 
+def _double_sine(x: Tensor) -> Tensor:
+    return (2 * x).sin()
+
+
+def _load_compiler(device: str) -> None:
+    """Import Inductor and compile a one-line function once, so that the memory the compiler itself takes (~150 MB on
+    CPU, once per process) is not counted against the first compiled candidate."""
+    torch.compile(_double_sine)(torch.ones(4, device=device))
+
+
+def _held_bytes(device: str) -> int | None:
+    """Memory the process holds now, after a garbage collection: PyTorch's allocated device memory on CUDA, else the
+    resident set size (Linux `/proc/self/statm`, elsewhere psutil if it is installed); None where neither reads."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    if device != "cpu":
+        return None
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss
+
+
 def _reason(e: Exception) -> str:
     """Why a candidate was skipped: the exception's type and the first line of its message."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -175,21 +214,44 @@ def _rel_error(got: Any, expected: Any) -> float:
     return max(errs, default=0.0)
 
 
-def compile_frozen(model: nn.Module, **compile_kwargs: Any) -> CompiledModel:
-    """`torch.compile(model, **compile_kwargs)` with Inductor freezing, for inference: the model run under
-    `torch.no_grad()` with its Linear weights folded into the compiled graph as pre-packed constants.
+def inductor_backend(**options: Any) -> Callable[..., Any]:
+    """A new Inductor backend for `torch.compile(model, backend=...)`, with these Inductor config patches.
+
+    Dynamo keeps compiled code per Python code object (a model class's `forward`) and hands an entry to any later
+    `torch.compile` whose backend compares equal, and `torch.compile`'s own Inductor backends compare equal whenever
+    their mode and options do. So a second compilation of the same model reuses the first one's graph whatever
+    state it runs under: measured, Inductor freezing after a plain compile ran unfrozen (it followed weight updates),
+    and SDPA's math backend after a plain compile ran the fused kernel. A function is its own backend (compared by
+    identity), so each compiled form built with a new one gets its own cache entries.
+    """
+
+    def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs, config_patches=dict(options))
+
+    return inductor
+
+
+def compile_frozen(
+    model: nn.Module, *, dynamic: bool | None = None, fullgraph: bool = False, options: dict[str, Any] | None = None
+) -> CompiledModel:
+    """`torch.compile(model)` with Inductor freezing, for inference: the model run under `torch.no_grad()` with its
+    Linear weights folded into the compiled graph as pre-packed constants. `options`: more Inductor config patches.
 
     `torch.compile(model, options={"freezing": True})` does not freeze: Dynamo reads the global
     `torch._inductor.config.freezing` when it traces, to keep parameters out of the graph's inputs, and `options` only
     reach Inductor after that, so the weights stay inputs and nothing is folded or pre-packed (pytorch/pytorch#139272
-    describes the Dynamo side). Here every call, and so every (re)compilation, runs under the global flag.
+    describes the Dynamo side). Here every call, and so every (re)compilation, runs under the global flag, with a
+    backend of its own (`inductor_backend`), so it is frozen even where the same model was compiled before.
 
     The compiled graph keeps the weights it was traced with; changes to the parameters afterwards (an optimiser
     step, `load_state_dict`) are not seen: compile again.
     """
+    backend = inductor_backend(**(options or {}), freezing=True)
     return CompiledModel(
         model,
-        torch.compile(model, **compile_kwargs),
+        torch.compile(model, backend=backend, dynamic=dynamic, fullgraph=fullgraph),
         _contexts(bf16=False, math_sdpa=False, no_grad=True, device="cpu", freezing=True),
     )
 
@@ -228,8 +290,8 @@ def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Ca
             return use_matmul_attention(model), contexts
         except ValueError as e:  # no MultiHeadAttention: nothing to switch
             raise RuntimeError(str(e)) from None
-    if base in ("compile", "compile-sdpa-math", "compile-freezing"):
-        return torch.compile(model), contexts
+    if base in ("compile", "compile-sdpa-math", "compile-freezing"):  # each its own graph (see `inductor_backend`)
+        return torch.compile(model, backend=inductor_backend(**({"freezing": True} if freezing else {}))), contexts
     if base == "onednn-linear":
         from perceiver.nn.cpu_kernels import OneDNNLinear, onednn_available, use_onednn_linear
 
@@ -255,6 +317,7 @@ def optimize(
     bf16_rtol: float = 5e-2,
     warmup: int = 2,
     repeats: int = 5,
+    max_memory_mb: float | None = None,
     verbose: bool = True,
 ) -> OptimizedModel:
     """Time the candidates on `model(*example_inputs, **example_kwargs)` and return the fastest as `OptimizedModel`.
@@ -271,6 +334,10 @@ def optimize(
             skipped with the reason. A training step of a model with dropout is not compared (the masks differ).
         warmup, repeats: calls of each candidate before timing (compilation happens here) and timed calls of each
             (the median is kept); the timed calls take turns between the candidates, the order reversing every round.
+        max_memory_mb: skip candidates that keep more memory than this (MB). What each keeps is measured either way
+            (`report.added_memory_mb`): the process's resident memory (PyTorch's allocated memory on CUDA) after
+            building the candidate and its warm-up calls, less before: copies of the weights it holds (oneDNN's packed
+            weights, a frozen graph's constants, about the model's size again), compiled code and caches.
         verbose: print the report.
     """
     kwargs = dict(example_kwargs or {})
@@ -285,6 +352,9 @@ def optimize(
         raise ValueError(f"expected warmup >= 1 and repeats >= 1, got {warmup} and {repeats}")
     param = next(model.parameters(), None)
     device = param.device.type if param is not None else "cpu"
+    if max_memory_mb is not None and (max_memory_mb < 0 or _held_bytes(device) is None):
+        why = "a memory reading (Linux, psutil or CUDA)" if max_memory_mb >= 0 else "a value >= 0"
+        raise ValueError(f"max_memory_mb needs {why}, got {max_memory_mb} for a model on {device}")
     loss_fn = loss_fn or (lambda out: sum(t.float().square().mean() for t in _tensors(out)))
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -298,6 +368,11 @@ def optimize(
                 p.grad = None
         return out
 
+    if any("compile" in name for name in names):
+        try:
+            _load_compiler(device)
+        except Exception:  # noqa: S110 - the compiled candidates will fail and be reported with their reason
+            pass
     random = training and _has_dropout(model)  # outputs of a training step differ with the dropout masks
     autocast = torch.is_autocast_enabled(device)  # the caller's autocast: its rounding, not fp32's
     report = OptimizeReport(chosen="eager", mode=mode)
@@ -310,6 +385,7 @@ def optimize(
             why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
             report.skipped[name] = why
             continue
+        before = _held_bytes(device)
         try:
             fn, contexts = _build(name, model, training, device)
             start = time.perf_counter()
@@ -333,6 +409,13 @@ def optimize(
                 report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
                 continue
             report.max_rel_error[name] = err
+        del out
+        after = _held_bytes(device)
+        if name != "eager" and before is not None and after is not None:
+            mb = report.added_memory_mb[name] = max(0.0, (after - before) / 2**20)
+            if max_memory_mb is not None and mb > max_memory_mb:
+                report.skipped[name] = f"keeps {mb:.0f} MB, more than max_memory_mb={max_memory_mb:g}"
+                continue
         built[name] = (fn, contexts)
     # Timed in turns, the order reversing every round: a shared machine's speed drifts by 20% and more within
     # minutes, which timing one candidate after another would read as a difference between them.
