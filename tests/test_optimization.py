@@ -106,8 +106,9 @@ def test_freezing_folds_the_weights(how, compiled_before):
 def test_compiled_candidates_run_their_own_graphs():
     """`compile-sdpa-math` built after `compile` on the same model runs SDPA's math backend, not the plain compiled
     graph's fused kernel (which Dynamo's cache would hand it if both shared a backend)."""
-    import perceiver.optimization as opt
     from torch.profiler import profile
+
+    import perceiver.optimization as opt
 
     model = tiny("language-perceiver").train()
     x = inputs("language-perceiver")

@@ -369,10 +369,8 @@ def optimize(
         return out
 
     if any("compile" in name for name in names):
-        try:
+        with contextlib.suppress(Exception):  # if it fails, so do the compiled candidates, reported with the reason
             _load_compiler(device)
-        except Exception:  # noqa: S110 - the compiled candidates will fail and be reported with their reason
-            pass
     random = training and _has_dropout(model)  # outputs of a training step differ with the dropout masks
     autocast = torch.is_autocast_enabled(device)  # the caller's autocast: its rounding, not fp32's
     report = OptimizeReport(chosen="eager", mode=mode)
