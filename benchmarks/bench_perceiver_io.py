@@ -49,7 +49,6 @@ from machine import (
     bound_text,
     drift_text,
     finish,
-    fma_ceiling,
     machine,
     matmul_peaks,
     native_bf16,
@@ -355,9 +354,7 @@ def make_checkpoints(workdir: Path, models: set[str]) -> dict[str, Path]:
 def machine_info() -> dict:
     import transformers
 
-    info = machine(2, peaks=False) | {"transformers": transformers.__version__}  # matmul peaks: per row, see run_case
-    ceiling = fma_ceiling(2)  # the bound of any kernel, for the report's reader (benchmarks/bounds.py uses it)
-    return info | ({"fma_ceiling_gflops": ceiling["gflops"]} if ceiling else {})
+    return machine(2, peaks=False) | {"transformers": transformers.__version__}  # matmul peaks: per row, see run_case
 
 
 def run_case(case: str, impl: str, folder: Path, args, memory: bool = False, count_flops: bool = True,

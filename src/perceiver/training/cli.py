@@ -47,13 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from perceiver.training.help_cache import is_help_request, print_help
+from perceiver.training.run_defaults import default_callbacks, default_loggers
 from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
 
 if TYPE_CHECKING:
-    from lightning.pytorch.callbacks import Callback
-
-    from perceiver.training.tasks import PerceiverTask
-
     PerceiverCLI: type  # the LightningCLI subclass, defined on first use (module `__getattr__`, `_cli_class`)
 
 __all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
@@ -131,67 +128,6 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-
-
-# -- callbacks, loggers, the run directory -------------------------------------------------------------------------
-
-
-def default_loggers(run_dir: str | Path) -> list[Any]:
-    """CSV log in `RUN_DIR/metrics.csv` (first: it defines `trainer.log_dir`) and TensorBoard in `RUN_DIR/tb`."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from perceiver.training.callbacks import AppendingCSVLogger
-
-    return [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
-
-
-def default_callbacks(
-    task: PerceiverTask | type[PerceiverTask],
-    run_dir: str | Path,
-    existing: list[Callback],
-    progress_bar: bool = True,
-    every_n_train_steps: int | None = None,
-) -> list[Callback]:
-    """The callbacks of a run that the configuration does not already provide (see the module docstring);
-    `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs)."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
-
-    from perceiver.training.callbacks import (
-        FiniteCheck,
-        FiniteModelCheckpoint,
-        JsonlPredictionWriter,
-        MetricsResume,
-        MidEpochResume,
-        SavePretrained,
-        StepSeed,
-    )
-
-    run_dir = Path(run_dir)
-    have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
-    out: list[Callback] = []
-    if not have(ModelCheckpoint):
-        # Two callbacks: Lightning 2.6's `save_last=True` refreshes last.ckpt only in epochs where the monitored
-        # metric improved, which is not what resuming needs. The second one (no monitor, top-1 by recency)
-        # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
-        metric, mode = task.monitor
-        common = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
-        # FiniteModelCheckpoint: never writes NaN / inf weights, writes next to the target and renames
-        out.append(FiniteModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
-        out.append(FiniteModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))
-        if every_n_train_steps:
-            out.append(
-                FiniteModelCheckpoint(
-                    filename="last", monitor=None, save_top_k=1, every_n_train_steps=every_n_train_steps, **common
-                )
-            )
-    if progress_bar and not have(ProgressBar):
-        out.append(RichProgressBar(leave=True))
-    if not have(LearningRateMonitor):
-        out.append(LearningRateMonitor(logging_interval="step"))
-    for cls in (FiniteCheck, MetricsResume, MidEpochResume, StepSeed, SavePretrained, JsonlPredictionWriter):
-        if not have(cls):
-            out.append(cls())
-    return out
 
 
 # -- the LightningCLI ----------------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""What a `perceiver fit` run gets unless its configuration provides it: the loggers (CSV + TensorBoard in the run
+directory) and the callbacks (best / last checkpoints, progress bar, learning-rate monitor, the finite checks, resume
+and seeding helpers, the model folder and prediction writer). Imports Lightning only when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+
+    from perceiver.training.tasks import PerceiverTask
+
+__all__ = ["default_callbacks", "default_loggers"]
+
+
+def default_loggers(run_dir: str | Path) -> list[Any]:
+    """CSV log in `RUN_DIR/metrics.csv` (first: it defines `trainer.log_dir`) and TensorBoard in `RUN_DIR/tb`."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from perceiver.training.callbacks import AppendingCSVLogger
+
+    return [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+
+
+def default_callbacks(
+    task: PerceiverTask | type[PerceiverTask],
+    run_dir: str | Path,
+    existing: list[Callback],
+    progress_bar: bool = True,
+    every_n_train_steps: int | None = None,
+) -> list[Callback]:
+    """The callbacks of a run that the configuration does not already provide (see `perceiver.training.cli`'s docstring);
+    `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+
+    from perceiver.training.callbacks import (
+        FiniteCheck,
+        FiniteModelCheckpoint,
+        JsonlPredictionWriter,
+        MetricsResume,
+        MidEpochResume,
+        SavePretrained,
+        StepSeed,
+    )
+
+    run_dir = Path(run_dir)
+    have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
+    out: list[Callback] = []
+    if not have(ModelCheckpoint):
+        # Two callbacks: Lightning 2.6's `save_last=True` refreshes last.ckpt only in epochs where the monitored
+        # metric improved, which is not what resuming needs. The second one (no monitor, top-1 by recency)
+        # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
+        metric, mode = task.monitor
+        common = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
+        # FiniteModelCheckpoint: never writes NaN / inf weights, writes next to the target and renames
+        out.append(FiniteModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
+        out.append(FiniteModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))
+        if every_n_train_steps:
+            out.append(
+                FiniteModelCheckpoint(
+                    filename="last", monitor=None, save_top_k=1, every_n_train_steps=every_n_train_steps, **common
+                )
+            )
+    if progress_bar and not have(ProgressBar):
+        out.append(RichProgressBar(leave=True))
+    if not have(LearningRateMonitor):
+        out.append(LearningRateMonitor(logging_interval="step"))
+    for cls in (FiniteCheck, MetricsResume, MidEpochResume, StepSeed, SavePretrained, JsonlPredictionWriter):
+        if not have(cls):
+            out.append(cls())
+    return out
