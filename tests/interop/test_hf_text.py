@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_intermediates import assert_same_intermediates
 
 import perceiver
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
@@ -225,3 +226,17 @@ def test_converter_options(tmp_path):
     assert (config.encoder.attn_dropout, config.decoder.attn_dropout) == (0.1, 0.0)  # dotted and legacy keys
     with pytest.raises(ValueError, match=r"unknown keys \['nope'\] for PerceiverTextClassifierConfig"):
         perceiver.from_pretrained(tmp_path, nope=1)
+
+
+@pytest.mark.parametrize("name", ["1head-unset-1block-res", "8heads-qk-v-2blocks-nores"])
+def test_hidden_states_and_attention_maps_parity(name, tmp_path):
+    """The masked LM's `return_hidden_states` / `return_attention` on a padded batch give transformers'
+    `hidden_states`, `attentions` and `cross_attentions` (decoding all positions, as transformers does)."""
+    theirs = random_hf(transformers.PerceiverForMaskedLM, hf_config(**CONFIGS[name]))
+    save(theirs, tmp_path)
+    ours = perceiver.from_pretrained(tmp_path, decode_all_positions=True)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        expected = theirs(inputs=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        got = ours(ids, attention_mask=mask, return_hidden_states=True, return_attention=True)
+    assert_same_intermediates(got, expected, theirs.config.num_blocks, theirs.config.num_self_attends_per_block, TOL)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from hf_intermediates import assert_same_intermediates
 
 import perceiver
 from perceiver.hub import apply_overrides
@@ -153,3 +154,19 @@ def test_unsupported_architecture_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="PerceiverForImageClassificationLearned"):
         convert_image_classifier({"architectures": ["PerceiverForOpticalFlow"]}, {})
+
+
+@pytest.mark.parametrize("config", ["h1-default-b1-res", "h8-qkv-b2-nores"])
+def test_hidden_states_and_attention_maps_parity(config, tmp_path):
+    """`return_hidden_states` / `return_attention` give transformers' `hidden_states`, `attentions` and
+    `cross_attentions` (see `assert_same_intermediates`), and change nothing else."""
+    hf = hf_model("fourier", **CONFIGS[config])
+    ours = load_ours(hf, tmp_path)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = hf(inputs=x, output_hidden_states=True, output_attentions=True)
+        mine = ours(x, return_hidden_states=True, return_attention=True)
+        plain = ours(x)
+    assert_same_intermediates(mine, theirs, hf.config.num_blocks, hf.config.num_self_attends_per_block)
+    torch.testing.assert_close(mine.logits, plain.logits)
+    assert plain.hidden_states is None and plain.latent_attentions is None

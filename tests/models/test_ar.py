@@ -343,6 +343,26 @@ def _filled_cache(model, b):
     return cache
 
 
+def test_hidden_states_of_every_layer_in_a_window_and_a_cached_step(model):
+    """`return_hidden_states`: the latents after each cross-attention and latent layer, the last being
+    `last_hidden_state`; a cached decoding step returns those of its new latent, equal to the last rows of the
+    uncached window with one more latent (the cache keeps the prompt's 6 latents and adds one)."""
+    layers = model.config.num_cross_layers + model.config.num_layers
+    x = ids(2, 11)
+    with torch.no_grad():
+        out = model(x, return_hidden_states=True, num_latents=7)
+        cache = model.init_cache(2, 12)
+        model(x[:, :10], cache=cache)
+        step = model(x[:, 10:], cache=cache, return_hidden_states=True)
+    assert len(out.hidden_states) == len(step.hidden_states) == layers
+    assert out.hidden_states[-1] is out.last_hidden_state and step.hidden_states[-1] is step.last_hidden_state
+    assert all(s.shape == (2, 7, 32) for s in out.hidden_states)
+    assert not torch.allclose(out.hidden_states[0], out.hidden_states[1])
+    for got, want in zip(step.hidden_states, out.hidden_states):  # the step's new latent is the window's last row
+        torch.testing.assert_close(got[:, -1], want[:, -1], atol=1e-5, rtol=1e-4)
+    assert model(x).hidden_states is None
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="num_latents must be <= max_seq_len"):
         PerceiverARConfig(max_seq_len=8, num_latents=9)

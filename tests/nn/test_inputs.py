@@ -67,7 +67,7 @@ def test_encoder_with_factors_is_the_same_function(reassociate, return_attention
     runs = []
     for use_factors in (False, True):
         out = enc(tokens_of(f), mask, return_attention, f if use_factors else None)
-        latents, maps = out if return_attention else (out, [])
+        latents, maps = (out.latents, out.attentions) if return_attention else (out, [])
         loss = latents.square().sum() + sum(m.square().sum() for m in maps)
         runs.append((latents, maps, torch.autograd.grad(loss, leaves)))
     (a, maps_a, grads_a), (b, maps_b, grads_b) = runs

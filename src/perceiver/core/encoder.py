@@ -108,6 +108,24 @@ class EncoderConfig:
         return steps
 
 
+@dataclass
+class EncoderOutput:
+    """What `PerceiverEncoder.forward` returns when asked for more than the latents.
+
+    latents: `(B, N, D)`. attentions (with `return_attention`): each cross-attend's probabilities `(B, H, N, M)`;
+    latent_attentions (with `return_attention`): each latent self-attention layer's `(B, H, N, N)`, in the order they
+    ran (`num_cross_attends * num_blocks * num_self_attends_per_block` of them). hidden_states (with
+    `return_hidden_states`): the latents `(B, N, D)` after every cross-attend and after every latent layer, as the next
+    step receives them (after the attention residual's mix, where there is one), `num_cross_attends * (1 + num_blocks
+    * num_self_attends_per_block)` of them; the last is `latents`.
+    """
+
+    latents: Tensor
+    attentions: list[Tensor] | None = None
+    latent_attentions: list[Tensor] | None = None
+    hidden_states: list[Tensor] | None = None
+
+
 def resolve_reassociation(c: EncoderConfig) -> bool:
     """`c.reassociate_cross_attention`, or where it is None whether the reassociated form of the encoder's
     cross-attention needs at most 80% of the standard form's multiply-adds (`perceiver.nn.reassociation_saves`):
@@ -214,19 +232,23 @@ class PerceiverEncoder(nn.Module):
         mask: Tensor | None = None,
         return_attention: bool = False,
         factors: InputFactors | None = None,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        return_hidden_states: bool = False,
+    ) -> Tensor | EncoderOutput:
         """`inputs` `(B, M, C)`, `mask` `(B, M)` -> latents `(B, N, D)`.
 
         `factors`: the same inputs as `cat([raw W^T + b, pos])` (`perceiver.nn.InputFactors`, from an adapter);
         where their normalised coordinates are narrower than `C` (`uses_factors`), the cross-attends use those (the
         same function), and `inputs` may then be None (never formed).
 
-        With `return_attention`, also the cross-attention probabilities of every cross-attend, each `(B, H, N, M)`.
+        With `return_attention` (the cross-attends' and latent layers' probabilities) or `return_hidden_states` (the
+        latents after every step), an `EncoderOutput` instead of the latents.
         """
         if inputs is None and factors is None:
             raise ValueError("expected inputs (B, M, C) or their factors, got neither")
         x = self.latents.expand((inputs if inputs is not None else factors.raw).shape[0], -1, -1)
         maps: list[Tensor] = []
+        latent_maps: list[Tensor] = []
+        states: list[Tensor] | None = [] if return_hidden_states else None
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         mode = self.config.attn_residual
         history = [x]  # outputs mixed by the attention residuals
@@ -254,13 +276,27 @@ class PerceiverEncoder(nn.Module):
                 maps.append(probs)
             if mode == "self_attend":
                 history = [x]
+            if states is not None:
+                states.append(x)
             for _ in range(self.config.num_blocks):
                 for layer in self.latent_blocks[li]:
-                    x = checkpoint(layer, x, use_reentrant=False) if checkpointing else layer(x)
+                    if return_attention:
+                        x, probs = layer(x, return_attention=True)
+                        latent_maps.append(probs)
+                    else:
+                        x = checkpoint(layer, x, use_reentrant=False) if checkpointing else layer(x)
                     if mode == "self_attend":
                         history.append(x)
                         x = self.residuals[next(residual)](history)
+                    if states is not None:
+                        states.append(x)
             if mode == "cross_attend":
                 history.append(x)
                 x = self.residuals[next(residual)](history)
-        return (x, maps) if return_attention else x
+                if states is not None:
+                    states[-1] = x  # what the next cross-attend receives
+        if not (return_attention or return_hidden_states):
+            return x
+        if return_attention:
+            return EncoderOutput(x, maps, latent_maps, states)
+        return EncoderOutput(x, None, None, states)

@@ -103,16 +103,21 @@ class PerceiverIO(PerceiverModel):
         return inputs, mask
 
     def forward_features(
-        self, inputs: Any, mask: Tensor | None = None, return_attention: bool = False, **adapter_kwargs: Any
+        self,
+        inputs: Any,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+        **adapter_kwargs: Any,
     ) -> Features:
-        """Check, adapt and encode: `Features(latents (B, N, D), adapted, encoder maps or None)`."""
+        """Check, adapt and encode: `Features(latents (B, N, D), adapted, ...)`, with the encoder's maps
+        (`return_attention`) and its latents after every step (`return_hidden_states`)."""
         inputs, mask = self.check_inputs(inputs, mask)
         adapted = self.input_adapter(inputs, mask, **adapter_kwargs)
         factors = adapted.factors if self.encoder.uses_factors(adapted.factors) else None
         tokens = None if factors is not None else adapted.tokens  # factored: the tokens are never formed
-        encoded = self.encoder(tokens, adapted.mask, return_attention, factors)
-        latents, maps = encoded if return_attention else (encoded, None)
-        return Features(latents, adapted, maps)
+        encoded = self.encoder(tokens, adapted.mask, return_attention, factors, return_hidden_states)
+        return Features.from_encoder(encoded, adapted)
 
     def default_output_index(self, adapted: AdaptedInputs) -> Index:
         """The positions decoded when the caller names none (None: all of the query builder's)."""
@@ -140,7 +145,7 @@ class PerceiverIO(PerceiverModel):
             return_attention,
             self.output_adapter,
         )
-        return ModelOutput(out, features.latents, None, features.encoder_attentions, dec_map)
+        return features.output(out, dec_map)
 
     def forward(
         self,
@@ -150,10 +155,12 @@ class PerceiverIO(PerceiverModel):
         query_chunk_size: int | None = None,
         return_attention: bool = False,
         labels: Tensor | None = None,
+        return_hidden_states: bool = False,
         **adapter_kwargs: Any,
     ) -> ModelOutput:
-        """Encode `inputs` and decode the output positions `output_index` in query chunks; `.loss` with labels."""
-        features = self.forward_features(inputs, mask, return_attention, **adapter_kwargs)
+        """Encode `inputs` and decode the output positions `output_index` in query chunks; `.loss` with labels;
+        `.hidden_states` (the latents after every encoder step) with `return_hidden_states`."""
+        features = self.forward_features(inputs, mask, return_attention, return_hidden_states, **adapter_kwargs)
         out = self.forward_head(features, output_index, query_chunk_size, return_attention)
         if labels is not None:
             out.loss = self.compute_loss(out.logits, labels)

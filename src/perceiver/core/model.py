@@ -26,9 +26,12 @@ class ModelOutput:
     """What every model returns (the classic `Perceiver` with `return_dict=True` or `labels`).
 
     logits: the task output (a tensor, or a dict per modality for the multimodal autoencoder); last_hidden_state:
-    latents `(B, N, D)`; loss: given labels; encoder_attentions: cross-attention maps per cross-attend `(B, H, N, M)`
-    and decoder_attention `(B, H, O, N)` when asked for (`return_attention=True`); cache: the state of incremental
-    decoding (Perceiver AR's key / value cache) when one was passed.
+    latents `(B, N, D)`; loss: given labels; encoder_attentions: cross-attention maps per cross-attend `(B, H, N, M)`,
+    decoder_attention `(B, H, O, N)` and latent_attentions, each latent self-attention layer's `(B, H, N, N)` in the
+    order they ran, when asked for (`return_attention=True`; transformers' `cross_attentions` and `attentions`);
+    cache: the state of incremental decoding (Perceiver AR's key / value cache) when one was passed; hidden_states:
+    the latents `(B, N, D)` after every cross-attend and every latent layer when asked for
+    (`return_hidden_states=True`, transformers' `output_hidden_states`; see `perceiver.core.encoder.EncoderOutput`).
     """
 
     logits: Any = None
@@ -37,16 +40,40 @@ class ModelOutput:
     encoder_attentions: list[Tensor] | None = None
     decoder_attention: Tensor | None = None
     cache: Any = field(default=None, repr=False)
+    hidden_states: list[Tensor] | None = field(default=None, repr=False)
+    latent_attentions: list[Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass
 class Features:
     """What `forward_features` hands to `forward_head`: latents `(B, N, D)`, the adapted inputs (the query builder
-    and output adapter of Perceiver IO read them; None for models without an adapter) and the encoder's maps."""
+    and output adapter of Perceiver IO read them; None for models without an adapter), the encoder's maps and its
+    intermediate latents when asked for (see `ModelOutput`)."""
 
     latents: Tensor
     adapted: Any = None
     encoder_attentions: list[Tensor] | None = None
+    latent_attentions: list[Tensor] | None = None
+    hidden_states: list[Tensor] | None = None
+
+    @classmethod
+    def from_encoder(cls, encoded: Any, adapted: Any = None) -> Features:
+        """`Features` of what `PerceiverEncoder.forward` returned: latents, or an `EncoderOutput`."""
+        if isinstance(encoded, Tensor):
+            return cls(encoded, adapted)
+        return cls(encoded.latents, adapted, encoded.attentions, encoded.latent_attentions, encoded.hidden_states)
+
+    def output(self, logits: Any, decoder_attention: Tensor | None = None) -> ModelOutput:
+        """A `ModelOutput` of `logits` with these latents, maps and hidden states."""
+        return ModelOutput(
+            logits,
+            self.latents,
+            None,
+            self.encoder_attentions,
+            decoder_attention,
+            hidden_states=self.hidden_states,
+            latent_attentions=self.latent_attentions,
+        )
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -238,13 +238,17 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         attention_mask: Tensor | None = None,
         num_latents: int | None = None,
         cache: PerceiverARCache | None = None,
+        return_hidden_states: bool = False,
     ) -> Features:
         """`Features` with the latent states `(B, N, D)` (before the final norm) of the last N window positions.
 
         input_ids `(B, L)`, L <= max_seq_len; attention_mask `(B, L)` True = token (left padding); num_latents: N
         (default `config.num_latents`, at most L). With an empty `cache` the window is also written into it; with a
-        filled cache, input_ids `(B, K)` are K new tokens appended as K new latents.
+        filled cache, input_ids `(B, K)` are K new tokens appended as K new latents. `return_hidden_states`: also the
+        latent states after every cross-attention and latent layer (`Features.hidden_states`, the last equal to the
+        latents).
         """
+        states: list[Tensor] | None = [] if return_hidden_states else None
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
         b, length = input_ids.shape
@@ -252,7 +256,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         if cache is not None and cache.batch_size != b:
             raise ValueError(f"expected a cache for batch size {b}, got a cache for batch size {cache.batch_size}")
         if cache is not None and cache.prefilled:
-            return Features(self._step(input_ids, mask, cache))
+            return Features(self._step(input_ids, mask, cache, states), hidden_states=states)
         if length > c.max_seq_len:
             raise ValueError(f"expected at most max_seq_len={c.max_seq_len} tokens, got {length}")
         n = self._num_latents(length, num_latents)
@@ -279,10 +283,14 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         for i, layer in enumerate(self.cross_layers):
             kv = None if cache is None else (cache.cross_k[i], cache.cross_v[i])
             x = layer(x, prefix, q_rot, k_rot, cross_mask, kv, None if cache is None else cross_index)
+            if states is not None:
+                states.append(x)
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.self_k[i], cache.self_v[i])
             rot = q_rot if self._rotates(i) else None
             x = layer(x, rot, self_mask, kv, None if cache is None else self_index)
+            if states is not None:
+                states.append(x)
         if cache is not None:
             valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if mask is None else mask
             cache.cross_valid.zero_()[:, :length] = valid
@@ -291,7 +299,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             cache.self_len.fill_(n)
             cache.next_position.copy_(valid.long().sum(1))
             cache.prefilled = True
-        return Features(x)
+        return Features(x, hidden_states=states)
 
     def _check_cache_room(self, cache: PerceiverARCache, length: int, n: int) -> None:
         if length > cache.window_capacity or n > cache.latent_capacity:
@@ -300,8 +308,11 @@ class PerceiverAR(ARGeneration, PerceiverModel):
                 f"(cache capacity), got {length} tokens and {n} latents"
             )
 
-    def _step(self, ids: Tensor, mask: Tensor | None, cache: PerceiverARCache) -> Tensor:
-        """Append K new tokens `(B, K)` to a filled cache as K new latents; returns their states `(B, K, D)`.
+    def _step(
+        self, ids: Tensor, mask: Tensor | None, cache: PerceiverARCache, states: list[Tensor] | None = None
+    ) -> Tensor:
+        """Append K new tokens `(B, K)` to a filled cache as K new latents; returns their states `(B, K, D)` (and
+        appends each layer's to `states`, if given).
 
         The caller keeps the cache within its capacity (`generate` does): writes past it fail in `index_copy_`.
         """
@@ -320,9 +331,13 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         self_mask = causal_mask(self_index, slots_s, cache.self_valid)
         for i, layer in enumerate(self.cross_layers):
             x = layer(x, None, rot, rot, cross_mask, (cache.cross_k[i], cache.cross_v[i]), cross_index, True)
+            if states is not None:
+                states.append(x)
         for i, layer in enumerate(self.layers):
             layer_rot = rot if self._rotates(i) else None
             x = layer(x, layer_rot, self_mask, (cache.self_k[i], cache.self_v[i]), self_index, True)
+            if states is not None:
+                states.append(x)
         cache.cross_len.add_(k)
         cache.self_len.add_(k)
         cache.next_position.add_(valid.long().sum(1))
@@ -330,7 +345,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
 
     def forward_head(self, features: Features) -> ModelOutput:
         """Next-token logits `(B, N, V)` from the latent states `(B, N, D)`."""
-        return ModelOutput(self.to_logits(self.norm(features.latents)), features.latents)
+        return features.output(self.to_logits(self.norm(features.latents)))
 
     def forward(
         self,
@@ -339,6 +354,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         labels: Tensor | None = None,
         num_latents: int | None = None,
         cache: PerceiverARCache | None = None,
+        return_hidden_states: bool = False,
     ) -> PerceiverAROutput:
         """Next-token logits of the last N window positions.
 
@@ -350,10 +366,12 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             num_latents: N (default `config.num_latents`, or L - prefix_len with `config.prefix_len`; at most L).
             cache: a `PerceiverARCache` from `init_cache`: empty, it is filled with this window; filled, the tokens
                 are appended (see `generate`).
+            return_hidden_states: also `.hidden_states`, the latent states after every cross-attention and latent
+                layer (before the final norm; the last is `.last_hidden_state`).
         """
         if labels is not None and cache is not None and cache.prefilled:
             raise ValueError("expected no labels for a decoding step (a filled cache), got labels")
-        features = self.forward_features(input_ids, attention_mask, num_latents, cache)
+        features = self.forward_features(input_ids, attention_mask, num_latents, cache, return_hidden_states)
         out = self.forward_head(features)
         logits = out.logits
         loss = None

@@ -226,21 +226,31 @@ class Perceiver(PerceiverModel):
             data = torch.cat([data, pos.expand(b, *pos.shape)], dim=-1)
         return data.reshape(b, -1, data.shape[-1])
 
-    def forward_features(self, data: Tensor, mask: Tensor | None = None, return_attention: bool = False) -> Features:
-        """`Features` with the latents `(B, N, D)` (and, with `return_attention`, each cross-attend's map
-        `(B, H, N, M)`)."""
+    def forward_features(
+        self,
+        data: Tensor,
+        mask: Tensor | None = None,
+        return_attention: bool = False,
+        return_hidden_states: bool = False,
+    ) -> Features:
+        """`Features` with the latents `(B, N, D)` (with `return_attention`, each cross-attend's map `(B, H, N, M)`
+        and each latent layer's `(B, H, N, N)`; with `return_hidden_states`, the latents after every step)."""
         data, mask = self._check_inputs(data, mask)
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
-        encoded = self.encoder(self.prepare_inputs(data), mask, return_attention=return_attention)
-        latents, maps = encoded if return_attention else (encoded, None)
-        return Features(latents, None, maps)
+        encoded = self.encoder(
+            self.prepare_inputs(data),
+            mask,
+            return_attention=return_attention,
+            return_hidden_states=return_hidden_states,
+        )
+        return Features.from_encoder(encoded)
 
     def forward_head(self, features: Features) -> ModelOutput:
         """Logits `(B, num_classes)` (the latents when `final_classifier_head=False`) in a `ModelOutput`."""
         latents = features.latents
         logits = latents if self.head is None else self.head(latents)
-        return ModelOutput(logits, latents, None, features.encoder_attentions)
+        return features.output(logits)
 
     def forward(
         self,
@@ -250,20 +260,21 @@ class Perceiver(PerceiverModel):
         labels: Tensor | None = None,
         return_dict: bool = False,
         return_attention: bool = False,
+        return_hidden_states: bool = False,
     ) -> Tensor | ModelOutput:
         """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> logits `(B, num_classes)`.
 
-        `return_embeddings`: the latents `(B, N, D)` instead. `return_dict` (implied by `labels` and
-        `return_attention`): a `ModelOutput` with `.logits`, `.last_hidden_state`, `.loss` for `labels` (class ids
-        `(B,)`) and the cross-attention maps.
+        `return_embeddings`: the latents `(B, N, D)` instead. `return_dict` (implied by `labels`, `return_attention`
+        and `return_hidden_states`): a `ModelOutput` with `.logits`, `.last_hidden_state`, `.loss` for `labels`
+        (class ids `(B,)`), the attention maps and the latents after every encoder step.
         """
-        features = self.forward_features(data, mask, return_attention)
+        features = self.forward_features(data, mask, return_attention, return_hidden_states)
         if return_embeddings:
             return features.latents
         out = self.forward_head(features)
         if labels is not None:
             out.loss = self.compute_loss(out.logits, labels)
-        return out if (return_dict or labels is not None or return_attention) else out.logits
+        return out if (return_dict or labels is not None or return_attention or return_hidden_states) else out.logits
 
 
 @register_model("perceiver")

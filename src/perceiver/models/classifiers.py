@@ -113,9 +113,12 @@ class _ModalityClassifier(PerceiverIO):
         mask: Tensor | None = None,
         return_attention: bool = False,
         labels: Tensor | None = None,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """`inputs` of `expected_input`, `mask` over inputs or tokens -> `.logits` (and `.loss` with `labels`)."""
-        return super().forward(inputs, mask, return_attention=return_attention, labels=labels)
+        return super().forward(
+            inputs, mask, return_attention=return_attention, labels=labels, return_hidden_states=return_hidden_states
+        )
 
 
 # Legacy (format 1) files name the adapter fields flat; `apply_overrides` routes them into `adapter`.

@@ -173,6 +173,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
         output_index: Tensor | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """Flow from patches `inputs` `(B, 2, 27, H, W)` (see `frames_to_patches`).
 
@@ -180,11 +181,19 @@ class PerceiverForOpticalFlow(PerceiverIO):
         output_index: flat pixel indices `(O',)` to decode only those pixels -> logits `(B, O', 2)`.
         query_chunk_size: pixels decoded at a time; None uses `config.query_chunk_size`, 0 decodes all at once.
         Returns `.logits` `(B, H, W, 2)` (pixels, see `config.output.flow_scale_factor`), `.last_hidden_state`
-        `(B, N, D)`, and with `return_attention` the encoder `(B, H, N, H*W)` / decoder `(B, H, O, N)` maps.
+        `(B, N, D)`, and with `return_attention` the encoder `(B, H, N, H*W)` / decoder `(B, H, O, N)` maps;
+        `return_hidden_states`: the latents after every encoder step.
         """
         if query_chunk_size is None:
             query_chunk_size = self.config.query_chunk_size
-        return super().forward(inputs, attention_mask, output_index, query_chunk_size or None, return_attention)
+        return super().forward(
+            inputs,
+            attention_mask,
+            output_index,
+            query_chunk_size or None,
+            return_attention,
+            return_hidden_states=return_hidden_states,
+        )
 
     @torch.no_grad()
     def predict(self, frame1: Tensor, frame2: Tensor, min_overlap: int | None = None, **forward_kwargs: Any) -> Tensor:

@@ -334,6 +334,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         subsampled_output_points: Mapping[str, Any] | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """Encode `inputs` {"image": (B, T, C, H, W), "audio": (B, S, 1), "label": (B, K)} and decode.
 
@@ -341,12 +342,15 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         see `output_index`. query_chunk_size: output positions decoded at a time (None: all at once). Returns
         `.logits` {"audio": (B, O_a * samples_per_patch), "image": (B, O_i, C), "label": (B, K)} with `O_a`, `O_i`
         the decoded positions (all: S / samples_per_patch and T * H * W), `.last_hidden_state` (B, N, D) and, with
-        `return_attention`, the encoder maps and the decoder map `(B, H, O, N)`.
+        `return_attention`, the encoder maps and the decoder map `(B, H, O, N)`; with `return_hidden_states`, the
+        latents after every encoder step.
         """
         if query_chunk_size is not None and query_chunk_size < 1:  # before the encoder runs
             raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
         index = self.output_index(subsampled_output_points, self.encoder.latents.device)
-        return super().forward(inputs, attention_mask, index, query_chunk_size, return_attention)
+        return super().forward(
+            inputs, attention_mask, index, query_chunk_size, return_attention, return_hidden_states=return_hidden_states
+        )
 
     def classify(self, video: Tensor, audio: Tensor, query_chunk_size: int | None = None) -> Tensor:
         """Label logits `(B, K)` of a video `(B, T, C, H, W)` with its audio `(B, S, 1)`: feeds a zero label (which

@@ -233,6 +233,7 @@ class PerceiverForMaskedLM(TextModel):
         output_index: Tensor | None = None,
         query_chunk_size: int | None = None,
         return_attention: bool = False,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """Predict every decoded byte position.
 
@@ -244,9 +245,12 @@ class PerceiverForMaskedLM(TextModel):
                 max_seq_len with `config.decode_all_positions`).
             query_chunk_size: decode at most this many positions at once (bounded memory, same result).
             return_attention: also return the encoder and decoder attention maps.
+            return_hidden_states: also return the latents after every encoder step (`.hidden_states`).
         """
         ids = _pick_inputs(inputs, input_ids)
-        return super().forward(ids, attention_mask, output_index, query_chunk_size, return_attention, labels)
+        return super().forward(
+            ids, attention_mask, output_index, query_chunk_size, return_attention, labels, return_hidden_states
+        )
 
 
 @register_model_type
@@ -278,6 +282,7 @@ class PerceiverForSequenceClassification(TextModel):
         labels: Tensor | None = None,
         input_ids: Tensor | None = None,
         return_attention: bool = False,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """Classify `inputs` `(B, L)` (`input_ids` is an alias) with `attention_mask` `(B, L)`.
 
@@ -285,7 +290,13 @@ class PerceiverForSequenceClassification(TextModel):
         multi-label targets `(B, num_classes)` (BCE with logits).
         """
         ids = _pick_inputs(inputs, input_ids)
-        return super().forward(ids, attention_mask, return_attention=return_attention, labels=labels)
+        return super().forward(
+            ids,
+            attention_mask,
+            return_attention=return_attention,
+            labels=labels,
+            return_hidden_states=return_hidden_states,
+        )
 
 
 @register_model("language-perceiver", hub_id="deepmind/language-perceiver")

@@ -243,10 +243,12 @@ class PerceiverForTokenClassification(TextModel):
         input_ids: Tensor | None = None,
         return_attention: bool = False,
         query_chunk_size: int | None = None,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """`inputs` token ids `(B, L)` (`input_ids` is an alias), `attention_mask` `(B, L)`, `labels` `(B, L)`;
         `query_chunk_size` bounds the decoder's memory (same result)."""
-        features = self.forward_features(_pick_inputs(inputs, input_ids), attention_mask, return_attention)
+        ids = _pick_inputs(inputs, input_ids)
+        features = self.forward_features(ids, attention_mask, return_attention, return_hidden_states)
         out = self.forward_head(features, None, query_chunk_size, return_attention)
         if labels is not None:
             out.loss = self.compute_loss(out.logits, labels, features.adapted.mask)
@@ -312,7 +314,13 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
         """The token classifier's `forward_head`, as a `QuestionAnsweringOutput` (start / end views)."""
         out = super().forward_head(features, output_index, query_chunk_size, return_attention)
         return QuestionAnsweringOutput(
-            out.logits, out.last_hidden_state, None, out.encoder_attentions, out.decoder_attention
+            out.logits,
+            out.last_hidden_state,
+            None,
+            out.encoder_attentions,
+            out.decoder_attention,
+            hidden_states=out.hidden_states,
+            latent_attentions=out.latent_attentions,
         )
 
     def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -334,10 +342,12 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
         input_ids: Tensor | None = None,
         return_attention: bool = False,
         query_chunk_size: int | None = None,
+        return_hidden_states: bool = False,
     ) -> QuestionAnsweringOutput:
         """`inputs` token ids `(B, L)`, `attention_mask` `(B, L)`; `start_positions` and `end_positions` `(B,)`
         (both) give `.loss`."""
-        features = self.forward_features(_pick_inputs(inputs, input_ids), attention_mask, return_attention)
+        ids = _pick_inputs(inputs, input_ids)
+        features = self.forward_features(ids, attention_mask, return_attention, return_hidden_states)
         out = self.forward_head(features, None, query_chunk_size, return_attention)
         if start_positions is not None and end_positions is not None:
             labels = torch.stack([start_positions.reshape(-1), end_positions.reshape(-1)], dim=-1)

@@ -87,6 +87,7 @@ class PerceiverForImageClassification(PerceiverIO):
         pixel_values: Tensor | None = None,
         return_attention: bool = False,
         labels: Tensor | None = None,
+        return_hidden_states: bool = False,
     ) -> ModelOutput:
         """Classify `inputs` (alias `pixel_values`) `(B, in_channels, H, W)`, channels first.
 
@@ -94,7 +95,8 @@ class PerceiverForImageClassification(PerceiverIO):
         `interpolate_pos_encoding` resizes learned positions bicubically to another image size (without it, trainable
         positions need `image_size` images). `labels` `(B,)` class ids give `.loss`. Returns logits
         `(B, num_classes)` and latents `(B, N, D)`; with `return_attention`, the encoder `(B, H, N, M)` and decoder
-        `(B, H, 1, N)` attention maps.
+        `(B, H, 1, N)` attention maps (and each latent layer's `(B, H, N, N)`); with `return_hidden_states`, the
+        latents after every encoder step (`ModelOutput.hidden_states`).
         """
         if inputs is not None and pixel_values is not None:
             raise ValueError("pass the image as `inputs` or as `pixel_values`, not both")
@@ -106,6 +108,7 @@ class PerceiverForImageClassification(PerceiverIO):
             attention_mask,
             return_attention=return_attention,
             labels=labels,
+            return_hidden_states=return_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
 

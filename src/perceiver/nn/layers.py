@@ -148,7 +148,12 @@ class SelfAttentionLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = MLP(dim, widening_factor, activation, ff_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`."""
-        x = x + self.attention(self.norm(x), kv_mask=mask)[0]
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`; with `return_attention`,
+        `(output, probabilities (B, H, N, N))`."""
+        h, probs = self.attention(self.norm(x), kv_mask=mask, return_attention=return_attention)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, probs) if return_attention else x
