@@ -62,6 +62,22 @@ def test_forward_is_forward_head_of_forward_features(name):
     assert isinstance(model.num_classes, int)
 
 
+@pytest.mark.parametrize("name", sorted(set(TINY) - {"perceiver-resampler"}))
+def test_every_model_with_an_encoder_returns_its_hidden_states(name):
+    """`return_hidden_states=True` (transformers' `output_hidden_states`) through each model's own forward: the latents
+    after every step, ending with `last_hidden_state`, and the same task output as without."""
+    torch.manual_seed(0)
+    model = tiny(name)
+    args = inputs(name, 2)
+    with torch.no_grad():
+        out = model(*args, return_hidden_states=True)
+        plain = model(*args)
+    states = out.hidden_states
+    assert len(states) >= 2 and states[-1] is out.last_hidden_state
+    assert all(s.shape == states[-1].shape for s in states)
+    _close(logits(out), logits(plain))
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_reset_classifier_changes_the_output_size_or_says_why_not(name):
     torch.manual_seed(0)
