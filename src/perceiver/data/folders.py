@@ -24,6 +24,7 @@ Attributes available right after construction: `class_names`, `num_classes`, `im
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,42 +47,71 @@ from perceiver.data.digits import shift_image
 SPLIT_SEED = 0
 
 
-def list_classes(root: Path) -> list[str]:
+def list_classes(root: Path, files: str = "image files") -> list[str]:
     """Sorted non-hidden sub-folder names of `root`; `ValueError` naming `root` if there are none."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"no class folders in {root} (expected {root}/<class>/<image files>)")
+        raise ValueError(f"no class folders in {root} (expected {root}/<class>/<{files}>)")
     return classes
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Sorted image files under `folder` (recursive, hidden files skipped)."""
+def list_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Sorted files with one of `extensions` (case-insensitive) under `folder` (recursive, hidden files skipped)."""
     return sorted(
         p
         for p in folder.rglob("*")
         if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.suffix.lower() in extensions
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
-def scan_folder(root: Path, class_names: list[str], check: ImageCheck) -> tuple[list[Path], np.ndarray]:
-    """Files and labels of every class folder of `root` (each must be one of `class_names`), checked."""
+def scan_class_folders(
+    root: Path,
+    class_names: list[str],
+    check: Callable[[Path], None],
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    kind: str = "images",
+) -> tuple[list[Path], np.ndarray]:
+    """Files and labels of every class folder of `root` (each must be one of `class_names`), each passed to `check`
+    (which raises naming a file it cannot read)."""
     to_id = {name: i for i, name in enumerate(class_names)}
     files: list[Path] = []
     labels: list[int] = []
-    for name in list_classes(root):
+    for name in list_classes(root, kind):
         folder = root / name
         if name not in to_id:
             raise ValueError(f"class folder {folder} is not a class of the training folder ({class_names})")
-        found = list_images(folder)
+        found = list_files(folder, extensions)
         if not found:
-            raise ValueError(f"class folder {folder} has no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"class folder {folder} has no {kind} (extensions: {', '.join(extensions)})")
         for f in found:
-            check_image(f, check)
+            check(f)
         files += found
         labels += [to_id[name]] * len(found)
     return files, np.asarray(labels, dtype=np.int64)
+
+
+Scan = Callable[[Path], tuple[list[Path], np.ndarray]]
+
+
+def train_val_files(
+    root: Path, val_root: Path | None, val_fraction: float, scan: Scan, kind: str = "images"
+) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """Training and validation `(files, labels)`: `scan(root)` and `scan(val_root)`, or without `val_root` a
+    stratified `val_fraction` of `root` held out (fixed: `SPLIT_SEED`)."""
+    files, labels = scan(root)
+    if val_root is not None:
+        return files, labels, *scan(val_root)
+    keep, held = stratified_split(labels, val_fraction, SPLIT_SEED)
+    if len(held) == 0:
+        raise ValueError(f"{root}: too few {kind} to hold out a validation split; give val_root")
+    return [files[i] for i in keep], labels[keep], [files[i] for i in held], labels[held]
+
+
+def scan_folder(root: Path, class_names: list[str], check: ImageCheck) -> tuple[list[Path], np.ndarray]:
+    """Image files and labels of every class folder of `root` (each must be one of `class_names`), checked."""
+    return scan_class_folders(root, class_names, lambda f: check_image(f, check))
 
 
 class ImageFileDataset(KeyedDataset):
@@ -170,15 +200,11 @@ class ImageFolderDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        files, labels = scan_folder(self.root, self.class_names, self.check_images)
-        if self.val_root is not None:
-            val_files, val_labels = scan_folder(self.val_root, self.class_names, self.check_images)
-        else:
-            keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)
-            if len(held) == 0:
-                raise ValueError(f"{self.root}: too few images to hold out a validation split; give val_root")
-            files, val_files = [files[i] for i in keep], [files[i] for i in held]
-            labels, val_labels = labels[keep], labels[held]
+
+        def scan(root: Path) -> tuple[list[Path], np.ndarray]:
+            return scan_folder(root, self.class_names, self.check_images)
+
+        files, labels, val_files, val_labels = train_val_files(self.root, self.val_root, self.val_fraction, scan)
 
         def make(f: list[Path], y: np.ndarray, augment: bool = False) -> ImageFileDataset:
             return ImageFileDataset(f, y, self.image_size, self.grayscale, augment, self.seed, self.cache_images)

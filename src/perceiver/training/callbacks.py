@@ -327,7 +327,17 @@ _END = object()
 
 def data_description(datamodule: Any) -> dict[str, Any]:
     """JSON-ready attributes of a datamodule that `perceiver predict` needs (shapes, class names, vocabulary)."""
-    keys = ("num_classes", "image_shape", "image_size", "class_names", "vocab_size", "max_seq_len", "num_points")
+    keys = (
+        "num_classes",
+        "image_shape",
+        "image_size",
+        "class_names",
+        "vocab_size",
+        "max_seq_len",
+        "num_points",
+        "num_samples",
+        "sample_rate",
+    )
     info: dict[str, Any] = {}
     for key in keys:
         value = getattr(datamodule, key, None)

@@ -2,6 +2,9 @@
 
 - classification over images (`task.json` has `image_shape`): prints the top-k labels of every image;
 - classification over text (a model taking `input_ids`): every file is one text, UTF-8 bytes;
+- classification over audio (`task.json` has `num_samples`, or the files are sound files): every file is decoded,
+  mixed to mono, resampled to the training `sample_rate` and cut to `num_samples` as in validation (the centre of a
+  longer file, a shorter one padded and masked);
 - optical flow: FILEs are image pairs (frame 1, frame 2, frame 1', frame 2', ...); writes a colour-coded flow PNG
   per pair (`-o`, default `flow.png` / `flow-<i>.png`).
 
@@ -20,11 +23,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.layouts import to_model_layout
 from perceiver.training.tasks import config_value, logits_of
 
-__all__ = ["classify_images", "label_names", "load_image", "load_model_dir", "predict_flow", "predict_main"]
+__all__ = [
+    "classify_audio",
+    "classify_images",
+    "label_names",
+    "load_image",
+    "load_model_dir",
+    "predict_flow",
+    "predict_main",
+]
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
 
@@ -92,7 +104,12 @@ def classify_images(
 ) -> list[list[tuple[str, float]]]:
     """Images `(B, H, W, C)` (channels-last; permuted for models with `input_layout = "channels_first"`) -> for
     each the top-k `(label, probability)`."""
-    probs = logits_of(model(to_model_layout(model, images))).float().softmax(-1)
+    return top_labels(logits_of(model(to_model_layout(model, images))), class_names, top_k)
+
+
+def top_labels(logits: Tensor, class_names: list[str] | None, top_k: int) -> list[list[tuple[str, float]]]:
+    """Logits `(B, K)` -> for each row the top-k `(label, probability)` of the softmax."""
+    probs = logits.float().softmax(-1)
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     names = label_names(class_names, probs.shape[-1])
     return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
@@ -107,10 +124,34 @@ def classify_texts(model: torch.nn.Module, texts: list[str], info: dict[str, Any
     seqs = [torch.from_numpy(encode_sequence(t, max_len)) for t in texts]
     input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.bool) for s in seqs], batch_first=True)
-    probs = logits_of(model(input_ids, mask)).float().softmax(-1)
-    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    names = label_names(info.get("class_names"), probs.shape[-1])
-    return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
+    return top_labels(logits_of(model(input_ids, mask)), info.get("class_names"), top_k)
+
+
+@torch.no_grad()
+def classify_audio(
+    model: torch.nn.Module,
+    files: list[Path],
+    info: dict[str, Any],
+    top_k: int = 5,
+    sample_rate: int | None = None,
+    num_samples: int | None = None,
+) -> list[list[tuple[str, float]]]:
+    """Sound files -> top-k labels, each clip prepared as in validation (`perceiver.data.audio_folder`): mono at
+    `sample_rate` (default `task.json`'s), the centre `num_samples` (default `task.json`'s, else the model's), a
+    shorter file zero-padded with its mask."""
+    from perceiver.data.audio_folder import fit_length, load_audio
+
+    rate = sample_rate or info.get("sample_rate")
+    length = num_samples or info.get("num_samples") or config_value(getattr(model, "config", None), "num_samples")
+    if not rate or not length:
+        raise SystemExit(
+            "error: the model folder has no task.json with sample_rate and num_samples; pass --sample-rate HZ "
+            "--num-samples S (as in training)"
+        )
+    clips = [fit_length(load_audio(f, int(rate)), int(length)) for f in files]
+    inputs = torch.from_numpy(np.stack([c for c, _ in clips]))[..., None]  # (B, S, 1)
+    mask = torch.from_numpy(np.stack([m for _, m in clips]))
+    return top_labels(logits_of(model(inputs, mask)), info.get("class_names"), top_k)
 
 
 @torch.no_grad()
@@ -125,11 +166,13 @@ def predict_main(argv: list[str]) -> None:
         prog="perceiver predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model_dir", help="model folder (save_pretrained / perceiver fit's RUN_DIR/model)")
-    parser.add_argument("files", nargs="+", help="images, text files, or image pairs for flow")
+    parser.add_argument("files", nargs="+", help="images, text files, sound files, or image pairs for flow")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--task", choices=["classification", "optical-flow"], help="override task.json")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     parser.add_argument("--channels", type=int, choices=[1, 3], help="1 = greyscale, 3 = RGB")
+    parser.add_argument("--sample-rate", type=int, help="audio: resample to HZ (default: task.json's)")
+    parser.add_argument("--num-samples", type=int, help="audio: clip length in samples (default: task.json's)")
     parser.add_argument("-o", "--output", help="flow PNG path (optical flow)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
     args = parser.parse_args(argv)
@@ -146,7 +189,12 @@ def predict_main(argv: list[str]) -> None:
         if not f.is_file():
             raise SystemExit(f"error: file not found: {f}")
     takes_text = "image_shape" not in info and all(f.suffix.lower() in TEXT_SUFFIXES for f in files)
-    if takes_text:
+    takes_audio = "num_samples" in info or (
+        "image_shape" not in info and all(f.suffix.lower() in AUDIO_EXTENSIONS for f in files)
+    )
+    if takes_audio:
+        results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
+    elif takes_text:
         results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
     else:
         hw, channels = image_geometry(info, model, args.image_size, args.channels)

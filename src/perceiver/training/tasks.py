@@ -71,7 +71,7 @@ def build_model(
     (`ignore_mismatched_sizes=True`)."""
     import perceiver
 
-    kwargs = dict(model_kwargs or {})
+    kwargs = cli_nulls(model_kwargs) or {}
     if not pretrained:
         return perceiver.create_model(model, **kwargs)
     counted = any(k in kwargs for k in CLASS_COUNT_KEYS)
@@ -83,6 +83,15 @@ def build_model(
         if counted and not reset_head and "ignore_mismatched_sizes" in str(e):
             raise ValueError(f"{e} (in a training config: --model.reset_head true)") from e
         raise
+
+
+def cli_nulls(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`kwargs` with the string "None" read as None: LightningCLI (jsonargparse 4.5x) hands a task
+    `--model.model_kwargs.KEY=null` as the string "None" (a value of a `dict[str, Any]` inside `init_args`), where the
+    same `null` in a YAML config arrives as None; no model keyword takes that string."""
+    if kwargs is None:
+        return None
+    return {k: (None if isinstance(v, str) and v == "None" else v) for k, v in kwargs.items()}
 
 
 def num_classes_of(model: nn.Module) -> int | None:
@@ -193,8 +202,10 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
     """`ValueError` before training when the datamodule's inputs do not fit the model's config: the channels of its
     `image_shape` `(H, W, C)` (config `in_channels` / `input_channels`), the image size of a model with learned
     positions (`position_encoding="trainable"`, config `image_size`), text longer than the model's positions
-    (`max_seq_len`) and token ids of another vocabulary (`vocab_size`: a model embedding 32000 subword ids does not
-    read bytes + 6). Fields a model or datamodule does not have are not checked."""
+    (`max_seq_len`), token ids of another vocabulary (`vocab_size`: a model embedding 32000 subword ids does not
+    read bytes + 6) and audio clips (`num_samples`) of another length than a model built for a fixed one, not a
+    multiple of its `samples_per_patch`, or for a classic model not reading 1-D single-channel inputs. Fields a model
+    or datamodule does not have are not checked."""
     config = getattr(model, "config", None)
     if config is None:
         return
@@ -224,6 +235,9 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
                 f"images (image_size={list(size)}); pass --data.image_size [{size[0]}, {size[1]}], or (training "
                 f"from scratch) --model.model_kwargs.image_size [{h}, {w}]"
             )
+    samples = getattr(datamodule, "num_samples", None)
+    if isinstance(samples, int):
+        check_audio_geometry(config, name, data, samples)
     vocab, embeds = getattr(datamodule, "vocab_size", None), config_value(config, "vocab_size")
     if isinstance(vocab, int) and isinstance(embeds, int) and vocab != embeds:
         raise ValueError(
@@ -238,6 +252,27 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
             f"{data} gives sequences of up to {length} tokens (max_seq_len={length}) but {name} has positions for "
             f"{limit} (max_seq_len={limit}); pass --data.max_seq_len {limit} or --model.model_kwargs.max_seq_len "
             f"{length}"
+        )
+
+
+def check_audio_geometry(config: Any, name: str, data: str, samples: int) -> None:
+    """The audio part of `check_input_geometry`: clips of `samples` samples `(B, S, 1)` against the model's config."""
+    fixed, patch = config_value(config, "num_samples"), config_value(config, "samples_per_patch")
+    if isinstance(fixed, int) and fixed != samples:
+        raise ValueError(
+            f"{data} gives clips of {samples} samples but {name} takes {fixed} (num_samples={fixed}); pass "
+            f"--data.num_samples {fixed}, or (training from scratch) --model.model_kwargs.num_samples {samples}"
+        )
+    if isinstance(patch, int) and samples % patch:
+        raise ValueError(
+            f"{data} gives clips of {samples} samples, not a multiple of the {patch} samples per token of {name} "
+            f"(samples_per_patch={patch}); pass --data.num_samples {samples - samples % patch}"
+        )
+    axes, channels = config_value(config, "input_axis"), config_value(config, "input_channels")
+    if (isinstance(axes, int) and axes != 1) or (isinstance(channels, int) and channels != 1):
+        raise ValueError(
+            f"{data} gives waveforms (B, S, 1) but {name} has input_axis={axes}, input_channels={channels}; pass "
+            f"--model.model_kwargs.input_axis 1 --model.model_kwargs.input_channels 1"
         )
 
 
