@@ -111,12 +111,15 @@ def test_hidden_states_carry_gradients_and_survive_gradient_checkpointing():
         torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_classic_perceiver_returns_them_in_its_model_output():
+def classic(depth: int) -> perceiver.Perceiver:
     torch.manual_seed(0)
-    model = perceiver.Perceiver(
-        input_channels=3, input_axis=2, depth=3, num_latents=6, latent_dim=16, latent_heads=2, num_classes=5
+    return perceiver.Perceiver(
+        input_channels=3, input_axis=2, depth=depth, num_latents=6, latent_dim=16, latent_heads=2, num_classes=5
     ).eval()
-    data = torch.randn(2, 4, 5, 3)
+
+
+def test_classic_perceiver_returns_them_in_its_model_output():
+    model, data = classic(depth=3), torch.randn(2, 4, 5, 3)
     with torch.no_grad():
         out = model(data, return_hidden_states=True)
         logits = model(data)
@@ -139,11 +142,7 @@ def test_perceiver_io_heads_pass_them_through():
 
 
 def test_compiled_whole_with_both_flags():
-    torch.manual_seed(0)
-    model = perceiver.Perceiver(
-        input_channels=3, input_axis=2, depth=2, num_latents=6, latent_dim=16, latent_heads=2, num_classes=5
-    ).eval()
-    data = torch.randn(2, 4, 5, 3)
+    model, data = classic(depth=2), torch.randn(2, 4, 5, 3)
 
     def run(m):
         return m(data, return_hidden_states=True, return_attention=True)
