@@ -10,6 +10,7 @@ apply_on="instantiate")`). Batches are dicts:
 | `DigitsDataModule` (sklearn digits) | `inputs` f32 (B, 8, 8, 1) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `ImageFolderDataModule(root, image_size)` | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `AudioFolderDataModule(root, sample_rate, num_samples)` | `inputs` f32 (B, S, 1) waveform, `mask` bool (B, S) True = sample (short files are padded), `labels` i64 (B,) | `num_classes`, `class_names`, `num_samples`, `sample_rate` |
+| `VideoFolderDataModule(root, num_frames, image_size)` | `inputs` f32 (B, T, H, W, 3) in [0, 1], `labels` i64 (B,) | `num_classes`, `class_names`, `video_shape` |
 | `TextClassificationDataModule(train_file, ...)` | `input_ids` i64 (B, L), `attention_mask` bool (B, L), `labels` i64 (B,) | `num_classes`, `class_names`, `vocab_size`, `max_seq_len`, `pad_token_id` |
 | `PydocMLMDataModule` (pydoc topics), `TextFilesMLMDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` (pydoc), `most_frequent_byte_baseline()` |
 | `PydocARDataModule` (pydoc topics), `TextFilesARDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) byte windows, `labels` i64 (B, L) (= input_ids; evaluation: -100 except the scored bytes) | `vocab_size`, `pad_token_id`, `unigram_bpb(split)` |
@@ -36,6 +37,7 @@ from perceiver.data.pydoc import PydocMLMDataModule
 from perceiver.data.segment_pydoc import SegmentPydocDataModule
 from perceiver.data.text import TextClassificationDataModule
 from perceiver.data.text_files import TextFilesARDataModule, TextFilesMLMDataModule
+from perceiver.data.video_folder import VideoFolderDataModule
 
 __all__ = [
     "AudioFolderDataModule",
@@ -50,6 +52,7 @@ __all__ = [
     "TextClassificationDataModule",
     "TextFilesARDataModule",
     "TextFilesMLMDataModule",
+    "VideoFolderDataModule",
     "read_flo",
     "read_off",
     "write_flo",

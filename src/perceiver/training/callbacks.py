@@ -337,6 +337,7 @@ def data_description(datamodule: Any) -> dict[str, Any]:
         "num_points",
         "num_samples",
         "sample_rate",
+        "video_shape",
     )
     info: dict[str, Any] = {}
     for key in keys:

@@ -5,6 +5,8 @@
 - classification over audio (`task.json` has `num_samples`, or the files are sound files): every file is decoded,
   mixed to mono, resampled to the training `sample_rate` and cut to `num_samples` as in validation (the centre of a
   longer file, a shorter one padded and masked);
+- classification over video (`task.json` has `video_shape`, or the files are videos): `num_frames` frames spread
+  over each video (the middle of equal segments, as in validation), resized to the training frame size;
 - optical flow: FILEs are image pairs (frame 1, frame 2, frame 1', frame 2', ...); writes a colour-coded flow PNG
   per pair (`-o`, default `flow.png` / `flow-<i>.png`).
 
@@ -24,12 +26,14 @@ import torch
 from torch import Tensor
 
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
+from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.layouts import to_model_layout
 from perceiver.training.tasks import config_value, logits_of
 
 __all__ = [
     "classify_audio",
+    "classify_videos",
     "classify_images",
     "label_names",
     "load_image",
@@ -155,6 +159,29 @@ def classify_audio(
 
 
 @torch.no_grad()
+def classify_videos(
+    model: torch.nn.Module, files: list[Path], info: dict[str, Any], top_k: int = 5, size: list[int] | None = None
+) -> list[list[tuple[str, float]]]:
+    """Video files -> top-k labels, each clip sampled as in validation (`perceiver.data.video_folder`): `task.json`'s
+    `video_shape` `(T, H, W, C)` frames (`size` overrides `(H, W)`), else the model config's `num_frames` /
+    `image_size`."""
+    from perceiver.data.video_folder import clip_indices, load_video_frames
+
+    config = getattr(model, "config", None)
+    shape = info.get("video_shape")
+    frames = shape[0] if shape else config_value(config, "num_frames")
+    hw = tuple(size) if size else (tuple(shape[1:3]) if shape else config_value(config, "image_size"))
+    if not frames or not hw:
+        raise SystemExit("error: the model folder has no task.json with video_shape; pass --image-size H W")
+    clips = []
+    for f in files:
+        video = load_video_frames(f, (int(hw[0]), int(hw[1])))
+        clips.append(video[clip_indices(len(video), int(frames))])
+    inputs = torch.from_numpy(np.stack(clips)).float().div_(255.0)  # (B, T, H, W, 3)
+    return top_labels(logits_of(model(to_model_layout(model, inputs))), info.get("class_names"), top_k)
+
+
+@torch.no_grad()
 def predict_flow(model: torch.nn.Module, frame1: np.ndarray, frame2: np.ndarray) -> Tensor:
     """Two RGB frames `(H, W, 3)` in [0, 1] -> flow `(H, W, 2)` in pixels."""
     frames = torch.from_numpy(np.stack([frame1, frame2]))[None]  # (1, 2, H, W, 3)
@@ -166,7 +193,7 @@ def predict_main(argv: list[str]) -> None:
         prog="perceiver predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model_dir", help="model folder (save_pretrained / perceiver fit's RUN_DIR/model)")
-    parser.add_argument("files", nargs="+", help="images, text files, sound files, or image pairs for flow")
+    parser.add_argument("files", nargs="+", help="images, videos, sound files, text files, or image pairs for flow")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--task", choices=["classification", "optical-flow"], help="override task.json")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
@@ -192,7 +219,12 @@ def predict_main(argv: list[str]) -> None:
     takes_audio = "num_samples" in info or (
         "image_shape" not in info and all(f.suffix.lower() in AUDIO_EXTENSIONS for f in files)
     )
-    if takes_audio:
+    takes_video = "video_shape" in info or (
+        "image_shape" not in info and all(f.suffix.lower() in VIDEO_EXTENSIONS for f in files)
+    )
+    if takes_video:
+        results = classify_videos(model, files, info, args.top_k, args.image_size)
+    elif takes_audio:
         results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
     elif takes_text:
         results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)

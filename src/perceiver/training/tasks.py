@@ -203,9 +203,10 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
     `image_shape` `(H, W, C)` (config `in_channels` / `input_channels`), the image size of a model with learned
     positions (`position_encoding="trainable"`, config `image_size`), text longer than the model's positions
     (`max_seq_len`), token ids of another vocabulary (`vocab_size`: a model embedding 32000 subword ids does not
-    read bytes + 6) and audio clips (`num_samples`) of another length than a model built for a fixed one, not a
-    multiple of its `samples_per_patch`, or for a classic model not reading 1-D single-channel inputs. Fields a model
-    or datamodule does not have are not checked."""
+    read bytes + 6), audio clips (`num_samples`) of another length than a model built for a fixed one, not a multiple
+    of its `samples_per_patch`, or for a classic model not reading 1-D single-channel inputs, and video clips
+    (`video_shape`) of other frames, frame size or channels than the model's. Fields a model or datamodule does not
+    have are not checked."""
     config = getattr(model, "config", None)
     if config is None:
         return
@@ -238,6 +239,9 @@ def check_input_geometry(model: nn.Module, datamodule: Any) -> None:
     samples = getattr(datamodule, "num_samples", None)
     if isinstance(samples, int):
         check_audio_geometry(config, name, data, samples)
+    video = getattr(datamodule, "video_shape", None)
+    if video is not None:
+        check_video_geometry(config, name, data, tuple(int(v) for v in video))
     vocab, embeds = getattr(datamodule, "vocab_size", None), config_value(config, "vocab_size")
     if isinstance(vocab, int) and isinstance(embeds, int) and vocab != embeds:
         raise ValueError(
@@ -273,6 +277,33 @@ def check_audio_geometry(config: Any, name: str, data: str, samples: int) -> Non
         raise ValueError(
             f"{data} gives waveforms (B, S, 1) but {name} has input_axis={axes}, input_channels={channels}; pass "
             f"--model.model_kwargs.input_axis 1 --model.model_kwargs.input_channels 1"
+        )
+
+
+def check_video_geometry(config: Any, name: str, data: str, shape: tuple[int, ...]) -> None:
+    """The video part of `check_input_geometry`: clips `(B, T, H, W, C)` against the model's frames, frame size and
+    channels (those it fixes), or a classic model's `input_axis` (3) and `input_channels`."""
+    t, h, w, c = shape
+    frames, size = config_value(config, "num_frames"), config_value(config, "image_size")
+    if isinstance(frames, int) and frames != t:
+        raise ValueError(
+            f"{data} gives clips of {t} frames but {name} takes {frames} (num_frames={frames}); pass --data.num_frames "
+            f"{frames}, or (training from scratch) --model.model_kwargs.num_frames {t}"
+        )
+    if size is not None and tuple(size) != (h, w):
+        raise ValueError(
+            f"{data} gives {h}x{w} frames but {name} takes {size[0]}x{size[1]} (image_size={list(size)}); pass "
+            f"--data.image_size [{size[0]}, {size[1]}], or (training from scratch) --model.model_kwargs.image_size "
+            f"[{h}, {w}]"
+        )
+    channels = config_value(config, "in_channels")
+    axes, classic_channels = config_value(config, "input_axis"), config_value(config, "input_channels")
+    if (isinstance(channels, int) and channels != c) or (isinstance(classic_channels, int) and classic_channels != c):
+        raise ValueError(f"{data} gives {c}-channel frames but {name} takes {channels or classic_channels} channels")
+    if isinstance(axes, int) and axes != 3:
+        raise ValueError(
+            f"{data} gives videos (B, T, H, W, C) but {name} has input_axis={axes}; pass "
+            f"--model.model_kwargs.input_axis 3"
         )
 
 

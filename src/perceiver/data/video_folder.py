@@ -1,0 +1,182 @@
+"""Video classification from a folder per class (the `ImageFolder` layout, for video files).
+
+    root/<class_a>/xxx.mp4
+    root/<class_a>/sub/yyy.avi      (searched recursively)
+    root/<class_b>/zzz.webm
+
+Classes are the sorted sub-folder names of `root` (hidden folders skipped). Files are videos by extension
+(`VIDEO_EXTENSIONS`), decoded with FFmpeg through PyAV (`av`); every frame is converted to RGB and resized to
+`image_size` (bilinear, aspect ratio not preserved) as it is decoded, so a long video never sits in memory at full
+resolution. Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of `seed`).
+
+A clip is `num_frames` frames spread over the whole video (segment sampling, as TSN): the video is cut into
+`num_frames` equal segments and each gives one frame, its middle one in evaluation, a random one in training with
+`augment` (drawn from `(seed, epoch, index)`, which also flips the whole clip horizontally half the time). A video
+with fewer frames than `num_frames` repeats frames.
+
+Batch: `{"inputs": float32 (B, T, H, W, C) channels-last in [0, 1], "labels": int64 (B,)}`, T = `num_frames`; the
+training task hands the `video-classifier` preset its channels-first `(B, T, C, H, W)` (`perceiver.training.layouts`).
+
+`setup()` checks the data before training starts: `FileNotFoundError` for a missing root, `ValueError` naming the
+folder for a class folder without videos, and naming the file for one that does not decode or has no video stream
+(`check_videos="decode"`, the default, decodes every file once; "none" skips it).
+
+Attributes available right after construction: `class_names`, `num_classes`, `video_shape = (T, H, W, C)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, require_dir, sample_rng
+from perceiver.data.folders import list_classes, scan_class_folders, train_val_files
+
+VideoCheck = Literal["decode", "none"]
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+
+__all__ = ["VIDEO_EXTENSIONS", "VideoFileDataset", "VideoFolderDataModule", "clip_indices", "load_video_frames"]
+
+
+def load_video_frames(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Every frame of a video as uint8 RGB `(N, H, W, 3)`, each resized to `size` `(H, W)` as it is decoded.
+
+    `ValueError` naming the file if FFmpeg cannot decode it or it has no video frames."""
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a dependency of the train extra
+        raise ImportError("reading video files needs PyAV: pip install av (or perceiver-torch[train])") from e
+    from PIL import Image
+
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            has_video = bool(container.streams.video)
+            for frame in container.decode(video=0) if has_video else ():
+                image = frame.to_image()  # RGB
+                if image.size != (size[1], size[0]):
+                    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                frames.append(np.asarray(image, dtype=np.uint8))
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot decode video file {path}: {e}") from e
+    if not has_video:
+        raise ValueError(f"video file {path} has no video stream")
+    if not frames:
+        raise ValueError(f"video file {path} has no frames")
+    return np.stack(frames)
+
+
+def clip_indices(total: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """`num_frames` frame indices over a video of `total` frames: one per equal segment, its middle (`rng` None) or
+    a random frame of it; repeated where there are fewer frames than segments."""
+    edges = np.linspace(0, total, num_frames + 1)
+    if rng is None:
+        points = (edges[:-1] + edges[1:]) / 2
+    else:
+        points = edges[:-1] + rng.random(num_frames) * (edges[1:] - edges[:-1])
+    return np.minimum(points.astype(np.int64), total - 1)
+
+
+class VideoFileDataset(KeyedDataset):
+    """Video files and labels; items `{"inputs": (T, H, W, C), "labels": ()}` (see the module docstring)."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        labels: np.ndarray,
+        num_frames: int,
+        size: tuple[int, int],
+        augment: bool = False,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.files, self.labels, self.num_frames, self.size = files, labels, num_frames, size
+        self.augment, self.seed = augment, seed
+        self.cache = [load_video_frames(f, size) for f in files] if cache else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+        frames = self.cache[index] if self.cache is not None else load_video_frames(self.files[index], self.size)
+        rng = sample_rng(self.seed, epoch, index) if self.augment else None
+        clip = frames[clip_indices(len(frames), self.num_frames, rng)]
+        if rng is not None and rng.random() < 0.5:
+            clip = clip[:, :, ::-1]
+        inputs = torch.from_numpy(np.ascontiguousarray(clip)).float().div_(255.0)
+        return {"inputs": inputs, "labels": torch.tensor(int(self.labels[index]))}
+
+
+class VideoFolderDataModule(BaseDataModule):
+    """Video classification from folders of video files, one sub-folder per class (see the module docstring).
+
+    Args:
+        root: training folder (`root/<class>/...`).
+        num_frames: frames per clip `T`.
+        image_size: `H` or `(H, W)` frames are resized to.
+        val_root: validation folder with the same layout; default: a stratified `val_fraction` of `root`.
+        test_root: test folder with the same layout; `test_dataloader()` raises if None.
+        val_fraction: share of `root` held out when `val_root` is None.
+        augment: random frames within their segments and horizontal flips of training clips.
+        check_videos: "decode" (default: every file is decoded once in `setup()`) or "none".
+        cache_videos: keep every decoded, resized video in memory (uint8) after `setup()`.
+        batch_size, num_workers, seed: see `BaseDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_frames: int = 8,
+        image_size: int | tuple[int, int] = 64,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        val_fraction: float = 0.1,
+        augment: bool = False,
+        check_videos: VideoCheck = "decode",
+        cache_videos: bool = False,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if check_videos not in ("decode", "none"):
+            raise ValueError(f"check_videos must be 'decode' or 'none', got {check_videos!r}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if val_root is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
+        self.root = require_dir(root, "video folder")
+        self.val_root = require_dir(val_root, "validation video folder") if val_root is not None else None
+        self.test_root = require_dir(test_root, "test video folder") if test_root is not None else None
+        self.class_names = list_classes(self.root, "video files")
+        self.num_classes = len(self.class_names)
+        self.num_frames, self.image_size = num_frames, as_hw(image_size)
+        self.video_shape = (num_frames, *self.image_size, 3)
+        self.val_fraction, self.augment = val_fraction, augment
+        self.check_videos, self.cache_videos = check_videos, cache_videos
+        self.save_hyperparameters()
+
+    def _scan(self, root: Path) -> tuple[list[Path], np.ndarray]:
+        def check(f: Path) -> None:
+            if self.check_videos == "decode":
+                load_video_frames(f, self.image_size)
+
+        return scan_class_folders(root, self.class_names, check, VIDEO_EXTENSIONS, "videos")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files, labels, val_files, val_labels = train_val_files(
+            self.root, self.val_root, self.val_fraction, self._scan, "videos"
+        )
+
+        def make(f: list[Path], y: np.ndarray, augment: bool = False) -> VideoFileDataset:
+            return VideoFileDataset(f, y, self.num_frames, self.image_size, augment, self.seed, self.cache_videos)
+
+        self.train_set = make(files, labels, self.augment)
+        self.val_set = make(val_files, val_labels)
+        if self.test_root is not None:
+            self.test_set = make(*self._scan(self.test_root))
