@@ -49,6 +49,7 @@ def test_load_video_frames_decodes_every_frame_resized(tmp_path):
     path = write_video(tmp_path / "a.mp4", COLOURS["red"], frames=12)
     frames = load_video_frames(path, (24, 32))  # half size
     assert frames.shape == (12, 24, 32, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(load_video_frames(path, (24, 32), max_frames=2), frames[:2])
     # the red square moves right: its centre column grows frame by frame
     red = (frames[..., 0].astype(int) - frames[..., 1]) > 80
     centres = [np.nonzero(f.any(0))[0].mean() for f in red]
@@ -99,7 +100,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="video folder not found"):
         VideoFolderDataModule(str(tmp_path / "missing"))
     root = write_video_folder(tmp_path / "train", per_class=3)
-    with pytest.raises(ValueError, match="check_videos must be 'decode' or 'none', got 'verify'"):
+    with pytest.raises(ValueError, match="check_videos must be 'decode', 'open' or 'none', got 'verify'"):
         VideoFolderDataModule(str(root), check_videos="verify")
     with pytest.raises(ValueError, match="num_frames must be >= 1, got 0"):
         VideoFolderDataModule(str(root), num_frames=0)
@@ -108,8 +109,9 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"class folder .*empty has no videos \(extensions: .mp4"):
         dm.setup()
     (root / "empty" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a movie")
-    with pytest.raises(ValueError, match=r"cannot decode video file .*broken\.mp4"):
-        VideoFolderDataModule(str(root)).setup()
+    for check in ("decode", "open"):
+        with pytest.raises(ValueError, match=r"cannot decode video file .*broken\.mp4"):
+            VideoFolderDataModule(str(root), check_videos=check).setup()
     (root / "empty" / "broken.mp4").unlink()
     sf = pytest.importorskip("soundfile")
     sf.write(root / "empty" / "sound.mkv", np.zeros(800, dtype=np.float32), 8000, format="WAV")  # audio only

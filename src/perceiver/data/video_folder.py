@@ -19,7 +19,9 @@ training task hands the `video-classifier` preset its channels-first `(B, T, C, 
 
 `setup()` checks the data before training starts: `FileNotFoundError` for a missing root, `ValueError` naming the
 folder for a class folder without videos, and naming the file for one that does not decode or has no video stream
-(`check_videos="decode"`, the default, decodes every file once; "none" skips it).
+(`check_videos="decode"`, the default, decodes every file once; "open" only opens each and decodes its first frame,
+much faster for a large folder of long videos, but a file broken further in stops training when it is read; "none"
+skips the check).
 
 Attributes available right after construction: `class_names`, `num_classes`, `video_shape = (T, H, W, C)`.
 """
@@ -35,14 +37,15 @@ import torch
 from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, require_dir, sample_rng
 from perceiver.data.folders import list_classes, scan_class_folders, train_val_files
 
-VideoCheck = Literal["decode", "none"]
+VideoCheck = Literal["decode", "open", "none"]
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoFileDataset", "VideoFolderDataModule", "clip_indices", "load_video_frames"]
 
 
-def load_video_frames(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Every frame of a video as uint8 RGB `(N, H, W, 3)`, each resized to `size` `(H, W)` as it is decoded.
+def load_video_frames(path: str | Path, size: tuple[int, int], max_frames: int | None = None) -> np.ndarray:
+    """Every frame of a video (the first `max_frames`, if given) as uint8 RGB `(N, H, W, 3)`, each resized to `size`
+    `(H, W)` as it is decoded.
 
     `ValueError` naming the file if FFmpeg cannot decode it or it has no video frames."""
     try:
@@ -60,6 +63,8 @@ def load_video_frames(path: str | Path, size: tuple[int, int]) -> np.ndarray:
                 if image.size != (size[1], size[0]):
                     image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 frames.append(np.asarray(image, dtype=np.uint8))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode video file {path}: {e}") from e
     if not has_video:
@@ -121,7 +126,8 @@ class VideoFolderDataModule(BaseDataModule):
         test_root: test folder with the same layout; `test_dataloader()` raises if None.
         val_fraction: share of `root` held out when `val_root` is None.
         augment: random frames within their segments and horizontal flips of training clips.
-        check_videos: "decode" (default: every file is decoded once in `setup()`) or "none".
+        check_videos: "decode" (default: every file is decoded once in `setup()`), "open" (each opened and its first
+            frame decoded) or "none".
         cache_videos: keep every decoded, resized video in memory (uint8) after `setup()`.
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
@@ -142,8 +148,8 @@ class VideoFolderDataModule(BaseDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        if check_videos not in ("decode", "none"):
-            raise ValueError(f"check_videos must be 'decode' or 'none', got {check_videos!r}")
+        if check_videos not in ("decode", "open", "none"):
+            raise ValueError(f"check_videos must be 'decode', 'open' or 'none', got {check_videos!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if val_root is None and not 0.0 < val_fraction < 1.0:
@@ -161,8 +167,8 @@ class VideoFolderDataModule(BaseDataModule):
 
     def _scan(self, root: Path) -> tuple[list[Path], np.ndarray]:
         def check(f: Path) -> None:
-            if self.check_videos == "decode":
-                load_video_frames(f, self.image_size)
+            if self.check_videos != "none":
+                load_video_frames(f, self.image_size, None if self.check_videos == "decode" else 1)
 
         return scan_class_folders(root, self.class_names, check, VIDEO_EXTENSIONS, "videos")
 
