@@ -43,6 +43,19 @@ class ModelOutput:
     hidden_states: list[Tensor] | None = field(default=None, repr=False)
     latent_attentions: list[Tensor] | None = field(default=None, repr=False)
 
+    @property
+    def attentions(self) -> list[Tensor] | None:
+        """transformers' name: the latent self-attention maps (`latent_attentions`)."""
+        return self.latent_attentions
+
+    @property
+    def cross_attentions(self) -> list[Tensor] | None:
+        """transformers' name and order: the encoder's cross-attention maps, then the decoder's (where there is one)."""
+        if self.encoder_attentions is None and self.decoder_attention is None:
+            return None
+        decoder = [] if self.decoder_attention is None else [self.decoder_attention]
+        return [*(self.encoder_attentions or []), *decoder]
+
 
 @dataclass
 class Features:
