@@ -380,3 +380,33 @@ def test_format1_config_of_the_previous_release_loads(preset, model_type, old, f
         torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
     again = perceiver.from_pretrained(loaded.save_pretrained(tmp_path / "again"))  # written as format 2
     assert again.config == model.config
+
+
+def test_fill_mask_replaces_each_mask_by_the_most_likely_byte(mlm):
+    model = mlm
+    tok = perceiver.ByteTokenizer()
+    texts = ["Sky: [MASK][MASK][MASK].", "ab[MASK]"]  # 9 and 3 bytes (max_seq_len 12)
+    got = model.fill_mask(texts)
+    for text, filled in zip(texts, got):  # one at a time, by hand
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0]
+        ids = enc["input_ids"][0].clone()
+        masked = ids == tok.mask_token_id
+        ids[masked] = logits[masked][:, 6:].argmax(-1) + 6  # bytes only: ids 6..261
+        assert filled == tok.decode(ids, skip_special_tokens=True)
+        assert filled.startswith(text.split("[MASK]")[0]) and "[MASK]" not in filled
+    assert model.fill_mask(texts[1]) == got[1]  # a single text, the same as in a batch of other lengths
+    assert model.fill_mask("no mask") == "no mask"
+    transformers = pytest.importorskip("transformers")
+    assert model.fill_mask(texts, tokenizer=transformers.PerceiverTokenizer()) == got  # transformers' tokenizer
+
+
+def test_fill_mask_errors_name_the_problem(mlm):
+    model = mlm
+    limit = model.config.adapter.max_seq_len
+    with pytest.raises(ValueError, match=rf"at most max_seq_len={limit} tokens .*got {limit + 1}"):
+        model.fill_mask("x" * (limit - 1))
+    other = perceiver.create_model("language-perceiver", vocab_size=300, num_latents=4, latent_dim=16, d_model=16)
+    with pytest.raises(ValueError, match="expected a tokenizer for this model's 300-token vocabulary"):
+        other.fill_mask("a[MASK]")

@@ -18,9 +18,11 @@ always decodes all `max_seq_len` queries, which `decode_all_positions=True` repr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -33,6 +35,7 @@ from perceiver.core.io import PerceiverIO
 from perceiver.core.model import ModelOutput
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.tokenizer import VOCAB_SIZE, ByteTokenizer
 
 #: flat keys of format-1 files and earlier preset keywords whose field moved: the Perceiver IO ones and `d_model`
 TEXT_LEGACY_KEYS: dict[str, str | tuple[str, ...]] = IO_LEGACY_KEYS | {"d_model": "adapter.num_channels"}
@@ -214,6 +217,40 @@ class PerceiverForMaskedLM(TextModel):
         if self.config.decode_all_positions or length >= self.config.adapter.max_seq_len:
             return None
         return slice(0, length)
+
+    @torch.no_grad()
+    def fill_mask(self, text: str | Sequence[str], tokenizer: Any = None) -> str | list[str]:
+        """`text` (or a batch) with every mask token replaced by the model's most likely token, as transformers' docs
+        use the language Perceiver: each `[MASK]` stands for one byte, so a masked span of n bytes is n `[MASK]`s.
+
+            model.fill_mask("This is an incomplete sentence where some words are" + "[MASK]" * 9)
+
+        `tokenizer`: default a `perceiver.ByteTokenizer` (the byte vocabulary, 262 ids); for another vocabulary pass
+        its tokenizer (transformers' interface: `__call__`, `mask_token_id`, `all_special_ids`, `decode`). Special
+        tokens are never predicted. Call it on the model in eval mode (dropout); texts longer than `max_seq_len` ids
+        (special tokens included) are an error."""
+        if tokenizer is None:
+            if self.config.adapter.vocab_size != VOCAB_SIZE:
+                raise ValueError(
+                    f"expected a tokenizer for this model's {self.config.adapter.vocab_size}-token vocabulary (the "
+                    f"default ByteTokenizer has {VOCAB_SIZE}), got None"
+                )
+            tokenizer = ByteTokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        limit = self.config.adapter.max_seq_len
+        if enc["input_ids"].shape[1] > limit:
+            raise ValueError(
+                f"expected texts of at most max_seq_len={limit} tokens (special tokens included), got "
+                f"{enc['input_ids'].shape[1]}"
+            )
+        device = self.encoder.latents.device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
+        logits = self(ids, attention_mask=mask).logits
+        logits[..., list(tokenizer.all_special_ids)] = float("-inf")
+        filled = torch.where(ids == tokenizer.mask_token_id, logits.argmax(-1), ids)
+        out = [tokenizer.decode(row[valid].tolist(), skip_special_tokens=True) for row, valid in zip(filled, mask)]
+        return out[0] if isinstance(text, str) else out
 
     def compute_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of `labels` `(B, O)` (one target id per decoded position, -100 = ignored)."""
