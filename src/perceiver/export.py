@@ -185,13 +185,21 @@ def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequenc
 
 
 def export_main(argv: list[str] | None = None) -> None:
-    """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`."""
+    """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`, or
+    `perceiver export MODEL_DIR OUT_DIR --transformers` (a transformers model folder)."""
     parser = argparse.ArgumentParser(
         prog="perceiver export",
-        description="Export a model folder (ours or a transformers Perceiver checkpoint) to ONNX with a dynamic batch.",
+        description="Export a model folder (ours or a transformers Perceiver checkpoint) to ONNX with a dynamic batch, "
+        "or with --transformers to a transformers model folder.",
     )
     parser.add_argument("model_dir", help="a model folder (save_pretrained / perceiver fit's RUN_DIR/model) or Hub id")
-    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("output", help="the .onnx file to write (the folder, with --transformers)")
+    parser.add_argument(
+        "--transformers",
+        action="store_true",
+        help="write a transformers Perceiver model folder instead (masked LM, text and image classifiers; its "
+        "outputs are checked against ours)",
+    )
     parser.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of the example inputs (default 2)")
     parser.add_argument("--shape", type=int, nargs="+", help="per-sample input shape (default: the model's own)")
@@ -200,6 +208,16 @@ def export_main(argv: list[str] | None = None) -> None:
     from perceiver.pretrained import from_pretrained
 
     model = from_pretrained(args.model_dir)
+    if args.transformers:
+        from perceiver.interop.to_transformers import to_transformers
+
+        try:
+            hf = to_transformers(model, atol=args.atol)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+        hf.save_pretrained(args.output)
+        print(f"wrote {args.output}: transformers' {type(hf).__name__}, outputs equal to ours within {args.atol}")
+        return
     inputs = example_inputs(model, args.batch_size, args.shape)
     path = export_onnx(model, args.output, inputs, check=args.check, atol=args.atol)
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)

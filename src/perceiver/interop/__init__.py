@@ -1,5 +1,5 @@
 """Conversion from other implementations: transformers' Perceiver heads, perceiver-pytorch state dicts, krasserm's
-perceiver-io models.
+perceiver-io models; and to transformers (`to_transformers`).
 
 Importing this package registers every transformers converter with `perceiver.pretrained`.
 """

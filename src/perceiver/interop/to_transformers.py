@@ -1,0 +1,183 @@
+"""Export to transformers: our Perceiver IO heads as transformers' `Perceiver*` models with the same weights.
+
+    hf = perceiver.interop.to_transformers.to_transformers(model)   # e.g. after fine-tuning with `perceiver fit`
+    hf.save_pretrained("hf-folder")                                  # transformers' AutoModel / pipelines read it
+
+Covered: `PerceiverForMaskedLM`, `PerceiverForSequenceClassification` and the three image classifiers (learned,
+Fourier, conv stem), the heads transformers has for them. The transformers config is derived from ours; its weights
+are ours, placed by running our own converter (`perceiver.from_pretrained` of a transformers checkpoint) on a
+transformers model whose every tensor is distinct and matching the tensors it produces, so export and import share
+one key map. A model transformers cannot express (latent and cross-attention widths that differ where transformers
+has one `qk_channels`, DeepMind's SAME padding of the conv stem, a head of another design) is refused before anything
+is returned: every export runs both models on the same random inputs and requires equal outputs (max abs diff
+`atol`, fp32).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["to_transformers", "transformers_config"]
+
+_IMAGE_HEADS = {
+    "conv1x1": "PerceiverForImageClassificationLearned",
+    "pixels": "PerceiverForImageClassificationFourier",
+    "conv": "PerceiverForImageClassificationConvProcessing",
+}
+
+
+def _widths(layer: nn.Module) -> tuple[int, int, int]:
+    """(qk, v, widening) of a `CrossAttentionLayer` / `SelfAttentionLayer` read off its weights."""
+    attention = layer.attention
+    hidden, width = layer.mlp.fc1.weight.shape
+    return attention.q_proj.weight.shape[0], attention.v_proj.weight.shape[0], hidden // width
+
+
+def _channels(c: Any, cross_qk: int, cross_v: int, self_qk: int | None, self_v: int | None) -> tuple[Any, Any]:
+    """transformers' `qk_channels` / `v_channels` (an int, or None where it derives the width) giving these widths.
+
+    transformers derives an unset qk width from `cross_attention_shape_for_attention` (the inputs' width for "kv", the
+    latents' for "q") in the cross-attention and from the latents in the self-attention, and an unset v width from
+    qk; one setting serves both attentions."""
+    derived_cross_qk = c.input_dim if c.cross_attention_shape == "kv" else c.latent_dim
+    for qk in (None, cross_qk):
+        for v in (None, cross_v):
+            cross = (qk or derived_cross_qk, v or qk or derived_cross_qk)
+            latent = (qk or c.latent_dim, v or qk or c.latent_dim)
+            if cross == (cross_qk, cross_v) and (self_qk is None or latent == (self_qk, self_v)):
+                return qk, v
+    raise ValueError(
+        f"transformers' Perceiver has one qk_channels / v_channels for the cross- and self-attention (unset: derived "
+        f"from the widths); these give no cross-attention qk {cross_qk} / v {cross_v} with latent self-attention qk "
+        f"{self_qk} / v {self_v}"
+    )
+
+
+def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The transformers architecture name and `PerceiverConfig` keywords of `model` (see the module docstring);
+    `ValueError` naming what transformers has no setting for."""
+    from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
+    from perceiver.models.vision import PerceiverForImageClassification
+
+    name = type(model).__name__
+    heads = (PerceiverForMaskedLM, PerceiverForSequenceClassification, PerceiverForImageClassification)
+    if not isinstance(model, heads):
+        raise ValueError(
+            f"expected a PerceiverForMaskedLM, PerceiverForSequenceClassification or PerceiverForImageClassification "
+            f"(the heads transformers has), got a {name}"
+        )
+    enc = model.encoder
+    c = enc.config
+    if c.num_cross_attends != 1 or c.activation != "gelu" or c.attn_residual != "none" or any(enc.inverted):
+        raise ValueError(
+            f"transformers' Perceiver has one cross-attention, GELU MLPs, no attention residuals and no inverted "
+            f"attention; this {name} has num_cross_attends={c.num_cross_attends}, activation={c.activation!r}, "
+            f"attn_residual={c.attn_residual!r}, inverted_cross_attention={c.inverted_cross_attention!r}"
+        )
+    cross_qk, cross_v, cross_widening = _widths(enc.cross_attends[0])
+    layers = enc.latent_blocks[0]
+    self_qk, self_v, self_widening = _widths(layers[0]) if len(layers) else (None, None, 1)
+    if self_v is not None and self_v != c.latent_dim:
+        raise ValueError(
+            f"transformers' latent self-attention adds its v_channels-wide output to the latents, so it needs "
+            f"v_channels = d_latents; this {name} has latent self-attention v {self_v} and latents {c.latent_dim} wide"
+        )
+    qk, v = _channels(c, cross_qk, cross_v, self_qk, self_v)
+    fields: dict[str, Any] = dict(
+        num_latents=c.num_latents,
+        d_latents=c.latent_dim,
+        num_blocks=c.num_blocks,
+        num_self_attends_per_block=c.num_self_attends_per_block,
+        num_self_attention_heads=c.latent_heads,
+        num_cross_attention_heads=c.cross_heads,
+        qk_channels=qk,
+        v_channels=v,
+        cross_attention_shape_for_attention=c.cross_attention_shape,
+        self_attention_widening_factor=self_widening,
+        cross_attention_widening_factor=cross_widening,
+        hidden_act="gelu",
+        attention_probs_dropout_prob=c.attn_dropout,
+        use_query_residual=c.use_query_residual,
+    )
+    if isinstance(model, (PerceiverForMaskedLM, PerceiverForSequenceClassification)):
+        a = model.config.adapter
+        fields |= dict(vocab_size=a.vocab_size, max_position_embeddings=a.max_seq_len, d_model=a.num_channels)
+        if isinstance(model, PerceiverForMaskedLM):
+            return "PerceiverForMaskedLM", fields
+        return "PerceiverForSequenceClassification", fields | dict(num_labels=model.num_classes)
+    a = model.config.adapter
+    if a.prep_type == "conv" and a.same_padding:
+        raise ValueError(
+            "transformers' conv stem pads its 7x7 convolution by 3 on each side (55x55 tokens at 224), ours by "
+            "DeepMind's SAME padding (56x56, same_padding=True): export a model built with same_padding=False"
+        )
+    if a.prep_type not in _IMAGE_HEADS:
+        raise ValueError(f"transformers has no image classifier with prep_type={a.prep_type!r}")
+    h, w = a.image_size
+    if h != w:
+        raise ValueError(f"transformers' image classifiers take square images, this model takes {h}x{w}")
+    fields |= dict(d_model=model.input_adapter.num_channels, image_size=h, num_labels=model.num_classes)
+    return _IMAGE_HEADS[a.prep_type], fields
+
+
+def _example_inputs(model: nn.Module, hf_config: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Random inputs for ours and for transformers' model: `(ours kwargs, theirs kwargs)`."""
+    g = torch.Generator().manual_seed(0)
+    if hasattr(model.config.adapter, "vocab_size"):
+        length = model.config.adapter.max_seq_len
+        ids = torch.randint(6, model.config.adapter.vocab_size, (2, length), generator=g)
+        mask = torch.ones(2, length, dtype=torch.long)
+        mask[1, length // 2 :] = 0
+        return {"inputs": ids, "attention_mask": mask}, {"inputs": ids, "attention_mask": mask}
+    h, w = model.config.adapter.image_size
+    pixels = torch.randn(2, model.config.adapter.in_channels, h, w, generator=g)
+    return {"inputs": pixels}, {"inputs": pixels}
+
+
+@torch.no_grad()
+def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
+    """A transformers `Perceiver*` model (eval mode, fp32, CPU) with `model`'s weights and the same outputs.
+
+    `ValueError` if transformers cannot express `model` (named in the message), or if the two disagree on random
+    inputs by more than `atol`."""
+    import transformers
+
+    from perceiver.pretrained import HF_CONVERTERS
+
+    arch, fields = transformers_config(model)
+    hf = getattr(transformers, arch)(transformers.PerceiverConfig(**fields)).eval()
+    # Distinct values everywhere, so that each tensor our converter loads names the transformers key it came from.
+    g = torch.Generator().manual_seed(0)
+    probe = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in hf.state_dict().items()}
+    converted = HF_CONVERTERS[arch](hf.config.to_dict() | {"architectures": [arch]}, probe)
+    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    source = {k: v for k, v in converted.state_dict().items() if v.is_floating_point()}
+    state = dict(hf.state_dict())
+    for hf_key, value in probe.items():
+        if not value.is_floating_point():
+            continue
+        match = [k for k, v in source.items() if v.shape == value.shape and torch.equal(v, value)]
+        if not match:
+            raise ValueError(f"no tensor of {type(model).__name__} corresponds to transformers' {hf_key}")
+        if match[0] not in ours or ours[match[0]].shape != value.shape:
+            raise ValueError(f"{type(model).__name__} has no tensor {match[0]} of shape {tuple(value.shape)}")
+        state[hf_key] = ours[match[0]]
+    hf.load_state_dict(state)
+    plain = all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    reference = model if plain else copy.deepcopy(model).float().cpu()  # the caller's model keeps dtype and device
+    was_training = reference.training
+    mine, theirs = _example_inputs(reference, hf.config)
+    try:
+        diff = (reference.eval()(**mine).logits - hf(**theirs).logits).abs().max().item()
+    finally:
+        reference.train(was_training)
+    if not diff <= atol:
+        raise ValueError(
+            f"transformers' {arch} built from this {type(model).__name__} gives other outputs (max abs diff {diff:.2e} "
+            f"> {atol:g}): the model uses a setting transformers does not have"
+        )
+    return hf
