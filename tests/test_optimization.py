@@ -125,15 +125,18 @@ def test_compiled_candidates_run_their_own_graphs():
 
 def test_report_names_the_memory_a_candidate_keeps():
     """oneDNN's packed copy of a 2048 x 2048 fp32 weight is 16 MB: the report says the candidate keeps about that
-    much, and `max_memory_mb` below it skips the candidate with the figure."""
+    much, also when the process freed such copies before (an earlier `optimize`: glibc kept the freed memory for
+    reuse, which read as +0 MB until the heap was trimmed before each reading), and `max_memory_mb` below it skips
+    the candidate with the figure."""
     from perceiver.nn.cpu_kernels import onednn_available
 
     if not onednn_available() or perceiver.optimization._held_bytes("cpu") is None:
         pytest.skip("needs oneDNN and a memory reading")
     model = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 8)).eval()
     x = torch.randn(4, 2048)
-    report = perceiver.optimize(model, (x,), candidates=["eager", "onednn-linear"], repeats=1, verbose=False).report
-    assert 12 <= report.added_memory_mb["onednn-linear"] <= 64, report.added_memory_mb
+    for _ in range(3):
+        report = perceiver.optimize(model, (x,), candidates=["eager", "onednn-linear"], repeats=1, verbose=False).report
+        assert 12 <= report.added_memory_mb["onednn-linear"] <= 64, report.added_memory_mb
     assert "keeps +" in str(report)
     report = perceiver.optimize(
         model, (x,), candidates=["eager", "onednn-linear"], repeats=1, max_memory_mb=4, verbose=False

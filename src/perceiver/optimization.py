@@ -44,6 +44,7 @@ may recompile (compiled candidates) and are not re-timed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import statistics
@@ -179,15 +180,25 @@ def _load_compiler(device: str) -> None:
     torch.compile(_double_sine)(torch.ones(4, device=device))
 
 
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; nothing elsewhere). Without it, memory an
+    earlier candidate freed stays resident for reuse (glibc raises its mmap threshold after freeing a large block), and
+    a later candidate's packed weights fill it without growing the resident set: they would read as keeping ~0 MB."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def _held_bytes(device: str) -> int | None:
     """Memory the process holds now, after a garbage collection: PyTorch's allocated device memory on CUDA, else the
-    resident set size (Linux `/proc/self/statm`, elsewhere psutil if it is installed); None where neither reads."""
+    resident set size after `_trim_heap` (Linux `/proc/self/statm`, elsewhere psutil if it is installed); None where
+    neither reads."""
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.memory_allocated()
     if device != "cpu":
         return None
+    _trim_heap()
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
