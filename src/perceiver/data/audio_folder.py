@@ -33,8 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, require_dir, sample_rng
-from perceiver.data.folders import list_classes, scan_class_folders, train_val_files
+from perceiver.data._common import KeyedDataset, sample_rng
+from perceiver.data.folders import ClassFolderDataModule
 
 AudioCheck = Literal["decode", "none"]
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
@@ -121,7 +121,7 @@ class AudioFileDataset(KeyedDataset):
         }
 
 
-class AudioFolderDataModule(BaseDataModule):
+class AudioFolderDataModule(ClassFolderDataModule):
     """Audio classification from folders of sound files, one sub-folder per class (see the module docstring).
 
     Args:
@@ -136,6 +136,8 @@ class AudioFolderDataModule(BaseDataModule):
         cache_audio: keep every decoded, resampled file in memory (float32) after `setup()`.
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
+
+    noun, kind, extensions = "audio", "sound files", AUDIO_EXTENSIONS
 
     def __init__(
         self,
@@ -152,41 +154,18 @@ class AudioFolderDataModule(BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed)
         if check_audio not in ("decode", "none"):
             raise ValueError(f"check_audio must be 'decode' or 'none', got {check_audio!r}")
         if sample_rate < 1 or num_samples < 1:
             raise ValueError(f"sample_rate and num_samples must be >= 1, got {sample_rate} and {num_samples}")
-        if val_root is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
-        self.root = require_dir(root, "audio folder")
-        self.val_root = require_dir(val_root, "validation audio folder") if val_root is not None else None
-        self.test_root = require_dir(test_root, "test audio folder") if test_root is not None else None
-        self.class_names = list_classes(self.root, "sound files")
-        self.num_classes = len(self.class_names)
+        super().__init__(root, val_root, test_root, val_fraction, augment, batch_size, num_workers, seed)
         self.sample_rate, self.num_samples = sample_rate, num_samples
-        self.val_fraction, self.augment = val_fraction, augment
         self.check_audio, self.cache_audio = check_audio, cache_audio
         self.save_hyperparameters()
 
-    def _scan(self, root: Path) -> tuple[list[Path], np.ndarray]:
-        def check(f: Path) -> None:
-            if self.check_audio == "decode":
-                load_audio(f, self.sample_rate)
+    def scan_file(self, path: Path) -> None:
+        if self.check_audio == "decode":
+            load_audio(path, self.sample_rate)
 
-        return scan_class_folders(root, self.class_names, check, AUDIO_EXTENSIONS, "sound files")
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        files, labels, val_files, val_labels = train_val_files(
-            self.root, self.val_root, self.val_fraction, self._scan, "sound files"
-        )
-
-        def make(f: list[Path], y: np.ndarray, augment: bool = False) -> AudioFileDataset:
-            return AudioFileDataset(f, y, self.sample_rate, self.num_samples, augment, self.seed, self.cache_audio)
-
-        self.train_set = make(files, labels, self.augment)
-        self.val_set = make(val_files, val_labels)
-        if self.test_root is not None:
-            self.test_set = make(*self._scan(self.test_root))
+    def dataset(self, files: list[Path], labels: np.ndarray, augment: bool) -> AudioFileDataset:
+        return AudioFileDataset(files, labels, self.sample_rate, self.num_samples, augment, self.seed, self.cache_audio)

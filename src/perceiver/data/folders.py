@@ -109,11 +109,6 @@ def train_val_files(
     return [files[i] for i in keep], labels[keep], [files[i] for i in held], labels[held]
 
 
-def scan_folder(root: Path, class_names: list[str], check: ImageCheck) -> tuple[list[Path], np.ndarray]:
-    """Image files and labels of every class folder of `root` (each must be one of `class_names`), checked."""
-    return scan_class_folders(root, class_names, lambda f: check_image(f, check))
-
-
 class ImageFileDataset(KeyedDataset):
     """Image files and labels; items `{"inputs": (H, W, C), "labels": ()}` (see the module docstring)."""
 
@@ -147,7 +142,65 @@ class ImageFileDataset(KeyedDataset):
         return {"inputs": image, "labels": torch.tensor(int(self.labels[index]))}
 
 
-class ImageFolderDataModule(BaseDataModule):
+class ClassFolderDataModule(BaseDataModule):
+    """What the folder-per-class datamodules share (images, sound, video): the training, validation and test roots,
+    the class names (the training root's sub-folders), the validation split and `setup()`. Subclasses give `kind` (as
+    errors name the files), `extensions`, `scan_file` (the check of one file) and `dataset(files, labels, augment)`.
+
+    Args:
+        root, val_root, test_root, val_fraction: see the subclasses; augment: random changes of training samples.
+        batch_size, num_workers, seed: see `BaseDataModule`.
+    """
+
+    noun: str = "data"  # in messages: "<noun> folder not found"
+    kind: str = "files"  # plural noun of the files, in messages ("images", "sound files", "videos")
+    extensions: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        root: str,
+        val_root: str | None,
+        test_root: str | None,
+        val_fraction: float,
+        augment: bool,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if val_root is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
+        noun = self.noun
+        self.root = require_dir(root, f"{noun} folder")
+        self.val_root = require_dir(val_root, f"validation {noun} folder") if val_root is not None else None
+        self.test_root = require_dir(test_root, f"test {noun} folder") if test_root is not None else None
+        self.class_names = list_classes(self.root, self.kind if self.kind.endswith("files") else f"{noun} files")
+        self.num_classes = len(self.class_names)
+        self.val_fraction, self.augment = val_fraction, augment
+
+    def scan_file(self, path: Path) -> None:
+        """Check one file before training (raise naming it); default: nothing."""
+
+    def dataset(self, files: list[Path], labels: np.ndarray, augment: bool) -> KeyedDataset:
+        raise NotImplementedError
+
+    def scan(self, root: Path) -> tuple[list[Path], np.ndarray]:
+        """Files and labels of `root`'s class folders, each file checked (`scan_file`)."""
+        return scan_class_folders(root, self.class_names, self.scan_file, self.extensions, self.kind)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files, labels, val_files, val_labels = train_val_files(
+            self.root, self.val_root, self.val_fraction, self.scan, self.kind
+        )
+        self.train_set = self.dataset(files, labels, self.augment)
+        self.val_set = self.dataset(val_files, val_labels, False)
+        if self.test_root is not None:
+            self.test_set = self.dataset(*self.scan(self.test_root), False)
+
+
+class ImageFolderDataModule(ClassFolderDataModule):
     """Image classification from folders of images, one sub-folder per class (see the module docstring).
 
     Args:
@@ -162,6 +215,8 @@ class ImageFolderDataModule(BaseDataModule):
         cache_images: keep every decoded, resized image in memory (float32) after `setup()`.
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
+
+    noun, kind, extensions = "image", "images", IMAGE_EXTENSIONS
 
     def __init__(
         self,
@@ -178,38 +233,18 @@ class ImageFolderDataModule(BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed)
         if check_images not in ("decode", "verify", "none"):
             raise ValueError(f"check_images must be 'decode', 'verify' or 'none', got {check_images!r}")
-        if val_root is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
-        self.root = require_dir(root, "image folder")
-        self.val_root = require_dir(val_root, "validation image folder") if val_root is not None else None
-        self.test_root = require_dir(test_root, "test image folder") if test_root is not None else None
-        self.class_names = list_classes(self.root)
-        self.num_classes = len(self.class_names)
+        super().__init__(root, val_root, test_root, val_fraction, augment, batch_size, num_workers, seed)
         self.image_size = as_hw(image_size)
         self.image_shape = (*self.image_size, 1 if grayscale else 3)
-        self.val_fraction = val_fraction
         self.grayscale = grayscale
-        self.augment = augment
         self.check_images = check_images
         self.cache_images = cache_images
         self.save_hyperparameters()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def scan_file(self, path: Path) -> None:
+        check_image(path, self.check_images)
 
-        def scan(root: Path) -> tuple[list[Path], np.ndarray]:
-            return scan_folder(root, self.class_names, self.check_images)
-
-        files, labels, val_files, val_labels = train_val_files(self.root, self.val_root, self.val_fraction, scan)
-
-        def make(f: list[Path], y: np.ndarray, augment: bool = False) -> ImageFileDataset:
-            return ImageFileDataset(f, y, self.image_size, self.grayscale, augment, self.seed, self.cache_images)
-
-        self.train_set = make(files, labels, self.augment)
-        self.val_set = make(val_files, val_labels)
-        if self.test_root is not None:
-            self.test_set = make(*scan_folder(self.test_root, self.class_names, self.check_images))
+    def dataset(self, files: list[Path], labels: np.ndarray, augment: bool) -> ImageFileDataset:
+        return ImageFileDataset(files, labels, self.image_size, self.grayscale, augment, self.seed, self.cache_images)

@@ -34,8 +34,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, require_dir, sample_rng
-from perceiver.data.folders import list_classes, scan_class_folders, train_val_files
+from perceiver.data._common import KeyedDataset, as_hw, sample_rng
+from perceiver.data.folders import ClassFolderDataModule
 
 VideoCheck = Literal["decode", "open", "none"]
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -115,7 +115,7 @@ class VideoFileDataset(KeyedDataset):
         return {"inputs": inputs, "labels": torch.tensor(int(self.labels[index]))}
 
 
-class VideoFolderDataModule(BaseDataModule):
+class VideoFolderDataModule(ClassFolderDataModule):
     """Video classification from folders of video files, one sub-folder per class (see the module docstring).
 
     Args:
@@ -132,6 +132,8 @@ class VideoFolderDataModule(BaseDataModule):
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
 
+    noun, kind, extensions = "video", "videos", VIDEO_EXTENSIONS
+
     def __init__(
         self,
         root: str,
@@ -147,42 +149,19 @@ class VideoFolderDataModule(BaseDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed)
         if check_videos not in ("decode", "open", "none"):
             raise ValueError(f"check_videos must be 'decode', 'open' or 'none', got {check_videos!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if val_root is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1) when no val_root is given, got {val_fraction}")
-        self.root = require_dir(root, "video folder")
-        self.val_root = require_dir(val_root, "validation video folder") if val_root is not None else None
-        self.test_root = require_dir(test_root, "test video folder") if test_root is not None else None
-        self.class_names = list_classes(self.root, "video files")
-        self.num_classes = len(self.class_names)
+        super().__init__(root, val_root, test_root, val_fraction, augment, batch_size, num_workers, seed)
         self.num_frames, self.image_size = num_frames, as_hw(image_size)
         self.video_shape = (num_frames, *self.image_size, 3)
-        self.val_fraction, self.augment = val_fraction, augment
         self.check_videos, self.cache_videos = check_videos, cache_videos
         self.save_hyperparameters()
 
-    def _scan(self, root: Path) -> tuple[list[Path], np.ndarray]:
-        def check(f: Path) -> None:
-            if self.check_videos != "none":
-                load_video_frames(f, self.image_size, None if self.check_videos == "decode" else 1)
+    def scan_file(self, path: Path) -> None:
+        if self.check_videos != "none":
+            load_video_frames(path, self.image_size, None if self.check_videos == "decode" else 1)
 
-        return scan_class_folders(root, self.class_names, check, VIDEO_EXTENSIONS, "videos")
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        files, labels, val_files, val_labels = train_val_files(
-            self.root, self.val_root, self.val_fraction, self._scan, "videos"
-        )
-
-        def make(f: list[Path], y: np.ndarray, augment: bool = False) -> VideoFileDataset:
-            return VideoFileDataset(f, y, self.num_frames, self.image_size, augment, self.seed, self.cache_videos)
-
-        self.train_set = make(files, labels, self.augment)
-        self.val_set = make(val_files, val_labels)
-        if self.test_root is not None:
-            self.test_set = make(*self._scan(self.test_root))
+    def dataset(self, files: list[Path], labels: np.ndarray, augment: bool) -> VideoFileDataset:
+        return VideoFileDataset(files, labels, self.num_frames, self.image_size, augment, self.seed, self.cache_videos)
