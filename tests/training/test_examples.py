@@ -404,3 +404,12 @@ def test_video_example_learns_the_direction_of_motion(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     accuracy = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
     assert accuracy and accuracy[0] < 1.0 and accuracy[-1] == 1.0, accuracy  # 6 held-out videos, learned
+
+
+def test_predict_names_a_file_it_cannot_decode(tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *example_args("audiofolder", run, tmp_path)])
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(SystemExit, match=r"error: cannot decode audio file .*broken\.wav"):
+        main(["predict", str(run / "model"), str(broken)])

@@ -160,7 +160,9 @@ def test_predict_refuses_class_names_that_do_not_fit_the_head(pretrained_3, tmp_
     (pretrained_3 / "task.json").write_text(
         json.dumps({"task": "classification", "image_shape": [16, 16, 3], "class_names": CLASSES})
     )
-    with pytest.raises(ValueError, match=r"predicts 3 classes but its task.json names 2 \(\['cat', 'dog'\]\)"):
+    with pytest.raises(
+        SystemExit, match=r"error: the model predicts 3 classes but its task.json names 2 \(\['cat', 'dog'\]\)"
+    ):
         main(["predict", str(pretrained_3), str(folder / "cat" / "0.png")])
 
 

@@ -222,16 +222,19 @@ def predict_main(argv: list[str]) -> None:
     takes_video = "video_shape" in info or (
         "image_shape" not in info and all(f.suffix.lower() in VIDEO_EXTENSIONS for f in files)
     )
-    if takes_video:
-        results = classify_videos(model, files, info, args.top_k, args.image_size)
-    elif takes_audio:
-        results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
-    elif takes_text:
-        results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
-    else:
-        hw, channels = image_geometry(info, model, args.image_size, args.channels)
-        images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))
-        results = classify_images(model, images, info.get("class_names"), args.top_k)
+    try:
+        if takes_video:
+            results = classify_videos(model, files, info, args.top_k, args.image_size)
+        elif takes_audio:
+            results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
+        elif takes_text:
+            results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
+        else:
+            hw, channels = image_geometry(info, model, args.image_size, args.channels)
+            images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))
+            results = classify_images(model, images, info.get("class_names"), args.top_k)
+    except (ValueError, FileNotFoundError) as e:  # an undecodable file, names that do not fit the head
+        raise SystemExit(f"error: {e}") from e
     for f, top in zip(files, results):
         if args.json:
             print(json.dumps({"file": str(f), "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
