@@ -197,8 +197,8 @@ def export_main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--transformers",
         action="store_true",
-        help="write a transformers Perceiver model folder instead (masked LM, text and image classifiers; its "
-        "outputs are checked against ours)",
+        help="write a transformers Perceiver model folder instead (masked LM, text and image classifiers, optical "
+        "flow; its outputs are checked against ours)",
     )
     parser.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of the example inputs (default 2)")

@@ -20,6 +20,7 @@ CASES = {
     "vision-perceiver-learned": dict(IMAGE, image_size=[16, 16]),
     "vision-perceiver-fourier": dict(IMAGE, image_size=[16, 16], use_query_residual=False),
     "vision-perceiver-conv": dict(IMAGE, image_size=[32, 32], same_padding=False),
+    "optical-flow-perceiver": dict(num_latents=6, latent_dim=32, train_size=[12, 16], num_self_attends_per_block=1),
 }
 
 
@@ -34,6 +35,8 @@ def perturbed(name: str, **overrides) -> torch.nn.Module:
 
 
 def inputs(name: str, model) -> dict:
+    if name == "optical-flow-perceiver":  # patches of a pair of frames
+        return {"inputs": torch.randn(2, 2, 27, 12, 16, generator=torch.Generator().manual_seed(1))}
     if name in ("language-perceiver", "text-classifier"):
         ids = torch.randint(6, 262, (3, 20), generator=torch.Generator().manual_seed(1))
         mask = torch.ones(3, 20, dtype=torch.long)
@@ -52,8 +55,10 @@ def test_exported_head_gives_our_outputs_and_loads_back(name, tmp_path):
     x = inputs(name, model)
     with torch.no_grad():
         ours, theirs = model(**x).logits, hf(**x).logits
+    if name == "optical-flow-perceiver":  # ours in pixels, transformers' in its units
+        ours = ours / model.config.output.flow_scale_factor
     assert ours.shape == theirs.shape and theirs.std() > 0.1
-    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(theirs, ours, atol=1e-4 * max(1.0, ours.abs().max().item()), rtol=1e-4)
     hf.save_pretrained(tmp_path / "hf")  # transformers' own folder: config.json + model.safetensors
     assert type(transformers.AutoModel.from_pretrained(tmp_path / "hf")).__name__ == "PerceiverModel"
     back = perceiver.from_pretrained(tmp_path / "hf", **({"same_padding": False} if "conv" in name else {}))
@@ -78,6 +83,7 @@ def test_the_callers_model_keeps_its_dtype_and_mode():
         ("text-classifier", {"latent_qk_channels": 8}, "one qk_channels / v_channels .* latent self-attention qk 8"),
         ("text-classifier", {"num_cross_attends": 2}, "one cross-attention, .* num_cross_attends=2"),
         ("vision-perceiver-fourier", {"image_size": [16, 12]}, "square images, this model takes 16x12"),
+        ("optical-flow-perceiver", {"projection_hidden": 16}, r"none of our flow options; .*'projection_hidden': 16"),
         # transformers hard-codes its MLM decoder's 8 heads: same shapes, other numbers, caught by the output check
         ("language-perceiver", {"decoder_heads": 2}, "PerceiverForMaskedLM built from this .* gives other outputs"),
     ],
@@ -90,8 +96,8 @@ def test_models_transformers_cannot_express_are_refused(name, overrides, match):
 def test_other_models_are_refused_by_name():
     with pytest.raises(ValueError, match="got a Perceiver$"):
         to_transformers(perceiver.Perceiver(input_channels=3, depth=1, num_latents=4, latent_dim=8, num_classes=2))
-    with pytest.raises(ValueError, match="got a PerceiverForOpticalFlow"):
-        to_transformers(perceiver.create_model("optical-flow-perceiver", num_latents=4, latent_dim=16))
+    with pytest.raises(ValueError, match="got a PerceiverForMultimodalAutoencoding"):
+        to_transformers(perceiver.create_model("multimodal-perceiver", num_latents=4, latent_dim=16))
 
 
 def test_export_command_writes_a_transformers_folder(tmp_path, capsys):

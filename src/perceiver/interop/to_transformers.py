@@ -3,14 +3,15 @@
     hf = perceiver.interop.to_transformers.to_transformers(model)   # e.g. after fine-tuning with `perceiver fit`
     hf.save_pretrained("hf-folder")                                  # transformers' AutoModel / pipelines read it
 
-Covered: `PerceiverForMaskedLM`, `PerceiverForSequenceClassification` and the three image classifiers (learned,
-Fourier, conv stem), the heads transformers has for them. The transformers config is derived from ours; its weights
+Covered: `PerceiverForMaskedLM`, `PerceiverForSequenceClassification`, the three image classifiers (learned,
+Fourier, conv stem) and `PerceiverForOpticalFlow` (transformers' flow is ours / `flow_scale_factor`: its units, not
+pixels), the heads transformers has for them. The transformers config is derived from ours; its weights
 are ours, placed by running our own converter (`perceiver.from_pretrained` of a transformers checkpoint) on a
 transformers model whose every tensor is distinct and matching the tensors it produces, so export and import share
 one key map. A model transformers cannot express (latent and cross-attention widths that differ where transformers
 has one `qk_channels`, DeepMind's SAME padding of the conv stem, a head of another design) is refused before anything
 is returned: every export runs both models on the same random inputs and requires equal outputs (max abs diff
-`atol`, fp32).
+`atol`, relative to the largest output above 1; fp32).
 """
 
 from __future__ import annotations
@@ -60,15 +61,21 @@ def _channels(c: Any, cross_qk: int, cross_v: int, self_qk: int | None, self_v: 
 def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """The transformers architecture name and `PerceiverConfig` keywords of `model` (see the module docstring);
     `ValueError` naming what transformers has no setting for."""
+    from perceiver.models.flow import PerceiverForOpticalFlow
     from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
     from perceiver.models.vision import PerceiverForImageClassification
 
     name = type(model).__name__
-    heads = (PerceiverForMaskedLM, PerceiverForSequenceClassification, PerceiverForImageClassification)
+    heads = (
+        PerceiverForMaskedLM,
+        PerceiverForSequenceClassification,
+        PerceiverForImageClassification,
+        PerceiverForOpticalFlow,
+    )
     if not isinstance(model, heads):
         raise ValueError(
-            f"expected a PerceiverForMaskedLM, PerceiverForSequenceClassification or PerceiverForImageClassification "
-            f"(the heads transformers has), got a {name}"
+            f"expected a PerceiverForMaskedLM, PerceiverForSequenceClassification, PerceiverForImageClassification or "
+            f"PerceiverForOpticalFlow (the heads transformers has), got a {name}"
         )
     enc = model.encoder
     c = enc.config
@@ -109,6 +116,21 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
         if isinstance(model, PerceiverForMaskedLM):
             return "PerceiverForMaskedLM", fields
         return "PerceiverForSequenceClassification", fields | dict(num_labels=model.num_classes)
+    if isinstance(model, PerceiverForOpticalFlow):
+        a = model.config.adapter
+        hard_coded = dict(patch_size=3, out_channels=64, num_bands=64, concat_pos=True, sine_only=False)
+        options = dict(projection_hidden=None, pyramid_scales=(), difference_scale=None)
+        other = {k: getattr(a, k) for k, v in (hard_coded | options).items() if getattr(a, k) != v}
+        if model.config.output.rescale_factor != 100.0:
+            other["rescale_factor"] = model.config.output.rescale_factor
+        if other:
+            raise ValueError(
+                f"transformers' optical flow head hard-codes 3x3 patches projected to 64 channels, 64 Fourier bands, a "
+                f"decoder output divided by 100 and none of our flow options; this model has {other}"
+            )
+        return "PerceiverForOpticalFlow", fields | dict(
+            train_size=list(a.train_size), d_model=model.input_adapter.num_channels
+        )
     a = model.config.adapter
     if a.prep_type == "conv" and a.same_padding:
         raise ValueError(
@@ -127,6 +149,10 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
 def _example_inputs(model: nn.Module, hf_config: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Random inputs for ours and for transformers' model: `(ours kwargs, theirs kwargs)`."""
     g = torch.Generator().manual_seed(0)
+    if hasattr(model.config.adapter, "train_size"):  # flow: one pair of frames as patches
+        h, w = model.config.adapter.train_size
+        patches = torch.randn(1, 2, model.config.adapter.patch_channels, h, w, generator=g)
+        return {"inputs": patches}, {"inputs": patches}
     if hasattr(model.config.adapter, "vocab_size"):
         length = model.config.adapter.max_seq_len
         ids = torch.randint(6, model.config.adapter.vocab_size, (2, length), generator=g)
@@ -143,7 +169,7 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     """A transformers `Perceiver*` model (eval mode, fp32, CPU) with `model`'s weights and the same outputs.
 
     `ValueError` if transformers cannot express `model` (named in the message), or if the two disagree on random
-    inputs by more than `atol`."""
+    inputs by more than `atol` (times the largest output where that exceeds 1)."""
     import transformers
 
     from perceiver.pretrained import HF_CONVERTERS
@@ -172,12 +198,17 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     was_training = reference.training
     mine, theirs = _example_inputs(reference, hf.config)
     try:
-        diff = (reference.eval()(**mine).logits - hf(**theirs).logits).abs().max().item()
+        ours = reference.eval()(**mine).logits
+        if hasattr(reference.config, "output"):  # flow: transformers' units
+            ours = ours / reference.config.output.flow_scale_factor
+        theirs_out = hf(**theirs).logits
+        diff = (ours - theirs_out).abs().max().item()
+        bound = atol * max(1.0, theirs_out.abs().max().item())  # relative to the outputs' scale where they are large
     finally:
         reference.train(was_training)
-    if not diff <= atol:
+    if not diff <= bound:
         raise ValueError(
             f"transformers' {arch} built from this {type(model).__name__} gives other outputs (max abs diff {diff:.2e} "
-            f"> {atol:g}): the model uses a setting transformers does not have"
+            f"> {bound:.2e}): the model uses a setting transformers does not have"
         )
     return hf
