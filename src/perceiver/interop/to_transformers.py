@@ -146,22 +146,18 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     return _IMAGE_HEADS[a.prep_type], fields
 
 
-def _example_inputs(model: nn.Module, hf_config: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Random inputs for ours and for transformers' model: `(ours kwargs, theirs kwargs)`."""
+def _example_inputs(model: nn.Module) -> dict[str, Tensor]:
+    """Random keyword inputs both `model` and its transformers twin take (`inputs`, and a mask for text)."""
     g = torch.Generator().manual_seed(0)
-    if hasattr(model.config.adapter, "train_size"):  # flow: one pair of frames as patches
-        h, w = model.config.adapter.train_size
-        patches = torch.randn(1, 2, model.config.adapter.patch_channels, h, w, generator=g)
-        return {"inputs": patches}, {"inputs": patches}
-    if hasattr(model.config.adapter, "vocab_size"):
-        length = model.config.adapter.max_seq_len
-        ids = torch.randint(6, model.config.adapter.vocab_size, (2, length), generator=g)
-        mask = torch.ones(2, length, dtype=torch.long)
-        mask[1, length // 2 :] = 0
-        return {"inputs": ids, "attention_mask": mask}, {"inputs": ids, "attention_mask": mask}
-    h, w = model.config.adapter.image_size
-    pixels = torch.randn(2, model.config.adapter.in_channels, h, w, generator=g)
-    return {"inputs": pixels}, {"inputs": pixels}
+    a = model.config.adapter
+    if hasattr(a, "train_size"):  # flow: one pair of frames as patches
+        return {"inputs": torch.randn(1, 2, a.patch_channels, *a.train_size, generator=g)}
+    if hasattr(a, "vocab_size"):
+        ids = torch.randint(6, a.vocab_size, (2, a.max_seq_len), generator=g)
+        mask = torch.ones(2, a.max_seq_len, dtype=torch.long)
+        mask[1, a.max_seq_len // 2 :] = 0
+        return {"inputs": ids, "attention_mask": mask}
+    return {"inputs": torch.randn(2, a.in_channels, *a.image_size, generator=g)}
 
 
 @torch.no_grad()
@@ -180,7 +176,7 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     g = torch.Generator().manual_seed(0)
     probe = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in hf.state_dict().items()}
     converted = HF_CONVERTERS[arch](hf.config.to_dict() | {"architectures": [arch]}, probe)
-    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     source = {k: v for k, v in converted.state_dict().items() if v.is_floating_point()}
     state = dict(hf.state_dict())
     for hf_key, value in probe.items():
@@ -189,21 +185,21 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
         match = [k for k, v in source.items() if v.shape == value.shape and torch.equal(v, value)]
         if not match:
             raise ValueError(f"no tensor of {type(model).__name__} corresponds to transformers' {hf_key}")
-        if match[0] not in ours or ours[match[0]].shape != value.shape:
+        if match[0] not in weights or weights[match[0]].shape != value.shape:
             raise ValueError(f"{type(model).__name__} has no tensor {match[0]} of shape {tuple(value.shape)}")
-        state[hf_key] = ours[match[0]]
+        state[hf_key] = weights[match[0]]
     hf.load_state_dict(state)
     plain = all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
     reference = model if plain else copy.deepcopy(model).float().cpu()  # the caller's model keeps dtype and device
     was_training = reference.training
-    mine, theirs = _example_inputs(reference, hf.config)
+    x = _example_inputs(reference)
     try:
-        ours = reference.eval()(**mine).logits
-        if hasattr(reference.config, "output"):  # flow: transformers' units
-            ours = ours / reference.config.output.flow_scale_factor
-        theirs_out = hf(**theirs).logits
-        diff = (ours - theirs_out).abs().max().item()
-        bound = atol * max(1.0, theirs_out.abs().max().item())  # relative to the outputs' scale where they are large
+        expected = reference.eval()(**x).logits
+        if arch == "PerceiverForOpticalFlow":  # transformers' units
+            expected = expected / reference.config.output.flow_scale_factor
+        got = hf(**x).logits
+        diff = (expected - got).abs().max().item()
+        bound = atol * max(1.0, got.abs().max().item())  # relative to the outputs' scale where they are large
     finally:
         reference.train(was_training)
     if not diff <= bound:
