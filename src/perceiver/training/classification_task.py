@@ -1,8 +1,10 @@
-"""Classification task: images, point clouds or text -> one class per example (cross-entropy with label smoothing,
-accuracy). The class count comes from the datamodule and is checked against the model (see `perceiver.training.tasks`).
+"""Classification task: images, videos, sound, point clouds or text -> one class per example (cross-entropy with label
+smoothing, accuracy). The class count comes from the datamodule and is checked against the model (see
+`perceiver.training.tasks`).
 
-Batches: images `{"inputs" (B, H, W, C), "labels" (B,)}`; point clouds `{"inputs" (B, P, 3), "mask" (B, P),
-"labels"}`; text `{"input_ids" (B, L), "attention_mask" (B, L), "labels"}`.
+Batches: images `{"inputs" (B, H, W, C), "labels" (B,)}`; videos `{"inputs" (B, T, H, W, C), "labels"}`; sound
+`{"inputs" (B, S, 1), "mask" (B, S), "labels"}`; point clouds `{"inputs" (B, P, 3), "mask" (B, P), "labels"}`; text
+`{"input_ids" (B, L), "attention_mask" (B, L), "labels"}`.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ __all__ = ["ClassificationTask"]
 
 
 class ClassificationTask(PerceiverTask):
-    """Classification of images, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
+    """Classification of images, videos, sound, point clouds or text. Cross-entropy with `label_smoothing`; logs `acc`.
 
     `mixup_alpha` / `cutmix_alpha` (> 0: on; images and videos only) mix each training batch with a permutation of
     itself, as timm's `Mixup` (`perceiver.training.mixing`); the training accuracy is then measured against the label
     that dominates each mixed input.
 
-    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, point clouds; images in the
-    model's `input_layout`) and as `model(input_ids, attention_mask)` for text.
+    The model is called as `model(inputs, mask)` when the batch has `inputs` (images, videos, sound, point clouds;
+    images and videos in the model's `input_layout`) and as `model(input_ids, attention_mask)` for text.
 
     Before training the head is matched to the datamodule's `num_classes` (see the module docstring): built with it
     when `model_kwargs` name no class count, an error naming both counts otherwise, or with `reset_head=True` a new
