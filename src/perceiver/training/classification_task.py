@@ -114,7 +114,7 @@ class ClassificationTask(PerceiverTask):
             if "inputs" not in batch or "mask" in batch:
                 raise ValueError(
                     f"mixup_alpha / cutmix_alpha mix image or video batches; this batch has keys {sorted(batch)} "
-                    f"(text and point clouds cannot be mixed): set both to 0"
+                    f"(text, sound with its padding mask and point clouds cannot be mixed): set both to 0"
                 )
             inputs, perm, lam = mix_batch(
                 batch["inputs"], hp.mixup_alpha, hp.cutmix_alpha, self.__dict__["_data_layout"]
