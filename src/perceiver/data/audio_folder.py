@@ -45,10 +45,8 @@ __all__ = ["AUDIO_EXTENSIONS", "AudioFileDataset", "AudioFolderDataModule", "fit
 def _soundfile():
     try:
         import soundfile
-    except ImportError as e:  # pragma: no cover - soundfile is a dependency of the train extra
-        raise ImportError(
-            "reading audio files needs soundfile: pip install soundfile (or perceiver-torch[train])"
-        ) from e
+    except ImportError as e:  # pragma: no cover - the audio extra
+        raise ImportError("reading audio files needs soundfile: pip install 'perceiver-torch[audio]'") from e
     return soundfile
 
 

@@ -50,8 +50,8 @@ def load_video_frames(path: str | Path, size: tuple[int, int], max_frames: int |
     `ValueError` naming the file if FFmpeg cannot decode it or it has no video frames."""
     try:
         import av
-    except ImportError as e:  # pragma: no cover - av is a dependency of the train extra
-        raise ImportError("reading video files needs PyAV: pip install av (or perceiver-torch[train])") from e
+    except ImportError as e:  # pragma: no cover - the video extra
+        raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
     from PIL import Image
 
     frames: list[np.ndarray] = []
