@@ -297,6 +297,5 @@ class PerceiverEncoder(nn.Module):
                     states[-1] = x  # what the next cross-attend receives
         if not (return_attention or return_hidden_states):
             return x
-        if return_attention:
-            return EncoderOutput(x, maps, latent_maps, states)
-        return EncoderOutput(x, None, None, states)
+        cross_maps, self_maps = (maps, latent_maps) if return_attention else (None, None)
+        return EncoderOutput(x, cross_maps, self_maps, states)

@@ -28,8 +28,9 @@ from torch import Tensor
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.training.flow_task import frames_to_model_input
+from perceiver.training.geometry import config_value
 from perceiver.training.layouts import to_model_layout
-from perceiver.training.tasks import config_value, logits_of
+from perceiver.training.tasks import logits_of
 
 __all__ = [
     "classify_audio",
@@ -215,19 +216,18 @@ def predict_main(argv: list[str]) -> None:
     for f in files:
         if not f.is_file():
             raise SystemExit(f"error: file not found: {f}")
-    takes_text = "image_shape" not in info and all(f.suffix.lower() in TEXT_SUFFIXES for f in files)
-    takes_audio = "num_samples" in info or (
-        "image_shape" not in info and all(f.suffix.lower() in AUDIO_EXTENSIONS for f in files)
-    )
-    takes_video = "video_shape" in info or (
-        "image_shape" not in info and all(f.suffix.lower() in VIDEO_EXTENSIONS for f in files)
-    )
+
+    def takes(key: str | None, suffixes: tuple[str, ...]) -> bool:
+        """task.json names this kind of input (`key`), or it names no image shape and every file has a suffix of it."""
+        named = key is not None and key in info
+        return named or ("image_shape" not in info and all(f.suffix.lower() in suffixes for f in files))
+
     try:
-        if takes_video:
+        if takes("video_shape", VIDEO_EXTENSIONS):
             results = classify_videos(model, files, info, args.top_k, args.image_size)
-        elif takes_audio:
+        elif takes("num_samples", AUDIO_EXTENSIONS):
             results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
-        elif takes_text:
+        elif takes(None, TEXT_SUFFIXES):
             results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
         else:
             hw, channels = image_geometry(info, model, args.image_size, args.channels)
