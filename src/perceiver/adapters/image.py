@@ -229,6 +229,9 @@ class ImageAdapter(InputAdapter):
             # A strided 1x1 conv is a Linear on the subsampled pixels; channels-last straight from the GEMM, where
             # the conv's (B, F, h, w) output would be copied once more by the flattening in `forward`.
             conv = self.convnet_1x1
+            if not isinstance(conv, nn.Conv2d):  # wrapped or replaced (peft's LoRA): through the module
+                s = self.spatial_downsample
+                return conv(x[:, :, ::s, ::s]).permute(0, 2, 3, 1)
             return F.linear(self._subsampled(x), conv.weight.flatten(1), conv.bias)
         if self.prep_type == "patches":
             x = space_to_depth(x, spatial_block_size=self.spatial_downsample)  # channels (dh, dw, C)
@@ -255,7 +258,8 @@ class ImageAdapter(InputAdapter):
             if mask.ndim != 2 or tuple(mask.shape) != (b, h * w):
                 raise ValueError(f"expected a token mask of shape ({b}, {h * w}), got {tuple(mask.shape)}")
             mask = mask.bool()
-        if self.prep_type == "conv1x1" and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
+        factorable = self.prep_type == "conv1x1" and isinstance(self.convnet_1x1, nn.Conv2d)
+        if factorable and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
             # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates, and
             # the tokens are only formed if something reads them (FactoredInputs).
             conv, raw = self.convnet_1x1, self._subsampled(inputs)

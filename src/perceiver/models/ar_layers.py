@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.nn.activation import gelu_linear
+from perceiver.nn.activation import gelu_then
 from perceiver.nn.attention import matmul_attention
 from perceiver.nn.rotary import apply_rotary
 
@@ -37,7 +37,7 @@ class FeedForward(nn.Module):
         if self.training and self.dropout.p > 0:
             return self.fc2(self.dropout(F.gelu(h)))
         if self.training:  # save only h for backward, recompute the GELU
-            return gelu_linear(h, self.fc2.weight)
+            return gelu_then(h, self.fc2)
         return self.fc2(F.gelu(h))
 
 

@@ -12,13 +12,17 @@ dtype of the incoming gradient, as autocast's forward did, and returns each grad
 `torch.compile` traces the function (its partitioner makes the same choice on its own). The layers call it only in
 training (in eval they run `fc2(gelu(h))` through the module), and without grad the plain composition runs, so
 export and ONNX of an eval model see only `gelu` and `linear`.
+
+`gelu_then(h, fc2)` is what the layers call: `gelu_linear` on the module's weight where `fc2` is an `nn.Linear` (or a
+subclass: its forward is `F.linear(x, weight, bias)`), else the module itself, so a layer that wraps or replaces the
+Linear (peft's LoRA, a quantised Linear) is never bypassed.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -58,3 +62,12 @@ def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     if records:
         return _GeluLinear.apply(h, weight, bias)
     return F.linear(F.gelu(h), weight, bias)
+
+
+def gelu_then(h: Tensor, fc: nn.Module) -> Tensor:
+    """`fc(gelu(h))`, `(..., hidden) -> (..., out)`: through `gelu_linear` (GELU recomputed in backward) where `fc` is
+    an `nn.Linear`, else through `fc` itself (a module that wraps or replaces the Linear, such as peft's LoRA layers,
+    computes something else than `F.linear` of its `.weight`)."""
+    if isinstance(fc, nn.Linear):
+        return gelu_linear(h, fc.weight, fc.bias)
+    return fc(F.gelu(h))

@@ -81,6 +81,11 @@ class MultiHeadAttention(nn.Module):
     function (up to rounding; gradients and dropout included) in `2 H N M Ckv` multiply-adds instead of
     `M Ckv (Dqk + Dv) + N M (Dqk + Dv)`, and the `(B, M, Dqk + Dv)` keys and values are never stored for backward.
     Attention maps always use the standard form.
+
+    Folding (`kv_affine`, `kv_basis`) and the reassociated form compute with `k_proj.weight` / `v_proj.weight`; they
+    apply while `k_proj` and `v_proj` are `nn.Linear`s. Where a module wraps or replaces them (peft's LoRA layers, a
+    quantised Linear), the key/value input is formed and passed through the modules instead (`folds_kv`): the
+    replacement is never bypassed.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class MultiHeadAttention(nn.Module):
         _check_heads(v_channels, num_heads, "v_channels")
         check_dropout(dropout, "attention dropout")
         self.num_heads = num_heads
+        self.kv_dim = kv_dim
         self.qk_channels = qk_channels
         self.v_channels = v_channels
         self.dropout = dropout
@@ -127,6 +133,23 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         """`(B, N, H * d)` -> `(B, H, N, d)`."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    @property
+    def folds_kv(self) -> bool:
+        """Whether `k_proj` and `v_proj` compute `F.linear` of their `.weight` (`nn.Linear`s), so that a LayerNorm
+        affine and input coordinates can be folded into those weights and the reassociated form can apply."""
+        return isinstance(self.k_proj, nn.Linear) and isinstance(self.v_proj, nn.Linear)
+
+    def _unfolded(
+        self, x_kv: Tensor, kv_affine: tuple[Tensor | None, Tensor | None] | None, kv_basis: Tensor | None
+    ) -> Tensor:
+        """The key/value input `(B, M, Ckv)` itself from normalised coordinates: `z = k T^T` (or `z` without its zero
+        padding), then `gamma * z + beta`."""
+        z = x_kv @ kv_basis.to(x_kv.dtype).T if kv_basis is not None else x_kv[..., : self.kv_dim]
+        gamma, beta = kv_affine if kv_affine is not None else (None, None)
+        if gamma is not None:
+            z = z * gamma.to(z.dtype)
+        return z if beta is None else z + beta.to(z.dtype)
 
     def kv_projections(
         self,
@@ -197,8 +220,10 @@ class MultiHeadAttention(nn.Module):
         probs = None
         inverted = self.inverted if inverted is None else inverted
         q = self._heads(self.q_proj(x_q))
-        weights = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)
-        if self.reassociate and not return_attention and not inverted:
+        if (kv_affine is not None or kv_basis is not None) and not self.folds_kv:
+            x_kv, kv_affine, kv_basis = self._unfolded(x_kv, kv_affine, kv_basis), None, None
+        if self.reassociate and self.folds_kv and not return_attention and not inverted:
+            weights = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)
             out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout, weights)
         else:
             if kv_mask is not None:
@@ -206,7 +231,7 @@ class MultiHeadAttention(nn.Module):
             if kv_affine is None and kv_basis is None:  # through the modules, so a swapped-in Linear kernel applies
                 k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
             else:
-                w_k, b_k, w_v, b_v = weights
+                w_k, b_k, w_v, b_v = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)
                 k, v = self._heads(F.linear(x_kv, w_k, b_k)), self._heads(F.linear(x_kv, w_v, b_v))
             if inverted:
                 out, probs = inverted_attention(q, k, v, attn_mask, dropout)

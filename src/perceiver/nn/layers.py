@@ -12,7 +12,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.nn.activation import gelu_linear
+from perceiver.nn.activation import gelu_then
 from perceiver.nn.attention import MultiHeadAttention, check_dropout
 
 Activation = Literal["gelu", "geglu"]
@@ -46,7 +46,7 @@ class MLP(nn.Module):
             a, gates = h.chunk(2, dim=-1)
             return self.dropout(self.fc2(a * F.gelu(gates)))
         if self.training:  # save only h for backward, recompute the GELU
-            return self.dropout(gelu_linear(h, self.fc2.weight, self.fc2.bias))
+            return self.dropout(gelu_then(h, self.fc2))
         return self.dropout(self.fc2(F.gelu(h)))  # through the module, so a swapped-in Linear kernel applies
 
 
