@@ -180,6 +180,18 @@ def krasserm_rows(folder: Path) -> list[list[str]]:
     ]  # fmt: skip
 
 
+def lora_rows(folder: Path) -> list[list[str]]:
+    data = _read(folder, "lora.json")
+    if data is None:
+        return []
+    t, rss = data["median_s"], data["peak_rss_mb"]
+    return [[
+        "LoRA fine-tuning step (rank 8), text classifier 201M, 2 x 512 bytes, fp32", "transformers + peft (eager)",
+        f"{t['hf-peft-lora'] / t['ours-lora']:.2f}x", f"{t['hf-peft-lora'] / t['ours-lora-opt']:.2f}x ({data['opt_chosen']})",
+        f"{rss['ours-lora'] / rss['hf-peft-lora']:.2f}x", _machine(data["machine"]), _load(data["machine"]), "lora.md",
+    ]]  # fmt: skip
+
+
 def machine_folders() -> list[Path]:
     """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
 
@@ -203,6 +215,7 @@ def table() -> str:
     body = []
     for folder in machine_folders():
         rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder) + krasserm_rows(folder)
+        rows += lora_rows(folder)
         link = f"benchmarks/results/{folder.name}"
         body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
     return "\n".join(header + body)

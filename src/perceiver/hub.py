@@ -347,8 +347,13 @@ class PretrainedMixin:
         return cls(config)  # type: ignore[call-arg]
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` into `save_directory` atomically; returns the path."""
-        from safetensors.torch import save_model
+        """Write `config.json` and `model.safetensors` into `save_directory` atomically; returns the path.
+
+        A model with LoRA adapters (`perceiver.lora.add_lora`) is saved with them merged into the weights, under the
+        plain model's keys (the model itself is not changed)."""
+        from safetensors.torch import save_file, save_model
+
+        from perceiver.lora import has_lora, merged_state_dict
 
         assert isinstance(self, nn.Module)
         target = Path(save_directory)
@@ -358,7 +363,15 @@ class PretrainedMixin:
         try:
             config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            if has_lora(self):
+                state, seen = merged_state_dict(self), set()
+                for k, v in state.items():  # tied weights: one stored copy each, as save_model would
+                    ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
+                    state[k] = v.detach().contiguous() if ptr not in seen else v.detach().clone()
+                    seen.add(ptr)
+                save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            else:
+                save_model(self, str(tmp / WEIGHTS_NAME))
             mode = 0o666 & ~_umask()
             target.mkdir(exist_ok=True)
             for name in (CONFIG_NAME, WEIGHTS_NAME):

@@ -66,6 +66,7 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"{name!r} is not a local folder; install huggingface_hub to fetch it") from e
     patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json"]
+    patterns += ["adapter_config.json", "perceiver_adapter.json"]  # LoRA adapter folders (perceiver.lora)
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except HFValidationError as e:
@@ -109,8 +110,14 @@ def from_pretrained(
     another size (logged, and listed in `model.reinitialized_keys`); without the flag a different K is an error
     (`num_labels` is accepted as transformers' name for it). `check_finite` rejects weights that hold NaN / inf.
     """
-    num_classes = pop_num_classes(num_classes, overrides)
     folder = resolve(path_or_id)
+    from perceiver import lora
+
+    if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        return lora.from_adapter_folder(folder, check_finite=check_finite, **overrides)
+    num_classes = pop_num_classes(num_classes, overrides)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"expected config.json in {folder}")

@@ -191,3 +191,38 @@ def test_fine_tune_a_transformers_checkpoint_with_a_new_head(tmp_path, capsys):
     tuned = perceiver.from_pretrained(run / "model")
     assert num_classes_of(tuned) == 2 and type(tuned).input_layout == "channels_first"
     assert json.loads((run / "model" / "task.json").read_text())["num_classes"] == 2
+
+
+@head_contract
+def test_lora_fine_tune_through_the_cli(pretrained_3, tmp_path, capsys):
+    """`--model.lora`: only the adapters and the new head train (the checkpoint keeps the pretrained weights), the
+    model folder holds the merged weights, `RUN_DIR/adapter` the adapter, and both predict the same."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = example_args("imagefolder-perceiver-io", run, tmp_path, f"--model.pretrained={pretrained_3}")
+    main(["fit", *args, "--model.model_kwargs=null", "--model.reset_head=true", "--model.lora={r: 4, alpha: 8}"])
+    source = perceiver.from_pretrained(pretrained_3).state_dict()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    bases = {k.removeprefix("model.").replace(".base_layer", ""): v for k, v in ckpt.items() if ".base_layer." in k}
+    assert len(bases) >= 6 and all(torch.equal(v, source[k]) for k, v in bases.items())  # frozen
+    assert any(v.abs().sum() > 0 for k, v in ckpt.items() if "lora_B" in k)  # trained (B starts at zero)
+    assert set(load_file(run / "model" / "model.safetensors")) == set(source)  # plain keys: merged
+    adapter = run / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    sizes = [(folder / "model.safetensors" if folder.name == "model" else folder / "adapter_model.safetensors").stat()
+             for folder in (run / "model", adapter)]  # fmt: skip
+    assert sizes[1].st_size < sizes[0].st_size / 2 and sizes[1].st_mode == sizes[0].st_mode
+    x = torch.rand(2, 3, 16, 16)
+    merged, adapted = perceiver.from_pretrained(run / "model"), perceiver.from_pretrained(adapter)
+    torch.testing.assert_close(adapted(x).logits, merged(x).logits, atol=1e-5, rtol=1e-4)
+    assert num_classes_of(adapted) == 2
+    capsys.readouterr()
+    main(["predict", str(adapter), str(tmp_path / "images" / "dog" / "1.png"), "--json"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(t["label"] for t in row["top"]) == CLASSES
+
+
+def test_lora_without_a_pretrained_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="lora fine-tunes a pretrained model .* set --model.pretrained"):
+        ClassificationTask(model="vision-perceiver-fourier", model_kwargs=dict(TINY_FOURIER), lora={})

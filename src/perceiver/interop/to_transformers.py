@@ -168,8 +168,11 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     inputs by more than `atol` (times the largest output where that exceeds 1)."""
     import transformers
 
+    from perceiver.lora import has_lora, merge_lora
     from perceiver.pretrained import HF_CONVERTERS
 
+    if has_lora(model):  # LoRA adapters: their merged weights (the caller's model keeps its adapters)
+        model = merge_lora(copy.deepcopy(model))
     arch, fields = transformers_config(model)
     hf = getattr(transformers, arch)(transformers.PerceiverConfig(**fields)).eval()
     # Distinct values everywhere, so that each tensor our converter loads names the transformers key it came from.

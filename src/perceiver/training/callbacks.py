@@ -409,10 +409,17 @@ class SavePretrained(Callback):
         if bad:
             raise NonFiniteError(f"refusing to save the model of the {source}: non-finite weights in {', '.join(bad)}")
         out = Path(trainer.default_root_dir) / self.dirname
-        model.save_pretrained(out)
+        model.save_pretrained(out)  # with LoRA adapters merged
         task = task_description(pl_module, model, trainer.datamodule)
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
+        from perceiver.lora import has_lora, save_adapter
+
+        if has_lora(model):
+            folder = out.parent / ("adapter" if out.name == "model" else f"{out.name}-adapter")
+            adapter = save_adapter(model, folder, base_model=pl_module.hparams.pretrained)
+            (adapter / "task.json").write_text(json.dumps(task, indent=2) + "\n")
+            rank_zero_info(f"saved its LoRA adapter to {adapter} (base model: {pl_module.hparams.pretrained})")
 
 
 def _is_sharded(model: torch.nn.Module) -> bool:

@@ -234,6 +234,11 @@ class PerceiverTask(L.LightningModule):
             (`perceiver.from_pretrained(..., num_classes=K, ignore_mismatched_sizes=True)`, which reports the
             re-initialised tensors); a head of the right size is kept. Without it such a mismatch is an error before
             training starts.
+        lora: fine-tune `pretrained` with LoRA adapters instead of all its weights (`perceiver.lora.add_lora`, needs
+            peft): `{}` for the defaults (rank 8 on every attention and MLP Linear) or its keywords, e.g.
+            `{r: 16, alpha: 32, dropout: 0.05, target_modules: [q_proj, v_proj]}`. Only the adapters and the class
+            head train; the model folder holds the merged weights, `RUN_DIR/adapter` the adapter alone (loadable with
+            `perceiver.from_pretrained`, which fetches the base model it names).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay on the weights of Linear / Conv layers (not on biases, norms,
             embeddings, latents and position / query embeddings; see `param_groups`).
@@ -275,6 +280,7 @@ class PerceiverTask(L.LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
         reset_head: bool = False,
+        lora: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -292,7 +298,12 @@ class PerceiverTask(L.LightningModule):
         self.__dict__["_runner"] = None  # what `optimize` chose for training steps (not a submodule: no new keys)
         self.__dict__["_captured"] = None
         self.__dict__["_data_layout"] = CHANNELS_LAST  # the datamodule's (`setup`)
-        self.set_model(build_model(model, model_kwargs, pretrained, reset_head))
+        if lora is not None and not pretrained:
+            raise ValueError(
+                "lora fine-tunes a pretrained model (the base weights stay frozen): set --model.pretrained to a model "
+                "folder or Hub id, or train all weights without lora"
+            )
+        self.set_model(self.build_plain_model())
 
     def set_model(self, model: nn.Module) -> None:
         """Make `model` the task's network (compiled if `compile`; `optimize` chooses again)."""
@@ -331,9 +342,14 @@ class PerceiverTask(L.LightningModule):
 
     def build_plain_model(self) -> nn.Module:
         """A new, unsharded instance of the network built from this task's hyperparameters (random weights, or the
-        `pretrained` ones)."""
+        `pretrained` ones; with new LoRA adapters where `lora` asks for them)."""
         hp = self.hparams
-        return build_model(hp.model, hp.model_kwargs, hp.pretrained, hp.get("reset_head", False))
+        model = build_model(hp.model, hp.model_kwargs, hp.pretrained, hp.get("reset_head", False))
+        if hp.get("lora") is not None:
+            from perceiver.lora import add_lora
+
+            add_lora(model, **cli_nulls(hp.lora))
+        return model
 
     # ------------------------------------------------------------------ agreement with the datamodule
     def setup(self, stage: str) -> None:

@@ -1,0 +1,271 @@
+"""LoRA fine-tuning of any model of ours, with Hugging Face's peft (`pip install 'perceiver-torch[lora]'`).
+
+    from perceiver.lora import add_lora, save_adapter
+
+    model = perceiver.from_pretrained("deepmind/vision-perceiver-fourier", num_classes=10, ignore_mismatched_sizes=True)
+    add_lora(model, r=8)                    # in place: rank-8 adapters on every attention / MLP Linear, the new head
+    ...train...                             # only the adapters and the head have requires_grad
+    model.save_pretrained("merged")         # a plain model folder: the adapters merged into the weights
+    save_adapter(model, "adapter", base_model="deepmind/vision-perceiver-fourier")   # 1.1 MB instead of 194 MB
+    model = perceiver.from_pretrained("adapter")   # the base model with the adapter, the same outputs
+
+`add_lora` injects peft's LoRA layers into the model itself (`peft.functional.inject_adapter_in_model`, the hook
+transformers and diffusers use), so it stays our model: same class, forward, outputs and `save_pretrained`. Rank-`r`
+adapters `W + (alpha / r) B A` (B starts at zero: the outputs are unchanged until training moves it) go on the
+Linears named in `target_modules`: by default the query / key / value / output projections and both MLP layers of
+every attention layer (`DEFAULT_TARGETS`; `to_q`, `to_kv`, `to_qkv`, `to_out` are Perceiver AR's and the resampler's
+names). Every other weight is frozen, except the class head (`get_classifier()`, trained in full and saved with the
+adapter: a head re-initialised for new classes must learn from scratch). Our layers call these modules wherever they
+would otherwise compute with a Linear's `.weight` (folded LayerNorms, reassociated attention), so the adapters act in
+every fast path.
+
+`save_pretrained` of an adapted model writes the merged weights (each LoRA layer merged on a copy: the model keeps
+training unchanged) under the plain model's keys: the folder loads without peft, runs, exports and converts as any
+other. `save_adapter` writes peft's format (`adapter_config.json`, `adapter_model.safetensors`) plus
+`perceiver_adapter.json` (the base model's class count when the head was resized), and `perceiver.from_pretrained`
+of such a folder loads the base model it names and applies the adapter.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "DEFAULT_TARGETS",
+    "add_lora",
+    "has_lora",
+    "load_adapter",
+    "merge_lora",
+    "merged_state_dict",
+    "save_adapter",
+]
+
+#: Linears that get adapters by default: every attention projection and both MLP layers
+DEFAULT_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|fc1|fc2|to_q|to_kv|to_qkv|to_out)$"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's names
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_INFO = "perceiver_adapter.json"  # ours: {"num_classes": K} of the head the adapter was trained with
+
+
+def _peft() -> Any:
+    try:
+        import peft
+        import peft.functional
+    except ImportError as e:  # pragma: no cover - the dev environment has it
+        raise ImportError("LoRA needs peft: pip install 'perceiver-torch[lora]'") from e
+    return peft
+
+
+def _head_name(model: nn.Module) -> str | None:
+    """The class head's module name (`classifier_name`), or None for a model without one (language models)."""
+    name = getattr(model, "classifier_name", None)
+    if name is None:
+        return None
+    try:
+        head = model.get_submodule(name)
+    except AttributeError:
+        return None
+    return name if any(True for _ in head.parameters()) else None  # nn.Identity after reset_classifier(0)
+
+
+def add_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: str | list[str] | None = None,
+    train_head: bool = True,
+    **lora_kwargs: Any,
+) -> nn.Module:
+    """Add LoRA adapters to `model` in place and freeze everything else (but the class head); returns `model`.
+
+    Args:
+        r: rank of the adapters.
+        alpha: scale numerator, the update is `(alpha / r) B A` (default `r`: scale 1).
+        dropout: dropout on the adapters' input (training only).
+        target_modules: a regex over full module names or a list of name suffixes (peft's rule); default
+            `DEFAULT_TARGETS` (attention and MLP Linears).
+        train_head: train the class head in full (`get_classifier()`, if the model has one) and save it with the
+            adapter.
+        lora_kwargs: further `peft.LoraConfig` fields (`use_rslora`, `use_dora`, `init_lora_weights`, ...).
+    """
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
+    if has_lora(model):
+        raise ValueError(f"{type(model).__name__} already has LoRA adapters; merge_lora(model) before adding new ones")
+    peft = _peft()
+    head = _head_name(model) if train_head else None
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=r if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=DEFAULT_TARGETS if target_modules is None else target_modules,
+        modules_to_save=[head] if head is not None else None,
+        **lora_kwargs,
+    )
+    try:
+        peft.functional.inject_adapter_in_model(config, model)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"{e} ({type(model).__name__}'s Linear layers are named {names})") from e
+    model.peft_config = {"default": config}
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether `model` holds peft adapter layers."""
+    if not any("lora_" in name for name, _ in model.named_parameters()):
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _plain_replacements(model: nn.Module, merge: bool = True) -> dict[str, nn.Module]:
+    """`{name: plain module}` for every outermost peft layer: a LoRA layer's base layer with the adapters merged (on
+    a copy), a trained-in-full module's trained copy; without `merge`, the modules as they were before the adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{done}.") for done in out):
+            continue
+        if isinstance(module, ModulesToSaveWrapper):
+            out[name] = module.modules_to_save[module.active_adapters[0]] if merge else module.original_module
+        elif isinstance(module, BaseTunerLayer) and not merge:
+            out[name] = module.get_base_layer()
+        elif isinstance(module, BaseTunerLayer):
+            merged = copy.deepcopy(module)
+            merged.merge()
+            out[name] = merged.get_base_layer()
+    return out
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of `model` with its adapters merged, under the keys of the model without them; `model` is not
+    changed."""
+    replacements = _plain_replacements(model)
+    state = {k: v for k, v in model.state_dict().items() if not any(k.startswith(f"{name}.") for name in replacements)}
+    for name, module in replacements.items():
+        state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return state
+
+
+def merge_lora(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Merge the adapters into the weights and remove peft's layers, in place: a plain model again; returns it.
+    `merge=False` drops the adapters instead (the model as it was before `add_lora`)."""
+    for name, plain in _plain_replacements(model, merge).items():
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, plain)
+    model.__dict__.pop("peft_config", None)
+    return model
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Path:
+    """Write the adapters (and a trained head) of `model` in peft's format to `directory`; `base_model` (a model
+    folder or Hub id) is recorded as `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
+    from safetensors.torch import save_file
+
+    from perceiver.hub import _umask
+
+    peft = _peft()
+    if not has_lora(model):
+        raise ValueError(f"{type(model).__name__} has no LoRA adapters to save (add_lora first)")
+    config = copy.deepcopy(model.peft_config["default"])
+    if base_model is not None:
+        local = Path(base_model)
+        config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    try:  # written aside, then each file moved in: an interrupted save leaves no half-written adapter
+        config.save_pretrained(str(tmp))
+        weights = peft.functional.get_peft_model_state_dict(model)
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / ADAPTER_WEIGHTS))
+        head = _head_name(model) if config.modules_to_save else None
+        info = {"num_classes": int(model.num_classes)} if head is not None else {}
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        target.mkdir(exist_ok=True)
+        mode = 0o666 & ~_umask()
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_INFO):
+            os.chmod(tmp / name, mode)
+            os.replace(tmp / name, target / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
+
+
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, check_finite: bool = True, map_location: str = "cpu"
+) -> nn.Module:
+    """Add the adapters saved in `directory` (`save_adapter`) to `model` in place; returns `model`."""
+    from safetensors.torch import load_file
+
+    from perceiver.hub import check_finite_tensors
+
+    peft = _peft()
+    folder = Path(directory)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in {folder}, {name} is missing")
+    config = peft.LoraConfig.from_pretrained(str(folder))
+    weights = load_file(str(folder / ADAPTER_WEIGHTS), device=map_location)
+    if check_finite:
+        check_finite_tensors(weights, folder)
+    peft.functional.inject_adapter_in_model(config, model)
+    problem = ""
+    try:
+        result = peft.functional.set_peft_model_state_dict(model, weights)
+    except RuntimeError as e:  # shapes of another model
+        problem = str(e).split("\n\t", 1)[-1].split("\n\t", 1)[0]
+    else:
+        missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
+        if result.unexpected_keys or missing:
+            problem = f"unexpected keys {sorted(result.unexpected_keys)[:3]}, missing {sorted(missing)[:3]}"
+    if problem:
+        merge_lora(model, merge=False)  # leave no half-applied adapter behind
+        raise ValueError(f"{folder}: the adapter does not fit this {type(model).__name__}: {problem}")
+    model.peft_config = {"default": config}
+    return model
+
+
+def from_adapter_folder(folder: Path, base_model: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+    """The base model `adapter_config.json` names (or `base_model`), loaded with `perceiver.from_pretrained` at the
+    class count the adapter was trained with, and the adapter added; eval mode."""
+    from perceiver.pretrained import from_pretrained
+
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    base = base_model if base_model is not None else config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} names no base model (base_model_name_or_path); pass base_model=")
+    info_file = folder / ADAPTER_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if "num_classes" in info:
+        kwargs.setdefault("num_classes", info["num_classes"])
+        kwargs.setdefault("ignore_mismatched_sizes", True)
+    check_finite = kwargs.get("check_finite", True)
+    quiet = logging.getLogger("perceiver")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # not "newly initialised" for a head the adapter then brings
+    try:
+        model = from_pretrained(base, **kwargs)
+    finally:
+        quiet.setLevel(level)
+    with torch.no_grad():
+        return load_adapter(model, folder, check_finite=check_finite).eval()
