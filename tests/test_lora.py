@@ -169,3 +169,24 @@ def test_an_adapter_folder_exports_to_onnx_and_to_transformers(tmp_path, capsys)
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
     capsys.readouterr()
+
+
+def test_adapted_perceiver_ar_generates_as_its_merged_weights_with_and_without_cache():
+    torch.manual_seed(0)
+    model = lora.add_lora(tiny("perceiver-ar"), r=2)
+    _perturb(model)
+    merged = lora.merge_lora(copy.deepcopy(model))
+    prompt = torch.randint(0, 262, (2, 8), generator=torch.Generator().manual_seed(1))
+    cached = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True)  # the window slides (16)
+    assert torch.equal(cached, model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False))
+    assert torch.equal(cached, merged.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=True))
+
+
+@pytest.mark.parametrize("name", ["vision-perceiver-learned", "language-perceiver"])
+def test_adapted_models_compile_whole(name):
+    torch.manual_seed(0)
+    model = lora.add_lora(tiny(name), r=2)
+    _perturb(model)
+    x = inputs(name)
+    assert torch._dynamo.explain(model)(*x).graph_break_count == 0
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(*x).logits, model(*x).logits, atol=1e-5, rtol=1e-4)

@@ -19,7 +19,7 @@ import perceiver
 from perceiver.data import DigitsDataModule
 
 
-def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto") -> str:
+def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto", *extra: str) -> str:
     strategy_args = (
         ["--config", str(CONFIGS / "strategy-fsdp.yaml")] if strategy == "fsdp" else [f"--trainer.strategy={strategy}"]
     )
@@ -35,6 +35,7 @@ def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto") ->
         f"--trainer.devices={devices}",
         f"--data.batch_size={batch_size}",
         *strategy_args,
+        *extra,
     )
     proc = subprocess.run(
         [sys.executable, "-m", "perceiver.training.cli", "fit", *args], capture_output=True, text=True, timeout=900
@@ -73,3 +74,22 @@ def test_two_processes_match_one_process(strategy, one_process_run, tmp_path):
     a = torch.load(one_process_run / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 10
+
+
+@pytest.fixture(scope="module")
+def lora_one_process_run(one_process_run, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("lora-one-process")
+    fit(run, 1, 16, "auto", f"--model.pretrained={one_process_run / 'model'}", "--model.lora={r: 4}")
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_lora_two_processes_match_one_process(strategy, one_process_run, lora_one_process_run, tmp_path):
+    """LoRA fine-tuning (frozen base weights, adapters and head trained) under DDP and FSDP2 as in one process."""
+    run = tmp_path / "two"
+    fit(run, 2, 8, strategy, f"--model.pretrained={one_process_run / 'model'}", "--model.lora={r: 4}")
+    one, two = loss_on_fixed_batch(lora_one_process_run / "model"), loss_on_fixed_batch(run / "model")
+    assert abs(one - two) / abs(one) <= 1e-4, (one, two)
+    assert one != loss_on_fixed_batch(one_process_run / "model")  # the adapters trained
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
