@@ -256,3 +256,21 @@ def test_matmul_attention_candidate_keeps_outputs_and_gradients():
     skip = perceiver.optimize(torch.nn.Linear(3, 3), (torch.randn(2, 3),), training=True,
                               candidates=["matmul-attention"], repeats=1, verbose=False)  # fmt: skip
     assert "has no attention with a kernel choice" in skip.report.skipped["matmul-attention"]
+
+
+@pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned"])
+def test_int8_candidates_are_opt_in_and_close(name):
+    """int8 Linears (torchao) only with allow_int8; the chosen copy computes in int8 within int8_rtol of eager and
+    leaves the model's fp32 weights alone."""
+    from torchao.quantization import Int8Tensor
+
+    model = tiny(name)
+    x = inputs(name)
+    skipped = perceiver.optimize(model, x, candidates=["eager", "int8-dynamic"], repeats=1, verbose=False)
+    assert skipped.report.skipped["int8-dynamic"] == "allow_int8=False"
+    fast = perceiver.optimize(model, x, candidates=["int8-dynamic"], allow_int8=True, repeats=1, verbose=False)
+    report = fast.report
+    assert "int8-dynamic" in report.seconds and 0 < report.max_rel_error["int8-dynamic"] <= 0.1
+    assert all(type(p.data) is torch.Tensor for p in model.parameters())
+    quantized = perceiver.optimization._build("int8-dynamic", model, False, "cpu")[0]
+    assert any(isinstance(m.weight, Int8Tensor) for m in quantized.modules() if isinstance(m, torch.nn.Linear))

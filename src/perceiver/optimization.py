@@ -31,13 +31,19 @@ Candidates (`CANDIDATES`):
 - `bf16-autocast`, `bf16-compile-freezing` / `bf16-compile`: the same under bf16 autocast, only with
   `allow_bf16=True` and where the device computes bf16 natively (`perceiver.hardware.has_native_bf16`); their
   outputs are compared with a bf16 tolerance instead.
+- `int8-dynamic`, `int8-compile` (inference, only with `allow_int8=True`; needs torchao, the `quant` extra): a copy of
+  the model whose Linears compute in int8 (torchao's `Int8DynamicActivationInt8WeightConfig`: weights quantised once
+  per output channel, activations per token at each call), eager or under `torch.compile`. It changes the arithmetic
+  (compared with `int8_rtol`) and keeps the weights it was quantised from, as a frozen graph does. On the Zen 4 EPYC
+  (AVX-512 VNNI) the language perceiver's forward (2048 bytes) ran in 337 ms compiled and 618 ms eager against
+  1202 ms in fp32 (max rel. error 2.7%, the same top-1 byte at every position, random weights).
 
     fast = perceiver.optimize(model.eval(), (pixel_values,))
     print(fast.report)           # chosen candidate, time of each, speed-up over eager
     logits = fast(pixel_values).logits
 
 The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model); a frozen candidate
-(`compile-freezing`) computes with the weights they had when it was compiled. Inputs of other shapes than the examples
+(`compile-freezing`) computes with the weights they had when it was compiled, an int8 one with the weights it quantised. Inputs of other shapes than the examples
 may recompile (compiled candidates) and are not re-timed.
 """
 
@@ -69,7 +75,16 @@ __all__ = [
     "optimize",
 ]
 
-INFERENCE = ("eager", "compile", "compile-freezing", "onednn-linear", "bf16-autocast", "bf16-compile-freezing")
+INFERENCE = (
+    "eager",
+    "compile",
+    "compile-freezing",
+    "onednn-linear",
+    "bf16-autocast",
+    "bf16-compile-freezing",
+    "int8-dynamic",
+    "int8-compile",
+)
 TRAINING = (
     "eager",
     "compile",
@@ -141,7 +156,7 @@ class CompiledModel(nn.Module):
 
 class OptimizedModel(CompiledModel):
     """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters. A frozen candidate
-    keeps the weights it was compiled with (see `compile_frozen`)."""
+    keeps the weights it was compiled with (see `compile_frozen`), an int8 one the weights it quantised."""
 
     def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
         super().__init__(module, fn, contexts)
@@ -303,6 +318,18 @@ def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Ca
             raise RuntimeError(str(e)) from None
     if base in ("compile", "compile-sdpa-math", "compile-freezing"):  # each its own graph (see `inductor_backend`)
         return torch.compile(model, backend=inductor_backend(**({"freezing": True} if freezing else {}))), contexts
+    if base in ("int8-dynamic", "int8-compile"):
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError as e:
+            raise RuntimeError("int8 candidates need torchao: pip install 'perceiver-torch[quant]'") from e
+        import copy
+
+        quantized = copy.deepcopy(model)
+        quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+        if base == "int8-compile":
+            return torch.compile(quantized, backend=inductor_backend()), contexts
+        return quantized, contexts
     if base == "onednn-linear":
         from perceiver.nn.cpu_kernels import OneDNNLinear, onednn_available, use_onednn_linear
 
@@ -323,9 +350,11 @@ def optimize(
     training: bool = False,
     candidates: Sequence[str] | None = None,
     allow_bf16: bool = False,
+    allow_int8: bool = False,
     loss_fn: Callable[[Any], Tensor] | None = None,
     rtol: float = 1e-4,
     bf16_rtol: float = 5e-2,
+    int8_rtol: float = 1e-1,
     warmup: int = 2,
     repeats: int = 5,
     max_memory_mb: float | None = None,
@@ -340,8 +369,9 @@ def optimize(
             outputs; gradients are cleared after each) instead of inference under `torch.no_grad()`.
         candidates: names to try (default `CANDIDATES["training" | "inference"]`); `eager` is always timed.
         allow_bf16: also try bf16 autocast, where the device computes bf16 natively (it changes the arithmetic).
+        allow_int8: also try int8 Linears (inference; torchao): it changes the arithmetic; compared with `int8_rtol`.
         rtol: largest relative difference (max abs error over max abs value) from eager for an fp32 candidate;
-            `bf16_rtol` for bf16 ones and under the caller's autocast. Candidates that differ more, or fail, are
+            `bf16_rtol` for bf16 ones and under the caller's autocast, `int8_rtol` for int8 ones. Candidates that differ more, or fail, are
             skipped with the reason. A training step of a model with dropout is not compared (the masks differ).
         warmup, repeats: calls of each candidate before timing (compilation happens here) and timed calls of each
             (the median is kept); the timed calls take turns between the candidates, the order reversing every round.
@@ -396,6 +426,9 @@ def optimize(
             why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
             report.skipped[name] = why
             continue
+        if name.startswith("int8-") and not allow_int8:
+            report.skipped[name] = "allow_int8=False"
+            continue
         before = _held_bytes(device)
         try:
             fn, contexts = _build(name, model, training, device)
@@ -415,7 +448,9 @@ def optimize(
             report.not_compared.append(name)
         else:
             err = _rel_error(out, reference)
-            limit = bf16_rtol if name.startswith("bf16-") or autocast else rtol
+            limit = (
+                int8_rtol if name.startswith("int8-") else bf16_rtol if name.startswith("bf16-") or autocast else rtol
+            )
             if not err <= limit:
                 report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
                 continue

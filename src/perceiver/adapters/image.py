@@ -36,6 +36,7 @@ from perceiver.checks import check_float_input
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, FactoredInputs
 from perceiver.core.io import InputAdapter
+from perceiver.nn.activation import is_dense
 from perceiver.nn.inputs import InputFactors
 from perceiver.nn.position import FourierPositionEncoding, TrainablePositionEncoding
 
@@ -229,7 +230,7 @@ class ImageAdapter(InputAdapter):
             # A strided 1x1 conv is a Linear on the subsampled pixels; channels-last straight from the GEMM, where
             # the conv's (B, F, h, w) output would be copied once more by the flattening in `forward`.
             conv = self.convnet_1x1
-            if not isinstance(conv, nn.Conv2d):  # wrapped or replaced (peft's LoRA): through the module
+            if not is_dense(conv, nn.Conv2d):  # wrapped or replaced (peft's LoRA), quantised: through the module
                 s = self.spatial_downsample
                 return conv(x[:, :, ::s, ::s]).permute(0, 2, 3, 1)
             return F.linear(self._subsampled(x), conv.weight.flatten(1), conv.bias)
@@ -258,7 +259,7 @@ class ImageAdapter(InputAdapter):
             if mask.ndim != 2 or tuple(mask.shape) != (b, h * w):
                 raise ValueError(f"expected a token mask of shape ({b}, {h * w}), got {tuple(mask.shape)}")
             mask = mask.bool()
-        factorable = self.prep_type == "conv1x1" and isinstance(self.convnet_1x1, nn.Conv2d)
+        factorable = self.prep_type == "conv1x1" and is_dense(self.convnet_1x1, nn.Conv2d)
         if factorable and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
             # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates, and
             # the tokens are only formed if something reads them (FactoredInputs).

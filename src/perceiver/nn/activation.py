@@ -64,10 +64,21 @@ def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return F.linear(F.gelu(h), weight, bias)
 
 
+def is_dense(module: nn.Module, kind: type[nn.Module] = nn.Linear) -> bool:
+    """Whether `module` is a `kind` (or a subclass: `F.linear` / the conv of its `.weight`) holding a dense weight, so
+    that fast paths may compute with `module.weight` itself. Not for a module that wraps or replaces it (peft's LoRA
+    layers) nor for a weight of a tensor subclass (torchao's quantised `Int8Tensor`, which folding would dequantise or
+    fail on): those are called as modules."""
+    if not isinstance(module, kind):
+        return False
+    weight = module.weight
+    return type(weight) in (Tensor, nn.Parameter) and type(weight.data) is Tensor
+
+
 def gelu_then(h: Tensor, fc: nn.Module) -> Tensor:
     """`fc(gelu(h))`, `(..., hidden) -> (..., out)`: through `gelu_linear` (GELU recomputed in backward) where `fc` is
-    an `nn.Linear`, else through `fc` itself (a module that wraps or replaces the Linear, such as peft's LoRA layers,
-    computes something else than `F.linear` of its `.weight`)."""
-    if isinstance(fc, nn.Linear):
+    a dense `nn.Linear` (`is_dense`), else through `fc` itself (a module that wraps or replaces the Linear, such as
+    peft's LoRA layers, computes something else than `F.linear` of its `.weight`)."""
+    if is_dense(fc):
         return gelu_linear(h, fc.weight, fc.bias)
     return fc(F.gelu(h))

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.nn.activation import is_dense
+
 
 def _check_heads(channels: int, num_heads: int, what: str) -> None:
     if num_heads < 1:
@@ -83,8 +85,8 @@ class MultiHeadAttention(nn.Module):
     Attention maps always use the standard form.
 
     Folding (`kv_affine`, `kv_basis`) and the reassociated form compute with `k_proj.weight` / `v_proj.weight`; they
-    apply while `k_proj` and `v_proj` are `nn.Linear`s. Where a module wraps or replaces them (peft's LoRA layers, a
-    quantised Linear), the key/value input is formed and passed through the modules instead (`folds_kv`): the
+    apply while `k_proj` and `v_proj` are `nn.Linear`s with dense weights. Where a module wraps or replaces them (peft's
+    LoRA layers) or the weight is a tensor subclass (torchao's int8 weights), the key/value input is formed and passed through the modules instead (`folds_kv`): the
     replacement is never bypassed.
     """
 
@@ -136,9 +138,10 @@ class MultiHeadAttention(nn.Module):
 
     @property
     def folds_kv(self) -> bool:
-        """Whether `k_proj` and `v_proj` compute `F.linear` of their `.weight` (`nn.Linear`s), so that a LayerNorm
-        affine and input coordinates can be folded into those weights and the reassociated form can apply."""
-        return isinstance(self.k_proj, nn.Linear) and isinstance(self.v_proj, nn.Linear)
+        """Whether `k_proj` and `v_proj` compute `F.linear` of their dense `.weight` (`perceiver.nn.activation.is_dense`),
+        so that a LayerNorm affine and input coordinates can be folded into those weights and the reassociated form can
+        apply."""
+        return is_dense(self.k_proj) and is_dense(self.v_proj)
 
     def _unfolded(
         self, x_kv: Tensor, kv_affine: tuple[Tensor | None, Tensor | None] | None, kv_basis: Tensor | None
