@@ -192,6 +192,22 @@ def lora_rows(folder: Path) -> list[list[str]]:
     ]]  # fmt: skip
 
 
+def quant_rows(folder: Path) -> list[list[str]]:
+    data = _read(folder, "quant.json")
+    if data is None:
+        return []
+    labels = {"mlm": "language-perceiver MLM, 2048 bytes", "vision": "vision-perceiver-learned 224x224, batch 1"}
+    out = []
+    for case, c in data["cases"].items():
+        t = c["median_s"]
+        out.append([
+            f"{labels[case]}, int8 allowed (`allow_int8=True`)", "transformers + the same torchao int8, compiled", "",
+            f"{t['hf-int8'] / t['ours-opt']:.2f}x ({c['opt_chosen']}; {t['hf'] / t['ours-opt']:.2f}x its fp32)", "",
+            _machine(data["machine"]), _load(data["machine"]), "quant.md",
+        ])  # fmt: skip
+    return out
+
+
 def machine_folders() -> list[Path]:
     """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
 
@@ -215,7 +231,7 @@ def table() -> str:
     body = []
     for folder in machine_folders():
         rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder) + krasserm_rows(folder)
-        rows += lora_rows(folder)
+        rows += lora_rows(folder) + quant_rows(folder)
         link = f"benchmarks/results/{folder.name}"
         body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
     return "\n".join(header + body)
