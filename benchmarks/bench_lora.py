@@ -191,7 +191,7 @@ def write(r: dict) -> None:
 
 Date: {run["date"]} · commit `{run["commit"]}` · command: `{run["command"]}`
 
-Machine: {describe(r["machine"])}
+{describe(r["machine"])}
 
 Text classifier on the language perceiver (201M parameters, random weights, the same in both), batch 2 x 512 bytes,
 fp32, LoRA rank {RANK} (alpha {ALPHA}) on every attention and MLP Linear, the class head trained in full; see the

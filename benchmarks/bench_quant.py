@@ -138,7 +138,7 @@ def write(r: dict) -> None:
 
 Date: {run["date"]} · commit `{run["commit"]}` · command: `{run["command"]}`
 
-Machine: {describe(r["machine"])}
+{describe(r["machine"])}
 
 Batch 1, random weights of the published sizes (the same in both), see the script's docstring. Times in seconds
 (median of the runs taken in turns). Error: max abs difference over the max abs value of the same library's fp32
