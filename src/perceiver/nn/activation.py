@@ -71,8 +71,7 @@ def is_dense(module: nn.Module, kind: type[nn.Module] = nn.Linear) -> bool:
     fail on): those are called as modules."""
     if not isinstance(module, kind):
         return False
-    weight = module.weight
-    return type(weight) in (Tensor, nn.Parameter) and type(weight.data) is Tensor
+    return type(module.weight) in (Tensor, nn.Parameter)  # a Parameter of a subclass has the subclass's type
 
 
 def gelu_then(h: Tensor, fc: nn.Module) -> Tensor:
