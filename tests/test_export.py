@@ -60,3 +60,32 @@ def test_example_inputs_rejects_unknown_models_clearly():
         example_inputs(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="expected batch_size >= 1, got 0"):
         example_inputs(tiny("perceiver"), 0)
+
+
+@pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned"])
+def test_int8_export_runs_integer_gemms_close_to_pytorch(name, tmp_path):
+    """`quantize="int8"`: onnxruntime's dynamic quantisation (integer MatMuls, int8 weights), checked against eager
+    PyTorch relative to the largest output; the plain fp32 check would not pass it."""
+    import onnx
+
+    model = tiny(name)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    path = export_onnx(model, tmp_path / "int8.onnx", check=True, quantize="int8")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "DynamicQuantizeLinear" in ops
+    assert "MatMulInteger" not in {node.op_type for node in onnx.load(str(fp32)).graph.node}
+    assert onnx_max_abs_diff(model, path, example_inputs(model, 2)) > 1e-5  # int8 arithmetic, not the fp32 graph
+    with pytest.raises(ValueError, match="quantize must be None or 'int8', got 'int4'"):
+        export_onnx(model, tmp_path / "x.onnx", quantize="int4")
+    assert not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("*.int8"))
+
+
+def test_int8_export_command(tmp_path, capsys):
+    folder = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "model")
+    main(["export", str(folder), str(tmp_path / "out.onnx"), "--quantize", "int8", "--check"])
+    out = capsys.readouterr().out
+    assert "MB int8)" in out and "within 0.1 x the largest output" in out
+    with pytest.raises(SystemExit, match=r"error: onnxruntime output differs from PyTorch by .* x the largest output"):
+        main(
+            ["export", str(folder), str(tmp_path / "out2.onnx"), "--quantize", "int8", "--check", "--int8-rtol", "1e-9"]
+        )
