@@ -11,7 +11,9 @@ and vision-perceiver-learned on a 224x224 image. Forms, timed in turns in one pr
   (the quantisation ours uses) under `torch.compile`, its fastest int8 form here;
 - `ours`: ours eager, fp32; `ours-opt`: ours after `perceiver.optimize(model, ..., allow_int8=True)`, which times
   every inference candidate (fp32: compile, Inductor freezing, oneDNN Linear; int8: eager and compiled) and keeps
-  the fastest.
+  the fastest;
+- `onnx` / `onnx-int8`: ours exported with `perceiver.export.export_onnx` (fp32 / `quantize="int8"`: onnxruntime's
+  dynamic int8 quantisation), run by onnxruntime's CPU provider with 2 intra-op threads.
 
 Accuracy against each library's own fp32 output: the max abs difference over the max abs value, and (MLM) the share
 of positions whose top-1 byte is unchanged / (vision) whether the top-1 class is. Random weights: a trained model's
@@ -26,6 +28,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from machine import describe, finish, machine, results_dir, run_record  # benchmarks/: the script's folder
@@ -69,11 +72,27 @@ def run_case(case: str, runs: int) -> dict:
     quantize_(hf_int8, Int8DynamicActivationInt8WeightConfig())
     hf_int8 = torch.compile(hf_int8)
     fast = perceiver.optimize(ours, (), x, allow_int8=True, warmup=1, repeats=3, verbose=False)
+    sessions, sizes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        import onnxruntime as ort
+
+        from perceiver.export import export_onnx
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        args = (x["inputs"], torch.ones_like(x["inputs"], dtype=torch.bool)) if case == "mlm" else (x["inputs"],)
+        for name, quantize in (("onnx", None), ("onnx-int8", "int8")):
+            path = export_onnx(ours, Path(tmp) / f"{name}.onnx", args, quantize=quantize)
+            sizes[name] = path.stat().st_size / 1e6
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {n: {i.name: a.numpy() for i, a in zip(s.get_inputs(), args)} for n, s in sessions.items()}
     forms = {
         "hf": lambda: hf(**x).logits,
         "hf-int8": lambda: hf_int8(**x).logits,
         "ours": lambda: ours(**x).logits,
         "ours-opt": lambda: fast(**x).logits,
+        "onnx": lambda: torch.from_numpy(sessions["onnx"].run(None, feeds["onnx"])[0]),
+        "onnx-int8": lambda: torch.from_numpy(sessions["onnx-int8"].run(None, feeds["onnx-int8"])[0]),
     }
     outputs, times = {}, {name: [] for name in forms}
     with torch.inference_mode():
@@ -86,7 +105,7 @@ def run_case(case: str, runs: int) -> dict:
                 forms[name]()
                 times[name].append(time.perf_counter() - start)
     accuracy = {}
-    for name, ref in (("hf-int8", "hf"), ("ours-opt", "ours"), ("ours", "hf")):
+    for name, ref in (("hf-int8", "hf"), ("ours-opt", "ours"), ("ours", "hf"), ("onnx", "ours"), ("onnx-int8", "ours")):
         a, b = outputs[name], outputs[ref]
         accuracy[f"{name} vs {ref}"] = {
             "max_rel_error": float((a - b).abs().max() / b.abs().max()),
@@ -95,6 +114,7 @@ def run_case(case: str, runs: int) -> dict:
     return {
         "median_s": {name: statistics.median(t) for name, t in times.items()},
         "times_s": times,
+        "onnx_mb": sizes,
         "opt_chosen": fast.report.chosen,
         "opt_report": str(fast.report),
         "accuracy": accuracy,
@@ -123,7 +143,7 @@ def write(r: dict) -> None:
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     (out / "quant.json").write_text(json.dumps(r, indent=2) + "\n")
-    rows, reports = [], []
+    rows, reports, onnx_rows = [], [], []
     for case, c in r["cases"].items():
         t, acc = c["median_s"], c["accuracy"]
         rows.append(
@@ -133,6 +153,13 @@ def write(r: dict) -> None:
             f"| {acc['hf-int8 vs hf']['max_rel_error']:.3f} / {acc['hf-int8 vs hf']['top1_agreement']:.3f} |"
         )
         reports.append(f"{LABELS[case]}:\n\n```\n{c['opt_report']}\n```")
+        if "onnx-int8" in t:
+            o, mb = acc["onnx-int8 vs ours"], c["onnx_mb"]
+            onnx_rows.append(
+                f"| {LABELS[case]} | {t['onnx']:.3f} ({mb['onnx']:.0f} MB) | {t['onnx-int8']:.3f} ({mb['onnx-int8']:.0f} MB) "
+                f"| {t['hf'] / t['onnx-int8']:.2f}x | {t['hf-int8'] / t['onnx-int8']:.2f}x "
+                f"| {o['max_rel_error']:.3f} / {o['top1_agreement']:.3f} |"
+            )
     run = r["run"]
     text = f"""# int8 inference: ours after optimize(allow_int8=True) vs transformers with the same quantisation
 
@@ -147,6 +174,12 @@ output; top-1: the share of positions (MLM) or images (vision) whose argmax is u
 | case | transformers fp32 | transformers int8 compiled | ours fp32 | ours after optimize | vs transformers fp32 | vs transformers int8 | ours int8: error / top-1 | transformers int8: error / top-1 |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(rows)}
+
+Exported to ONNX (`perceiver export MODEL OUT.onnx [--quantize int8]`) and run by onnxruntime (CPU provider, 2 threads):
+
+| case | onnxruntime fp32 | onnxruntime int8 | int8 vs transformers fp32 | vs transformers int8 compiled | int8 error / top-1 (vs ours fp32) |
+| --- | ---: | ---: | ---: | ---: | ---: |
+{chr(10).join(onnx_rows)}
 
 What `optimize` measured:
 

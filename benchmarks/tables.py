@@ -205,6 +205,13 @@ def quant_rows(folder: Path) -> list[list[str]]:
             f"{t['hf-int8'] / t['ours-opt']:.2f}x ({c['opt_chosen']}; {t['hf'] / t['ours-opt']:.2f}x its fp32)", "",
             _machine(data["machine"]), _load(data["machine"]), "quant.md",
         ])  # fmt: skip
+        if "onnx-int8" in t:
+            out.append([
+                f"{labels[case]}, ONNX int8 (`perceiver export --quantize int8`, onnxruntime)",
+                "transformers + the same torchao int8, compiled", "",
+                f"{t['hf-int8'] / t['onnx-int8']:.2f}x ({t['hf'] / t['onnx-int8']:.2f}x its fp32)", "",
+                _machine(data["machine"]), _load(data["machine"]), "quant.md",
+            ])  # fmt: skip
     return out
 
 

@@ -7,9 +7,10 @@
 
 `quantize="int8"` (`--quantize int8`) rewrites the exported graph with onnxruntime's dynamic quantisation
 (`onnxruntime.quantization.quantize_dynamic`: MatMul weights in int8, activations quantised at run time): a file a
-quarter of the size that onnxruntime runs with integer GEMMs (language-perceiver, 2048 bytes, batch 1, 2 threads on
-the Zen 4 EPYC: 226 ms against 622 ms for the fp32 file, 806 -> 214 MB, max rel. error 3.2%, every top-1 byte kept,
-random weights). It changes the arithmetic: `check` then compares relative to the largest output (`int8_rtol`).
+quarter of the size that onnxruntime runs with integer GEMMs (`benchmarks/bench_quant.py` on the Zen 4 EPYC, batch 1,
+2 threads, random weights: language-perceiver on 2048 bytes 0.255 s against 0.620 s for the fp32 file, 806 -> 214 MB,
+max rel. error 5.3%, every top-1 byte kept; vision-perceiver-learned no faster, its time is attention, not weight
+GEMMs). It changes the arithmetic: `check` then compares relative to the largest output (`int8_rtol`).
 
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
 `max_seq_len` bytes with an attention mask, flow patches of `train_size`, ...); the exported graph takes any batch
