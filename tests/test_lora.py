@@ -190,3 +190,26 @@ def test_adapted_models_compile_whole(name):
     x = inputs(name)
     assert torch._dynamo.explain(model)(*x).graph_break_count == 0
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(*x).logits, model(*x).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_consumers_of_an_adapter_folder_run_its_merged_weights(tmp_path, capsys):
+    """`perceiver generate` / `predict` load an adapter folder and merge it: the outputs of the adapted model, without
+    the adapter matmuls at every step."""
+    from perceiver.training.cli import main
+    from perceiver.training.predict import load_model_dir
+
+    torch.manual_seed(0)
+    base = perceiver.create_model("perceiver-ar", **TINY["perceiver-ar"][0])
+    base.save_pretrained(tmp_path / "base")
+    model = lora.add_lora(perceiver.from_pretrained(tmp_path / "base"), r=2)
+    _perturb(model)
+    adapter = lora.save_adapter(model, tmp_path / "adapter", base_model=tmp_path / "base")
+    loaded, _ = load_model_dir(adapter)
+    assert not lora.has_lora(loaded)
+    ids = torch.tensor([list(b"abcdefgh")]) + 6  # byte ids (6 special tokens first)
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5, rtol=1e-4)
+    capsys.readouterr()
+    main(["generate", str(adapter), "--prompt", "abcdefgh", "--max-new-tokens", "5", "--greedy"])
+    new = model.generate(ids, max_new_tokens=5, do_sample=False)[0, 8:] - 6
+    expected = "abcdefgh" + bytes(new.clamp(0, 255).tolist()).decode("utf-8", "replace")
+    assert capsys.readouterr().out == expected + "\n"  # the prompt, then the adapted model's greedy bytes
