@@ -260,10 +260,9 @@ def export_main(argv: list[str] | None = None) -> None:
     from perceiver.pretrained import from_pretrained
 
     model = from_pretrained(args.model_dir)
-    from perceiver.lora import has_lora, merge_lora
+    from perceiver.lora import merge_lora
 
-    if has_lora(model):  # an adapter folder: export the merged weights (no adapter matmuls, plain keys)
-        merge_lora(model)
+    merge_lora(model)  # an adapter folder: export the merged weights (no adapter matmuls, plain keys)
     if args.transformers:
         from perceiver.interop.to_transformers import to_transformers
 

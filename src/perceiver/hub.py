@@ -365,7 +365,7 @@ class PretrainedMixin:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             if has_lora(self):
                 state, seen = merged_state_dict(self), set()
-                for k, v in state.items():  # tied weights: one stored copy each, as save_model would
+                for k, v in state.items():  # tied weights: save_file refuses shared storage, later names get a copy
                     ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
                     state[k] = v.detach().contiguous() if ptr not in seen else v.detach().clone()
                     seen.add(ptr)

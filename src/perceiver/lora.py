@@ -165,7 +165,10 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def merge_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     """Merge the adapters into the weights and remove peft's layers, in place: a plain model again; returns it.
-    `merge=False` drops the adapters instead (the model as it was before `add_lora`)."""
+    `merge=False` drops the adapters instead (the model as it was before `add_lora`). A model without adapters is
+    returned as it is."""
+    if not has_lora(model):
+        return model
     for name, plain in _plain_replacements(model, merge).items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, plain)

@@ -223,9 +223,10 @@ class MultiHeadAttention(nn.Module):
         probs = None
         inverted = self.inverted if inverted is None else inverted
         q = self._heads(self.q_proj(x_q))
-        if (kv_affine is not None or kv_basis is not None) and not self.folds_kv:
+        folds = self.folds_kv
+        if (kv_affine is not None or kv_basis is not None) and not folds:
             x_kv, kv_affine, kv_basis = self._unfolded(x_kv, kv_affine, kv_basis), None, None
-        if self.reassociate and self.folds_kv and not return_attention and not inverted:
+        if self.reassociate and folds and not return_attention and not inverted:
             weights = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)
             out = self._reassociated(q, x_kv, kv_mask, attn_mask, dropout, weights)
         else:

@@ -171,11 +171,10 @@ def generate_main(argv: list[str]) -> None:
     import perceiver
 
     try:
-        model = perceiver.from_pretrained(args.model_dir).eval()
-        from perceiver.lora import has_lora, merge_lora
+        from perceiver.lora import merge_lora
 
-        if has_lora(model):  # an adapter folder: generate with merged weights (no adapter matmuls per step)
-            merge_lora(model)
+        # an adapter folder: generate with merged weights (no adapter matmuls per step)
+        model = merge_lora(perceiver.from_pretrained(args.model_dir).eval())
         if not hasattr(model, "generate"):
             raise ValueError(
                 f"expected a causal language model with generate() in {args.model_dir}, got {type(model).__name__}"

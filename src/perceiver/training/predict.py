@@ -53,10 +53,9 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     path = Path(path)
     info_file = path / "task.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    model = perceiver.from_pretrained(path).eval()
-    from perceiver.lora import has_lora, merge_lora
+    from perceiver.lora import merge_lora
 
-    return (merge_lora(model) if has_lora(model) else model), info  # an adapter folder: predict with merged weights
+    return merge_lora(perceiver.from_pretrained(path).eval()), info  # an adapter folder: with merged weights
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
