@@ -23,6 +23,12 @@ Cases (fp32, 2 threads):
   perceiver-ar-pytorch under `torch.compile`. Time: median of interleaved runs in one process; peak memory: a fresh process per implementation, RSS high-water mark reset
   (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then more steps; we report
   the peak increase over the RSS before them, with `MALLOC_MMAP_THRESHOLD_=65536`, median of 3 processes each.
+- gradient checkpointing: ours with `set_grad_checkpointing()` (`ours-ckpt`: each layer keeps its inputs and is
+  recomputed in the backward pass; perceiver-ar-pytorch has no such option) in the train step above (time and peak
+  memory), and a long window with a larger model (`LONG`: context 8192 = 7168 prefix + 1024 latents, width 512, 8
+  latent layers, 8 heads of 64, batch 1), where the latent layers' activations rather than the one cross-attention
+  over the window set the peak: ours eager, ours checkpointed and perceiver-ar-pytorch eager, peak memory as above
+  and step time (median of interleaved runs).
 - resampler: forward of Flamingo's resampler (width 1024, depth 6, 64 latents, 8 heads x 64) on 2 x 1 x 256 media
   features (batch 2), ours vs flamingo-pytorch (`PerceiverResampler.from_flamingo_pytorch`): both eager, and ours
   after `perceiver.optimize` (fp32 candidates) vs the faster of flamingo-pytorch eager and `torch.compile`d (with and
@@ -66,18 +72,22 @@ RESULTS = results_dir()  # benchmarks/results/<this machine>/
 AR = dict(num_tokens=262, dim=256, depth=4, max_seq_len=2048, cross_attn_seq_len=1536, dim_head=64, heads=4, ff_mult=4)
 RESAMPLER = dict(dim=1024, depth=6, dim_head=64, heads=8, num_latents=64, num_media_embeds=4)
 PROMPT, NEW_TOKENS, TRAIN_BATCH = 2048, 256, 2
+# the long-window checkpointing case: a deeper, wider model with more latents, whose latent layers' activations
+# (rather than the one cross-attention over the window) set the peak memory
+LONG = dict(AR, dim=512, depth=8, heads=8, max_seq_len=8192, cross_attn_seq_len=8192 - 1024)
+LONG_BATCH = 1
 MEMORY_ROUNDS = 3
 
 
-def build_ar():
+def build_ar(config: dict = AR):
     from perceiver_ar_pytorch import PerceiverAR as PeerAR
     from perceiver_ar_pytorch.autoregressive_wrapper import AutoregressiveWrapper
 
     from perceiver import PerceiverAR
 
     torch.manual_seed(0)
-    peer = PeerAR(**AR)
-    ours = PerceiverAR.from_perceiver_ar_pytorch(peer.state_dict(), **AR)
+    peer = PeerAR(**config)
+    ours = PerceiverAR.from_perceiver_ar_pytorch(peer.state_dict(), **config)
     return ours, AutoregressiveWrapper(peer)
 
 
@@ -213,13 +223,16 @@ def train_step(impl: str, model, opt, x) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def _train_setup(impl: str):
-    ours, wrapper = build_ar()
+def _train_setup(impl: str, long: bool = False):
+    config, batch = (LONG, LONG_BATCH) if long else (AR, TRAIN_BATCH)
+    ours, wrapper = build_ar(config)
     model = (ours if impl.startswith("ours") else wrapper).train()
     del ours, wrapper
     gc.collect()
+    if impl == "ours-ckpt":
+        model.set_grad_checkpointing()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = tokens(TRAIN_BATCH, AR["max_seq_len"])
+    x = tokens(batch, config["max_seq_len"])
     if impl in ("ours-opt", "ours-opt-bf16"):  # the latter times the candidates that keep the caller's bf16 autocast
         import perceiver
         from perceiver.optimization import TRAINING_FP32
@@ -241,9 +254,9 @@ def _status_kb(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-def memory_worker(impl: str, steps: int) -> dict:
+def memory_worker(impl: str, steps: int, long: bool = False) -> dict:
     torch.set_num_threads(THREADS)
-    model, opt, x = _train_setup(impl)
+    model, opt, x = _train_setup(impl, long)
     train_step(impl, model, opt, x)  # optimizer state allocated
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
@@ -259,13 +272,48 @@ def memory_worker(impl: str, steps: int) -> dict:
     }
 
 
+def _peak_memory(out: dict, impls: tuple[str, ...], long: bool = False) -> None:
+    """`out[impl]["memory"]`: median peak RSS increase of a training step over MEMORY_ROUNDS fresh processes each."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    samples: dict[str, list[dict]] = {impl: [] for impl in impls}
+    for _ in range(MEMORY_ROUNDS):
+        for impl in impls:
+            spec = json.dumps({"impl": impl, "steps": 2, "long": long})
+            res = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True, env=env
+            )
+            samples[impl].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    for impl, rounds in samples.items():
+        peak = statistics.median(r["peak_increase_mb"] for r in rounds)
+        out.setdefault(impl, {})["memory"] = {"peak_increase_mb": peak, "rounds": rounds}
+
+
+def bench_long(runs: int) -> dict:
+    """The LONG model: ours eager, ours checkpointed, perceiver-ar-pytorch eager; time (interleaved, one process) and
+    peak memory (fresh processes)."""
+    impls = ("ours", "ours-ckpt", "peer")
+    setups = {impl: _train_setup(impl, long=True) for impl in impls}
+    for impl in impls:
+        train_step(impl, *setups[impl])
+    fns = {impl: (lambda impl=impl, s=setups: train_step(impl, *s[impl])) for impl in impls}
+    out: dict = {"config": LONG, "batch": LONG_BATCH, **_interleaved(fns, runs)}
+    del setups, fns
+    gc.collect()
+    _peak_memory(out, impls, long=True)
+    mem = {impl: out[impl]["memory"]["peak_increase_mb"] for impl in impls}
+    out["mem_ratio"], out["ckpt_mem_ratio"] = mem["ours"] / mem["peer"], mem["ours-ckpt"] / mem["peer"]
+    out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
+    out["ckpt_speedup"] = out["peer"]["median_s"] / out["ours-ckpt"]["median_s"]
+    return out
+
+
 def bench_train(runs: int) -> dict:
     """Eager steps of both, ours after `perceiver.optimize(training=True)` and perceiver-ar-pytorch under
     `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
     out: dict = {}
     setups = {}
     bf16_forms = ("ours-bf16", "ours-opt-bf16", "peer-bf16", "peer-bf16w") if native_bf16() else ()
-    for impl in ("ours", "peer", "ours-opt", "peer-compile", *bf16_forms):
+    for impl in ("ours", "peer", "ours-opt", "peer-compile", "ours-ckpt", *bf16_forms):
         try:
             setups[impl] = _train_setup(impl)
             train_step(impl, *setups[impl])
@@ -284,18 +332,8 @@ def bench_train(runs: int) -> dict:
     # Fresh processes, alternating, with MALLOC_MMAP_THRESHOLD_ (as bench_perceiver_io.py): freed blocks go back to
     # the OS, so the peak is that of live tensors rather than of glibc's heap fragmentation (which made one run of
     # the same step read 48 MB and another 125 MB); the median of MEMORY_ROUNDS processes is reported.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    samples: dict[str, list[dict]] = {"ours": [], "peer": []}
-    for _ in range(MEMORY_ROUNDS):
-        for impl in ("ours", "peer"):
-            spec = json.dumps({"impl": impl, "steps": 2})
-            res = subprocess.run(
-                [sys.executable, __file__, "--memory-worker", spec], check=True, capture_output=True, text=True, env=env
-            )
-            samples[impl].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    for impl, runs in samples.items():
-        peak = statistics.median(r["peak_increase_mb"] for r in runs)
-        out[impl]["memory"] = {"peak_increase_mb": peak, "rounds": runs}
+    _peak_memory(out, ("ours", "peer", "ours-ckpt"))
+    out["ckpt_mem_ratio"] = out["ours-ckpt"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
     out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
     out["mem_ratio"] = out["ours"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
     peers = [n for n in ("peer", "peer-compile") if "median_s" in out.get(n, {})]
@@ -404,6 +442,38 @@ def _krasserm_rows(k: dict | None, new_tokens: int) -> list[str]:
     ]
 
 
+def _checkpointing_rows(t: dict, long: dict | None) -> list[str]:
+    """Rows of ours with `set_grad_checkpointing()` (perceiver-ar-pytorch has no such option: its plain step)."""
+    rows = []
+    if "memory" in t.get("ours-ckpt", {}):
+        c = t["ours-ckpt"]
+        rows += [
+            f"| train step, context 2048, ours with set_grad_checkpointing() vs perceiver-ar-pytorch (s, median) | "
+            f"{c['median_s']:.3f} | {t['peer']['median_s']:.3f} | {t['peer']['median_s'] / c['median_s']:.2f}x | "
+            "(no target) |",
+            f"| train step, context 2048, peak RSS increase with set_grad_checkpointing() (MB) | "
+            f"{c['memory']['peak_increase_mb']:.0f} | {t['peer']['memory']['peak_increase_mb']:.0f} | "
+            f"{t['ckpt_mem_ratio']:.2f} | (no target) |",
+        ]
+    if long:
+        c = long["config"]
+        size = (
+            f"context {c['max_seq_len']} ({c['max_seq_len'] - c['cross_attn_seq_len']} latents, width {c['dim']}, "
+            f"{c['depth']} layers, {c['heads']} heads), batch {long['batch']}"
+        )
+        for impl, label in (("ours", "eager"), ("ours-ckpt", "with set_grad_checkpointing()")):
+            ratio = long["speedup" if impl == "ours" else "ckpt_speedup"]
+            mem = long["mem_ratio" if impl == "ours" else "ckpt_mem_ratio"]
+            rows += [
+                f"| train step, {size}, ours {label} (s, median) | {long[impl]['median_s']:.3f} | "
+                f"{long['peer']['median_s']:.3f} | {ratio:.2f}x | (no target) |",
+                f"| train step, {size}, ours {label}: peak RSS increase (MB) | "
+                f"{long[impl]['memory']['peak_increase_mb']:.0f} | {long['peer']['memory']['peak_increase_mb']:.0f} | "
+                f"{mem:.2f} | (no target) |",
+            ]
+    return rows
+
+
 def write_report(results: dict, out: Path) -> str:
 
     info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
@@ -436,6 +506,7 @@ def write_report(results: dict, out: Path) -> str:
         f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
         f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
         f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
+        *_checkpointing_rows(t, results.get("long")),
         *(
             [
                 f"| train step, both under bf16 autocast (native bf16 here): ours vs the fastest perceiver-ar-pytorch "
@@ -540,7 +611,7 @@ def main() -> None:
         return
     if args.memory_worker:
         spec = json.loads(args.memory_worker)
-        print(json.dumps(memory_worker(spec["impl"], spec["steps"])))
+        print(json.dumps(memory_worker(spec["impl"], spec["steps"], spec["long"])))
         return
     torch.set_num_threads(THREADS)
     runs, new_tokens = (3, 16) if args.quick else (args.runs, NEW_TOKENS)
@@ -554,6 +625,8 @@ def main() -> None:
     print("resampler", results["resampler"]["speedup"], flush=True)
     results["train"] = bench_train(runs)
     print("train", results["train"]["speedup"], results["train"]["mem_ratio"], flush=True)
+    results["long"] = bench_long(3 if args.quick else 5)
+    print("long context", results["long"]["ckpt_mem_ratio"], flush=True)
     results["generate"] = bench_generate(new_tokens)
     print("generate", results["generate"]["speedup"], flush=True)
     results["generate_krasserm"] = bench_generate_krasserm(new_tokens)

@@ -143,7 +143,19 @@ def ar_rows(folder: Path) -> list[list[str]]:
          f"{data['train']['opt_speedup']:.2f}x ({data['train']['opt_chosen']})" if "opt_speedup" in data["train"] else "",
          f"{data['train']['mem_ratio']:.2f}x", m, ld, "ar.md"],
     ]  # fmt: skip
-    t = data["train"]
+    if "ckpt_mem_ratio" in (t := data["train"]):
+        out.append(["Perceiver AR training step, context 2048, ours with set_grad_checkpointing()",
+                    "perceiver-ar-pytorch (no checkpointing)", f"{t['peer']['median_s'] / t['ours-ckpt']['median_s']:.2f}x",
+                    "", f"{t['ckpt_mem_ratio']:.2f}x", m, ld, "ar.md"])  # fmt: skip
+    if long := data.get("long"):
+        c = long["config"]
+        size = f"context {c['max_seq_len']}, {c['max_seq_len'] - c['cross_attn_seq_len']} latents, width {c['dim']}"
+        out += [
+            [f"Perceiver AR training step, {size}, {c['depth']} layers", "perceiver-ar-pytorch",
+             f"{long['speedup']:.2f}x", "", f"{long['mem_ratio']:.2f}x", m, ld, "ar.md"],
+            ["same, ours with set_grad_checkpointing()", "perceiver-ar-pytorch (no checkpointing)",
+             f"{long['ckpt_speedup']:.2f}x", "", f"{long['ckpt_mem_ratio']:.2f}x", m, ld, "ar.md"],
+        ]  # fmt: skip
     if "bf16_speedup" in t:
         forms = {"peer-bf16": "(bf16 autocast)", "peer-bf16w": "(bf16 weights: it fails under bf16 autocast)"}
         vs = "perceiver-ar-pytorch " + forms.get(

@@ -56,6 +56,21 @@ def test_fit_logs_bits_per_byte_and_saves_a_model(ar_run):
     assert isinstance(model, perceiver.PerceiverAR) and model.config.max_seq_len == 64
 
 
+def test_grad_checkpointing_trains_the_same_weights(ar_run, tmp_path):
+    """`--model.grad_checkpointing=true` recomputes activations in the backward pass: the same run ends with the same
+    weights (dropout masks redrawn alike)."""
+    import perceiver
+
+    main(["fit", *_args(tmp_path, "--model.grad_checkpointing=true")])
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["grad_checkpointing"] is True
+    want = perceiver.from_pretrained(ar_run / "model").state_dict()
+    got = perceiver.from_pretrained(tmp_path / "model").state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_test_split_reports_bpb(ar_run, tmp_path):
     main(["test", *_args(tmp_path), f"--ckpt_path={ar_run / 'checkpoints' / 'best.ckpt'}"])
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))

@@ -67,6 +67,7 @@ class PerceiverIO(PerceiverModel):
     """
 
     classifier_name = "decoder.final_layer"
+    checkpointed_modules = ("encoder",)
 
     def __init__(
         self,
@@ -90,10 +91,6 @@ class PerceiverIO(PerceiverModel):
         self.query_builder = query_builder
         self.decoder = decoder
         self.output_adapter = output_adapter
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute encoder activations in the backward pass: far less training memory for ~1/3 more compute."""
-        self.encoder.gradient_checkpointing = enable
 
     def _pre_logits_dim(self) -> int:
         return self.decoder.config.query_dim

@@ -6,8 +6,9 @@
 
 `num_classes` (the size of the logits' last axis), `get_classifier()`, `reset_classifier(n)` (a fresh head of `n`
 outputs: fine-tuning on another label set), `num_parameters()`, and from `PretrainedMixin`: `save_pretrained`,
-`from_pretrained`, `push_to_hub`. A model whose output is not a class head (masked LM over a vocabulary, flow,
-autoencoding, resampled latents) says so in `reset_classifier`'s error.
+`from_pretrained`, `push_to_hub`, and from `GradCheckpointingMixin`: `set_grad_checkpointing()` (timm's name) /
+`gradient_checkpointing_enable()` (transformers'). A model whose output is not a class head (masked LM over a
+vocabulary, flow, autoencoding, resampled latents) says so in `reset_classifier`'s error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -104,7 +106,65 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-class PerceiverModel(PretrainedMixin, nn.Module):
+class GradCheckpointingMixin:
+    """Activation (gradient) checkpointing, spelled as timm (`set_grad_checkpointing`) and transformers
+    (`gradient_checkpointing_enable` / `gradient_checkpointing_disable`, `is_gradient_checkpointing`) spell it.
+
+    When on, a training forward with gradients keeps only each layer's inputs and recomputes the layer in the backward
+    pass (`torch.utils.checkpoint`, non-reentrant, RNG state restored so dropout draws the same masks): far less memory
+    for about one more forward of compute, the same gradients. Evaluation, `torch.no_grad()` and cached generation are
+    unaffected. Subclasses name the submodules that hold the `gradient_checkpointing` flag their forward reads.
+    """
+
+    #: dotted names of the submodules whose layers are checkpointed ("" = the model itself)
+    checkpointed_modules: ClassVar[tuple[str, ...]] = ()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute layer activations in the backward pass (True) or keep them (False)."""
+        if not isinstance(enable, bool):
+            raise ValueError(f"enable must be True or False, got {enable!r}")
+        if not self.checkpointed_modules:
+            raise NotImplementedError(f"{type(self).__name__} has no layers to checkpoint")
+        for name in self.checkpointed_modules:
+            self.get_submodule(name).gradient_checkpointing = enable  # type: ignore[attr-defined]
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether `set_grad_checkpointing` is on."""
+        return any(
+            getattr(self.get_submodule(name), "gradient_checkpointing", False)  # type: ignore[attr-defined]
+            for name in self.checkpointed_modules
+        )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """transformers' spelling of `set_grad_checkpointing(True)` (what its `Trainer` and peft call).
+        `gradient_checkpointing_kwargs` may say `use_reentrant=False`, the only form the layers use."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        reentrant = kwargs.pop("use_reentrant", False)
+        if kwargs or reentrant:
+            raise ValueError(
+                "expected gradient_checkpointing_kwargs of at most {'use_reentrant': False} (the layers use "
+                f"non-reentrant torch.utils.checkpoint), got {gradient_checkpointing_kwargs!r}"
+            )
+        self.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """transformers' spelling of `set_grad_checkpointing(False)`."""
+        self.set_grad_checkpointing(False)
+
+
+def checkpoints(module: nn.Module, cache: Any = None) -> bool:
+    """Whether `module`'s forward should checkpoint its layers now: its flag is on, it is training with gradients
+    and no KV cache is being written (generation)."""
+    return (
+        getattr(module, "gradient_checkpointing", False)
+        and module.training
+        and torch.is_grad_enabled()
+        and cache is None
+    )
+
+
+class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
     """Base of every model: the contract in the module docstring.
 
     Subclasses set `classifier_name`, the dotted name of the final `nn.Linear` of their head (None: no class head,
@@ -173,4 +233,4 @@ class PerceiverModel(PretrainedMixin, nn.Module):
         return classification_loss(logits, labels)
 
 
-__all__ = ["Features", "ModelOutput", "PerceiverModel", "classification_loss"]
+__all__ = ["Features", "GradCheckpointingMixin", "ModelOutput", "PerceiverModel", "checkpoints", "classification_loss"]

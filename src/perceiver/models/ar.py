@@ -33,9 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from perceiver.checks import check_token_ids, token_mask
-from perceiver.core.model import Features, ModelOutput, PerceiverModel
+from perceiver.core.model import Features, ModelOutput, PerceiverModel, checkpoints
 from perceiver.hub import config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.ar_layers import CrossLayer, SelfLayer, causal_mask
@@ -137,6 +138,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
     model_type = "perceiver-ar"
     classifier_name = "to_logits"
     head_kind = "next-token logits over the vocabulary"
+    checkpointed_modules = ("",)  # set_grad_checkpointing: every cross and latent layer
 
     @property
     def num_classes(self) -> int:
@@ -159,6 +161,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         self.layers = nn.ModuleList(SelfLayer(c) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.d_model) if c.final_norm else nn.Identity()
         self.to_logits = nn.Linear(c.d_model, c.vocab_size, bias=c.logits_bias)
+        self.gradient_checkpointing = False
         self.init_weights()
 
     def _inv_freq(self, device: torch.device | None = None) -> Tensor:
@@ -280,15 +283,22 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         if cache is not None:
             self._check_cache_room(cache, length, n)
             cross_index, self_index = window, window[:n]
+        recompute = checkpoints(self, cache)  # set_grad_checkpointing: keep each layer's inputs only
         for i, layer in enumerate(self.cross_layers):
-            kv = None if cache is None else (cache.cross_k[i], cache.cross_v[i])
-            x = layer(x, prefix, q_rot, k_rot, cross_mask, kv, None if cache is None else cross_index)
+            if recompute:
+                x = checkpoint(layer, x, prefix, q_rot, k_rot, cross_mask, use_reentrant=False)
+            else:
+                kv = None if cache is None else (cache.cross_k[i], cache.cross_v[i])
+                x = layer(x, prefix, q_rot, k_rot, cross_mask, kv, None if cache is None else cross_index)
             if states is not None:
                 states.append(x)
         for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.self_k[i], cache.self_v[i])
             rot = q_rot if self._rotates(i) else None
-            x = layer(x, rot, self_mask, kv, None if cache is None else self_index)
+            if recompute:
+                x = checkpoint(layer, x, rot, self_mask, use_reentrant=False)
+            else:
+                kv = None if cache is None else (cache.self_k[i], cache.self_v[i])
+                x = layer(x, rot, self_mask, kv, None if cache is None else self_index)
             if states is not None:
                 states.append(x)
         if cache is not None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
+from perceiver.core.model import GradCheckpointingMixin
 from perceiver.hub import PretrainedMixin
 from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
@@ -126,7 +127,7 @@ _IO_FIELDS = {f.name for f in fields(LucidrainsIOConfig)}
 
 
 @register_model_type
-class LucidrainsPerceiverIO(PretrainedMixin, nn.Module):
+class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
     """perceiver-pytorch's `PerceiverIO`: `model(data (B, M, dim), mask (B, M), queries (B, O, E) | (O, E))`.
 
     Without queries it returns the latents `(B, N, latent_dim)`, with them `(B, O, logits_dim or E)`.
@@ -134,6 +135,7 @@ class LucidrainsPerceiverIO(PretrainedMixin, nn.Module):
 
     config_class = LucidrainsIOConfig
     model_type = "lucidrains-perceiver-io"
+    checkpointed_modules = ("encoder",)
 
     def __init__(self, config: LucidrainsIOConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -187,13 +189,14 @@ class LucidrainsLMConfig(LucidrainsIOConfig):
 
 
 @register_model_type
-class LucidrainsPerceiverLM(PretrainedMixin, nn.Module):
+class LucidrainsPerceiverLM(GradCheckpointingMixin, PretrainedMixin, nn.Module):
     """perceiver-pytorch's `PerceiverLM`: token ids `(B, L)` -> logits `(B, L, num_tokens)`; the embedded inputs
     (token + position embeddings) are both the encoder inputs and the decoder queries. With `labels` `(B, L)`
     (-100 = ignore) it returns `(logits, loss)`."""
 
     config_class = LucidrainsLMConfig
     model_type = "lucidrains-perceiver-lm"
+    checkpointed_modules = ("perceiver_io.encoder",)
 
     def __init__(self, config: LucidrainsLMConfig | None = None, **kwargs: Any) -> None:
         super().__init__()

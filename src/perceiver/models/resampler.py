@@ -22,9 +22,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
-from perceiver.core.model import Features, ModelOutput, PerceiverModel
+from perceiver.core.model import Features, ModelOutput, PerceiverModel, checkpoints
 from perceiver.hub import config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 
@@ -141,6 +142,7 @@ class PerceiverResampler(PerceiverModel):
     config_class = PerceiverResamplerConfig
     model_type = "perceiver-resampler"
     head_kind = "resampled latents (last_hidden_state), no logits"
+    checkpointed_modules = ("",)  # set_grad_checkpointing: every layer
 
     @property
     def num_classes(self) -> int:
@@ -154,6 +156,7 @@ class PerceiverResampler(PerceiverModel):
         self.media_pos_emb = nn.Parameter(torch.empty(c.num_media_embeds, 1, c.dim)) if c.num_media_embeds else None
         self.layers = nn.ModuleList(ResamplerLayer(c) for _ in range(c.depth))
         self.norm = _norm(c)
+        self.gradient_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -190,8 +193,9 @@ class PerceiverResampler(PerceiverModel):
             mask = keys[:, None, None, :]  # (B*T, 1, 1, M + N)
         x = x.reshape(b * t, m, d)
         latents = self.latents.to(x.dtype).expand(b * t, -1, -1)
+        recompute = checkpoints(self)  # set_grad_checkpointing: keep each layer's inputs only
         for layer in self.layers:
-            latents = layer(x, latents, mask)
+            latents = checkpoint(layer, x, latents, mask, use_reentrant=False) if recompute else layer(x, latents, mask)
         out = self.norm(latents).view(b, t, c.num_latents, d)
         return Features(out if media.dim() == 4 else out[:, 0])
 

@@ -239,6 +239,9 @@ class PerceiverTask(L.LightningModule):
             `{r: 16, alpha: 32, dropout: 0.05, target_modules: [q_proj, v_proj]}`. Only the adapters and the class
             head train; the model folder holds the merged weights, `RUN_DIR/adapter` the adapter alone (loadable with
             `perceiver.from_pretrained`, which fetches the base model it names).
+        grad_checkpointing: recompute each layer's activations in the backward pass instead of keeping them
+            (`model.set_grad_checkpointing()`): the same gradients with far less memory for long inputs (Perceiver AR
+            windows, many pixels or media tokens), at about one more forward pass of compute per step.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay on the weights of Linear / Conv layers (not on biases, norms,
             embeddings, latents and position / query embeddings; see `param_groups`).
@@ -281,6 +284,7 @@ class PerceiverTask(L.LightningModule):
         pretrained: str | None = None,
         reset_head: bool = False,
         lora: dict[str, Any] | None = None,
+        grad_checkpointing: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -349,6 +353,8 @@ class PerceiverTask(L.LightningModule):
             from perceiver.lora import add_lora
 
             add_lora(model, **cli_nulls(hp.lora))
+        if hp.get("grad_checkpointing"):
+            model.set_grad_checkpointing(True)
         return model
 
     # ------------------------------------------------------------------ agreement with the datamodule
