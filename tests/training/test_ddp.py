@@ -93,3 +93,13 @@ def test_lora_two_processes_match_one_process(strategy, one_process_run, lora_on
     assert abs(one - two) / abs(one) <= 1e-4, (one, two)
     assert one != loss_on_fixed_batch(one_process_run / "model")  # the adapters trained
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_grad_checkpointing_two_processes_match_one_process(strategy, one_process_run, tmp_path):
+    """Activation checkpointing inside DDP and inside FSDP2's sharded layers (recomputation all-gathers again)
+    trains to the one-process loss without it."""
+    fit(tmp_path / "two", 2, 8, strategy, "--model.grad_checkpointing=true")
+    one, two = loss_on_fixed_batch(one_process_run / "model"), loss_on_fixed_batch(tmp_path / "two" / "model")
+    assert abs(one - two) / abs(one) <= 1e-4, (one, two)
