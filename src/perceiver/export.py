@@ -4,6 +4,8 @@
     perceiver.export.export_onnx(model, "model.onnx", check=True)          # ONNX (dynamo exporter) + onnxruntime check
     perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape ...]   (the same from the command line)
     perceiver export MODEL_DIR OUT.onnx --quantize int8 --check     # int8 weights, dynamic int8 activations
+    perceiver.export.export_pt2(model, "model.pt2", aoti=True, check=True)  # AOTInductor: compiled ahead of time
+    perceiver export MODEL_DIR OUT.pt2 [--aoti] [--check]           # torch.export archive / AOTInductor package
 
 `quantize="int8"` (`--quantize int8`) rewrites the exported graph with onnxruntime's dynamic quantisation
 (`onnxruntime.quantization.quantize_dynamic`: MatMul weights in int8, activations quantised at run time): a file a
@@ -16,6 +18,12 @@ GEMMs). It changes the arithmetic: `check` then compares relative to the largest
 `max_seq_len` bytes with an attention mask, flow patches of `train_size`, ...); the exported graph takes any batch
 size and that input size. The graph returns the task output (`logits`) as one tensor. ONNX export needs the `onnx`
 and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also `onnxruntime`.
+
+A `.pt2` file is PyTorch's own archive: `export_pt2` writes the exported program (`torch.export.save`; load it with
+`torch.export.load(path).module()` or `load_pt2`), or with `aoti=True` an AOTInductor package: the program compiled
+ahead of time by Inductor into a shared library for this machine (CPU, or the model's CUDA device), which
+`load_pt2` / `torch._inductor.aoti_load_package(path)` runs in Python and `torch::inductor::AOTIModelPackageLoader`
+in C++, without Python or compilation at serving time. Both take any batch size.
 """
 
 from __future__ import annotations
@@ -29,7 +37,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogitsOnly", "example_inputs", "export_onnx", "export_program", "export_main", "onnx_max_abs_diff"]
+__all__ = [
+    "LogitsOnly",
+    "example_inputs",
+    "export_main",
+    "export_onnx",
+    "export_program",
+    "export_pt2",
+    "load_pt2",
+    "onnx_max_abs_diff",
+]
 
 
 class LogitsOnly(nn.Module):
@@ -176,6 +193,68 @@ def export_onnx(
     return path
 
 
+def export_pt2(
+    model: nn.Module,
+    path: str | os.PathLike,
+    inputs: Sequence[Tensor] | None = None,
+    aoti: bool = False,
+    check: bool = False,
+    check_batch_sizes: Sequence[int] = (1, 3),
+    atol: float = 1e-4,
+) -> Path:
+    """Write `model`'s task output as a `.pt2` archive with a dynamic batch (see the module docstring): the
+    `torch.export` program, or with `aoti` an AOTInductor package compiled for this machine.
+
+    With `check`, loads the file back (`load_pt2`) and raises if its output on random inputs at `check_batch_sizes`
+    differs from eager PyTorch by more than `atol` (max abs). Written next to `path` and moved into place: a failed
+    export leaves no half-written file. Returns the path.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"expected a path ending in .pt2, got {str(path)!r}")
+    model = model.eval()
+    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    program = export_program(model, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.pt2")  # AOTInductor wants the .pt2 suffix
+    try:
+        if aoti:
+            from torch._inductor import aoti_compile_and_package
+
+            aoti_compile_and_package(program, package_path=str(tmp))
+        else:
+            torch.export.save(program, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if check:
+        runner = load_pt2(path)
+        for b in check_batch_sizes:
+            x = _resized(inputs, b)
+            with torch.no_grad():
+                diff = float((runner(*x) - LogitsOnly(model)(*x)).abs().max())
+            if not diff <= atol:
+                raise RuntimeError(f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {atol})")
+    return path
+
+
+def load_pt2(path: str | os.PathLike) -> Any:
+    """A callable `(*inputs) -> logits` for a `.pt2` file `export_pt2` wrote: an AOTInductor package
+    (`torch._inductor.aoti_load_package`) or an exported program (`torch.export.load(path).module()`)."""
+    import zipfile
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"expected a .pt2 archive (a zip file) at {str(path)!r}, got another kind of file")
+    with zipfile.ZipFile(path) as archive:
+        compiled = any("/data/aotinductor/" in name for name in archive.namelist())
+    if compiled:
+        from torch._inductor import aoti_load_package
+
+        return aoti_load_package(str(path))
+    return torch.export.load(path).module()
+
+
 def _quantize_int8(path: Path) -> None:
     """Rewrite the ONNX file `path` in place with onnxruntime's dynamic int8 quantisation (MatMul weights in int8)."""
     import logging
@@ -230,22 +309,31 @@ def _onnx_errors(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Ten
 
 
 def export_main(argv: list[str] | None = None) -> None:
-    """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`, or
-    `perceiver export MODEL_DIR OUT_DIR --transformers` (a transformers model folder)."""
+    """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`, `perceiver export MODEL_DIR
+    OUT.pt2 [--aoti] [--check]`, or `perceiver export MODEL_DIR OUT_DIR --transformers` (a transformers model folder)."""
     parser = argparse.ArgumentParser(
         prog="perceiver export",
-        description="Export a model folder (ours or a transformers Perceiver checkpoint) to ONNX with a dynamic batch, "
-        "or with --transformers to a transformers model folder.",
+        description="Export a model folder (ours or a transformers Perceiver checkpoint) with a dynamic batch to ONNX "
+        "(OUT.onnx) or to PyTorch's .pt2 archive (OUT.pt2: the torch.export program, or with --aoti an AOTInductor "
+        "package compiled for this machine), or with --transformers to a transformers model folder.",
     )
     parser.add_argument("model_dir", help="a model folder (save_pretrained / perceiver fit's RUN_DIR/model) or Hub id")
-    parser.add_argument("output", help="the .onnx file to write (the folder, with --transformers)")
+    parser.add_argument("output", help="the .onnx or .pt2 file to write (the folder, with --transformers)")
     parser.add_argument(
         "--transformers",
         action="store_true",
         help="write a transformers Perceiver model folder instead (masked LM, text and image classifiers, optical "
         "flow; its outputs are checked against ours)",
     )
-    parser.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random inputs")
+    parser.add_argument(
+        "--aoti",
+        action="store_true",
+        help="with OUT.pt2: compile ahead of time with AOTInductor (a shared library for this machine inside the "
+        "archive; torch._inductor.aoti_load_package or C++'s AOTIModelPackageLoader runs it)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="compare onnxruntime (or the loaded .pt2) with PyTorch on random inputs"
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of the example inputs (default 2)")
     parser.add_argument("--shape", type=int, nargs="+", help="per-sample input shape (default: the model's own)")
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by --check")
@@ -257,6 +345,13 @@ def export_main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--int8-rtol", type=float, default=0.1, help="--check's relative tolerance with --quantize")
     args = parser.parse_args(argv)
+    pt2 = Path(args.output).suffix == ".pt2"
+    if not args.transformers and Path(args.output).suffix not in (".onnx", ".pt2"):
+        parser.error(f"expected OUT ending in .onnx or .pt2 (or --transformers and a folder), got {args.output!r}")
+    if args.aoti and not pt2:
+        parser.error(f"--aoti writes an AOTInductor package: expected OUT ending in .pt2, got {args.output!r}")
+    if args.quantize and pt2:
+        parser.error("--quantize int8 applies to ONNX files: expected OUT ending in .onnx with --quantize")
     from perceiver.pretrained import from_pretrained
 
     model = from_pretrained(args.model_dir)
@@ -274,6 +369,19 @@ def export_main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.output}: transformers' {type(hf).__name__}, outputs equal to ours within {args.atol}")
         return
     inputs = example_inputs(model, args.batch_size, args.shape)
+    shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
+    if pt2:
+        try:
+            path = export_pt2(model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol)
+        except RuntimeError as e:
+            raise SystemExit(f"error: {e}") from e
+        kind = "AOTInductor package" if args.aoti else "torch.export program"
+        print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {kind}): inputs (batch, ...) per sample {shapes} -> logits"
+        )
+        if args.check:
+            print(f"the loaded file matches PyTorch within {args.atol} at batch sizes 1 and 3")
+        return
     try:
         path = export_onnx(
             model, args.output, inputs, check=args.check, atol=args.atol, quantize=args.quantize,
@@ -281,7 +389,6 @@ def export_main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     except RuntimeError as e:
         raise SystemExit(f"error: {e}") from e
-    shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
     kind = " int8" if args.quantize else ""
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> logits")
     if args.check:
