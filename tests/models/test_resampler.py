@@ -50,7 +50,10 @@ def test_gradients_reach_every_parameter():
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        ((torch.randn(2, 5, 31),), r"expected media of shape \(B, T, M, 32\) or \(B, M, 32\), got \(2, 5, 31\)"),
+        (
+            (torch.randn(2, 5, 31),),
+            r"expected media of shape \(B, T, M, 32\), \(B, M, 32\) or \(B, T, F, V, 32\), got \(2, 5, 31\)",
+        ),
         ((torch.randn(2, 4, 5, 32),), "at most num_media_embeds=3 media times, got T=4"),
         ((torch.randn(2, 5, 32), torch.ones(2, 4, dtype=torch.bool)), r"media_mask of shape \(2, 5\)"),
     ],

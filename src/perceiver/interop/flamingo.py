@@ -1,7 +1,10 @@
-"""Load Perceiver Resampler weights: flamingo-pytorch's `PerceiverResampler` and transformers'
+"""Load Perceiver Resampler weights: flamingo-pytorch's `PerceiverResampler`, OpenFlamingo's, and transformers'
 `Idefics2PerceiverResampler` (the Idefics2 connector's resampler).
 
 flamingo-pytorch: LayerNorm, GELU MLP, fused `to_kv`, per-time media embeddings: keys map one to one.
+OpenFlamingo (`open_flamingo.src.helpers.PerceiverResampler`, the `perceiver` of its `Flamingo` models): the same
+layers, optional per-time (`media_time_embs`) and per-frame (`frame_embs`) embeddings, media `(B, T, F, V, D)`; its
+released models build it as `PerceiverResampler(dim=vision_width)`, without either.
 Idefics2: RMSNorm (eps from its config), SwiGLU MLP (gate / up / down), separate k / v projections (concatenated
 into our `to_kv`), grouped-query attention, no media embeddings.
 """
@@ -24,6 +27,17 @@ _FLAMINGO_TABLE = [
     (r"layers\.(\d+)\.1\.1\.weight", "layers.{0}.ff.fc1.weight"),
     (r"layers\.(\d+)\.1\.3\.weight", "layers.{0}.ff.fc2.weight"),
     (r"(latents|media_pos_emb)", "{0}"),
+    (r"norm\.(weight|bias)", "norm.{0}"),
+]
+_OPEN_FLAMINGO_DEFAULTS = {
+    "depth": 6, "dim_head": 64, "heads": 8, "num_latents": 64, "max_num_media": None, "max_num_frames": None,
+    "ff_mult": 4,
+}  # fmt: skip
+_OPEN_FLAMINGO_TABLE = [
+    *_FLAMINGO_TABLE[:5],
+    (r"latents", "latents"),
+    (r"media_time_embs", "media_pos_emb"),
+    (r"frame_embs", "frame_pos_emb"),
     (r"norm\.(weight|bias)", "norm.{0}"),
 ]
 _IDEFICS2_TABLE = [
@@ -63,6 +77,37 @@ def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: A
         },
     )
     weights = map_state_dict(state_dict, _FLAMINGO_TABLE, "flamingo-pytorch")
+    return load_mapped(PerceiverResampler(config), weights, against="the keywords")
+
+
+def from_open_flamingo(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
+    """Our resampler equal to OpenFlamingo's `PerceiverResampler(**kwargs)` with `state_dict` (or the module), or the
+    resampler of a whole OpenFlamingo checkpoint (`state_dict` with `perceiver.`-prefixed keys beside its vision and
+    language models' keys: only those are read)."""
+    if isinstance(state_dict, nn.Module):
+        state_dict = state_dict.state_dict()
+    if "dim" not in kwargs:
+        raise ValueError("expected OpenFlamingo's keyword dim (the vision encoder's width, e.g. 1024 for ViT-L/14)")
+    unknown = sorted(set(kwargs) - {"dim", *_OPEN_FLAMINGO_DEFAULTS})
+    if unknown:
+        raise ValueError(
+            f"expected OpenFlamingo PerceiverResampler keywords {sorted(_OPEN_FLAMINGO_DEFAULTS)} and dim, got {unknown}"
+        )
+    prefixed = {k.removeprefix("perceiver."): v for k, v in state_dict.items() if k.startswith("perceiver.")}
+    if prefixed:  # a whole Flamingo model's state dict
+        state_dict = prefixed
+    peer = {**_OPEN_FLAMINGO_DEFAULTS, **kwargs}
+    config = PerceiverResamplerConfig(
+        dim=peer["dim"],
+        depth=peer["depth"],
+        num_latents=peer["num_latents"],
+        num_heads=peer["heads"],
+        head_dim=peer["dim_head"],
+        num_media_embeds=peer["max_num_media"] or 0,
+        num_frame_embeds=peer["max_num_frames"] or 0,
+        ff_mult=float(peer["ff_mult"]),
+    )
+    weights = map_state_dict(state_dict, _OPEN_FLAMINGO_TABLE, "OpenFlamingo")
     return load_mapped(PerceiverResampler(config), weights, against="the keywords")
 
 

@@ -2,6 +2,7 @@
 variable number of media features, the bridge from a vision encoder to a language model.
 
     media (B, T, M, D) (+ media time embedding (T, 1, D)) | (B, M, D)
+    | (B, T, F, V, D): F frames of V features each (+ frame embedding (F, D)), flattened to M = F * V
     latents (N, D) --[attention to concat(media, latents), FF] x depth (pre-norm, residual)--> final norm
     --> (B, T, N, D) | (B, N, D)
 
@@ -9,8 +10,9 @@ As Flamingo (and flamingo-pytorch) the keys / values of each layer are the norma
 latents also exchange information with each other. `media_mask` `(B, T, M)` / `(B, M)` (True = valid) removes
 padded media features; latents are always valid keys, so no row is empty.
 
-Two layouts: flamingo-pytorch's (LayerNorm, GELU MLP, per-time media embeddings; `PerceiverResampler.from_flamingo_pytorch`)
-and transformers' Idefics2 resampler (RMSNorm, SwiGLU MLP, grouped-query attention, no media embeddings:
+Two layouts: flamingo-pytorch's (LayerNorm, GELU MLP, per-time media embeddings; `PerceiverResampler.from_flamingo_pytorch`;
+OpenFlamingo's, the same with optional per-frame embeddings of video media: `from_open_flamingo`) and transformers'
+Idefics2 resampler (RMSNorm, SwiGLU MLP, grouped-query attention, no media embeddings:
 `norm="rmsnorm", mlp="swiglu", num_kv_heads=..., num_media_embeds=0`; `from_idefics2`).
 """
 
@@ -34,8 +36,10 @@ from perceiver.models.registry import register_model, register_model_type
 class PerceiverResamplerConfig:
     """dim: width D of media and latents; depth: layers; num_latents: N; num_heads / head_dim: query heads;
     num_kv_heads: key / value heads (None: num_heads; fewer = grouped-query attention); num_media_embeds: learned
-    time embeddings (T <= num_media_embeds; 0 = none); ff_mult: MLP hidden width / D; mlp: `"gelu"` (Linear, GELU,
-    Linear) or `"swiglu"` (down(silu(gate(x)) * up(x))); norm: `"layernorm"` or `"rmsnorm"` with `norm_eps`."""
+    time embeddings (T <= num_media_embeds; 0 = none); num_frame_embeds: learned frame embeddings added to 5-D media
+    `(B, T, F, V, D)` before its F frames are flattened (F <= num_frame_embeds; 0 = none; OpenFlamingo's
+    `max_num_frames`); ff_mult: MLP hidden width / D; mlp: `"gelu"` (Linear, GELU, Linear) or `"swiglu"`
+    (down(silu(gate(x)) * up(x))); norm: `"layernorm"` or `"rmsnorm"` with `norm_eps`."""
 
     dim: int = 1024
     depth: int = 6
@@ -44,6 +48,7 @@ class PerceiverResamplerConfig:
     head_dim: int = 64
     num_kv_heads: int | None = None
     num_media_embeds: int = 4
+    num_frame_embeds: int = 0
     ff_mult: float = 4.0
     mlp: Literal["gelu", "swiglu"] = "gelu"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
@@ -54,8 +59,10 @@ class PerceiverResamplerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_media_embeds < 0:
-            raise ValueError(f"num_media_embeds must be >= 0, got {self.num_media_embeds}")
+        for name in ("num_media_embeds", "num_frame_embeds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads, got {self.kv_heads}")
         if self.mlp not in ("gelu", "swiglu") or self.norm not in ("layernorm", "rmsnorm"):
@@ -154,16 +161,19 @@ class PerceiverResampler(PerceiverModel):
         c = self.config = config
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.dim))
         self.media_pos_emb = nn.Parameter(torch.empty(c.num_media_embeds, 1, c.dim)) if c.num_media_embeds else None
+        self.frame_pos_emb = nn.Parameter(torch.empty(c.num_frame_embeds, c.dim)) if c.num_frame_embeds else None
         self.layers = nn.ModuleList(ResamplerLayer(c) for _ in range(c.depth))
         self.norm = _norm(c)
         self.gradient_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Latents and media embeddings N(0, 1) (as flamingo-pytorch), Linear N(0, 0.02), unit norms."""
+        """Latents, media and frame embeddings N(0, 1) (as flamingo-pytorch), Linear N(0, 0.02), unit norms."""
         nn.init.normal_(self.latents)
         if self.media_pos_emb is not None:
             nn.init.normal_(self.media_pos_emb)
+        if self.frame_pos_emb is not None:
+            nn.init.normal_(self.frame_pos_emb)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
@@ -171,14 +181,22 @@ class PerceiverResampler(PerceiverModel):
                 m.reset_parameters()
 
     def forward_features(self, media: Tensor, media_mask: Tensor | None = None) -> Features:
-        """`Features` with the latents `(B, T, N, D)` for media `(B, T, M, D)` (`(B, N, D)` for 3-D media `(B, M, D)`)."""
+        """`Features` with the latents `(B, T, N, D)` for media `(B, T, M, D)` or `(B, T, F, V, D)` (`(B, N, D)` for
+        3-D media `(B, M, D)`)."""
         c = self.config
-        expected = f"(B, T, M, {c.dim}) or (B, M, {c.dim})"
+        expected = f"(B, T, M, {c.dim}), (B, M, {c.dim}) or (B, T, F, V, {c.dim})"
         media = check_float_input(media, "media", expected, model_dtype(self))
-        if media.dim() not in (3, 4) or media.shape[-1] != c.dim:
+        if media.dim() not in (3, 4, 5) or media.shape[-1] != c.dim:
             raise ValueError(f"expected media of shape {expected}, got {tuple(media.shape)}")
         check_nonempty(media, "media", expected)
-        x = media if media.dim() == 4 else media.unsqueeze(1)
+        x = media if media.dim() != 3 else media.unsqueeze(1)
+        if x.dim() == 5:  # F frames of V features: frame embeddings, then one sequence of F * V per time
+            frames = x.shape[2]
+            if self.frame_pos_emb is not None:
+                if frames > c.num_frame_embeds:
+                    raise ValueError(f"expected at most num_frame_embeds={c.num_frame_embeds} frames, got F={frames}")
+                x = x + self.frame_pos_emb[:frames, None].to(x.dtype)
+            x = x.flatten(2, 3)
         b, t, m, d = x.shape
         if self.media_pos_emb is not None:
             if t > c.num_media_embeds:
@@ -187,7 +205,7 @@ class PerceiverResampler(PerceiverModel):
         mask = None
         if media_mask is not None:
             media_mask = to_bool_mask(media_mask, "media_mask", (tuple(media.shape[:-1]),))
-            valid = media_mask.reshape(b * t, m)
+            valid = media_mask.reshape(b * t, m)  # 5-D media: (B, T, F, V) flattened as the media
             x = x.masked_fill(~valid.view(b, t, m, 1), 0.0)  # NaN / inf in padded media must not leak via 0 * v
             keys = torch.cat((valid, valid.new_ones(b * t, c.num_latents)), dim=1)  # latents are always valid
             mask = keys[:, None, None, :]  # (B*T, 1, 1, M + N)
@@ -197,15 +215,15 @@ class PerceiverResampler(PerceiverModel):
         for layer in self.layers:
             latents = checkpoint(layer, x, latents, mask, use_reentrant=False) if recompute else layer(x, latents, mask)
         out = self.norm(latents).view(b, t, c.num_latents, d)
-        return Features(out if media.dim() == 4 else out[:, 0])
+        return Features(out if media.dim() != 3 else out[:, 0])
 
     def forward_head(self, features: Features) -> ModelOutput:
         """The resampled latents as `last_hidden_state` (there is no head)."""
         return ModelOutput(last_hidden_state=features.latents)
 
     def forward(self, media: Tensor, media_mask: Tensor | None = None) -> ModelOutput:
-        """Resample `media` `(B, T, M, D)` / `(B, M, D)` with `media_mask` (True = valid) to N latents:
-        `.last_hidden_state` `(B, T, N, D)` / `(B, N, D)`."""
+        """Resample `media` `(B, T, M, D)` / `(B, M, D)` / `(B, T, F, V, D)` with `media_mask` (its shape without D,
+        True = valid) to N latents: `.last_hidden_state` `(B, T, N, D)` / `(B, N, D)` / `(B, T, N, D)`."""
         return self.forward_head(self.forward_features(media, media_mask))
 
     @classmethod
@@ -214,6 +232,14 @@ class PerceiverResampler(PerceiverModel):
         from perceiver.interop.flamingo import from_flamingo_pytorch
 
         return from_flamingo_pytorch(state_dict, **kwargs)
+
+    @classmethod
+    def from_open_flamingo(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
+        """Build from OpenFlamingo's `PerceiverResampler(**kwargs)` keywords and its `state_dict()`, or from a whole
+        OpenFlamingo checkpoint (its `perceiver.` keys are taken; `dim` is the vision encoder's width)."""
+        from perceiver.interop.flamingo import from_open_flamingo
+
+        return from_open_flamingo(state_dict, **kwargs)
 
     @classmethod
     def from_idefics2(cls, resampler: nn.Module) -> PerceiverResampler:
