@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from perceiver.core.model import checkpoints
 from perceiver.nn.attention import reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
 from perceiver.nn.layers import Activation, CrossAttentionLayer, SelfAttentionLayer
@@ -249,7 +250,7 @@ class PerceiverEncoder(nn.Module):
         maps: list[Tensor] = []
         latent_maps: list[Tensor] = []
         states: list[Tensor] | None = [] if return_hidden_states else None
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        checkpointing = checkpoints(self)  # set_grad_checkpointing: training with gradients
         mode = self.config.attn_residual
         history = [x]  # outputs mixed by the attention residuals
         residual = iter(self.residual_index)
