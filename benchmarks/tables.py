@@ -227,6 +227,29 @@ def quant_rows(folder: Path) -> list[list[str]]:
     return out
 
 
+def load_rows(folder: Path) -> list[list[str]]:
+    data = _read(folder, "load.json")
+    if data is None:
+        return []
+    out = []
+    for name, case in data["cases"].items():
+        f = case["forms"]
+        ours, mapped = f["ours"], f["ours-mmap"]
+        out.append([
+            f"`from_pretrained` of {name} ({ours['params'] / 1e6:.0f}M), fp32 safetensors",
+            "transformers `from_pretrained` (its folder)",
+            f"{ours['speedup']:.2f}x ({ours['ready_speedup']:.2f}x with every weight read once)",
+            "", "", _machine(data["machine"]), _load(data["machine"]), "load.md",
+        ])  # fmt: skip
+        out.append([
+            "same, `mmap=True` (copy-on-write views of the file, as transformers)",
+            "transformers `from_pretrained` (its folder)",
+            f"{mapped['speedup']:.2f}x ({mapped['ready_speedup']:.2f}x with every weight read once)",
+            "", "", _machine(data["machine"]), _load(data["machine"]), "load.md",
+        ])  # fmt: skip
+    return out
+
+
 def machine_folders() -> list[Path]:
     """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
 
@@ -250,7 +273,7 @@ def table() -> str:
     body = []
     for folder in machine_folders():
         rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder) + krasserm_rows(folder)
-        rows += lora_rows(folder) + quant_rows(folder)
+        rows += lora_rows(folder) + quant_rows(folder) + load_rows(folder)
         link = f"benchmarks/results/{folder.name}"
         body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
     return "\n".join(header + body)

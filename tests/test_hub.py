@@ -101,12 +101,17 @@ def rewrite_weights(folder: Path, fn) -> None:
     save_file(tensors, str(folder / "model.safetensors"))
 
 
-def test_dtype_mismatch_is_an_error_not_a_cast(folder):
+def test_mixed_floating_dtypes_are_an_error_under_auto_and_cast_on_request(model, folder):
     key = "head.fc.weight"
     rewrite_weights(folder, lambda t: t.__setitem__(key, t[key].double()))
-    with pytest.raises(ValueError, match=rf"tensor '{key}': expected torch.float32 .* got torch.float64") as e:
+    message = r"expected one floating dtype .*torch.float64 \(1 tensors, e.g. 'head.fc"
+    with pytest.raises(ValueError, match=message) as e:
         perceiver.from_pretrained(folder)
-    assert "model.safetensors" in str(e.value)
+    assert "model.safetensors" in str(e.value) and "torch.float32" in str(e.value)
+    loaded = perceiver.from_pretrained(folder, dtype=torch.float32)  # asked for: every tensor in fp32
+    assert all(v.dtype == torch.float32 for v in loaded.state_dict().values())
+    x = torch.randn(2, 8, 8, 3)
+    assert torch.equal(model(x), loaded(x))  # fp32 -> fp64 -> fp32 is exact
 
 
 def test_shape_mismatch_missing_and_unexpected_tensors(folder):

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver.hub import check_finite_tensors, pop_num_classes, read_config_file, resize_head
+from perceiver.hub import (
+    check_finite_tensors,
+    no_init_weights,
+    pop_num_classes,
+    read_config_file,
+    resize_head,
+    resolve_dtype,
+    stored_floating_dtype,
+)
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
@@ -87,7 +95,7 @@ def load_state_dict(folder: Path) -> dict[str, Tensor]:
         return load_file(str(st))
     bin_file = folder / "pytorch_model.bin"
     if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
+        return torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
     raise FileNotFoundError(f"expected model.safetensors or pytorch_model.bin in {folder}")
 
 
@@ -100,6 +108,10 @@ def from_pretrained(
     check_finite: bool = True,
     num_classes: int | None = None,
     ignore_mismatched_sizes: bool = False,
+    dtype: torch.dtype | str | None = "auto",
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    mmap: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode.
@@ -109,14 +121,22 @@ def from_pretrained(
     `ignore_mismatched_sizes=True` gives the model a freshly initialised head of K classes when the checkpoint's has
     another size (logged, and listed in `model.reinitialized_keys`); without the flag a different K is an error
     (`num_labels` is accepted as transformers' name for it). `check_finite` rejects weights that hold NaN / inf.
+    `dtype="auto"` (default, as transformers) loads the model in the dtype its weights were saved in (for a
+    transformers folder: its config's `dtype` / `torch_dtype`, else the weights'); a floating `torch.dtype` (or its
+    name, e.g. "bfloat16"; `torch_dtype` is transformers' older name) casts every floating tensor to it. `device`
+    places the model (default: the CPU). Our folders load without a random initialisation first; `mmap=True` keeps
+    their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of copies
+    (see `perceiver.hub.load_safetensors_checked`); a transformers folder's weights are converted, hence copied.
     """
+    dtype = resolve_dtype(dtype, torch_dtype)
     folder = resolve(path_or_id)
     from perceiver import lora
 
     if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
         if num_classes is not None:
             overrides["num_classes"] = num_classes
-        return lora.from_adapter_folder(folder, check_finite=check_finite, **overrides)
+        model = lora.from_adapter_folder(folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **overrides)
+        return model if device is None else model.to(device)
     num_classes = pop_num_classes(num_classes, overrides)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -135,7 +155,14 @@ def from_pretrained(
         state_dict = load_state_dict(folder)
         if check_finite:
             check_finite_tensors(state_dict, folder)
-        model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
+        if dtype == "auto":
+            dtype = _transformers_dtype(config, state_dict, config_file)
+        with no_init_weights():  # the converters load every tensor of the model (strictly) after building it
+            model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
+        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.state_dict().values()):
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
         return model.eval()
@@ -146,10 +173,26 @@ def from_pretrained(
     import perceiver.models  # noqa: F401  (registers the model types)
 
     cls = model_type_class(config["model_type"])
+    if device is not None:
+        overrides["map_location"] = device
     return cls.from_pretrained(
         folder,
         check_finite=check_finite,
         num_classes=num_classes,
         ignore_mismatched_sizes=ignore_mismatched_sizes,
+        dtype=dtype,
+        mmap=mmap,
         **overrides,
     )
+
+
+def _transformers_dtype(config: dict[str, Any], state_dict: dict[str, Tensor], source: Path) -> torch.dtype | None:
+    """What dtype="auto" means for a transformers folder: its config's `dtype` (transformers 5) or `torch_dtype`,
+    else the one floating dtype of its weights (None: keep the converter's)."""
+    for key in ("dtype", "torch_dtype"):
+        name = config.get(key)
+        if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
+            found = getattr(torch, name)
+            if found.is_floating_point:
+                return found
+    return stored_floating_dtype({k: v.dtype for k, v in state_dict.items()}, source.parent)

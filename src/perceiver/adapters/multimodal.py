@@ -136,7 +136,7 @@ class OneHotLabelAdapter(nn.Module):
 
 
 def _init_param(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.randn(*shape) * 0.02)
+    return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=0.02))  # = randn * 0.02; skipped for a load
 
 
 class MultimodalInputAdapter(InputAdapter):

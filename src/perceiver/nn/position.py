@@ -126,7 +126,8 @@ class TrainablePositionEncoding(nn.Module):
         super().__init__()
         if num_positions < 1 or num_channels < 1:
             raise ValueError(f"need num_positions >= 1 and num_channels >= 1, got {num_positions}, {num_channels}")
-        self.position_embeddings = nn.Parameter(torch.randn(num_positions, num_channels) * init_scale)
+        self.position_embeddings = nn.Parameter(torch.empty(num_positions, num_channels))
+        nn.init.normal_(self.position_embeddings, std=init_scale)  # = randn * init_scale; skipped for a load
 
     @property
     def num_positions(self) -> int:
