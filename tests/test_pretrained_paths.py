@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from tiny_models import tiny
 
 import perceiver
 from perceiver.pretrained import resolve
@@ -53,3 +57,44 @@ def test_owner_name_goes_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.chdir(tmp_path)
     assert resolve("deepmind/language-perceiver") == tmp_path and asked == ["deepmind/language-perceiver"]
+
+
+def _hub_cache(cache: Path, repo_id: str, folder: Path, commit: str, ref: str | None = "main") -> None:
+    """`folder` as the snapshot `commit` of `repo_id` in a huggingface_hub cache at `cache` (its real layout), with
+    the branch or tag `ref` pointing at it."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    if ref is not None:
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+
+
+def test_hub_ids_resolve_offline_from_a_cache_at_a_revision(tmp_path, monkeypatch):
+    """`cache_dir`, `local_files_only` and `revision` reach huggingface_hub: a Hub id loads from its cache without a
+    network, at the branch, tag or commit asked for."""
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    cache = tmp_path / "cache"
+    main, tagged = tiny("perceiver", num_classes=5), tiny("perceiver", num_classes=7)
+    _hub_cache(cache, "me/tiny", main.save_pretrained(tmp_path / "main"), "a" * 40)
+    _hub_cache(cache, "me/tiny", tagged.save_pretrained(tmp_path / "v1"), "b" * 40, ref="v1")
+    options = dict(cache_dir=cache, local_files_only=True)
+    assert perceiver.from_pretrained("me/tiny", **options).num_classes == 5
+    assert perceiver.from_pretrained("me/tiny", revision="v1", **options).num_classes == 7
+    assert perceiver.from_pretrained("me/tiny", revision="b" * 40, **options).num_classes == 7
+    with pytest.raises(OSError, match="could not fetch 'me/tiny'"):
+        perceiver.from_pretrained("me/tiny", revision="v2", **options)
+
+
+def test_token_and_force_download_go_to_the_hub(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    folder = tiny("perceiver").save_pretrained(tmp_path / "m")
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append(kwargs)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    perceiver.from_pretrained("me/private", token="hf_x", force_download=True, revision="v3")
+    assert asked[0]["token"] == "hf_x" and asked[0]["force_download"] and asked[0]["revision"] == "v3"

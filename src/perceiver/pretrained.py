@@ -57,8 +57,13 @@ def looks_local(name: str) -> bool:
     return len(parts) != 2 or Path(parts[0]).exists()
 
 
-def resolve(path_or_id: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise download the files we need from the Hub."""
+#: keywords of `from_pretrained` that go to `huggingface_hub.snapshot_download` for a Hub id (transformers' names)
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+
+
+def resolve(path_or_id: str | os.PathLike, **hub_options: Any) -> Path:
+    """A local folder as is; otherwise download the files we need from the Hub (`hub_options`: `revision` (a branch,
+    tag or commit), `token`, `cache_dir`, `local_files_only`, `force_download`, as `snapshot_download` takes them)."""
     name = os.fspath(path_or_id)
     path = Path(name).expanduser()
     if name and path.is_dir():
@@ -76,7 +81,7 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json"]
     patterns += ["adapter_config.json", "perceiver_adapter.json"]  # LoRA adapter folders (perceiver.lora)
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        return Path(snapshot_download(name, allow_patterns=patterns, **hub_options))
     except HFValidationError as e:
         raise FileNotFoundError(f"expected a model folder or a Hub id 'owner/name', got {name!r}: {e}") from None
     except Exception as e:  # offline, unknown repo, gated, HTTP errors: huggingface_hub has many types for them
@@ -127,15 +132,21 @@ def from_pretrained(
     places the model (default: the CPU). Our folders load without a random initialisation first; `mmap=True` keeps
     their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of copies
     (see `perceiver.hub.load_safetensors_checked`); a transformers folder's weights are converted, hence copied.
+    For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
+    `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
+    `snapshot_download`, as transformers takes them.
     """
     dtype = resolve_dtype(dtype, torch_dtype)
-    folder = resolve(path_or_id)
+    hub_options = {key: overrides.pop(key) for key in HUB_OPTIONS if key in overrides}
+    folder = resolve(path_or_id, **hub_options)
     from perceiver import lora
 
     if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
         if num_classes is not None:
             overrides["num_classes"] = num_classes
-        model = lora.from_adapter_folder(folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **overrides)
+        model = lora.from_adapter_folder(
+            folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **hub_options, **overrides
+        )
         return model if device is None else model.to(device)
     num_classes = pop_num_classes(num_classes, overrides)
     config_file = folder / "config.json"
