@@ -1,5 +1,6 @@
 """Loading in a dtype and without a random initialisation: `from_pretrained(dtype="auto" | torch.dtype)` (ours and
-transformers folders), `no_init_weights`, every preset's buffers after a load, the fast finite check."""
+transformers folders), `no_init_weights`, every preset's buffers after a load, the fast finite check, `mmap=True`
+views of the file (copy-on-write: training never writes the file) against the default private copies."""
 
 from __future__ import annotations
 

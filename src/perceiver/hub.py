@@ -7,9 +7,11 @@ folder left by a killed process is removed by the next `save_pretrained` next to
 of a new file under the umask (0644 under the usual 022).
 
 Loading validates: `config.json` must be a JSON object whose keys are fields of the config with values of their
-annotated types (ints at most `MAX_INT`, finite floats); the safetensors file must hold every tensor with the
-model's dtype and shape (no silent casts); with `check_finite=True` (default) every floating tensor must be finite,
-so that corrupted data bytes do not load silently. Errors name the file and the key.
+annotated types (ints at most `MAX_INT`, finite floats); the safetensors file must hold every tensor of the model
+with its shape, in one floating dtype (which the model takes; or `dtype=` names the one to cast to) and integer
+tensors as the model holds them; with `check_finite=True` (default) every floating tensor must be finite, so that
+corrupted data bytes do not load silently. Errors name the file and the key. The model is built without random
+initial weights (`no_init_weights`) and every check runs before it receives a tensor.
 """
 
 from __future__ import annotations

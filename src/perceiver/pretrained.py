@@ -100,7 +100,7 @@ def load_state_dict(folder: Path) -> dict[str, Tensor]:
         return load_file(str(st))
     bin_file = folder / "pytorch_model.bin"
     if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"expected model.safetensors or pytorch_model.bin in {folder}")
 
 
