@@ -347,6 +347,10 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
+#: the dtype names command lines offer (`perceiver predict / generate --dtype`); `from_pretrained` takes any floating one
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
 def resolve_dtype(dtype: torch.dtype | str | None, torch_dtype: torch.dtype | str | None = None) -> torch.dtype | str:
     """`dtype` (or transformers' older name `torch_dtype`) as a floating `torch.dtype` or "auto" (None means "auto");
     ValueError for anything else."""

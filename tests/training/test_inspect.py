@@ -122,3 +122,38 @@ def test_flow_comparison_png(tmp_path):
     flow = torch.randn(2, 12, 12, 2)
     out = save_flow_comparison(torch.rand(2, 12, 12, 3), flow, flow * 0.5, tmp_path / "flow.png")
     assert_png(out)
+
+
+def test_predict_and_generate_load_a_bf16_model_in_the_dtype_asked_for(digits_run, tmp_path, capsys, monkeypatch):
+    """A model saved in bf16 runs in bf16 (`--dtype auto`, the default) or in the dtype `--dtype` names."""
+    model = perceiver.from_pretrained(digits_run / "model").to(torch.bfloat16)
+    folder = model.save_pretrained(tmp_path / "bf16")
+    (folder / "task.json").write_text((digits_run / "model" / "task.json").read_text())
+    loaded = []
+    real = perceiver.from_pretrained
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        loaded.append(next(out.parameters()).dtype)
+        return out
+
+    monkeypatch.setattr(perceiver, "from_pretrained", spy)
+    pngs, _ = digit_pngs(tmp_path)
+    tops = {}
+    for dtype in ("auto", "float32"):
+        main(["predict", str(folder), *map(str, pngs), "--json", "--dtype", dtype])
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        tops[dtype] = [r["top"][0] for r in lines]
+    assert loaded == [torch.bfloat16, torch.float32]
+    for a, b in zip(tops["auto"], tops["float32"], strict=True):
+        assert a["label"] == b["label"] and abs(a["prob"] - b["prob"]) < 0.05  # bf16 arithmetic, same weights
+
+    ar = perceiver.create_model("perceiver-ar-tiny", max_seq_len=32, num_latents=8).to(torch.bfloat16)
+    ar_dir = str(ar.save_pretrained(tmp_path / "ar"))
+    main(["generate", ar_dir, "--prompt", "abc", "--max-new-tokens", "4", "--greedy"])
+    expected = perceiver.ByteTokenizer().decode(
+        ar.eval().generate(torch.tensor([[103, 104, 105]]), 4, do_sample=False)[0].tolist(), skip_special_tokens=True
+    )
+    assert capsys.readouterr().out == expected + "\n" and loaded[-1] == torch.bfloat16
+    main(["generate", ar_dir, "--prompt", "abc", "--max-new-tokens", "4", "--greedy", "--dtype", "float32"])
+    assert loaded[-1] == torch.float32

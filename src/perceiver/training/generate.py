@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
+from perceiver.hub import DTYPE_NAMES
 from perceiver.tokenizer import NUM_BYTES, VOCAB_SIZE, decode_bytes, encode_bytes
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]]
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-latents", type=int, default=None, help="latents N (default: the model's)")
     parser.add_argument("--no-cache", action="store_true", help="full forward per token (same output, slower)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="auto",
+        help="weights' dtype (default auto: as the model was saved)",
+    )
     parser.add_argument(
         "--tokenizer",
         default="auto",
@@ -174,7 +181,7 @@ def generate_main(argv: list[str]) -> None:
         from perceiver.lora import merge_lora
 
         # an adapter folder: generate with merged weights (no adapter matmuls per step)
-        model = merge_lora(perceiver.from_pretrained(args.model_dir).eval())
+        model = merge_lora(perceiver.from_pretrained(args.model_dir, dtype=args.dtype).eval())
         if not hasattr(model, "generate"):
             raise ValueError(
                 f"expected a causal language model with generate() in {args.model_dir}, got {type(model).__name__}"

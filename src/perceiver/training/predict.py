@@ -27,6 +27,7 @@ from torch import Tensor
 
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
+from perceiver.hub import DTYPE_NAMES
 from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.geometry import config_value
 from perceiver.training.layouts import to_model_layout
@@ -46,8 +47,9 @@ __all__ = [
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
 
 
-def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of a folder (`perceiver.from_pretrained`, eval mode) and its `task.json` (empty dict if absent)."""
+def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a folder (`perceiver.from_pretrained(path, dtype=dtype)`, eval mode: "auto" = the dtype it was
+    saved in) and its `task.json` (empty dict if absent)."""
     import perceiver
 
     path = Path(path)
@@ -55,7 +57,8 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     from perceiver.lora import merge_lora
 
-    return merge_lora(perceiver.from_pretrained(path).eval()), info  # an adapter folder: with merged weights
+    model = perceiver.from_pretrained(path, dtype=dtype).eval()
+    return merge_lora(model), info  # an adapter folder: with merged weights
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
@@ -205,9 +208,12 @@ def predict_main(argv: list[str]) -> None:
     parser.add_argument("--num-samples", type=int, help="audio: clip length in samples (default: task.json's)")
     parser.add_argument("-o", "--output", help="flow PNG path (optical flow)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="auto", help="weights' dtype (default auto: as the model was saved)"
+    )
     args = parser.parse_args(argv)
 
-    model, info = load_model_dir(args.model_dir)
+    model, info = load_model_dir(args.model_dir, args.dtype)
     task = args.task or info.get("task") or "classification"
     if task == "optical-flow":
         _predict_flow_files(model, args, info)
