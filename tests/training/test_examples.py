@@ -31,6 +31,16 @@ TINY = {
         "--model.model_kwargs.max_freq=8.0",
         "--data.image_size=16",
     ],
+    "hf-images": [
+        "--model.model_kwargs.image_size=[16, 16]",
+        "--model.model_kwargs.max_resolution=[16, 16]",
+        "--model.model_kwargs.num_bands=4",
+        "--model.model_kwargs.num_latents=8",
+        "--model.model_kwargs.latent_dim=32",
+        "--model.model_kwargs.num_self_attends_per_block=1",
+        "--model.model_kwargs.latent_heads=2",
+        "--data.image_size=16",
+    ],
     "imagefolder-perceiver-io": [
         "--model.model_kwargs.image_size=[16, 16]",
         "--model.model_kwargs.max_resolution=[16, 16]",
@@ -171,6 +181,16 @@ def data_args(config: str, data_dir: Path) -> list[str]:
     if config.startswith("imagefolder"):
         root = write_image_folder(data_dir / "images")
         return [f"--data.root={root}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
+    if config == "hf-images":  # the same images as a `datasets` DatasetDict written by save_to_disk
+        import datasets
+
+        root = write_image_folder(data_dir / "images")
+        files = sorted(root.glob("*/*.png"))
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+        rows = {"image": [str(f) for f in files], "label": [CLASSES.index(f.parent.name) for f in files]}
+        saved = data_dir / "hf"
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(saved))
+        return [f"--data.path={saved}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
     if config == "videofolder":
         root = write_video_folder(data_dir / "videos")
         return [f"--data.root={root}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
@@ -213,7 +233,7 @@ def test_example_config_fits_and_predicts(config, tmp_path, capsys):
     run = tmp_path / "run"
     main(["fit", *example_args(config, run, tmp_path)])
     info = json.loads((run / "model" / "task.json").read_text())
-    names = CLASSES if config.startswith(("imagefolder", "audio", "video")) else sorted(TEXTS)
+    names = CLASSES if config.startswith(("imagefolder", "hf-images", "audio", "video")) else sorted(TEXTS)
     assert info["num_classes"] == 2 and info["class_names"] == names
 
     import perceiver
@@ -225,7 +245,7 @@ def test_example_config_fits_and_predicts(config, tmp_path, capsys):
     assert num_classes_of(task.model) == 2  # the checkpoint's hyperparameters carry the data's count
 
     capsys.readouterr()
-    if config.startswith("imagefolder"):
+    if config.startswith(("imagefolder", "hf-images")):
         files = [tmp_path / "images" / "cat" / "0.png", tmp_path / "images" / "dog" / "0.png"]
     elif config == "videofolder":
         files = [tmp_path / "videos" / "cat" / "0.mp4", tmp_path / "videos" / "dog" / "3.mp4"]

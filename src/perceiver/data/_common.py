@@ -254,12 +254,20 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, gra
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if grayscale else "RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            return image_array(im, size, grayscale)
     except Exception as e:
         raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+
+
+def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
+    """A Pillow image as float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
+    with bilinear filtering (aspect ratio not preserved) when given."""
+    from PIL import Image
+
+    image = image.convert("L" if grayscale else "RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
     return arr[..., None] if grayscale else arr
 
 

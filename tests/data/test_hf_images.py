@@ -1,0 +1,89 @@
+"""`HFImageDataModule`: a Hugging Face `datasets` image dataset (a `save_to_disk` folder, parquet files through the
+`parquet` builder) gives the batches of `ImageFolderDataModule`, with the ClassLabel names or the sorted string
+labels as classes; missing splits, columns and unknown labels are errors naming them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+datasets = pytest.importorskip("datasets")
+from PIL import Image  # noqa: E402
+
+from perceiver.data import HFImageDataModule  # noqa: E402
+from perceiver.data._common import stratified_split  # noqa: E402
+
+NAMES = [f"digit-{i}" for i in range(10)]
+
+
+def digits_dataset(n_train: int = 120, n_test: int = 30, string_labels: bool = False):
+    """sklearn's digits as 8x8 greyscale PIL images with ClassLabel (or string) labels, as a DatasetDict."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = [Image.fromarray((img * 255 / 16).astype(np.uint8), mode="L") for img in d.images[: n_train + n_test]]
+    labels = [int(t) for t in d.target[: n_train + n_test]]
+    label_feature = datasets.Value("string") if string_labels else datasets.ClassLabel(names=NAMES)
+    features = datasets.Features({"img": datasets.Image(), "digit": label_feature, "id": datasets.Value("int64")})
+
+    def part(lo, hi):
+        rows = {"img": images[lo:hi], "id": list(range(lo, hi))}
+        rows["digit"] = [NAMES[t] for t in labels[lo:hi]] if string_labels else labels[lo:hi]
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    return datasets.DatasetDict({"train": part(0, n_train), "test": part(n_train, n_train + n_test)}), d, labels
+
+
+def test_a_saved_dataset_gives_image_folder_batches(tmp_path):
+    ds, digits, labels = digits_dataset()
+    ds.save_to_disk(str(tmp_path / "digits"))
+    dm = HFImageDataModule(str(tmp_path / "digits"), image_size=8, grayscale=True, test_split="test", batch_size=16)
+    assert dm.class_names == NAMES and dm.num_classes == 10 and dm.image_shape == (8, 8, 1)
+    assert (dm.image_column, dm.label_column) == ("img", "digit")  # found by their feature types
+    dm.setup("fit")
+    keep, held = stratified_split(np.asarray(labels[:120]), 0.1, 0)  # what ImageFolderDataModule holds out
+    assert (len(dm.train_set), len(dm.val_set)) == (len(keep), len(held)) and len(held) >= 10
+    assert len(dm.test_set) == 30
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["inputs"].shape == (16, 8, 8, 1) and batch["inputs"].dtype == torch.float32
+    assert batch["labels"].tolist() == labels[120:136]
+    want = torch.from_numpy((digits.images[120:136] * 255 / 16).astype(np.uint8).astype(np.float32) / 255)
+    torch.testing.assert_close(batch["inputs"][..., 0], want, atol=0, rtol=0)
+    train = next(iter(dm.train_dataloader()))
+    assert train["inputs"].shape == (16, 8, 8, 1) and set(train["labels"].tolist()) <= set(range(10))
+
+
+def test_parquet_files_with_string_labels(tmp_path):
+    ds, _, labels = digits_dataset(string_labels=True)
+    files = {}
+    for split in ("train", "test"):
+        files[split] = str(tmp_path / f"{split}.parquet")
+        ds[split].to_parquet(files[split])
+    with pytest.raises(
+        ValueError, match=r"expected one ClassLabel column to use as the label, found no.*label_column="
+    ):
+        HFImageDataModule("parquet", data_files=files, image_size=8)
+    dm = HFImageDataModule(
+        "parquet", data_files=files, image_size=(6, 4), label_column="digit", val_split="test", test_split="test"
+    )
+    assert dm.class_names == sorted(NAMES) and dm.image_shape == (6, 4, 3)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["inputs"].shape == (30, 6, 4, 3)
+    assert batch["labels"].tolist() == [sorted(NAMES).index(NAMES[t]) for t in labels[120:150]]
+
+
+def test_bad_splits_columns_and_labels_are_named(tmp_path):
+    ds, _, _ = digits_dataset(n_train=30, n_test=10, string_labels=True)
+    ds.save_to_disk(str(tmp_path / "d"))
+    path = str(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"test_split 'validation' not found; the splits are \['train', 'test'\]"):
+        HFImageDataModule(path, label_column="digit", test_split="validation")
+    with pytest.raises(ValueError, match=r"image column 'image' not found; the columns are \['img', 'id', 'digit'\]"):
+        HFImageDataModule(path, label_column="digit", image_column="image")
+    odd = datasets.DatasetDict({"train": ds["train"], "test": ds["test"].map(lambda r: {"digit": "seven-ish"})})
+    odd.save_to_disk(str(tmp_path / "odd"))
+    dm = HFImageDataModule(str(tmp_path / "odd"), label_column="digit", test_split="test")
+    with pytest.raises(ValueError, match=r"split 'test' row 0: label 'seven-ish' is not a class of the training"):
+        dm.setup("test")
