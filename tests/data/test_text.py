@@ -124,3 +124,52 @@ def test_corrupt_file_and_bad_labels_name_the_file(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"data\.txt.*extension"):
         make(tmp_path, train_file=str(tmp_path / "data.txt")).setup()
+
+
+def saved_text_dataset(tmp_path):
+    """ROWS as a `datasets` DatasetDict (ClassLabel labels "neg" / "pos", text under "sentence"), saved to disk."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def part(rows):
+        return datasets.Dataset.from_dict(
+            {"sentence": [r["text"] for r in rows], "label": [r["label"] for r in rows]}, features=features
+        )
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": part(ROWS[:30]), "test": part(ROWS[30:])}).save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_a_datasets_dataset_instead_of_files(tmp_path):
+    folder = saved_text_dataset(tmp_path)
+    dm = make(tmp_path, dataset=folder, text_field="sentence", test_split="test", max_seq_len=64)
+    assert dm.class_names == ["neg", "pos"] and dm.num_classes == 2  # the ClassLabel's names
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) == 30 and len(dm.test_set) == 10
+    batch = next(iter(dm.test_dataloader()))
+    want = [encode_sequence(r["text"], 64).tolist() for r in ROWS[30:38]]
+    for ids, mask, expected in zip(batch["input_ids"], batch["attention_mask"], want, strict=True):
+        assert ids[mask].tolist() == expected
+    assert batch["labels"].tolist() == [int(r["label"] == "pos") for r in ROWS[30:38]]
+    as_val = make(tmp_path, dataset=folder, text_field="sentence", val_split="test")
+    as_val.setup("fit")
+    assert len(as_val.train_set) == 30 and len(as_val.val_set) == 10
+
+
+def test_datasets_dataset_errors_name_the_split_and_fields(tmp_path):
+    folder = saved_text_dataset(tmp_path)
+    jsonl = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    with pytest.raises(ValueError, match="expected train_file .* or dataset .*, got train_file=None and dataset=None"):
+        make(tmp_path)
+    with pytest.raises(ValueError, match="expected train_file .* or dataset"):
+        make(tmp_path, train_file=jsonl, dataset=folder)
+    with pytest.raises(ValueError, match="name its splits"):
+        make(tmp_path, dataset=folder, test_file=jsonl)
+    with pytest.raises(ValueError, match=r"test_split 'validation' not found; the splits are \['train', 'test'\]"):
+        make(tmp_path, dataset=folder, test_split="validation")
+    dm = make(tmp_path, dataset=folder)  # text_field "text": not a column
+    with pytest.raises(ValueError, match=r"saved\[train\]: field 'text' not found \(fields: sentence, label\)"):
+        dm.setup("fit")

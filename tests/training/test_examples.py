@@ -434,3 +434,18 @@ def test_predict_names_a_file_it_cannot_decode(tmp_path):
     broken.write_bytes(b"RIFF not really a wave file")
     with pytest.raises(SystemExit, match=r"error: cannot decode audio file .*broken\.wav"):
         main(["predict", str(run / "model"), str(broken)])
+
+
+def test_text_example_trains_on_a_datasets_dataset(tmp_path):
+    """`--data.train_file null --data.dataset DIR`: the text classification example on a `datasets` dataset."""
+    import datasets
+
+    rows = text_rows()
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    table = datasets.Dataset.from_dict({"text": [t for t, _ in rows], "label": [y for _, y in rows]}, features=features)
+    datasets.DatasetDict({"train": table, "test": table}).save_to_disk(str(tmp_path / "hf"))
+    run = tmp_path / "run"
+    args = [a for a in example_args("text-jsonl", run, tmp_path) if not a.startswith("--data.train_file")]
+    main(["fit", *args, "--data.train_file=null", f"--data.dataset={tmp_path / 'hf'}", "--data.test_split=test"])
+    info = json.loads((run / "model" / "task.json").read_text())
+    assert info["num_classes"] == 2 and info["class_names"] == ["neg", "pos"]

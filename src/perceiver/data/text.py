@@ -7,10 +7,12 @@ transformers' `PerceiverTokenizer` and of `perceiver.tokenizer.ByteTokenizer` fo
 text stay plain bytes.
 
 `TextClassificationDataModule` reads files with `datasets.load_dataset("json" | "csv", data_files=...)`
-(`.jsonl` / `.json` -> json, `.csv` -> csv, `.tsv` -> csv with tab delimiter). Local files need no network.
+(`.jsonl` / `.json` -> json, `.csv` -> csv, `.tsv` -> csv with tab delimiter). Local files need no network. Or it
+reads a Hugging Face `datasets` dataset instead (`dataset=`: a Hub id such as `imdb`, downloaded once into the
+`datasets` cache, or a folder written by `save_to_disk`; `train_split` / `val_split` / `test_split` name its splits).
 Labels are strings (classes = sorted distinct training labels) or non-negative integers (classes
-0..max training label), unless `class_names` is given. Without `val_file`, a stratified `val_fraction` of the
-training file (fixed, independent of `seed`) is the validation set.
+0..max training label; a `ClassLabel` column gives its names), unless `class_names` is given. Without `val_file` /
+`val_split`, a stratified `val_fraction` of the training data (fixed, independent of `seed`) is the validation set.
 
 Batch (padded to the longest sequence of the batch):
 `{"input_ids": int64 (B, L), "attention_mask": bool (B, L) True = token, "labels": int64 (B,)}`.
@@ -137,9 +139,13 @@ class TextClassificationDataModule(BaseDataModule):
     """Byte-level text classification from local files (see the module docstring).
 
     Args:
-        train_file: JSONL / JSON / CSV / TSV file of training examples.
+        train_file: JSONL / JSON / CSV / TSV file of training examples (or give `dataset`).
         val_file: validation file; if None a stratified `val_fraction` of `train_file` is held out (fixed).
         test_file: test file; `test_dataloader()` raises if None.
+        dataset: a Hugging Face `datasets` dataset instead of files: a Hub id (`imdb`) or a `save_to_disk` folder;
+            `dataset_name` its configuration, `revision` its Hub revision.
+        train_split, val_split, test_split: the dataset's split names (`val_split=None`: a stratified
+            `val_fraction` of the training split; `test_split=None`: no test set).
         text_field, label_field: column names of the text and the label.
         max_seq_len: longest sequence in ids, including `[CLS]` and `[SEP]` (>= 3); longer texts are truncated.
         batch_size, num_workers, seed: see `BaseDataModule`.
@@ -153,7 +159,7 @@ class TextClassificationDataModule(BaseDataModule):
 
     def __init__(
         self,
-        train_file: str,
+        train_file: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
         text_field: str = "text",
@@ -165,17 +171,44 @@ class TextClassificationDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         class_names: list[str] | None = None,
         cache_dir: str | None = None,
+        dataset: str | None = None,
+        dataset_name: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        test_split: str | None = None,
+        revision: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if max_seq_len < 3:
             raise ValueError(f"max_seq_len must be >= 3 ([CLS] byte [SEP]), got {max_seq_len}")
-        if val_file is None and not 0.0 < val_fraction < 1.0:
+        if (train_file is None) == (dataset is None):
+            raise ValueError(
+                f"expected train_file (local files) or dataset (a datasets dataset), got train_file={train_file!r} "
+                f"and dataset={dataset!r}"
+            )
+        if dataset is not None and (val_file is not None or test_file is not None):
+            raise ValueError("with dataset=, name its splits (val_split, test_split) instead of val_file / test_file")
+        held_out = val_file is None and val_split is None
+        if held_out and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) when no val_file is given, got {val_fraction}")
-        self.files = {
-            split: require_file(f, f"{split} file")
-            for split, f in (("train", train_file), ("val", val_file), ("test", test_file))
-            if f is not None
-        }
+        self.splits = None
+        if dataset is not None:
+            from perceiver.data.hf_images import open_dataset
+
+            self.splits = open_dataset(dataset, dataset_name, None, revision, cache_dir)
+            named = (("train", train_split), ("val", val_split), ("test", test_split))
+            for role, split in named:
+                if split is not None and split not in self.splits:
+                    raise ValueError(f"{dataset}: {role}_split {split!r} not found; the splits are {list(self.splits)}")
+            # where rows come from, as messages name it: "imdb[test]"
+            self.files = {role: f"{dataset}[{split}]" for role, split in named if split is not None}
+            self.split_names = {role: split for role, split in named if split is not None}
+        else:
+            self.files = {
+                split: require_file(f, f"{split} file")
+                for split, f in (("train", train_file), ("val", val_file), ("test", test_file))
+                if f is not None
+            }
         self.text_field = text_field
         self.label_field = label_field
         self.max_seq_len = max_seq_len
@@ -200,9 +233,14 @@ class TextClassificationDataModule(BaseDataModule):
         """Read every file once: `{split: (texts, integer labels)}`; fixes `class_names`."""
         if self._rows is not None:
             return self._rows
-        raw = {
-            split: read_table(p, [self.text_field, self.label_field], self.cache_dir) for split, p in self.files.items()
-        }
+        fields = [self.text_field, self.label_field]
+        if self.splits is not None:
+            raw = {role: self._split_columns(role, fields) for role in self.files}
+            feature = self.splits[self.split_names["train"]].features[self.label_field]
+            if self._class_names is None and type(feature).__name__ == "ClassLabel":
+                self._class_names = list(feature.names)
+        else:
+            raw = {split: read_table(p, fields, self.cache_dir) for split, p in self.files.items()}
         for split, cols in raw.items():
             for i, text in enumerate(cols[self.text_field]):
                 if not isinstance(text, str):
@@ -225,7 +263,19 @@ class TextClassificationDataModule(BaseDataModule):
             self._rows[split] = (cols[self.text_field], np.asarray(ids, dtype=np.int64))
         return self._rows
 
-    def _infer_classes(self, labels: list[Any], path: Path) -> list[str]:
+    def _split_columns(self, role: str, fields: list[str]) -> dict[str, list[Any]]:
+        """Columns `fields` of the dataset split of `role`; ValueError naming the split and the columns there are."""
+        rows = self.splits[self.split_names[role]]
+        for field in fields:
+            if field not in rows.column_names:
+                raise ValueError(
+                    f"{self.files[role]}: field {field!r} not found (fields: {', '.join(rows.column_names)})"
+                )
+        if len(rows) == 0:
+            raise ValueError(f"{self.files[role]}: no rows")
+        return {field: rows[field] for field in fields}
+
+    def _infer_classes(self, labels: list[Any], path: Path | str) -> list[str]:
         """Integer labels -> `["0", ..., str(max)]`; string labels -> sorted distinct strings."""
         for i, v in enumerate(labels):
             if _as_int(v) is None and not (isinstance(v, str) and v.strip()):
