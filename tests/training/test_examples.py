@@ -17,6 +17,18 @@ from perceiver.training.cli import main
 EXAMPLES = CONFIGS / "examples"
 CLASSES = ["cat", "dog"]
 
+#: the small Perceiver IO image classifier of the image examples
+IMAGE_IO = [
+    "--model.model_kwargs.image_size=[16, 16]",
+    "--model.model_kwargs.max_resolution=[16, 16]",
+    "--model.model_kwargs.num_bands=4",
+    "--model.model_kwargs.num_latents=8",
+    "--model.model_kwargs.latent_dim=32",
+    "--model.model_kwargs.num_self_attends_per_block=1",
+    "--model.model_kwargs.latent_heads=2",
+    "--data.image_size=16",
+]
+
 #: small models for the examples (the configs' sizes are for real data)
 TINY = {
     "imagefolder-classic": [
@@ -31,26 +43,8 @@ TINY = {
         "--model.model_kwargs.max_freq=8.0",
         "--data.image_size=16",
     ],
-    "hf-images": [
-        "--model.model_kwargs.image_size=[16, 16]",
-        "--model.model_kwargs.max_resolution=[16, 16]",
-        "--model.model_kwargs.num_bands=4",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--model.model_kwargs.latent_heads=2",
-        "--data.image_size=16",
-    ],
-    "imagefolder-perceiver-io": [
-        "--model.model_kwargs.image_size=[16, 16]",
-        "--model.model_kwargs.max_resolution=[16, 16]",
-        "--model.model_kwargs.num_bands=4",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--model.model_kwargs.latent_heads=2",
-        "--data.image_size=16",
-    ],
+    "hf-images": IMAGE_IO,  # the same model over a datasets dataset
+    "imagefolder-perceiver-io": IMAGE_IO,
     "audiofolder": [
         "--model.model_kwargs.num_samples=2000",
         "--model.model_kwargs.samples_per_patch=20",
