@@ -1,4 +1,4 @@
-"""Text classification from local JSONL / CSV files (through HF `datasets`), byte-tokenised for Perceiver IO.
+"""Text classification from JSONL / CSV files or a Hugging Face `datasets` dataset, byte-tokenised for Perceiver IO.
 
 Byte tokenisation (`encode_bytes`, `perceiver.tokenizer`'s one byte encoding as an int64 array): the UTF-8 bytes of
 the text + 6, after six special ids `PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5`, i.e. 262 ids, id-for-id the ids of
