@@ -29,6 +29,19 @@ IMAGE_IO = [
     "--data.image_size=16",
 ]
 
+#: the small raw-audio classifier of the audio examples
+AUDIO = [
+    "--model.model_kwargs.num_samples=2000",
+    "--model.model_kwargs.samples_per_patch=20",
+    "--model.model_kwargs.num_bands=4",
+    "--model.model_kwargs.num_latents=8",
+    "--model.model_kwargs.latent_dim=32",
+    "--model.model_kwargs.num_self_attends_per_block=1",
+    "--model.model_kwargs.latent_heads=2",
+    "--data.sample_rate=4000",
+    "--data.num_samples=2000",
+]
+
 #: small models for the examples (the configs' sizes are for real data)
 TINY = {
     "imagefolder-classic": [
@@ -45,17 +58,8 @@ TINY = {
     ],
     "hf-images": IMAGE_IO,  # the same model over a datasets dataset
     "imagefolder-perceiver-io": IMAGE_IO,
-    "audiofolder": [
-        "--model.model_kwargs.num_samples=2000",
-        "--model.model_kwargs.samples_per_patch=20",
-        "--model.model_kwargs.num_bands=4",
-        "--model.model_kwargs.num_latents=8",
-        "--model.model_kwargs.latent_dim=32",
-        "--model.model_kwargs.num_self_attends_per_block=1",
-        "--model.model_kwargs.latent_heads=2",
-        "--data.sample_rate=4000",
-        "--data.num_samples=2000",
-    ],
+    "audiofolder": AUDIO,
+    "hf-audio": AUDIO,  # the same model over a datasets dataset
     "videofolder": [
         "--model.model_kwargs.num_frames=4",
         "--model.model_kwargs.image_size=[16, 16]",
@@ -191,6 +195,18 @@ def data_args(config: str, data_dir: Path) -> list[str]:
     if config == "audiofolder":
         root = write_sound_folder(data_dir / "audio")
         return [f"--data.root={root}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
+    if config == "hf-audio":  # the same sound files as a `datasets` DatasetDict (Audio and ClassLabel columns)
+        import datasets
+
+        files = sorted(write_sound_folder(data_dir / "audio").glob("*/*.wav"))
+        table = datasets.Dataset.from_dict(
+            {"audio": [{"bytes": f.read_bytes(), "path": f.name} for f in files],
+             "label": [CLASSES.index(f.parent.name) for f in files]}
+        )  # fmt: skip
+        table = table.cast_column("audio", datasets.Audio()).cast_column("label", datasets.ClassLabel(names=CLASSES))
+        saved = data_dir / "hf"
+        datasets.DatasetDict({"train": table}).save_to_disk(str(saved))
+        return [f"--data.path={saved}", "--data.val_fraction=0.25", "--data.num_workers=0", "--data.batch_size=4"]
     if config in LANGUAGE_MODELS:
         corpus = data_dir / "corpus"
         corpus.mkdir(parents=True)
@@ -227,7 +243,7 @@ def test_example_config_fits_and_predicts(config, tmp_path, capsys):
     run = tmp_path / "run"
     main(["fit", *example_args(config, run, tmp_path)])
     info = json.loads((run / "model" / "task.json").read_text())
-    names = CLASSES if config.startswith(("imagefolder", "hf-images", "audio", "video")) else sorted(TEXTS)
+    names = CLASSES if config.startswith(("imagefolder", "hf-", "audio", "video")) else sorted(TEXTS)
     assert info["num_classes"] == 2 and info["class_names"] == names
 
     import perceiver
@@ -244,7 +260,7 @@ def test_example_config_fits_and_predicts(config, tmp_path, capsys):
     elif config == "videofolder":
         files = [tmp_path / "videos" / "cat" / "0.mp4", tmp_path / "videos" / "dog" / "3.mp4"]
         assert info["video_shape"] == [4, 16, 16, 3]
-    elif config == "audiofolder":
+    elif config in ("audiofolder", "hf-audio"):
         files = [tmp_path / "audio" / "cat" / "0.wav", tmp_path / "audio" / "dog" / "3.wav"]  # padded and cropped
         assert info["sample_rate"] == 4000 and info["num_samples"] == 2000
     else:

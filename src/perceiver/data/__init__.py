@@ -10,6 +10,7 @@ apply_on="instantiate")`). Batches are dicts:
 | `DigitsDataModule` (sklearn digits) | `inputs` f32 (B, 8, 8, 1) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `ImageFolderDataModule(root, image_size)` | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
 | `HFImageDataModule(path, image_size)` (a Hugging Face `datasets` dataset: Hub id, `save_to_disk` folder, parquet) | `inputs` f32 (B, H, W, C) in [0, 1], `labels` i64 (B,) | `num_classes`, `image_shape`, `class_names` |
+| `HFAudioDataModule(path, sample_rate, num_samples)` (a `datasets` dataset with an `Audio` column) | as `AudioFolderDataModule` | `num_classes`, `class_names`, `num_samples`, `sample_rate` |
 | `AudioFolderDataModule(root, sample_rate, num_samples)` | `inputs` f32 (B, S, 1) waveform, `mask` bool (B, S) True = sample (short files are padded), `labels` i64 (B,) | `num_classes`, `class_names`, `num_samples`, `sample_rate` |
 | `VideoFolderDataModule(root, num_frames, image_size)` | `inputs` f32 (B, T, H, W, 3) in [0, 1], `labels` i64 (B,) | `num_classes`, `class_names`, `video_shape` |
 | `TextClassificationDataModule(train_file, ...)` or `(dataset=...)` (a `datasets` dataset) | `input_ids` i64 (B, L), `attention_mask` bool (B, L), `labels` i64 (B,) | `num_classes`, `class_names`, `vocab_size`, `max_seq_len`, `pad_token_id` |
@@ -33,7 +34,7 @@ from perceiver.data.audio_folder import AudioFolderDataModule
 from perceiver.data.digits import DigitsDataModule
 from perceiver.data.flow import SintelFlowDataModule, SyntheticFlowDataModule, read_flo, write_flo
 from perceiver.data.folders import ImageFolderDataModule
-from perceiver.data.hf_images import HFImageDataModule
+from perceiver.data.hf_datasets import HFAudioDataModule, HFImageDataModule
 from perceiver.data.points import ModelNetDataModule, SyntheticPointCloudDataModule, read_off, write_off
 from perceiver.data.pydoc import PydocMLMDataModule
 from perceiver.data.segment_pydoc import SegmentPydocDataModule
@@ -44,6 +45,7 @@ from perceiver.data.video_folder import VideoFolderDataModule
 __all__ = [
     "AudioFolderDataModule",
     "DigitsDataModule",
+    "HFAudioDataModule",
     "HFImageDataModule",
     "ImageFolderDataModule",
     "ModelNetDataModule",

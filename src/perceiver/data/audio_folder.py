@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -50,17 +50,20 @@ def _soundfile():
     return soundfile
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Decode a sound file to mono float32 `(S,)` at `sample_rate` Hz (channels averaged, resampled polyphase).
+def load_audio(path: str | Path | BinaryIO, sample_rate: int, name: str | None = None) -> np.ndarray:
+    """Decode a sound file (a path, or an open binary file `name`d in errors) to mono float32 `(S,)` at
+    `sample_rate` Hz (channels averaged, resampled polyphase).
 
     `ValueError` naming the file if libsndfile cannot decode it, or if it holds no samples."""
     sf = _soundfile()
+    name = name or str(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, channels)
+        source = path if hasattr(path, "read") else str(path)
+        data, rate = sf.read(source, dtype="float32", always_2d=True)  # (S, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        raise ValueError(f"cannot decode audio file {path}: {e}") from e
+        raise ValueError(f"cannot decode audio file {name}: {e}") from e
     if data.shape[0] == 0:
-        raise ValueError(f"audio file {path} has no samples")
+        raise ValueError(f"audio file {name} has no samples")
     wave = data.mean(axis=1)
     if rate != sample_rate:
         from scipy.signal import resample_poly
@@ -99,13 +102,17 @@ class AudioFileDataset(KeyedDataset):
     ) -> None:
         self.files, self.labels, self.sample_rate, self.num_samples = files, labels, sample_rate, num_samples
         self.augment, self.seed = augment, seed
-        self.cache = [load_audio(f, sample_rate) for f in files] if cache else None
+        self.cache = [self.load(i) for i in range(len(files))] if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def load(self, index: int) -> np.ndarray:
+        """The decoded, resampled waveform `(S,)` of sample `index`."""
+        return load_audio(self.files[index], self.sample_rate)
+
     def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
-        wave = self.cache[index] if self.cache is not None else load_audio(self.files[index], self.sample_rate)
+        wave = self.cache[index] if self.cache is not None else self.load(index)
         offset, gain = None, 1.0
         if self.augment:
             rng = sample_rng(self.seed, epoch, index)

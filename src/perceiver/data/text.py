@@ -193,7 +193,7 @@ class TextClassificationDataModule(BaseDataModule):
             raise ValueError(f"val_fraction must be in (0, 1) when no val_file is given, got {val_fraction}")
         self.splits = None
         if dataset is not None:
-            from perceiver.data.hf_images import open_dataset
+            from perceiver.data.hf_datasets import open_dataset
 
             self.splits = open_dataset(dataset, dataset_name, None, revision, cache_dir)
             named = (("train", train_split), ("val", val_split), ("test", test_split))

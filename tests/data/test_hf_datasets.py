@@ -87,3 +87,56 @@ def test_bad_splits_columns_and_labels_are_named(tmp_path):
     dm = HFImageDataModule(str(tmp_path / "odd"), label_column="digit", test_split="test")
     with pytest.raises(ValueError, match=r"split 'test' row 0: label 'seven-ish' is not a class of the training"):
         dm.setup("test")
+
+
+def audio_table(audio: list[dict], labels: list[int], names: list[str]):
+    """An `Audio` + `ClassLabel` dataset of stored files (`{"bytes", "path"}`), cast rather than encoded: encoding
+    audio needs torchcodec in datasets 5, which Hub datasets (stored encoded) do not."""
+    table = datasets.Dataset.from_dict({"audio": audio, "label": labels})
+    return table.cast_column("audio", datasets.Audio()).cast_column("label", datasets.ClassLabel(names=names))
+
+
+def test_audio_rows_as_bytes_or_paths_give_audio_folder_batches(tmp_path):
+    """An `Audio` column (decoded here with soundfile, not `datasets`' torchcodec) gives the batches of
+    `AudioFolderDataModule`: mono, resampled, cut or padded with a mask; file bytes and file paths alike."""
+    import soundfile as sf
+
+    from perceiver.data import HFAudioDataModule
+    from perceiver.data.audio_folder import fit_length, load_audio
+
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for i in range(12):
+        path = tmp_path / f"{i}.wav"
+        seconds = 0.05 if i % 3 else 0.2  # some shorter than the clip (padded), some longer (centre crop)
+        wave = rng.uniform(-0.5, 0.5, (int(8000 * seconds), 2)).astype(np.float32)  # stereo, 8 kHz
+        sf.write(path, wave, 8000)
+        paths.append(path)
+        labels.append(i % 2)
+    audio = [
+        {"bytes": p.read_bytes() if i % 2 else None, "path": p.name if i % 2 else str(p)} for i, p in enumerate(paths)
+    ]
+    table = audio_table(audio, labels, ["a", "b"])
+    datasets.DatasetDict({"train": table, "test": table}).save_to_disk(str(tmp_path / "sounds"))
+    dm = HFAudioDataModule(str(tmp_path / "sounds"), sample_rate=4000, num_samples=600, test_split="test", batch_size=6)
+    assert dm.class_names == ["a", "b"] and dm.audio_column == "audio"
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["inputs"].shape == (6, 600, 1) and batch["mask"].shape == (6, 600)
+    assert batch["labels"].tolist() == labels[:6]
+    for i in range(6):
+        clip, mask = fit_length(load_audio(paths[i], 4000), 600)
+        torch.testing.assert_close(batch["inputs"][i, :, 0], torch.from_numpy(clip))
+        assert batch["mask"][i].tolist() == mask.tolist()
+    assert not batch["mask"][1].all() and batch["mask"][0].all()  # 0.05 s = 200 samples at 4 kHz: padded
+
+
+def test_undecodable_audio_bytes_are_named(tmp_path):
+    from perceiver.data import HFAudioDataModule
+
+    table = audio_table([{"bytes": b"not a sound", "path": "clip7.wav"}] * 2, [0, 0], ["a"])
+    datasets.DatasetDict({"train": table}).save_to_disk(str(tmp_path / "bad"))
+    dm = HFAudioDataModule(str(tmp_path / "bad"), num_samples=100, val_split="train")
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="cannot decode audio file clip7.wav"):
+        dm.train_set[0]
