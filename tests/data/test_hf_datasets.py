@@ -1,6 +1,6 @@
-"""`HFImageDataModule`: a Hugging Face `datasets` image dataset (a `save_to_disk` folder, parquet files through the
-`parquet` builder) gives the batches of `ImageFolderDataModule`, with the ClassLabel names or the sorted string
-labels as classes; missing splits, columns and unknown labels are errors naming them."""
+"""`HFImageDataModule` / `HFAudioDataModule`: a Hugging Face `datasets` dataset (a `save_to_disk` folder, parquet files
+through the `parquet` builder) gives the batches of the folder datamodules, with the ClassLabel names or the sorted
+string labels as classes; missing splits, columns, unknown labels and undecodable sound are errors naming them."""
 
 from __future__ import annotations
 
