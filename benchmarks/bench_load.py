@@ -7,7 +7,7 @@ Cases, at the published sizes with random weights (transformers' model saved by 
 converted and saved by ours): `language-perceiver` (`PerceiverForMaskedLM`, 201M parameters, 804 MB in fp32) and
 `vision-perceiver-learned` (`PerceiverForImageClassificationLearned`, 62M). Forms:
 - ours: `perceiver.from_pretrained(our folder)`: the model is built without its random draws
-  (`perceiver.hub.no_init_weights`), every check runs (header shapes and dtypes, no missing or unexpected key, every
+  (`perceiver.loading.no_init_weights`), every check runs (header shapes and dtypes, no missing or unexpected key, every
   tensor finite) and each tensor is copied from the memory-mapped safetensors file into the process's memory;
 - ours-mmap: the same with `mmap=True`: the tensors stay copy-on-write views of the file (transformers' way);
 - ours-mmap-unchecked: that with `check_finite=False` too (no weight read until used, as transformers' load);

@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # `tiny_models`, shared by the c
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`make test`), each worker process takes its share of the cores for torch's threads."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    # a model built for loading skips its random initialisation (`perceiver.hub.no_init_weights`); in the tests the
+    # a model built for loading skips its random initialisation (`perceiver.loading.no_init_weights`); in the tests the
     # skipped tensors are NaN, so one a load forgot shows in the outputs every parity test compares
-    import perceiver.hub
+    import perceiver.loading
 
-    perceiver.hub.SKIPPED_INIT_FILL = float("nan")
+    perceiver.loading.SKIPPED_INIT_FILL = float("nan")
     if workers:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // int(workers)))

@@ -15,7 +15,7 @@ from tiny_models import TINY, inputs, logits, tiny
 from torch import nn
 
 import perceiver
-from perceiver import hub
+from perceiver import loading
 
 
 @pytest.mark.parametrize("name", ["perceiver", "perceiver-ar-tiny"])
@@ -77,13 +77,13 @@ def test_every_preset_loads_every_tensor_and_buffer(name, tmp_path):
 
 
 def test_no_init_weights_skips_the_draws_and_restores_torch_init(monkeypatch):
-    monkeypatch.setattr(hub, "SKIPPED_INIT_FILL", None)
+    monkeypatch.setattr(loading, "SKIPPED_INIT_FILL", None)
     state = torch.get_rng_state()
-    with hub.no_init_weights():
+    with loading.no_init_weights():
         nn.Linear(64, 64), nn.LayerNorm(64), nn.Embedding(10, 64)
     assert torch.equal(torch.get_rng_state(), state)  # nothing drawn
-    monkeypatch.setattr(hub, "SKIPPED_INIT_FILL", float("nan"))
-    with pytest.raises(RuntimeError, match="boom"), hub.no_init_weights():
+    monkeypatch.setattr(loading, "SKIPPED_INIT_FILL", float("nan"))
+    with pytest.raises(RuntimeError, match="boom"), loading.no_init_weights():
         assert torch.isnan(nn.Linear(4, 4).weight).all()
         raise RuntimeError("boom")
     layer = nn.Linear(4, 4)  # torch.nn.init is back, after an exception too
@@ -104,10 +104,10 @@ def test_non_finite_weights_are_found_in_every_dtype_and_position(tmp_path):
             for position in {0, n // 2, n - 1}:
                 for bad in (float("nan"), float("inf"), -float("inf")):
                     x = torch.randn(n).to(dtype)
-                    assert hub.is_finite(x)
+                    assert loading.is_finite(x)
                     x[position] = bad
-                    assert not hub.is_finite(x), (dtype, n, position, bad)
-    assert hub.is_finite(torch.empty(0))
+                    assert not loading.is_finite(x), (dtype, n, position, bad)
+    assert loading.is_finite(torch.empty(0))
 
 
 def test_transformers_folder_in_its_saved_dtype(tmp_path):

@@ -220,7 +220,7 @@ def load_adapter(
     """Add the adapters saved in `directory` (`save_adapter`) to `model` in place; returns `model`."""
     from safetensors.torch import load_file
 
-    from perceiver.hub import check_finite_tensors
+    from perceiver.loading import check_finite_tensors
 
     peft = _peft()
     folder = Path(directory)

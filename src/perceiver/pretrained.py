@@ -21,15 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver.hub import (
-    check_finite_tensors,
-    no_init_weights,
-    pop_num_classes,
-    read_config_file,
-    resize_head,
-    resolve_dtype,
-    stored_floating_dtype,
-)
+from perceiver.hub import pop_num_classes, read_config_file, resize_head
+from perceiver.loading import check_finite_tensors, no_init_weights, resolve_dtype, stored_floating_dtype
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
@@ -131,7 +124,7 @@ def from_pretrained(
     name, e.g. "bfloat16"; `torch_dtype` is transformers' older name) casts every floating tensor to it. `device`
     places the model (default: the CPU). Our folders load without a random initialisation first; `mmap=True` keeps
     their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of copies
-    (see `perceiver.hub.load_safetensors_checked`); a transformers folder's weights are converted, hence copied.
+    (see `perceiver.loading.load_safetensors_checked`); a transformers folder's weights are converted, hence copied.
     For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
     `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
     `snapshot_download`, as transformers takes them.
@@ -170,8 +163,8 @@ def from_pretrained(
             dtype = _transformers_dtype(config, state_dict, config_file)
         with no_init_weights():  # the converters load every tensor of the model (strictly) after building it
             model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
-        if dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in model.state_dict().values()):
-            model.to(dtype)
+        if dtype is not None:
+            model.to(dtype)  # floating tensors only; those already in it stay as they are
         if device is not None:
             model.to(device)
         if num_classes is not None:

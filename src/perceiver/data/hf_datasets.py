@@ -43,9 +43,11 @@ def open_dataset(
     data_files: str | list[str] | dict[str, Any] | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
+    splits: dict[str, str | None] | None = None,
 ) -> Any:
     """A `datasets.DatasetDict`: `load_from_disk` for a folder `save_to_disk` wrote, else `load_dataset` (a single
-    `Dataset` becomes the split "train")."""
+    `Dataset` becomes the split "train"). `splits` (`{role: split name or None}`, e.g. `{"train": "train", "test":
+    None}`) must name splits it has: a ValueError names the role, the split and the splits there are."""
     import datasets
 
     folder = Path(path).expanduser()
@@ -53,7 +55,11 @@ def open_dataset(
         opened = datasets.load_from_disk(str(folder))
     else:
         opened = datasets.load_dataset(path, name, data_files=data_files, revision=revision, cache_dir=cache_dir)
-    return datasets.DatasetDict({"train": opened}) if isinstance(opened, datasets.Dataset) else opened
+    opened = datasets.DatasetDict({"train": opened}) if isinstance(opened, datasets.Dataset) else opened
+    for role, split in (splits or {}).items():
+        if split is not None and split not in opened:
+            raise ValueError(f"{path}: {role}_split {split!r} not found; the splits are {list(opened)}")
+    return opened
 
 
 def _feature_column(features: Any, kind: str, given: str | None, role: str, source: str) -> str:
@@ -165,11 +171,8 @@ class HFClassificationDataModule(BaseDataModule):
         if val_split is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) when no val_split is given, got {val_fraction}")
         self.augment, self.val_fraction = augment, val_fraction
-        self.splits = open_dataset(path, name, data_files, revision, cache_dir)
-        for role, split in (("train", train_split), ("val", val_split), ("test", test_split)):
-            if split is not None and split not in self.splits:
-                raise ValueError(f"{path}: {role}_split {split!r} not found; the splits are {list(self.splits)}")
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
+        self.splits = open_dataset(path, name, data_files, revision, cache_dir, self.split_names)
         features = self.splits[train_split].features
         self.input_column = _feature_column(features, self.feature, input_column, self.noun, path)
         self.label_column = _feature_column(features, "ClassLabel", label_column, "label", path)
@@ -269,8 +272,11 @@ class HFImageDataModule(HFClassificationDataModule):
             path, name, data_files, train_split, val_split, test_split, val_fraction, image_column, label_column,
             augment, revision, cache_dir, batch_size, num_workers, seed,
         )  # fmt: skip
-        self.image_column = self.input_column
         self.save_hyperparameters()
+
+    @property
+    def image_column(self) -> str:
+        return self.input_column
 
     def dataset(self, rows: Any, labels: np.ndarray, augment: bool) -> HFImageDataset:
         return HFImageDataset(rows, self.image_column, labels, self.image_size, self.grayscale, augment, self.seed)
@@ -316,8 +322,11 @@ class HFAudioDataModule(HFClassificationDataModule):
             path, name, data_files, train_split, val_split, test_split, val_fraction, audio_column, label_column,
             augment, revision, cache_dir, batch_size, num_workers, seed,
         )  # fmt: skip
-        self.audio_column = self.input_column
         self.save_hyperparameters()
+
+    @property
+    def audio_column(self) -> str:
+        return self.input_column
 
     def dataset(self, rows: Any, labels: np.ndarray, augment: bool) -> HFAudioDataset:
         return HFAudioDataset(rows, self.audio_column, labels, self.sample_rate, self.num_samples, augment, self.seed)

@@ -195,14 +195,11 @@ class TextClassificationDataModule(BaseDataModule):
         if dataset is not None:
             from perceiver.data.hf_datasets import open_dataset
 
-            self.splits = open_dataset(dataset, dataset_name, None, revision, cache_dir)
-            named = (("train", train_split), ("val", val_split), ("test", test_split))
-            for role, split in named:
-                if split is not None and split not in self.splits:
-                    raise ValueError(f"{dataset}: {role}_split {split!r} not found; the splits are {list(self.splits)}")
+            named = {"train": train_split, "val": val_split, "test": test_split}
+            self.splits = open_dataset(dataset, dataset_name, None, revision, cache_dir, named)
+            self.split_names = {role: split for role, split in named.items() if split is not None}
             # where rows come from, as messages name it: "imdb[test]"
-            self.files = {role: f"{dataset}[{split}]" for role, split in named if split is not None}
-            self.split_names = {role: split for role, split in named if split is not None}
+            self.files = {role: f"{dataset}[{split}]" for role, split in self.split_names.items()}
         else:
             self.files = {
                 split: require_file(f, f"{split} file")

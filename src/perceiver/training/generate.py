@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
-from perceiver.hub import DTYPE_NAMES
+from perceiver.loading import DTYPE_NAMES
 from perceiver.tokenizer import NUM_BYTES, VOCAB_SIZE, decode_bytes, encode_bytes
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
-from perceiver.hub import DTYPE_NAMES
+from perceiver.loading import DTYPE_NAMES
 from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.geometry import config_value
 from perceiver.training.layouts import to_model_layout
