@@ -1,7 +1,7 @@
 """Byte-level causal language modelling (Perceiver AR) on your own text files.
 
     TextFilesARDataModule(train="corpus/*.txt", val="held-out/*.txt", max_seq_len=512, num_targets=32)
-    perceiver fit --config configs/ar-text.yaml --data.train "corpus/*.txt" [--data.val "held-out/*.txt"]
+    perceiver fit --config configs/examples/text-files-ar.yaml --data.train "corpus/*.txt" [--data.val "held-out/*.txt"]
 
 Files: a path, a glob pattern or a list of them (matches sorted by path). `.jsonl` / `.json` / `.csv` / `.tsv`
 files give the `text_field` column of each row (read with HF `datasets`); any other file is one document, its whole

@@ -41,11 +41,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from perceiver.training.config_files import resolve_config_args, shipped_configs
 from perceiver.training.help_cache import is_help_request, print_help
 from perceiver.training.run_defaults import default_callbacks, default_loggers
 from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
@@ -75,8 +77,9 @@ LightningCLI subcommands (each takes -c/--config FILE, --print_config and --trai
   predict   predictions of the datamodule's predict split (the test split for perceiver.data) to
             RUN_DIR/predictions.jsonl (--ckpt_path FILE or last)
 
-Shipped configs: configs/digits.yaml, configs/mlm-pydoc.yaml, configs/points-synthetic.yaml,
-configs/flow-synthetic.yaml, configs/ar-pydoc.yaml, configs/segment-pydoc.yaml.
+Shipped configs (inside the package: `--config digits.yaml` finds them from any directory; a file of that name
+where you run wins):
+{configs}
 `perceiver SUBCOMMAND -h` for the options of each.
 """
 
@@ -374,10 +377,37 @@ def version_text() -> str:
     return f"perceiver-torch {__version__} ({runs_on}, Python {sys.version.split()[0]})"
 
 
+# The optional dependencies the commands import, and the extra of perceiver-torch that brings each.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(["lightning", "jsonargparse", "torchmetrics", "matplotlib", "rich", "tensorboard"], "train"),
+    **dict.fromkeys(["sklearn", "datasets"], "train"),
+    **dict.fromkeys(["soundfile", "scipy"], "audio"),
+    "PIL": "vision",
+    "av": "video",
+    **dict.fromkeys(["onnx", "onnxscript", "onnxruntime"], "export"),
+    "huggingface_hub": "hub",
+    "peft": "lora",
+    "torchao": "quant",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `perceiver` console script (see the module docstring)."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv, from_sys)
+    except ModuleNotFoundError as e:  # an optional dependency: say which extra brings it, not a traceback
+        extra = EXTRA_OF_MODULE.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        command = f"perceiver {argv[0]}" if argv else "perceiver"
+        raise SystemExit(
+            f"error: `{command}` needs {e.name}, which is not installed: pip install 'perceiver-torch[{extra}]'"
+        ) from e
+
+
+def _dispatch(argv: list[str], from_sys: bool) -> None:
     if argv and argv[0] == "plot":
         from perceiver.training.inspect import plot_main
 
@@ -402,10 +432,16 @@ def main(argv: list[str] | None = None) -> None:
         print(version_text())
         return None
     if not argv or argv[0] in ("-h", "--help"):
-        print(EXTRA_HELP)
+        names = textwrap.fill(
+            ", ".join(shipped_configs()), 116, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+        )
+        print(EXTRA_HELP.format(configs=names))
         if not argv:
             print("error: expected a command", file=sys.stderr)
         raise SystemExit(0 if argv else 2)
+    argv = resolve_config_args(argv)
+    if from_sys:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself when called from the console script
     if is_help_request(argv):
         return print_help(argv, lambda: _run_cli(argv, from_sys))
     return _run_cli(argv, from_sys)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["find_config", "main", "run_demo"]
+from perceiver.training.config_files import shipped_config
+
+__all__ = ["main", "run_demo"]
 
 FAST_OVERRIDES = [
     "--trainer.max_epochs=1",
@@ -31,15 +33,6 @@ FAST_OVERRIDES = [
     "--trainer.log_every_n_steps=1",
     "--model.init_args.optimize=false",  # a few batches: timing compiled candidates would cost more than the run
 ]
-
-
-def find_config(name: str = "digits.yaml") -> Path:
-    """`configs/<name>` of the source checkout (next to `src/`), else of the current directory."""
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        path = root / "configs" / name
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"configs/{name} not found next to the package or in {Path.cwd()}")
 
 
 def run_demo(
@@ -57,7 +50,7 @@ def run_demo(
 
     start = time.perf_counter()
     out = Path(out)
-    args = ["--config", str(find_config()), f"--trainer.default_root_dir={out}", "--overwrite=true"]
+    args = ["--config", str(shipped_config("digits.yaml")), f"--trainer.default_root_dir={out}", "--overwrite=true"]
     args += FAST_OVERRIDES if fast else []
     args += [f"--trainer.max_epochs={max_epochs}"] if max_epochs else []
     args += list(extra_args or [])

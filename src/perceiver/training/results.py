@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from perceiver.training.demo import find_config
+from perceiver.training.config_files import shipped_config
 
 #: config -> (metric, baseline metric or None, how to print them)
 TABLE = {
@@ -38,7 +38,7 @@ def last_value(csv_path: Path, key: str) -> float | None:
 
 def run_config(name: str, extra: list[str], runs_dir: str | Path = "runs") -> dict[str, object]:
     """fit + test one shipped config in fresh processes; returns its metrics and wall-clock seconds."""
-    config = find_config(f"{name}.yaml")
+    config = shipped_config(f"{name}.yaml")
     run_dir = Path(runs_dir) / name
     cli = [sys.executable, "-m", "perceiver.training.cli"]
     start = time.perf_counter()
