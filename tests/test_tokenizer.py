@@ -191,6 +191,24 @@ def test_pad_for_collators(tok, hf):
     assert torch.equal(ours.input_ids, ref["input_ids"]) and torch.equal(ours.attention_mask, ref["attention_mask"])
 
 
+def test_pad_takes_encodings_as_transformers_collators_pass_them(tok, hf):
+    rows = [{"input_ids": tok.encode(t), "labels": i} for i, t in enumerate(TEXTS[:3])]
+    ours, ref = tok.pad(rows, return_tensors="pt"), hf.pad(rows, return_tensors="pt")
+    assert set(ours) == set(ref) == {"input_ids", "attention_mask", "labels"}
+    for key in ref:
+        assert torch.equal(ours[key], ref[key]), key
+    as_lists = tok.pad({"input_ids": [r["input_ids"] for r in rows], "labels": [0, 1, 2]})
+    assert as_lists["input_ids"] == ours["input_ids"].tolist() and as_lists["labels"] == [0, 1, 2]
+    for bad, match in (
+        (["ab", "c"], "got an element of type str; encode text"),
+        (None, "got NoneType"),
+        ([{"ids": [1]}], r"rows \[0\] have none"),
+        ({"labels": [1]}, "with 'input_ids', got keys \\['labels'\\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            tok.pad(bad)
+
+
 @pytest.mark.parametrize("text", TEXTS)
 def test_decode_matches_and_round_trips(tok, hf, text):
     ids = tok.encode(text)
@@ -255,6 +273,7 @@ def test_errors(tok):
         "decode id -1": lambda: tok.decode([-1]),
         "decode float": lambda: tok.decode([1.5]),
         "decode 2-D tensor": lambda: tok.decode(torch.zeros(2, 3, dtype=torch.long)),
+        "decode None": lambda: tok.decode(None),
         "model_max_length": lambda: ByteTokenizer(model_max_length=0),
     }
     for name, call in bad_calls.items():

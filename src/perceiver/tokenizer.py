@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+
+from perceiver.checks import InputTypeError
 
 PAD, BOS, EOS, MASK, CLS, SEP = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, MASK, CLS, SEP)
@@ -35,6 +37,39 @@ def encode_bytes(text: str) -> list[int]:
     """The byte ids of `text`: its UTF-8 bytes + 6, no special tokens (the one byte encoding of the library: the
     tokenizer, the datasets and `perceiver generate` use it)."""
     return [b + NUM_SPECIAL_TOKENS for b in text.encode("utf-8")]
+
+
+def _id_lists(sequences: Any) -> tuple[list[list[int]], dict[str, Any]]:
+    """The id lists of `pad`'s argument and its other keys: id lists, a list of encodings (dicts with
+    "input_ids") or one encoding of lists. A ValueError names what came otherwise."""
+    extra: dict[str, Any] = {}
+    if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
+        raise ValueError(f"pad takes a list of token id lists (or of encodings), got {type(sequences).__name__}")
+    if isinstance(sequences, Mapping):
+        if "input_ids" not in sequences:
+            raise ValueError(f"pad takes an encoding with 'input_ids', got keys {list(sequences)}")
+        extra = {k: v for k, v in sequences.items() if k not in ("input_ids", "attention_mask")}
+        sequences = sequences["input_ids"]
+    elif isinstance(sequences, Sequence) and sequences and all(isinstance(r, Mapping) for r in sequences):
+        missing = [i for i, r in enumerate(sequences) if "input_ids" not in r]
+        if missing:
+            raise ValueError(f"pad takes encodings with 'input_ids'; rows {missing[:5]} have none")
+        keys = [k for k in sequences[0] if k not in ("input_ids", "attention_mask")]
+        extra = {k: [r[k] for r in sequences] for k in keys}
+        sequences = [r["input_ids"] for r in sequences]
+    if isinstance(sequences, torch.Tensor):
+        sequences = sequences.tolist()
+    seqs = []
+    for s in sequences:
+        if isinstance(s, torch.Tensor):
+            s = s.tolist()
+        if isinstance(s, str | bytes) or not isinstance(s, Iterable):
+            raise ValueError(
+                "pad takes lists of token ids (or encodings with 'input_ids'), got an element of type "
+                f"{type(s).__name__}; encode text with the tokenizer first"
+            )
+        seqs.append(list(s))
+    return seqs, extra
 
 
 def decode_bytes(ids: Iterable[int]) -> str:
@@ -244,7 +279,7 @@ class ByteTokenizer:
 
     def pad(
         self,
-        sequences: Sequence[Sequence[int]],
+        sequences: Sequence[Sequence[int]] | Sequence[Mapping[str, Any]] | Mapping[str, Any],
         padding: Padding = True,
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
@@ -254,12 +289,15 @@ class ByteTokenizer:
     ) -> BatchEncoding:
         """Pad a batch of id lists (e.g. in a data collator) and build the attention mask.
 
-        ``padding`` as in :meth:`__call__`; ``"max_length"`` needs ``max_length`` here. Sequences longer than the
-        target length are left as they are (pad never truncates).
+        ``sequences``: id lists, or as transformers' ``pad`` (what ``DataCollatorWithPadding`` passes) a list of
+        encodings ``[{"input_ids": [...], "labels": 1}, ...]`` or one ``{"input_ids": [[...], ...], ...}``; their
+        other keys (labels) come back unchanged, as tensors with ``return_tensors="pt"``. ``padding`` as in
+        :meth:`__call__`; ``"max_length"`` needs ``max_length`` here. Sequences longer than the target length are
+        left as they are (pad never truncates).
         """
         strategy = _padding_strategy(padding)
         side = self.padding_side if padding_side is None else _check_side("padding_side", padding_side)
-        seqs = [list(s) for s in sequences]
+        seqs, extra = _id_lists(sequences)
         if strategy == "longest":
             target = max((len(s) for s in seqs), default=0)
         elif strategy == "max_length":
@@ -289,8 +327,10 @@ class ByteTokenizer:
                     "pass padding=True (or padding='max_length')"
                 )
             out = BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
+            extra = {k: v if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in extra.items()}
         elif return_tensors is not None:
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        out.update(extra)
         return out
 
     def _strategies(
@@ -387,6 +427,10 @@ class ByteTokenizer:
             ids = ids.tolist()
         if isinstance(ids, int):
             ids = [ids]
+        if not isinstance(ids, Iterable) or isinstance(ids, str | bytes):
+            raise InputTypeError(
+                f"expected token ids (an int, a list of ints or a 1-D tensor), got {type(ids).__name__}"
+            )
         out = bytearray()
         for raw in ids:
             try:

@@ -140,3 +140,14 @@ def test_undecodable_audio_bytes_are_named(tmp_path):
     dm.setup("fit")
     with pytest.raises(ValueError, match="cannot decode audio file clip7.wav"):
         dm.train_set[0]
+
+
+def test_a_missing_folder_or_a_malformed_id_is_named(tmp_path, monkeypatch):
+    from perceiver.data.hf_datasets import open_dataset
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("./nope", str(tmp_path / "nope"), "~/surely-not-a-folder-here"):
+        with pytest.raises(FileNotFoundError, match="no dataset folder"):
+            HFImageDataModule(path, image_size=8).setup("fit")
+    with pytest.raises(ValueError, match="neither a dataset folder here nor a Hub dataset id"):
+        open_dataset("bad id with spaces!")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import InputTypeError
 from perceiver.hub import PretrainedMixin
 
 
@@ -91,16 +92,41 @@ class Features:
         )
 
 
+def check_labels(labels: object, name: str = "labels") -> Tensor:
+    """`labels` as a tensor; `InputTypeError` naming the type for anything else (a list, a numpy array)."""
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"expected {name} as a torch.Tensor, got {type(labels).__name__}")
+    return labels
+
+
+def check_class_ids(labels: Tensor, num_classes: int, name: str = "labels", ignore_index: int | None = -100) -> Tensor:
+    """Integer class ids, each in `[0, num_classes)` or `ignore_index`: a `ValueError` naming the range and the
+    values that came (PyTorch's own is "Target 7 is out of bounds", or a device-side assert on CUDA). The value check
+    is a host sync, so it runs in eager mode only, as the token-id check of the inputs."""
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise InputTypeError(f"expected {name} as integer class ids (e.g. torch.long), got dtype {labels.dtype}")
+    if labels.numel() and not torch.compiler.is_compiling():
+        valid = labels if ignore_index is None else labels[labels != ignore_index]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+            ignored = "" if ignore_index is None else f" or {ignore_index} (ignored)"
+            raise ValueError(
+                f"expected {name} in [0, {num_classes}){ignored} for {num_classes} classes, "
+                f"got values in [{int(valid.min())}, {int(valid.max())}]"
+            )
+    return labels
+
+
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """transformers' automatic `problem_type`: one output = regression (MSE), integer class ids = cross-entropy,
     float targets of the logits' shape = multi-label (BCE with logits)."""
+    labels = check_labels(labels)
     num_classes = logits.shape[-1]
     if num_classes == 1:
         return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).to(logits.dtype).float())
     if not labels.is_floating_point():
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-        return F.cross_entropy(logits.float(), labels.long())
+        return F.cross_entropy(logits.float(), check_class_ids(labels, num_classes).long())
     if labels.shape != logits.shape:
         raise ValueError(f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
@@ -233,4 +259,13 @@ class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
         return classification_loss(logits, labels)
 
 
-__all__ = ["Features", "GradCheckpointingMixin", "ModelOutput", "PerceiverModel", "checkpoints", "classification_loss"]
+__all__ = [
+    "Features",
+    "GradCheckpointingMixin",
+    "ModelOutput",
+    "PerceiverModel",
+    "check_class_ids",
+    "check_labels",
+    "checkpoints",
+    "classification_loss",
+]

@@ -53,8 +53,17 @@ def open_dataset(
     folder = Path(path).expanduser()
     if folder.is_dir() and any((folder / f).is_file() for f in ("dataset_dict.json", "state.json")):
         opened = datasets.load_from_disk(str(folder))
+    elif path.startswith((".", "/", "~")) and not folder.exists():  # meant as a local folder, not a Hub id
+        raise FileNotFoundError(f"no dataset folder {path!r} (resolved: {folder.resolve()})")
     else:
-        opened = datasets.load_dataset(path, name, data_files=data_files, revision=revision, cache_dir=cache_dir)
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            opened = datasets.load_dataset(path, name, data_files=data_files, revision=revision, cache_dir=cache_dir)
+        except HFValidationError as e:
+            raise ValueError(
+                f"{path!r} is neither a dataset folder here nor a Hub dataset id ('name' or 'owner/name'): {e}"
+            ) from e
     opened = datasets.DatasetDict({"train": opened}) if isinstance(opened, datasets.Dataset) else opened
     for role, split in (splits or {}).items():
         if split is not None and split not in opened:

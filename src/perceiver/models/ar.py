@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.checks import check_token_ids, token_mask
-from perceiver.core.model import Features, ModelOutput, PerceiverModel, checkpoints
+from perceiver.checks import InputTypeError, check_token_ids, token_mask
+from perceiver.core.model import Features, ModelOutput, PerceiverModel, check_class_ids, check_labels, checkpoints
 from perceiver.hub import config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.ar_layers import CrossLayer, SelfLayer, causal_mask
@@ -256,6 +256,10 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         check_token_ids(input_ids, c.vocab_size)
         b, length = input_ids.shape
         mask = token_mask(attention_mask, input_ids)
+        if cache is not None and not isinstance(cache, PerceiverARCache):
+            raise InputTypeError(
+                f"expected cache as a PerceiverARCache (model.init_cache(batch_size)), got {type(cache).__name__}"
+            )
         if cache is not None and cache.batch_size != b:
             raise ValueError(f"expected a cache for batch size {b}, got a cache for batch size {cache.batch_size}")
         if cache is not None and cache.prefilled:
@@ -386,6 +390,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         logits = out.logits
         loss = None
         if labels is not None:
+            labels = check_class_ids(check_labels(labels), logits.shape[-1], "labels (token ids)")
             if tuple(labels.shape) != tuple(input_ids.shape):
                 raise ValueError(
                     f"expected labels of shape {tuple(input_ids.shape)} (as input_ids), got {tuple(labels.shape)}"

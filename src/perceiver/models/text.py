@@ -32,7 +32,7 @@ from perceiver.checks import check_int_input
 from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.core.model import ModelOutput
+from perceiver.core.model import ModelOutput, check_class_ids, check_labels
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
 from perceiver.tokenizer import VOCAB_SIZE, ByteTokenizer
@@ -254,11 +254,13 @@ class PerceiverForMaskedLM(TextModel):
 
     def compute_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of `labels` `(B, O)` (one target id per decoded position, -100 = ignored)."""
+        labels = check_labels(labels)
         if tuple(labels.shape) != tuple(logits.shape[:2]):
             raise ValueError(
                 f"expected labels of shape {tuple(logits.shape[:2])} (one per decoded position), "
                 f"got {tuple(labels.shape)}"
             )
+        labels = check_class_ids(labels, logits.shape[-1], "labels (token ids)")
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
 
     def forward(

@@ -41,7 +41,7 @@ from perceiver.core.decoder import (
     select,
 )
 from perceiver.core.encoder import EncoderConfig
-from perceiver.core.model import Features, ModelOutput
+from perceiver.core.model import Features, ModelOutput, check_class_ids, check_labels
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import check_num_classes
 from perceiver.models.registry import build_preset, register_model, register_model_type
@@ -230,9 +230,11 @@ class PerceiverForTokenClassification(TextModel):
     def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
         """Cross-entropy of `labels` `(B, L)` over the positions whose label is not -100 and, given the boolean
         `mask` `(B, L)`, that are not padding."""
+        labels = check_labels(labels)
         if tuple(labels.shape) != tuple(logits.shape[:2]):
             raise ValueError(f"expected labels of shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-        labels = labels.long() if mask is None else labels.long().masked_fill(~mask, -100)
+        labels = labels if mask is None else labels.masked_fill(~mask, -100)  # padding is ignored
+        labels = check_class_ids(labels, logits.shape[-1]).long()
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
     def forward(
@@ -326,6 +328,7 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
     def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
         """The mean of the start and end cross-entropies for `labels` `(B, 2)` (answer start, answer end positions);
         positions outside [0, L) are ignored."""
+        labels = check_labels(labels)
         if labels.ndim != 2 or labels.shape[-1] != 2:
             raise ValueError(f"expected (start, end) positions of shape (B, 2), got {tuple(labels.shape)}")
         start, end = logits.unbind(-1)
