@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 import torch
 from torch import nn
 
-from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_dtype
+from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_device, resolve_dtype
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -139,6 +139,20 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str | os.PathLike 
         raise ValueError(f"{where}invalid {cls.__name__}: {e}") from e
 
 
+def config_argument(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
+    """The config a model constructor `Model(config=None, **kwargs)` was given: `config` (an instance of the
+    dataclass `cls`) or one built from `kwargs`, its fields, checked as `config_from_dict` does (ValueError naming
+    unknown keys and the fields there are); not both."""
+    if config is not None and kwargs:
+        raise ValueError(f"pass a {cls.__name__} or its fields as keywords, not both (got config and {sorted(kwargs)})")
+    if config is None:
+        return config_from_dict(cls, kwargs)
+    if not isinstance(config, cls):
+        hint = f" (for a dict d: {cls.__name__}(**d))" if isinstance(config, dict) else ""
+        raise ValueError(f"expected a {cls.__name__} or its fields as keywords, got {type(config).__name__}{hint}")
+    return config
+
+
 #: flat names of the transformers heads that mean one of ours
 ALIASES = {"num_labels": "num_classes"}
 
@@ -185,6 +199,12 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
     `config_from_dict` and errors name it.
     """
     where = f"{source}: " if source is not None else ""
+    for alias, name in ALIASES.items():
+        if alias in overrides and name in overrides:
+            raise ValueError(
+                f"{where}pass {name} or its alias {alias}, not both "
+                f"(got {name}={overrides[name]!r}, {alias}={overrides[alias]!r})"
+            )
     tree = _Tree()
     for key, value in overrides.items():
         key = ALIASES.get(key, key)
@@ -255,6 +275,18 @@ def _umask() -> int:
     return mask
 
 
+def check_save_directory(target: Path) -> None:
+    """`NotADirectoryError` when `target` (a folder to save into) or one of its parents exists as something else than
+    a folder (a file), before anything is written."""
+    for path in (target, *target.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                what = "is a file" if path.is_file() else "exists and is not a directory"
+                where = "" if path == target else f" (a parent of {target})"
+                raise NotADirectoryError(f"expected a directory to save into at {target}, but {path}{where} {what}")
+            return
+
+
 def _remove_stale_temp_dirs(target: Path) -> None:
     """Remove `.NAME.PID.*.tmp` folders next to `target` whose writing process no longer runs."""
     for path in target.parent.glob(f".{target.name}.*.tmp"):
@@ -318,6 +350,7 @@ class PretrainedMixin:
 
         assert isinstance(self, nn.Module)
         target = Path(save_directory)
+        check_save_directory(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_dirs(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
@@ -404,14 +437,16 @@ class PretrainedMixin:
         `dtype="auto"` (default, as transformers) gives the model the dtype it was saved in (a model saved after
         `.to(torch.bfloat16)` loads in bf16); a floating `torch.dtype` (or its name; `torch_dtype` is accepted as
         transformers' older name) loads every floating tensor in that dtype. `map_location` is the device the model
-        is loaded onto. `num_classes=K` with `ignore_mismatched_sizes=True` re-initialises a classifier of another
-        size (and logs which tensors); without it a different K is an error. `check_finite` rejects weights holding
+        is loaded onto (ValueError for a name torch does not know, RuntimeError for one this machine lacks).
+        `num_classes=K` with `ignore_mismatched_sizes=True` re-initialises a classifier of another size (and logs
+        which tensors); without it a different K is an error. `check_finite` rejects weights holding
         NaN / inf (corrupted files); see the module docstring for the checks. The model is built without drawing
         random initial weights (`no_init_weights`), since every tensor is then read from the file. `mmap=True` keeps
         the tensors as copy-on-write views of the memory-mapped file (faster, no private copy; the file must not be
         rewritten in place while the model lives, see `perceiver.loading.load_safetensors_checked`).
         """
         dtype = resolve_dtype(dtype, torch_dtype)
+        device = resolve_device(map_location, "map_location")
         num_classes = pop_num_classes(num_classes, overrides)
         path = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -426,7 +461,7 @@ class PretrainedMixin:
         with no_init_weights():
             model = cls.from_config(config)
         load_safetensors_checked(
-            model, path / WEIGHTS_NAME, device=str(map_location), check_finite=check_finite, dtype=dtype, mmap=mmap
+            model, path / WEIGHTS_NAME, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap
         )
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(path))

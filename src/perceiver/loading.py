@@ -1,6 +1,7 @@
-"""Reading weights into a model: the dtype to load in (`resolve_dtype`, transformers' `dtype` / `torch_dtype`),
-building a model without its random initialisation (`no_init_weights`), the checked safetensors load of
-`from_pretrained` (`load_safetensors_checked`) and the finite check of stored weights (`check_finite_tensors`)."""
+"""Reading weights into a model: the dtype and device to load in (`resolve_dtype`, transformers' `dtype` /
+`torch_dtype`; `resolve_device`), building a model without its random initialisation (`no_init_weights`), the checked
+safetensors load of `from_pretrained` (`load_safetensors_checked`, `open_safetensors` / `read_safetensors` for files
+read whole) and the finite check of stored weights (`check_finite_tensors`)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,36 @@ def resolve_dtype(dtype: torch.dtype | str | None, torch_dtype: torch.dtype | st
     return dtype
 
 
+def resolve_device(device: str | torch.device | int, name: str = "device") -> torch.device:
+    """`device` as a `torch.device` this process can use: ValueError for a name torch does not know (`"gpu"`),
+    RuntimeError naming the check that failed for an accelerator this torch build or machine does not have (`"cuda"`
+    on a CPU-only torch, `"cuda:3"` with two GPUs). `name` is the argument's name in the messages; `"cpu:N"` is
+    `"cpu"`."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"invalid {name} {device!r}: expected a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps' "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+    kind = parsed.type
+    if kind == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the CPU too (safetensors takes "cpu" only)
+    if kind == "meta":
+        return parsed
+    backend = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        check = "torch.backends.mps" if kind == "mps" else f"torch.{kind}"
+        raise RuntimeError(f"{name} {str(device)!r} is not available ({check}.is_available() is False)")
+    count = getattr(getattr(torch, kind, None), "device_count", None)
+    if parsed.index is not None and callable(count) and parsed.index >= count():
+        raise RuntimeError(
+            f"{name} {str(device)!r} is not available (torch.{kind}.device_count() is {count()}, indices from 0)"
+        )
+    return parsed
+
+
 def stored_floating_dtype(dtypes: dict[str, torch.dtype], source: str | os.PathLike) -> torch.dtype | None:
     """The one floating dtype of the tensors `dtypes` describes (None without floating tensors); ValueError naming
     `source` when they mix floating dtypes."""
@@ -112,6 +143,29 @@ def stored_floating_dtype(dtypes: dict[str, torch.dtype], source: str | os.PathL
             f"torch.float32) to load every tensor in that dtype"
         )
     return next(iter(floating), None)
+
+
+def open_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """`safetensors.safe_open(path)` (a context manager) with tensors on `device`; `ValueError` naming `path` for a
+    file that is not a readable safetensors file (truncated, empty, another format)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: expected a safetensors file, could not read it ({e})") from None
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file `path` (as `safetensors.torch.load_file`), on `device`; `ValueError`
+    naming `path` for a file that is not a readable safetensors file."""
+    from safetensors import SafetensorError
+
+    with open_safetensors(path, device) as f:
+        try:
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open has keys(), no iteration)
+        except SafetensorError as e:
+            raise ValueError(f"{path}: expected a safetensors file, could not read its tensors ({e})") from None
 
 
 def load_safetensors_checked(
@@ -138,13 +192,7 @@ def load_safetensors_checked(
     the file must stay as it is while the model lives: `save_pretrained` renames new files into place, which is safe,
     while a tool that rewrites the file in place (truncating it) makes the model's unread pages fail (SIGBUS). On
     another device or in another dtype the tensors are copies either way."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        handle = safe_open(str(path), framework="pt", device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: expected a safetensors file, could not read it ({e})") from None
-    with handle as f:
+    with open_safetensors(path, device) as f:
         header: dict[str, tuple[torch.dtype | str, tuple[int, ...]]] = {}
         for key in f.keys():  # noqa: SIM118  (safe_open has keys(), no iteration)
             part = f.get_slice(key)

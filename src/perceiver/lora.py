@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -91,9 +92,9 @@ def add_lora(
     """Add LoRA adapters to `model` in place and freeze everything else (but the class head); returns `model`.
 
     Args:
-        r: rank of the adapters.
-        alpha: scale numerator, the update is `(alpha / r) B A` (default `r`: scale 1).
-        dropout: dropout on the adapters' input (training only).
+        r: rank of the adapters, an integer >= 1.
+        alpha: scale numerator, a positive number: the update is `(alpha / r) B A` (default `r`: scale 1).
+        dropout: dropout probability on the adapters' input (training only), in [0, 1).
         target_modules: a regex over full module names or a list of name suffixes (peft's rule); default
             `DEFAULT_TARGETS` (attention and MLP Linears).
         train_head: train the class head in full (`get_classifier()`, if the model has one) and save it with the
@@ -102,6 +103,10 @@ def add_lora(
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
+    if alpha is not None and (not _is_real(alpha) or not math.isfinite(alpha) or alpha <= 0):
+        raise ValueError(f"LoRA alpha must be a positive number (None: r), got {alpha!r}")
+    if not _is_real(dropout) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout must be a probability in [0, 1), got {dropout!r}")
     if has_lora(model):
         raise ValueError(f"{type(model).__name__} already has LoRA adapters; merge_lora(model) before adding new ones")
     peft = _peft()
@@ -121,6 +126,11 @@ def add_lora(
         raise ValueError(f"{e} ({type(model).__name__}'s Linear layers are named {names})") from e
     model.peft_config = {"default": config}
     return model
+
+
+def _is_real(value: Any) -> bool:
+    """Whether `value` is an int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def has_lora(model: nn.Module) -> bool:
@@ -181,7 +191,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     folder or Hub id) is recorded as `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
     from safetensors.torch import save_file
 
-    from perceiver.hub import _umask
+    from perceiver.hub import _umask, check_save_directory
 
     peft = _peft()
     if not has_lora(model):
@@ -191,6 +201,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
         local = Path(base_model)
         config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)
     target = Path(directory)
+    check_save_directory(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:  # written aside, then each file moved in: an interrupted save leaves no half-written adapter
@@ -217,18 +228,31 @@ def is_adapter_folder(folder: Path) -> bool:
 def load_adapter(
     model: nn.Module, directory: str | os.PathLike, check_finite: bool = True, map_location: str = "cpu"
 ) -> nn.Module:
-    """Add the adapters saved in `directory` (`save_adapter`) to `model` in place; returns `model`."""
-    from safetensors.torch import load_file
+    """Add the adapters saved in `directory` (`save_adapter`) to `model` in place; returns `model`.
 
-    from perceiver.loading import check_finite_tensors
+    Both files are read and checked before `model` changes: a corrupt `adapter_config.json` or
+    `adapter_model.safetensors` is a ValueError naming the file; `map_location` is the device the adapter weights are
+    read onto (ValueError / RuntimeError for an unknown or unavailable device)."""
+    from perceiver.hub import read_config_file
+    from perceiver.loading import check_finite_tensors, read_safetensors, resolve_device
 
     peft = _peft()
+    device = resolve_device(map_location, "map_location")
     folder = Path(directory)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in {folder}, {name} is missing")
-    config = peft.LoraConfig.from_pretrained(str(folder))
-    weights = load_file(str(folder / ADAPTER_WEIGHTS), device=map_location)
+    read_config_file(folder / ADAPTER_CONFIG)  # a JSON object, else a ValueError naming the file
+    try:
+        config = peft.LoraConfig.from_pretrained(str(folder))
+    except (TypeError, ValueError, KeyError) as e:  # keys or values peft's LoraConfig does not take
+        problem = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{folder / ADAPTER_CONFIG}: expected a peft LoRA config, could not read it ({problem})"
+        ) from None
+    if config.target_modules is None:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: expected target_modules (the adapted layers), got none")
+    weights = read_safetensors(folder / ADAPTER_WEIGHTS, device=device)
     if check_finite:
         check_finite_tensors(weights, folder)
     peft.functional.inject_adapter_in_model(config, model)
@@ -251,14 +275,22 @@ def load_adapter(
 def from_adapter_folder(folder: Path, base_model: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """The base model `adapter_config.json` names (or `base_model`), loaded with `perceiver.from_pretrained` at the
     class count the adapter was trained with, and the adapter added; eval mode."""
+    from perceiver.hub import read_config_file
     from perceiver.pretrained import from_pretrained
 
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config = read_config_file(folder / ADAPTER_CONFIG)
     base = base_model if base_model is not None else config.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{folder / ADAPTER_CONFIG} names no base model (base_model_name_or_path); pass base_model=")
+    if not isinstance(base, (str, os.PathLike)):
+        raise ValueError(
+            f"{folder / ADAPTER_CONFIG}: key 'base_model_name_or_path': expected a model folder or Hub id, got {base!r}"
+        )
     info_file = folder / ADAPTER_INFO
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = read_config_file(info_file) if info_file.is_file() else {}
+    num_classes = info.get("num_classes")
+    if "num_classes" in info and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise ValueError(f"{info_file}: key 'num_classes': expected an integer, got {num_classes!r}")
     if "num_classes" in info:
         kwargs.setdefault("num_classes", info["num_classes"])
         kwargs.setdefault("ignore_mismatched_sizes", True)

@@ -13,8 +13,9 @@ weights are validated (see `perceiver.hub`); `check_finite=True` rejects weights
 from __future__ import annotations
 
 import os
+import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,63 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.hub import pop_num_classes, read_config_file, resize_head
-from perceiver.loading import check_finite_tensors, no_init_weights, resolve_dtype, stored_floating_dtype
+from perceiver.loading import (
+    check_finite_tensors,
+    no_init_weights,
+    read_safetensors,
+    resolve_device,
+    resolve_dtype,
+    stored_floating_dtype,
+)
 from perceiver.models.registry import model_type_class
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
 HF_CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
+# transformers architecture name -> (config dict -> the weight names its converter reads)
+HF_REQUIRED_KEYS: dict[str, Callable[[dict[str, Any]], Collection[str]]] = {}
 
 
-def register_hf_converter(*architectures: str):
-    """Decorator: `fn(hf_config: dict, state_dict: dict, **options) -> nn.Module` converts these heads."""
+def register_hf_converter(
+    *architectures: str, required_keys: Callable[[dict[str, Any]], Collection[str]] | None = None
+):
+    """Decorator: `fn(hf_config: dict, state_dict: dict, **options) -> nn.Module` converts these heads.
+
+    `required_keys(hf_config)` names the weights every checkpoint of these heads holds (at least those the converter
+    reads to size the model): `from_pretrained` checks them before converting, so weights that do not belong to the
+    config are one ValueError naming the folder, the architecture and the keys, not a KeyError from inside."""
 
     def wrap(fn):
         for arch in architectures:
             HF_CONVERTERS[arch] = fn
+            if required_keys is not None:
+                HF_REQUIRED_KEYS[arch] = required_keys
         return fn
 
     return wrap
+
+
+def check_hf_keys(folder: Path, arch: str, config: dict[str, Any], state_dict: dict[str, Tensor]) -> None:
+    """ValueError naming `folder`, `arch` and the missing (and a few unexpected) keys when `state_dict` lacks a
+    weight the converter of `arch` needs (`register_hf_converter(required_keys=...)`); unexpected keys are those
+    under none of the top-level names the required ones have."""
+    required = HF_REQUIRED_KEYS.get(arch)
+    if required is None:
+        return
+    need = list(dict.fromkeys(required(config)))
+    missing = [key for key in need if key not in state_dict]
+    if not missing:
+        return
+    tops = {key.split(".", 1)[0] for key in need}
+    unexpected = sorted(key for key in state_dict if key.split(".", 1)[0] not in tops)
+    found = f"; unexpected: {unexpected[:5]}{_more(unexpected, 5)}" if unexpected else ""
+    raise ValueError(
+        f"{folder}: the weights do not match its config (architectures: {arch}): missing {missing[:5]}"
+        f"{_more(missing, 5)}{found}; expected the weights of a transformers {arch} checkpoint"
+    )
+
+
+def _more(keys: Collection[str], shown: int) -> str:
+    return f" and {len(keys) - shown} more" if len(keys) > shown else ""
 
 
 def looks_local(name: str) -> bool:
@@ -88,12 +130,13 @@ def load_state_dict(folder: Path) -> dict[str, Tensor]:
     """Weights of a transformers checkpoint folder: safetensors preferred, else `pytorch_model.bin` (no pickle)."""
     st = folder / "model.safetensors"
     if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
+        return read_safetensors(st)
     bin_file = folder / "pytorch_model.bin"
     if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"{bin_file}: expected a torch state dict of tensors, could not read it ({e})") from None
     raise FileNotFoundError(f"expected model.safetensors or pytorch_model.bin in {folder}")
 
 
@@ -122,14 +165,19 @@ def from_pretrained(
     `dtype="auto"` (default, as transformers) loads the model in the dtype its weights were saved in (for a
     transformers folder: its config's `dtype` / `torch_dtype`, else the weights'); a floating `torch.dtype` (or its
     name, e.g. "bfloat16"; `torch_dtype` is transformers' older name) casts every floating tensor to it. `device`
-    places the model (default: the CPU). Our folders load without a random initialisation first; `mmap=True` keeps
-    their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of copies
-    (see `perceiver.loading.load_safetensors_checked`); a transformers folder's weights are converted, hence copied.
+    places the model (default: the CPU; ValueError for a name torch does not know, RuntimeError for a device this
+    machine lacks, before anything is read). Our folders load without a random initialisation first; `mmap=True`
+    keeps their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of
+    copies (see `perceiver.loading.load_safetensors_checked`); a transformers folder's weights are converted, hence
+    copied. The weights a transformers folder's converter needs are checked before converting: weights of another
+    model than its config's `architectures` names are a ValueError naming the folder, the head and the keys.
     For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
     `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
     `snapshot_download`, as transformers takes them.
     """
     dtype = resolve_dtype(dtype, torch_dtype)
+    if device is not None:
+        device = resolve_device(device)
     hub_options = {key: overrides.pop(key) for key in HUB_OPTIONS if key in overrides}
     folder = resolve(path_or_id, **hub_options)
     from perceiver import lora
@@ -157,6 +205,7 @@ def from_pretrained(
                 f"{folder}: architectures {archs} are not supported; expected one of {sorted(HF_CONVERTERS)}"
             )
         state_dict = load_state_dict(folder)
+        check_hf_keys(folder, supported[0], config, state_dict)
         if check_finite:
             check_finite_tensors(state_dict, folder)
         if dtype == "auto":

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import inputs, tiny
 
 import perceiver
 from perceiver.checks import InputTypeError
-from tests.tiny_models import inputs, tiny
 
 TOKEN_HEADS = dict(
     max_seq_len=16,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from perceiver.adapters.flow import FlowAdapterConfig
 from perceiver.hub import apply_overrides
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted, required_keys
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.pretrained import register_hf_converter
 
@@ -29,7 +29,7 @@ DEC = "perceiver.decoder.decoder"
 NUM_BANDS = 64  # hard-coded in transformers' PerceiverForOpticalFlow
 
 
-@register_hf_converter("PerceiverForOpticalFlow")
+@register_hf_converter("PerceiverForOpticalFlow", required_keys=required_keys(DEC, f"{PRE}.conv_after_patches.weight"))
 def convert_optical_flow(hf_config: dict[str, Any], sd: dict[str, Tensor], **overrides: Any) -> PerceiverForOpticalFlow:
     """Build our `PerceiverForOpticalFlow` from a transformers checkpoint (`hf_config`: its config.json dict,
     `sd`: its state dict); `overrides` replace fields of our config (flat or dotted keys, e.g.

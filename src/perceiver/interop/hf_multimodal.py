@@ -28,7 +28,7 @@ from torch import Tensor
 
 from perceiver.adapters.multimodal import MultimodalInputConfig, MultimodalQueryConfig
 from perceiver.hub import apply_overrides
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted, required_keys
 from perceiver.models.multimodal import (
     MODALITIES,
     MultimodalAutoencodingConfig,
@@ -43,7 +43,15 @@ IMAGE_BANDS, AUDIO_BANDS = 32, 192  # hard-coded in transformers' PerceiverForMu
 SPATIAL_BLOCK = 4  # transformers' image preprocessor: space-to-depth 4 x 4, one frame per token
 
 
-@register_hf_converter("PerceiverForMultimodalAutoencoding")
+_LABEL_KEYS = (
+    "perceiver.output_postprocessor.modalities.label.classifier.weight",
+    "perceiver.decoder.modalities.label.decoder.output_position_encodings.position_embeddings",
+)
+
+
+@register_hf_converter(
+    "PerceiverForMultimodalAutoencoding", required_keys=required_keys("perceiver.decoder.decoder", *_LABEL_KEYS)
+)
 def multimodal_from_hf(
     config: dict[str, Any], sd: dict[str, Tensor], **overrides: Any
 ) -> PerceiverForMultimodalAutoencoding:

@@ -23,7 +23,7 @@ from perceiver.core.config import rename_keys
 from perceiver.core.decoder import DecoderConfig
 from perceiver.core.encoder import EncoderConfig
 from perceiver.hub import apply_overrides
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted, required_keys
 from perceiver.models.text import (
     PerceiverForMaskedLM,
     PerceiverForSequenceClassification,
@@ -33,6 +33,7 @@ from perceiver.models.text import (
 from perceiver.pretrained import register_hf_converter
 
 _PRE = "perceiver.input_preprocessor"
+_TEXT_KEYS = (f"{_PRE}.embeddings.weight", f"{_PRE}.position_embeddings.weight")
 
 
 def _text_parts(
@@ -66,7 +67,9 @@ def _unless(channels: int | None, default: int | None) -> int | None:
     return None if channels == default else channels
 
 
-@register_hf_converter("PerceiverForMaskedLM")
+@register_hf_converter(
+    "PerceiverForMaskedLM", required_keys=required_keys("perceiver.decoder", *_TEXT_KEYS, "embedding_decoder.bias")
+)
 def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor], **options: Any) -> PerceiverForMaskedLM:
     """Our `PerceiverForMaskedLM` with the weights of a transformers `PerceiverForMaskedLM`.
 
@@ -85,7 +88,12 @@ def convert_masked_lm(config: dict[str, Any], sd: dict[str, Tensor], **options: 
     return load_converted(model, sd, keys)
 
 
-@register_hf_converter("PerceiverForSequenceClassification")
+@register_hf_converter(
+    "PerceiverForSequenceClassification",
+    required_keys=required_keys(
+        "perceiver.decoder.decoder", *_TEXT_KEYS, "perceiver.decoder.decoder.final_layer.weight"
+    ),
+)
 def convert_sequence_classification(
     config: dict[str, Any], sd: dict[str, Tensor], **options: Any
 ) -> PerceiverForSequenceClassification:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from perceiver.adapters.image import ImageAdapterConfig
 from perceiver.hub import apply_overrides
-from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted
+from perceiver.interop.transformers import decoder_from_hf, encoder_from_hf, load_converted, required_keys
 from perceiver.models.vision import CONV, FOURIER, LEARNED, ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.pretrained import register_hf_converter
 
@@ -94,4 +94,16 @@ def convert_image_classifier(
     return load_converted(model, sd, keys)
 
 
-register_hf_converter(*HEADS)(convert_image_classifier)
+#: the preprocessor weights each head's converter reads (beyond the encoder's and the decoder's)
+_ADAPTER_KEYS = {
+    "conv1x1": (
+        f"{PRE}.position_embeddings.position_embeddings",
+        f"{PRE}.convnet_1x1.weight",
+        f"{PRE}.positions_projection.weight",
+    ),
+    "conv": (f"{PRE}.convnet.conv.weight",),
+}
+for _arch, _head in HEADS.items():
+    _keys = required_keys(DEC, *_ADAPTER_KEYS.get(_head.prep_type, ()))
+    register_hf_converter(_arch, required_keys=_keys)(convert_image_classifier)
+del _arch, _head, _keys

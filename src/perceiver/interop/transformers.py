@@ -13,6 +13,7 @@ lives in its own module and registers itself with `perceiver.pretrained.register
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -51,6 +52,25 @@ def layer_channels(sd: dict[str, Tensor], hf_prefix: str) -> tuple[int, int, int
     v = sd[f"{hf_prefix}.attention.self.value.weight"].shape[0]
     hidden, q_dim = sd[f"{hf_prefix}.mlp.dense1.weight"].shape
     return qk, v, hidden // q_dim
+
+
+def required_keys(decoder_prefix: str, *extra: str) -> Callable[[dict[str, Any]], list[str]]:
+    """`register_hf_converter(required_keys=...)` for a transformers head: the weights its converter reads to size the
+    model (latents, the encoder's cross-attention and first self-attention layer, the decoder's cross-attention at
+    `decoder_prefix`) and `extra`, checked before converting."""
+
+    def keys(config: dict[str, Any]) -> list[str]:
+        layers = ["perceiver.encoder.cross_attention", f"{decoder_prefix}.decoding_cross_attention"]
+        n_self = config.get("num_self_attends_per_block")
+        if isinstance(n_self, int) and n_self > 0:
+            layers.append("perceiver.encoder.self_attends.0")
+        found = ["perceiver.embeddings.latents"]
+        for layer in layers:
+            found += [f"{layer}.attention.self.{p}.weight" for p in ("query", "key", "value")]
+            found.append(f"{layer}.mlp.dense1.weight")
+        return found + list(extra)
+
+    return keys
 
 
 def encoder_from_hf(

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiver.checks import InputTypeError, check_token_ids, token_mask
 from perceiver.core.model import Features, ModelOutput, PerceiverModel, check_class_ids, check_labels, checkpoints
-from perceiver.hub import config_from_dict
+from perceiver.hub import config_argument, config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.ar_layers import CrossLayer, SelfLayer, causal_mask
 from perceiver.models.registry import register_model, register_model_type
@@ -151,9 +151,11 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             f"input embedding); reset_classifier applies to class heads only"
         )
 
-    def __init__(self, config: PerceiverARConfig) -> None:
+    def __init__(self, config: PerceiverARConfig | None = None, **kwargs: Any) -> None:
+        """`PerceiverAR(config)` or `PerceiverAR(max_seq_len=..., num_latents=..., ...)` with `PerceiverARConfig`'s
+        fields as keywords (the defaults for those not given); not both."""
         super().__init__()
-        c = self.config = config
+        c = self.config = config_argument(PerceiverARConfig, config, kwargs)
         self.token_emb = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model) if c.abs_pos_emb else None
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)

@@ -11,6 +11,7 @@ Hub or from a local copy given as `checkpoint_path`.
 from __future__ import annotations
 
 import fnmatch
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,7 +67,8 @@ def create_model(
     its checkpoint (its Hub id, or a local folder `checkpoint_path` holding a copy of it) in eval mode.
 
     With `pretrained`, `overrides` go to `perceiver.from_pretrained`: e.g. `num_classes=10,
-    ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches.
+    ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches. A `checkpoint_path` folder must
+    hold a model of the preset's class (ValueError naming the class it holds otherwise).
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
@@ -76,7 +78,7 @@ def create_model(
 
     hub_id = _HUB_IDS.get(name)
     if checkpoint_path is not None:
-        return from_pretrained(checkpoint_path, **overrides)
+        return _check_preset_class(name, checkpoint_path, from_pretrained(checkpoint_path, **overrides))
     if hub_id is None:
         raise ValueError(
             f"model {name!r} has no published checkpoint; presets with one: {', '.join(sorted(_HUB_IDS))}. "
@@ -91,6 +93,30 @@ def create_model(
             f"and pass the folder: create_model({name!r}, pretrained=True, checkpoint_path='DIR') or "
             f"perceiver.from_pretrained('DIR')"
         ) from e
+
+
+def preset_class(name: str) -> type | None:
+    """The model class preset `name` builds, read from its function's return annotation (None if it names none)."""
+    try:
+        cls = typing.get_type_hints(_PRESETS[name]).get("return")
+    except (NameError, TypeError):  # an annotation that does not resolve
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
+
+
+def _check_preset_class(name: str, checkpoint: Any, model: nn.Module) -> nn.Module:
+    """`model` (loaded from `checkpoint` for preset `name`) if it is of the preset's class, else a ValueError naming
+    the class the folder holds and the presets of that class."""
+    cls = preset_class(name)
+    if cls is None or isinstance(model, cls):
+        return model
+    held = type(model)
+    presets = [n for n in list_models() if preset_class(n) is held]
+    hint = f" (presets of that class: {', '.join(presets)})" if presets else ""
+    raise ValueError(
+        f"{checkpoint} holds a {held.__name__} model ({getattr(held, 'model_type', '?')}), not a {name!r} one "
+        f"({cls.__name__}); load it with perceiver.from_pretrained({str(checkpoint)!r}){hint}"
+    )
 
 
 def model_type_class(model_type: str) -> type:

@@ -26,9 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
+from perceiver.checks import (
+    check_float_input,
+    check_int_fields,
+    check_nonempty,
+    check_number,
+    model_dtype,
+    to_bool_mask,
+)
 from perceiver.core.model import Features, ModelOutput, PerceiverModel, checkpoints
-from perceiver.hub import config_from_dict
+from perceiver.hub import config_argument, config_from_dict
 from perceiver.models.registry import register_model, register_model_type
 
 
@@ -55,14 +62,10 @@ class PerceiverResamplerConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "num_latents", "num_heads", "head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("num_media_embeds", "num_frame_embeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        # sizes: positive integers (num_kv_heads None: num_heads); 0 embeddings = none
+        check_int_fields(self, zero_ok=("num_media_embeds", "num_frame_embeds"))
+        for name in ("ff_mult", "norm_eps"):
+            check_number(getattr(self, name), f"PerceiverResamplerConfig.{name}")
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads, got {self.kv_heads}")
         if self.mlp not in ("gelu", "swiglu") or self.norm not in ("layernorm", "rmsnorm"):
@@ -156,9 +159,11 @@ class PerceiverResampler(PerceiverModel):
         """0: the resampler has no head (its output is `last_hidden_state`)."""
         return 0
 
-    def __init__(self, config: PerceiverResamplerConfig) -> None:
+    def __init__(self, config: PerceiverResamplerConfig | None = None, **kwargs: Any) -> None:
+        """`PerceiverResampler(config)` or `PerceiverResampler(dim=..., depth=..., ...)` with
+        `PerceiverResamplerConfig`'s fields as keywords (the defaults for those not given); not both."""
         super().__init__()
-        c = self.config = config
+        c = self.config = config_argument(PerceiverResamplerConfig, config, kwargs)
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.dim))
         self.media_pos_emb = nn.Parameter(torch.empty(c.num_media_embeds, 1, c.dim)) if c.num_media_embeds else None
         self.frame_pos_emb = nn.Parameter(torch.empty(c.num_frame_embeds, c.dim)) if c.num_frame_embeds else None
