@@ -44,6 +44,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_ar.py
 	$(BIN)/python benchmarks/bench_krasserm.py
+	$(BIN)/python benchmarks/bench_lora.py
+	$(BIN)/python benchmarks/bench_quant.py
+	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bounds.py
 	$(BIN)/python benchmarks/tables.py
 

@@ -304,3 +304,14 @@ def test_keyword_models_round_trip(tmp_path):
 def test_num_classes_and_its_alias_together():
     with pytest.raises(ValueError, match=r"pass num_classes or its alias num_labels, not both \(got num_classes=3, "):
         perceiver.create_model("text-classifier", num_classes=3, num_labels=4)
+
+
+def test_a_checkpoint_path_that_is_not_a_folder_never_goes_to_the_network(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("checkpoint_path was sent to the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_path 'local/copy' is not a folder"):
+        perceiver.create_model("vision-perceiver-fourier", pretrained=True, checkpoint_path="local/copy")

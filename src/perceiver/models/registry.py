@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
@@ -78,6 +79,11 @@ def create_model(
 
     hub_id = _HUB_IDS.get(name)
     if checkpoint_path is not None:
+        if not Path(checkpoint_path).expanduser().is_dir():  # a local copy: never a Hub id sent to the network
+            raise FileNotFoundError(
+                f"checkpoint_path {str(checkpoint_path)!r} is not a folder (resolved: "
+                f"{Path(checkpoint_path).expanduser().resolve()}); for a Hub id use from_pretrained"
+            )
         return _check_preset_class(name, checkpoint_path, from_pretrained(checkpoint_path, **overrides))
     if hub_id is None:
         raise ValueError(
