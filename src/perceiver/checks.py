@@ -8,18 +8,120 @@
 - Masks (`to_bool_mask`) are bool, or integer / floating tensors holding only 0 and 1 (`True` / 1 = valid); other
   values are a `ValueError` (checked in eager mode only, so that compiled graphs stay whole).
 - Shapes are checked as plain Python (compile-friendly); errors name what was expected and what came.
+- Config sizes (`check_int`, `check_number`, `check_int_fields`) are checked when the config is made: an int of the
+  wrong type (a float, a string, a bool) is an `InputTypeError`, one out of range a `ValueError`, each naming the
+  config class, the field, what was expected and what came (`EncoderConfig.num_latents must be a positive integer,
+  got 8.0 (float)`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+from collections.abc import Collection, Sequence
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InputTypeError", "check_float_input", "check_int_input", "check_nonempty", "model_dtype", "to_bool_mask"]
+__all__ = [
+    "InputTypeError",
+    "check_float_input",
+    "check_int",
+    "check_int_fields",
+    "check_int_input",
+    "check_int_tuple",
+    "check_nonempty",
+    "check_number",
+    "check_number_tuple",
+    "model_dtype",
+    "to_bool_mask",
+]
 
 
 class InputTypeError(TypeError, ValueError):
-    """An input of the wrong type or dtype (a `TypeError` and, as every bad-input error here, a `ValueError`)."""
+    """An input or config value of the wrong type or dtype (a `TypeError` and, as every bad-input error here, a
+    `ValueError`)."""
+
+
+def _got(value: object) -> str:
+    return f"got {value!r} ({type(value).__name__})"
+
+
+def _int_expectation(minimum: int, optional: bool) -> str:
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    return f"{what} or None" if optional else what
+
+
+def check_int(value: Any, name: str, minimum: int = 1, optional: bool = False, check_range: bool = True) -> Any:
+    """`value` as a plain `int` >= `minimum` (None passes through when `optional`).
+
+    Integral numbers (numpy ints too) are accepted; bools, floats (even `8.0`) and strings are an `InputTypeError`,
+    integers below `minimum` a `ValueError` (unless `check_range` is False: the type only). `name` is what the
+    message calls the value, e.g. `"EncoderConfig.num_latents"`."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputTypeError(f"{name} must be {_int_expectation(minimum, optional)}, {_got(value)}")
+    if check_range and value < minimum:
+        raise ValueError(f"{name} must be {_int_expectation(minimum, optional)}, {_got(value)}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, optional: bool = False, check_range: bool = True) -> Any:
+    """`value` as a finite number > 0 (an int or a float; None passes through when `optional`): a resolution, a
+    scale. Bools and strings are an `InputTypeError`, zero, negative or non-finite numbers a `ValueError` (unless
+    `check_range` is False: the type only)."""
+    if value is None and optional:
+        return None
+    what = "a positive number" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputTypeError(f"{name} must be {what}, {_got(value)}")
+    if check_range and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be {what}, {_got(value)}")
+    return value
+
+
+def check_int_tuple(value: Any, name: str, length: int) -> tuple[int, ...]:
+    """`value` as a tuple of `length` positive integers (a list or tuple of them), e.g. an `(H, W)` size."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != length:
+        raise InputTypeError(f"{name} must be a sequence of {length} positive integers, {_got(value)}")
+    return tuple(check_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def check_number_tuple(value: Any, name: str, length: int) -> tuple[Any, ...]:
+    """`value` as a tuple of `length` positive numbers (a list or tuple of them), e.g. Fourier resolutions."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != length:
+        raise InputTypeError(f"{name} must be a sequence of {length} positive numbers, {_got(value)}")
+    return tuple(check_number(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _int_annotation(annotation: object) -> tuple[bool, bool]:
+    """(whether a dataclass field annotation is `int` or `int | None`, whether None is allowed)."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    if annotation is int or text == "int":
+        return True, False
+    return text.replace(" ", "") in ("int|None", "None|int", "Optional[int]", "typing.Optional[int]"), True
+
+
+def check_int_fields(
+    config: Any, zero_ok: Collection[str] = (), skip: Collection[str] = (), type_only: Collection[str] = ()
+) -> None:
+    """`check_int` on every field of the dataclass `config` annotated `int` (or `int | None`: None allowed): a
+    positive integer, or >= 0 for the fields named in `zero_ok` (where 0 means something, e.g. no layers). Fields in
+    `skip` are the caller's to check, fields in `type_only` have their type checked but not their range. Values are
+    stored back as plain ints; errors name `Class.field`."""
+    owner = type(config).__name__
+    for f in dataclasses.fields(config):
+        is_int, optional = _int_annotation(f.type)
+        if not is_int or f.name in skip:
+            continue
+        value = getattr(config, f.name)
+        minimum = 0 if f.name in zero_ok else 1
+        checked = check_int(value, f"{owner}.{f.name}", minimum, optional, check_range=f.name not in type_only)
+        if type(value) is not type(checked):  # e.g. a numpy integer
+            setattr(config, f.name, checked)
 
 
 def model_dtype(module: nn.Module) -> torch.dtype:

@@ -21,6 +21,8 @@ Pillow and numpy (the ``vision`` extra) are imported lazily, so ``import perceiv
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,6 +45,24 @@ def _vision() -> tuple[Any, Any]:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("ImageProcessor needs Pillow and numpy: pip install 'perceiver-torch[vision]'") from e
     return numpy, Image
+
+
+def _per_channel(name: str, value: Any) -> tuple[float, float, float]:
+    """A mean / std as one float per RGB channel: a number (the same for every channel) or 3 numbers (a sequence or
+    an array)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value,) * 3
+    values: tuple[float, ...] | None = None
+    if not isinstance(value, (str, bytes)):
+        try:
+            values = tuple(float(v) for v in value if not isinstance(v, (str, bytes, bool)))
+        except (TypeError, ValueError):
+            values = None
+    if values is None or len(values) != 3 or len(value) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(
+            f"{name} must be a number or 3 numbers (one per RGB channel), got {value!r} ({type(value).__name__})"
+        )
+    return values  # type: ignore[return-value]
 
 
 def _pair(name: str, value: int | tuple[int, int] | dict[str, int]) -> tuple[int, int]:
@@ -109,12 +129,10 @@ class ImageProcessor:
         self.do_rescale = do_rescale
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = do_normalize
-        if len(image_mean) != 3 or len(image_std) != 3:
-            raise ValueError(f"image_mean and image_std need 3 values (RGB), got {image_mean!r} and {image_std!r}")
-        if any(s == 0 for s in image_std):
+        self.image_mean = _per_channel("image_mean", image_mean)
+        self.image_std = _per_channel("image_std", image_std)
+        if any(s == 0 for s in self.image_std):
             raise ValueError(f"image_std must not contain 0, got {image_std!r}")
-        self.image_mean = tuple(float(m) for m in image_mean)
-        self.image_std = tuple(float(s) for s in image_std)
 
     def __repr__(self) -> str:
         return (

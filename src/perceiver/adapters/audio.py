@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_float_input
+from perceiver.checks import check_float_input, check_int_fields, check_number
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
@@ -107,3 +107,8 @@ class AudioAdapterConfig(PartConfig):
     project_dim: int | None = None
     concat_pos: bool = True
     sine_only: bool = False
+
+    def __post_init__(self) -> None:
+        check_int_fields(self, zero_ok=("project_dim",))  # project_dim 0 or None: no projection
+        name = "AudioAdapterConfig.max_resolution"
+        self.max_resolution = check_number(self.max_resolution, name, optional=True)

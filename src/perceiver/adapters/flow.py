@@ -21,6 +21,7 @@ channel `(dy * 3 + dx) * 3 + c` holds colour `c` of the pixel at offset `(dy - 1
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
-from perceiver.checks import check_float_input
+from perceiver.checks import InputTypeError, check_float_input, check_int_fields, check_int_tuple, check_number
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, Index
 from perceiver.core.io import InputAdapter, OutputAdapter
@@ -51,6 +52,10 @@ def normalize_frames(frames: Tensor, dtype: torch.dtype | None = None) -> Tensor
     if not frames.is_floating_point():
         raise ValueError(f"expected uint8 frames in [0, 255] or floating frames in [0, 1], got dtype {frames.dtype}")
     return (frames if dtype is None else frames.to(dtype)) * 2 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_patch_size(patch_size: int) -> int:
@@ -210,9 +215,19 @@ class FlowAdapterConfig(PartConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.train_size, (tuple, list)) or len(self.train_size) != 2:
             raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
-        self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
-        self.pyramid_scales = tuple(int(v) for v in self.pyramid_scales)
+        self.train_size = check_int_tuple(self.train_size, "FlowAdapterConfig.train_size", 2)  # type: ignore[assignment]
+        check_int_fields(self, skip=("patch_size",))
         check_patch_size(self.patch_size)
+        scales = tuple(self.pyramid_scales) if isinstance(self.pyramid_scales, (tuple, list)) else self.pyramid_scales
+        if not isinstance(scales, tuple) or not all(_is_int(v) and v >= 2 for v in scales):
+            error = ValueError if isinstance(scales, tuple) and all(_is_int(v) for v in scales) else InputTypeError
+            raise error(f"FlowAdapterConfig.pyramid_scales must be integers >= 2, got {scales!r}")
+        self.pyramid_scales = tuple(int(v) for v in scales)
+        scale = self.difference_scale
+        if scale is not None:
+            check_number(scale, "FlowAdapterConfig.difference_scale", optional=True, check_range=False)
+            if not scale > 0:
+                raise ValueError(f"FlowAdapterConfig.difference_scale must be None or > 0, got {scale!r}")
 
     @property
     def patch_channels(self) -> int:

@@ -23,6 +23,7 @@ size), `trainable` (one learned vector per token of the `image_size` grid; anoth
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
-from perceiver.checks import check_float_input
+from perceiver.checks import InputTypeError, check_float_input, check_int, check_int_fields
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, FactoredInputs
 from perceiver.core.io import InputAdapter
@@ -306,15 +307,19 @@ class ImageAdapterConfig(PartConfig):
     pos_init_scale: float = 0.02
 
     def __post_init__(self) -> None:
-        self.image_size = pair("image_size", self.image_size)
+        check_int_fields(self, zero_ok=("project_pos_dim",))  # project_pos_dim 0 or None: no projection
+        self.image_size = pair("ImageAdapterConfig.image_size", self.image_size)
         if self.max_resolution is not None:
-            self.max_resolution = pair("max_resolution", self.max_resolution)
+            self.max_resolution = pair("ImageAdapterConfig.max_resolution", self.max_resolution)
 
 
 def pair(name: str, value: Any) -> tuple[int, int]:
-    """An int or a `(height, width)` pair as a tuple of two ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
+    """A positive int or a `(height, width)` pair of them as a tuple of two ints; `InputTypeError` /
+    `ValueError` naming `name` otherwise."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (check_int(value, name),) * 2
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be an int or (height, width), got {value!r}")
-    return int(value[0]), int(value[1])
+        raise InputTypeError(
+            f"{name} must be a positive int or (height, width), got {value!r} ({type(value).__name__})"
+        )
+    return check_int(value[0], f"{name}[0] (height)"), check_int(value[1], f"{name}[1] (width)")

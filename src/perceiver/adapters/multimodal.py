@@ -36,6 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import check_int_fields
 from perceiver.core.decoder import AdaptedInputs, FourierQueries, Index, QueryBuilder
 from perceiver.core.io import InputAdapter, OutputAdapter
 
@@ -85,8 +86,7 @@ class MultimodalInputConfig:
     eval_masking: EvalMasking = "deterministic"
 
     def __post_init__(self) -> None:
-        if self.min_padding_size < 0:
-            raise ValueError(f"min_padding_size must be >= 0, got {self.min_padding_size}")
+        check_int_fields(self, zero_ok=("min_padding_size",))
         self.mask_probs = check_mask_probs(self.mask_probs)
         check_eval_masking(self.eval_masking)
 
@@ -107,10 +107,7 @@ class MultimodalQueryConfig:
     subsampled_positions: PositionMode = "grid"
 
     def __post_init__(self) -> None:
-        if self.min_padding_size < 0:
-            raise ValueError(f"min_padding_size must be >= 0, got {self.min_padding_size}")
-        if self.label_channels < 1:
-            raise ValueError(f"label_channels must be >= 1, got {self.label_channels}")
+        check_int_fields(self, zero_ok=("min_padding_size",))
         check_subsampled_positions(self.subsampled_positions)
 
 

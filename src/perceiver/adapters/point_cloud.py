@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from perceiver.checks import check_float_input
+from perceiver.checks import check_float_input, check_int, check_int_fields, check_number
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
@@ -96,3 +96,8 @@ class PointCloudAdapterConfig(PartConfig):
     max_resolution: float = 64.0
     concat_pos: bool = True
     sine_only: bool = False
+
+    def __post_init__(self) -> None:
+        check_int_fields(self, skip=("in_channels",))
+        self.in_channels = check_int(self.in_channels, "PointCloudAdapterConfig.in_channels (xyz first)", minimum=3)
+        self.max_resolution = check_number(self.max_resolution, "PointCloudAdapterConfig.max_resolution")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.checks import check_token_ids, token_mask
+from perceiver.checks import check_int_fields, check_token_ids, token_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter, OutputAdapter
@@ -77,10 +77,7 @@ class TextAdapterConfig(PartConfig):
     init_scale: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_len", "num_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int_fields(self)
 
 
 class TiedEmbeddingOutput(OutputAdapter):

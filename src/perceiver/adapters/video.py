@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_float_input
+from perceiver.checks import check_float_input, check_int_fields, check_int_tuple, check_number_tuple
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
@@ -167,7 +167,8 @@ class VideoAdapterConfig(PartConfig):
     sine_only: bool = False
 
     def __post_init__(self) -> None:
+        check_int_fields(self, zero_ok=("project_dim",))  # project_dim 0 or None: no projection
         if self.image_size is not None:
-            self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+            self.image_size = check_int_tuple(self.image_size, "VideoAdapterConfig.image_size", 2)  # type: ignore[assignment]
         if self.max_resolution is not None:
-            self.max_resolution = tuple(self.max_resolution)
+            self.max_resolution = check_number_tuple(self.max_resolution, "VideoAdapterConfig.max_resolution", 3)

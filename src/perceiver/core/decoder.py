@@ -10,6 +10,7 @@ neither the full query array nor the full output is needed unless asked for.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from math import prod
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import InputTypeError, check_int, check_int_fields
 from perceiver.nn.inputs import InputFactors
 from perceiver.nn.layers import Activation, CrossAttentionLayer
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features, linear_positions
@@ -97,6 +99,10 @@ class DecoderConfig:
     cross_attention_shape: Literal["q", "kv"] = "q"
 
     def __post_init__(self) -> None:
+        # Sizes: positive integers (None: filled by the model, or no projection for `output_dim`). The range of
+        # `num_heads` is checked when the decoder is built, so that text configs name it by their flat key
+        # (`decoder_heads`, `perceiver.models.text.check_text_parts`); its type is checked here.
+        check_int_fields(self, type_only=("num_heads",))
         if self.cross_attention_shape not in ("q", "kv"):
             raise ValueError(f"cross_attention_shape must be 'q' or 'kv', got {self.cross_attention_shape!r}")
 
@@ -130,6 +136,7 @@ class PerceiverDecoder(nn.Module):
         c = self.config = config
         if c.query_dim is None or c.latent_dim is None:
             raise ValueError("DecoderConfig needs query_dim and latent_dim (models set them with for_parts)")
+        check_int_fields(c)  # num_heads' range, and fields set after __post_init__
         self.cross_attention = CrossAttentionLayer(
             c.query_dim,
             c.latent_dim,
@@ -217,8 +224,7 @@ class FourierQueries(QueryBuilder):
         position_mode: Literal["grid", "transformers"] = "grid",
     ) -> None:
         super().__init__()
-        if num_bands < 1:
-            raise ValueError(f"num_bands must be >= 1, got {num_bands}")
+        check_int(num_bands, "num_bands")
         self.index_dims = tuple(int(n) for n in index_dims)
         self.num_bands = num_bands
         self.max_resolution = tuple(max_resolution) if max_resolution is not None else self.index_dims
@@ -295,6 +301,17 @@ def check_output_index(output_index: Tensor | None, total: int, device: torch.de
     return output_index
 
 
+def check_query_chunk_size(query_chunk_size: Any) -> None:
+    """`query_chunk_size` of a forward: None (all at once) or an integer >= 1."""
+    if query_chunk_size is None:
+        return
+    if isinstance(query_chunk_size, bool) or not isinstance(query_chunk_size, numbers.Integral):
+        got = f"{query_chunk_size!r} ({type(query_chunk_size).__name__})"
+        raise InputTypeError(f"query_chunk_size must be an integer >= 1 or None, got {got}")
+    if query_chunk_size < 1:
+        raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
+
+
 def decode(
     decoder: PerceiverDecoder,
     query_builder: QueryBuilder,
@@ -315,8 +332,7 @@ def decode(
     by its `assemble`, so the decoder's `(B, O, F)` features never exist for all positions at once.
     """
     total = query_builder.num_queries(adapted)
-    if query_chunk_size is not None and query_chunk_size < 1:
-        raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
+    check_query_chunk_size(query_chunk_size)
     if isinstance(output_index, slice):
         start, stop, step = output_index.indices(total)
         if step != 1:

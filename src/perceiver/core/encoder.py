@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from perceiver.checks import check_int_fields
 from perceiver.core.model import checkpoints
 from perceiver.nn.attention import reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
@@ -76,6 +77,8 @@ class EncoderConfig:
     cross_attention_shape: Literal["q", "kv"] = "q"
 
     def __post_init__(self) -> None:
+        # sizes: positive integers (None: set by the model / the layer's default); no latent layers is allowed
+        check_int_fields(self, zero_ok=("num_self_attends_per_block",))
         if self.cross_attention_shape not in ("q", "kv"):
             raise ValueError(f"cross_attention_shape must be 'q' or 'kv', got {self.cross_attention_shape!r}")
         if isinstance(self.inverted_cross_attention, list):  # from config.json
@@ -146,11 +149,7 @@ class PerceiverEncoder(nn.Module):
         c = config
         if c.input_dim is None:
             raise ValueError("EncoderConfig.input_dim is None: give the input width (models set it from their adapter)")
-        for name in ("input_dim", "num_latents", "latent_dim", "num_cross_attends", "num_blocks"):
-            if getattr(c, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
-        if c.num_self_attends_per_block < 0:
-            raise ValueError(f"num_self_attends_per_block must be >= 0, got {c.num_self_attends_per_block}")
+        check_int_fields(c, zero_ok=("num_self_attends_per_block",))  # again: fields may be set after __post_init__
         if c.share_latent_blocks not in ("all", "after_first", "none"):
             raise ValueError(
                 f"share_latent_blocks must be 'all', 'after_first' or 'none', got {c.share_latent_blocks!r}"

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_float_input, model_dtype, to_bool_mask
+from perceiver.checks import check_float_input, check_int, check_int_fields, check_number, model_dtype, to_bool_mask
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.models.registry import build_preset, register_model, register_model_type
@@ -57,21 +57,20 @@ class PerceiverConfig:
     def __post_init__(self) -> None:
         if isinstance(self.inverted_cross_attn, list):  # from config.json
             self.inverted_cross_attn = tuple(self.inverted_cross_attn)
-        positive = ("input_channels", "input_axis", "depth", "num_latents", "latent_dim", "cross_heads")
-        positive += ("latent_heads", "cross_dim_head", "latent_dim_head")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        # sizes: positive integers; no latent layers is allowed, bands and the rank matter only where used (below)
+        zero_ok = ("self_per_cross_attn", "num_freq_bands")
+        check_int_fields(self, zero_ok=zero_ok, skip=("num_classes",), type_only=("attn_residual_rank",))
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0: no class layer), got {self.num_classes!r}")
-        if self.fourier_encode_data and (self.num_freq_bands < 1 or self.max_freq <= 0):
             raise ValueError(
-                f"Fourier encoding needs num_freq_bands >= 1 and max_freq > 0, "
-                f"got num_freq_bands={self.num_freq_bands}, max_freq={self.max_freq}"
+                f"PerceiverConfig.num_classes must be an integer >= 0 (0: no class layer), got {self.num_classes!r}"
             )
-        if self.self_per_cross_attn < 0:
-            raise ValueError(f"self_per_cross_attn must be >= 0, got {self.self_per_cross_attn}")
+        if self.fourier_encode_data:
+            check_number(self.max_freq, "PerceiverConfig.max_freq", check_range=False)
+            if self.num_freq_bands < 1 or not self.max_freq > 0:
+                raise ValueError(
+                    f"Fourier encoding needs num_freq_bands >= 1 and max_freq > 0, "
+                    f"got num_freq_bands={self.num_freq_bands}, max_freq={self.max_freq}"
+                )
         for name in ("attn_dropout", "ff_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -80,8 +79,8 @@ class PerceiverConfig:
             not isinstance(inv, tuple) or len(inv) != self.depth or not all(isinstance(v, bool) for v in inv)
         ):
             raise ValueError(f"inverted_cross_attn must be a bool or {self.depth} bools (depth), got {inv!r}")
-        if self.attn_residual and (not isinstance(self.attn_residual_rank, int) or self.attn_residual_rank < 1):
-            raise ValueError(f"attn_residual_rank must be a positive integer, got {self.attn_residual_rank!r}")
+        if self.attn_residual:
+            check_int(self.attn_residual_rank, "PerceiverConfig.attn_residual_rank")
 
     @property
     def fourier_channels(self) -> int:

@@ -36,7 +36,7 @@ from perceiver.adapters.flow import (
     normalize_frames,
     predict_flow_tiled,
 )
-from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
+from perceiver.checks import check_float_input, check_int_fields, check_nonempty, model_dtype, to_bool_mask
 from perceiver.core.config import rename_keys
 from perceiver.core.decoder import DecoderConfig, InputQueries, PerceiverDecoder
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
@@ -82,8 +82,7 @@ class OpticalFlowConfig:
     output_init_zeros: bool = True
 
     def __post_init__(self) -> None:
-        if self.query_chunk_size is not None and self.query_chunk_size < 1:
-            raise ValueError(f"query_chunk_size must be >= 1 or None, got {self.query_chunk_size}")
+        check_int_fields(self)  # query_chunk_size: a positive integer or None
 
     @property
     def train_size(self) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_int, check_int_fields
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import GradCheckpointingMixin
 from perceiver.hub import PretrainedMixin
@@ -104,9 +105,10 @@ class LucidrainsIOConfig:
     inverted_cross_attn: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("depth", "dim", "queries_dim", "num_latents", "latent_dim", "cross_heads", "latent_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # sizes: positive integers (logits_dim None: no projection); the rank matters with attn_residual only
+        check_int_fields(self, type_only=("attn_residual_rank",))
+        if self.attn_residual:
+            check_int(self.attn_residual_rank, "LucidrainsIOConfig.attn_residual_rank")
         if not 0.0 <= self.seq_dropout_prob < 1.0:
             raise ValueError(f"seq_dropout_prob must be in [0, 1), got {self.seq_dropout_prob}")
 

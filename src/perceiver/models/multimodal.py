@@ -47,7 +47,13 @@ from perceiver.adapters.multimodal import (
 from perceiver.adapters.video import VideoAdapterConfig
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.core.config import rename_keys
-from perceiver.core.decoder import DecoderConfig, FourierQueries, PerceiverDecoder, TrainableQueries
+from perceiver.core.decoder import (
+    DecoderConfig,
+    FourierQueries,
+    PerceiverDecoder,
+    TrainableQueries,
+    check_query_chunk_size,
+)
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
 from perceiver.core.model import ModelOutput
@@ -191,11 +197,17 @@ def legacy_overrides(base: MultimodalAutoencodingConfig, flat: Mapping[str, Any]
     given = {k: flat.pop(k) for k in DERIVED_KEYS if k in flat}
     for key, value in given.items():
         if key != "image_size" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+            raise ValueError(
+                f"multimodal-perceiver {key} must be an integer >= 1, got {value!r} ({type(value).__name__})"
+            )
     out: dict[str, Any] = {}
     t = given.get("num_frames", base.image.num_frames)
     if "num_frames" in given or "image_size" in given:
-        size = pair("image_size", given["image_size"]) if "image_size" in given else base.image.image_size
+        size = (
+            pair("multimodal-perceiver image_size", given["image_size"])
+            if "image_size" in given
+            else base.image.image_size
+        )
         out |= {"image.num_frames": t, "image.image_size": size, "image.max_resolution": (t, *size)}
     if "num_frames" in given or "audio_samples_per_frame" in given:
         per_frame = given.get("audio_samples_per_frame", base.audio.num_samples // base.image.num_frames)
@@ -345,8 +357,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         `return_attention`, the encoder maps and the decoder map `(B, H, O, N)`; with `return_hidden_states`, the
         latents after every encoder step.
         """
-        if query_chunk_size is not None and query_chunk_size < 1:  # before the encoder runs
-            raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
+        check_query_chunk_size(query_chunk_size)  # before the encoder runs
         index = self.output_index(subsampled_output_points, self.encoder.latents.device)
         return super().forward(
             inputs, attention_mask, index, query_chunk_size, return_attention, return_hidden_states=return_hidden_states

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_int
 from perceiver.nn.activation import is_dense
 
 
 def _check_heads(channels: int, num_heads: int, what: str) -> None:
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    check_int(num_heads, "num_heads")
+    check_int(channels, what)
     if channels < 1 or channels % num_heads != 0:
         raise ValueError(f"{what} ({channels}) must be a positive multiple of num_heads ({num_heads})")
 

@@ -12,6 +12,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.checks import check_int
 from perceiver.nn.activation import gelu_then
 from perceiver.nn.attention import MultiHeadAttention, check_dropout
 
@@ -31,8 +32,8 @@ class MLP(nn.Module):
         super().__init__()
         if activation not in ("gelu", "geglu"):
             raise ValueError(f"activation must be 'gelu' or 'geglu', got {activation!r}")
-        if widening_factor < 1:
-            raise ValueError(f"widening_factor must be >= 1, got {widening_factor}")
+        check_int(dim, "dim")
+        check_int(widening_factor, "widening_factor")
         check_dropout(dropout, "feed-forward dropout")
         hidden = dim * widening_factor
         self.activation = activation

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from perceiver.checks import check_int
+
 
 def linear_positions(
     index_dims: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
@@ -87,9 +89,7 @@ class FourierPositionEncoding(nn.Module):
         max_freq: float | None = None,
     ) -> None:
         super().__init__()
-        if num_bands < 1:
-            raise ValueError(f"num_bands must be >= 1, got {num_bands}")
-        self.num_bands = num_bands
+        self.num_bands = check_int(num_bands, "num_bands")
         self.max_resolution = tuple(max_resolution) if max_resolution is not None else None
         self.concat_pos = concat_pos
         self.sine_only = sine_only
@@ -124,8 +124,8 @@ class TrainablePositionEncoding(nn.Module):
 
     def __init__(self, num_positions: int, num_channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
-        if num_positions < 1 or num_channels < 1:
-            raise ValueError(f"need num_positions >= 1 and num_channels >= 1, got {num_positions}, {num_channels}")
+        check_int(num_positions, "num_positions")
+        check_int(num_channels, "num_channels")
         self.position_embeddings = nn.Parameter(torch.empty(num_positions, num_channels))
         nn.init.normal_(self.position_embeddings, std=init_scale)  # = randn * init_scale; skipped for a load
 
