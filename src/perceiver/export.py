@@ -15,9 +15,13 @@ max rel. error 5.3%, every top-1 byte kept; vision-perceiver-learned no faster, 
 GEMMs). It changes the arithmetic: `check` then compares relative to the largest output (`int8_rtol`).
 
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
-`max_seq_len` bytes with an attention mask, flow patches of `train_size`, ...); the exported graph takes any batch
-size and that input size. The graph returns the task output (`logits`) as one tensor. ONNX export needs the `onnx`
-and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also `onnxruntime`.
+`max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids
+with its mask, ...); the exported graph takes any batch size and that input size. `inputs=` given instead is a tuple
+of tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
+`torch.onnx.export` does). An error the model itself raises on them (a `ValueError` naming the expected shape) is
+raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`) as one tensor. ONNX
+export needs the `onnx` and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also
+`onnxruntime`. With `check`, a file that fails its check is not written (it is checked before it is moved into place).
 
 A `.pt2` file is PyTorch's own archive: `export_pt2` writes the exported program (`torch.export.save`; load it with
 `torch.export.load(path).module()` or `load_pt2`), or with `aoti=True` an AOTInductor package: the program compiled
@@ -69,7 +73,8 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
 
     Classic `Perceiver` `(B, *axes, C)` (224 per axis for images, 1024 samples for 1-D, 8 x 64 x 64 for video);
     text `(B, max_seq_len)` ids and a boolean mask; images `(B, C, H, W)`; flow `(B, 2, 27, H, W)`; point clouds
-    `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`.
+    `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`; Perceiver AR `(B, max_seq_len)` ids and a
+    boolean mask (its forward: next-token logits `(B, N, V)` of the last N positions).
     """
     from perceiver.models import (
         Perceiver,
@@ -81,6 +86,7 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
         PerceiverForSequenceClassification,
         PerceiverForVideoClassification,
     )
+    from perceiver.models.ar import PerceiverAR
 
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
@@ -95,6 +101,10 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     if isinstance(model, Perceiver):
         default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
         return (randn(b, *(sample or (*default, c.input_channels))),)
+    if isinstance(model, PerceiverAR):
+        length = sample[0] if sample else c.max_seq_len
+        ids = torch.randint(0, c.vocab_size, (b, length), device=device)
+        return ids, torch.ones(b, length, dtype=torch.bool, device=device)
     a = getattr(c, "adapter", None)  # the input adapter's config of a Perceiver IO model
     if isinstance(model, PerceiverForMaskedLM | PerceiverForSequenceClassification):
         length = sample[0] if sample else a.max_seq_len
@@ -117,28 +127,88 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     )
 
 
+def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tuple[Tensor, ...]:
+    """The export's positional inputs: `example_inputs(model, 2)` for None, `(inputs,)` for one tensor (as
+    `torch.onnx.export` takes it; iterating it would split its batch), else `tuple(inputs)` of tensors."""
+    if inputs is None:
+        return example_inputs(model, 2)
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
+        raise TypeError(f"expected inputs as a tensor or a tuple of tensors, got {type(inputs).__name__}")
+    inputs = tuple(inputs)
+    if not inputs:
+        raise ValueError("expected at least one input tensor, got an empty inputs tuple")
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected inputs as a tuple of tensors, got {type(x).__name__} at position {i}")
+    return inputs
+
+
+def _our_error(error: BaseException) -> Exception | None:
+    """The first `ValueError` / `TypeError` raised by this package's code in `error`'s cause / context chain (the
+    model's own message on bad inputs, which torch's exporters wrap in an error of their own), else None."""
+    package = str(Path(__file__).resolve().parent)
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ValueError | TypeError):
+            tb = e.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package):
+                return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _raise_ours(error: BaseException, model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Raise the model's own `ValueError` / `TypeError` on `inputs` if `error` (an exporter's) comes from one (see
+    `_our_error`), with the concrete shapes of an eager call (the exporter's message names its symbolic batch, "s0");
+    return otherwise, for the caller to re-raise `error`. Runs only after a failed export."""
+    ours = _our_error(error)
+    if ours is None:
+        return
+    try:
+        with torch.no_grad():
+            LogitsOnly(model).eval()(*inputs)
+    except (ValueError, TypeError) as eager:
+        if _our_error(eager) is eager:
+            raise eager from eager.__cause__
+    raise ours from ours.__cause__
+
+
 def _dynamic_batch(inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
     """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     return (tuple({0: batch} for _ in inputs),)
 
 
-def export_program(model: nn.Module, inputs: Sequence[Tensor] | None = None) -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> torch.export.ExportedProgram:
     """`torch.export.export` of `model`'s task output with a dynamic batch dimension (eval mode).
 
+    `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     Batch 1 is exported as batch 2 (torch.export specialises a size-1 dimension), the program takes any batch.
     """
     model = model.eval()
-    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    inputs = _as_inputs(model, inputs)
     if inputs[0].shape[0] == 1:
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
-    return torch.export.export(LogitsOnly(model), inputs, dynamic_shapes=_dynamic_batch(inputs))
+    try:
+        return torch.export.export(LogitsOnly(model).eval(), inputs, dynamic_shapes=_dynamic_batch(inputs))
+    except Exception as e:  # the model's own error on bad inputs, with concrete shapes
+        _raise_ours(e, model, inputs)
+        raise
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    inputs: Sequence[Tensor] | None = None,
+    inputs: Tensor | Sequence[Tensor] | None = None,
     check: bool = False,
     check_batch_sizes: Sequence[int] = (1, 3),
     atol: float = 1e-4,
@@ -147,56 +217,71 @@ def export_onnx(
 ) -> Path:
     """Write `model` as ONNX (`torch.onnx.export(..., dynamo=True)`, dynamic batch) to `path`.
 
+    `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     With `check`, runs the file in onnxruntime at `check_batch_sizes` on random inputs and raises if its output
     differs from eager PyTorch by more than `atol` (max abs; with `quantize="int8"`, more than `int8_rtol` times the
-    largest output). Returns the path. The file is written next to `path` first and moved into place, so a failed
-    export leaves no half-written file. `quantize="int8"`: onnxruntime's dynamic int8 quantisation of the graph (see
-    the module docstring).
+    largest output). Returns the path. The file is written next to `path` first, checked there and only then moved
+    into place, so a failed export or a failed check leaves no file at `path` (nor a half-written one).
+    `quantize="int8"`: onnxruntime's dynamic int8 quantisation of the graph (see the module docstring).
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    _check_batch_sizes(check_batch_sizes)
     model = model.eval()
-    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    inputs = _as_inputs(model, inputs)
     if inputs[0].shape[0] == 1:
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"expected the path of the .onnx file to write, got the folder {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     names = [f"input_{i}" for i in range(len(inputs))]
     if len(inputs) == 2:
         names = ["inputs", "mask"]
     try:
-        program = torch.onnx.export(
-            LogitsOnly(model),
-            tuple(inputs),
-            dynamo=True,
-            dynamic_shapes=_dynamic_batch(inputs),
-            input_names=names if len(inputs) > 1 else ["inputs"],
-            output_names=["logits"],
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                LogitsOnly(model).eval(),
+                tuple(inputs),
+                dynamo=True,
+                dynamic_shapes=_dynamic_batch(inputs),
+                input_names=names if len(inputs) > 1 else ["inputs"],
+                output_names=["logits"],
+                verbose=False,
+            )
+        except Exception as e:  # the exporter wraps the model's own error on bad inputs: raise that one
+            _raise_ours(e, model, inputs)
+            raise
         program.save(str(tmp))
         if quantize == "int8":
             _quantize_int8(tmp)
+        if check:
+            for b in check_batch_sizes:
+                diff, scale = _onnx_errors(model, tmp, _resized(inputs, b))
+                limit = atol if quantize is None else int8_rtol * scale
+                if not diff <= limit:
+                    raise RuntimeError(
+                        f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}"
+                        + (f" = {int8_rtol} x the largest output {scale:.3g})" if quantize else ")")
+                        + f"; {path} was not written (export without the check to inspect the file)"
+                    )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    if check:
-        for b in check_batch_sizes:
-            diff, scale = _onnx_errors(model, path, _resized(inputs, b))
-            limit = atol if quantize is None else int8_rtol * scale
-            if not diff <= limit:
-                raise RuntimeError(
-                    f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}"
-                    + (f" = {int8_rtol} x the largest output {scale:.3g})" if quantize else ")")
-                )
     return path
+
+
+def _check_batch_sizes(sizes: Sequence[int]) -> None:
+    """`ValueError` unless every check batch size is an int >= 1 (checked before exporting, not after)."""
+    if isinstance(sizes, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+        raise ValueError(f"expected check_batch_sizes as batch sizes >= 1, got {sizes!r}")
 
 
 def export_pt2(
     model: nn.Module,
     path: str | os.PathLike,
-    inputs: Sequence[Tensor] | None = None,
+    inputs: Tensor | Sequence[Tensor] | None = None,
     aoti: bool = False,
     check: bool = False,
     check_batch_sizes: Sequence[int] = (1, 3),
@@ -205,15 +290,19 @@ def export_pt2(
     """Write `model`'s task output as a `.pt2` archive with a dynamic batch (see the module docstring): the
     `torch.export` program, or with `aoti` an AOTInductor package compiled for this machine.
 
+    `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     With `check`, loads the file back (`load_pt2`) and raises if its output on random inputs at `check_batch_sizes`
-    differs from eager PyTorch by more than `atol` (max abs). Written next to `path` and moved into place: a failed
-    export leaves no half-written file. Returns the path.
+    differs from eager PyTorch by more than `atol` (max abs). Written next to `path`, checked there and moved into
+    place: a failed export or check leaves no file at `path` (nor a half-written one). Returns the path.
     """
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"expected a path ending in .pt2, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"expected the path of the .pt2 file to write, got the folder {str(path)!r}")
+    _check_batch_sizes(check_batch_sizes)
     model = model.eval()
-    inputs = tuple(inputs) if inputs is not None else example_inputs(model, 2)
+    inputs = _as_inputs(model, inputs)
     program = export_program(model, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.pt2")  # AOTInductor wants the .pt2 suffix
@@ -224,17 +313,21 @@ def export_pt2(
             aoti_compile_and_package(program, package_path=str(tmp))
         else:
             torch.export.save(program, tmp)
+        if check:
+            runner = load_pt2(tmp)
+            for b in check_batch_sizes:
+                x = _resized(inputs, b)
+                with torch.no_grad():
+                    diff = float((runner(*x) - LogitsOnly(model)(*x)).abs().max())
+                if not diff <= atol:
+                    raise RuntimeError(
+                        f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {atol}); {path} "
+                        "was not written (export without the check to inspect the file)"
+                    )
+            del runner
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    if check:
-        runner = load_pt2(path)
-        for b in check_batch_sizes:
-            x = _resized(inputs, b)
-            with torch.no_grad():
-                diff = float((runner(*x) - LogitsOnly(model)(*x)).abs().max())
-            if not diff <= atol:
-                raise RuntimeError(f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {atol})")
     return path
 
 
@@ -244,6 +337,10 @@ def load_pt2(path: str | os.PathLike) -> Any:
     import zipfile
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"expected a .pt2 archive at {str(path)!r}, but there is no such file")
+    if path.is_dir():
+        raise ValueError(f"expected a .pt2 archive (a zip file) at {str(path)!r}, got a folder")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"expected a .pt2 archive (a zip file) at {str(path)!r}, got another kind of file")
     with zipfile.ZipFile(path) as archive:
@@ -354,7 +451,10 @@ def export_main(argv: list[str] | None = None) -> None:
         parser.error("--quantize int8 applies to ONNX files: expected OUT ending in .onnx with --quantize")
     from perceiver.pretrained import from_pretrained
 
-    model = from_pretrained(args.model_dir)
+    try:
+        model = from_pretrained(args.model_dir)
+    except (FileNotFoundError, ValueError) as e:  # no such folder, not a model folder
+        raise SystemExit(f"error: {e}") from e
     from perceiver.lora import merge_lora
 
     merge_lora(model)  # an adapter folder: export the merged weights (no adapter matmuls, plain keys)
@@ -368,12 +468,15 @@ def export_main(argv: list[str] | None = None) -> None:
         hf.save_pretrained(args.output)
         print(f"wrote {args.output}: transformers' {type(hf).__name__}, outputs equal to ours within {args.atol}")
         return
-    inputs = example_inputs(model, args.batch_size, args.shape)
+    try:
+        inputs = example_inputs(model, args.batch_size, args.shape)
+    except ValueError as e:  # a model without example inputs (pass them from Python), --batch-size 0
+        raise SystemExit(f"error: {e}") from e
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
     if pt2:
         try:
             path = export_pt2(model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
             raise SystemExit(f"error: {e}") from e
         kind = "AOTInductor package" if args.aoti else "torch.export program"
         print(
@@ -387,7 +490,7 @@ def export_main(argv: list[str] | None = None) -> None:
             model, args.output, inputs, check=args.check, atol=args.atol, quantize=args.quantize,
             int8_rtol=args.int8_rtol,
         )  # fmt: skip
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
         raise SystemExit(f"error: {e}") from e
     kind = " int8" if args.quantize else ""
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> logits")

@@ -345,11 +345,11 @@ def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Ca
 
 def optimize(
     model: nn.Module,
-    example_inputs: Sequence[Any],
+    example_inputs: Tensor | Sequence[Any],
     example_kwargs: dict[str, Any] | None = None,
     *,
     training: bool = False,
-    candidates: Sequence[str] | None = None,
+    candidates: str | Sequence[str] | None = None,
     allow_bf16: bool = False,
     allow_int8: bool = False,
     loss_fn: Callable[[Any], Tensor] | None = None,
@@ -365,10 +365,12 @@ def optimize(
 
     Args:
         model: the model, in the mode it will run in (`.eval()` for inference).
-        example_inputs / example_kwargs: a call of the model as it will be used (shapes matter).
+        example_inputs / example_kwargs: a call of the model as it will be used (shapes matter): the positional
+            arguments as a tuple (a single tensor is taken as `(tensor,)`, not iterated over its batch) and keywords.
         training: time a training step (forward + backward of `loss_fn(output)`, default the mean square of the
             outputs; gradients are cleared after each) instead of inference under `torch.no_grad()`.
-        candidates: names to try (default `CANDIDATES["training" | "inference"]`); `eager` is always timed.
+        candidates: names to try (default `CANDIDATES["training" | "inference"]`; one name as a string is that
+            candidate); `eager` is always timed.
         allow_bf16: also try bf16 autocast, where the device computes bf16 natively (it changes the arithmetic).
         allow_int8: also try int8 Linears (inference; torchao): it changes the arithmetic; compared with `int8_rtol`.
         rtol: largest relative difference (max abs error over max abs value) from eager for an fp32 candidate;
@@ -384,8 +386,18 @@ def optimize(
             compiled code and caches.
         verbose: print the report.
     """
+    if isinstance(example_inputs, Tensor):  # one tensor is one argument, not a sequence of its batch rows
+        example_inputs = (example_inputs,)
+    elif isinstance(example_inputs, str | bytes | dict) or not isinstance(example_inputs, Sequence):
+        raise TypeError(
+            f"expected example_inputs as a tuple of the model's positional arguments (or one tensor), got "
+            f"{type(example_inputs).__name__}"
+            + ("; pass keywords as example_kwargs" if isinstance(example_inputs, dict) else "")
+        )
     kwargs = dict(example_kwargs or {})
     mode = "training" if training else "inference"
+    if isinstance(candidates, str):  # one name, not its characters
+        candidates = [candidates]
     names = list(candidates if candidates is not None else CANDIDATES[mode])
     if "eager" not in names:
         names.insert(0, "eager")

@@ -456,6 +456,22 @@ def _run_cli(argv: list[str], from_sys: bool) -> None:
         raise SystemExit(f"error: {e}") from e
     except ValueError as e:
         raise SystemExit(f"error: {_instantiation_error(e)}") from e
+    except FileNotFoundError as e:  # --ckpt_path FILE that does not exist (Lightning's), a missing data file
+        raise SystemExit(f"error: {_missing_file_error(e)}") from e
+
+
+def _missing_file_error(error: FileNotFoundError) -> str:
+    """Lightning's "Checkpoint file not found: PATH" (a `--ckpt_path` that is no file) said as what to change; any
+    other missing file as its own message."""
+    prefix = "Checkpoint file not found:"
+    text = str(error)
+    if not text.startswith(prefix):
+        return text
+    path = text[len(prefix) :].strip()
+    return (
+        f"checkpoint {path} not found (--ckpt_path {path}); give an existing checkpoint file, or 'last' for the "
+        "last checkpoint of the run directory (trainer.default_root_dir)"
+    )
 
 
 def _instantiation_error(error: ValueError) -> str:

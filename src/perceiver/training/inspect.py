@@ -11,7 +11,14 @@ import torch
 from torch import Tensor
 
 from perceiver.training.plots import plot_attention_maps, plot_training_curves
-from perceiver.training.predict import image_geometry, load_image, load_model_dir
+from perceiver.training.predict import (
+    check_file_kinds,
+    image_geometry,
+    load_image,
+    load_model_dir,
+    model_inputs,
+    positive_int,
+)
 
 __all__ = ["attention_main", "cross_attention", "plot_main"]
 
@@ -86,11 +93,22 @@ def attention_main(argv: list[str]) -> None:
     parser.add_argument("-o", "--output", default="attention.png", help="PNG path (default attention.png)")
     parser.add_argument("--latents", type=int, nargs="*", help="latents to show (default: 3 most focused)")
     parser.add_argument("--cross-attend", type=int, default=0, help="which cross-attend (default 0, the first)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     parser.add_argument("--channels", type=int, choices=[1, 3], help="1 = greyscale, 3 = RGB")
     args = parser.parse_args(argv)
     model, info = load_model_dir(args.model_dir)
+    what, kind, _ = model_inputs(model)
+    flow = getattr(model, "model_type", None) == "perceiver-optical-flow"
+    if kind not in (None, "image") or flow:
+        raise SystemExit(
+            f"error: perceiver attention draws the cross-attention of image classifiers (and classic Perceivers) over "
+            f"images; {args.model_dir} holds {what}, which takes {'image pairs' if flow else f'{kind} inputs'}"
+        )
+    check_file_kinds(what, "image", args.images)
     hw, channels = image_geometry(info, model, args.image_size, args.channels)
-    images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in args.images]))
+    try:
+        images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in args.images]))
+    except (ValueError, FileNotFoundError) as e:  # a missing or undecodable image
+        raise SystemExit(f"error: {e}") from e
     out = attention_figure(model, images, args.output, info.get("class_names"), None, args.latents, args.cross_attend)
     print(f"wrote {out}")

@@ -11,7 +11,11 @@
   per pair (`-o`, default `flow.png` / `flow-<i>.png`).
 
 The model folder is anything `perceiver.from_pretrained` loads; `task.json` (written by `perceiver fit`) tells the
-task, input shape and class names. Without it pass `--task` and, for images, `--image-size H W [--channels C]`.
+task, input shape and class names. Without it the model's class tells the task (an optical-flow model: flow), its
+config the image size where it has one; else pass `--task` and, for images, `--image-size H W [--channels C]`.
+Files of another kind than the model takes (by suffix: a text file for an image classifier, an image for a text
+classifier) are an error naming both; so is a model predict does not run (a causal language model: use
+`perceiver generate`; masked LMs, point clouds, multimodal autoencoders, resamplers).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceiver.data._common import IMAGE_EXTENSIONS
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.loading import DTYPE_NAMES
@@ -40,11 +45,78 @@ __all__ = [
     "label_names",
     "load_image",
     "load_model_dir",
+    "model_inputs",
     "predict_flow",
     "predict_main",
 ]
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
+
+#: the kind of files each kind of input is read from, by suffix (lower case); other suffixes are not judged
+FILE_KINDS = {"image": IMAGE_EXTENSIONS, "text": TEXT_SUFFIXES, "audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+
+#: `model_type` -> (what the model is, the kind of input it takes) for the models `perceiver predict` runs
+PREDICTED = {
+    "perceiver-image-classifier": ("an image classifier", "image"),
+    "perceiver-text-classifier": ("a text classifier", "text"),
+    "perceiver-audio-classifier": ("an audio classifier", "audio"),
+    "perceiver-video-classifier": ("a video classifier", "video"),
+    "perceiver-optical-flow": ("an optical-flow model", "image"),
+    "perceiver": ("a classic Perceiver", None),  # its input_axis tells (`model_inputs`)
+}
+#: the same for the models it does not run
+NOT_PREDICTED = {
+    "perceiver-ar": ("a causal language model", "text"),
+    "perceiver-masked-lm": ("a masked language model", "text"),
+    "perceiver-token-classifier": ("a token classifier", "text"),
+    "perceiver-question-answering": ("a question-answering model", "text"),
+    "lucidrains-perceiver-lm": ("a perceiver-pytorch language model", "text"),
+    "perceiver-point-cloud-classifier": ("a point-cloud classifier", "point cloud"),
+    "perceiver_multimodal_autoencoding": ("a multimodal autoencoder", "video + audio + label"),
+    "perceiver-resampler": ("a Perceiver Resampler", "media feature"),
+    "lucidrains-perceiver-io": ("a perceiver-pytorch Perceiver IO", None),
+    "lucidrains-perceiver-block": ("a perceiver-pytorch Perceiver block", None),
+}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (`--top-k`, `--image-size`, ...), else argparse's error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def model_inputs(model: torch.nn.Module) -> tuple[str, str | None, bool]:
+    """`(what the model is, e.g. "an image classifier (PerceiverForImageClassification)", the kind of input it takes:
+    "image", "text", "audio", "video", ... or None when its class does not tell, whether perceiver predict runs it)`.
+    A classic `Perceiver` takes images when `input_axis == 2`; for other classic models task.json tells."""
+    model_type = getattr(model, "model_type", None)
+    what, kind = PREDICTED.get(model_type) or NOT_PREDICTED.get(model_type) or ("a model", None)
+    if model_type == "perceiver" and config_value(getattr(model, "config", None), "input_axis") == 2:
+        kind = "image"
+    return f"{what} ({type(model).__name__})", kind, model_type not in NOT_PREDICTED
+
+
+def file_kind(path: str | Path) -> str | None:
+    """The kind of input a file holds by its suffix (`FILE_KINDS`): image, text, audio, video, or None."""
+    suffix = Path(path).suffix.lower()
+    return next((kind for kind, suffixes in FILE_KINDS.items() if suffix in suffixes), None)
+
+
+def check_file_kinds(what: str, kind: str | None, files: list[str] | list[Path]) -> None:
+    """`SystemExit("error: <what> takes <kind> files, got <file>")` for the first file whose suffix is of another
+    known kind than `kind` (files of unknown suffixes are left to the decoder)."""
+    if kind is None:
+        return
+    for f in files:
+        got = file_kind(f)
+        if got is not None and got != kind:
+            article = "an" if got[0] in "aeiou" else "a"
+            raise SystemExit(f"error: {what} takes {kind} files, got {f} ({article} {got} file)")
 
 
 def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -79,10 +151,14 @@ def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3
 
 
 def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None):
-    """`(H, W), C` from the command line, else `task.json`'s `image_shape`, else the model config's channels."""
+    """`(H, W), C` from the command line, else `task.json`'s `image_shape`, else the model config's `image_size` and
+    channels."""
     shape = info.get("image_shape")
-    hw = tuple(size) if size else (tuple(shape[:2]) if shape else None)
     config = getattr(model, "config", None)
+    built_for = config_value(config, "image_size")
+    if isinstance(built_for, int):
+        built_for = (built_for, built_for)
+    hw = tuple(size) if size else (tuple(shape[:2]) if shape else (tuple(built_for) if built_for else None))
     c = channels or (
         shape[2]
         if shape and len(shape) > 2
@@ -200,12 +276,12 @@ def predict_main(argv: list[str]) -> None:
     )
     parser.add_argument("model_dir", help="model folder (save_pretrained / perceiver fit's RUN_DIR/model)")
     parser.add_argument("files", nargs="+", help="images, videos, sound files, text files, or image pairs for flow")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=positive_int, default=5, help="labels per file (>= 1, default 5)")
     parser.add_argument("--task", choices=["classification", "optical-flow"], help="override task.json")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     parser.add_argument("--channels", type=int, choices=[1, 3], help="1 = greyscale, 3 = RGB")
-    parser.add_argument("--sample-rate", type=int, help="audio: resample to HZ (default: task.json's)")
-    parser.add_argument("--num-samples", type=int, help="audio: clip length in samples (default: task.json's)")
+    parser.add_argument("--sample-rate", type=positive_int, help="audio: resample to HZ (default: task.json's)")
+    parser.add_argument("--num-samples", type=positive_int, help="audio: clip length in samples (default: task.json's)")
     parser.add_argument("-o", "--output", help="flow PNG path (optical flow)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
     parser.add_argument(
@@ -214,16 +290,32 @@ def predict_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     model, info = load_model_dir(args.model_dir, args.dtype)
-    task = args.task or info.get("task") or "classification"
-    if task == "optical-flow":
-        _predict_flow_files(model, args, info)
-        return
-    if task != "classification":
+    what, kind, predicted = model_inputs(model)
+    if not predicted:
+        hint = ""
+        if getattr(model, "model_type", None) == "perceiver-ar":
+            hint = f"; continue a text with it: perceiver generate {args.model_dir} --prompt TEXT"
+        raise SystemExit(
+            f"error: perceiver predict runs image, text, audio and video classifiers and optical-flow models; "
+            f"{args.model_dir} holds {what}, which takes {kind or 'other'} inputs{hint}"
+        )
+    flow_model = getattr(model, "model_type", None) == "perceiver-optical-flow"
+    task = args.task or info.get("task") or ("optical-flow" if flow_model else "classification")
+    if task not in ("classification", "optical-flow"):
         raise SystemExit(f"error: perceiver predict supports classification and optical-flow models, got {task!r}")
+    if (task == "optical-flow") != flow_model and getattr(model, "model_type", None) in PREDICTED:
+        raise SystemExit(f"error: task {task!r} does not fit {what} in {args.model_dir}; leave out --task")
     files = [Path(f) for f in args.files]
     for f in files:
         if not f.is_file():
             raise SystemExit(f"error: file not found: {f}")
+    check_file_kinds(what, kind, files)
+    if task == "optical-flow":
+        try:
+            _predict_flow_files(model, args, info)
+        except (ValueError, FileNotFoundError) as e:  # an undecodable image, frames of another size
+            raise SystemExit(f"error: {e}") from e
+        return
 
     def takes(key: str | None, suffixes: tuple[str, ...]) -> bool:
         """task.json names this kind of input (`key`), or it names no image shape and every file has a suffix of it."""
@@ -254,7 +346,11 @@ def _predict_flow_files(model: torch.nn.Module, args: argparse.Namespace, info: 
     from perceiver.training.plots import save_flow_comparison
 
     if len(args.files) % 2:
-        raise SystemExit(f"error: optical flow needs image pairs (frame 1, frame 2), got {len(args.files)} files")
+        n = len(args.files)
+        raise SystemExit(
+            f"error: an optical-flow model takes image pairs (frame 1, frame 2, frame 1', frame 2', ...), got {n} "
+            f"file{'s' if n > 1 else ''} ({' '.join(args.files)})"
+        )
     size = (
         tuple(args.image_size)
         if args.image_size
