@@ -55,6 +55,22 @@ def test_export_command_writes_and_checks(tmp_path, capsys):
     assert "wrote" in out and "onnxruntime matches PyTorch" in out
 
 
+def test_export_command_takes_the_shape_a_classic_model_was_trained_on(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    model = tiny("perceiver", input_channels=1)
+    folder = model.save_pretrained(tmp_path / "model")
+    (folder / "task.json").write_text(json.dumps({"task": "classification", "image_shape": [8, 8, 1]}))
+    main(["export", str(folder), str(tmp_path / "digits.onnx")])  # as `perceiver fit` leaves a digits model
+    assert "per sample (8, 8, 1)" in capsys.readouterr().out
+    dims = onnx.load(tmp_path / "digits.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims][1:] == [8, 8, 1]
+    main(["export", str(folder), str(tmp_path / "big.onnx"), "--shape", "12", "12", "1"])  # --shape still wins
+    assert "per sample (12, 12, 1)" in capsys.readouterr().out
+
+
 def test_example_inputs_rejects_unknown_models_clearly():
     with pytest.raises(ValueError, match="no example inputs for Linear"):
         example_inputs(torch.nn.Linear(2, 2))

@@ -33,6 +33,7 @@ in C++, without Python or compilation at serving time. Both take any batch size.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -405,6 +406,26 @@ def _onnx_errors(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Ten
     return float((got.float() - expected).abs().max()), float(expected.abs().max())
 
 
+def trained_shape(model: nn.Module, model_dir: str | os.PathLike) -> tuple[int, ...] | None:
+    """The per-sample input shape a classic `Perceiver` was trained on, from the `task.json` `perceiver fit` writes
+    beside it (`image_shape` `(H, W, C)`, `video_shape` `(T, H, W, C)`, or `num_samples` for 1-D inputs), so that
+    `perceiver export runs/digits/model` takes 8 x 8 x 1 digits rather than the 224 x 224 default; None otherwise
+    (Perceiver IO models carry their input size in their config)."""
+    from perceiver.models.classic import Perceiver
+
+    info_file = Path(model_dir) / "task.json"
+    if not isinstance(model, Perceiver) or not info_file.is_file():
+        return None
+
+    info, c = json.loads(info_file.read_text()), model.config
+    key = {1: "num_samples", 2: "image_shape", 3: "video_shape"}.get(c.input_axis)
+    value = info.get(key)
+    if value is None:
+        return None
+    shape = (int(value), c.input_channels) if key == "num_samples" else tuple(int(v) for v in value)
+    return shape if len(shape) == c.input_axis + 1 and shape[-1] == c.input_channels else None
+
+
 def export_main(argv: list[str] | None = None) -> None:
     """`perceiver export MODEL_DIR OUT.onnx [--check] [--batch-size N] [--shape D ...]`, `perceiver export MODEL_DIR
     OUT.pt2 [--aoti] [--check]`, or `perceiver export MODEL_DIR OUT_DIR --transformers` (a transformers model folder)."""
@@ -432,7 +453,13 @@ def export_main(argv: list[str] | None = None) -> None:
         "--check", action="store_true", help="compare onnxruntime (or the loaded .pt2) with PyTorch on random inputs"
     )
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of the example inputs (default 2)")
-    parser.add_argument("--shape", type=int, nargs="+", help="per-sample input shape (default: the model's own)")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs="+",
+        help="per-sample input shape (default: the model's own; for a classic Perceiver trained by perceiver fit, "
+        "the shape in its task.json)",
+    )
     parser.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by --check")
     parser.add_argument(
         "--quantize",
@@ -469,7 +496,7 @@ def export_main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.output}: transformers' {type(hf).__name__}, outputs equal to ours within {args.atol}")
         return
     try:
-        inputs = example_inputs(model, args.batch_size, args.shape)
+        inputs = example_inputs(model, args.batch_size, args.shape or trained_shape(model, args.model_dir))
     except ValueError as e:  # a model without example inputs (pass them from Python), --batch-size 0
         raise SystemExit(f"error: {e}") from e
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)

@@ -84,8 +84,9 @@ def test_the_callers_model_keeps_its_dtype_and_mode():
         ("text-classifier", {"num_cross_attends": 2}, "one cross-attention, .* num_cross_attends=2"),
         ("vision-perceiver-fourier", {"image_size": [16, 12]}, "square images, this model takes 16x12"),
         ("optical-flow-perceiver", {"projection_hidden": 16}, r"none of our flow options; .*'projection_hidden': 16"),
-        # transformers hard-codes its MLM decoder's 8 heads: same shapes, other numbers, caught by the output check
-        ("language-perceiver", {"decoder_heads": 2}, "PerceiverForMaskedLM built from this .* gives other outputs"),
+        # transformers hard-codes its MLM decoder (8 heads, 256 query / key channels): named before any weight moves
+        ("language-perceiver", {"decoder_heads": 2}, r"hard-codes its decoder: .* has \{'num_heads': 2\}"),
+        ("language-perceiver", {"decoder_qk_channels": 64}, r"decoder has \{'qk_channels': 64\}"),
     ],
 )
 def test_models_transformers_cannot_express_are_refused(name, overrides, match):

@@ -114,6 +114,15 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
         a = model.config.adapter
         fields |= dict(vocab_size=a.vocab_size, max_position_embeddings=a.max_seq_len, d_model=a.num_channels)
         if isinstance(model, PerceiverForMaskedLM):
+            d = model.config.decoder
+            hard_coded = dict(num_heads=8, qk_channels=256, v_channels=None, widening_factor=1, use_query_residual=False)
+            other = {k: getattr(d, k) for k, v in hard_coded.items() if getattr(d, k) != v}
+            if other:
+                raise ValueError(
+                    "transformers' PerceiverForMaskedLM hard-codes its decoder: 8 heads, 256 query / key channels "
+                    "(8 x 32), values as wide as d_model, MLP widening 1, no query residual; this model's decoder has "
+                    f"{other} (the presets' decoder_heads / decoder_qk_channels keywords)"
+                )
             return "PerceiverForMaskedLM", fields
         return "PerceiverForSequenceClassification", fields | dict(num_labels=model.num_classes)
     if isinstance(model, PerceiverForOpticalFlow):
