@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import inputs, tiny
+from tiny_models import TEXT, inputs, tiny
 
 import perceiver
 from perceiver.checks import InputTypeError
 
-TOKEN_HEADS = dict(
-    max_seq_len=16,
-    d_model=16,
-    num_latents=4,
-    latent_dim=16,
-    num_self_attends_per_block=1,
-    cross_heads=1,
-    latent_heads=2,
-    cross_qk_channels=8,
-    cross_v_channels=16,
-    latent_qk_channels=8,
-    latent_v_channels=16,
-    decoder_heads=2,
-    decoder_qk_channels=8,
-)
+TOKEN_HEADS = dict(TEXT, decoder_heads=2, decoder_qk_channels=8)  # the tiny text encoder, a token head
 
 
 def _classifier(name):
