@@ -202,8 +202,8 @@ def test_pad_takes_encodings_as_transformers_collators_pass_them(tok, hf):
     for bad, match in (
         (["ab", "c"], "got an element of type str; encode text"),
         (None, "got NoneType"),
-        ([{"ids": [1]}], r"rows \[0\] have none"),
-        ({"labels": [1]}, "with 'input_ids', got keys \\['labels'\\]"),
+        ([{"ids": [1]}], r"with 'input_ids' \(every row\), got keys \['ids'\]"),
+        ({"labels": [1]}, r"with 'input_ids' \(every row\), got keys \['labels'\]"),
     ):
         with pytest.raises(ValueError, match=match):
             tok.pad(bad)

@@ -42,34 +42,24 @@ def encode_bytes(text: str) -> list[int]:
 def _id_lists(sequences: Any) -> tuple[list[list[int]], dict[str, Any]]:
     """The id lists of `pad`'s argument and its other keys: id lists, a list of encodings (dicts with
     "input_ids") or one encoding of lists. A ValueError names what came otherwise."""
+    if isinstance(sequences, Sequence) and sequences and all(isinstance(r, Mapping) for r in sequences):
+        sequences = {k: [r.get(k) for r in sequences] for k in sequences[0]}  # rows -> columns, as transformers
     extra: dict[str, Any] = {}
-    if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
-        raise ValueError(f"pad takes a list of token id lists (or of encodings), got {type(sequences).__name__}")
     if isinstance(sequences, Mapping):
-        if "input_ids" not in sequences:
-            raise ValueError(f"pad takes an encoding with 'input_ids', got keys {list(sequences)}")
+        if "input_ids" not in sequences or any(ids is None for ids in sequences["input_ids"]):
+            raise ValueError(f"pad takes encodings with 'input_ids' (every row), got keys {list(sequences)}")
         extra = {k: v for k, v in sequences.items() if k not in ("input_ids", "attention_mask")}
         sequences = sequences["input_ids"]
-    elif isinstance(sequences, Sequence) and sequences and all(isinstance(r, Mapping) for r in sequences):
-        missing = [i for i, r in enumerate(sequences) if "input_ids" not in r]
-        if missing:
-            raise ValueError(f"pad takes encodings with 'input_ids'; rows {missing[:5]} have none")
-        keys = [k for k in sequences[0] if k not in ("input_ids", "attention_mask")]
-        extra = {k: [r[k] for r in sequences] for k in keys}
-        sequences = [r["input_ids"] for r in sequences]
-    if isinstance(sequences, torch.Tensor):
-        sequences = sequences.tolist()
-    seqs = []
-    for s in sequences:
-        if isinstance(s, torch.Tensor):
-            s = s.tolist()
+    if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
+        raise ValueError(f"pad takes a list of token id lists (or of encodings), got {type(sequences).__name__}")
+    seqs = [s.tolist() if isinstance(s, torch.Tensor) else s for s in sequences]
+    for s in seqs:
         if isinstance(s, str | bytes) or not isinstance(s, Iterable):
             raise ValueError(
                 "pad takes lists of token ids (or encodings with 'input_ids'), got an element of type "
                 f"{type(s).__name__}; encode text with the tokenizer first"
             )
-        seqs.append(list(s))
-    return seqs, extra
+    return [list(s) for s in seqs], extra
 
 
 def decode_bytes(ids: Iterable[int]) -> str:

@@ -417,7 +417,7 @@ def _dispatch(argv: list[str], from_sys: bool) -> None:
 
         return generate_main(argv[1:])
     if argv and argv[0] == "export":
-        from perceiver.export import export_main
+        from perceiver.training.export_command import export_main
 
         return export_main(argv[1:])
     if argv and argv[0] == "attention":
