@@ -115,7 +115,9 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
         fields |= dict(vocab_size=a.vocab_size, max_position_embeddings=a.max_seq_len, d_model=a.num_channels)
         if isinstance(model, PerceiverForMaskedLM):
             d = model.config.decoder
-            hard_coded = dict(num_heads=8, qk_channels=256, v_channels=None, widening_factor=1, use_query_residual=False)
+            hard_coded = dict(
+                num_heads=8, qk_channels=256, v_channels=None, widening_factor=1, use_query_residual=False
+            )
             other = {k: getattr(d, k) for k, v in hard_coded.items() if getattr(d, k) != v}
             if other:
                 raise ValueError(
