@@ -200,7 +200,7 @@ def test_pad_takes_encodings_as_transformers_collators_pass_them(tok, hf):
     as_lists = tok.pad({"input_ids": [r["input_ids"] for r in rows], "labels": [0, 1, 2]})
     assert as_lists["input_ids"] == ours["input_ids"].tolist() and as_lists["labels"] == [0, 1, 2]
     for bad, match in (
-        (["ab", "c"], "got an element of type str; encode text"),
+        (["ab", "c"], "got an element of type str; encode text first"),
         (None, "got NoneType"),
         ([{"ids": [1]}], r"with 'input_ids' \(every row\), got keys \['ids'\]"),
         ({"labels": [1]}, r"with 'input_ids' \(every row\), got keys \['labels'\]"),

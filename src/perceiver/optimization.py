@@ -386,18 +386,15 @@ def optimize(
             compiled code and caches.
         verbose: print the report.
     """
-    if isinstance(example_inputs, Tensor):  # one tensor is one argument, not a sequence of its batch rows
-        example_inputs = (example_inputs,)
-    elif isinstance(example_inputs, str | bytes | dict) or not isinstance(example_inputs, Sequence):
+    example_inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else example_inputs  # not its rows
+    if isinstance(example_inputs, str | bytes | dict) or not isinstance(example_inputs, Sequence):
+        hint = "; pass keywords as example_kwargs" if isinstance(example_inputs, dict) else ""
         raise TypeError(
-            f"expected example_inputs as a tuple of the model's positional arguments (or one tensor), got "
-            f"{type(example_inputs).__name__}"
-            + ("; pass keywords as example_kwargs" if isinstance(example_inputs, dict) else "")
+            f"expected example_inputs as a tuple (or one tensor), got {type(example_inputs).__name__}{hint}"
         )
     kwargs = dict(example_kwargs or {})
     mode = "training" if training else "inference"
-    if isinstance(candidates, str):  # one name, not its characters
-        candidates = [candidates]
+    candidates = [candidates] if isinstance(candidates, str) else candidates  # one name, not its characters
     names = list(candidates if candidates is not None else CANDIDATES[mode])
     if "eager" not in names:
         names.insert(0, "eager")

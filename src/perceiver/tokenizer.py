@@ -10,8 +10,6 @@ bytes, unless ``split_special_tokens=True``. Padding, truncation (``longest_firs
 ``only_second``), ``max_length`` defaults and the attention mask follow transformers exactly, with one deliberate
 difference: where transformers silently returns a sequence longer than ``max_length`` (``max_length`` smaller than the
 special tokens, or an ``only_*`` strategy that cannot remove enough), this tokenizer raises a ``ValueError``.
-
-Pure Python; torch only for ``return_tensors="pt"``.
 """
 
 from __future__ import annotations
@@ -53,12 +51,9 @@ def _id_lists(sequences: Any) -> tuple[list[list[int]], dict[str, Any]]:
     if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
         raise ValueError(f"pad takes a list of token id lists (or of encodings), got {type(sequences).__name__}")
     seqs = [s.tolist() if isinstance(s, torch.Tensor) else s for s in sequences]
-    for s in seqs:
-        if isinstance(s, str | bytes) or not isinstance(s, Iterable):
-            raise ValueError(
-                "pad takes lists of token ids (or encodings with 'input_ids'), got an element of type "
-                f"{type(s).__name__}; encode text with the tokenizer first"
-            )
+    bad = [type(s).__name__ for s in seqs if isinstance(s, str | bytes) or not isinstance(s, Iterable)]
+    if bad:
+        raise ValueError(f"pad takes lists of token ids, got an element of type {bad[0]}; encode text first")
     return [list(s) for s in seqs], extra
 
 
@@ -418,9 +413,7 @@ class ByteTokenizer:
         if isinstance(ids, int):
             ids = [ids]
         if not isinstance(ids, Iterable) or isinstance(ids, str | bytes):
-            raise InputTypeError(
-                f"expected token ids (an int, a list of ints or a 1-D tensor), got {type(ids).__name__}"
-            )
+            raise InputTypeError(f"expected token ids (an int, a list of ints, a 1-D tensor), got {type(ids).__name__}")
         out = bytearray()
         for raw in ids:
             try:
