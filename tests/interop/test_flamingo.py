@@ -81,3 +81,19 @@ def test_outputs_equal_transformers_idefics2_resampler():
         expected = peer(media, mask)
         got = ours(media, mask.bool()).last_hidden_state
     assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS)
+def test_flamingo_pytorch_keywords_build_the_same_resampler(kwargs):
+    """`PerceiverResampler(**kwargs)` with flamingo-pytorch's keywords (`heads`, `dim_head`, its defaults for the
+    rest) is the model `from_flamingo_pytorch` builds: the peer's weights load into it and give its outputs."""
+    peer = _peer(kwargs, seed=2)
+    ours = PerceiverResampler(**kwargs).eval()
+    reference = PerceiverResampler.from_flamingo_pytorch(peer, **kwargs)
+    assert ours.config == reference.config
+    ours.load_state_dict(reference.state_dict())
+    media = torch.randn(2, 2, 5, kwargs["dim"])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(media).last_hidden_state, peer(media), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pass num_heads or flamingo-pytorch's name heads for it, not both"):
+        PerceiverResampler(dim=32, heads=2, num_heads=2)

@@ -137,6 +137,9 @@ class ResamplerLayer(nn.Module):
         return latents + self.ff(latents)
 
 
+#: flamingo-pytorch's keyword names of our config fields (`PerceiverResampler(heads=8, dim_head=64)`)
+FLAMINGO_NAMES = {"heads": "num_heads", "dim_head": "head_dim"}
+
 #: the resampler returns the library's one output type with `last_hidden_state` (and no logits)
 PerceiverResamplerOutput = ModelOutput
 
@@ -161,8 +164,15 @@ class PerceiverResampler(PerceiverModel):
 
     def __init__(self, config: PerceiverResamplerConfig | None = None, **kwargs: Any) -> None:
         """`PerceiverResampler(config)` or `PerceiverResampler(dim=..., depth=..., ...)` with
-        `PerceiverResamplerConfig`'s fields as keywords (the defaults for those not given); not both."""
+        `PerceiverResamplerConfig`'s fields as keywords (the defaults for those not given); not both.
+        flamingo-pytorch's names `heads` and `dim_head` are accepted for `num_heads` and `head_dim`, so its
+        `PerceiverResampler(dim=1024, depth=2, dim_head=64, heads=8, num_latents=64)` builds the same layers here (its
+        weights: `from_flamingo_pytorch`)."""
         super().__init__()
+        for peer, ours in FLAMINGO_NAMES.items():
+            if peer in kwargs and ours in kwargs:
+                raise ValueError(f"pass {ours} or flamingo-pytorch's name {peer} for it, not both")
+        kwargs = {FLAMINGO_NAMES.get(k, k): v for k, v in kwargs.items()}
         c = self.config = config_argument(PerceiverResamplerConfig, config, kwargs)
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.dim))
         self.media_pos_emb = nn.Parameter(torch.empty(c.num_media_embeds, 1, c.dim)) if c.num_media_embeds else None
