@@ -73,13 +73,20 @@ model.save_pretrained(sys.argv[1])
 loaded = perceiver.from_pretrained(sys.argv[1])
 x = torch.randn(2, 6, 6, 3)
 assert torch.equal(model.eval()(x), loaded.eval()(x))
+for call in (lambda: perceiver.from_pretrained("owner/name"), lambda: model.push_to_hub("owner/name")):
+    try:
+        call()
+        raise AssertionError("the Hub was reached without huggingface_hub")
+    except ImportError as e:  # the extra that brings it is named
+        assert "pip install 'perceiver-torch[hub]'" in str(e), e
 print("blocked:", sorted(blocked))
 """
 
 
 def test_the_base_install_saves_and_loads_a_model(tmp_path):
     """`pip install perceiver-torch` alone (torch, safetensors and what they declare) must build, save and load a
-    model: safetensors' torch writer imports numpy, which torch no longer installs, so numpy is a base dependency.
+    model: safetensors' torch writer imports numpy, which torch no longer installs, so numpy is a base dependency;
+    the Hub functions name the extra they need.
     Every import outside the declared base dependencies (and the standard library) fails in this process."""
     script = tmp_path / "check.py"
     script.write_text(BASE_INSTALL_CHECK)

@@ -386,7 +386,10 @@ class PretrainedMixin:
     ) -> str:
         """Upload `config.json`, `model.safetensors` and a model card (`README.md`) to the Hub repo `repo_id`
         (created if needed) with huggingface_hub; returns the commit URL."""
-        from huggingface_hub import HfApi, ModelCard, ModelCardData
+        try:
+            from huggingface_hub import HfApi, ModelCard, ModelCardData
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("push_to_hub needs huggingface_hub: pip install 'perceiver-torch[hub]'") from e
 
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

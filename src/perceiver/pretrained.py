@@ -112,7 +112,10 @@ def resolve(path_or_id: str | os.PathLike, **hub_options: Any) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{name!r} is not a local folder; install huggingface_hub to fetch it") from e
+        raise ImportError(
+            f"{name!r} is not a local folder; fetching it from the Hub needs huggingface_hub: "
+            "pip install 'perceiver-torch[hub]'"
+        ) from e
     patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json"]
     patterns += ["adapter_config.json", "perceiver_adapter.json"]  # LoRA adapter folders (perceiver.lora)
     try:
