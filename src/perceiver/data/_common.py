@@ -261,9 +261,16 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, gra
 
 def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
     """A Pillow image as float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
-    with bilinear filtering (aspect ratio not preserved) when given."""
+    with bilinear filtering (aspect ratio not preserved) when given. 16-bit grey images (and 32-bit integer ones,
+    read as 16-bit) are scaled by 1/65535, not clipped at 255."""
     from PIL import Image
 
+    if image.mode.startswith("I"):  # 16-bit (I;16...) or 32-bit integer grey: convert() would clip it at 255
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0), "F")
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        grey = np.array(image, dtype=np.float32)[..., None]  # a writable copy (torch.from_numpy)
+        return grey if grayscale else np.repeat(grey, 3, axis=-1)
     image = image.convert("L" if grayscale else "RGB")
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)

@@ -4,10 +4,11 @@
     root/<class_a>/sub/yyy.flac     (searched recursively)
     root/<class_b>/zzz.ogg
 
-Classes are the sorted sub-folder names of `root` (hidden folders skipped). Files are sound files by extension
-(`AUDIO_EXTENSIONS`: what libsndfile reads, through `soundfile`); others are ignored. Each file is decoded to float32,
-mixed down to mono, and resampled to `sample_rate` (`scipy.signal.resample_poly`, polyphase with an anti-aliasing
-filter). Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of `seed`).
+Classes are the sorted sub-folder names of `root` (at least two; hidden folders and `__MACOSX` skipped). Files are
+sound files by extension (`AUDIO_EXTENSIONS`: what libsndfile reads, through `soundfile`); others are ignored. Each
+file is decoded to float32, mixed down to mono, and resampled to `sample_rate` (`scipy.signal.resample_poly`,
+polyphase with an anti-aliasing filter). Validation is `val_root` or a stratified `val_fraction` of `root` (fixed,
+independent of `seed`).
 
 Clips are `num_samples` long: a longer file is cropped (training with `augment`: at a random offset drawn from
 `(seed, epoch, index)`, with a random gain of up to +-6 dB; otherwise its centre), a shorter one is zero-padded at the
@@ -54,16 +55,21 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int, name: str | None =
     """Decode a sound file (a path, or an open binary file `name`d in errors) to mono float32 `(S,)` at
     `sample_rate` Hz (channels averaged, resampled polyphase).
 
-    `ValueError` naming the file if libsndfile cannot decode it, or if it holds no samples."""
+    `ValueError` naming the file if libsndfile cannot decode it, or if it holds no samples or non-finite ones."""
     sf = _soundfile()
     name = name or str(path)
     try:
         source = path if hasattr(path, "read") else str(path)
         data, rate = sf.read(source, dtype="float32", always_2d=True)  # (S, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        raise ValueError(f"cannot decode audio file {name}: {e}") from e
+        reason = str(e)
+        if "does not exist" in reason and (hasattr(path, "read") or Path(path).is_file()):
+            reason = "not a sound file libsndfile recognises"  # its message for an unknown format misleads
+        raise ValueError(f"cannot decode audio file {name}: {reason}") from e
     if data.shape[0] == 0:
         raise ValueError(f"audio file {name} has no samples")
+    if not np.isfinite(data).all():
+        raise ValueError(f"audio file {name} has NaN or infinite samples (expected finite values)")
     wave = data.mean(axis=1)
     if rate != sample_rate:
         from scipy.signal import resample_poly

@@ -4,11 +4,11 @@
     root/<class_a>/sub/yyy.jpg      (searched recursively)
     root/<class_b>/zzz.jpeg
 
-Classes are the sorted sub-folder names of `root` (hidden folders skipped). Files are images by extension
-(`IMAGE_EXTENSIONS`, case-insensitive); other files are ignored. Images are decoded with Pillow, converted to RGB
-(or L with `grayscale=True`) and resized to `image_size` with bilinear filtering (aspect ratio not preserved).
-Validation is `val_root` (same layout, a subset of the classes) or a stratified `val_fraction` of `root` (fixed,
-independent of `seed`); `test_root` is optional.
+Classes are the sorted sub-folder names of `root` (at least two; hidden folders and macOS's `__MACOSX` skipped).
+Files are images by extension (`IMAGE_EXTENSIONS`, case-insensitive); other files are ignored. Images are decoded
+with Pillow, converted to RGB (or L with `grayscale=True`) and resized to `image_size` with bilinear filtering
+(aspect ratio not preserved). Validation is `val_root` (same layout, a subset of the classes) or a stratified
+`val_fraction` of `root` (fixed, independent of `seed`); `test_root` is optional.
 
 `setup()` checks the data before training starts: `FileNotFoundError` for a missing root, `ValueError` naming the
 folder for a class folder with no images (or a `val_root` / `test_root` class unknown to `root`), and naming the
@@ -47,9 +47,15 @@ from perceiver.data.digits import shift_image
 SPLIT_SEED = 0
 
 
+def _skipped(name: str) -> bool:
+    """A hidden file or folder, or the `__MACOSX` folder of a zip made on macOS (resource forks, not data)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def list_classes(root: Path, files: str = "image files") -> list[str]:
-    """Sorted non-hidden sub-folder names of `root`; `ValueError` naming `root` if there are none."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Sorted sub-folder names of `root` (hidden ones and `__MACOSX` skipped); `ValueError` naming `root` if there
+    are none."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _skipped(p.name))
     if not classes:
         raise ValueError(f"no class folders in {root} (expected {root}/<class>/<{files}>)")
     return classes
@@ -62,7 +68,7 @@ def list_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> 
         for p in folder.rglob("*")
         if p.is_file()
         and p.suffix.lower() in extensions
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not any(_skipped(part) for part in p.relative_to(folder).parts)
     )
 
 
@@ -175,6 +181,10 @@ class ClassFolderDataModule(BaseDataModule):
         self.val_root = require_dir(val_root, f"validation {noun} folder") if val_root is not None else None
         self.test_root = require_dir(test_root, f"test {noun} folder") if test_root is not None else None
         self.class_names = list_classes(self.root, self.kind if self.kind.endswith("files") else f"{noun} files")
+        if len(self.class_names) < 2:
+            raise ValueError(
+                f"expected at least 2 class folders in {self.root} (one per class), got 1: {self.class_names[0]!r}"
+            )
         self.num_classes = len(self.class_names)
         self.val_fraction, self.augment = val_fraction, augment
 

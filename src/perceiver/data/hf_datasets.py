@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, image_array, stratified_split
+from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, image_array, load_image, stratified_split
 from perceiver.data.audio_folder import AudioFileDataset, load_audio
 from perceiver.data.folders import SPLIT_SEED, ImageFileDataset
 
@@ -89,8 +89,8 @@ def _feature_column(features: Any, kind: str, given: str | None, role: str, sour
 
 
 class HFImageDataset(ImageFileDataset):
-    """Rows of a `datasets.Dataset` holding images; items `{"inputs": (H, W, C), "labels": ()}` (see the module
-    docstring)."""
+    """Rows of a `datasets.Dataset` holding images (an `Image` column read undecoded: `{"bytes", "path"}`, so that an
+    image Pillow cannot decode is named); items `{"inputs": (H, W, C), "labels": ()}` (see the module docstring)."""
 
     def __init__(
         self,
@@ -102,11 +102,27 @@ class HFImageDataset(ImageFileDataset):
         augment: bool = False,
         seed: int = 0,
     ) -> None:
+        import datasets
+
         self.column = column
-        super().__init__(rows.select_columns([column]), labels, size, grayscale, augment, seed)
+        rows = rows.select_columns([column])
+        if type(rows.features[column]).__name__ == "Image":
+            rows = rows.cast_column(column, datasets.Image(decode=False))
+        super().__init__(rows, labels, size, grayscale, augment, seed)
 
     def _load(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(image_array(self.files[index][self.column], self.size, self.grayscale))
+        stored = self.files[index][self.column]
+        if not isinstance(stored, dict):  # already a Pillow image (a column that is not an `Image` feature)
+            return torch.from_numpy(image_array(stored, self.size, self.grayscale))
+        if stored.get("bytes"):
+            source, name = io.BytesIO(stored["bytes"]), stored.get("path") or f"row {index}"
+            try:
+                return torch.from_numpy(load_image(source, self.size, self.grayscale))
+            except ValueError as e:
+                cause = e.__cause__
+                reason = f"{type(cause).__name__}: {str(cause).replace(repr(source), name)}"
+                raise ValueError(f"image cannot be decoded: {name} ({reason})") from cause
+        return torch.from_numpy(load_image(stored["path"], self.size, self.grayscale))
 
 
 class HFAudioDataset(AudioFileDataset):
@@ -191,7 +207,16 @@ class HFClassificationDataModule(BaseDataModule):
             self._to_id: dict[Any, int] | None = None
         else:
             values = self.splits[train_split].unique(self.label_column)
+            if None in values:
+                row = self.splits[train_split][self.label_column].index(None)
+                raise ValueError(
+                    f"{path}: split {train_split!r} row {row}: label column {self.label_column!r} is empty"
+                )
             self.class_names = sorted(str(v) for v in values)
+            if len(self.class_names) < 2:
+                raise ValueError(
+                    f"{path}: expected at least 2 classes in label column {self.label_column!r}, got {self.class_names}"
+                )
             self._to_id = {name: i for i, name in enumerate(self.class_names)}
         self.num_classes = len(self.class_names)
         self.source = path

@@ -21,7 +21,8 @@ Attributes available right after construction (the files are read on first acces
 `class_names`, `vocab_size = 262`, `max_seq_len`, `pad_token_id = 0`.
 
 Errors (`FileNotFoundError` / `ValueError`, naming the file or field): a missing file (in the constructor), an
-unreadable file, a missing text / label field, an empty text or label value, a label unknown to the training file.
+unreadable file, a missing text / label field, an empty text or label value, a label unknown to the training file,
+fewer than 2 classes found in the training labels.
 """
 
 from __future__ import annotations
@@ -103,7 +104,16 @@ def read_table(path: str | Path, fields: list[str], cache_dir: str | None = None
             builder, data_files={"train": str(p)}, split="train", cache_dir=cache_dir, **kwargs
         )
     except Exception as e:
-        raise ValueError(f"{p}: cannot be read as {builder} ({type(e).__name__}: {e})") from e
+        chain: list[BaseException] = [e]  # datasets wraps the parser's error in a DatasetGenerationError
+        while len(chain) < 10 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        for cause in chain:
+            if isinstance(cause, UnicodeDecodeError):
+                raise ValueError(f"{p}: expected UTF-8 text, got bytes that are not ({cause})") from e
+        cause = next((c for c in chain if type(c).__name__ != "DatasetGenerationError"), e)
+        if "corresponds to no data" in str(cause):  # a header and no rows
+            raise ValueError(f"{p}: no rows") from e
+        raise ValueError(f"{p}: cannot be read as {builder} ({type(cause).__name__}: {cause})") from e
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
@@ -242,6 +252,8 @@ class TextClassificationDataModule(BaseDataModule):
             for i, text in enumerate(cols[self.text_field]):
                 if not isinstance(text, str):
                     raise ValueError(f"{self.files[split]}: row {i}: field {self.text_field!r} is {text!r}, not a text")
+                if not text.strip():
+                    raise ValueError(f"{self.files[split]}: row {i}: field {self.text_field!r} is empty")
         names = self._class_names or self._infer_classes(raw["train"][self.label_field], self.files["train"])
         self._class_names = names
         to_id = {name: i for i, name in enumerate(names)}
@@ -281,8 +293,12 @@ class TextClassificationDataModule(BaseDataModule):
         if all(i is not None for i in ints):
             if min(ints) < 0:  # type: ignore[type-var]
                 raise ValueError(f"{path}: integer labels in field {self.label_field!r} must be >= 0, got {min(ints)}")
-            return [str(i) for i in range(max(ints) + 1)]  # type: ignore[type-var, operator]
-        return sorted({str(v).strip() for v in labels})
+            names = [str(i) for i in range(max(ints) + 1)]  # type: ignore[type-var, operator]
+        else:
+            names = sorted({str(v).strip() for v in labels})
+        if len(names) < 2:
+            raise ValueError(f"{path}: expected at least 2 classes in field {self.label_field!r}, got {names}")
+        return names
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

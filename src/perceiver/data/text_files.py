@@ -51,6 +51,11 @@ def expand_files(files: Files, split: str) -> list[Path]:
         matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
+            if Path(pattern).expanduser().is_dir():
+                hint = str(Path(pattern) / "**" / "*.txt")
+                raise FileNotFoundError(
+                    f"expected {split} files, got the folder {str(pattern)!r}; give a glob: {hint!r}"
+                )
             raise FileNotFoundError(f"no {split} file matches {str(pattern)!r}")
         out += [Path(m) for m in matches]
     return out
@@ -65,7 +70,7 @@ def read_documents(paths: list[Path], text_field: str) -> list[str]:
             docs += [str(text) for text in column if text is not None]
             continue
         try:
-            docs.append(path.read_text(encoding="utf-8"))
+            docs.append(path.read_text(encoding="utf-8-sig"))  # -sig: a leading byte order mark is not text
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: expected UTF-8 text, got bytes that are not ({e})") from None
     return docs

@@ -4,10 +4,11 @@
     root/<class_a>/sub/yyy.avi      (searched recursively)
     root/<class_b>/zzz.webm
 
-Classes are the sorted sub-folder names of `root` (hidden folders skipped). Files are videos by extension
-(`VIDEO_EXTENSIONS`), decoded with FFmpeg through PyAV (`av`); every frame is converted to RGB and resized to
-`image_size` (bilinear, aspect ratio not preserved) as it is decoded, so a long video never sits in memory at full
-resolution. Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of `seed`).
+Classes are the sorted sub-folder names of `root` (at least two; hidden folders and `__MACOSX` skipped). Files are
+videos by extension (`VIDEO_EXTENSIONS`), decoded with FFmpeg through PyAV (`av`); every frame is converted to RGB
+and resized to `image_size` (bilinear, aspect ratio not preserved) as it is decoded, so a long video never sits in
+memory at full resolution. Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of
+`seed`).
 
 A clip is `num_frames` frames spread over the whole video (segment sampling, as TSN): the video is cut into
 `num_frames` equal segments and each gives one frame, its middle one in evaluation, a random one in training with
