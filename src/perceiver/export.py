@@ -127,7 +127,8 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
 
 def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tuple[Tensor, ...]:
     """The export's positional inputs: `example_inputs(model, 2)` for None, `(inputs,)` for one tensor (as
-    `torch.onnx.export` takes it; iterating it would split its batch), else `tuple(inputs)` of tensors."""
+    `torch.onnx.export` takes it; iterating it would split its batch), else `tuple(inputs)` of tensors. A batch of
+    1 is repeated to 2: torch.export specialises a size-1 dimension, and the graph is to take any batch."""
     if inputs is None:
         return example_inputs(model, 2)
     if isinstance(inputs, Tensor):
@@ -140,6 +141,8 @@ def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tu
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"expected inputs as a tuple of tensors, got {type(x).__name__} at position {i}")
+    if inputs[0].shape[0] == 1:
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
     return inputs
 
 
@@ -194,8 +197,6 @@ def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     """
     model = model.eval()
     inputs = _as_inputs(model, inputs)
-    if inputs[0].shape[0] == 1:
-        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
     try:
         return torch.export.export(LogitsOnly(model).eval(), inputs, dynamic_shapes=_dynamic_batch(inputs))
     except Exception as e:  # the model's own error on bad inputs, with concrete shapes
@@ -227,8 +228,6 @@ def export_onnx(
     _check_batch_sizes(check_batch_sizes)
     model = model.eval()
     inputs = _as_inputs(model, inputs)
-    if inputs[0].shape[0] == 1:
-        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"expected the path of the .onnx file to write, got the folder {str(path)!r}")

@@ -99,18 +99,17 @@ def check_labels(labels: object, name: str = "labels") -> Tensor:
     return labels
 
 
-def check_class_ids(labels: Tensor, num_classes: int, name: str = "labels", ignore_index: int | None = -100) -> Tensor:
-    """Integer class ids, each in `[0, num_classes)` or `ignore_index`: a `ValueError` naming the range and the
-    values that came (PyTorch's own is "Target 7 is out of bounds", or a device-side assert on CUDA). The value check
-    is a host sync, so it runs in eager mode only, as the token-id check of the inputs."""
+def check_class_ids(labels: Tensor, num_classes: int, name: str = "labels") -> Tensor:
+    """Integer class ids, each in `[0, num_classes)` or -100 (ignored, `F.cross_entropy`'s default): a `ValueError`
+    naming the range and the values that came (PyTorch's own is "Target 7 is out of bounds", or a device-side assert
+    on CUDA). The value check is a host sync, so it runs in eager mode only, as the token-id check of the inputs."""
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise InputTypeError(f"expected {name} as integer class ids (e.g. torch.long), got dtype {labels.dtype}")
     if labels.numel() and not torch.compiler.is_compiling():
-        valid = labels if ignore_index is None else labels[labels != ignore_index]
+        valid = labels[labels != -100]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
-            ignored = "" if ignore_index is None else f" or {ignore_index} (ignored)"
             raise ValueError(
-                f"expected {name} in [0, {num_classes}){ignored} for {num_classes} classes, "
+                f"expected {name} in [0, {num_classes}) or -100 (ignored) for {num_classes} classes, "
                 f"got values in [{int(valid.min())}, {int(valid.max())}]"
             )
     return labels

@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -247,16 +247,26 @@ def check_image(path: str | os.PathLike, mode: ImageCheck = "decode") -> None:
         raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike | BinaryIO,
+    size: tuple[int, int] | None = None,
+    grayscale: bool = False,
+    name: str | None = None,
+) -> np.ndarray:
     """Decode an image to float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
-    with bilinear filtering (aspect ratio not preserved) when given. Raises `ValueError` naming the file."""
+    with bilinear filtering (aspect ratio not preserved) when given. Raises `FileNotFoundError` / `ValueError` naming
+    the file (`name` for a file-like `path`, e.g. stored bytes)."""
     from PIL import Image
 
+    name = str(path) if name is None else name
     try:
         with Image.open(path) as im:
             return image_array(im, size, grayscale)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"image not found: {name}") from e
     except Exception as e:
-        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+        reason = str(e).replace(repr(path), name)  # Pillow names a file-like by its repr
+        raise ValueError(f"image cannot be decoded: {name} ({type(e).__name__}: {reason})") from e
 
 
 def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:

@@ -115,13 +115,8 @@ class HFImageDataset(ImageFileDataset):
         if not isinstance(stored, dict):  # already a Pillow image (a column that is not an `Image` feature)
             return torch.from_numpy(image_array(stored, self.size, self.grayscale))
         if stored.get("bytes"):
-            source, name = io.BytesIO(stored["bytes"]), stored.get("path") or f"row {index}"
-            try:
-                return torch.from_numpy(load_image(source, self.size, self.grayscale))
-            except ValueError as e:
-                cause = e.__cause__
-                reason = f"{type(cause).__name__}: {str(cause).replace(repr(source), name)}"
-                raise ValueError(f"image cannot be decoded: {name} ({reason})") from cause
+            name = stored.get("path") or f"row {index}"
+            return torch.from_numpy(load_image(io.BytesIO(stored["bytes"]), self.size, self.grayscale, name))
         return torch.from_numpy(load_image(stored["path"], self.size, self.grayscale))
 
 

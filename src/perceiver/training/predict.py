@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceiver.data._common import IMAGE_EXTENSIONS, image_array
+from perceiver.data._common import IMAGE_EXTENSIONS
+from perceiver.data._common import load_image as read_image
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.loading import DTYPE_NAMES
@@ -135,16 +136,8 @@ def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Modu
 
 def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """Decode an image to float32 `(H, W, C)` in [0, 1] (`C` = 1 grey or 3 RGB), resized (bilinear) to `size`, as
-    the training datamodules read it (`perceiver.data._common.image_array`: 16-bit images scaled, not clipped)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return image_array(im, size, grayscale=channels == 1)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"image not found: {path}") from e
-    except Exception as e:
-        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+    the training datamodules read it (`perceiver.data._common.load_image`: 16-bit images scaled, not clipped)."""
+    return read_image(path, size, grayscale=channels == 1)
 
 
 def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None):
