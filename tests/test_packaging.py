@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import perceiver
@@ -13,9 +14,23 @@ import perceiver
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _setuptools_builds_this_project() -> bool:
+    """Whether the installed setuptools meets pyproject.toml's build requirement (a venv's bundled one may not)."""
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:
+        return False
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    (needed,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    return Requirement(needed).specifier.contains(version("setuptools"))
+
+
 def test_the_wheel_carries_the_package_its_version_and_py_typed(tmp_path):
-    # the environment's setuptools when it has one (Python <= 3.11 venvs do), else pip's isolated build
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # the environment's setuptools when it can build this project (pyproject's build-system), else pip's isolated build
+    isolation = ["--no-build-isolation"] if _setuptools_builds_this_project() else []
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path), str(ROOT)]
     subprocess.run(cmd, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("perceiver_torch-*.whl")
@@ -36,25 +51,31 @@ def test_the_wheel_carries_the_package_its_version_and_py_typed(tmp_path):
 
 
 def test_installed_version_is_the_package_version():
-    from importlib.metadata import version
-
     assert version("perceiver-torch") == perceiver.__version__
 
 
 BASE_INSTALL_CHECK = """
-import importlib.abc, importlib.metadata as md, re, sys
+import importlib.abc, importlib.metadata as md, sys
+from packaging.requirements import Requirement
 
-def name(requirement):
-    return re.split(r"[ ;<>=!~(\\[]", requirement)[0].lower().replace("_", "-")
+def needed(requirement):  # on this platform and Python, without extras (torch's CUDA builds list many with markers)
+    r = Requirement(requirement)
+    return r.marker is None or r.marker.evaluate({"extra": ""})
 
-closure, todo = set(), ["perceiver-torch"]  # the base dependencies, and theirs, without extras
+closure, todo = set(), ["perceiver-torch"]  # the base dependencies, and theirs
 while todo:
     dist = todo.pop()
     if dist not in closure:
         closure.add(dist)
-        todo += [name(r) for r in md.requires(dist) or [] if "extra ==" not in r]
-modules = md.packages_distributions()
-allowed = {m.lower() for m, dists in modules.items() if {d.lower().replace("_", "-") for d in dists} & closure}
+        todo += [Requirement(r).name.lower().replace("_", "-") for r in md.requires(dist) or [] if needed(r)]
+for module in [m for m in sys.modules if m.partition(".")[0] == "packaging"]:
+    del sys.modules[module]  # packaging only read the requirements: not allowed unless a base dependency needs it
+def top_level_modules(dist):  # from its installed files (Python 3.10's packages_distributions reads top_level.txt only)
+    for top in {f.parts[0] for f in md.distribution(dist).files or []}:
+        if not top.endswith((".dist-info", ".data", ".pth")) and top not in ("__pycache__", ".."):
+            yield top.split(".")[0].lower()  # package folder, module.py, extension.cpython-...so
+
+allowed = {m for dist in closure if dist != "perceiver-torch" for m in top_level_modules(dist)}
 allowed |= {"perceiver"} | set(sys.stdlib_module_names) | set(sys.modules)
 blocked = set()
 

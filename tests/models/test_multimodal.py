@@ -337,7 +337,7 @@ def test_runtime_switches_are_the_shared_config_objects():
         theirs = model(x, subsampled_output_points=points).logits
         model.config.queries.subsampled_positions = "grid"
         assert_close(model(x, subsampled_output_points=points).logits, grid, atol=0)
-    assert (theirs["image"] - grid["image"]).abs().max() > 1e-4
+    assert (theirs["image"] - grid["image"]).abs().max() > 1e-6  # the switch was read (repeats above differ by 0)
     for module in (model.input_adapter, model.query_builder):
         assert not {"mask_probs", "eval_masking", "position_mode"} & set(vars(module))
     other = tiny()  # presets own their configs

@@ -179,7 +179,7 @@ def test_version_names_the_package_torch_lightning_and_python_without_importing_
 
     text, probe = run_probe(flag, cache=None)
     assert probe == {"code": 0, "imported": []}
-    expected = f"perceiver-torch {perceiver.__version__} (torch {torch.__version__}, lightning {version('lightning')}, "
+    expected = f"perceiver-torch {perceiver.__version__} (torch {version('torch')}, lightning {version('lightning')}, "
     assert text.strip().startswith(expected) and text.strip().endswith(f"Python {sys.version.split()[0]})")
 
 

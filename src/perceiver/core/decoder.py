@@ -249,8 +249,8 @@ class FourierQueries(QueryBuilder):
         if index is None and mode == "grid":
             return linear_positions(self.index_dims, device=device).reshape(-1, len(self.index_dims))
         if index is None or isinstance(index, slice):
-            start, stop, _ = (slice(None) if index is None else index).indices(self.num_queries())
-            index = torch.arange(start, stop, device=device)
+            grid = range(self.num_queries())[slice(None) if index is None else index]
+            index = torch.arange(grid.start, grid.stop, device=device)
         coords = torch.stack(torch.unravel_index(index.to(device), self.index_dims), dim=1)  # (O', d), long
         if mode == "transformers":
             return -1 + 2 * coords / torch.tensor(self.index_dims, device=device)[None, :]
@@ -334,10 +334,9 @@ def decode(
     total = query_builder.num_queries(adapted)
     check_query_chunk_size(query_chunk_size)
     if isinstance(output_index, slice):
-        start, stop, step = output_index.indices(total)
-        if step != 1:
+        positions = range(total)[output_index]  # slice semantics (negative, open ends), traced by dynamo < 2.13 too
+        if positions.step != 1:
             raise ValueError(f"expected a slice of output positions with step 1, got {output_index}")
-        positions = range(start, stop)
     elif output_index is None:
         positions = range(total)
     else:
