@@ -132,3 +132,22 @@ def test_every_relative_link_points_at_a_file(path):
     }
     anchors = {link[1:] for link in links if link.startswith("#")}
     assert anchors <= slugs, f"{path.name} links to headings it does not have: {sorted(anchors - slugs)}"
+
+
+def test_the_readme_states_the_declared_torch_and_python_versions():
+    """README's Install names the torch floor and the Pythons pyproject.toml declares (they were tested together)."""
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:
+        pytest.skip("tomllib is Python 3.11+")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (torch_spec,) = [str(Requirement(r).specifier) for r in project["dependencies"] if Requirement(r).name == "torch"]
+    pythons = [
+        c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if c.startswith("Programming Language :: Python ::")
+    ]
+    readme = (ROOT / "README.md").read_text()
+    assert f"`torch{torch_spec}`" in readme, f"README does not state torch{torch_spec}"
+    assert project["requires-python"] == f">={pythons[0]}"
+    assert f"Python {pythons[0]} to {pythons[-1]}" in readme, pythons
