@@ -20,7 +20,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +78,7 @@ def check_number(value: Any, name: str, optional: bool = False, check_range: boo
     what = "a positive number" + (" or None" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputTypeError(f"{name} must be {what}, {_got(value)}")
-    if check_range and not (math.isfinite(value) and value > 0):
+    if check_range and (not math.isfinite(value) or value <= 0):
         raise ValueError(f"{name} must be {what}, {_got(value)}")
     return value
 
@@ -164,6 +164,12 @@ def check_nonempty(x: Tensor, name: str, expected: str) -> None:
         raise ValueError(f"expected {name} of shape {expected} with no zero-size axis, got {tuple(x.shape)}")
 
 
+@overload
+def to_bool_mask(mask: None, name: str = ..., shapes: tuple[tuple[int, ...], ...] | None = ...) -> None: ...
+@overload
+def to_bool_mask(mask: Tensor, name: str = ..., shapes: tuple[tuple[int, ...], ...] | None = ...) -> Tensor: ...
+@overload
+def to_bool_mask(mask: object, name: str = ..., shapes: tuple[tuple[int, ...], ...] | None = ...) -> Tensor | None: ...
 def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...], ...] | None = None) -> Tensor | None:
     """A mask as a bool tensor (`True` = valid). Accepts bool, or integer / floating tensors holding only 0 / 1
     (checked in eager mode); `shapes`, when given, lists the accepted shapes."""
@@ -211,4 +217,6 @@ def token_mask(mask: object, ids: Tensor, name: str = "attention_mask") -> Tenso
         raise ValueError(
             f"expected {name} of shape {shape}: the same shape as input_ids {shape}, got {tuple(mask.shape)}"
         )
-    return to_bool_mask(mask, name).to(ids.device)
+    bool_mask = to_bool_mask(mask, name)
+    assert bool_mask is not None  # mask is not None
+    return bool_mask.to(ids.device)

@@ -88,7 +88,7 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
 
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    b, c = batch_size, getattr(model, "config", None)
+    b = batch_size
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
 
@@ -97,27 +97,33 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
 
     sample = tuple(shape) if shape is not None else None
     if isinstance(model, Perceiver):
+        c = model.config
         default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
         return (randn(b, *(sample or (*default, c.input_channels))),)
     if isinstance(model, PerceiverAR):
-        length = sample[0] if sample else c.max_seq_len
-        ids = torch.randint(0, c.vocab_size, (b, length), device=device)
+        length = sample[0] if sample else model.config.max_seq_len
+        ids = torch.randint(0, model.config.vocab_size, (b, length), device=device)
         return ids, torch.ones(b, length, dtype=torch.bool, device=device)
-    a = getattr(c, "adapter", None)  # the input adapter's config of a Perceiver IO model
+    # Perceiver IO models: sizes from the input adapter's config
     if isinstance(model, PerceiverForMaskedLM | PerceiverForSequenceClassification):
-        length = sample[0] if sample else a.max_seq_len
-        ids = torch.randint(6, a.vocab_size, (b, length), device=device)
+        text = model.config.adapter
+        length = sample[0] if sample else text.max_seq_len
+        ids = torch.randint(6, text.vocab_size, (b, length), device=device)
         return ids, torch.ones(b, length, dtype=torch.bool, device=device)
     if isinstance(model, PerceiverForImageClassification):
-        return (randn(b, *(sample or (a.in_channels, *a.image_size))),)
+        image = model.config.adapter
+        return (randn(b, *(sample or (image.in_channels, *image.image_size))),)
     if isinstance(model, PerceiverForOpticalFlow):
-        return (randn(b, *(sample or (2, 3 * a.patch_size**2, *a.train_size))),)
+        flow = model.config.adapter
+        return (randn(b, *(sample or (2, 3 * flow.patch_size**2, *flow.train_size))),)
     if isinstance(model, PerceiverForPointCloudClassification):
-        points = randn(b, *(sample or (1024, a.in_channels))).clamp(-1, 1)
+        points = randn(b, *(sample or (1024, model.config.adapter.in_channels))).clamp(-1, 1)
         return points, torch.ones(b, points.shape[1], dtype=torch.bool, device=device)
     if isinstance(model, PerceiverForAudioClassification):
+        a = model.config.adapter
         return (randn(b, *(sample or (a.num_samples or 16 * a.samples_per_patch,))),)
     if isinstance(model, PerceiverForVideoClassification):
+        a = model.config.adapter
         return (randn(b, *(sample or (a.num_frames or 8, a.in_channels, *(a.image_size or (64, 64))))),)
     raise ValueError(
         f"no example inputs for {type(model).__name__}; pass the inputs to export yourself "
@@ -250,6 +256,7 @@ def export_onnx(
         except Exception as e:  # the exporter wraps the model's own error on bad inputs: raise that one
             _raise_ours(e, model, inputs)
             raise
+        assert program is not None  # dynamo=True: torch's hint also covers the legacy exporter's None
         program.save(str(tmp))
         if quantize == "int8":
             _quantize_int8(tmp)

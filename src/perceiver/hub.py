@@ -119,7 +119,7 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str | os.PathLike 
     data = dict(data)
     for key, value in data.items():
         hint = hints.get(key, Any)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
             try:
                 data[key] = config_from_dict(hint, value, source)
             except ValueError as e:
@@ -216,7 +216,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
                 raise ValueError(f"{where}unknown key {key!r} for {type(config).__name__}") from None
         else:
             paths = _paths_with(config, key)
-            top = [p for p in paths if len(p) == 1]
+            top: list[tuple[str, ...]] = [p for p in paths if len(p) == 1]
             paths = top or paths
         if not paths:
             known = sorted({".".join(p) for p in _all_paths(config)})
@@ -337,7 +337,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_config(cls: type[T], config: Any) -> T:
-        return cls(config)  # type: ignore[call-arg]
+        return cls(config)  # type: ignore[call-arg]  # subclasses take the config as their one argument
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` into `save_directory` atomically; returns the path.
@@ -397,7 +397,7 @@ class PretrainedMixin:
             folder = self.save_pretrained(Path(tmp) / "model")
             if model_card is None:
                 data = ModelCardData(library_name="perceiver-torch", tags=["perceiver", self.model_type])
-                n = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+                n = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]  # the mixin's classes are modules
                 body = (
                     f"# {repo_id}\n\nA `{type(self).__name__}` ({self.model_type}, {n:,} parameters) saved by "
                     f"[perceiver-torch](https://github.com/perceiver-torch).\n\n```python\nimport perceiver\n\n"
@@ -463,6 +463,7 @@ class PretrainedMixin:
         config = cls.config_from_file(data, config_file, overrides)
         with no_init_weights():
             model = cls.from_config(config)
+        assert isinstance(model, nn.Module)  # the mixin's classes are modules
         load_safetensors_checked(
             model, path / WEIGHTS_NAME, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap
         )

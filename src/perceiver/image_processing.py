@@ -62,21 +62,22 @@ def _per_channel(name: str, value: Any) -> tuple[float, float, float]:
         raise ValueError(
             f"{name} must be a number or 3 numbers (one per RGB channel), got {value!r} ({type(value).__name__})"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _pair(name: str, value: int | tuple[int, int] | dict[str, int]) -> tuple[int, int]:
+    pair: object = value
     if isinstance(value, dict):  # transformers' {"height": ..., "width": ...}
-        value = (value.get("height"), value.get("width"))
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
+        pair = (value.get("height"), value.get("width"))
+    if isinstance(pair, int) and not isinstance(pair, bool):
+        pair = (pair, pair)
     if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
     ):
-        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {value!r}")
-    return int(value[0]), int(value[1])
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {pair!r}")
+    return int(pair[0]), int(pair[1])
 
 
 class ImageProcessor:

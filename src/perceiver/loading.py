@@ -220,10 +220,11 @@ def load_safetensors_checked(
         # a tensor stored once for several names (tied weights): each other name shares its storage in the model,
         # and is pointed at the stored tensor again after the assignment
         stored_at = {own[k].data_ptr(): k for k in header if own[k].numel()}
-        tied = {k: stored_at.get(own[k].data_ptr()) for k in own if k not in header}
-        missing = [k for k, source in tied.items() if source is None]
+        sources = {k: stored_at.get(own[k].data_ptr()) for k in own if k not in header}
+        missing = [k for k, source in sources.items() if source is None]
         if missing:
             raise ValueError(f"{path}: missing tensors {missing[:5]}; expected every tensor of {type(model).__name__}")
+        tied = {k: source for k, source in sources.items() if source is not None}
         loaded = {}
         for key in header:
             tensor = f.get_tensor(key)  # on the CPU: a view of the memory-mapped file, read when first touched

@@ -124,7 +124,7 @@ def add_lora(
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"{e} ({type(model).__name__}'s Linear layers are named {names})") from e
-    model.peft_config = {"default": config}
+    model.peft_config = {"default": config}  # type: ignore[assignment]  # torch hints Module attributes as Tensor | Module
     return model
 
 
@@ -196,7 +196,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     peft = _peft()
     if not has_lora(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save (add_lora first)")
-    config = copy.deepcopy(model.peft_config["default"])
+    config: Any = copy.deepcopy(model.peft_config["default"])  # type: ignore[index]  # a dict, torch hints Tensor | Module
     if base_model is not None:
         local = Path(base_model)
         config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)
@@ -209,7 +209,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
         weights = peft.functional.get_peft_model_state_dict(model)
         save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / ADAPTER_WEIGHTS))
         head = _head_name(model) if config.modules_to_save else None
-        info = {"num_classes": int(model.num_classes)} if head is not None else {}
+        info = {"num_classes": int(model.num_classes)} if head is not None else {}  # type: ignore[arg-type]  # an int, torch hints Tensor | Module
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
         target.mkdir(exist_ok=True)
         mode = 0o666 & ~_umask()
@@ -268,7 +268,7 @@ def load_adapter(
     if problem:
         merge_lora(model, merge=False)  # leave no half-applied adapter behind
         raise ValueError(f"{folder}: the adapter does not fit this {type(model).__name__}: {problem}")
-    model.peft_config = {"default": config}
+    model.peft_config = {"default": config}  # type: ignore[assignment]  # torch hints Module attributes as Tensor | Module
     return model
 
 

@@ -255,7 +255,7 @@ def inductor_backend(**options: Any) -> Callable[..., Any]:
     def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(gm, example_inputs, config_patches=dict(options))
+        return compile_fx(gm, example_inputs, config_patches=dict(options))  # type: ignore[return-value]  # torch hints AOT results too; a GraphModule gets a callable
 
     return inductor
 
@@ -408,7 +408,7 @@ def optimize(
     if max_memory_mb is not None and (max_memory_mb < 0 or _held_bytes(device) is None):
         why = "a memory reading (Linux, psutil or CUDA)" if max_memory_mb >= 0 else "a value >= 0"
         raise ValueError(f"max_memory_mb needs {why}, got {max_memory_mb} for a model on {device}")
-    loss_fn = loss_fn or (lambda out: sum(t.float().square().mean() for t in _tensors(out)))
+    loss_fn = loss_fn or (lambda out: sum((t.float().square().mean() for t in _tensors(out)), torch.zeros(())))
     params = [p for p in model.parameters() if p.requires_grad]
 
     def call(fn: Callable[..., Any], contexts: Callable[[], Any]) -> Any:
@@ -494,7 +494,7 @@ def optimize(
     }
     if "eager" not in report.seconds:
         raise RuntimeError(f"the model does not run on the example inputs: {report.skipped.get('eager')}")
-    report.chosen = min(report.seconds, key=report.seconds.get)
+    report.chosen = min(report.seconds, key=report.seconds.__getitem__)
     if verbose:
         print(report)
     return OptimizedModel(model, *built[report.chosen], report)

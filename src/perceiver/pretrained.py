@@ -231,7 +231,7 @@ def from_pretrained(
     cls = model_type_class(config["model_type"])
     if device is not None:
         overrides["map_location"] = device
-    return cls.from_pretrained(
+    loaded = cls.from_pretrained(
         folder,
         check_finite=check_finite,
         num_classes=num_classes,
@@ -240,6 +240,8 @@ def from_pretrained(
         mmap=mmap,
         **overrides,
     )
+    assert isinstance(loaded, nn.Module)  # the registered model types are modules
+    return loaded
 
 
 def _transformers_dtype(config: dict[str, Any], state_dict: dict[str, Tensor], source: Path) -> torch.dtype | None:

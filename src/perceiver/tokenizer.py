@@ -237,7 +237,8 @@ class ByteTokenizer:
         pad_strategy, trunc_strategy, max_length = self._strategies(padding, truncation, max_length)
         if pad_to_multiple_of is not None:
             _check_positive_int("pad_to_multiple_of", pad_to_multiple_of)
-            if trunc_strategy != "do_not_truncate" and pad_strategy != "do_not_pad" and max_length % pad_to_multiple_of:
+            both = trunc_strategy != "do_not_truncate" and pad_strategy != "do_not_pad"  # max_length is set then
+            if both and max_length is not None and max_length % pad_to_multiple_of:
                 raise ValueError(
                     f"truncation and padding are both on but max_length ({max_length}) is not a multiple of "
                     f"pad_to_multiple_of ({pad_to_multiple_of})"
@@ -320,7 +321,7 @@ class ByteTokenizer:
 
     def _strategies(
         self, padding: Padding, truncation: Truncation | None, max_length: int | None
-    ) -> tuple[str, str, int | None]:
+    ) -> tuple[Literal["longest", "max_length", "do_not_pad"], str, int | None]:
         """transformers' ``_get_padding_truncation_strategies`` (for a finite ``model_max_length``)."""
         if max_length is not None:
             _check_positive_int("max_length", max_length)
@@ -477,7 +478,7 @@ def _normalize_inputs(text: Any, text_pair: Any) -> tuple[list[str], list[str | 
     return texts, pairs, True
 
 
-def _padding_strategy(padding: Any) -> str:
+def _padding_strategy(padding: Any) -> Literal["longest", "max_length", "do_not_pad"]:
     if padding is True:
         return "longest"
     if padding is False or padding is None:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from perceiver.data import SintelFlowDataModule, SyntheticFlowDataModule
 from perceiver.data._common import SampleKey
-from perceiver.data.flow import FLO_MAGIC, backward_warp, read_flo, read_flo_size, write_flo
+from perceiver.data.flow import FLO_MAGIC, SyntheticFlowDataset, backward_warp, read_flo, read_flo_size, write_flo
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,15 @@ def test_synthetic_determinism_and_held_out_region(synthetic):
 def test_synthetic_bad_size():
     with pytest.raises(ValueError, match="too large"):
         SyntheticFlowDataModule(image_size=400, num_train=1).setup()
+
+
+def test_synthetic_dataset_needs_an_attempt():
+    """max_attempts < 1 drew no crop at all: a sample then crashed on None; now the constructor names it."""
+    photos = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="max_attempts must be >= 1"):
+        SyntheticFlowDataset(photos, 2, (16, 16), 2.0, 0, 0, (0.0, 1.0), max_attempts=0)
+    item = SyntheticFlowDataset(photos, 2, (16, 16), 2.0, 0, 0, (0.0, 1.0), max_attempts=1)[0]
+    assert item["flow"].shape == (16, 16, 2)
 
 
 # ------------------------------------------------------------------------------------------------ .flo

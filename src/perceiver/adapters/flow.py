@@ -25,7 +25,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +122,8 @@ class FlowAdapter(InputAdapter):
     channels at a comparable scale, which gradient descent otherwise learns ~4x slower than the intensities.
     """
 
+    projection: nn.Linear | nn.Sequential
+
     def __init__(
         self,
         train_size: Sequence[int] = (368, 496),
@@ -215,7 +217,8 @@ class FlowAdapterConfig(PartConfig):
     def __post_init__(self) -> None:
         if not isinstance(self.train_size, (tuple, list)) or len(self.train_size) != 2:
             raise ValueError(f"train_size must be (H, W), got {self.train_size!r}")
-        self.train_size = check_int_tuple(self.train_size, "FlowAdapterConfig.train_size", 2)  # type: ignore[assignment]
+        h, w = check_int_tuple(self.train_size, "FlowAdapterConfig.train_size", 2)
+        self.train_size = (h, w)
         check_int_fields(self, skip=("patch_size",))
         check_patch_size(self.patch_size)
         scales = tuple(self.pyramid_scales) if isinstance(self.pyramid_scales, (tuple, list)) else self.pyramid_scales
@@ -274,7 +277,7 @@ class FlowOutput(OutputAdapter):
         x = super().assemble(pieces, adapted, output_index)
         if output_index is not None:
             return x
-        h, w = adapted.image_shape  # type: ignore[attr-defined]
+        h, w = cast(FlowAdaptedInputs, adapted).image_shape  # a whole decode of `FlowAdapter`'s inputs
         return x.reshape(x.shape[0], h, w, x.shape[-1])
 
 
@@ -329,7 +332,7 @@ def predict_flow_tiled(
         raise ValueError(f"expected two frames of the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}")
     if frame1.ndim != 4 or frame1.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (B, H, W, 3), got {tuple(frame1.shape)}")
-    adapter = model.input_adapter
+    adapter = cast(FlowAdapter, model.input_adapter)  # a flow model's (nn.Module types it as Tensor | Module)
     tile = tuple(tile) if tile is not None else tuple(adapter.train_size)
     if min_overlap is None:
         min_overlap = min(20, min(tile) // 2)

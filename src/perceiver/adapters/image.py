@@ -26,7 +26,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -176,9 +176,10 @@ class ImageAdapter(InputAdapter):
         elif position_encoding == "trainable":
             self.trainable = TrainablePositionEncoding(math.prod(self.grid), trainable_pos_channels, pos_init_scale)
             pos_raw = trainable_pos_channels
+        pos_dim = pos_raw
         if project_pos_dim and position_encoding != "none":
             self.positions_projection = nn.Linear(pos_raw, project_pos_dim)
-        pos_dim = project_pos_dim if self.positions_projection is not None else pos_raw
+            pos_dim = project_pos_dim
         if concat_or_add_pos == "add" and position_encoding != "none" and pos_dim != features:
             raise ValueError(f"concat_or_add_pos='add' needs positions of {features} channels, got {pos_dim}")
         self.num_features = features
@@ -188,8 +189,8 @@ class ImageAdapter(InputAdapter):
         """Token grid `(h, w)` of an `(height, width)` image after preprocessing."""
         s = self.spatial_downsample
         if self.prep_type == "conv":
-            for layer in self.convnet:
-                height, width = layer.output_size(height, width)
+            for layer in self.convnet:  # built of `ConvDownsample` layers (nn.Sequential types them as Module)
+                height, width = cast(ConvDownsample, layer).output_size(height, width)
             return height, width
         if self.prep_type == "patches":
             return height // s, width // s
@@ -267,6 +268,7 @@ class ImageAdapter(InputAdapter):
             conv, raw = self.convnet_1x1, self._subsampled(inputs)
             b, h, w, _ = raw.shape
             pos = self.positions((h, w), interpolate_pos_encoding)
+            assert pos is not None  # position_encoding is not "none"
             factors = InputFactors(raw.reshape(b, h * w, -1), conv.weight.flatten(1), conv.bias, pos.to(raw.dtype))
             return FactoredInputs(None, mask, factors=factors)
         feats = self.features(inputs)

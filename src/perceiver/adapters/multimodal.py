@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +132,12 @@ class OneHotLabelAdapter(nn.Module):
         return AdaptedInputs(tokens=x, without_pos=x)
 
 
+class _InputFreeQueries(Protocol):
+    """A query builder whose queries do not depend on the inputs (`FourierQueries`, `TrainableQueries`)."""
+
+    def num_queries(self, adapted: AdaptedInputs | None = None) -> int: ...
+
+
 def _init_param(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=0.02))  # = randn * 0.02; skipped for a load
 
@@ -153,10 +159,10 @@ class MultimodalInputAdapter(InputAdapter):
         self.config = config if config is not None else MultimodalInputConfig()
         self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
         check_mask_probs(self.config.mask_probs, list(self.modalities))
-        self.num_channels = max(m.num_channels for m in self.modalities.values()) + self.config.min_padding_size
-        self.padding = nn.ParameterDict(
-            {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
-        )
+        # each modality's adapter has an int `num_channels` (see Args); nn.Module types the attribute as Tensor | Module
+        widths = {k: cast(int, m.num_channels) for k, m in self.modalities.items()}
+        self.num_channels = max(widths.values()) + self.config.min_padding_size
+        self.padding = nn.ParameterDict({k: _init_param(1, self.num_channels - c) for k, c in widths.items()})
         self.mask_tokens = nn.ParameterDict({k: _init_param(1, self.num_channels) for k in self.modalities})
 
     def _mask(self, name: str, x: Tensor, p: float, mode: str) -> Tensor:
@@ -216,16 +222,18 @@ class MultimodalQueries(QueryBuilder):
     def __init__(self, modalities: Mapping[str, QueryBuilder], config: MultimodalQueryConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else MultimodalQueryConfig()
-        self.modalities = nn.ModuleDict(dict(sorted(modalities.items())))
-        self.num_channels = max(m.num_channels for m in self.modalities.values()) + self.config.min_padding_size
+        builders = dict(sorted(modalities.items()))
+        self.modalities = nn.ModuleDict(builders)
+        self.num_channels = max(m.num_channels for m in builders.values()) + self.config.min_padding_size
         self.padding = nn.ParameterDict(
-            {k: _init_param(1, self.num_channels - m.num_channels) for k, m in self.modalities.items()}
+            {k: _init_param(1, self.num_channels - m.num_channels) for k, m in builders.items()}
         )
 
     @property
     def sizes(self) -> dict[str, int]:
         """Output positions per modality, in order."""
-        return {k: m.num_queries(None) for k, m in self.modalities.items()}
+        # the builders' queries do not depend on the inputs, so they count their positions without any (None)
+        return {k: cast(_InputFreeQueries, m).num_queries(None) for k, m in self.modalities.items()}
 
     def offsets(self) -> dict[str, tuple[int, int]]:
         """`[start, stop)` of each modality on the flat output axis."""
@@ -258,7 +266,7 @@ class MultimodalQueries(QueryBuilder):
             for name, (start, stop) in self.offsets().items():
                 lo, hi = max(index.start, start), min(index.stop, stop)
                 if lo < hi:
-                    local = None if (lo, hi) == (start, stop) else slice(lo - start, hi - start)
+                    local: Index = None if (lo, hi) == (start, stop) else slice(lo - start, hi - start)
                     parts.append(self._padded(name, local, one))
             q = torch.cat(parts, dim=0) if parts else torch.empty(0, self.num_channels, device=device, dtype=dtype)
             return q.expand(b, -1, -1)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from perceiver.checks import check_int_fields, check_token_ids, token_mask
 from perceiver.core.config import PartConfig
-from perceiver.core.decoder import AdaptedInputs
+from perceiver.core.decoder import AdaptedInputs, Index
 from perceiver.core.io import InputAdapter, OutputAdapter
 from perceiver.nn.position import TrainablePositionEncoding
 
@@ -92,5 +92,5 @@ class TiedEmbeddingOutput(OutputAdapter):
         self.embedding = embedding
         self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
 
-    def forward(self, x: Tensor, adapted: AdaptedInputs | None = None, output_index: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, adapted: AdaptedInputs | None = None, output_index: Index = None) -> Tensor:
         return F.linear(x, self.embedding.weight, self.bias)

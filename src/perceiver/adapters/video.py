@@ -169,6 +169,7 @@ class VideoAdapterConfig(PartConfig):
     def __post_init__(self) -> None:
         check_int_fields(self, zero_ok=("project_dim",))  # project_dim 0 or None: no projection
         if self.image_size is not None:
-            self.image_size = check_int_tuple(self.image_size, "VideoAdapterConfig.image_size", 2)  # type: ignore[assignment]
+            h, w = check_int_tuple(self.image_size, "VideoAdapterConfig.image_size", 2)
+            self.image_size = (h, w)
         if self.max_resolution is not None:
             self.max_resolution = check_number_tuple(self.max_resolution, "VideoAdapterConfig.max_resolution", 3)

@@ -12,12 +12,14 @@ import dataclasses
 import inspect
 from typing import Any, ClassVar
 
+from torch import nn
+
 
 class PartConfig:
     """Mixin of part configs (dataclasses): `part_class` is the module they configure, its keyword arguments are the
     fields (`check_signature` verifies that they agree)."""
 
-    part_class: ClassVar[type]
+    part_class: ClassVar[type[nn.Module]]
 
     def build(self, **extra: Any) -> Any:
         """The part, built from the fields (plus `extra` keywords the model supplies)."""

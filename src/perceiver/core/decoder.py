@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from math import prod
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,9 @@ from perceiver.checks import InputTypeError, check_int, check_int_fields
 from perceiver.nn.inputs import InputFactors
 from perceiver.nn.layers import Activation, CrossAttentionLayer
 from perceiver.nn.position import TrainablePositionEncoding, fourier_channels, fourier_features, linear_positions
+
+if TYPE_CHECKING:
+    from perceiver.core.io import OutputAdapter
 
 
 @dataclass
@@ -54,9 +57,24 @@ class FactoredInputs(AdaptedInputs):
     Construct as `FactoredInputs(None, mask, factors=factors)`.
     """
 
+    _tokens: Tensor | None
+    _without_pos: Tensor | None
+
+    if TYPE_CHECKING:  # the dataclass __init__ of `AdaptedInputs`, which here also takes `tokens=None`
+
+        def __init__(
+            self,
+            tokens: Tensor | None,
+            mask: Tensor | None = None,
+            without_pos: Tensor | None = None,
+            modality_sizes: dict[str, int] | None = None,
+            factors: InputFactors | None = None,
+        ) -> None: ...
+
     @property
     def tokens(self) -> Tensor:
         if self._tokens is None:
+            assert self.factors is not None  # constructed with factors where tokens are None
             self._tokens = self.factors.tokens(self.without_pos)
         return self._tokens
 
@@ -67,6 +85,7 @@ class FactoredInputs(AdaptedInputs):
     @property
     def without_pos(self) -> Tensor:
         if self._without_pos is None:
+            assert self.factors is not None  # constructed with factors where tokens are None
             self._without_pos = self.factors.features()
         return self._without_pos
 
@@ -213,6 +232,8 @@ class FourierQueries(QueryBuilder):
     parity; it applies to whole decodes too). `forward(..., position_mode=...)` overrides it per call.
     """
 
+    anchor: Tensor
+
     def __init__(
         self,
         index_dims: Sequence[int],
@@ -286,6 +307,10 @@ class InputQueries(QueryBuilder):
         return select(adapted.tokens, index, dim=1)
 
 
+@overload
+def check_output_index(output_index: Tensor, total: int, device: torch.device) -> Tensor: ...
+@overload
+def check_output_index(output_index: None, total: int, device: torch.device) -> None: ...
 def check_output_index(output_index: Tensor | None, total: int, device: torch.device) -> Tensor | None:
     """`output_index` as a flat long tensor on `device`, its range checked in eager mode (a host sync)."""
     if output_index is None:
@@ -320,7 +345,7 @@ def decode(
     output_index: Index = None,
     query_chunk_size: int | None = None,
     return_attention: bool = False,
-    output_adapter: nn.Module | None = None,
+    output_adapter: OutputAdapter | None = None,
 ) -> tuple[Any, Tensor | None]:
     """Decode the output positions `output_index` (indices `(O',)`, a slice, or None for all) in chunks of
     `query_chunk_size`.

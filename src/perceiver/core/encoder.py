@@ -20,7 +20,7 @@ cross-attend's output). Residual modules are shared as the blocks they follow ar
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +138,7 @@ def resolve_reassociation(c: EncoderConfig) -> bool:
         return bool(c.reassociate_cross_attention)
     qk = c.cross_qk
     v = c.cross_v_channels if c.cross_v_channels is not None else qk
+    assert c.input_dim is not None  # PerceiverEncoder checks it before building its layers
     return reassociation_saves(c.num_latents, c.input_dim, c.cross_heads, qk, v)
 
 
@@ -192,6 +193,7 @@ class PerceiverEncoder(nn.Module):
 
     def _cross_layer(self) -> CrossAttentionLayer:
         c = self.config
+        assert c.input_dim is not None  # checked in __init__
         return CrossAttentionLayer(
             c.latent_dim,
             c.input_dim,
@@ -243,9 +245,13 @@ class PerceiverEncoder(nn.Module):
         With `return_attention` (the cross-attends' and latent layers' probabilities) or `return_hidden_states` (the
         latents after every step), an `EncoderOutput` instead of the latents.
         """
-        if inputs is None and factors is None:
+        if inputs is not None:
+            batch_size = inputs.shape[0]
+        elif factors is not None:
+            batch_size = factors.raw.shape[0]
+        else:
             raise ValueError("expected inputs (B, M, C) or their factors, got neither")
-        x = self.latents.expand((inputs if inputs is not None else factors.raw).shape[0], -1, -1)
+        x = self.latents.expand(batch_size, -1, -1)
         maps: list[Tensor] = []
         latent_maps: list[Tensor] = []
         states: list[Tensor] | None = [] if return_hidden_states else None
@@ -258,15 +264,18 @@ class PerceiverEncoder(nn.Module):
             raise ValueError(
                 f"expected factors of {inputs.shape[-1]} channels (the inputs'), got {factors.num_channels}"
             )
-        factored = factors is not None and (inputs is None or self.uses_factors(factors))
+        # the factors where the cross-attends use them, else None (then `inputs` are given)
+        factored = factors if factors is not None and (inputs is None or self.uses_factors(factors)) else None
         normalized: dict[float, tuple[Tensor, Tensor | None]] = {}
         for ci, li, inverted in zip(self.cross_index, self.latent_index, self.inverted):
-            cross = self.cross_attends[ci]
+            cross = cast(CrossAttentionLayer, self.cross_attends[ci])  # nn.ModuleList items are typed as Module
             eps = cross.kv_norm.eps
             if eps not in normalized:
-                normalized[eps] = (
-                    normalize_factored(factors, eps) if factored else (normalize_inputs(inputs, eps), None)
-                )
+                if factored is not None:
+                    normalized[eps] = normalize_factored(factored, eps)
+                else:
+                    assert inputs is not None  # without inputs the factors are used
+                    normalized[eps] = (normalize_inputs(inputs, eps), None)
             z, basis = normalized[eps]
             if checkpointing and not return_attention:
                 x, probs = checkpoint(cross, x, z, mask, False, inverted, True, basis, use_reentrant=False)
@@ -279,7 +288,7 @@ class PerceiverEncoder(nn.Module):
             if states is not None:
                 states.append(x)
             for _ in range(self.config.num_blocks):
-                for layer in self.latent_blocks[li]:
+                for layer in cast(nn.ModuleList, self.latent_blocks[li]):
                     if return_attention:
                         x, probs = layer(x, return_attention=True)
                         latent_maps.append(probs)

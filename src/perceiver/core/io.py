@@ -12,7 +12,7 @@ Task models (masked LM, classifiers, flow, multimodal) are subclasses that pick 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,8 @@ class InputAdapter(nn.Module):
 
     num_channels: int
 
-    def forward(self, inputs: Any, mask: Tensor | None = None, **options: Any) -> AdaptedInputs:
+    # `*args: Any, **options: Any`: each adapter declares its own options (type checkers accept any override of it)
+    def forward(self, inputs: Any, mask: Tensor | None = None, *args: Any, **options: Any) -> AdaptedInputs:
         raise NotImplementedError
 
 
@@ -66,7 +67,7 @@ class PerceiverIO(PerceiverModel):
     the parts and check their inputs; they do not re-implement this pipeline.
     """
 
-    classifier_name = "decoder.final_layer"
+    classifier_name: ClassVar[str | None] = "decoder.final_layer"
     checkpointed_modules = ("encoder",)
 
     def __init__(
@@ -93,6 +94,7 @@ class PerceiverIO(PerceiverModel):
         self.output_adapter = output_adapter
 
     def _pre_logits_dim(self) -> int:
+        assert self.decoder.config.query_dim is not None  # PerceiverDecoder requires it
         return self.decoder.config.query_dim
 
     def check_inputs(self, inputs: Any, mask: Tensor | None) -> tuple[Any, Tensor | None]:

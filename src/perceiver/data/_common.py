@@ -38,10 +38,10 @@ class SampleKey(NamedTuple):
     """What the training sampler yields: the epoch and the dataset index."""
 
     epoch: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index (typeshed's method), as it always was
 
 
-def split_key(key: int | Sequence[int]) -> tuple[int, int]:
+def split_key(key: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """`SampleKey(epoch, index)` or a plain index (epoch 0) -> `(epoch, index)`."""
     if isinstance(key, (tuple, list)):
         return int(key[0]), int(key[1])
@@ -62,7 +62,7 @@ class KeyedDataset(Dataset):
     def get(self, index: int, epoch: int) -> Any:
         raise NotImplementedError
 
-    def __getitem__(self, key: int | Sequence[int]) -> Any:
+    def __getitem__(self, key: int | tuple[int, int] | list[int]) -> Any:
         epoch, index = split_key(key)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
@@ -99,7 +99,7 @@ class EpochSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.epoch_fn = epoch_fn
 
-    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[SampleKey]:
         if self.epoch_fn is not None:
             self.epoch = int(self.epoch_fn())
         n = len(self.dataset)  # type: ignore[arg-type]
@@ -293,4 +293,4 @@ def as_hw(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
-    return hw  # type: ignore[return-value]
+    return hw

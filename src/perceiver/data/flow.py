@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
@@ -150,6 +150,15 @@ def sample_photos() -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
+class _SyntheticFlowOptions(TypedDict):
+    """The `SyntheticFlowDataset` keywords every split of `SyntheticFlowDataModule` shares."""
+
+    photos: torch.Tensor
+    image_size: tuple[int, int]
+    max_flow: float
+    min_texture: float
+
+
 class SyntheticFlowDataset(KeyedDataset):
     """Warped-photo pairs (see the module docstring); item `i` is a function of `(seed, stream, epoch?, i)`.
 
@@ -171,6 +180,8 @@ class SyntheticFlowDataset(KeyedDataset):
         min_texture: float = 0.01,
         max_attempts: int = 50,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 (crops drawn per sample), got {max_attempts}")
         self.min_texture, self.max_attempts = min_texture, max_attempts
         self.photos, self.size, self.image_size, self.max_flow = photos, size, image_size, max_flow
         self.seed, self.stream, self.resample = seed, stream, resample
@@ -214,6 +225,7 @@ class SyntheticFlowDataset(KeyedDataset):
                 best, best_texture = big, texture
             if texture >= self.min_texture:
                 break
+        assert best is not None  # max_attempts >= 1 crops were drawn
         big = best  # (1, 3, H + 2m, W + 2m)
         flow = random_smooth_flow(rng, h, w, self.max_flow)  # (H, W, 2)
         frame1 = backward_warp(big, flow[None] + m, "border")[0]  # big(p + m + flow(p)), never outside big
@@ -234,6 +246,9 @@ class SyntheticFlowDataModule(BaseDataModule):
             50 times, keeping the most textured): flow is unobservable on flat sky or blurred background.
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
+
+    val_set: SyntheticFlowDataset | None
+    test_set: SyntheticFlowDataset | None
 
     def __init__(
         self,
@@ -263,7 +278,9 @@ class SyntheticFlowDataModule(BaseDataModule):
         if self.train_set is not None:
             return
         photos = sample_photos()
-        common = dict(photos=photos, image_size=self.image_size, max_flow=self.max_flow, min_texture=self.min_texture)
+        common = _SyntheticFlowOptions(
+            photos=photos, image_size=self.image_size, max_flow=self.max_flow, min_texture=self.min_texture
+        )
         self.train_set = SyntheticFlowDataset(
             size=self.sizes["train"], seed=self.seed, stream=_TRAIN, columns=(0.0, TRAIN_COLUMNS),
             resample=self.resample_train, **common,
@@ -280,6 +297,7 @@ class SyntheticFlowDataModule(BaseDataModule):
         """End-point error of predicting zero flow on `split`: the mean flow magnitude in pixels."""
         self.setup()
         dataset = self.val_set if split == "val" else self.test_set
+        assert dataset is not None  # set by setup()
         return float(torch.stack([dataset[i]["flow"].norm(dim=-1).mean() for i in range(len(dataset))]).mean())
 
 

@@ -92,6 +92,8 @@ class HFImageDataset(ImageFileDataset):
     """Rows of a `datasets.Dataset` holding images (an `Image` column read undecoded: `{"bytes", "path"}`, so that an
     image Pillow cannot decode is named); items `{"inputs": (H, W, C), "labels": ()}` (see the module docstring)."""
 
+    files: Any  # the rows: a `datasets.Dataset`, not a list of paths
+
     def __init__(
         self,
         rows: Any,
@@ -123,6 +125,8 @@ class HFImageDataset(ImageFileDataset):
 class HFAudioDataset(AudioFileDataset):
     """Rows of a `datasets.Dataset` holding sound files (an `Audio` column read undecoded: `{"bytes", "path"}`);
     items `{"inputs": (S, 1), "mask": (S,), "labels": ()}` (see the module docstring)."""
+
+    files: Any  # the rows: a `datasets.Dataset`, not a list of paths
 
     def __init__(
         self,
@@ -231,20 +235,21 @@ class HFClassificationDataModule(BaseDataModule):
                     f"(0..{self.num_classes - 1})"
                 )
             return ids
-        ids = []
+        found: list[int] = []
         for row, value in enumerate(values):
             if str(value) not in self._to_id:
                 raise ValueError(
                     f"{self.source}: split {split!r} row {row}: label {value!r} is not a class of the training split "
                     f"{self.class_names[:10]}"
                 )
-            ids.append(self._to_id[str(value)])
-        return np.asarray(ids, dtype=np.int64)
+            found.append(self._to_id[str(value)])
+        return np.asarray(found, dtype=np.int64)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train = self.split_names["train"]
+        assert train is not None  # the constructor's train_split: str
         rows, labels = self.splits[train], self._labels(train)
         if self.split_names["val"] is None:
             keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)

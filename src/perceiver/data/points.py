@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -211,7 +211,7 @@ class SyntheticPointCloudDataModule(BaseDataModule):
         self.num_classes = len(shapes)
         self.max_points = max_points
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self._gen = dict(
+        self._gen: dict[str, Any] = dict(  # keywords of SyntheticShapesDataset
             min_points=min_points, max_points=max_points, noise=noise, min_scale=min_scale, max_scale=max_scale
         )
         self.resample_train = resample_train

@@ -26,8 +26,12 @@ byte on the validation masked positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol, TypedDict
+
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from perceiver.data._common import BaseDataModule, KeyedDataset, sample_rng
 from perceiver.data.text import (
@@ -108,6 +112,14 @@ def mask_sequence(ids: np.ndarray, rng: np.random.Generator, mask_prob: float = 
     return inputs, labels
 
 
+class SequenceItem(TypedDict):
+    """A `SequenceDataset` item: the unmasked ids `(L,)` and the `(epoch, index)` its mask is drawn from."""
+
+    input_ids: np.ndarray
+    epoch: int
+    index: int
+
+
 class SequenceDataset(KeyedDataset):
     """Unmasked id sequences; items carry their `(epoch, index)` so the collator can draw per-sequence masks."""
 
@@ -117,7 +129,7 @@ class SequenceDataset(KeyedDataset):
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def get(self, index: int, epoch: int) -> dict[str, object]:
+    def get(self, index: int, epoch: int) -> SequenceItem:
         return {"input_ids": self.sequences[index], "epoch": epoch, "index": index}
 
 
@@ -131,17 +143,27 @@ class MLMCollator:
     def __init__(self, seed: int, stream: int, mask_prob: float = 0.15, fixed: bool = False) -> None:
         self.seed, self.stream, self.mask_prob, self.fixed = seed, stream, mask_prob, fixed
 
-    def __call__(self, examples: list[dict[str, object]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[SequenceItem]) -> dict[str, torch.Tensor]:
         inputs, labels = [], []
         for e in examples:
-            epoch = 0 if self.fixed else int(e["epoch"])  # type: ignore[call-overload]
-            rng = sample_rng(self.seed, self.stream, epoch, int(e["index"]))  # type: ignore[call-overload]
-            x, y = mask_sequence(e["input_ids"], rng, self.mask_prob)  # type: ignore[arg-type]
+            epoch = 0 if self.fixed else int(e["epoch"])
+            rng = sample_rng(self.seed, self.stream, epoch, int(e["index"]))
+            x, y = mask_sequence(e["input_ids"], rng, self.mask_prob)
             inputs.append(torch.from_numpy(x))
             labels.append(torch.from_numpy(y))
         input_ids, attention_mask = pad_sequences(inputs, PAD_ID)
         label_ids, _ = pad_sequences(labels, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+
+
+class _MLMDataModule(Protocol):
+    """What `MaskedBytes.most_frequent_byte_baseline` needs of the datamodule it is mixed into."""
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def most_frequent_byte_id(self) -> int: ...
+
+    def val_dataloader(self) -> DataLoader: ...
 
 
 class MaskedBytes:
@@ -152,6 +174,8 @@ class MaskedBytes:
     vocab_size = VOCAB_SIZE
     mask_token_id = MASK_ID
     pad_token_id = PAD_ID
+    collate_fn: Callable[[list[Any]], Any] | None  # as `BaseDataModule`'s
+    val_collate_fn: Callable[[list[Any]], Any] | None
 
     def _init_masking(self, max_seq_len: int, mask_prob: float, seed: int) -> None:
         """Check and keep `max_seq_len` / `mask_prob`; training masks from `seed`, fixed validation masks."""
@@ -163,12 +187,12 @@ class MaskedBytes:
         self.collate_fn = MLMCollator(seed, _TRAIN_STREAM, mask_prob)
         self.val_collate_fn = MLMCollator(VAL_MASK_SEED, _VAL_STREAM, mask_prob, fixed=True)
 
-    def most_frequent_byte_baseline(self) -> float:
+    def most_frequent_byte_baseline(self: _MLMDataModule) -> float:
         """Accuracy of always predicting `most_frequent_byte_id()` on the (fixed) validation masked positions."""
-        self.setup()  # type: ignore[attr-defined]
-        best = self.most_frequent_byte_id()  # type: ignore[attr-defined]
+        self.setup()
+        best = self.most_frequent_byte_id()
         hits = total = 0
-        for batch in self.val_dataloader():  # type: ignore[attr-defined]
+        for batch in self.val_dataloader():
             target = batch["labels"][batch["labels"] != IGNORE_INDEX]
             hits += int((target == best).sum())
             total += target.numel()

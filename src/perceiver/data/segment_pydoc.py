@@ -39,7 +39,9 @@ def pack_words(words: list[bytes], start: int, max_bytes: int) -> tuple[np.ndarr
 
     `ids` are bytes + 6; `starts` is 1 at the first byte of each word. A word longer than `max_bytes` alone is cut.
     """
-    ids, starts, end, used = [], [], start, 0
+    ids: list[int] = []
+    starts: list[int] = []
+    end, used = start, 0
     while end < len(words) and (used + len(words[end]) <= max_bytes or used == 0):
         word = words[end][: max_bytes - used]
         ids.extend(word)

@@ -105,8 +105,8 @@ def read_table(path: str | Path, fields: list[str], cache_dir: str | None = None
         )
     except Exception as e:
         chain: list[BaseException] = [e]  # datasets wraps the parser's error in a DatasetGenerationError
-        while len(chain) < 10 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
-            chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        while len(chain) < 10 and (link := chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(link)
         for cause in chain:
             if isinstance(cause, UnicodeDecodeError):
                 raise ValueError(f"{p}: expected UTF-8 text, got bytes that are not ({cause})") from e
@@ -201,7 +201,8 @@ class TextClassificationDataModule(BaseDataModule):
         held_out = val_file is None and val_split is None
         if held_out and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) when no val_file is given, got {val_fraction}")
-        self.splits = None
+        self.splits: Any | None = None  # a `datasets.DatasetDict` with `dataset=`
+        self.files: dict[str, str | Path]
         if dataset is not None:
             from perceiver.data.hf_datasets import open_dataset
 
@@ -274,6 +275,7 @@ class TextClassificationDataModule(BaseDataModule):
 
     def _split_columns(self, role: str, fields: list[str]) -> dict[str, list[Any]]:
         """Columns `fields` of the dataset split of `role`; ValueError naming the split and the columns there are."""
+        assert self.splits is not None  # only with dataset=
         rows = self.splits[self.split_names[role]]
         for field in fields:
             if field not in rows.column_names:
@@ -289,11 +291,11 @@ class TextClassificationDataModule(BaseDataModule):
         for i, v in enumerate(labels):
             if _as_int(v) is None and not (isinstance(v, str) and v.strip()):
                 raise ValueError(f"{path}: row {i}: label {v!r} in field {self.label_field!r} is empty or invalid")
-        ints = [_as_int(v) for v in labels]
-        if all(i is not None for i in ints):
-            if min(ints) < 0:  # type: ignore[type-var]
+        ints = [i for i in map(_as_int, labels) if i is not None]
+        if len(ints) == len(labels):  # all integers
+            if min(ints) < 0:
                 raise ValueError(f"{path}: integer labels in field {self.label_field!r} must be >= 0, got {min(ints)}")
-            names = [str(i) for i in range(max(ints) + 1)]  # type: ignore[type-var, operator]
+            names = [str(i) for i in range(max(ints) + 1)]
         else:
             names = sorted({str(v).strip() for v in labels})
         if len(names) < 2:

@@ -146,7 +146,9 @@ class TextFilesARDataModule(_TextFiles):
     def _load_streams(self) -> dict[str, np.ndarray]:
         if self.streams:
             return self.streams
-        train = text_stream(self.files["train"], "train", self.text_field)
+        train_files = self.files["train"]
+        assert train_files is not None  # the constructor's train: Files
+        train = text_stream(train_files, "train", self.text_field)
         if self.files["val"] is None:
             cut = len(train) - int(len(train) * self.val_fraction)
             train, val = train[:cut], train[cut:]
@@ -211,7 +213,9 @@ class TextFilesMLMDataModule(MaskedBytes, _TextFiles):
         self.save_hyperparameters()
 
     def _chunks(self, split: str) -> list[np.ndarray]:
-        docs = read_documents(expand_files(self.files[split], split), self.text_field)
+        files = self.files[split]
+        assert files is not None  # called for the splits that have files
+        docs = read_documents(expand_files(files, split), self.text_field)
         named = {f"{i:08d}": doc for i, doc in enumerate(docs) if doc}
         chunks = chunk_topics(named, sorted(named), self.max_seq_len)
         if not chunks:

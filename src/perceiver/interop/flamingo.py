@@ -113,7 +113,8 @@ def from_open_flamingo(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any)
 
 def from_idefics2(resampler: nn.Module) -> PerceiverResampler:
     """Our resampler equal to transformers' `Idefics2PerceiverResampler` (`.config` and weights of the module)."""
-    c = resampler.config
+    # transformers' Idefics2PerceiverConfig (torch hints Module attributes as Tensor | Module)
+    c: Any = resampler.config
     if c.hidden_act != "silu":
         raise ValueError(f"expected an Idefics2 resampler with hidden_act='silu', got {c.hidden_act!r}")
     config = PerceiverResamplerConfig(

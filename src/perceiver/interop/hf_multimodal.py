@@ -70,6 +70,7 @@ def multimodal_from_hf(
             f"cannot convert: output_shape {output_shape} must be (batch, num_frames, H, W) = (*, {num_frames}, "
             f"{size[0]}, {size[1]}) for our video decoder"
         )
+    assert encoder.input_dim is not None and decoder.query_dim is not None  # read off the weights
     spp = config.get("samples_per_patch", 16)
     samples = num_frames * config.get("audio_samples_per_frame", 1920)
     num_labels = sd[f"{post}.modalities.label.classifier.weight"].shape[0]

@@ -87,6 +87,8 @@ def convert_image_classifier(
     adapter = adapter_from_hf(archs[0], hf_config, sd)
     encoder, enc_keys = encoder_from_hf(hf_config, sd)
     decoder, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=True)
+    if decoder.output_dim is None:  # the class count is read off the classifier's weight
+        raise ValueError(f"cannot convert checkpoint: the classifier weight {DEC}.final_layer.weight is missing")
     config = ImageClassifierConfig(adapter, encoder, replace(decoder, output_dim=None), num_classes=decoder.output_dim)
     model = PerceiverForImageClassification(apply_overrides(config, overrides))
     keys = _adapter_keys(adapter.prep_type, sd) | enc_keys | dec_keys

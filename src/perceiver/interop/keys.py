@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def map_state_dict(
@@ -40,7 +43,9 @@ def map_state_dict(
         else:
             raise ValueError(f"unexpected {peer} key {key!r}")
     for name, got in parts.items():
-        order = re.search(r"to_([qkv]+)\.", name).group(1)
+        fused = re.search(r"to_([qkv]+)\.", name)
+        assert fused is not None, f"a part target names a fused to_q/k/v projection, got {name!r}"  # our tables
+        order = fused.group(1)
         missing = [f"{p}_proj" for p in order if p not in got]
         if missing:
             raise ValueError(f"expected {', '.join(f'{p}_proj' for p in order)} for {name}, missing {missing}")
@@ -48,9 +53,7 @@ def map_state_dict(
     return out
 
 
-def load_mapped(
-    model: nn.Module, weights: dict[str, Tensor], against: str = "the config", tied: Collection[str] = ()
-) -> nn.Module:
+def load_mapped(model: M, weights: dict[str, Tensor], against: str = "the config", tied: Collection[str] = ()) -> M:
     """Load `weights` (our keys) into `model`, which is returned in eval mode; every key of ours but the `tied` ones
     (shared with another parameter) must be there, and nothing else. Raises ValueError naming the keys otherwise
     ("state_dict does not match {against}: ...")."""

@@ -157,8 +157,10 @@ def from_krasserm(
     """
     if isinstance(state_dict, nn.Module):
         module = state_dict
-        if config is None:
-            config = dataclasses.asdict(module.config) if hasattr(module, "config") else None
+        if config is None and hasattr(module, "config"):
+            # krasserm's config dataclass (torch hints Module attributes as Tensor | Module)
+            peer_config: Any = module.config
+            config = dataclasses.asdict(peer_config)
         state_dict = module.state_dict()
     if config is None:
         raise ValueError("expected krasserm's model config (a dict of CausalSequenceModelConfig's fields), got None")

@@ -58,14 +58,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from torch import Tensor, nn
 
 from perceiver.adapters.flow import FlowAdapterConfig, FlowOutputConfig
 from perceiver.adapters.text import TextAdapterConfig
 from perceiver.core.decoder import DecoderConfig
-from perceiver.core.encoder import EncoderConfig
+from perceiver.core.encoder import EncoderConfig, LatentSharing
+from perceiver.core.model import PerceiverModel
 from perceiver.hub import apply_overrides
 from perceiver.interop.krasserm import backend_state_dict
 from perceiver.interop.transformers import load_converted
@@ -78,6 +79,8 @@ from perceiver.models.text import (
 )
 from perceiver.models.vision import FOURIER, ImageClassifierConfig, PerceiverForImageClassification
 from perceiver.pretrained import register_hf_converter
+
+P = TypeVar("P", bound=PerceiverModel)
 
 # krasserm's config dataclasses and their defaults (perceiver-io 0.11.0, perceiver/model/core/config.py and the
 # task backends); `None` in `_TOP` marks a field without a default.
@@ -181,7 +184,7 @@ def _self_keys(theirs: str, ours: str) -> dict[str, str]:
 
 
 def encoder_from_krasserm(
-    top: dict[str, Any], enc: dict[str, Any], cross_attention_shape: str
+    top: dict[str, Any], enc: dict[str, Any], cross_attention_shape: Literal["q", "kv"]
 ) -> tuple[EncoderConfig, dict[str, str]]:
     """Our `EncoderConfig` (input width left to the model) for a krasserm `PerceiverEncoder` and the key map
     `ours (encoder.*) -> krasserm's (0.*)`.
@@ -195,6 +198,7 @@ def encoder_from_krasserm(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"krasserm encoder: expected {name} >= 1, got {value!r}")
     shared_blocks = enc["first_self_attention_block_shared"]
+    sharing: LatentSharing
     if n_cross == 1:
         if n_blocks > 1 and not shared_blocks:
             raise ValueError(
@@ -291,8 +295,8 @@ def _check_one_query(dec: dict[str, Any]) -> None:
 
 
 def _load(
-    model: nn.Module, sd: dict[str, Tensor], keys: dict[str, str], top: dict[str, Any], ignored: tuple[str, ...] = ()
-) -> nn.Module:
+    model: P, sd: dict[str, Tensor], keys: dict[str, str], top: dict[str, Any], ignored: tuple[str, ...] = ()
+) -> P:
     """Load through `load_converted`; krasserm keys the conversion leaves unused (other than `ignored`) are an
     error, as are ours without a source."""
     unused = sorted(set(sd) - set(keys.values()) - set(ignored))

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.models.classic import Perceiver
+
+if TYPE_CHECKING:
+    from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
 
 Layout = Literal["0.8", "0.11"]
 
@@ -234,7 +237,7 @@ def from_perceiver_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: 
 
 
 # ---------------------------------------------------------------------------------------------------- Perceiver IO
-def _io_map_key(model: nn.Module, prefix: str = "") -> Callable[[str], list[tuple[str, str | None]] | None]:
+def _io_map_key(model: LucidrainsPerceiverIO, prefix: str = "") -> Callable[[str], list[tuple[str, str | None]] | None]:
     """Key mapping of a perceiver-pytorch `PerceiverIO` (0.11 names, under `prefix`) onto `LucidrainsPerceiverIO`."""
     enc = model.encoder
     with_norm = model.config.attn_residual_norm
@@ -279,7 +282,7 @@ def _io_canonical(state_dict: dict[str, Tensor], prefix: str) -> tuple[dict[str,
     return {**outer, **{prefix + k: v for k, v in canonical.items()}}, layout
 
 
-def from_perceiver_pytorch_io(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any):
+def from_perceiver_pytorch_io(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverIO:
     """`LucidrainsPerceiverIO` with the weights of a perceiver-pytorch `PerceiverIO(**kwargs)` (0.8 - 0.11 layouts).
 
     `decoder_ff` and attention residuals are read from the keys; `kwargs` are the peer's constructor keywords.
@@ -294,7 +297,7 @@ def from_perceiver_pytorch_io(state_dict: dict[str, Tensor] | nn.Module, **kwarg
     return model.eval()
 
 
-def from_perceiver_pytorch_lm(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any):
+def from_perceiver_pytorch_lm(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverLM:
     """`LucidrainsPerceiverLM` with the weights of a perceiver-pytorch `PerceiverLM(**kwargs)` (0.8 - 0.11 layouts)."""
     from perceiver.models.lucidrains_io import LucidrainsPerceiverLM
 
@@ -316,7 +319,7 @@ def from_perceiver_pytorch_lm(state_dict: dict[str, Tensor] | nn.Module, **kwarg
     return model.eval()
 
 
-def from_perceiver_block(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any):
+def from_perceiver_block(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverBlock:
     """`LucidrainsPerceiverBlock` with the weights of a perceiver-pytorch 0.11 `PerceiverBlock(**kwargs)`."""
     from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock
 

@@ -17,10 +17,26 @@ is returned: every export runs both models on the same random inputs and require
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from perceiver.models.flow import PerceiverForOpticalFlow
+    from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
+    from perceiver.models.vision import PerceiverForImageClassification
+    from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
+
+    #: the heads transformers has
+    Head = (
+        PerceiverForMaskedLM
+        | PerceiverForSequenceClassification
+        | PerceiverForImageClassification
+        | PerceiverForOpticalFlow
+    )
 
 __all__ = ["to_transformers", "transformers_config"]
 
@@ -31,7 +47,7 @@ _IMAGE_HEADS = {
 }
 
 
-def _widths(layer: nn.Module) -> tuple[int, int, int]:
+def _widths(layer: CrossAttentionLayer | SelfAttentionLayer) -> tuple[int, int, int]:
     """(qk, v, widening) of a `CrossAttentionLayer` / `SelfAttentionLayer` read off its weights."""
     attention = layer.attention
     hidden, width = layer.mlp.fc1.weight.shape
@@ -58,14 +74,12 @@ def _channels(c: Any, cross_qk: int, cross_v: int, self_qk: int | None, self_v: 
     )
 
 
-def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
-    """The transformers architecture name and `PerceiverConfig` keywords of `model` (see the module docstring);
-    `ValueError` naming what transformers has no setting for."""
+def _as_head(model: nn.Module) -> Head:
+    """`model`, one of the heads transformers has; `ValueError` naming its class otherwise."""
     from perceiver.models.flow import PerceiverForOpticalFlow
     from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
     from perceiver.models.vision import PerceiverForImageClassification
 
-    name = type(model).__name__
     heads = (
         PerceiverForMaskedLM,
         PerceiverForSequenceClassification,
@@ -75,8 +89,19 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     if not isinstance(model, heads):
         raise ValueError(
             f"expected a PerceiverForMaskedLM, PerceiverForSequenceClassification, PerceiverForImageClassification or "
-            f"PerceiverForOpticalFlow (the heads transformers has), got a {name}"
+            f"PerceiverForOpticalFlow (the heads transformers has), got a {type(model).__name__}"
         )
+    return model
+
+
+def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The transformers architecture name and `PerceiverConfig` keywords of `model` (see the module docstring);
+    `ValueError` naming what transformers has no setting for."""
+    from perceiver.models.flow import PerceiverForOpticalFlow
+    from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
+
+    model = _as_head(model)
+    name = type(model).__name__
     enc = model.encoder
     c = enc.config
     if c.num_cross_attends != 1 or c.activation != "gelu" or c.attn_residual != "none" or any(enc.inverted):
@@ -85,9 +110,10 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
             f"attention; this {name} has num_cross_attends={c.num_cross_attends}, activation={c.activation!r}, "
             f"attn_residual={c.attn_residual!r}, inverted_cross_attention={c.inverted_cross_attention!r}"
         )
-    cross_qk, cross_v, cross_widening = _widths(enc.cross_attends[0])
-    layers = enc.latent_blocks[0]
-    self_qk, self_v, self_widening = _widths(layers[0]) if len(layers) else (None, None, 1)
+    # nn.ModuleList items are typed as Module
+    cross_qk, cross_v, cross_widening = _widths(cast("CrossAttentionLayer", enc.cross_attends[0]))
+    layers = cast(nn.ModuleList, enc.latent_blocks[0])
+    self_qk, self_v, self_widening = _widths(cast("SelfAttentionLayer", layers[0])) if len(layers) else (None, None, 1)
     if self_v is not None and self_v != c.latent_dim:
         raise ValueError(
             f"transformers' latent self-attention adds its v_channels-wide output to the latents, so it needs "
@@ -128,10 +154,10 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
             return "PerceiverForMaskedLM", fields
         return "PerceiverForSequenceClassification", fields | dict(num_labels=model.num_classes)
     if isinstance(model, PerceiverForOpticalFlow):
-        a = model.config.adapter
+        flow = model.config.adapter
         hard_coded = dict(patch_size=3, out_channels=64, num_bands=64, concat_pos=True, sine_only=False)
         options = dict(projection_hidden=None, pyramid_scales=(), difference_scale=None)
-        other = {k: getattr(a, k) for k, v in (hard_coded | options).items() if getattr(a, k) != v}
+        other = {k: getattr(flow, k) for k, v in (hard_coded | options).items() if getattr(flow, k) != v}
         if model.config.output.rescale_factor != 100.0:
             other["rescale_factor"] = model.config.output.rescale_factor
         if other:
@@ -140,30 +166,33 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
                 f"decoder output divided by 100 and none of our flow options; this model has {other}"
             )
         return "PerceiverForOpticalFlow", fields | dict(
-            train_size=list(a.train_size), d_model=model.input_adapter.num_channels
+            train_size=list(flow.train_size), d_model=model.input_adapter.num_channels
         )
-    a = model.config.adapter
-    if a.prep_type == "conv" and a.same_padding:
+    image = model.config.adapter
+    if image.prep_type == "conv" and image.same_padding:
         raise ValueError(
             "transformers' conv stem pads its 7x7 convolution by 3 on each side (55x55 tokens at 224), ours by "
             "DeepMind's SAME padding (56x56, same_padding=True): export a model built with same_padding=False"
         )
-    if a.prep_type not in _IMAGE_HEADS:
-        raise ValueError(f"transformers has no image classifier with prep_type={a.prep_type!r}")
-    h, w = a.image_size
+    if image.prep_type not in _IMAGE_HEADS:
+        raise ValueError(f"transformers has no image classifier with prep_type={image.prep_type!r}")
+    h, w = image.image_size
     if h != w:
         raise ValueError(f"transformers' image classifiers take square images, this model takes {h}x{w}")
     fields |= dict(d_model=model.input_adapter.num_channels, image_size=h, num_labels=model.num_classes)
-    return _IMAGE_HEADS[a.prep_type], fields
+    return _IMAGE_HEADS[image.prep_type], fields
 
 
-def _example_inputs(model: nn.Module) -> dict[str, Tensor]:
+def _example_inputs(model: Head) -> dict[str, Tensor]:
     """Random keyword inputs both `model` and its transformers twin take (`inputs`, and a mask for text)."""
+    from perceiver.adapters.flow import FlowAdapterConfig
+    from perceiver.adapters.text import TextAdapterConfig
+
     g = torch.Generator().manual_seed(0)
     a = model.config.adapter
-    if hasattr(a, "train_size"):  # flow: one pair of frames as patches
+    if isinstance(a, FlowAdapterConfig):  # flow: one pair of frames as patches
         return {"inputs": torch.randn(1, 2, a.patch_channels, *a.train_size, generator=g)}
-    if hasattr(a, "vocab_size"):
+    if isinstance(a, TextAdapterConfig):
         ids = torch.randint(6, a.vocab_size, (2, a.max_seq_len), generator=g)
         mask = torch.ones(2, a.max_seq_len, dtype=torch.long)
         mask[1, a.max_seq_len // 2 :] = 0
@@ -172,7 +201,7 @@ def _example_inputs(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
+def to_transformers(model: nn.Module, atol: float = 1e-4) -> PreTrainedModel:
     """A transformers `Perceiver*` model (eval mode, fp32, CPU) with `model`'s weights and the same outputs.
 
     `ValueError` if transformers cannot express `model` (named in the message), or if the two disagree on random
@@ -180,10 +209,12 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     import transformers
 
     from perceiver.lora import has_lora, merge_lora
+    from perceiver.models.flow import PerceiverForOpticalFlow
     from perceiver.pretrained import HF_CONVERTERS
 
     if has_lora(model):  # LoRA adapters: their merged weights (the caller's model keeps its adapters)
         model = merge_lora(copy.deepcopy(model))
+    model = _as_head(model)
     arch, fields = transformers_config(model)
     hf = getattr(transformers, arch)(transformers.PerceiverConfig(**fields)).eval()
     # Distinct values everywhere, so that each tensor our converter loads names the transformers key it came from.
@@ -209,7 +240,7 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> nn.Module:
     x = _example_inputs(reference)
     try:
         expected = reference.eval()(**x).logits
-        if arch == "PerceiverForOpticalFlow":  # transformers' units
+        if isinstance(reference, PerceiverForOpticalFlow):  # transformers' units
             expected = expected / reference.config.output.flow_scale_factor
         got = hf(**x).logits
         diff = (expected - got).abs().max().item()

@@ -14,12 +14,14 @@ lives in its own module and registers itself with `perceiver.pretrained.register
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
 from perceiver.core.decoder import DecoderConfig
 from perceiver.core.encoder import EncoderConfig
+
+M = TypeVar("M", bound=nn.Module)
 
 _LAYER_KEYS = {
     "attention.self.layernorm2": "kv_norm",
@@ -134,7 +136,7 @@ def decoder_from_hf(
     return dec, keys
 
 
-def load_converted(model: nn.Module, sd: dict[str, Tensor], keys: dict[str, str]) -> nn.Module:
+def load_converted(model: M, sd: dict[str, Tensor], keys: dict[str, str]) -> M:
     """Load `sd[theirs]` into `model[ours]` for every pair of `keys`; every parameter and buffer of ours must be
     covered and shapes must agree, else a ValueError names the keys."""
     ours = model.state_dict()

@@ -42,7 +42,8 @@ def imagenet_encoder(**fields: Any) -> EncoderConfig:
 
 def classifier_decoder(**fields: Any) -> DecoderConfig:
     """The Perceiver IO classification decoder: one head, q/k as wide as the latents, query residual."""
-    return DecoderConfig(**(dict(num_heads=1, cross_attention_shape="kv", use_query_residual=True) | fields))
+    base: dict[str, Any] = dict(num_heads=1, cross_attention_shape="kv", use_query_residual=True)
+    return DecoderConfig(**(base | fields))
 
 
 def check_num_classes(value: Any) -> None:

@@ -140,6 +140,8 @@ class PerceiverAR(ARGeneration, PerceiverModel):
     head_kind = "next-token logits over the vocabulary"
     checkpointed_modules = ("",)  # set_grad_checkpointing: every cross and latent layer
 
+    inv_freq: Tensor
+
     @property
     def num_classes(self) -> int:
         """The vocabulary size (the logits' last axis)."""
@@ -179,8 +181,9 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 scale = 1.0 / math.sqrt(2 * depth) if name.endswith(("to_out", "fc2")) else 1.0
                 nn.init.normal_(m.weight, std=std * scale)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+                bias = getattr(m, "bias", None)  # an Embedding has none
+                if bias is not None:
+                    nn.init.zeros_(bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from perceiver.checks import check_token_ids, token_mask
+
+if TYPE_CHECKING:
+    from perceiver.models.ar import PerceiverARConfig
 
 
 @dataclass
@@ -55,6 +58,14 @@ class PerceiverARCache:
 
 class ARGeneration:
     """`init_cache` and `generate` of `PerceiverAR` (a mixin; see the module docstring)."""
+
+    if TYPE_CHECKING:  # what the mixin uses of the model
+        config: PerceiverARConfig
+        to_logits: nn.Linear
+
+        def _num_latents(self, length: int, num_latents: int | None) -> int: ...
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def init_cache(
         self,
@@ -168,9 +179,9 @@ class ARGeneration:
                 f"expected do_sample=True for num_return_sequences={num_return_sequences} (greedy continuations of "
                 "one prompt are all the same), got do_sample=False"
             )
-        for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-            if value is not None and not 0 <= value < c.vocab_size:
-                raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {value}")
+        for name, token_id in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+            if token_id is not None and not 0 <= token_id < c.vocab_size:
+                raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {token_id}")
         mask = token_mask(attention_mask, input_ids)
         left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
         if not left_padded:

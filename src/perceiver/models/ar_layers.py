@@ -67,6 +67,8 @@ class _Layer(nn.Module):
     """
 
     kernel: str = "sdpa"
+    to_out: nn.Linear  # set by the subclasses
+    ff: FeedForward
 
     def __init__(self, c: PerceiverARConfig) -> None:
         super().__init__()  # subclasses register their modules in init order (it decides init_weights' draws)

@@ -107,7 +107,7 @@ class _ModalityClassifier(PerceiverIO):
         check_nonempty(inputs, "inputs", self.expected_input)
         return inputs, to_bool_mask(mask, "mask")
 
-    def forward(
+    def forward(  # type: ignore[override]  # a classifier's arguments (no output_index, chunks)
         self,
         inputs: Tensor,
         mask: Tensor | None = None,

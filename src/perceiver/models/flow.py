@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.flow import (
+    FlowAdapter,
     FlowAdapterConfig,
     FlowOutputConfig,
     frames_to_patches,
@@ -130,6 +131,8 @@ class PerceiverForOpticalFlow(PerceiverIO):
     classifier_name = None
     head_kind = "optical flow (B, H, W, 2)"
 
+    input_adapter: FlowAdapter  # built from `config.adapter`
+
     @property
     def num_classes(self) -> int:
         """2: the logits' last axis is the flow `(dx, dy)`; there is no class head to reset."""
@@ -144,6 +147,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
             config.decoder.for_parts(query_dim=d, latent_dim=encoder.config.latent_dim, output_dim=2)
         )
         if config.output_init_zeros:
+            assert isinstance(decoder.final_layer, nn.Linear)  # output_dim=2
             nn.init.zeros_(decoder.final_layer.weight)
             nn.init.zeros_(decoder.final_layer.bias)
         super().__init__(adapter, encoder, InputQueries(d), decoder, config.output.build())
@@ -165,7 +169,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
         check_nonempty(inputs, "inputs", f"(B, 2, {k}, H, W)")
         return inputs, to_bool_mask(mask, "attention_mask")
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor,
         attention_mask: Tensor | None = None,

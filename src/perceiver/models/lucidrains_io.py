@@ -76,7 +76,7 @@ class QueryDecoder(nn.Module):
     def forward(self, queries: Tensor, latents: Tensor) -> Tensor:
         """`queries` `(B, O, E)`, `latents` `(B, N, D)` -> `(B, O, F)`."""
         h = self.attention(self.q_norm(queries), self.kv_norm(latents))[0]
-        if self.mlp is not None:
+        if self.mlp is not None and self.mlp_norm is not None:  # both or neither (feed_forward)
             h = h + self.mlp(self.mlp_norm(h))
         return self.to_logits(h)
 

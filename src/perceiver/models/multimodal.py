@@ -73,7 +73,9 @@ def multimodal_audio(**fields: Any) -> AudioAdapterConfig:
 
 def multimodal_video(**fields: Any) -> VideoAdapterConfig:
     """DeepMind's video input: 16 x 3 x 224 x 224, space-to-depth 4, 32 bands, max resolution (16, 224, 224)."""
-    base = dict(num_frames=16, image_size=(224, 224), spatial_block_size=4, num_bands=32, max_resolution=(16, 224, 224))
+    base: dict[str, Any] = dict(
+        num_frames=16, image_size=(224, 224), spatial_block_size=4, num_bands=32, max_resolution=(16, 224, 224)
+    )
     return VideoAdapterConfig(**(base | fields))
 
 
@@ -168,7 +170,9 @@ class MultimodalAutoencodingConfig:
     @property
     def video_shape(self) -> tuple[int, int, int, int]:
         """`(T, C, H, W)` of the expected video."""
-        return (self.image.num_frames, self.image.in_channels, *self.image.image_size)  # type: ignore[return-value]
+        v = self.image
+        assert v.num_frames is not None and v.image_size is not None  # __post_init__ requires them
+        return (v.num_frames, v.in_channels, *v.image_size)
 
 
 #: flat keys of format-1 files and earlier preset keywords that moved (other flat keys route by their field name)
@@ -201,16 +205,14 @@ def legacy_overrides(base: MultimodalAutoencodingConfig, flat: Mapping[str, Any]
                 f"multimodal-perceiver {key} must be an integer >= 1, got {value!r} ({type(value).__name__})"
             )
     out: dict[str, Any] = {}
-    t = given.get("num_frames", base.image.num_frames)
+    frames, image_size, samples = base.image.num_frames, base.image.image_size, base.audio.num_samples
+    assert frames is not None and image_size is not None and samples is not None  # __post_init__ requires them
+    t = given.get("num_frames", frames)
     if "num_frames" in given or "image_size" in given:
-        size = (
-            pair("multimodal-perceiver image_size", given["image_size"])
-            if "image_size" in given
-            else base.image.image_size
-        )
+        size = pair("multimodal-perceiver image_size", given["image_size"]) if "image_size" in given else image_size
         out |= {"image.num_frames": t, "image.image_size": size, "image.max_resolution": (t, *size)}
     if "num_frames" in given or "audio_samples_per_frame" in given:
-        per_frame = given.get("audio_samples_per_frame", base.audio.num_samples // base.image.num_frames)
+        per_frame = given.get("audio_samples_per_frame", samples // frames)
         out |= {"audio.num_samples": t * per_frame, "audio.max_resolution": t * per_frame}
     return out | rename_keys(LEGACY_KEYS, flat)
 
@@ -234,12 +236,16 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     classifier_name = None
     head_kind = "an autoencoding of video, audio and label (a dict per modality); num_classes is the label count"
 
+    query_builder: MultimodalQueries
+
     def __init__(self, config: MultimodalAutoencodingConfig) -> None:
         c = config = copy.deepcopy(config)  # the model's own: its parts keep `inputs` / `queries` by reference
         audio, image = c.audio.build(), c.image.build()
         inputs = MultimodalInputAdapter(
             {"audio": audio, "image": image, "label": OneHotLabelAdapter(c.num_classes)}, c.inputs
         )
+        assert c.image.num_frames is not None and c.image.image_size is not None  # __post_init__ requires them
+        assert c.audio.num_samples is not None
         t, (h, w) = c.image.num_frames, c.image.image_size
         ap, vp = audio.position, image.position  # the queries take the adapters' Fourier settings
         queries = MultimodalQueries(
@@ -339,7 +345,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
 
     # -- forward --------------------------------------------------------------------------------------------------
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Mapping[str, Tensor],
         attention_mask: Tensor | None = None,

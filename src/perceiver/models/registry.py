@@ -14,15 +14,19 @@ import fnmatch
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
+if TYPE_CHECKING:
+    from perceiver.hub import PretrainedMixin
+
 _PRESETS: dict[str, Callable[..., nn.Module]] = {}
 _HUB_IDS: dict[str, str] = {}
-_MODEL_TYPES: dict[str, type] = {}
+_MODEL_TYPES: dict[str, type[PretrainedMixin]] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
-C = TypeVar("C", bound=type)
+C = TypeVar("C", bound="type[PretrainedMixin]")
+M = TypeVar("M", bound=nn.Module)
 
 
 def register_model(name: str, hub_id: str | None = None) -> Callable[[F], F]:
@@ -125,13 +129,13 @@ def _check_preset_class(name: str, checkpoint: Any, model: nn.Module) -> nn.Modu
     )
 
 
-def model_type_class(model_type: str) -> type:
+def model_type_class(model_type: str) -> type[PretrainedMixin]:
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(_MODEL_TYPES))}")
     return _MODEL_TYPES[model_type]
 
 
-def build_preset(cls: type, base: Any, overrides: dict[str, Any]) -> nn.Module:
+def build_preset(cls: type[M], base: Any, overrides: dict[str, Any]) -> M:
     """`cls(config)` for the preset config `base` with keyword `overrides` (flat or dotted keys, see
     `perceiver.hub.apply_overrides`; the renamed keys of earlier releases in `cls.legacy_keys` still work)."""
     import copy

@@ -263,7 +263,7 @@ class PerceiverForMaskedLM(TextModel):
         labels = check_class_ids(labels, logits.shape[-1], "labels (token ids)")
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -314,7 +314,7 @@ class PerceiverForSequenceClassification(TextModel):
         )
         self.config = config
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor | None = None,
         attention_mask: Tensor | None = None,

@@ -173,7 +173,7 @@ class PerceiverForTokenClassification(TextModel):
     """A class per input byte: `forward(inputs (B, L), attention_mask (B, L), labels (B, L))` -> `ModelOutput` with
     `.logits` `(B, L, num_classes)`, `.loss` with labels (-100 = ignore; padding is ignored as well)."""
 
-    config_class: Any = PerceiverTokenClassifierConfig
+    config_class = PerceiverTokenClassifierConfig
     model_type = "perceiver-token-classifier"
     classifier_name = "head.classifier"
 
@@ -237,7 +237,7 @@ class PerceiverForTokenClassification(TextModel):
         labels = check_class_ids(labels, logits.shape[-1]).long()
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor | None = None,
         attention_mask: Tensor | None = None,

@@ -79,7 +79,7 @@ class PerceiverForImageClassification(PerceiverIO):
         check_nonempty(inputs, "pixel_values", "(B, C, H, W)")
         return inputs, to_bool_mask(mask, "attention_mask")
 
-    def forward(
+    def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor | None = None,
         attention_mask: Tensor | None = None,

@@ -78,6 +78,6 @@ def gelu_then(h: Tensor, fc: nn.Module) -> Tensor:
     """`fc(gelu(h))`, `(..., hidden) -> (..., out)`: through `gelu_linear` (GELU recomputed in backward) where `fc` is
     a dense `nn.Linear` (`is_dense`), else through `fc` itself (a module that wraps or replaces the Linear, such as
     peft's LoRA layers, computes something else than `F.linear` of its `.weight`)."""
-    if is_dense(fc):
+    if isinstance(fc, nn.Linear) and is_dense(fc):
         return gelu_linear(h, fc.weight, fc.bias)
     return fc(F.gelu(h))

@@ -273,6 +273,7 @@ class MultiHeadAttention(nn.Module):
         w_k, b_k, w_v, b_v = weights
         bias_channel = b_k is not None and dropout > 0.0
         if bias_channel:  # dropped probabilities no longer sum to 1: the biases ride along as a channel of ones
+            assert b_k is not None and b_v is not None  # both biases or neither
             w_k = torch.cat([w_k, b_k[:, None]], dim=1)
             w_v = torch.cat([w_v, b_v[:, None]], dim=1)
             x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
@@ -286,6 +287,7 @@ class MultiHeadAttention(nn.Module):
             mixed = F.scaled_dot_product_attention(q_abs, xh, xh, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
         out = mixed @ w_v.unflatten(0, (h, -1)).transpose(-1, -2)  # (B, H, N, Dv/H)
         if b_k is not None and not bias_channel:
+            assert b_v is not None  # both biases or neither
             # The key bias adds q_h . b_k,h to a whole row of scores, which the softmax ignores, so its exact gradient
             # is zero (`0 * b_k.sum()` gives it that, DDP expects one); the probabilities sum to 1, so the value bias
             # is added after mixing. No ones channel: the keys keep Ckv channels (512, not 513, for vision-learned).
@@ -363,7 +365,7 @@ def use_matmul_attention(model: nn.Module) -> nn.Module:
             f"Perceiver AR's layers) to switch to matmul attention"
         )
     for module in found:
-        module.kernel = "matmul"
+        module.kernel = "matmul"  # type: ignore[assignment]  # torch types Module.__setattr__ as Tensor | Module only
     return twin
 
 

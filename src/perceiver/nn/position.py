@@ -34,7 +34,7 @@ def linear_positions(
 def fourier_features(
     pos: Tensor,
     num_bands: int,
-    max_resolution: Sequence[int],
+    max_resolution: Sequence[float],
     concat_pos: bool = True,
     sine_only: bool = False,
 ) -> Tensor:
@@ -80,10 +80,12 @@ class FourierPositionEncoding(nn.Module):
     `forward(index_dims)` returns `(*index_dims, C)`; the caller broadcasts over the batch.
     """
 
+    anchor: Tensor
+
     def __init__(
         self,
         num_bands: int,
-        max_resolution: Sequence[int] | None = None,
+        max_resolution: Sequence[float] | None = None,
         concat_pos: bool = True,
         sine_only: bool = False,
         max_freq: float | None = None,
@@ -101,7 +103,9 @@ class FourierPositionEncoding(nn.Module):
             return num_axes * (2 * self.num_bands + 1)
         return fourier_channels(num_axes, self.num_bands, self.concat_pos, self.sine_only)
 
-    def build(self, index_dims: Sequence[int], device: torch.device | None = None, dtype=torch.float32) -> Tensor:
+    def build(
+        self, index_dims: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         pos = linear_positions(index_dims, device=device, dtype=dtype)
         if self.max_freq is not None:
             return axial_fourier_features(pos, self.num_bands, self.max_freq)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from perceiver.training.tasks import PerceiverTask, cosine_with_warmup, metric_dict
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 __all__ = ["CausalLMTask"]
 
@@ -38,7 +41,7 @@ class CausalLMTask(PerceiverTask):
         self._unigram: dict[str, float] = {}
         self._start: float | None = None
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = super().configure_optimizers()
         budget = self.hparams.time_budget
         if not budget:
@@ -72,7 +75,7 @@ class CausalLMTask(PerceiverTask):
 
     def _log_unigram(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if hasattr(dm, "unigram_bpb"):
+        if dm is not None and hasattr(dm, "unigram_bpb"):
             if stage not in self._unigram:
                 self._unigram[stage] = float(dm.unigram_bpb(stage))
             self.log(f"{stage}/bpb_unigram", self._unigram[stage], sync_dist=False)

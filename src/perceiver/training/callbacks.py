@@ -9,7 +9,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -70,7 +70,7 @@ def remove_stale_temp_files(folder: str | os.PathLike, pattern: str) -> list[Pat
     """Delete leftovers of writes killed half-way (`folder/pattern`, files or folders); returns what was removed."""
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
@@ -223,6 +223,8 @@ class AppendingCSVLogger(CSVLogger):
     """`CSVLogger` that appends to an existing `metrics.csv` instead of deleting it, so that a resumed `fit` and a
     later `validate` / `test` in the same run directory extend the run's log (one file for `perceiver plot`)."""
 
+    _experiment: _AppendingWriter | None
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
@@ -275,7 +277,7 @@ class MidEpochResume(Callback):
         self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
         if stage != "fit" or dm is None or getattr(dm.train_dataloader, "_mid_epoch_resume", False):
             return
         self._trainer = trainer
@@ -365,6 +367,13 @@ def task_description(pl_module: L.LightningModule, model: torch.nn.Module, datam
     return task
 
 
+@runtime_checkable
+class SavesPretrained(Protocol):
+    """A model that writes a model folder (`PretrainedMixin.save_pretrained`, the models of `perceiver`)."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, /) -> Any: ...
+
+
 class SavePretrained(Callback):
     """At the end of `fit`, write the best checkpoint's model (or the final one without a best) as a model folder:
     `RUN_DIR/model/{config.json, model.safetensors, task.json}`, loadable with `perceiver.from_pretrained` and
@@ -384,17 +393,22 @@ class SavePretrained(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.model
-        if not hasattr(model, "save_pretrained"):
+        if not isinstance(model, torch.nn.Module) or not isinstance(model, SavesPretrained):
             return
         ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
         sharded = _is_sharded(model)
         state, source = None, "final weights"
-        if best and Path(best).is_file():
+        if isinstance(ckpt, ModelCheckpoint) and best and Path(best).is_file():
             if trainer.is_global_zero:
                 state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
                 state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-            source = f"best checkpoint {best} ({ckpt.monitor}={float(ckpt.best_model_score):.6g})"
+            score = ckpt.best_model_score  # None for a checkpoint callback without a monitor (the latest checkpoint)
+            source = (
+                f"best checkpoint {best} ({ckpt.monitor}={float(score):.6g})"
+                if score is not None
+                else f"checkpoint {best}"
+            )
         elif sharded:  # FSDP2: gather the full weights (a collective: every process takes part)
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -403,23 +417,38 @@ class SavePretrained(Callback):
             return
         if state is not None:
             # a plain (unsharded) copy of the network to hold the chosen weights
-            model = pl_module.build_plain_model() if sharded else copy.deepcopy(model).cpu()
+            if sharded:
+                model = _plain_model(pl_module)
+                assert isinstance(model, SavesPretrained)  # the class of the sharded network
+            else:
+                model = copy.deepcopy(model).cpu()
             model.load_state_dict(state)
         bad = _non_finite_names(model.state_dict().items())
         if bad:
             raise NonFiniteError(f"refusing to save the model of the {source}: non-finite weights in {', '.join(bad)}")
         out = Path(trainer.default_root_dir) / self.dirname
         model.save_pretrained(out)  # with LoRA adapters merged
-        task = task_description(pl_module, model, trainer.datamodule)
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
+        task = task_description(pl_module, model, datamodule)
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
         from perceiver.lora import has_lora, save_adapter
 
         if has_lora(model):
             folder = out.parent / ("adapter" if out.name == "model" else f"{out.name}-adapter")
-            adapter = save_adapter(model, folder, base_model=pl_module.hparams.pretrained)
+            base = pl_module.hparams["pretrained"]
+            adapter = save_adapter(model, folder, base_model=base)
             (adapter / "task.json").write_text(json.dumps(task, indent=2) + "\n")
-            rank_zero_info(f"saved its LoRA adapter to {adapter} (base model: {pl_module.hparams.pretrained})")
+            rank_zero_info(f"saved its LoRA adapter to {adapter} (base model: {base})")
+
+
+def _plain_model(pl_module: L.LightningModule) -> torch.nn.Module:
+    """A new, unsharded instance of the task's (sharded) network, of the same class (`build_plain_model`)."""
+    from perceiver.training.tasks import PerceiverTask
+
+    if not isinstance(pl_module, PerceiverTask):
+        raise TypeError(f"SavePretrained of a sharded model needs a PerceiverTask, got {type(pl_module).__name__}")
+    return pl_module.build_plain_model()
 
 
 def _is_sharded(model: torch.nn.Module) -> bool:

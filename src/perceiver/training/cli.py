@@ -149,7 +149,7 @@ def _cli_class() -> type:
     class PerceiverArgumentParser(LightningArgumentParser):
         """Names the closest known keys when a key is unknown (abbreviations are off: see `PerceiverCLI`)."""
 
-        def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        def error(self, message: str, ex: Exception | None = None):
             return super().error(_with_suggestions(message, self._option_string_actions), ex)
 
     class PerceiverCLI(LightningCLI):
@@ -257,7 +257,7 @@ def _cli_class() -> type:
                 return
             found: set[str] = set()
             looked: list[str] = []
-            for cb in self.trainer.callbacks:
+            for cb in self.trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
                 if isinstance(cb, OnExceptionCheckpoint):
                     looked.append(str(cb.ckpt_path))
                     found |= {str(cb.ckpt_path)} if Path(cb.ckpt_path).is_file() else set()

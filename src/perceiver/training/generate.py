@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 import torch
 
@@ -25,6 +25,16 @@ from perceiver.tokenizer import NUM_BYTES, VOCAB_SIZE, decode_bytes, encode_byte
 
 Codec = tuple[Callable[[str], list[int]], Callable[[list[int]], str]]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@runtime_checkable
+class CausalGenerator(Protocol):
+    """What `generate_text` uses of a model: `config` (its `max_seq_len`, the window) and `generate` (as
+    `PerceiverAR`'s)."""
+
+    config: Any
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *args: Any, **kwargs: Any) -> torch.Tensor: ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +100,12 @@ def text_codec(name: str, model_dir: str, vocab_size: int) -> Codec:
         raise ValueError(
             f"expected a tokenizer of at most the model's {vocab_size} ids, got {name!r} with {len(tokenizer)}"
         )
-    return (
-        lambda text: tokenizer.encode(text, add_special_tokens=False),
-        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-    )
+
+    def decode(ids: list[int]) -> str:
+        # transformers types decode() as str | list[str] (the latter for a batch); one id list decodes to one str
+        return tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[return-value]  # one id list decodes to one str
+
+    return (lambda text: tokenizer.encode(text, add_special_tokens=False)), decode
 
 
 class TextPrinter:
@@ -138,7 +150,7 @@ class TextPrinter:
 
 
 def generate_text(
-    model: torch.nn.Module,
+    model: CausalGenerator,
     prompt: str,
     args: argparse.Namespace,
     codec: Codec | None = None,
@@ -153,9 +165,8 @@ def generate_text(
     ids = encode(prompt)[-window:]
     if not ids:
         raise ValueError(f"expected a prompt that encodes to at least one token, got {prompt!r}")
-    ids = torch.tensor(ids, dtype=torch.long).unsqueeze(0)
     out = model.generate(
-        ids,
+        torch.tensor(ids, dtype=torch.long).unsqueeze(0),
         args.max_new_tokens,
         do_sample=not args.greedy,
         temperature=args.temperature,
@@ -182,7 +193,7 @@ def generate_main(argv: list[str]) -> None:
 
         # an adapter folder: generate with merged weights (no adapter matmuls per step)
         model = merge_lora(perceiver.from_pretrained(args.model_dir, dtype=args.dtype).eval())
-        if not hasattr(model, "generate"):
+        if not isinstance(model, CausalGenerator):  # has generate (and config)
             raise ValueError(
                 f"expected a causal language model with generate() in {args.model_dir}, got {type(model).__name__}"
             )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from perceiver.core.model import Features, ModelOutput
 from perceiver.training.plots import plot_attention_maps, plot_training_curves
 from perceiver.training.predict import (
     check_file_kinds,
@@ -21,6 +23,16 @@ from perceiver.training.predict import (
 )
 
 __all__ = ["attention_main", "cross_attention", "plot_main"]
+
+
+@runtime_checkable
+class AttentionModel(Protocol):
+    """What `cross_attention` calls: the `forward_features` / `forward_head` contract (classic `Perceiver`,
+    Perceiver IO classifiers)."""
+
+    def forward_features(self, inputs: Tensor, /, *, return_attention: bool = ...) -> Features: ...
+
+    def forward_head(self, features: Features, /) -> ModelOutput: ...
 
 
 def plot_main(argv: list[str]) -> None:
@@ -40,12 +52,12 @@ def cross_attention(model: torch.nn.Module, images: Tensor, cross_attend: int = 
     """Logits `(B, K)` and the attention `(B, H, N, M)` of cross-attend `cross_attend` of an image model (the classic
     `Perceiver` or a Perceiver IO classifier: both follow the `forward_features` / `forward_head` contract).
     `images` are channels-last `(B, H, W, C)`; models whose `input_layout` is channels-first get them permuted."""
-    if not hasattr(model, "forward_features"):
+    if not isinstance(model, AttentionModel):  # has forward_features and forward_head
         raise SystemExit(f"error: {type(model).__name__} has no forward_features(return_attention=True)")
     if getattr(model, "input_layout", "channels_last") == "channels_first":
         images = images.permute(0, 3, 1, 2)
     features = model.forward_features(images, return_attention=True)
-    maps = features.encoder_attentions
+    maps = features.encoder_attentions or []  # a list with return_attention=True
     if not 0 <= cross_attend < len(maps):
         raise SystemExit(f"error: the model has {len(maps)} cross-attends, got --cross-attend {cross_attend}")
     return model.forward_head(features).logits, maps[cross_attend]

@@ -179,8 +179,8 @@ def plot_attention_maps(
     fig, axes = plt.subplots(1 + len(heat_rows), b, figsize=(1.6 * b + 0.9, 1.6 * (1 + len(heat_rows)) + 0.4))
     axes = np.asarray(axes).reshape(1 + len(heat_rows), b)
     for col in range(b):
-        img = images[col]
-        img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).numpy()
+        pixels = images[col]
+        img = ((pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-8)).numpy()
         gray = img if img.ndim == 2 else img.mean(-1)
         axes[0][col].imshow(img, cmap="gray_r" if img.ndim == 2 else None, interpolation="nearest")
         if titles is not None:
@@ -205,7 +205,7 @@ def plot_attention_maps(
 
 # ---------------------------------------------------------------------------------------------- optical flow
 def save_flow_comparison(
-    frames: Tensor, flow: Tensor, pred: Tensor | None, out: str | Path, titles: Sequence[str] | None = None
+    frames: Tensor, flow: Tensor | None, pred: Tensor | None, out: str | Path, titles: Sequence[str] | None = None
 ) -> Path:
     """Rows of `[frame | ground-truth flow | predicted flow]` (one shared speed scale per row); writes a PNG.
 
@@ -230,7 +230,7 @@ def save_flow_comparison(
             ax.set_xticks([])
             ax.set_yticks([])
             label = name
-            if name == "prediction" and flow is not None:
+            if name == "prediction" and pred is not None and flow is not None:
                 epe = float((pred[i].float() - flow[i].float()).norm(dim=-1).mean())
                 label += f" (EPE {epe:.2f})"
             elif name == "ground truth":

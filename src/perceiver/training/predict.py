@@ -95,7 +95,7 @@ def model_inputs(model: torch.nn.Module) -> tuple[str, str | None, bool]:
     """`(what the model is, e.g. "an image classifier (PerceiverForImageClassification)", the kind of input it takes:
     "image", "text", "audio", "video", ... or None when its class does not tell, whether perceiver predict runs it)`.
     A classic `Perceiver` takes images when `input_axis == 2`; for other classic models task.json tells."""
-    model_type = getattr(model, "model_type", None)
+    model_type = getattr(model, "model_type", "")  # "" for a model without one: in neither table
     what, kind = PREDICTED.get(model_type) or NOT_PREDICTED.get(model_type) or ("a model", None)
     if model_type == "perceiver" and config_value(getattr(model, "config", None), "input_axis") == 2:
         kind = "image"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from perceiver.training.config_files import shipped_config
 
@@ -26,6 +27,17 @@ TABLE = {
 }
 
 
+class ResultRow(TypedDict):
+    """One config's results (`run_config`): name, metric label, test value and baseline, wall-clock, command."""
+
+    name: str
+    label: str
+    value: float | None
+    baseline: float | None
+    seconds: float
+    command: str
+
+
 def last_value(csv_path: Path, key: str) -> float | None:
     """The last non-empty value of column `key` in a Lightning metrics.csv."""
     value = None
@@ -36,7 +48,7 @@ def last_value(csv_path: Path, key: str) -> float | None:
     return value
 
 
-def run_config(name: str, extra: list[str], runs_dir: str | Path = "runs") -> dict[str, object]:
+def run_config(name: str, extra: list[str], runs_dir: str | Path = "runs") -> ResultRow:
     """fit + test one shipped config in fresh processes; returns its metrics and wall-clock seconds."""
     config = shipped_config(f"{name}.yaml")
     run_dir = Path(runs_dir) / name
@@ -63,7 +75,7 @@ def run_config(name: str, extra: list[str], runs_dir: str | Path = "runs") -> di
     }
 
 
-def markdown_row(r: dict[str, object]) -> str:
+def markdown_row(r: ResultRow) -> str:
     baseline = "" if r["baseline"] is None else f"{r['baseline']:.4f}"
     return f"| `{r['name']}` | {r['label']} | {r['value']:.4f} | {baseline} | {r['seconds'] / 60:.1f} min | `{r['command']}` |"
 

@@ -54,7 +54,9 @@ def default_callbacks(
         # metric improved, which is not what resuming needs. The second one (no monitor, top-1 by recency)
         # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
         metric, mode = task.monitor
-        common = dict(dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False)
+        common: dict[str, Any] = dict(
+            dirpath=run_dir / "checkpoints", auto_insert_metric_name=False, enable_version_counter=False
+        )
         # FiniteModelCheckpoint: never writes NaN / inf weights, writes next to the target and renames
         out.append(FiniteModelCheckpoint(filename="best", monitor=metric, mode=mode, save_top_k=1, **common))
         out.append(FiniteModelCheckpoint(filename="last", monitor=None, save_top_k=1, **common))

@@ -16,13 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from perceiver.training.tasks import PerceiverTask
+from perceiver.training.tasks import MetricDict, PerceiverTask
 
 
 class BinaryF1(Metric):
     """F1 of `pred == positive` against `target == positive` over the positions where `target != ignore_index`."""
 
     full_state_update = False
+    #: true positives, false positives, false negatives (`add_state`)
+    tp: Tensor
+    fp: Tensor
+    fn: Tensor
 
     def __init__(self, positive: int = 1, ignore_index: int = -100) -> None:
         super().__init__()
@@ -51,7 +55,7 @@ class TokenClassificationTask(PerceiverTask):
     def __init__(self, *args: Any, positive_label: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
-        self.f1 = torch.nn.ModuleDict({f"{s}_f1": BinaryF1(positive_label) for s in ("train", "val", "test")})
+        self.f1 = MetricDict({f"{s}_f1": BinaryF1(positive_label) for s in ("train", "val", "test")})
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         return self.model(batch["input_ids"], batch.get("attention_mask"))

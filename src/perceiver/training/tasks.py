@@ -32,17 +32,22 @@ The task and its datamodule agree before training starts (`setup`, once the trai
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from perceiver.training.geometry import check_input_geometry
 from perceiver.training.layouts import CHANNELS_LAST, convert_layout, input_layout, to_model_layout
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 __all__ = [
     "PerceiverTask",
@@ -85,6 +90,10 @@ def build_model(
         raise
 
 
+@overload
+def cli_nulls(kwargs: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def cli_nulls(kwargs: None) -> None: ...
 def cli_nulls(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
     """`kwargs` with the string "None" read as None: LightningCLI (jsonargparse 4.5x) hands a task
     `--model.model_kwargs.KEY=null` as the string "None" (a value of a `dict[str, Any]` inside `init_args`), where the
@@ -183,12 +192,22 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def metric_dict(name: str, baseline: str | None = None) -> nn.ModuleDict:
+class MetricDict(nn.ModuleDict):
+    """An `nn.ModuleDict` of torchmetrics `Metric`s (a task's running metrics), read back as `Metric`s."""
+
+    def __init__(self, metrics: Mapping[str, Metric] | None = None) -> None:
+        super().__init__(metrics)
+
+    def __getitem__(self, key: str) -> Metric:
+        return cast(Metric, super().__getitem__(key))
+
+
+def metric_dict(name: str, baseline: str | None = None) -> MetricDict:
     """Running means `{stage}_{name}` for train / val / test (and `{stage}_{baseline}` for val / test)."""
     metrics = {f"{s}_{name}": MeanMetric() for s in ("train", "val", "test")}
     if baseline:
         metrics.update({f"{s}_{baseline}": MeanMetric() for s in ("val", "test")})
-    return nn.ModuleDict(metrics)
+    return MetricDict(metrics)
 
 
 #: metric names (the part after `stage/`) and whether lower or higher is better, for `monitor_mode` inference
@@ -269,13 +288,17 @@ class PerceiverTask(L.LightningModule):
             name for the metrics the tasks log (loss, bpb, epe: min; acc, f1: max).
     """
 
-    #: metric ModelCheckpoint keeps the best of, and whether lower or higher is better (the default of the
-    #: `monitor` / `monitor_mode` arguments; an instance's choice is `self.monitor`)
-    monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
+    #: metric ModelCheckpoint keeps the best of, and whether lower or higher is better (the class attribute is the
+    #: default of the `monitor` / `monitor_mode` arguments; an instance's choice is `self.monitor`)
+    monitor: tuple[str, str] = ("val/loss", "min")
     #: what `task.json` in a saved model folder says the model does (read by `perceiver predict`)
     task_name: ClassVar[str] = "generic"
     #: (datamodule method giving a baseline value, metric name it is logged under as `{stage}/{name}`), or None
     datamodule_baseline: ClassVar[tuple[str, str] | None] = None
+    #: the wrapped network (`set_model`)
+    model: nn.Module
+    #: the running metrics of the subclasses that log them (`metric_dict`; `_log_metric`)
+    metrics: MetricDict
 
     def __init__(
         self,
@@ -309,6 +332,11 @@ class PerceiverTask(L.LightningModule):
             )
         self.set_model(self.build_plain_model())
 
+    @property
+    def hparams(self) -> AttributeDict:
+        """The hyperparameters (`save_hyperparameters()` in `__init__` stores them as an `AttributeDict`)."""
+        return super().hparams  # type: ignore[return-value]  # Lightning's hint also allows a plain MutableMapping
+
     def set_model(self, model: nn.Module) -> None:
         """Make `model` the task's network (compiled if `compile`; `optimize` chooses again)."""
         self.model = model
@@ -328,8 +356,11 @@ class PerceiverTask(L.LightningModule):
             return
         import perceiver
 
-        batch = self.transfer_batch_to_device(next(iter(self.trainer.train_dataloader)), self.device, 0)
-        self.__dict__["_captured"] = calls = []
+        loader = self.trainer.train_dataloader
+        assert loader is not None  # the fit loop sets it up before on_train_start
+        batch = self.transfer_batch_to_device(next(iter(loader)), self.device, 0)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.__dict__["_captured"] = calls
         try:
             with torch.no_grad():
                 self._call_model(batch)  # records the model call a training step makes
@@ -433,7 +464,7 @@ class PerceiverTask(L.LightningModule):
         return self.__dict__.get("_baseline")
 
     def _log_baseline(self, stage: str) -> None:
-        if (value := self.baseline()) is not None:
+        if self.datamodule_baseline is not None and (value := self.baseline()) is not None:
             self.log(f"{stage}/{self.datamodule_baseline[1]}", value, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
@@ -443,7 +474,7 @@ class PerceiverTask(L.LightningModule):
         self._log_baseline("test")
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.hparams
         groups = param_groups(self, hp.weight_decay)
         optimizer = torch.optim.AdamW(
