@@ -284,7 +284,7 @@ def compile_frozen(
 
 
 def _contexts(bf16: bool, math_sdpa: bool, no_grad: bool, device: str, freezing: bool = False) -> Callable[[], Any]:
-    def make():
+    def make() -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         if no_grad:
             stack.enter_context(torch.no_grad())

@@ -17,7 +17,7 @@ import pickle
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -37,18 +37,19 @@ from perceiver.models.registry import model_type_class
 HF_CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
 # transformers architecture name -> (config dict -> the weight names its converter reads)
 HF_REQUIRED_KEYS: dict[str, Callable[[dict[str, Any]], Collection[str]]] = {}
+Converter = TypeVar("Converter", bound=Callable[..., nn.Module])
 
 
 def register_hf_converter(
     *architectures: str, required_keys: Callable[[dict[str, Any]], Collection[str]] | None = None
-):
+) -> Callable[[Converter], Converter]:
     """Decorator: `fn(hf_config: dict, state_dict: dict, **options) -> nn.Module` converts these heads.
 
     `required_keys(hf_config)` names the weights every checkpoint of these heads holds (at least those the converter
     reads to size the model): `from_pretrained` checks them before converting, so weights that do not belong to the
     config are one ValueError naming the folder, the architecture and the keys, not a KeyError from inside."""
 
-    def wrap(fn):
+    def wrap(fn: Converter) -> Converter:
         for arch in architectures:
             HF_CONVERTERS[arch] = fn
             if required_keys is not None:

@@ -237,3 +237,16 @@ def test_monitor_defaults_to_the_task_and_is_inferred_from_the_metric_name():
 def test_monitor_errors_name_expected_and_got(monitor, mode, match):
     with pytest.raises(ValueError, match=match):
         ClassificationTask(**TINY_TASK, monitor=monitor, monitor_mode=mode)
+
+
+def test_grad_checkpointing_of_a_model_without_layers_to_checkpoint_is_a_clear_error(tmp_path):
+    """`grad_checkpointing=True` on a model folder whose class cannot checkpoint (perceiver-pytorch's `PerceiverBlock`
+    form) names the class, not an AttributeError from inside."""
+    from perceiver.models.lucidrains_io import LucidrainsBlockConfig, LucidrainsPerceiverBlock
+
+    folder = LucidrainsPerceiverBlock(LucidrainsBlockConfig(dim=16, latent_heads=2, latent_dim_head=8)).save_pretrained(
+        tmp_path / "block"
+    )
+    with pytest.raises(ValueError, match="set_grad_checkpointing.*LucidrainsPerceiverBlock"):
+        PerceiverTask(pretrained=str(folder), grad_checkpointing=True)
+    assert isinstance(PerceiverTask(pretrained=str(folder)).model, LucidrainsPerceiverBlock)

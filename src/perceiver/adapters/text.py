@@ -37,7 +37,9 @@ class TextAdapter(InputAdapter):
     mask `(B, L)` (or None) and `without_pos` = the token embeddings `(B, L, C)`.
     """
 
-    def __init__(self, vocab_size: int = 262, max_seq_len: int = 2048, num_channels: int = 768, init_scale=0.02):
+    def __init__(
+        self, vocab_size: int = 262, max_seq_len: int = 2048, num_channels: int = 768, init_scale: float = 0.02
+    ):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("max_seq_len", max_seq_len), ("num_channels", num_channels)):
             if value < 1:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO, Literal
 
 import numpy as np
@@ -43,7 +44,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 __all__ = ["AUDIO_EXTENSIONS", "AudioFileDataset", "AudioFolderDataModule", "fit_length", "load_audio"]
 
 
-def _soundfile():
+def _soundfile() -> ModuleType:
     try:
         import soundfile
     except ImportError as e:  # pragma: no cover - the audio extra

@@ -313,7 +313,9 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
                 )
         return inputs, to_bool_mask(mask, "attention_mask")
 
-    def output_index(self, subsampled_output_points: Mapping[str, Any] | None, device=None) -> Tensor | None:
+    def output_index(
+        self, subsampled_output_points: Mapping[str, Any] | None, device: torch.device | str | None = None
+    ) -> Tensor | None:
         """Flat output index `(O',)` for transformers' `subsampled_output_points` (None: every position).
 
         Per modality: an index tensor into its flat output grid (audio: patches, image: T*H*W pixels, label: 1),

@@ -26,7 +26,7 @@ from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.core.io import PerceiverIO
+from perceiver.core.io import InputAdapter, PerceiverIO
 from perceiver.core.model import ModelOutput
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
@@ -46,7 +46,9 @@ class ImageClassifierConfig:
         check_num_classes(self.num_classes)
 
 
-def build_classifier_parts(adapter: Any, encoder: EncoderConfig, decoder: DecoderConfig, num_classes: int):
+def build_classifier_parts(
+    adapter: InputAdapter, encoder: EncoderConfig, decoder: DecoderConfig, num_classes: int
+) -> tuple[InputAdapter, PerceiverEncoder, TrainableQueries, PerceiverDecoder, ClassificationOutput]:
     """The parts of a Perceiver IO classifier: the adapter, an encoder for its width, one trainable query (of the
     latents' width, or `decoder.query_dim` when set, as krasserm's `num_output_query_channels`) and a decoder
     projecting to `num_classes` (0: no projection), with the classification output."""

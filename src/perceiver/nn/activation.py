@@ -20,6 +20,8 @@ Linear (peft's LoRA, a quantised Linear) is never bypassed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,13 +33,13 @@ class _GeluLinear(torch.autograd.Function):
         return F.linear(F.gelu(h), weight, bias)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:
         h, weight, bias = inputs
         ctx.save_for_backward(h, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: ANN001
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         h, weight = ctx.saved_tensors
         dtype = grad.dtype
         grad_h = grad_w = grad_b = None

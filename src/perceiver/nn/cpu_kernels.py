@@ -25,6 +25,7 @@ or device and inside a CPU autocast region it runs the plain `F.linear`.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +55,16 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     (`dy.T @ x`, where oneDNN measured no faster) stays with MKL."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor, packed_t: Tensor | None) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor, packed_t: Tensor | None
+    ) -> Tensor:
         ctx.save_for_backward(x, packed_t)
         ctx.has_bias = bias is not None
         return _onednn_linear(x, packed, None if bias is None else bias.detach())
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: Tensor):
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, packed_t = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:

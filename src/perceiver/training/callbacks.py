@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,7 +100,9 @@ class FiniteCheck(Callback):
     def _where(self, trainer: L.Trainer) -> str:
         return f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
@@ -252,7 +255,9 @@ class StepSeed(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         key = [self._base or 0, trainer.global_step, batch_idx, trainer.global_rank]
         seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         # not seed_everything: it would overwrite PL_GLOBAL_SEED, the base of the next steps
@@ -283,7 +288,7 @@ class MidEpochResume(Callback):
         self._trainer = trainer
         build, callback = dm.train_dataloader, self
 
-        def train_dataloader():
+        def train_dataloader() -> Any:
             loader = build()
             if isinstance(loader, torch.utils.data.DataLoader):
                 loader.__class__ = _skipping_loader_class(type(loader), callback)
@@ -305,8 +310,8 @@ class MidEpochResume(Callback):
 
 
 def _skipping_loader_class(base: type, callback: MidEpochResume) -> type:
-    def __iter__(self):  # noqa: N807
-        iterator = base.__iter__(self)
+    def __iter__(self: Any) -> Any:  # noqa: N807
+        iterator = base.__iter__(self)  # type: ignore[attr-defined]  # base is a DataLoader class
         return _skip_lazily(iterator, callback)
 
     return type(f"MidEpochResume{base.__name__}", (base,), {"__iter__": __iter__})
@@ -480,7 +485,16 @@ class JsonlPredictionWriter(BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         if not isinstance(prediction, list):
             return
         with self._path(trainer).open("a") as f:

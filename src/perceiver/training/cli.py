@@ -45,7 +45,7 @@ import textwrap
 import warnings
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from perceiver.training.config_files import resolve_config_args, shipped_configs
 from perceiver.training.help_cache import is_help_request, print_help
@@ -53,6 +53,8 @@ from perceiver.training.run_defaults import default_callbacks, default_loggers
 from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
 
 if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
     PerceiverCLI: type  # the LightningCLI subclass, defined on first use (module `__getattr__`, `_cli_class`)
 
 __all__ = ["PerceiverCLI", "default_callbacks", "default_loggers", "main"]
@@ -149,8 +151,8 @@ def _cli_class() -> type:
     class PerceiverArgumentParser(LightningArgumentParser):
         """Names the closest known keys when a key is unknown (abbreviations are off: see `PerceiverCLI`)."""
 
-        def error(self, message: str, ex: Exception | None = None):
-            return super().error(_with_suggestions(message, self._option_string_actions), ex)
+        def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+            super().error(_with_suggestions(message, self._option_string_actions), ex)
 
     class PerceiverCLI(LightningCLI):
         """LightningCLI over any `PerceiverTask` and any `LightningDataModule` (both given by `class_path` in the
@@ -179,7 +181,7 @@ def _cli_class() -> type:
                 **kwargs,
             )
 
-        def add_arguments_to_parser(self, parser) -> None:
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.set_defaults({"trainer.default_root_dir": "runs/default"})
             parser.add_argument(
                 "--overwrite",
@@ -211,7 +213,7 @@ def _cli_class() -> type:
                 "epochs with --ckpt_path last.",
             )
 
-        def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
             parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
             for action in parser._actions:
                 if action.dest == "ckpt_path":
@@ -318,7 +320,7 @@ def _cli_class() -> type:
                     undo_failed_start(*self._fresh_start)
                 raise
 
-        def instantiate_trainer(self, **kwargs: Any):
+        def instantiate_trainer(self, **kwargs: Any) -> Trainer:
             config = self._get(self.config_init, "trainer", default={})
             run_dir = Path(config.get("default_root_dir") or "runs/default")
             existing = list(config.get("callbacks") or [])

@@ -140,7 +140,9 @@ def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3
     return read_image(path, size, grayscale=channels == 1)
 
 
-def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None):
+def image_geometry(
+    info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None
+) -> tuple[tuple[int, int], int]:
     """`(H, W), C` from the command line, else `task.json`'s `image_shape`, else the model config's `image_size` and
     channels."""
     shape = info.get("image_shape")
@@ -156,7 +158,7 @@ def image_geometry(info: dict[str, Any], model: torch.nn.Module, size: list[int]
     )
     if hw is None:
         raise SystemExit("error: the model folder has no task.json with image_shape; pass --image-size H W")
-    return hw, int(c)
+    return (int(hw[0]), int(hw[1])), int(c)
 
 
 def label_names(class_names: list[str] | None, num_outputs: int) -> list[str]:
@@ -192,7 +194,9 @@ def top_labels(logits: Tensor, class_names: list[str] | None, top_k: int) -> lis
 
 
 @torch.no_grad()
-def classify_texts(model: torch.nn.Module, texts: list[str], info: dict[str, Any], top_k: int = 5):
+def classify_texts(
+    model: torch.nn.Module, texts: list[str], info: dict[str, Any], top_k: int = 5
+) -> list[list[tuple[str, float]]]:
     """UTF-8 texts -> top-k labels; encoded as in training (`[CLS] bytes + 6 [SEP]`, `perceiver.data.text`)."""
     from perceiver.data.text import encode_sequence
 

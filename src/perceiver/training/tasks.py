@@ -70,7 +70,7 @@ def build_model(
     model_kwargs: dict[str, Any] | None = None,
     pretrained: str | None = None,
     reset_head: bool = False,
-):
+) -> nn.Module:
     """A registry preset (`perceiver.create_model`) or, with `pretrained`, a saved / converted model folder or Hub
     id. With `reset_head` and a class count in `model_kwargs`, a pretrained head of another size is re-initialised
     (`ignore_mismatched_sizes=True`)."""
@@ -385,6 +385,13 @@ class PerceiverTask(L.LightningModule):
 
             add_lora(model, **cli_nulls(hp.lora))
         if hp.get("grad_checkpointing"):
+            from perceiver.core.model import GradCheckpointingMixin
+
+            if not isinstance(model, GradCheckpointingMixin):
+                raise ValueError(
+                    f"expected a model with set_grad_checkpointing for grad_checkpointing=True, got "
+                    f"{type(model).__name__}, which has no layers to checkpoint"
+                )
             model.set_grad_checkpointing(True)
         return model
 
