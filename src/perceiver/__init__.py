@@ -24,7 +24,7 @@ _LAZY: dict[str, str] = {
     "EncoderConfig": "perceiver.core.encoder",
     "PerceiverEncoder": "perceiver.core.encoder",
     "InputAdapter": "perceiver.core.io",
-    "ModelOutput": "perceiver.core.io",
+    "ModelOutput": "perceiver.core.model",
     "OutputAdapter": "perceiver.core.io",
     "PerceiverIO": "perceiver.core.io",
     "PerceiverIOOutput": "perceiver.core.io",
@@ -99,7 +99,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         TrainableQueries,
     )
     from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-    from perceiver.core.io import InputAdapter, ModelOutput, OutputAdapter, PerceiverIO, PerceiverIOOutput
+    from perceiver.core.io import InputAdapter, OutputAdapter, PerceiverIO, PerceiverIOOutput
+    from perceiver.core.model import ModelOutput
     from perceiver.image_processing import ImageProcessor
     from perceiver.models import Perceiver, PerceiverConfig
     from perceiver.models.ar import PerceiverAR
