@@ -301,3 +301,14 @@ def test_predict_runs_over_the_test_split_without_mutating_the_datamodule(digits
     rows = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == len(dm.test_set) != len(dm.val_set)  # every test image once (360 digits, 72 validate)
     assert [json.loads(row)["index"] for row in rows] == list(range(len(dm.test_set)))
+
+
+@pytest.mark.parametrize("subcommand", ["generate", "predict"])  # the ones whose help reads a module docstring
+def test_help_works_without_docstrings(subcommand):
+    """`python -OO` strips docstrings (`__doc__` is None): the help of a subcommand built from one still prints."""
+    args = [sys.executable, "-OO", "-m", "perceiver.training.cli", *([subcommand] if subcommand else []), "--help"]
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, "PERCEIVER_HELP_CACHE": "0"}
+    )  # parse, not a cached help
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout.lower() or "perceiver" in done.stdout
