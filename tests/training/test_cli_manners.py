@@ -306,7 +306,7 @@ def test_predict_runs_over_the_test_split_without_mutating_the_datamodule(digits
 @pytest.mark.parametrize("subcommand", ["generate", "predict"])  # the ones whose help reads a module docstring
 def test_help_works_without_docstrings(subcommand):
     """`python -OO` strips docstrings (`__doc__` is None): the help of a subcommand built from one still prints."""
-    args = [sys.executable, "-OO", "-m", "perceiver.training.cli", *([subcommand] if subcommand else []), "--help"]
+    args = [sys.executable, "-OO", "-m", "perceiver.training.cli", subcommand, "--help"]
     done = subprocess.run(
         args, capture_output=True, text=True, timeout=300, env={**os.environ, "PERCEIVER_HELP_CACHE": "0"}
     )  # parse, not a cached help
