@@ -170,3 +170,16 @@ def test_hidden_states_and_attention_maps_parity(config, tmp_path):
     assert_same_intermediates(mine, theirs, hf.config.num_blocks, hf.config.num_self_attends_per_block)
     torch.testing.assert_close(mine.logits, plain.logits)
     assert plain.hidden_states is None and plain.latent_attentions is None
+
+
+def test_missing_classifier_weight_is_named():
+    """A checkpoint without the classifier's final layer names that weight (it was reported as `num_classes ...
+    got None`, a config value the user never set)."""
+    from perceiver.interop.hf_vision import convert_image_classifier
+
+    hf = hf_model("fourier", d_latents=16, num_blocks=1)
+    sd = {k: v for k, v in hf.state_dict().items() if "final_layer" not in k}
+    hf_config = hf.config.to_dict() | {"architectures": ["PerceiverForImageClassificationFourier"]}
+    with pytest.raises(ValueError, match=r"perceiver\.decoder\.decoder\.final_layer\.weight is missing"):
+        convert_image_classifier(hf_config, sd)
+    convert_image_classifier(hf_config, hf.state_dict())  # the complete checkpoint converts
