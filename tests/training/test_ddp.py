@@ -1,4 +1,5 @@
-"""DDP and FSDP2 on CPU (gloo): 2 processes with per-process batch b reach the loss of 1 process with batch 2b.
+"""DDP and FSDP2 on CPU (gloo): 2 processes with per-process batch b reach the loss of 1 process with batch 2b; so do
+two torchrun "nodes" of one process each (multi-node DDP).
 
 FSDP2 runs through Lightning's `ModelParallelStrategy` (`configs/strategy-fsdp.yaml`); Lightning's FSDP1
 `strategy: fsdp` refuses CPU, and torch's FSDP1 itself needs an accelerator (see docs/training.md).
@@ -6,6 +7,8 @@ FSDP2 runs through Lightning's `ModelParallelStrategy` (`configs/strategy-fsdp.y
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,4 +105,48 @@ def test_grad_checkpointing_two_processes_match_one_process(strategy, one_proces
     trains to the one-process loss without it."""
     fit(tmp_path / "two", 2, 8, strategy, "--model.grad_checkpointing=true")
     one, two = loss_on_fixed_batch(one_process_run / "model"), loss_on_fixed_batch(tmp_path / "two" / "model")
+    assert abs(one - two) / abs(one) <= 1e-4, (one, two)
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_process(one_process_run, tmp_path):
+    """Multi-node as docs/training.md launches it: torchrun on each node (here two "nodes" of one process each on this
+    machine, a shared run directory as on a cluster's shared storage) with `--trainer.num_nodes 2`. Each node keeps
+    its own cores for its process, and training matches one process with the whole batch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = tiny_args(
+        "digits",
+        tmp_path / "two-nodes",
+        "--trainer.max_steps=10",
+        "--trainer.max_epochs=-1",
+        "--trainer.limit_train_batches=null",
+        "--trainer.limit_val_batches=0",
+        "--trainer.precision=32",
+        "--model.model_kwargs.ff_dropout=0.0",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=2",
+        "--trainer.strategy=ddp",
+        "--data.batch_size=8",
+    )
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    rendezvous = ["--master_addr=127.0.0.1", f"--master_port={port}"]
+    nodes = [
+        subprocess.Popen(
+            [*launch, f"--node_rank={rank}", *rendezvous, "-m", "perceiver.training.cli", "fit", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    for node, log in zip(nodes, logs):
+        assert node.returncode == 0, log[-4000:]
+    assert "Starting with 2 processes" in logs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+    cores = len(os.sched_getaffinity(0))
+    assert all(f"{cores} CPU threads ({cores} usable core(s) shared by 1 process(es))" in log for log in logs), logs
+    one, two = loss_on_fixed_batch(one_process_run / "model"), loss_on_fixed_batch(tmp_path / "two-nodes" / "model")
+    print(f"two nodes: loss after 10 steps: 1 process {one:.8f}, 2 nodes {two:.8f}, rel. {abs(one - two) / one:.1e}")
     assert abs(one - two) / abs(one) <= 1e-4, (one, two)

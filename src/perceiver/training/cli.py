@@ -229,7 +229,8 @@ def _cli_class() -> type:
             config = self._subconfig()
             trainer = config.trainer
             devices = trainer.get("devices")
-            processes = (int(devices) if str(devices).isdigit() else 1) * int(trainer.get("num_nodes") or 1)
+            # the processes of this node (devices per node; each node of a multi-node run has its own cores)
+            processes = int(devices) if str(devices).isdigit() else 1
             threads = resolve_threads(config.get("threads"), processes)
             if threads is not None:
                 torch.set_num_threads(int(threads.value))
