@@ -38,7 +38,9 @@ class CausalGenerator(Protocol):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perceiver generate", description="Continue a text with a saved causal model (Perceiver AR).")
+    parser = argparse.ArgumentParser(
+        prog="perceiver generate", description="Continue a text with a saved causal model (Perceiver AR)."
+    )
     parser.add_argument("model_dir", help="a model folder (config.json + model.safetensors), e.g. RUN_DIR/model")
     parser.add_argument("--prompt", required=True, help="text to continue (at least one byte)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate (default 200)")
