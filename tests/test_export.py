@@ -71,11 +71,47 @@ def test_export_command_takes_the_shape_a_classic_model_was_trained_on(tmp_path,
     assert "per sample (12, 12, 1)" in capsys.readouterr().out
 
 
+def test_the_token_heads_export_from_the_command_line(tmp_path, capsys):
+    """The token classifier (`segment-pydoc`'s model) and question answering take the text models' inputs: they had
+    no example inputs, so `perceiver export` of their folders failed ("pass the inputs to export yourself")."""
+    for name in ("token-classifier", "question-answering"):
+        model = tiny(name)
+        ids, mask = example_inputs(model, 3)
+        assert ids.shape == mask.shape == (3, model.config.adapter.max_seq_len) and mask.dtype == torch.bool
+        assert LogitsOnly(model)(ids, mask).shape[:2] == ids.shape
+    folder = tiny("token-classifier").save_pretrained(tmp_path / "model")
+    main(["export", str(folder), str(tmp_path / "segment.onnx"), "--check"])
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+
+
 def test_example_inputs_rejects_unknown_models_clearly():
     with pytest.raises(ValueError, match="no example inputs for Linear"):
         example_inputs(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="expected batch_size >= 1, got 0"):
         example_inputs(tiny("perceiver"), 0)
+    with pytest.raises(TypeError, match="expected batch_size as an int, got float"):  # was randn()'s own message
+        example_inputs(tiny("perceiver"), 2.0)
+    with pytest.raises(TypeError, match="expected shape as a sequence of ints .*got 8"):  # was "'int' ... iterable"
+        example_inputs(tiny("perceiver"), 2, 8)
+
+
+def test_a_single_tensor_of_batch_1_exports_with_a_dynamic_batch():
+    """Batch 1 is exported as batch 2 also when the inputs are one tensor (it was only for a tuple: torch.export
+    specialised the batch to 1 and refused the dynamic batch)."""
+    model = tiny("perceiver")
+    program = export_program(model, torch.randn(1, 8, 8, 3))
+    x = torch.randn(3, 8, 8, 3)
+    torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_leaves_a_training_model_in_training_mode(tmp_path):
+    """The export runs the model in eval mode, then gives it back in the mode it came in (as torch.onnx.export): it
+    was left in eval mode, so an export during training switched the model's dropout off for the rest of it."""
+    model = tiny("text-classifier", attn_dropout=0.1).train()
+    export_program(model)
+    assert model.training and all(m.training for m in model.modules())
+    path = export_onnx(model, tmp_path / "m.onnx", check=True, check_batch_sizes=(2,))
+    assert model.training and onnx_max_abs_diff(model, path, example_inputs(model, 2)) <= 1e-4 and model.training
 
 
 @pytest.mark.parametrize("name", ["language-perceiver", "vision-perceiver-learned"])

@@ -136,6 +136,41 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written folders left
 
 
+def test_an_adapter_folder_loads_with_num_labels(tmp_path):
+    """transformers' `num_labels` names the adapter's class count as `num_classes` does (it was refused as
+    "not both" because the adapter's count was added beside it)."""
+    base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")  # 5 classes
+    model = perceiver.from_pretrained(base_dir, num_classes=3, ignore_mismatched_sizes=True)
+    adapter_dir = lora.save_adapter(lora.add_lora(model, r=2), tmp_path / "adapter", base_model=base_dir)
+    assert perceiver.from_pretrained(adapter_dir, num_labels=3).num_classes == 3
+    with pytest.raises(ValueError, match="not both"):
+        perceiver.from_pretrained(adapter_dir, num_labels=3, num_classes=3)
+
+
+def test_reset_classifier_of_an_adapted_model_is_refused(tmp_path):
+    """peft trains and saves its copy of the head: a head reset after `add_lora` replaced that copy by a plain
+    Linear that `save_adapter` then left out, and the adapter folder did not load (a KeyError)."""
+    model = lora.add_lora(tiny("vision-perceiver-learned"), r=2)
+    with pytest.raises(ValueError, match="expected reset_classifier before add_lora"):
+        model.reset_classifier(4)
+    assert model.num_classes == 5 and lora.has_lora(model)
+    lora.merge_lora(model).reset_classifier(4)  # a plain model again
+    assert model(*inputs("vision-perceiver-learned")).logits.shape == (2, 4)
+
+
+def test_an_adapter_without_its_head_weights_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
+    adapter_dir = lora.save_adapter(lora.add_lora(perceiver.from_pretrained(base_dir), r=2), tmp_path / "adapter")
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    save_file({k: v for k, v in weights.items() if "lora_" in k}, adapter_dir / "adapter_model.safetensors")
+    target = perceiver.from_pretrained(base_dir)
+    with pytest.raises(ValueError, match="the adapter does not fit .*adapter_model.safetensors lacks"):
+        lora.load_adapter(target, adapter_dir)
+    assert not lora.has_lora(target)  # nothing half-applied
+
+
 def test_an_adapter_folder_exports_to_onnx_and_to_transformers(tmp_path, capsys):
     """`perceiver export` of an adapter folder exports the merged weights; `to_transformers` of an adapted model
     converts its merged weights and leaves its adapters in place."""

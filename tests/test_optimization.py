@@ -66,6 +66,9 @@ def test_every_candidate_name_is_buildable():
     assert set(CANDIDATES) == {"inference", "training"}
     with pytest.raises(ValueError, match="expected warmup >= 1"):
         perceiver.optimize(tiny("perceiver"), inputs("perceiver"), warmup=0)
+    for bad in (dict(warmup=1.5), dict(repeats=2.0)):  # were a RuntimeError naming no argument (range() of a float)
+        with pytest.raises(ValueError, match=r"expected warmup >= 1 and repeats >= 1 \(ints\)"):
+            perceiver.optimize(tiny("perceiver"), inputs("perceiver"), candidates=["eager"], verbose=False, **bad)
 
 
 @pytest.mark.parametrize("compiled_before", [False, True])

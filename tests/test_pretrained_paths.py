@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import tiny
 
 import perceiver
@@ -98,3 +99,22 @@ def test_token_and_force_download_go_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     perceiver.from_pretrained("me/private", token="hf_x", force_download=True, revision="v3")
     assert asked[0]["token"] == "hf_x" and asked[0]["force_download"] and asked[0]["revision"] == "v3"
+
+
+def test_home_relative_folders_save_and_load_alike(tmp_path, monkeypatch):
+    """`~/x` names the same folder for saving and loading (save_pretrained made a folder literally named "~" in the
+    working directory, which perceiver.from_pretrained("~/x") then did not find)."""
+    from perceiver import lora
+    from perceiver.export import export_onnx
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model = tiny("vision-perceiver-learned")
+    assert model.save_pretrained("~/model") == tmp_path / "home" / "model"
+    assert type(perceiver.from_pretrained("~/model")) is type(model)
+    assert type(type(model).from_pretrained("~/model")) is type(model)
+    adapter = lora.save_adapter(lora.add_lora(model, r=2), "~/adapter", base_model="~/model")
+    assert adapter == tmp_path / "home" / "adapter" and lora.has_lora(perceiver.from_pretrained("~/adapter"))
+    lora.load_adapter(tiny("vision-perceiver-learned"), "~/adapter")
+    assert export_onnx(tiny("perceiver"), "~/m.onnx", inputs=torch.randn(2, 8, 8, 3)).is_file()
+    assert not (tmp_path / "~").exists()

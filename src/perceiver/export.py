@@ -32,13 +32,18 @@ in C++, without Python or compilation at serving time. Both take any batch size.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
+
+from perceiver.checks import InputTypeError
+
+Exported = TypeVar("Exported", bound=Callable[..., Any])
 
 __all__ = [
     "LogitsOnly",
@@ -82,12 +87,19 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
         PerceiverForOpticalFlow,
         PerceiverForPointCloudClassification,
         PerceiverForSequenceClassification,
+        PerceiverForTokenClassification,
         PerceiverForVideoClassification,
     )
     from perceiver.models.ar import PerceiverAR
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise InputTypeError(f"expected batch_size as an int, got {type(batch_size).__name__}")
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+    if shape is not None and (
+        not isinstance(shape, Sequence) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise InputTypeError(f"expected shape as a sequence of ints (the per-sample input shape), got {shape!r}")
     b = batch_size
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
@@ -105,7 +117,8 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
         ids = torch.randint(0, model.config.vocab_size, (b, length), device=device)
         return ids, torch.ones(b, length, dtype=torch.bool, device=device)
     # Perceiver IO models: sizes from the input adapter's config
-    if isinstance(model, PerceiverForMaskedLM | PerceiverForSequenceClassification):
+    text_models = PerceiverForMaskedLM | PerceiverForSequenceClassification | PerceiverForTokenClassification
+    if isinstance(model, text_models):  # and question answering, a token classifier
         text = model.config.adapter
         length = sample[0] if sample else text.max_seq_len
         ids = torch.randint(6, text.vocab_size, (b, length), device=device)
@@ -138,7 +151,7 @@ def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tu
     if inputs is None:
         return example_inputs(model, 2)
     if isinstance(inputs, Tensor):
-        return (inputs,)
+        inputs = (inputs,)
     if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
         raise TypeError(f"expected inputs as a tensor or a tuple of tensors, got {type(inputs).__name__}")
     inputs = tuple(inputs)
@@ -189,12 +202,29 @@ def _raise_ours(error: BaseException, model: nn.Module, inputs: tuple[Tensor, ..
     raise ours from ours.__cause__
 
 
+def _keeps_mode(fn: Exported) -> Exported:
+    """`fn(model, ...)` runs `model` in eval mode and leaves it in the mode it came in (as `torch.onnx.export`
+    does): an export in the middle of training does not switch its dropout off for the rest of it."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        was_training = getattr(model, "training", None)
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            if isinstance(model, nn.Module) and was_training is not None:
+                model.train(was_training)
+
+    return cast(Exported, wrapper)
+
+
 def _dynamic_batch(inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
     """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     return (tuple({0: batch} for _ in inputs),)
 
 
+@_keeps_mode
 def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> torch.export.ExportedProgram:
     """`torch.export.export` of `model`'s task output with a dynamic batch dimension (eval mode).
 
@@ -210,6 +240,7 @@ def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
         raise
 
 
+@_keeps_mode
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -234,7 +265,7 @@ def export_onnx(
     _check_batch_sizes(check_batch_sizes)
     model = model.eval()
     inputs = _as_inputs(model, inputs)
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"expected the path of the .onnx file to write, got the folder {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +313,7 @@ def _check_batch_sizes(sizes: Sequence[int]) -> None:
         raise ValueError(f"expected check_batch_sizes as batch sizes >= 1, got {sizes!r}")
 
 
+@_keeps_mode
 def export_pt2(
     model: nn.Module,
     path: str | os.PathLike,
@@ -299,7 +331,7 @@ def export_pt2(
     differs from eager PyTorch by more than `atol` (max abs). Written next to `path`, checked there and moved into
     place: a failed export or check leaves no file at `path` (nor a half-written one). Returns the path.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix != ".pt2":
         raise ValueError(f"expected a path ending in .pt2, got {str(path)!r}")
     if path.is_dir():
@@ -340,7 +372,7 @@ def load_pt2(path: str | os.PathLike) -> Any:
     (`torch._inductor.aoti_load_package`) or an exported program (`torch.export.load(path).module()`)."""
     import zipfile
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"expected a .pt2 archive at {str(path)!r}, but there is no such file")
     if path.is_dir():
@@ -394,6 +426,7 @@ def _resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+@_keeps_mode
 def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor]) -> float:
     """Max abs difference between onnxruntime's output for the file `path` and eager `model` on `inputs`."""
     return _onnx_errors(model, path, inputs)[0]

@@ -349,7 +349,7 @@ class PretrainedMixin:
         from perceiver.lora import has_lora, merged_state_dict
 
         assert isinstance(self, nn.Module)
-        target = Path(save_directory)
+        target = Path(save_directory).expanduser()  # "~/x", as perceiver.from_pretrained reads it
         check_save_directory(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_dirs(target)
@@ -451,7 +451,7 @@ class PretrainedMixin:
         dtype = resolve_dtype(dtype, torch_dtype)
         device = resolve_device(map_location, "map_location")
         num_classes = pop_num_classes(num_classes, overrides)
-        path = Path(directory)
+        path = Path(directory).expanduser()
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} in {path}, {name} is missing")

@@ -200,7 +200,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     if base_model is not None:
         local = Path(base_model)
         config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)
-    target = Path(directory)
+    target = Path(directory).expanduser()
     check_save_directory(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
@@ -238,7 +238,7 @@ def load_adapter(
 
     peft = _peft()
     device = resolve_device(map_location, "map_location")
-    folder = Path(directory)
+    folder = Path(directory).expanduser()
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in {folder}, {name} is missing")
@@ -261,6 +261,8 @@ def load_adapter(
         result = peft.functional.set_peft_model_state_dict(model, weights)
     except RuntimeError as e:  # shapes of another model
         problem = str(e).split("\n\t", 1)[-1].split("\n\t", 1)[0]
+    except KeyError as e:  # a tensor its config names (a trained head) is not in the weights file
+        problem = f"{folder / ADAPTER_WEIGHTS} lacks {e}"
     else:
         missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
         if result.unexpected_keys or missing:

@@ -401,8 +401,8 @@ def optimize(
     unknown = sorted(set(names) - set(CANDIDATES[mode]))
     if unknown:
         raise ValueError(f"unknown {mode} candidates {unknown}; expected some of {list(CANDIDATES[mode])}")
-    if warmup < 1 or repeats < 1:
-        raise ValueError(f"expected warmup >= 1 and repeats >= 1, got {warmup} and {repeats}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (warmup, repeats)):
+        raise ValueError(f"expected warmup >= 1 and repeats >= 1 (ints), got {warmup!r} and {repeats!r}")
     param = next(model.parameters(), None)
     device = param.device.type if param is not None else "cpu"
     if max_memory_mb is not None and (max_memory_mb < 0 or _held_bytes(device) is None):

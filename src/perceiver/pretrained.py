@@ -184,6 +184,7 @@ def from_pretrained(
         device = resolve_device(device)
     hub_options = {key: overrides.pop(key) for key in HUB_OPTIONS if key in overrides}
     folder = resolve(path_or_id, **hub_options)
+    num_classes = pop_num_classes(num_classes, overrides)
     from perceiver import lora
 
     if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
@@ -193,7 +194,6 @@ def from_pretrained(
             folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **hub_options, **overrides
         )
         return model if device is None else model.to(device)
-    num_classes = pop_num_classes(num_classes, overrides)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"expected config.json in {folder}")

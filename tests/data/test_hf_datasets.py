@@ -89,6 +89,22 @@ def test_bad_splits_columns_and_labels_are_named(tmp_path):
         dm.setup("test")
 
 
+def test_a_row_without_an_image_or_a_label_is_named_before_training(tmp_path):
+    ds, _, _ = digits_dataset(n_train=30, n_test=10)
+    images = ds["train"]["img"][:]
+    images[7] = None
+    no_image = datasets.DatasetDict({"train": ds["train"].map(lambda r, i: {"img": images[i]}, with_indices=True)})
+    no_image.save_to_disk(str(tmp_path / "no-image"))
+    dm = HFImageDataModule(str(tmp_path / "no-image"), image_size=8)
+    with pytest.raises(ValueError, match=r"split 'train' row 7: image column 'img' is empty"):
+        dm.setup("fit")  # not an AttributeError of Pillow in the middle of an epoch
+    no_label = ds["test"].map(lambda r, i: {"digit": None if i == 2 else r["digit"]}, with_indices=True)
+    datasets.DatasetDict({"train": ds["train"], "test": no_label}).save_to_disk(str(tmp_path / "no-label"))
+    dm = HFImageDataModule(str(tmp_path / "no-label"), image_size=8, test_split="test")
+    with pytest.raises(ValueError, match=r"split 'test' row 2: label column 'digit' is empty"):
+        dm.setup("test")
+
+
 def audio_table(audio: list[dict], labels: list[int], names: list[str]):
     """An `Audio` + `ClassLabel` dataset of stored files (`{"bytes", "path"}`), cast rather than encoded: encoding
     audio needs torchcodec in datasets 5, which Hub datasets (stored encoded) do not."""

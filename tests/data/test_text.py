@@ -90,6 +90,11 @@ def test_custom_fields_and_class_names(tmp_path):
     assert dm.num_classes == 3
     dm.setup()
     assert sorted(dm.train_set.labels.tolist() + dm.val_set.labels.tolist()) == [0] * 4 + [1] * 4
+    train = str(tmp_path / "t.jsonl")
+    with pytest.raises(ValueError, match=r"class_names must be distinct, got \['a'\] more than once"):
+        make(tmp_path, train_file=train, text_field="sentence", label_field="y", class_names=["a", "b", "a"])
+    with pytest.raises(TypeError, match="class_names must be a list of class names, got the string 'a,b'"):
+        make(tmp_path, train_file=train, text_field="sentence", label_field="y", class_names="a,b")
 
 
 def test_missing_file_names_it(tmp_path):
@@ -173,3 +178,18 @@ def test_datasets_dataset_errors_name_the_split_and_fields(tmp_path):
     dm = make(tmp_path, dataset=folder)  # text_field "text": not a column
     with pytest.raises(ValueError, match=r"saved\[train\]: field 'text' not found \(fields: sentence, label\)"):
         dm.setup("fit")
+
+
+def test_csv_cells_are_read_as_written(tmp_path):
+    # pandas' defaults would read "NA" / "None" / "null" as missing values and a text of digits as a number
+    texts = ["NA", "None", "null", "007", "1.50", "fine film"] * 2
+    labels = ["pos", "NA", "neg"] * 4  # "NA" is a class name here (not applicable), not a missing label
+    train = write_csv(tmp_path / "train.csv", [{"text": t, "label": y} for t, y in zip(texts, labels)])
+    dm = make(tmp_path, train_file=train, val_fraction=0.25)
+    assert dm.class_names == ["NA", "neg", "pos"]
+    assert dm._load()["train"][0] == texts
+    ints = write_csv(tmp_path / "ints.csv", [{"text": t, "label": i % 2} for i, t in enumerate(texts)])
+    assert make(tmp_path, train_file=ints).class_names == ["0", "1"]  # integer labels stay integers
+    empty = write_csv(tmp_path / "empty.csv", [{"text": "", "label": "a"}, {"text": "b", "label": "c"}])
+    with pytest.raises(ValueError, match=r"empty\.csv: row 0: field 'text' is empty"):
+        make(tmp_path, train_file=empty).setup()

@@ -132,3 +132,13 @@ def test_mlm_bad_input_is_a_clear_error(tmp_path):
         TextFilesMLMDataModule(train=short, mask_prob=0.0)
     with pytest.raises(FileNotFoundError, match="no val file matches"):
         TextFilesMLMDataModule(train=short, val=str(tmp_path / "none.txt")).setup()
+
+
+def test_table_cells_are_text_as_written(tmp_path):
+    # "NA" / "None" and digits are text of a CSV's text column (not pandas' missing values or numbers); empty cells
+    # and JSON nulls are no documents
+    csv_file = write(tmp_path, "t.csv", "text,id\nNA,1\n,2\n007,3\nNone,4\n")
+    jsonl = write(tmp_path, "t.jsonl", '{"text": "x"}\n{"text": null}\n{"text": ""}\n{"text": "y"}\n')
+    dm = TextFilesARDataModule(train=[csv_file, jsonl], val=jsonl, max_seq_len=4, num_targets=2)
+    dm.setup()
+    assert np.array_equal(dm.streams["train"], encode_bytes("\n\n".join(["NA", "007", "None", "x", "y"])))

@@ -87,6 +87,10 @@ def test_the_callers_model_keeps_its_dtype_and_mode():
         # transformers hard-codes its MLM decoder (8 heads, 256 query / key channels): named before any weight moves
         ("language-perceiver", {"decoder_heads": 2}, r"hard-codes its decoder: .* has \{'num_heads': 2\}"),
         ("language-perceiver", {"decoder_qk_channels": 64}, r"decoder has \{'qk_channels': 64\}"),
+        # the image heads hard-code their preprocessing (was "has no tensor ... of shape", naming no setting)
+        ("vision-perceiver-fourier", {"num_bands": 8}, r"Fourier hard-codes its input .* has \{'num_bands': 8\}"),
+        ("vision-perceiver-learned", {"trainable_pos_channels": 64}, r"'trainable_pos_channels': 64\}"),
+        ("vision-perceiver-conv", {"same_padding": False, "out_channels": 32}, r"has \{'out_channels': 32\}"),
     ],
 )
 def test_models_transformers_cannot_express_are_refused(name, overrides, match):
@@ -116,3 +120,37 @@ def test_export_command_writes_a_transformers_folder(tmp_path, capsys):
     with pytest.raises(SystemExit, match="error: transformers' conv stem pads"):
         main(["export", str(tmp_path / "conv"), str(tmp_path / "hf2"), "--transformers"])
     assert not (tmp_path / "hf2").exists()
+
+
+def test_a_headless_classifier_is_refused_by_name():
+    model = perturbed("text-classifier")
+    model.reset_classifier(0)  # was "DecoderConfig.output_dim must be a positive integer" from inside the export
+    with pytest.raises(ValueError, match="expected num_classes >= 1, got this PerceiverForSequenceClassification"):
+        to_transformers(model)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "PerceiverForImageClassificationLearned",
+        "PerceiverForImageClassificationFourier",
+        "PerceiverForImageClassificationConvProcessing",
+        "PerceiverForOpticalFlow",
+    ],
+)
+def test_a_transformers_checkpoint_goes_back_to_transformers(arch, tmp_path):
+    """transformers' qk_channels unset (DeepMind's image and flow configs) loads as explicit widths with
+    cross_attention_shape "q"; the export refused these ("these give no cross-attention qk 261 / v 261 ...")
+    although transformers' cross_attention_shape_for_attention="kv" expresses them."""
+    sizes = dict(num_latents=6, d_latents=32, num_self_attends_per_block=1, num_self_attention_heads=2)
+    sizes |= dict(num_cross_attention_heads=1, num_labels=3, train_size=[12, 16])
+    sizes |= dict(image_size=32 if "Conv" in arch else 16)
+    torch.manual_seed(0)
+    hf = getattr(transformers, arch)(transformers.PerceiverConfig(**sizes)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = perceiver.from_pretrained(tmp_path / "hf", **({"same_padding": False} if "Conv" in arch else {}))
+    back = to_transformers(ours)
+    assert type(back) is type(hf)
+    expected = hf.state_dict()
+    for key, value in back.state_dict().items():
+        torch.testing.assert_close(value, expected[key], atol=0, rtol=0, msg=key)

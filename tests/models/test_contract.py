@@ -99,6 +99,30 @@ def test_reset_classifier_changes_the_output_size_or_says_why_not(name):
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
+def test_a_headless_model_refuses_labels_and_regrows_its_head_in_its_dtype(name, tmp_path):
+    """After `reset_classifier(0)` the logits are features: labels are a ValueError (they were a silent loss over
+    the features, or a shape error from torch); a new head takes the model's dtype (it was float32 in a bf16 model,
+    which then saved a file of two dtypes that `dtype="auto"` refused)."""
+    model = tiny(name)
+    if not has_class_head(model):
+        pytest.skip(f"{name} has no class head")
+    model.to(torch.bfloat16).reset_classifier(0)
+    args = [a.to(torch.bfloat16) if a.is_floating_point() else a for a in inputs(name, 2)]
+    features = logits(model(*args))
+    with pytest.raises(ValueError, match="expected labels only for a model with a class head"):
+        model(*args, labels=torch.zeros(features.shape[:-1], dtype=torch.long))
+    model.reset_classifier(3)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    loaded = perceiver.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert loaded.num_classes == 3 and {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    if name != "perceiver":
+        return
+    classic = perceiver.create_model("perceiver", **TINY["perceiver"][0], final_classifier_head=False)
+    with pytest.raises(ValueError, match="expected labels only for a model with a class head"):
+        classic(*inputs("perceiver", 2), labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_resize_on_load(name, tmp_path, caplog):
     torch.manual_seed(0)
     model = tiny(name)

@@ -72,3 +72,17 @@ def test_save_load_preset_and_compile(tmp_path):
     assert perceiver.create_model("perceiver-resampler", dim=64, depth=1).config.num_latents == 64
     explained = torch._dynamo.explain(model)(media, torch.ones(2, 2, 5, dtype=torch.bool))
     assert explained.graph_break_count == 0
+
+
+def test_converters_name_what_they_expected_for_another_object():
+    """A state_dict that is not a dict, or another module than an Idefics2 resampler (e.g. its connector), is a
+    clear error rather than an AttributeError."""
+    from perceiver.checks import InputTypeError
+
+    with pytest.raises(InputTypeError, match="expected a flamingo-pytorch state_dict .a dict of tensors. or its mod"):
+        PerceiverResampler.from_flamingo_pytorch([torch.zeros(1)], dim=32, depth=1)
+    with pytest.raises(InputTypeError, match="expected an OpenFlamingo state_dict"):
+        PerceiverResampler.from_open_flamingo("checkpoint.pt", dim=32)
+    for other in (torch.nn.Linear(2, 2), {"latents": torch.zeros(1)}):
+        with pytest.raises(InputTypeError, match=f"Idefics2PerceiverResampler .* got {type(other).__name__}"):
+            PerceiverResampler.from_idefics2(other)

@@ -7,6 +7,7 @@ import torch
 
 import perceiver
 from perceiver.adapters.text import TextAdapter, TextAdapterConfig, TiedEmbeddingOutput
+from perceiver.checks import InputTypeError
 from perceiver.core.model import Features, ModelOutput
 from perceiver.models.text import PerceiverForMaskedLM, PerceiverForSequenceClassification
 
@@ -410,3 +411,6 @@ def test_fill_mask_errors_name_the_problem(mlm):
     other = perceiver.create_model("language-perceiver", vocab_size=300, num_latents=4, latent_dim=16, d_model=16)
     with pytest.raises(ValueError, match="expected a tokenizer for this model's 300-token vocabulary"):
         other.fill_mask("a[MASK]")
+    for bad in (123, None, b"a[MASK]"):  # was "TypeError: 'int' object is not iterable" from inside
+        with pytest.raises(InputTypeError, match=f"expected text as a str or a list of str, got {type(bad).__name__}"):
+            model.fill_mask(bad)

@@ -38,6 +38,19 @@ def test_labels_that_are_not_tensors(bad):
         model(*args, labels=bad)
 
 
+def test_regression_targets_of_another_shape():
+    """One output is regression (MSE, as transformers' problem_type): targets of another size were broadcast by
+    mse_loss with only a warning ((1,) for a batch of 2) or failed inside it ((3,))."""
+    model = tiny("text-classifier", num_labels=1).eval()
+    args = inputs("text-classifier", 2)
+    with torch.no_grad():
+        for good in (torch.zeros(2), torch.zeros(2, 1)):
+            assert model(*args, labels=good).loss.ndim == 0
+        for bad in (torch.zeros(1), torch.zeros(3), torch.zeros(2, 2)):
+            with pytest.raises(ValueError, match=r"expected regression targets of shape \(2,\) or \(2, 1\), got"):
+                model(*args, labels=bad)
+
+
 def test_bool_labels_are_not_class_ids():
     model, args, _ = _classifier("text-classifier")
     with pytest.raises(TypeError, match="integer class ids.*got dtype torch.bool"):

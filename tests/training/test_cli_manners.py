@@ -120,6 +120,14 @@ def test_ckpt_path_last_if_any_is_for_fit_only(tmp_path):
         main(["validate", *tiny_args("digits", tmp_path), "--ckpt_path=last_if_any"])
 
 
+@pytest.mark.parametrize("ckpt_path", ["last", "last_if_any"])
+def test_overwrite_and_resume_together_are_an_error(ckpt_path, tmp_path):
+    # either would be ignored: resuming kept the old run despite --overwrite true
+    with pytest.raises(SystemExit, match=rf"--overwrite true starts .* --ckpt_path {ckpt_path} resumes it"):
+        main(["fit", *tiny_args("digits", tmp_path / "run"), "--overwrite=true", f"--ckpt_path={ckpt_path}"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_ckpt_path_help_documents_last_if_any(capsys):
     with pytest.raises(SystemExit):
         cli._run_cli(["fit", "--help"], from_sys=False)  # the real parser, no cache

@@ -124,3 +124,14 @@ def test_cli_repetition_penalty_reaches_generate(tmp_path, capsys):
     out = model.generate(torch.tensor([prompt]), 12, repetition_penalty=4.0)[0].tolist()
     assert capsys.readouterr().out == perceiver.ByteTokenizer().decode(out, skip_special_tokens=True) + "\n"
     assert out != _greedy12(model, prompt)  # the penalty changed the continuation
+
+
+def test_bad_threads_and_an_unloadable_tokenizer_are_clear_errors(tmp_path):
+    _, folder = _save(tmp_path, 262)
+    for threads in ("0", "-1"):
+        with pytest.raises(SystemExit, match=f"expected --threads >= 1, got {threads}"):
+            main(["generate", folder, "--prompt", "abc", "--threads", threads])
+    pytest.importorskip("transformers")
+    (tmp_path / "empty").mkdir()  # a folder without tokenizer files: transformers raises OSError
+    with pytest.raises(SystemExit, match="expected --tokenizer 'bytes', 'raw-bytes' or a transformers tokenizer"):
+        main(["generate", folder, "--prompt", "abc", "--tokenizer", str(tmp_path / "empty")])

@@ -39,6 +39,15 @@ def test_plot_command_missing_run(tmp_path):
         main(["plot", str(tmp_path / "nope")])
 
 
+def test_plot_command_names_a_broken_metrics_file(tmp_path):
+    (tmp_path / "metrics.csv").write_bytes(b"epoch,step\n\xff\xfe,1\n")
+    with pytest.raises(SystemExit, match=r"error: .*metrics.csv: expected a CSV file \(UTF-8 text\)"):
+        main(["plot", str(tmp_path)])
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,abc,1.0\n")
+    with pytest.raises(SystemExit, match=r"error: .*metrics.csv: line 2: expected a number as step, got 'abc'"):
+        main(["plot", str(tmp_path)])
+
+
 def test_plot_training_curves_from_csv(tmp_path):
     rows = ["epoch,step,train/loss_step,val/loss,val/epe,val/epe_zero,lr-AdamW"]
     rows += [f"0,{s},{2 - s / 50},,,,{1e-3}" for s in range(40)]
@@ -53,6 +62,9 @@ def test_attention_command(digits_run, tmp_path):
     out = tmp_path / "att.png"
     main(["attention", str(digits_run / "model"), *map(str, pngs), "-o", str(out), "--latents", "0", "3"])
     assert_png(out)
+    n = json.loads((digits_run / "model" / "config.json").read_text())["num_latents"]
+    with pytest.raises(SystemExit, match=rf"error: the model has {n} latents \(0\.\.{n - 1}\), got --latents 0 {n}"):
+        main(["attention", str(digits_run / "model"), str(pngs[0]), "-o", str(out), "--latents", "0", str(n)])
 
 
 def test_plot_attention_maps_shapes(tmp_path):
@@ -75,10 +87,19 @@ def test_predict_images(digits_run, tmp_path, capsys):
 def test_predict_names_missing_and_corrupt_files(digits_run, tmp_path):
     with pytest.raises(SystemExit, match="nothere.png"):
         main(["predict", str(digits_run / "model"), str(tmp_path / "nothere.png")])
+    with pytest.raises(SystemExit, match=r"error: expected files to predict, got the folder .*\(list its files"):
+        main(["predict", str(digits_run / "model"), str(tmp_path)])  # exists: not "file not found"
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="error: image cannot be decoded: .*broken.png"):
         main(["predict", str(digits_run / "model"), str(bad)])
+
+
+def test_predict_and_attention_on_a_run_directory_point_to_its_model_folder(digits_run, tmp_path):
+    pngs, _ = digit_pngs(tmp_path, 1)
+    for command in ("predict", "attention"):  # a folder without config.json: an error, not a traceback
+        with pytest.raises(SystemExit, match=r"error: expected config.json in .*; a run directory keeps its model in"):
+            main([command, str(digits_run), str(pngs[0])])
 
 
 def test_predict_text_classifier(tmp_path, capsys):
@@ -96,6 +117,20 @@ def test_predict_text_classifier(tmp_path, capsys):
     main(["predict", str(model_dir), *map(str, texts), "--top-k", "2"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all(any(n in line for n in info["class_names"]) for line in out)
+    # a text classifier reads any file as text, whatever its suffix (not as an image without an image size)
+    for name in ("review", "notes.log"):
+        (tmp_path / name).write_text("a fine day")
+    main(["predict", str(model_dir), str(texts[0]), str(tmp_path / "review"), str(tmp_path / "notes.log"), "--json"])
+    tops = [json.loads(line)["top"] for line in capsys.readouterr().out.splitlines()]
+    assert tops[0] == tops[1] == tops[2]
+    # a byte order mark is not text (as in training); a file that is not UTF-8 is an error naming it
+    texts[1].write_bytes("a fine day".encode("utf-8-sig"))
+    main(["predict", str(model_dir), *map(str, texts), "--json"])
+    tops = [json.loads(line)["top"] for line in capsys.readouterr().out.splitlines()]
+    assert tops[0] == tops[1]
+    texts[1].write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"error: .*b\.txt: expected UTF-8 text"):
+        main(["predict", str(model_dir), *map(str, texts)])
 
 
 def test_predict_flow_pair(tmp_path, capsys):

@@ -121,6 +121,9 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     labels = check_labels(labels)
     num_classes = logits.shape[-1]
     if num_classes == 1:
+        if labels.shape not in (logits.shape[:1], logits.shape):  # else mse_loss broadcasts or fails inside
+            b = logits.shape[0]
+            raise ValueError(f"expected regression targets of shape ({b},) or ({b}, 1), got {tuple(labels.shape)}")
         return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).to(logits.dtype).float())
     if not labels.is_floating_point():
         if labels.shape != logits.shape[:1]:
@@ -220,11 +223,21 @@ class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
         so the logits are the pre-logits features) and record `num_classes` in the config."""
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        from perceiver.lora import has_lora
+
+        if has_lora(self):  # peft trains and saves its copy of the old head: a new one would be lost by save_adapter
+            raise ValueError(
+                f"expected reset_classifier before add_lora, got {type(self).__name__} with LoRA adapters; reset the "
+                "head first, or merge_lora(model) (merge=False: drop the adapters) before resetting it"
+            )
         old = self.get_classifier()
         in_features = old.in_features if isinstance(old, nn.Linear) else self._pre_logits_dim()
         new: nn.Module = nn.Linear(in_features, num_classes) if num_classes else nn.Identity()
-        if isinstance(new, nn.Linear) and isinstance(old, nn.Linear):
-            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        if isinstance(new, nn.Linear):  # the model's device and dtype, also after a headless nn.Identity
+            params = (p for p in self.parameters() if p.is_floating_point())
+            ref = old.weight if isinstance(old, nn.Linear) else next(params, None)
+            if ref is not None:
+                new = new.to(device=ref.device, dtype=ref.dtype)
             self._init_classifier(new)
         parent_name, _, attr = self.classifier_name.rpartition(".")  # type: ignore[union-attr]
         setattr(self.get_submodule(parent_name) if parent_name else self, attr, new)
@@ -255,7 +268,17 @@ class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
 
     def compute_loss(self, logits: Any, labels: Tensor) -> Tensor:
         """The training loss for `labels` (classification by default, see `classification_loss`)."""
+        self._check_class_head()
         return classification_loss(logits, labels)
+
+    def _check_class_head(self) -> None:
+        """`labels` need class logits: a ValueError for a model whose head was removed (`num_classes` 0), whose
+        logits are its pre-logits features."""
+        if self.num_classes == 0:
+            raise ValueError(
+                f"expected labels only for a model with a class head, got labels for {type(self).__name__} with "
+                "num_classes=0 (its logits are the pre-logits features); give it a head first (reset_classifier(n))"
+            )
 
 
 __all__ = [

@@ -223,8 +223,19 @@ class HFClassificationDataModule(BaseDataModule):
     def dataset(self, rows: Any, labels: np.ndarray, augment: bool) -> KeyedDataset:
         raise NotImplementedError
 
+    def _check_present(self, split: str) -> None:
+        """ValueError naming the split, row and column of the first row without an input or a label (a null)."""
+        table = self.splits[split].data
+        for column, role in ((self.input_column, self.noun), (self.label_column, "label")):
+            values = table.column(column)
+            if values.null_count:
+                row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+                raise ValueError(f"{self.source}: split {split!r} row {row}: {role} column {column!r} is empty")
+
     def _labels(self, split: str) -> np.ndarray:
-        """The class ids of a split; ValueError naming the split and row of a label that is not a class."""
+        """The class ids of a split; ValueError naming the split and row of a label that is not a class, or of a row
+        without an input or a label."""
+        self._check_present(split)
         values = self.splits[split][self.label_column]
         if self._to_id is None:
             ids = np.asarray(values, dtype=np.int64)

@@ -27,6 +27,7 @@ fewer than 2 classes found in the training labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,12 @@ def pad_sequences(seqs: list[torch.Tensor], value: int = PAD_ID) -> tuple[torch.
     return out, mask
 
 
-def read_table(path: str | Path, fields: list[str], cache_dir: str | None = None) -> dict[str, list[Any]]:
-    """Columns `fields` of a local JSONL / JSON / CSV / TSV file, read with HF `datasets`.
+def read_table(
+    path: str | Path, fields: list[str], cache_dir: str | None = None, text_fields: Sequence[str] = ()
+) -> dict[str, list[Any]]:
+    """Columns `fields` of a local JSONL / JSON / CSV / TSV file, read with HF `datasets`. CSV cells are kept as
+    written: "NA", "null" or "None" are strings, an empty cell is "" (not a missing value), and the `text_fields`
+    are never parsed as numbers ("007" stays "007").
 
     Raises `FileNotFoundError` for a missing file and `ValueError` naming the file for an unknown extension, a file
     that does not parse, no rows or a missing field (listing the fields that exist)."""
@@ -90,6 +95,8 @@ def read_table(path: str | Path, fields: list[str], cache_dir: str | None = None
         builder = "json"
     elif suffix in (".csv", ".tsv"):
         builder = "csv"
+        kwargs["keep_default_na"] = False  # pandas would read "NA", "null", "None", "nan", ... as missing values
+        kwargs["converters"] = {field: str for field in text_fields}  # text, even where it looks like a number
         if suffix == ".tsv":
             kwargs["delimiter"] = "\t"
     else:
@@ -198,6 +205,11 @@ class TextClassificationDataModule(BaseDataModule):
             )
         if dataset is not None and (val_file is not None or test_file is not None):
             raise ValueError("with dataset=, name its splits (val_split, test_split) instead of val_file / test_file")
+        if isinstance(class_names, str):
+            raise TypeError(f"class_names must be a list of class names, got the string {class_names!r}")
+        if class_names is not None and len(set(class_names)) != len(class_names):
+            twice = sorted({n for n in class_names if list(class_names).count(n) > 1})
+            raise ValueError(f"class_names must be distinct, got {twice} more than once")
         held_out = val_file is None and val_split is None
         if held_out and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1) when no val_file is given, got {val_fraction}")
@@ -248,7 +260,7 @@ class TextClassificationDataModule(BaseDataModule):
             if self._class_names is None and type(feature).__name__ == "ClassLabel":
                 self._class_names = list(feature.names)
         else:
-            raw = {split: read_table(p, fields, self.cache_dir) for split, p in self.files.items()}
+            raw = {split: read_table(p, fields, self.cache_dir, [self.text_field]) for split, p in self.files.items()}
         for split, cols in raw.items():
             for i, text in enumerate(cols[self.text_field]):
                 if not isinstance(text, str):

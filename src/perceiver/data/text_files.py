@@ -66,8 +66,8 @@ def read_documents(paths: list[Path], text_field: str) -> list[str]:
     docs: list[str] = []
     for path in paths:
         if path.suffix.lower() in TABLE_SUFFIXES:
-            column = read_table(path, [text_field])[text_field]
-            docs += [str(text) for text in column if text is not None]
+            column = read_table(path, [text_field], text_fields=[text_field])[text_field]
+            docs += [str(text) for text in column if text is not None and text != ""]  # "": an empty CSV cell
             continue
         try:
             docs.append(path.read_text(encoding="utf-8-sig"))  # -sig: a leading byte order mark is not text

@@ -11,10 +11,12 @@ into our `to_kv`), grouped-query attention, no media embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from perceiver.checks import InputTypeError
 from perceiver.hub import config_from_dict
 from perceiver.interop.keys import load_mapped, map_state_dict
 from perceiver.models.resampler import PerceiverResampler, PerceiverResamplerConfig
@@ -59,6 +61,10 @@ def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: A
     """Our resampler equal to flamingo-pytorch's `PerceiverResampler(**kwargs)` with `state_dict` (or the module)."""
     if isinstance(state_dict, nn.Module):
         state_dict = state_dict.state_dict()
+    if not isinstance(state_dict, Mapping):
+        raise InputTypeError(
+            f"expected a flamingo-pytorch state_dict (a dict of tensors) or its module, got {type(state_dict).__name__}"
+        )
     missing = [k for k in ("dim", "depth") if k not in kwargs]
     if missing:
         raise ValueError(f"expected flamingo-pytorch keywords dim and depth, missing {missing}")
@@ -86,6 +92,10 @@ def from_open_flamingo(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any)
     language models' keys: only those are read)."""
     if isinstance(state_dict, nn.Module):
         state_dict = state_dict.state_dict()
+    if not isinstance(state_dict, Mapping):
+        raise InputTypeError(
+            f"expected an OpenFlamingo state_dict (a dict of tensors) or its module, got {type(state_dict).__name__}"
+        )
     if "dim" not in kwargs:
         raise ValueError("expected OpenFlamingo's keyword dim (the vision encoder's width, e.g. 1024 for ViT-L/14)")
     unknown = sorted(set(kwargs) - {"dim", *_OPEN_FLAMINGO_DEFAULTS})
@@ -114,7 +124,12 @@ def from_open_flamingo(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any)
 def from_idefics2(resampler: nn.Module) -> PerceiverResampler:
     """Our resampler equal to transformers' `Idefics2PerceiverResampler` (`.config` and weights of the module)."""
     # transformers' Idefics2PerceiverConfig (torch hints Module attributes as Tensor | Module)
-    c: Any = resampler.config
+    c: Any = getattr(resampler, "config", None)
+    if not isinstance(resampler, nn.Module) or not hasattr(c, "resampler_n_latents"):
+        raise InputTypeError(
+            "expected transformers' Idefics2PerceiverResampler (an Idefics2Model's "
+            f"connector.perceiver_resampler), got {type(resampler).__name__}"
+        )
     if c.hidden_act != "silu":
         raise ValueError(f"expected an Idefics2 resampler with hidden_act='silu', got {c.hidden_act!r}")
     config = PerceiverResamplerConfig(

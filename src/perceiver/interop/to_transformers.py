@@ -45,6 +45,14 @@ _IMAGE_HEADS = {
     "pixels": "PerceiverForImageClassificationFourier",
     "conv": "PerceiverForImageClassificationConvProcessing",
 }
+#: the adapter settings each transformers image head hard-codes (those of our preset of the same prep_type)
+_POSITIONS = ("position_encoding", "concat_or_add_pos", "project_pos_dim", "spatial_downsample")
+_FOURIER = (*_POSITIONS, "num_bands", "max_resolution", "concat_pos", "sine_only")
+_IMAGE_FIXED = {
+    "conv1x1": (*_POSITIONS, "out_channels", "conv_after_patching", "trainable_pos_channels"),
+    "pixels": _FOURIER,
+    "conv": (*_FOURIER, "out_channels", "use_batchnorm"),
+}
 
 
 def _widths(layer: CrossAttentionLayer | SelfAttentionLayer) -> tuple[int, int, int]:
@@ -54,19 +62,22 @@ def _widths(layer: CrossAttentionLayer | SelfAttentionLayer) -> tuple[int, int, 
     return attention.q_proj.weight.shape[0], attention.v_proj.weight.shape[0], hidden // width
 
 
-def _channels(c: Any, cross_qk: int, cross_v: int, self_qk: int | None, self_v: int | None) -> tuple[Any, Any]:
-    """transformers' `qk_channels` / `v_channels` (an int, or None where it derives the width) giving these widths.
+def _channels(c: Any, cross_qk: int, cross_v: int, self_qk: int | None, self_v: int | None) -> tuple[Any, Any, str]:
+    """transformers' `qk_channels` / `v_channels` (an int, or None where it derives the width) and
+    `cross_attention_shape_for_attention` giving these widths.
 
     transformers derives an unset qk width from `cross_attention_shape_for_attention` (the inputs' width for "kv", the
     latents' for "q") in the cross-attention and from the latents in the self-attention, and an unset v width from
-    qk; one setting serves both attentions."""
-    derived_cross_qk = c.input_dim if c.cross_attention_shape == "kv" else c.latent_dim
-    for qk in (None, cross_qk):
-        for v in (None, cross_v):
-            cross = (qk or derived_cross_qk, v or qk or derived_cross_qk)
-            latent = (qk or c.latent_dim, v or qk or c.latent_dim)
-            if cross == (cross_qk, cross_v) and (self_qk is None or latent == (self_qk, self_v)):
-                return qk, v
+    qk; one setting serves both attentions. Our shape is tried first, then the other one (it only names the width
+    that an unset qk takes: a transformers checkpoint with qk unset loads as explicit widths and shape "q")."""
+    for shape in (c.cross_attention_shape, "q" if c.cross_attention_shape == "kv" else "kv"):
+        derived_cross_qk = c.input_dim if shape == "kv" else c.latent_dim
+        for qk in (None, cross_qk):
+            for v in (None, cross_v):
+                cross = (qk or derived_cross_qk, v or qk or derived_cross_qk)
+                latent = (qk or c.latent_dim, v or qk or c.latent_dim)
+                if cross == (cross_qk, cross_v) and (self_qk is None or latent == (self_qk, self_v)):
+                    return qk, v, shape
     raise ValueError(
         f"transformers' Perceiver has one qk_channels / v_channels for the cross- and self-attention (unset: derived "
         f"from the widths); these give no cross-attention qk {cross_qk} / v {cross_v} with latent self-attention qk "
@@ -102,6 +113,11 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
 
     model = _as_head(model)
     name = type(model).__name__
+    if not isinstance(model, PerceiverForMaskedLM | PerceiverForOpticalFlow) and model.num_classes < 1:
+        raise ValueError(
+            f"transformers' classifiers end in a class layer: expected num_classes >= 1, got this {name} with "
+            "num_classes=0 (no class layer after reset_classifier(0))"
+        )
     enc = model.encoder
     c = enc.config
     if c.num_cross_attends != 1 or c.activation != "gelu" or c.attn_residual != "none" or any(enc.inverted):
@@ -119,7 +135,7 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
             f"transformers' latent self-attention adds its v_channels-wide output to the latents, so it needs "
             f"v_channels = d_latents; this {name} has latent self-attention v {self_v} and latents {c.latent_dim} wide"
         )
-    qk, v = _channels(c, cross_qk, cross_v, self_qk, self_v)
+    qk, v, shape = _channels(c, cross_qk, cross_v, self_qk, self_v)
     fields: dict[str, Any] = dict(
         num_latents=c.num_latents,
         d_latents=c.latent_dim,
@@ -129,7 +145,7 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
         num_cross_attention_heads=c.cross_heads,
         qk_channels=qk,
         v_channels=v,
-        cross_attention_shape_for_attention=c.cross_attention_shape,
+        cross_attention_shape_for_attention=shape,
         self_attention_widening_factor=self_widening,
         cross_attention_widening_factor=cross_widening,
         hidden_act="gelu",
@@ -179,6 +195,17 @@ def transformers_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     h, w = image.image_size
     if h != w:
         raise ValueError(f"transformers' image classifiers take square images, this model takes {h}x{w}")
+    from perceiver.models.vision import CONV, FOURIER, LEARNED
+
+    preset = {"conv1x1": LEARNED, "pixels": FOURIER, "conv": CONV}[image.prep_type].adapter
+    other = {k: getattr(image, k) for k in _IMAGE_FIXED[image.prep_type] if getattr(image, k) != getattr(preset, k)}
+    if (other.get("project_pos_dim") or None) is None and not preset.project_pos_dim:  # 0 and None: no projection
+        other.pop("project_pos_dim", None)
+    if other:
+        raise ValueError(
+            f"transformers' {_IMAGE_HEADS[image.prep_type]} hard-codes its input preprocessing (our preset's: "
+            f"{ {k: getattr(preset, k) for k in other} }); this model has {other}"
+        )
     fields |= dict(d_model=model.input_adapter.num_channels, image_size=h, num_labels=model.num_classes)
     return _IMAGE_HEADS[image.prep_type], fields
 

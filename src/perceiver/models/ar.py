@@ -12,7 +12,7 @@ perceiver-ar-pytorch). Positions are rotary (partial: `rotary_fraction` of each 
 layer, or in the first `rotary_layers` self-attention layers only, as krasserm's perceiver-io), optionally plus
 learned absolute positions (`abs_pos_emb=True`, as perceiver-ar-pytorch). With an
 `attention_mask` (left padding, True = token) positions count valid tokens only, so a left-padded row computes what
-the row alone computes.
+the row alone computes with the same latents (not with `prefix_len`: its N = L - prefix_len counts the padding).
 
 Vocabulary: 262 ids by default, those of `perceiver.ByteTokenizer` (byte b is id b + 6, 0 is PAD); any `vocab_size`
 works (256 for raw bytes, perceiver-ar-pytorch's `num_tokens`).
@@ -111,9 +111,18 @@ class PerceiverARConfig:
         layers = self.rotary_layers
         if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 0):
             raise ValueError(f"rotary_layers must be None (all) or a non-negative integer, got {layers!r}")
-        for name in ("dropout", "prefix_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("dropout", "prefix_dropout", "init_std"):
+            value, high = getattr(self, name), 1.0 if name != "init_std" else math.inf
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < high:
+                raise ValueError(f"{name} must be in [0, {high:g}), got {value!r}")
+        if isinstance(self.rotary_base, bool) or not isinstance(self.rotary_base, int | float) or self.rotary_base <= 0:
+            raise ValueError(f"rotary_base must be a positive number, got {self.rotary_base!r}")
+        for name in ("ff_mult", "cross_ff_mult"):  # the feed-forward's hidden width int(d_model * mult)
+            value = getattr(self, name)
+            if value is not None and int(self.d_model * value) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1 / d_model = {1 / self.d_model:g} (a hidden width >= 1), got {value}"
+                )
         rotary_dim(self.dim_head, self.rotary_fraction, self.rotary_dim)  # validates
 
     @property
@@ -229,8 +238,13 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         return self.config.rotary_layers is None or i < self.config.rotary_layers
 
     def _rot(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos / sin `(1|B, 1, L, r)` for positions `(L,)` or `(B, L)`."""
-        angles = rotary_angles(positions, self.inv_freq.to(positions.device), self.config.rotary_interleaved)
+        """cos / sin `(1|B, 1, L, r)` for positions `(L,)` or `(B, L)`.
+
+        The frequencies stay fp32: a dtype cast of the model (`.to(torch.bfloat16)`, `.half()`) also rounds the
+        `inv_freq` buffer, and position x rounded frequency is off by radians at long positions; then they are
+        recomputed."""
+        inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(positions.device)
+        angles = rotary_angles(positions, inv_freq.to(positions.device), self.config.rotary_interleaved)
         angles = angles.unsqueeze(-3) if angles.dim() == 3 else angles[None, None]
         return angles.cos(), angles.sin()
 
@@ -258,7 +272,9 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         """
         states: list[Tensor] | None = [] if return_hidden_states else None
         c = self.config
-        check_token_ids(input_ids, c.vocab_size)
+        input_ids = check_token_ids(input_ids, c.vocab_size)
+        if input_ids.dtype not in (torch.int32, torch.int64):  # e.g. uint8 bytes: nn.Embedding takes int32 / int64
+            input_ids = input_ids.long()
         b, length = input_ids.shape
         mask = token_mask(attention_mask, input_ids)
         if cache is not None and not isinstance(cache, PerceiverARCache):

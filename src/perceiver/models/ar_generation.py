@@ -9,6 +9,8 @@ window would exceed `max_seq_len` or the latents `max_latents`, the window slide
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_token_ids, token_mask
+from perceiver.checks import InputTypeError, check_int, check_token_ids, token_mask
 
 if TYPE_CHECKING:
     from perceiver.models.ar import PerceiverARConfig
@@ -80,7 +82,8 @@ class ARGeneration:
         ref = self.to_logits.weight
         device = ref.device if device is None else torch.device(device)
         dtype = ref.dtype if dtype is None else dtype
-        m = c.max_seq_len if max_latents is None else max_latents
+        batch_size = check_int(batch_size, "batch_size", check_range=False)
+        m = c.max_seq_len if max_latents is None else check_int(max_latents, "max_latents", check_range=False)
         if batch_size < 1 or not 1 <= m <= c.max_seq_len:
             raise ValueError(f"expected batch_size >= 1 and max_latents in [1, {c.max_seq_len}], got {batch_size}, {m}")
         h, d = c.num_heads, c.dim_head
@@ -129,7 +132,8 @@ class ARGeneration:
             input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
             attention_mask: `(B, L)` True = token, left padding only (rows end with their last token). The rows
                 of a batch share one window schedule (that of the padded length), so a left-padded row generates
-                what it generates alone until the first window slide / latent reset.
+                what it generates alone until the first window slide / latent reset (with `config.prefix_len`, N
+                counts the padding: the prefix / latent split then differs from the row's alone).
             temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]).
             eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
             use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
@@ -151,7 +155,7 @@ class ARGeneration:
                 temperature / top-k / top-p, e.g. transformers' `LogitsProcessorList` of its processors.
         """
         c = self.config
-        check_token_ids(input_ids, c.vocab_size)
+        input_ids = check_token_ids(input_ids, c.vocab_size).long()  # e.g. uint8 bytes; the result is int64
         b, length = input_ids.shape
         if length > c.max_seq_len:
             raise ValueError(
@@ -160,11 +164,20 @@ class ARGeneration:
             )
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"expected max_new_tokens >= 0 (an int), got {max_new_tokens!r}")
+        for name, number in (
+            ("temperature", temperature),
+            ("top_p", top_p),
+            ("repetition_penalty", repetition_penalty),
+        ):
+            if (number is not None or name == "repetition_penalty") and (
+                isinstance(number, bool) or not isinstance(number, numbers.Real)
+            ):
+                raise InputTypeError(f"expected {name} as a number, got {number!r} ({type(number).__name__})")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"expected top_p in (0, 1], got {top_p}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"expected top_k >= 1 (an int), got {top_k!r}")
-        if do_sample and not temperature > 0:
+        if do_sample and (temperature is None or not temperature > 0):
             raise ValueError(f"expected temperature > 0 for sampling, got {temperature}")
         if not repetition_penalty > 0:
             raise ValueError(f"expected repetition_penalty > 0, got {repetition_penalty}")
@@ -179,15 +192,19 @@ class ARGeneration:
                 f"expected do_sample=True for num_return_sequences={num_return_sequences} (greedy continuations of "
                 "one prompt are all the same), got do_sample=False"
             )
-        for name, token_id in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-            if token_id is not None and not 0 <= token_id < c.vocab_size:
-                raise ValueError(f"expected {name} in [0, {c.vocab_size}), got {token_id}")
+        eos_token_id = None if eos_token_id is None else _token_id(eos_token_id, "eos_token_id", c.vocab_size)
+        if pad_token_id is not None or eos_token_id is not None:  # finished rows continue with pad_token_id
+            pad_token_id = _token_id(pad_token_id, "pad_token_id", c.vocab_size)
         mask = token_mask(attention_mask, input_ids)
         left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
         if not left_padded:
             raise ValueError("expected a left-padded attention_mask (each row: False..., then True...), got another")
         base = self._num_latents(c.max_seq_len, num_latents)  # N at a full window
-        m = min(c.max_seq_len, 2 * base) if max_latents is None else max_latents
+        m = (
+            min(c.max_seq_len, 2 * base)
+            if max_latents is None
+            else check_int(max_latents, "max_latents", check_range=False)
+        )
         if not base <= m <= c.max_seq_len:
             raise ValueError(f"expected max_latents in [num_latents={base}, max_seq_len={c.max_seq_len}], got {m}")
         keep = max(1, c.max_seq_len - (m - base))  # window length after a slide
@@ -227,7 +244,13 @@ class ARGeneration:
             if eos_token_id is not None and step < min_new_tokens:
                 logits[:, eos_token_id] = float("-inf")
             if logits_processor is not None:
-                logits = logits_processor(ids, logits)
+                scores = logits_processor(ids, logits)
+                if not isinstance(scores, Tensor) or scores.shape != logits.shape:
+                    got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                    raise ValueError(
+                        f"expected logits_processor to return scores of shape {tuple(logits.shape)}, got {got}"
+                    )
+                logits = scores
             token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 token = torch.where(done, torch.full_like(token, pad_token_id), token)
@@ -243,6 +266,19 @@ class ARGeneration:
         if streamer is not None:
             streamer.end()
         return ids
+
+
+def _token_id(value: Any, name: str, vocab_size: int) -> int:
+    """`value` as one token id in `[0, vocab_size)`: an int (a numpy int or a one-element integer tensor too)."""
+    try:
+        index = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = None
+    if index is None:
+        raise InputTypeError(f"expected {name} as one token id (an int), got {value!r} ({type(value).__name__})")
+    if not 0 <= index < vocab_size:
+        raise ValueError(f"expected {name} in [0, {vocab_size}), got {index}")
+    return index
 
 
 def _penalize_repeats(logits: Tensor, ids: Tensor, mask: Tensor, penalty: float) -> Tensor:

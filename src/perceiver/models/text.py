@@ -28,7 +28,7 @@ from torch import Tensor
 
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.text import TextAdapter, TextAdapterConfig, TiedEmbeddingOutput
-from perceiver.checks import check_int_input
+from perceiver.checks import InputTypeError, check_int_input
 from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
@@ -236,6 +236,8 @@ class PerceiverForMaskedLM(TextModel):
                     f"default ByteTokenizer has {VOCAB_SIZE}), got None"
                 )
             tokenizer = ByteTokenizer()
+        if isinstance(text, (bytes, bytearray)) or not isinstance(text, (str, Sequence)):
+            raise InputTypeError(f"expected text as a str or a list of str, got {type(text).__name__}")
         texts = [text] if isinstance(text, str) else list(text)
         enc = tokenizer(texts, padding=True, return_tensors="pt")
         limit = self.config.adapter.max_seq_len

@@ -230,6 +230,7 @@ class PerceiverForTokenClassification(TextModel):
     def compute_loss(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
         """Cross-entropy of `labels` `(B, L)` over the positions whose label is not -100 and, given the boolean
         `mask` `(B, L)`, that are not padding."""
+        self._check_class_head()
         labels = check_labels(labels)
         if tuple(labels.shape) != tuple(logits.shape[:2]):
             raise ValueError(f"expected labels of shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")

@@ -249,6 +249,12 @@ def _cli_class() -> type:
                     f"error: --ckpt_path last_if_any is for fit (it may start fresh); for {self.subcommand} "
                     "give a checkpoint file or 'last'"
                 )
+            resume = config.get("ckpt_path") in ("last", "last_if_any")  # this run's last checkpoint
+            if config.get("overwrite") and resume and self.subcommand == "fit":
+                raise SystemExit(
+                    f"error: --overwrite true starts the run afresh and --ckpt_path {config.get('ckpt_path')} "
+                    "resumes it; give one of them"
+                )
 
         def _resolve_last(self) -> None:
             """`--ckpt_path last` / `last_if_any`: look for the last checkpoint where Lightning looks (the folders

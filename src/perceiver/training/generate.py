@@ -97,7 +97,13 @@ def text_codec(name: str, model_dir: str, vocab_size: int) -> Codec:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise ValueError(f"--tokenizer {name!r} needs transformers (pip install transformers)") from e
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:  # no such folder or Hub repository, no tokenizer files in it
+        raise ValueError(
+            f"expected --tokenizer 'bytes', 'raw-bytes' or a transformers tokenizer (Hub id or folder), got {name!r}, "
+            f"which transformers cannot load: {e}"
+        ) from e
     if len(tokenizer) > vocab_size:
         raise ValueError(
             f"expected a tokenizer of at most the model's {vocab_size} ids, got {name!r} with {len(tokenizer)}"
@@ -186,7 +192,9 @@ def generate_text(
 def generate_main(argv: list[str]) -> None:
     """Entry point of `perceiver generate` (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: expected --threads >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     import perceiver
 

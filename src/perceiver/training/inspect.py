@@ -17,8 +17,8 @@ from perceiver.training.predict import (
     check_file_kinds,
     image_geometry,
     load_image,
-    load_model_dir,
     model_inputs,
+    open_model_dir,
     positive_int,
 )
 
@@ -74,6 +74,10 @@ def attention_figure(
 ) -> Path:
     """Images `(B, H, W, C)` -> PNG of the model's cross-attention over them, titled with the predictions."""
     logits, att = cross_attention(model, images, cross_attend)
+    n = att.shape[2]
+    if latents is not None and any(not -n <= i < n for i in latents):
+        shown = " ".join(map(str, latents))
+        raise SystemExit(f"error: the model has {n} latents (0..{n - 1}), got --latents {shown}")
     probs = logits.float().softmax(-1)
     names = list(class_names) if class_names else [str(i) for i in range(probs.shape[-1])]
     titles = []
@@ -108,7 +112,7 @@ def attention_main(argv: list[str]) -> None:
     parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     parser.add_argument("--channels", type=int, choices=[1, 3], help="1 = greyscale, 3 = RGB")
     args = parser.parse_args(argv)
-    model, info = load_model_dir(args.model_dir)
+    model, info = open_model_dir(args.model_dir)
     what, kind, _ = model_inputs(model)
     flow = getattr(model, "model_type", None) == "perceiver-optical-flow"
     if kind not in (None, "image") or flow:

@@ -54,16 +54,24 @@ def find_metrics_csv(run_dir: str | Path) -> Path:
 def read_metrics(csv_path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Columns of a Lightning `metrics.csv` as `{name: (steps, values)}`, skipping empty cells."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = float(row.get("step") or "nan")
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
-                    continue
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        try:
+            for line, row in enumerate(csv.DictReader(f), start=2):
                 try:
-                    series[key].append((step, float(value)))
+                    step = float(row.get("step") or "nan")
                 except ValueError:
-                    continue
+                    raise ValueError(
+                        f"{csv_path}: line {line}: expected a number as step, got {row['step']!r}"
+                    ) from None
+                for key, value in row.items():
+                    if key in ("step", "epoch") or value in (None, ""):
+                        continue
+                    try:
+                        series[key].append((step, float(value)))
+                    except ValueError:
+                        continue
+        except UnicodeDecodeError as e:  # a ValueError whose text names no file
+            raise ValueError(f"{csv_path}: expected a CSV file (UTF-8 text), got bytes that are not ({e})") from None
     return {k: (np.array([s for s, _ in v]), np.array([x for _, x in v])) for k, v in series.items()}
 
 

@@ -134,6 +134,18 @@ def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Modu
     return merge_lora(model), info  # an adapter folder: with merged weights
 
 
+def open_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`load_model_dir` for the commands: a folder that holds no model (a run directory instead of its `model`
+    folder) or a broken config is `SystemExit("error: ...")`, not a traceback."""
+    try:
+        return load_model_dir(path, dtype)
+    except (ValueError, FileNotFoundError) as e:
+        hint = ""
+        if (Path(path) / "model" / "config.json").is_file():
+            hint = f"; a run directory keeps its model in {Path(path) / 'model'}"
+        raise SystemExit(f"error: {e}{hint}") from e
+
+
 def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """Decode an image to float32 `(H, W, C)` in [0, 1] (`C` = 1 grey or 3 RGB), resized (bilinear) to `size`, as
     the training datamodules read it (`perceiver.data._common.load_image`: 16-bit images scaled, not clipped)."""
@@ -191,6 +203,15 @@ def top_labels(logits: Tensor, class_names: list[str] | None, top_k: int) -> lis
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     names = label_names(class_names, probs.shape[-1])
     return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
+
+
+def read_text_file(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte order mark is not text, as in training); `ValueError` naming the
+    file otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: expected UTF-8 text, got bytes that are not ({e})") from None
 
 
 @torch.no_grad()
@@ -283,7 +304,7 @@ def predict_main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
 
-    model, info = load_model_dir(args.model_dir, args.dtype)
+    model, info = open_model_dir(args.model_dir, args.dtype)
     what, kind, predicted = model_inputs(model)
     if not predicted:
         hint = ""
@@ -301,6 +322,8 @@ def predict_main(argv: list[str]) -> None:
         raise SystemExit(f"error: task {task!r} does not fit {what} in {args.model_dir}; leave out --task")
     files = [Path(f) for f in args.files]
     for f in files:
+        if f.is_dir():
+            raise SystemExit(f"error: expected files to predict, got the folder {f} (list its files: {f}/*)")
         if not f.is_file():
             raise SystemExit(f"error: file not found: {f}")
     check_file_kinds(what, kind, files)
@@ -317,12 +340,13 @@ def predict_main(argv: list[str]) -> None:
         return named or ("image_shape" not in info and all(f.suffix.lower() in suffixes for f in files))
 
     try:
-        if takes("video_shape", VIDEO_EXTENSIONS):
+        # the model's kind of input decides where it tells (a text classifier reads `review` or `notes.log` as text)
+        if kind == "video" or takes("video_shape", VIDEO_EXTENSIONS):
             results = classify_videos(model, files, info, args.top_k, args.image_size)
-        elif takes("num_samples", AUDIO_EXTENSIONS):
+        elif kind == "audio" or takes("num_samples", AUDIO_EXTENSIONS):
             results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
-        elif takes(None, TEXT_SUFFIXES):
-            results = classify_texts(model, [f.read_text(encoding="utf-8") for f in files], info, args.top_k)
+        elif kind == "text" or takes(None, TEXT_SUFFIXES):
+            results = classify_texts(model, [read_text_file(f) for f in files], info, args.top_k)
         else:
             hw, channels = image_geometry(info, model, args.image_size, args.channels)
             images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))
