@@ -195,7 +195,8 @@ def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...]
 
 def check_token_ids(ids: object, vocab_size: int, name: str = "input_ids") -> Tensor:
     """Token ids `(B, L)`: an integer tensor with B, L >= 1 and (in eager mode, a host sync) every id in
-    `[0, vocab_size)`; `InputTypeError` / `ValueError` naming what came. Shared by the text adapter and Perceiver AR."""
+    `[0, vocab_size)`; `InputTypeError` / `ValueError` naming what came. Shared by the text adapter and Perceiver AR.
+    Returns the ids as int32 / int64 (other integer dtypes, e.g. uint8 bytes, as int64: what `nn.Embedding` takes)."""
     ids = check_int_input(ids, name, "(B, L)")
     if ids.dim() != 2:
         raise ValueError(f"expected {name} of shape (B, L), got {tuple(ids.shape)}")
@@ -205,7 +206,7 @@ def check_token_ids(ids: object, vocab_size: int, name: str = "input_ids") -> Te
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"expected token ids in [0, {vocab_size}), got values in [{low}, {high}]")
-    return ids
+    return ids if ids.dtype in (torch.int32, torch.int64) else ids.long()
 
 
 def token_mask(mask: object, ids: Tensor, name: str = "attention_mask") -> Tensor | None:

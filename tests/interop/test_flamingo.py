@@ -51,6 +51,9 @@ def test_module_is_accepted_and_missing_keywords_are_named():
         PerceiverResampler.from_flamingo_pytorch(peer.state_dict(), dim=48)
     with pytest.raises(ValueError, match="missing|unexpected|size"):
         PerceiverResampler.from_flamingo_pytorch(peer.state_dict(), **{**kwargs, "depth": 3})
+    # a width other than the weights': a ValueError naming the tensors and both shapes (was torch's RuntimeError)
+    with pytest.raises(ValueError, match=r"shapes differ for latents \(5, 48\) \(ours \(5, 32\)\)"):
+        PerceiverResampler.from_flamingo_pytorch(peer.state_dict(), **{**kwargs, "dim": 32})
 
 
 @pytest.mark.slow  # importing transformers takes ~10 s

@@ -124,6 +124,16 @@ def test_mask_dtypes_are_equivalent(classifier):
         torch.testing.assert_close(classifier(ids, torch.ones_like(mask)).logits, classifier(ids).logits)
 
 
+def test_id_dtypes_are_equivalent(mlm):
+    """uint8 / int16 / int32 ids (raw bytes come as uint8) give the int64 logits; not an error from nn.Embedding."""
+    ids, mask = ids_and_mask()
+    ids = ids.clamp_max(255)  # ids that uint8 holds
+    with torch.no_grad():
+        ref = mlm(ids, mask).logits
+        for dtype in (torch.uint8, torch.int16, torch.int32):
+            torch.testing.assert_close(mlm(ids.to(dtype), mask).logits, ref, rtol=0, atol=0)
+
+
 def test_batching_invariance(mlm):
     ids, mask = ids_and_mask()
     with torch.no_grad():

@@ -51,6 +51,17 @@ def test_validate_and_test_from_checkpoint(digits_run, tmp_path):
     assert any(r.get("test/acc") for r in rows) and any(r.get("val/acc") for r in rows)
 
 
+def test_an_evaluation_keeps_the_training_config(tmp_path):
+    """`test` / `validate` in the run directory write config-{stage}.yaml: config.yaml stays the record of how the
+    run was trained (reusing it with --config must not resume from the evaluation's checkpoint)."""
+    main(["fit", *tiny_args("digits", tmp_path)])
+    trained = (tmp_path / "config.yaml").read_text()
+    for sub in ("validate", "test"):
+        main([sub, *tiny_args("digits", tmp_path), "--ckpt_path=last"])
+        assert "ckpt_path: last" in (tmp_path / f"config-{sub}.yaml").read_text()
+    assert (tmp_path / "config.yaml").read_text() == trained
+
+
 def test_lightning_predict_writes_jsonl(digits_run, tmp_path):
     ckpt = digits_run / "checkpoints" / "best.ckpt"
     main(["predict", *tiny_args("digits", tmp_path), f"--ckpt_path={ckpt}"])

@@ -57,6 +57,14 @@ def load_mapped(model: M, weights: dict[str, Tensor], against: str = "the config
     """Load `weights` (our keys) into `model`, which is returned in eval mode; every key of ours but the `tied` ones
     (shared with another parameter) must be there, and nothing else. Raises ValueError naming the keys otherwise
     ("state_dict does not match {against}: ...")."""
+    ours = model.state_dict()
+    shapes = [
+        f"{key} {tuple(value.shape)} (ours {tuple(ours[key].shape)})"
+        for key, value in weights.items()
+        if key in ours and value.shape != ours[key].shape
+    ]
+    if shapes:  # a keyword of the peer's constructor that differs from the one its weights were built with
+        raise ValueError(f"state_dict does not match {against}: shapes differ for {', '.join(shapes[:5])}")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [key for key in missing if key not in tied]
     if missing or unexpected:

@@ -272,9 +272,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         """
         states: list[Tensor] | None = [] if return_hidden_states else None
         c = self.config
-        input_ids = check_token_ids(input_ids, c.vocab_size)
-        if input_ids.dtype not in (torch.int32, torch.int64):  # e.g. uint8 bytes: nn.Embedding takes int32 / int64
-            input_ids = input_ids.long()
+        input_ids = check_token_ids(input_ids, c.vocab_size)  # int32 / int64 (uint8 bytes as int64)
         b, length = input_ids.shape
         mask = token_mask(attention_mask, input_ids)
         if cache is not None and not isinstance(cache, PerceiverARCache):

@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,11 +15,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
+
+from perceiver.training.run_files import JsonlPredictionWriter  # moved; importable from here as before
 
 __all__ = [
     "AppendingCSVLogger",
@@ -462,45 +463,3 @@ def _is_sharded(model: torch.nn.Module) -> bool:
     except ImportError:  # pragma: no cover - older torch
         return False
     return isinstance(model, FSDPModule)
-
-
-class JsonlPredictionWriter(BasePredictionWriter):
-    """Writes what `predict_step` returns (a list of JSON-ready dicts per batch) to `RUN_DIR/predictions.jsonl`,
-    one line per sample with its running index (rank-local files `predictions.rank{r}.jsonl` under DDP)."""
-
-    def __init__(self, filename: str = "predictions.jsonl") -> None:
-        super().__init__(write_interval="batch")
-        self.filename = filename
-        self._count = 0
-
-    def _path(self, trainer: L.Trainer) -> Path:
-        name = self.filename
-        if trainer.world_size > 1:
-            name = name.replace(".jsonl", f".rank{trainer.global_rank}.jsonl")
-        return Path(trainer.default_root_dir) / name
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._count = 0
-        path = self._path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
-        if not isinstance(prediction, list):
-            return
-        with self._path(trainer).open("a") as f:
-            for row in prediction:
-                f.write(json.dumps({"index": self._count, **row}) + "\n")
-                self._count += 1
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rank_zero_info(f"wrote {self._count} predictions to {self._path(trainer)}")

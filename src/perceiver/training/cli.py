@@ -20,7 +20,7 @@ misspelled key (`--trainer.max_epoch`) is an error naming it.
 A run directory is `trainer.default_root_dir` and holds everything of a run in a fixed layout, so that
 `--ckpt_path last` finds the last checkpoint again:
 
-    RUN_DIR/config.yaml          the resolved configuration (LightningCLI)
+    RUN_DIR/config.yaml          the resolved configuration of fit (validate / test / predict: config-STAGE.yaml)
     RUN_DIR/metrics.csv          CSV log (CSVLogger), RUN_DIR/tb/ TensorBoard events
     RUN_DIR/checkpoints/         best.ckpt (by the task's monitored metric) and last.ckpt, written atomically
     RUN_DIR/model/               the best model as config.json + model.safetensors + task.json (at fit end)
@@ -146,6 +146,7 @@ def _cli_class() -> type:
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from perceiver.hardware import resolve_precision, resolve_threads
+    from perceiver.training.run_files import SaveRunConfig
     from perceiver.training.tasks import PerceiverTask
 
     class PerceiverArgumentParser(LightningArgumentParser):
@@ -162,6 +163,7 @@ def _cli_class() -> type:
         def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
             quiet_lightning()
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            kwargs.setdefault("save_config_callback", SaveRunConfig)  # evaluations: config-{stage}.yaml beside it
             kwargs.setdefault("parser_class", PerceiverArgumentParser)
             given = dict(kwargs.pop("parser_kwargs", None) or {})
             parser_kwargs: dict[str, Any] = {"default_env": False, "allow_abbrev": False}

@@ -39,12 +39,12 @@ def default_callbacks(
     from perceiver.training.callbacks import (
         FiniteCheck,
         FiniteModelCheckpoint,
-        JsonlPredictionWriter,
         MetricsResume,
         MidEpochResume,
         SavePretrained,
         StepSeed,
     )
+    from perceiver.training.run_files import JsonlPredictionWriter
 
     run_dir = Path(run_dir)
     have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
