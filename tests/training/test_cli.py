@@ -62,6 +62,17 @@ def test_an_evaluation_keeps_the_training_config(tmp_path):
     assert (tmp_path / "config.yaml").read_text() == trained
 
 
+def test_resuming_after_a_test_keeps_the_test_rows_aside(tmp_path):
+    """A resumed fit cuts metrics.csv back to its checkpoint (the steps it logs again must not appear twice); the rows
+    cut, such as a `test` run's in between, are moved to metrics.after-checkpoint-TIME.csv, not lost."""
+    main(["fit", *tiny_args("digits", tmp_path, "--trainer.max_epochs=1")])
+    main(["test", *tiny_args("digits", tmp_path), "--ckpt_path=last"])
+    main(["fit", *tiny_args("digits", tmp_path, "--trainer.max_epochs=2"), "--ckpt_path=last"])
+    (aside,) = tmp_path.glob("metrics.after-checkpoint-*.csv")
+    assert any(r.get("test/acc") for r in csv.DictReader(aside.open()))
+    assert not any(r.get("test/acc") for r in csv.DictReader((tmp_path / "metrics.csv").open()))
+
+
 def test_lightning_predict_writes_jsonl(digits_run, tmp_path):
     ckpt = digits_run / "checkpoints" / "best.ckpt"
     main(["predict", *tiny_args("digits", tmp_path), f"--ckpt_path={ckpt}"])

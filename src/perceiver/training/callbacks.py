@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -175,7 +176,8 @@ class FiniteModelCheckpoint(ModelCheckpoint):
 class MetricsResume(Callback):
     """Stores the number of data rows of `metrics.csv` in every checkpoint and, when `fit` resumes from one, cuts
     the file back to that many rows, so that steps logged after the checkpoint (and logged again by the resumed
-    run) do not appear twice."""
+    run) do not appear twice; the rows cut (also those of a `validate` / `test` run in between) go to
+    `metrics.after-checkpoint-TIME.csv` beside it."""
 
     def _logger(self, trainer: L.Trainer) -> AppendingCSVLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, AppendingCSVLogger)), None)
@@ -203,10 +205,15 @@ class MetricsResume(Callback):
             return
         lines = path.read_text().splitlines(keepends=True)
         if len(lines) - 1 > rows:
+            # rows of the stopped run or of a validate / test in between: kept aside (with the header), not lost
+            aside = path.with_name(f"{path.stem}.after-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            aside.write_text("".join([lines[0], *lines[rows + 1 :]]))
             tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
             tmp.write_text("".join(lines[: rows + 1]))
             os.replace(tmp, path)
-            rank_zero_info(f"{path}: dropped {len(lines) - 1 - rows} rows logged after the checkpoint")
+            rank_zero_info(
+                f"{path}: moved the {len(lines) - 1 - rows} rows logged after the checkpoint to {aside.name}"
+            )
 
 
 class _AppendingWriter(ExperimentWriter):
