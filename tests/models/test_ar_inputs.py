@@ -106,3 +106,14 @@ def test_a_logits_processor_that_returns_no_scores_is_a_clear_error():
         tiny().generate(ids(1, 3), 2, logits_processor=in_place)
     with pytest.raises(ValueError, match=r"logits_processor to return scores of shape \(1, 41\), got \(41,\)"):
         tiny().generate(ids(1, 3), 2, logits_processor=lambda ids, scores: scores[0])
+
+
+def test_a_loss_needs_two_latent_positions():
+    """With one latent (or a one-token input) no position predicts a token inside the window: a clear error, not a NaN
+    loss that training would log silently."""
+    model, x = tiny(), ids(2, 10)
+    with pytest.raises(ValueError, match="at least 2 latent positions.*got N=1"):
+        model(x, labels=x, num_latents=1)
+    with pytest.raises(ValueError, match="got N=1"):
+        model(x[:, :1], labels=x[:, :1])
+    assert torch.isfinite(model(x, labels=x, num_latents=2).loss)

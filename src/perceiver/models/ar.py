@@ -415,6 +415,11 @@ class PerceiverAR(ARGeneration, PerceiverModel):
                     f"expected labels of shape {tuple(input_ids.shape)} (as input_ids), got {tuple(labels.shape)}"
                 )
             n = logits.shape[1]
+            if n < 2:  # the last latent's target lies beyond the window: no target, a NaN mean
+                raise ValueError(
+                    f"expected at least 2 latent positions for a loss with labels (N - 1 of them predict a next "
+                    f"token inside the window), got N={n} (num_latents or the input length)"
+                )
             targets = labels[:, labels.shape[1] - n + 1 :]
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().long(), ignore_index=-100)
         out.loss, out.cache = loss, cache
