@@ -61,6 +61,14 @@ def expand_files(files: Files, split: str) -> list[Path]:
     return out
 
 
+def read_text_file(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte order mark is not text); `ValueError` naming the file otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: expected UTF-8 text, got bytes that are not ({e})") from None
+
+
 def read_documents(paths: list[Path], text_field: str) -> list[str]:
     """The documents of `paths`: the `text_field` of every row of a table file, the whole text of any other."""
     docs: list[str] = []
@@ -69,10 +77,7 @@ def read_documents(paths: list[Path], text_field: str) -> list[str]:
             column = read_table(path, [text_field], text_fields=[text_field])[text_field]
             docs += [str(text) for text in column if text is not None and text != ""]  # "": an empty CSV cell
             continue
-        try:
-            docs.append(path.read_text(encoding="utf-8-sig"))  # -sig: a leading byte order mark is not text
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: expected UTF-8 text, got bytes that are not ({e})") from None
+        docs.append(read_text_file(path))
     return docs
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from perceiver.data._common import IMAGE_EXTENSIONS
 from perceiver.data._common import load_image as read_image
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
+from perceiver.data.text_files import read_text_file  # as training reads text files
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.loading import DTYPE_NAMES
 from perceiver.training.flow_task import frames_to_model_input
@@ -203,15 +204,6 @@ def top_labels(logits: Tensor, class_names: list[str] | None, top_k: int) -> lis
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     names = label_names(class_names, probs.shape[-1])
     return [[(names[i], float(p)) for i, p in zip(idx.tolist(), val)] for idx, val in zip(top.indices, top.values)]
-
-
-def read_text_file(path: Path) -> str:
-    """The text of a UTF-8 file (a leading byte order mark is not text, as in training); `ValueError` naming the
-    file otherwise."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: expected UTF-8 text, got bytes that are not ({e})") from None
 
 
 @torch.no_grad()
