@@ -78,6 +78,9 @@ def test_lightning_predict_writes_jsonl(digits_run, tmp_path):
     main(["predict", *tiny_args("digits", tmp_path), f"--ckpt_path={ckpt}"])
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and len(rows[0]["top_labels"]) == 5  # one batch of 16 digits, top-5
+    # readable without the training code: the class names of the ids, and the true label to score against
+    assert rows[0]["top_names"] == [str(i) for i in rows[0]["top_labels"]]
+    assert all(r["label_name"] == str(r["label"]) and 0 <= r["label"] < 10 for r in rows)
 
 
 def test_bad_config_key_fails_before_training(tmp_path, capsys):

@@ -134,9 +134,27 @@ class ClassificationTask(PerceiverTask):
         return loss
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """One row per example: the top-5 class ids and probabilities; with the datamodule's `class_names` (as many
+        as the model's classes) also `top_names`; with `labels` in the batch also the true `label` (and its
+        `label_name`), so that a predictions file can be scored and read without the training code."""
         probs = self(batch).float().softmax(-1)
         top = probs.topk(min(5, probs.shape[-1]), dim=-1)
-        return [
-            {"top_labels": i.tolist(), "top_probs": [round(x, 6) for x in p.tolist()]}
-            for i, p in zip(top.indices, top.values)
-        ]
+        names = self._class_names(probs.shape[-1])
+        labels = batch.get("labels")
+        rows = []
+        for row, (ids, p) in enumerate(zip(top.indices.tolist(), top.values.tolist())):
+            out: dict[str, Any] = {"top_labels": ids, "top_probs": [round(x, 6) for x in p]}
+            if names is not None:
+                out["top_names"] = [names[i] for i in ids]
+            if labels is not None:
+                out["label"] = int(labels[row])
+                if names is not None and 0 <= out["label"] < len(names):
+                    out["label_name"] = names[out["label"]]
+            rows.append(out)
+        return rows
+
+    def _class_names(self, num_classes: int) -> list[str] | None:
+        """The attached datamodule's `class_names` if it names `num_classes` classes, else None."""
+        trainer = self._trainer
+        names = getattr(getattr(trainer, "datamodule", None), "class_names", None) if trainer is not None else None
+        return [str(n) for n in names] if names is not None and len(names) == num_classes else None
