@@ -117,3 +117,19 @@ def test_a_loss_needs_two_latent_positions():
     with pytest.raises(ValueError, match="got N=1"):
         model(x[:, :1], labels=x[:, :1])
     assert torch.isfinite(model(x, labels=x, num_latents=2).loss)
+
+
+def test_a_cached_step_past_the_capacity_is_a_clear_error_and_changes_nothing():
+    """Stepping a manually driven cache past its latent slots failed inside `index_copy_` (IndexError "index 4 is
+    out of bounds"); now a ValueError names the room left, and the cache is left as it was."""
+    model = tiny()
+    cache = model.init_cache(1, max_latents=4)
+    with torch.no_grad():
+        model(ids(1, 8), cache=cache, num_latents=3)
+        model(ids(1, 1), cache=cache)
+        before = cache.self_valid.clone(), cache.self_len.clone(), cache.filled
+        with pytest.raises(ValueError, match=r"at most 0 more tokens in this cache \(window 9/\d+, latents 4/4"):
+            model(ids(1, 1), cache=cache)
+        with pytest.raises(ValueError, match="at most 0 more tokens"):
+            model(ids(1, 2), cache=cache)
+    assert torch.equal(cache.self_valid, before[0]) and int(cache.self_len) == 4 and cache.filled == before[2]

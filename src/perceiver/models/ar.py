@@ -331,7 +331,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
             cache.cross_len.fill_(length)
             cache.self_len.fill_(n)
             cache.next_position.copy_(valid.long().sum(1))
-            cache.prefilled = True
+            cache.prefilled, cache.filled = True, (length, n)
         return Features(x, hidden_states=states)
 
     def _check_cache_room(self, cache: PerceiverARCache, length: int, n: int) -> None:
@@ -347,9 +347,21 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         """Append K new tokens `(B, K)` to a filled cache as K new latents; returns their states `(B, K, D)` (and
         appends each layer's to `states`, if given).
 
-        The caller keeps the cache within its capacity (`generate` does): writes past it fail in `index_copy_`.
+        The caller keeps the cache within its capacity (`generate` does): eagerly, a step past it is a ValueError
+        (from the host-side `cache.filled`); compiled, `index_copy_` fails.
         """
         b, k = ids.shape
+        if not torch.compiler.is_compiling():
+            window, latents = cache.filled
+            room = min(cache.window_capacity - window, cache.latent_capacity - latents)
+            if k > room:
+                raise ValueError(
+                    f"expected at most {room} more tokens in this cache (window "
+                    f"{window}/{cache.window_capacity}, latents {latents}/{cache.latent_capacity} slots filled), got "
+                    f"{k}; generate() slides the window, or start again from a cache with more room (init_cache's "
+                    f"max_latents, up to max_seq_len)"
+                )
+            cache.filled = (window + k, latents + k)
         step = torch.arange(k, device=ids.device)
         valid = torch.ones(b, k, dtype=torch.bool, device=ids.device) if mask is None else mask
         positions = cache.next_position.unsqueeze(1) + (valid.long().cumsum(1) - valid.long())  # (B, K)

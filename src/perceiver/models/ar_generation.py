@@ -32,6 +32,8 @@ class PerceiverARCache:
     self_k / self_v: per latent layer `(B, H, M, Dh)` of the latents; cross_valid `(B, W_c)` / self_valid `(B, M)`:
     slot written and a token (not padding); cross_len / self_len: slots written (0-dim tensors, so a compiled step
     does not recompile as they grow); next_position `(B,)`: position id of the next token (valid tokens so far).
+    filled: `(cross_len, self_len)` as Python ints, kept by eager calls so that a step past the capacity is a clear
+    error without reading the tensors back (a compiled step does not update it).
     """
 
     cross_k: list[Tensor]
@@ -44,6 +46,7 @@ class PerceiverARCache:
     self_len: Tensor
     next_position: Tensor
     prefilled: bool = False
+    filled: tuple[int, int] = (0, 0)
 
     @property
     def batch_size(self) -> int:
