@@ -122,3 +122,23 @@ def test_unknown_class_in_val_root(tmp_path):
     val = make_folder(tmp_path / "val", classes=("cat", "wolf"), per_class=1)
     with pytest.raises(ValueError, match=r"val.wolf is not a class"):
         ImageFolderDataModule(str(root), 8, val_root=str(val)).setup()
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_lab_tiff_reads_in_rgb_and_grayscale(tmp_path, grayscale):
+    """Pillow converts a LAB TIFF to RGB but not to L ("conversion from LAB to RGB not supported"): a grayscale
+    model's data failed in the first batch after `check_images="decode"` passed. Grey goes through RGB."""
+    from PIL import ImageCms
+
+    from perceiver.data._common import load_image
+
+    rgb = Image.fromarray((np.random.default_rng(0).random((6, 5, 3)) * 255).astype(np.uint8))
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    ImageCms.applyTransform(rgb, to_lab).save(tmp_path / "lab.tif")
+    with Image.open(tmp_path / "lab.tif") as im:
+        assert im.mode == "LAB"
+        expected = np.asarray(im.convert("RGB").convert("L" if grayscale else "RGB"), dtype=np.float32) / 255.0
+    got = load_image(tmp_path / "lab.tif", grayscale=grayscale)
+    assert got.shape == (6, 5, 1 if grayscale else 3)
+    np.testing.assert_array_equal(got, expected[..., None] if grayscale else expected)
+    assert np.abs(got.reshape(-1) - 0.5).max() > 0.1  # real values, not a blank conversion

@@ -269,6 +269,18 @@ def load_image(
         raise ValueError(f"image cannot be decoded: {name} ({type(e).__name__}: {reason})") from e
 
 
+def converted(image: Any, grayscale: bool) -> Any:
+    """A Pillow image in mode "L" (`grayscale`) or "RGB"; through RGB where Pillow has no direct conversion (a LAB
+    TIFF converts to RGB but not to L)."""
+    target = "L" if grayscale else "RGB"
+    try:
+        return image.convert(target)
+    except ValueError:
+        if not grayscale:
+            raise
+        return image.convert("RGB").convert("L")
+
+
 def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
     """A Pillow image as float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
     with bilinear filtering (aspect ratio not preserved) when given. 16-bit grey images (and 32-bit integer ones,
@@ -281,7 +293,7 @@ def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         grey = np.array(image, dtype=np.float32)[..., None]  # a writable copy (torch.from_numpy)
         return grey if grayscale else np.repeat(grey, 3, axis=-1)
-    image = image.convert("L" if grayscale else "RGB")
+    image = converted(image, grayscale)
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(image, dtype=np.float32) / 255.0
