@@ -293,6 +293,10 @@ def test_litmodels_tip_and_resume_warning_are_filtered_but_other_messages_are_no
         warnings.simplefilter("default")
         cli.quiet_lightning()
         rank_zero_warn(f"Checkpoint directory {tmp_path} exists and is not empty.")
+        rank_zero_warn(
+            "You're using the WeightAveraging callback with a model that overrides the configure_model callback. "
+            "WeightAveraging doesn't support sharding model layers, so you may run out of memory."
+        )
         rank_zero_warn("The dataloader does not have many workers")
     assert [str(w.message) for w in caught] == ["The dataloader does not have many workers"]
 

@@ -150,3 +150,19 @@ def test_two_nodes_match_one_process(one_process_run, tmp_path):
     one, two = loss_on_fixed_batch(one_process_run / "model"), loss_on_fixed_batch(tmp_path / "two-nodes" / "model")
     print(f"two nodes: loss after 10 steps: 1 process {one:.8f}, 2 nodes {two:.8f}, rel. {abs(one - two) / one:.1e}")
     assert abs(one - two) / abs(one) <= 1e-4, (one, two)
+
+
+EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.8"]
+
+
+@pytest.mark.slow
+def test_ema_two_ddp_processes_match_one_process_and_fsdp_refuses_it(tmp_path):
+    """Lightning's `EMAWeightAveraging` under DDP: each process averages the same weights, so the saved average of 2
+    processes equals 1 process's. Under FSDP2 it cannot copy the sharded model: a clear error, not FSDP's
+    "does not support deepcopy" from inside the first step."""
+    fit(tmp_path / "one", 1, 16, "auto", *EMA)
+    fit(tmp_path / "two", 2, 8, "ddp", *EMA)
+    one, two = loss_on_fixed_batch(tmp_path / "one" / "model"), loss_on_fixed_batch(tmp_path / "two" / "model")
+    assert abs(one - two) / abs(one) <= 1e-4, (one, two)
+    with pytest.raises(AssertionError, match=r"EMAWeightAveraging keeps an unsharded copy .* --trainer.strategy ddp"):
+        fit(tmp_path / "fsdp", 2, 8, "fsdp", *EMA)

@@ -138,3 +138,39 @@ def test_divergent_learning_rate_stops_without_checkpoints(tmp_path):
     with pytest.raises(SystemExit, match=r"non-finite training loss .* at step \d+ \(epoch 0, batch \d+\)"):
         main(["fit", *args, "--trainer.limit_train_batches=8"])
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "model").exists()
+
+
+def test_ema_weights_are_validated_saved_and_resumed_to_identical_weights(tmp_path):
+    """Lightning's `EMAWeightAveraging` (timm's model EMA) added on the command line: the checkpoints and the model
+    folder hold the average, not the last step's weights, and a run interrupted inside an epoch resumes to the
+    same average (and current weights) as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    common = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=4"]
+    common += ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    main(["fit", *tiny_args("digits", full, *common)])
+    ckpt = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    average = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    current = {k.removeprefix("model."): v for k, v in ckpt["current_model_state"].items()}
+    saved = load_file(full / "model" / "model.safetensors")
+    assert all(torch.equal(saved[k], average[k]) for k in saved)
+    assert max((saved[k] - current[k]).abs().max().item() for k in saved) > 1e-4  # an average, not the last step
+    steps = ["--checkpoint_every_n_steps=1"]
+    with pytest.raises(Exception, match="interrupted at"):
+        main(["fit", *tiny_args("digits", broken, *common, *steps, *callback_args(InterruptAt, epoch=1, batch=2))])
+    main(["fit", *tiny_args("digits", broken, *common, *steps, "--ckpt_path=last")])
+    resumed = torch.load(broken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for key in ("state_dict", "current_model_state"):
+        diff = max((ckpt[key][k] - resumed[key][k]).abs().max().item() for k in ckpt[key])
+        assert diff <= 1e-6, f"resumed {key} differs from the uninterrupted run by {diff}"
+
+
+def test_weight_averaging_with_a_sharded_model_is_refused_by_name():
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from perceiver.training.sharding import check_callbacks_for_sharding
+
+    check_callbacks_for_sharding([ModelCheckpoint()])
+    with pytest.raises(ValueError, match=r"expected no weight averaging with a sharded model, got \['EMAW"):
+        check_callbacks_for_sharding([ModelCheckpoint(), EMAWeightAveraging()])

@@ -38,18 +38,16 @@ Help is fast: `perceiver --help` imports neither torch nor Lightning, and the he
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import textwrap
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from perceiver.training.config_files import resolve_config_args, shipped_configs
 from perceiver.training.help_cache import is_help_request, print_help
-from perceiver.training.run_defaults import default_callbacks, default_loggers
+from perceiver.training.run_defaults import default_callbacks, default_loggers, quiet_lightning
 from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
 
 if TYPE_CHECKING:
@@ -98,41 +96,6 @@ CKPT_PATH_HELP = (
 def _is_launching_process() -> bool:
     """False in the worker processes of a multi-process launch (ranks > 0), which re-run this command."""
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
-
-
-# -- Lightning's noise ---------------------------------------------------------------------------------------------
-
-#: warnings of the libraries that say nothing actionable about a perceiver run (message regex, category)
-QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
-    # torch >= 2.6 deprecates pytree's LeafSpec, which Lightning 2.6 still builds on every training step
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
-    # resuming writes best.ckpt / last.ckpt into the same checkpoints folder: that is the run layout
-    (r"Checkpoint directory .* exists and is not empty", UserWarning),
-    # `args` given while pytest / a launcher has its own sys.argv is intended here
-    (r"LightningCLI's args parameter is intended", UserWarning),
-)
-
-
-class _DropTips(logging.Filter):
-    """Drops Lightning's advertising ("💡 Tip: For seamless cloud ... try installing [litmodels] ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-def quiet_lightning() -> None:
-    """Silences the warnings of `QUIET_WARNINGS` and Lightning's tips (only those; idempotent)."""
-    for message, category in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning_fabric.utilities.rank_zero",
-        "pytorch_lightning.utilities.rank_zero",
-    ):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
 
 
 # -- the LightningCLI ----------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """What a `perceiver fit` run gets unless its configuration provides it: the loggers (CSV + TensorBoard in the run
 directory) and the callbacks (best / last checkpoints, progress bar, learning-rate monitor, the finite checks, resume
-and seeding helpers, the model folder and prediction writer). Imports Lightning only when called.
+and seeding helpers, the model folder and prediction writer); and the libraries' messages it does not show
+(`quiet_lightning`). Imports Lightning only when called.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +16,7 @@ if TYPE_CHECKING:
 
     from perceiver.training.tasks import PerceiverTask
 
-__all__ = ["default_callbacks", "default_loggers"]
+__all__ = ["default_callbacks", "default_loggers", "quiet_lightning"]
 
 
 def default_loggers(run_dir: str | Path) -> list[Any]:
@@ -74,3 +77,40 @@ def default_callbacks(
         if not have(cls):
             out.append(cls())
     return out
+
+
+# -- Lightning's noise ---------------------------------------------------------------------------------------------
+
+#: warnings of the libraries that say nothing actionable about a perceiver run (message regex, category)
+QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # torch >= 2.6 deprecates pytree's LeafSpec, which Lightning 2.6 still builds on every training step
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # resuming writes best.ckpt / last.ckpt into the same checkpoints folder: that is the run layout
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
+    # `args` given while pytest / a launcher has its own sys.argv is intended here
+    (r"LightningCLI's args parameter is intended", UserWarning),
+    # every task overrides configure_model (for FSDP2); weight averaging with a sharded model is refused by name
+    (r"You're using the WeightAveraging callback with a model that overrides the configure_model", UserWarning),
+)
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising ("💡 Tip: For seamless cloud ... try installing [litmodels] ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """Silences the warnings of `QUIET_WARNINGS` and Lightning's tips (only those; idempotent)."""
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "pytorch_lightning.utilities.rank_zero",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())

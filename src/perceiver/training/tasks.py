@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from perceiver.nn.layers import CrossAttentionLayer, SelfAttentionLayer
 from perceiver.training.geometry import check_input_geometry
 from perceiver.training.layouts import CHANNELS_LAST, convert_layout, input_layout, to_model_layout
+from perceiver.training.sharding import shard_model
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -135,10 +135,6 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-#: modules that become their own FSDP2 unit under `ModelParallelStrategy` (see `PerceiverTask.configure_model`):
-#: every cross- and self-attention layer (encoder, latent Transformer, decoder) and subclasses of them
-SHARDED_LAYERS: tuple[type[nn.Module], ...] = (CrossAttentionLayer, SelfAttentionLayer)
 
 #: layers whose `weight` multiplies the input: the only tensors AdamW decays (see `param_groups`)
 DECAYED_LAYERS: tuple[type[nn.Module], ...] = (
@@ -416,18 +412,8 @@ class PerceiverTask(L.LightningModule):
     def configure_model(self) -> None:
         """FSDP2 under Lightning's `ModelParallelStrategy`: shard every attention layer (cross, self and decoder
         layers), then the rest of the model, over the data-parallel mesh. A no-op under other strategies."""
-        mesh = self.device_mesh
-        if mesh is None:
-            return
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        if isinstance(self.model, FSDPModule):  # configure_model runs once per trainer entry point
-            return
-        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        for module in self.model.modules():
-            if isinstance(module, SHARDED_LAYERS):
-                fully_shard(module, mesh=dp_mesh)
-        fully_shard(self.model, mesh=dp_mesh)
+        if self.device_mesh is not None:
+            shard_model(self.model, self.device_mesh, self.trainer.callbacks)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
