@@ -71,6 +71,20 @@ def test_grad_checkpointing_trains_the_same_weights(ar_run, tmp_path):
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_time_budget_trains_without_a_step_budget_and_points_to_it_otherwise(tmp_path):
+    """`max_epochs=-1` and `max_time`: a schedule by `time_budget` needs no step count; without it the error names
+    `model.time_budget` as the way to schedule by time."""
+    budget = ["--trainer.max_epochs=-1", "--trainer.max_time=00:00:00:03"]
+    with pytest.raises(
+        SystemExit, match=r"needs a step budget.*or schedule over wall-clock time with model.time_budget"
+    ):
+        main(["fit", *_args(tmp_path / "steps", *budget)])
+    main(["fit", *_args(tmp_path / "time", *budget, "--model.time_budget=3")])
+    rows = list(csv.DictReader((tmp_path / "time" / "metrics.csv").open()))
+    assert sum(1 for r in rows if r.get("train/loss_step")) > 2  # several epochs of 2 batches, stopped by max_time
+    assert (tmp_path / "time" / "model" / "model.safetensors").is_file()
+
+
 def test_test_split_reports_bpb(ar_run, tmp_path):
     main(["test", *_args(tmp_path), f"--ckpt_path={ar_run / 'checkpoints' / 'best.ckpt'}"])
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))

@@ -92,6 +92,20 @@ def test_leftovers_of_a_killed_start_do_not_block_but_a_run_does(tmp_path, capsy
         main(["fit", *tiny_args("digits", run)])
 
 
+def test_no_step_budget_is_an_error_naming_the_budgets(tmp_path):
+    """`max_epochs=-1` without `max_steps` (a `max_time` run): the cosine schedule has no length (Lightning's
+    estimated steps are infinite; was an OverflowError from int(inf)). An error naming the keys, and nothing left."""
+    run = tmp_path / "run"
+    budget = ["--trainer.max_epochs=-1", "--trainer.max_time=00:00:00:05"]
+    with pytest.raises(
+        SystemExit, match=r"needs a step budget: expected trainer.max_steps or trainer.max_epochs, got "
+    ):
+        main(["fit", *tiny_args("digits", run, *budget)])
+    assert not run.exists() or not any(run.iterdir())
+    main(["fit", *tiny_args("digits", run, *budget, "--trainer.max_steps=3")])  # max_steps gives the length
+    assert (run / "model" / "model.safetensors").is_file()
+
+
 # -- 2. --ckpt_path last / last_if_any -----------------------------------------------------------------------------
 
 

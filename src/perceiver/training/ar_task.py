@@ -41,6 +41,13 @@ class CausalLMTask(PerceiverTask):
         self._unigram: dict[str, float] = {}
         self._start: float | None = None
 
+    no_step_budget_hint = ", or schedule over wall-clock time with model.time_budget (seconds, as trainer.max_time)"
+
+    def schedule_steps(self) -> float:
+        if self.hparams.time_budget:  # by time: the step schedule is replaced below
+            return 1.0
+        return super().schedule_steps()
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = super().configure_optimizers()
         budget = self.hparams.time_budget

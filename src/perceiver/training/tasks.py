@@ -473,12 +473,29 @@ class PerceiverTask(L.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=hp.lr, betas=tuple(hp.betas), fused=bool(hp.get("fused_adamw")) and fused_adam_applies(groups)
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, int(self.schedule_steps()))
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_with_warmup(s, warmup, total, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule_steps(self) -> float:
+        """The optimizer steps the learning-rate schedule spans (Lightning's `estimated_stepping_batches`: epochs x
+        batches / accumulation, or `max_steps`); ValueError when the trainer has no step budget (`max_epochs=-1`
+        without `max_steps`, e.g. a `max_time` run), as the cosine schedule could then never decay."""
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            t = self.trainer
+            raise ValueError(
+                f"the warmup + cosine learning-rate schedule needs a step budget: expected trainer.max_steps or "
+                f"trainer.max_epochs, got max_steps={t.max_steps}, max_epochs={t.max_epochs}; set one of them "
+                f"(trainer.max_time still stops the run when it comes first){self.no_step_budget_hint}"
+            )
+        return steps
+
+    #: what else a task offers without a step budget (CausalLMTask: a schedule over wall-clock time)
+    no_step_budget_hint: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ helpers
     def run_dir(self) -> Path:
