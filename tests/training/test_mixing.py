@@ -112,3 +112,20 @@ def test_task_refuses_to_mix_point_clouds_and_bad_alphas():
         task.step(clouds, "train")
     with pytest.raises(ValueError, match="mixup_alpha must be a number >= 0"):
         ClassificationTask(**TINY, mixup_alpha=-1)
+
+
+@pytest.mark.parametrize("default_dtype", [torch.bfloat16, torch.float16])
+def test_mixing_under_a_half_default_dtype_draws_as_in_fp32(default_dtype):
+    """`precision: bf16-true` sets torch's default dtype to bf16: Beta(alpha, alpha) built from Python floats was then
+    bf16, whose Dirichlet sampler torch does not have (NotImplementedError in the first training step)."""
+    x = torch.rand(4, 6, 6, 3)
+    torch.manual_seed(0)
+    want = mix_batch(x, 0.2, 0.0, "channels_last")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype)
+    try:
+        torch.manual_seed(0)
+        got = mix_batch(x, 0.2, 0.0, "channels_last")
+    finally:
+        torch.set_default_dtype(previous)
+    assert got[2] == want[2] and torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])

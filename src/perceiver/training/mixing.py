@@ -22,8 +22,10 @@ def check_mixing(mixup_alpha: float, cutmix_alpha: float) -> None:
 
 
 def _beta(alpha: float) -> float:
-    """One draw of Beta(alpha, alpha) (torch's global generator, which `seed_everything` seeds)."""
-    return float(torch.distributions.Beta(float(alpha), float(alpha)).sample())
+    """One draw of Beta(alpha, alpha) (torch's global generator, which `seed_everything` seeds), in fp32 whatever
+    the default dtype (`precision: bf16-true` makes it bf16, where torch has no Dirichlet sampler)."""
+    a = torch.tensor(float(alpha), dtype=torch.float32)
+    return float(torch.distributions.Beta(a, a).sample())
 
 
 def mix_batch(
