@@ -106,6 +106,32 @@ def test_no_step_budget_is_an_error_naming_the_budgets(tmp_path):
     assert (run / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize(
+    ("flags", "files"),
+    [
+        (["--trainer.logger=false"], {"checkpoints", "config.yaml", "model"}),  # no LearningRateMonitor then
+        (["--trainer.enable_checkpointing=false"], {"config.yaml", "hparams.yaml", "metrics.csv", "model", "tb"}),
+        (["--trainer.barebones=true", "--trainer.log_every_n_steps=null"], {"config.yaml", "model"}),
+    ],
+    ids=["no-logger", "no-checkpointing", "barebones"],
+)
+def test_trainer_switches_that_turn_off_logging_or_checkpoints_are_respected(flags, files, tmp_path):
+    """Lightning refused our default callbacks (MisconfigurationException: a LearningRateMonitor without a logger,
+    a ModelCheckpoint with enable_checkpointing=False); the run still saves its model folder."""
+    main(["fit", *tiny_args("digits", tmp_path, *flags)])
+    assert {p.name for p in tmp_path.iterdir()} == files
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_the_parser_pickles_by_name_for_ddp_spawn():
+    """`strategy: ddp_spawn` pickles the trainer, whose config callback holds the parser: its class, defined on first
+    use inside a function, failed ("Can't pickle local object"); it is importable from the module by name."""
+    import pickle
+
+    parser = cli.PerceiverCLI.parser_class
+    assert pickle.loads(pickle.dumps(parser)) is parser is cli.PerceiverArgumentParser
+
+
 # -- 2. --ckpt_path last / last_if_any -----------------------------------------------------------------------------
 
 

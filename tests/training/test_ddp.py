@@ -65,7 +65,7 @@ def one_process_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_spawn"])
 def test_two_processes_match_one_process(strategy, one_process_run, tmp_path):
     log = fit(tmp_path / "two", devices=2, batch_size=8, strategy=strategy)
     assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log

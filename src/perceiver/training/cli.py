@@ -298,13 +298,21 @@ def _cli_class() -> type:
             existing = list(config.get("callbacks") or [])
             progress_bar = config.get("enable_progress_bar") is not False and not config.get("barebones")
             every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
-            kwargs["callbacks"] = existing + default_callbacks(self.model, run_dir, existing, progress_bar, every)
-            if config.get("logger") in (None, True):
+            bare = bool(config.get("barebones"))  # Lightning's barebones: no logger, checkpoints, progress bar
+            logger = config.get("logger") is not False and not bare
+            checkpointing = config.get("enable_checkpointing") is not False and not bare
+            kwargs["callbacks"] = existing + default_callbacks(
+                self.model, run_dir, existing, progress_bar, every, logger, checkpointing
+            )
+            if config.get("logger") in (None, True) and not bare:
                 kwargs["logger"] = default_loggers(run_dir)
             return super().instantiate_trainer(**kwargs)
 
-    PerceiverCLI.__module__ = __name__
-    PerceiverCLI.__qualname__ = "PerceiverCLI"
+    # importable by name (the module's `__getattr__`), so that pickle finds them: `strategy: ddp_spawn` pickles
+    # the trainer, whose config-saving callback holds the parser
+    for cls in (PerceiverCLI, PerceiverArgumentParser):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    PerceiverCLI.parser_class = PerceiverArgumentParser
     return PerceiverCLI
 
 
@@ -328,6 +336,8 @@ def _with_suggestions(message: str, options: dict[str, Any]) -> str:
 def __getattr__(name: str) -> Any:
     if name == "PerceiverCLI":
         return _cli_class()
+    if name == "PerceiverArgumentParser":
+        return getattr(_cli_class(), "parser_class")  # noqa: B009  # set in _cli_class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -34,9 +34,13 @@ def default_callbacks(
     existing: list[Callback],
     progress_bar: bool = True,
     every_n_train_steps: int | None = None,
+    logger: bool = True,
+    checkpointing: bool = True,
 ) -> list[Callback]:
     """The callbacks of a run that the configuration does not already provide (see `perceiver.training.cli`'s docstring);
-    `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs)."""
+    `every_n_train_steps` also refreshes last.ckpt every that many optimizer steps (inside epochs). Without a
+    logger (`trainer.logger: false`) no learning-rate monitor; without checkpointing (`trainer.enable_checkpointing:
+    false`) no checkpoints (the model folder then holds the final weights)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 
     from perceiver.training.callbacks import (
@@ -52,7 +56,7 @@ def default_callbacks(
     run_dir = Path(run_dir)
     have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
     out: list[Callback] = []
-    if not have(ModelCheckpoint):
+    if checkpointing and not have(ModelCheckpoint):
         # Two callbacks: Lightning 2.6's `save_last=True` refreshes last.ckpt only in epochs where the monitored
         # metric improved, which is not what resuming needs. The second one (no monitor, top-1 by recency)
         # rewrites last.ckpt after every epoch; `--ckpt_path last` finds it by name in the same folder.
@@ -71,7 +75,7 @@ def default_callbacks(
             )
     if progress_bar and not have(ProgressBar):
         out.append(RichProgressBar(leave=True))
-    if not have(LearningRateMonitor):
+    if logger and not have(LearningRateMonitor):
         out.append(LearningRateMonitor(logging_interval="step"))
     for cls in (FiniteCheck, MetricsResume, MidEpochResume, StepSeed, SavePretrained, JsonlPredictionWriter):
         if not have(cls):
