@@ -83,6 +83,22 @@ def test_lightning_predict_writes_jsonl(digits_run, tmp_path):
     assert all(r["label_name"] == str(r["label"]) and 0 <= r["label"] < 10 for r in rows)
 
 
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_ckpt_path_best_in_a_new_process_is_the_runs_best_checkpoint(subcommand, digits_run, tmp_path):
+    """Lightning knows a best model only in the process that trained it ("ModelCheckpoint is not configured to save
+    the best model"); `--ckpt_path best` reads RUN_DIR/checkpoints/best.ckpt, and names it when it is missing."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run / "checkpoints", run / "checkpoints")
+    main([subcommand, *tiny_args("digits", run), "--ckpt_path=best"])
+    written = run / ("predictions.jsonl" if subcommand == "predict" else "metrics.csv")
+    assert written.is_file() and written.read_text().strip()
+    (run / "checkpoints" / "best.ckpt").unlink()
+    with pytest.raises(SystemExit, match=r"--ckpt_path best: run directory .* has no best checkpoint \(looked for "):
+        main([subcommand, *tiny_args("digits", run), "--ckpt_path=best"])
+
+
 def test_bad_config_key_fails_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["fit", *tiny_args("digits", tmp_path), "--trainer.max_epocs=3"])

@@ -88,7 +88,8 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CKPT_PATH_HELP = (
     "perceiver: 'last' resumes from the last checkpoint of the run directory "
     "(trainer.default_root_dir/checkpoints/last.ckpt) and is an error when there is none; "
-    "'last_if_any' (fit only) resumes from it when there is one and starts the run fresh otherwise. "
+    "'last_if_any' (fit only) resumes from it when there is one and starts the run fresh otherwise; "
+    "'best' (validate, test, predict) is the run's best checkpoint (checkpoints/best.ckpt). "
     "Lightning: {}"
 )
 
@@ -227,6 +228,8 @@ def _cli_class() -> type:
             none: an error for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh)."""
             config = self.config_init[self.subcommand]
             wanted = config.get("ckpt_path")
+            if wanted == "best" and self.subcommand != "fit":
+                return self._resolve_best(config)
             if wanted not in ("last", "last_if_any"):
                 return
             found: set[str] = set()
@@ -251,6 +254,24 @@ def _cli_class() -> type:
                 )
             config["ckpt_path"] = None
             print(f"perceiver: no last checkpoint in {self.trainer.default_root_dir}; starting fresh", file=sys.stderr)
+
+        def _resolve_best(self, config: Any) -> None:
+            """`--ckpt_path best` for validate / test / predict in a new process, where Lightning knows no best model
+            (its error says ModelCheckpoint "is not configured to save the best model"): the file of the monitoring
+            ModelCheckpoint callbacks (RUN_DIR/checkpoints/best.ckpt by default); an error naming where it looked."""
+            looked: list[str] = []
+            for cb in self.trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
+                if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.dirpath and "{" not in (cb.filename or "{"):
+                    path = Path(cb.dirpath) / f"{cb.filename}{cb.FILE_EXTENSION}"
+                    looked.append(str(path))
+                    if path.is_file():
+                        config["ckpt_path"] = str(path)
+                        return
+            if looked:
+                raise SystemExit(
+                    f"error: --ckpt_path best: run directory {self.trainer.default_root_dir} has no best checkpoint "
+                    f"(looked for {', '.join(looked)}); train it first, or give a checkpoint file or 'last'"
+                )
 
         def _prepare_fresh_start(self) -> None:
             """A fit that does not resume: `prepare_run_dir`, and remember what was there (`_run_subcommand`)."""
