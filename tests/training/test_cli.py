@@ -99,6 +99,44 @@ def test_ckpt_path_best_in_a_new_process_is_the_runs_best_checkpoint(subcommand,
         main([subcommand, *tiny_args("digits", run), "--ckpt_path=best"])
 
 
+def test_masked_lm_predictions_name_the_masked_bytes_and_read_as_text(tmp_path):
+    """predictions.jsonl of the masked LM: per sequence (padding cut) the masked positions with the predicted and the
+    true ids there, and the input as text with the masked bytes filled in by the model."""
+    main(["fit", *tiny_args("mlm-pydoc", tmp_path)])
+    main(["predict", *tiny_args("mlm-pydoc", tmp_path), "--ckpt_path=last"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert rows and all(r["masked_positions"] and r["text"] for r in rows)
+    for r in rows:
+        at, ids = r["masked_positions"], r["predicted_ids"]
+        assert len(r["masked_label_ids"]) == len(at) and r["masked_predicted_ids"] == [ids[i] for i in at]
+
+
+def test_masked_lm_prediction_rows_fill_the_masked_bytes_and_cut_the_padding():
+    from perceiver.tokenizer import MASK_ID, PAD_ID, VOCAB_SIZE, encode_bytes
+    from perceiver.training.mlm_task import MaskedLMTask
+
+    task = MaskedLMTask(model="language-perceiver", model_kwargs=dict(max_seq_len=16, d_model=8, num_latents=2,
+        latent_dim=8, num_self_attends_per_block=1))  # fmt: skip
+    true = encode_bytes("a cat")
+    ids = torch.tensor([[*true[:2], MASK_ID, *true[3:], PAD_ID, PAD_ID]])  # "a ?at" + padding
+    labels = torch.full_like(ids, -100)
+    labels[0, 2] = true[2]
+    guess = encode_bytes("a bat..")  # what the "model" predicts at every position
+    logits = torch.nn.functional.one_hot(torch.tensor([guess]), VOCAB_SIZE).float()
+    task.forward = lambda batch: logits  # type: ignore[method-assign]
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": ids != PAD_ID}
+    (row,) = task.predict_step(batch, 0)
+    assert row["text"] == "a bat" and row["predicted_ids"] == guess[:5]
+    assert (row["masked_positions"], row["masked_predicted_ids"], row["masked_label_ids"]) == (
+        [2],
+        [guess[2]],
+        [true[2]],
+    )
+    del batch["labels"]  # without labels the MASK tokens of the input are the masked positions
+    (row,) = task.predict_step(batch, 0)
+    assert row["text"] == "a bat" and row["masked_positions"] == [2] and "masked_label_ids" not in row
+
+
 def test_bad_config_key_fails_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["fit", *tiny_args("digits", tmp_path), "--trainer.max_epocs=3"])

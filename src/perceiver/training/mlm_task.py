@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perceiver.tokenizer import MASK_ID, VOCAB_SIZE, decode_bytes
 from perceiver.training.tasks import PerceiverTask, metric_dict
 
 __all__ = ["MaskedLMTask"]
@@ -46,5 +48,23 @@ class MaskedLMTask(PerceiverTask):
         return loss
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        preds = self(batch).argmax(-1)
-        return [{"predicted_ids": p.tolist()} for p in preds]
+        """One row per sequence (right padding cut by `attention_mask`): `predicted_ids` at every position; the
+        masked positions (`labels != -100`, else the MASK tokens of the input) with the predicted and, given
+        labels, the true ids there; for a byte vocabulary (262 ids) the input as `text` with the masked bytes filled
+        in by the model."""
+        logits = self(batch)
+        preds, ids = logits.argmax(-1), batch["input_ids"]
+        labels, mask = batch.get("labels"), batch.get("attention_mask")
+        masked = labels != -100 if labels is not None else ids == MASK_ID
+        rows = []
+        for i, p in enumerate(preds):
+            n = int(mask[i].sum()) if mask is not None else p.shape[0]
+            at = masked[i, :n].nonzero().flatten()
+            row: dict[str, Any] = {"predicted_ids": p[:n].tolist(), "masked_positions": at.tolist()}
+            row["masked_predicted_ids"] = p[at].tolist()
+            if labels is not None:
+                row["masked_label_ids"] = labels[i, at].tolist()
+            if logits.shape[-1] == VOCAB_SIZE:
+                row["text"] = decode_bytes(torch.where(masked[i, :n], p[:n], ids[i, :n]).tolist())
+            rows.append(row)
+        return rows
