@@ -413,7 +413,8 @@ class PerceiverTask(L.LightningModule):
         """FSDP2 under Lightning's `ModelParallelStrategy`: shard every attention layer (cross, self and decoder
         layers), then the rest of the model, over the data-parallel mesh. A no-op under other strategies."""
         if self.device_mesh is not None:
-            shard_model(self.model, self.device_mesh, self.trainer.callbacks)  # type: ignore[attr-defined]
+            callbacks = self._trainer.callbacks if self._trainer is not None else []  # type: ignore[attr-defined]
+            shard_model(self.model, self.device_mesh, callbacks)
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
