@@ -158,3 +158,17 @@ def test_conv1x1_is_a_strided_pointwise_conv():
     expected = adapter.convnet_1x1(x).permute(0, 2, 3, 1)
     assert isinstance(adapter.convnet_1x1, torch.nn.Conv2d) and expected.shape == (2, 4, 4, 8)
     torch.testing.assert_close(adapter.features(x), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("position_encoding", ["fourier", "none"])
+def test_a_wrong_layout_error_does_not_claim_a_fixed_size_for_any_size_adapters(position_encoding):
+    """Fourier positions (or none) take images of any size; the error named the configured `image_size` as if it were
+    required (`expected (B, 3, 224, 224)` for a 3x320x320 image fed channels last)."""
+    adapter = ImageAdapter((16, 16), prep_type="pixels", position_encoding=position_encoding, num_bands=2)
+    with pytest.raises(ValueError, match=r"expected pixel_values of shape \(B, 3, H, W\) \(channels first\), got"):
+        adapter(torch.randn(2, 32, 32, 3))
+    learned = ImageAdapter((16, 16), prep_type="pixels", position_encoding="trainable", trainable_pos_channels=4)
+    with pytest.raises(ValueError, match=r"expected pixel_values of shape \(B, 3, 16, 16\) \(channels first\)"):
+        learned(torch.randn(2, 16, 16, 3))
+    with pytest.raises(ValueError, match=r"expected pixel_values of shape \(B, 3, H, W\) \(channels first\)"):
+        learned(torch.randn(2, 16, 16, 3), interpolate_pos_encoding=True)

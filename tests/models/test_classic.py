@@ -102,6 +102,8 @@ def test_return_embeddings_and_no_head():
     torch.testing.assert_close(model.forward_head(features).logits, model(data), atol=0, rtol=0)
     out = model(data, labels=torch.tensor([0, 1, 2]))
     assert out.logits.shape == (3, 5) and out.loss.ndim == 0 and out.last_hidden_state.shape == (3, 6, 24)
+    with pytest.raises(ValueError, match="expected labels or return_embeddings=True, got both"):
+        model(data, labels=torch.tensor([0, 1, 2]), return_embeddings=True)  # returned the latents, no loss
     headless = tiny(num_latents=6, latent_dim=24, final_classifier_head=False)
     assert headless.head is None
     assert headless(data).shape == (3, 6, 24)

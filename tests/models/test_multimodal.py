@@ -278,6 +278,8 @@ def _without(x, key):
         (make_inputs(), {"subsampled_output_points": {"image": torch.tensor([512])}}, r"must lie in \[0, 512\)"),
         (make_inputs(), {"subsampled_output_points": {"video": None}}, "unknown modalities"),
         (make_inputs(), {"subsampled_output_points": {"audio": torch.tensor([0.5])}}, "integer indices"),
+        # a selection mask: `.long()` made it 0 / 1 indices, decoding pixels 0 and 1 512 times, silently
+        (make_inputs(), {"subsampled_output_points": {"image": torch.ones(512, dtype=torch.bool)}}, "nonzero"),
         (make_inputs(), {"query_chunk_size": 0}, "query_chunk_size must be >= 1"),
     ],
 )

@@ -234,3 +234,22 @@ def test_format1_config_of_the_previous_release_loads(model_type, tmp_path):
     ids, mask = batch()
     with torch.no_grad():
         assert torch.equal(loaded(ids, mask).logits, model(ids, mask).logits)
+
+
+@pytest.mark.parametrize("query_inputs", [False, True])
+def test_forward_head_positions_lie_within_the_input(query_inputs):
+    """One output per input byte: an `output_index` past the L input bytes (but within `max_seq_len`) is a ValueError
+    naming the range; it failed inside torch (`INDICES element is out of DATA bounds`) or decoded a byte that is not
+    there."""
+    model = perceiver.create_model("token-classifier", **TINY, decoder_query_inputs=query_inputs).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        features = model.forward_features(ids, mask)
+        full = model.forward_head(features).logits
+        some = model.forward_head(features, torch.tensor([3, 9])).logits
+        torch.testing.assert_close(
+            some, model.forward_head(features, slice(0, 10)).logits[:, [3, 9]], atol=1e-6, rtol=0
+        )
+        assert full.shape == (2, 10, 2)
+        with pytest.raises(ValueError, match=r"output_index must lie in \[0, 10\), got values in \[3, 12\]"):
+            model.forward_head(features, torch.tensor([3, 12]))

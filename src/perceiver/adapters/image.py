@@ -197,7 +197,10 @@ class ImageAdapter(InputAdapter):
         return _cdiv(height, s), _cdiv(width, s)  # strided 1x1 conv and pixel subsampling
 
     def _check(self, x: Tensor, interpolate_pos_encoding: bool) -> None:
-        expected = f"(B, {self.in_channels}, {self.image_size[0]}, {self.image_size[1]})"
+        # only learned positions (without interpolation) fix the size; Fourier positions follow any image
+        fixed = self.trainable is not None and not interpolate_pos_encoding
+        size = f"{self.image_size[0]}, {self.image_size[1]}" if fixed else "H, W"
+        expected = f"(B, {self.in_channels}, {size})"
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"expected pixel_values of shape {expected} (channels first), got {got}")

@@ -149,6 +149,8 @@ class MultimodalInputAdapter(InputAdapter):
         modalities: name -> adapter returning `AdaptedInputs` with tokens `(B, M_m, C_m)` and a `num_channels`.
         config: a `MultimodalInputConfig` (padding, mask probabilities, eval masking; see there), kept by reference
             and read at every forward. Every modality has a trainable mask token, so any of them can be masked.
+            With DeepMind's probabilities (label 1, audio and image 0) the audio and image mask tokens and the label's
+            padding never reach the output: their gradients are zero (they are kept for its checkpoint's layout).
 
     `forward(inputs: dict name -> tensor, mask (B, M) or None)` -> `AdaptedInputs(tokens (B, M, C), mask,
     modality_sizes={name: M_m})` with modalities in sorted order.

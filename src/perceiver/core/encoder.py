@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.checks import check_int_fields
+from perceiver.checks import check_float_input, check_int_fields, to_bool_mask
 from perceiver.core.model import checkpoints
 from perceiver.nn.attention import reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
@@ -191,6 +191,15 @@ class PerceiverEncoder(nn.Module):
             AttentionResidual(c.latent_dim, c.attn_residual_rank, c.attn_residual_norm) for _ in unique
         )
 
+    def extra_repr(self) -> str:
+        """The latents and how often each unique module runs (the module list shows each shared one once)."""
+        c = self.config
+        steps = [
+            f"cross_attends[{ci}], latent_blocks[{li}] x {c.num_blocks}"
+            for ci, li in zip(self.cross_index, self.latent_index)
+        ]
+        return f"latents=({c.num_latents}, {c.latent_dim}), input_dim={c.input_dim}, order=[{', '.join(steps)}]"
+
     def _cross_layer(self) -> CrossAttentionLayer:
         c = self.config
         assert c.input_dim is not None  # checked in __init__
@@ -228,6 +237,30 @@ class PerceiverEncoder(nn.Module):
         inputs (`InputFactors.narrower`)."""
         return factors is not None and factors.narrower()
 
+    def _check_inputs(self, inputs: Tensor | None, mask: Tensor | None, factors: InputFactors | None) -> Tensor | None:
+        """The shapes of `inputs` `(B, M, input_dim)` (or of `factors`) and of `mask` `(B, M)`; the mask as bool.
+
+        The inputs are normalised and zero-padded to a multiple of `ALIGN` channels before the cross-attends fold
+        their weights in, so a width that pads to the same size (6 instead of 5 channels) would otherwise pass
+        silently, normalised over the wrong channels and with the extra ones dropped."""
+        width = self.config.input_dim
+        if inputs is not None:
+            expected = f"(B, M, {width}) (input_dim={width})"
+            inputs = check_float_input(inputs, "encoder inputs", expected)
+            if inputs.ndim != 3 or inputs.shape[-1] != width:
+                raise ValueError(f"expected encoder inputs of shape {expected}, got {tuple(inputs.shape)}")
+            tokens = tuple(inputs.shape[:2])
+        elif factors is not None:
+            if factors.num_channels != width:
+                raise ValueError(
+                    f"expected factors of {width} channels (input_dim), got {factors.num_channels} "
+                    f"({factors.weight.shape[0]} features + {factors.positions.shape[-1]} positions)"
+                )
+            tokens = tuple(factors.raw.shape[:2])
+        else:
+            raise ValueError("expected inputs (B, M, C) or their factors, got neither")
+        return to_bool_mask(mask, "mask", (tokens,))
+
     def forward(
         self,
         inputs: Tensor | None,
@@ -245,12 +278,8 @@ class PerceiverEncoder(nn.Module):
         With `return_attention` (the cross-attends' and latent layers' probabilities) or `return_hidden_states` (the
         latents after every step), an `EncoderOutput` instead of the latents.
         """
-        if inputs is not None:
-            batch_size = inputs.shape[0]
-        elif factors is not None:
-            batch_size = factors.raw.shape[0]
-        else:
-            raise ValueError("expected inputs (B, M, C) or their factors, got neither")
+        mask = self._check_inputs(inputs, mask, factors)
+        batch_size = inputs.shape[0] if inputs is not None else cast(InputFactors, factors).raw.shape[0]
         x = self.latents.expand(batch_size, -1, -1)
         maps: list[Tensor] = []
         latent_maps: list[Tensor] = []

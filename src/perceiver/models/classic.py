@@ -264,6 +264,11 @@ class Perceiver(PerceiverModel):
         and `return_hidden_states`): a `ModelOutput` with `.logits`, `.last_hidden_state`, `.loss` for `labels`
         (class ids `(B,)`), the attention maps and the latents after every encoder step.
         """
+        if return_embeddings and labels is not None:  # the latents carry no loss: it was dropped silently
+            raise ValueError(
+                "expected labels or return_embeddings=True, got both: the loss needs the logits; call "
+                "model(data, labels=labels) (its .last_hidden_state holds the latents)"
+            )
         features = self.forward_features(data, mask, return_attention, return_hidden_states)
         if return_embeddings:
             return features.latents

@@ -135,12 +135,21 @@ class PerceiverForAudioClassification(_ModalityClassifier):
 
 @register_model_type
 class PerceiverForVideoClassification(_ModalityClassifier):
-    """Video classifier: `model(inputs (B, T, C, H, W), mask (B, M) over tokens or None)` -> `.logits` `(B, K)`."""
+    """Video classifier: `model(inputs (B, T, C, H, W), mask (B, M) over tokens or None)` -> `.logits` `(B, K)`
+    (`(B, T, H, W, C)` inputs with `config.adapter.channels_last=True`)."""
 
-    expected_input = "(B, T, C, H, W)"
     config_class = VideoClassifierConfig
     model_type = "perceiver-video-classifier"
-    input_layout: ClassVar[str] = "channels_first"
+
+    @property
+    def input_layout(self) -> str:  # the adapter's layout, not one per class
+        """`"channels_first"` `(B, T, C, H, W)`, or `"channels_last"` `(B, T, H, W, C)` for an adapter built with
+        `channels_last=True`: the layout trainers and `perceiver predict` convert video batches to."""
+        return "channels_last" if self.config.adapter.channels_last else "channels_first"
+
+    @property
+    def expected_input(self) -> str:  # type: ignore[override]
+        return "(B, T, H, W, C)" if self.config.adapter.channels_last else "(B, T, C, H, W)"
 
 
 @register_model_type

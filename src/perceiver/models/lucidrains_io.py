@@ -20,9 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.checks import check_int, check_int_fields
+from perceiver.checks import (
+    check_float_input,
+    check_int,
+    check_int_fields,
+    check_nonempty,
+    check_token_ids,
+    model_dtype,
+    to_bool_mask,
+    token_mask,
+)
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.core.model import GradCheckpointingMixin
+from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels
 from perceiver.hub import PretrainedMixin
 from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
@@ -160,17 +169,28 @@ class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
         return from_perceiver_pytorch_io(state_dict, **kwargs)
 
     def forward_features(self, data: Tensor, mask: Tensor | None = None) -> Tensor:
-        """`data` `(B, M, dim)`, `mask` `(B, M)` -> latents `(B, N, latent_dim)`."""
+        """`data` `(B, M, dim)` (floating, cast to the model's dtype), `mask` `(B, M)` (bool or 0 / 1) -> latents
+        `(B, N, latent_dim)`."""
+        expected = f"(B, M, {self.config.dim})"
+        data = check_float_input(data, "data", expected, model_dtype(self))
         if data.ndim != 3 or data.shape[-1] != self.config.dim:
-            raise ValueError(f"expected data of shape (B, M, {self.config.dim}), got {tuple(data.shape)}")
+            raise ValueError(f"expected data of shape {expected}, got {tuple(data.shape)}")
+        check_nonempty(data, "data", expected)  # an empty batch is an error in every model (docs/reliability.md)
+        mask = to_bool_mask(mask, "mask", (tuple(data.shape[:2]),))
         if self.training and self.config.seq_dropout_prob > 0.0:
             data, mask = dropout_seq(data, mask, self.config.seq_dropout_prob)
         return self.encoder(data, mask)
 
     def forward_head(self, latents: Tensor, queries: Tensor) -> Tensor:
-        """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` -> `(B, O, F)`."""
+        """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` (floating, cast to the model's dtype) ->
+        `(B, O, F)`."""
+        b, e = latents.shape[0], self.config.queries_dim
+        expected = f"({b}, O, {e}) or (O, {e})"
+        queries = check_float_input(queries, "queries", expected, model_dtype(self))
+        if queries.ndim not in (2, 3) or queries.shape[-1] != e or (queries.ndim == 3 and queries.shape[0] != b):
+            raise ValueError(f"expected queries of shape {expected} (queries_dim={e}), got {tuple(queries.shape)}")
         if queries.ndim == 2:
-            queries = queries.expand(latents.shape[0], -1, -1)
+            queries = queries.expand(b, -1, -1)
         return self.decoder(queries, latents)
 
     def forward(self, data: Tensor, mask: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
@@ -219,16 +239,25 @@ class LucidrainsPerceiverLM(GradCheckpointingMixin, PretrainedMixin, nn.Module):
     def forward(
         self, input_ids: Tensor, mask: Tensor | None = None, labels: Tensor | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """`input_ids` `(B, L)` with `L <= max_seq_len`, `mask` `(B, L)` -> logits `(B, L, num_tokens)`."""
-        if input_ids.ndim != 2 or input_ids.shape[1] > self.config.max_seq_len:
+        """`input_ids` `(B, L)` with `L <= max_seq_len` (ids in `[0, num_tokens)`), `mask` `(B, L)` (bool or 0 / 1)
+        -> logits `(B, L, num_tokens)`; with `labels` `(B, L)` (ids, -100 = ignored) also the cross-entropy."""
+        if isinstance(input_ids, Tensor) and (input_ids.ndim != 2 or input_ids.shape[1] > self.config.max_seq_len):
             raise ValueError(
                 f"expected input_ids of shape (B, L) with L <= {self.config.max_seq_len}, got {tuple(input_ids.shape)}"
             )
+        input_ids = check_token_ids(input_ids, self.config.num_tokens)
+        mask = token_mask(mask, input_ids, "mask")
         n = input_ids.shape[1]
         x = self.token_emb(input_ids) + self.pos_emb(torch.arange(n, device=input_ids.device))[None]
         logits = self.perceiver_io(x, mask=mask, queries=x)
         if labels is None:
             return logits
+        labels = check_labels(labels)
+        if tuple(labels.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"expected labels of shape {tuple(input_ids.shape)} (input_ids'), got {tuple(labels.shape)}"
+            )
+        labels = check_class_ids(labels, self.config.num_tokens, "labels (token ids)").long()
         return logits, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
@@ -290,10 +319,24 @@ class LucidrainsPerceiverBlock(PretrainedMixin, nn.Module):
     def forward(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, inverted_attention: bool = False
     ) -> Tensor:
-        """`x` `(B, N, dim)`, `context` `(B, M, context_dim)`, `mask` `(B, M)` -> `(B, N, dim)`."""
+        """`x` `(B, N, dim)`, `context` `(B, M, context_dim)` (floating, cast to the model's dtype), `mask` `(B, M)`
+        (bool or 0 / 1) -> `(B, N, dim)`."""
+        c, dtype = self.config, model_dtype(self)
+        x = check_float_input(x, "x", f"(B, N, {c.dim})", dtype)
+        if x.ndim != 3 or x.shape[-1] != c.dim:
+            raise ValueError(f"expected x of shape (B, N, {c.dim}), got {tuple(x.shape)}")
+        check_nonempty(x, "x", f"(B, N, {c.dim})")
         if self.cross is not None:
+            width = c.context_dim if c.context_dim is not None else c.dim
+            expected = f"({x.shape[0]}, M, {width})"
             if context is None:
-                raise ValueError("expected a context (B, M, context_dim) for the cross-attention, got None")
+                raise ValueError(f"expected a context {expected} for the cross-attention, got None")
+            context = check_float_input(context, "context", expected, dtype)
+            if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != width:
+                raise ValueError(
+                    f"expected context of shape {expected} (context_dim={width}), got {tuple(context.shape)}"
+                )
+            mask = to_bool_mask(mask, "mask", (tuple(context.shape[:2]),))
             x = self.cross(x, context, mask, inverted=inverted_attention)[0]
         for layer in self.self_attns:
             x = layer(x)

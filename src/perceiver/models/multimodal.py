@@ -334,6 +334,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
                 parts.append(torch.arange(start, stop, device=device))
                 continue
             idx = torch.as_tensor(idx, device=device)
+            if idx.dtype == torch.bool:  # `.long()` would silently decode positions 0 and 1 over and over
+                raise ValueError(
+                    f"subsampled_output_points[{name!r}] must hold integer indices, got a boolean tensor; for a "
+                    f"selection mask pass its indices, mask.nonzero().flatten()"
+                )
             if idx.numel() and (idx.is_floating_point() or idx.is_complex()):
                 raise ValueError(f"subsampled_output_points[{name!r}] must hold integer indices, got {idx.dtype}")
             idx = idx.long().flatten()

@@ -215,8 +215,8 @@ class PerceiverForTokenClassification(TextModel):
         adapted = features.adapted
         if output_index is None:
             output_index = self.default_output_index(adapted)
-        elif not isinstance(output_index, slice):
-            total = self.query_builder.num_queries(adapted)
+        elif not isinstance(output_index, slice):  # one output per input byte: positions in [0, L)
+            total = adapted.tokens.shape[1]
             output_index = check_output_index(output_index, total, features.latents.device)
         out = super().forward_head(features, output_index, query_chunk_size, return_attention)
         mask = None if adapted.mask is None else select(adapted.mask, output_index, dim=1)

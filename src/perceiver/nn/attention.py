@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.checks import check_int
+from perceiver.checks import check_int, to_bool_mask
 from perceiver.nn.activation import is_dense
 
 
@@ -133,6 +133,14 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, v_channels, bias=qkv_bias)
         self.o_proj = nn.Linear(v_channels, out_dim, bias=out_bias)
 
+    def extra_repr(self) -> str:
+        options = [f"num_heads={self.num_heads}", f"qk_channels={self.qk_channels}", f"v_channels={self.v_channels}"]
+        options += [f"dropout={self.dropout}"] if self.dropout else []
+        flags = ("reassociate", "inverted", "queries_contribute_kv")
+        options += [f"{name}=True" for name in flags if getattr(self, name)]
+        options += [f"kernel={self.kernel!r}"] if self.kernel != "sdpa" else []
+        return ", ".join(options)
+
     def _heads(self, x: Tensor) -> Tensor:
         """`(B, N, H * d)` -> `(B, H, N, d)`."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
@@ -204,12 +212,16 @@ class MultiHeadAttention(nn.Module):
         `Ckv` channels, see `perceiver.nn.inputs`); it is folded into the key and value projections, and so is
         `kv_basis` `(Ckv, K)` when `x_kv` `(B, M, K)` holds coordinates of the normalised inputs (`kv_projections`).
 
-        `kv_mask` `(B, M)` is boolean, True = valid. A query row without any valid key returns zeros (never NaN), and
+        `kv_mask` `(B, M)` is boolean, True = valid (0 / 1 integer or float masks are taken as such; other values and
+        shapes are a ValueError). A query row without any valid key returns zeros (never NaN), and
         values at masked-out keys never reach the output. Returns the output `(B, N, out_dim)` and, if
         `return_attention`, the probabilities `(B, H, N, M)` (else None).
         """
         if kv_affine is not None and (x_kv is None or self.queries_contribute_kv):
             raise ValueError("kv_affine needs a separate key/value input (no self-attention, no queries_contribute_kv)")
+        if kv_mask is not None:  # bool or 0 / 1 (as the models take it), one entry per key
+            keys = x_q if x_kv is None else x_kv
+            kv_mask = to_bool_mask(kv_mask, "kv_mask", (tuple(keys.shape[:2]),))
         if x_kv is not None and self.queries_contribute_kv:
             x_kv = torch.cat([x_q, x_kv], dim=1)
             if kv_mask is not None:

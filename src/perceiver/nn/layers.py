@@ -41,6 +41,9 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
         if self.activation == "geglu":

@@ -98,6 +98,12 @@ class FourierPositionEncoding(nn.Module):
         self.max_freq = max_freq
         self.register_buffer("anchor", torch.empty(0), persistent=False)  # device and default dtype
 
+    def extra_repr(self) -> str:
+        if self.max_freq is not None:
+            return f"num_bands={self.num_bands}, max_freq={self.max_freq}"
+        res = "the index shape" if self.max_resolution is None else self.max_resolution
+        return f"num_bands={self.num_bands}, max_resolution={res}, concat_pos={self.concat_pos}, sine_only={self.sine_only}"
+
     def num_channels(self, num_axes: int) -> int:
         if self.max_freq is not None:
             return num_axes * (2 * self.num_bands + 1)
@@ -136,6 +142,9 @@ class TrainablePositionEncoding(nn.Module):
     @property
     def num_positions(self) -> int:
         return self.position_embeddings.shape[0]
+
+    def extra_repr(self) -> str:
+        return f"num_positions={self.num_positions}, num_channels={self.position_embeddings.shape[1]}"
 
     def forward(self, num_positions: int | None = None) -> Tensor:
         if num_positions is None:
