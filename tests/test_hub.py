@@ -218,3 +218,98 @@ def test_push_to_hub_uploads_config_weights_and_a_model_card(tmp_path, monkeypat
     again = perceiver.from_pretrained(tmp_path / "m")
     x = torch.randn(2, 5, 1)
     torch.testing.assert_close(again(x), model.eval()(x))
+
+
+def test_model_class_from_pretrained_takes_hub_ids_and_transformers_folders(tmp_path, monkeypatch):
+    """`PerceiverForMaskedLM.from_pretrained("deepmind/language-perceiver")`, as transformers users write it, read the
+    id as a local folder ("config.json is missing in deepmind/language-perceiver"); a transformers checkpoint
+    folder was refused the same way. Both load as `perceiver.from_pretrained` does, checked against the class."""
+    transformers = pytest.importorskip("transformers")
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from perceiver.models import PerceiverForImageClassification, PerceiverForMaskedLM
+
+    config = transformers.PerceiverConfig(
+        num_latents=4, d_latents=16, d_model=16, num_self_attends_per_block=1, vocab_size=262,
+        max_position_embeddings=16, num_cross_attention_heads=1, num_self_attention_heads=2,
+    )  # fmt: skip
+    hf = transformers.PerceiverForMaskedLM(config).eval()
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append((repo_id, kwargs.get("revision")))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    ids = torch.randint(6, 262, (1, 16))
+    loads = (
+        PerceiverForMaskedLM.from_pretrained(folder),
+        PerceiverForMaskedLM.from_pretrained("deepmind/language-perceiver", revision="main"),
+    )
+    for model in loads:
+        assert type(model) is PerceiverForMaskedLM
+        with torch.no_grad():
+            assert (model(ids).logits - hf(ids).logits).abs().max().item() <= 1e-4
+    assert asked[0] == ("deepmind/language-perceiver", "main")
+    with pytest.raises(ValueError, match="holds a PerceiverForMaskedLM, expected a PerceiverForImageClassification"):
+        PerceiverForImageClassification.from_pretrained(folder)
+
+
+def test_model_class_from_pretrained_takes_a_subfolder(model, tmp_path):
+    model.save_pretrained(tmp_path / "repo" / "classic")
+    loaded = type(model).from_pretrained(tmp_path / "repo", subfolder="classic")
+    x = torch.randn(2, 8, 8, 3)
+    assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_save_that_fails_midway_leaves_no_half_folder(model, tmp_path, monkeypatch, existing):
+    """Moving the files into place failed after config.json had moved: a new folder was left with config.json alone,
+    an existing one with the new config.json beside the old weights. Now the folder holds the old files or none."""
+    import perceiver.save_files
+
+    target = tmp_path / "m"
+    old = tiny("perceiver", num_latents=3).save_pretrained(target) if existing else None
+    before = {p.name: p.read_bytes() for p in target.iterdir()} if existing else None
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "model.safetensors":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(perceiver.save_files.os, "replace", replace)
+    monkeypatch.setattr(perceiver.save_files.os, "rename", replace)
+    if not existing:  # a new folder is the temporary one renamed whole: no file is moved alone
+        model.save_pretrained(target)
+        monkeypatch.undo()
+        assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+        return
+    with pytest.raises(OSError, match="No space left"):
+        model.save_pretrained(target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left either
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert perceiver.from_pretrained(old).config.num_latents == 3
+
+
+def test_a_new_folder_gets_the_permissions_of_a_new_folder(model, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = model.save_pretrained(tmp_path / "new")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+
+
+def test_removing_the_head_is_logged_as_a_removal(tmp_path, caplog):
+    """`num_classes=0` logged "Some weights ... were newly initialised ...: []": nothing was, the head was removed."""
+    folder = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "m")
+    with caplog.at_level("WARNING", logger="perceiver"):
+        model = perceiver.from_pretrained(folder, num_classes=0, ignore_mismatched_sizes=True)
+    assert model.num_classes == 0 and model.reinitialized_keys == []
+    assert "were removed (num_classes=0: pre-logits features)" in caplog.text
+    assert "decoder.final_layer.weight" in caplog.text and "newly initialised" not in caplog.text

@@ -175,3 +175,43 @@ def test_mmap_loads_views_of_the_file_that_training_never_writes_back(tmp_path):
     assert torch.equal(
         perceiver.from_pretrained(folder).output_adapter.embedding.weight, model.output_adapter.embedding.weight
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_meta_device_checks_the_file_and_reads_no_values(tmp_path, dtype):
+    """`device="meta"` (a model with shapes and dtypes only) was refused as "expected a safetensors file": the file
+    is fine, safetensors has no meta device."""
+    model = tiny("language-perceiver").to(dtype)
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = perceiver.from_pretrained(folder, device="meta")
+    state = loaded.state_dict()
+    assert {v.device.type for v in state.values()} == {"meta"}
+    assert {k: (v.shape, v.dtype) for k, v in state.items()} == {
+        k: (v.shape, v.dtype) for k, v in model.state_dict().items()
+    }
+    save_file({k: v for k, v in load_file(folder / "model.safetensors").items() if "latents" not in k}, folder / "x")
+    os.replace(folder / "x", folder / "model.safetensors")
+    with pytest.raises(ValueError, match="missing tensors .*latents"):
+        perceiver.from_pretrained(folder, device="meta")
+
+
+def test_device_map_naming_one_device(tmp_path):
+    """transformers' `device_map` (it was taken for a config field: "unknown keys ['device_map']")."""
+    folder = tiny("perceiver").save_pretrained(tmp_path / "m")
+    for device_map in ("cpu", "auto", {"": "cpu"}, {"encoder": "cpu", "head": torch.device("cpu")}):
+        loaded = perceiver.from_pretrained(folder, device_map=device_map)
+        assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    with pytest.raises(ValueError, match="device_map: expected one device .*got {'encoder': 'cpu', 'head': 'meta'}"):
+        perceiver.from_pretrained(folder, device_map={"encoder": "cpu", "head": "meta"})
+    with pytest.raises(ValueError, match="pass device or device_map, not both"):
+        perceiver.from_pretrained(folder, device="cpu", device_map="cpu")
+    with pytest.raises(ValueError, match="invalid device 'gpu'"):
+        perceiver.from_pretrained(folder, device_map="gpu")
+
+
+def test_a_meta_model_is_not_saved(tmp_path):
+    folder = tiny("perceiver").save_pretrained(tmp_path / "m")
+    meta = perceiver.from_pretrained(folder, device="meta")
+    with pytest.raises(ValueError, match=r"cannot save a Perceiver whose tensors \[.*\] are on the meta device"):
+        meta.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()

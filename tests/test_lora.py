@@ -248,3 +248,38 @@ def test_cli_consumers_of_an_adapter_folder_run_its_merged_weights(tmp_path, cap
     new = model.generate(ids, max_new_tokens=5, do_sample=False)[0, 8:] - 6
     expected = "abcdefgh" + bytes(new.clamp(0, 255).tolist()).decode("utf-8", "replace")
     assert capsys.readouterr().out == expected + "\n"  # the prompt, then the adapted model's greedy bytes
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_adapter_save_that_fails_midway_leaves_the_old_files_or_none(tmp_path, monkeypatch, existing):
+    """The files were moved in one by one: a failure after adapter_config.json had moved left a new folder with the
+    config alone, or an existing one with the new config beside the old weights."""
+    import os
+
+    import perceiver.save_files
+
+    model = tiny("vision-perceiver-learned")
+    lora.add_lora(model)
+    target = tmp_path / "adapter"
+    if existing:
+        lora.save_adapter(model, target)
+        before = {p.name: p.read_bytes() for p in target.iterdir()}
+        _perturb(model)
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(dst).name == "adapter_model.safetensors":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(perceiver.save_files.os, "replace", failing)
+    if existing:
+        with pytest.raises(OSError, match="No space left"):
+            lora.save_adapter(model, target)
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    else:  # a new folder is the temporary one renamed whole
+        lora.save_adapter(model, target)
+        assert sorted(p.name for p in target.iterdir()) == sorted(
+            [lora.ADAPTER_CONFIG, lora.ADAPTER_WEIGHTS, lora.ADAPTER_INFO]
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

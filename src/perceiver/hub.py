@@ -2,7 +2,9 @@
 
 Never pickle: configs are dataclasses written as JSON, weights are safetensors (shared / tied tensors are stored once
 and re-tied on load). Both files are written to a temporary folder next to the target (`.NAME.PID.XXXX.tmp`) first
-and moved into place, so a crash leaves either the old model directory or the new one, never half of one; such a
+and moved into place (a new folder is the temporary one renamed; in an existing one a failed replacement undoes those
+made), so a failed save leaves either the old model directory or the new one, never half of one (only a process
+killed between the two renames of an overwrite can leave the new config.json beside the old weights); a temporary
 folder left by a killed process is removed by the next `save_pretrained` next to it. Both files get the permissions
 of a new file under the umask (0644 under the usual 022).
 
@@ -32,6 +34,11 @@ import torch
 from torch import nn
 
 from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_device, resolve_dtype
+from perceiver.save_files import (
+    _remove_stale_temp_dirs,
+    check_save_directory,
+    install_folder,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -262,49 +269,6 @@ def _all_paths(config: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...
     return out
 
 
-def _umask() -> int:
-    """The process umask (from /proc on Linux; elsewhere set and restored, which is not thread-safe)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def check_save_directory(target: Path) -> None:
-    """`NotADirectoryError` when `target` (a folder to save into) or one of its parents exists as something else than
-    a folder (a file), before anything is written."""
-    for path in (target, *target.parents):
-        if path.exists() or path.is_symlink():
-            if not path.is_dir():
-                what = "is a file" if path.is_file() else "exists and is not a directory"
-                where = "" if path == target else f" (a parent of {target})"
-                raise NotADirectoryError(f"expected a directory to save into at {target}, but {path}{where} {what}")
-            return
-
-
-def _remove_stale_temp_dirs(target: Path) -> None:
-    """Remove `.NAME.PID.*.tmp` folders next to `target` whose writing process no longer runs."""
-    for path in target.parent.glob(f".{target.name}.*.tmp"):
-        parts = path.name[len(target.name) + 2 :].split(".")
-        pid = int(parts[0]) if parts and parts[0].isdigit() else None
-        if pid is not None and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # still running: its write is in progress
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        elif pid == os.getpid():
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def pop_num_classes(num_classes: int | None, overrides: dict[str, Any]) -> int | None:
     """`num_classes`, or transformers' name for it (`num_labels`) taken out of `overrides`."""
     if "num_labels" not in overrides:
@@ -349,6 +313,12 @@ class PretrainedMixin:
         from perceiver.lora import has_lora, merged_state_dict
 
         assert isinstance(self, nn.Module)
+        meta = [k for k, v in self.state_dict().items() if v.device.type == "meta"]
+        if meta:  # e.g. from_pretrained(device="meta"): shapes, no values
+            raise ValueError(
+                f"cannot save a {type(self).__name__} whose tensors {meta[:3]} are on the meta device (shapes without "
+                f"values); load or initialise its weights on a real device first"
+            )
         target = Path(save_directory).expanduser()  # "~/x", as perceiver.from_pretrained reads it
         check_save_directory(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -366,11 +336,7 @@ class PretrainedMixin:
                 save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             else:
                 save_model(self, str(tmp / WEIGHTS_NAME))
-            mode = 0o666 & ~_umask()
-            target.mkdir(exist_ok=True)
-            for name in (CONFIG_NAME, WEIGHTS_NAME):
-                os.chmod(tmp / name, mode)
-                os.replace(tmp / name, target / name)
+            install_folder(tmp, target, (CONFIG_NAME, WEIGHTS_NAME))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -435,7 +401,9 @@ class PretrainedMixin:
         mmap: bool = False,
         **overrides: Any,
     ) -> T:
-        """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout).
+        """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout). A Hub id, a
+        transformers checkpoint folder or a `subfolder=` (and the Hub keywords `revision`, `token`, `cache_dir`, ...)
+        load through `perceiver.from_pretrained`; a model of another class is then a ValueError naming both.
 
         `dtype="auto"` (default, as transformers) gives the model the dtype it was saved in (a model saved after
         `.to(torch.bfloat16)` loads in bf16); a floating `torch.dtype` (or its name; `torch_dtype` is accepted as
@@ -451,7 +419,13 @@ class PretrainedMixin:
         dtype = resolve_dtype(dtype, torch_dtype)
         device = resolve_device(map_location, "map_location")
         num_classes = pop_num_classes(num_classes, overrides)
+        for key in ("trust_remote_code", "low_cpu_mem_usage"):  # transformers' keywords for what loading does anyway
+            overrides.pop(key, None)
         path = Path(directory).expanduser()
+        if not (path / CONFIG_NAME).is_file() or "architectures" in read_config_file(path / CONFIG_NAME):
+            # a Hub id, a transformers checkpoint, a subfolder: what `perceiver.from_pretrained` reads, if it is a `cls`
+            options = dict(check_finite=check_finite, num_classes=num_classes, dtype=dtype, device=device, mmap=mmap)
+            return _load_as(cls, directory, ignore_mismatched_sizes=ignore_mismatched_sizes, **options, **overrides)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} in {path}, {name} is missing")
@@ -472,6 +446,17 @@ class PretrainedMixin:
         return model.eval()
 
 
+def _load_as(cls: type[T], name: str | os.PathLike, **options: Any) -> T:
+    """`perceiver.from_pretrained(name, **options)` (a Hub id, a transformers folder, a subfolder) as a `cls`, or a
+    ValueError naming what it holds."""
+    from perceiver.pretrained import from_pretrained
+
+    model = from_pretrained(name, **options)
+    if not isinstance(model, cls):
+        raise ValueError(f"{os.fspath(name)} holds a {type(model).__name__}, expected a {cls.__name__}")
+    return model
+
+
 def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, source: str) -> list[str]:
     """Give a loaded `model` a classifier of `num_classes` outputs: nothing when it has that many already, a fresh
     head (`reset_classifier`) with `ignore_mismatched_sizes`, else a ValueError. Returns (and logs) the names of the
@@ -488,13 +473,16 @@ def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, sou
     model.reset_classifier(num_classes)
     after = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
     changed = sorted(k for k in after if before.get(k) != after[k])
+    removed = sorted(set(before) - set(after))
+    what = "newly initialised" if changed or not removed else "removed (num_classes=0: pre-logits features)"
     logger.warning(
-        "Some weights of %s were newly initialised because the head of %s has %d classes, not %d: %s",
+        "Some weights of %s were %s because the head of %s has %d classes, not %d: %s",
         type(model).__name__,
+        what,
         source,
         have,
         num_classes,
-        changed,
+        changed or removed,
     )
     model.reinitialized_keys = changed
     return changed

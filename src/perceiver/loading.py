@@ -191,8 +191,10 @@ def load_safetensors_checked(
     differently in the last bit (vector kernels take unaligned heads in another order: 6e-8 on a tiny classifier), and
     the file must stay as it is while the model lives: `save_pretrained` renames new files into place, which is safe,
     while a tool that rewrites the file in place (truncating it) makes the model's unread pages fail (SIGBUS). On
-    another device or in another dtype the tensors are copies either way."""
-    with open_safetensors(path, device) as f:
+    another device or in another dtype the tensors are copies either way. On the `meta` device the header is checked
+    and nothing else is read: the model has every tensor's shape and dtype, no values."""
+    meta = torch.device(device).type == "meta"  # shapes and dtypes only: nothing is read (safetensors has no meta)
+    with open_safetensors(path, "cpu" if meta else device) as f:
         header: dict[str, tuple[torch.dtype | str, tuple[int, ...]]] = {}
         for key in f.keys():  # noqa: SIM118  (safe_open has keys(), no iteration)
             part = f.get_slice(key)
@@ -226,7 +228,12 @@ def load_safetensors_checked(
             raise ValueError(f"{path}: missing tensors {missing[:5]}; expected every tensor of {type(model).__name__}")
         tied = {k: source for k, source in sources.items() if source is not None}
         loaded = {}
-        for key in header:
+        for key, (stored, shape) in header.items():
+            if meta:  # a floating tensor in the dtype the model takes, the others as the model holds them
+                floating = isinstance(stored, torch.dtype) and stored.is_floating_point
+                dt = target if floating and isinstance(target, torch.dtype) else own[key].dtype
+                loaded[key] = torch.empty(shape, dtype=dt, device=device)
+                continue
             tensor = f.get_tensor(key)  # on the CPU: a view of the memory-mapped file, read when first touched
             if target is not None and tensor.is_floating_point() and tensor.dtype != target:
                 tensor = tensor.to(target)

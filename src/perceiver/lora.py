@@ -191,7 +191,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     folder or Hub id) is recorded as `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
     from safetensors.torch import save_file
 
-    from perceiver.hub import _umask, check_save_directory
+    from perceiver.save_files import check_save_directory, install_folder
 
     peft = _peft()
     if not has_lora(model):
@@ -204,18 +204,14 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     check_save_directory(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
-    try:  # written aside, then each file moved in: an interrupted save leaves no half-written adapter
+    try:  # written aside, then moved in (`install_folder`): a failed save leaves no half-written adapter
         config.save_pretrained(str(tmp))
         weights = peft.functional.get_peft_model_state_dict(model)
         save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / ADAPTER_WEIGHTS))
         head = _head_name(model) if config.modules_to_save else None
         info = {"num_classes": int(model.num_classes)} if head is not None else {}  # type: ignore[arg-type]  # an int, torch hints Tensor | Module
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        target.mkdir(exist_ok=True)
-        mode = 0o666 & ~_umask()
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_INFO):
-            os.chmod(tmp / name, mode)
-            os.replace(tmp / name, target / name)
+        install_folder(tmp, target, (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_INFO))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

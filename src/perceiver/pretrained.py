@@ -2,8 +2,8 @@
 
 - Our folders (`save_pretrained`): `config.json` with a `model_type` we registered + `model.safetensors`.
 - transformers checkpoints: `config.json` with `architectures` (e.g. `PerceiverForMaskedLM`) + `model.safetensors`
-  or `pytorch_model.bin` (read with `torch.load(weights_only=True)`); a converter registered for the architecture
-  builds our model and maps the weights.
+  or `pytorch_model.bin` (read with `torch.load(weights_only=True)`), one file or shards with their `.index.json`;
+  a converter registered for the architecture builds our model and maps the weights.
 A name that is not a local folder is fetched from the Hugging Face Hub with `huggingface_hub` (where a network is);
 a name that looks like a local path (empty, starting with `.`, `/` or `~`, with more than one separator, or whose first
 component exists here) never goes to the Hub: a missing one is a `FileNotFoundError` naming it. `config.json` and the
@@ -96,16 +96,57 @@ def looks_local(name: str) -> bool:
 #: keywords of `from_pretrained` that go to `huggingface_hub.snapshot_download` for a Hub id (transformers' names)
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 
+#: transformers' keywords that ask for what loading here always does: `trust_remote_code` (no code from a folder or
+#: repo is ever run, so there is nothing to trust) and `low_cpu_mem_usage` (models are built without random weights)
+NO_OP_OPTIONS = ("trust_remote_code", "low_cpu_mem_usage")
 
-def resolve(path_or_id: str | os.PathLike, **hub_options: Any) -> Path:
+#: weight files of a transformers folder, in the order they are preferred (a sharded checkpoint is its index)
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+BIN_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _subfolder_prefix(subfolder: str | os.PathLike | None) -> str:
+    """`subfolder` as a prefix of the Hub file patterns (`"sub/"`; `""` for none)."""
+    if subfolder is None or os.fspath(subfolder) in ("", "."):
+        return ""
+    sub = Path(subfolder)
+    if sub.is_absolute() or ".." in sub.parts:
+        raise ValueError(f"subfolder: expected a relative path inside the model folder, got {os.fspath(subfolder)!r}")
+    return sub.as_posix().strip("/") + "/"
+
+
+def _subfolder(folder: Path, subfolder: str | os.PathLike | None) -> Path:
+    """`folder / subfolder` (transformers' `subfolder`: a model in a folder of a repo); `FileNotFoundError` naming
+    both when that is not a folder."""
+    sub = _subfolder_prefix(subfolder)
+    if sub and not (folder / sub).is_dir():
+        raise FileNotFoundError(f"expected a model folder at subfolder {sub.rstrip('/')!r} of {folder}, no such folder")
+    return folder / sub if sub else folder
+
+
+def _file_hint(path: Path) -> str:
+    """What to pass instead of the file `path` (a file of a model folder, a Lightning checkpoint)."""
+    if any((path.parent / name).is_file() for name in ("config.json", "adapter_config.json")):
+        return f"; pass the folder that holds it: {path.parent}"
+    if path.suffix == ".ckpt":
+        return (
+            "; a Lightning checkpoint holds the training state, not a model folder: pass the model folder its run "
+            "wrote (RUN_DIR/model), or save one with model.save_pretrained(dir)"
+        )
+    return ""
+
+
+def resolve(path_or_id: str | os.PathLike, subfolder: str | os.PathLike | None = None, **hub_options: Any) -> Path:
     """A local folder as is; otherwise download the files we need from the Hub (`hub_options`: `revision` (a branch,
-    tag or commit), `token`, `cache_dir`, `local_files_only`, `force_download`, as `snapshot_download` takes them)."""
+    tag or commit), `token`, `cache_dir`, `local_files_only`, `force_download`, as `snapshot_download` takes them).
+    `subfolder` names the model's folder inside the folder or repo (transformers' keyword). From the Hub, safetensors
+    weights are fetched when the repo has them and `pytorch_model.bin` only when it has none, never both."""
     name = os.fspath(path_or_id)
     path = Path(name).expanduser()
     if name and path.is_dir():
-        return path
+        return _subfolder(path, subfolder)
     if name and path.exists():
-        raise ValueError(f"expected a model folder or a Hub id, got the file {path}")
+        raise ValueError(f"expected a model folder or a Hub id, got the file {path}{_file_hint(path)}")
     if isinstance(path_or_id, Path) or looks_local(name):
         hint = " (a Hub id is 'owner/name')" if name and not re.search(r"[/\\]", name) else ""
         raise FileNotFoundError(f"expected a model folder (config.json + weights) at {name!r}, no such folder{hint}")
@@ -117,10 +158,14 @@ def resolve(path_or_id: str | os.PathLike, **hub_options: Any) -> Path:
             f"{name!r} is not a local folder; fetching it from the Hub needs huggingface_hub: "
             "pip install 'perceiver-torch[hub]'"
         ) from e
-    patterns = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json"]
+    sub = _subfolder_prefix(subfolder)
+    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json"]
     patterns += ["adapter_config.json", "perceiver_adapter.json"]  # LoRA adapter folders (perceiver.lora)
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns, **hub_options))
+        folder = Path(snapshot_download(name, allow_patterns=[sub + p for p in patterns], **hub_options))
+        if not any((folder / sub / f).is_file() for f in (*SAFETENSORS_FILES, "adapter_model.safetensors")):
+            bins = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+            folder = Path(snapshot_download(name, allow_patterns=[sub + p for p in bins], **hub_options))
     except HFValidationError as e:
         raise FileNotFoundError(f"expected a model folder or a Hub id 'owner/name', got {name!r}: {e}") from None
     except Exception as e:  # offline, unknown repo, gated, HTTP errors: huggingface_hub has many types for them
@@ -128,20 +173,55 @@ def resolve(path_or_id: str | os.PathLike, **hub_options: Any) -> Path:
             f"could not fetch {name!r} from the Hugging Face Hub ({type(e).__name__}: {e}); if you are offline, "
             f"download it elsewhere and pass its local folder instead"
         ) from e
+    return _subfolder(folder, subfolder)
+
+
+def _read_shards(index: Path, read: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Every tensor of the sharded checkpoint whose index (`*.index.json`, transformers' `weight_map`) is `index`;
+    ValueError naming the index for a malformed one, a shard outside the folder or a tensor not in its shard,
+    FileNotFoundError naming a missing shard."""
+    weight_map = read_config_file(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(
+            f"{index}: key 'weight_map': expected an object of tensor name -> shard file, got {weight_map!r}"
+        )
+    tensors: dict[str, Tensor] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        if Path(shard).name != shard:
+            raise ValueError(f"{index}: expected shard files in its folder, got {shard!r}")
+        if not (index.parent / shard).is_file():
+            raise FileNotFoundError(f"{index} names the shard {shard}, which is not in {index.parent}")
+        tensors |= read(index.parent / shard)
+    missing = sorted(key for key in weight_map if key not in tensors)
+    if missing:
+        raise ValueError(f"{index}: tensors {missing[:5]}{_more(missing, 5)} are not in the shards it names")
+    return tensors
+
+
+def _read_bin(path: Path) -> dict[str, Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: expected a torch state dict of tensors, could not read it ({e})") from None
 
 
 def load_state_dict(folder: Path) -> dict[str, Tensor]:
-    """Weights of a transformers checkpoint folder: safetensors preferred, else `pytorch_model.bin` (no pickle)."""
-    st = folder / "model.safetensors"
+    """Weights of a transformers checkpoint folder: safetensors preferred, else `pytorch_model.bin` (no pickle);
+    either one file or shards with their `.index.json`, as transformers writes large models."""
+    st, st_index = (folder / name for name in SAFETENSORS_FILES)
+    bin_file, bin_index = (folder / name for name in BIN_FILES)
     if st.is_file():
         return read_safetensors(st)
-    bin_file = folder / "pytorch_model.bin"
+    if st_index.is_file():
+        return _read_shards(st_index, read_safetensors)
     if bin_file.is_file():
-        try:
-            return torch.load(bin_file, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{bin_file}: expected a torch state dict of tensors, could not read it ({e})") from None
-    raise FileNotFoundError(f"expected model.safetensors or pytorch_model.bin in {folder}")
+        return _read_bin(bin_file)
+    if bin_index.is_file():
+        return _read_shards(bin_index, _read_bin)
+    raise FileNotFoundError(
+        f"expected model.safetensors or pytorch_model.bin (or shards with model.safetensors.index.json / "
+        f"pytorch_model.bin.index.json) in {folder}, found {sorted(p.name for p in folder.iterdir())}"
+    )
 
 
 def _import_converters() -> None:
@@ -157,6 +237,8 @@ def from_pretrained(
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | str | None = None,
     mmap: bool = False,
+    subfolder: str | os.PathLike | None = None,
+    device_map: str | torch.device | int | dict[str, Any] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load a model folder of ours or a transformers Perceiver checkpoint; returns our model in eval mode.
@@ -170,33 +252,43 @@ def from_pretrained(
     transformers folder: its config's `dtype` / `torch_dtype`, else the weights'); a floating `torch.dtype` (or its
     name, e.g. "bfloat16"; `torch_dtype` is transformers' older name) casts every floating tensor to it. `device`
     places the model (default: the CPU; ValueError for a name torch does not know, RuntimeError for a device this
-    machine lacks, before anything is read). Our folders load without a random initialisation first; `mmap=True`
-    keeps their tensors as copy-on-write views of the memory-mapped weights file, as transformers does, instead of
-    copies (see `perceiver.loading.load_safetensors_checked`); a transformers folder's weights are converted, hence
-    copied. The weights a transformers folder's converter needs are checked before converting: weights of another
+    machine lacks, before anything is read); transformers' `device_map` is taken when it names one device (a device,
+    `{"": device}`, or "auto": the GPU when there is one, else the CPU); the model is not split across devices.
+    `subfolder` names the model's folder inside the folder or Hub repo; `trust_remote_code` and `low_cpu_mem_usage`
+    are accepted and change nothing (no code is run from a folder; no random weights are drawn). Our folders load
+    without a random initialisation first; `mmap=True` keeps their tensors as copy-on-write views of the memory-mapped
+    weights file, as transformers does, instead of copies (see `perceiver.loading.load_safetensors_checked`); a
+    transformers folder's weights are converted, hence copied. The weights a transformers folder's converter needs are checked before converting: weights of another
     model than its config's `architectures` names are a ValueError naming the folder, the head and the keys.
     For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
     `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
     `snapshot_download`, as transformers takes them.
     """
     dtype = resolve_dtype(dtype, torch_dtype)
+    device = _one_device(device, device_map)
     if device is not None:
         device = resolve_device(device)
     hub_options = {key: overrides.pop(key) for key in HUB_OPTIONS if key in overrides}
-    folder = resolve(path_or_id, **hub_options)
+    for key in NO_OP_OPTIONS:
+        overrides.pop(key, None)
+    folder = resolve(path_or_id, subfolder=subfolder, **hub_options)
     num_classes = pop_num_classes(num_classes, overrides)
     from perceiver import lora
 
     if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
         if num_classes is not None:
             overrides["num_classes"] = num_classes
+        base_hub_options = {k: v for k, v in hub_options.items() if k != "revision"}  # the adapter repo's revision
         model = lora.from_adapter_folder(
-            folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **hub_options, **overrides
+            folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **base_hub_options, **overrides
         )
         return model if device is None else model.to(device)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"expected config.json in {folder}")
+        found = sorted(p.name for p in folder.iterdir())
+        inner = [f"{folder / p}" for p in found if (folder / p / "config.json").is_file()]
+        hint = f"; the model folder(s) inside it: {inner[:3]}" if inner else ""
+        raise FileNotFoundError(f"expected config.json in {folder}, found {found[:10]}{_more(found, 10)}{hint}")
     config = read_config_file(config_file)
     if "architectures" in config:
         archs = config["architectures"]
@@ -225,6 +317,13 @@ def from_pretrained(
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
+    if "transformers_version" in config and "format_version" not in config:  # "perceiver" is also our classic model
+        _import_converters()
+        raise ValueError(
+            f"{config_file} is a transformers config without 'architectures', which names the head its weights are "
+            f'for; expected e.g. "architectures": ["PerceiverForMaskedLM"] (the heads that convert: '
+            f"{sorted(HF_CONVERTERS)})"
+        )
     if not isinstance(config["model_type"], str):
         raise ValueError(f"{config_file}: key 'model_type': expected a string, got {config['model_type']!r}")
     import perceiver.models  # noqa: F401  (registers the model types)
@@ -243,6 +342,29 @@ def from_pretrained(
     )
     assert isinstance(loaded, nn.Module)  # the registered model types are modules
     return loaded
+
+
+def _one_device(
+    device: str | torch.device | None, device_map: str | torch.device | int | dict[str, Any] | None
+) -> str | torch.device | None:
+    """The one device of `device` or transformers' `device_map` (a device, `{"": device}` or a map naming one device,
+    "auto": CUDA when available, else the CPU); ValueError for both or for a map over several devices."""
+    if device_map is None:
+        return device
+    if device is not None:
+        raise ValueError(f"pass device or device_map, not both (got {device!r} and {device_map!r})")
+    if isinstance(device_map, dict):
+        devices = {str(d) if not isinstance(d, int) else f"cuda:{d}" for d in device_map.values()}
+        if len(devices) != 1:
+            raise ValueError(
+                f"device_map: expected one device (the model is not split across devices here), got {device_map!r}"
+            )
+        return devices.pop()
+    if device_map == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device_map, str) and device_map in ("balanced", "balanced_low_0", "sequential"):
+        raise ValueError(f"device_map: expected one device or 'auto', got {device_map!r} (no splitting here)")
+    return f"cuda:{device_map}" if isinstance(device_map, int) else device_map
 
 
 def _transformers_dtype(config: dict[str, Any], state_dict: dict[str, Tensor], source: Path) -> torch.dtype | None:

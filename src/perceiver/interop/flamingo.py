@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from perceiver.checks import InputTypeError
 from perceiver.hub import config_from_dict
-from perceiver.interop.keys import load_mapped, map_state_dict
+from perceiver.interop.keys import load_mapped, map_state_dict, unwrap_state_dict
 from perceiver.models.resampler import PerceiverResampler, PerceiverResamplerConfig
 
 _FLAMINGO_DEFAULTS = {"dim_head": 64, "heads": 8, "num_latents": 64, "num_media_embeds": 4, "ff_mult": 4}
@@ -65,6 +65,7 @@ def from_flamingo_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: A
         raise InputTypeError(
             f"expected a flamingo-pytorch state_dict (a dict of tensors) or its module, got {type(state_dict).__name__}"
         )
+    state_dict = unwrap_state_dict(state_dict, "flamingo-pytorch")
     missing = [k for k in ("dim", "depth") if k not in kwargs]
     if missing:
         raise ValueError(f"expected flamingo-pytorch keywords dim and depth, missing {missing}")
@@ -96,6 +97,7 @@ def from_open_flamingo(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any)
         raise InputTypeError(
             f"expected an OpenFlamingo state_dict (a dict of tensors) or its module, got {type(state_dict).__name__}"
         )
+    state_dict = unwrap_state_dict(state_dict, "OpenFlamingo")
     if "dim" not in kwargs:
         raise ValueError("expected OpenFlamingo's keyword dim (the vision encoder's width, e.g. 1024 for ViT-L/14)")
     unknown = sorted(set(kwargs) - {"dim", *_OPEN_FLAMINGO_DEFAULTS})

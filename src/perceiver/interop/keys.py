@@ -2,6 +2,9 @@
 
     their state dict --map_state_dict(table)--> our keys (q / k / v parts fused) --load_mapped--> our model
 
+A saved state dict may be wrapped (DDP's `module.`, `torch.compile`'s `_orig_mod.`, a Lightning module's `model.`
+before every key, a Lightning checkpoint's `state_dict` entry): `unwrap_state_dict` takes the model's own keys out.
+
 A table is a list of `(pattern, target)`: the first pattern that matches a key whole renames it to
 `target.format(*groups)`. A target `name#part` (part `q`, `k` or `v`) is one part of a fused projection such as
 `layers.0.to_qkv.weight#k`: the parts of `name` are concatenated along the output rows in the order the name spells
@@ -10,14 +13,37 @@ A table is a list of `(pattern, target)`: the first pattern that matches a key w
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Collection, Sequence
-from typing import TypeVar
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
+
+#: prefixes that wrappers put before every key of a model's state dict: DDP / DataParallel (`module.`),
+#: `torch.compile` (`_orig_mod.`), a Lightning module holding the model as `self.model` (`model.`)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def unwrap_state_dict(state_dict: Any, peer: str, prefixes: Sequence[str] = WRAPPER_PREFIXES) -> dict[str, Tensor]:
+    """The model's own state dict inside what a user saved: a Lightning checkpoint's `state_dict` entry, and keys
+    without the wrapper `prefixes` every key shares (stripped repeatedly: `module._orig_mod.`). ValueError naming
+    `peer` for anything that is not a dict of tensors."""
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
+        state_dict = state_dict["state_dict"]  # a Lightning .ckpt (torch.load): the weights beside the training state
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        kind = type(state_dict).__name__
+        found = f" with the keys {sorted(state_dict)[:5]}" if isinstance(state_dict, Mapping) else ""
+        if isinstance(state_dict, (str, os.PathLike)):
+            found = f" {os.fspath(state_dict)!r}: load the file first, torch.load(path, weights_only=True)"
+        raise ValueError(f"expected a {peer} state_dict (a dict of tensors) or its module, got a {kind}{found}")
+    out = dict(state_dict)
+    while out and (prefix := next((p for p in prefixes if all(k.startswith(p) for k in out)), None)):
+        out = {key[len(prefix) :]: value for key, value in out.items()}
+    return out
 
 
 def map_state_dict(

@@ -12,7 +12,8 @@ the q / k / v projections and the MLPs, a bias on the cross-attention output onl
 Accepted forms:
 - `from_krasserm(state_dict, config)`: the backend model's `state_dict()` and its config as a dict
   (`dataclasses.asdict(model.config)`); keys may carry the `backend_model.` prefix of its Hugging Face wrapper
-  (`PerceiverCausalLanguageModel`, `PerceiverSymbolicAudioModel`) or the `model.` prefix of its Lightning module.
+  (`PerceiverCausalLanguageModel`, `PerceiverSymbolicAudioModel`) or the `model.` prefix of its Lightning module
+  (DDP's `module.`, `torch.compile`'s `_orig_mod.` and a whole Lightning checkpoint dict are taken off too).
 - `perceiver.from_pretrained(folder_or_hub_id)` on its Hub folders: `config.json` with `architectures` and
   `model_config` (registered here as transformers-style converters).
 
@@ -31,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
-from perceiver.interop.keys import load_mapped, map_state_dict
+from perceiver.interop.keys import WRAPPER_PREFIXES, load_mapped, map_state_dict, unwrap_state_dict
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 from perceiver.pretrained import register_hf_converter
 
@@ -80,7 +81,7 @@ _TABLE = [
     (rf"{_SA}\.0\.module\.attention\.([qkv])_proj\.weight", "layers.{0}.to_qkv.weight#{1}"),
 ]
 _INV_FREQ = "input_adapter.frq_pos_encoding.inv_freq"
-_PREFIXES = ("backend_model.", "model.")
+_PREFIXES = ("backend_model.", *WRAPPER_PREFIXES)
 
 
 def config_from_krasserm(config: dict[str, Any], **overrides: Any) -> PerceiverARConfig:
@@ -132,11 +133,9 @@ def config_from_krasserm(config: dict[str, Any], **overrides: Any) -> PerceiverA
 
 
 def backend_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The backend's keys: without the `backend_model.` (Hugging Face wrapper) or `model.` (Lightning) prefix."""
-    for prefix in _PREFIXES:
-        if state_dict and all(key.startswith(prefix) for key in state_dict):
-            return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return dict(state_dict)
+    """The backend's keys: without the `backend_model.` (Hugging Face wrapper) or `model.` (Lightning) prefix, nor
+    DDP's `module.` or `torch.compile`'s `_orig_mod.`; a Lightning checkpoint's `state_dict` entry is read."""
+    return unwrap_state_dict(state_dict, "krasserm perceiver-io", _PREFIXES)
 
 
 def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

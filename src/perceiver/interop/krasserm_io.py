@@ -13,7 +13,8 @@ Accepted forms:
   `encoder` / `decoder` dicts, `num_latents`, `num_latent_channels`, ...; a Hugging Face `config.json` dict holding it
   as `model_config` works too), `state_dict` the backend's `state_dict()`, its keys bare (`0.` encoder, `1.` decoder:
   the backend is an `nn.Sequential`) or with the `backend_model.` prefix of its Hugging Face wrappers or the `model.`
-  prefix of its Lightning modules.
+  prefix of its Lightning modules (also under DDP's `module.` / `torch.compile`'s `_orig_mod.`, or a whole Lightning
+  checkpoint dict: `perceiver.interop.keys.unwrap_state_dict`).
 - `perceiver.from_pretrained(folder)` on a folder its wrappers (`PerceiverMaskedLanguageModel`,
   `PerceiverTextClassifier`, `PerceiverImageClassifier`, `OpticalFlowPerceiver`) saved: `config.json` with
   `architectures`, `model_type` and `model_config`, weights in `model.safetensors` or `pytorch_model.bin`.

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
-from perceiver.interop.keys import load_mapped, map_state_dict
+from perceiver.interop.keys import load_mapped, map_state_dict, unwrap_state_dict
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 
 _PEER_DEFAULTS = {
@@ -85,6 +85,7 @@ def from_perceiver_ar_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwarg
     """
     if isinstance(state_dict, nn.Module):
         state_dict = state_dict.state_dict()
+    state_dict = unwrap_state_dict(state_dict, "perceiver-ar-pytorch")
     model = PerceiverAR(config_from_perceiver_ar_pytorch(**kwargs))
     load_mapped(model, convert_state_dict(state_dict), against="the keywords")
     inv_freq = state_dict.get("rotary_pos_emb.inv_freq")

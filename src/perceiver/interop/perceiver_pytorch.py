@@ -18,7 +18,8 @@ Old keys are first renamed to the 0.11 names, then mapped to ours. Attention res
 presence, rank, and whether they start with the RMSNorm of 0.10.1 (`to_attn_logits.{0,1,2}`) or not (0.10.0,
 `to_attn_logits.{0,1}`). perceiver-pytorch fuses k and v in one `to_kv` projection and, with `weight_tie_layers`,
 lists a shared block under every index that uses it; both are undone here. Its constructor defaults differ from ours
-in `num_latents` (512).
+in `num_latents` (512). A state dict saved under DDP (`module.`), `torch.compile` (`_orig_mod.`) or a Lightning
+module (`model.`), or a whole Lightning checkpoint dict, is taken as the bare one (`keys.unwrap_state_dict`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from perceiver.interop.keys import unwrap_state_dict
 from perceiver.models.classic import Perceiver
 
 if TYPE_CHECKING:
@@ -192,7 +194,10 @@ def _load(
 
 
 def _as_state_dict(state_dict: dict[str, Tensor] | nn.Module) -> dict[str, Tensor]:
-    return state_dict.state_dict() if isinstance(state_dict, nn.Module) else dict(state_dict)
+    """The peer's own keys (see `unwrap_state_dict`: DDP, `torch.compile` and Lightning wrappers taken off)."""
+    return unwrap_state_dict(
+        state_dict.state_dict() if isinstance(state_dict, nn.Module) else state_dict, "perceiver-pytorch"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- classic

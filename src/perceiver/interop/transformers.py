@@ -13,6 +13,7 @@ lives in its own module and registers itself with `perceiver.pretrained.register
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,24 @@ from perceiver.core.decoder import DecoderConfig
 from perceiver.core.encoder import EncoderConfig
 
 M = TypeVar("M", bound=nn.Module)
+logger = logging.getLogger("perceiver")
+
+#: transformers' `PerceiverConfig` defaults of the keys the encoder conversion reads: a config.json without one means
+#: the default to transformers (a hand-written or trimmed config), so it does here
+HF_DEFAULTS: dict[str, Any] = {
+    "num_blocks": 1,
+    "num_self_attends_per_block": 26,
+    "num_cross_attention_heads": 8,
+    "num_self_attention_heads": 8,
+    "attention_probs_dropout_prob": 0.1,
+    "use_query_residual": True,
+}
+
+
+def hf_option(config: dict[str, Any], key: str) -> Any:
+    """`config[key]`, or transformers' default for it (`HF_DEFAULTS`) when the config.json leaves it out."""
+    return config.get(key, HF_DEFAULTS[key])
+
 
 _LAYER_KEYS = {
     "attention.self.layernorm2": "kv_norm",
@@ -63,7 +82,7 @@ def required_keys(decoder_prefix: str, *extra: str) -> Callable[[dict[str, Any]]
 
     def keys(config: dict[str, Any]) -> list[str]:
         layers = ["perceiver.encoder.cross_attention", f"{decoder_prefix}.decoding_cross_attention"]
-        n_self = config.get("num_self_attends_per_block")
+        n_self = hf_option(config, "num_self_attends_per_block")
         if isinstance(n_self, int) and n_self > 0:
             layers.append("perceiver.encoder.self_attends.0")
         found = ["perceiver.embeddings.latents"]
@@ -81,7 +100,7 @@ def encoder_from_hf(
     """Our `EncoderConfig` for a transformers `PerceiverModel` and the key map `ours (encoder.*) -> theirs`."""
     cross = f"{prefix}.encoder.cross_attention"
     cqk, cv, cw = layer_channels(sd, cross)
-    n_self = config["num_self_attends_per_block"]
+    n_self = hf_option(config, "num_self_attends_per_block")
     sqk, sv, sw = layer_channels(sd, f"{prefix}.encoder.self_attends.0") if n_self else (None, None, 1)
     latents = sd[f"{prefix}.embeddings.latents"]
     enc = EncoderConfig(
@@ -90,17 +109,17 @@ def encoder_from_hf(
         latent_dim=latents.shape[1],
         num_cross_attends=1,
         num_self_attends_per_block=n_self,
-        num_blocks=config["num_blocks"],
-        cross_heads=config["num_cross_attention_heads"],
-        latent_heads=config["num_self_attention_heads"],
+        num_blocks=hf_option(config, "num_blocks"),
+        cross_heads=hf_option(config, "num_cross_attention_heads"),
+        latent_heads=hf_option(config, "num_self_attention_heads"),
         cross_qk_channels=cqk,
         cross_v_channels=cv,
         latent_qk_channels=sqk,
         latent_v_channels=sv,
         cross_widening_factor=cw,
         latent_widening_factor=sw,
-        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
-        use_query_residual=config.get("use_query_residual", True),
+        attn_dropout=hf_option(config, "attention_probs_dropout_prob"),
+        use_query_residual=hf_option(config, "use_query_residual"),
     )
     keys = {"encoder.latents": f"{prefix}.embeddings.latents"}
     keys |= layer_key_map(cross, "encoder.cross_attends.0", cross=True)
@@ -128,7 +147,7 @@ def decoder_from_hf(
         v_channels=v,
         widening_factor=widening,
         use_query_residual=use_query_residual,
-        attn_dropout=config.get("attention_probs_dropout_prob", 0.0),
+        attn_dropout=hf_option(config, "attention_probs_dropout_prob"),
     )
     keys = layer_key_map(layer, "decoder.cross_attention", cross=True)
     if final in sd:
@@ -136,9 +155,15 @@ def decoder_from_hf(
     return dec, keys
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
+
+
 def load_converted(model: M, sd: dict[str, Tensor], keys: dict[str, str]) -> M:
     """Load `sd[theirs]` into `model[ours]` for every pair of `keys`; every parameter and buffer of ours must be
-    covered and shapes must agree, else a ValueError names the keys."""
+    covered and shapes must agree up to axes of size 1 (a transposed or otherwise rearranged tensor of the same
+    size is not reshaped into place), else a ValueError names the keys. Weights of `sd` that no key maps are logged
+    as a warning (the model ignores them), as transformers does."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(keys))
     absent = sorted(theirs for theirs in keys.values() if theirs not in sd)
@@ -151,10 +176,19 @@ def load_converted(model: M, sd: dict[str, Tensor], keys: dict[str, str]) -> M:
         tensor = sd[theirs]
         if mine not in ours:
             raise ValueError(f"conversion maps {theirs} to {mine}, which this model does not have")
-        if tuple(tensor.shape) != tuple(ours[mine].shape):
-            tensor = tensor.reshape(ours[mine].shape) if tensor.numel() == ours[mine].numel() else tensor
+        if tuple(tensor.shape) != tuple(ours[mine].shape) and _squeezed(tensor.shape) == _squeezed(ours[mine].shape):
+            tensor = tensor.reshape(ours[mine].shape)  # only size-1 axes differ (e.g. (1, N, C) and (N, C))
         if tuple(tensor.shape) != tuple(ours[mine].shape):
             raise ValueError(f"{theirs}: shape {tuple(tensor.shape)} does not fit {mine} {tuple(ours[mine].shape)}")
         converted[mine] = tensor
     model.load_state_dict(converted, strict=True)
+    unused = sorted(set(sd) - set(keys.values()))
+    if unused:  # a config that builds less than the weights hold (fewer layers): transformers warns the same
+        logger.warning(
+            "Some weights of the checkpoint were not used by %s (its config has no place for them; is the config "
+            "the weights' own?): %s%s",
+            type(model).__name__,
+            unused[:8],
+            f" and {len(unused) - 8} more" if len(unused) > 8 else "",
+        )
     return model
