@@ -142,3 +142,118 @@ def test_int8_export_command(tmp_path, capsys):
         main(
             ["export", str(folder), str(tmp_path / "out2.onnx"), "--quantize", "int8", "--check", "--int8-rtol", "1e-9"]
         )
+
+
+def test_the_resampler_exports_its_latents(tmp_path, capsys):
+    """The resampler has no head: its task output is `last_hidden_state`. Export raised "expected the model's task
+    output to be one tensor, got NoneType" (its `.logits`), and `perceiver export` had no example inputs for it."""
+    model = tiny("perceiver-resampler")
+    (media,) = example_inputs(model, 2)
+    assert media.shape == (2, model.config.num_media_embeds, 64, model.config.dim)
+    torch.testing.assert_close(LogitsOnly(model)(media), model(media).last_hidden_state)
+    folder = model.save_pretrained(tmp_path / "model")
+    main(["export", str(folder), str(tmp_path / "resampler.ONNX"), "--check"])  # any case, as export_onnx takes
+    printed = capsys.readouterr().out
+    assert "onnxruntime matches PyTorch" in printed and "-> last_hidden_state" in printed
+
+
+def test_example_inputs_of_a_compiled_or_optimized_model():
+    """`torch.compile(model)` and `perceiver.optimize(model, ...)` wrap the model: "no example inputs for
+    OptimizedModule" / "OptimizedModel"; they take the model's inputs."""
+    import perceiver
+
+    model = tiny("language-perceiver")
+    fast = perceiver.optimize(model, example_inputs(model, 1), candidates="eager", warmup=1, repeats=1, verbose=False)
+    for wrapped in (torch.compile(model), fast, torch.compile(fast)):
+        ids, mask = example_inputs(wrapped, 3)
+        assert ids.shape == mask.shape == (3, model.config.adapter.max_seq_len)
+
+
+def test_half_precision_models_are_checked_in_their_precision(tmp_path):
+    """An fp16 model's ONNX file differs from eager by fp16 rounding (~1e-3): the fp32 `atol` failed every check of
+    it. A bf16 one onnxruntime cannot run on CPU (no bf16 kernels): its `NotImplemented` came out raw (a traceback
+    from `perceiver export --check`); now a RuntimeError that says why and that no file was written."""
+    x = (torch.randn(2, 8, 8, 3),)
+    fp16 = tiny("perceiver").half()
+    path = export_onnx(fp16, tmp_path / "fp16.onnx", (x[0].half(),), check=True)
+    assert path.is_file() and onnx_max_abs_diff(fp16, path, (x[0].half(),)) > 1e-5  # not fp32 equality
+    bf16 = tiny("perceiver").bfloat16()
+    message = r"onnxruntime could not run the file for .*bf16\.onnx \(its CPU kernels have no bfloat16.*was not written"
+    with pytest.raises(RuntimeError, match=message):
+        export_onnx(bf16, tmp_path / "bf16.onnx", (x[0].bfloat16(),), check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16.onnx"]
+    folder = tiny("text-classifier").bfloat16().save_pretrained(tmp_path / "model")
+    with pytest.raises(SystemExit, match="error: onnxruntime could not run .*no bfloat16"):
+        main(["export", str(folder), str(tmp_path / "cli.onnx"), "--check"])
+    with pytest.raises(
+        RuntimeError, match=r"onnxruntime could not run .*given inputs \(2, 8, 8, 3\) float32; the file"
+    ):
+        onnx_max_abs_diff(fp16, path, x)  # float32 inputs to an fp16 file: named, not onnxruntime's bare message
+
+
+def test_bad_destinations_and_models_leave_nothing_behind(tmp_path):
+    """A model on the meta device (no weights) failed deep in the ONNX exporter (`PassError`) or wrote a .pt2 that
+    could not run; a path without .onnx was written as given (also `m.pt2`, an ONNX file `load_pt2` refuses); no
+    check batch sizes checked nothing; a failed export into new folders left the folders."""
+    from perceiver.export import export_pt2
+
+    meta = tiny("perceiver").to("meta")
+    x = (torch.randn(2, 8, 8, 3),)
+    for export, name in ((export_onnx, "m.onnx"), (export_pt2, "m.pt2")):
+        with pytest.raises(ValueError, match="expected a model with weights, got one .* on the meta device"):
+            export(meta, tmp_path / name, (x[0].to("meta"),))
+    model = tiny("perceiver")
+    for name, hint in (("model", ""), ("m.pt2", r" \(export_pt2 writes \.pt2 archives\)")):
+        with pytest.raises(ValueError, match=rf"expected a path ending in \.onnx, got '.*{name}'{hint}"):
+            export_onnx(model, tmp_path / name, x)
+    with pytest.raises(ValueError, match=r"expected at least one batch size in check_batch_sizes, got \(\)"):
+        export_onnx(model, tmp_path / "m.onnx", x, check=True, check_batch_sizes=())
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, d1, d2, 3\)"):
+        export_onnx(model, tmp_path / "new" / "dir" / "m.onnx", (torch.randn(2, 8, 8, 4),))
+    assert not list(tmp_path.iterdir())
+    assert export_onnx(model, tmp_path / "new" / "dir" / "m.onnx", x).is_file()  # the folders made for a good one
+
+
+def test_the_check_keeps_the_inputs_dtype(tmp_path):
+    """The check's random inputs were int64 ids whatever the export's were: a model exported with int32 ids failed
+    its check in onnxruntime ("Unexpected input data type. Actual: (tensor(int64)), expected: (tensor(int32))"). A
+    float mask of 0s and 1s (which the models take) became random floats, and the check failed with the model's
+    "expected attention_mask as bool or values 0 (padding) or 1 (valid)"."""
+    model = tiny("text-classifier")
+    ids, mask = example_inputs(model, 2)
+    path = export_onnx(model, tmp_path / "m.ONNX", (ids.int(), mask), check=True)  # any case of the suffix
+    assert onnx_max_abs_diff(model, path, (ids.int(), mask)) <= 1e-4
+    mask = mask.float()
+    mask[0, 5:] = 0
+    path = export_onnx(model, tmp_path / "float-mask.onnx", (ids, mask), check=True)
+    assert onnx_max_abs_diff(model, path, (ids, mask)) <= 1e-4
+
+
+def test_int8_export_refuses_half_precision_models(tmp_path):
+    """onnxruntime's dynamic quantisation of an fp16 graph wrote a file onnxruntime refuses to load ("Type
+    'tensor(float16)' of input parameter ... of operator (DynamicQuantizeLinear) ... is invalid"), without a word
+    unless checked."""
+    model = tiny("text-classifier").half()
+    with pytest.raises(ValueError, match=r"quantize='int8' .*expected a float32 model, got float16 weights"):
+        export_onnx(model, tmp_path / "m.onnx", quantize="int8")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_with_external_weights_is_written_under_its_name(tmp_path, monkeypatch):
+    """Over 2 GB, torch writes the weights beside the .onnx file as `NAME.data`, named inside the file. The file was
+    written as `.m.onnx.tmp` and moved: it named `.m.onnx.tmp.data`, a hidden file left next to it (and after a
+    failed check, with no .onnx at all). The threshold is lowered here to take a tiny model that way."""
+    import onnx
+    import torch.onnx._internal.exporter._onnx_program as onnx_program
+
+    monkeypatch.setattr(onnx_program, "_LARGE_MODEL_THRESHOLD", 0)
+    model = tiny("perceiver")
+    x = (torch.randn(2, 8, 8, 3),)
+    path = export_onnx(model, tmp_path / "m.onnx", x, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert {e.value for t in graph.initializer for e in t.external_data if e.key == "location"} == {"m.onnx.data"}
+    assert onnx_max_abs_diff(model, path, x) <= 1e-4
+    with pytest.raises(RuntimeError, match="bad.onnx was not written"):
+        export_onnx(model, tmp_path / "bad.onnx", x, check=True, atol=-1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

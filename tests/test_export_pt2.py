@@ -82,3 +82,31 @@ def test_bad_paths(tmp_path):
     (tmp_path / "text.pt2").write_text("not an archive")
     with pytest.raises(ValueError, match=r"expected a \.pt2 archive \(a zip file\) at .*text\.pt2"):
         load_pt2(tmp_path / "text.pt2")
+
+
+def test_bf16_model_is_checked_in_its_precision(tmp_path):
+    """The exported graph of a bf16 model rounds differently from eager (its attention is decomposed): it differed by
+    ~3e-3, so `check=True` with the fp32 `atol` (1e-4) refused every bf16 model. The limit now adds 8 bf16 rounding
+    steps of the largest output, and says so when it is exceeded."""
+    model = tiny("perceiver").bfloat16()
+    x = (torch.randn(2, 8, 8, 3, dtype=torch.bfloat16),)
+    path = export_pt2(model, tmp_path / "bf16.pt2", x, check=True)
+    with torch.no_grad():
+        expected = LogitsOnly(model)(*x).float()
+        got = load_pt2(path)(*x).float()
+    assert (got - expected).abs().max() <= 8 * 2**-7 * expected.abs().max() + 1e-4
+    with pytest.raises(RuntimeError, match=r"differs from PyTorch by .* x the largest output .*, for bfloat16 outputs"):
+        export_pt2(model, tmp_path / "bad.pt2", x, check=True, atol=-1.0)
+
+
+def test_a_failed_export_leaves_no_folders_and_a_file_in_the_way_is_named(tmp_path):
+    """The folders made for the file stayed after a failed export; a file where a folder of the path should be gave
+    `FileExistsError` (a traceback from `perceiver export`), after the export's work."""
+    model = tiny("perceiver")
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, d1, d2, 3\)"):
+        export_pt2(model, tmp_path / "new" / "dir" / "m.pt2", (torch.randn(2, 8, 8, 4),))
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ValueError, match=r"expected a folder to write the file into, got the file '.*notes\.txt'"):
+        export_pt2(model, tmp_path / "notes.txt" / "sub" / "m.pt2", (torch.randn(2, 8, 8, 3),))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -280,3 +280,95 @@ def test_int8_candidates_are_opt_in_and_close(name):
     assert all(type(p.data) is torch.Tensor for p in model.parameters())
     quantized = perceiver.optimization._build("int8-dynamic", model, False, "cpu")[0]
     assert any(isinstance(m.weight, Int8Tensor) for m in quantized.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_a_half_precision_model_is_checked_with_the_bf16_tolerance(monkeypatch):
+    """A bf16 / fp16 model's compiled outputs differ from its eager ones by its own rounding (~1e-2 relative in bf16):
+    the fp32 `rtol` (1e-4) rejected every compiled candidate of such a model ("outputs differ from eager")."""
+    import perceiver.optimization as opt
+
+    real = opt._build
+
+    def rounded(name, *args):  # a candidate off by bf16 rounding, as Inductor's fused kernels are
+        fn, contexts = real(name, *args)
+        return ((lambda *a, **k: fn(*a, **k) * (1 + 2**-8)) if name == "compile" else fn), contexts
+
+    monkeypatch.setattr(opt, "_build", rounded)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+    x = inputs("perceiver")
+    for dtype in (torch.bfloat16, torch.float16):
+        fast = perceiver.optimize(tiny("perceiver").to(dtype), (x[0].to(dtype),), candidates="compile", verbose=False)
+        assert "compile" in fast.report.seconds, fast.report.skipped
+    fp32 = perceiver.optimize(tiny("perceiver"), x, candidates="compile", verbose=False).report  # fp32 stays strict
+    assert fp32.skipped["compile"].startswith("outputs differ from eager")
+
+
+def test_the_optimized_model_saves_and_reoptimizes_as_its_model(tmp_path):
+    """`fast.save_pretrained(folder)` was an AttributeError (the wrapper had none of the model's methods), and
+    `optimize(fast)` wrapped the wrapper (compiling it, packing the copies of a oneDNN twin again)."""
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    fast = perceiver.optimize(model, x, candidates="eager", warmup=1, repeats=1, verbose=False)
+    folder = fast.save_pretrained(tmp_path / "model")
+    torch.testing.assert_close(perceiver.from_pretrained(folder).eval()(*x), model(*x))
+    assert fast.config is model.config and fast.num_classes == model.num_classes
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        fast.no_such_thing  # noqa: B018
+    again = perceiver.optimize(fast, x, candidates="eager", warmup=1, repeats=1, verbose=False)
+    assert again.module is model
+    import copy
+
+    assert copy.deepcopy(fast).report.chosen == "eager"  # copying (pickling) does not recurse through the lookup
+
+
+def test_models_optimize_refuses_clearly(tmp_path):
+    """A model on the meta device failed with torch's "unknown device type for autocast"; a model left in training
+    mode with dropout was timed for inference with random outputs (its candidates "differed from eager"); a training
+    step of a model without trainable parameters failed in backward, reported as "does not run on the inputs"."""
+    meta = tiny("perceiver").to("meta")
+    with pytest.raises(ValueError, match="expected a model with weights to time, got one .* on the meta device"):
+        perceiver.optimize(meta, (torch.randn(2, 8, 8, 3, device="meta"),), verbose=False)
+    training = tiny("text-classifier", attn_dropout=0.1).train()
+    with pytest.raises(ValueError, match=r"expected the model in eval mode .*\(model\.eval\(\)\).*training=True"):
+        perceiver.optimize(training, inputs("text-classifier"), candidates="eager", verbose=False)
+    fast = perceiver.optimize(training.eval(), inputs("text-classifier"), candidates="eager", repeats=1, verbose=False)
+    assert fast.report.chosen == "eager"
+    frozen = tiny("perceiver").requires_grad_(False)  # was "the model does not run ...: element 0 of tensors does not"
+    with pytest.raises(ValueError, match="training=True times forward and backward: expected parameters that require"):
+        perceiver.optimize(frozen, inputs("perceiver"), training=True, candidates="eager", verbose=False)
+
+
+def test_onednn_linear_takes_weights_made_in_inference_mode():
+    """Weights created under `torch.inference_mode()` have no version counter: reading it raised "Inference tensors
+    do not track version counter", so the `onednn-linear` candidate of such a model was always skipped."""
+    from perceiver.nn.cpu_kernels import OneDNNLinear, onednn_available
+
+    if not onednn_available():
+        pytest.skip("no oneDNN in this PyTorch build")
+    with torch.inference_mode():
+        linear = torch.nn.Linear(16, 8)
+    fast = OneDNNLinear(linear)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), linear(x))
+        with torch.inference_mode():
+            linear.weight.mul_(2)  # an edit is still seen (the sampled values changed)
+        torch.testing.assert_close(fast(x), linear(x))
+
+
+def test_the_onednn_twin_compiles_and_exports():
+    """An `OptimizedModel` that chose `onednn-linear` could not be compiled or exported: tracing reached oneDNN's
+    private ops ("Operator does not support running with fake tensors", "Cannot access data pointer of Tensor").
+    Traced, `OneDNNLinear` is the plain Linear (Inductor / the exporter choose the GEMM)."""
+    from perceiver.export import export_program
+    from perceiver.nn.cpu_kernels import onednn_available, use_onednn_linear
+
+    if not onednn_available():
+        pytest.skip("no oneDNN in this PyTorch build")
+    model = tiny("perceiver")
+    x = inputs("perceiver")
+    twin = use_onednn_linear(model)
+    with torch.no_grad():
+        want = model(*x)
+        torch.testing.assert_close(torch.compile(twin, fullgraph=True, dynamic=True)(*x), want)
+        torch.testing.assert_close(export_program(twin, x).module()(*x), want)

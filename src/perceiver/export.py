@@ -12,16 +12,21 @@
 quarter of the size that onnxruntime runs with integer GEMMs (`benchmarks/bench_quant.py` on the Zen 4 EPYC, batch 1,
 2 threads, random weights: language-perceiver on 2048 bytes 0.255 s against 0.620 s for the fp32 file, 806 -> 214 MB,
 max rel. error 5.3%, every top-1 byte kept; vision-perceiver-learned no faster, its time is attention, not weight
-GEMMs). It changes the arithmetic: `check` then compares relative to the largest output (`int8_rtol`).
+GEMMs). It changes the arithmetic: `check` then compares relative to the largest output (`int8_rtol`). It takes
+float32 models only (onnxruntime's quantisation of an fp16 graph writes a file onnxruntime cannot load).
 
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
 `max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids
 with its mask, ...); the exported graph takes any batch size and that input size. `inputs=` given instead is a tuple
 of tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
 `torch.onnx.export` does). An error the model itself raises on them (a `ValueError` naming the expected shape) is
-raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`) as one tensor. ONNX
-export needs the `onnx` and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also
-`onnxruntime`. With `check`, a file that fails its check is not written (it is checked before it is moved into place).
+raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`; the resampler's
+`last_hidden_state`) as one tensor. ONNX export needs the `onnx` and `onnxscript` packages (`pip install
+'perceiver-torch[export]'`), the check also `onnxruntime`. With `check`, a file that fails its check is not written
+(it is checked before it is moved into place), nor are folders made for it kept. The check allows `atol`, and for an
+fp16 / bf16 model also 8 rounding steps of its dtype times the largest output (eager and the exported graph round
+differently). onnxruntime's CPU kernels have no bfloat16: check (and serve) a bf16 model's ONNX as `model.float()`.
+A model on the meta device (no weights) is refused.
 
 A `.pt2` file is PyTorch's own archive: `export_pt2` writes the exported program (`torch.export.save`; load it with
 `torch.export.load(path).module()` or `load_pt2`), or with `aoti=True` an AOTInductor package: the program compiled
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -41,6 +47,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
+from perceiver import export_checks as checks
 from perceiver.checks import InputTypeError
 
 Exported = TypeVar("Exported", bound=Callable[..., Any])
@@ -57,7 +64,8 @@ __all__ = [
 
 
 class LogitsOnly(nn.Module):
-    """`model(*inputs)` -> the task output as one tensor (`.logits` of an output object, or the tensor itself)."""
+    """`model(*inputs)` -> the task output as one tensor: `.logits` of an output object (`.last_hidden_state` for a
+    model without a head, as the resampler), or the tensor itself."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -65,7 +73,9 @@ class LogitsOnly(nn.Module):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         out = self.model(*inputs)
-        out = out if isinstance(out, Tensor) else out.logits
+        if not isinstance(out, Tensor):
+            logits = getattr(out, "logits", None)
+            out = logits if logits is not None else getattr(out, "last_hidden_state", None)
         if not isinstance(out, Tensor):
             raise TypeError(f"expected the model's task output to be one tensor, got {type(out).__name__}")
         return out
@@ -77,7 +87,9 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     Classic `Perceiver` `(B, *axes, C)` (224 per axis for images, 1024 samples for 1-D, 8 x 64 x 64 for video);
     text `(B, max_seq_len)` ids and a boolean mask; images `(B, C, H, W)`; flow `(B, 2, 27, H, W)`; point clouds
     `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`; Perceiver AR `(B, max_seq_len)` ids and a
-    boolean mask (its forward: next-token logits `(B, N, V)` of the last N positions).
+    boolean mask (its forward: next-token logits `(B, N, V)` of the last N positions); the resampler's media
+    `(B, T, 64, dim)` (T = `num_media_embeds`, at least 1). A `torch.compile`d model or an `OptimizedModel` gets its
+    model's inputs.
     """
     from perceiver.models import (
         Perceiver,
@@ -91,7 +103,9 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
         PerceiverForVideoClassification,
     )
     from perceiver.models.ar import PerceiverAR
+    from perceiver.models.resampler import PerceiverResampler
 
+    model = _unwrapped(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise InputTypeError(f"expected batch_size as an int, got {type(batch_size).__name__}")
     if batch_size < 1:
@@ -138,10 +152,24 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     if isinstance(model, PerceiverForVideoClassification):
         a = model.config.adapter
         return (randn(b, *(sample or (a.num_frames or 8, a.in_channels, *(a.image_size or (64, 64))))),)
+    if isinstance(model, PerceiverResampler):
+        r = model.config
+        return (randn(b, *(sample or (max(1, r.num_media_embeds), 64, r.dim))),)
     raise ValueError(
         f"no example inputs for {type(model).__name__}; pass the inputs to export yourself "
         "(export_program(model, inputs=...) / export_onnx(model, path, inputs=...))"
     )
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside `torch.compile(model)` (`_orig_mod`) or an `OptimizedModel` / `CompiledModel` (`module`)."""
+    from perceiver.optimization import CompiledModel
+
+    while True:
+        inner = model.module if isinstance(model, CompiledModel) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tuple[Tensor, ...]:
@@ -255,21 +283,32 @@ def export_onnx(
 
     `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     With `check`, runs the file in onnxruntime at `check_batch_sizes` on random inputs and raises if its output
-    differs from eager PyTorch by more than `atol` (max abs; with `quantize="int8"`, more than `int8_rtol` times the
-    largest output). Returns the path. The file is written next to `path` first, checked there and only then moved
-    into place, so a failed export or a failed check leaves no file at `path` (nor a half-written one).
+    differs from eager PyTorch by more than `atol` (max abs; for an fp16 / bf16 model plus 8 rounding steps of its
+    dtype times the largest output; with `quantize="int8"`, more than `int8_rtol` times the largest output). Returns
+    the path (`path` ending in .onnx; a model over 2 GB also writes its weights to `NAME.data` beside it). The file is
+    written in a folder next to `path` first, checked there and only then moved into place, so a failed export or a
+    failed check leaves no file at `path` (nor a half-written one, nor the folders made for it).
     `quantize="int8"`: onnxruntime's dynamic int8 quantisation of the graph (see the module docstring).
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    _check_batch_sizes(check_batch_sizes)
-    model = model.eval()
-    inputs = _as_inputs(model, inputs)
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"expected the path of the .onnx file to write, got the folder {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() != ".onnx":
+        hint = " (export_pt2 writes .pt2 archives)" if path.suffix == ".pt2" else ""
+        raise ValueError(f"expected a path ending in .onnx, got {str(path)!r}{hint}")
+    checks.check_batch_sizes(check_batch_sizes)
+    checks.require_weights(model)
+    if quantize:
+        checks.require_fp32(model, "quantize='int8' (onnxruntime's dynamic quantisation takes float32 graphs)")
+    model = model.eval()
+    inputs = _as_inputs(model, inputs)
+    made = checks.make_folders(path.parent)
+    # written in a folder of its own under the final name: a model over 2 GB comes with its weights in `NAME.data`,
+    # which the .onnx file names (written as `.m.onnx.tmp`, it named `.m.onnx.tmp.data`, left there after a failure)
+    tmp_folder = path.with_name(f".{path.name}.tmp")
+    tmp = tmp_folder / path.name
     names = [f"input_{i}" for i in range(len(inputs))]
     if len(inputs) == 2:
         names = ["inputs", "mask"]
@@ -288,29 +327,34 @@ def export_onnx(
             _raise_ours(e, model, inputs)
             raise
         assert program is not None  # dynamo=True: torch's hint also covers the legacy exporter's None
+        tmp_folder.mkdir(exist_ok=True)
         program.save(str(tmp))
         if quantize == "int8":
-            _quantize_int8(tmp)
-        if check:
-            for b in check_batch_sizes:
-                diff, scale = _onnx_errors(model, tmp, _resized(inputs, b))
-                limit = atol if quantize is None else int8_rtol * scale
-                if not diff <= limit:
-                    raise RuntimeError(
-                        f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}"
-                        + (f" = {int8_rtol} x the largest output {scale:.3g})" if quantize else ")")
-                        + f"; {path} was not written (export without the check to inspect the file)"
-                    )
+            from perceiver.export_onnxruntime import quantize_int8
+
+            quantize_int8(tmp)
+        not_written = f"{path} was not written (export without the check to inspect the file)"
+        for b in check_batch_sizes if check else ():
+            try:
+                diff, scale, dtype = _onnx_errors(model, tmp, _resized(inputs, b), f"the file for {path}")
+            except RuntimeError as e:  # onnxruntime cannot run it (a bf16 graph, ...)
+                raise RuntimeError(f"{e}; {not_written}") from e.__cause__
+            limit, why = checks.tolerance(atol, scale, dtype)
+            if quantize:
+                limit, why = int8_rtol * scale, f" = {int8_rtol} x the largest output {scale:.3g}"
+            if not diff <= limit:
+                raise RuntimeError(
+                    f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}{why})"
+                    f"; {not_written}"
+                )
+        data = tmp.with_name(f"{path.name}.data")
+        if data.exists():
+            os.replace(data, path.with_name(data.name))
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_folder, ignore_errors=True)
+        checks.remove_empty(made, unless=path)
     return path
-
-
-def _check_batch_sizes(sizes: Sequence[int]) -> None:
-    """`ValueError` unless every check batch size is an int >= 1 (checked before exporting, not after)."""
-    if isinstance(sizes, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
-        raise ValueError(f"expected check_batch_sizes as batch sizes >= 1, got {sizes!r}")
 
 
 @_keeps_mode
@@ -328,21 +372,23 @@ def export_pt2(
 
     `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     With `check`, loads the file back (`load_pt2`) and raises if its output on random inputs at `check_batch_sizes`
-    differs from eager PyTorch by more than `atol` (max abs). Written next to `path`, checked there and moved into
-    place: a failed export or check leaves no file at `path` (nor a half-written one). Returns the path.
+    differs from eager PyTorch by more than `atol` (max abs; for an fp16 / bf16 model plus 8 rounding steps of its
+    dtype times the largest output). Written next to `path`, checked there and moved into place: a failed export or
+    check leaves no file at `path` (nor a half-written one, nor the folders made for it). Returns the path.
     """
     path = Path(path).expanduser()
     if path.suffix != ".pt2":
         raise ValueError(f"expected a path ending in .pt2, got {str(path)!r}")
     if path.is_dir():
         raise ValueError(f"expected the path of the .pt2 file to write, got the folder {str(path)!r}")
-    _check_batch_sizes(check_batch_sizes)
+    checks.check_batch_sizes(check_batch_sizes)
+    checks.require_weights(model)
     model = model.eval()
     inputs = _as_inputs(model, inputs)
-    program = export_program(model, inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = checks.make_folders(path.parent)
     tmp = path.with_name(f".{path.stem}.tmp.pt2")  # AOTInductor wants the .pt2 suffix
     try:
+        program = export_program(model, inputs)
         if aoti:
             from torch._inductor import aoti_compile_and_package
 
@@ -354,16 +400,19 @@ def export_pt2(
             for b in check_batch_sizes:
                 x = _resized(inputs, b)
                 with torch.no_grad():
-                    diff = float((runner(*x) - LogitsOnly(model)(*x)).abs().max())
-                if not diff <= atol:
+                    expected = LogitsOnly(model)(*x)
+                    diff = float((runner(*x).float() - expected.float()).abs().max())
+                limit, why = checks.tolerance(atol, float(expected.float().abs().max()), expected.dtype)
+                if not diff <= limit:
                     raise RuntimeError(
-                        f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {atol}); {path} "
-                        "was not written (export without the check to inspect the file)"
+                        f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}{why})"
+                        f"; {path} was not written (export without the check to inspect the file)"
                     )
             del runner
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        checks.remove_empty(made, unless=path)
     return path
 
 
@@ -388,41 +437,18 @@ def load_pt2(path: str | os.PathLike) -> Any:
     return torch.export.load(path).module()
 
 
-def _quantize_int8(path: Path) -> None:
-    """Rewrite the ONNX file `path` in place with onnxruntime's dynamic int8 quantisation (MatMul weights in int8)."""
-    import logging
-
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        from onnxruntime.quantization.registry import IntegerOpsRegistry
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("int8 quantisation needs onnxruntime: pip install 'perceiver-torch[export]'") from e
-    out = path.with_name(f"{path.name}.int8")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs its advice to pre-process the model on the root logger
-    try:
-        # Convolutions stay fp32: onnxruntime <= 1.23 (the newest for Python 3.10) has no CPU kernel for ConvInteger
-        # with int8 weights, and the Perceivers' convolutions (image stems) are a small share of their FLOPs.
-        ops = [op for op in IntegerOpsRegistry if op != "Conv"]
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
-        os.replace(out, path)
-    finally:
-        root.setLevel(level)
-        out.unlink(missing_ok=True)
-
-
 def _resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
-    """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid)."""
+    """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid: a tensor of 0s and
+    1s, as a float or int mask, is all 1s), each in its dtype (int32 ids stay int32) and on its device."""
     out = []
     for x in inputs:
         shape = (batch, *x.shape[1:])
-        if x.dtype == torch.bool:
-            out.append(torch.ones(shape, dtype=torch.bool))
+        if x.dtype == torch.bool or (x.numel() and bool(((x == 0) | (x == 1)).all())):
+            out.append(torch.ones(shape, dtype=x.dtype, device=x.device))
         elif not x.is_floating_point():
-            out.append(torch.randint(int(x.min()), int(x.max()) + 1, shape))
+            out.append(torch.randint(int(x.min()), int(x.max()) + 1, shape, dtype=x.dtype, device=x.device))
         else:
-            out.append(torch.randn(shape, dtype=x.dtype).clamp(-1, 1))
+            out.append(torch.randn(shape, dtype=x.dtype, device=x.device).clamp(-1, 1))
     return tuple(out)
 
 
@@ -432,15 +458,15 @@ def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequenc
     return _onnx_errors(model, path, inputs)[0]
 
 
-def _onnx_errors(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor]) -> tuple[float, float]:
-    """(max abs difference between onnxruntime's output and eager `model`'s, max abs value of the latter)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the ONNX check needs onnxruntime: pip install 'perceiver-torch[export]'") from e
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
-    got = torch.from_numpy(session.run(None, feed)[0])
+def _onnx_errors(
+    model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor], name: str | None = None
+) -> tuple[float, float, torch.dtype]:
+    """(max abs difference between onnxruntime's output and eager `model`'s, max abs value of the latter, its dtype);
+    `name`: what onnxruntime's errors call the file (default its path)."""
+    from perceiver.export_onnxruntime import run_onnx
+
+    got = run_onnx(path, inputs, any(p.dtype == torch.bfloat16 for p in model.parameters()), name)
     with torch.no_grad():
-        expected = LogitsOnly(model.eval())(*inputs).float().cpu()
-    return float((got.float() - expected).abs().max()), float(expected.abs().max())
+        expected = LogitsOnly(model.eval())(*inputs)
+    diff = float((got.float() - expected.float().cpu()).abs().max())
+    return diff, float(expected.float().abs().max()), expected.dtype

@@ -43,7 +43,9 @@ Candidates (`CANDIDATES`):
     print(fast.report)           # chosen candidate, time of each, speed-up over eager
     logits = fast(pixel_values).logits
 
-The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model); a frozen candidate
+The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model, whose other attributes it
+passes on: `fast.save_pretrained(folder)` saves the model's weights, `optimize(fast, ...)` starts from the model again;
+a model on the meta device or in training mode with dropout is refused for inference); a frozen candidate
 (`compile-freezing`) computes with the weights they had when it was compiled, an int8 one with the weights it quantised. Inputs of other shapes than the examples
 may recompile (compiled candidates) and are not re-timed.
 """
@@ -57,13 +59,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.hardware import has_native_bf16
+from perceiver.optimization_report import OptimizeReport
 
 __all__ = [
     "CANDIDATES",
@@ -102,41 +104,6 @@ TRAINING_FP32 = ("eager", "compile", "sdpa-math", "compile-sdpa-math", "matmul-a
 CANDIDATES = {"inference": INFERENCE, "training": TRAINING}
 
 
-@dataclass
-class OptimizeReport:
-    """What `optimize` measured: median seconds per call of each candidate it could run, the one-time cost of setting
-    each up (`setup_seconds`: building it, compiling, packing weights: its warm-up calls' time beyond that many timed
-    calls), the memory each keeps (`added_memory_mb`, see `optimize`), and why others were not run."""
-
-    chosen: str
-    mode: str
-    seconds: dict[str, float] = field(default_factory=dict)
-    setup_seconds: dict[str, float] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    max_rel_error: dict[str, float] = field(default_factory=dict)
-    added_memory_mb: dict[str, float] = field(default_factory=dict)
-    not_compared: list[str] = field(default_factory=list)
-
-    @property
-    def speedup(self) -> float:
-        """Eager time over the chosen candidate's time."""
-        return self.seconds["eager"] / self.seconds[self.chosen]
-
-    def __str__(self) -> str:
-        lines = [f"optimize ({self.mode}): chose {self.chosen!r}, {self.speedup:.2f}x eager"]
-        for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]):
-            extra = f", one-time setup {self.setup_seconds[name]:.1f} s" if name in self.setup_seconds else ""
-            err = self.max_rel_error.get(name)
-            extra += f", max rel. error {err:.1e}" if err else ""
-            mb = self.added_memory_mb.get(name)
-            extra += f", keeps +{mb:.0f} MB" if mb is not None and mb >= 1 else ""
-            lines.append(f"  {name:<22} {s * 1000:9.2f} ms  ({self.seconds['eager'] / s:.2f}x{extra})")
-        lines += [f"  {name:<22} skipped: {why}" for name, why in self.skipped.items()]
-        if self.not_compared:
-            lines.append(f"  outputs of {', '.join(self.not_compared)} not compared with eager: the model has dropout")
-        return "\n".join(lines)
-
-
 class CompiledModel(nn.Module):
     """`module` run through `fn` (its compiled form) under `contexts`; shares `module`'s parameters.
 
@@ -162,6 +129,17 @@ class OptimizedModel(CompiledModel):
     def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
         super().__init__(module, fn, contexts)
         self.report = report
+
+    def __getattr__(self, name: str) -> Any:
+        """What the wrapper does not have comes from the model: `fast.save_pretrained(folder)` (its weights, shared),
+        `fast.config`, `fast.num_classes`, `fast.get_classifier()`."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            module = self.__dict__.get("_modules", {}).get("module")  # not self._modules: unset while unpickling
+            if module is None or name.startswith("__"):
+                raise
+            return getattr(module, name)
 
 
 def _tensors(out: Any) -> list[Tensor]:
@@ -374,8 +352,9 @@ def optimize(
         allow_bf16: also try bf16 autocast, where the device computes bf16 natively (it changes the arithmetic).
         allow_int8: also try int8 Linears (inference; torchao): it changes the arithmetic; compared with `int8_rtol`.
         rtol: largest relative difference (max abs error over max abs value) from eager for an fp32 candidate;
-            `bf16_rtol` for bf16 ones and under the caller's autocast, `int8_rtol` for int8 ones. Candidates that differ more, or fail, are
-            skipped with the reason. A training step of a model with dropout is not compared (the masks differ).
+            `bf16_rtol` for bf16 ones, for a bf16 / fp16 model and under the caller's autocast, `int8_rtol` for int8
+            ones. Candidates that differ more, or fail, are skipped with the reason. A training step of a model with
+            dropout is not compared (the masks differ).
         warmup, repeats: calls of each candidate before timing (compilation happens here) and timed calls of each
             (the median is kept); the timed calls take turns between the candidates, the order reversing every round.
         max_memory_mb: skip candidates that keep more memory than this (MB). What each keeps is measured either way
@@ -393,7 +372,14 @@ def optimize(
             f"expected example_inputs as a tuple (or one tensor), got {type(example_inputs).__name__}{hint}"
         )
     kwargs = dict(example_kwargs or {})
+    while isinstance(model, OptimizedModel):  # optimize(fast, ...) again: choose afresh for the model itself
+        model = model.module
     mode = "training" if training else "inference"
+    if not training and model.training and _has_dropout(model):  # its outputs are random: nothing to check against
+        raise ValueError(
+            "expected the model in eval mode to time inference (model.eval()), got it in training mode with dropout; "
+            "pass training=True to time a training step"
+        )
     candidates = [candidates] if isinstance(candidates, str) else candidates  # one name, not its characters
     names = list(candidates if candidates is not None else CANDIDATES[mode])
     if "eager" not in names:
@@ -405,11 +391,19 @@ def optimize(
         raise ValueError(f"expected warmup >= 1 and repeats >= 1 (ints), got {warmup!r} and {repeats!r}")
     param = next(model.parameters(), None)
     device = param.device.type if param is not None else "cpu"
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "expected a model with weights to time, got one whose parameters are on the meta device (shapes without "
+            "values); load its weights first, e.g. perceiver.from_pretrained(folder)"
+        )
     if max_memory_mb is not None and (max_memory_mb < 0 or _held_bytes(device) is None):
         why = "a memory reading (Linux, psutil or CUDA)" if max_memory_mb >= 0 else "a value >= 0"
         raise ValueError(f"max_memory_mb needs {why}, got {max_memory_mb} for a model on {device}")
     loss_fn = loss_fn or (lambda out: sum((t.float().square().mean() for t in _tensors(out)), torch.zeros(())))
     params = [p for p in model.parameters() if p.requires_grad]
+    leaves = [t for t in (*example_inputs, *kwargs.values()) if isinstance(t, Tensor) and t.requires_grad]
+    if training and not params and not leaves:  # backward would fail with "element 0 of tensors does not require grad"
+        raise ValueError("training=True times forward and backward: expected parameters that require grad, got none")
 
     def call(fn: Callable[..., Any], contexts: Callable[[], Any]) -> Any:
         with contexts():
@@ -454,6 +448,8 @@ def optimize(
             continue
         if name == "eager":
             reference = out
+            # an fp16 / bf16 model: its own rounding, whatever the autocast (as under the caller's autocast)
+            autocast = autocast or any(t.dtype in (torch.float16, torch.bfloat16) for t in _tensors(out))
         elif random:
             report.not_compared.append(name)
         else:

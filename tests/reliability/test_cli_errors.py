@@ -59,9 +59,9 @@ def test_export_command_writes_perceiver_ar(tmp_path, capsys):
 
 
 def test_export_command_model_without_example_inputs(tmp_path):
-    folder = save("perceiver-resampler", tmp_path)
-    with pytest.raises(SystemExit, match=r"^error: no example inputs for PerceiverResampler"):
-        main(["export", folder, str(tmp_path / "r.onnx")])
+    folder = save("multimodal-perceiver", tmp_path)
+    with pytest.raises(SystemExit, match=r"^error: no example inputs for PerceiverForMultimodalAutoencoding"):
+        main(["export", folder, str(tmp_path / "m.onnx")])
 
 
 def test_export_command_wrong_shape_names_the_model_error(tmp_path):

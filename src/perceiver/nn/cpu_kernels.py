@@ -19,7 +19,8 @@ depends on the CPU and the shapes (2 threads, GFLOP/s, MKL `F.linear` against on
 - Intel Xeon family 6 model 167: MKL 309 against oneDNN 276 GFLOP/s at 4096^3, so there it loses.
 
 Hence it is a candidate of `optimize` (`onednn-linear`, inference and training), never a default. For another dtype
-or device and inside a CPU autocast region it runs the plain `F.linear`.
+or device, inside a CPU autocast region and under `torch.compile` (whose tracing cannot run oneDNN's private ops) it
+runs the plain `F.linear`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class OneDNNLinear(nn.Linear):
 
     def _packed_weight(self, kind: str) -> Tensor:
         weight = self.weight.detach()
-        key = (weight.data_ptr(), self.weight._version)
+        # inference tensors (weights made under `torch.inference_mode()`) have no version counter: the sample decides
+        key = (weight.data_ptr(), -1 if weight.is_inference() else self.weight._version)
         # writes through `.data` (EMA updates, older optimisers) do not bump `_version`: a sample of 64 values catches
         # them, as any real update changes nearly every value
         sample = weight.reshape(-1)[:: max(1, weight.numel() // 64)]
@@ -115,6 +117,7 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         plain = x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 2 or torch.is_autocast_enabled("cpu")
+        plain = plain or torch.compiler.is_compiling()  # traced (a compiled OptimizedModel): Inductor's own GEMMs
         if plain or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):

@@ -79,8 +79,9 @@ def export_main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--int8-rtol", type=float, default=0.1, help="--check's relative tolerance with --quantize")
     args = parser.parse_args(argv)
-    pt2 = Path(args.output).suffix == ".pt2"
-    if not args.transformers and Path(args.output).suffix not in (".onnx", ".pt2"):
+    suffix = Path(args.output).suffix.lower()  # as the Python API: any case
+    pt2 = suffix == ".pt2"
+    if not args.transformers and suffix not in (".onnx", ".pt2"):
         parser.error(f"expected OUT ending in .onnx or .pt2 (or --transformers and a folder), got {args.output!r}")
     if args.aoti and not pt2:
         parser.error(f"--aoti writes an AOTInductor package: expected OUT ending in .pt2, got {args.output!r}")
@@ -110,6 +111,7 @@ def export_main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # a model without example inputs (pass them from Python), --batch-size 0
         raise SystemExit(f"error: {e}") from e
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
+    output = "last_hidden_state" if getattr(model, "num_classes", None) == 0 else "logits"  # no head: the features
     if pt2:
         try:
             path = export_pt2(model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol)
@@ -117,7 +119,7 @@ def export_main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {e}") from e
         kind = "AOTInductor package" if args.aoti else "torch.export program"
         print(
-            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {kind}): inputs (batch, ...) per sample {shapes} -> logits"
+            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {kind}): inputs (batch, ...) per sample {shapes} -> {output}"
         )
         if args.check:
             print(f"the loaded file matches PyTorch within {args.atol} at batch sizes 1 and 3")
@@ -130,7 +132,9 @@ def export_main(argv: list[str] | None = None) -> None:
     except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
         raise SystemExit(f"error: {e}") from e
     kind = " int8" if args.quantize else ""
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> logits")
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> {output}"
+    )
     if args.check:
         within = f"{args.int8_rtol} x the largest output" if args.quantize else f"{args.atol}"
         print(f"onnxruntime matches PyTorch within {within} at batch sizes 1 and 3")

@@ -1,0 +1,70 @@
+"""The argument checks, the check's tolerance and the folder handling of `perceiver.export`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["check_batch_sizes", "make_folders", "remove_empty", "require_fp32", "require_weights", "tolerance"]
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns those it created, deepest first (see `remove_empty`).
+    `ValueError` where a file stands in the way (before exporting, not after)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"expected a folder to write the file into, got the file {str(blocking)!r} in its path")
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty(folders: list[Path], unless: Path) -> None:
+    """After a failed export (no file at `unless`), remove the `folders` it created if they are still empty."""
+    if unless.exists():
+        return
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or not ours any more): keep it and its parents
+            return
+
+
+def check_batch_sizes(sizes: Sequence[int]) -> None:
+    """`ValueError` unless the check batch sizes are one or more ints >= 1 (checked before exporting, not after):
+    none would make `check=True` check nothing."""
+    if isinstance(sizes, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+        raise ValueError(f"expected check_batch_sizes as batch sizes >= 1, got {sizes!r}")
+    if not len(sizes):
+        raise ValueError(f"expected at least one batch size in check_batch_sizes, got {sizes!r}")
+
+
+def require_weights(model: nn.Module) -> None:
+    """`ValueError` for a model whose weights are on the meta device: they have no values to write."""
+    if isinstance(model, nn.Module) and any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "expected a model with weights, got one whose parameters are on the meta device (shapes without values); "
+            "load its weights first, e.g. perceiver.from_pretrained(folder) or model.to_empty(device='cpu') and "
+            "model.load_state_dict(...)"
+        )
+
+
+def tolerance(atol: float, scale: float, dtype: torch.dtype) -> tuple[float, str]:
+    """The check's limit on the max abs difference and how it was set: `atol`, plus for an fp16 / bf16 output 8 of its
+    rounding steps (`torch.finfo(dtype).eps`) times the largest output `scale` (eager and the exported graph round
+    differently: an fp16 model's logits differ by ~1e-3, a bf16 one's by ~1e-2 of their size)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return atol, ""
+    rtol = 8 * torch.finfo(dtype).eps
+    name = str(dtype).removeprefix("torch.")
+    return atol + rtol * scale, f" = {atol} + {rtol:.3g} x the largest output {scale:.3g}, for {name} outputs"
+
+
+def require_fp32(model: nn.Module, what: str) -> None:
+    """`ValueError` naming `what` for a model with floating weights in another dtype than float32."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+    if dtypes and dtypes != ["float32"]:
+        raise ValueError(f"{what}: expected a float32 model, got {' and '.join(dtypes)} weights; export model.float()")
