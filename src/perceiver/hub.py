@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 import torch
 from torch import nn
 
+from perceiver.labels import id2label_from_json, id2label_to_json, set_id2label
 from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_device, resolve_dtype
 from perceiver.save_files import (
     _remove_stale_temp_dirs,
@@ -298,6 +299,7 @@ class PretrainedMixin:
     config_class: ClassVar[type]
     model_type: ClassVar[str]
     legacy_keys: ClassVar[dict[str, str | tuple[str, ...]]] = {}
+    id2label: dict[int, str] | None = None  # a classifier's class names, in config.json (`perceiver.labels`)
 
     @classmethod
     def from_config(cls: type[T], config: Any) -> T:
@@ -326,6 +328,7 @@ class PretrainedMixin:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
         try:
             config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
+            config |= id2label_to_json(self)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             if has_lora(self):
                 state, seen = merged_state_dict(self), set()
@@ -434,9 +437,11 @@ class PretrainedMixin:
         model_type = data.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"{path} holds a {model_type!r} model, expected {cls.model_type!r}")
+        labels = id2label_from_json(data.pop("id2label", None), str(config_file))
         config = cls.config_from_file(data, config_file, overrides)
         with no_init_weights():
             model = cls.from_config(config)
+        set_id2label(model, labels)
         assert isinstance(model, nn.Module)  # the mixin's classes are modules
         load_safetensors_checked(
             model, path / WEIGHTS_NAME, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.hub import pop_num_classes, read_config_file, resize_head
+from perceiver.labels import id2label_from_json, set_id2label
 from perceiver.loading import (
     check_finite_tensors,
     no_init_weights,
@@ -308,6 +309,7 @@ def from_pretrained(
             dtype = _transformers_dtype(config, state_dict, config_file)
         with no_init_weights():  # the converters load every tensor of the model (strictly) after building it
             model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
+        set_id2label(model, id2label_from_json(config.get("id2label"), str(config_file)))  # e.g. ImageNet's names
         if dtype is not None:
             model.to(dtype)  # floating tensors only; those already in it stay as they are
         if device is not None:

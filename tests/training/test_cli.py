@@ -137,6 +137,14 @@ def test_masked_lm_prediction_rows_fill_the_masked_bytes_and_cut_the_padding():
     assert row["text"] == "a bat" and row["masked_positions"] == [2] and "masked_label_ids" not in row
 
 
+def test_a_trained_classifier_saves_its_datamodules_class_names(digits_run):
+    """config.json's id2label (as transformers keeps class names): a model folder used from Python has them too."""
+    import perceiver
+    from perceiver.labels import class_names
+
+    assert class_names(perceiver.from_pretrained(digits_run / "model")) == [str(i) for i in range(10)]
+
+
 def test_bad_config_key_fails_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["fit", *tiny_args("digits", tmp_path), "--trainer.max_epocs=3"])

@@ -235,14 +235,18 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> PreTrainedModel:
     inputs by more than `atol` (times the largest output where that exceeds 1)."""
     import transformers
 
+    from perceiver.labels import class_names
     from perceiver.lora import has_lora, merge_lora
     from perceiver.models.flow import PerceiverForOpticalFlow
     from perceiver.pretrained import HF_CONVERTERS
 
     if has_lora(model):  # LoRA adapters: their merged weights (the caller's model keeps its adapters)
         model = merge_lora(copy.deepcopy(model))
+    names = class_names(model)
     model = _as_head(model)
     arch, fields = transformers_config(model)
+    if names is not None and fields.get("num_labels") == len(names):  # the class names, as transformers keeps them
+        fields |= dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     hf = getattr(transformers, arch)(transformers.PerceiverConfig(**fields)).eval()
     # Distinct values everywhere, so that each tensor our converter loads names the transformers key it came from.
     g = torch.Generator().manual_seed(0)

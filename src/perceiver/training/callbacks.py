@@ -22,6 +22,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
+from perceiver.labels import set_id2label
 from perceiver.training.run_files import JsonlPredictionWriter  # moved; importable from here as before
 
 __all__ = [
@@ -440,9 +441,11 @@ class SavePretrained(Callback):
         if bad:
             raise NonFiniteError(f"refusing to save the model of the {source}: non-finite weights in {', '.join(bad)}")
         out = Path(trainer.default_root_dir) / self.dirname
-        model.save_pretrained(out)  # with LoRA adapters merged
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
         task = task_description(pl_module, model, datamodule)
+        if task.get("class_names") and task.get("num_classes") == len(task["class_names"]):
+            set_id2label(model, list(task["class_names"]))  # config.json's id2label, as transformers keeps them
+        model.save_pretrained(out)  # with LoRA adapters merged
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
         from perceiver.lora import has_lora, save_adapter

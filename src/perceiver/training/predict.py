@@ -123,8 +123,10 @@ def check_file_kinds(what: str, kind: str | None, files: list[str] | list[Path])
 
 def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model of a folder (`perceiver.from_pretrained(path, dtype=dtype)`, eval mode: "auto" = the dtype it was
-    saved in) and its `task.json` (empty dict if absent)."""
+    saved in) and its `task.json` (empty dict if absent; `class_names` from the model's `id2label` where it has
+    none, e.g. a converted transformers classifier)."""
     import perceiver
+    from perceiver.labels import class_names
 
     path = Path(path)
     info_file = path / "task.json"
@@ -132,6 +134,8 @@ def load_model_dir(path: str | Path, dtype: str = "auto") -> tuple[torch.nn.Modu
     from perceiver.lora import merge_lora
 
     model = perceiver.from_pretrained(path, dtype=dtype).eval()
+    if not info.get("class_names") and (names := class_names(model)) is not None:
+        info["class_names"] = names
     return merge_lora(model), info  # an adapter folder: with merged weights
 
 
