@@ -313,3 +313,20 @@ def test_removing_the_head_is_logged_as_a_removal(tmp_path, caplog):
     assert model.num_classes == 0 and model.reinitialized_keys == []
     assert "were removed (num_classes=0: pre-logits features)" in caplog.text
     assert "decoder.final_layer.weight" in caplog.text and "newly initialised" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("perceiver-ar-tiny", "predicts tokens of its vocabulary"),
+        ("question-answering", "fixed head of 2 outputs"),
+        ("perceiver-resampler", "has no class head"),
+    ],
+)
+def test_num_classes_of_a_model_without_a_resizable_head_is_one_clear_error(name, why, tmp_path):
+    """The hint said to pass ignore_mismatched_sizes=True, which then raised NotImplementedError: now both calls
+    are a ValueError saying why the head cannot change."""
+    folder = tiny(name).save_pretrained(tmp_path / "m")
+    for options in ({}, {"ignore_mismatched_sizes": True}):
+        with pytest.raises(ValueError, match=rf"num_classes=5 cannot be given: .*{why}"):
+            perceiver.from_pretrained(folder, num_classes=5, **options)

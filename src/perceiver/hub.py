@@ -469,6 +469,11 @@ def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, sou
     have = model.num_classes
     if have == num_classes:
         return []
+    if getattr(model, "fixed_head", False):  # a vocabulary, two QA outputs, no head: its reset_classifier says so
+        try:
+            model.reset_classifier(num_classes)
+        except NotImplementedError as e:
+            raise ValueError(f"{source}: num_classes={num_classes} cannot be given: {e}") from None
     if not ignore_mismatched_sizes:
         raise ValueError(
             f"{source} has a head of {have} classes, asked for num_classes={num_classes}; pass "

@@ -145,6 +145,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
 
     config_class = PerceiverARConfig
     model_type = "perceiver-ar"
+    fixed_head = True  # num_classes cannot be reset (see reset_classifier)
     classifier_name = "to_logits"
     head_kind = "next-token logits over the vocabulary"
     checkpointed_modules = ("",)  # set_grad_checkpointing: every cross and latent layer

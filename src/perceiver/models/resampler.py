@@ -154,6 +154,7 @@ class PerceiverResampler(PerceiverModel):
 
     config_class = PerceiverResamplerConfig
     model_type = "perceiver-resampler"
+    fixed_head = True  # num_classes cannot be reset (see reset_classifier)
     head_kind = "resampled latents (last_hidden_state), no logits"
     checkpointed_modules = ("",)  # set_grad_checkpointing: every layer
 

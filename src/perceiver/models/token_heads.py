@@ -294,6 +294,7 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
 
     config_class = PerceiverQuestionAnsweringConfig
     model_type = "perceiver-question-answering"
+    fixed_head = True  # num_classes cannot be reset (see reset_classifier)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Not supported: the head has two fixed outputs (answer start, answer end)."""
