@@ -428,3 +428,21 @@ def test_format1_config_of_the_previous_release_loads(flat, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"config.json: patch_channels must be 3 \* patch_size \*\* 2"):
         perceiver.from_pretrained(tmp_path)
+
+
+def test_pyramid_scales_keep_masked_pixels_out_of_the_valid_outputs():
+    """The coarse patches average-pooled whole frames: a masked pixel's values (NaN included) reached its valid
+    neighbours. Now a coarse pixel averages the valid pixels under it only."""
+    model = tiny(pyramid_scales=[2, 4])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 27, *SIZE, generator=g)
+    mask = torch.rand(2, SIZE[0] * SIZE[1], generator=g) > 0.3
+    changed = x.clone().flatten(3)  # (B, 2, 27, H*W): other values at each row's masked pixels, NaN in row 1
+    changed[0][..., ~mask[0]] = 0.0
+    changed[1][..., ~mask[1]] = float("nan")
+    changed = changed.view_as(x)
+    with torch.no_grad():
+        a, b = model(x, attention_mask=mask).logits, model(changed, attention_mask=mask).logits
+    valid = mask.view(2, *SIZE)
+    assert torch.isfinite(b[valid]).all()
+    torch.testing.assert_close(a[valid], b[valid], atol=1e-5, rtol=1e-5)

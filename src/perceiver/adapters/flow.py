@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
-from perceiver.checks import InputTypeError, check_float_input, check_int_fields, check_int_tuple, check_number
+from perceiver.checks import (
+    InputTypeError,
+    check_float_input,
+    check_int_fields,
+    check_int_tuple,
+    check_number,
+    to_bool_mask,
+)
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, Index
 from perceiver.core.io import InputAdapter, OutputAdapter
@@ -167,28 +174,38 @@ class FlowAdapter(InputAdapter):
                 f"{h}, {w}) (use frames_to_patches on two frames), got {tuple(inputs.shape)}"
             )
         b, _, _, h, w = inputs.shape
-        if self.pyramid_scales:
-            inputs = torch.cat([inputs, *self.coarse_patches(inputs)], dim=2)  # (B, 2, C_patch * (1 + S), H, W)
+        if mask is not None and tuple(mask.shape) != (b, h * w):
+            raise ValueError(f"expected attention_mask of shape ({b}, {h * w}) (B, H*W), got {tuple(mask.shape)}")
+        if self.pyramid_scales:  # (B, 2, C_patch * (1 + S), H, W)
+            inputs = torch.cat([inputs, *self.coarse_patches(inputs, to_bool_mask(mask, "attention_mask"))], dim=2)
         x = space_to_depth(inputs, temporal_block_size=2)[:, 0]  # (B, H, W, 2 * C), frame-major channels
         if self.difference_scale is not None:
             c = x.shape[-1] // 2
             x = torch.cat([x[..., :c], (x[..., c:] - x[..., :c]) * self.difference_scale], dim=-1)
         x = self.projection(x).reshape(b, h * w, -1)
-        if mask is not None and tuple(mask.shape) != (b, h * w):
-            raise ValueError(f"expected attention_mask of shape ({b}, {h * w}) (B, H*W), got {tuple(mask.shape)}")
         pos = self.position((h, w), dtype=x.dtype).reshape(1, h * w, -1).expand(b, -1, -1)
         tokens = torch.cat([x, pos], dim=-1)
         return FlowAdaptedInputs(tokens=tokens, mask=mask, without_pos=x, image_shape=(h, w))
 
-    def coarse_patches(self, inputs: Tensor) -> list[Tensor]:
-        """Per pyramid scale, `(B, 2, C_patch, H, W)` patches of the downsampled frames, upsampled to `(H, W)`."""
+    def coarse_patches(self, inputs: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """Per pyramid scale, `(B, 2, C_patch, H, W)` patches of the downsampled frames, upsampled to `(H, W)`. With
+        `mask` `(B, H*W)` (True = valid pixel) a coarse pixel averages the valid pixels under it only (0 where there
+        are none), so that masked pixels never reach the valid outputs."""
         b, t, _, h, w = inputs.shape
         k = self.patch_size
         centre = (k * k) // 2 * 3
         frames = inputs[:, :, centre : centre + 3].reshape(b * t, 3, h, w)
+        valid = None if mask is None else mask.view(b, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
+        if valid is not None:
+            # a masked pixel may hold anything, NaN included: zeroed by selection, not by multiplication
+            frames = torch.where(valid, frames, torch.zeros((), dtype=frames.dtype, device=frames.device))
+            valid = valid.to(frames.dtype)
         out = []
         for scale in self.pyramid_scales:
-            coarse = F.adaptive_avg_pool2d(frames, (max(1, -(-h // scale)), max(1, -(-w // scale))))
+            size = (max(1, -(-h // scale)), max(1, -(-w // scale)))
+            coarse = F.adaptive_avg_pool2d(frames, size)
+            if valid is not None:  # the mean over the valid pixels: sum / count
+                coarse = coarse / F.adaptive_avg_pool2d(valid, size).clamp_min(torch.finfo(frames.dtype).tiny)
             patches = frames_to_patches(coarse.view(b, t, 3, *coarse.shape[-2:]), channels_last=False, patch_size=k)
             up = F.interpolate(patches.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
             out.append(up.view(b, t, self.patch_channels, h, w))
