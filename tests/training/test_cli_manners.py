@@ -334,6 +334,10 @@ def test_litmodels_tip_and_resume_warning_are_filtered_but_other_messages_are_no
         cli.quiet_lightning()
         rank_zero_warn(f"Checkpoint directory {tmp_path} exists and is not empty.")
         rank_zero_warn(
+            '`.test(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` callbacks. '
+            "It will use the best checkpoint path from first checkpoint callback."
+        )
+        rank_zero_warn(
             "You're using the WeightAveraging callback with a model that overrides the configure_model callback. "
             "WeightAveraging doesn't support sharding model layers, so you may run out of memory."
         )
