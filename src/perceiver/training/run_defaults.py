@@ -94,7 +94,7 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # `args` given while pytest / a launcher has its own sys.argv is intended here
     (r"LightningCLI's args parameter is intended", UserWarning),
     # ckpt_path="best" with our two checkpoint callbacks: the first one is the best checkpoint's, as intended
-    (r"is called with Trainer configured with multiple `ModelCheckpoint` callbacks", UserWarning),
+    (r".* is called with Trainer configured with multiple `ModelCheckpoint` callbacks", UserWarning),
     # every task overrides configure_model (for FSDP2); weight averaging with a sharded model is refused by name
     (r"You're using the WeightAveraging callback with a model that overrides the configure_model", UserWarning),
 )
