@@ -26,3 +26,23 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch: pytest.MonkeyPatch):
+    """`disk_full_at(name)`: moving a file named `name` into place (`perceiver.save_files`' `os.replace` /
+    `os.rename`) fails with "No space left on device"; other moves happen. `monkeypatch.undo()` ends it."""
+    import perceiver.save_files
+
+    real_replace = os.replace
+
+    def fail_at(name: str) -> None:
+        def replace(src, dst):
+            if Path(dst).name == name:
+                raise OSError(28, "No space left on device")
+            real_replace(src, dst)
+
+        monkeypatch.setattr(perceiver.save_files.os, "replace", replace)
+        monkeypatch.setattr(perceiver.save_files.os, "rename", replace)
+
+    return fail_at

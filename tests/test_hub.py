@@ -264,23 +264,13 @@ def test_model_class_from_pretrained_takes_a_subfolder(model, tmp_path):
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_a_save_that_fails_midway_leaves_no_half_folder(model, tmp_path, monkeypatch, existing):
+def test_a_save_that_fails_midway_leaves_no_half_folder(model, tmp_path, monkeypatch, disk_full_at, existing):
     """Moving the files into place failed after config.json had moved: a new folder was left with config.json alone,
     an existing one with the new config.json beside the old weights. Now the folder holds the old files or none."""
-    import perceiver.save_files
-
     target = tmp_path / "m"
     old = tiny("perceiver", num_latents=3).save_pretrained(target) if existing else None
     before = {p.name: p.read_bytes() for p in target.iterdir()} if existing else None
-    real_replace = os.replace
-
-    def replace(src, dst):
-        if Path(dst).name == "model.safetensors":
-            raise OSError(28, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(perceiver.save_files.os, "replace", replace)
-    monkeypatch.setattr(perceiver.save_files.os, "rename", replace)
+    disk_full_at("model.safetensors")
     if not existing:  # a new folder is the temporary one renamed whole: no file is moved alone
         model.save_pretrained(target)
         monkeypatch.undo()

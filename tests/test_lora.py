@@ -251,13 +251,9 @@ def test_cli_consumers_of_an_adapter_folder_run_its_merged_weights(tmp_path, cap
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_an_adapter_save_that_fails_midway_leaves_the_old_files_or_none(tmp_path, monkeypatch, existing):
+def test_an_adapter_save_that_fails_midway_leaves_the_old_files_or_none(tmp_path, disk_full_at, existing):
     """The files were moved in one by one: a failure after adapter_config.json had moved left a new folder with the
     config alone, or an existing one with the new config beside the old weights."""
-    import os
-
-    import perceiver.save_files
-
     model = tiny("vision-perceiver-learned")
     lora.add_lora(model)
     target = tmp_path / "adapter"
@@ -265,14 +261,7 @@ def test_an_adapter_save_that_fails_midway_leaves_the_old_files_or_none(tmp_path
         lora.save_adapter(model, target)
         before = {p.name: p.read_bytes() for p in target.iterdir()}
         _perturb(model)
-    real_replace = os.replace
-
-    def failing(src, dst):
-        if Path(dst).name == "adapter_model.safetensors":
-            raise OSError(28, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(perceiver.save_files.os, "replace", failing)
+    disk_full_at("adapter_model.safetensors")
     if existing:
         with pytest.raises(OSError, match="No space left"):
             lora.save_adapter(model, target)

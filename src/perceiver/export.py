@@ -60,12 +60,19 @@ __all__ = [
     "export_pt2",
     "load_pt2",
     "onnx_max_abs_diff",
+    "task_output_name",
 ]
 
 
+def task_output_name(model: nn.Module) -> str:
+    """The output field an export holds: the model's `task_output` ("last_hidden_state" for the resampler, which
+    has no head), else "logits"."""
+    return str(getattr(model, "task_output", "logits"))
+
+
 class LogitsOnly(nn.Module):
-    """`model(*inputs)` -> the task output as one tensor: `.logits` of an output object (`.last_hidden_state` for a
-    model without a head, as the resampler), or the tensor itself."""
+    """`model(*inputs)` -> the task output as one tensor: the `task_output_name` field of an output object
+    (`.logits`; `.last_hidden_state` for a model without a head, as the resampler), or the tensor itself."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -74,8 +81,7 @@ class LogitsOnly(nn.Module):
     def forward(self, *inputs: Tensor) -> Tensor:
         out = self.model(*inputs)
         if not isinstance(out, Tensor):
-            logits = getattr(out, "logits", None)
-            out = logits if logits is not None else getattr(out, "last_hidden_state", None)
+            out = getattr(out, task_output_name(self.model), None)
         if not isinstance(out, Tensor):
             raise TypeError(f"expected the model's task output to be one tensor, got {type(out).__name__}")
         return out

@@ -156,6 +156,7 @@ class PerceiverResampler(PerceiverModel):
     model_type = "perceiver-resampler"
     fixed_head = True  # num_classes cannot be reset (see reset_classifier)
     head_kind = "resampled latents (last_hidden_state), no logits"
+    task_output = "last_hidden_state"  # what an export holds (perceiver.export.task_output_name)
     checkpointed_modules = ("",)  # set_grad_checkpointing: every layer
 
     @property

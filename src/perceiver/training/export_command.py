@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from perceiver.export import example_inputs, export_onnx, export_pt2
+from perceiver.export import example_inputs, export_onnx, export_pt2, task_output_name
 
 __all__ = ["export_main", "trained_shape"]
 
@@ -111,7 +111,7 @@ def export_main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # a model without example inputs (pass them from Python), --batch-size 0
         raise SystemExit(f"error: {e}") from e
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
-    output = "last_hidden_state" if getattr(model, "num_classes", None) == 0 else "logits"  # no head: the features
+    output = task_output_name(model)
     if pt2:
         try:
             path = export_pt2(model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol)
