@@ -250,3 +250,25 @@ def test_grad_checkpointing_of_a_model_without_layers_to_checkpoint_is_a_clear_e
     with pytest.raises(ValueError, match="set_grad_checkpointing.*LucidrainsPerceiverBlock"):
         PerceiverTask(pretrained=str(folder), grad_checkpointing=True)
     assert isinstance(PerceiverTask(pretrained=str(folder)).model, LucidrainsPerceiverBlock)
+
+
+def test_a_batch_without_scored_tokens_leaves_the_epoch_loss_as_it_is():
+    """The token-level epoch loss is a mean over scored tokens: a validation batch with none (all labels -100) adds
+    nothing, where a plain mean would log NaN for it and make the epoch's val/loss NaN (and `monitor` useless)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from perceiver.training.mlm_task import MaskedLMTask
+
+    torch.manual_seed(0)
+    task = MaskedLMTask(model="language-perceiver", model_kwargs=dict(max_seq_len=16, d_model=8, num_latents=2,
+        latent_dim=8, num_self_attends_per_block=1))  # fmt: skip
+    ids = torch.randint(6, 262, (2, 16))
+    scored = torch.full_like(ids, -100)
+    scored[0, :3], scored[1, 5] = ids[0, :3], ids[1, 5]
+    batches = [{"input_ids": ids, "labels": scored}, {"input_ids": ids, "labels": torch.full_like(ids, -100)}]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(task, dataloaders=DataLoader(batches, batch_size=None), verbose=False)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(task(batches[0]).flatten(0, 1), scored.flatten())
+    assert metrics["val/loss"] == pytest.approx(expected.item(), rel=1e-5)

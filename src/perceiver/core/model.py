@@ -115,6 +115,16 @@ def check_class_ids(labels: Tensor, num_classes: int, name: str = "labels") -> T
     return labels
 
 
+def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of `logits` `(..., V)` against `labels` `(...)` over the scored positions (labels other
+    than -100), in fp32; 0 when no position is scored, not PyTorch's NaN mean over nothing, which poisons a run's
+    logged averages (a batch of only padding or only unmasked bytes). The 0 stays in the graph, with zero gradients,
+    so a training step on such a batch still runs backward, as it must under DDP. No host sync: compiles whole."""
+    labels = labels.reshape(-1).long()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp_min(1)
+
+
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """transformers' automatic `problem_type`: one output = regression (MSE), integer class ids = cross-entropy,
     float targets of the logits' shape = multi-label (BCE with logits)."""
@@ -128,7 +138,7 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if not labels.is_floating_point():
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-        return F.cross_entropy(logits.float(), check_class_ids(labels, num_classes).long())
+        return token_cross_entropy(logits, check_class_ids(labels, num_classes))
     if labels.shape != logits.shape:
         raise ValueError(f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
@@ -290,4 +300,5 @@ __all__ = [
     "check_labels",
     "checkpoints",
     "classification_loss",
+    "token_cross_entropy",
 ]

@@ -31,12 +31,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.checks import InputTypeError, check_token_ids, token_mask
-from perceiver.core.model import Features, ModelOutput, PerceiverModel, check_class_ids, check_labels, checkpoints
+from perceiver.core.model import (
+    Features,
+    ModelOutput,
+    PerceiverModel,
+    check_class_ids,
+    check_labels,
+    checkpoints,
+    token_cross_entropy,
+)
 from perceiver.hub import config_argument, config_from_dict
 from perceiver.models.ar_generation import ARGeneration, PerceiverARCache
 from perceiver.models.ar_layers import CrossLayer, SelfLayer, causal_mask
@@ -428,13 +435,13 @@ class PerceiverAR(ARGeneration, PerceiverModel):
                     f"expected labels of shape {tuple(input_ids.shape)} (as input_ids), got {tuple(labels.shape)}"
                 )
             n = logits.shape[1]
-            if n < 2:  # the last latent's target lies beyond the window: no target, a NaN mean
+            if n < 2:  # the last latent's target lies beyond the window: nothing to score
                 raise ValueError(
                     f"expected at least 2 latent positions for a loss with labels (N - 1 of them predict a next "
                     f"token inside the window), got N={n} (num_latents or the input length)"
                 )
             targets = labels[:, labels.shape[1] - n + 1 :]
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten().long(), ignore_index=-100)
+            loss = token_cross_entropy(logits[:, :-1], targets)
         out.loss, out.cache = loss, cache
         return out
 

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.checks import (
@@ -31,7 +30,7 @@ from perceiver.checks import (
     token_mask,
 )
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
-from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels
+from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import PretrainedMixin
 from perceiver.models.classic import lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
@@ -258,7 +257,7 @@ class LucidrainsPerceiverLM(GradCheckpointingMixin, PretrainedMixin, nn.Module):
                 f"expected labels of shape {tuple(input_ids.shape)} (input_ids'), got {tuple(labels.shape)}"
             )
         labels = check_class_ids(labels, self.config.num_tokens, "labels (token ids)").long()
-        return logits, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return logits, token_cross_entropy(logits, labels)
 
 
 @dataclass

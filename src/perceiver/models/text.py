@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver.adapters.outputs import ClassificationOutput
@@ -32,7 +31,7 @@ from perceiver.checks import InputTypeError, check_int_input
 from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.core.model import ModelOutput, check_class_ids, check_labels
+from perceiver.core.model import ModelOutput, check_class_ids, check_labels, token_cross_entropy
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
 from perceiver.tokenizer import VOCAB_SIZE, ByteTokenizer
@@ -263,7 +262,7 @@ class PerceiverForMaskedLM(TextModel):
                 f"got {tuple(labels.shape)}"
             )
         labels = check_class_ids(labels, logits.shape[-1], "labels (token ids)")
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
+        return token_cross_entropy(logits, labels)
 
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,

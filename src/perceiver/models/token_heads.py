@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.text import TextAdapterConfig
@@ -41,7 +40,7 @@ from perceiver.core.decoder import (
     select,
 )
 from perceiver.core.encoder import EncoderConfig
-from perceiver.core.model import Features, ModelOutput, check_class_ids, check_labels
+from perceiver.core.model import Features, ModelOutput, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import check_num_classes
 from perceiver.models.registry import build_preset, register_model, register_model_type
@@ -236,7 +235,7 @@ class PerceiverForTokenClassification(TextModel):
             raise ValueError(f"expected labels of shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
         labels = labels if mask is None else labels.masked_fill(~mask, -100)  # padding is ignored
         labels = check_class_ids(labels, logits.shape[-1]).long()
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return token_cross_entropy(logits, labels)
 
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
@@ -336,7 +335,7 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
         start, end = logits.unbind(-1)
         n = start.shape[1]
         targets = [t.long().masked_fill((t < 0) | (t >= n), -100) for t in labels.unbind(-1)]
-        return (F.cross_entropy(start.float(), targets[0]) + F.cross_entropy(end.float(), targets[1])) / 2
+        return (token_cross_entropy(start, targets[0]) + token_cross_entropy(end, targets[1])) / 2
 
     def forward(  # type: ignore[override]
         self,

@@ -74,7 +74,7 @@ class CausalLMTask(PerceiverTask):
         n = out.logits.shape[1]
         count = int((labels[:, labels.shape[1] - n + 1 :] != -100).sum())
         loss = out.loss
-        self._log_loss(stage, loss, max(count, 1))
+        self._log_loss(stage, loss, count)
         if count:
             self.metrics[f"{stage}_bpb"].update(loss.detach() / math.log(2), count)
         self._log_metric(stage, "bpb")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from perceiver.core.model import token_cross_entropy
 from perceiver.tokenizer import MASK_ID, VOCAB_SIZE, decode_bytes
 from perceiver.training.tasks import PerceiverTask, metric_dict
 
@@ -40,8 +40,8 @@ class MaskedLMTask(PerceiverTask):
         logits = self(batch).float()
         labels = batch["labels"]
         valid = labels != -100
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        self._log_loss(stage, loss, max(int(valid.sum()), 1))
+        loss = token_cross_entropy(logits, labels)
+        self._log_loss(stage, loss, int(valid.sum()))
         if valid.any():
             self.metrics[f"{stage}_acc"].update((logits.argmax(-1)[valid] == labels[valid]).float())
         self._log_metric(stage, "acc")

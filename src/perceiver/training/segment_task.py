@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from perceiver.core.model import token_cross_entropy
 from perceiver.training.tasks import MetricDict, PerceiverTask
 
 
@@ -63,8 +63,8 @@ class TokenClassificationTask(PerceiverTask):
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch).float()
         labels = batch["labels"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        self._log_loss(stage, loss, labels.shape[0])
+        loss = token_cross_entropy(logits, labels)
+        self._log_loss(stage, loss, int((labels != -100).sum()))
         self.f1[f"{stage}_f1"].update(logits.argmax(-1), labels)
         self.log(f"{stage}/f1", self.f1[f"{stage}_f1"], on_step=False, on_epoch=True, prog_bar=True)
         return loss

@@ -377,6 +377,8 @@ class PerceiverTask(L.LightningModule):
         return self.step(batch, "test")
 
     def _log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        """Log `{stage}/loss`; `batch_size` is its weight in the epoch mean (the samples, or the scored tokens of a
+        token-level loss: 0 for a batch with none, whose loss is 0, so that it leaves the mean as it is)."""
         on_step = stage == "train"
         self.log(
             f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True
