@@ -27,7 +27,9 @@ augmentation and MLM masks, all functions of `(seed, epoch, index)`, so results 
 workers, a run resumed at an epoch boundary sees the same data, and R processes with batch b see the same global
 batches as one process with batch R * b. Bad data (missing / corrupt files, empty class folders, undecodable
 images, missing fields) raises `FileNotFoundError` / `ValueError` naming the file, folder or field, in the
-constructor or in `setup()`, before training starts.
+constructor or in `setup()`, before training starts; the `datasets` modules (`HFImageDataModule`,
+`HFAudioDataModule`) check splits, columns and labels there, but name an image or sound that does not decode (by its
+path or row) when it is read.
 """
 
 from perceiver.data.audio_folder import AudioFolderDataModule

@@ -253,9 +253,9 @@ def load_image(
     grayscale: bool = False,
     name: str | None = None,
 ) -> np.ndarray:
-    """Decode an image to float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
-    with bilinear filtering (aspect ratio not preserved) when given. Raises `FileNotFoundError` / `ValueError` naming
-    the file (`name` for a file-like `path`, e.g. stored bytes)."""
+    """Decode an image to float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), upright by its EXIF
+    orientation, resized to `size = (H, W)` with bilinear filtering (aspect ratio not preserved) when given. Raises
+    `FileNotFoundError` / `ValueError` naming the file (`name` for a file-like `path`, e.g. stored bytes)."""
     from PIL import Image
 
     name = str(path) if name is None else name
@@ -281,12 +281,25 @@ def converted(image: Any, grayscale: bool) -> Any:
         return image.convert("RGB").convert("L")
 
 
+def upright(image: Any) -> Any:
+    """`image` turned as its EXIF orientation tag says (a phone photo stored sideways is shown upright by viewers,
+    and `datasets.Image` decodes it upright too); `image` itself when it has no such tag or unreadable EXIF."""
+    from PIL import ExifTags, ImageOps
+
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # malformed EXIF: the pixels are still fine
+        return image
+    return image if orientation in (1, None) else ImageOps.exif_transpose(image)
+
+
 def image_array(image: Any, size: tuple[int, int] | None = None, grayscale: bool = False) -> np.ndarray:
-    """A Pillow image as float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), resized to `size = (H, W)`
-    with bilinear filtering (aspect ratio not preserved) when given. 16-bit grey images (and 32-bit integer ones,
-    read as 16-bit) are scaled by 1/65535, not clipped at 255."""
+    """A Pillow image as float32 `(H, W, C)` in [0, 1] (C = 1 if `grayscale` else 3), turned upright by its EXIF
+    orientation (`upright`), resized to `size = (H, W)` with bilinear filtering (aspect ratio not preserved) when
+    given. 16-bit grey images (and 32-bit integer ones, read as 16-bit) are scaled by 1/65535, not clipped at 255."""
     from PIL import Image
 
+    image = upright(image)
     if image.mode.startswith("I"):  # 16-bit (I;16...) or 32-bit integer grey: convert() would clip it at 255
         image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0), "F")
         if size is not None and image.size != (size[1], size[0]):

@@ -56,9 +56,12 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int, name: str | None =
     """Decode a sound file (a path, or an open binary file `name`d in errors) to mono float32 `(S,)` at
     `sample_rate` Hz (channels averaged, resampled polyphase).
 
-    `ValueError` naming the file if libsndfile cannot decode it, or if it holds no samples or non-finite ones."""
+    `FileNotFoundError` naming a missing file; `ValueError` naming the file if libsndfile cannot decode it, or if it
+    holds no samples or non-finite ones."""
     sf = _soundfile()
     name = name or str(path)
+    if not hasattr(path, "read") and not Path(path).exists():  # libsndfile would say "System error."
+        raise FileNotFoundError(f"audio file not found: {name}")
     try:
         source = path if hasattr(path, "read") else str(path)
         data, rate = sf.read(source, dtype="float32", always_2d=True)  # (S, channels)

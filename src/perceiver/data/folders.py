@@ -1,19 +1,22 @@
 """Image classification from a folder per class (the torchvision / Keras `ImageFolder` layout).
 
     root/<class_a>/xxx.png
-    root/<class_a>/sub/yyy.jpg      (searched recursively)
+    root/<class_a>/sub/yyy.jpg      (searched recursively, symbolic links to folders followed)
     root/<class_b>/zzz.jpeg
 
-Classes are the sorted sub-folder names of `root` (at least two; hidden folders and macOS's `__MACOSX` skipped).
-Files are images by extension (`IMAGE_EXTENSIONS`, case-insensitive); other files are ignored. Images are decoded
-with Pillow, converted to RGB (or L with `grayscale=True`) and resized to `image_size` with bilinear filtering
-(aspect ratio not preserved). Validation is `val_root` (same layout, a subset of the classes) or a stratified
-`val_fraction` of `root` (fixed, independent of `seed`); `test_root` is optional.
+Classes are the sorted sub-folder names of `root` (at least two; hidden folders and macOS's `__MACOSX` skipped;
+sub-folders that are all split names, `train` / `val` / `test`, are an error: `root` is the training split). Files
+are images by extension (`IMAGE_EXTENSIONS`, case-insensitive); other files are ignored. Images are decoded with
+Pillow, turned upright by their EXIF orientation (as photo viewers and `datasets.Image` show them), converted to RGB
+(or L with `grayscale=True`) and resized to `image_size` with bilinear filtering (aspect ratio not preserved).
+Validation is `val_root` (same layout, a subset of the classes) or a stratified `val_fraction` of `root` (fixed,
+independent of `seed`); `test_root` is optional.
 
-`setup()` checks the data before training starts: `FileNotFoundError` for a missing root, `ValueError` naming the
-folder for a class folder with no images (or a `val_root` / `test_root` class unknown to `root`), and naming the
-file for an image Pillow cannot decode (`check_images="decode"`, the default, fully decodes every image once;
-"verify" only opens and integrity-checks them, faster for big folders; "none" skips the check).
+`setup()` checks the data before training starts: `FileNotFoundError` for a missing root or a broken symbolic link,
+`PermissionError` for a sub-folder it cannot list, `ValueError` naming the folder for a class folder with no images
+(or a `val_root` / `test_root` class unknown to `root`), and naming the file for an image Pillow cannot decode
+(`check_images="decode"`, the default, fully decodes every image once; "verify" only opens and integrity-checks
+them, faster for big folders; "none" skips the check).
 
 Batch: `{"inputs": float32 (B, H, W, C) channels-last in [0, 1], "labels": int64 (B,)}`, C = 3 (1 if grayscale).
 Augmentation (`augment=True`, training only): random horizontal flip and a random translation by up to 1/8 of
@@ -24,6 +27,8 @@ Attributes available right after construction: `class_names`, `num_classes`, `im
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +50,8 @@ from perceiver.data._common import (
 from perceiver.data.digits import shift_image
 
 SPLIT_SEED = 0
+#: folder names of dataset splits: a root whose class folders are all such names is a folder of splits
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"}
 
 
 def _skipped(name: str) -> bool:
@@ -62,14 +69,32 @@ def list_classes(root: Path, files: str = "image files") -> list[str]:
 
 
 def list_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Sorted files with one of `extensions` (case-insensitive) under `folder` (recursive, hidden files skipped)."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in extensions
-        and not any(_skipped(part) for part in p.relative_to(folder).parts)
-    )
+    """Sorted files with one of `extensions` (case-insensitive) under `folder`: searched recursively, through symbolic
+    links to folders too (as torchvision's `ImageFolder`; each real folder once, so a link back up the tree is no
+    loop), hidden files and folders skipped. `FileNotFoundError` naming a broken symbolic link among them, and the
+    `OSError` of a folder that cannot be listed (`PermissionError`), rather than fewer files."""
+
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # reached again through a link
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not _skipped(d)]
+        for name in names:
+            path = Path(top) / name
+            if _skipped(name) or path.suffix.lower() not in extensions:
+                continue
+            if path.is_file():
+                found.append(path)
+            elif not path.exists():  # os.walk lists a broken link as a file
+                raise FileNotFoundError(f"broken symbolic link {path} -> {os.readlink(path)}")
+    return sorted(found)
 
 
 def scan_class_folders(
@@ -79,13 +104,16 @@ def scan_class_folders(
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     kind: str = "images",
 ) -> tuple[list[Path], np.ndarray]:
-    """Files and labels of every class folder of `root` (each must be one of `class_names`), each passed to `check`
-    (which raises naming a file it cannot read)."""
-    to_id = {name: i for i, name in enumerate(class_names)}
+    """Files and labels of every class folder of `root` (each must be one of `class_names`, compared in Unicode NFC:
+    macOS writes "é" decomposed where Linux and Windows usually write it composed, so a validation folder unpacked
+    from a Mac's zip names the same classes), each passed to `check` (which raises naming a file it cannot read)."""
+    to_id = {unicodedata.normalize("NFC", name): i for i, name in enumerate(class_names)}
+    if len(to_id) != len(class_names):
+        raise ValueError(f"class folders whose names differ only in Unicode normalization (NFC / NFD): {class_names}")
     files: list[Path] = []
     labels: list[int] = []
     for name in list_classes(root, kind):
-        folder = root / name
+        folder, name = root / name, unicodedata.normalize("NFC", name)
         if name not in to_id:
             raise ValueError(f"class folder {folder} is not a class of the training folder ({class_names})")
         found = list_files(folder, extensions)
@@ -184,6 +212,12 @@ class ClassFolderDataModule(BaseDataModule):
         if len(self.class_names) < 2:
             raise ValueError(
                 f"expected at least 2 class folders in {self.root} (one per class), got 1: {self.class_names[0]!r}"
+            )
+        if all(name.lower() in SPLIT_NAMES for name in self.class_names):  # the dataset's folder, not its train split
+            split = next((n for n in self.class_names if n.lower().startswith("train")), self.class_names[0])
+            raise ValueError(
+                f"the class folders of {self.root} are {self.class_names}: split folders, not classes; give the "
+                f"training split as root (root={self.root / split}) and the others as val_root / test_root"
             )
         self.num_classes = len(self.class_names)
         self.val_fraction, self.augment = val_fraction, augment

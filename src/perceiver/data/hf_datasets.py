@@ -7,16 +7,21 @@
     HFImageDataModule("parquet", data_files={"train": "train-*.parquet", "test": "test.parquet"})
     HFAudioDataModule("path/to/saved_dataset_dict", sample_rate=16000, num_samples=16000)
 
-Columns: the input column (`image_column` / `audio_column`; default: the one `Image` / `Audio` feature) and
-`label_column` (default: the one `ClassLabel` feature; an integer or string column must be named). Classes are the
-`ClassLabel` names, else the sorted distinct labels of the training split. Splits: `train_split`; validation
-`val_split`, or a stratified `val_fraction` of the training split held out (fixed, independent of `seed`);
-`test_split` optional. The dataset is opened in the constructor, since the model needs the class names and the
-input shape before training (a Hub dataset is downloaded there, into `datasets`' cache: `cache_dir`, `revision`).
+Columns: the input column (`image_column` / `audio_column`; default: the one `Image` / `Audio` feature; a named
+column of strings is read as file paths, relative ones from the working directory, and one of bytes or of `{"bytes",
+"path"}` structs as files, as `cast_column(column, Image())` reads them) and `label_column` (default: the one `ClassLabel` feature; an integer or string column must be named).
+Classes are the `ClassLabel` names; for an integer column the ids 0..max (named "0", "1", ...: label `i` is class
+`i`); for a string column the sorted distinct labels of the training split. Another split's labels are read by name
+where they are strings or its `ClassLabel` names differ from the training split's (splits encoded one by one).
+Splits: `train_split`; validation `val_split`, or a stratified `val_fraction` of the training split held out (fixed,
+independent of `seed`); `test_split` optional. The dataset is opened in the constructor, since the model needs the
+class names and the input shape before training (a Hub dataset is downloaded there, into `datasets`' cache:
+`cache_dir`, `revision`).
 
 Batches are those of the folder datamodules: images (`ImageFolderDataModule`) `{"inputs": float32 (B, H, W, C)
-channels-last in [0, 1], "labels": int64 (B,)}`, decoded by `datasets` (Pillow), converted to RGB (L with
-`grayscale=True`), resized bilinearly to `image_size`; sound (`AudioFolderDataModule`) `{"inputs": float32 (B, S, 1),
+channels-last in [0, 1], "labels": int64 (B,)}`, the stored bytes decoded with Pillow (as `datasets.Image` decodes
+them: upright by their EXIF orientation), converted to RGB (L with `grayscale=True`), resized bilinearly to
+`image_size`; sound (`AudioFolderDataModule`) `{"inputs": float32 (B, S, 1),
 "mask": bool (B, S), "labels": int64 (B,)}`, the stored file bytes decoded with soundfile (libsndfile: `datasets`'
 own audio decoding needs torchcodec and FFmpeg, which the audio extra does not), mixed down to mono, resampled to
 `sample_rate` and cut or padded to `num_samples`. `augment=True` adds the folder modules' random changes, from
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, image_array, load_image, stratified_split
+from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, load_image, stratified_split
 from perceiver.data.audio_folder import AudioFileDataset, load_audio
 from perceiver.data.folders import SPLIT_SEED, ImageFileDataset
 
@@ -88,9 +93,23 @@ def _feature_column(features: Any, kind: str, given: str | None, role: str, sour
     return found[0]
 
 
+def _is_strings(feature: Any) -> bool:
+    """A column of strings (file paths in an input column, class names in a label column)."""
+    return type(feature).__name__ == "Value" and feature.dtype in ("string", "large_string")
+
+
+def _holds_files(feature: Any) -> bool:
+    """A column that `cast_column(column, Image())` / `Audio()` reads as files: paths (strings), file bytes, or the
+    `{"bytes", "path"}` structs of a parquet file written without `datasets`' feature metadata."""
+    if isinstance(feature, dict):
+        return "bytes" in feature and set(feature) <= {"bytes", "path"}
+    return _is_strings(feature) or (type(feature).__name__ == "Value" and feature.dtype in ("binary", "large_binary"))
+
+
 class HFImageDataset(ImageFileDataset):
-    """Rows of a `datasets.Dataset` holding images (an `Image` column read undecoded: `{"bytes", "path"}`, so that an
-    image Pillow cannot decode is named); items `{"inputs": (H, W, C), "labels": ()}` (see the module docstring)."""
+    """Rows of a `datasets.Dataset` holding images (an `Image` column, or a column of files, read undecoded:
+    `{"bytes", "path"}`, so that an image Pillow cannot decode is named); items `{"inputs": (H, W, C), "labels": ()}`
+    (see the module docstring)."""
 
     files: Any  # the rows: a `datasets.Dataset`, not a list of paths
 
@@ -107,15 +126,11 @@ class HFImageDataset(ImageFileDataset):
         import datasets
 
         self.column = column
-        rows = rows.select_columns([column])
-        if type(rows.features[column]).__name__ == "Image":
-            rows = rows.cast_column(column, datasets.Image(decode=False))
+        rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))  # paths too
         super().__init__(rows, labels, size, grayscale, augment, seed)
 
     def _load(self, index: int) -> torch.Tensor:
         stored = self.files[index][self.column]
-        if not isinstance(stored, dict):  # already a Pillow image (a column that is not an `Image` feature)
-            return torch.from_numpy(image_array(stored, self.size, self.grayscale))
         if stored.get("bytes"):
             name = stored.get("path") or f"row {index}"
             return torch.from_numpy(load_image(io.BytesIO(stored["bytes"]), self.size, self.grayscale, name))
@@ -123,7 +138,8 @@ class HFImageDataset(ImageFileDataset):
 
 
 class HFAudioDataset(AudioFileDataset):
-    """Rows of a `datasets.Dataset` holding sound files (an `Audio` column read undecoded: `{"bytes", "path"}`);
+    """Rows of a `datasets.Dataset` holding sound files (an `Audio` column, or a column of files, read undecoded:
+    `{"bytes", "path"}`);
     items `{"inputs": (S, 1), "mask": (S,), "labels": ()}` (see the module docstring)."""
 
     files: Any  # the rows: a `datasets.Dataset`, not a list of paths
@@ -165,7 +181,7 @@ class HFClassificationDataModule(BaseDataModule):
             the training split; `test_split=None`: no test set.
         val_fraction: share of the training split held out when `val_split` is None.
         input_column, label_column: the columns to read (default: the one column of the `feature` type, and the
-            `ClassLabel` column).
+            `ClassLabel` column); an input column of strings holds file paths, a label column of integers class ids.
         augment: random changes of training samples. revision, cache_dir: for a Hub dataset (`load_dataset`'s).
         batch_size, num_workers, seed: see `BaseDataModule`.
     """
@@ -199,11 +215,19 @@ class HFClassificationDataModule(BaseDataModule):
         self.splits = open_dataset(path, name, data_files, revision, cache_dir, self.split_names)
         features = self.splits[train_split].features
         self.input_column = _feature_column(features, self.feature, input_column, self.noun, path)
+        input_feature = features[self.input_column]
+        if type(input_feature).__name__ != self.feature and not _holds_files(input_feature):
+            raise ValueError(
+                f"{path}: {self.noun} column {self.input_column!r} holds {input_feature}, expected an {self.feature} "
+                f"feature or files (paths, bytes or {{'bytes', 'path'}} structs)"
+            )
         self.label_column = _feature_column(features, "ClassLabel", label_column, "label", path)
         label_feature = features[self.label_column]
+        # the ClassLabel names of the training split: another split's ClassLabel ids are read through its own names
+        self._label_names: list[str] | None = None
+        self._to_id: dict[Any, int] | None = None  # None: the labels are the class ids
         if type(label_feature).__name__ == "ClassLabel":
-            self.class_names = list(label_feature.names)
-            self._to_id: dict[Any, int] | None = None
+            self.class_names = self._label_names = list(label_feature.names)
         else:
             values = self.splits[train_split].unique(self.label_column)
             if None in values:
@@ -211,12 +235,17 @@ class HFClassificationDataModule(BaseDataModule):
                 raise ValueError(
                     f"{path}: split {train_split!r} row {row}: label column {self.label_column!r} is empty"
                 )
-            self.class_names = sorted(str(v) for v in values)
+            if str(getattr(label_feature, "dtype", "")).startswith(("int", "uint")):  # ids, as TextClassification's
+                if min(values) < 0:
+                    raise ValueError(f"{path}: integer labels in column {self.label_column!r} must be >= 0")
+                self.class_names = [str(i) for i in range(max(values) + 1)]
+            else:
+                self.class_names = sorted(str(v) for v in values)
+                self._to_id = {name: i for i, name in enumerate(self.class_names)}
             if len(self.class_names) < 2:
                 raise ValueError(
                     f"{path}: expected at least 2 classes in label column {self.label_column!r}, got {self.class_names}"
                 )
-            self._to_id = {name: i for i, name in enumerate(self.class_names)}
         self.num_classes = len(self.class_names)
         self.source = path
 
@@ -224,9 +253,15 @@ class HFClassificationDataModule(BaseDataModule):
         raise NotImplementedError
 
     def _check_present(self, split: str) -> None:
-        """ValueError naming the split, row and column of the first row without an input or a label (a null)."""
+        """ValueError naming the split and column if the split lacks the input or label column (an unlabelled test
+        split), or the split, row and column of the first row without an input or a label (a null)."""
         table = self.splits[split].data
         for column, role in ((self.input_column, self.noun), (self.label_column, "label")):
+            if column not in table.column_names:
+                raise ValueError(
+                    f"{self.source}: split {split!r} has no {role} column {column!r} (its columns are "
+                    f"{table.column_names}); every split read needs {role}s"
+                )
             values = table.column(column)
             if values.null_count:
                 row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
@@ -236,8 +271,17 @@ class HFClassificationDataModule(BaseDataModule):
         """The class ids of a split; ValueError naming the split and row of a label that is not a class, or of a row
         without an input or a label."""
         self._check_present(split)
-        values = self.splits[split][self.label_column]
-        if self._to_id is None:
+        values: Any = self.splits[split][self.label_column]
+        to_id = self._to_id
+        feature = self.splits[split].features[self.label_column]
+        if type(feature).__name__ == "ClassLabel" and list(feature.names) != self._label_names:
+            # encoded with other names than the training split (e.g. `class_encode_column` on each split): by name
+            names = list(feature.names)
+            values = [names[v] if 0 <= v < len(names) else v for v in values]
+            to_id = {name: i for i, name in enumerate(self.class_names)}
+        elif _is_strings(feature):  # names, where the training split has ClassLabel or integer ids
+            to_id = {name: i for i, name in enumerate(self.class_names)}
+        if to_id is None:
             ids = np.asarray(values, dtype=np.int64)
             bad = np.flatnonzero((ids < 0) | (ids >= self.num_classes))
             if len(bad):  # e.g. -1: the unlabelled test split of some datasets
@@ -248,12 +292,12 @@ class HFClassificationDataModule(BaseDataModule):
             return ids
         found: list[int] = []
         for row, value in enumerate(values):
-            if str(value) not in self._to_id:
+            if str(value) not in to_id:
                 raise ValueError(
                     f"{self.source}: split {split!r} row {row}: label {value!r} is not a class of the training split "
                     f"{self.class_names[:10]}"
                 )
-            found.append(self._to_id[str(value)])
+            found.append(to_id[str(value)])
         return np.asarray(found, dtype=np.int64)
 
     def setup(self, stage: str | None = None) -> None:
@@ -284,7 +328,8 @@ class HFImageDataModule(HFClassificationDataModule):
     Args:
         path: a Hub dataset id, a `save_to_disk` folder, or a builder name with `data_files`.
         image_size: `H` or `(H, W)` images are resized to.
-        image_column: the images (default: the one `Image` column). grayscale: one channel instead of RGB.
+        image_column: the images (default: the one `Image` column; or a column of files).
+        grayscale: one channel instead of RGB.
         augment: random flips and translations of training images.
     """
 
@@ -334,7 +379,7 @@ class HFAudioDataModule(HFClassificationDataModule):
     Args:
         path: a Hub dataset id, a `save_to_disk` folder, or a builder name with `data_files`.
         sample_rate: Hz every clip is resampled to. num_samples: clip length in samples.
-        audio_column: the sound (default: the one `Audio` column).
+        audio_column: the sound (default: the one `Audio` column; or a column of files).
         augment: random crops and gains of training clips.
     """
 

@@ -11,7 +11,8 @@ text stay plain bytes.
 reads a Hugging Face `datasets` dataset instead (`dataset=`: a Hub id such as `imdb`, downloaded once into the
 `datasets` cache, or a folder written by `save_to_disk`; `train_split` / `val_split` / `test_split` name its splits).
 Labels are strings (classes = sorted distinct training labels) or non-negative integers (classes
-0..max training label; a `ClassLabel` column gives its names), unless `class_names` is given. Without `val_file` /
+0..max training label; a `ClassLabel` column gives its names, and a split whose `ClassLabel` names differ from the
+training split's is read by name), unless `class_names` is given. Without `val_file` /
 `val_split`, a stratified `val_fraction` of the training data (fixed, independent of `seed`) is the validation set.
 
 Batch (padded to the longest sequence of the batch):
@@ -257,8 +258,16 @@ class TextClassificationDataModule(BaseDataModule):
         if self.splits is not None:
             raw = {role: self._split_columns(role, fields) for role in self.files}
             feature = self.splits[self.split_names["train"]].features[self.label_field]
-            if self._class_names is None and type(feature).__name__ == "ClassLabel":
-                self._class_names = list(feature.names)
+            train_names = list(feature.names) if type(feature).__name__ == "ClassLabel" else None
+            if self._class_names is None and train_names is not None:
+                self._class_names = train_names
+            for role, cols in raw.items():  # a split encoded with other ClassLabel names: its labels by name
+                split_feature = self.splits[self.split_names[role]].features[self.label_field]
+                if type(split_feature).__name__ == "ClassLabel" and list(split_feature.names) != train_names:
+                    names = list(split_feature.names)
+                    cols[self.label_field] = [
+                        names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in cols[self.label_field]
+                    ]
         else:
             raw = {split: read_table(p, fields, self.cache_dir, [self.text_field]) for split, p in self.files.items()}
         for split, cols in raw.items():

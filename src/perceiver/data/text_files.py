@@ -3,12 +3,14 @@
     TextFilesARDataModule(train="corpus/*.txt", val="held-out/*.txt", max_seq_len=512, num_targets=32)
     perceiver fit --config configs/examples/text-files-ar.yaml --data.train "corpus/*.txt" [--data.val "held-out/*.txt"]
 
-Files: a path, a glob pattern or a list of them (matches sorted by path). `.jsonl` / `.json` / `.csv` / `.tsv`
-files give the `text_field` column of each row (read with HF `datasets`); any other file is one document, its whole
-text, which must be UTF-8 (an error names the file otherwise). Each split is one stream: the documents' UTF-8 bytes +
-6 (the ids of `ByteTokenizer`), joined by a blank line. Without `val` files the last `val_fraction` of the training
-stream is held out for validation (training windows never reach into it); without `test` files there is no test
-split.
+Files: a path, a glob pattern or a list of them (matches sorted by path). `.jsonl` / `.json` / `.csv` / `.tsv` files
+give the `text_field` column of each row (read with HF `datasets`); any other file is one document, its whole text,
+which must be UTF-8 (an error names the file otherwise; a byte order mark is dropped and CRLF / CR line endings are
+read as LF, as Python and `datasets`' text builder read text). Each split is one stream: the documents' UTF-8
+bytes + 6 (the ids of `ByteTokenizer`), joined by a blank line. Without `val` files the last `val_fraction` of the
+training stream is held out for validation (training windows never reach into it); without `test` files there is no
+test split. A `val` or `test` file that the `train` patterns match too is named in a warning (validation would
+score text the model trains on).
 
 Causal LM (`TextFilesARDataModule`): windows and scoring are those of `perceiver.data.ar_pydoc`: training windows at
 jittered offsets, `num_targets` apart; held-out bytes from `eval_context` on are scored in chunks of `num_targets`,
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 
 from perceiver.data._common import BaseDataModule
 from perceiver.data.ar_pydoc import SEPARATOR, RandomWindows, ScoredWindows, collate
@@ -42,12 +45,15 @@ Files = str | Path | Sequence[str | Path]
 
 def expand_files(files: Files, split: str) -> list[Path]:
     """The files of `files` (paths or glob patterns), each pattern's matches sorted; an error names what matched
-    nothing."""
+    nothing. An existing file is taken as named, so a name with glob characters ("notes [draft].txt") is found."""
     patterns = [files] if isinstance(files, str | Path) else list(files)
     if not patterns:
         raise ValueError(f"expected {split} files (a path, a glob pattern or a list of them), got none")
     out: list[Path] = []
     for pattern in patterns:
+        if Path(pattern).expanduser().is_file():
+            out.append(Path(pattern).expanduser())
+            continue
         matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
@@ -62,7 +68,8 @@ def expand_files(files: Files, split: str) -> list[Path]:
 
 
 def read_text_file(path: Path) -> str:
-    """The text of a UTF-8 file (a leading byte order mark is not text); `ValueError` naming the file otherwise."""
+    """The text of a UTF-8 file (a leading byte order mark is not text; CRLF / CR line endings read as LF);
+    `ValueError` naming the file otherwise."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -105,6 +112,22 @@ class _TextFiles(BaseDataModule):
         if files["val"] is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"expected val_fraction in (0, 1) (no val files given), got {val_fraction}")
         self.files, self.text_field, self.val_fraction = files, text_field, val_fraction
+
+    def _check_disjoint(self) -> None:
+        """Warn naming the `val` / `test` files that are training files too (`--data.train "corpus/**/*.txt"` with
+        `--data.val "corpus/val/*.txt"`): validation scores text the model trains on (on purpose only to check that
+        a model can learn a small text by heart)."""
+        train_files = self.files["train"]
+        assert train_files is not None  # the constructors' train: Files
+        train = {path.resolve() for path in expand_files(train_files, "train")}
+        for split in ("val", "test"):
+            files = self.files[split]
+            both = [str(p) for p in expand_files(files, split) if p.resolve() in train] if files is not None else []
+            if both:
+                rank_zero_warn(
+                    f"{len(both)} {split} file(s) are training files too, so {split} scores text the model trains "
+                    f"on: {both[:5]}{' ...' if len(both) > 5 else ''}; give train patterns that leave them out"
+                )
 
 
 class TextFilesARDataModule(_TextFiles):
@@ -151,6 +174,7 @@ class TextFilesARDataModule(_TextFiles):
     def _load_streams(self) -> dict[str, np.ndarray]:
         if self.streams:
             return self.streams
+        self._check_disjoint()
         train_files = self.files["train"]
         assert train_files is not None  # the constructor's train: Files
         train = text_stream(train_files, "train", self.text_field)
@@ -230,6 +254,7 @@ class TextFilesMLMDataModule(MaskedBytes, _TextFiles):
     def _load_sequences(self) -> dict[str, list[np.ndarray]]:
         if self.sequences:
             return self.sequences
+        self._check_disjoint()
         train = self._chunks("train")
         if self.files["val"] is None:
             held = int(len(train) * self.val_fraction)
