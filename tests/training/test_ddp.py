@@ -141,7 +141,11 @@ def test_two_nodes_match_one_process(one_process_run, tmp_path):
         )
         for rank in (0, 1)
     ]
-    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    try:
+        logs = [node.communicate(timeout=900)[0] for node in nodes]
+    finally:  # one node failing must not leave the other waiting at the rendezvous
+        for node in nodes:
+            node.kill()
     for node, log in zip(nodes, logs):
         assert node.returncode == 0, log[-4000:]
     assert "Starting with 2 processes" in logs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]

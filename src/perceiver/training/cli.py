@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from perceiver.training.config_files import resolve_config_args, shipped_configs
 from perceiver.training.help_cache import is_help_request, print_help
 from perceiver.training.run_defaults import default_callbacks, default_loggers, quiet_lightning
-from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, undo_failed_start
+from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, remove_hpc_leftovers, resume_path, undo_failed_start
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -86,8 +86,8 @@ where you run wins):
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 CKPT_PATH_HELP = (
-    "perceiver: 'last' resumes from the last checkpoint of the run directory "
-    "(trainer.default_root_dir/checkpoints/last.ckpt) and is an error when there is none; "
+    "perceiver: 'last' resumes from the last checkpoint of the run directory (trainer.default_root_dir/checkpoints/"
+    "last.ckpt, or a newer SLURM requeue checkpoint hpc_ckpt_N.ckpt) and is an error when there is none; "
     "'last_if_any' (fit only) resumes from it when there is one and starts the run fresh otherwise; "
     "'best' (validate, test, predict) is the run's best checkpoint (checkpoints/best.ckpt). "
     "Lightning: {}"
@@ -224,8 +224,9 @@ def _cli_class() -> type:
 
         def _resolve_last(self) -> None:
             """`--ckpt_path last` / `last_if_any`: look for the last checkpoint where Lightning looks (the folders
-            of the ModelCheckpoint callbacks, RUN_DIR/checkpoints by default, and on-exception checkpoints);
-            none: an error for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh)."""
+            of the ModelCheckpoint callbacks, RUN_DIR/checkpoints by default, and on-exception checkpoints) and
+            among the SLURM requeue checkpoints (RUN_DIR/hpc_ckpt_N.ckpt), the newest file wins; none: an error
+            for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh)."""
             config = self.config_init[self.subcommand]
             wanted = config.get("ckpt_path")
             if wanted == "best" and self.subcommand != "fit":
@@ -242,8 +243,8 @@ def _cli_class() -> type:
                     where = cb.dirpath if cb.dirpath is not None else f"the checkpoint folder of {type(cb).__name__}"
                     looked.append(f"{where}/{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")
                     found |= cb._find_last_checkpoints(self.trainer)  # what Lightning's ckpt_path="last" uses
-            if found:
-                config["ckpt_path"] = "last"
+            if path := resume_path(found, self.trainer.default_root_dir):  # also SLURM's requeue checkpoints
+                config["ckpt_path"] = path
                 return
             if wanted == "last":
                 raise SystemExit(
@@ -274,10 +275,14 @@ def _cli_class() -> type:
                 )
 
         def _prepare_fresh_start(self) -> None:
-            """A fit that does not resume: `prepare_run_dir`, and remember what was there (`_run_subcommand`)."""
-            if self._get(self.config_init, "ckpt_path") or not _is_launching_process():
+            """Any fit: `remove_hpc_leftovers`; one that does not resume: `prepare_run_dir`, and remember what was
+            there (`_run_subcommand`)."""
+            if not _is_launching_process():
                 return
             run_dir = Path(self.trainer.default_root_dir)
+            remove_hpc_leftovers(run_dir)
+            if self._get(self.config_init, "ckpt_path"):
+                return
             existed = run_dir.exists()
             prepare_run_dir(run_dir, overwrite=bool(self._get(self.config_init, "overwrite")))
             self._fresh_start = (run_dir, existed, {name for name in RUN_FILES if (run_dir / name).exists()})
@@ -290,11 +295,7 @@ def _cli_class() -> type:
             self._resolve_last()
             self._prepare_fresh_start()
 
-        def before_validate(self) -> None:
-            self._resolve_last()
-
-        def before_test(self) -> None:
-            self._resolve_last()
+        before_validate = before_test = _resolve_last
 
         def before_predict(self) -> None:
             self._resolve_last()
