@@ -345,6 +345,28 @@ def test_litmodels_tip_and_resume_warning_are_filtered_but_other_messages_are_no
     assert [str(w.message) for w in caught] == ["The dataloader does not have many workers"]
 
 
+def test_evaluating_another_runs_checkpoint_does_not_warn_about_its_checkpoint_folder(digits_run, tmp_path):
+    """`perceiver test` of another run's checkpoint: Lightning's "The dirpath has changed ... won't be reloaded"
+    concerns the top-k bookkeeping of a fit that goes on saving checkpoints; evaluating it says nothing. A fit from
+    such a checkpoint still gets it."""
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        main(["test", *tiny_args("digits", tmp_path), f"--ckpt_path={digits_run / 'checkpoints' / 'last.ckpt'}"])
+    assert (tmp_path / "metrics.csv").is_file()
+    messages = [str(w.message) for w in caught]
+    assert not any(m.startswith("The dirpath has changed from") for m in messages), messages
+    changed = "The dirpath has changed from 'a/checkpoints' to 'b/checkpoints', therefore ... won't be reloaded."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        cli.quiet_lightning()  # what a fit sets
+        rank_zero_warn(changed)
+    assert [str(w.message) for w in caught] == [changed]
+
+
 # -- 6. predict without touching the datamodule --------------------------------------------------------------------
 
 

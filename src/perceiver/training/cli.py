@@ -226,7 +226,9 @@ def _cli_class() -> type:
             """`--ckpt_path last` / `last_if_any`: look for the last checkpoint where Lightning looks (the folders
             of the ModelCheckpoint callbacks, RUN_DIR/checkpoints by default, and on-exception checkpoints) and
             among the SLURM requeue checkpoints (RUN_DIR/hpc_ckpt_N.ckpt), the newest file wins; none: an error
-            for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh)."""
+            for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh). Evaluating
+            (validate / test / predict): also quiets what only matters to a fit (`QUIET_WHEN_EVALUATING`)."""
+            quiet_lightning(evaluating=self.subcommand != "fit")
             config = self.config_init[self.subcommand]
             wanted = config.get("ckpt_path")
             if wanted == "best" and self.subcommand != "fit":

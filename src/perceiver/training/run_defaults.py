@@ -100,6 +100,13 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 
+#: warnings that say nothing actionable when a run only evaluates (validate / test / predict)
+QUIET_WHEN_EVALUATING: tuple[tuple[str, type[Warning]], ...] = (
+    # a checkpoint of another run directory: its top-k bookkeeping matters to a fit that goes on saving, not here
+    (r"The dirpath has changed from .* won't be reloaded", UserWarning),
+)
+
+
 class _DropTips(logging.Filter):
     """Drops Lightning's advertising ("💡 Tip: For seamless cloud ... try installing [litmodels] ...")."""
 
@@ -107,9 +114,10 @@ class _DropTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
-def quiet_lightning() -> None:
-    """Silences the warnings of `QUIET_WARNINGS` and Lightning's tips (only those; idempotent)."""
-    for message, category in QUIET_WARNINGS:
+def quiet_lightning(evaluating: bool = False) -> None:
+    """Silences the warnings of `QUIET_WARNINGS` (and, `evaluating`, of `QUIET_WHEN_EVALUATING`) and Lightning's tips
+    (only those; idempotent)."""
+    for message, category in QUIET_WARNINGS + (QUIET_WHEN_EVALUATING if evaluating else ()):
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in (
         "lightning.pytorch.utilities.rank_zero",
