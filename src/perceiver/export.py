@@ -16,17 +16,21 @@ GEMMs). It changes the arithmetic: `check` then compares relative to the largest
 float32 models only (onnxruntime's quantisation of an fp16 graph writes a file onnxruntime cannot load).
 
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
-`max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids
-with its mask, ...); the exported graph takes any batch size and that input size. `inputs=` given instead is a tuple
-of tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
+`max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids with
+its mask, ...); the exported graph takes any batch size and that input size. `inputs=` given instead is a tuple of
+tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
 `torch.onnx.export` does). An error the model itself raises on them (a `ValueError` naming the expected shape) is
 raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`; the resampler's
-`last_hidden_state`) as one tensor. ONNX export needs the `onnx` and `onnxscript` packages (`pip install
-'perceiver-torch[export]'`), the check also `onnxruntime`. With `check`, a file that fails its check is not written
-(it is checked before it is moved into place), nor are folders made for it kept. The check allows `atol`, and for an
-fp16 / bf16 model also 8 rounding steps of its dtype times the largest output (eager and the exported graph round
-differently). onnxruntime's CPU kernels have no bfloat16: check (and serve) a bf16 model's ONNX as `model.float()`.
-A model on the meta device (no weights) is refused.
+`last_hidden_state`) as one tensor. The multimodal autoencoder (forward: dicts in and out) exports its classification,
+`(video (B, T, C, H, W), audio (B, S, 1))` -> label logits `(B, K)` as `classify` computes them (ONNX inputs `video`,
+`audio`, output `logits`); `export_*(perceiver.export_multimodal.MultimodalReconstruction(model), ...)` exports the
+whole autoencoding instead (`reconstruct`: video, audio and label in, the three reconstructions out,
+`video_reconstruction`, `audio_reconstruction`, `label_logits`; the check compares each). ONNX export needs the `onnx`
+and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check also `onnxruntime`. With `check`, a
+file that fails its check is not written (it is checked before it is moved into place), nor are folders made for it
+kept. The check allows `atol`, and for an fp16 / bf16 model also 8 rounding steps of its dtype times the largest
+output (eager and the exported graph round differently). onnxruntime's CPU kernels have no bfloat16: check (and serve)
+a bf16 model's ONNX as `model.float()`. A model on the meta device (no weights) is refused.
 
 A `.pt2` file is PyTorch's own archive: `export_pt2` writes the exported program (`torch.export.save`; load it with
 `torch.export.load(path).module()` or `load_pt2`), or with `aoti=True` an AOTInductor package: the program compiled
@@ -72,14 +76,22 @@ def task_output_name(model: nn.Module) -> str:
 
 class LogitsOnly(nn.Module):
     """`model(*inputs)` -> the task output as one tensor: the `task_output_name` field of an output object
-    (`.logits`; `.last_hidden_state` for a model without a head, as the resampler), or the tensor itself."""
+    (`.logits`; `.last_hidden_state` for a model without a head, as the resampler), or the tensor itself; a tuple of
+    tensors as the model returns it (`MultimodalReconstruction`). The multimodal autoencoder is taken as its
+    classifier, `MultimodalClassifier(model)`: `(video, audio)` -> label logits."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        from perceiver.export_multimodal import MultimodalClassifier
+        from perceiver.models.multimodal import PerceiverForMultimodalAutoencoding
 
-    def forward(self, *inputs: Tensor) -> Tensor:
+        multimodal = isinstance(model, PerceiverForMultimodalAutoencoding)
+        self.model = MultimodalClassifier(cast(PerceiverForMultimodalAutoencoding, model)) if multimodal else model
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         out = self.model(*inputs)
+        if isinstance(out, tuple) and out and all(isinstance(t, Tensor) for t in out):
+            return out
         if not isinstance(out, Tensor):
             out = getattr(out, task_output_name(self.model), None)
         if not isinstance(out, Tensor):
@@ -94,9 +106,11 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
     text `(B, max_seq_len)` ids and a boolean mask; images `(B, C, H, W)`; flow `(B, 2, 27, H, W)`; point clouds
     `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`; Perceiver AR `(B, max_seq_len)` ids and a
     boolean mask (its forward: next-token logits `(B, N, V)` of the last N positions); the resampler's media
-    `(B, T, 64, dim)` (T = `num_media_embeds`, at least 1). A `torch.compile`d model or an `OptimizedModel` gets its
-    model's inputs.
+    `(B, T, 64, dim)` (T = `num_media_embeds`, at least 1); the multimodal autoencoder's video `(B, T, C, H, W)`
+    (`shape`: the video's) and audio `(B, S, 1)`, and a one-hot label `(B, K)` for `MultimodalReconstruction`. A
+    `torch.compile`d model or an `OptimizedModel` gets its model's inputs.
     """
+    from perceiver.export_multimodal import multimodal_example_inputs, multimodal_model
     from perceiver.models import (
         Perceiver,
         PerceiverForAudioClassification,
@@ -128,6 +142,8 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
         return torch.randn(*size, dtype=dtype, device=device)
 
     sample = tuple(shape) if shape is not None else None
+    if multimodal_model(model) is not None:
+        return multimodal_example_inputs(model, b, sample)
     if isinstance(model, Perceiver):
         c = model.config
         default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
@@ -315,18 +331,18 @@ def export_onnx(
     # which the .onnx file names (written as `.m.onnx.tmp`, it named `.m.onnx.tmp.data`, left there after a failure)
     tmp_folder = path.with_name(f".{path.name}.tmp")
     tmp = tmp_folder / path.name
-    names = [f"input_{i}" for i in range(len(inputs))]
-    if len(inputs) == 2:
-        names = ["inputs", "mask"]
+    wrapped = LogitsOnly(model).eval()
+    names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 2 else ["inputs", "mask"][: len(inputs)]
+    names = list(getattr(wrapped.model, "onnx_input_names", names))  # the multimodal model's video, audio (, label)
     try:
         try:
             program = torch.onnx.export(
-                LogitsOnly(model).eval(),
+                wrapped,
                 tuple(inputs),
                 dynamo=True,
                 dynamic_shapes=_dynamic_batch(inputs),
-                input_names=names if len(inputs) > 1 else ["inputs"],
-                output_names=["logits"],
+                input_names=names,
+                output_names=list(getattr(wrapped.model, "onnx_output_names", ["logits"])),
                 verbose=False,
             )
         except Exception as e:  # the exporter wraps the model's own error on bad inputs: raise that one
@@ -342,7 +358,7 @@ def export_onnx(
         not_written = f"{path} was not written (export without the check to inspect the file)"
         for b in check_batch_sizes if check else ():
             try:
-                diff, scale, dtype = _onnx_errors(model, tmp, _resized(inputs, b), f"the file for {path}")
+                diff, scale, dtype = _onnx_errors(model, tmp, checks.resized(inputs, b), f"the file for {path}")
             except RuntimeError as e:  # onnxruntime cannot run it (a bf16 graph, ...)
                 raise RuntimeError(f"{e}; {not_written}") from e.__cause__
             limit, why = checks.tolerance(atol, scale, dtype)
@@ -404,11 +420,11 @@ def export_pt2(
         if check:
             runner = load_pt2(tmp)
             for b in check_batch_sizes:
-                x = _resized(inputs, b)
+                x = checks.resized(inputs, b)
                 with torch.no_grad():
-                    expected = LogitsOnly(model)(*x)
-                    diff = float((runner(*x).float() - expected.float()).abs().max())
-                limit, why = checks.tolerance(atol, float(expected.float().abs().max()), expected.dtype)
+                    expected = checks.outputs(LogitsOnly(model)(*x))
+                    diff, scale = checks.max_diff(checks.outputs(runner(*x)), expected)
+                limit, why = checks.tolerance(atol, scale, expected[0].dtype)
                 if not diff <= limit:
                     raise RuntimeError(
                         f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}{why})"
@@ -443,36 +459,22 @@ def load_pt2(path: str | os.PathLike) -> Any:
     return torch.export.load(path).module()
 
 
-def _resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
-    """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid: a tensor of 0s and
-    1s, as a float or int mask, is all 1s), each in its dtype (int32 ids stay int32) and on its device."""
-    out = []
-    for x in inputs:
-        shape = (batch, *x.shape[1:])
-        if x.dtype == torch.bool or (x.numel() and bool(((x == 0) | (x == 1)).all())):
-            out.append(torch.ones(shape, dtype=x.dtype, device=x.device))
-        elif not x.is_floating_point():
-            out.append(torch.randint(int(x.min()), int(x.max()) + 1, shape, dtype=x.dtype, device=x.device))
-        else:
-            out.append(torch.randn(shape, dtype=x.dtype, device=x.device).clamp(-1, 1))
-    return tuple(out)
-
-
 @_keeps_mode
 def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor]) -> float:
-    """Max abs difference between onnxruntime's output for the file `path` and eager `model` on `inputs`."""
+    """Max abs difference between onnxruntime's output for the file `path` and eager `model` on `inputs` (the
+    largest over every output, for a model with several)."""
     return _onnx_errors(model, path, inputs)[0]
 
 
 def _onnx_errors(
     model: nn.Module, path: str | os.PathLike, inputs: Sequence[Tensor], name: str | None = None
 ) -> tuple[float, float, torch.dtype]:
-    """(max abs difference between onnxruntime's output and eager `model`'s, max abs value of the latter, its dtype);
-    `name`: what onnxruntime's errors call the file (default its path)."""
-    from perceiver.export_onnxruntime import run_onnx
+    """(max abs difference between onnxruntime's outputs and eager `model`'s, over every output, max abs value of the
+    latter, its dtype); `name`: what onnxruntime's errors call the file (default its path)."""
+    from perceiver.export_onnxruntime import run_onnx_outputs
 
-    got = run_onnx(path, inputs, any(p.dtype == torch.bfloat16 for p in model.parameters()), name)
+    got = run_onnx_outputs(path, inputs, any(p.dtype == torch.bfloat16 for p in model.parameters()), name)
     with torch.no_grad():
-        expected = LogitsOnly(model.eval())(*inputs)
-    diff = float((got.float() - expected.float().cpu()).abs().max())
-    return diff, float(expected.float().abs().max()), expected.dtype
+        expected = checks.outputs(LogitsOnly(model.eval())(*inputs))
+    diff, scale = checks.max_diff(got, expected)
+    return diff, scale, expected[0].dtype

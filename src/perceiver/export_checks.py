@@ -1,4 +1,4 @@
-"""The argument checks, the check's tolerance and the folder handling of `perceiver.export`."""
+"""The argument checks, the check's inputs, comparison and tolerance, and the folder handling of `perceiver.export`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["check_batch_sizes", "make_folders", "remove_empty", "require_fp32", "require_weights", "tolerance"]
+__all__ = [
+    "check_batch_sizes",
+    "make_folders",
+    "max_diff",
+    "outputs",
+    "remove_empty",
+    "require_fp32",
+    "require_weights",
+    "resized",
+    "tolerance",
+]
 
 
 def make_folders(folder: Path) -> list[Path]:
@@ -68,3 +78,31 @@ def require_fp32(model: nn.Module, what: str) -> None:
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
     if dtypes and dtypes != ["float32"]:
         raise ValueError(f"{what}: expected a float32 model, got {' and '.join(dtypes)} weights; export model.float()")
+
+
+def outputs(out: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """The task output as a tuple of tensors (one tensor as `(out,)`; a runner's list of outputs as a tuple)."""
+    return (out,) if isinstance(out, Tensor) else tuple(out)
+
+
+def max_diff(got: Sequence[Tensor], expected: Sequence[Tensor]) -> tuple[float, float]:
+    """(max abs difference over every output, max abs value of the expected ones); inf for another output count."""
+    if len(got) != len(expected):
+        return float("inf"), 0.0
+    diff = max(float((g.float().cpu() - e.float().cpu()).abs().max()) for g, e in zip(got, expected))
+    return diff, max(float(e.float().abs().max()) for e in expected)
+
+
+def resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
+    """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid: a tensor of 0s and
+    1s, as a float or int mask, is all 1s), each in its dtype (int32 ids stay int32) and on its device."""
+    out = []
+    for x in inputs:
+        shape = (batch, *x.shape[1:])
+        if x.dtype == torch.bool or (x.numel() and bool(((x == 0) | (x == 1)).all())):
+            out.append(torch.ones(shape, dtype=x.dtype, device=x.device))
+        elif not x.is_floating_point():
+            out.append(torch.randint(int(x.min()), int(x.max()) + 1, shape, dtype=x.dtype, device=x.device))
+        else:
+            out.append(torch.randn(shape, dtype=x.dtype, device=x.device).clamp(-1, 1))
+    return tuple(out)

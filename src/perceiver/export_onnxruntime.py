@@ -9,13 +9,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["quantize_int8", "run_onnx"]
+__all__ = ["quantize_int8", "run_onnx", "run_onnx_outputs"]
 
 
 def run_onnx(
     path: str | os.PathLike, inputs: Sequence[Tensor], bf16_model: bool = False, name: str | None = None
 ) -> Tensor:
-    """onnxruntime's (CPU) output for the ONNX file `path` on `inputs` (in the order of the file's inputs).
+    """onnxruntime's (CPU) first output for the ONNX file `path` on `inputs`; see `run_onnx_outputs`."""
+    return run_onnx_outputs(path, inputs, bf16_model, name)[0]
+
+
+def run_onnx_outputs(
+    path: str | os.PathLike, inputs: Sequence[Tensor], bf16_model: bool = False, name: str | None = None
+) -> tuple[Tensor, ...]:
+    """onnxruntime's (CPU) outputs for the ONNX file `path` on `inputs` (in the order of the file's inputs), in the
+    order of the file's outputs (one for most models; the multimodal reconstruction's three).
 
     onnxruntime's own errors (plain `Exception`s of its own: no kernel for a dtype, inputs of another shape or dtype
     than the file takes) are raised as a `RuntimeError` naming the file's inputs and the ones given (`bf16_model`:
@@ -28,7 +36,7 @@ def run_onnx(
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
-        return torch.from_numpy(session.run(None, feed)[0])
+        return tuple(torch.from_numpy(out) for out in session.run(None, feed))
     except Exception as e:
         bf16 = bf16_model or any(x.dtype == torch.bfloat16 for x in inputs)
         hint = " (its CPU kernels have no bfloat16: export a float32 copy, model.float())" if bf16 else ""

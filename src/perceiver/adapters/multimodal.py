@@ -188,7 +188,8 @@ class MultimodalInputAdapter(InputAdapter):
                 f"(missing {missing}, unexpected {extra})"
             )
         batch = {k: v.shape[0] for k, v in inputs.items()}
-        if len(set(batch.values())) != 1:
+        first = next(iter(batch.values()))
+        if any(b != first for b in batch.values()):  # not set(): torch.export's symbolic batch is unhashable
             raise ValueError(f"expected the same batch size for all modalities, got {batch}")
         probs = check_mask_probs(self.config.mask_probs, list(self.modalities))  # read now: the config may change
         mode = "random" if self.training else check_eval_masking(self.config.eval_masking)

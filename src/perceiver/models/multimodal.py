@@ -379,14 +379,13 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
     def classify(self, video: Tensor, audio: Tensor, query_chunk_size: int | None = None) -> Tensor:
         """Label logits `(B, K)` of a video `(B, T, C, H, W)` with its audio `(B, S, 1)`: feeds a zero label (which
         the label's mask token replaces, as in DeepMind's colab) and decodes only the label query (in chunks of
-        `query_chunk_size`, as `forward`)."""
+        `query_chunk_size`, as `forward`), named by its position range, a slice: static shapes, so that
+        `torch.export` and ONNX take it (`perceiver.export_multimodal.MultimodalClassifier`)."""
+        check_query_chunk_size(query_chunk_size)
         label = video.new_zeros(video.shape[0], self.config.num_classes)
-        empty = torch.empty(0, dtype=torch.long)
-        out = self(
-            {"image": video, "audio": audio, "label": label},
-            subsampled_output_points={"audio": empty, "image": empty, "label": None},
-            query_chunk_size=query_chunk_size,
-        )
+        start, stop = self.query_builder.offsets()["label"]
+        data = {"image": video, "audio": audio, "label": label}
+        out = PerceiverIO.forward(self, data, output_index=slice(start, stop), query_chunk_size=query_chunk_size)
         return out.logits["label"]
 
     @torch.no_grad()
