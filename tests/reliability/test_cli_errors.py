@@ -58,10 +58,11 @@ def test_export_command_writes_perceiver_ar(tmp_path, capsys):
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out and (tmp_path / "ar.onnx").is_file()
 
 
-def test_export_command_model_without_example_inputs(tmp_path):
-    folder = save("multimodal-perceiver", tmp_path)
-    with pytest.raises(SystemExit, match=r"^error: no example inputs for PerceiverForMultimodalAutoencoding"):
-        main(["export", folder, str(tmp_path / "m.onnx")])
+def test_export_command_multimodal_wrong_video_shape_names_the_model_error(tmp_path):
+    folder = save("multimodal-perceiver", tmp_path)  # its --shape is the video's (T, C, H, W)
+    with pytest.raises(SystemExit, match=r"^error: expected video of shape \(B, .*\), got \(2, 2, 3, 8, 8\)"):
+        main(["export", folder, str(tmp_path / "m.onnx"), "--shape", "2", "3", "8", "8"])
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 def test_export_command_wrong_shape_names_the_model_error(tmp_path):
