@@ -1,4 +1,5 @@
-"""Fixtures of the training tests: one small digits run shared by the plot / predict / attention tests."""
+"""Fixtures of the training tests: one small digits run shared by the plot / predict / attention tests, and the
+reference run of the multi-process tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers module `trainutil` next to this file
-from trainutil import tiny_args  # noqa: E402
+from trainutil import fit, tiny_args  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,11 @@ def digits_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("digits-run")
     main(["fit", *tiny_args("digits", run_dir, "--trainer.max_epochs=2")])
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    """The multi-process tests' reference: 10 steps of 1 process with the whole batch of 16 (`trainutil.fit`)."""
+    run = tmp_path_factory.mktemp("one-process")
+    fit(run, devices=1, batch_size=16)
+    return run

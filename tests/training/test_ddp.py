@@ -8,60 +8,13 @@ FSDP2 runs through Lightning's `ModelParallelStrategy` (`configs/strategy-fsdp.y
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from trainutil import CONFIGS, tiny_args
-
-import perceiver
-from perceiver.data import DigitsDataModule
-
-
-def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto", *extra: str) -> str:
-    strategy_args = (
-        ["--config", str(CONFIGS / "strategy-fsdp.yaml")] if strategy == "fsdp" else [f"--trainer.strategy={strategy}"]
-    )
-    args = tiny_args(
-        "digits",
-        run_dir,
-        "--trainer.max_steps=10",
-        "--trainer.max_epochs=-1",
-        "--trainer.limit_train_batches=null",
-        "--trainer.limit_val_batches=0",
-        "--trainer.precision=32",
-        "--model.model_kwargs.ff_dropout=0.0",  # dropout masks depend on how a batch is split over processes
-        f"--trainer.devices={devices}",
-        f"--data.batch_size={batch_size}",
-        *strategy_args,
-        *extra,
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "perceiver.training.cli", "fit", *args], capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout + proc.stderr
-
-
-@torch.no_grad()
-def loss_on_fixed_batch(model_dir: Path) -> float:
-    model = perceiver.from_pretrained(model_dir)
-    dm = DigitsDataModule()
-    dm.setup()
-    images = torch.stack([dm.train_set[i]["inputs"] for i in range(256)])
-    labels = torch.stack([dm.train_set[i]["labels"] for i in range(256)])
-    return F.cross_entropy(model(images), labels).item()
-
-
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("one-process")
-    fit(run, devices=1, batch_size=16)
-    return run
+from trainutil import fit, free_port, loss_on_fixed_batch, two_node_args
 
 
 @pytest.mark.slow
@@ -113,23 +66,8 @@ def test_two_nodes_match_one_process(one_process_run, tmp_path):
     """Multi-node as docs/training.md launches it: torchrun on each node (here two "nodes" of one process each on this
     machine, a shared run directory as on a cluster's shared storage) with `--trainer.num_nodes 2`. Each node keeps
     its own cores for its process, and training matches one process with the whole batch."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = tiny_args(
-        "digits",
-        tmp_path / "two-nodes",
-        "--trainer.max_steps=10",
-        "--trainer.max_epochs=-1",
-        "--trainer.limit_train_batches=null",
-        "--trainer.limit_val_batches=0",
-        "--trainer.precision=32",
-        "--model.model_kwargs.ff_dropout=0.0",
-        "--trainer.devices=1",
-        "--trainer.num_nodes=2",
-        "--trainer.strategy=ddp",
-        "--data.batch_size=8",
-    )
+    port = free_port()
+    args = two_node_args(tmp_path / "two-nodes")
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
     rendezvous = ["--master_addr=127.0.0.1", f"--master_port={port}"]
     nodes = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ddp import fit, loss_on_fixed_batch
-from trainutil import tiny_args
+from trainutil import free_port, loss_on_fixed_batch, tiny_args, two_node_args
 
 from perceiver.training.cli import main
 from perceiver.training.run_dir import resume_path
@@ -60,40 +58,13 @@ def srun_env(nodes: int, node: int, **extra: str) -> dict[str, str]:
     return {**env, **JOB, **job, "SLURM_JOB_NODELIST": nodelist, **ranks, **extra}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory) -> Path:
-    """10 steps of 1 process with batch 16, no SLURM (test_ddp's reference run)."""
-    run = tmp_path_factory.mktemp("one-process")
-    fit(run, devices=1, batch_size=16)
-    return run
-
-
 @pytest.mark.slow
 def test_srun_two_nodes_match_one_process(one_process_run, tmp_path):
     """The job script of docs/training.md (`srun perceiver fit ... --trainer.num_nodes 2`) with 2 nodes x 1 task:
     Lightning takes ranks and the master address from SLURM's variables (no MASTER_ADDR given: it comes from
     SLURM_NODELIST) and trains as 1 process with the whole batch."""
     run = tmp_path / "two-nodes"
-    args = tiny_args(
-        "digits",
-        run,
-        "--trainer.max_steps=10",
-        "--trainer.max_epochs=-1",
-        "--trainer.limit_train_batches=null",
-        "--trainer.limit_val_batches=0",
-        "--trainer.precision=32",
-        "--model.model_kwargs.ff_dropout=0.0",
-        "--trainer.devices=1",
-        "--trainer.num_nodes=2",
-        "--trainer.strategy=ddp",
-        "--data.batch_size=8",
-    )
+    args = two_node_args(run)
     port = str(free_port())
     tasks = [
         subprocess.Popen(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import perceiver
+from perceiver.data import DigitsDataModule
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -106,3 +114,71 @@ def assert_png(path: Path) -> None:
     assert path.is_file(), f"{path} was not written"
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, f"{path} is not a real PNG ({len(data)} bytes)"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous of test processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- multi-process runs (test_ddp, test_slurm) --------------------------------------------------------------------
+
+#: the digits run of the multi-process tests: 10 steps, no validation, fp32, no dropout (dropout masks depend on how a
+#: batch is split over processes)
+DDP_RUN = (
+    "--trainer.max_steps=10",
+    "--trainer.max_epochs=-1",
+    "--trainer.limit_train_batches=null",
+    "--trainer.limit_val_batches=0",
+    "--trainer.precision=32",
+    "--model.model_kwargs.ff_dropout=0.0",
+)
+
+
+def fit(run_dir: Path, devices: int, batch_size: int, strategy: str = "auto", *extra: str) -> str:
+    """`perceiver fit` of the `DDP_RUN` in a subprocess (`devices` processes of `batch_size`); its printed output."""
+    strategy_args = (
+        ["--config", str(CONFIGS / "strategy-fsdp.yaml")] if strategy == "fsdp" else [f"--trainer.strategy={strategy}"]
+    )
+    args = tiny_args(
+        "digits",
+        run_dir,
+        *DDP_RUN,
+        f"--trainer.devices={devices}",
+        f"--data.batch_size={batch_size}",
+        *strategy_args,
+        *extra,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "perceiver.training.cli", "fit", *args], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+@torch.no_grad()
+def loss_on_fixed_batch(model_dir: Path) -> float:
+    """The cross-entropy of the model folder's model on the first 256 training digits."""
+    model = perceiver.from_pretrained(model_dir)
+    dm = DigitsDataModule()
+    dm.setup()
+    images = torch.stack([dm.train_set[i]["inputs"] for i in range(256)])
+    labels = torch.stack([dm.train_set[i]["labels"] for i in range(256)])
+    return F.cross_entropy(model(images), labels).item()
+
+
+def two_node_args(run_dir: Path) -> list[str]:
+    """The digits run of the multi-node tests: 10 steps of batch 8 per process, 2 nodes x 1 CPU process, DDP."""
+    return tiny_args(
+        "digits",
+        run_dir,
+        *DDP_RUN,
+        "--trainer.devices=1",
+        "--trainer.num_nodes=2",
+        "--trainer.strategy=ddp",
+        "--data.batch_size=8",
+    )
