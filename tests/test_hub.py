@@ -320,3 +320,18 @@ def test_num_classes_of_a_model_without_a_resizable_head_is_one_clear_error(name
     for options in ({}, {"ignore_mismatched_sizes": True}):
         with pytest.raises(ValueError, match=rf"num_classes=5 cannot be given: .*{why}"):
             perceiver.from_pretrained(folder, num_classes=5, **options)
+
+
+def test_a_resized_head_drops_the_old_heads_class_names(tmp_path):
+    """The class-level loader (as `perceiver.from_pretrained`): the names of 5 classes name nothing of a new head of 3
+    (top-k lookups would print plausible, wrong names); the same size keeps them."""
+    from perceiver.labels import set_id2label
+    from perceiver.models import PerceiverForImageClassification
+
+    model = tiny("vision-perceiver-learned")
+    set_id2label(model, [f"c{i}" for i in range(5)])
+    folder = model.save_pretrained(tmp_path / "m")
+    same = PerceiverForImageClassification.from_pretrained(folder, num_classes=5)
+    assert same.id2label == {i: f"c{i}" for i in range(5)}
+    resized = PerceiverForImageClassification.from_pretrained(folder, num_classes=3, ignore_mismatched_sizes=True)
+    assert resized.num_classes == 3 and resized.id2label is None

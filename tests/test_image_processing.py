@@ -10,6 +10,7 @@ within 2 uint8 steps (2/255/0.224 ~ 0.035, measured 0.034 when upscaling, 0.0175
 
 import ast
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,35 @@ def test_pillow_and_numpy_are_imported_lazily():
     names = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] in ("PIL", "numpy")], names
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grey_images_are_scaled_not_clipped(mode):
+    """A 16-bit grey PNG (Pillow: mode I;16, or I) is the photo in 8 bits scaled by 257, as training reads it;
+    Pillow's convert("RGB") clipped it at 255, a white image. (transformers refuses such an image.)"""
+    grey = _random_image(120, 90)[..., 0]
+    wide = grey.astype(np.uint16 if mode == "I;16" else np.int32) * 257  # 255 -> 65535
+    image = Image.fromarray(wide)
+    assert image.mode == mode
+    proc = ImageProcessor()
+    torch.testing.assert_close(proc(image), proc(Image.fromarray(grey)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="floating-point PIL image"):
+        proc(Image.fromarray(grey.astype(np.float32)))  # mode F: [0, 1] or [0, 255]? not guessed
+    with pytest.raises(ValueError, match=r"scale 16-bit images with \(x / 257\)"):
+        proc(np.repeat(wide[..., None], 3, axis=-1).astype(np.uint16))
+
+
+def test_from_dict_reads_a_transformers_preprocessor_config(tmp_path):
+    """`ImageProcessor.from_dict(preprocessor_config.json)` processes as transformers' processor saved there does."""
+    options = {"size": {"height": 200, "width": 180}, "crop_size": {"height": 240, "width": 256}}
+    options |= {"resample": Image.Resampling.BILINEAR, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.3, 0.25]}
+    for saved in (_reference(), _reference(**options), _reference(do_center_crop=False, do_normalize=False)):
+        saved.save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+        imgs = [_random_image(97, 301, seed=1), _random_image(333, 250, seed=2)]
+        ours = ImageProcessor.from_dict(config)
+        torch.testing.assert_close(ours(imgs), _ref_pixels(saved, imgs), rtol=0, atol=ATOL)
+    legacy = {"size": 224, "crop_size": 256, "resample": 3, "feature_extractor_type": "PerceiverFeatureExtractor"}
+    assert repr(ImageProcessor.from_dict(legacy)) == repr(ImageProcessor())
+    with pytest.raises(ValueError, match="filter codes"):
+        ImageProcessor.from_dict({"resample": 9})

@@ -464,8 +464,8 @@ def _load_as(cls: type[T], name: str | os.PathLike, **options: Any) -> T:
 
 def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, source: str) -> list[str]:
     """Give a loaded `model` a classifier of `num_classes` outputs: nothing when it has that many already, a fresh
-    head (`reset_classifier`) with `ignore_mismatched_sizes`, else a ValueError. Returns (and logs) the names of the
-    re-initialised tensors."""
+    head (`reset_classifier`, without the old head's class names) with `ignore_mismatched_sizes`, else a ValueError.
+    Returns (and logs) the names of the re-initialised tensors."""
     have = model.num_classes
     if have == num_classes:
         return []
@@ -481,6 +481,7 @@ def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, sou
         )
     before = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
     model.reset_classifier(num_classes)
+    set_id2label(model, None)  # the names of the replaced head's classes name nothing now
     after = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
     changed = sorted(k for k in after if before.get(k) != after[k])
     removed = sorted(set(before) - set(after))

@@ -36,6 +36,10 @@ IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _RESAMPLE_NAMES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+#: Pillow's `Image.Resampling` codes, as transformers writes `resample` into preprocessor_config.json
+_PIL_RESAMPLE_CODES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+#: the on / off switches of `ImageProcessor` (transformers' names)
+_SWITCHES = ("do_center_crop", "do_resize", "do_rescale", "do_normalize")
 
 
 def _vision() -> tuple[Any, Any]:
@@ -135,6 +139,29 @@ class ImageProcessor:
         if any(s == 0 for s in self.image_std):
             raise ValueError(f"image_std must not contain 0, got {image_std!r}")
 
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], **kwargs: Any) -> ImageProcessor:
+        """The processor a transformers ``preprocessor_config.json`` describes (``PerceiverImageProcessor``'s keys:
+        ``size`` / ``crop_size`` as an int or ``{"height", "width"}``, ``resample`` as Pillow's code (3 = bicubic)
+        or a name, the ``do_*`` switches, ``rescale_factor``, ``image_mean``, ``image_std``); missing keys take
+        transformers' defaults (ours), other keys (``image_processor_type``, ...) are ignored. ``kwargs`` override.
+
+        Raises:
+            ValueError: a value of the wrong form, or a ``resample`` code Pillow does not have.
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"expected a preprocessor config (a dict), got {type(config).__name__}")
+        names = (*_SWITCHES, "size", "crop_size", "resample", "rescale_factor", "image_mean", "image_std")
+        options = {key: config[key] for key in names if config.get(key) is not None}
+        resample = options.get("resample")
+        if isinstance(resample, int) and not isinstance(resample, bool):
+            if not 0 <= resample < len(_PIL_RESAMPLE_CODES):
+                raise ValueError(f"resample: expected one of Pillow's filter codes 0-5, got {resample}")
+            options["resample"] = _PIL_RESAMPLE_CODES[resample]
+        elif isinstance(resample, str):
+            options["resample"] = resample.lower()
+        return cls(**(options | kwargs))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(size={self.size}, crop_size={self.crop_size}, resample={self.resample!r}, "
@@ -151,8 +178,10 @@ class ImageProcessor:
         Args:
             images: a PIL image, a ``uint8`` array ``(H, W, 3)`` (or ``(B, H, W, 3)`` for a batch), or a list of
                 them. PIL images in another mode than RGB are converted to RGB (transparency composited onto white,
-                as transformers' ``do_convert_rgb=True``). Integer arrays of another dtype with values in
-                ``[0, 255]`` are accepted; float arrays are not (their scale is ambiguous).
+                as transformers' ``do_convert_rgb=True``); 16-bit grey images (``I;16``, and 32-bit ``I`` ones read
+                as 16-bit) are scaled to 8 bits (``round(v / 257)``, as training reads them), not clipped at 255;
+                float ones (mode ``F``) are refused. Integer arrays of another dtype with values in ``[0, 255]`` are
+                accepted; float arrays are not (their scale is ambiguous).
             input_data_format: layout of array inputs, ``"channels_last"`` ``(H, W, 3)`` or ``"channels_first"``
                 ``(3, H, W)``.
 
@@ -251,6 +280,16 @@ class ImageProcessor:
         """Validate one image and return it as a ``uint8`` ``(H, W, 3)`` array."""
         np, Image = _vision()
         if isinstance(image, Image.Image):
+            if image.mode == "F":  # Pillow's convert("RGB") would clip it at 255
+                raise ValueError(
+                    "expected an image of integer pixels, got a floating-point PIL image (mode 'F'), whose scale is "
+                    "ambiguous; convert it to 8 bits, e.g. Image.fromarray((np.asarray(im) * 255).round().astype("
+                    "np.uint8)) for values in [0, 1]"
+                )
+            if image.mode.startswith("I"):  # 16-bit (I;16...) or 32-bit integer grey, read as 16-bit as training does
+                grey = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+                image = Image.fromarray(np.rint(grey / 257).astype(np.uint8))  # mode L; 65535 -> 255
+                assert isinstance(image, Image.Image)
             if image.mode != "RGB":
                 has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
                 if has_alpha:
@@ -283,7 +322,10 @@ class ImageProcessor:
                         "with (x * 255).round().astype(np.uint8)"
                     )
                 if x.size and (x.min() < 0 or x.max() > 255):
-                    raise ValueError(f"expected pixel values in [0, 255], got [{x.min()}, {x.max()}] (dtype {x.dtype})")
+                    hint = "; scale 16-bit images with (x / 257).round().astype(np.uint8)" if x.max() < 65536 else ""
+                    raise ValueError(
+                        f"expected pixel values in [0, 255], got [{x.min()}, {x.max()}] (dtype {x.dtype}){hint}"
+                    )
                 x = x.astype(np.uint8)
         else:
             raise ValueError(f"expected a PIL image or a numpy array, got {type(image).__name__}")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.hub import pop_num_classes, read_config_file, resize_head
-from perceiver.labels import id2label_from_json, set_id2label
+from perceiver.labels import class_names, id2label_from_json, set_id2label
 from perceiver.loading import (
     check_finite_tensors,
     no_init_weights,
@@ -80,7 +80,7 @@ def check_hf_keys(folder: Path, arch: str, config: dict[str, Any], state_dict: d
     )
 
 
-def _more(keys: Collection[str], shown: int) -> str:
+def _more(keys: Collection[Any], shown: int) -> str:
     return f" and {len(keys) - shown} more" if len(keys) > shown else ""
 
 
@@ -248,7 +248,11 @@ def from_pretrained(
     transformers' conv stem) or replace config fields of one of our folders. `num_classes=K` with
     `ignore_mismatched_sizes=True` gives the model a freshly initialised head of K classes when the checkpoint's has
     another size (logged, and listed in `model.reinitialized_keys`); without the flag a different K is an error
-    (`num_labels` is accepted as transformers' name for it). `check_finite` rejects weights that hold NaN / inf.
+    (`num_labels` is accepted as transformers' name for it). The class names (`model.id2label`) are the
+    checkpoint's, or `id2label` (transformers' keyword: `{class id: name}`, which sets `num_classes` when it is not
+    given; `label2id`, its inverse, is accepted and not needed); a re-initialised head of another size has none
+    (None), not the old head's.
+    `check_finite` rejects weights that hold NaN / inf.
     `dtype="auto"` (default, as transformers) loads the model in the dtype its weights were saved in (for a
     transformers folder: its config's `dtype` / `torch_dtype`, else the weights'); a floating `torch.dtype` (or its
     name, e.g. "bfloat16"; `torch_dtype` is transformers' older name) casts every floating tensor to it. `device`
@@ -259,8 +263,9 @@ def from_pretrained(
     are accepted and change nothing (no code is run from a folder; no random weights are drawn). Our folders load
     without a random initialisation first; `mmap=True` keeps their tensors as copy-on-write views of the memory-mapped
     weights file, as transformers does, instead of copies (see `perceiver.loading.load_safetensors_checked`); a
-    transformers folder's weights are converted, hence copied. The weights a transformers folder's converter needs are checked before converting: weights of another
-    model than its config's `architectures` names are a ValueError naming the folder, the head and the keys.
+    transformers folder's weights are converted, hence copied. The weights a transformers folder's converter needs
+    are checked before converting: weights of another model than its config's `architectures` names are a
+    ValueError naming the folder, the head and the keys.
     For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
     `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
     `snapshot_download`, as transformers takes them.
@@ -270,10 +275,16 @@ def from_pretrained(
     if device is not None:
         device = resolve_device(device)
     hub_options = {key: overrides.pop(key) for key in HUB_OPTIONS if key in overrides}
+    labels = id2label_from_json(overrides.pop("id2label", None), "from_pretrained(id2label=...)")
+    if labels is not None and sorted(labels) != list(range(len(labels))):
+        raise ValueError(f"id2label: expected class ids 0, 1, ..., {len(labels) - 1}, got {sorted(labels)[:10]}")
+    overrides.pop("label2id", None)  # transformers' inverse of id2label
     for key in NO_OP_OPTIONS:
         overrides.pop(key, None)
     folder = resolve(path_or_id, subfolder=subfolder, **hub_options)
     num_classes = pop_num_classes(num_classes, overrides)
+    if labels is not None and num_classes is None:
+        num_classes = len(labels)  # as transformers: num_labels follows id2label
     from perceiver import lora
 
     if lora.is_adapter_folder(folder):  # a LoRA adapter (perceiver.lora.save_adapter): its base model + the adapter
@@ -283,6 +294,7 @@ def from_pretrained(
         model = lora.from_adapter_folder(
             folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **base_hub_options, **overrides
         )
+        _name_classes(model, labels, num_classes)
         return model if device is None else model.to(device)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -316,6 +328,7 @@ def from_pretrained(
             model.to(device)
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
+        _name_classes(model, labels, num_classes)
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
@@ -343,7 +356,23 @@ def from_pretrained(
         **overrides,
     )
     assert isinstance(loaded, nn.Module)  # the registered model types are modules
+    _name_classes(loaded, labels, num_classes)
     return loaded
+
+
+def _name_classes(model: nn.Module, labels: dict[int, str] | None, num_classes: int | None) -> None:
+    """Give a loaded `model` the class names `labels` (from_pretrained's `id2label`): ValueError when they do not
+    name each of its classes; without them, drop the checkpoint's names when the head was given another size."""
+    if labels is not None:
+        set_id2label(model, labels)
+        if class_names(model) is None:
+            count = getattr(model, "num_classes", None)
+            raise ValueError(
+                f"id2label: expected one name for each of the model's {count} classes (ids 0, 1, ...), got ids "
+                f"{sorted(labels)[:10]}{_more(labels, 10)}"
+            )
+    elif num_classes is not None and getattr(model, "id2label", None) and class_names(model) is None:
+        set_id2label(model, None)  # the names of the replaced head's classes
 
 
 def _one_device(

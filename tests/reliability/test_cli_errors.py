@@ -237,3 +237,10 @@ def test_failed_check_leaves_no_file(tmp_path):
         export_onnx(model, tmp_path / "m.onnx", x, check=True, check_batch_sizes=(0,))
     assert not list(tmp_path.iterdir())
     assert export_onnx(model, tmp_path / "m.onnx", x, check=True).is_file()
+
+
+def test_predict_with_a_missing_model_folder_names_it(tmp_path, capsys):
+    """`perceiver predict typo-dir photo.jpg` went to Lightning's predict (usage dump, "unrecognized arguments")."""
+    image = png(tmp_path)
+    with pytest.raises(SystemExit, match=r"expected a model folder .*'typo-dir'.*no such folder"):
+        main(["predict", "typo-dir", image])

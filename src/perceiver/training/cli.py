@@ -432,7 +432,7 @@ def _dispatch(argv: list[str], from_sys: bool) -> None:
         from perceiver.training.inspect import attention_main
 
         return attention_main(argv[1:])
-    if len(argv) >= 2 and argv[0] == "predict" and Path(argv[1]).is_dir():
+    if len(argv) >= 2 and argv[0] == "predict" and not argv[1].startswith("-"):  # Lightning's predict: options only
         from perceiver.training.predict import predict_main
 
         return predict_main(argv[1:])

@@ -10,9 +10,15 @@
 - optical flow: FILEs are image pairs (frame 1, frame 2, frame 1', frame 2', ...); writes a colour-coded flow PNG
   per pair (`-o`, default `flow.png` / `flow-<i>.png`).
 
-The model folder is anything `perceiver.from_pretrained` loads; `task.json` (written by `perceiver fit`) tells the
-task, input shape and class names. Without it the model's class tells the task (an optical-flow model: flow), its
-config the image size where it has one; else pass `--task` and, for images, `--image-size H W [--channels C]`.
+The model folder is a local folder `perceiver.from_pretrained` loads (not a Hub id); `task.json` (written by
+`perceiver fit`) tells the task, input shape and class names. Without it the model's class tells the task (an
+optical-flow model: flow), its config the image size where it has one; else pass `--task` and, for images,
+`--image-size H W [--channels C]`.
+Images are read as training reads them (resized to the image size, values in [0, 1]); a transformers folder with a
+`preprocessor_config.json` (and no task.json `image_shape`, `--image-size` or `--channels`) is preprocessed as
+transformers' pipeline does it instead (`perceiver.ImageProcessor.from_dict`: centre crop, bicubic resize, ImageNet
+normalization), which is what DeepMind's classifiers were trained on. Texts are cut to the model's `max_seq_len`.
+Files go through the model `BATCH_SIZE` (16) at a time, their lines printed as each batch is done.
 Files of another kind than the model takes (by suffix: a text file for an image classifier, an image for a text
 classifier) are an error naming both; so is a model predict does not run (a causal language model: use
 `perceiver generate`; masked LMs, point clouds, multimodal autoencoders, resamplers).
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceiver.data._common import IMAGE_EXTENSIONS
+from perceiver.data._common import IMAGE_EXTENSIONS, upright
 from perceiver.data._common import load_image as read_image
 from perceiver.data.audio_folder import AUDIO_EXTENSIONS
 from perceiver.data.text_files import read_text_file  # as training reads text files
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
+from perceiver.image_processing import ImageProcessor
 from perceiver.loading import DTYPE_NAMES
 from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.geometry import config_value
@@ -51,6 +59,9 @@ __all__ = [
     "predict_flow",
     "predict_main",
 ]
+
+#: files per forward pass: `perceiver predict` on a folder of thousands of photos runs them a batch at a time
+BATCH_SIZE = 16
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst", ".json", ".jsonl", ".csv", ".py")
 
@@ -157,6 +168,35 @@ def load_image(path: str | Path, size: tuple[int, int] | None, channels: int = 3
     return read_image(path, size, grayscale=channels == 1)
 
 
+def transformers_preprocessor(args: argparse.Namespace, info: dict[str, Any]) -> ImageProcessor | None:
+    """The `ImageProcessor` of the model folder's `preprocessor_config.json` (transformers' image processor config),
+    unless task.json (`image_shape`) or the command line (`--image-size`, `--channels`) sets the image geometry;
+    None when there is none."""
+    config_file = Path(args.model_dir) / "preprocessor_config.json"
+    if "image_shape" in info or args.image_size or args.channels or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_file}: expected a JSON object ({e})") from None
+    try:
+        return ImageProcessor.from_dict(config)
+    except ValueError as e:
+        raise ValueError(f"{config_file}: {e}") from None
+
+
+def read_rgb(path: str | Path, processor: ImageProcessor) -> np.ndarray:
+    """An image file as `uint8` `(H, W, 3)`, upright by its EXIF orientation, as transformers' pipeline reads it
+    (and 16-bit grey scaled, `ImageProcessor.to_uint8_rgb`); ValueError naming an undecodable file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return processor.to_uint8_rgb(upright(image))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"image cannot be decoded: {path} ({type(e).__name__}: {e})") from e
+
+
 def image_geometry(
     info: dict[str, Any], model: torch.nn.Module, size: list[int] | None, channels: int | None
 ) -> tuple[tuple[int, int], int]:
@@ -214,10 +254,11 @@ def top_labels(logits: Tensor, class_names: list[str] | None, top_k: int) -> lis
 def classify_texts(
     model: torch.nn.Module, texts: list[str], info: dict[str, Any], top_k: int = 5
 ) -> list[list[tuple[str, float]]]:
-    """UTF-8 texts -> top-k labels; encoded as in training (`[CLS] bytes + 6 [SEP]`, `perceiver.data.text`)."""
+    """UTF-8 texts -> top-k labels; encoded as in training (`[CLS] bytes + 6 [SEP]`, `perceiver.data.text`), cut to
+    `task.json`'s `max_seq_len`, else the model's."""
     from perceiver.data.text import encode_sequence
 
-    max_len = int(info.get("max_seq_len") or 2048)
+    max_len = int(info.get("max_seq_len") or config_value(getattr(model, "config", None), "max_seq_len") or 2048)
     seqs = [torch.from_numpy(encode_sequence(t, max_len)) for t in texts]
     input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.bool) for s in seqs], batch_first=True)
@@ -306,6 +347,8 @@ def predict_main(argv: list[str]) -> None:
         hint = ""
         if getattr(model, "model_type", None) == "perceiver-ar":
             hint = f"; continue a text with it: perceiver generate {args.model_dir} --prompt TEXT"
+        elif getattr(model, "fill_mask", None) is not None:  # the masked LM: one [MASK] per byte to fill in
+            hint = f'; fill in [MASK]s in Python: perceiver.from_pretrained("{args.model_dir}").fill_mask(text)'
         raise SystemExit(
             f"error: perceiver predict runs image, text, audio and video classifiers and optical-flow models; "
             f"{args.model_dir} holds {what}, which takes {kind or 'other'} inputs{hint}"
@@ -335,25 +378,61 @@ def predict_main(argv: list[str]) -> None:
         named = key is not None and key in info
         return named or ("image_shape" not in info and all(f.suffix.lower() in suffixes for f in files))
 
-    try:
-        # the model's kind of input decides where it tells (a text classifier reads `review` or `notes.log` as text)
-        if kind == "video" or takes("video_shape", VIDEO_EXTENSIONS):
-            results = classify_videos(model, files, info, args.top_k, args.image_size)
-        elif kind == "audio" or takes("num_samples", AUDIO_EXTENSIONS):
-            results = classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
-        elif kind == "text" or takes(None, TEXT_SUFFIXES):
-            results = classify_texts(model, [read_text_file(f) for f in files], info, args.top_k)
-        else:
-            hw, channels = image_geometry(info, model, args.image_size, args.channels)
-            images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))
-            results = classify_images(model, images, info.get("class_names"), args.top_k)
-    except (ValueError, FileNotFoundError) as e:  # an undecodable file, names that do not fit the head
-        raise SystemExit(f"error: {e}") from e
-    for f, top in zip(files, results):
-        if args.json:
-            print(json.dumps({"file": str(f), "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
-        else:
-            print(f"{f}: " + "  ".join(f"{n} ({p:.3f})" for n, p in top))
+    # the model's kind of input decides where it tells (a text classifier reads `review` or `notes.log` as text)
+    route = "image"
+    if kind == "video" or takes("video_shape", VIDEO_EXTENSIONS):
+        route = "video"
+    elif kind == "audio" or takes("num_samples", AUDIO_EXTENSIONS):
+        route = "audio"
+    elif kind == "text" or takes(None, TEXT_SUFFIXES):
+        route = "text"
+    processor: ImageProcessor | None = None
+    geometry: tuple[tuple[int, int], int] | None = None
+    if route == "image":
+        try:
+            processor = transformers_preprocessor(args, info)
+        except ValueError as e:  # a broken preprocessor_config.json
+            raise SystemExit(f"error: {e}") from e
+        if processor is None:
+            geometry = image_geometry(info, model, args.image_size, args.channels)
+    for start in range(0, len(files), BATCH_SIZE):  # bounded memory for a folder of files; printed as they come
+        chunk = files[start : start + BATCH_SIZE]
+        try:
+            results = _classify(model, chunk, route, args, info, processor, geometry)
+        except (ValueError, FileNotFoundError) as e:  # an undecodable file, names that do not fit the head
+            raise SystemExit(f"error: {e}") from e
+        for f, top in zip(chunk, results):
+            if args.json:
+                print(json.dumps({"file": str(f), "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
+            else:
+                print(f"{f}: " + "  ".join(f"{n} ({p:.3f})" for n, p in top))
+            sys.stdout.flush()
+
+
+def _classify(
+    model: torch.nn.Module,
+    files: list[Path],
+    route: str,
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    processor: ImageProcessor | None,
+    geometry: tuple[tuple[int, int], int] | None,
+) -> list[list[tuple[str, float]]]:
+    """The top-k labels of `files`, read as `route` says ("video", "audio", "text", "image": with `processor`, else
+    resized to `geometry` `((H, W), C)`)."""
+    if route == "video":
+        return classify_videos(model, files, info, args.top_k, args.image_size)
+    if route == "audio":
+        return classify_audio(model, files, info, args.top_k, args.sample_rate, args.num_samples)
+    if route == "text":
+        return classify_texts(model, [read_text_file(f) for f in files], info, args.top_k)
+    if processor is not None:
+        pixels = processor([read_rgb(f, processor) for f in files])  # (B, 3, H, W)
+        return classify_images(model, pixels.permute(0, 2, 3, 1), info.get("class_names"), args.top_k)
+    assert geometry is not None
+    hw, channels = geometry
+    images = torch.from_numpy(np.stack([load_image(f, hw, channels) for f in files]))  # (B, H, W, C)
+    return classify_images(model, images, info.get("class_names"), args.top_k)
 
 
 def _predict_flow_files(model: torch.nn.Module, args: argparse.Namespace, info: dict[str, Any]) -> None:
