@@ -335,3 +335,18 @@ def test_a_resized_head_drops_the_old_heads_class_names(tmp_path):
     assert same.id2label == {i: f"c{i}" for i in range(5)}
     resized = PerceiverForImageClassification.from_pretrained(folder, num_classes=3, ignore_mismatched_sizes=True)
     assert resized.num_classes == 3 and resized.id2label is None
+
+
+def test_a_broken_preprocessor_config_is_left_out_with_a_warning(tmp_path, caplog):
+    """The image processor config a folder comes with is kept and saved again; one that is not a JSON object does
+    not stop the model from loading, and is not written again."""
+    folder = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "m")
+    assert not (folder / "preprocessor_config.json").exists()
+    (folder / "preprocessor_config.json").write_text('{"do_center_crop": true, "crop_size": 12}')
+    model = perceiver.from_pretrained(folder)
+    assert model.preprocessor_config == {"do_center_crop": True, "crop_size": 12}
+    (folder / "preprocessor_config.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="perceiver"):
+        model = perceiver.from_pretrained(folder)
+    assert "preprocessor_config.json left out: expected a JSON object" in caplog.text
+    assert not (model.save_pretrained(tmp_path / "again") / "preprocessor_config.json").exists()

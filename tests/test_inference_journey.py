@@ -84,6 +84,14 @@ def test_predict_preprocesses_a_transformers_image_classifier_as_its_pipeline(tm
         assert [t["label"] for t in row["top"]] == [NAMES[i] for i in top.indices.tolist()]
         np.testing.assert_allclose([t["prob"] for t in row["top"]], top.values.tolist(), atol=1e-5)
 
+    # converted and saved as our own folder (as `create_model(..., pretrained=True).save_pretrained(dir)`), the
+    # checkpoint keeps its preprocessor_config.json, through a second load and save too: the same predictions
+    ours = perceiver.from_pretrained(folder).save_pretrained(tmp_path / "ours")
+    again = perceiver.from_pretrained(ours).save_pretrained(tmp_path / "again")
+    expected = json.loads((folder / "preprocessor_config.json").read_text())
+    assert json.loads((again / "preprocessor_config.json").read_text()) == expected
+    assert _predicted(capsys, str(again), *map(str, photos)) == rows
+
 
 def test_predict_cuts_texts_at_the_models_max_seq_len(tmp_path, capsys):
     config = transformers.PerceiverConfig(

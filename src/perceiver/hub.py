@@ -33,13 +33,10 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 import torch
 from torch import nn
 
+from perceiver import save_files
 from perceiver.labels import id2label_from_json, id2label_to_json, set_id2label
 from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_device, resolve_dtype
-from perceiver.save_files import (
-    _remove_stale_temp_dirs,
-    check_save_directory,
-    install_folder,
-)
+from perceiver.save_files import _remove_stale_temp_dirs, check_save_directory, install_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -306,7 +303,8 @@ class PretrainedMixin:
         return cls(config)  # type: ignore[call-arg]  # subclasses take the config as their one argument
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` into `save_directory` atomically; returns the path.
+        """Write `config.json`, `model.safetensors` (and the checkpoint's `preprocessor_config.json`, see
+        `perceiver.save_files.read_preprocessor_config`) into `save_directory` atomically; returns the path.
 
         A model with LoRA adapters (`perceiver.lora.add_lora`) is saved with them merged into the weights, under the
         plain model's keys (the model itself is not changed)."""
@@ -339,7 +337,7 @@ class PretrainedMixin:
                 save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             else:
                 save_model(self, str(tmp / WEIGHTS_NAME))
-            install_folder(tmp, target, (CONFIG_NAME, WEIGHTS_NAME))
+            install_folder(tmp, target, (CONFIG_NAME, WEIGHTS_NAME, *save_files.write_preprocessor_config(self, tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -442,6 +440,7 @@ class PretrainedMixin:
         with no_init_weights():
             model = cls.from_config(config)
         set_id2label(model, labels)
+        save_files.read_preprocessor_config(model, path)
         assert isinstance(model, nn.Module)  # the mixin's classes are modules
         load_safetensors_checked(
             model, path / WEIGHTS_NAME, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap

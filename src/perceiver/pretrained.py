@@ -33,6 +33,7 @@ from perceiver.loading import (
     stored_floating_dtype,
 )
 from perceiver.models.registry import model_type_class
+from perceiver.save_files import read_preprocessor_config
 
 # transformers architecture name -> converter(config dict, state dict) -> our model.
 HF_CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
@@ -322,6 +323,7 @@ def from_pretrained(
         with no_init_weights():  # the converters load every tensor of the model (strictly) after building it
             model = HF_CONVERTERS[supported[0]](config, state_dict, **overrides)
         set_id2label(model, id2label_from_json(config.get("id2label"), str(config_file)))  # e.g. ImageNet's names
+        read_preprocessor_config(model, folder)  # e.g. ImageNet's crop and normalisation, saved again with it
         if dtype is not None:
             model.to(dtype)  # floating tensors only; those already in it stay as they are
         if device is not None:

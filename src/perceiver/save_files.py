@@ -1,16 +1,31 @@
 """Writing a model folder safely: the folder checked before anything is written (`check_save_directory`), the
 umask new files get their permissions from (`_umask`), and the `.NAME.PID.XXXX.tmp` folders a killed writer left
 (`_remove_stale_temp_dirs`), and moving the finished files into place (`install_folder`); used by `save_pretrained`
-(`perceiver.hub`) and `perceiver.lora.save_adapter`."""
+(`perceiver.hub`) and `perceiver.lora.save_adapter`. And the image processor config a checkpoint comes with, kept
+on the loaded model and written again with it (`read_preprocessor_config`, `write_preprocessor_config`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["_remove_stale_temp_dirs", "_umask", "check_save_directory", "install_folder"]
+__all__ = [
+    "PREPROCESSOR_NAME",
+    "_remove_stale_temp_dirs",
+    "_umask",
+    "check_save_directory",
+    "install_folder",
+    "read_preprocessor_config",
+    "write_preprocessor_config",
+]
+
+#: transformers' image processor config (resize, centre crop, normalisation of the images a checkpoint expects)
+PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
 def _umask() -> int:
@@ -94,3 +109,30 @@ def install_folder(tmp: Path, target: Path, names: Sequence[str]) -> None:
             else:
                 os.replace(old, target / name)
         raise
+
+
+def read_preprocessor_config(model: Any, folder: str | os.PathLike) -> None:
+    """Keep the `preprocessor_config.json` of the checkpoint folder `folder` (a transformers folder's, e.g. DeepMind's
+    ImageNet crop and normalisation) on the loaded `model` as `model.preprocessor_config` (a dict), so that
+    `save_pretrained` writes it again and `perceiver predict` on the saved folder preprocesses images as the
+    weights expect. A file that is not a JSON object is left out with a warning: the model loads without it."""
+    path = Path(folder) / PREPROCESSOR_NAME
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        data = e
+    if not isinstance(data, dict):
+        logging.getLogger("perceiver").warning("%s left out: expected a JSON object, got %s", path, data)
+        return
+    model.preprocessor_config = data
+
+
+def write_preprocessor_config(model: Any, folder: Path) -> tuple[str, ...]:
+    """Write `model.preprocessor_config` (see `read_preprocessor_config`) into `folder`; the names written."""
+    data = getattr(model, "preprocessor_config", None)
+    if not isinstance(data, dict):
+        return ()
+    (folder / PREPROCESSOR_NAME).write_text(json.dumps(data, indent=2) + "\n")
+    return (PREPROCESSOR_NAME,)
