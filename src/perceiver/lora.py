@@ -108,7 +108,12 @@ def add_lora(
     if not _is_real(dropout) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be a probability in [0, 1), got {dropout!r}")
     if has_lora(model):
-        raise ValueError(f"{type(model).__name__} already has LoRA adapters; merge_lora(model) before adding new ones")
+        raise ValueError(
+            f"{type(model).__name__} already has LoRA adapters (a model loaded from an adapter folder brings its "
+            f"adapter); merge_lora(model) before adding new ones, or train the ones it has (in a training config: "
+            f"leave out --model.lora to train that adapter further, or pass the merged model folder RUN_DIR/model as "
+            f"--model.pretrained to add new ones)"
+        )
     peft = _peft()
     head = _head_name(model) if train_head else None
     config = peft.LoraConfig(

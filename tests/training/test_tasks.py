@@ -272,3 +272,16 @@ def test_a_batch_without_scored_tokens_leaves_the_epoch_loss_as_it_is():
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(task(batches[0]).flatten(0, 1), scored.flatten())
     assert metrics["val/loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_warmup_longer_than_the_run_warns():
+    """An absolute `warmup_steps` of a longer run kept for a short fine-tune (10 optimizer steps): the learning rate
+    would never reach `lr` nor decay, silently."""
+    with pytest.warns(UserWarning, match=r"warmup_steps=20 is 20 optimizer steps, and the run has 10: .* never"):
+        optimizer_of(ClassificationTask(**TINY_TASK, warmup_steps=20))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer_of(ClassificationTask(**TINY_TASK, warmup_steps=5))
+        optimizer_of(ClassificationTask(**TINY_TASK, warmup_steps=0.05))

@@ -39,8 +39,10 @@ class ClassificationTask(PerceiverTask):
 
     Before training the head is matched to the datamodule's `num_classes` (see the module docstring): built with it
     when `model_kwargs` name no class count, an error naming both counts otherwise, or with `reset_head=True` a new
-    head for a `pretrained` model. The datamodule's `image_shape` `(H, W, C)` and `max_seq_len` are checked against
-    what the model takes (channels, learned-position grid, text positions).
+    head for a `pretrained` model (which needs the count: from the datamodule's `num_classes` or `model_kwargs`;
+    dataloaders given to the trainer directly have none, and without `model_kwargs.num_classes` that is an error).
+    The datamodule's `image_shape` `(H, W, C)` and `max_seq_len` are checked against what the model takes (channels,
+    learned-position grid, text positions).
     """
 
     monitor = ("val/acc", "max")
@@ -59,14 +61,36 @@ class ClassificationTask(PerceiverTask):
         self.save_hyperparameters()
         self.metrics = metric_dict("acc")
 
+    def setup(self, stage: str) -> None:
+        if getattr(self.trainer, "datamodule", None) is None:  # dataloaders given to the trainer directly
+            self._check_reset_head(None)
+        super().setup(stage)
+
     def adapt_to_datamodule(self, datamodule: Any) -> None:
         self._match_classes(datamodule)
         super().adapt_to_datamodule(datamodule)
 
+    def _check_reset_head(self, dm: Any) -> None:
+        """`reset_head` takes the class count from the datamodule: without one that says it (or dataloaders given to
+        the trainer directly) and without a count in `model_kwargs`, a ValueError instead of training the pretrained
+        head silently."""
+        hp = self.hparams
+        if not (hp.get("reset_head") and hp.pretrained) or any(k in (hp.model_kwargs or {}) for k in CLASS_COUNT_KEYS):
+            return
+        where = "the trainer has no datamodule" if dm is None else f"{type(dm).__name__} has no num_classes"
+        raise ValueError(
+            f"reset_head needs the number of classes of the data, but {where}: pass it in model_kwargs "
+            f"(--model.model_kwargs.num_classes K, in Python model_kwargs={{'num_classes': K}}), which gives "
+            f"{hp.pretrained}'s {num_classes_of(self.model)}-class head K outputs"
+        )
+
     def _match_classes(self, dm: Any) -> None:
         k = getattr(dm, "num_classes", None)
         n = num_classes_of(self.model)
-        if not isinstance(k, int) or isinstance(k, bool) or n is None:
+        if not isinstance(k, int) or isinstance(k, bool):
+            self._check_reset_head(dm)
+            return
+        if n is None:
             return
         hp = self.hparams
         kwargs = dict(hp.model_kwargs or {})

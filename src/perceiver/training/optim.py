@@ -1,5 +1,6 @@
-"""The optimisation of a task (`PerceiverTask.configure_optimizers`): AdamW parameter groups (weight decay on the
-weights of Linear and Conv layers only), the fused AdamW kernel where it applies, the warmup + cosine schedule."""
+"""The optimisation of a task (`PerceiverTask.configure_optimizers`): AdamW parameter groups of the trainable
+parameters (weight decay on the weights of Linear and Conv layers only; frozen parameters, `requires_grad=False`, are
+in no group: neither updated nor decayed), the fused AdamW kernel where it applies, the warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DECAYED_LAYERS", "cosine_with_warmup", "fused_adam_applies", "param_groups"]
+__all__ = [
+    "DECAYED_LAYERS",
+    "check_trainable",
+    "cosine_with_warmup",
+    "fused_adam_applies",
+    "keep_frozen",
+    "param_groups",
+    "warmup_of",
+]
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -18,6 +27,21 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ra
         return (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_of(warmup_steps: float, total_steps: int) -> int:
+    """`warmup_steps` in optimizer steps (< 1: a fraction of `total_steps`). Warns where that is all of the run's
+    steps or more: the learning rate would then never reach its peak nor decay (an absolute warmup of a longer run
+    kept for a short fine-tune)."""
+    warmup = int(warmup_steps * total_steps) if warmup_steps < 1 else int(warmup_steps)
+    if warmup >= total_steps > 0:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"warmup_steps={warmup_steps:g} is {warmup} optimizer steps, and the run has {total_steps}: the learning "
+            f"rate never reaches lr nor decays; pass fewer, or a fraction of the run (e.g. 0.05)"
+        )
+    return warmup
 
 
 #: layers whose `weight` multiplies the input: the only tensors AdamW decays (see `param_groups`)
@@ -51,7 +75,8 @@ def fused_adam_applies(groups: list[dict[str, Any]]) -> bool:
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups of `module`'s trainable parameters: `weight_decay` on the weights of `DECAYED_LAYERS`
+    """AdamW parameter groups of `module`'s trainable parameters (frozen ones, `requires_grad=False`, are in neither
+    group: not updated, not decayed; a group may be empty): `weight_decay` on the weights of `DECAYED_LAYERS`
     (Linear, Bilinear, Conv), none on everything else: biases, norm weights (LayerNorm, BatchNorm, ...), embeddings
     (`nn.Embedding`) and free `nn.Parameter`s such as latents and trainable position / query embeddings.
 
@@ -70,3 +95,25 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     decay = [params[i] for i, d in decays.items() if d]
     no_decay = [params[i] for i, d in decays.items() if not d]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def keep_frozen(old: nn.Module, new: nn.Module) -> list[str]:
+    """Freeze the parameters of `new` whose namesakes in `old` are frozen (`requires_grad=False`), as when a task
+    replaces its network by one with a head for the datamodule's classes after a user or a `BaseFinetuning` callback
+    froze parts of the old one; returns the names of the parameters it froze."""
+    frozen = {name for name, p in old.named_parameters() if not p.requires_grad}
+    names = [name for name, p in new.named_parameters() if name in frozen and p.requires_grad]
+    for name in names:
+        new.get_parameter(name).requires_grad_(False)
+    return names
+
+
+def check_trainable(groups: list[dict[str, Any]], module: nn.Module) -> None:
+    """ValueError when `groups` (`param_groups`) hold no parameter: every parameter of `module` is frozen, and the
+    first step would fail in autograd ("element 0 of tensors does not require grad")."""
+    if not any(group["params"] for group in groups):
+        total = sum(1 for _ in module.parameters())
+        raise ValueError(
+            f"nothing to train: all {total} parameters of {type(module).__name__} have requires_grad=False; unfreeze "
+            f"some before fit (e.g. the class head: model.get_classifier().requires_grad_(True))"
+        )

@@ -31,6 +31,7 @@ The task and its datamodule agree before training starts (`setup`, once the trai
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,14 @@ from torchmetrics import MeanMetric, Metric
 
 from perceiver.training.geometry import check_input_geometry
 from perceiver.training.layouts import CHANNELS_LAST, convert_layout, input_layout, to_model_layout
-from perceiver.training.optim import cosine_with_warmup, fused_adam_applies, param_groups
+from perceiver.training.optim import (
+    check_trainable,
+    cosine_with_warmup,
+    fused_adam_applies,
+    keep_frozen,
+    param_groups,
+    warmup_of,
+)
 from perceiver.training.sharding import shard_model
 
 if TYPE_CHECKING:
@@ -88,7 +96,31 @@ def build_model(
     except ValueError as e:
         if counted and not reset_head and "ignore_mismatched_sizes" in str(e):
             raise ValueError(f"{e} (in a training config: --model.reset_head true)") from e
+        changed = [k for k in kwargs if k not in (*CLASS_COUNT_KEYS, "ignore_mismatched_sizes")]
+        if changed and ("of shape" in str(e) or "does not fit" in str(e)):  # sizes meant for a model from scratch
+            raise ValueError(
+                f"{e}: model_kwargs override the config of the pretrained model {pretrained}, and its weights do not "
+                f"fit the result ({_overridden(pretrained, kwargs, changed)}); drop them (--model.model_kwargs null) "
+                f"or keep only keys that leave the weights' shapes as they are"
+            ) from e
         raise
+
+
+def _overridden(pretrained: str, kwargs: dict[str, Any], keys: list[str]) -> str:
+    """`key=given (pretrained: value)` for each of `keys` of `kwargs`, the value read from `pretrained`'s config."""
+    import perceiver
+    from perceiver.hub import ALIASES, _get_path, _paths_with
+
+    config, shown = None, []
+    with contextlib.suppress(Exception):  # only for the message: the error being raised matters more
+        config = getattr(perceiver.from_pretrained(pretrained), "config", None)
+    for key in keys:
+        name, values = ALIASES.get(key, key), []
+        with contextlib.suppress(AttributeError, TypeError):  # TypeError: a config that is no dataclass
+            values = [_get_path(config, p) for p in ([tuple(name.split("."))] if "." in name else [])]
+            values = values or [_get_path(config, p) for p in _paths_with(config, name)]
+        shown.append(f"{key}={kwargs[key]!r} ({f'pretrained: {values[0]!r}' if values else 'not in its config'})")
+    return ", ".join(shown)
 
 
 @overload
@@ -320,6 +352,11 @@ class PerceiverTask(L.LightningModule):
         if hp.get("lora") is not None:
             from perceiver.lora import add_lora
 
+            if cli_nulls(hp.lora).get("train_head") is False and (new := getattr(model, "reinitialized_keys", None)):
+                raise ValueError(
+                    f"lora train_head=false freezes the class head, but the head of {hp.pretrained} is new for the "
+                    f"data's classes ({new}) and would stay random: leave train_head out (true) with reset_head"
+                )
             add_lora(model, **cli_nulls(hp.lora))
         if hp.get("grad_checkpointing"):
             from perceiver.core.model import GradCheckpointingMixin
@@ -334,10 +371,24 @@ class PerceiverTask(L.LightningModule):
 
     # ------------------------------------------------------------------ agreement with the datamodule
     def setup(self, stage: str) -> None:
-        """Before training / evaluation (and before a checkpoint is restored): adapt to the trainer's datamodule."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+        """Before training / evaluation (and before a checkpoint is restored): adapt to the trainer's datamodule.
+        Lightning sets up the callbacks first: where adapting replaces the network (a head for the datamodule's
+        classes), what was frozen in the old one (by hand, by `BaseFinetuning`) is frozen in the new one (so is
+        gradient checkpointing), and the callbacks that copied the task in `setup` (`EMAWeightAveraging`, SWA) copy it."""
+        datamodule, before = getattr(self.trainer, "datamodule", None), self.model
         if datamodule is not None:
             self.adapt_to_datamodule(datamodule)
+        if self.model is before:
+            return
+        if frozen := keep_frozen(before, self.model):
+            L.pytorch.utilities.rank_zero_info(f"perceiver: {len(frozen)} frozen parameters stay frozen")
+        if getattr(before, "is_gradient_checkpointing", False):  # set on `task.model` by hand: on in the new one too
+            self.model.set_grad_checkpointing(True)  # type: ignore[operator]  # the same class as `before`
+        cbs = L.pytorch.callbacks  # WeightAveraging (EMA): Lightning >= 2.6
+        averaging = tuple(getattr(cbs, n) for n in ("WeightAveraging", "StochasticWeightAveraging") if hasattr(cbs, n))
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning
+            if isinstance(callback, averaging):
+                callback.setup(self.trainer, self, stage)
 
     def adapt_to_datamodule(self, datamodule: Any) -> None:
         """Take the datamodule's input layout (`input_layout`, default channels-last) and check that its inputs fit
@@ -414,11 +465,12 @@ class PerceiverTask(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.hparams
         groups = param_groups(self, hp.weight_decay)
+        check_trainable(groups, self.model)
         optimizer = torch.optim.AdamW(
             groups, lr=hp.lr, betas=tuple(hp.betas), fused=bool(hp.get("fused_adamw")) and fused_adam_applies(groups)
         )
         total = max(1, int(self.schedule_steps()))
-        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        warmup = warmup_of(hp.warmup_steps, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_with_warmup(s, warmup, total, hp.min_lr_ratio)
         )
