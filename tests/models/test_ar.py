@@ -302,7 +302,7 @@ def test_save_load_round_trip_and_presets(tmp_path, model):
         (lambda m: m.generate(ids(1, 3), 2, do_sample=True, top_p=0.0), r"top_p in \(0, 1\]"),
         (lambda m: m.generate(ids(1, 3), 2, do_sample=True, top_p=1.5), r"top_p in \(0, 1\]"),
         (lambda m: m.generate(ids(1, 3), 2, do_sample=True, temperature=0.0), "temperature > 0"),
-        (lambda m: m.generate(ids(1, 3), 2, top_k=0), "top_k >= 1"),
+        (lambda m: m.generate(ids(1, 3), 2, top_k=-1), r"top_k >= 0 \(an int\), got -1"),  # 0: off
         (lambda m: m.generate(ids(2, 3), 2, attention_mask=torch.tensor([[1, 0, 1], [1, 1, 1]])), "left-padded"),
         (lambda m: m(ids(2, 3), torch.ones(2, 4)), r"attention_mask of shape \(2, 3\)"),
         (lambda m: m(ids(2, 8), labels=ids(2, 7)), r"labels of shape \(2, 8\)"),

@@ -130,6 +130,12 @@ def test_held_out_topics_and_scored_bytes_do_not_depend_on_the_window():
             ["--data.max_seq_len=96", "--data.eval_context=96"],
             r"sequences of up to 96 tokens .* positions for 64 .*; pass --data.max_seq_len 64",
         ),
+        (  # 16 scored bytes per window, 8 latents: 9 of the 16 were silently left out of val/bpb
+            ["--model.model_kwargs.num_latents=8", "--data.num_targets=16"],
+            r"PydocARDataModule scores the last 16 tokens of each evaluation window \(num_targets=16\) but the 8 "
+            r"latents of PerceiverAR predict only the last 7; pass --data.num_targets 7 or less, or give the model "
+            r"more latents \(--model.model_kwargs.num_latents 17\)",
+        ),
     ],
 )
 def test_data_the_model_cannot_read_stops_before_training(tmp_path, extra, message):
@@ -138,3 +144,45 @@ def test_data_the_model_cannot_read_stops_before_training(tmp_path, extra, messa
     with pytest.raises(SystemExit, match=message):
         main(["fit", *_args(tmp_path, *extra)])
     assert not (tmp_path / "model").exists() and not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("restore_first", [True, False], ids=["restore-then-configure", "configure-then-restore"])
+def test_time_budget_schedule_continues_where_a_resumed_run_stopped(monkeypatch, restore_first):
+    """`--ckpt_path last` with `time_budget`: Lightning's `max_time` timer continues its clock from the checkpoint, so
+    the schedule must too. It restarted from warmup (lr 3% of peak, then a whole new cosine over the time left)."""
+    from types import SimpleNamespace
+
+    from perceiver.training import ar_task
+
+    clock = [1000.0]
+    monkeypatch.setattr(ar_task, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    kwargs = dict(max_seq_len=16, num_latents=4, d_model=16, num_heads=2, num_layers=1)
+
+    def task():
+        return ar_task.CausalLMTask(model="perceiver-ar-tiny", model_kwargs=kwargs, lr=1e-3, time_budget=100.0)
+
+    def lr_now(config) -> float:
+        config["lr_scheduler"]["scheduler"].step()
+        return config["optimizer"].param_groups[0]["lr"]
+
+    first = task()
+    config = first.configure_optimizers()
+    clock[0] += 60.0
+    at_60 = lr_now(config)
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    assert checkpoint["time_budget_elapsed"] == 60.0 and 1e-4 < at_60 < 5e-4  # past the cosine's middle
+
+    clock[0] += 3600.0  # resumed an hour later
+    resumed = task()
+    if restore_first:
+        resumed.on_load_checkpoint(checkpoint)
+        config = resumed.configure_optimizers()
+    else:
+        config = resumed.configure_optimizers()
+        clock[0] += 5.0  # the checkpoint is read after the optimizers are configured
+        resumed.on_load_checkpoint(checkpoint)
+    assert lr_now(config) == pytest.approx(at_60)
+    clock[0] += 40.0
+    assert lr_now(config) == pytest.approx(1e-3 * resumed.hparams.min_lr_ratio)  # the budget is spent

@@ -135,3 +135,42 @@ def test_bad_threads_and_an_unloadable_tokenizer_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()  # a folder without tokenizer files: transformers raises OSError
     with pytest.raises(SystemExit, match="expected --tokenizer 'bytes', 'raw-bytes' or a transformers tokenizer"):
         main(["generate", folder, "--prompt", "abc", "--tokenizer", str(tmp_path / "empty")])
+
+
+def test_a_prompt_longer_than_the_window_is_printed_whole(tmp_path, capsys):
+    """The model reads the last 32 bytes of a 36-byte prompt; that cut falls inside a 3-byte "€". The printed text
+    began with two U+FFFD and lacked the first characters of the prompt; now it is the whole prompt + continuation."""
+    from perceiver.tokenizer import decode_bytes, encode_bytes
+
+    model, folder = _save(tmp_path, 262)
+    prompt = "€" * 12  # 36 bytes
+    main(["generate", folder, "--prompt", prompt, "--max-new-tokens", "6", "--greedy"])
+    ids = encode_bytes(prompt)
+    expected = decode_bytes(ids[:4] + _greedy(model, ids[4:]))
+    printed = capsys.readouterr().out
+    assert printed == expected + "\n" and printed.startswith(prompt)
+
+
+def test_generate_text_hands_a_streamer_the_whole_prompt():
+    """Any streamer (here transformers-like: the first `put` is the prompt) gets the prompt the user gave, not its
+    window."""
+    import argparse
+
+    from perceiver.training.generate import build_parser, generate_text
+
+    class Recorder:
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, ids):
+            self.puts.append(ids)
+
+        def end(self):
+            self.ended = True
+
+    model = perceiver.create_model("perceiver-ar-tiny", max_seq_len=8, num_latents=4, d_model=32, num_layers=1).eval()
+    args: argparse.Namespace = build_parser().parse_args(["x", "--prompt", "-", "--max-new-tokens", "3", "--greedy"])
+    rec = Recorder()
+    text = generate_text(model, "abcdefghij", args, streamer=rec)
+    assert rec.puts[0].shape == (1, 10) and rec.puts[0][0].tolist() == [b + 6 for b in b"abcdefghij"]
+    assert len(rec.puts) == 4 and rec.ended and text.startswith("abcdefghij")

@@ -27,6 +27,7 @@ slides (`W - (max_latents - num_latents)` newest tokens are kept) and the cache 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,9 +238,11 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         if num_latents is None:
             n = length - c.prefix_len if c.prefix_len is not None else c.num_latents
             return max(1, min(n, length))
-        if isinstance(num_latents, bool) or not isinstance(num_latents, int) or num_latents < 1:
-            raise ValueError(f"num_latents must be a positive integer, got {num_latents!r}")
-        return min(num_latents, length)
+        if isinstance(num_latents, bool) or not isinstance(num_latents, numbers.Integral) or num_latents < 1:
+            raise ValueError(
+                f"num_latents must be a positive integer, got {num_latents!r} ({type(num_latents).__name__})"
+            )
+        return min(int(num_latents), length)
 
     def _rotates(self, i: int) -> bool:
         """Whether self-attention layer `i` rotates its queries and keys (`config.rotary_layers`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +126,9 @@ class ARGeneration:
         repetition_penalty: float = 1.0,
         min_new_tokens: int = 0,
         num_return_sequences: int = 1,
-        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
+        logits_processor: Callable[[Tensor, Tensor], Tensor]
+        | Sequence[Callable[[Tensor, Tensor], Tensor]]
+        | None = None,
     ) -> Tensor:
         """Prompt + up to `max_new_tokens` new tokens `(B * num_return_sequences, L + T)` (greedy, or sampling with
         `do_sample`). The keywords mean what they mean in transformers' `generate`.
@@ -137,7 +139,8 @@ class ARGeneration:
                 of a batch share one window schedule (that of the padded length), so a left-padded row generates
                 what it generates alone until the first window slide / latent reset (with `config.prefix_len`, N
                 counts the padding: the prefix / latent split then differs from the row's alone).
-            temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]).
+            temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]; top_k None or 0 and
+                top_p None or 1 filter nothing, as in transformers).
             eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
             use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
                 give the same tokens.
@@ -154,8 +157,9 @@ class ARGeneration:
             min_new_tokens: `eos_token_id` cannot be chosen before this many new tokens.
             num_return_sequences: sampled continuations per prompt (rows `i * n ... i * n + n - 1` continue prompt
                 `i`); needs `do_sample` (greedy ones would be copies).
-            logits_processor: `(ids (B, L), scores (B, V)) -> scores`, applied after the above and before
-                temperature / top-k / top-p, e.g. transformers' `LogitsProcessorList` of its processors.
+            logits_processor: `(ids (B, L), scores (B, V)) -> scores`, or a list of them applied in order, after
+                the above and before temperature / top-k / top-p: e.g. transformers' processors, in a
+                `LogitsProcessorList` or a plain list (as its `generate` takes them).
         """
         c = self.config
         input_ids = check_token_ids(input_ids, c.vocab_size).long()  # e.g. uint8 bytes; the result is int64
@@ -165,8 +169,7 @@ class ARGeneration:
                 f"expected a prompt of at most max_seq_len={c.max_seq_len} tokens, got {length} "
                 f"(truncate it, e.g. input_ids[:, -{c.max_seq_len}:])"
             )
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"expected max_new_tokens >= 0 (an int), got {max_new_tokens!r}")
+        max_new_tokens = _count(max_new_tokens, "max_new_tokens", 0)
         for name, number in (
             ("temperature", temperature),
             ("top_p", top_p),
@@ -178,18 +181,13 @@ class ARGeneration:
                 raise InputTypeError(f"expected {name} as a number, got {number!r} ({type(number).__name__})")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"expected top_p in (0, 1], got {top_p}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"expected top_k >= 1 (an int), got {top_k!r}")
+        top_k = None if top_k is None else _count(top_k, "top_k", 0) or None  # 0: off (transformers' meaning)
         if do_sample and (temperature is None or not temperature > 0):
             raise ValueError(f"expected temperature > 0 for sampling, got {temperature}")
         if not repetition_penalty > 0:
             raise ValueError(f"expected repetition_penalty > 0, got {repetition_penalty}")
-        for name, value, least in (
-            ("min_new_tokens", min_new_tokens, 0),
-            ("num_return_sequences", num_return_sequences, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"expected {name} >= {least} (an int), got {value!r}")
+        min_new_tokens = _count(min_new_tokens, "min_new_tokens", 0)
+        num_return_sequences = _count(num_return_sequences, "num_return_sequences", 1)
         if num_return_sequences > 1 and not do_sample:
             raise ValueError(
                 f"expected do_sample=True for num_return_sequences={num_return_sequences} (greedy continuations of "
@@ -212,6 +210,7 @@ class ARGeneration:
             raise ValueError(f"expected max_latents in [num_latents={base}, max_seq_len={c.max_seq_len}], got {m}")
         keep = max(1, c.max_seq_len - (m - base))  # window length after a slide
 
+        processors = _processors(logits_processor)
         if streamer is not None and not (
             callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))
         ):
@@ -246,8 +245,8 @@ class ARGeneration:
                 logits = _penalize_repeats(logits, ids, mask, repetition_penalty)
             if eos_token_id is not None and step < min_new_tokens:
                 logits[:, eos_token_id] = float("-inf")
-            if logits_processor is not None:
-                scores = logits_processor(ids, logits)
+            for processor in processors:
+                scores = processor(ids, logits)
                 if not isinstance(scores, Tensor) or scores.shape != logits.shape:
                     got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
                     raise ValueError(
@@ -269,6 +268,29 @@ class ARGeneration:
         if streamer is not None:
             streamer.end()
         return ids
+
+
+def _count(value: Any, name: str, least: int) -> int:
+    """`value` as a plain int >= `least`: an integral number (a numpy integer too, as transformers' `generate` takes
+    them); bools, floats and others are a ValueError naming the type."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"expected {name} >= {least} (an int), got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _processors(value: Any) -> list[Callable[[Tensor, Tensor], Tensor]]:
+    """`logits_processor` as a list of callables: none, the one given (e.g. a `LogitsProcessorList`), or the items
+    of a list / tuple (transformers' `generate` takes a plain list too)."""
+    if value is None:
+        return []
+    items = [value] if callable(value) else list(value) if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if not callable(item):
+            raise InputTypeError(
+                f"expected logits_processor as a callable (ids, scores) -> scores or a list of them, got "
+                f"{type(item).__name__}"
+            )
+    return items
 
 
 def _token_id(value: Any, name: str, vocab_size: int) -> int:

@@ -8,7 +8,10 @@ epoch value is the mean over all scored bytes; with a datamodule offering `unigr
 bits per byte of the training byte frequencies on the same bytes.
 
 `time_budget` (seconds) makes the warmup + cosine schedule run over wall-clock time instead of steps (pair it with
-`trainer.max_time`), so that models of different speed can be compared at equal training time.
+`trainer.max_time`), so that models of different speed can be compared at equal training time (`warmup_steps` < 1
+is then a fraction of the budget; a step count >= 1 becomes 5% of it). The time trained so far is saved in
+checkpoints: a resumed run (`--ckpt_path last`) continues the schedule where it stopped, as Lightning's `max_time`
+timer continues its clock.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class CausalLMTask(PerceiverTask):
         self.save_hyperparameters()
         self.metrics = metric_dict("bpb")
         self._unigram: dict[str, float] = {}
-        self._start: float | None = None
+        self._start: float | None = None  # when this process started the schedule (monotonic clock)
+        self._offset = 0.0  # seconds trained before, by the runs this one resumes (from the checkpoint)
 
     no_step_budget_hint = ", or schedule over wall-clock time with model.time_budget (seconds, as trainer.max_time)"
 
@@ -57,13 +61,48 @@ class CausalLMTask(PerceiverTask):
         warmup = hp.warmup_steps if hp.warmup_steps < 1 else 0.05  # a fraction of the budget
 
         def by_time(step: int) -> float:
-            if self._start is None:
-                self._start = time.monotonic()
-            elapsed = min(1.0, (time.monotonic() - self._start) / budget)
+            elapsed = min(1.0, self.time_trained() / budget)
             return cosine_with_warmup(int(elapsed * 10000), int(warmup * 10000), 10000, hp.min_lr_ratio)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, by_time)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def time_trained(self) -> float:
+        """Seconds of the `time_budget` schedule spent: by the runs resumed from, and by this one since its schedule
+        started (the first call starts it)."""
+        if self._start is None:
+            self._start = time.monotonic()
+        return self._offset + time.monotonic() - self._start
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams.time_budget:
+            checkpoint["time_budget_elapsed"] = self.time_trained()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._offset = float(checkpoint.get("time_budget_elapsed", 0.0))
+        if self._start is not None:  # the schedule started before the restore: count from now
+            self._start = time.monotonic()
+
+    def adapt_to_datamodule(self, datamodule: Any) -> None:
+        """As `PerceiverTask`'s, and the model's latents must cover the tokens each evaluation window scores: a
+        datamodule with `num_targets` and `max_seq_len` (`PydocARDataModule`, `TextFilesARDataModule`) scores the last
+        `num_targets` tokens of a window, which only the latents predict (N - 1 of them inside the window); with more
+        targets the others were dropped from the loss without a word, and bits per byte measured fewer bytes."""
+        super().adapt_to_datamodule(datamodule)
+        targets, window = getattr(datamodule, "num_targets", None), getattr(datamodule, "max_seq_len", None)
+        latents = getattr(self.model, "_num_latents", None)  # PerceiverAR's N for a window (None: another model)
+        if not isinstance(targets, int) or not isinstance(window, int) or not callable(latents):
+            return
+        n = latents(window, None)
+        if targets >= n:
+            fewer = f"pass --data.num_targets {n - 1} or less, or " if n > 1 else ""
+            raise ValueError(
+                f"{type(datamodule).__name__} scores the last {targets} tokens of each evaluation window "
+                f"(num_targets={targets}) but the {n} latents of {type(self.model).__name__} predict only the last "
+                f"{n - 1}; {fewer}give the model more latents (--model.model_kwargs.num_latents {targets + 1})"
+            )
 
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         return self.model(batch["input_ids"], batch.get("attention_mask"), labels=batch["labels"])

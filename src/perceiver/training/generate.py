@@ -4,8 +4,9 @@ How text becomes ids (`--tokenizer`, default `auto`): `bytes`, UTF-8 bytes + 6 (
 special tokens; `auto` for a 262-token vocabulary); `raw-bytes`, the UTF-8 bytes as ids 0-255 (`auto` for 256, as
 perceiver-ar-pytorch's enwik8 models); or a transformers tokenizer, a Hub id or folder (`auto`: the one saved in
 MODEL_DIR or its Hub repository, as krasserm perceiver-io's; needs transformers). Any other vocabulary without a
-tokenizer is an error, not a byte decoding of ids that are not bytes. A prompt longer than the model's window keeps
-its last `max_seq_len` ids. Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced) as it is
+tokenizer is an error, not a byte decoding of ids that are not bytes. Of a prompt longer than the model's window the
+model reads the last `max_seq_len` ids; the text printed is still the whole prompt (a cut inside a character would
+print replacement characters). Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced) as it is
 generated (`TextPrinter`, a streamer of `generate`). Sampling by default (`--temperature`, `--top-k`, `--top-p`,
 `--seed`, `--repetition-penalty`), `--greedy` for argmax.
 """
@@ -43,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model_dir", help="a model folder (config.json + model.safetensors), e.g. RUN_DIR/model")
     parser.add_argument("--prompt", required=True, help="text to continue (at least one byte)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate (default 200)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens to generate (bytes for a byte vocabulary; default 200)"
+    )
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature > 0 (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     parser.add_argument(
         "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens already in the text"
@@ -165,14 +168,18 @@ def generate_text(
     streamer: Any | None = None,
 ) -> str:
     """`prompt` continued by `model.generate` as `args` say; `codec`: `(encode, decode)`, default bytes + 6;
-    `streamer`: passed on to `generate` (e.g. a `TextPrinter`)."""
+    `streamer`: passed on to `generate` (e.g. a `TextPrinter`). The model reads the last `max_seq_len` ids of the
+    prompt; the text returned (and the prompt the streamer gets) is the whole prompt + continuation."""
     encode, decode = codec or (encode_bytes, decode_bytes)
     if not prompt:
         raise ValueError("expected a non-empty --prompt, got ''")
     window = model.config.max_seq_len
-    ids = encode(prompt)[-window:]
+    ids = encode(prompt)
     if not ids:
         raise ValueError(f"expected a prompt that encodes to at least one token, got {prompt!r}")
+    head, ids = ids[:-window], ids[-window:]  # head: what the window leaves out (it may end inside a character)
+    if head and streamer is not None:
+        streamer = _PrefixedStreamer(streamer, head)
     out = model.generate(
         torch.tensor(ids, dtype=torch.long).unsqueeze(0),
         args.max_new_tokens,
@@ -186,7 +193,24 @@ def generate_text(
         streamer=streamer,
         repetition_penalty=args.repetition_penalty,
     )
-    return decode(out[0].tolist())
+    return decode(head + out[0].tolist())
+
+
+class _PrefixedStreamer:
+    """Hands `streamer` the prompt `(1, L)` of `generate` with the ids `head` the model's window left out in front
+    `(1, len(head) + L)`, then the new tokens as they come."""
+
+    def __init__(self, streamer: Any, head: list[int]) -> None:
+        self.streamer, self.head = streamer, head
+
+    def put(self, ids: torch.Tensor) -> None:
+        if self.head:  # the first put: the prompt
+            ids = torch.cat((torch.tensor([self.head], dtype=ids.dtype), ids), dim=1)
+            self.head = []
+        self.streamer.put(ids)
+
+    def end(self) -> None:
+        self.streamer.end()
 
 
 def generate_main(argv: list[str]) -> None:
