@@ -28,3 +28,25 @@ def one_process_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("one-process")
     fit(run, devices=1, batch_size=16)
     return run
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """An image folder of 2 classes (`test_examples.write_image_folder`), for the fine-tuning tests."""
+    from test_examples import write_image_folder
+
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def pretrained_3(tmp_path) -> Path:
+    """A saved 3-class Perceiver IO image classifier (stands in for a Hub checkpoint with another head; the data of
+    `folder` has 2 classes)."""
+    import torch
+    from test_finetune import TINY_FOURIER
+
+    import perceiver
+
+    torch.manual_seed(0)
+    model = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER, num_classes=3)
+    return model.save_pretrained(tmp_path / "pretrained-3")

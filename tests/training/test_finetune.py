@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_examples import CLASSES, example_args, write_image_folder
+from test_examples import CLASSES, example_args
 
 import perceiver
 from perceiver.data import ImageFolderDataModule
@@ -25,6 +25,17 @@ TINY_FOURIER = dict(
     num_blocks=1,
     num_self_attends_per_block=1,
     latent_heads=2,
+)
+#: a tiny transformers PerceiverConfig of the Fourier image classifier, 7 labels (a checkpoint with another head)
+HF_FOURIER = dict(
+    num_latents=8,
+    d_latents=32,
+    num_blocks=1,
+    num_self_attends_per_block=1,
+    num_self_attention_heads=1,
+    num_cross_attention_heads=1,
+    image_size=16,
+    num_labels=7,
 )
 TINY_CLASSIC = dict(
     input_channels=3,
@@ -46,19 +57,6 @@ def _has_head_contract() -> bool:
 
 #: needs the model contract: `reset_classifier`, `num_classes`, `from_pretrained(num_classes=, ignore_mismatched_sizes=)`
 head_contract = pytest.mark.skipif(not _has_head_contract(), reason="models without reset_classifier / num_classes")
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    return write_image_folder(tmp_path / "images")
-
-
-@pytest.fixture
-def pretrained_3(tmp_path) -> Path:
-    """A saved 3-class Perceiver IO image classifier (stands in for a Hub checkpoint with another head)."""
-    torch.manual_seed(0)
-    model = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER, num_classes=3)
-    return model.save_pretrained(tmp_path / "pretrained-3")
 
 
 def datamodule(folder: Path) -> ImageFolderDataModule:
@@ -171,16 +169,7 @@ def test_fine_tune_a_transformers_checkpoint_with_a_new_head(tmp_path, capsys):
     """The documented command for deepmind/vision-perceiver-fourier, on a tiny transformers checkpoint of the same
     architecture saved locally (7 labels): `reset_head` gives it a 2-class head, the rest is converted weights."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.PerceiverConfig(
-        num_latents=8,
-        d_latents=32,
-        num_blocks=1,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=1,
-        num_cross_attention_heads=1,
-        image_size=16,
-        num_labels=7,
-    )
+    config = transformers.PerceiverConfig(**HF_FOURIER)
     torch.manual_seed(0)
     transformers.PerceiverForImageClassificationFourier(config).save_pretrained(tmp_path / "hf-fourier")
     run = tmp_path / "run"

@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, StochasticWeightAveraging
-from test_examples import example_args, write_image_folder
-from test_finetune import TINY_FOURIER
+from test_examples import example_args
+from test_finetune import HF_FOURIER, TINY_FOURIER
 
 import perceiver
 from perceiver.data import ImageFolderDataModule
@@ -31,19 +31,6 @@ TRAINER = dict(
     enable_progress_bar=False,
     enable_model_summary=False,
 )
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    return write_image_folder(tmp_path / "images")
-
-
-@pytest.fixture
-def pretrained_3(tmp_path) -> Path:
-    """A saved 3-class Perceiver IO image classifier (the data has 2 classes)."""
-    torch.manual_seed(0)
-    model = perceiver.create_model("vision-perceiver-fourier", **TINY_FOURIER, num_classes=3)
-    return model.save_pretrained(tmp_path / "pretrained-3")
 
 
 def datamodule(folder: Path) -> ImageFolderDataModule:
@@ -165,16 +152,7 @@ def test_model_kwargs_that_do_not_fit_the_pretrained_weights_name_both(pretraine
 
 def test_model_kwargs_that_do_not_fit_a_transformers_checkpoint_name_both(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.PerceiverConfig(
-        num_latents=8,
-        d_latents=32,
-        num_blocks=1,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=1,
-        num_cross_attention_heads=1,
-        image_size=16,
-        num_labels=7,
-    )
+    config = transformers.PerceiverConfig(**HF_FOURIER)
     transformers.PerceiverForImageClassificationFourier(config).save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match=r"does not fit .*\(num_latents=16 \(pretrained: 8\)\); drop them"):
         ClassificationTask(pretrained=str(tmp_path / "hf"), model_kwargs={"num_latents": 16})
