@@ -240,3 +240,25 @@ def test_hidden_states_and_attention_maps_parity(name, tmp_path):
         expected = theirs(inputs=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
         got = ours(ids, attention_mask=mask, return_hidden_states=True, return_attention=True)
     assert_same_intermediates(got, expected, theirs.config.num_blocks, theirs.config.num_self_attends_per_block, TOL)
+
+
+def test_a_classifier_starts_from_a_masked_lm_as_in_transformers(tmp_path):
+    """Fine-tuning the language Perceiver for classification: transformers'
+    `PerceiverForSequenceClassification.from_pretrained(mlm_checkpoint)` keeps the embedding and encoder and draws a
+    new decoder; `from_masked_lm` does the same from our (converted) masked LM: the latents are transformers'."""
+    mlm = random_hf(transformers.PerceiverForMaskedLM, hf_config(**CONFIGS["8heads-qk-v-2blocks-nores"]))
+    folder = save(mlm, tmp_path)
+    theirs = transformers.PerceiverForSequenceClassification.from_pretrained(folder, num_labels=4).eval()
+    ours_mlm = perceiver.from_pretrained(folder)
+    ours = PerceiverForSequenceClassification.from_masked_lm(ours_mlm, num_classes=4).eval()
+    assert ours.num_classes == 4 and ours.reinitialized_keys
+    assert all(k.startswith(("decoder.", "query_builder.", "output_adapter.")) for k in ours.reinitialized_keys)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        expected = theirs.perceiver(inputs=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask)
+    assert got.logits.shape == (3, 4) and (got.last_hidden_state - expected).abs().max() <= TOL
+    ours.config.encoder.num_latents = 99  # a copy of the LM's config, not the same object
+    assert ours_mlm.config.encoder.num_latents == 6
+    with pytest.raises(TypeError, match="expected a PerceiverForMaskedLM, got PerceiverForSequenceClassification"):
+        PerceiverForSequenceClassification.from_masked_lm(ours)

@@ -303,6 +303,7 @@ class PerceiverForSequenceClassification(TextModel):
 
     config_class = PerceiverTextClassifierConfig
     model_type = "perceiver-text-classifier"
+    reinitialized_keys: list[str]  # the new tensors of `from_masked_lm` (and of a resized head)
 
     def __init__(self, config: PerceiverTextClassifierConfig) -> None:
         c = config
@@ -314,6 +315,30 @@ class PerceiverForSequenceClassification(TextModel):
             adapter, build_text_encoder(adapter, c.encoder), TrainableQueries(1, q), decoder, ClassificationOutput()
         )
         self.config = config
+
+    @classmethod
+    def from_masked_lm(
+        cls, mlm: PerceiverForMaskedLM, num_classes: int = 2, decoder: DecoderConfig | None = None
+    ) -> PerceiverForSequenceClassification:
+        """A classifier of `num_classes` on the byte embedding and encoder of a masked LM (a copy of their weights),
+        with a new decoder (`decoder`, default transformers' classification decoder) and head: how a pretrained
+        `language-perceiver` is fine-tuned for text classification, as transformers'
+        `PerceiverForSequenceClassification.from_pretrained("deepmind/language-perceiver")` starts it. The new
+        tensors' names are in `.reinitialized_keys`. E.g. `from_masked_lm(perceiver.from_pretrained(path), 3)`."""
+        if not isinstance(mlm, PerceiverForMaskedLM):
+            raise InputTypeError(f"expected a PerceiverForMaskedLM, got {type(mlm).__name__}")
+        config = PerceiverTextClassifierConfig(
+            adapter=replace(mlm.config.adapter),  # copies: the two models' configs stay apart
+            encoder=replace(mlm.config.encoder),
+            decoder=decoder or classifier_decoder(),
+            num_classes=num_classes,
+        )
+        model = cls(config).to(next(mlm.parameters()).dtype)
+        shared = {k: v for k, v in mlm.state_dict().items() if k.startswith(("input_adapter.", "encoder."))}
+        missing, unexpected = model.load_state_dict(shared, strict=False)
+        assert not unexpected and not any(k.startswith(("input_adapter.", "encoder.")) for k in missing), missing
+        model.reinitialized_keys = sorted(missing)
+        return model.to(next(mlm.parameters()).device)
 
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
