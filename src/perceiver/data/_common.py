@@ -281,6 +281,13 @@ def converted(image: Any, grayscale: bool) -> Any:
         return image.convert("RGB").convert("L")
 
 
+def labels_by_name(values: Sequence[Any], names: Sequence[str]) -> list[Any]:
+    """A split's `ClassLabel` ids as the split's own class `names`, for a split encoded with other names than the
+    training split's (`class_encode_column` on each split: id 0 is another class in each); a value that is no id of
+    `names` is kept as it is, for the caller's error to name it."""
+    return [names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in values]
+
+
 def upright(image: Any) -> Any:
     """`image` turned as its EXIF orientation tag says (a phone photo stored sideways is shown upright by viewers,
     and `datasets.Image` decodes it upright too); `image` itself when it has no such tag or unreadable EXIF."""

@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, as_hw, load_image, stratified_split
+from perceiver.data._common import (
+    BaseDataModule,
+    KeyedDataset,
+    as_hw,
+    labels_by_name,
+    load_image,
+    stratified_split,
+)
 from perceiver.data.audio_folder import AudioFileDataset, load_audio
 from perceiver.data.folders import SPLIT_SEED, ImageFileDataset
 
@@ -241,7 +248,7 @@ class HFClassificationDataModule(BaseDataModule):
                 self.class_names = [str(i) for i in range(max(values) + 1)]
             else:
                 self.class_names = sorted(str(v) for v in values)
-                self._to_id = {name: i for i, name in enumerate(self.class_names)}
+                self._to_id = {name: i for i, name in enumerate(self.class_names)}  # the labels are names
             if len(self.class_names) < 2:
                 raise ValueError(
                     f"{path}: expected at least 2 classes in label column {self.label_column!r}, got {self.class_names}"
@@ -272,15 +279,12 @@ class HFClassificationDataModule(BaseDataModule):
         without an input or a label."""
         self._check_present(split)
         values: Any = self.splits[split][self.label_column]
-        to_id = self._to_id
+        to_id, by_name = self._to_id, {name: i for i, name in enumerate(self.class_names)}
         feature = self.splits[split].features[self.label_column]
         if type(feature).__name__ == "ClassLabel" and list(feature.names) != self._label_names:
-            # encoded with other names than the training split (e.g. `class_encode_column` on each split): by name
-            names = list(feature.names)
-            values = [names[v] if 0 <= v < len(names) else v for v in values]
-            to_id = {name: i for i, name in enumerate(self.class_names)}
+            values, to_id = labels_by_name(values, feature.names), by_name  # encoded with other names
         elif _is_strings(feature):  # names, where the training split has ClassLabel or integer ids
-            to_id = {name: i for i, name in enumerate(self.class_names)}
+            to_id = by_name
         if to_id is None:
             ids = np.asarray(values, dtype=np.int64)
             bad = np.flatnonzero((ids < 0) | (ids >= self.num_classes))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from perceiver.data._common import BaseDataModule, KeyedDataset, require_file, stratified_split
+from perceiver.data._common import BaseDataModule, KeyedDataset, labels_by_name, require_file, stratified_split
 
 # the byte vocabulary, defined once in perceiver.tokenizer (re-exported for the datasets)
 from perceiver.tokenizer import BOS_ID as BOS_ID
@@ -264,10 +264,7 @@ class TextClassificationDataModule(BaseDataModule):
             for role, cols in raw.items():  # a split encoded with other ClassLabel names: its labels by name
                 split_feature = self.splits[self.split_names[role]].features[self.label_field]
                 if type(split_feature).__name__ == "ClassLabel" and list(split_feature.names) != train_names:
-                    names = list(split_feature.names)
-                    cols[self.label_field] = [
-                        names[v] if isinstance(v, int) and 0 <= v < len(names) else v for v in cols[self.label_field]
-                    ]
+                    cols[self.label_field] = labels_by_name(cols[self.label_field], split_feature.names)
         else:
             raw = {split: read_table(p, fields, self.cache_dir, [self.text_field]) for split, p in self.files.items()}
         for split, cols in raw.items():

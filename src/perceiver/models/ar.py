@@ -27,7 +27,6 @@ slides (`W - (max_latents - num_latents)` newest tokens are kept) and the cache 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.checks import InputTypeError, check_token_ids, token_mask
+from perceiver.checks import InputTypeError, check_int, check_token_ids, token_mask
 from perceiver.core.model import (
     Features,
     ModelOutput,
@@ -238,11 +237,7 @@ class PerceiverAR(ARGeneration, PerceiverModel):
         if num_latents is None:
             n = length - c.prefix_len if c.prefix_len is not None else c.num_latents
             return max(1, min(n, length))
-        if isinstance(num_latents, bool) or not isinstance(num_latents, numbers.Integral) or num_latents < 1:
-            raise ValueError(
-                f"num_latents must be a positive integer, got {num_latents!r} ({type(num_latents).__name__})"
-            )
-        return min(int(num_latents), length)
+        return min(check_int(num_latents, "num_latents"), length)  # numpy integers too
 
     def _rotates(self, i: int) -> bool:
         """Whether self-attention layer `i` rotates its queries and keys (`config.rotary_layers`)."""

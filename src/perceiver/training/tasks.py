@@ -113,7 +113,7 @@ def _overridden(pretrained: str, kwargs: dict[str, Any], keys: list[str]) -> str
 
     config, shown = None, []
     with contextlib.suppress(Exception):  # only for the message: the error being raised matters more
-        config = getattr(perceiver.from_pretrained(pretrained), "config", None)
+        config = getattr(perceiver.from_pretrained(pretrained, device="meta"), "config", None)  # no weights read
     for key in keys:
         name, values = ALIASES.get(key, key), []
         with contextlib.suppress(AttributeError, TypeError):  # TypeError: a config that is no dataclass
