@@ -245,7 +245,8 @@ def test_hidden_states_and_attention_maps_parity(name, tmp_path):
 def test_a_classifier_starts_from_a_masked_lm_as_in_transformers(tmp_path):
     """Fine-tuning the language Perceiver for classification: transformers'
     `PerceiverForSequenceClassification.from_pretrained(mlm_checkpoint)` keeps the embedding and encoder and draws a
-    new decoder; `from_masked_lm` does the same from our (converted) masked LM: the latents are transformers'."""
+    new decoder; `from_masked_lm` does the same from our (converted) masked LM, and so does our class's own
+    `from_pretrained` of the transformers folder: the latents are transformers'."""
     mlm = random_hf(transformers.PerceiverForMaskedLM, hf_config(**CONFIGS["8heads-qk-v-2blocks-nores"]))
     folder = save(mlm, tmp_path)
     theirs = transformers.PerceiverForSequenceClassification.from_pretrained(folder, num_labels=4).eval()
@@ -258,6 +259,10 @@ def test_a_classifier_starts_from_a_masked_lm_as_in_transformers(tmp_path):
         expected = theirs.perceiver(inputs=ids, attention_mask=mask).last_hidden_state
         got = ours(ids, attention_mask=mask)
     assert got.logits.shape == (3, 4) and (got.last_hidden_state - expected).abs().max() <= TOL
+    direct = PerceiverForSequenceClassification.from_pretrained(folder, num_labels=4)  # transformers' own call
+    assert direct.num_classes == 4 and direct.reinitialized_keys == ours.reinitialized_keys
+    with torch.no_grad():
+        assert (direct(ids, attention_mask=mask).last_hidden_state - expected).abs().max() <= TOL
     ours.config.encoder.num_latents = 99  # a copy of the LM's config, not the same object
     assert ours_mlm.config.encoder.num_latents == 6
     with pytest.raises(TypeError, match="expected a PerceiverForMaskedLM, got PerceiverForSequenceClassification"):

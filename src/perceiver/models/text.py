@@ -28,11 +28,14 @@ from torch import Tensor
 from perceiver.adapters.outputs import ClassificationOutput
 from perceiver.adapters.text import TextAdapter, TextAdapterConfig, TiedEmbeddingOutput
 from perceiver.checks import InputTypeError, check_int_input
+from perceiver.core.config import rename_keys
 from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
 from perceiver.core.model import ModelOutput, check_class_ids, check_labels, token_cross_entropy
+from perceiver.hub import apply_overrides
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
+from perceiver.models.mlm_start import StartsFromMaskedLM, check_kept_shapes
 from perceiver.models.registry import build_preset, register_model, register_model_type
 from perceiver.tokenizer import VOCAB_SIZE, ByteTokenizer
 
@@ -294,7 +297,7 @@ class PerceiverForMaskedLM(TextModel):
 
 
 @register_model_type
-class PerceiverForSequenceClassification(TextModel):
+class PerceiverForSequenceClassification(StartsFromMaskedLM, TextModel):
     """Text classifier: the text encoder and one learned decoder query.
 
     `forward(inputs (B, L), attention_mask (B, L))` -> `ModelOutput` with `.logits` `(B, num_classes)`,
@@ -318,12 +321,18 @@ class PerceiverForSequenceClassification(TextModel):
 
     @classmethod
     def from_masked_lm(
-        cls, mlm: PerceiverForMaskedLM, num_classes: int = 2, decoder: DecoderConfig | None = None
+        cls,
+        mlm: PerceiverForMaskedLM,
+        num_classes: int = 2,
+        decoder: DecoderConfig | None = None,
+        **overrides: Any,
     ) -> PerceiverForSequenceClassification:
         """A classifier of `num_classes` on the byte embedding and encoder of a masked LM (a copy of their weights),
         with a new decoder (`decoder`, default transformers' classification decoder) and head: how a pretrained
         `language-perceiver` is fine-tuned for text classification, as transformers'
-        `PerceiverForSequenceClassification.from_pretrained("deepmind/language-perceiver")` starts it. The new
+        `PerceiverForSequenceClassification.from_pretrained("deepmind/language-perceiver")` starts it (which
+        `from_pretrained` of this class does too). `overrides` set config fields (dropout, decoder sizes; flat or
+        dotted keys, as presets take them; a ValueError if they change the shapes of the kept weights). The new
         tensors' names are in `.reinitialized_keys`. E.g. `from_masked_lm(perceiver.from_pretrained(path), 3)`."""
         if not isinstance(mlm, PerceiverForMaskedLM):
             raise InputTypeError(f"expected a PerceiverForMaskedLM, got {type(mlm).__name__}")
@@ -333,12 +342,22 @@ class PerceiverForSequenceClassification(TextModel):
             decoder=decoder or classifier_decoder(),
             num_classes=num_classes,
         )
-        model = cls(config).to(next(mlm.parameters()).dtype)
+        model = cls(apply_overrides(config, rename_keys(cls.legacy_keys, overrides)) if overrides else config)
+        model = model.to(next(mlm.parameters()).dtype)
+        mine = model.state_dict()
         shared = {k: v for k, v in mlm.state_dict().items() if k.startswith(("input_adapter.", "encoder."))}
+        check_kept_shapes([k for k, v in shared.items() if k in mine and mine[k].shape != v.shape], overrides)
         missing, unexpected = model.load_state_dict(shared, strict=False)
         assert not unexpected and not any(k.startswith(("input_adapter.", "encoder.")) for k in missing), missing
         model.reinitialized_keys = sorted(missing)
         return model.to(next(mlm.parameters()).device)
+
+    @classmethod
+    def _start_from_masked_lm(
+        cls, mlm: Any, num_classes: int | None, overrides: dict[str, Any]
+    ) -> tuple[PerceiverForSequenceClassification, list[str]]:
+        model = cls.from_masked_lm(mlm, 2 if num_classes is None else num_classes, **overrides)
+        return model, model.reinitialized_keys
 
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,

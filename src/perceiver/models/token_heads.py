@@ -43,6 +43,7 @@ from perceiver.core.encoder import EncoderConfig
 from perceiver.core.model import Features, ModelOutput, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import check_num_classes
+from perceiver.models.mlm_start import StartsFromMaskedLM, check_kept_shapes
 from perceiver.models.registry import build_preset, register_model, register_model_type
 from perceiver.models.text import (
     PerceiverForMaskedLM,
@@ -168,7 +169,7 @@ class QuestionAnsweringOutput(ModelOutput):
 
 
 @register_model_type
-class PerceiverForTokenClassification(TextModel):
+class PerceiverForTokenClassification(StartsFromMaskedLM, TextModel):
     """A class per input byte: `forward(inputs (B, L), attention_mask (B, L), labels (B, L))` -> `ModelOutput` with
     `.logits` `(B, L, num_classes)`, `.loss` with labels (-100 = ignore; padding is ignored as well)."""
 
@@ -273,7 +274,8 @@ class PerceiverForTokenClassification(TextModel):
         base = cls.config_class(
             adapter=replace(parts.adapter), encoder=replace(parts.encoder), decoder=replace(parts.decoder)
         )
-        model = cls(apply_overrides(base, rename_keys(cls.legacy_keys, overrides)))
+        weight = next(mlm.parameters())  # the new head in the dtype and on the device of the masked LM
+        model = cls(apply_overrides(base, rename_keys(cls.legacy_keys, overrides))).to(weight.device, weight.dtype)
         ours, theirs = model.state_dict(), mlm.state_dict()
         loaded = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
         report = {
@@ -283,6 +285,15 @@ class PerceiverForTokenClassification(TextModel):
         }
         model.load_state_dict({**ours, **loaded}, strict=True)
         return model.train(mlm.training), report
+
+    @classmethod
+    def _start_from_masked_lm(
+        cls, mlm: Any, num_classes: int | None, overrides: dict[str, Any]
+    ) -> tuple[PerceiverForTokenClassification, list[str]]:
+        count = {} if num_classes is None else {"num_classes": num_classes}
+        model, report = cls.from_masked_lm(mlm, **overrides, **count)
+        check_kept_shapes(report["mismatched"], overrides)
+        return model, sorted(report["new"] + report["mismatched"])
 
 
 @register_model_type

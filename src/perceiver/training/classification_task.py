@@ -15,14 +15,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from perceiver.training.building import CLASS_COUNT_KEYS, class_count_key, num_classes_of
 from perceiver.training.mixing import check_mixing, mix_batch
-from perceiver.training.tasks import (
-    CLASS_COUNT_KEYS,
-    PerceiverTask,
-    class_count_key,
-    metric_dict,
-    num_classes_of,
-)
+from perceiver.training.tasks import PerceiverTask, metric_dict
 
 __all__ = ["ClassificationTask"]
 
@@ -107,7 +102,10 @@ class ClassificationTask(PerceiverTask):
                 f"{kwargs[explicit]}) but {data}; pass {fix}, or remove {explicit} from model_kwargs to take the "
                 f"datamodule's count"
             )
-        if hp.pretrained:
+        if hp.pretrained and getattr(self.model, "reinitialized_keys", None) and not hp.get("reset_head"):
+            rank_zero_info(f"perceiver: a new {k}-class head on the encoder of {hp.pretrained} (a masked LM)")
+            hp.model_kwargs = {**kwargs, "num_classes": k}  # its head is new anyway: sized for the data
+        elif hp.pretrained:
             if not hp.get("reset_head"):
                 raise ValueError(
                     f"the pretrained model {hp.pretrained} has a {n}-class head but {data}; to fine-tune it with a "
