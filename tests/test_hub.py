@@ -311,6 +311,8 @@ def test_removing_the_head_is_logged_as_a_removal(tmp_path, caplog):
         ("perceiver-ar-tiny", "predicts tokens of its vocabulary"),
         ("question-answering", "fixed head of 2 outputs"),
         ("perceiver-resampler", "has no class head"),
+        ("language-perceiver", r"over its vocabulary .* PerceiverForSequenceClassification.from_pretrained"),
+        ("optical-flow-perceiver", "has no class head"),
     ],
 )
 def test_num_classes_of_a_model_without_a_resizable_head_is_one_clear_error(name, why, tmp_path):

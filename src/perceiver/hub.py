@@ -468,7 +468,7 @@ def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, sou
     have = model.num_classes
     if have == num_classes:
         return []
-    if getattr(model, "fixed_head", False):  # a vocabulary, two QA outputs, no head: its reset_classifier says so
+    if getattr(model, "fixed_head", False) or getattr(model, "classifier_name", "") is None:  # no class head to reset
         try:
             model.reset_classifier(num_classes)
         except NotImplementedError as e:

@@ -289,9 +289,10 @@ def test_outputs_are_model_outputs_with_loss_from_compute_loss(mlm, classifier):
 
 def test_head_api(mlm, classifier):
     assert mlm.num_classes == 262  # the logits' last axis: the vocabulary
-    for call in (mlm.get_classifier, lambda: mlm.reset_classifier(3)):
-        with pytest.raises(NotImplementedError, match=r"PerceiverForMaskedLM has no class head.*vocabulary"):
-            call()
+    with pytest.raises(NotImplementedError, match=r"PerceiverForMaskedLM has no class head.*vocabulary"):
+        mlm.get_classifier()
+    with pytest.raises(NotImplementedError, match=r"over its vocabulary \(262 ids\).*SequenceClassification.from_pre"):
+        mlm.reset_classifier(3)  # names the class that starts a classifier from a masked LM
     assert classifier.num_classes == classifier.config.num_classes == 5
     assert classifier.get_classifier() is classifier.decoder.final_layer
     ids, mask = ids_and_mask()

@@ -213,6 +213,15 @@ class PerceiverForMaskedLM(TextModel):
         """The size of the logits' last axis: the vocabulary."""
         return self.config.adapter.vocab_size
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """Not supported: the logits are over the vocabulary; the text heads start from a masked LM instead."""
+        raise NotImplementedError(
+            f"the logits of {type(self).__name__} are over its vocabulary ({self.num_classes} ids), not classes; for "
+            f"a classifier of {num_classes!r} classes on its encoder load the model with "
+            f"PerceiverForSequenceClassification.from_pretrained(path, num_labels=K) (a class per byte: "
+            f"PerceiverForTokenClassification)"
+        )
+
     def default_output_index(self, adapted: AdaptedInputs) -> Index:
         """The L input positions (all `max_seq_len` with `config.decode_all_positions`)."""
         length = adapted.tokens.shape[1]
