@@ -6,6 +6,7 @@ checkpoint gives, run `perceiver predict` on files. Each test failed before the 
   says (what transformers' pipeline does and DeepMind's weights expect): other top classes;
 - `perceiver predict` on a text classifier without task.json cut texts at 2048 bytes instead of the model's
   `max_seq_len`: a longer text was an error telling to pass a tokenizer option the command does not have;
+- `perceiver predict` took only files: a text to classify had to be written to a file first (`--text`);
 - `from_pretrained(num_classes=K, ignore_mismatched_sizes=True)` kept the old head's class names in `model.id2label`
   (plausible, wrong names for the new classes); transformers' `id2label=` keyword was an "unknown key" error.
 """
@@ -113,6 +114,18 @@ def test_predict_cuts_texts_at_the_models_max_seq_len(tmp_path, capsys):
         top = hf(**enc).logits.softmax(-1)[0].topk(3)
     assert [t["label"] for t in row["top"]] == [["neg", "neu", "pos"][i] for i in top.indices.tolist()]
     np.testing.assert_allclose([t["prob"] for t in row["top"]], top.values.tolist(), atol=1e-5)
+    (typed,) = _predicted(capsys, str(tmp_path / "hf"), "--text", text)  # the text itself, as a pipeline takes it
+    assert typed == {"text": text, "top": row["top"]}
+
+
+def test_predict_text_needs_a_text_classifier_and_something_to_predict(tmp_path, capsys):
+    tiny = dict(num_latents=4, latent_dim=16, num_blocks=1, num_self_attends_per_block=1, latent_heads=2, num_bands=4)
+    folder = perceiver.create_model("vision-perceiver-fourier", **tiny).save_pretrained(tmp_path / "vision")
+    with pytest.raises(SystemExit, match="--text is for text classifiers; .* holds an image classifier"):
+        predict_main([str(folder), "--text", "a cat"])
+    with pytest.raises(SystemExit):
+        predict_main([str(folder)])
+    assert "expected files to predict (or --text TEXT for a text classifier), got none" in capsys.readouterr().err
 
 
 @pytest.fixture

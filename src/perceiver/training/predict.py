@@ -327,7 +327,8 @@ def predict_main(argv: list[str]) -> None:
         prog="perceiver predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model_dir", help="model folder (save_pretrained / perceiver fit's RUN_DIR/model)")
-    parser.add_argument("files", nargs="+", help="images, videos, sound files, text files, or image pairs for flow")
+    parser.add_argument("files", nargs="*", help="images, videos, sound files, text files, or image pairs for flow")
+    parser.add_argument("--text", action="append", default=[], help="a text to classify (text classifiers; repeat it)")
     parser.add_argument("--top-k", type=positive_int, default=5, help="labels per file (>= 1, default 5)")
     parser.add_argument("--task", choices=["classification", "optical-flow"], help="override task.json")
     parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
@@ -340,6 +341,8 @@ def predict_main(argv: list[str]) -> None:
         "--dtype", choices=DTYPE_NAMES, default="auto", help="weights' dtype (default auto: as the model was saved)"
     )
     args = parser.parse_args(argv)
+    if not args.files and not args.text:
+        parser.error("expected files to predict (or --text TEXT for a text classifier), got none")
 
     model, info = open_model_dir(args.model_dir, args.dtype)
     what, kind, predicted = model_inputs(model)
@@ -366,6 +369,12 @@ def predict_main(argv: list[str]) -> None:
         if not f.is_file():
             raise SystemExit(f"error: file not found: {f}")
     check_file_kinds(what, kind, files)
+    if args.text and kind != "text":
+        raise SystemExit(
+            f"error: --text is for text classifiers; {args.model_dir} holds {what}, which takes {kind or 'other'} inputs"
+        )
+    for text, top in zip(args.text, classify_texts(model, args.text, info, args.top_k) if args.text else []):
+        print_top({"text": text}, top, args.json)
     if task == "optical-flow":
         try:
             _predict_flow_files(model, args, info)
@@ -402,11 +411,17 @@ def predict_main(argv: list[str]) -> None:
         except (ValueError, FileNotFoundError) as e:  # an undecodable file, names that do not fit the head
             raise SystemExit(f"error: {e}") from e
         for f, top in zip(chunk, results):
-            if args.json:
-                print(json.dumps({"file": str(f), "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
-            else:
-                print(f"{f}: " + "  ".join(f"{n} ({p:.3f})" for n, p in top))
-            sys.stdout.flush()
+            print_top({"file": str(f)}, top, args.json)
+
+
+def print_top(source: dict[str, str], top: list[tuple[str, float]], as_json: bool) -> None:
+    """One line of labels and probabilities for `source` (`{"file": path}` or `{"text": text}`), or a JSON object."""
+    if as_json:
+        print(json.dumps({**source, "top": [{"label": n, "prob": round(p, 6)} for n, p in top]}))
+    else:
+        name = source.get("file") or repr(source["text"])
+        print(f"{name}: " + "  ".join(f"{n} ({p:.3f})" for n, p in top))
+    sys.stdout.flush()
 
 
 def _classify(
