@@ -113,3 +113,19 @@ def test_the_base_install_saves_and_loads_a_model(tmp_path):
     script.write_text(BASE_INSTALL_CHECK)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "model")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_subpackages_are_attributes_after_import_perceiver():
+    """`import perceiver; perceiver.models.X` (as the README writes it) raised AttributeError in a fresh interpreter
+    unless something had imported the subpackage first; `import perceiver` alone still imports no torch."""
+    code = (
+        "import sys, perceiver\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(perceiver.models.PerceiverForSequenceClassification.__name__, perceiver.data.__name__)\n"
+        "try:\n    perceiver.no_such_thing\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [
+        "PerceiverForSequenceClassification perceiver.data",
+        "module 'perceiver' has no attribute 'no_such_thing'",
+    ]

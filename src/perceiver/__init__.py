@@ -2,12 +2,14 @@
 
 Every name of `__all__` is imported on first use (PEP 562 `__getattr__`): `import perceiver` itself imports
 neither torch nor any model module, so what needs only a corner of the package (the `perceiver --help` command)
-starts fast. `from perceiver import Perceiver` and `perceiver.create_model(...)` work as usual.
+starts fast. `from perceiver import Perceiver` and `perceiver.create_model(...)` work as usual; so do the subpackages
+(`perceiver.models.PerceiverForSequenceClassification`, `perceiver.data`, ...), imported when first looked up.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -78,6 +80,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(
+                f"{__name__}.{name}"
+            )  # a subpackage: `perceiver.models.X` after `import perceiver`
         raise AttributeError(f"module 'perceiver' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
