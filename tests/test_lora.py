@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def test_new_head_trains_in_full_and_the_adapter_remembers_its_size(tmp_path):
     want = model.eval()(*x).logits
     assert want.shape == (2, 3)
     adapter_dir = lora.save_adapter(model, tmp_path / "adapter", base_model=base_dir)
-    assert json.loads((adapter_dir / "perceiver_adapter.json").read_text()) == {"num_classes": 3}
+    info = json.loads((adapter_dir / "perceiver_adapter.json").read_text())
+    assert info == {"num_classes": 3, "model_type": "perceiver-image-classifier"}
     loaded = perceiver.from_pretrained(adapter_dir)
     torch.testing.assert_close(loaded(*x).logits, want, atol=1e-5, rtol=1e-4)
     weights = sum(t.numel() for t in load_file(adapter_dir / "adapter_model.safetensors").values())
@@ -272,3 +274,35 @@ def test_an_adapter_save_that_fails_midway_leaves_the_old_files_or_none(tmp_path
             [lora.ADAPTER_CONFIG, lora.ADAPTER_WEIGHTS, lora.ADAPTER_INFO]
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_classifier_started_from_a_masked_lm_trains_and_saves_its_new_decoder(tmp_path):
+    """A text classifier drawn on a masked LM's encoder has a new decoder and query, not only a new final layer: they
+    train in full and go into the adapter (before, they stayed random and frozen, and the adapter folder could not
+    even be loaded: its base, the masked LM, has no class head)."""
+    from perceiver.models import PerceiverForSequenceClassification
+
+    torch.manual_seed(0)
+    mlm_dir = tiny("language-perceiver").save_pretrained(tmp_path / "mlm")
+    model = PerceiverForSequenceClassification.from_pretrained(mlm_dir, num_labels=3)
+    lora.add_lora(model, r=2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("decoder.modules_to_save.") and "cross_attention" in n for n in trainable)
+    assert any(n.startswith("query_builder.modules_to_save.") for n in trainable)
+    assert not any(n.startswith("decoder.") and "lora_" in n for n in trainable)  # no adapter inside them
+    assert any(n.startswith("encoder.") and "lora_" in n for n in trainable)
+    _perturb(model)
+    ids = torch.randint(0, 262, (2, 8))
+    want = model.eval()(ids).logits
+    adapter_dir = lora.save_adapter(model, tmp_path / "adapter", base_model=mlm_dir)
+    loaded = perceiver.from_pretrained(adapter_dir)
+    assert type(loaded) is PerceiverForSequenceClassification and loaded.num_classes == 3
+    torch.testing.assert_close(loaded(ids).logits, want, atol=1e-5, rtol=1e-4)
+
+
+def test_importing_peft_through_lora_prints_no_third_party_noise():
+    """peft pulls in torchao, whose import warned about CUDA extensions a CPU cannot load and about its enum
+    registrations (torch 2.13): lines a user can do nothing about, before every LoRA run's output."""
+    code = "import perceiver.lora as lora; lora._peft()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Failed to load" not in result.stderr and "Enum subclass" not in result.stderr

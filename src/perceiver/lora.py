@@ -60,9 +60,12 @@ ADAPTER_INFO = "perceiver_adapter.json"  # ours: {"num_classes": K} of the head 
 
 
 def _peft() -> Any:
+    from perceiver._quiet import quiet_imports
+
     try:
-        import peft
-        import peft.functional
+        with quiet_imports():
+            import peft
+            import peft.functional
     except ImportError as e:  # pragma: no cover - the dev environment has it
         raise ImportError("LoRA needs peft: pip install 'perceiver-torch[lora]'") from e
     return peft
@@ -78,6 +81,28 @@ def _head_name(model: nn.Module) -> str | None:
     except AttributeError:
         return None
     return name if any(True for _ in head.parameters()) else None  # nn.Identity after reset_classifier(0)
+
+
+def _trained_in_full(model: nn.Module) -> list[str]:
+    """The modules a LoRA run trains in full and saves with the adapter: the class head, and the outermost modules
+    whose tensors are all new (`model.reinitialized_keys`: a head or decoder drawn at load, e.g. a classifier started
+    from a masked LM), which would otherwise stay random and be lost with the base model."""
+    new = set(getattr(model, "reinitialized_keys", None) or ())
+    names: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        keys = {prefix + k for k in module.state_dict()}
+        if prefix and keys and keys <= new:
+            names.append(prefix[:-1])
+        elif keys & new:
+            for name, child in module.named_children():
+                visit(f"{prefix}{name}.", child)
+
+    visit("", model)
+    head = _head_name(model)
+    if head is not None and not any(head == n or head.startswith(f"{n}.") for n in names):
+        names.append(head)
+    return names
 
 
 def add_lora(
@@ -98,7 +123,8 @@ def add_lora(
         target_modules: a regex over full module names or a list of name suffixes (peft's rule); default
             `DEFAULT_TARGETS` (attention and MLP Linears).
         train_head: train the class head in full (`get_classifier()`, if the model has one) and save it with the
-            adapter.
+            adapter; so are the modules drawn new at load (`model.reinitialized_keys`, e.g. the decoder of a
+            classifier started from a masked LM).
         lora_kwargs: further `peft.LoraConfig` fields (`use_rslora`, `use_dora`, `init_lora_weights`, ...).
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
@@ -115,13 +141,13 @@ def add_lora(
             f"--model.pretrained to add new ones)"
         )
     peft = _peft()
-    head = _head_name(model) if train_head else None
+    full = _trained_in_full(model) if train_head else []
     config = peft.LoraConfig(
         r=r,
         lora_alpha=r if alpha is None else alpha,
         lora_dropout=dropout,
         target_modules=DEFAULT_TARGETS if target_modules is None else target_modules,
-        modules_to_save=[head] if head is not None else None,
+        modules_to_save=full or None,  # peft puts no adapter inside them
         **lora_kwargs,
     )
     try:
@@ -214,7 +240,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
         weights = peft.functional.get_peft_model_state_dict(model)
         save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / ADAPTER_WEIGHTS))
         head = _head_name(model) if config.modules_to_save else None
-        info = {"num_classes": int(model.num_classes)} if head is not None else {}  # type: ignore[arg-type]  # an int, torch hints Tensor | Module
+        info: dict[str, Any] = {"num_classes": int(model.num_classes)} if head is not None else {}  # type: ignore[arg-type]  # an int, torch hints Tensor | Module
+        if isinstance(getattr(model, "model_type", None), str):  # the class to load the base as (a masked LM's head)
+            info["model_type"] = model.model_type
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
         install_folder(tmp, target, (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_INFO))
     finally:
@@ -275,11 +303,25 @@ def load_adapter(
     return model
 
 
+def _base_loader(model_type: Any) -> Any:
+    """How the base model of an adapter is read: as the class the adapter was trained on, where that class starts
+    from another model's folder (a text head from a masked LM), else with `perceiver.from_pretrained`."""
+    from perceiver.models.mlm_start import StartsFromMaskedLM
+    from perceiver.models.registry import model_type_class
+    from perceiver.pretrained import from_pretrained
+
+    try:
+        cls = model_type_class(model_type) if isinstance(model_type, str) else None
+    except ValueError:  # a type this version does not know: the folder's own type decides
+        cls = None
+    return cls.from_pretrained if cls is not None and issubclass(cls, StartsFromMaskedLM) else from_pretrained
+
+
 def from_adapter_folder(folder: Path, base_model: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """The base model `adapter_config.json` names (or `base_model`), loaded with `perceiver.from_pretrained` at the
-    class count the adapter was trained with, and the adapter added; eval mode."""
+    class count the adapter was trained with (as the head class it was trained on, for a masked LM's folder), and
+    the adapter added; eval mode."""
     from perceiver.hub import read_config_file
-    from perceiver.pretrained import from_pretrained
 
     config = read_config_file(folder / ADAPTER_CONFIG)
     base = base_model if base_model is not None else config.get("base_model_name_or_path")
@@ -302,7 +344,7 @@ def from_adapter_folder(folder: Path, base_model: str | os.PathLike | None = Non
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # not "newly initialised" for a head the adapter then brings
     try:
-        model = from_pretrained(base, **kwargs)
+        model = _base_loader(info.get("model_type"))(base, **kwargs)
     finally:
         quiet.setLevel(level)
     with torch.no_grad():

@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perceiver._quiet import quiet_imports
 from perceiver.hardware import has_native_bf16
 from perceiver.optimization_report import OptimizeReport
 
@@ -299,7 +300,8 @@ def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Ca
         return torch.compile(model, backend=inductor_backend(**({"freezing": True} if freezing else {}))), contexts
     if base in ("int8-dynamic", "int8-compile"):
         try:
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+            with quiet_imports():
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
         except ImportError as e:
             raise RuntimeError("int8 candidates need torchao: pip install 'perceiver-torch[quant]'") from e
         import copy

@@ -78,3 +78,17 @@ def test_fine_tune_a_masked_lm_through_the_cli(mlm_folder, tmp_path, capsys):
     tuned = perceiver.from_pretrained(run / "model")
     assert isinstance(tuned, PerceiverForSequenceClassification) and num_classes_of(tuned) == 3
     assert json.loads((run / "model" / "task.json").read_text())["class_names"] == ["bad", "good", "so-so"]
+
+
+def test_lora_fine_tune_of_a_masked_lm_predicts_from_its_adapter(mlm_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train = three_classes(tmp_path / "three.jsonl")
+    args = [a for a in example_args("text-jsonl", run, tmp_path) if not a.startswith("--model.model_kwargs")]
+    args += [f"--data.train_file={train}", f"--model.pretrained={mlm_folder}", "--model.model_kwargs=null"]
+    main(["fit", *args, "--model.lora.r=2"])
+    capsys.readouterr()
+    rows = []
+    for folder in ("model", "adapter"):  # the merged model and the adapter on the masked LM: the same classifier
+        main(["predict", str(run / folder), "--text", "good 7", "--json"])
+        rows.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert rows[0] == rows[1] and len(rows[0]["top"]) == 3
