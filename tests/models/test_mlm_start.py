@@ -88,3 +88,11 @@ def test_its_own_folder_loads_as_before(mlm_folder, tmp_path):
     again = PerceiverForSequenceClassification.from_pretrained(first.save_pretrained(tmp_path / "cls"))
     assert not getattr(again, "reinitialized_keys", None)  # nothing new: every tensor read from the folder
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+
+
+def test_create_model_with_a_masked_lm_checkpoint_path(mlm_folder):
+    """timm's `create_model(name, checkpoint_path=...)`: a text head preset on a masked LM's local folder."""
+    model = perceiver.create_model("text-classifier", checkpoint_path=str(mlm_folder), num_labels=4)
+    assert type(model) is PerceiverForSequenceClassification and model.num_classes == 4
+    with pytest.raises(ValueError, match="holds a PerceiverForMaskedLM model .* not a 'vision-perceiver-fourier'"):
+        perceiver.create_model("vision-perceiver-fourier", checkpoint_path=str(mlm_folder))

@@ -73,7 +73,9 @@ def create_model(
 
     With `pretrained`, `overrides` go to `perceiver.from_pretrained`: e.g. `num_classes=10,
     ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches. A `checkpoint_path` folder must
-    hold a model of the preset's class (ValueError naming the class it holds otherwise).
+    hold a model of the preset's class (ValueError naming the class it holds otherwise), or for the text heads
+    (`text-classifier`, `token-classifier`, `question-answering`) a masked LM, whose embedding and encoder they start
+    from (the class's `from_pretrained`).
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
@@ -88,6 +90,11 @@ def create_model(
                 f"checkpoint_path {str(checkpoint_path)!r} is not a folder (resolved: "
                 f"{Path(checkpoint_path).expanduser().resolve()}); for a Hub id use from_pretrained"
             )
+        from perceiver.models.mlm_start import StartsFromMaskedLM
+
+        cls = preset_class(name)
+        if cls is not None and issubclass(cls, StartsFromMaskedLM):  # a text head: also on a masked LM's folder
+            return cls.from_pretrained(checkpoint_path, **overrides)  # type: ignore[return-value]
         return _check_preset_class(name, checkpoint_path, from_pretrained(checkpoint_path, **overrides))
     if hub_id is None:
         raise ValueError(
