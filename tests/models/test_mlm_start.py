@@ -5,31 +5,19 @@ import logging
 
 import pytest
 import torch
+from tiny_models import tiny
 
 import perceiver
 from perceiver.models import PerceiverForSequenceClassification
 from perceiver.models.token_heads import PerceiverForQuestionAnswering, PerceiverForTokenClassification
 
-TINY = dict(
-    max_seq_len=16,
-    d_model=32,
-    num_latents=4,
-    latent_dim=32,
-    num_self_attends_per_block=1,
-    cross_heads=2,
-    latent_heads=2,
-    cross_qk_channels=16,
-    cross_v_channels=32,
-    latent_qk_channels=16,
-    latent_v_channels=32,
-)
 KEPT = ("input_adapter.", "encoder.")
 
 
 @pytest.fixture(scope="module")
 def mlm_folder(tmp_path_factory):
     torch.manual_seed(0)
-    return perceiver.create_model("language-perceiver", **TINY).save_pretrained(tmp_path_factory.mktemp("m") / "mlm")
+    return tiny("language-perceiver").save_pretrained(tmp_path_factory.mktemp("m") / "mlm")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +64,7 @@ def test_overrides_that_resize_the_masked_lm_are_an_error(cls, mlm_folder):
 
 
 def test_a_folder_of_another_model_is_still_refused(tmp_path):
-    folder = perceiver.create_model("token-classifier", **TINY).save_pretrained(tmp_path / "tagger")
+    folder = tiny("token-classifier").save_pretrained(tmp_path / "tagger")
     with pytest.raises(ValueError, match="holds a 'perceiver-token-classifier' model, expected 'perceiver-text-"):
         PerceiverForSequenceClassification.from_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="no such folder"):

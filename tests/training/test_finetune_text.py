@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_examples import example_args
+from tiny_models import tiny
 
 import perceiver
 from perceiver.data import TextClassificationDataModule
@@ -19,26 +20,14 @@ from perceiver.training import ClassificationTask, TokenClassificationTask
 from perceiver.training.cli import main
 from perceiver.training.tasks import num_classes_of
 
-MLM = dict(
-    max_seq_len=64,
-    d_model=16,
-    num_latents=4,
-    latent_dim=32,
-    num_self_attends_per_block=1,
-    cross_heads=1,
-    latent_heads=2,
-    cross_qk_channels=16,
-    cross_v_channels=32,
-    latent_qk_channels=16,
-    latent_v_channels=32,
-)
 KEPT = ("input_adapter.", "encoder.")
 
 
 @pytest.fixture(scope="module")
 def mlm_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return perceiver.create_model("language-perceiver", **MLM).save_pretrained(tmp_path_factory.mktemp("lm") / "mlm")
+    mlm = tiny("language-perceiver", max_seq_len=64)  # the example's data.max_seq_len
+    return mlm.save_pretrained(tmp_path_factory.mktemp("lm") / "mlm")
 
 
 def three_classes(path: Path) -> Path:
