@@ -13,7 +13,7 @@ vocabulary, flow, autoencoding, resampled latents) says so in `reset_classifier`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +45,29 @@ class ModelOutput:
     cache: Any = field(default=None, repr=False)
     hidden_states: list[Tensor] | None = field(default=None, repr=False)
     latent_attentions: list[Tensor] | None = field(default=None, repr=False)
+
+    #: what `out[i]` and `to_tuple()` hold, the set ones in this order: the tuple of transformers' Perceiver heads
+    tuple_fields: ClassVar[tuple[str, ...]] = ("loss", "logits", "hidden_states", "attentions", "cross_attentions")
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The set (not None) of `tuple_fields`, as transformers' `ModelOutput.to_tuple()` of its Perceiver heads: `out[0]`
+        is the loss when labels were given, else the logits (what transformers' `Trainer` reads). The latents
+        (`last_hidden_state`, which transformers' heads do not return) and the cache are read by name."""
+        return tuple(v for v in (getattr(self, name) for name in self.tuple_fields) if v is not None)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        """`out["logits"]` (any field or transformers' name, KeyError when it is not set, as transformers') or
+        `out[0]`, `out[1:]` (positions in `to_tuple()`)."""
+        if not isinstance(key, str):
+            return self.to_tuple()[key]
+        names = {f.name for f in fields(self)} | set(self.tuple_fields)
+        value = getattr(self, key) if key in names else None
+        if value is None:
+            raise KeyError(f"{key!r}: not set in this {type(self).__name__} (set: {self._set_names()})")
+        return value
+
+    def _set_names(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
     @property
     def attentions(self) -> list[Tensor] | None:

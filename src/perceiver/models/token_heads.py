@@ -157,7 +157,9 @@ class TokenHead(nn.Module):
 @dataclass
 class QuestionAnsweringOutput(ModelOutput):
     """`ModelOutput` (logits `(B, L, 2)`, latents, maps, loss) with transformers' names for the two logit columns:
-    `start_logits` / `end_logits` `(B, L)`."""
+    `start_logits` / `end_logits` `(B, L)`; `out[i]` / `to_tuple()` as transformers' question-answering outputs."""
+
+    tuple_fields = ("loss", "start_logits", "end_logits", "hidden_states", "attentions", "cross_attentions")
 
     @property
     def start_logits(self) -> Tensor:

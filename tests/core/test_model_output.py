@@ -1,0 +1,34 @@
+"""`ModelOutput` read as transformers' outputs are: `out["logits"]`, `out[0]` (the loss when labels were given, else
+the logits) and `to_tuple()` in the order of transformers' Perceiver heads, which is what transformers' `Trainer` and
+code written for transformers' models read."""
+
+import pytest
+import torch
+
+from perceiver.core.model import ModelOutput
+from perceiver.models.token_heads import QuestionAnsweringOutput
+
+
+def test_index_and_tuple_follow_transformers():
+    loss, logits, latents = torch.tensor(1.5), torch.randn(2, 3), torch.randn(2, 4, 8)
+    maps = [torch.rand(2, 1, 4, 8)]
+    out = ModelOutput(logits, latents, loss, encoder_attentions=maps, latent_attentions=[torch.rand(2, 1, 4, 4)])
+    assert out[0] is loss and out[1] is logits and out["loss"] is loss and out["last_hidden_state"] is latents
+    assert out.to_tuple() == (loss, logits, out.latent_attentions, maps) and out[1:] == out.to_tuple()[1:]
+    assert out["attentions"] is out.latent_attentions and out["cross_attentions"] == maps
+    plain = ModelOutput(logits, latents)
+    assert plain[0] is logits and plain.to_tuple() == (logits,)  # no labels: the logits come first
+    with pytest.raises(KeyError, match=r"'loss': not set in this ModelOutput \(set: \['logits', 'last_hidden_state'\]"):
+        plain["loss"]
+    with pytest.raises(KeyError, match="'nonsense'"):
+        plain["nonsense"]
+    with pytest.raises(IndexError):
+        plain[1]
+
+
+def test_question_answering_tuple_has_start_and_end_logits():
+    logits = torch.randn(2, 7, 2)
+    out = QuestionAnsweringOutput(logits, loss=torch.tensor(0.3))
+    loss, start, end = out.to_tuple()
+    assert loss is out.loss and torch.equal(start, logits[..., 0]) and torch.equal(end, logits[..., 1])
+    assert torch.equal(out["end_logits"], logits[..., 1])
