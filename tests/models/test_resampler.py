@@ -16,7 +16,14 @@ def tiny(**overrides) -> PerceiverResampler:
     return PerceiverResampler(PerceiverResamplerConfig(**{**kw, **overrides})).eval()
 
 
-@pytest.mark.parametrize("variant", [{}, dict(mlp="swiglu", norm="rmsnorm", num_kv_heads=1, num_media_embeds=0)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        dict(mlp="swiglu", norm="rmsnorm", num_kv_heads=1, num_media_embeds=0),  # Idefics2's
+        dict(mlp="relu", qk_norm=True, num_kv_heads=1, num_media_embeds=0),  # IDEFICS's (and grouped-query)
+    ],
+)
 def test_shapes_and_padded_media_equal_unpadded(variant):
     model = tiny(**variant)
     media = torch.randn(2, 3, 10, 32)
@@ -86,3 +93,21 @@ def test_converters_name_what_they_expected_for_another_object():
     for other in (torch.nn.Linear(2, 2), {"latents": torch.zeros(1)}):
         with pytest.raises(InputTypeError, match=f"Idefics2PerceiverResampler .* got {type(other).__name__}"):
             PerceiverResampler.from_idefics2(other)
+
+
+def test_transformers_keyword_names_of_media_and_mask():
+    """`model(context=..., attention_mask=...)` as transformers' Idefics2PerceiverResampler is called (its connector
+    passes both by name; 1 = valid) was a TypeError."""
+    model = tiny(mlp="swiglu", norm="rmsnorm", num_kv_heads=1, num_media_embeds=0)
+    media = torch.randn(2, 9, 32)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    expected = model(media, mask.bool()).last_hidden_state
+    torch.testing.assert_close(model(context=media, attention_mask=mask).last_hidden_state, expected)
+    torch.testing.assert_close(model(media, attention_mask=mask).last_hidden_state, expected)
+    with pytest.raises(ValueError, match="pass media or its transformers name context, not both"):
+        model(media, context=media)
+    with pytest.raises(ValueError, match="pass media_mask or its transformers name attention_mask, not both"):
+        model(media, mask, attention_mask=mask)
+    with pytest.raises(TypeError, match=r"expected media of shape \(B, T, M, 32\) \(or context=\), got None"):
+        model(attention_mask=mask)

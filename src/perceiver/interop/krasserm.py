@@ -13,7 +13,8 @@ Accepted forms:
 - `from_krasserm(state_dict, config)`: the backend model's `state_dict()` and its config as a dict
   (`dataclasses.asdict(model.config)`); keys may carry the `backend_model.` prefix of its Hugging Face wrapper
   (`PerceiverCausalLanguageModel`, `PerceiverSymbolicAudioModel`) or the `model.` prefix of its Lightning module
-  (DDP's `module.`, `torch.compile`'s `_orig_mod.` and a whole Lightning checkpoint dict are taken off too).
+  (DDP's `module.`, `torch.compile`'s `_orig_mod.` and a whole Lightning checkpoint dict are taken off too); a whole
+  Lightning checkpoint (its `last.ckpt` path or dict) needs no config, its `hyper_parameters` are one.
 - `perceiver.from_pretrained(folder_or_hub_id)` on its Hub folders: `config.json` with `architectures` and
   `model_config` (registered here as transformers-style converters).
 
@@ -26,13 +27,16 @@ checkpoint trained with it loads with the same inference outputs; the option is 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from perceiver.hub import config_from_dict
 from perceiver.interop.keys import WRAPPER_PREFIXES, load_mapped, map_state_dict, unwrap_state_dict
+from perceiver.interop.krasserm_checkpoint import krasserm_inputs, model_fields
 from perceiver.models.ar import PerceiverAR, PerceiverARConfig
 from perceiver.pretrained import register_hf_converter
 
@@ -87,8 +91,10 @@ _PREFIXES = ("backend_model.", *WRAPPER_PREFIXES)
 def config_from_krasserm(config: dict[str, Any], **overrides: Any) -> PerceiverARConfig:
     """Our config for a krasserm `CausalSequenceModelConfig` (as a dict); fields of `PerceiverARConfig` override.
 
-    Raises ValueError for a key that is neither krasserm's nor ours.
+    Its Lightning modules' training options among the fields (`validation_sample_prompt`, ...: `model_fields`)
+    are dropped; raises ValueError for a key that is neither krasserm's nor ours.
     """
+    config = model_fields(config)
     unknown = sorted(set(config) - set(_DEFAULTS))
     if unknown:
         raise ValueError(
@@ -147,9 +153,14 @@ def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_krasserm(
-    state_dict: dict[str, Tensor] | nn.Module, config: dict[str, Any] | None = None, **overrides: Any
+    state_dict: Mapping[str, Any] | nn.Module | str | os.PathLike,
+    config: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> PerceiverAR:
     """A `PerceiverAR` equal to krasserm's `CausalSequenceModel(config)` with `state_dict` (or the module), eval mode.
+
+    A whole Lightning checkpoint of its `LitCausalLanguageModel` / `LitSymbolicAudioModel` (the dict, or its path:
+    `perceiver.interop.krasserm_checkpoint`) needs no `config`: its `hyper_parameters` are one.
 
     `model(x, num_latents=L - prefix_len).logits` equals `peer(x, prefix_len=prefix_len).logits` (`(B, L -
     prefix_len, V)`); an attention mask is ours (True = token) where krasserm's `pad_mask` is True at padding.
@@ -161,11 +172,10 @@ def from_krasserm(
             peer_config: Any = module.config
             config = dataclasses.asdict(peer_config)
         state_dict = module.state_dict()
-    if config is None:
-        raise ValueError("expected krasserm's model config (a dict of CausalSequenceModelConfig's fields), got None")
-    model = PerceiverAR(config_from_krasserm(dict(config), **overrides))
-    load_mapped(model, convert_state_dict(state_dict), tied={"to_logits.weight"})  # tied to the token embedding
-    inv_freq = backend_state_dict(state_dict).get(_INV_FREQ)
+    weights, config = krasserm_inputs(state_dict, config, "CausalSequenceModelConfig")
+    model = PerceiverAR(config_from_krasserm(config, **overrides))
+    load_mapped(model, convert_state_dict(weights), tied={"to_logits.weight"})  # tied to the token embedding
+    inv_freq = backend_state_dict(weights).get(_INV_FREQ)
     if inv_freq is not None and tuple(inv_freq.shape) != tuple(model.inv_freq.shape):
         raise ValueError(
             f"expected rotary inv_freq of shape {tuple(model.inv_freq.shape)}, got {tuple(inv_freq.shape)}"

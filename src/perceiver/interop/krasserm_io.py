@@ -14,7 +14,9 @@ Accepted forms:
   as `model_config` works too), `state_dict` the backend's `state_dict()`, its keys bare (`0.` encoder, `1.` decoder:
   the backend is an `nn.Sequential`) or with the `backend_model.` prefix of its Hugging Face wrappers or the `model.`
   prefix of its Lightning modules (also under DDP's `module.` / `torch.compile`'s `_orig_mod.`, or a whole Lightning
-  checkpoint dict: `perceiver.interop.keys.unwrap_state_dict`).
+  checkpoint dict: `perceiver.interop.keys.unwrap_state_dict`). A whole Lightning checkpoint of its (`last.ckpt`: the
+  path, or the dict `perceiver.interop.krasserm_checkpoint.load_krasserm_checkpoint` reads without its package) needs
+  no `config`: its `hyper_parameters` are one (`from_krasserm_checkpoint` also picks the converter).
 - `perceiver.from_pretrained(folder)` on a folder its wrappers (`PerceiverMaskedLanguageModel`,
   `PerceiverTextClassifier`, `PerceiverImageClassifier`, `OpticalFlowPerceiver`) saved: `config.json` with
   `architectures`, `model_type` and `model_config`, weights in `model.safetensors` or `pytorch_model.bin`.
@@ -70,6 +72,7 @@ from perceiver.core.encoder import EncoderConfig, LatentSharing
 from perceiver.core.model import PerceiverModel
 from perceiver.hub import apply_overrides
 from perceiver.interop.krasserm import backend_state_dict
+from perceiver.interop.krasserm_checkpoint import Checkpoint, io_config
 from perceiver.interop.transformers import load_converted
 from perceiver.models.flow import OpticalFlowConfig, PerceiverForOpticalFlow
 from perceiver.models.text import (
@@ -83,87 +86,10 @@ from perceiver.pretrained import register_hf_converter
 
 P = TypeVar("P", bound=PerceiverModel)
 
-# krasserm's config dataclasses and their defaults (perceiver-io 0.11.0, perceiver/model/core/config.py and the
-# task backends); `None` in `_TOP` marks a field without a default.
-_ENCODER: dict[str, Any] = {
-    "num_cross_attention_heads": 8,
-    "num_cross_attention_qk_channels": None,
-    "num_cross_attention_v_channels": None,
-    "num_cross_attention_layers": 1,
-    "first_cross_attention_layer_shared": False,
-    "cross_attention_widening_factor": 1,
-    "num_self_attention_heads": 8,
-    "num_self_attention_qk_channels": None,
-    "num_self_attention_v_channels": None,
-    "num_self_attention_layers_per_block": 8,
-    "num_self_attention_blocks": 1,
-    "first_self_attention_block_shared": True,
-    "self_attention_widening_factor": 1,
-    "dropout": 0.0,
-    "init_scale": 0.02,
-    "freeze": False,
-}
-_TEXT_ENCODER = _ENCODER | {"vocab_size": 10003, "max_seq_len": 256, "num_input_channels": 64, "params": None}
-_IMAGE_ENCODER = _ENCODER | {"image_shape": (224, 224, 3), "num_frequency_bands": 32}
-_FLOW_ENCODER = _ENCODER | {
-    "image_shape": (368, 496),
-    "num_patch_input_channels": 27,
-    "num_patch_hidden_channels": 64,
-    "num_frequency_bands": 64,
-}
-_DECODER: dict[str, Any] = {
-    "num_cross_attention_heads": 8,
-    "num_cross_attention_qk_channels": None,
-    "num_cross_attention_v_channels": None,
-    "cross_attention_widening_factor": 1,
-    "cross_attention_residual": True,
-    "dropout": 0.0,
-    "init_scale": 0.02,
-    "freeze": False,
-}
-_TEXT_DECODER = _DECODER | {"num_output_query_channels": None, "vocab_size": 10003, "max_seq_len": 512}
-_CLASS_DECODER = _DECODER | {"num_output_queries": 1, "num_output_query_channels": 256, "num_classes": 100}
-_FLOW_DECODER = _DECODER | {"image_shape": (368, 496), "rescale_factor": 100.0}
-_TOP: dict[str, Any] = {
-    "encoder": None,
-    "decoder": None,
-    "num_latents": None,
-    "num_latent_channels": None,
-    "activation_checkpointing": False,
-    "activation_offloading": False,
-}
-
 _PARAMS = ("weight", "bias")
 _QUERIES = {"query_builder.encoding.position_embeddings": "1.output_query_provider._query"}
 _FINAL = {f"decoder.final_layer.{p}": f"1.output_adapter.linear.{p}" for p in _PARAMS}
 _FOURIER_BUFFER = "0.input_adapter.position_encoding.position_encoding"  # krasserm's Fourier features; ours computes
-
-
-def _sections(
-    config: dict[str, Any], encoder_defaults: dict[str, Any], decoder_defaults: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(top level, encoder, decoder) of a krasserm backend config dict, completed with krasserm's defaults; unknown
-    or missing keys are a ValueError naming them."""
-    if not isinstance(config, dict):
-        raise ValueError(f"expected krasserm's backend config as a dict, got {type(config).__name__}")
-    if "model_config" in config:  # a Hugging Face config.json dict
-        config = config["model_config"]
-    missing = sorted(k for k, v in _TOP.items() if v is None and k not in config)
-    if missing:
-        raise ValueError(f"krasserm config: expected the keys {missing}, got {sorted(config)}")
-    parts = []
-    for name, defaults, part in (
-        ("config", _TOP, config),
-        ("encoder", encoder_defaults, config.get("encoder")),
-        ("decoder", decoder_defaults, config.get("decoder")),
-    ):
-        if not isinstance(part, dict):
-            raise ValueError(f"krasserm config: expected a dict for {name!r}, got {part!r}")
-        unknown = sorted(set(part) - set(defaults))
-        if unknown:
-            raise ValueError(f"krasserm config {name!r}: unknown keys {unknown}; expected some of {sorted(defaults)}")
-        parts.append({**defaults, **part})
-    return parts[0], parts[1], parts[2]
 
 
 def _cross_keys(theirs: str, ours: str, residual: bool = True) -> dict[str, str]:
@@ -310,7 +236,7 @@ def _load(
 
 
 def masked_lm_from_krasserm(
-    state_dict: dict[str, Tensor], config: dict[str, Any], **overrides: Any
+    state_dict: Checkpoint, config: dict[str, Any] | None = None, **overrides: Any
 ) -> PerceiverForMaskedLM:
     """Our `PerceiverForMaskedLM` with the weights of a krasserm `MaskedLanguageModel`.
 
@@ -320,8 +246,8 @@ def masked_lm_from_krasserm(
     width (`TokenOutputAdapter`: ours with `decoder.output_dim = vocab_size`). Decoder queries beyond the encoder's
     `max_seq_len` are never decoded by either model and are dropped.
     """
-    top, enc, dec = _sections(config, _TEXT_ENCODER, _TEXT_DECODER)
-    sd = backend_state_dict(state_dict)
+    weights, top, enc, dec = io_config(state_dict, config, "masked_lm")
+    sd = backend_state_dict(weights)
     adapter, keys = _text_adapter(enc)
     if dec["vocab_size"] != enc["vocab_size"]:
         raise ValueError(
@@ -354,14 +280,14 @@ def masked_lm_from_krasserm(
 
 
 def text_classifier_from_krasserm(
-    state_dict: dict[str, Tensor], config: dict[str, Any], **overrides: Any
+    state_dict: Checkpoint, config: dict[str, Any] | None = None, **overrides: Any
 ) -> PerceiverForSequenceClassification:
     """Our `PerceiverForSequenceClassification` with the weights of a krasserm `TextClassifier` (`config`: its
     `TextClassifierConfig` as a dict; `overrides` replace fields of our config). Its one query has
     `num_output_query_channels` channels (ours: `decoder.query_dim`, None where it equals the latents' width)."""
-    top, enc, dec = _sections(config, _TEXT_ENCODER, _CLASS_DECODER)
+    weights, top, enc, dec = io_config(state_dict, config, "text_classifier")
     _check_one_query(dec)
-    sd = backend_state_dict(state_dict)
+    sd = backend_state_dict(weights)
     adapter, keys = _text_adapter(enc)
     encoder, enc_keys = encoder_from_krasserm(top, enc, "q")
     decoder, dec_keys = decoder_from_krasserm(dec)
@@ -374,7 +300,7 @@ def text_classifier_from_krasserm(
 
 
 def image_classifier_from_krasserm(
-    state_dict: dict[str, Tensor], config: dict[str, Any], **overrides: Any
+    state_dict: Checkpoint, config: dict[str, Any] | None = None, **overrides: Any
 ) -> PerceiverForImageClassification:
     """Our `PerceiverForImageClassification` with the weights of a krasserm `ImageClassifier` (`config`: its
     `ImageClassifierConfig` as a dict; `overrides` replace fields of our config).
@@ -385,8 +311,8 @@ def image_classifier_from_krasserm(
     qk width is the inputs' (`cross_attention_shape='kv'`). krasserm's image classifier always builds one query
     (`num_output_queries` is not read).
     """
-    top, enc, dec = _sections(config, _IMAGE_ENCODER, _CLASS_DECODER)
-    sd = backend_state_dict(state_dict)
+    weights, top, enc, dec = io_config(state_dict, config, "image_classifier")
+    sd = backend_state_dict(weights)
     shape = tuple(enc["image_shape"])
     if len(shape) != 3:
         raise ValueError(f"krasserm image classifier: expected image_shape (height, width, channels), got {shape}")
@@ -409,7 +335,7 @@ def image_classifier_from_krasserm(
 
 
 def optical_flow_from_krasserm(
-    state_dict: dict[str, Tensor], config: dict[str, Any], **overrides: Any
+    state_dict: Checkpoint, config: dict[str, Any] | None = None, **overrides: Any
 ) -> PerceiverForOpticalFlow:
     """Our `PerceiverForOpticalFlow` with the weights of a krasserm `OpticalFlow` (`config`: its `OpticalFlowConfig`
     as a dict; `overrides` replace fields of our config).
@@ -419,8 +345,8 @@ def optical_flow_from_krasserm(
     up to half of `image_shape`); the decoder's queries are those tokens. Its unset cross-attention widths are the
     inputs' (qk and v); ours returns flow in pixels (`flow_scale_factor=20`, see the module docstring).
     """
-    top, enc, dec = _sections(config, _FLOW_ENCODER, _FLOW_DECODER)
-    sd = backend_state_dict(state_dict)
+    weights, top, enc, dec = io_config(state_dict, config, "optical_flow")
+    sd = backend_state_dict(weights)
     shape = tuple(enc["image_shape"])
     if len(shape) != 2 or tuple(dec["image_shape"]) != shape:
         raise ValueError(

@@ -10,10 +10,11 @@ As Flamingo (and flamingo-pytorch) the keys / values of each layer are the norma
 latents also exchange information with each other. `media_mask` `(B, T, M)` / `(B, M)` (True = valid) removes
 padded media features; latents are always valid keys, so no row is empty.
 
-Two layouts: flamingo-pytorch's (LayerNorm, GELU MLP, per-time media embeddings; `PerceiverResampler.from_flamingo_pytorch`;
-OpenFlamingo's, the same with optional per-frame embeddings of video media: `from_open_flamingo`) and transformers'
-Idefics2 resampler (RMSNorm, SwiGLU MLP, grouped-query attention, no media embeddings:
-`norm="rmsnorm", mlp="swiglu", num_kv_heads=..., num_media_embeds=0`; `from_idefics2`).
+Layouts: flamingo-pytorch's (LayerNorm, GELU MLP, per-time media embeddings; `PerceiverResampler.from_flamingo_pytorch`;
+OpenFlamingo's, the same with optional per-frame embeddings of video media: `from_open_flamingo`), transformers'
+IDEFICS (v1) resampler (ReLU MLP, optional LayerNorms of each head's queries and keys, no media embeddings:
+`mlp="relu", qk_norm=..., num_media_embeds=0`; `from_idefics`) and Idefics2's (RMSNorm, SwiGLU MLP, grouped-query
+attention, no media embeddings: `norm="rmsnorm", mlp="swiglu", num_kv_heads=..., num_media_embeds=0`; `from_idefics2`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class PerceiverResamplerConfig:
     num_kv_heads: key / value heads (None: num_heads; fewer = grouped-query attention); num_media_embeds: learned
     time embeddings (T <= num_media_embeds; 0 = none); num_frame_embeds: learned frame embeddings added to 5-D media
     `(B, T, F, V, D)` before its F frames are flattened (F <= num_frame_embeds; 0 = none; OpenFlamingo's
-    `max_num_frames`); ff_mult: MLP hidden width / D; mlp: `"gelu"` (Linear, GELU, Linear) or `"swiglu"`
-    (down(silu(gate(x)) * up(x))); norm: `"layernorm"` or `"rmsnorm"` with `norm_eps`."""
+    `max_num_frames`); ff_mult: MLP hidden width / D; mlp: `"gelu"` (Linear, GELU, Linear), `"relu"` (the same
+    with ReLU, IDEFICS's) or `"swiglu"` (down(silu(gate(x)) * up(x))); norm: `"layernorm"` or `"rmsnorm"` with
+    `norm_eps`; qk_norm: a LayerNorm (eps `norm_eps`) over each head's queries and keys (IDEFICS's
+    `qk_layer_norms_perceiver`)."""
 
     dim: int = 1024
     depth: int = 6
@@ -57,9 +60,10 @@ class PerceiverResamplerConfig:
     num_media_embeds: int = 4
     num_frame_embeds: int = 0
     ff_mult: float = 4.0
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "relu", "swiglu"] = "gelu"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         # sizes: positive integers (num_kv_heads None: num_heads); 0 embeddings = none
@@ -68,10 +72,12 @@ class PerceiverResamplerConfig:
             check_number(getattr(self, name), f"PerceiverResamplerConfig.{name}")
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads, got {self.kv_heads}")
-        if self.mlp not in ("gelu", "swiglu") or self.norm not in ("layernorm", "rmsnorm"):
+        if self.mlp not in ("gelu", "relu", "swiglu") or self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(
-                f"expected mlp in (gelu, swiglu) and norm in (layernorm, rmsnorm), got {self.mlp}, {self.norm}"
+                f"expected mlp in (gelu, relu, swiglu) and norm in (layernorm, rmsnorm), got {self.mlp}, {self.norm}"
             )
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"expected qk_norm as a bool, got {self.qk_norm!r}")
 
     @property
     def kv_heads(self) -> int:
@@ -94,6 +100,8 @@ class ResamplerAttention(nn.Module):
         self.to_q = nn.Linear(c.dim, c.num_heads * c.head_dim, bias=False)
         self.to_kv = nn.Linear(c.dim, 2 * c.kv_heads * c.head_dim, bias=False)
         self.to_out = nn.Linear(c.num_heads * c.head_dim, c.dim, bias=False)
+        self.q_norm = nn.LayerNorm(c.head_dim, eps=c.norm_eps) if c.qk_norm else None
+        self.k_norm = nn.LayerNorm(c.head_dim, eps=c.norm_eps) if c.qk_norm else None
 
     def forward(self, media: Tensor, latents: Tensor, mask: Tensor | None) -> Tensor:
         b, n, _ = latents.shape
@@ -101,6 +109,8 @@ class ResamplerAttention(nn.Module):
         kv = self.to_kv(torch.cat((self.norm_media(media), latents), dim=1))
         q = self.to_q(latents).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = (t.view(b, -1, self.kv_heads, self.head_dim).transpose(1, 2) for t in kv.chunk(2, dim=-1))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.kv_heads != self.num_heads:
             k = k.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
@@ -109,7 +119,7 @@ class ResamplerAttention(nn.Module):
 
 
 class ResamplerMLP(nn.Module):
-    """Pre-norm MLP `(B', N, D)`: GELU (fc2(gelu(fc1 x))) or SwiGLU (fc2(silu(gate x) * fc1 x)), no biases."""
+    """Pre-norm MLP `(B', N, D)`: GELU (fc2(gelu(fc1 x))), ReLU or SwiGLU (fc2(silu(gate x) * fc1 x)), no biases."""
 
     def __init__(self, c: PerceiverResamplerConfig) -> None:
         super().__init__()
@@ -118,12 +128,13 @@ class ResamplerMLP(nn.Module):
         self.gate = nn.Linear(c.dim, hidden, bias=False) if c.mlp == "swiglu" else None
         self.fc1 = nn.Linear(c.dim, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, c.dim, bias=False)
+        self.relu = c.mlp == "relu"
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         if self.gate is not None:
             return self.fc2(F.silu(self.gate(x)) * self.fc1(x))
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.relu(self.fc1(x)) if self.relu else F.gelu(self.fc1(x)))
 
 
 class ResamplerLayer(nn.Module):
@@ -238,10 +249,28 @@ class PerceiverResampler(PerceiverModel):
         """The resampled latents as `last_hidden_state` (there is no head)."""
         return ModelOutput(last_hidden_state=features.latents)
 
-    def forward(self, media: Tensor, media_mask: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        media: Tensor | None = None,
+        media_mask: Tensor | None = None,
+        *,
+        context: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> ModelOutput:
         """Resample `media` `(B, T, M, D)` / `(B, M, D)` / `(B, T, F, V, D)` with `media_mask` (its shape without D,
-        True = valid) to N latents: `.last_hidden_state` `(B, T, N, D)` / `(B, N, D)` / `(B, T, N, D)`."""
-        return self.forward_head(self.forward_features(media, media_mask))
+        True = valid) to N latents: `.last_hidden_state` `(B, T, N, D)` / `(B, N, D)` / `(B, T, N, D)`.
+
+        `context` and `attention_mask` are transformers' names of `media` and `media_mask`
+        (`Idefics2PerceiverResampler.forward(context, attention_mask)`, 1 = valid as here)."""
+        for ours, value, theirs in (("media", media, context), ("media_mask", media_mask, attention_mask)):
+            if value is not None and theirs is not None:
+                alias = "context" if ours == "media" else "attention_mask"
+                raise ValueError(f"pass {ours} or its transformers name {alias}, not both")
+        media = context if media is None else media
+        if media is None:
+            raise TypeError(f"expected media of shape (B, T, M, {self.config.dim}) (or context=), got None")
+        mask = attention_mask if media_mask is None else media_mask
+        return self.forward_head(self.forward_features(media, mask))
 
     @classmethod
     def from_flamingo_pytorch(cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> PerceiverResampler:
@@ -257,6 +286,13 @@ class PerceiverResampler(PerceiverModel):
         from perceiver.interop.flamingo import from_open_flamingo
 
         return from_open_flamingo(state_dict, **kwargs)
+
+    @classmethod
+    def from_idefics(cls, resampler: nn.Module) -> PerceiverResampler:
+        """Build from transformers' `IdeficsPerceiverResampler` (IDEFICS v1's; its sizes and weights)."""
+        from perceiver.interop.flamingo import from_idefics
+
+        return from_idefics(resampler)
 
     @classmethod
     def from_idefics2(cls, resampler: nn.Module) -> PerceiverResampler:
