@@ -83,6 +83,15 @@ class ModelOutput:
         return [*(self.encoder_attentions or []), *decoder]
 
 
+def register_output_type(cls: type) -> None:
+    """Make an output dataclass a pytree node, so that `torch.export.export` (and `torch.onnx.export(..., dynamo=True)`)
+    take a model that returns it ("not a known type" before)."""
+    torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+
+
+register_output_type(ModelOutput)
+
+
 @dataclass
 class Features:
     """What `forward_features` hands to `forward_head`: latents `(B, N, D)`, the adapted inputs (the query builder

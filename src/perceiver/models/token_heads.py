@@ -40,7 +40,14 @@ from perceiver.core.decoder import (
     select,
 )
 from perceiver.core.encoder import EncoderConfig
-from perceiver.core.model import Features, ModelOutput, check_class_ids, check_labels, token_cross_entropy
+from perceiver.core.model import (
+    Features,
+    ModelOutput,
+    check_class_ids,
+    check_labels,
+    register_output_type,
+    token_cross_entropy,
+)
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import check_num_classes
 from perceiver.models.mlm_start import StartsFromMaskedLM, check_kept_shapes
@@ -168,6 +175,9 @@ class QuestionAnsweringOutput(ModelOutput):
     @property
     def end_logits(self) -> Tensor:
         return self.logits[..., 1]
+
+
+register_output_type(QuestionAnsweringOutput)
 
 
 @register_model_type
