@@ -139,3 +139,12 @@ def test_clear_errors(tmp_path):
     dataset = next(d for d in (unchecked.train_set, unchecked.val_set) if broken in d.files)
     with pytest.raises(ValueError, match=r"cannot decode audio file .*broken\.wav"):
         dataset[dataset.files.index(broken)]
+
+
+def test_stored_bytes_that_do_not_decode_are_named_not_shown_as_an_object_repr():
+    """`load_audio` on bytes (a `datasets` row) names them as the caller does, not libsndfile's "<_io.BytesIO ...>"."""
+    import io
+
+    with pytest.raises(ValueError, match=r"cannot decode audio file train row 3: ") as e:
+        load_audio(io.BytesIO(b"not a sound file" * 8), 16000, name="train row 3")
+    assert "BytesIO" not in str(e.value) and "0x" not in str(e.value)

@@ -209,3 +209,75 @@ def test_sintel_errors_name_the_file(tmp_path):
     write_flo(root / "training" / "flow" / "alley_1" / "frame_0001.flo", np.zeros((5, 5, 2)))
     with pytest.raises(ValueError, match=r"alley_1.frame_0001\.flo.*5x5"):
         SintelFlowDataModule(str(root)).setup()
+
+
+def test_sintel_unknown_flow_is_masked_in_data_and_left_out_of_the_loss(tmp_path):
+    """Middlebury's ground truth marks unknown flow (occlusions, the border) with 1e10: it must neither reach the
+    loss nor the metrics (before, one such pixel made the EPE ~1e10 / pixels and drove the gradients)."""
+    import lightning as L
+
+    from perceiver.training import FlowTask
+
+    root = make_sintel(tmp_path / "S", scenes=("a", "b"), frames=2, h=8, w=10)
+    for scene in ("a", "b"):
+        flo = root / "training" / "flow" / scene / "frame_0001.flo"
+        flow = read_flo(flo)
+        flow[0, :3] = 1e10  # UNKNOWN_FLOW_THRESH = 1e9 in Middlebury's flow-code
+        flow[7, 9, 1] = np.nan
+        write_flo(flo, flow)
+    dm = SintelFlowDataModule(str(root), val_scenes=["b"], batch_size=1, flip=True)
+    dm.setup()
+    full = read_flo(dm.val_set.pairs[0][2])
+    item = dm.val_set[0]
+    assert item["valid"].dtype == torch.bool and item["valid"].shape == (8, 10)
+    assert not item["valid"][0, :3].any() and not item["valid"][7, 9] and int(item["valid"].sum()) == 76
+    assert (item["flow"][~item["valid"]] == 0).all() and torch.isfinite(item["flow"]).all()
+    assert torch.equal(item["flow"][item["valid"]], torch.from_numpy(full)[item["valid"].numpy()])
+    for epoch in range(4):  # crops and flips keep flow and mask aligned
+        tr = dm.train_set[SampleKey(epoch, 0)]
+        assert (tr["flow"][~tr["valid"]] == 0).all() and int(tr["valid"].sum()) == 76
+        assert tr["valid"][0, :3].all() != tr["valid"][0, -3:].all()  # the unknown run is at one end of row 0
+
+    kw = dict(train_size=(8, 10), num_bands=2, out_channels=8, num_latents=4, latent_dim=16, num_blocks=1)
+    task = FlowTask(model="optical-flow-perceiver", model_kwargs=kw | dict(num_self_attends_per_block=1))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    trainer.fit(task, datamodule=dm)
+    metrics = trainer.callback_metrics
+    gt = torch.from_numpy(full)[item["valid"].numpy()]
+    assert float(metrics["val/epe_zero"]) == pytest.approx(float(gt.norm(dim=-1).mean()), rel=1e-4)
+    assert float(metrics["val/epe"]) < 10 and float(metrics["train/loss_epoch"]) < 10
+
+
+def test_sintel_crop_and_frame_sizes_are_checked_in_setup(tmp_path):
+    """A crop larger than some scene's frames, or scenes of different sizes without a crop, used to fail at the
+    first batch of training (a crop error, or torch's "stack expects each tensor to be equal size")."""
+    root = make_sintel(tmp_path / "S", scenes=("big", "small"), frames=2, h=12, w=16)
+    make_sintel(tmp_path / "T", scenes=("small",), frames=2, h=9, w=11)
+    for kind in ("clean", "flow"):
+        target = root / "training" / kind / "small"
+        for p in target.iterdir():
+            p.unlink()
+        for p in (tmp_path / "T" / "training" / kind / "small").iterdir():
+            p.rename(target / p.name)
+    with pytest.raises(ValueError, match=r"crop_size \(10, 12\) is larger than the 9x11 frames of .*small"):
+        SintelFlowDataModule(str(root), crop_size=(10, 12), val_scenes=["small"]).setup()
+    with pytest.raises(ValueError, match=r"different sizes \(12x16 .*9x11 .*set crop_size \(at most 9x11\)"):
+        SintelFlowDataModule(str(root), val_scenes=["small"], batch_size=2).setup()
+    dm = SintelFlowDataModule(str(root), crop_size=(8, 10), val_scenes=["small"], batch_size=2)
+    dm.setup()
+    assert next(iter(dm.val_dataloader()))["frames"].shape == (1, 2, 8, 10, 3)
+    SintelFlowDataModule(str(root), val_scenes=["small"], batch_size=1).setup()  # one pair per batch: any sizes
+
+
+def test_sintel_single_scene_needs_explicit_val_scenes(tmp_path):
+    """One scene used to give no validation split silently, then "has no val split (see its constructor
+    arguments)" when training started."""
+    root = make_sintel(tmp_path / "S", scenes=("alley_1",))
+    with pytest.raises(ValueError, match=r"one scene \(alley_1\).*val_scenes: \[\]"):
+        SintelFlowDataModule(str(root))
+    dm = SintelFlowDataModule(str(root), val_scenes=[])
+    dm.setup()
+    assert len(dm.train_set) == 2 and dm.val_set is None

@@ -172,3 +172,93 @@ def test_modelnet_errors_name_folder_or_file(tmp_path):
     (root / "chair" / "train" / "chair_0001.off").write_text("OFX\n8 12 0\n0 0 0\n")
     with pytest.raises(ValueError, match="chair_0001.off"):
         ModelNetDataModule(str(root), check_files="header").setup()
+
+
+def test_off_byte_order_mark_non_ascii_comments_and_any_line_endings(tmp_path):
+    body = "OFF\n4 1 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n4 0 1 2 3\n"
+    cases = {
+        "bom.off": "\ufeff# exported by MeshLab\n" + body,  # Windows tools write a UTF-8 byte order mark
+        "utf8.off": "# © 2024 Müller\n" + body.replace("0 1 0\n4", "0 1 0  # Ecke\n4"),
+        "latin1.off": ("# créé\n" + body).encode("latin-1"),
+        "crlf.off": body.replace("\n", "\r\n"),
+        "cr.off": body.replace("\n", "\r"),  # classic Mac OS
+    }
+    for name, text in cases.items():
+        p = tmp_path / name
+        p.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        v, f = read_off(p)
+        assert v.shape == (4, 3) and f.tolist() == [[0, 1, 2], [0, 2, 3]], name
+        assert np.allclose(v[2], [1, 1, 0]), name
+
+
+def test_off_binary_is_named(tmp_path):
+    p = tmp_path / "bin.off"
+    p.write_bytes(b"OFF BINARY\n\x00\x00\x00\x03\x00\x00\x00\x01")
+    with pytest.raises(ValueError, match=r"bin\.off.*binary"):
+        read_off(p)
+
+
+def test_modelnet_header_check_skips_comments_and_takes_upper_case_suffix(tmp_path):
+    root = make_modelnet(tmp_path / "mn", per_class=3)
+    for p in (root / "cube" / "train").iterdir():
+        p.write_text("# cube from Blender\n\n" + p.read_text())
+    (root / "tetra" / "train" / "tetra_0000.off").rename(root / "tetra" / "train" / "TETRA_0000.OFF")
+    (root / "__MACOSX" / "cube").mkdir(parents=True)  # what macOS zips add: not a class
+    (root / "cube" / "train" / "._cube_0000.off").write_bytes(b"\x00\x05\x16\x07 resource fork")  # nor a mesh
+    dm = ModelNetDataModule(str(root), num_points=16, check_files="header", val_fraction=0.3)
+    assert dm.class_names == ["cube", "tetra"]
+    dm.setup()
+    files = dm.train_set.files + dm.val_set.files
+    assert len(files) == 6 and any(p.name == "TETRA_0000.OFF" for p in files)
+
+
+def test_modelnet_vertex_only_files_are_point_clouds(tmp_path):
+    root = make_modelnet(tmp_path / "mn", per_class=3)
+    rng = np.random.default_rng(0)
+    for i, n in enumerate((10, 100, 10)):  # "OFF\nN 0 0": a scanned / exported point cloud without faces
+        write_off(root / "cube" / "train" / f"cloud_{i}.off", rng.uniform(-3, 5, (n, 3)), np.zeros((0, 3), int))
+    dm = ModelNetDataModule(str(root), num_points=64, batch_size=16, val_fraction=0.3)
+    dm.setup()
+    clouds = [dm.train_set[i]["inputs"] for i, p in enumerate(dm.train_set.files) if p.name.startswith("cloud")]
+    clouds += [dm.val_set[i]["inputs"] for i, p in enumerate(dm.val_set.files) if p.name.startswith("cloud")]
+    assert sorted(len(c) for c in clouds) == [10, 10, 64]  # all vertices, or num_points distinct ones
+    for c in clouds:
+        assert torch.isclose(c.norm(dim=-1).max(), torch.tensor(1.0)) and len(torch.unique(c, dim=0)) == len(c)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"].shape[1] == 64 and batch["mask"].sum(1).tolist().count(10) >= 1
+
+
+def test_modelnet_degenerate_mesh_fails_in_setup(tmp_path):
+    root = make_modelnet(tmp_path / "mn", per_class=3)
+    line = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=float)  # collinear: every face has zero area
+    write_off(root / "cube" / "train" / "flat_0001.off", line, np.array([[0, 1, 2]]))
+    with pytest.raises(ValueError, match=r"flat_0001\.off.*no area"):
+        ModelNetDataModule(str(root), num_points=8).setup()
+
+
+def test_modelnet_without_test_folders_says_where_test_meshes_go(tmp_path):
+    root = make_modelnet(tmp_path / "mn", per_class=3)
+    for name in ("cube", "tetra"):
+        for p in (root / name / "test").iterdir():
+            p.unlink()
+    dm = ModelNetDataModule(str(root), num_points=8)
+    with pytest.raises(ValueError, match=r"no test split: no class folder of .*mn has test/\*\.off files"):
+        dm.test_dataloader()
+
+
+def test_load_off_points_is_the_datamodules_cloud(tmp_path):
+    """One OFF -> cloud path for the datamodule and for predicting on a single file."""
+    from perceiver.data._common import sample_rng
+    from perceiver.data.points_off import load_off_points
+
+    root = make_modelnet(tmp_path / "mn", per_class=3)
+    dm = ModelNetDataModule(str(root), num_points=32)
+    dm.setup()
+    path = dm.test_set.files[1]
+    expected = dm.test_set[1]["inputs"]
+    got = load_off_points(path, 32, sample_rng(dm.test_set.seed, dm.test_set.stream, 0, 1))
+    assert got.shape == (32, 3) and torch.equal(torch.from_numpy(got.astype(np.float32)), expected)
+    assert np.array_equal(load_off_points(path, 32, 7), load_off_points(path, 32, 7))  # a seed: fixed cloud
+    (tmp_path / "flat.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n")
+    with pytest.raises(ValueError, match=r"flat\.off.*positive area"):
+        load_off_points(tmp_path / "flat.off", 8)

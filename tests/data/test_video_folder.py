@@ -117,3 +117,58 @@ def test_clear_errors(tmp_path):
     sf.write(root / "empty" / "sound.mkv", np.zeros(800, dtype=np.float32), 8000, format="WAV")  # audio only
     with pytest.raises(ValueError, match=r"video file .*sound\.mkv has no video stream"):
         VideoFolderDataModule(str(root)).setup()
+
+
+@pytest.mark.parametrize("rotation, red_at", [(90, "left"), (-90, "right"), (180, "bottom")])
+def test_phone_videos_are_turned_upright_by_their_display_rotation(tmp_path, rotation, red_at):
+    """Phones store a portrait video as landscape frames plus a display rotation, which players and `ffmpeg` apply;
+    the frames used to reach the model sideways (and differently from the same scene filmed in landscape)."""
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("PyAV without display-matrix support")
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 32, 64, "yuv420p"
+        stream.set_display_rotation(rotation)  # counterclockwise degrees, as FFmpeg's display matrix
+        for _ in range(2):
+            image = np.full((32, 64, 3), 128, dtype=np.uint8)
+            image[:8] = (255, 0, 0)  # the stored frame's top rows are red
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    frames = load_video_frames(path, (64, 32) if abs(rotation) == 90 else (32, 64))
+    red = (frames[0, ..., 0].astype(int) - frames[0, ..., 1]) > 100  # (H, W)
+    h, w = red.shape
+    region = {"left": red[:, : w // 4], "right": red[:, -(w // 4) :], "bottom": red[-(h // 4) :]}[red_at]
+    assert region.mean() > 0.8 and red.mean() < 0.3
+
+
+def test_clips_convert_only_their_frames_and_equal_the_full_decode(tmp_path, monkeypatch):
+    """Training clips used to convert and resize every frame of a video (for 8 of them); the clip is the same."""
+    import perceiver.data.video_folder as vf
+
+    paths = [
+        write_video(tmp_path / "a.mp4", COLOURS["red"], frames=14),  # mp4 / avi state their frame count
+        write_video(tmp_path / "b.avi", COLOURS["blue"], frames=5),
+        write_video(tmp_path / "c.mkv", COLOURS["green"], frames=9),  # Matroska does not: every frame converted
+    ]
+    converted = []
+    upright = vf._upright
+    monkeypatch.setattr(vf, "_upright", lambda image, rotation: converted.append(1) or upright(image, rotation))
+    for path in paths:
+        full = load_video_frames(path, (24, 32))
+        for seed in (None, 0, 1):
+            for num_frames in (1, 4, 8):
+                rngs = [np.random.default_rng(seed) if seed is not None else None for _ in range(2)]
+                converted.clear()
+                clip = vf.load_video_clip(path, (24, 32), num_frames, rngs[0])
+                assert np.array_equal(clip, full[clip_indices(len(full), num_frames, rngs[1])])
+                if path.suffix != ".mkv":
+                    assert len(converted) <= num_frames
+                if seed is not None:
+                    assert rngs[0].random() == rngs[1].random()  # the same draws as clip_indices
+    # a container that states a wrong frame count: decoded again for the right frames
+    monkeypatch.setattr(vf, "stated_frame_count", lambda stream: 40)
+    full = load_video_frames(paths[0], (24, 32))
+    assert np.array_equal(vf.load_video_clip(paths[0], (24, 32), 6), full[clip_indices(14, 6)])

@@ -66,7 +66,7 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int, name: str | None =
         source = path if hasattr(path, "read") else str(path)
         data, rate = sf.read(source, dtype="float32", always_2d=True)  # (S, channels)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
-        reason = str(e)
+        reason = str(e).replace(repr(path), name) if hasattr(path, "read") else str(e)  # not "<_io.BytesIO at ..>"
         if "does not exist" in reason and (hasattr(path, "read") or Path(path).is_file()):
             reason = "not a sound file libsndfile recognises"  # its message for an unknown format misleads
         raise ValueError(f"cannot decode audio file {name}: {reason}") from e

@@ -19,7 +19,10 @@ validation / test; `resample_train=True` draws new training pairs every epoch.
 crops (and optional horizontal flips) for training, centre crops for validation; the test split is the
 validation split (Sintel's test set has no public ground truth).
 
-Batch: `{"frames": float32 (B, 2, H, W, 3) in [0, 1], "flow": float32 (B, H, W, 2) in pixels (dx, dy)}`.
+Batch: `{"frames": float32 (B, 2, H, W, 3) in [0, 1], "flow": float32 (B, H, W, 2) in pixels (dx, dy)}`; Sintel-layout
+batches add `"valid": bool (B, H, W)`, False where the `.flo` file marks the flow unknown (Middlebury's convention:
+a component of magnitude >= 1e9, or NaN / inf; the flow is 0 there), which `FlowTask` leaves out of the loss and
+the metrics.
 Attributes available right after construction: `image_shape = (H, W, 3)`, `max_flow` (synthetic).
 """
 
@@ -46,6 +49,7 @@ from perceiver.data._common import (
 )
 
 FLO_MAGIC = 202021.25
+UNKNOWN_FLOW = 1e9  # Middlebury's UNKNOWN_FLOW_THRESH: a component at least this large marks an unknown flow
 EVAL_SEED = 0
 SPLIT_SEED = 0
 TRAIN_COLUMNS = 0.7  # share of every photo's width used for training crops
@@ -58,13 +62,20 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
     """Read a Middlebury `.flo` file into float32 `(H, W, 2)` (dx, dy).
 
     Raises `FileNotFoundError` for a missing file and `ValueError` naming the file for a bad magic number, a
-    non-positive size, a truncated file or trailing bytes."""
+    non-positive size, a truncated file or trailing bytes. Values are returned as stored: Middlebury's ground truth
+    marks unknown flow with components >= 1e9 (`UNKNOWN_FLOW`; see `valid_flow`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f".flo file not found: {path}")
     data = path.read_bytes()
     w, h = _flo_size(path, data[:12], len(data))
     return np.frombuffer(data, dtype="<f4", count=h * w * 2, offset=12).reshape(h, w, 2).astype(np.float32)
+
+
+def valid_flow(flow: torch.Tensor) -> torch.Tensor:
+    """`(H, W)` bool of the pixels of `flow` `(H, W, 2)` whose flow is known: finite and both components below
+    Middlebury's `UNKNOWN_FLOW` (1e9) in magnitude."""
+    return (torch.isfinite(flow) & (flow.abs() < UNKNOWN_FLOW)).all(dim=-1)
 
 
 def read_flo_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -306,7 +317,8 @@ class SyntheticFlowDataModule(BaseDataModule):
 
 class FlowPairDataset(KeyedDataset):
     """Pairs `(image1, image2, flo)` from disk; training items are randomly cropped (and optionally flipped) from
-    `(seed, epoch, index)`, evaluation items centre-cropped."""
+    `(seed, epoch, index)`, evaluation items centre-cropped. Items `{"frames" (2, H, W, 3), "flow" (H, W, 2),
+    "valid" (H, W)}`: unknown flow (`valid_flow`) is set to 0 and `valid` False."""
 
     def __init__(
         self,
@@ -324,6 +336,8 @@ class FlowPairDataset(KeyedDataset):
     def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
         p1, p2, pf = self.pairs[index]
         flow = torch.from_numpy(read_flo(pf))
+        valid = valid_flow(flow)
+        flow = flow.masked_fill(~valid[..., None], 0.0)
         frames = torch.from_numpy(np.stack([load_image(p1), load_image(p2)]))  # (2, H, W, 3)
         if frames.shape[1:3] != flow.shape[:2]:
             raise ValueError(f"{pf}: flow is {tuple(flow.shape[:2])} but {p1} is {tuple(frames.shape[1:3])}")
@@ -335,9 +349,10 @@ class FlowPairDataset(KeyedDataset):
             top = int(rng.integers(0, h - ch + 1)) if self.train else (h - ch) // 2
             left = int(rng.integers(0, w - cw + 1)) if self.train else (w - cw) // 2
             frames, flow = frames[:, top : top + ch, left : left + cw], flow[top : top + ch, left : left + cw]
+            valid = valid[top : top + ch, left : left + cw]
         if self.train and self.flip and rng.random() < 0.5:  # mirror x: dx changes sign
-            frames, flow = frames.flip(2), flow.flip(1) * torch.tensor([-1.0, 1.0])
-        return {"frames": frames.contiguous(), "flow": flow.contiguous()}
+            frames, flow, valid = frames.flip(2), flow.flip(1) * torch.tensor([-1.0, 1.0]), valid.flip(1)
+        return {"frames": frames.contiguous(), "flow": flow.contiguous(), "valid": valid.contiguous()}
 
 
 class SintelFlowDataModule(BaseDataModule):
@@ -347,7 +362,8 @@ class SintelFlowDataModule(BaseDataModule):
         root: the Sintel directory containing `training/`.
         pass_name: "clean" or "final" renderings.
         crop_size: `H` or `(H, W)` of random training / centre validation crops; None = full frames.
-        val_scenes: scenes held out for validation; default: a fixed `val_fraction` of the scenes.
+        val_scenes: scenes held out for validation; default: a fixed `val_fraction` of the scenes (at least one, so
+            a folder with a single scene needs `val_scenes=[]`: no validation split).
         val_fraction: share of the scenes held out when `val_scenes` is None.
         flip: random horizontal flips of training pairs.
         check_images: "verify" (default: open + integrity check of every frame in `setup()`), "decode" (full
@@ -378,8 +394,13 @@ class SintelFlowDataModule(BaseDataModule):
         if val_scenes is None:
             if not 0.0 < val_fraction < 1.0:
                 raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            if len(self.scenes) == 1:  # frames of one scene are near-duplicates: no honest split within it
+                raise ValueError(
+                    f"{self.flow_dir} has one scene ({self.scenes[0]}); validation holds out whole scenes, so add "
+                    f"scene folders, or pass val_scenes: [] to train without validation"
+                )
             order = np.random.default_rng(SPLIT_SEED).permutation(len(self.scenes))
-            k = min(max(1, round(val_fraction * len(self.scenes))), len(self.scenes) - 1) if len(self.scenes) > 1 else 0
+            k = min(max(1, round(val_fraction * len(self.scenes))), len(self.scenes) - 1)
             val_scenes = sorted(self.scenes[i] for i in order[:k])
         unknown = sorted(set(val_scenes) - set(self.scenes))
         if unknown:
@@ -425,8 +446,10 @@ class SintelFlowDataModule(BaseDataModule):
         from PIL import Image
 
         checked: set[Path] = set()
+        sizes: dict[tuple[int, int], Path] = {}  # frame size -> the first pair of that size
         for p1, p2, flo in train + val:
             h, w = read_flo_size(flo)
+            sizes.setdefault((h, w), flo)
             for p in (p1, p2):
                 if p in checked:
                     continue
@@ -435,6 +458,22 @@ class SintelFlowDataModule(BaseDataModule):
             with Image.open(p1) as im:
                 if im.size != (w, h):
                     raise ValueError(f"{flo}: flow is {h}x{w} but {p1} is {im.size[1]}x{im.size[0]}")
+        self._check_sizes(sizes)
         self.train_set = FlowPairDataset(train, self.crop_size, self.seed, train=True, flip=self.flip)
         self.val_set = FlowPairDataset(val, self.crop_size, EVAL_SEED, train=False) if val else None
         self.test_set = self.val_set
+
+    def _check_sizes(self, sizes: dict[tuple[int, int], Path]) -> None:
+        """Before training: `crop_size` fits every pair, and without it the pairs of a batch have one size."""
+        if self.crop_size is not None:
+            ch, cw = self.crop_size
+            for (h, w), flo in sizes.items():
+                if ch > h or cw > w:
+                    raise ValueError(f"crop_size {self.crop_size} is larger than the {h}x{w} frames of {flo}")
+        elif len(sizes) > 1 and self.batch_size > 1:
+            (a, fa), (b, fb) = list(sizes.items())[:2]
+            least = (min(h for h, _ in sizes), min(w for _, w in sizes))
+            raise ValueError(
+                f"frames of different sizes ({a[0]}x{a[1]} for {fa}, {b[0]}x{b[1]} for {fb}) cannot be batched: "
+                f"set crop_size (at most {least[0]}x{least[1]}) or batch_size 1"
+            )

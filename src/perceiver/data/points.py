@@ -8,10 +8,13 @@ Gaussian jitter of std `noise` and a random number of points in [min_points, max
 validation / test (so evaluation sets do not depend on `seed`); `resample_train=True` draws new training clouds
 every epoch.
 
-`ModelNetDataModule` -- meshes in the ModelNet40 layout `root/<class>/{train,test}/*.off`; every cloud is
-`num_points` points sampled uniformly on the surface (area-weighted triangles), centred and scaled into the unit
-sphere. Training clouds are resampled every epoch (optionally augmented: rotation about the up axis z, scale,
-jitter), validation (a stratified `val_fraction` of `train`, fixed) and test clouds are fixed.
+`ModelNetDataModule` -- meshes in the ModelNet40 layout `root/<class>/{train,test}/*.off` (read by
+`perceiver.data.points_off.read_off`: comments, any line endings, polygons, COFF / NOFF columns, ModelNet's
+"OFF490 518 0" header); every cloud is `num_points` points sampled uniformly on the surface (area-weighted
+triangles), centred and scaled into the unit sphere. A vertex-only `.off` file (no faces: a point cloud) gives
+`num_points` of its vertices, or all of them if it has fewer (the batch mask marks them). Training clouds are
+resampled every epoch (optionally augmented: rotation about the up axis z, scale, jitter), validation (a
+stratified `val_fraction` of `train`, fixed) and test clouds are fixed.
 
 Batch (padded to the largest cloud of the batch):
 `{"inputs": float32 (B, P, 3), "mask": bool (B, P) True = real point, "labels": int64 (B,)}`.
@@ -22,7 +25,6 @@ possible batch), `point_dim = 3`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,29 @@ import numpy as np
 import torch
 
 from perceiver.data._common import BaseDataModule, KeyedDataset, require_dir, sample_rng, stratified_split
+from perceiver.data.points_off import (
+    check_mesh,
+    check_off_header,
+    load_off_points,
+    normalize_unit_sphere,
+    read_off,
+    sample_surface,
+    write_off,
+)
+
+__all__ = [
+    "SHAPES",
+    "MeshDataset",
+    "ModelNetDataModule",
+    "SyntheticPointCloudDataModule",
+    "SyntheticShapesDataset",
+    "collate_points",
+    "normalize_unit_sphere",
+    "random_rotation",
+    "read_off",
+    "sample_surface",
+    "write_off",
+]
 
 EVAL_SEED = 0
 SPLIT_SEED = 0
@@ -231,149 +256,11 @@ class SyntheticPointCloudDataModule(BaseDataModule):
 
 # ------------------------------------------------------------------------------------------------ OFF meshes
 
-_OFF_HEADER = re.compile(r"^(ST)?C?N?4?n?OFF")
-
-
-def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an OFF mesh: vertices float32 `(V, 3)` and triangles int64 `(F, 3)` (polygons fan-triangulated).
-
-    Handles comments, blank lines, colour / normal columns (COFF, NOFF) and ModelNet's header quirk where the
-    counts follow "OFF" on the first line ("OFF490 518 0"). Raises `FileNotFoundError` for a missing file and
-    `ValueError` naming the file for anything else (bad header, truncated, non-numeric, index out of range).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"OFF file not found: {path}")
-    try:
-        text = path.read_bytes().decode("ascii")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"corrupt OFF file {path}: not ASCII text ({e})") from e
-    if "#" in text:
-        text = "\n".join(ln.split("#", 1)[0] for ln in text.splitlines())
-    head, _, body = text.lstrip().partition("\n")
-    if not (m := _OFF_HEADER.match(head)):
-        raise ValueError(f"corrupt OFF file {path}: first line must start with 'OFF', got {head[:40]!r}")
-    counts = head[m.end() :].split()
-    if not counts:
-        head, _, body = body.lstrip().partition("\n")
-        counts = head.split()
-    try:
-        nv, nf = int(counts[0]), int(counts[1])
-    except (IndexError, ValueError):
-        raise ValueError(
-            f"corrupt OFF file {path}: expected 'vertex_count face_count [edge_count]', got {counts}"
-        ) from None
-    if nv < 0 or nf < 0:
-        raise ValueError(f"corrupt OFF file {path}: negative counts {nv}, {nf}")
-    mesh = _parse_body_fast(body, nv, nf)
-    if mesh is None:  # irregular or broken file: line by line, with a precise message
-        lines = [ln.strip() for ln in body.splitlines()]
-        lines = [ln for ln in lines if ln]
-        if len(lines) < nv + nf:
-            raise ValueError(
-                f"corrupt OFF file {path}: truncated, expected {nv} vertex and {nf} face lines, found {len(lines)}"
-            )
-        try:
-            mesh = _parse_rows(lines[:nv], 3, float), _parse_faces(lines[nv : nv + nf])
-        except ValueError as e:
-            raise ValueError(f"corrupt OFF file {path}: {e}") from None
-    vertices, faces = mesh
-    if faces.size and (faces.min() < 0 or faces.max() >= nv):
-        raise ValueError(f"corrupt OFF file {path}: face index out of range 0..{nv - 1}")
-    if not np.isfinite(vertices).all():
-        raise ValueError(f"corrupt OFF file {path}: non-finite vertex coordinates")
-    return vertices.astype(np.float32), faces
-
-
-def _parse_body_fast(body: str, nv: int, nf: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Vectorised parse when every vertex line has the same columns and every face is a triangle with the same
-    columns (the usual case); None when that does not hold or anything looks off."""
-    import warnings
-
-    body = body.lstrip()
-    first_vertex = body.partition("\n")[0].split() if nv else []
-    kv = len(first_vertex)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy warns (instead of raising) on text it cannot parse
-        try:
-            numbers = np.fromstring(body, dtype=np.float64, sep=" ")
-        except (ValueError, DeprecationWarning):
-            return None
-    if nv and kv < 3:
-        return None
-    rest = numbers[nv * kv :]
-    if nf == 0:
-        return (numbers[: nv * kv].reshape(nv, kv)[:, :3], np.zeros((0, 3), dtype=np.int64)) if rest.size == 0 else None
-    if rest.size == 0 or rest.size % nf or rest[0] != 3:
-        return None
-    faces = rest.reshape(nf, -1)
-    if faces.shape[1] < 4 or (faces[:, 0] != 3).any() or (faces[:, 1:4] != np.round(faces[:, 1:4])).any():
-        return None
-    return numbers[: nv * kv].reshape(nv, kv)[:, :3], faces[:, 1:4].astype(np.int64)
-
-
-def _parse_rows(lines: list[str], width: int, dtype: type) -> np.ndarray:
-    """First `width` numbers of every line as `(len(lines), width)`; ValueError for short or non-numeric rows."""
-    rows = [ln.split() for ln in lines]
-    if rows and len({len(r) for r in rows}) == 1 and len(rows[0]) >= width:  # fast path: uniform rows
-        return np.array(rows, dtype=dtype)[:, :width]
-    for r in rows:
-        if len(r) < width:
-            raise ValueError(f"expected >= {width} numbers per line, got {' '.join(r)!r}")
-    return np.array([r[:width] for r in rows], dtype=dtype).reshape(len(rows), width)
-
-
-def _parse_faces(lines: list[str]) -> np.ndarray:
-    """Triangles `(F', 3)` of OFF face lines `k i1 .. ik [colour]`, polygons fan-triangulated."""
-    if not lines:
-        return np.zeros((0, 3), dtype=np.int64)
-    rows = [ln.split() for ln in lines]
-    if len({len(r) for r in rows}) == 1 and len(rows[0]) >= 4:  # fast path: all triangles
-        arr = np.array(rows)[:, :4].astype(np.int64)
-        if (arr[:, 0] == 3).all():
-            return arr[:, 1:4]
-    tris: list[list[int]] = []
-    for r in rows:
-        k = int(r[0])
-        if k < 3 or len(r) < k + 1:
-            raise ValueError(f"bad face line {' '.join(r)!r}")
-        idx = [int(t) for t in r[1 : k + 1]]
-        tris.extend([idx[0], idx[j], idx[j + 1]] for j in range(1, k - 1))
-    return np.array(tris, dtype=np.int64)
-
-
-def write_off(path: str | Path, vertices: np.ndarray, faces: np.ndarray, modelnet_quirk: bool = False) -> None:
-    """Write a triangle mesh as OFF; `modelnet_quirk=True` writes the counts on the "OFF" line ("OFF8 12 0")."""
-    head = f"OFF{len(vertices)} {len(faces)} 0" if modelnet_quirk else f"OFF\n{len(vertices)} {len(faces)} 0"
-    body = [" ".join(f"{x:.6f}" for x in v) for v in vertices] + [
-        "3 " + " ".join(str(int(i)) for i in f) for f in faces
-    ]
-    Path(path).write_text("\n".join([head, *body]) + "\n", encoding="ascii")
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` points `(n, 3)` uniformly on the surface: triangles chosen by area, uniform barycentric coordinates."""
-    tri = np.asarray(vertices, dtype=np.float64)[faces]  # (F, 3, 3)
-    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    total = areas.sum()
-    if len(faces) == 0 or not np.isfinite(total) or total <= 0:
-        raise ValueError("mesh has no faces with positive area")
-    pick = rng.choice(len(faces), size=n, p=areas / total)
-    r1, r2 = np.sqrt(rng.random((n, 1))), rng.random((n, 1))
-    a, b, c = tri[pick, 0], tri[pick, 1], tri[pick, 2]
-    return (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c
-
-
-def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
-    """Centre `(P, 3)` at its mean and scale so the farthest point has norm 1."""
-    points = points - points.mean(axis=0)
-    radius = np.linalg.norm(points, axis=1).max()
-    return points / radius if radius > 0 else points
-
 
 class MeshDataset(KeyedDataset):
-    """`.off` files and labels; item `i` is `num_points` surface samples drawn from `(seed, stream, epoch, i)`
-    (epoch ignored unless `resample`), normalised to the unit sphere, optionally augmented."""
+    """`.off` files and labels; item `i` is `num_points` surface samples (`mesh_points`: vertices of a vertex-only
+    file) drawn from `(seed, stream, epoch, i)` (epoch ignored unless `resample`), normalised to the unit sphere,
+    optionally augmented."""
 
     def __init__(
         self,
@@ -393,12 +280,7 @@ class MeshDataset(KeyedDataset):
 
     def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
         rng = sample_rng(self.seed, self.stream, epoch if self.resample else 0, index)
-        path = self.files[index]
-        vertices, faces = read_off(path)
-        try:
-            points = normalize_unit_sphere(sample_surface(vertices, faces, self.num_points, rng))
-        except ValueError as e:
-            raise ValueError(f"corrupt OFF file {path}: {e}") from None
+        points = load_off_points(self.files[index], self.num_points, rng)
         if self.augment:
             a = rng.uniform(0, 2 * np.pi)
             rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -415,10 +297,10 @@ class ModelNetDataModule(BaseDataModule):
         classes: class folders to use (default: every sub-folder of `root`, sorted).
         val_fraction: stratified share of the `train` meshes held out for validation (fixed).
         augment: random rotation about z, scale in [0.8, 1.25] and jitter for training clouds.
-        check_files: "parse" (default) reads every mesh once in `setup()` so a corrupt file fails before training
-            (costs about one epoch of data loading, as training clouds are re-sampled from the meshes every epoch),
-            "header" checks only the first line, "none" skips checks (a corrupt file then fails when loaded,
-            still naming the file).
+        check_files: "parse" (default) reads every mesh once in `setup()` so a corrupt or degenerate (zero-area)
+            file fails before training (costs about one epoch of data loading, as training clouds are re-sampled
+            from the meshes every epoch), "header" checks only the first line (after comments), "none" skips
+            checks (a corrupt file then fails when loaded, still naming the file).
         batch_size, num_workers, seed: see `BaseDataModule`.
 
     Raises (`FileNotFoundError` / `ValueError` naming the folder or file): a missing `root` (constructor), a class
@@ -442,7 +324,9 @@ class ModelNetDataModule(BaseDataModule):
         super().__init__(batch_size, num_workers, seed)
         self.root = require_dir(root, "ModelNet root")
         if classes is None:
-            classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            classes = sorted(
+                p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))
+            )
         if not classes:
             raise ValueError(f"no class folders in {self.root} (expected root/<class>/train/*.off)")
         if num_points < 1 or not 0.0 < val_fraction < 1.0 or check_files not in ("parse", "header", "none"):
@@ -461,12 +345,13 @@ class ModelNetDataModule(BaseDataModule):
         self.save_hyperparameters()
 
     def list_files(self, split: Literal["train", "test"]) -> tuple[list[Path], np.ndarray]:
-        """Sorted `.off` files of `split` and their labels; raises if a class has no training meshes."""
+        """Sorted `.off` files (any case: `.OFF` too; hidden ones such as macOS's `._x.off` skipped) of `split` and
+        their labels; raises if a class has no training meshes."""
         files: list[Path] = []
         labels: list[int] = []
         for label, name in enumerate(self.class_names):
             folder = self.root / name / split
-            found = sorted(folder.glob("*.off")) if folder.is_dir() else []
+            found = sorted(p for p in folder.iterdir() if _is_mesh_file(p)) if folder.is_dir() else []
             if split == "train" and not found:
                 raise ValueError(f"class folder {folder} has no .off files")
             files += found
@@ -480,9 +365,9 @@ class ModelNetDataModule(BaseDataModule):
         test_files, test_labels = self.list_files("test")
         for f in files + test_files:
             if self.check_files == "parse":
-                read_off(f)
+                check_mesh(f)
             elif self.check_files == "header":
-                _check_off_header(f)
+                check_off_header(f)
         keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)
         n = self.num_points
         self.train_set = MeshDataset([files[i] for i in keep], labels[keep], n, self.seed, _TRAIN, True, self.augment)
@@ -490,9 +375,18 @@ class ModelNetDataModule(BaseDataModule):
         if test_files:
             self.test_set = MeshDataset(test_files, test_labels, n, EVAL_SEED, _TEST)
 
+    def _require(self, dataset: Any, split: str) -> Any:
+        try:
+            return super()._require(dataset, split)
+        except ValueError:
+            if split != "test":
+                raise
+            raise ValueError(
+                f"ModelNetDataModule has no test split: no class folder of {self.root} has test/*.off files "
+                f"(the layout is root/<class>/{{train,test}}/*.off)"
+            ) from None
 
-def _check_off_header(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(256).decode("ascii", "replace").lstrip()
-    if not _OFF_HEADER.match(head):
-        raise ValueError(f"corrupt OFF file {path}: first line must start with 'OFF', got {head[:40]!r}")
+
+def _is_mesh_file(path: Path) -> bool:
+    """An `.off` file (any case) that is not hidden (macOS writes `._name.off` resource forks beside the meshes)."""
+    return path.suffix.lower() == ".off" and not path.name.startswith(".") and path.is_file()

@@ -5,10 +5,12 @@
     root/<class_b>/zzz.webm
 
 Classes are the sorted sub-folder names of `root` (at least two; hidden folders and `__MACOSX` skipped). Files are
-videos by extension (`VIDEO_EXTENSIONS`), decoded with FFmpeg through PyAV (`av`); every frame is converted to RGB
-and resized to `image_size` (bilinear, aspect ratio not preserved) as it is decoded, so a long video never sits in
-memory at full resolution. Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of
-`seed`).
+videos by extension (`VIDEO_EXTENSIONS`), decoded with FFmpeg through PyAV (`av`); a clip's frames are converted to
+RGB, turned upright by the stream's display rotation (phones store portrait videos as landscape frames plus a
+rotation, which players and the `ffmpeg` command apply; images are likewise upright by their EXIF orientation) and
+resized to `image_size` (bilinear, aspect ratio not preserved) as they are decoded, so a long video never sits in
+memory at full resolution (and where the container states its frame count, only the clip's frames are
+converted). Validation is `val_root` or a stratified `val_fraction` of `root` (fixed, independent of `seed`).
 
 A clip is `num_frames` frames spread over the whole video (segment sampling, as TSN): the video is cut into
 `num_frames` equal segments and each gives one frame, its middle one in evaluation, a random one in training with
@@ -29,8 +31,9 @@ Attributes available right after construction: `class_names`, `num_classes`, `vi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,48 +44,116 @@ from perceiver.data.folders import ClassFolderDataModule
 VideoCheck = Literal["decode", "open", "none"]
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
-__all__ = ["VIDEO_EXTENSIONS", "VideoFileDataset", "VideoFolderDataModule", "clip_indices", "load_video_frames"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoFileDataset",
+    "VideoFolderDataModule",
+    "clip_indices",
+    "load_video_clip",
+    "load_video_frames",
+    "segment_frames",
+]
 
 
 def load_video_frames(path: str | Path, size: tuple[int, int], max_frames: int | None = None) -> np.ndarray:
-    """Every frame of a video (the first `max_frames`, if given) as uint8 RGB `(N, H, W, 3)`, each resized to `size`
-    `(H, W)` as it is decoded.
+    """Every frame of a video (the first `max_frames`, if given) as uint8 RGB `(N, H, W, 3)`, each turned upright
+    by its display rotation (as players show it) and resized to `size` `(H, W)` as it is decoded.
 
     `ValueError` naming the file if FFmpeg cannot decode it or it has no video frames."""
+    frames, total = _decode(path, size, None, max_frames)
+    return np.stack([frames[i] for i in range(total)])
+
+
+def load_video_clip(
+    path: str | Path, size: tuple[int, int], num_frames: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The clip `load_video_frames(path, size)[clip_indices(N, num_frames, rng)]`, uint8 `(num_frames, H, W, 3)`,
+    without converting and resizing every frame: when the container states its frame count (mp4, mov, avi, ...)
+    only the chosen frames are; if the count proves wrong, the video is decoded again for the right ones. Draws
+    from `rng` exactly as `clip_indices` does. Errors as `load_video_frames`."""
+    u = rng.random(num_frames) if rng is not None else None
+
+    def chosen(stated: int) -> set[int] | None:  # None: every frame (no stated count)
+        return set(segment_frames(stated, num_frames, u).tolist()) if stated > 0 else None
+
+    frames, total = _decode(path, size, chosen)
+    indices = segment_frames(total, num_frames, u)
+    if not all(int(i) in frames for i in indices):  # the stated count was not the decoded one
+        frames, _ = _decode(path, size, lambda stated: set(indices.tolist()))
+    return np.stack([frames[int(i)] for i in indices])
+
+
+def stated_frame_count(stream: Any) -> int:
+    """The number of frames a video stream's container states (0: unknown, e.g. Matroska / WebM)."""
+    return int(stream.frames or 0)
+
+
+def _decode(
+    path: str | Path,
+    size: tuple[int, int],
+    choose: Callable[[int], set[int] | None] | None = None,
+    max_frames: int | None = None,
+) -> tuple[dict[int, np.ndarray], int]:
+    """`({index: uint8 (H, W, 3)}, number of frames decoded)`: every frame decoded, the ones `choose(stated frame
+    count)` names (None: all) turned upright and resized to `size`."""
     try:
         import av
     except ImportError as e:  # pragma: no cover - the video extra
         raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
     from PIL import Image
 
-    frames: list[np.ndarray] = []
+    frames: dict[int, np.ndarray] = {}
+    total = 0
     try:
         with av.open(str(path)) as container:
             has_video = bool(container.streams.video)
-            for frame in container.decode(video=0) if has_video else ():
-                image = frame.to_image()  # RGB
-                if image.size != (size[1], size[0]):
-                    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                frames.append(np.asarray(image, dtype=np.uint8))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
+            if has_video:
+                stream = container.streams.video[0]
+                wanted = choose(stated_frame_count(stream)) if choose is not None else None
+                for frame in container.decode(stream):
+                    if wanted is None or total in wanted:
+                        image = _upright(frame.to_image(), getattr(frame, "rotation", 0))  # RGB; PyAV >= 13
+                        if image.size != (size[1], size[0]):
+                            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                        frames[total] = np.asarray(image, dtype=np.uint8)
+                    total += 1
+                    if max_frames is not None and total >= max_frames:
+                        break
     except av.error.FFmpegError as e:
         raise ValueError(f"cannot decode video file {path}: {e}") from e
     if not has_video:
         raise ValueError(f"video file {path} has no video stream")
-    if not frames:
+    if not total:
         raise ValueError(f"video file {path} has no frames")
-    return np.stack(frames)
+    return frames, total
+
+
+def _upright(image: Any, rotation: float) -> Any:
+    """A PIL image rotated counterclockwise by `rotation` degrees (PyAV's `VideoFrame.rotation`: the display
+    matrix's angle, what FFmpeg's autorotation applies)."""
+    from PIL import Image
+
+    quarter = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    angle = round(rotation) % 360
+    if angle == 0:
+        return image
+    return image.transpose(quarter[angle]) if angle in quarter else image.rotate(angle, expand=True)
 
 
 def clip_indices(total: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """`num_frames` frame indices over a video of `total` frames: one per equal segment, its middle (`rng` None) or
     a random frame of it; repeated where there are fewer frames than segments."""
+    return segment_frames(total, num_frames, rng.random(num_frames) if rng is not None else None)
+
+
+def segment_frames(total: int, num_frames: int, offsets: np.ndarray | None = None) -> np.ndarray:
+    """`clip_indices` with the random draws given: `offsets` `(num_frames,)` in [0, 1) place each frame within its
+    segment (None: the middle)."""
     edges = np.linspace(0, total, num_frames + 1)
-    if rng is None:
+    if offsets is None:
         points = (edges[:-1] + edges[1:]) / 2
     else:
-        points = edges[:-1] + rng.random(num_frames) * (edges[1:] - edges[:-1])
+        points = edges[:-1] + offsets * (edges[1:] - edges[:-1])
     return np.minimum(points.astype(np.int64), total - 1)
 
 
@@ -107,9 +178,12 @@ class VideoFileDataset(KeyedDataset):
         return len(self.files)
 
     def get(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
-        frames = self.cache[index] if self.cache is not None else load_video_frames(self.files[index], self.size)
         rng = sample_rng(self.seed, epoch, index) if self.augment else None
-        clip = frames[clip_indices(len(frames), self.num_frames, rng)]
+        if self.cache is not None:
+            frames = self.cache[index]
+            clip = frames[clip_indices(len(frames), self.num_frames, rng)]
+        else:  # converts and resizes only the clip's frames (of all the frames it decodes)
+            clip = load_video_clip(self.files[index], self.size, self.num_frames, rng)
         if rng is not None and rng.random() < 0.5:
             clip = clip[:, :, ::-1]
         inputs = torch.from_numpy(np.ascontiguousarray(clip)).float().div_(255.0)
@@ -162,7 +236,10 @@ class VideoFolderDataModule(ClassFolderDataModule):
 
     def scan_file(self, path: Path) -> None:
         if self.check_videos != "none":
-            load_video_frames(path, self.image_size, None if self.check_videos == "decode" else 1)
+            if self.check_videos == "decode":  # every frame decoded, the first one converted (memory: one frame)
+                _decode(path, self.image_size, lambda stated: {0})
+            else:
+                _decode(path, self.image_size, None, max_frames=1)
 
     def dataset(self, files: list[Path], labels: np.ndarray, augment: bool) -> VideoFileDataset:
         return VideoFileDataset(files, labels, self.num_frames, self.image_size, augment, self.seed, self.cache_videos)

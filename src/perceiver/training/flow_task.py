@@ -1,19 +1,22 @@
 """Optical flow task (Perceiver IO's flow model): end-point error loss, a zero-flow baseline and colour-coded flow
 PNGs of a few validation pairs after each validation epoch.
 
-Batches `{"frames" (B, 2, H, W, 3) in [0, 1], "flow" (B, H, W, 2)}` (as `SyntheticFlowDataModule` gives them); the
-model takes `frames_to_model_input(frames)` and returns the flow `(B, H, W, 2)` in pixels.
+Batches `{"frames" (B, 2, H, W, 3) in [0, 1], "flow" (B, H, W, 2)}` (as `SyntheticFlowDataModule` gives them), with
+an optional `"valid" (B, H, W)` bool (`SintelFlowDataModule`: False where the ground truth is unknown), whose False
+pixels count in neither the loss nor the metrics; the model takes `frames_to_model_input(frames)` and returns the
+flow `(B, H, W, 2)` in pixels.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from perceiver.training.tasks import PerceiverTask, metric_dict
 
-__all__ = ["FlowTask", "frames_to_model_input"]
+__all__ = ["FlowTask", "frames_to_model_input", "masked_epe"]
 
 
 def frames_to_model_input(frames: Tensor, patch_size: int = 3) -> Tensor:
@@ -23,6 +26,17 @@ def frames_to_model_input(frames: Tensor, patch_size: int = 3) -> Tensor:
     from perceiver.adapters.flow import frames_to_patches, normalize_frames
 
     return frames_to_patches(normalize_frames(frames), patch_size=patch_size)
+
+
+def masked_epe(pred: Tensor, flow: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """End-point errors of `pred` against `flow` `(B, H, W, 2)` over the `valid` `(B, H, W)` pixels (None: all):
+    `(mean over all valid pixels of the batch, per-sample means (B,))`; a sample without valid pixels counts 0."""
+    epe = (pred - flow).norm(dim=-1)  # (B, H, W)
+    if valid is None:
+        return epe.mean(), epe.mean(dim=(1, 2))
+    w = valid.to(epe.dtype)
+    epe = torch.where(valid, epe, torch.zeros_like(epe))
+    return epe.sum() / w.sum().clamp_min(1), epe.sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1)
 
 
 class FlowTask(PerceiverTask):
@@ -46,13 +60,13 @@ class FlowTask(PerceiverTask):
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         pred = self(batch).float()
         gt = batch["flow"].float()
-        epe = (pred - gt).norm(dim=-1)  # (B, H, W)
-        loss = epe.mean()
+        valid = batch.get("valid")
+        loss, per_sample = masked_epe(pred, gt, valid)
         self._log_loss(stage, loss, gt.shape[0])
-        self.metrics[f"{stage}_epe"].update(epe.mean(dim=(1, 2)))
+        self.metrics[f"{stage}_epe"].update(per_sample)
         self._log_metric(stage, "epe")
         if stage != "train":
-            self.metrics[f"{stage}_epe_zero"].update(gt.norm(dim=-1).mean(dim=(1, 2)))
+            self.metrics[f"{stage}_epe_zero"].update(masked_epe(torch.zeros_like(gt), gt, valid)[1])
             self._log_metric(stage, "epe_zero", prog_bar=False)
         if stage == "val" and self._examples is None:
             k = self.hparams.num_flow_images
@@ -73,10 +87,11 @@ class FlowTask(PerceiverTask):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[dict[str, Any]]:
         pred = self(batch).float()
+        epe = masked_epe(pred, batch["flow"].float(), batch.get("valid"))[1] if "flow" in batch else None
         rows = []
         for i in range(pred.shape[0]):
             row: dict[str, Any] = {"mean_flow_magnitude": float(pred[i].norm(dim=-1).mean())}
-            if "flow" in batch:
-                row["epe"] = float((pred[i] - batch["flow"][i]).norm(dim=-1).mean())
+            if epe is not None:
+                row["epe"] = float(epe[i])
             rows.append(row)
         return rows
