@@ -63,15 +63,27 @@ SCRIPT = textwrap.dedent(
     seq_mask = torch.rand(2, 11) > 0.4
     seq_mask[:, :2] = True
     out = {"data": data, "mask": mask, "seq": seq, "queries": queries, "seq_mask": seq_mask, "classic": [], "io": []}
+    from perceiver.interop.perceiver_pytorch_settings import lm_settings, module_settings
+
+    def settings(module, kind):  # what our loaders read from this version's module (an error: its message)
+        try:
+            found = lm_settings(module) if kind == "lm" else module_settings(module, kind)
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in found.items()}
+        except Exception as e:
+            return repr(e)
+
+    out["settings"] = {"classic": [], "io": []}
     with torch.no_grad():
         for case in classic_cases:
             peer = pp.Perceiver(**classic, **case).eval()
             randomize(peer)
             out["classic"].append((case, peer.state_dict(), peer(data), peer(data, mask=mask)))
+            out["settings"]["classic"].append(settings(peer, "classic"))
         for case in io_cases:
             peer = pp.PerceiverIO(**io, **case).eval()
             randomize(peer)
             out["io"].append((case, peer.state_dict(), peer(seq, mask=seq_mask, queries=queries), peer(seq)))
+            out["settings"]["io"].append(settings(peer, "io"))
     drop = pp.PerceiverIO(**io, seq_dropout_prob=0.3).train()
     torch.manual_seed(7)
     out["drop"] = (drop.state_dict(), drop(seq, mask=seq_mask, queries=queries))
@@ -82,6 +94,7 @@ SCRIPT = textwrap.dedent(
     ids = torch.randint(0, 20, (2, 10))
     with torch.no_grad():
         out["lm"] = (lm, peer.state_dict(), ids, peer(ids, mask=seq_mask[:, :10]))
+    out["settings"]["lm"] = settings(peer, "lm")
     out = {k: ([(dict(c), *rest) for c, *rest in v] if k in ("classic", "io") else v) for k, v in out.items()}
     torch.save(out, sys.argv[3])
     """
@@ -180,3 +193,42 @@ def test_perceiver_lm_parity(reference):
     ours = LucidrainsPerceiverLM.from_perceiver_pytorch(state_dict, **kwargs)
     with torch.no_grad():
         assert close(ours(ids, mask=ref["seq_mask"][:, :10]), expected), version
+
+
+def test_settings_read_from_the_module_of_every_version(reference):
+    """What `from_perceiver_pytorch(module)` reads from each release's modules is what they were built with, and it
+    completes the state dict into the whole model (no keyword needed)."""
+    version, ref = reference
+    for (case, state_dict, plain, _), found in zip(ref["classic"], ref["settings"]["classic"], strict=True):
+        assert isinstance(found, dict), (version, found)
+        built = {**CLASSIC, "weight_tie_layers": False, **case}
+        assert all(found[k] == v for k, v in built.items() if k in found and k != "inverted_cross_attn"), (
+            version,
+            found,
+        )
+        assert set(found) >= set(CLASSIC) - {"num_classes"}, (version, found)
+        found["inverted_cross_attn"] = (
+            tuple(found["inverted_cross_attn"])
+            if isinstance(found.get("inverted_cross_attn"), list)
+            else found.get("inverted_cross_attn", False)
+        )
+        ours = Perceiver.from_perceiver_pytorch(state_dict, **found)
+        with torch.no_grad():
+            assert close(ours(ref["data"]), plain), (version, case)
+    for (case, state_dict, decoded, _), found in zip(ref["io"], ref["settings"]["io"], strict=True):
+        assert isinstance(found, dict), (version, found)
+        ours = LucidrainsPerceiverIO.from_perceiver_pytorch(state_dict, **found)
+        assert all(getattr(ours.config, k) == v for k, v in {**IO, **case}.items() if k != "decoder_ff"), (
+            version,
+            case,
+        )
+        with torch.no_grad():
+            assert close(ours(ref["seq"], mask=ref["seq_mask"], queries=ref["queries"]), decoded), (version, case)
+    kwargs, state_dict, ids, expected = ref["lm"]
+    found = ref["settings"]["lm"]
+    assert isinstance(found, dict) and all(found[k] == v for k, v in kwargs.items()), (version, found)
+    with torch.no_grad():
+        assert close(
+            LucidrainsPerceiverLM.from_perceiver_pytorch(state_dict, **found)(ids, mask=ref["seq_mask"][:, :10]),
+            expected,
+        )

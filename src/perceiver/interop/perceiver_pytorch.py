@@ -20,18 +20,23 @@ presence, rank, and whether they start with the RMSNorm of 0.10.1 (`to_attn_logi
 lists a shared block under every index that uses it; both are undone here. Its constructor defaults differ from ours
 in `num_latents` (512). A state dict saved under DDP (`module.`), `torch.compile` (`_orig_mod.`) or a Lightning
 module (`model.`), or a whole Lightning checkpoint dict, is taken as the bare one (`keys.unwrap_state_dict`).
+
+Given the peer's module instead of its state dict, the loaders read its settings from it, also those the weights do
+not show (`max_freq`, the heads, `inverted_cross_attn`, ...: `perceiver_pytorch_settings`), so no keyword is needed.
+Our models' `load_state_dict` takes their counterpart's state dict directly (`load_perceiver_pytorch_state_dict`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.interop.keys import unwrap_state_dict
+from perceiver.interop.perceiver_pytorch_settings import Kind, lm_settings, merge_settings, module_settings
 from perceiver.models.classic import Perceiver
 
 if TYPE_CHECKING:
@@ -154,16 +159,20 @@ def _residual_options(canonical: dict[str, Tensor], kwargs: dict[str, Any]) -> d
     return {"attn_residual": True, "attn_residual_rank": rank, "attn_residual_norm": with_norm}
 
 
-def _load(
+MapKey = Callable[[str], list[tuple[str, str | None]] | None]
+
+
+def _convert(
     model: nn.Module,
     canonical: dict[str, Tensor],
-    map_key: Callable[[str], list[tuple[str, str | None]] | None],
-    what: str,
-    kwargs: dict[str, Any],
+    map_key: MapKey,
+    built: str,
     layout: Layout,
+    strict: bool = True,
     tied_hint: str = "weight_tie_layers=False",
-) -> None:
-    """Map every key, check that all of ours are filled with equal shapes, load strictly."""
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Our state dict for `model` and the keys that could not be placed; with `strict`, a ValueError unless every key
+    is placed and every one of ours filled (`built` says what the model was built from). Shapes are always checked."""
     ours = model.state_dict()
     converted: dict[str, Tensor] = {}
     unplaced = []
@@ -181,16 +190,39 @@ def _load(
                 )
             converted.setdefault(target, value)
     missing = sorted(set(ours) - set(converted))
-    if unplaced or missing:
+    if strict and (unplaced or missing):
         raise ValueError(
-            f"state dict ({layout} layout) does not match the perceiver-pytorch {what} built from these keywords "
-            f"({kwargs}): unexpected keys {unplaced[:10]}{' ...' if len(unplaced) > 10 else ''}, "
+            f"state dict ({layout} layout) does not match the perceiver-pytorch {built}: "
+            f"unexpected keys {unplaced[:10]}{' ...' if len(unplaced) > 10 else ''}, "
             f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''} (unexpected: keys that could not be placed)"
         )
     for key, value in converted.items():
         if ours[key].shape != value.shape:
             raise ValueError(f"shape mismatch for {key}: expected {tuple(ours[key].shape)}, got {tuple(value.shape)}")
+    return converted, unplaced
+
+
+def _load(
+    model: nn.Module,
+    canonical: dict[str, Tensor],
+    map_key: MapKey,
+    what: str,
+    kwargs: dict[str, Any],
+    layout: Layout,
+) -> None:
+    """Map every key, check that all of ours are filled with equal shapes, load strictly."""
+    converted, _ = _convert(model, canonical, map_key, f"{what} built from these keywords ({kwargs})", layout)
     model.load_state_dict(converted, strict=True)
+
+
+def _with_module_settings(source: dict[str, Tensor] | nn.Module, kwargs: dict[str, Any], kind: Kind) -> dict[str, Any]:
+    """`kwargs` completed with the settings a perceiver-pytorch module (not a state dict) was built with: the ones
+    its weights do not show (`perceiver_pytorch_settings`); a keyword that disagrees with the module is a ValueError."""
+    if not isinstance(source, nn.Module):
+        return dict(kwargs)
+    layers = getattr(source, "layers", None)
+    depth = kwargs.get("depth", len(layers) if isinstance(layers, nn.ModuleList) else None)
+    return merge_settings(kwargs, module_settings(source, kind), depth if isinstance(depth, int) else None)
 
 
 def _as_state_dict(state_dict: dict[str, Tensor] | nn.Module) -> dict[str, Tensor]:
@@ -201,15 +233,8 @@ def _as_state_dict(state_dict: dict[str, Tensor] | nn.Module) -> dict[str, Tenso
 
 
 # ---------------------------------------------------------------------------------------------------- classic
-def from_perceiver_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> Perceiver:
-    """Our `Perceiver` with the weights of a perceiver-pytorch `Perceiver(**kwargs)` and identical outputs.
-
-    `kwargs` are the keywords the perceiver-pytorch model was built with (its defaults apply to the rest); any layout
-    from 0.8 to 0.11 is accepted. Attention residuals (0.10+) are recognised from the keys.
-    """
-    canonical, layout = canonical_state_dict(_as_state_dict(state_dict))
-    options = {**_PEER_DEFAULTS, **kwargs, **_residual_options(canonical, kwargs)}
-    model = Perceiver(**options)
+def _classic_map_key(model: Perceiver) -> MapKey:
+    """Key mapping of a perceiver-pytorch `Perceiver` (0.11 names) onto our `Perceiver`."""
     enc = model.encoder
     with_norm = model.config.attn_residual_norm
 
@@ -237,7 +262,22 @@ def from_perceiver_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: 
             return _sub(_ATTN if g[2] == "0" else _FF, g[3], latent, **_SELF)
         return None
 
-    _load(model, canonical, map_key, "Perceiver", kwargs, layout)
+    return map_key
+
+
+def from_perceiver_pytorch(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> Perceiver:
+    """Our `Perceiver` with the weights of a perceiver-pytorch `Perceiver(**kwargs)` and identical outputs.
+
+    `kwargs` are the keywords the perceiver-pytorch model was built with (its defaults apply to the rest); any layout
+    from 0.8 to 0.11 is accepted. Attention residuals (0.10+) are recognised from the keys. A state dict does not hold
+    `max_freq`, `num_freq_bands` / `input_channels`, `input_axis`, the heads, `inverted_cross_attn` or the dropout
+    rates: pass them; from the module itself they are read (a keyword that disagrees with it is a ValueError).
+    """
+    kwargs = _with_module_settings(state_dict, kwargs, "classic")
+    canonical, layout = canonical_state_dict(_as_state_dict(state_dict))
+    options = {**_PEER_DEFAULTS, **kwargs, **_residual_options(canonical, kwargs)}
+    model = Perceiver(**options)
+    _load(model, canonical, _classic_map_key(model), "Perceiver", kwargs, layout)
     return model.eval()
 
 
@@ -290,10 +330,12 @@ def _io_canonical(state_dict: dict[str, Tensor], prefix: str) -> tuple[dict[str,
 def from_perceiver_pytorch_io(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverIO:
     """`LucidrainsPerceiverIO` with the weights of a perceiver-pytorch `PerceiverIO(**kwargs)` (0.8 - 0.11 layouts).
 
-    `decoder_ff` and attention residuals are read from the keys; `kwargs` are the peer's constructor keywords.
+    `decoder_ff` and attention residuals are read from the keys; `kwargs` are the peer's constructor keywords (from
+    the module itself, the heads, `inverted_cross_attn` and `seq_dropout_prob` are read as well).
     """
     from perceiver.models.lucidrains_io import LucidrainsPerceiverIO
 
+    kwargs = _with_module_settings(state_dict, kwargs, "io")
     canonical, layout = _io_canonical(_as_state_dict(state_dict), "")
     options = {**kwargs, **_residual_options(canonical, kwargs)}
     options["decoder_ff"] = any(k.startswith("decoder_ff.") for k in canonical)
@@ -306,12 +348,20 @@ def from_perceiver_pytorch_lm(state_dict: dict[str, Tensor] | nn.Module, **kwarg
     """`LucidrainsPerceiverLM` with the weights of a perceiver-pytorch `PerceiverLM(**kwargs)` (0.8 - 0.11 layouts)."""
     from perceiver.models.lucidrains_io import LucidrainsPerceiverLM
 
+    if isinstance(state_dict, nn.Module):
+        kwargs = merge_settings(kwargs, lm_settings(state_dict))
     prefix = "perceiver_io."
     canonical, layout = _io_canonical(_as_state_dict(state_dict), prefix)
     inner = {k[len(prefix) :]: v for k, v in canonical.items() if k.startswith(prefix)}
     options = {**kwargs, **_residual_options(inner, kwargs)}
     options["decoder_ff"] = any(k.startswith("decoder_ff.") for k in inner)
     model = LucidrainsPerceiverLM(**options)
+    _load(model, canonical, _lm_map_key(model), "PerceiverLM", kwargs, layout)
+    return model.eval()
+
+
+def _lm_map_key(model: LucidrainsPerceiverLM) -> MapKey:
+    prefix = "perceiver_io."
     io_map = _io_map_key(model.perceiver_io, prefix)
 
     def map_key(key: str) -> list[tuple[str, str | None]] | None:
@@ -320,8 +370,7 @@ def from_perceiver_pytorch_lm(state_dict: dict[str, Tensor] | nn.Module, **kwarg
         targets = io_map(key)
         return None if targets is None else [(prefix + t, part) for t, part in targets]
 
-    _load(model, canonical, map_key, "PerceiverLM", kwargs, layout)
-    return model.eval()
+    return map_key
 
 
 def from_perceiver_block(state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any) -> LucidrainsPerceiverBlock:
@@ -330,15 +379,84 @@ def from_perceiver_block(state_dict: dict[str, Tensor] | nn.Module, **kwargs: An
 
     sd = _as_state_dict(state_dict)
     model = LucidrainsPerceiverBlock(**kwargs)
-
-    def map_key(key: str) -> list[tuple[str, str | None]] | None:
-        if g := re.fullmatch(r"cross_attn\.(.*)", key):
-            return _sub(_ATTN, g[1], "cross.", **_CROSS)
-        if g := re.fullmatch(r"cross_ff\.(.*)", key):
-            return _sub(_FF, g[1], "cross.", **_CROSS)
-        if g := re.fullmatch(r"self_attns\.(\d+)\.([01])\.(.*)", key):
-            return _sub(_ATTN if g[2] == "0" else _FF, g[3], f"self_attns.{g[1]}.", **_SELF)
-        return None
-
-    _load(model, sd, map_key, "PerceiverBlock", kwargs, "0.11")
+    _load(model, sd, _block_map_key, "PerceiverBlock", kwargs, "0.11")
     return model.eval()
+
+
+_BLOCK_KEYS = r"(cross_attn|cross_ff)\.|self_attns\.\d+\.[01]\."
+
+
+def _block_map_key(key: str) -> list[tuple[str, str | None]] | None:
+    if g := re.fullmatch(r"cross_attn\.(.*)", key):
+        return _sub(_ATTN, g[1], "cross.", **_CROSS)
+    if g := re.fullmatch(r"cross_ff\.(.*)", key):
+        return _sub(_FF, g[1], "cross.", **_CROSS)
+    if g := re.fullmatch(r"self_attns\.(\d+)\.([01])\.(.*)", key):
+        return _sub(_ATTN if g[2] == "0" else _FF, g[3], f"self_attns.{g[1]}.", **_SELF)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- load_state_dict
+def _peer_form(model: nn.Module, state_dict: Mapping[str, Any]) -> tuple[dict[str, Tensor], Layout, MapKey] | None:
+    """A perceiver-pytorch state dict for `model` under 0.11 names, its layout and the key mapping; None when
+    `state_dict` is not one (our own keys, or not a dict of tensors)."""
+    from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
+
+    try:
+        sd = _as_state_dict(dict(state_dict))
+    except ValueError:  # not a dict of tensors: nn.Module.load_state_dict says what is wrong
+        return None
+    if isinstance(model, LucidrainsPerceiverBlock):
+        if not any(re.match(_BLOCK_KEYS, k) for k in sd):
+            return None
+        return sd, "0.11", _block_map_key
+    prefix = "perceiver_io." if isinstance(model, LucidrainsPerceiverLM) else ""
+    if prefix + "latents" not in sd:  # every perceiver-pytorch Perceiver / PerceiverIO has it, ours never
+        return None
+    if isinstance(model, LucidrainsPerceiverLM):
+        return *_io_canonical(sd, prefix), _lm_map_key(model)
+    if isinstance(model, LucidrainsPerceiverIO):
+        return *_io_canonical(sd, ""), _io_map_key(model)
+    if isinstance(model, Perceiver):
+        return *canonical_state_dict(sd), _classic_map_key(model)
+    return None
+
+
+def is_perceiver_pytorch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> bool:
+    """Whether `state_dict` has the keys of the perceiver-pytorch counterpart of `model` (any layout 0.8 - 0.11)."""
+    return _peer_form(model, state_dict) is not None
+
+
+def load_perceiver_pytorch_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+) -> Any:
+    """`model.load_state_dict` of the state dict of its perceiver-pytorch counterpart (`Perceiver` -> `Perceiver`,
+    `PerceiverIO` -> `LucidrainsPerceiverIO`, ...), the keys converted for the model as it was built: its config must
+    be the peer's (a ValueError names the keys that do not fit; shapes are checked in any case). With
+    `strict=False` the keys that could not be placed are returned as `unexpected_keys`, ours left out as
+    `missing_keys`, as `nn.Module.load_state_dict` does."""
+    form = _peer_form(model, state_dict)
+    if form is None:
+        raise ValueError(f"expected a perceiver-pytorch state dict for {type(model).__name__}, got other keys")
+    canonical, layout, map_key = form
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "attn_residual"):  # not the block
+        prefix = "perceiver_io." if hasattr(model, "perceiver_io") else ""
+        inner = {k[len(prefix) :]: v for k, v in canonical.items() if k.startswith(prefix)}
+        found = _residual_options(inner, {})
+        built_with = {k: getattr(config, k) for k in found}
+        if not config.attn_residual:
+            built_with = {"attn_residual": False}
+        if built_with != found:
+            note = (
+                " (perceiver-pytorch 0.10.0's, without the RMSNorm)" if found.get("attn_residual_norm") is False else ""
+            )
+            raise ValueError(
+                f"the state dict's attention residuals{note} need a model built with "
+                f"{', '.join(f'{k}={v!r}' for k, v in found.items())}; this one has "
+                f"{', '.join(f'{k}={v!r}' for k, v in built_with.items())}"
+            )
+    built = f"counterpart of this {type(model).__name__} (its config: {getattr(model, 'config', None)})"
+    converted, unplaced = _convert(model, canonical, map_key, built, layout, strict, "weight_tie_layers=False")
+    result = nn.Module.load_state_dict(model, converted, strict=strict, assign=assign)
+    return type(result)(result.missing_keys, [*result.unexpected_keys, *unplaced])

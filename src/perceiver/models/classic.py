@@ -4,7 +4,8 @@
 
 Fourier features follow perceiver-pytorch (`[sin | cos | x]` per axis, bands up to `max_freq / 2`); the feed-forward
 is GEGLU and q / kv projections have no bias, so a perceiver-pytorch `state_dict` loads as is
-(`Perceiver.from_perceiver_pytorch`, every layout from 0.8 to 0.11). `depth` cross-attends, each followed by
+(`Perceiver.from_perceiver_pytorch(peer_model)`, or `model.load_state_dict(its_state_dict)` into a model built with
+its keywords; every layout from 0.8 to 0.11). `depth` cross-attends, each followed by
 `self_per_cross_attn` latent self-attention layers; `weight_tie_layers` shares everything after the first cross-attend
 and its latent block. perceiver-pytorch's later options are ours too (default off): `inverted_cross_attn` (0.9, a bool
 or one per cross-attend) and `attn_residual` / `attn_residual_rank` (0.10; `attn_residual_norm=False` is 0.10.0's
@@ -14,6 +15,7 @@ residual without the RMSNorm that 0.10.1 added).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -118,12 +120,30 @@ def lucidrains_encoder_config(c: Any, **fields_: Any) -> EncoderConfig:
         latent_widening_factor=4,
         activation="geglu",
         qkv_bias=False,
-        latent_init_std=1.0,  # perceiver-pytorch draws latents from N(0, 1)
+        latent_init_std=1.0,  # perceiver-pytorch: N(0, 1); ours truncated at 2 sigma (std 0.88)
         inverted_cross_attention=c.inverted_cross_attn,
         attn_residual_rank=c.attn_residual_rank,
         attn_residual_norm=c.attn_residual_norm,
         **fields_,
     )
+
+
+class PeerStateDictMixin:
+    """`load_state_dict` that also takes the state dict of the perceiver-pytorch counterpart of the model (its keys,
+    any layout 0.8 - 0.11, converted for the model as built; `perceiver.interop.perceiver_pytorch`)."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """`nn.Module.load_state_dict`; a perceiver-pytorch state dict (`torch.load` of what its model saved) loads
+        too when this model was built with the peer's settings (a ValueError names the keys that do not fit)."""
+        from perceiver.interop.perceiver_pytorch import (
+            is_perceiver_pytorch_state_dict,
+            load_perceiver_pytorch_state_dict,
+        )
+
+        assert isinstance(self, nn.Module)
+        if is_perceiver_pytorch_state_dict(self, state_dict):
+            return load_perceiver_pytorch_state_dict(self, state_dict, strict, assign)
+        return nn.Module.load_state_dict(self, state_dict, strict, assign)
 
 
 class ClassifierHead(nn.Module):
@@ -139,13 +159,14 @@ class ClassifierHead(nn.Module):
 
 
 @register_model_type
-class Perceiver(PerceiverModel):
+class Perceiver(PeerStateDictMixin, PerceiverModel):
     """Classic Perceiver classifier over channels-last data `(B, *axes, C)`.
 
     `Perceiver(input_channels=3, ..., num_classes=1000)` takes `PerceiverConfig`'s fields as keywords (the
     `perceiver` package's API), or `Perceiver(config)`. `model(data)` -> logits `(B, num_classes)` (a tensor, as the
     seed API and perceiver-pytorch return); `model(data, return_dict=True)` (or with `labels`) -> `ModelOutput` like
-    every other model; `model(data, return_embeddings=True)` -> latents `(B, N, D)`.
+    every other model; `model(data, return_embeddings=True)` -> latents `(B, N, D)`. `load_state_dict` also takes a
+    perceiver-pytorch `Perceiver`'s state dict when the model is built with the same keywords.
     """
 
     config_class = PerceiverConfig
@@ -257,18 +278,29 @@ class Perceiver(PerceiverModel):
         return_dict: bool = False,
         return_attention: bool = False,
         return_hidden_states: bool = False,
-    ) -> Tensor | ModelOutput:
+        return_hiddens: bool = False,
+    ) -> Tensor | ModelOutput | tuple[Tensor, list[Tensor]]:
         """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> logits `(B, num_classes)`.
 
         `return_embeddings`: the latents `(B, N, D)` instead. `return_dict` (implied by `labels`, `return_attention`
         and `return_hidden_states`): a `ModelOutput` with `.logits`, `.last_hidden_state`, `.loss` for `labels`
-        (class ids `(B,)`), the attention maps and the latents after every encoder step.
+        (class ids `(B,)`), the attention maps and the latents after every encoder step. `return_hiddens`
+        (perceiver-pytorch 0.11's): `(logits or latents, block_outputs)`, `block_outputs` the initial latents and
+        those after each of the `depth` blocks (before the attention residual's mix), `depth + 1` tensors `(B, N, D)`.
         """
         if return_embeddings and labels is not None:  # the latents carry no loss: it was dropped silently
             raise ValueError(
                 "expected labels or return_embeddings=True, got both: the loss needs the logits; call "
                 "model(data, labels=labels) (its .last_hidden_state holds the latents)"
             )
+        if return_hiddens:
+            if labels is not None or return_dict or return_attention or return_hidden_states:
+                raise ValueError(
+                    "expected return_hiddens=True (perceiver-pytorch's (output, block_outputs) tuple) alone, got it "
+                    "with labels / return_dict / return_attention / return_hidden_states: use return_hidden_states "
+                    "for ModelOutput.hidden_states"
+                )
+            return self._forward_with_block_outputs(data, mask, return_embeddings)
         features = self.forward_features(data, mask, return_attention, return_hidden_states)
         if return_embeddings:
             return features.latents
@@ -276,6 +308,27 @@ class Perceiver(PerceiverModel):
         if labels is not None:
             out.loss = self.compute_loss(out.logits, labels)
         return out if (return_dict or labels is not None or return_attention or return_hidden_states) else out.logits
+
+    def _forward_with_block_outputs(
+        self, data: Tensor, mask: Tensor | None, return_embeddings: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """perceiver-pytorch's `return_hiddens=True`: `(output, [latents, block 1, ..., block depth])`."""
+        histories: list[list[Tensor]] = []  # with attention residuals: what each mix receives, the last one is it all
+        hooks = [
+            r.register_forward_pre_hook(lambda _, args: histories.append(list(args[0]))) for r in self.encoder.residuals
+        ]
+        try:
+            features = self.forward_features(data, mask, return_hidden_states=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if histories:
+            blocks = histories[-1]
+        else:
+            states, step = features.hidden_states or [], 1 + self.config.self_per_cross_attn
+            blocks = [self.encoder.latents.expand(features.latents.shape[0], -1, -1), *states[step - 1 :: step]]
+        out = features.latents if return_embeddings else self.forward_head(features).logits
+        return out, blocks
 
 
 @register_model("perceiver")

@@ -32,7 +32,7 @@ from perceiver.checks import (
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import PretrainedMixin
-from perceiver.models.classic import lucidrains_encoder_config
+from perceiver.models.classic import PeerStateDictMixin, lucidrains_encoder_config
 from perceiver.models.registry import register_model_type
 from perceiver.nn.attention import MultiHeadAttention
 from perceiver.nn.layers import MLP, CrossAttentionLayer, SelfAttentionLayer
@@ -57,6 +57,14 @@ def dropout_seq(seq: Tensor, mask: Tensor | None, prob: float) -> tuple[Tensor, 
         keep_counts = torch.ceil(mask.sum(dim=-1) * keep_prob).int()
         mask = mask[rows, keep] & (torch.arange(num_keep, device=seq.device) < keep_counts[:, None])
     return seq, mask
+
+
+def _config_or_keywords(config: object, kwargs: dict[str, Any], config_class: type) -> None:
+    """A config or keywords, as the classic `Perceiver`: keywords beside a config were ignored silently."""
+    if config is not None and kwargs:
+        raise ValueError(f"pass a {config_class.__name__} or keywords, not both (got config and {sorted(kwargs)})")
+    if config is not None and not isinstance(config, config_class):
+        raise ValueError(f"expected a {config_class.__name__}, got {type(config).__name__}")
 
 
 class QueryDecoder(nn.Module):
@@ -137,7 +145,7 @@ _IO_FIELDS = {f.name for f in fields(LucidrainsIOConfig)}
 
 
 @register_model_type
-class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
+class LucidrainsPerceiverIO(PeerStateDictMixin, GradCheckpointingMixin, PretrainedMixin, nn.Module):
     """perceiver-pytorch's `PerceiverIO`: `model(data (B, M, dim), mask (B, M), queries (B, O, E) | (O, E))`.
 
     Without queries it returns the latents `(B, N, latent_dim)`, with them `(B, O, logits_dim or E)`.
@@ -149,6 +157,7 @@ class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
 
     def __init__(self, config: LucidrainsIOConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
+        _config_or_keywords(config, kwargs, LucidrainsIOConfig)
         if config is None:
             config = LucidrainsIOConfig(**{k: v for k, v in kwargs.items() if k in _IO_FIELDS})
             unknown = sorted(set(kwargs) - _IO_FIELDS)
@@ -170,6 +179,11 @@ class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
     def forward_features(self, data: Tensor, mask: Tensor | None = None) -> Tensor:
         """`data` `(B, M, dim)` (floating, cast to the model's dtype), `mask` `(B, M)` (bool or 0 / 1) -> latents
         `(B, N, latent_dim)`."""
+        return self._encode(data, mask, False)[0]
+
+    def _encode(self, data: Tensor, mask: Tensor | None, block_outputs: bool) -> tuple[Tensor, list[Tensor]]:
+        """The latents and, with `block_outputs`, perceiver-pytorch's `return_hiddens` list: the latents after the
+        cross-attend and after each of the `depth` latent layers (before the attention residual's mix)."""
         expected = f"(B, M, {self.config.dim})"
         data = check_float_input(data, "data", expected, model_dtype(self))
         if data.ndim != 3 or data.shape[-1] != self.config.dim:
@@ -178,7 +192,18 @@ class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
         mask = to_bool_mask(mask, "mask", (tuple(data.shape[:2]),))
         if self.training and self.config.seq_dropout_prob > 0.0:
             data, mask = dropout_seq(data, mask, self.config.seq_dropout_prob)
-        return self.encoder(data, mask)
+        if not block_outputs:
+            return self.encoder(data, mask), []
+        histories: list[list[Tensor]] = []  # what each residual mix receives: the last one holds every layer's output
+        hooks = [
+            r.register_forward_pre_hook(lambda _, args: histories.append(list(args[0]))) for r in self.encoder.residuals
+        ]
+        try:
+            encoded = self.encoder(data, mask, return_hidden_states=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return encoded.latents, histories[-1] if histories else list(encoded.hidden_states)
 
     def forward_head(self, latents: Tensor, queries: Tensor) -> Tensor:
         """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` (floating, cast to the model's dtype) ->
@@ -192,9 +217,15 @@ class LucidrainsPerceiverIO(GradCheckpointingMixin, PretrainedMixin, nn.Module):
             queries = queries.expand(b, -1, -1)
         return self.decoder(queries, latents)
 
-    def forward(self, data: Tensor, mask: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
-        latents = self.forward_features(data, mask)
-        return latents if queries is None else self.forward_head(latents, queries)
+    def forward(
+        self, data: Tensor, mask: Tensor | None = None, queries: Tensor | None = None, return_hiddens: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Latents `(B, N, latent_dim)`, or `(B, O, logits_dim or E)` with `queries`; with `return_hiddens` (as
+        perceiver-pytorch 0.11) also the `depth + 1` latents `(B, N, latent_dim)` after the cross-attend and after
+        each latent layer: `(output, block_outputs)`."""
+        latents, blocks = self._encode(data, mask, return_hiddens)
+        out = latents if queries is None else self.forward_head(latents, queries)
+        return (out, blocks) if return_hiddens else out
 
 
 @dataclass
@@ -210,7 +241,7 @@ class LucidrainsLMConfig(LucidrainsIOConfig):
 
 
 @register_model_type
-class LucidrainsPerceiverLM(GradCheckpointingMixin, PretrainedMixin, nn.Module):
+class LucidrainsPerceiverLM(PeerStateDictMixin, GradCheckpointingMixin, PretrainedMixin, nn.Module):
     """perceiver-pytorch's `PerceiverLM`: token ids `(B, L)` -> logits `(B, L, num_tokens)`; the embedded inputs
     (token + position embeddings) are both the encoder inputs and the decoder queries. With `labels` `(B, L)`
     (-100 = ignore) it returns `(logits, loss)`."""
@@ -221,8 +252,19 @@ class LucidrainsPerceiverLM(GradCheckpointingMixin, PretrainedMixin, nn.Module):
 
     def __init__(self, config: LucidrainsLMConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
+        _config_or_keywords(config, kwargs, LucidrainsLMConfig)
         if config is None:
-            config = LucidrainsLMConfig(**{k: v for k, v in kwargs.items() if k not in ("queries_dim", "logits_dim")})
+            # perceiver-pytorch's PerceiverLM sets both itself (passing either is a TypeError there): the same value
+            # is harmless, another one would be ignored silently
+            d = LucidrainsLMConfig  # its defaults
+            fixed = {"queries_dim": kwargs.get("dim", d.dim), "logits_dim": kwargs.get("num_tokens", d.num_tokens)}
+            wrong = [f"{k}={kwargs[k]!r}" for k, v in fixed.items() if k in kwargs and kwargs[k] != v]
+            if wrong:
+                raise ValueError(
+                    f"PerceiverLM sets queries_dim = dim ({fixed['queries_dim']}) and logits_dim = num_tokens "
+                    f"({fixed['logits_dim']}), got {', '.join(wrong)}; leave them out"
+                )
+            config = LucidrainsLMConfig(**{k: v for k, v in kwargs.items() if k not in fixed})
         self.config = config
         self.token_emb = nn.Embedding(config.num_tokens, config.dim)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.dim)
@@ -276,9 +318,16 @@ class LucidrainsBlockConfig:
     has_cross_attn: bool = True
     queries_contribute_kv: bool = False
 
+    def __post_init__(self) -> None:
+        # sizes: positive integers (context_dim None: dim), no latent layers allowed (docs/reliability.md)
+        check_int_fields(self, zero_ok=("self_per_cross_attn",))
+        for name in ("attn_dropout", "ff_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"LucidrainsBlockConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
 
 @register_model_type
-class LucidrainsPerceiverBlock(PretrainedMixin, nn.Module):
+class LucidrainsPerceiverBlock(PeerStateDictMixin, PretrainedMixin, nn.Module):
     """perceiver-pytorch 0.11's `PerceiverBlock`: `x` `(B, N, dim)` cross-attends to `context` `(B, M, context_dim)`
     (with `queries_contribute_kv`, to `[x, context]`, as the Flamingo resampler), then `self_per_cross_attn` latent
     self-attention layers -> `(B, N, dim)`."""
@@ -288,6 +337,7 @@ class LucidrainsPerceiverBlock(PretrainedMixin, nn.Module):
 
     def __init__(self, config: LucidrainsBlockConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
+        _config_or_keywords(config, kwargs, LucidrainsBlockConfig)
         self.config = c = config if config is not None else LucidrainsBlockConfig(**kwargs)
         context_dim = c.context_dim if c.context_dim is not None else c.dim
         cross_inner, latent_inner = c.cross_heads * c.cross_dim_head, c.latent_heads * c.latent_dim_head
@@ -314,6 +364,15 @@ class LucidrainsPerceiverBlock(PretrainedMixin, nn.Module):
             )
             for _ in range(c.self_per_cross_attn)
         )
+
+    @classmethod
+    def from_perceiver_pytorch(
+        cls, state_dict: dict[str, Tensor] | nn.Module, **kwargs: Any
+    ) -> LucidrainsPerceiverBlock:
+        """From a perceiver-pytorch 0.11 `PerceiverBlock(**kwargs)` state dict (or the module), as the other ports."""
+        from perceiver.interop.perceiver_pytorch import from_perceiver_block
+
+        return from_perceiver_block(state_dict, **kwargs)
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, inverted_attention: bool = False
