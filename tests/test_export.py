@@ -157,6 +157,25 @@ def test_the_resampler_exports_its_latents(tmp_path, capsys):
     assert "onnxruntime matches PyTorch" in printed and "-> last_hidden_state" in printed
 
 
+def test_an_exported_resampler_takes_any_number_of_media_tokens(tmp_path):
+    """Vision-language models resample images of other sizes: M, the tokens per media, is dynamic as the batch is
+    (before: `Guard failed: inputs_0.size()[2] == 64` for any other M)."""
+    import onnxruntime as ort
+
+    model = tiny("perceiver-resampler")
+    media = torch.randn(2, model.config.num_media_embeds, 7, model.config.dim)
+    mask = torch.ones(media.shape[:3], dtype=torch.bool)
+    program = export_program(model, (media, mask))
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "r.onnx", (media, mask))))
+    for b, m in ((3, 5), (1, 40)):
+        x, keep = torch.randn(b, media.shape[1], m, media.shape[3]), torch.rand(b, media.shape[1], m) > 0.3
+        want = model(x, keep).last_hidden_state
+        torch.testing.assert_close(program.module()(x, keep), want, atol=1e-5, rtol=1e-4)
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, dict(zip(names, (x.numpy(), keep.numpy()))))[0]
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+
+
 def test_example_inputs_of_a_compiled_or_optimized_model():
     """`torch.compile(model)` and `perceiver.optimize(model, ...)` wrap the model: "no example inputs for
     OptimizedModule" / "OptimizedModel"; they take the model's inputs."""

@@ -268,10 +268,15 @@ def _keeps_mode(fn: Exported) -> Exported:
     return cast(Exported, wrapper)
 
 
-def _dynamic_batch(inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
-    """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    return (tuple({0: batch} for _ in inputs),)
+def _dynamic_batch(model: nn.Module, inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`); the resampler's
+    media `(B, T, M, D)` (and mask `(B, T, M)`) also take any number M of tokens per media (images of other sizes)."""
+    from perceiver.models.resampler import PerceiverResampler
+
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if isinstance(_unwrapped(model), PerceiverResampler) and inputs[0].ndim == 4:
+        dims[2] = torch.export.Dim("media_tokens", min=2, max=65536)
+    return (tuple(dict(dims) if t.ndim >= 3 else {0: dims[0]} for t in inputs),)
 
 
 @_keeps_mode
@@ -284,7 +289,7 @@ def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     model = model.eval()
     inputs = _as_inputs(model, inputs)
     try:
-        return torch.export.export(LogitsOnly(model).eval(), inputs, dynamic_shapes=_dynamic_batch(inputs))
+        return torch.export.export(LogitsOnly(model).eval(), inputs, dynamic_shapes=_dynamic_batch(model, inputs))
     except Exception as e:  # the model's own error on bad inputs, with concrete shapes
         _raise_ours(e, model, inputs)
         raise
@@ -340,7 +345,7 @@ def export_onnx(
                 wrapped,
                 tuple(inputs),
                 dynamo=True,
-                dynamic_shapes=_dynamic_batch(inputs),
+                dynamic_shapes=_dynamic_batch(model, inputs),
                 input_names=names,
                 output_names=list(getattr(wrapped.model, "onnx_output_names", ["logits"])),
                 verbose=False,
