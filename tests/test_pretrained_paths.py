@@ -185,7 +185,7 @@ def test_a_file_says_which_folder_to_pass(tmp_path):
     ckpt = tmp_path / "runs" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": {}}, ckpt)
-    with pytest.raises(ValueError, match=r"a Lightning checkpoint .* pass the model folder its run wrote"):
+    with pytest.raises(ValueError, match=r"a Lightning checkpoint .* its run wrote .* krasserm_checkpoint.from_krasserm"):
         perceiver.from_pretrained(ckpt)
 
 

@@ -133,7 +133,8 @@ def _file_hint(path: Path) -> str:
     if path.suffix == ".ckpt":
         return (
             "; a Lightning checkpoint holds the training state, not a model folder: pass the model folder its run "
-            "wrote (RUN_DIR/model), or save one with model.save_pretrained(dir)"
+            "wrote (RUN_DIR/model), or save one with model.save_pretrained(dir); a krasserm perceiver-io checkpoint "
+            "converts with perceiver.interop.krasserm_checkpoint.from_krasserm_checkpoint(path)"
         )
     return ""
 

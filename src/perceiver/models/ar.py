@@ -27,6 +27,8 @@ slides (`W - (max_latents - num_latents)` newest tokens are kept) and the cache 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,11 +215,15 @@ class PerceiverAR(ARGeneration, PerceiverModel):
 
     @classmethod
     def from_krasserm(
-        cls, state_dict: dict[str, Tensor] | nn.Module, config: dict[str, Any] | None = None, **overrides: Any
+        cls,
+        state_dict: Mapping[str, Any] | nn.Module | str | os.PathLike,
+        config: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> PerceiverAR:
         """Build from a krasserm perceiver-io `CausalSequenceModel` (its causal language and symbolic audio models):
         its config (`dataclasses.asdict`, or the `model_config` of its Hub `config.json`) and `state_dict()` (or the
-        module itself, whose `.config` is then used). See `perceiver.interop.krasserm`."""
+        module itself, whose `.config` is then used), or a whole krasserm Lightning checkpoint (dict or path), whose
+        `hyper_parameters` are the config. See `perceiver.interop.krasserm`."""
         from perceiver.interop.krasserm import from_krasserm
 
         return from_krasserm(state_dict, config, **overrides)
