@@ -185,7 +185,10 @@ def test_a_file_says_which_folder_to_pass(tmp_path):
     ckpt = tmp_path / "runs" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": {}}, ckpt)
-    with pytest.raises(ValueError, match=r"a Lightning checkpoint .* its run wrote .* krasserm_checkpoint.from_krasserm"):
+    with pytest.raises(
+        ValueError,
+        match=r"a Lightning checkpoint .* its run wrote .*interop.krasserm_checkpoint.from_krasserm_checkpoint",
+    ):
         perceiver.from_pretrained(ckpt)
 
 
