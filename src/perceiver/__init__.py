@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: exported name -> module that defines it (imported when the name is first looked up)
+#: exported name -> module that defines it, or "module:attribute" (imported when the name is first looked up)
 _LAZY: dict[str, str] = {
     "AdaptedInputs": "perceiver.core.decoder",
     "DecoderConfig": "perceiver.core.decoder",
@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "PerceiverIOOutput": "perceiver.core.io",
     "ImageProcessor": "perceiver.image_processing",
     "Perceiver": "perceiver.models",
+    "PerceiverLM": "perceiver.models.lucidrains_io:LucidrainsPerceiverLM",  # perceiver-pytorch's, by its name
     "PerceiverConfig": "perceiver.models",
     "PerceiverAR": "perceiver.models.ar",
     "create_model": "perceiver.models.registry",
@@ -65,6 +66,7 @@ __all__ = [
     "PerceiverEncoder",
     "PerceiverIO",
     "PerceiverIOOutput",
+    "PerceiverLM",
     "PerceiverResampler",
     "QueryBuilder",
     "TrainableQueries",
@@ -85,7 +87,8 @@ def __getattr__(name: str) -> Any:
                 f"{__name__}.{name}"
             )  # a subpackage: `perceiver.models.X` after `import perceiver`
         raise AttributeError(f"module 'perceiver' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = module.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
@@ -110,6 +113,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from perceiver.image_processing import ImageProcessor
     from perceiver.models import Perceiver, PerceiverConfig
     from perceiver.models.ar import PerceiverAR
+    from perceiver.models.lucidrains_io import LucidrainsPerceiverLM as PerceiverLM
     from perceiver.models.registry import create_model, list_models, register_model
     from perceiver.models.resampler import PerceiverResampler
     from perceiver.optimization import OptimizedModel, OptimizeReport, optimize

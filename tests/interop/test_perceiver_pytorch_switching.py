@@ -243,3 +243,19 @@ def test_ports_take_a_config_or_keywords_not_both(cls, config):
         cls(cls.config_class(), depth=2)
     with pytest.raises(ValueError, match=f"expected a {config}, got dict"):
         cls({"depth": 2})
+
+
+def test_the_peer_names_import_from_perceiver():
+    """`from perceiver import PerceiverLM` (an AttributeError before) is perceiver-pytorch's LM; `perceiver.PerceiverIO`
+    is our composable core, and its peer's keywords name the class that takes them (a bare "unexpected keyword
+    argument 'depth'" before)."""
+    import copy
+
+    import perceiver
+
+    assert perceiver.PerceiverLM is LucidrainsPerceiverLM
+    lm = perceiver.PerceiverLM(**LM)
+    assert lm(torch.randint(0, 20, (2, 16))).shape == (2, 16, 20)
+    with pytest.raises(TypeError, match=r"keywords \['depth', 'dim', 'logits_dim'.*use perceiver.models.LucidrainsPer"):
+        perceiver.PerceiverIO(**IO)
+    copy.deepcopy(LucidrainsPerceiverIO(**IO))  # its subclasses build and copy as before

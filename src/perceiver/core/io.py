@@ -69,6 +69,18 @@ class PerceiverIO(PerceiverModel):
 
     classifier_name: ClassVar[str | None] = "decoder.final_layer"
     checkpointed_modules = ("encoder",)
+    #: perceiver-pytorch's `PerceiverIO` keywords: a user switching over gets the class that takes them
+    PEER_KEYWORDS: ClassVar[frozenset[str]] = frozenset({"depth", "dim", "queries_dim", "logits_dim", "num_latents"})
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PerceiverIO:
+        if cls is PerceiverIO and PerceiverIO.PEER_KEYWORDS & set(kwargs):
+            raise TypeError(
+                f"perceiver.PerceiverIO is built from an input adapter, encoder, query builder and decoder, got "
+                f"perceiver-pytorch's keywords {sorted(PerceiverIO.PEER_KEYWORDS & set(kwargs))}: for its "
+                f"PerceiverIO(depth=..., dim=..., queries_dim=...) use perceiver.models.LucidrainsPerceiverIO (the "
+                f"same keywords; it loads its state dicts)"
+            )
+        return super().__new__(cls)
 
     def __init__(
         self,
