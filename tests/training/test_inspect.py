@@ -148,9 +148,30 @@ def test_predict_flow_pair(tmp_path, capsys):
     out = tmp_path / "flow.png"
     main(["predict", str(model_dir), *map(str, frames), "-o", str(out)])
     assert_png(out)
-    assert "flow (16, 16)" in capsys.readouterr().out
+    assert "flow (20, 24)" in capsys.readouterr().out  # the frames' own size, not the training crop's (16, 16)
     with pytest.raises(SystemExit, match="pairs"):
         main(["predict", str(model_dir), str(frames[0])])
+
+
+def test_predicted_flow_has_the_frames_size_and_pixels():
+    """Before, `perceiver predict` resized the frames to task.json's training crop: a 16 x 16 flow for 20 x 24 frames,
+    its vectors in the resized image's pixels. Now: one pass at the training size, tiles above it, and below it the
+    frames upsampled and the flow resized back with its vectors scaled."""
+    from perceiver.adapters.flow import frames_to_patches, normalize_frames
+    from perceiver.training.predict import predict_flow
+
+    torch.manual_seed(0)
+    model = perceiver.create_model(
+        "optical-flow-perceiver", train_size=(16, 16), out_channels=16, num_bands=4, num_latents=8, latent_dim=32,
+        num_self_attends_per_block=1, output_init_zeros=False,
+    ).eval()  # fmt: skip
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((16, 16, 3), dtype=np.float32) for _ in range(2))
+    one_pass = model(frames_to_patches(normalize_frames(torch.from_numpy(np.stack([a, b]))[None]))).logits[0]
+    torch.testing.assert_close(predict_flow(model, a, b), one_pass)
+    assert predict_flow(model, *(rng.random((20, 24, 3), dtype=np.float32) for _ in range(2))).shape == (20, 24, 2)
+    small = predict_flow(model, a[:8, :12], b[:8, :12])
+    assert small.shape == (8, 12, 2) and torch.isfinite(small).all()
 
 
 def test_flow_comparison_png(tmp_path):

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver.data._common import IMAGE_EXTENSIONS, upright
@@ -43,7 +44,6 @@ from perceiver.data.text_files import read_text_file  # as training reads text f
 from perceiver.data.video_folder import VIDEO_EXTENSIONS
 from perceiver.image_processing import ImageProcessor
 from perceiver.loading import DTYPE_NAMES
-from perceiver.training.flow_task import frames_to_model_input
 from perceiver.training.geometry import config_value
 from perceiver.training.layouts import to_model_layout
 from perceiver.training.tasks import logits_of
@@ -299,7 +299,7 @@ def classify_videos(
     """Video files -> top-k labels, each clip sampled as in validation (`perceiver.data.video_folder`): `task.json`'s
     `video_shape` `(T, H, W, C)` frames (`size` overrides `(H, W)`), else the model config's `num_frames` /
     `image_size`."""
-    from perceiver.data.video_folder import clip_indices, load_video_frames
+    from perceiver.data.video_folder import load_video_clip
 
     config = getattr(model, "config", None)
     shape = info.get("video_shape")
@@ -309,17 +309,30 @@ def classify_videos(
         raise SystemExit("error: the model folder has no task.json with video_shape; pass --image-size H W")
     clips = []
     for f in files:
-        video = load_video_frames(f, (int(hw[0]), int(hw[1])))
-        clips.append(video[clip_indices(len(video), int(frames))])
+        clips.append(load_video_clip(f, (int(hw[0]), int(hw[1])), int(frames)))
     inputs = torch.from_numpy(np.stack(clips)).float().div_(255.0)  # (B, T, H, W, 3)
     return top_labels(logits_of(model(to_model_layout(model, inputs))), info.get("class_names"), top_k)
 
 
 @torch.no_grad()
 def predict_flow(model: torch.nn.Module, frame1: np.ndarray, frame2: np.ndarray) -> Tensor:
-    """Two RGB frames `(H, W, 3)` in [0, 1] -> flow `(H, W, 2)` in pixels."""
-    frames = torch.from_numpy(np.stack([frame1, frame2]))[None]  # (1, 2, H, W, 3)
-    return logits_of(model(frames_to_model_input(frames, getattr(model.config, "patch_size", 3))))[0].float()
+    """Two RGB frames `(H, W, 3)` in [0, 1] -> flow `(H, W, 2)` in pixels of these frames: frames of the model's
+    `train_size` in one pass, larger ones by overlapping tiles (`model.predict`), smaller ones upsampled to it and
+    the flow resized back (its vectors scaled with it)."""
+    from perceiver.adapters.flow import normalize_frames
+
+    x = normalize_frames(torch.from_numpy(np.stack([frame1, frame2])))  # (2, H, W, 3) in [-1, 1]
+    h, w = x.shape[1:3]
+    flow_model: Any = model  # a PerceiverForOpticalFlow: `input_adapter.train_size`, `predict`
+    th, tw = flow_model.input_adapter.train_size
+    big = (max(h, th), max(w, tw))
+    if big != (h, w):
+        x = F.interpolate(x.permute(0, 3, 1, 2), size=big, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    flow = flow_model.predict(x[0], x[1]).float()  # floating frames: taken as normalised
+    if big == (h, w):
+        return flow
+    flow = F.interpolate(flow.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return flow.permute(1, 2, 0) * torch.tensor([w / big[1], h / big[0]])
 
 
 def predict_main(argv: list[str]) -> None:
@@ -460,10 +473,8 @@ def _predict_flow_files(model: torch.nn.Module, args: argparse.Namespace, info: 
             f"file{'s' if n > 1 else ''} ({' '.join(args.files)})"
         )
     size = (
-        tuple(args.image_size)
-        if args.image_size
-        else (tuple(info["image_shape"][:2]) if "image_shape" in info else None)
-    )
+        tuple(args.image_size) if args.image_size else None
+    )  # the flow of the frames as they are (not the training crop)
     pairs = list(zip(args.files[0::2], args.files[1::2]))
     for i, (a, b) in enumerate(pairs):
         f1 = load_image(a, size, 3)
