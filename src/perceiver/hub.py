@@ -245,7 +245,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
     try:
         return _apply_tree(config, tree)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}invalid overrides {sorted(overrides)}: {e}") from e
+        raise ValueError(f"{where}invalid overrides: {e} (among {sorted(overrides)})") from e
 
 
 def _get_path(config: Any, path: tuple[str, ...]) -> Any:

@@ -77,6 +77,15 @@ def test_head_takes_the_datamodule_class_count(name, kwargs, folder):
     assert logits.shape == (2, 2)
 
 
+@pytest.mark.parametrize("null", [None, "None"])  # YAML's null; `--model.model_kwargs.num_classes null` on the CLI
+def test_a_null_class_count_takes_the_datamodules(null, folder):
+    """A config that sets a class count (points-synthetic.yaml: 8) reused on other data: nulling it lets the data
+    decide, as leaving it out does (before: "num_classes must be an integer >= 0, got None")."""
+    task = ClassificationTask(model="vision-perceiver-fourier", model_kwargs={**TINY_FOURIER, "num_classes": null})
+    task.adapt_to_datamodule(datamodule(folder))
+    assert num_classes_of(task.model) == 2 and task.hparams.model_kwargs["num_classes"] == 2
+
+
 def test_pretrained_head_of_another_size_is_a_clear_error(pretrained_3, folder):
     task = ClassificationTask(pretrained=str(pretrained_3))
     with pytest.raises(ValueError) as err:

@@ -17,7 +17,7 @@ apply_on="instantiate")`). Batches are dicts:
 | `PydocMLMDataModule` (pydoc topics), `TextFilesMLMDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) masked, `attention_mask` bool (B, L), `labels` i64 (B, L), -100 = not predicted | `vocab_size`, `max_seq_len`, `mask_token_id`, `pad_token_id`, `train_topics`, `val_topics` (pydoc), `most_frequent_byte_baseline()` |
 | `PydocARDataModule` (pydoc topics), `TextFilesARDataModule(train, val, test)` (your text files) | `input_ids` i64 (B, L) byte windows, `labels` i64 (B, L) (= input_ids; evaluation: -100 except the scored bytes) | `vocab_size`, `pad_token_id`, `unigram_bpb(split)` |
 | `SyntheticPointCloudDataModule`, `ModelNetDataModule(root)` | `inputs` f32 (B, P, 3), `mask` bool (B, P) True = point, `labels` i64 (B,) | `num_classes`, `class_names`, `max_points`, `point_dim` |
-| `SyntheticFlowDataModule`, `SintelFlowDataModule(root)` | `frames` f32 (B, 2, H, W, 3) in [0, 1], `flow` f32 (B, H, W, 2) px (dx, dy), `frame2(p + flow(p)) ~= frame1(p)` | `image_shape` |
+| `SyntheticFlowDataModule`, `SintelFlowDataModule(root)` | `frames` f32 (B, 2, H, W, 3) in [0, 1], `flow` f32 (B, H, W, 2) px (dx, dy), `frame2(p + flow(p)) ~= frame1(p)`; Sintel: `valid` bool (B, H, W), False where the `.flo` marks the flow unknown | `image_shape` |
 
 Masks are boolean, True = valid. Text is UTF-8 bytes + 6 with PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5 (the ids of
 transformers' `PerceiverTokenizer`), sequences `[CLS] bytes [SEP]`.

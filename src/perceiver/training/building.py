@@ -28,7 +28,7 @@ def build_model(
     count in `model_kwargs`, a pretrained head of another size is re-initialised (`ignore_mismatched_sizes=True`)."""
     import perceiver
 
-    kwargs = cli_nulls(model_kwargs) or {}
+    kwargs = {k: v for k, v in (cli_nulls(model_kwargs) or {}).items() if k not in CLASS_COUNT_KEYS or v is not None}
     if not pretrained:
         return perceiver.create_model(model, **kwargs)
     counted = any(k in kwargs for k in CLASS_COUNT_KEYS)
@@ -49,6 +49,13 @@ def build_model(
                 f"or keep only keys that leave the weights' shapes as they are"
             ) from e
         raise
+
+
+def class_count_in(model_kwargs: dict[str, Any] | None) -> str | None:
+    """The key of `model_kwargs` that sets the class count (`num_classes` / `num_labels`), or None: none does, or it
+    is null (`--model.model_kwargs.num_classes null`: the datamodule's count, as when the key is left out)."""
+    kwargs = cli_nulls(model_kwargs) or {}
+    return next((k for k in CLASS_COUNT_KEYS if kwargs.get(k) is not None), None)
 
 
 def _loader(model: str) -> Any:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from perceiver.training.building import CLASS_COUNT_KEYS, class_count_key, num_classes_of
+from perceiver.training.building import CLASS_COUNT_KEYS, class_count_in, class_count_key, cli_nulls, num_classes_of
 from perceiver.training.mixing import check_mixing, mix_batch
 from perceiver.training.tasks import PerceiverTask, metric_dict
 
@@ -70,7 +70,7 @@ class ClassificationTask(PerceiverTask):
         the trainer directly) and without a count in `model_kwargs`, a ValueError instead of training the pretrained
         head silently."""
         hp = self.hparams
-        if not (hp.get("reset_head") and hp.pretrained) or any(k in (hp.model_kwargs or {}) for k in CLASS_COUNT_KEYS):
+        if not (hp.get("reset_head") and hp.pretrained) or class_count_in(hp.model_kwargs) is not None:
             return
         where = "the trainer has no datamodule" if dm is None else f"{type(dm).__name__} has no num_classes"
         raise ValueError(
@@ -88,18 +88,20 @@ class ClassificationTask(PerceiverTask):
         if n is None:
             return
         hp = self.hparams
-        kwargs = dict(hp.model_kwargs or {})
+        kwargs = {
+            k: v for k, v in (cli_nulls(hp.model_kwargs) or {}).items() if k not in CLASS_COUNT_KEYS or v is not None
+        }
         names = list(getattr(dm, "class_names", None) or [])
         shown = f" {names[:10]}{' ...' if len(names) > 10 else ''}" if names else ""
         data = f"the datamodule ({type(dm).__name__}) has {k} classes{shown}"
-        explicit = next((key for key in CLASS_COUNT_KEYS if key in kwargs), None)
+        explicit = class_count_in(kwargs)
         if n == k:
             return
         if explicit is not None:
             fix = f"--model.model_kwargs.{explicit} {k}" + (" --model.reset_head true" if hp.pretrained else "")
             raise ValueError(
                 f"the model is configured for {kwargs[explicit]} classes (model_kwargs.{explicit}="
-                f"{kwargs[explicit]}) but {data}; pass {fix}, or remove {explicit} from model_kwargs to take the "
+                f"{kwargs[explicit]}) but {data}; pass {fix}, or remove {explicit} from model_kwargs (or set it null) to take the "
                 f"datamodule's count"
             )
         if hp.pretrained and getattr(self.model, "reinitialized_keys", None) and not hp.get("reset_head"):
