@@ -231,3 +231,27 @@ def test_predict_runs_a_folder_of_files_a_batch_at_a_time(tmp_path, capsys):
     assert max(batches) <= 16, batches
     (alone,) = _predicted(capsys, str(tmp_path / "model"), str(files[37]))
     np.testing.assert_allclose([t["prob"] for t in alone["top"]], [t["prob"] for t in rows[37]["top"]], atol=1e-6)
+
+
+def test_predict_classifies_off_meshes(tmp_path, capsys):
+    """A point-cloud classifier trained on ModelNet meshes: `perceiver predict RUN_DIR/model chair.off` (before: "perceiver
+    predict runs image, text, audio and video classifiers ... holds a point-cloud classifier")."""
+    from perceiver.data.points_off import load_off_points
+
+    torch.manual_seed(0)
+    model = perceiver.create_model(
+        "point-cloud-classifier", num_bands=4, num_latents=4, latent_dim=16, num_blocks=1, num_self_attends_per_block=1,
+        latent_heads=2, num_classes=2,
+    ).eval()  # fmt: skip
+    folder = model.save_pretrained(tmp_path / "model")
+    (folder / "task.json").write_text(json.dumps({"num_points": 32, "class_names": ["cone", "cube"]}))
+    mesh = "OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"
+    (tmp_path / "a.off").write_text(mesh)
+    (tmp_path / "b.off").write_text("OFF\n5 0 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n1 1 1\n")  # 5 vertices, no faces
+    rows = _predicted(capsys, str(folder), str(tmp_path / "a.off"), str(tmp_path / "b.off"))
+    with torch.no_grad():
+        for f, row in zip(("a.off", "b.off"), rows):
+            cloud = torch.from_numpy(load_off_points(tmp_path / f, 32, 0)).float()[None]
+            probs = model(cloud, torch.ones(cloud.shape[:2], dtype=torch.bool)).logits.softmax(-1)[0]
+            assert row["top"][0]["label"] == ["cone", "cube"][int(probs.argmax())]
+            assert abs(row["top"][0]["prob"] - float(probs.max())) < 1e-5
