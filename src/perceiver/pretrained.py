@@ -296,7 +296,7 @@ def from_pretrained(
         model = lora.from_adapter_folder(
             folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **base_hub_options, **overrides
         )
-        _name_classes(model, labels, num_classes)
+        name_classes(model, labels, num_classes)
         return model if device is None else model.to(device)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -331,7 +331,7 @@ def from_pretrained(
             model.to(device)
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
-        _name_classes(model, labels, num_classes)
+        name_classes(model, labels, num_classes)
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
@@ -359,11 +359,11 @@ def from_pretrained(
         **overrides,
     )
     assert isinstance(loaded, nn.Module)  # the registered model types are modules
-    _name_classes(loaded, labels, num_classes)
+    name_classes(loaded, labels, num_classes)
     return loaded
 
 
-def _name_classes(model: nn.Module, labels: dict[int, str] | None, num_classes: int | None) -> None:
+def name_classes(model: nn.Module, labels: dict[int, str] | None, num_classes: int | None) -> None:
     """Give a loaded `model` the class names `labels` (from_pretrained's `id2label`): ValueError when they do not
     name each of its classes; without them, drop the checkpoint's names when the head was given another size."""
     if labels is not None:

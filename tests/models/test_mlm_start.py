@@ -84,3 +84,12 @@ def test_create_model_with_a_masked_lm_checkpoint_path(mlm_folder):
     assert type(model) is PerceiverForSequenceClassification and model.num_classes == 4
     with pytest.raises(ValueError, match="holds a PerceiverForMaskedLM model .* not a 'vision-perceiver-fourier'"):
         perceiver.create_model("vision-perceiver-fourier", checkpoint_path=str(mlm_folder))
+
+
+def test_id2label_names_the_new_head_as_in_transformers(mlm_folder):
+    """transformers' call: `from_pretrained(mlm, num_labels=2, id2label={0: "neg", 1: "pos"})` (before: unknown key
+    id2label); id2label alone sets the class count."""
+    model = PerceiverForSequenceClassification.from_pretrained(mlm_folder, id2label={0: "neg", 1: "pos", 2: "mixed"})
+    assert model.num_classes == 3 and model.id2label == {0: "neg", 1: "pos", 2: "mixed"}
+    with pytest.raises(ValueError, match="id2label: expected one name for each of the model's 4 classes"):
+        PerceiverForSequenceClassification.from_pretrained(mlm_folder, num_labels=4, id2label={0: "a", 1: "b"})

@@ -65,12 +65,19 @@ class StartsFromMaskedLM(PretrainedMixin):
             where = {k: overrides.pop(k) for k in LOAD_KEYWORDS if k in overrides}
             if not _holds_masked_lm(directory, where):
                 raise
+        from perceiver.labels import id2label_from_json
         from perceiver.models.text import PerceiverForMaskedLM
+        from perceiver.pretrained import name_classes
 
         mlm = PerceiverForMaskedLM.from_pretrained(directory, **options, **where)
+        labels = id2label_from_json(overrides.pop("id2label", None), "from_pretrained(id2label=...)")
+        overrides.pop("label2id", None)  # transformers' inverse of id2label
         num_classes = pop_num_classes(num_classes, overrides)
+        if labels is not None and num_classes is None:
+            num_classes = len(labels)  # as transformers: num_labels follows id2label
         model, new = cls._start_from_masked_lm(mlm, num_classes, overrides)
         model.reinitialized_keys = new  # type: ignore[attr-defined]  # the heads declare it
+        name_classes(model, labels, None)  # type: ignore[arg-type]  # an nn.Module
         logger.warning(
             "Some weights of %s were not initialized from the masked LM at %s and are newly initialized: %s. "
             "Fine-tune this model on a downstream task before using it for predictions.",
