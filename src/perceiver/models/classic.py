@@ -15,9 +15,9 @@ residual without the RMSNorm that 0.10.1 added).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -144,6 +144,23 @@ class PeerStateDictMixin:
         if is_perceiver_pytorch_state_dict(self, state_dict):
             return load_perceiver_pytorch_state_dict(self, state_dict, strict, assign)
         return nn.Module.load_state_dict(self, state_dict, strict, assign)
+
+
+R = TypeVar("R")
+
+
+def run_with_block_outputs(encoder: PerceiverEncoder, run: Callable[[], R]) -> tuple[R, list[Tensor] | None]:
+    """`run()` (a forward through `encoder` with `return_hidden_states=True`) and, for an encoder with attention
+    residuals, what its last residual mix received: every block's output before the mix, perceiver-pytorch's
+    `return_hiddens` (None without residuals: the hidden states are those outputs)."""
+    histories: list[list[Tensor]] = []
+    hooks = [r.register_forward_pre_hook(lambda _, args: histories.append(list(args[0]))) for r in encoder.residuals]
+    try:
+        out = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, (histories[-1] if histories else None)
 
 
 class ClassifierHead(nn.Module):
@@ -313,17 +330,11 @@ class Perceiver(PeerStateDictMixin, PerceiverModel):
         self, data: Tensor, mask: Tensor | None, return_embeddings: bool
     ) -> tuple[Tensor, list[Tensor]]:
         """perceiver-pytorch's `return_hiddens=True`: `(output, [latents, block 1, ..., block depth])`."""
-        histories: list[list[Tensor]] = []  # with attention residuals: what each mix receives, the last one is it all
-        hooks = [
-            r.register_forward_pre_hook(lambda _, args: histories.append(list(args[0]))) for r in self.encoder.residuals
-        ]
-        try:
-            features = self.forward_features(data, mask, return_hidden_states=True)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        if histories:
-            blocks = histories[-1]
+        features, mixed = run_with_block_outputs(
+            self.encoder, lambda: self.forward_features(data, mask, return_hidden_states=True)
+        )
+        if mixed is not None:
+            blocks = mixed
         else:
             states, step = features.hidden_states or [], 1 + self.config.self_per_cross_attn
             blocks = [self.encoder.latents.expand(features.latents.shape[0], -1, -1), *states[step - 1 :: step]]

@@ -32,7 +32,7 @@ from perceiver.checks import (
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import PretrainedMixin
-from perceiver.models.classic import PeerStateDictMixin, lucidrains_encoder_config
+from perceiver.models.classic import PeerStateDictMixin, lucidrains_encoder_config, run_with_block_outputs
 from perceiver.models.registry import register_model_type
 from perceiver.nn.attention import MultiHeadAttention
 from perceiver.nn.layers import MLP, CrossAttentionLayer, SelfAttentionLayer
@@ -194,16 +194,10 @@ class LucidrainsPerceiverIO(PeerStateDictMixin, GradCheckpointingMixin, Pretrain
             data, mask = dropout_seq(data, mask, self.config.seq_dropout_prob)
         if not block_outputs:
             return self.encoder(data, mask), []
-        histories: list[list[Tensor]] = []  # what each residual mix receives: the last one holds every layer's output
-        hooks = [
-            r.register_forward_pre_hook(lambda _, args: histories.append(list(args[0]))) for r in self.encoder.residuals
-        ]
-        try:
-            encoded = self.encoder(data, mask, return_hidden_states=True)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return encoded.latents, histories[-1] if histories else list(encoded.hidden_states)
+        encoded, mixed = run_with_block_outputs(
+            self.encoder, lambda: self.encoder(data, mask, return_hidden_states=True)
+        )
+        return encoded.latents, mixed if mixed is not None else list(encoded.hidden_states)
 
     def forward_head(self, latents: Tensor, queries: Tensor) -> Tensor:
         """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` (floating, cast to the model's dtype) ->
