@@ -251,3 +251,57 @@ def test_from_dict_reads_a_transformers_preprocessor_config(tmp_path):
     assert repr(ImageProcessor.from_dict(legacy)) == repr(ImageProcessor())
     with pytest.raises(ValueError, match="filter codes"):
         ImageProcessor.from_dict({"resample": 9})
+
+
+def test_torch_tensor_inputs_equal_numpy_and_transformers(hf):
+    """transformers' processor takes torch tensors; ours takes them as arrays, with the same layout rules."""
+    imgs = [_random_image(40, 60, seed=3), _random_image(70, 50, seed=4)]
+    proc = ImageProcessor()
+    expected = proc(imgs)
+    hwc = [torch.from_numpy(i) for i in imgs]
+    torch.testing.assert_close(proc(hwc), expected, rtol=0, atol=0)
+    torch.testing.assert_close(proc(hwc[0]), expected[:1], rtol=0, atol=0)
+    chw = [t.permute(2, 0, 1) for t in hwc]  # torchvision's read_image layout (a non-contiguous view here)
+    torch.testing.assert_close(proc(chw, input_data_format="channels_first"), expected, rtol=0, atol=0)
+    batch = torch.stack([torch.from_numpy(imgs[0])] * 2)  # (B, H, W, 3)
+    torch.testing.assert_close(proc(batch), expected[:1].expand(2, -1, -1, -1), rtol=0, atol=0)
+    torch.testing.assert_close(proc(hwc[0].to(torch.int64)), expected[:1], rtol=0, atol=0)
+    torch.testing.assert_close(
+        proc(chw[1], input_data_format="channels_first"), _ref_pixels(hf, imgs[1]), atol=ATOL, rtol=0
+    )
+    with pytest.raises(ValueError, match=r"dtype torch.float32"):
+        proc(hwc[0].float() / 255)
+    with pytest.raises(ValueError, match="channels-first"):
+        proc(chw[0])
+
+
+def test_return_tensors_pt_gives_transformers_batch_for_the_model():
+    from perceiver.models.vision import PerceiverForImageClassification, vision_perceiver_fourier
+
+    img = _random_image(40, 60, seed=5)
+    proc = ImageProcessor(size=16, crop_size=16)
+    inputs = proc(img, return_tensors="pt")
+    assert isinstance(inputs, dict) and set(inputs) == {"pixel_values"}
+    torch.testing.assert_close(inputs["pixel_values"], proc(img), rtol=0, atol=0)
+    model = vision_perceiver_fourier(
+        num_latents=4,
+        latent_dim=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_classes=3,
+        max_resolution=(16, 16),
+        num_bands=4,
+    ).eval()
+    assert isinstance(model, PerceiverForImageClassification)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 3)
+    with pytest.raises(ValueError, match="return_tensors must be 'pt' or None.*'np'"):
+        proc(img, return_tensors="np")
+
+
+def test_size_dict_of_other_keys_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"'height' and 'width'.*shortest_edge"):
+        ImageProcessor(size={"shortest_edge": 32})
+    with pytest.raises(ValueError, match=r"crop_size.*'height' and 'width'"):
+        ImageProcessor.from_dict({"crop_size": {"height": 32}})
+    assert ImageProcessor.from_dict({"size": {"height": 20, "width": 30}}).size == (20, 30)

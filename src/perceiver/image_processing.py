@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import torch
 
@@ -40,6 +40,10 @@ _RESAMPLE_NAMES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"
 _PIL_RESAMPLE_CODES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
 #: the on / off switches of `ImageProcessor` (transformers' names)
 _SWITCHES = ("do_center_crop", "do_resize", "do_rescale", "do_normalize")
+
+_Layout: TypeAlias = Literal["channels_last", "channels_first"]
+#: what `ImageProcessor` takes: one image (PIL, array or tensor) or a sequence of them
+_Images: TypeAlias = "Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray | torch.Tensor]"
 
 
 def _vision() -> tuple[Any, Any]:
@@ -72,7 +76,12 @@ def _per_channel(name: str, value: Any) -> tuple[float, float, float]:
 def _pair(name: str, value: int | tuple[int, int] | dict[str, int]) -> tuple[int, int]:
     pair: object = value
     if isinstance(value, dict):  # transformers' {"height": ..., "width": ...}
-        pair = (value.get("height"), value.get("width"))
+        if set(value) != {"height", "width"}:
+            raise ValueError(
+                f"{name} as a dict must have exactly the keys 'height' and 'width' (PerceiverImageProcessor's), "
+                f"got {value!r}"
+            )
+        pair = (value["height"], value["width"])
     if isinstance(pair, int) and not isinstance(pair, bool):
         pair = (pair, pair)
     if (
@@ -168,30 +177,49 @@ class ImageProcessor:
             f"mean={self.image_mean}, std={self.image_std}, backend={self.backend!r})"
         )
 
+    @overload
+    def __call__(
+        self, images: _Images, input_data_format: _Layout = "channels_last", return_tensors: None = None
+    ) -> torch.Tensor: ...
+
+    @overload
+    def __call__(
+        self, images: _Images, input_data_format: _Layout = "channels_last", *, return_tensors: Literal["pt"]
+    ) -> dict[str, torch.Tensor]: ...
+
     def __call__(
         self,
-        images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
+        images: _Images,
         input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
-    ) -> torch.Tensor:
+        return_tensors: Literal["pt"] | None = None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Preprocess one image or a batch into ``pixel_values``.
 
         Args:
             images: a PIL image, a ``uint8`` array ``(H, W, 3)`` (or ``(B, H, W, 3)`` for a batch), or a list of
-                them. PIL images in another mode than RGB are converted to RGB (transparency composited onto white,
+                them; torch tensors are taken as arrays (same layout rules and dtypes, so a torchvision
+                ``read_image`` tensor ``(3, H, W)`` needs ``input_data_format="channels_first"``). PIL images in another mode than RGB are converted to RGB (transparency composited onto white,
                 as transformers' ``do_convert_rgb=True``); 16-bit grey images (``I;16``, and 32-bit ``I`` ones read
                 as 16-bit) are scaled to 8 bits (``round(v / 257)``, as training reads them), not clipped at 255;
                 float ones (mode ``F``) are refused. Integer arrays of another dtype with values in ``[0, 255]`` are
                 accepted; float arrays are not (their scale is ambiguous).
             input_data_format: layout of array inputs, ``"channels_last"`` ``(H, W, 3)`` or ``"channels_first"``
                 ``(3, H, W)``.
+            return_tensors: ``None`` returns the tensor; ``"pt"`` returns ``{"pixel_values": tensor}`` as
+                transformers' processor does, so ``model(**processor(images, return_tensors="pt"))`` works.
 
         Returns:
-            ``(B, 3, size_h, size_w)`` float32 tensor (``B = 1`` for a single image).
+            ``(B, 3, size_h, size_w)`` float32 tensor (``B = 1`` for a single image), or ``{"pixel_values": it}``.
 
         Raises:
             ValueError: an empty batch, an array that is not 3-D with 3 channels, a float or out-of-range array, an
-                image too small to crop, or images of different sizes when cropping / resizing is off.
+                image too small to crop, images of different sizes when cropping / resizing is off, or a
+                ``return_tensors`` other than ``"pt"`` / ``None``.
         """
+        if return_tensors not in (None, "pt"):
+            raise ValueError(
+                f"return_tensors must be 'pt' or None (this processor makes torch tensors), got {return_tensors!r}"
+            )
         if input_data_format not in ("channels_last", "channels_first"):
             raise ValueError(
                 f"input_data_format must be 'channels_last' or 'channels_first', got {input_data_format!r}"
@@ -201,13 +229,14 @@ class ImageProcessor:
         shapes = sorted({tuple(t.shape) for t in tensors})
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes cannot be stacked, got (C, H, W) shapes {shapes}")
-        return torch.stack(tensors)
+        pixel_values = torch.stack(tensors)
+        return pixel_values if return_tensors is None else {"pixel_values": pixel_values}
 
     preprocess = __call__
 
     def preprocess_one(
         self,
-        image: Image.Image | np.ndarray,
+        image: Image.Image | np.ndarray | torch.Tensor,
         input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
     ) -> torch.Tensor:
         """One image -> ``(3, size_h, size_w)`` tensor (float32, or uint8 if every value step is off)."""
@@ -274,11 +303,13 @@ class ImageProcessor:
 
     @staticmethod
     def to_uint8_rgb(
-        image: Image.Image | np.ndarray,
+        image: Image.Image | np.ndarray | torch.Tensor,
         input_data_format: Literal["channels_last", "channels_first"] = "channels_last",
     ) -> np.ndarray:
-        """Validate one image and return it as a ``uint8`` ``(H, W, 3)`` array."""
+        """Validate one image and return it as a ``uint8`` ``(H, W, 3)`` array (a tensor is read as an array)."""
         np, Image = _vision()
+        if isinstance(image, torch.Tensor):
+            image = _tensor_to_numpy(image)
         if isinstance(image, Image.Image):
             if image.mode == "F":  # Pillow's convert("RGB") would clip it at 255
                 raise ValueError(
@@ -328,7 +359,7 @@ class ImageProcessor:
                     )
                 x = x.astype(np.uint8)
         else:
-            raise ValueError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+            raise ValueError(f"expected a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"expected a non-empty image, got (H, W) = {tuple(x.shape[:2])}")
         return x
@@ -338,7 +369,7 @@ class ImageProcessor:
         np, Image = _vision()
         if isinstance(images, Image.Image):
             return [images]
-        if isinstance(images, np.ndarray):
+        if isinstance(images, (np.ndarray, torch.Tensor)):
             if images.ndim == 4:
                 return list(images)
             return [images]
@@ -347,10 +378,20 @@ class ImageProcessor:
                 raise ValueError("expected at least one image, got an empty list")
             return list(images)
         raise ValueError(
-            f"expected a PIL image, a numpy array {_layout(input_data_format)} or a list of them, "
+            f"expected a PIL image, a numpy array or torch tensor {_layout(input_data_format)} or a list of them, "
             f"got {type(images).__name__}"
         )
 
 
 def _layout(input_data_format: str) -> str:
     return "(H, W, 3)" if input_data_format == "channels_last" else "(3, H, W)"
+
+
+def _tensor_to_numpy(image: torch.Tensor) -> np.ndarray:
+    """A tensor image as a numpy array; floating-point tensors are refused as float arrays are (ambiguous scale)."""
+    if image.is_floating_point() or image.is_complex():
+        raise ValueError(
+            f"expected uint8 pixel values in [0, 255], got a tensor of dtype {image.dtype}; convert float images in "
+            "[0, 1] with (x * 255).round().to(torch.uint8)"
+        )
+    return image.detach().cpu().numpy()

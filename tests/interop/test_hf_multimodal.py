@@ -264,3 +264,21 @@ def test_from_pretrained_overrides_reach_the_converter(pair):
     assert max(max_diff(ref, got).values()) <= ATOL
     with pytest.raises(ValueError, match="unknown keys"):
         perceiver.from_pretrained(path, subsampled_position="transformers")
+
+
+def test_transformers_output_flags_and_return_dict(pair):
+    """transformers' call form: output_attentions / output_hidden_states / return_dict=False."""
+    hf, ours, _ = pair
+    x = make_inputs(batch=1, seed=4)
+    points = {"image": torch.arange(0, 16), "audio": torch.arange(2), "label": None}
+    with torch.no_grad():
+        ref = hf(inputs=x, subsampled_output_points=points, output_attentions=True, output_hidden_states=True)
+        got = ours(inputs=x, subsampled_output_points=points, output_attentions=True, output_hidden_states=True)
+        plain = ours(inputs=x, subsampled_output_points=points, return_dict=False)
+    assert len(got.attentions) == len(ref.attentions) and len(got.cross_attentions) == len(ref.cross_attentions)
+    for a, b in zip(got.attentions + got.cross_attentions, ref.attentions + ref.cross_attentions, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+    assert got.hidden_states is not None
+    assert isinstance(plain, tuple) and max(max_diff(ref.logits, plain[0]).values()) <= ATOL
+    with pytest.raises(TypeError, match="output_attentions must be True, False or None, got 'yes'"):
+        ours(inputs=x, subsampled_output_points=points, output_attentions="yes")

@@ -183,3 +183,75 @@ def test_missing_classifier_weight_is_named():
     with pytest.raises(ValueError, match=r"perceiver\.decoder\.decoder\.final_layer\.weight is missing"):
         convert_image_classifier(hf_config, sd)
     convert_image_classifier(hf_config, hf.state_dict())  # the complete checkpoint converts
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels",
+    [
+        ("regression", lambda: torch.randn(2, 3)),  # 3 regression targets: MSE, not the inferred multi-label BCE
+        ("multi_label_classification", lambda: (torch.rand(2, 3) > 0.5).float()),
+        ("single_label_classification", lambda: torch.tensor([0, 2])),
+    ],
+)
+def test_problem_type_of_the_checkpoint_gives_transformers_loss(problem_type, labels, tmp_path):
+    torch.manual_seed(0)
+    theirs = hf_model("fourier", num_labels=3, problem_type=problem_type, d_latents=32)
+    ours = load_ours(theirs, tmp_path)
+    assert ours.config.problem_type == problem_type
+    x, y = torch.randn(2, 3, 16, 16), labels()
+    with torch.no_grad():
+        expected, got = theirs(pixel_values=x, labels=y).loss, ours(pixel_values=x, labels=y).loss
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    ours.save_pretrained(tmp_path / "ours")  # kept by our own format and by the export back
+    reloaded = perceiver.from_pretrained(tmp_path / "ours")
+    assert reloaded.config.problem_type == problem_type
+    from perceiver.interop.to_transformers import to_transformers
+
+    assert to_transformers(reloaded).config.problem_type == problem_type
+
+
+def test_problem_type_errors():
+    from perceiver.models.vision import vision_perceiver_fourier
+
+    with pytest.raises(ValueError, match="problem_type must be one of.*'classification'"):
+        vision_perceiver_fourier(
+            num_latents=4, latent_dim=16, num_blocks=1, num_classes=3, problem_type="classification"
+        )
+    model = vision_perceiver_fourier(
+        num_latents=4,
+        latent_dim=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_classes=3,
+        num_bands=4,
+        max_resolution=(8, 8),
+        problem_type="regression",
+    )
+    with pytest.raises(ValueError, match=r"regression targets of shape \(2, 3\), got \(2,\)"):
+        model(torch.randn(2, 3, 8, 8), labels=torch.tensor([0, 1]))
+    model.config.problem_type = "single_label_classification"
+    with pytest.raises(ValueError, match=r"class ids of shape \(2,\), got \(2, 3\)"):
+        model(torch.randn(2, 3, 8, 8), labels=torch.rand(2, 3))
+
+
+def test_transformers_output_flags_and_return_dict(tmp_path):
+    """transformers' call form on the converted model: the same attentions, and to_tuple() order with labels."""
+    torch.manual_seed(0)
+    theirs = hf_model("learned", d_latents=32)
+    ours = load_ours(theirs, tmp_path)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 4])
+    flags = dict(output_attentions=True, output_hidden_states=True)
+    with torch.no_grad():
+        ref = theirs(pixel_values=x, labels=y, **flags)
+        got = ours(pixel_values=x, labels=y, **flags)
+        ref_tuple = theirs(pixel_values=x, labels=y, return_dict=False)
+        got_tuple = ours(pixel_values=x, labels=y, return_dict=False)
+    for a, b in zip(got.attentions + got.cross_attentions, ref.attentions + ref.cross_attentions, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert len(got.hidden_states) == len(ref.hidden_states)
+    assert isinstance(got_tuple, tuple) and len(got_tuple) == len(ref_tuple) == 2  # (loss, logits)
+    for a, b in zip(got_tuple, ref_tuple, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    assert ours(pixel_values=x, return_dict=True, output_attentions=False).attentions is None
+    with pytest.raises(TypeError, match="return_dict must be True, False or None, got 0"):
+        ours(pixel_values=x, return_dict=0)

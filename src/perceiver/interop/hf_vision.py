@@ -89,7 +89,13 @@ def convert_image_classifier(
     decoder, dec_keys = decoder_from_hf(hf_config, sd, DEC, num_heads=1, use_query_residual=True)
     if decoder.output_dim is None:  # the class count is read off the classifier's weight
         raise ValueError(f"cannot convert checkpoint: the classifier weight {DEC}.final_layer.weight is missing")
-    config = ImageClassifierConfig(adapter, encoder, replace(decoder, output_dim=None), num_classes=decoder.output_dim)
+    config = ImageClassifierConfig(
+        adapter,
+        encoder,
+        replace(decoder, output_dim=None),
+        num_classes=decoder.output_dim,
+        problem_type=hf_config.get("problem_type"),  # the loss the checkpoint trained with (None: from the labels)
+    )
     model = PerceiverForImageClassification(apply_overrides(config, overrides))
     keys = _adapter_keys(adapter.prep_type, sd) | enc_keys | dec_keys
     keys["query_builder.encoding.position_embeddings"] = f"{DEC}.output_position_encodings.position_embeddings"

@@ -247,6 +247,9 @@ def to_transformers(model: nn.Module, atol: float = 1e-4) -> PreTrainedModel:
     arch, fields = transformers_config(model)
     if names is not None and fields.get("num_labels") == len(names):  # the class names, as transformers keeps them
         fields |= dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    problem_type = getattr(getattr(model, "config", None), "problem_type", None)
+    if problem_type is not None:  # the loss the model trains with, as transformers' field
+        fields["problem_type"] = problem_type
     hf = getattr(transformers, arch)(transformers.PerceiverConfig(**fields)).eval()
     # Distinct values everywhere, so that each tensor our converter loads names the transformers key it came from.
     g = torch.Generator().manual_seed(0)

@@ -60,6 +60,7 @@ from perceiver.core.model import ModelOutput
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import IO_LEGACY_KEYS, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import register_model, register_model_type
+from perceiver.models.vision import hf_output_flags
 
 MODALITIES = ("audio", "image", "label")
 
@@ -360,7 +361,10 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         query_chunk_size: int | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Encode `inputs` {"image": (B, T, C, H, W), "audio": (B, S, 1), "label": (B, K)} and decode.
 
         attention_mask: `(B, M)` over the input tokens (True = valid), as transformers. subsampled_output_points:
@@ -368,13 +372,18 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         `.logits` {"audio": (B, O_a * samples_per_patch), "image": (B, O_i, C), "label": (B, K)} with `O_a`, `O_i`
         the decoded positions (all: S / samples_per_patch and T * H * W), `.last_hidden_state` (B, N, D) and, with
         `return_attention`, the encoder maps and the decoder map `(B, H, O, N)`; with `return_hidden_states`, the
-        latents after every encoder step.
+        latents after every encoder step. transformers' `output_attentions` / `output_hidden_states` spell
+        `return_attention` / `return_hidden_states`; `return_dict=False` returns `ModelOutput.to_tuple()`.
         """
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         check_query_chunk_size(query_chunk_size)  # before the encoder runs
         index = self.output_index(subsampled_output_points, self.encoder.latents.device)
-        return super().forward(
+        out = super().forward(
             inputs, attention_mask, index, query_chunk_size, return_attention, return_hidden_states=return_hidden_states
         )
+        return out.to_tuple() if return_dict is False else out
 
     def classify(self, video: Tensor, audio: Tensor, query_chunk_size: int | None = None) -> Tensor:
         """Label logits `(B, K)` of a video `(B, T, C, H, W)` with its audio `(B, S, 1)`: feeds a zero label (which

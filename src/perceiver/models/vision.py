@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver.adapters.image import ImageAdapterConfig
@@ -27,7 +29,7 @@ from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_
 from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import InputAdapter, PerceiverIO
-from perceiver.core.model import ModelOutput
+from perceiver.core.model import ModelOutput, check_class_ids, check_labels, token_cross_entropy
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
 
@@ -35,15 +37,27 @@ from perceiver.models.registry import build_preset, register_model, register_mod
 @dataclass
 class ImageClassifierConfig:
     """`PerceiverForImageClassification`: an `ImageAdapterConfig`, the encoder, the classification decoder and the
-    class count; the defaults are `vision-perceiver-learned`'s (the published sizes)."""
+    class count; the defaults are `vision-perceiver-learned`'s (the published sizes).
+
+    `problem_type` is transformers' config field of that name: None (default) picks the loss from the labels
+    (`perceiver.core.model.classification_loss`: one output = MSE, class ids = cross-entropy, float targets
+    `(B, K)` = multi-label BCE); `"regression"` (MSE on `K` outputs), `"single_label_classification"` or
+    `"multi_label_classification"` fix it, as a transformers checkpoint that sets it trained with."""
 
     adapter: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
     encoder: EncoderConfig = field(default_factory=imagenet_encoder)
     decoder: DecoderConfig = field(default_factory=classifier_decoder)
     num_classes: int = 1000
+    problem_type: str | None = None
 
     def __post_init__(self) -> None:
         check_num_classes(self.num_classes)
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+
+
+#: transformers' `PretrainedConfig.problem_type` values (None: inferred from the labels)
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
 def build_classifier_parts(
@@ -81,6 +95,25 @@ class PerceiverForImageClassification(PerceiverIO):
         check_nonempty(inputs, "pixel_values", "(B, C, H, W)")
         return inputs, to_bool_mask(mask, "attention_mask")
 
+    def compute_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of `labels`: as `config.problem_type` says (transformers' field), else inferred from them."""
+        problem_type = getattr(self.config, "problem_type", None)
+        if problem_type is None:
+            return super().compute_loss(logits, labels)
+        self._check_class_head()
+        labels = check_labels(labels)
+        if problem_type == "regression":
+            return _regression_loss(logits, labels)
+        if problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        if labels.shape != logits.shape[:1]:  # single_label_classification: cross-entropy of class ids
+            raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
+        return token_cross_entropy(logits, check_class_ids(labels, logits.shape[-1]))
+
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
         inputs: Tensor | None = None,
@@ -90,7 +123,10 @@ class PerceiverForImageClassification(PerceiverIO):
         return_attention: bool = False,
         labels: Tensor | None = None,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Classify `inputs` (alias `pixel_values`) `(B, in_channels, H, W)`, channels first.
 
         `attention_mask` `(B, M)` over the `M` input tokens (1/True = attend), as transformers' heads take it.
@@ -98,14 +134,19 @@ class PerceiverForImageClassification(PerceiverIO):
         positions need `image_size` images). `labels` `(B,)` class ids give `.loss`. Returns logits
         `(B, num_classes)` and latents `(B, N, D)`; with `return_attention`, the encoder `(B, H, N, M)` and decoder
         `(B, H, 1, N)` attention maps (and each latent layer's `(B, H, N, N)`); with `return_hidden_states`, the
-        latents after every encoder step (`ModelOutput.hidden_states`).
+        latents after every encoder step (`ModelOutput.hidden_states`). transformers' spellings work too:
+        `output_attentions` / `output_hidden_states` are `return_attention` / `return_hidden_states`, and
+        `return_dict=False` returns `ModelOutput.to_tuple()` (loss first with labels, then logits, as transformers').
         """
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         if inputs is not None and pixel_values is not None:
             raise ValueError("pass the image as `inputs` or as `pixel_values`, not both")
         inputs = pixel_values if inputs is None else inputs
         if inputs is None:
             raise ValueError("expected pixel_values of shape (B, C, H, W), got None")
-        return super().forward(
+        out = super().forward(
             inputs,
             attention_mask,
             return_attention=return_attention,
@@ -113,6 +154,38 @@ class PerceiverForImageClassification(PerceiverIO):
             return_hidden_states=return_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
+        return out.to_tuple() if return_dict is False else out
+
+
+def hf_output_flags(
+    return_attention: bool,
+    return_hidden_states: bool,
+    output_attentions: bool | None,
+    output_hidden_states: bool | None,
+    return_dict: bool | None,
+) -> tuple[bool, bool]:
+    """`(return_attention, return_hidden_states)` with transformers' `output_attentions` / `output_hidden_states`
+    (None: not given) folded in; a TypeError for a flag that is not a bool (or None)."""
+    flags = dict(
+        output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict
+    )
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True, False or None, got {value!r} ({type(value).__name__})")
+    return return_attention or bool(output_attentions), return_hidden_states or bool(output_hidden_states)
+
+
+def _regression_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """transformers' `problem_type="regression"`: MSE of logits `(B, K)` against float targets `(B, K)` (or `(B,)`
+    when `K = 1`)."""
+    if labels.shape != logits.shape and not (logits.shape[-1] == 1 and labels.shape == logits.shape[:1]):
+        raise ValueError(f"expected regression targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    if labels.dtype == torch.bool or not (labels.is_floating_point() or labels.dtype in _INT_DTYPES):
+        raise ValueError(f"expected real-valued regression targets, got dtype {labels.dtype}")
+    return F.mse_loss(logits.float().reshape(labels.shape), labels.float())
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _preset(base: ImageClassifierConfig, overrides: dict[str, Any]) -> PerceiverForImageClassification:
@@ -164,6 +237,7 @@ def vision_perceiver_conv(**overrides: Any) -> PerceiverForImageClassification:
 __all__ = [
     "ImageClassifierConfig",
     "PerceiverForImageClassification",
+    "hf_output_flags",
     "vision_perceiver_conv",
     "vision_perceiver_fourier",
     "vision_perceiver_learned",
