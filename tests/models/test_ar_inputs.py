@@ -31,7 +31,9 @@ def test_a_dtype_cast_keeps_the_rotary_frequencies_exact(dtype):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(eos_token_id=[5, 6]), InputTypeError, r"eos_token_id as one token id \(an int\), got \[5, 6\] \(list\)"),
+        (dict(eos_token_id=[5, "6"]), InputTypeError, r"eos_token_id as one token id \(an int\), got '6' \(str\)"),
+        (dict(eos_token_id=[]), ValueError, "eos_token_id as an id or a non-empty list of ids"),
+        (dict(eos_token_id=[5, V]), ValueError, r"eos_token_id in \[0, 41\), got 41"),
         (dict(eos_token_id=True), InputTypeError, r"eos_token_id as one token id \(an int\), got True"),
         (dict(eos_token_id=5, pad_token_id=None), InputTypeError, "pad_token_id as one token id"),
         (dict(eos_token_id=5, pad_token_id=V), ValueError, r"pad_token_id in \[0, 41\), got 41"),

@@ -110,12 +110,12 @@ class ARGeneration:
     def generate(
         self,
         input_ids: Tensor,
-        max_new_tokens: int,
+        max_new_tokens: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | Tensor | None = None,
         use_cache: bool = True,
         attention_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -129,21 +129,26 @@ class ARGeneration:
         logits_processor: Callable[[Tensor, Tensor], Tensor]
         | Sequence[Callable[[Tensor, Tensor], Tensor]]
         | None = None,
+        max_length: int | None = None,
     ) -> Tensor:
         """Prompt + up to `max_new_tokens` new tokens `(B * num_return_sequences, L + T)` (greedy, or sampling with
         `do_sample`). The keywords mean what they mean in transformers' `generate`.
 
         Args:
             input_ids: prompt `(B, L)`, 1 <= L <= max_seq_len (longer prompts: pass `input_ids[:, -max_seq_len:]`).
+            max_new_tokens / max_length: how many tokens to add, or the length L + T to reach (transformers'
+                `max_length`, prompt included); give one of them.
             attention_mask: `(B, L)` True = token, left padding only (rows end with their last token). The rows
                 of a batch share one window schedule (that of the padded length), so a left-padded row generates
                 what it generates alone until the first window slide / latent reset (with `config.prefix_len`, N
                 counts the padding: the prefix / latent split then differs from the row's alone).
             temperature / top_k / top_p: sampling filters (temperature > 0, top_p in (0, 1]; top_k None or 0 and
                 top_p None or 1 filter nothing, as in transformers).
-            eos_token_id: a row that produced it continues with `pad_token_id`; generation stops when all did.
+            eos_token_id: one id or a list of them (as transformers' models with several end tokens); a row that
+                produced one continues with `pad_token_id`; generation stops when all did.
             use_cache: KV cache (default) or a full forward per token; both follow the same window schedule and
-                give the same tokens.
+                give the same tokens in fp32 / fp64 (in bf16 / fp16 their roundings differ, and where two logits
+                are that close the argmax may too).
             generator: for sampling, e.g. `torch.Generator().manual_seed(0)`.
             num_latents: latents N at the start and after every slide (default as `forward`).
             max_latents: M, the latents may grow to M new tokens before the window slides (default min(W, 2N));
@@ -169,7 +174,7 @@ class ARGeneration:
                 f"expected a prompt of at most max_seq_len={c.max_seq_len} tokens, got {length} "
                 f"(truncate it, e.g. input_ids[:, -{c.max_seq_len}:])"
             )
-        max_new_tokens = _count(max_new_tokens, "max_new_tokens", 0)
+        max_new_tokens = _new_tokens(max_new_tokens, max_length, length)
         for name, number in (
             ("temperature", temperature),
             ("top_p", top_p),
@@ -193,13 +198,12 @@ class ARGeneration:
                 f"expected do_sample=True for num_return_sequences={num_return_sequences} (greedy continuations of "
                 "one prompt are all the same), got do_sample=False"
             )
-        eos_token_id = None if eos_token_id is None else _token_id(eos_token_id, "eos_token_id", c.vocab_size)
-        if pad_token_id is not None or eos_token_id is not None:  # finished rows continue with pad_token_id
+        eos_ids = _eos_ids(eos_token_id, c.vocab_size)
+        if pad_token_id is not None or eos_ids:  # finished rows continue with pad_token_id
             pad_token_id = _token_id(pad_token_id, "pad_token_id", c.vocab_size)
         mask = token_mask(attention_mask, input_ids)
-        left_padded = mask is None or not (bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()))
-        if not left_padded:
-            raise ValueError("expected a left-padded attention_mask (each row: False..., then True...), got another")
+        if mask is not None:
+            _check_left_padded(mask)
         base = self._num_latents(c.max_seq_len, num_latents)  # N at a full window
         m = (
             min(c.max_seq_len, 2 * base)
@@ -243,8 +247,8 @@ class ARGeneration:
             logits = logits.float()
             if repetition_penalty != 1.0:
                 logits = _penalize_repeats(logits, ids, mask, repetition_penalty)
-            if eos_token_id is not None and step < min_new_tokens:
-                logits[:, eos_token_id] = float("-inf")
+            if eos_ids and step < min_new_tokens:
+                logits[:, eos_ids] = float("-inf")
             for processor in processors:
                 scores = processor(ids, logits)
                 if not isinstance(scores, Tensor) or scores.shape != logits.shape:
@@ -254,16 +258,16 @@ class ARGeneration:
                     )
                 logits = scores
             token = _next_token(logits, do_sample, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
+            if eos_ids:
                 token = torch.where(done, torch.full_like(token, pad_token_id), token)
-                done = done | (token == eos_token_id)
+                done = done | torch.isin(token, torch.tensor(eos_ids, device=token.device))
             ids = torch.cat((ids, token.unsqueeze(1)), dim=1)
             mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
             if streamer is not None:
                 streamer.put(token.cpu())
             n += 1
             refresh = ids.shape[1] - start > c.max_seq_len or n > m
-            if eos_token_id is not None and bool(done.all()):
+            if eos_ids and bool(done.all()):
                 break
         if streamer is not None:
             streamer.end()
@@ -276,6 +280,56 @@ def _count(value: Any, name: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise ValueError(f"expected {name} >= {least} (an int), got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def _check_left_padded(mask: Tensor) -> None:
+    """A ValueError naming the first row of `mask` `(B, L)` (True = token) that is not left-padded, and how."""
+    bad = (mask[:, 1:] < mask[:, :-1]).any(1) | ~mask[:, -1]
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    if not bool(mask[row].any()):
+        how = "no token at all (every row needs at least one)"
+    elif bool((mask[row, 1:] > mask[row, :-1]).any()):  # padding both before and after the tokens
+        how = "padding between or after its tokens"
+    else:
+        how = "right padding (pad on the left, e.g. tokenizer.padding_side = 'left', as for transformers' causal LMs)"
+    raise ValueError(
+        f"expected a left-padded attention_mask (each row: False..., then True...), got row {row} with {how}"
+    )
+
+
+def _new_tokens(max_new_tokens: Any, max_length: Any, length: int) -> int:
+    """New tokens T to generate for a prompt of `length` tokens from `max_new_tokens` or `max_length` (= L + T,
+    transformers' meaning): exactly one of them."""
+    if max_new_tokens is not None and max_length is not None:
+        raise ValueError(
+            f"expected max_new_tokens or max_length, not both, got max_new_tokens={max_new_tokens!r} and "
+            f"max_length={max_length!r}"
+        )
+    if max_new_tokens is None and max_length is None:
+        raise ValueError("expected max_new_tokens (tokens to add) or max_length (prompt + new tokens), got neither")
+    if max_new_tokens is not None:
+        return _count(max_new_tokens, "max_new_tokens", 0)
+    total = _count(max_length, "max_length", 1)
+    if total < length:
+        raise ValueError(
+            f"expected max_length >= the prompt length {length} (max_length counts the prompt), got {total}"
+        )
+    return total - length
+
+
+def _eos_ids(value: Any, vocab_size: int) -> list[int]:
+    """`eos_token_id` as a list of ids in `[0, vocab_size)`: none, one id, or a list / tuple / 1-D tensor of them."""
+    if value is None:
+        return []
+    if isinstance(value, Tensor) and value.dim() == 1:
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("expected eos_token_id as an id or a non-empty list of ids, got an empty list")
+        return [_token_id(v, "eos_token_id", vocab_size) for v in value]
+    return [_token_id(value, "eos_token_id", vocab_size)]
 
 
 def _processors(value: Any) -> list[Callable[[Tensor, Tensor], Tensor]]:

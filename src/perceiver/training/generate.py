@@ -8,7 +8,8 @@ tokenizer is an error, not a byte decoding of ids that are not bytes. Of a promp
 model reads the last `max_seq_len` ids; the text printed is still the whole prompt (a cut inside a character would
 print replacement characters). Prints prompt + continuation (special ids dropped, invalid UTF-8 replaced) as it is
 generated (`TextPrinter`, a streamer of `generate`). Sampling by default (`--temperature`, `--top-k`, `--top-p`,
-`--seed`, `--repetition-penalty`), `--greedy` for argmax.
+`--seed`, `--repetition-penalty`), `--greedy` for argmax. `--prompt -` reads the prompt from stdin (UTF-8; one
+trailing newline, as `echo` adds, is dropped).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="perceiver generate", description="Continue a text with a saved causal model (Perceiver AR)."
     )
     parser.add_argument("model_dir", help="a model folder (config.json + model.safetensors), e.g. RUN_DIR/model")
-    parser.add_argument("--prompt", required=True, help="text to continue (at least one byte)")
+    parser.add_argument(
+        "--prompt",
+        required=True,
+        help="text to continue (at least one byte); '-' reads it from stdin as UTF-8 (one trailing newline dropped)",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=200, help="tokens to generate (bytes for a byte vocabulary; default 200)"
     )
@@ -213,6 +218,25 @@ class _PrefixedStreamer:
         self.streamer.end()
 
 
+def read_prompt(prompt: str, stdin: Any = None) -> str:
+    """The text of `--prompt`: itself, or for '-' the UTF-8 text of `stdin` (default `sys.stdin`) less one trailing
+    newline. Text that is not UTF-8 (stdin, or undecodable bytes in the argument) is a ValueError."""
+    if prompt == "-":
+        stream = sys.stdin if stdin is None else stdin
+        data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"expected UTF-8 text on stdin for --prompt -, got bytes that are not: {e}") from e
+        prompt = data[:-2] if data.endswith("\r\n") else data[:-1] if data.endswith("\n") else data
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise ValueError(f"expected a UTF-8 --prompt, got bytes that are not UTF-8 at character {e.start}") from e
+    return prompt
+
+
 def generate_main(argv: list[str]) -> None:
     """Entry point of `perceiver generate` (see the module docstring)."""
     args = build_parser().parse_args(argv)
@@ -223,6 +247,7 @@ def generate_main(argv: list[str]) -> None:
     import perceiver
 
     try:
+        args.prompt = read_prompt(args.prompt)  # before loading the model: a bad prompt fails fast
         from perceiver.lora import merge_lora
 
         # an adapter folder: generate with merged weights (no adapter matmuls per step)
