@@ -47,3 +47,22 @@ def test_torch_export_takes_a_model_that_returns_it(name):
     got, want = program.module()(*x), model(*x)
     assert type(got) is type(want) and torch.allclose(got.logits, want.logits, atol=1e-5)
     assert torch.allclose(got[0], want[0], atol=1e-5)  # the logits (question answering: the start logits)
+
+
+HF_HEADS = ["language-perceiver", "text-classifier", "token-classifier", "question-answering", "optical-flow-perceiver"]
+
+
+@pytest.mark.parametrize("name", HF_HEADS)
+def test_transformers_output_flags_on_every_head(name):
+    """`output_attentions` / `output_hidden_states` / `return_dict=False`, as code written for transformers passes them
+    (before: TypeError, unexpected keyword argument); a flag that is not a bool is a TypeError."""
+    from tiny_models import inputs, tiny
+
+    model, x = tiny(name), inputs(name)
+    with torch.no_grad():
+        ours = model(*x, return_attention=True, return_hidden_states=True)
+        theirs = model(*x, output_attentions=True, output_hidden_states=True, return_dict=False)
+    assert isinstance(theirs, tuple) and len(theirs) == len(ours.to_tuple()) >= 4  # logits, hidden, maps
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else len(a) == len(b) for a, b in zip(theirs, ours))
+    with pytest.raises(TypeError, match="output_attentions must be True, False or None, got 'yes'"):
+        model(*x, output_attentions="yes")

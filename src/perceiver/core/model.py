@@ -157,23 +157,65 @@ def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return total / (labels != -100).sum().clamp_min(1)
 
 
-def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """transformers' automatic `problem_type`: one output = regression (MSE), integer class ids = cross-entropy,
-    float targets of the logits' shape = multi-label (BCE with logits)."""
+#: transformers' `PretrainedConfig.problem_type` values (None: inferred from the labels)
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+def check_problem_type(problem_type: str | None) -> None:
+    """A ValueError for a `problem_type` transformers does not know (a config field of the classification heads)."""
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+
+
+def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None = None) -> Tensor:
+    """The loss of a classification head, as transformers computes it: `problem_type` (a checkpoint's config field)
+    `"regression"` = MSE against real targets of the logits' shape (or `(B,)` for one output),
+    `"single_label_classification"` = cross-entropy of class ids `(B,)`, `"multi_label_classification"` = BCE with
+    logits against targets of the logits' shape; None infers it from the labels: one output = regression, integer
+    class ids = cross-entropy, float targets of the logits' shape = multi-label."""
     labels = check_labels(labels)
     num_classes = logits.shape[-1]
-    if num_classes == 1:
-        if labels.shape not in (logits.shape[:1], logits.shape):  # else mse_loss broadcasts or fails inside
+    if problem_type is None:
+        if num_classes == 1:
+            problem_type = "regression"
+        else:
+            problem_type = (
+                "single_label_classification" if not labels.is_floating_point() else "multi_label_classification"
+            )
+    if problem_type == "regression":
+        if labels.shape != logits.shape and not (num_classes == 1 and labels.shape == logits.shape[:1]):
             b = logits.shape[0]
-            raise ValueError(f"expected regression targets of shape ({b},) or ({b}, 1), got {tuple(labels.shape)}")
-        return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).to(logits.dtype).float())
-    if not labels.is_floating_point():
+            want = f"({b},) or ({b}, 1)" if num_classes == 1 else str(tuple(logits.shape))
+            raise ValueError(f"expected regression targets of shape {want}, got {tuple(labels.shape)}")
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"expected real-valued regression targets, got dtype {labels.dtype}")
+        return F.mse_loss(logits.float().reshape(labels.shape), labels.float())
+    if problem_type == "single_label_classification":
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
         return token_cross_entropy(logits, check_class_ids(labels, num_classes))
     if labels.shape != logits.shape:
         raise ValueError(f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def hf_output_flags(
+    return_attention: bool,
+    return_hidden_states: bool,
+    output_attentions: bool | None,
+    output_hidden_states: bool | None,
+    return_dict: bool | None,
+) -> tuple[bool, bool]:
+    """`(return_attention, return_hidden_states)` with transformers' `output_attentions` / `output_hidden_states`
+    (None: not given) folded in; a TypeError for a flag that is not a bool (or None). A forward that takes them
+    returns `out.to_tuple()` when `return_dict is False`."""
+    flags = dict(
+        output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict
+    )
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True, False or None, got {value!r} ({type(value).__name__})")
+    return return_attention or bool(output_attentions), return_hidden_states or bool(output_hidden_states)
 
 
 class GradCheckpointingMixin:
@@ -309,9 +351,10 @@ class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
         return total
 
     def compute_loss(self, logits: Any, labels: Tensor) -> Tensor:
-        """The training loss for `labels` (classification by default, see `classification_loss`)."""
+        """The training loss for `labels` (classification by default, see `classification_loss`; as the config's
+        `problem_type` says where it has one)."""
         self._check_class_head()
-        return classification_loss(logits, labels)
+        return classification_loss(logits, labels, getattr(getattr(self, "config", None), "problem_type", None))
 
     def _check_class_head(self) -> None:
         """`labels` need class logits: a ValueError for a model whose head was removed (`num_classes` 0), whose

@@ -105,7 +105,9 @@ def convert_sequence_classification(
     qk = decoder.qk_channels
     decoder = replace(decoder, qk_channels=_unless(qk, encoder.latent_dim), v_channels=_unless(decoder.v_channels, qk))
     num_classes = sd[f"{prefix}.final_layer.weight"].shape[0]
-    model_config = PerceiverTextClassifierConfig(adapter, encoder, decoder, num_classes=num_classes)
+    model_config = PerceiverTextClassifierConfig(
+        adapter, encoder, decoder, num_classes=num_classes, problem_type=config.get("problem_type")
+    )  # problem_type: the loss the checkpoint trained with (None: from the labels)
     cls = PerceiverForSequenceClassification
     model = cls(apply_overrides(model_config, rename_keys(cls.legacy_keys, options)))
     keys |= {"query_builder.encoding.position_embeddings": f"{prefix}.output_position_encodings.position_embeddings"}

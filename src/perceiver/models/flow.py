@@ -42,7 +42,7 @@ from perceiver.core.config import rename_keys
 from perceiver.core.decoder import DecoderConfig, InputQueries, PerceiverDecoder
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.core.model import ModelOutput
+from perceiver.core.model import ModelOutput, hf_output_flags
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import IO_LEGACY_KEYS, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import register_model, register_model_type
@@ -177,7 +177,10 @@ class PerceiverForOpticalFlow(PerceiverIO):
         query_chunk_size: int | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Flow from patches `inputs` `(B, 2, 27, H, W)` (see `frames_to_patches`).
 
         attention_mask: `(B, H*W)` over the input pixels (True/1 = attend), as transformers takes it.
@@ -185,11 +188,15 @@ class PerceiverForOpticalFlow(PerceiverIO):
         query_chunk_size: pixels decoded at a time; None uses `config.query_chunk_size`, 0 decodes all at once.
         Returns `.logits` `(B, H, W, 2)` (pixels, see `config.output.flow_scale_factor`), `.last_hidden_state`
         `(B, N, D)`, and with `return_attention` the encoder `(B, H, N, H*W)` / decoder `(B, H, O, N)` maps;
-        `return_hidden_states`: the latents after every encoder step.
+        `return_hidden_states`: the latents after every encoder step. transformers' `output_attentions` /
+        `output_hidden_states` / `return_dict` are taken (`return_dict=False`: `ModelOutput.to_tuple()`).
         """
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         if query_chunk_size is None:
             query_chunk_size = self.config.query_chunk_size
-        return super().forward(
+        out = super().forward(
             inputs,
             attention_mask,
             output_index,
@@ -197,6 +204,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
             return_attention,
             return_hidden_states=return_hidden_states,
         )
+        return out.to_tuple() if return_dict is False else out
 
     @torch.no_grad()
     def predict(self, frame1: Tensor, frame2: Tensor, min_overlap: int | None = None, **forward_kwargs: Any) -> Tensor:

@@ -56,11 +56,10 @@ from perceiver.core.decoder import (
 )
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.core.model import ModelOutput
+from perceiver.core.model import ModelOutput, hf_output_flags
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import IO_LEGACY_KEYS, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import register_model, register_model_type
-from perceiver.models.vision import hf_output_flags
 
 MODALITIES = ("audio", "image", "label")
 

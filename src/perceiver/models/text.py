@@ -32,7 +32,14 @@ from perceiver.core.config import rename_keys
 from perceiver.core.decoder import AdaptedInputs, DecoderConfig, Index, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import PerceiverIO
-from perceiver.core.model import ModelOutput, check_class_ids, check_labels, token_cross_entropy
+from perceiver.core.model import (
+    ModelOutput,
+    check_class_ids,
+    check_labels,
+    check_problem_type,
+    hf_output_flags,
+    token_cross_entropy,
+)
 from perceiver.hub import apply_overrides
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.mlm_start import StartsFromMaskedLM, check_kept_shapes
@@ -121,16 +128,19 @@ class PerceiverMaskedLMConfig(_TextConfigViews):
 class PerceiverTextClassifierConfig(_TextConfigViews):
     """`PerceiverForSequenceClassification`: the text adapter, the encoder, transformers' classification decoder (one
     learned query of the latents' width or `decoder.query_dim`, 1 head, query residual, a final Linear) and the class
-    count (0: no projection, the logits are the pre-logits features)."""
+    count (0: no projection, the logits are the pre-logits features); `problem_type` as transformers' config field
+    (None: the loss follows the labels, see `perceiver.core.model.classification_loss`)."""
 
     adapter: TextAdapterConfig = field(default_factory=TextAdapterConfig)
     encoder: EncoderConfig = field(default_factory=language_encoder)
     decoder: DecoderConfig = field(default_factory=classifier_decoder)
     num_classes: int = 2
+    problem_type: str | None = None
 
     def __post_init__(self) -> None:
         check_text_parts(self.encoder, self.decoder)
         check_num_classes(self.num_classes)
+        check_problem_type(self.problem_type)
 
 
 def build_text_encoder(adapter: TextAdapter, encoder: EncoderConfig) -> PerceiverEncoder:
@@ -286,7 +296,10 @@ class PerceiverForMaskedLM(TextModel):
         query_chunk_size: int | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Predict every decoded byte position.
 
         Args:
@@ -298,11 +311,17 @@ class PerceiverForMaskedLM(TextModel):
             query_chunk_size: decode at most this many positions at once (bounded memory, same result).
             return_attention: also return the encoder and decoder attention maps.
             return_hidden_states: also return the latents after every encoder step (`.hidden_states`).
+            output_attentions, output_hidden_states, return_dict: transformers' spellings (`return_dict=False`:
+                `ModelOutput.to_tuple()`, the loss first with labels).
         """
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         ids = _pick_inputs(inputs, input_ids)
-        return super().forward(
+        out = super().forward(
             ids, attention_mask, output_index, query_chunk_size, return_attention, labels, return_hidden_states
         )
+        return out.to_tuple() if return_dict is False else out
 
 
 @register_model_type
@@ -376,20 +395,28 @@ class PerceiverForSequenceClassification(StartsFromMaskedLM, TextModel):
         input_ids: Tensor | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Classify `inputs` `(B, L)` (`input_ids` is an alias) with `attention_mask` `(B, L)`.
 
-        `labels` as in transformers: `(B,)` for one class (MSE), integer class ids `(B,)` (cross-entropy) or float
-        multi-label targets `(B, num_classes)` (BCE with logits).
+        `labels` as in transformers: as `config.problem_type` says, else `(B,)` for one class (MSE), integer class
+        ids `(B,)` (cross-entropy) or float multi-label targets `(B, num_classes)` (BCE with logits). transformers'
+        `output_attentions` / `output_hidden_states` / `return_dict` are taken (`return_dict=False`: the tuple).
         """
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         ids = _pick_inputs(inputs, input_ids)
-        return super().forward(
+        out = super().forward(
             ids,
             attention_mask,
             return_attention=return_attention,
             labels=labels,
             return_hidden_states=return_hidden_states,
         )
+        return out.to_tuple() if return_dict is False else out
 
 
 @register_model("language-perceiver", hub_id="deepmind/language-perceiver")

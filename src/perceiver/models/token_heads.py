@@ -45,6 +45,7 @@ from perceiver.core.model import (
     ModelOutput,
     check_class_ids,
     check_labels,
+    hf_output_flags,
     register_output_type,
     token_cross_entropy,
 )
@@ -259,15 +260,22 @@ class PerceiverForTokenClassification(StartsFromMaskedLM, TextModel):
         return_attention: bool = False,
         query_chunk_size: int | None = None,
         return_hidden_states: bool = False,
-    ) -> ModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """`inputs` token ids `(B, L)` (`input_ids` is an alias), `attention_mask` `(B, L)`, `labels` `(B, L)`;
-        `query_chunk_size` bounds the decoder's memory (same result)."""
+        `query_chunk_size` bounds the decoder's memory (same result); transformers' `output_attentions` /
+        `output_hidden_states` / `return_dict` are taken (`return_dict=False`: `ModelOutput.to_tuple()`)."""
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         ids = _pick_inputs(inputs, input_ids)
         features = self.forward_features(ids, attention_mask, return_attention, return_hidden_states)
         out = self.forward_head(features, None, query_chunk_size, return_attention)
         if labels is not None:
             out.loss = self.compute_loss(out.logits, labels, features.adapted.mask)
-        return out
+        return out.to_tuple() if return_dict is False else out
 
     # ------------------------------------------------------------------ from a masked LM
     @classmethod
@@ -370,16 +378,23 @@ class PerceiverForQuestionAnswering(PerceiverForTokenClassification):
         return_attention: bool = False,
         query_chunk_size: int | None = None,
         return_hidden_states: bool = False,
-    ) -> QuestionAnsweringOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> QuestionAnsweringOutput | tuple[Any, ...]:
         """`inputs` token ids `(B, L)`, `attention_mask` `(B, L)`; `start_positions` and `end_positions` `(B,)`
-        (both) give `.loss`."""
+        (both) give `.loss`; transformers' output flags as the token classifier takes them (`return_dict=False`:
+        `(loss, start_logits, end_logits, ...)`)."""
+        return_attention, return_hidden_states = hf_output_flags(
+            return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
+        )
         ids = _pick_inputs(inputs, input_ids)
         features = self.forward_features(ids, attention_mask, return_attention, return_hidden_states)
         out = self.forward_head(features, None, query_chunk_size, return_attention)
         if start_positions is not None and end_positions is not None:
             labels = torch.stack([start_positions.reshape(-1), end_positions.reshape(-1)], dim=-1)
             out.loss = self.compute_loss(out.logits, labels)
-        return out
+        return out.to_tuple() if return_dict is False else out
 
 
 def _load_masked_lm(source: PerceiverForMaskedLM | str | os.PathLike) -> PerceiverForMaskedLM:

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from perceiver.adapters.image import ImageAdapterConfig
@@ -29,7 +27,7 @@ from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_
 from perceiver.core.decoder import DecoderConfig, PerceiverDecoder, TrainableQueries
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.io import InputAdapter, PerceiverIO
-from perceiver.core.model import ModelOutput, check_class_ids, check_labels, token_cross_entropy
+from perceiver.core.model import ModelOutput, check_problem_type, hf_output_flags
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
 
@@ -52,12 +50,7 @@ class ImageClassifierConfig:
 
     def __post_init__(self) -> None:
         check_num_classes(self.num_classes)
-        if self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
-
-
-#: transformers' `PretrainedConfig.problem_type` values (None: inferred from the labels)
-PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+        check_problem_type(self.problem_type)
 
 
 def build_classifier_parts(
@@ -94,25 +87,6 @@ class PerceiverForImageClassification(PerceiverIO):
         inputs = check_float_input(inputs, "pixel_values", "(B, C, H, W)", model_dtype(self))
         check_nonempty(inputs, "pixel_values", "(B, C, H, W)")
         return inputs, to_bool_mask(mask, "attention_mask")
-
-    def compute_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The loss of `labels`: as `config.problem_type` says (transformers' field), else inferred from them."""
-        problem_type = getattr(self.config, "problem_type", None)
-        if problem_type is None:
-            return super().compute_loss(logits, labels)
-        self._check_class_head()
-        labels = check_labels(labels)
-        if problem_type == "regression":
-            return _regression_loss(logits, labels)
-        if problem_type == "multi_label_classification":
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"expected multi-label targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-                )
-            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if labels.shape != logits.shape[:1]:  # single_label_classification: cross-entropy of class ids
-            raise ValueError(f"expected class ids of shape {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-        return token_cross_entropy(logits, check_class_ids(labels, logits.shape[-1]))
 
     def forward(  # type: ignore[override]  # the transformers head's arguments, not PerceiverIO's
         self,
@@ -155,37 +129,6 @@ class PerceiverForImageClassification(PerceiverIO):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         return out.to_tuple() if return_dict is False else out
-
-
-def hf_output_flags(
-    return_attention: bool,
-    return_hidden_states: bool,
-    output_attentions: bool | None,
-    output_hidden_states: bool | None,
-    return_dict: bool | None,
-) -> tuple[bool, bool]:
-    """`(return_attention, return_hidden_states)` with transformers' `output_attentions` / `output_hidden_states`
-    (None: not given) folded in; a TypeError for a flag that is not a bool (or None)."""
-    flags = dict(
-        output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict
-    )
-    for name, value in flags.items():
-        if value is not None and not isinstance(value, bool):
-            raise TypeError(f"{name} must be True, False or None, got {value!r} ({type(value).__name__})")
-    return return_attention or bool(output_attentions), return_hidden_states or bool(output_hidden_states)
-
-
-def _regression_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """transformers' `problem_type="regression"`: MSE of logits `(B, K)` against float targets `(B, K)` (or `(B,)`
-    when `K = 1`)."""
-    if labels.shape != logits.shape and not (logits.shape[-1] == 1 and labels.shape == logits.shape[:1]):
-        raise ValueError(f"expected regression targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    if labels.dtype == torch.bool or not (labels.is_floating_point() or labels.dtype in _INT_DTYPES):
-        raise ValueError(f"expected real-valued regression targets, got dtype {labels.dtype}")
-    return F.mse_loss(logits.float().reshape(labels.shape), labels.float())
-
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _preset(base: ImageClassifierConfig, overrides: dict[str, Any]) -> PerceiverForImageClassification:
