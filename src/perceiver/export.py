@@ -461,7 +461,10 @@ def load_pt2(path: str | os.PathLike) -> Any:
         from torch._inductor import aoti_load_package
 
         return aoti_load_package(str(path))
-    return torch.export.load(path).module()
+    program = torch.export.load(path)
+    args = program.example_inputs[0] if program.example_inputs else ()
+    shapes = [tuple(x.shape) for x in args if isinstance(x, Tensor)]
+    return checks.ShapeCheckedProgram(program.module(), shapes)
 
 
 @_keeps_mode

@@ -17,6 +17,7 @@ __all__ = [
     "require_fp32",
     "require_weights",
     "resized",
+    "ShapeCheckedProgram",
     "tolerance",
 ]
 
@@ -106,3 +107,27 @@ def resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
         else:
             out.append(torch.randn(shape, dtype=x.dtype, device=x.device).clamp(-1, 1))
     return tuple(out)
+
+
+class ShapeCheckedProgram(nn.Module):
+    """A loaded `torch.export` program (`ExportedProgram.module()`) whose shape guard failures (a bare
+    `AssertionError: Guard failed: inputs_0.size()[1] == 10`) become a `ValueError` naming the shapes it takes
+    (dim 0, the batch, is dynamic; the other dimensions are those of the export) and the shapes it got."""
+
+    def __init__(self, program: nn.Module, shapes: list[tuple[int, ...]]) -> None:
+        """`shapes`: the export's example input shapes (batch first)."""
+        super().__init__()
+        self.program, self.shapes = program, shapes
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        try:
+            return self.program(*inputs)
+        except AssertionError as e:
+            if "Guard failed" not in str(e):
+                raise
+            takes = ", ".join(f"(batch, {', '.join(map(str, s[1:]))})" for s in self.shapes)
+            got = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__ for x in inputs)
+            raise ValueError(
+                f"this .pt2 program takes inputs of shape {takes} (dim 0, the batch, is dynamic; the export fixed the others), got {got}; "
+                f"pad or resize the inputs, or export again with inputs of that shape ({e})"
+            ) from e
