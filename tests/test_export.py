@@ -155,6 +155,7 @@ def test_the_resampler_exports_its_latents(tmp_path, capsys):
     main(["export", str(folder), str(tmp_path / "resampler.ONNX"), "--check"])  # any case, as export_onnx takes
     printed = capsys.readouterr().out
     assert "onnxruntime matches PyTorch" in printed and "-> last_hidden_state" in printed
+    assert ", media_tokens, " in printed and "(named dimensions are dynamic" in printed  # the inputs a user passes
 
 
 def test_an_exported_resampler_takes_any_number_of_media_tokens(tmp_path):

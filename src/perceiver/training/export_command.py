@@ -135,6 +135,20 @@ def export_main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> {output}"
     )
+    print(f"its inputs for onnxruntime: {onnx_inputs(path)} (named dimensions are dynamic; pad the others to size)")
     if args.check:
         within = f"{args.int8_rtol} x the largest output" if args.quantize else f"{args.atol}"
         print(f"onnxruntime matches PyTorch within {within} at batch sizes 1 and 3")
+
+
+def onnx_inputs(path: Path) -> str:
+    """The names, element types and shapes of an ONNX file's inputs, as onnxruntime's `session.run` takes them
+    (a dynamic dimension by its name, e.g. `inputs int64 [batch, 64]`)."""
+    import onnx
+
+    rows = []
+    for i in onnx.load(str(path), load_external_data=False).graph.input:
+        t = i.type.tensor_type
+        dims = ", ".join(d.dim_param or str(d.dim_value) for d in t.shape.dim)
+        rows.append(f"{i.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)} [{dims}]")
+    return ", ".join(rows)
