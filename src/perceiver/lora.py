@@ -304,17 +304,15 @@ def load_adapter(
 
 
 def _base_loader(model_type: Any) -> Any:
-    """How the base model of an adapter is read: as the class the adapter was trained on, where that class starts
-    from another model's folder (a text head from a masked LM), else with `perceiver.from_pretrained`."""
-    from perceiver.models.mlm_start import StartsFromMaskedLM
+    """How the base model of an adapter is read: as the class the adapter was trained on where that class starts from
+    another model's folder (a text head from a masked LM; `pretrained_loader`), else with `perceiver.from_pretrained`."""
+    from perceiver.models.mlm_start import pretrained_loader
     from perceiver.models.registry import model_type_class
-    from perceiver.pretrained import from_pretrained
 
     try:
-        cls = model_type_class(model_type) if isinstance(model_type, str) else None
+        return pretrained_loader(model_type_class(model_type) if isinstance(model_type, str) else None)
     except ValueError:  # a type this version does not know: the folder's own type decides
-        cls = None
-    return cls.from_pretrained if cls is not None and issubclass(cls, StartsFromMaskedLM) else from_pretrained
+        return pretrained_loader(None)
 
 
 def from_adapter_folder(folder: Path, base_model: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:

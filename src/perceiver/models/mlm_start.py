@@ -110,3 +110,11 @@ def check_kept_shapes(mismatched: list[str], overrides: dict[str, Any]) -> None:
             f"the model with the overrides {sorted(overrides)} (their shapes differ); leave out the overrides that "
             f"change the sizes of the masked LM"
         )
+
+
+def pretrained_loader(cls: type | None) -> Any:
+    """How to read a pretrained folder or Hub id meant for a model of class `cls`: its own `from_pretrained` where it
+    also starts from a masked LM (the text heads), else `perceiver.from_pretrained` (any model; also for None)."""
+    from perceiver.pretrained import from_pretrained
+
+    return cls.from_pretrained if isinstance(cls, type) and issubclass(cls, StartsFromMaskedLM) else from_pretrained

@@ -180,7 +180,6 @@ def vision_perceiver_conv(**overrides: Any) -> PerceiverForImageClassification:
 __all__ = [
     "ImageClassifierConfig",
     "PerceiverForImageClassification",
-    "hf_output_flags",
     "vision_perceiver_conv",
     "vision_perceiver_fourier",
     "vision_perceiver_learned",

@@ -28,7 +28,7 @@ def build_model(
     count in `model_kwargs`, a pretrained head of another size is re-initialised (`ignore_mismatched_sizes=True`)."""
     import perceiver
 
-    kwargs = {k: v for k, v in (cli_nulls(model_kwargs) or {}).items() if k not in CLASS_COUNT_KEYS or v is not None}
+    kwargs = task_model_kwargs(model_kwargs)
     if not pretrained:
         return perceiver.create_model(model, **kwargs)
     counted = any(k in kwargs for k in CLASS_COUNT_KEYS)
@@ -51,22 +51,25 @@ def build_model(
         raise
 
 
+def task_model_kwargs(model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A task's `model_kwargs` as the model takes them: CLI nulls read as None (`cli_nulls`), and a null class count
+    left out (`--model.model_kwargs.num_classes null`: the datamodule's count, as when the key is absent)."""
+    return {k: v for k, v in (cli_nulls(model_kwargs) or {}).items() if k not in CLASS_COUNT_KEYS or v is not None}
+
+
 def class_count_in(model_kwargs: dict[str, Any] | None) -> str | None:
-    """The key of `model_kwargs` that sets the class count (`num_classes` / `num_labels`), or None: none does, or it
-    is null (`--model.model_kwargs.num_classes null`: the datamodule's count, as when the key is left out)."""
-    kwargs = cli_nulls(model_kwargs) or {}
-    return next((k for k in CLASS_COUNT_KEYS if kwargs.get(k) is not None), None)
+    """The key of `model_kwargs` that sets the class count (`num_classes` / `num_labels`), or None (see
+    `task_model_kwargs`)."""
+    return next((k for k in CLASS_COUNT_KEYS if k in task_model_kwargs(model_kwargs)), None)
 
 
 def _loader(model: str) -> Any:
-    """How a pretrained model is read for preset `model`: the `from_pretrained` of a text head class (which also
-    starts from a masked LM), else `perceiver.from_pretrained` (any model; `model` is then not used)."""
-    import perceiver
-    from perceiver.models.mlm_start import StartsFromMaskedLM
+    """How a pretrained model is read for preset `model` (`pretrained_loader` of its class: a text head also starts
+    from a masked LM; any other model loads with `perceiver.from_pretrained`, `model` then unused)."""
+    from perceiver.models.mlm_start import pretrained_loader
     from perceiver.models.registry import list_models, preset_class
 
-    cls = preset_class(model) if model in list_models() else None
-    return cls.from_pretrained if cls is not None and issubclass(cls, StartsFromMaskedLM) else perceiver.from_pretrained
+    return pretrained_loader(preset_class(model) if model in list_models() else None)
 
 
 def _overridden(pretrained: str, kwargs: dict[str, Any], keys: list[str]) -> str:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from perceiver.training.building import CLASS_COUNT_KEYS, class_count_in, class_count_key, cli_nulls, num_classes_of
+from perceiver.training.building import class_count_in, class_count_key, num_classes_of, task_model_kwargs
 from perceiver.training.mixing import check_mixing, mix_batch
 from perceiver.training.tasks import PerceiverTask, metric_dict
 
@@ -88,9 +88,7 @@ class ClassificationTask(PerceiverTask):
         if n is None:
             return
         hp = self.hparams
-        kwargs = {
-            k: v for k, v in (cli_nulls(hp.model_kwargs) or {}).items() if k not in CLASS_COUNT_KEYS or v is not None
-        }
+        kwargs = task_model_kwargs(hp.model_kwargs)
         names = list(getattr(dm, "class_names", None) or [])
         shown = f" {names[:10]}{' ...' if len(names) > 10 else ''}" if names else ""
         data = f"the datamodule ({type(dm).__name__}) has {k} classes{shown}"
