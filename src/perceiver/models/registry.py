@@ -90,12 +90,10 @@ def create_model(
                 f"checkpoint_path {str(checkpoint_path)!r} is not a folder (resolved: "
                 f"{Path(checkpoint_path).expanduser().resolve()}); for a Hub id use from_pretrained"
             )
-        from perceiver.models.mlm_start import StartsFromMaskedLM
+        from perceiver.models.mlm_start import pretrained_loader  # a text head also on a masked LM's folder
 
-        cls = preset_class(name)
-        if cls is not None and issubclass(cls, StartsFromMaskedLM):  # a text head: also on a masked LM's folder
-            return cls.from_pretrained(checkpoint_path, **overrides)  # type: ignore[return-value]
-        return _check_preset_class(name, checkpoint_path, from_pretrained(checkpoint_path, **overrides))
+        load = pretrained_loader(preset_class(name))
+        return _check_preset_class(name, checkpoint_path, load(checkpoint_path, **overrides))
     if hub_id is None:
         raise ValueError(
             f"model {name!r} has no published checkpoint; presets with one: {', '.join(sorted(_HUB_IDS))}. "
