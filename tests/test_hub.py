@@ -201,8 +201,12 @@ def test_push_to_hub_uploads_config_weights_and_a_model_card(tmp_path, monkeypat
         calls["upload_folder"] = (repo_id, files, commit_message)
         return "https://huggingface.co/me/tiny/commit/0"
 
+    def no_card(repo_id, filename, **kwargs):  # a new repo: no README.md to keep
+        raise huggingface_hub.errors.EntryNotFoundError(f"{repo_id} has no {filename}")
+
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_card)
     model = perceiver.Perceiver(input_channels=1, input_axis=1, depth=1, num_latents=4, latent_dim=8,
                                 latent_heads=2, cross_dim_head=4, latent_dim_head=4, num_classes=3)  # fmt: skip
     url = model.push_to_hub("me/tiny", private=True)

@@ -1,4 +1,5 @@
-"""`save_pretrained` / `from_pretrained` for our own models: a folder with `config.json` + `model.safetensors`.
+"""`save_pretrained` / `from_pretrained` for our own models: a folder with `config.json` + `model.safetensors` (or,
+above `max_shard_size`, shards with their index `model.safetensors.index.json`, as transformers writes them).
 
 Never pickle: configs are dataclasses written as JSON, weights are safetensors (shared / tied tensors are stored once
 and re-tied on load). Both files are written to a temporary folder next to the target (`.NAME.PID.XXXX.tmp`) first
@@ -19,6 +20,7 @@ initial weights (`perceiver.loading.no_init_weights`) and every check runs befor
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -34,12 +36,23 @@ import torch
 from torch import nn
 
 from perceiver import save_files
+from perceiver.hub_load import _device_argument, _load_as, _other_model_type, _weights_file, resize_head
 from perceiver.labels import id2label_from_json, id2label_to_json, set_id2label
 from perceiver.loading import load_safetensors_checked, no_init_weights, resolve_device, resolve_dtype
-from perceiver.save_files import _remove_stale_temp_dirs, check_save_directory, install_folder
+from perceiver.save_files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    _remove_stale_temp_dirs,
+    check_save_directory,
+    install_folder,
+)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+#: what transformers' `from_pretrained` takes besides config fields for a folder of ours: where to find it (Hub
+#: options, `subfolder`) and the class names (`id2label`, `label2id`); `perceiver.from_pretrained` reads them
+LOADER_KEYWORDS = (
+    *("subfolder", "revision", "token", "cache_dir", "local_files_only", "force_download"),
+    *("id2label", "label2id"),
+)
 
 T = TypeVar("T", bound="PretrainedMixin")
 
@@ -159,7 +172,7 @@ def config_argument(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 #: flat names of the transformers heads that mean one of ours
-ALIASES = {"num_labels": "num_classes"}
+ALIASES = {"num_labels": "num_classes", "in_chans": "in_channels", "img_size": "image_size"}  # transformers', timm's
 
 
 def _paths_with(config: Any, name: str, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -225,9 +238,11 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
             paths = top or paths
         if not paths:
             known = sorted({".".join(p) for p in _all_paths(config)})
+            close = difflib.get_close_matches(key, sorted({p.rsplit(".", 1)[-1] for p in known}), n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise ValueError(
-                f"{where}unknown keys [{key!r}] for {type(config).__name__}; expected a field of it or of its parts: "
-                f"{known}"
+                f"{where}unknown keys [{key!r}] for {type(config).__name__}{hint}; expected a field of it or of its "
+                f"parts: {known}"
             )
         for path in paths:
             if source is not None:
@@ -302,10 +317,17 @@ class PretrainedMixin:
     def from_config(cls: type[T], config: Any) -> T:
         return cls(config)  # type: ignore[call-arg]  # subclasses take the config as their one argument
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "50GB", safe_serialization: bool = True
+    ) -> Path:
         """Write `config.json`, `model.safetensors` (and the checkpoint's `preprocessor_config.json`, see
         `perceiver.save_files.read_preprocessor_config`) into `save_directory` atomically; returns the path.
 
+        Weights larger than `max_shard_size` (bytes, or transformers' strings: `"5GB"`, `"50KB"`, `"100MiB"`;
+        default "50GB", the Hub's limit per file) are written in shards as transformers writes them
+        (`model-00001-of-0000N.safetensors` + `model.safetensors.index.json`, which `from_pretrained` reads). Weight
+        files of an earlier save into the folder that this one does not replace are removed. Weights are safetensors
+        only: `safe_serialization=False` (transformers' pickled `pytorch_model.bin`) is a ValueError.
         A model with LoRA adapters (`perceiver.lora.add_lora`) is saved with them merged into the weights, under the
         plain model's keys (the model itself is not changed)."""
         from safetensors.torch import save_file, save_model
@@ -313,6 +335,12 @@ class PretrainedMixin:
         from perceiver.lora import has_lora, merged_state_dict
 
         assert isinstance(self, nn.Module)
+        if safe_serialization is not True:
+            raise ValueError(
+                f"safe_serialization={safe_serialization!r}: perceiver-torch writes safetensors only (never pickle, "
+                f"so no pytorch_model.bin); drop the argument (transformers reads model.safetensors too)"
+            )
+        shard_size = save_files.parse_shard_size(max_shard_size)
         meta = [k for k, v in self.state_dict().items() if v.device.type == "meta"]
         if meta:  # e.g. from_pretrained(device="meta"): shapes, no values
             raise ValueError(
@@ -328,7 +356,12 @@ class PretrainedMixin:
             config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
             config |= id2label_to_json(self)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            if has_lora(self):
+            names: tuple[str, ...] = (WEIGHTS_NAME,)
+            nbytes = sum(v.numel() * v.element_size() for v in self.state_dict().values())
+            if nbytes > shard_size:  # (tied tensors counted twice: at worst one file written as shards of one)
+                state = merged_state_dict(self) if has_lora(self) else self.state_dict()
+                names = save_files.write_shards(state, tmp, shard_size)
+            elif has_lora(self):
                 state, seen = merged_state_dict(self), set()
                 for k, v in state.items():  # tied weights: save_file refuses shared storage, later names get a copy
                     ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
@@ -337,7 +370,8 @@ class PretrainedMixin:
                 save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             else:
                 save_model(self, str(tmp / WEIGHTS_NAME))
-            install_folder(tmp, target, (CONFIG_NAME, WEIGHTS_NAME, *save_files.write_preprocessor_config(self, tmp)))
+            install_folder(tmp, target, (CONFIG_NAME, *names, *save_files.write_preprocessor_config(self, tmp)))
+            save_files.remove_stale_weights(target, names)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -348,32 +382,37 @@ class PretrainedMixin:
         *,
         private: bool | None = None,
         token: str | None = None,
-        commit_message: str = "Upload perceiver-torch model",
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        tags: list[str] | None = None,
         model_card: str | None = None,
+        max_shard_size: int | str = "50GB",
     ) -> str:
-        """Upload `config.json`, `model.safetensors` and a model card (`README.md`) to the Hub repo `repo_id`
-        (created if needed) with huggingface_hub; returns the commit URL."""
-        try:
-            from huggingface_hub import HfApi, ModelCard, ModelCardData
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("push_to_hub needs huggingface_hub: pip install 'perceiver-torch[hub]'") from e
+        """Upload what `save_pretrained` writes and a model card (`README.md`) to the Hub repo `repo_id` (created if
+        needed; a bare name is the repo in the user's namespace) in one commit with huggingface_hub, as transformers'
+        `push_to_hub`; returns the commit URL (the pull request's with `create_pr=True`).
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "model")
-            if model_card is None:
-                data = ModelCardData(library_name="perceiver-torch", tags=["perceiver", self.model_type])
-                n = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]  # the mixin's classes are modules
-                body = (
-                    f"# {repo_id}\n\nA `{type(self).__name__}` ({self.model_type}, {n:,} parameters) saved by "
-                    f"[perceiver-torch](https://github.com/perceiver-torch).\n\n```python\nimport perceiver\n\n"
-                    f"model = perceiver.from_pretrained({repo_id!r})\n```\n"
-                )
-                model_card = f"---\n{data.to_yaml()}\n---\n\n{body}"
-            ModelCard(model_card).save(folder / "README.md")
-            info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
-        return str(info)
+        `revision` is the branch to push to (created if needed); `commit_message` (default "Upload perceiver-torch
+        model") and `commit_description` describe the commit. The repo's model card is kept when it has one (with
+        `tags` added); otherwise (or given `model_card`, its text) a new one is written. Weight files of an earlier
+        push that this one does not replace are deleted in the commit (see `perceiver.hub_push`)."""
+        from perceiver.hub_push import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+            tags=tags,
+            model_card=model_card,
+            max_shard_size=max_shard_size,
+        )
 
     @classmethod
     def config_from_file(cls, data: dict[str, Any], source: str | os.PathLike, overrides: dict[str, Any]) -> Any:
@@ -402,14 +441,17 @@ class PretrainedMixin:
         mmap: bool = False,
         **overrides: Any,
     ) -> T:
-        """Load a model written by `save_pretrained`; `overrides` replace config fields (e.g. dropout). A Hub id, a
-        transformers checkpoint folder or a `subfolder=` (and the Hub keywords `revision`, `token`, `cache_dir`, ...)
-        load through `perceiver.from_pretrained`; a model of another class is then a ValueError naming both.
+        """Load a model written by `save_pretrained` (`model.safetensors` or its shards); `overrides` replace config
+        fields (e.g. dropout; `config=` a config of this class replaces config.json's). A Hub id, a transformers
+        checkpoint folder, `subfolder=`, the Hub keywords (`revision`, `token`, `cache_dir`, `local_files_only`,
+        `force_download`) or `id2label` load through `perceiver.from_pretrained` (so a local folder takes them too, as
+        in transformers); a model of another class is then a ValueError naming both.
 
         `dtype="auto"` (default, as transformers) gives the model the dtype it was saved in (a model saved after
         `.to(torch.bfloat16)` loads in bf16); a floating `torch.dtype` (or its name; `torch_dtype` is accepted as
-        transformers' older name) loads every floating tensor in that dtype. `map_location` is the device the model
-        is loaded onto (ValueError for a name torch does not know, RuntimeError for one this machine lacks).
+        transformers' older name) loads every floating tensor in that dtype. `map_location` (or transformers'
+        `device` / `device_map` naming one device) is the device the model is loaded onto (ValueError for a name
+        torch does not know, RuntimeError for one this machine lacks).
         `num_classes=K` with `ignore_mismatched_sizes=True` re-initialises a classifier of another size (and logs
         which tensors); without it a different K is an error. `check_finite` rejects weights holding
         NaN / inf (corrupted files); see the module docstring for the checks. The model is built without drawing
@@ -418,81 +460,38 @@ class PretrainedMixin:
         rewritten in place while the model lives, see `perceiver.loading.load_safetensors_checked`).
         """
         dtype = resolve_dtype(dtype, torch_dtype)
-        device = resolve_device(map_location, "map_location")
+        device = resolve_device(_device_argument(map_location, overrides), "map_location")
         num_classes = pop_num_classes(num_classes, overrides)
         for key in ("trust_remote_code", "low_cpu_mem_usage"):  # transformers' keywords for what loading does anyway
             overrides.pop(key, None)
         path = Path(directory).expanduser()
-        if not (path / CONFIG_NAME).is_file() or "architectures" in read_config_file(path / CONFIG_NAME):
-            # a Hub id, a transformers checkpoint, a subfolder: what `perceiver.from_pretrained` reads, if it is a `cls`
+        if (
+            not (path / CONFIG_NAME).is_file()
+            or "architectures" in read_config_file(path / CONFIG_NAME)
+            or any(key in overrides for key in LOADER_KEYWORDS)
+        ):
+            # a Hub id, a transformers checkpoint, a subfolder, Hub options: what `perceiver.from_pretrained` reads
             options = dict(check_finite=check_finite, num_classes=num_classes, dtype=dtype, device=device, mmap=mmap)
             return _load_as(cls, directory, ignore_mismatched_sizes=ignore_mismatched_sizes, **options, **overrides)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} in {path}, {name} is missing")
+        weights = _weights_file(path)
         config_file = path / CONFIG_NAME
         data = read_config_file(config_file)
         model_type = data.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
-            raise ValueError(f"{path} holds a {model_type!r} model, expected {cls.model_type!r}")
+            raise _other_model_type(path, model_type, cls)
         labels = id2label_from_json(data.pop("id2label", None), str(config_file))
-        config = cls.config_from_file(data, config_file, overrides)
+        given = overrides.pop("config", None)  # transformers' config= : this config instead of config.json's
+        if given is None:
+            config = cls.config_from_file(data, config_file, overrides)
+        else:
+            config = config_argument(cls.config_class, given, {})
+            config = apply_overrides(config, overrides, source="overrides") if overrides else config
         with no_init_weights():
             model = cls.from_config(config)
         set_id2label(model, labels)
         save_files.read_preprocessor_config(model, path)
         assert isinstance(model, nn.Module)  # the mixin's classes are modules
-        load_safetensors_checked(
-            model, path / WEIGHTS_NAME, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap
-        )
+        load_safetensors_checked(model, weights, device=str(device), check_finite=check_finite, dtype=dtype, mmap=mmap)
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(path))
         return model.eval()
-
-
-def _load_as(cls: type[T], name: str | os.PathLike, **options: Any) -> T:
-    """`perceiver.from_pretrained(name, **options)` (a Hub id, a transformers folder, a subfolder) as a `cls`, or a
-    ValueError naming what it holds."""
-    from perceiver.pretrained import from_pretrained
-
-    model = from_pretrained(name, **options)
-    if not isinstance(model, cls):
-        raise ValueError(f"{os.fspath(name)} holds a {type(model).__name__}, expected a {cls.__name__}")
-    return model
-
-
-def resize_head(model: Any, num_classes: int, ignore_mismatched_sizes: bool, source: str) -> list[str]:
-    """Give a loaded `model` a classifier of `num_classes` outputs: nothing when it has that many already, a fresh
-    head (`reset_classifier`, without the old head's class names) with `ignore_mismatched_sizes`, else a ValueError.
-    Returns (and logs) the names of the re-initialised tensors."""
-    have = model.num_classes
-    if have == num_classes:
-        return []
-    if getattr(model, "fixed_head", False) or getattr(model, "classifier_name", "") is None:  # no class head to reset
-        try:
-            model.reset_classifier(num_classes)
-        except NotImplementedError as e:
-            raise ValueError(f"{source}: num_classes={num_classes} cannot be given: {e}") from None
-    if not ignore_mismatched_sizes:
-        raise ValueError(
-            f"{source} has a head of {have} classes, asked for num_classes={num_classes}; pass "
-            f"ignore_mismatched_sizes=True to re-initialise the head for fine-tuning"
-        )
-    before = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
-    model.reset_classifier(num_classes)
-    set_id2label(model, None)  # the names of the replaced head's classes name nothing now
-    after = {k: (v.data_ptr(), tuple(v.shape)) for k, v in model.state_dict().items()}
-    changed = sorted(k for k in after if before.get(k) != after[k])
-    removed = sorted(set(before) - set(after))
-    what = "newly initialised" if changed or not removed else "removed (num_classes=0: pre-logits features)"
-    logger.warning(
-        "Some weights of %s were %s because the head of %s has %d classes, not %d: %s",
-        type(model).__name__,
-        what,
-        source,
-        have,
-        num_classes,
-        changed or removed,
-    )
-    model.reinitialized_keys = changed
-    return changed

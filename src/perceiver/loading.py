@@ -1,13 +1,15 @@
 """Reading weights into a model: the dtype and device to load in (`resolve_dtype`, transformers' `dtype` /
 `torch_dtype`; `resolve_device`), building a model without its random initialisation (`no_init_weights`), the checked
-safetensors load of `from_pretrained` (`load_safetensors_checked`, `open_safetensors` / `read_safetensors` for files
-read whole) and the finite check of stored weights (`check_finite_tensors`)."""
+safetensors load of `from_pretrained` (`load_safetensors_checked`, of one file or of the shards an index names:
+`open_weights`, `read_shard_index`; `open_safetensors` / `read_safetensors` for files read whole) and the finite check
+of stored weights (`check_finite_tensors`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,6 +170,62 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
             raise ValueError(f"{path}: expected a safetensors file, could not read its tensors ({e})") from None
 
 
+def read_shard_index(index: str | os.PathLike) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file) of the sharded checkpoint index `index`
+    (`model.safetensors.index.json`); ValueError naming the index for a file that is not such an index or names a
+    shard outside its folder."""
+    import json
+
+    index = Path(index)
+    try:
+        data = json.loads(index.read_text())
+    except ValueError as e:
+        raise ValueError(f"{index}: expected a JSON object with a 'weight_map', got invalid JSON ({e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(
+            f"{index}: key 'weight_map': expected an object of tensor name -> shard file, got {weight_map!r}"
+        )
+    for shard in weight_map.values():
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise ValueError(f"{index}: expected shard files in its folder, got {shard!r}")
+    return weight_map
+
+
+def open_weights(path: str | os.PathLike, device: str, stack: contextlib.ExitStack) -> dict[str, tuple[Any, Path]]:
+    """Each tensor name of the weights `path` (a safetensors file, or the index `*.index.json` of a sharded
+    checkpoint) -> (the open `safe_open` handle that holds it, its file); the handles are closed with `stack`.
+
+    For an index: FileNotFoundError naming the index and the shard when a shard it names is not in its folder,
+    ValueError naming both when a tensor of the index is not in its shard or a shard holds a tensor the index
+    places elsewhere."""
+    path = Path(path)
+    if not path.name.endswith(".index.json"):
+        f = stack.enter_context(open_safetensors(path, device))
+        return {key: (f, path) for key in f.keys()}  # noqa: SIM118  (safe_open has keys(), no iteration)
+    weight_map = read_shard_index(path)
+    handles: dict[str, tuple[Any, Path]] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        file = path.parent / shard
+        if not file.is_file():
+            listed = sum(1 for v in weight_map.values() if v == shard)
+            raise FileNotFoundError(
+                f"{path} names the shard {shard} (holding {listed} tensors), which is not in {path.parent}; "
+                f"expected every shard of the index next to it (an interrupted download or copy?)"
+            )
+        f = stack.enter_context(open_safetensors(file, device))
+        for key in f.keys():  # noqa: SIM118  (safe_open has keys(), no iteration)
+            if weight_map.get(key) != shard:
+                raise ValueError(f"{file}: holds tensor {key!r}, which {path} places in {weight_map.get(key)!r}")
+            handles[key] = (f, file)
+    missing = sorted(set(weight_map) - set(handles))
+    if missing:
+        raise ValueError(
+            f"{path}: tensors {missing[:5]} are not in the shards it names (e.g. {weight_map[missing[0]]!r})"
+        )
+    return handles
+
+
 def load_safetensors_checked(
     model: nn.Module,
     path: str | os.PathLike,
@@ -176,7 +234,8 @@ def load_safetensors_checked(
     dtype: torch.dtype | str = "auto",
     mmap: bool = False,
 ) -> None:
-    """Load `path` into `model` strictly: every tensor with the model's shape, no missing or unexpected keys (tied
+    """Load `path` (a safetensors file, or the index `model.safetensors.index.json` of a sharded checkpoint: its shards
+    are read as one file) into `model` strictly: every tensor with the model's shape, no missing or unexpected keys (tied
     tensors stored once are re-tied), finite when `check_finite`; `ValueError` naming file and key.
 
     The model takes the floating dtype of the file (`dtype="auto"`: a file mixing floating dtypes is an error) or
@@ -194,9 +253,10 @@ def load_safetensors_checked(
     another device or in another dtype the tensors are copies either way. On the `meta` device the header is checked
     and nothing else is read: the model has every tensor's shape and dtype, no values."""
     meta = torch.device(device).type == "meta"  # shapes and dtypes only: nothing is read (safetensors has no meta)
-    with open_safetensors(path, "cpu" if meta else device) as f:
+    with contextlib.ExitStack() as stack:
+        handles = open_weights(path, "cpu" if meta else device, stack)
         header: dict[str, tuple[torch.dtype | str, tuple[int, ...]]] = {}
-        for key in f.keys():  # noqa: SIM118  (safe_open has keys(), no iteration)
+        for key, (f, _) in handles.items():
             part = f.get_slice(key)
             header[key] = (SAFETENSORS_DTYPES.get(part.get_dtype(), part.get_dtype()), tuple(part.get_shape()))
         own = model.state_dict()
@@ -216,7 +276,7 @@ def load_safetensors_checked(
                 or (not floating and stored != want.dtype)
             ):
                 raise ValueError(
-                    f"{path}: tensor {key!r}: expected {want.dtype} of shape {tuple(want.shape)}, "
+                    f"{handles[key][1]}: tensor {key!r}: expected {want.dtype} of shape {tuple(want.shape)}, "
                     f"got {stored} of shape {shape}"
                 )
         # a tensor stored once for several names (tied weights): each other name shares its storage in the model,
@@ -234,13 +294,13 @@ def load_safetensors_checked(
                 dt = target if floating and isinstance(target, torch.dtype) else own[key].dtype
                 loaded[key] = torch.empty(shape, dtype=dt, device=device)
                 continue
-            tensor = f.get_tensor(key)  # on the CPU: a view of the memory-mapped file, read when first touched
+            tensor = handles[key][0].get_tensor(key)  # on the CPU: a view of the memory-mapped file, read when touched
             if target is not None and tensor.is_floating_point() and tensor.dtype != target:
                 tensor = tensor.to(target)
             elif not mmap and tensor.device.type == "cpu":
                 tensor = tensor.clone()
             if check_finite:
-                check_finite_tensors({key: tensor}, path)
+                check_finite_tensors({key: tensor}, handles[key][1])
             loaded[key] = tensor
     model.load_state_dict(loaded, strict=False, assign=True)
     for key, source in tied.items():

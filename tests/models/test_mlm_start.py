@@ -54,6 +54,12 @@ def test_the_start_keeps_dtype_and_head_overrides(mlm_folder):
     assert "head.self_attends.0.attention.q_proj.weight" in model.reinitialized_keys
 
 
+@pytest.mark.parametrize("where", [{"device_map": "cpu"}, {"device": "cpu"}])
+def test_the_start_takes_the_device_keywords(where, mlm_folder):
+    model = PerceiverForSequenceClassification.from_pretrained(mlm_folder, num_labels=3, **where)
+    assert model.num_classes == 3 and next(model.parameters()).device.type == "cpu"
+
+
 @pytest.mark.parametrize("cls", [PerceiverForSequenceClassification, PerceiverForTokenClassification])
 def test_overrides_that_resize_the_masked_lm_are_an_error(cls, mlm_folder):
     with pytest.raises(

@@ -20,7 +20,16 @@ T = TypeVar("T", bound="StartsFromMaskedLM")
 #: what a masked LM gives the heads; everything else of theirs is new
 KEPT_PREFIXES = ("input_adapter.", "encoder.")
 #: from_pretrained keywords that say where and how to read the masked LM, not what the new head is
-LOAD_KEYWORDS = ("subfolder", "revision", "token", "cache_dir", "local_files_only", "force_download", "device_map")
+LOAD_KEYWORDS = (
+    "subfolder",
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "force_download",
+    "device_map",
+    "device",
+)
 
 
 class StartsFromMaskedLM(PretrainedMixin):
@@ -95,7 +104,8 @@ def _holds_masked_lm(directory: str | os.PathLike, where: dict[str, Any]) -> boo
     from perceiver.pretrained import from_pretrained
 
     try:
-        return isinstance(from_pretrained(directory, device="meta", **where), PerceiverForMaskedLM)
+        hub = {k: v for k, v in where.items() if k not in ("device", "device_map")}  # its config, on the meta device
+        return isinstance(from_pretrained(directory, device="meta", **hub), PerceiverForMaskedLM)
     except (ValueError, OSError, TypeError):
         return False
 
