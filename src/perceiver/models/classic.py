@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from perceiver.checks import check_float_input, check_int, check_int_fields, che
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.models.timm_compat import TimmClassifierMixin, check_latents
 from perceiver.nn.position import FourierPositionEncoding
 
 
@@ -176,14 +177,16 @@ class ClassifierHead(nn.Module):
 
 
 @register_model_type
-class Perceiver(PeerStateDictMixin, PerceiverModel):
+class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
     """Classic Perceiver classifier over channels-last data `(B, *axes, C)`.
 
     `Perceiver(input_channels=3, ..., num_classes=1000)` takes `PerceiverConfig`'s fields as keywords (the
     `perceiver` package's API), or `Perceiver(config)`. `model(data)` -> logits `(B, num_classes)` (a tensor, as the
     seed API and perceiver-pytorch return); `model(data, return_dict=True)` (or with `labels`) -> `ModelOutput` like
     every other model; `model(data, return_embeddings=True)` -> latents `(B, N, D)`. `load_state_dict` also takes a
-    perceiver-pytorch `Perceiver`'s state dict when the model is built with the same keywords.
+    perceiver-pytorch `Perceiver`'s state dict when the model is built with the same keywords. timm's API too
+    (`perceiver.models.timm_compat`): `num_features`, `forward_head(features, pre_logits=True)`,
+    `forward_intermediates`, `no_weight_decay()`, `group_matcher()`.
     """
 
     config_class = PerceiverConfig
@@ -191,6 +194,7 @@ class Perceiver(PeerStateDictMixin, PerceiverModel):
     classifier_name = "head.fc"
     checkpointed_modules = ("encoder",)
     head_kind = "the latents (final_classifier_head=False)"
+    stem_pattern = r"^encoder\.latents$"  # timm's group_matcher: the Fourier features have no parameters
     #: data comes channels last, `(B, H, W, C)` for images
     input_layout: ClassVar[str] = "channels_last"
 
@@ -280,9 +284,20 @@ class Perceiver(PeerStateDictMixin, PerceiverModel):
         )
         return Features.from_encoder(encoded)
 
-    def forward_head(self, features: Features) -> ModelOutput:
-        """Logits `(B, num_classes)` (the latents when `final_classifier_head=False`) in a `ModelOutput`."""
+    @overload
+    def forward_head(self, features: Features | Tensor, pre_logits: Literal[False] = False) -> ModelOutput: ...
+    @overload
+    def forward_head(self, features: Features | Tensor, pre_logits: Literal[True]) -> Tensor: ...
+    def forward_head(self, features: Features | Tensor, pre_logits: bool = False) -> ModelOutput | Tensor:
+        """Logits `(B, num_classes)` (the latents when `final_classifier_head=False`) in a `ModelOutput`;
+        `pre_logits=True` (timm's): the pooled features `(B, num_features)` the class layer takes (the mean over the
+        latents, normalised by the head's LayerNorm; without a head, the mean), a tensor. `features` is what
+        `forward_features` returned, or latents `(B, N, latent_dim)`."""
+        if isinstance(features, Tensor):
+            features = Features(check_latents(features, self.config.latent_dim, type(self).__name__))
         latents = features.latents
+        if pre_logits:
+            return latents.mean(dim=1) if self.head is None else self.head.norm(latents.mean(dim=1))
         logits = latents if self.head is None else self.head(latents)
         return features.output(logits)
 

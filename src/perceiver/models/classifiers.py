@@ -38,6 +38,7 @@ from perceiver.core.io import PerceiverIO
 from perceiver.core.model import ModelOutput
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.models.timm_compat import IOClassifierMixin
 from perceiver.models.vision import build_classifier_parts
 
 
@@ -83,7 +84,7 @@ class PointCloudClassifierConfig:
         check_num_classes(self.num_classes)
 
 
-class _ModalityClassifier(PerceiverIO):
+class _ModalityClassifier(IOClassifierMixin, PerceiverIO):
     """Shared body: the config's adapter, the encoder, one trainable query and the decoder.
 
     `forward(inputs, mask=None, labels=None)` -> `ModelOutput` with `.logits` `(B, num_classes)` and

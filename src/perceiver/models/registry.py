@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,10 +49,29 @@ def register_model_type(cls: C) -> C:
     return cls
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Names of the registered presets matching a shell-style `pattern`, sorted; `pretrained=True` (as timm's):
-    only those with a published checkpoint (`list_pretrained` gives their Hub ids)."""
-    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern) and (not pretrained or n in _HUB_IDS))
+def list_models(
+    pattern: str | Sequence[str] = "*", pretrained: bool = False, exclude_filters: str | Sequence[str] = ()
+) -> list[str]:
+    """Names of the registered presets matching a shell-style `pattern` (or any of several; "" = all), sorted, as
+    timm's `list_models(filter, pretrained, exclude_filters)`: `pretrained=True` keeps those with a published
+    checkpoint (`list_pretrained` gives their Hub ids), `exclude_filters` drops those matching its patterns."""
+    include = _patterns(pattern, "pattern") or ["*"]
+    exclude = _patterns(exclude_filters, "exclude_filters")
+    return sorted(
+        n
+        for n in _PRESETS
+        if any(fnmatch.fnmatchcase(n, p) for p in include)
+        and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+        and (not pretrained or n in _HUB_IDS)
+    )
+
+
+def _patterns(value: str | Sequence[str], name: str) -> list[str]:
+    """`value` (one shell-style pattern or several) as a list of non-empty patterns; TypeError for other types."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, Sequence) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{name}: expected a pattern (str) or a list of them, got {value!r}")
+    return [v for v in values if v]
 
 
 def list_pretrained(pattern: str = "*") -> dict[str, str]:
@@ -72,16 +91,23 @@ def create_model(
     its checkpoint (its Hub id, or a local folder `checkpoint_path` holding a copy of it) in eval mode.
 
     With `pretrained`, `overrides` go to `perceiver.from_pretrained`: e.g. `num_classes=10,
-    ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches. A `checkpoint_path` folder must
-    hold a model of the preset's class (ValueError naming the class it holds otherwise), or for the text heads
-    (`text-classifier`, `token-classifier`, `question-answering`) a masked LM, whose embedding and encoder they start
-    from (the class's `from_pretrained`).
+    ignore_mismatched_sizes=True` for a new head, dropout rates, converter switches; `num_classes=0` (timm's feature
+    extractor: the logits are the pooled `num_features` features) needs no flag, as no weight is drawn at random.
+    A `checkpoint_path` folder must hold a model of the preset's class and structure (ValueError naming what it holds
+    otherwise: a Fourier image classifier is no `vision-perceiver-learned`), or for the text heads (`text-classifier`,
+    `token-classifier`, `question-answering`) a masked LM, whose embedding and encoder they start from (the class's
+    `from_pretrained`).
     """
     if name not in _PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        hub = name.removeprefix("hf-hub:")
+        hint = f"; a Hub id or model folder loads with perceiver.from_pretrained({hub!r})" if "/" in hub else ""
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}{hint}")
     if not pretrained and checkpoint_path is None:
         return _PRESETS[name](**overrides)
     from perceiver.pretrained import from_pretrained
+
+    if overrides.get("num_classes", overrides.get("num_labels")) == 0:  # timm's feature extractor: no random weights
+        overrides.setdefault("ignore_mismatched_sizes", True)
 
     hub_id = _HUB_IDS.get(name)
     if checkpoint_path is not None:
@@ -93,7 +119,12 @@ def create_model(
         from perceiver.models.mlm_start import pretrained_loader  # a text head also on a masked LM's folder
 
         load = pretrained_loader(preset_class(name))
-        return _check_preset_class(name, checkpoint_path, load(checkpoint_path, **overrides))
+        model = _check_preset_class(name, checkpoint_path, load(checkpoint_path, **overrides))
+        mismatch = getattr(model, "preset_mismatch", None)  # presets of one class that differ in structure
+        problem = mismatch(name, overrides) if callable(mismatch) else None
+        if problem:
+            raise ValueError(f"{checkpoint_path} holds {problem}; load it with perceiver.from_pretrained(folder)")
+        return model
     if hub_id is None:
         raise ValueError(
             f"model {name!r} has no published checkpoint; presets with one: {', '.join(sorted(_HUB_IDS))}. "

@@ -12,6 +12,10 @@ Presets at the published sizes (512 latents x 1024 channels, 8 blocks of 6 self-
 - `vision-perceiver-learned`: 1x1 conv to 256 channels + 256 trainable positions (projected), concatenated (512);
 - `vision-perceiver-fourier`: raw pixels + Fourier positions (64 bands, max resolution 224) (261 channels);
 - `vision-perceiver-conv`: conv + max-pool stem to 64 channels at 56x56 + Fourier positions (max resolution 56) (322).
+
+timm's classifier API (`perceiver.models.timm_compat`): `num_features`, `forward_head(features, pre_logits=True)`,
+`forward_intermediates`, `no_weight_decay()` and `group_matcher()` for timm's optimizer factory (layer-wise decay),
+and `pretrained_cfg` (input size, mean / std, crop) for `timm.data.resolve_data_config` or `ImageProcessor`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from perceiver.adapters.image import ImageAdapterConfig
 from perceiver.adapters.outputs import ClassificationOutput
@@ -30,6 +34,7 @@ from perceiver.core.io import InputAdapter, PerceiverIO
 from perceiver.core.model import ModelOutput, check_problem_type, hf_output_flags
 from perceiver.models._io_config import IO_LEGACY_KEYS, check_num_classes, classifier_decoder, imagenet_encoder
 from perceiver.models.registry import build_preset, register_model, register_model_type
+from perceiver.models.timm_compat import IOClassifierMixin
 
 
 @dataclass
@@ -67,7 +72,7 @@ def build_classifier_parts(
 
 
 @register_model_type
-class PerceiverForImageClassification(PerceiverIO):
+class PerceiverForImageClassification(IOClassifierMixin, PerceiverIO):
     """Perceiver IO image classifier; `model(pixel_values (B, 3, H, W))` -> `ModelOutput` with `.logits`
     `(B, num_classes)` and `.last_hidden_state` `(B, num_latents, latent_dim)`."""
 
@@ -82,6 +87,53 @@ class PerceiverForImageClassification(PerceiverIO):
             *build_classifier_parts(config.adapter.build(), config.encoder, config.decoder, config.num_classes)
         )
         self.config = config
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's `pretrained_cfg` (`default_cfg`): how images are prepared for this model, so that
+        `timm.data.resolve_data_config(model=model)` / `create_transform` and `perceiver.ImageProcessor` agree.
+
+        `input_size` `(in_channels, H, W)` is the size the model is built for (`config.adapter.image_size`; fixed with
+        trainable positions, `fixed_input_size`); `mean`, `std`, `interpolation` and `crop_pct` (the center crop's
+        share of the short side, `size / crop_size` of `ImageProcessor`) are those of the checkpoint's
+        `preprocessor_config.json` when it had one, else `ImageProcessor`'s defaults (DeepMind's ImageNet ones);
+        `classifier` names the class layer, `first_conv` the stem's first conv (None: the stem has none)."""
+        from perceiver.image_processing import ImageProcessor
+
+        saved = getattr(self, "preprocessor_config", None)
+        proc = ImageProcessor.from_dict(saved) if isinstance(saved, dict) else ImageProcessor()
+        adapter = self.config.adapter
+        convs = [name for name, m in self.input_adapter.named_modules() if isinstance(m, nn.Conv2d)]
+        return {
+            "input_size": (adapter.in_channels, *adapter.image_size),
+            "fixed_input_size": adapter.position_encoding == "trainable",
+            "interpolation": proc.resample,
+            "crop_pct": proc.size[0] / proc.crop_size[0] if proc.do_center_crop else 1.0,
+            "crop_mode": "center",
+            "mean": proc.image_mean if proc.do_normalize else (0.0,) * 3,
+            "std": proc.image_std if proc.do_normalize else (1.0,) * 3,
+            "num_classes": self.num_classes,
+            "first_conv": f"input_adapter.{convs[0]}" if convs else None,
+            "classifier": self.classifier_name,
+        }
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    def preset_mismatch(self, name: str, overrides: dict[str, Any]) -> str | None:
+        """What this model is when it is not the preset `name` (its stem, `adapter.prep_type`, is another preset's),
+        else None: `create_model(name, checkpoint_path=folder)` checks a folder with it."""
+        base = PRESETS.get(name)
+        prep = self.config.adapter.prep_type
+        if base is None or prep == base.adapter.prep_type or {"prep_type", "adapter.prep_type"} & set(overrides):
+            return None
+        held = [n for n, c in PRESETS.items() if c.adapter.prep_type == prep]
+        return (
+            f"a {held[0] if held else 'custom'} model (adapter.prep_type={prep!r}), not a {name!r} one "
+            f"(prep_type={base.adapter.prep_type!r})"
+        )
 
     def check_inputs(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         inputs = check_float_input(inputs, "pixel_values", "(B, C, H, W)", model_dtype(self))
@@ -157,6 +209,10 @@ CONV = ImageClassifierConfig(
         max_resolution=(56, 56),
     )
 )
+
+
+#: the configs of the presets (`preset_mismatch` tells them apart by their stems)
+PRESETS = {"vision-perceiver-learned": LEARNED, "vision-perceiver-fourier": FOURIER, "vision-perceiver-conv": CONV}
 
 
 @register_model("vision-perceiver-learned", hub_id="deepmind/vision-perceiver-learned")
