@@ -156,7 +156,7 @@ class BaseDataModule(LightningDataModule):
             self.setup("fit" if split != "test" else "test")
             dataset = getattr(self, f"{split}_set")
         if dataset is None:
-            raise ValueError(f"{type(self).__name__} has no {split} split (see its constructor arguments)")
+            raise ValueError(f"{type(self).__name__} has no {split} split{_split_hint(type(self), split)}")
         return dataset
 
     def train_dataloader(self) -> DataLoader:
@@ -192,6 +192,22 @@ class BaseDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test split (`perceiver predict --config ...` and `trainer.predict(datamodule=...)` predict over it)."""
         return self._eval_loader(self._require(self.test_set, "test"))
+
+
+def _split_hint(cls: type, split: str) -> str:
+    """What to give a datamodule that has no `split`: the constructor arguments named after it (`test_root`,
+    `test_file`, `test_split`, `test`) as `--data.*` options, else a pointer to the constructor."""
+    import inspect
+
+    names = [
+        name
+        for name in inspect.signature(cls).parameters
+        if name == split or (name.startswith(f"{split}_") and not name.endswith("_fraction"))
+    ]
+    if not names:
+        return " (see its constructor arguments)"
+    options = " or ".join(f"--data.{name}" for name in names)
+    return f"; give it one with {options} (the constructor argument {' / '.join(names)})"
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

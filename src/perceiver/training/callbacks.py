@@ -5,6 +5,7 @@ gradients, checkpoints that are never non-finite and are written atomically next
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import random
@@ -178,7 +179,11 @@ class MetricsResume(Callback):
     """Stores the number of data rows of `metrics.csv` in every checkpoint and, when `fit` resumes from one, cuts
     the file back to that many rows, so that steps logged after the checkpoint (and logged again by the resumed
     run) do not appear twice; the rows cut (also those of a `validate` / `test` run in between) go to
-    `metrics.after-checkpoint-TIME.csv` beside it."""
+    `metrics.after-checkpoint-TIME.csv` beside it.
+
+    Kept are the rows of the checkpoint's own last step that only hold training metrics: Lightning logs an epoch's
+    training means (`train/loss_epoch`, `train/acc`) after the epoch's checkpoints are written, at the epoch's last
+    step, and the resumed run, which starts at the next step, never logs them again."""
 
     def _logger(self, trainer: L.Trainer) -> AppendingCSVLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, AppendingCSVLogger)), None)
@@ -205,16 +210,30 @@ class MetricsResume(Callback):
         if not path.is_file():
             return
         lines = path.read_text().splitlines(keepends=True)
-        if len(lines) - 1 > rows:
+        if len(lines) - 1 <= rows:
+            return
+        last_step = (str(int(checkpoint.get("epoch", 0))), str(int(checkpoint.get("global_step", 0)) - 1))
+        later = lines[rows + 1 :]
+        keep = [_is_training_row_of(line, lines[0], last_step) for line in later]
+        moved = [line for line, k in zip(later, keep, strict=True) if not k]
+        tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+        tmp.write_text("".join([*lines[: rows + 1], *(line for line, k in zip(later, keep, strict=True) if k)]))
+        if moved:
             # rows of the stopped run or of a validate / test in between: kept aside (with the header), not lost
             aside = path.with_name(f"{path.stem}.after-checkpoint-{time.strftime('%Y%m%d-%H%M%S')}.csv")
-            aside.write_text("".join([lines[0], *lines[rows + 1 :]]))
-            tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
-            tmp.write_text("".join(lines[: rows + 1]))
-            os.replace(tmp, path)
-            rank_zero_info(
-                f"{path}: moved the {len(lines) - 1 - rows} rows logged after the checkpoint to {aside.name}"
-            )
+            aside.write_text("".join([lines[0], *moved]))
+            rank_zero_info(f"{path}: moved the {len(moved)} rows logged after the checkpoint to {aside.name}")
+        os.replace(tmp, path)
+
+
+def _is_training_row_of(line: str, header: str, epoch_step: tuple[str, str]) -> bool:
+    """Whether a metrics.csv row was logged at `(epoch, step)` and holds only training metrics (`train/...`)."""
+    names = next(csv.reader([header.strip()]))
+    values = next(csv.reader([line.strip()]), [])
+    row = dict(zip(names, values, strict=False))
+    metrics = [k for k, v in row.items() if v != "" and k not in ("epoch", "step")]
+    at = (row.get("epoch"), row.get("step")) == epoch_step
+    return at and bool(metrics) and all(k.startswith("train/") for k in metrics)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -392,6 +411,7 @@ class SavePretrained(Callback):
     """At the end of `fit`, write the best checkpoint's model (or the final one without a best) as a model folder:
     `RUN_DIR/model/{config.json, model.safetensors, task.json}`, loadable with `perceiver.from_pretrained` and
     usable by `perceiver predict RUN_DIR/model FILE...`. `task.json` records the task and the data description.
+    Not with `fast_dev_run`, which writes nothing (Lightning suppresses its logs and checkpoints too).
 
     Args:
         dirname: folder name inside the run directory (`trainer.default_root_dir`), or an absolute path.
@@ -408,6 +428,8 @@ class SavePretrained(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.model
         if not isinstance(model, torch.nn.Module) or not isinstance(model, SavesPretrained):
+            return
+        if getattr(trainer, "fast_dev_run", False):  # a smoke test writes nothing (as Lightning's logs / checkpoints)
             return
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""

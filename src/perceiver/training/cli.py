@@ -45,10 +45,18 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
+from perceiver.training.cli_errors import check_accelerator, instantiation_error, missing_file_error, with_suggestions
 from perceiver.training.config_files import resolve_config_args, shipped_configs
 from perceiver.training.help_cache import is_help_request, print_help
 from perceiver.training.run_defaults import default_callbacks, default_loggers, quiet_lightning
-from perceiver.training.run_dir import RUN_FILES, prepare_run_dir, remove_hpc_leftovers, resume_path, undo_failed_start
+from perceiver.training.run_dir import (
+    RUN_FILES,
+    prepare_run_dir,
+    remove_hpc_leftovers,
+    resume_path,
+    undo_failed_start,
+    untrained_note,
+)
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -117,7 +125,7 @@ def _cli_class() -> type:
         """Names the closest known keys when a key is unknown (abbreviations are off: see `PerceiverCLI`)."""
 
         def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-            super().error(_with_suggestions(message, self._option_string_actions), ex)
+            super().error(with_suggestions(message, self._option_string_actions), ex)
 
     class PerceiverCLI(LightningCLI):
         """LightningCLI over any `PerceiverTask` and any `LightningDataModule` (both given by `class_path` in the
@@ -197,6 +205,7 @@ def _cli_class() -> type:
             devices = trainer.get("devices")
             # the processes of this node (devices per node; each node of a multi-node run has its own cores)
             processes = int(devices) if str(devices).isdigit() else 1
+            check_accelerator(trainer.get("accelerator"))
             threads = resolve_threads(config.get("threads"), processes)
             if threads is not None:
                 torch.set_num_threads(int(threads.value))
@@ -227,12 +236,16 @@ def _cli_class() -> type:
             of the ModelCheckpoint callbacks, RUN_DIR/checkpoints by default, and on-exception checkpoints) and
             among the SLURM requeue checkpoints (RUN_DIR/hpc_ckpt_N.ckpt), the newest file wins; none: an error
             for `last`, a fresh start for `last_if_any` (Lightning would silently start fresh). Evaluating
-            (validate / test / predict): also quiets what only matters to a fit (`QUIET_WHEN_EVALUATING`)."""
+            (validate / test / predict): also quiets what only matters to a fit (`QUIET_WHEN_EVALUATING`), and
+            without a `ckpt_path` in a run directory with checkpoints says that they are not used (`untrained_note`)."""
             quiet_lightning(evaluating=self.subcommand != "fit")
             config = self.config_init[self.subcommand]
             wanted = config.get("ckpt_path")
             if wanted == "best" and self.subcommand != "fit":
                 return self._resolve_best(config)
+            evaluating = wanted is None and self.subcommand != "fit" and _is_launching_process()
+            if evaluating and (note := untrained_note(self.trainer.default_root_dir, str(self.subcommand))):
+                print(f"perceiver: {note}", file=sys.stderr)
             if wanted not in ("last", "last_if_any"):
                 return
             found: set[str] = set()
@@ -279,7 +292,7 @@ def _cli_class() -> type:
         def _prepare_fresh_start(self) -> None:
             """Any fit: `remove_hpc_leftovers`; one that does not resume: `prepare_run_dir`, and remember what was
             there (`_run_subcommand`)."""
-            if not _is_launching_process():
+            if not _is_launching_process() or getattr(self.trainer, "fast_dev_run", False):  # it writes nothing
                 return
             run_dir = Path(self.trainer.default_root_dir)
             remove_hpc_leftovers(run_dir)
@@ -338,23 +351,6 @@ def _cli_class() -> type:
         cls.__module__, cls.__qualname__ = __name__, cls.__name__
     PerceiverCLI.parser_class = PerceiverArgumentParser
     return PerceiverCLI
-
-
-def _with_suggestions(message: str, options: dict[str, Any]) -> str:
-    """argparse's "unrecognized arguments: --a=1 --b" + the closest known keys of each."""
-    import difflib
-
-    prefix = "unrecognized arguments:"
-    if not message.startswith(prefix):
-        return message
-    hints = []
-    for token in message[len(prefix) :].split():
-        key = token.split("=", 1)[0]
-        if key.startswith("--"):
-            close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.75)
-            if close:
-                hints.append(f"{key}: did you mean {' or '.join(close)}?")
-    return message + ("\n" + "\n".join(hints) if hints else "")
 
 
 def __getattr__(name: str) -> Any:
@@ -463,34 +459,9 @@ def _run_cli(argv: list[str], from_sys: bool) -> None:
     except NonFiniteError as e:
         raise SystemExit(f"error: {e}") from e
     except ValueError as e:
-        raise SystemExit(f"error: {_instantiation_error(e)}") from e
+        raise SystemExit(f"error: {instantiation_error(e)}") from e
     except FileNotFoundError as e:  # --ckpt_path FILE that does not exist (Lightning's), a missing data file
-        raise SystemExit(f"error: {_missing_file_error(e)}") from e
-
-
-def _missing_file_error(error: FileNotFoundError) -> str:
-    """Lightning's "Checkpoint file not found: PATH" (a `--ckpt_path` that is no file) said as what to change; any
-    other missing file as its own message."""
-    prefix = "Checkpoint file not found:"
-    text = str(error)
-    if not text.startswith(prefix):
-        return text
-    path = text[len(prefix) :].strip()
-    return (
-        f"checkpoint {path} not found (--ckpt_path {path}); give an existing checkpoint file, or 'last' for the "
-        "last checkpoint of the run directory (trainer.default_root_dir)"
-    )
-
-
-def _instantiation_error(error: ValueError) -> str:
-    """jsonargparse wraps an error raised while building the model / datamodule (e.g. an unknown model keyword) in a
-    long "Does not validate against any of the Union subtypes" message; keep the lines that say what went wrong."""
-    text = str(error)
-    if "Does not validate against any of the Union subtypes" not in text:
-        return text
-    reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
-    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
-    return "could not build the model or datamodule from the configuration: " + "; ".join(reasons or [text])
+        raise SystemExit(f"error: {missing_file_error(e)}") from e
 
 
 if __name__ == "__main__":

@@ -77,7 +77,13 @@ class FlowTask(PerceiverTask):
         self._examples = None
 
     def on_validation_epoch_end(self) -> None:
-        if self._examples is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        trainer = self.trainer
+        if (
+            self._examples is None
+            or trainer.sanity_checking
+            or getattr(trainer, "fast_dev_run", False)
+            or not trainer.is_global_zero
+        ):
             return
         from perceiver.training.plots import save_flow_comparison
 

@@ -51,7 +51,7 @@ def default_callbacks(
         SavePretrained,
         StepSeed,
     )
-    from perceiver.training.run_files import JsonlPredictionWriter
+    from perceiver.training.run_files import JsonlPredictionWriter, StepLearningRateMonitor
 
     run_dir = Path(run_dir)
     have = lambda cls: any(isinstance(c, cls) for c in existing)  # noqa: E731
@@ -76,7 +76,7 @@ def default_callbacks(
     if progress_bar and not have(ProgressBar):
         out.append(RichProgressBar(leave=True))
     if logger and not have(LearningRateMonitor):
-        out.append(LearningRateMonitor(logging_interval="step"))
+        out.append(StepLearningRateMonitor())  # once per optimizer step, also with gradient accumulation
     for cls in (FiniteCheck, MetricsResume, MidEpochResume, StepSeed, SavePretrained, JsonlPredictionWriter):
         if not have(cls):
             out.append(cls())

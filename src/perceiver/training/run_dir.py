@@ -119,3 +119,17 @@ def undo_failed_start(run_dir: Path, existed: bool, before: set[str]) -> None:
         run_dir.rmdir()
     if new:
         print(f"perceiver: removed what the failed start wrote to {run_dir}: {', '.join(new)}", file=sys.stderr)
+
+
+def untrained_note(run_dir: str | Path, subcommand: str) -> str | None:
+    """What `validate` / `test` / `predict` without `--ckpt_path` in a run directory with checkpoints should know:
+    Lightning then runs the model as the configuration builds it (untrained, or the `pretrained` folder), not the
+    weights trained there. None when the run directory has no checkpoint."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not found:
+        return None
+    return (
+        f"{subcommand} without --ckpt_path runs the model as the configuration builds it, not the weights trained "
+        f"in {run_dir} ({', '.join(found)}); for those add --ckpt_path best (or last, or a checkpoint file)"
+    )
