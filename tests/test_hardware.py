@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from perceiver.hardware import cpu_flags, has_native_bf16, resolve_precision, resolve_threads
 
@@ -48,3 +49,9 @@ def test_this_machine_reports_flags():
     flags = cpu_flags()
     assert isinstance(flags, frozenset)
     assert resolve_precision("auto", "cpu").value in ("bf16-mixed", "32-true")
+
+
+def test_a_gpu_accelerator_without_a_gpu_says_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolved = resolve_precision("auto", "gpu")
+    assert resolved.value == "32-true" and "no CUDA GPU found" in resolved.reason

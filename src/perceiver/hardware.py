@@ -89,6 +89,8 @@ def resolve_precision(
         return Resolved(str(precision), "as configured")
     device = _device_of(accelerator)
     if device == "cuda":
+        if cuda_bf16 is None and not torch.cuda.is_available():
+            return Resolved("32-true", f"no CUDA GPU found (torch {torch.__version__}) for accelerator {accelerator!r}")
         bf16 = has_native_bf16("cuda") if cuda_bf16 is None else cuda_bf16
         if bf16:
             return Resolved("bf16-mixed", "the GPU supports bf16")
