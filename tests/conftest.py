@@ -24,8 +24,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
+    # a datamodule's default seed is the run's global one: no test's seed_everything reaches the next test's data
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
 
 
 @pytest.fixture

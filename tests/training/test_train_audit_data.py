@@ -23,3 +23,23 @@ def test_a_missing_split_names_each_option_that_gives_it(tmp_path):
     images = ImageFolderDataModule(str(write_image_folder(tmp_path / "images")), image_size=8, batch_size=4)
     with pytest.raises(ValueError, match=r"--data\.test_root \(the constructor argument test_root\)"):
         images.predict_dataloader()
+
+
+def test_seed_everything_reaches_the_data_unless_the_data_seed_is_given(monkeypatch):
+    from lightning.pytorch import seed_everything
+
+    from perceiver.data import DigitsDataModule
+
+    def order(**kwargs) -> list:
+        dm = DigitsDataModule(batch_size=8, **kwargs)
+        dm.setup("fit")
+        return list(dm.train_dataloader().sampler)[:16]  # the first training samples' keys
+
+    assert DigitsDataModule(batch_size=8).seed == 0  # no global seed: 0, as before
+    seed_everything(3)
+    assert DigitsDataModule(batch_size=8).seed == 3
+    assert DigitsDataModule(batch_size=8, seed=5).seed == 5
+    assert order() == order(seed=3) != order(seed=0)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "x")
+    with pytest.raises(ValueError, match="expected PL_GLOBAL_SEED as an integer seed, got 'x'"):
+        DigitsDataModule(batch_size=8)

@@ -4,7 +4,9 @@ Determinism contract (all datamodules of `perceiver.data`):
 
 - Splits and evaluation data (validation / test sets, validation MLM masks, synthetic validation / test samples)
   are fixed: they do not depend on the `seed` argument, so metrics are comparable across seeds and epochs.
-- `seed` drives everything random in training: the order of training samples, augmentation and MLM masks.
+- `seed` drives everything random in training: the order of training samples, augmentation and MLM masks. Its
+  default (None) is the run's global seed (`seed_everything`, `PL_GLOBAL_SEED`; 0 without one), as Lightning's own
+  samplers follow it: `perceiver fit --seed_everything 1` changes the data order too; `--data.seed` pins it.
   Epoch `e` shuffles with `torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))`, exactly the
   permutation of `torch.utils.data.DistributedSampler(seed=seed)`, and rank `r` of `R` processes takes
   `perm[r::R]` (padded like `DistributedSampler`). So with `R` processes and per-process batch `b` every global
@@ -115,20 +117,34 @@ class EpochSampler(DistributedSampler):
         return iter([SampleKey(self.epoch, i) for i in indices[self.rank : self.total_size : self.num_replicas]])
 
 
+def global_seed() -> int:
+    """The seed `lightning.seed_everything` set in this process (`PL_GLOBAL_SEED`; LightningCLI's
+    `seed_everything`), or 0 without one."""
+    value = os.environ.get("PL_GLOBAL_SEED", "")
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        raise ValueError(f"expected PL_GLOBAL_SEED as an integer seed, got {value!r}") from None
+
+
 class BaseDataModule(LightningDataModule):
     """Common constructor arguments and loaders; subclasses set `train_set`, `val_set`, `test_set` in `setup()`.
 
     Args:
         batch_size: samples per batch per process.
         num_workers: DataLoader worker processes (0 = load in the main process).
-        seed: non-negative seed of training order, augmentation and masks (see the module docstring).
+        seed: non-negative seed of training order, augmentation and masks (see the module docstring); None (the
+            default): the run's global seed, `seed_everything` (Lightning's `PL_GLOBAL_SEED`), or 0 without one,
+            so `--seed_everything N` varies the data as well as the initial weights.
     """
 
     collate_fn: Callable[[list[Any]], Any] | None = None
     val_collate_fn: Callable[[list[Any]], Any] | None = None
 
-    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int | None = None) -> None:
         super().__init__()
+        if seed is None:
+            seed = global_seed()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:

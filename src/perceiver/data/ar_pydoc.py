@@ -113,7 +113,7 @@ class PydocARDataModule(BaseDataModule):
         eval_context: int = 1024,
         batch_size: int = 16,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
     ) -> None:

@@ -167,7 +167,7 @@ class AudioFolderDataModule(ClassFolderDataModule):
         cache_audio: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if check_audio not in ("decode", "none"):
             raise ValueError(f"check_audio must be 'decode' or 'none', got {check_audio!r}")

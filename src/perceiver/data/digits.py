@@ -109,7 +109,7 @@ class DigitsDataModule(BaseDataModule):
         self,
         batch_size: int = 64,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
         augment: bool = False,
         max_shift: int = 1,

@@ -272,7 +272,7 @@ class SyntheticFlowDataModule(BaseDataModule):
         min_texture: float = 0.01,
         batch_size: int = 16,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if max_flow <= 0 or min(num_train, num_val, num_test) < 1:
@@ -382,7 +382,7 @@ class SintelFlowDataModule(BaseDataModule):
         check_images: ImageCheck = "verify",
         batch_size: int = 4,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = require_dir(root, "Sintel root")

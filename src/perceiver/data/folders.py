@@ -199,7 +199,7 @@ class ClassFolderDataModule(BaseDataModule):
         augment: bool,
         batch_size: int,
         num_workers: int,
-        seed: int,
+        seed: int | None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if val_root is None and not 0.0 < val_fraction < 1.0:
@@ -275,7 +275,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         cache_images: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if check_images not in ("decode", "verify", "none"):
             raise ValueError(f"check_images must be 'decode', 'verify' or 'none', got {check_images!r}")

@@ -212,7 +212,7 @@ class HFClassificationDataModule(BaseDataModule):
         cache_dir: str | None,
         batch_size: int,
         num_workers: int,
-        seed: int,
+        seed: int | None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if val_split is None and not 0.0 < val_fraction < 1.0:
@@ -357,7 +357,7 @@ class HFImageDataModule(HFClassificationDataModule):
         cache_dir: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.image_size = as_hw(image_size)
         self.image_shape = (*self.image_size, 1 if grayscale else 3)
@@ -407,7 +407,7 @@ class HFAudioDataModule(HFClassificationDataModule):
         cache_dir: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if sample_rate < 1 or num_samples < 1:
             raise ValueError(f"sample_rate and num_samples must be >= 1, got {sample_rate} and {num_samples}")

@@ -219,7 +219,7 @@ class SyntheticPointCloudDataModule(BaseDataModule):
         resample_train: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         shapes = list(SHAPES) if shapes is None else list(shapes)
@@ -319,7 +319,7 @@ class ModelNetDataModule(BaseDataModule):
         check_files: Literal["parse", "header", "none"] = "parse",
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = require_dir(root, "ModelNet root")

@@ -214,12 +214,12 @@ class PydocMLMDataModule(MaskedBytes, BaseDataModule):
         max_seq_len: int = 256,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
         mask_prob: float = 0.15,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        self._init_masking(max_seq_len, mask_prob, seed)
+        self._init_masking(max_seq_len, mask_prob, self.seed)
         self.val_fraction = val_fraction
         self.topics = pydoc_topics()
         self.train_topics, self.val_topics = split_topics(self.topics, val_fraction)

@@ -145,7 +145,7 @@ class SegmentPydocDataModule(BaseDataModule):
         max_seq_len: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)

@@ -185,7 +185,7 @@ class TextClassificationDataModule(BaseDataModule):
         max_seq_len: int = 512,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
         class_names: list[str] | None = None,
         cache_dir: str | None = None,

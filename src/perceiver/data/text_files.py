@@ -106,7 +106,7 @@ class _TextFiles(BaseDataModule):
         val_fraction: float,
         batch_size: int,
         num_workers: int,
-        seed: int,
+        seed: int | None,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if files["val"] is None and not 0.0 < val_fraction < 1.0:
@@ -159,7 +159,7 @@ class TextFilesARDataModule(_TextFiles):
         val_fraction: float = 0.1,
         batch_size: int = 16,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         files = {"train": train, "val": val, "test": test}
         super().__init__(files, text_field, val_fraction, batch_size, num_workers, seed)
@@ -233,11 +233,11 @@ class TextFilesMLMDataModule(MaskedBytes, _TextFiles):
         mask_prob: float = 0.15,
         batch_size: int = 32,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         files = {"train": train, "val": val, "test": test}
         super().__init__(files, text_field, val_fraction, batch_size, num_workers, seed)
-        self._init_masking(max_seq_len, mask_prob, seed)
+        self._init_masking(max_seq_len, mask_prob, self.seed)
         self.sequences: dict[str, list[np.ndarray]] = {}
         self.save_hyperparameters()
 

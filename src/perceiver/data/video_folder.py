@@ -222,7 +222,7 @@ class VideoFolderDataModule(ClassFolderDataModule):
         cache_videos: bool = False,
         batch_size: int = 8,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if check_videos not in ("decode", "open", "none"):
             raise ValueError(f"check_videos must be 'decode', 'open' or 'none', got {check_videos!r}")
