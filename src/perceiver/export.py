@@ -17,11 +17,14 @@ float32 models only (onnxruntime's quantisation of an fp16 graph writes a file o
 
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
 `max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids with
-its mask, ...); the exported graph takes any batch size and that input size. `inputs=` given instead is a tuple of
+its mask, ...); the exported graph takes any batch size and that input size, except that the text models' graphs
+take any length up to `max_seq_len` where the model's code allows it (ONNX axis `sequence`; see
+`perceiver.export_shapes`; the text classifier does, the masked LM, token and QA heads keep the export's length until
+their decode stops counting positions in Python). `inputs=` given instead is a tuple of
 tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
 `torch.onnx.export` does). An error the model itself raises on them (a `ValueError` naming the expected shape) is
 raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`; the resampler's
-`last_hidden_state`) as one tensor. The multimodal autoencoder (forward: dicts in and out) exports its classification,
+`last_hidden_state`) as one tensor, named after it in the ONNX file. The multimodal autoencoder (forward: dicts in and out) exports its classification,
 `(video (B, T, C, H, W), audio (B, S, 1))` -> label logits `(B, K)` as `classify` computes them (ONNX inputs `video`,
 `audio`, output `logits`); `export_*(perceiver.export_multimodal.MultimodalReconstruction(model), ...)` exports the
 whole autoencoding instead (`reconstruct`: video, audio and label in, the three reconstructions out,
@@ -30,7 +33,13 @@ and `onnxscript` packages (`pip install 'perceiver-torch[export]'`), the check a
 file that fails its check is not written (it is checked before it is moved into place), nor are folders made for it
 kept. The check allows `atol`, and for an fp16 / bf16 model also 8 rounding steps of its dtype times the largest
 output (eager and the exported graph round differently). onnxruntime's CPU kernels have no bfloat16: check (and serve)
-a bf16 model's ONNX as `model.float()`. A model on the meta device (no weights) is refused.
+a bf16 model's ONNX as `model.float()`. A model on the meta device (no weights) is refused. A `torch.compile`d model
+or `perceiver.optimize`'s `OptimizedModel` is exported as the model inside it: what `optimize` chose is for this
+machine (a bf16 / int8 choice is not carried over, with a warning; `quantize="int8"` makes an int8 ONNX file).
+
+Serving without perceiver: onnxruntime `InferenceSession(path).run(None, {"inputs": ids, "mask": mask})` (the names
+and shapes `perceiver export` prints; `session.get_inputs()` lists them), or `torch.export.load(path).module()(*inputs)`
+with the inputs in the order of the model's forward (`load_pt2` adds a `ValueError` naming the shapes it takes).
 
 A `.pt2` file is PyTorch's own archive: `export_pt2` writes the exported program (`torch.export.save`; load it with
 `torch.export.load(path).module()` or `load_pt2`), or with `aoti=True` an AOTInductor package: the program compiled
@@ -42,8 +51,10 @@ in C++, without Python or compilation at serving time. Both take any batch size.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -52,7 +63,15 @@ import torch
 from torch import Tensor, nn
 
 from perceiver import export_checks as checks
-from perceiver.checks import InputTypeError
+from perceiver.export_shapes import (
+    describe_inputs,
+    dynamic_dims,
+    dynamic_length,
+    example_inputs,
+    export_dynamic,
+    input_spec,
+    unwrapped,
+)
 
 Exported = TypeVar("Exported", bound=Callable[..., Any])
 
@@ -97,101 +116,6 @@ class LogitsOnly(nn.Module):
         if not isinstance(out, Tensor):
             raise TypeError(f"expected the model's task output to be one tensor, got {type(out).__name__}")
         return out
-
-
-def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] | None = None) -> tuple[Tensor, ...]:
-    """Random inputs `(B, ...)` of the size `model` is built for (`shape` replaces the per-sample shape).
-
-    Classic `Perceiver` `(B, *axes, C)` (224 per axis for images, 1024 samples for 1-D, 8 x 64 x 64 for video);
-    text `(B, max_seq_len)` ids and a boolean mask; images `(B, C, H, W)`; flow `(B, 2, 27, H, W)`; point clouds
-    `(B, 1024, C)` and a mask; audio `(B, S)`; video `(B, T, C, H, W)`; Perceiver AR `(B, max_seq_len)` ids and a
-    boolean mask (its forward: next-token logits `(B, N, V)` of the last N positions); the resampler's media
-    `(B, T, 64, dim)` (T = `num_media_embeds`, at least 1); the multimodal autoencoder's video `(B, T, C, H, W)`
-    (`shape`: the video's) and audio `(B, S, 1)`, and a one-hot label `(B, K)` for `MultimodalReconstruction`. A
-    `torch.compile`d model or an `OptimizedModel` gets its model's inputs.
-    """
-    from perceiver.export_multimodal import multimodal_example_inputs, multimodal_model
-    from perceiver.models import (
-        Perceiver,
-        PerceiverForAudioClassification,
-        PerceiverForImageClassification,
-        PerceiverForMaskedLM,
-        PerceiverForOpticalFlow,
-        PerceiverForPointCloudClassification,
-        PerceiverForSequenceClassification,
-        PerceiverForTokenClassification,
-        PerceiverForVideoClassification,
-    )
-    from perceiver.models.ar import PerceiverAR
-    from perceiver.models.resampler import PerceiverResampler
-
-    model = _unwrapped(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise InputTypeError(f"expected batch_size as an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    if shape is not None and (
-        not isinstance(shape, Sequence) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-    ):
-        raise InputTypeError(f"expected shape as a sequence of ints (the per-sample input shape), got {shape!r}")
-    b = batch_size
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-
-    def randn(*size: int) -> Tensor:
-        return torch.randn(*size, dtype=dtype, device=device)
-
-    sample = tuple(shape) if shape is not None else None
-    if multimodal_model(model) is not None:
-        return multimodal_example_inputs(model, b, sample)
-    if isinstance(model, Perceiver):
-        c = model.config
-        default = {1: (1024,), 2: (224, 224), 3: (8, 64, 64)}.get(c.input_axis, (16,) * c.input_axis)
-        return (randn(b, *(sample or (*default, c.input_channels))),)
-    if isinstance(model, PerceiverAR):
-        length = sample[0] if sample else model.config.max_seq_len
-        ids = torch.randint(0, model.config.vocab_size, (b, length), device=device)
-        return ids, torch.ones(b, length, dtype=torch.bool, device=device)
-    # Perceiver IO models: sizes from the input adapter's config
-    text_models = PerceiverForMaskedLM | PerceiverForSequenceClassification | PerceiverForTokenClassification
-    if isinstance(model, text_models):  # and question answering, a token classifier
-        text = model.config.adapter
-        length = sample[0] if sample else text.max_seq_len
-        ids = torch.randint(6, text.vocab_size, (b, length), device=device)
-        return ids, torch.ones(b, length, dtype=torch.bool, device=device)
-    if isinstance(model, PerceiverForImageClassification):
-        image = model.config.adapter
-        return (randn(b, *(sample or (image.in_channels, *image.image_size))),)
-    if isinstance(model, PerceiverForOpticalFlow):
-        flow = model.config.adapter
-        return (randn(b, *(sample or (2, 3 * flow.patch_size**2, *flow.train_size))),)
-    if isinstance(model, PerceiverForPointCloudClassification):
-        points = randn(b, *(sample or (1024, model.config.adapter.in_channels))).clamp(-1, 1)
-        return points, torch.ones(b, points.shape[1], dtype=torch.bool, device=device)
-    if isinstance(model, PerceiverForAudioClassification):
-        a = model.config.adapter
-        return (randn(b, *(sample or (a.num_samples or 16 * a.samples_per_patch,))),)
-    if isinstance(model, PerceiverForVideoClassification):
-        a = model.config.adapter
-        return (randn(b, *(sample or (a.num_frames or 8, a.in_channels, *(a.image_size or (64, 64))))),)
-    if isinstance(model, PerceiverResampler):
-        r = model.config
-        return (randn(b, *(sample or (max(1, r.num_media_embeds), 64, r.dim))),)
-    raise ValueError(
-        f"no example inputs for {type(model).__name__}; pass the inputs to export yourself "
-        "(export_program(model, inputs=...) / export_onnx(model, path, inputs=...))"
-    )
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside `torch.compile(model)` (`_orig_mod`) or an `OptimizedModel` / `CompiledModel` (`module`)."""
-    from perceiver.optimization import CompiledModel
-
-    while True:
-        inner = model.module if isinstance(model, CompiledModel) else getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _as_inputs(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> tuple[Tensor, ...]:
@@ -268,15 +192,33 @@ def _keeps_mode(fn: Exported) -> Exported:
     return cast(Exported, wrapper)
 
 
-def _dynamic_batch(model: nn.Module, inputs: Sequence[Tensor]) -> tuple[tuple[dict[int, Any], ...]]:
-    """Dim 0 of every input is the shared batch (one entry for `LogitsOnly.forward`'s `*inputs`); the resampler's
-    media `(B, T, M, D)` (and mask `(B, T, M)`) also take any number M of tokens per media (images of other sizes)."""
-    from perceiver.models.resampler import PerceiverResampler
+def _deployable(model: nn.Module) -> nn.Module:
+    """The model an export writes: the model itself for a `torch.compile` / `perceiver.optimize` wrapper. What
+    `optimize` chose is a choice for this machine (the exported file is compiled by its own runtime); a bf16 / int8
+    choice is not carried over, with a warning that says so."""
+    from perceiver.optimization import OptimizedModel
 
-    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
-    if isinstance(_unwrapped(model), PerceiverResampler) and inputs[0].ndim == 4:
-        dims[2] = torch.export.Dim("media_tokens", min=2, max=65536)
-    return (tuple(dict(dims) if t.ndim >= 3 else {0: dims[0]} for t in inputs),)
+    inner = unwrapped(model)
+    chosen = str(getattr(getattr(model, "report", None), "chosen", "")) if isinstance(model, OptimizedModel) else ""
+    if chosen.startswith(("bf16-", "int8-")):
+        dtype = str(next(inner.parameters()).dtype).removeprefix("torch.")
+        hint = "; for int8 ONNX pass quantize='int8' (--quantize int8)" if chosen.startswith("int8-") else ""
+        warnings.warn(
+            f"exporting the model's own {dtype} graph, not optimize's choice {chosen!r} (its arithmetic is chosen "
+            f"for this machine and is not part of an exported file){hint}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return inner
+
+
+def _program(model: nn.Module, inputs: tuple[Tensor, ...]) -> torch.export.ExportedProgram:
+    """`export_dynamic` of `LogitsOnly(model)`, raising the model's own error on bad inputs (see `_raise_ours`)."""
+    try:
+        return export_dynamic(LogitsOnly(model).eval(), model, inputs)
+    except Exception as e:  # the model's own error on bad inputs, with concrete shapes
+        _raise_ours(e, model, inputs)
+        raise
 
 
 @_keeps_mode
@@ -284,15 +226,20 @@ def export_program(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     """`torch.export.export` of `model`'s task output with a dynamic batch dimension (eval mode).
 
     `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
-    Batch 1 is exported as batch 2 (torch.export specialises a size-1 dimension), the program takes any batch.
+    Batch 1 is exported as batch 2 (torch.export specialises a size-1 dimension), the program takes any batch; a text
+    model's program also any length from 1 to `max_seq_len` where its code allows (see `perceiver.export_shapes`).
+    A `torch.compile`d model or an `OptimizedModel` is exported as the model inside it.
     """
-    model = model.eval()
-    inputs = _as_inputs(model, inputs)
-    try:
-        return torch.export.export(LogitsOnly(model).eval(), inputs, dynamic_shapes=_dynamic_batch(model, inputs))
-    except Exception as e:  # the model's own error on bad inputs, with concrete shapes
-        _raise_ours(e, model, inputs)
-        raise
+    model = _deployable(model).eval()
+    return _program(model, _as_inputs(model, inputs))
+
+
+def _check_raise(what: str, diff: float, limit: float, why: str, case: str, path: Path) -> None:
+    if not diff <= limit:
+        raise RuntimeError(
+            f"{what} differs from PyTorch by {diff:.3g} at {case} (> {limit:.3g}{why})"
+            f"; {path} was not written (export without the check to inspect the file)"
+        )
 
 
 @_keeps_mode
@@ -305,17 +252,20 @@ def export_onnx(
     atol: float = 1e-4,
     quantize: str | None = None,
     int8_rtol: float = 0.1,
+    program: torch.export.ExportedProgram | None = None,
 ) -> Path:
     """Write `model` as ONNX (`torch.onnx.export(..., dynamo=True)`, dynamic batch) to `path`.
 
     `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
-    With `check`, runs the file in onnxruntime at `check_batch_sizes` on random inputs and raises if its output
-    differs from eager PyTorch by more than `atol` (max abs; for an fp16 / bf16 model plus 8 rounding steps of its
-    dtype times the largest output; with `quantize="int8"`, more than `int8_rtol` times the largest output). Returns
-    the path (`path` ending in .onnx; a model over 2 GB also writes its weights to `NAME.data` beside it). The file is
-    written in a folder next to `path` first, checked there and only then moved into place, so a failed export or a
-    failed check leaves no file at `path` (nor a half-written one, nor the folders made for it).
+    With `check`, runs the file in onnxruntime at `check_batch_sizes` on random inputs (and, for a text model whose
+    length is dynamic, at half the length) and raises if its output differs from eager PyTorch by more than `atol`
+    (max abs; for an fp16 / bf16 model plus 8 rounding steps of its dtype times the largest output; with
+    `quantize="int8"`, more than `int8_rtol` times the largest output). Returns the path (`path` ending in .onnx; a
+    model over 2 GB also writes its weights to `NAME.data` beside it). The file is written in a folder next to `path`
+    first, checked there and only then moved into place, so a failed export or a failed check leaves no file at
+    `path` (nor a half-written one, nor the folders made for it).
     `quantize="int8"`: onnxruntime's dynamic int8 quantisation of the graph (see the module docstring).
+    `program`: `export_program(model, inputs)` if already made (it is not traced again).
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -326,6 +276,7 @@ def export_onnx(
         hint = " (export_pt2 writes .pt2 archives)" if path.suffix == ".pt2" else ""
         raise ValueError(f"expected a path ending in .onnx, got {str(path)!r}{hint}")
     checks.check_batch_sizes(check_batch_sizes)
+    model = _deployable(model)
     checks.require_weights(model)
     if quantize:
         checks.require_fp32(model, "quantize='int8' (onnxruntime's dynamic quantisation takes float32 graphs)")
@@ -340,40 +291,36 @@ def export_onnx(
     names = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 2 else ["inputs", "mask"][: len(inputs)]
     names = list(getattr(wrapped.model, "onnx_input_names", names))  # the multimodal model's video, audio (, label)
     try:
-        try:
-            program = torch.onnx.export(
-                wrapped,
+        program = _program(model, inputs) if program is None else program
+        length = dynamic_length(program)
+        with checks.quiet_onnx_exporter():
+            onnx_program = torch.onnx.export(
+                program,
                 tuple(inputs),
                 dynamo=True,
-                dynamic_shapes=_dynamic_batch(model, inputs),
+                dynamic_shapes=dynamic_dims(model, inputs, sequence=length, names=True),  # names the dynamic axes
                 input_names=names,
-                output_names=list(getattr(wrapped.model, "onnx_output_names", ["logits"])),
+                output_names=list(getattr(wrapped.model, "onnx_output_names", [task_output_name(model)])),
                 verbose=False,
             )
-        except Exception as e:  # the exporter wraps the model's own error on bad inputs: raise that one
-            _raise_ours(e, model, inputs)
-            raise
-        assert program is not None  # dynamo=True: torch's hint also covers the legacy exporter's None
+        assert onnx_program is not None  # dynamo=True: torch's hint also covers the legacy exporter's None
         tmp_folder.mkdir(exist_ok=True)
-        program.save(str(tmp))
+        onnx_program.save(str(tmp))
         if quantize == "int8":
             from perceiver.export_onnxruntime import quantize_int8
 
             quantize_int8(tmp)
-        not_written = f"{path} was not written (export without the check to inspect the file)"
-        for b in check_batch_sizes if check else ():
+        for case, x in checks.check_cases(inputs, check_batch_sizes, length) if check else ():
             try:
-                diff, scale, dtype = _onnx_errors(model, tmp, checks.resized(inputs, b), f"the file for {path}")
+                diff, scale, dtype = _onnx_errors(model, tmp, x, f"the file for {path}")
             except RuntimeError as e:  # onnxruntime cannot run it (a bf16 graph, ...)
-                raise RuntimeError(f"{e}; {not_written}") from e.__cause__
+                raise RuntimeError(f"{e}; {path} was not written (export without the check to inspect the file)") from (
+                    e.__cause__
+                )
             limit, why = checks.tolerance(atol, scale, dtype)
             if quantize:
                 limit, why = int8_rtol * scale, f" = {int8_rtol} x the largest output {scale:.3g}"
-            if not diff <= limit:
-                raise RuntimeError(
-                    f"onnxruntime output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}{why})"
-                    f"; {not_written}"
-                )
+            _check_raise("onnxruntime output", diff, limit, why, case, path)
         data = tmp.with_name(f"{path.name}.data")
         if data.exists():
             os.replace(data, path.with_name(data.name))
@@ -393,15 +340,18 @@ def export_pt2(
     check: bool = False,
     check_batch_sizes: Sequence[int] = (1, 3),
     atol: float = 1e-4,
+    program: torch.export.ExportedProgram | None = None,
 ) -> Path:
     """Write `model`'s task output as a `.pt2` archive with a dynamic batch (see the module docstring): the
     `torch.export` program, or with `aoti` an AOTInductor package compiled for this machine.
 
     `inputs`: the forward's positional tensors (default `example_inputs(model, 2)`; one tensor is `(tensor,)`).
     With `check`, loads the file back (`load_pt2`) and raises if its output on random inputs at `check_batch_sizes`
-    differs from eager PyTorch by more than `atol` (max abs; for an fp16 / bf16 model plus 8 rounding steps of its
-    dtype times the largest output). Written next to `path`, checked there and moved into place: a failed export or
-    check leaves no file at `path` (nor a half-written one, nor the folders made for it). Returns the path.
+    (and, for a text model whose length is dynamic, at half the length) differs from eager PyTorch by more than
+    `atol` (max abs; for an fp16 / bf16 model plus 8 rounding steps of its dtype times the largest output). Written
+    next to `path`, checked there and moved into place: a failed export or check leaves no file at `path` (nor a
+    half-written one, nor the folders made for it). Returns the path.
+    `program`: `export_program(model, inputs)` if already made (it is not traced again).
     """
     path = Path(path).expanduser()
     if path.suffix != ".pt2":
@@ -409,32 +359,29 @@ def export_pt2(
     if path.is_dir():
         raise ValueError(f"expected the path of the .pt2 file to write, got the folder {str(path)!r}")
     checks.check_batch_sizes(check_batch_sizes)
+    model = _deployable(model)
     checks.require_weights(model)
     model = model.eval()
     inputs = _as_inputs(model, inputs)
     made = checks.make_folders(path.parent)
     tmp = path.with_name(f".{path.stem}.tmp.pt2")  # AOTInductor wants the .pt2 suffix
     try:
-        program = export_program(model, inputs)
+        program = _program(model, inputs) if program is None else program
         if aoti:
             from torch._inductor import aoti_compile_and_package
 
-            aoti_compile_and_package(program, package_path=str(tmp))
+            spec = {"perceiver_inputs": json.dumps(input_spec(program))}  # the shapes it takes, for `load_pt2`
+            aoti_compile_and_package(program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": spec})
         else:
             torch.export.save(program, tmp)
         if check:
             runner = load_pt2(tmp)
-            for b in check_batch_sizes:
-                x = checks.resized(inputs, b)
+            for case, x in checks.check_cases(inputs, check_batch_sizes, dynamic_length(program)):
                 with torch.no_grad():
                     expected = checks.outputs(LogitsOnly(model)(*x))
                     diff, scale = checks.max_diff(checks.outputs(runner(*x)), expected)
                 limit, why = checks.tolerance(atol, scale, expected[0].dtype)
-                if not diff <= limit:
-                    raise RuntimeError(
-                        f"the .pt2 file's output differs from PyTorch by {diff:.3g} at batch {b} (> {limit:.3g}{why})"
-                        f"; {path} was not written (export without the check to inspect the file)"
-                    )
+                _check_raise("the .pt2 file's output", diff, limit, why, case, path)
             del runner
         os.replace(tmp, path)
     finally:
@@ -460,11 +407,11 @@ def load_pt2(path: str | os.PathLike) -> Any:
     if compiled:
         from torch._inductor import aoti_load_package
 
-        return aoti_load_package(str(path))
+        runner = aoti_load_package(str(path))
+        spec = runner.get_metadata().get("perceiver_inputs")  # written by `export_pt2`; none in other packages
+        return runner if spec is None else checks.ShapeCheckedPackage(runner, json.loads(spec))
     program = torch.export.load(path)
-    args = program.example_inputs[0] if program.example_inputs else ()
-    shapes = [tuple(x.shape) for x in args if isinstance(x, Tensor)]
-    return checks.ShapeCheckedProgram(program.module(), shapes)
+    return checks.ShapeCheckedProgram(program.module(), describe_inputs(program))
 
 
 @_keeps_mode

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
     "check_batch_sizes",
+    "check_cases",
     "make_folders",
     "max_diff",
     "outputs",
+    "quiet_onnx_exporter",
     "remove_empty",
     "require_fp32",
     "require_weights",
     "resized",
+    "ShapeCheckedPackage",
     "ShapeCheckedProgram",
+    "fits",
+    "shape_error",
     "tolerance",
 ]
 
@@ -94,12 +103,15 @@ def max_diff(got: Sequence[Tensor], expected: Sequence[Tensor]) -> tuple[float, 
     return diff, max(float(e.float().abs().max()) for e in expected)
 
 
-def resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
+def resized(inputs: Sequence[Tensor], batch: int, length: int | None = None) -> tuple[Tensor, ...]:
     """Fresh random inputs like `inputs` with `batch` samples (ids stay ids, masks stay all-valid: a tensor of 0s and
-    1s, as a float or int mask, is all 1s), each in its dtype (int32 ids stay int32) and on its device."""
+    1s, as a float or int mask, is all 1s), each in its dtype (int32 ids stay int32) and on its device. `length`: the
+    new length of a text model's ids and mask `(B, L)` (2-D inputs as long as the first)."""
     out = []
     for x in inputs:
         shape = (batch, *x.shape[1:])
+        if length is not None and x.ndim == 2 and x.shape[1] == inputs[0].shape[1]:
+            shape = (batch, length)
         if x.dtype == torch.bool or (x.numel() and bool(((x == 0) | (x == 1)).all())):
             out.append(torch.ones(shape, dtype=x.dtype, device=x.device))
         elif not x.is_floating_point():
@@ -109,15 +121,49 @@ def resized(inputs: Sequence[Tensor], batch: int) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+def check_cases(
+    inputs: Sequence[Tensor], batch_sizes: Sequence[int], dynamic_length: bool
+) -> list[tuple[str, tuple[Tensor, ...]]]:
+    """The check's inputs, each with how its message names it: random inputs at each of `batch_sizes` ("batch 3"),
+    and for an export whose length is dynamic also at half the length ("batch 1, length 8"), with a padded last
+    position in the first sample's mask (a bool mask), so that both the length and the mask are checked."""
+    cases = [(f"batch {b}", resized(inputs, b)) for b in batch_sizes]
+    if dynamic_length:
+        b, length = batch_sizes[0], max(1, int(inputs[0].shape[1]) // 2)
+        x = resized(inputs, b, length)
+        if length > 1 and len(x) > 1 and x[1].dtype == torch.bool:
+            x[1][0, -1] = False
+        cases.append((f"batch {b}, length {length}", x))
+    return cases
+
+
+@contextlib.contextmanager
+def quiet_onnx_exporter() -> Iterator[None]:
+    """Silence what torch's ONNX exporter says on every export that is no news to the user: "torchvision is not
+    installed. Skipping torchvision::nms" (4 log lines: it registers torchvision's ops when it can) and "The axis
+    name: batch will not be used, since it shares the same shape constraints with another axis: batch" (every input
+    shares the batch)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*will not be used, since it shares the same shape constraints")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 class ShapeCheckedProgram(nn.Module):
     """A loaded `torch.export` program (`ExportedProgram.module()`) whose shape guard failures (a bare
     `AssertionError: Guard failed: inputs_0.size()[1] == 10`) become a `ValueError` naming the shapes it takes
-    (dim 0, the batch, is dynamic; the other dimensions are those of the export) and the shapes it got."""
+    (`batch` and the ranges of the other dynamic dimensions, e.g. `(batch, 1..2048)`; other sizes are the export's)
+    and the shapes it got."""
 
-    def __init__(self, program: nn.Module, shapes: list[tuple[int, ...]]) -> None:
-        """`shapes`: the export's example input shapes (batch first)."""
+    def __init__(self, program: nn.Module, takes: list[str]) -> None:
+        """`takes`: each input's shape as the program takes it (`perceiver.export_shapes.describe_inputs`)."""
         super().__init__()
-        self.program, self.shapes = program, shapes
+        self.program, self.takes = program, takes
 
     def forward(self, *inputs: Tensor) -> Tensor:
         try:
@@ -125,9 +171,45 @@ class ShapeCheckedProgram(nn.Module):
         except AssertionError as e:
             if "Guard failed" not in str(e):
                 raise
-            takes = ", ".join(f"(batch, {', '.join(map(str, s[1:]))})" for s in self.shapes)
-            got = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__ for x in inputs)
-            raise ValueError(
-                f"this .pt2 program takes inputs of shape {takes} (dim 0, the batch, is dynamic; the export fixed the others), got {got}; "
-                f"pad or resize the inputs, or export again with inputs of that shape ({e})"
-            ) from e
+            raise shape_error(self.takes, inputs, f" ({e})") from e
+
+
+def shape_error(takes: list[str], inputs: Sequence[Any], detail: str = "") -> ValueError:
+    """The `ValueError` for inputs of other shapes than an exported file takes (`takes`: each input's shape as
+    `perceiver.export_shapes.describe_spec` writes it)."""
+    got = ", ".join(str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__ for x in inputs)
+    return ValueError(
+        f"this .pt2 file takes inputs of shape {', '.join(takes)} (batch: any; a range: any size in it; a number: "
+        f"the export's), got {got}; pad or resize the inputs, or export again with inputs of that shape{detail}"
+    )
+
+
+def fits(spec: list[list[Any]], inputs: Sequence[Any]) -> bool:
+    """Whether `inputs` are tensors of the shapes `spec` (`perceiver.export_shapes.input_spec`) allows."""
+    if len(inputs) != len(spec) or not all(isinstance(x, Tensor) and x.ndim == len(s) for x, s in zip(inputs, spec)):
+        return False
+    for x, dims in zip(inputs, spec):
+        for size, d in zip(x.shape, dims):
+            low, high = (d, d) if isinstance(d, int) else d
+            if size < low or (high is not None and size > high):
+                return False
+    return True
+
+
+class ShapeCheckedPackage:
+    """An AOTInductor package's runner (`torch._inductor.aoti_load_package`) that checks the input shapes first:
+    the compiled code does not (unless `AOTI_RUNTIME_CHECK_INPUTS=1` is set), so a longer text or a larger image
+    ran into memory past its tensors and returned garbage without an error."""
+
+    def __init__(self, runner: Any, spec: list[list[Any]]) -> None:
+        from perceiver.export_shapes import describe_spec
+
+        self.runner, self.spec, self.takes = runner, spec, describe_spec(spec)
+
+    def __call__(self, *inputs: Tensor) -> Any:
+        if not fits(self.spec, inputs):
+            raise shape_error(self.takes, inputs)
+        return self.runner(*inputs)
+
+    def __getattr__(self, name: str) -> Any:  # get_metadata, get_constant_fqns, load_constants, loader
+        return getattr(self.__dict__["runner"], name)

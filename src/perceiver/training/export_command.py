@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from pathlib import Path
 
 from torch import nn
 
-from perceiver.export import example_inputs, export_onnx, export_pt2, task_output_name
+from perceiver.export import example_inputs, export_onnx, export_program, export_pt2, task_output_name
+from perceiver.export_shapes import describe_inputs, dynamic_length, text_max_length
 
 __all__ = ["export_main", "trained_shape"]
 
@@ -77,8 +79,17 @@ def export_main(argv: list[str] | None = None) -> None:
         help="int8: onnxruntime's dynamic int8 quantisation of the graph (about 1/4 of the size, integer GEMMs); "
         "--check then allows --int8-rtol times the largest output",
     )
-    parser.add_argument("--int8-rtol", type=float, default=0.1, help="--check's relative tolerance with --quantize")
+    parser.add_argument(
+        "--int8-rtol", type=float, default=None, help="--check's relative tolerance with --quantize (default 0.1)"
+    )
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # torch's own, from pickling a pytree spec: nothing for the user to do
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        _export(parser, args)
+
+
+def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`export_main` after parsing: checks the options, loads the model, writes and reports the file."""
     suffix = Path(args.output).suffix.lower()  # as the Python API: any case
     pt2 = suffix == ".pt2"
     if not args.transformers and suffix not in (".onnx", ".pt2"):
@@ -87,6 +98,15 @@ def export_main(argv: list[str] | None = None) -> None:
         parser.error(f"--aoti writes an AOTInductor package: expected OUT ending in .pt2, got {args.output!r}")
     if args.quantize and pt2:
         parser.error("--quantize int8 applies to ONNX files: expected OUT ending in .onnx with --quantize")
+    if args.transformers:  # a model folder: no example inputs, no quantisation, no compiled package
+        options = [("--quantize", args.quantize), ("--shape", args.shape), ("--int8-rtol", args.int8_rtol)]
+        options.append(("--aoti", args.aoti or None))
+        given = [o for o, v in options if v is not None] + (["--batch-size"] if args.batch_size != 2 else [])
+        if given:
+            parser.error(f"{', '.join(given)} apply to .onnx / .pt2 files, not to --transformers (a model folder)")
+    elif args.int8_rtol is not None and not args.quantize:
+        parser.error("--int8-rtol is the tolerance of --check with --quantize int8: expected --quantize int8 with it")
+    args.int8_rtol = 0.1 if args.int8_rtol is None else args.int8_rtol
     from perceiver.pretrained import from_pretrained
 
     try:
@@ -112,33 +132,41 @@ def export_main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from e
     shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}".replace("torch.", "") for x in inputs)
     output = task_output_name(model)
-    if pt2:
-        try:
-            path = export_pt2(model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol)
-        except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
-            raise SystemExit(f"error: {e}") from e
-        kind = "AOTInductor package" if args.aoti else "torch.export program"
-        print(
-            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {kind}): inputs (batch, ...) per sample {shapes} -> {output}"
-        )
-        if args.check:
-            print(f"the loaded file matches PyTorch within {args.atol} at batch sizes 1 and 3")
-        return
     try:
-        path = export_onnx(
-            model, args.output, inputs, check=args.check, atol=args.atol, quantize=args.quantize,
-            int8_rtol=args.int8_rtol,
-        )  # fmt: skip
+        program = export_program(model, inputs)  # traced once, for the file and for the shapes it takes
+        if pt2:
+            path = export_pt2(
+                model, args.output, inputs, aoti=args.aoti, check=args.check, atol=args.atol, program=program
+            )
+        else:
+            path = export_onnx(
+                model, args.output, inputs, check=args.check, atol=args.atol, quantize=args.quantize,
+                int8_rtol=args.int8_rtol, program=program,
+            )  # fmt: skip
     except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
         raise SystemExit(f"error: {e}") from e
-    kind = " int8" if args.quantize else ""
-    print(
-        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{kind}): inputs (batch, ...) per sample {shapes} -> {output}"
-    )
-    print(f"its inputs for onnxruntime: {onnx_inputs(path)} (named dimensions are dynamic; pad the others to size)")
+    length = text_max_length(model) if dynamic_length(program) else None
+    takes = ", ".join(describe_inputs(program))
+    lengths = f" and length {max(1, int(inputs[0].shape[1]) // 2)}" if length else ""
+    kind = ("AOTInductor package" if args.aoti else "torch.export program") if pt2 else "int8" if args.quantize else ""
+    size = f"{path.stat().st_size / 1e6:.1f} MB{', ' if pt2 else ' ' if kind else ''}{kind}"
+    print(f"wrote {path} ({size}): inputs (batch, ...) per sample {shapes} -> {output}")
+    if pt2:
+        print(f"it takes inputs of shape {takes} (a range: any size in it; the other sizes are the export's)")
+        if args.aoti:  # its compiled code does not check shapes: others read past the inputs, without an error
+            print(
+                "the compiled package does not check input shapes: run it with perceiver.export.load_pt2, which does, "
+                "or set AOTI_RUNTIME_CHECK_INPUTS=1 (torch._inductor.aoti_load_package, C++'s AOTIModelPackageLoader)"
+            )
+    else:
+        dims = f"batch any, sequence 1..{length}" if length else "batch any"
+        print(
+            f"its inputs for onnxruntime: {onnx_inputs(path)} (named dimensions are dynamic: {dims}; pad the others to size)"
+        )
     if args.check:
+        where = "the loaded file" if pt2 else "onnxruntime"
         within = f"{args.int8_rtol} x the largest output" if args.quantize else f"{args.atol}"
-        print(f"onnxruntime matches PyTorch within {within} at batch sizes 1 and 3")
+        print(f"{where} matches PyTorch within {within} at batch sizes 1 and 3{lengths}")
 
 
 def onnx_inputs(path: Path) -> str:
