@@ -356,8 +356,15 @@ def decode(
     (see `perceiver.core.io.OutputAdapter`) each chunk is mapped as soon as it is decoded and the pieces are joined
     by its `assemble`, so the decoder's `(B, O, F)` features never exist for all positions at once.
     """
-    total = query_builder.num_queries(adapted)
     check_query_chunk_size(query_chunk_size)
+    if query_chunk_size is None and not isinstance(output_index, Tensor):  # one pass: a traced length stays symbolic
+        if isinstance(output_index, slice) and output_index.step not in (None, 1):
+            raise ValueError(f"expected a slice of output positions with step 1, got {output_index}")
+        out, probs = decoder(query_builder(adapted, output_index), latents, return_attention)
+        if output_adapter is not None:
+            out = output_adapter.assemble([output_adapter(out, adapted, output_index)], adapted, output_index)
+        return out, probs
+    total = query_builder.num_queries(adapted)
     if isinstance(output_index, slice):
         positions = range(total)[output_index]  # slice semantics (negative, open ends), traced by dynamo < 2.13 too
         if positions.step != 1:

@@ -234,10 +234,9 @@ class PerceiverForMaskedLM(TextModel):
 
     def default_output_index(self, adapted: AdaptedInputs) -> Index:
         """The L input positions (all `max_seq_len` with `config.decode_all_positions`)."""
-        length = adapted.tokens.shape[1]
-        if self.config.decode_all_positions or length >= self.config.adapter.max_seq_len:
+        if self.config.decode_all_positions:
             return None
-        return slice(0, length)
+        return slice(0, adapted.tokens.shape[1])  # all at max_seq_len; no comparison that would fix a traced length
 
     @torch.no_grad()
     def fill_mask(self, text: str | Sequence[str], tokenizer: Any = None) -> str | list[str]:
