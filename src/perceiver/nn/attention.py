@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.checks import check_int, to_bool_mask
+from perceiver.checks import InputTypeError, check_int, to_bool_mask
 from perceiver.nn.activation import is_dense
 
 
@@ -31,6 +31,36 @@ def _check_heads(channels: int, num_heads: int, what: str) -> None:
     check_int(channels, what)
     if channels < 1 or channels % num_heads != 0:
         raise ValueError(f"{what} ({channels}) must be a positive multiple of num_heads ({num_heads})")
+
+
+def check_tokens(x: object, name: str, channels: int | str, axis: str = "N", batch: int | None = None) -> Tensor:
+    """`x` as a floating tensor of shape `(B, axis, channels)` (`channels` a width, or a name for any width; `batch`:
+    the `B` it must have). Shape and dtype metadata only (no values), so compiled graphs stay whole: `ValueError` for
+    another shape (an unbatched `(N, C)` input included), `InputTypeError` for a non-tensor or a non-floating dtype."""
+    expected = f"(B, {axis}, {channels})" if batch is None else f"({batch}, {axis}, {channels})"
+    if not isinstance(x, Tensor):
+        raise InputTypeError(f"expected {name} as a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputTypeError(f"expected {name} as a floating-point tensor of shape {expected}, got dtype {x.dtype}")
+    width_ok = isinstance(channels, str) or (x.dim() > 0 and x.shape[-1] == channels)
+    if x.dim() != 3 or not width_ok or (batch is not None and x.shape[0] != batch):
+        hint = f" (one sequence: add a batch axis, {name}[None])" if x.dim() == 2 and width_ok else ""
+        raise ValueError(f"expected {name} of shape {expected}, got {tuple(x.shape)}{hint}")
+    return x
+
+
+def check_linear_dtype(x: Tensor, name: str, linear: nn.Module) -> None:
+    """`TypeError` (an `InputTypeError`) naming both dtypes where `linear`, a dense `nn.Linear`, would fail on `x` of
+    another floating dtype outside autocast (`F.linear`'s `mat1 and mat2 must have the same dtype`)."""
+    weight = linear.weight if is_dense(linear) else None
+    if not isinstance(weight, Tensor) or x.dtype == weight.dtype:
+        return
+    device = x.device.type  # autocast is asked only on a mismatch; the meta device has none
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        raise InputTypeError(
+            f"expected {name} of dtype {weight.dtype} (the weights'), got {x.dtype}: cast the input "
+            f"(x.to({weight.dtype})) or the module (.to({x.dtype})), or run under torch.autocast"
+        )
 
 
 def check_dropout(p: float, what: str) -> None:
@@ -111,16 +141,18 @@ class MultiHeadAttention(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.kernel = kernel
-        kv_dim = q_dim if kv_dim is None else kv_dim
+        check_int(q_dim, "q_dim")
+        kv_dim = q_dim if kv_dim is None else check_int(kv_dim, "kv_dim")
         if queries_contribute_kv and kv_dim != q_dim:
             raise ValueError(f"queries_contribute_kv needs kv_dim == q_dim, got kv_dim={kv_dim}, q_dim={q_dim}")
         qk_channels = q_dim if qk_channels is None else qk_channels
         v_channels = qk_channels if v_channels is None else v_channels
-        out_dim = q_dim if out_dim is None else out_dim
+        out_dim = q_dim if out_dim is None else check_int(out_dim, "out_dim")
         _check_heads(qk_channels, num_heads, "qk_channels")
         _check_heads(v_channels, num_heads, "v_channels")
         check_dropout(dropout, "attention dropout")
         self.num_heads = num_heads
+        self.q_dim = q_dim
         self.kv_dim = kv_dim
         self.qk_channels = qk_channels
         self.v_channels = v_channels
@@ -215,10 +247,23 @@ class MultiHeadAttention(nn.Module):
         `kv_mask` `(B, M)` is boolean, True = valid (0 / 1 integer or float masks are taken as such; other values and
         shapes are a ValueError). A query row without any valid key returns zeros (never NaN), and
         values at masked-out keys never reach the output. Returns the output `(B, N, out_dim)` and, if
-        `return_attention`, the probabilities `(B, H, N, M)` (else None).
+        `return_attention`, the probabilities `(B, H, N, M)` (else None; before attention dropout, so each row sums
+        to 1, or is zero for a row without a valid key).
+
+        Inputs are checked by shape and dtype only (compile-friendly): `x_q` must be `(B, N, q_dim)` and `x_kv`
+        `(B, M, kv_dim)` with the same `B` (no unbatched `(N, C)` inputs), both floating; outside autocast `x_q` (and
+        `x_kv` where it meets the key projection) must have the weights' dtype. Otherwise a `ValueError` / `TypeError`
+        names what was expected and what came.
         """
         if kv_affine is not None and (x_kv is None or self.queries_contribute_kv):
             raise ValueError("kv_affine needs a separate key/value input (no self-attention, no queries_contribute_kv)")
+        check_tokens(x_q, "x_q", self.q_dim)
+        check_linear_dtype(x_q, "x_q", self.q_proj)
+        if x_kv is not None:  # the same batch; kv_dim channels, or padded normalised inputs / their coordinates
+            width = kv_basis.shape[-1] if kv_basis is not None else "C" if kv_affine is not None else self.kv_dim
+            check_tokens(x_kv, "x_kv", width, "M", x_q.shape[0])
+            if kv_affine is not None and kv_basis is None and x_kv.shape[-1] < self.kv_dim:
+                raise ValueError(f"expected x_kv with at least kv_dim={self.kv_dim} channels, got {tuple(x_kv.shape)}")
         if kv_mask is not None:  # bool or 0 / 1 (as the models take it), one entry per key
             keys = x_q if x_kv is None else x_kv
             kv_mask = to_bool_mask(kv_mask, "kv_mask", (tuple(keys.shape[:2]),))
@@ -246,6 +291,7 @@ class MultiHeadAttention(nn.Module):
             if kv_mask is not None:
                 x_kv = x_kv.masked_fill(~kv_mask[..., None], 0.0)  # NaN / inf at masked keys must not leak via 0 * v
             if kv_affine is None and kv_basis is None:  # through the modules, so a swapped-in Linear kernel applies
+                check_linear_dtype(x_kv, "x_kv", self.k_proj)
                 k, v = self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
             else:
                 w_k, b_k, w_v, b_v = self.kv_projections(kv_affine, x_kv.shape[-1], kv_basis)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from perceiver.checks import check_int
 from perceiver.nn.activation import gelu_then
-from perceiver.nn.attention import MultiHeadAttention, check_dropout
+from perceiver.nn.attention import MultiHeadAttention, check_dropout, check_linear_dtype, check_tokens
 
 Activation = Literal["gelu", "geglu"]
 
@@ -23,7 +23,7 @@ class MLP(nn.Module):
     """Position-wise feed-forward: `dim -> widening_factor * dim -> dim` with GELU, or GEGLU gating.
 
     GEGLU (perceiver-pytorch) projects to twice the hidden width and computes `a * gelu(b)` from the two halves.
-    Shapes: `(..., dim) -> (..., dim)`.
+    Shapes: `(..., dim) -> (..., dim)` (another last axis is a ValueError naming it).
     """
 
     def __init__(
@@ -36,6 +36,7 @@ class MLP(nn.Module):
         check_int(widening_factor, "widening_factor")
         check_dropout(dropout, "feed-forward dropout")
         hidden = dim * widening_factor
+        self.dim = dim
         self.activation = activation
         self.fc1 = nn.Linear(dim, hidden * (2 if activation == "geglu" else 1))
         self.fc2 = nn.Linear(hidden, dim)
@@ -45,6 +46,9 @@ class MLP(nn.Module):
         return f"activation={self.activation!r}"
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected an input of shape (..., {self.dim}), got {tuple(x.shape)}")
+        check_linear_dtype(x, "the input", self.fc1)
         h = self.fc1(x)
         if self.activation == "geglu":
             a, gates = h.chunk(2, dim=-1)
@@ -81,6 +85,7 @@ class CrossAttentionLayer(nn.Module):
         queries_contribute_kv: bool = False,
     ) -> None:
         super().__init__()
+        self.q_dim, self.kv_dim = check_int(q_dim, "q_dim"), check_int(kv_dim, "kv_dim")
         self.use_query_residual = use_query_residual
         self.q_norm = nn.LayerNorm(q_dim)
         self.kv_norm = nn.LayerNorm(kv_dim)
@@ -100,6 +105,9 @@ class CrossAttentionLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(q_dim)
         self.mlp = MLP(q_dim, widening_factor, activation, ff_dropout)
 
+    def extra_repr(self) -> str:
+        return "" if self.use_query_residual else "use_query_residual=False"  # the one setting the children hide
+
     def forward(
         self,
         x: Tensor,
@@ -116,7 +124,12 @@ class CrossAttentionLayer(nn.Module):
         `kv_normalized`: `kv` is `perceiver.nn.normalize_inputs(kv, self.kv_norm.eps)` (normalised without an affine,
         maybe zero-padded), computed once by the caller for several layers; this layer's `kv_norm` affine is folded
         into its key and value projections instead of applied to `kv`: the same function. With `kv_basis` `T`, `kv`
-        holds coordinates `k` of the normalised inputs, `z = k T^T` (`perceiver.nn.normalize_factored`)."""
+        holds coordinates `k` of the normalised inputs, `z = k T^T` (`perceiver.nn.normalize_factored`).
+
+        Shapes are checked (compile-friendly): another width, batch or an unbatched `(N, C)` input is a ValueError."""
+        check_tokens(x, "x", self.q_dim)
+        check_tokens(kv, "kv", "C" if kv_normalized else self.kv_dim, "M", x.shape[0])
+        check_linear_dtype(x, "x", self.attention.q_proj)  # named here: the attention sees it LayerNormed
         if kv_normalized:
             affine = (self.kv_norm.weight, self.kv_norm.bias)
         else:
@@ -145,6 +158,7 @@ class SelfAttentionLayer(nn.Module):
         ff_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dim = check_int(dim, "dim")
         self.norm = nn.LayerNorm(dim)
         self.attention = MultiHeadAttention(
             dim, dim, num_heads, qk_channels, v_channels, out_dim=dim, qkv_bias=qkv_bias, dropout=attn_dropout
@@ -156,7 +170,9 @@ class SelfAttentionLayer(nn.Module):
         self, x: Tensor, mask: Tensor | None = None, return_attention: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """`x` `(B, N, D)`, optional `mask` `(B, N)` over the keys -> `(B, N, D)`; with `return_attention`,
-        `(output, probabilities (B, H, N, N))`."""
+        `(output, probabilities (B, H, N, N))`. Another width or an unbatched `(N, D)` input is a ValueError."""
+        check_tokens(x, "x", self.dim)
+        check_linear_dtype(x, "x", self.attention.q_proj)
         h, probs = self.attention(self.norm(x), kv_mask=mask, return_attention=return_attention)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))

@@ -20,14 +20,29 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_int
+from perceiver.checks import InputTypeError, check_int, check_number, check_number_tuple
+
+
+def check_index_dims(index_dims: object) -> tuple[int, ...]:
+    """`index_dims` as a tuple of one or more sizes >= 0 (plain ints are checked; symbolic sizes of a compiled graph
+    pass as they are): `(n,)`, `(H, W)`, `(T, H, W)`."""
+    if isinstance(index_dims, (str, bytes)) or not isinstance(index_dims, Sequence) or not index_dims:
+        raise InputTypeError(
+            f"expected index_dims as a non-empty sequence of sizes, e.g. (n,) or (H, W), got {index_dims!r}"
+        )
+    for n in index_dims:
+        if isinstance(n, bool) or not isinstance(n, (int, torch.SymInt)):
+            raise InputTypeError(f"expected index_dims of integer sizes, got {tuple(index_dims)!r}")
+        if isinstance(n, int) and n < 0:
+            raise ValueError(f"expected index_dims of sizes >= 0, got {tuple(index_dims)}")
+    return tuple(index_dims)
 
 
 def linear_positions(
     index_dims: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Grid of positions in [-1, 1] per axis: `(*index_dims, len(index_dims))`, 'ij' order."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in index_dims]
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in check_index_dims(index_dims)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
@@ -92,10 +107,16 @@ class FourierPositionEncoding(nn.Module):
     ) -> None:
         super().__init__()
         self.num_bands = check_int(num_bands, "num_bands")
+        if max_resolution is not None:
+            if isinstance(max_resolution, (str, bytes)) or not isinstance(max_resolution, Sequence):
+                raise InputTypeError(
+                    f"max_resolution must be a sequence (one per axis) or None, got {max_resolution!r}"
+                )
+            max_resolution = check_number_tuple(max_resolution, "max_resolution", len(max_resolution))
         self.max_resolution = tuple(max_resolution) if max_resolution is not None else None
         self.concat_pos = concat_pos
         self.sine_only = sine_only
-        self.max_freq = max_freq
+        self.max_freq = check_number(max_freq, "max_freq", optional=True)
         self.register_buffer("anchor", torch.empty(0), persistent=False)  # device and default dtype
 
     def extra_repr(self) -> str:
@@ -120,24 +141,31 @@ class FourierPositionEncoding(nn.Module):
 
     def forward(self, index_dims: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
         """Features `(*index_dims, C)`, built in fp32 and cast to `dtype` (default: the module's), so the values do
-        not depend on the dtype they are asked in."""
+        not depend on the dtype they are asked in. `index_dims` is a sequence of sizes, `(n,)` for one axis; with
+        `max_resolution` set it needs one size per entry (a ValueError otherwise)."""
         dtype = dtype or self.anchor.dtype
-        return self.build(tuple(index_dims), device=self.anchor.device).to(dtype)
+        return self.build(check_index_dims(index_dims), device=self.anchor.device).to(dtype)
 
 
 class TrainablePositionEncoding(nn.Module):
     """Learned position embeddings `(num_positions, num_channels)`, e.g. for text or a fixed image grid.
 
-    `forward()` returns `(num_positions, num_channels)`. `interpolate(index_dims, new_dims)` resizes a grid-shaped
-    table bicubically (for another image size).
+    `forward()` returns `(num_positions, num_channels)`, `forward(n)` the first `n` rows `(n, num_channels)`.
+    `interpolate(index_dims, new_dims)` resizes a grid-shaped table bicubically (for another image size).
+    `reset_parameters()` draws the table again, `N(0, init_scale^2)` (as `torch.nn` layers, e.g. after building on
+    the meta device and `to_empty()`).
     """
 
     def __init__(self, num_positions: int, num_channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
         check_int(num_positions, "num_positions")
         check_int(num_channels, "num_channels")
+        self.init_scale = init_scale
         self.position_embeddings = nn.Parameter(torch.empty(num_positions, num_channels))
-        nn.init.normal_(self.position_embeddings, std=init_scale)  # = randn * init_scale; skipped for a load
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.position_embeddings, std=self.init_scale)  # = randn * init_scale; skipped for a load
 
     @property
     def num_positions(self) -> int:
@@ -147,10 +175,13 @@ class TrainablePositionEncoding(nn.Module):
         return f"num_positions={self.num_positions}, num_channels={self.position_embeddings.shape[1]}"
 
     def forward(self, num_positions: int | None = None) -> Tensor:
+        """The whole table `(num_positions, C)`, or its first `num_positions` rows (0 to `self.num_positions`)."""
         if num_positions is None:
             return self.position_embeddings
-        if num_positions > self.num_positions:
-            raise ValueError(f"expected at most {self.num_positions} positions, got {num_positions}")
+        if isinstance(num_positions, bool) or not isinstance(num_positions, (int, torch.SymInt)):
+            raise TypeError(f"expected num_positions as an int or None, got {type(num_positions).__name__}")
+        if num_positions < 0 or num_positions > self.num_positions:  # [:-1] would silently drop the last row
+            raise ValueError(f"expected 0 to {self.num_positions} positions, got {num_positions}")
         return self.position_embeddings[:num_positions]
 
     def interpolate(self, index_dims: Sequence[int], new_dims: Sequence[int]) -> Tensor:
@@ -160,6 +191,10 @@ class TrainablePositionEncoding(nn.Module):
             return self.position_embeddings
         if len(index_dims) != 2 or len(new_dims) != 2:
             raise ValueError(f"interpolation needs 2-D grids, got {index_dims} -> {new_dims}")
+        if index_dims[0] * index_dims[1] != self.num_positions:
+            raise ValueError(
+                f"expected index_dims whose product is the table's {self.num_positions} positions, got {index_dims}"
+            )
         c = self.position_embeddings.shape[-1]
         grid = self.position_embeddings.reshape(1, *index_dims, c).permute(0, 3, 1, 2)
         grid = nn.functional.interpolate(grid.float(), size=new_dims, mode="bicubic", align_corners=False)

@@ -54,8 +54,14 @@ def rotate_half(x: Tensor, interleaved: bool = False) -> Tensor:
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """Rotate the first `cos.shape[-1]` channels of `x` `(B, H, L, Dh)`; `cos` / `sin` broadcast to `(B, H, L, dim)`
-    (e.g. `(L, dim)` or `(B, 1, L, dim)`). The rest of the channels pass through."""
+    (e.g. `(L, dim)` or `(B, 1, L, dim)`). The rest of the channels pass through. A `dim` that is odd or wider than
+    the head is a ValueError (shapes only: compile-friendly)."""
     dim = cos.shape[-1]
+    if dim % 2 or dim > x.shape[-1] or sin.shape[-1] != dim:
+        raise ValueError(
+            f"expected cos / sin of the same even width <= the head width {x.shape[-1]}, got cos {tuple(cos.shape)}, "
+            f"sin {tuple(sin.shape)} for x {tuple(x.shape)}"
+        )
     x_rot, x_pass = x[..., :dim], x[..., dim:]
     x_rot = x_rot * cos.to(x.dtype) + rotate_half(x_rot, interleaved) * sin.to(x.dtype)
     return torch.cat((x_rot, x_pass), dim=-1)
