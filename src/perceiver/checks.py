@@ -172,7 +172,8 @@ def to_bool_mask(mask: Tensor, name: str = ..., shapes: tuple[tuple[int, ...], .
 def to_bool_mask(mask: object, name: str = ..., shapes: tuple[tuple[int, ...], ...] | None = ...) -> Tensor | None: ...
 def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...], ...] | None = None) -> Tensor | None:
     """A mask as a bool tensor (`True` = valid). Accepts bool, or integer / floating tensors holding only 0 / 1
-    (checked in eager mode); `shapes`, when given, lists the accepted shapes."""
+    (checked in eager mode; a floating mask of zeros only, torch's additive "mask nothing", is a ValueError: these
+    masks mean validity, unlike torch's `key_padding_mask`); `shapes`, when given, lists the accepted shapes."""
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
@@ -189,6 +190,11 @@ def to_bool_mask(mask: object, name: str = "mask", shapes: tuple[tuple[int, ...]
         bad = mask[~binary].flatten()[:4].tolist()
         raise ValueError(
             f"expected {name} as bool or values 0 (padding) or 1 (valid), got dtype {mask.dtype} with e.g. {bad}"
+        )
+    if mask.is_floating_point() and not torch.compiler.is_compiling() and not bool(mask.any()):
+        raise ValueError(  # all zeros: torch's additive "mask nothing", which here would mask every key
+            f"expected {name} as 0 / 1 validity (1 = valid), got a floating mask of zeros only, which masks every "
+            "position: additive float masks (0 = keep) are not taken; pass a bool mask (True = valid)"
         )
     return mask != 0
 

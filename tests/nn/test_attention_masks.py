@@ -46,6 +46,8 @@ def test_additive_masks_and_masks_of_another_shape_are_an_error_naming_them():
     additive = torch.zeros(2, 7).masked_fill(~key_mask(), float("-inf"))
     with pytest.raises(ValueError, match="expected kv_mask as bool or values 0 .padding. or 1 .valid."):
         attention(q, kv, additive)
+    with pytest.raises(ValueError, match="floating mask of zeros only, which masks every position"):
+        attention(q, kv, torch.zeros(2, 7))  # torch's additive "mask nothing": here it would mask every key
     with pytest.raises(ValueError, match=re.escape("expected kv_mask of shape (2, 7), got (2, 4)")):
         attention(q, kv, torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=re.escape("expected kv_mask of shape (2, 4), got (2, 7)")):
