@@ -72,6 +72,25 @@ def test_an_adapter_saved_by_peft_loads_into_ours(tmp_path):
     torch.testing.assert_close(merged(*x).logits, want, atol=1e-5, rtol=1e-4)
 
 
+def test_adapters_name_the_folder_the_base_was_loaded_from(tmp_path):
+    """`from_pretrained` sets `name_or_path` as transformers does, so peft's adapters and ours record their base
+    (peft's `base_model_name_or_path` was None) and load from their folder alone."""
+    torch.manual_seed(0)
+    base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
+    assert perceiver.from_pretrained(base_dir).name_or_path == str(base_dir)
+    peft_model = peft.get_peft_model(perceiver.from_pretrained(base_dir), peft.LoraConfig(r=2, target_modules=["fc1"]))
+    _perturb(peft_model)
+    x = inputs("vision-perceiver-learned")
+    want = peft_model.eval()(*x).logits
+    peft_model.save_pretrained(str(tmp_path / "peft-adapter"))
+    torch.testing.assert_close(perceiver.from_pretrained(tmp_path / "peft-adapter")(*x).logits, want)
+    ours = lora.add_lora(perceiver.from_pretrained(base_dir), r=2)
+    _perturb(ours)
+    want = ours.eval()(*x).logits
+    adapter = lora.save_adapter(ours, tmp_path / "ours")  # no base_model=: the folder it was loaded from
+    torch.testing.assert_close(perceiver.from_pretrained(adapter)(*x).logits, want)
+
+
 def test_an_adapter_saved_without_the_prefix_still_loads(tmp_path):
     """Adapter folders written before the prefix (keys as the model names its modules) load as before."""
     torch.manual_seed(0)

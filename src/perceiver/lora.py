@@ -277,7 +277,8 @@ def merge_lora(model: nn.Module, merge: bool = True) -> nn.Module:
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Path:
     """Write the adapters (and a trained head) of `model` in peft's format to `directory`; `base_model` (a model
-    folder or Hub id) is recorded as `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
+    folder or Hub id; default: the `name_or_path` `perceiver.from_pretrained` gave the model) is recorded as
+    `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
     from safetensors.torch import save_file
 
     from perceiver.save_files import check_save_directory, install_folder
@@ -287,6 +288,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     if not has_lora(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save (add_lora first)")
     config: Any = copy.deepcopy(model.peft_config["default"])  # type: ignore[index]  # a dict, torch hints Tensor | Module
+    if base_model is None and isinstance(model.__dict__.get("name_or_path"), str):
+        base_model = model.__dict__["name_or_path"]  # where perceiver.from_pretrained read the base
     if base_model is not None:
         local = Path(base_model)
         config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)

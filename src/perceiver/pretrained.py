@@ -268,6 +268,7 @@ def from_pretrained(
     transformers folder's weights are converted, hence copied. The weights a transformers folder's converter needs
     are checked before converting: weights of another model than its config's `architectures` names are a
     ValueError naming the folder, the head and the keys.
+    The model's `name_or_path` is `path_or_id`, as transformers sets it (peft's adapters record it as their base).
     For a Hub id, `revision` (branch, tag or commit), `token` (private or gated repos), `cache_dir`,
     `local_files_only` (only the local cache, no network) and `force_download` go to huggingface_hub's
     `snapshot_download`, as transformers takes them.
@@ -297,6 +298,7 @@ def from_pretrained(
             folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **base_hub_options, **overrides
         )
         name_classes(model, labels, num_classes)
+        model.name_or_path = str(path_or_id)
         return model if device is None else model.to(device)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -332,6 +334,7 @@ def from_pretrained(
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
         name_classes(model, labels, num_classes)
+        model.name_or_path = str(path_or_id)
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
@@ -360,6 +363,7 @@ def from_pretrained(
     )
     assert isinstance(loaded, nn.Module)  # the registered model types are modules
     name_classes(loaded, labels, num_classes)
+    loaded.name_or_path = str(path_or_id)  # as transformers: peft records it as an adapter's base model
     return loaded
 
 
