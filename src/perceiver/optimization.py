@@ -44,21 +44,22 @@ Candidates (`CANDIDATES`):
     logits = fast(pixel_values).logits
 
 The returned `OptimizedModel` shares the model's parameters (`fast.module` is the model, whose other attributes it
-passes on: `fast.save_pretrained(folder)` saves the model's weights, `optimize(fast, ...)` starts from the model again;
-a model on the meta device or in training mode with dropout is refused for inference); a frozen candidate
-(`compile-freezing`) computes with the weights they had when it was compiled, an int8 one with the weights it quantised. Inputs of other shapes than the examples
-may recompile (compiled candidates) and are not re-timed.
+passes on: `fast.save_pretrained(folder)` saves the model's weights, `fast.state_dict()` has the model's keys,
+`optimize(fast, ...)` starts from the model again; a model on the meta device or in training mode with dropout is
+refused for inference; see `perceiver.optimization_model`); a frozen candidate (`compile-freezing`) computes with the
+weights they had when it was compiled, an int8 one with the weights it quantised. Inputs of other shapes than the
+examples may recompile (compiled candidates) and are not re-timed. `optimize` leaves the process and the model as it
+found them: the random number generators, the model's gradients and buffers (a training step's BatchNorm statistics).
+How it measures (outputs against eager, memory kept, the state it restores): `perceiver.optimization_measure`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import os
+import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +67,8 @@ from torch import Tensor, nn
 
 from perceiver._quiet import quiet_imports
 from perceiver.hardware import has_native_bf16
+from perceiver.optimization_measure import _has_dropout, _held_bytes, _kept_state, _reason, _rel_error, _tensors
+from perceiver.optimization_model import CompiledModel, OptimizedModel
 from perceiver.optimization_report import OptimizeReport
 
 __all__ = [
@@ -105,66 +108,6 @@ TRAINING_FP32 = ("eager", "compile", "sdpa-math", "compile-sdpa-math", "matmul-a
 CANDIDATES = {"inference": INFERENCE, "training": TRAINING}
 
 
-class CompiledModel(nn.Module):
-    """`module` run through `fn` (its compiled form) under `contexts`; shares `module`'s parameters.
-
-    `forward(*args, **kwargs)` = `fn(*args, **kwargs)` inside `contexts()` (bf16 autocast, SDPA backend,
-    `torch.no_grad` and Inductor freezing for frozen inference). `.eval()` / `.train()` reach `module`.
-    """
-
-    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any]):
-        super().__init__()
-        self.module = module
-        self._fn = fn
-        self._contexts = contexts
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self._contexts():
-            return self._fn(*args, **kwargs)
-
-
-class OptimizedModel(CompiledModel):
-    """`module` run the way `optimize` chose (`report.chosen`); shares `module`'s parameters. A frozen candidate
-    keeps the weights it was compiled with (see `compile_frozen`), an int8 one the weights it quantised."""
-
-    def __init__(self, module: nn.Module, fn: Callable[..., Any], contexts: Callable[[], Any], report: OptimizeReport):
-        super().__init__(module, fn, contexts)
-        self.report = report
-
-    def __getattr__(self, name: str) -> Any:
-        """What the wrapper does not have comes from the model: `fast.save_pretrained(folder)` (its weights, shared),
-        `fast.config`, `fast.num_classes`, `fast.get_classifier()`."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            module = self.__dict__.get("_modules", {}).get("module")  # not self._modules: unset while unpickling
-            if module is None or name.startswith("__"):
-                raise
-            return getattr(module, name)
-
-
-def _tensors(out: Any) -> list[Tensor]:
-    """The floating tensors of an output (tensor, dict, dataclass with fields, tuple), in a fixed order."""
-    if isinstance(out, Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _tensors(out[k])]
-    if isinstance(out, list | tuple):
-        return [t for v in out for t in _tensors(v)]
-    if hasattr(out, "__dataclass_fields__"):
-        return [t for k in out.__dataclass_fields__ for t in _tensors(getattr(out, k))]
-    return []
-
-
-def _has_dropout(model: nn.Module) -> bool:
-    """Whether `model` drops anything in training mode (an `nn.Dropout` or a float `dropout` attribute > 0)."""
-    for m in model.modules():
-        p = m.p if isinstance(m, nn.Dropout) else getattr(m, "dropout", 0.0)
-        if isinstance(p, float | int) and not isinstance(p, bool) and p > 0:
-            return True
-    return False
-
-
 def _double_sine(x: Tensor) -> Tensor:
     return (2 * x).sin()
 
@@ -173,51 +116,6 @@ def _load_compiler(device: str) -> None:
     """Import Inductor and compile a one-line function once, so that the memory the compiler itself takes (~150 MB on
     CPU, once per process) is not counted against the first compiled candidate."""
     torch.compile(_double_sine)(torch.ones(4, device=device))
-
-
-def _trim_heap() -> None:
-    """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; nothing elsewhere). Without it, memory an
-    earlier candidate freed stays resident for reuse (glibc raises its mmap threshold after freeing a large block), and
-    a later candidate's packed weights fill it without growing the resident set: they would read as keeping ~0 MB."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-def _held_bytes(device: str) -> int | None:
-    """Memory the process holds now, after a garbage collection: PyTorch's allocated device memory on CUDA, else the
-    resident set size after `_trim_heap` (Linux `/proc/self/statm`, elsewhere psutil if it is installed); None where
-    neither reads."""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.memory_allocated()
-    if device != "cpu":
-        return None
-    _trim_heap()
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process().memory_info().rss
-
-
-def _reason(e: Exception) -> str:
-    """Why a candidate was skipped: the exception's type and the first line of its message."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-
-
-def _rel_error(got: Any, expected: Any) -> float:
-    g, e = _tensors(got), _tensors(expected)
-    if len(g) != len(e) or any(a.shape != b.shape for a, b in zip(g, e)):
-        return float("inf")
-    g, e = [t.detach().float() for t in g], [t.detach().float() for t in e]
-    errs = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) for a, b in zip(g, e)]
-    return max(errs, default=0.0)
 
 
 def inductor_backend(**options: Any) -> Callable[..., Any]:
@@ -323,6 +221,11 @@ def _build(name: str, model: nn.Module, training: bool, device: str) -> tuple[Ca
     raise ValueError(f"unknown candidate {name!r}; expected one of {sorted(set(INFERENCE) | set(TRAINING))}")
 
 
+def _rebuilt(name: str, training: bool, device: str, model: nn.Module) -> Callable[..., Any]:
+    """Candidate `name` built again for `model` (an `OptimizedModel`'s twin after the model's parts were replaced)."""
+    return _build(name, model, training, device)[0]
+
+
 def optimize(
     model: nn.Module,
     example_inputs: Tensor | Sequence[Any],
@@ -373,6 +276,11 @@ def optimize(
         raise TypeError(
             f"expected example_inputs as a tuple (or one tensor), got {type(example_inputs).__name__}{hint}"
         )
+    if example_kwargs is not None and not isinstance(example_kwargs, Mapping):  # optimize(model, ids, mask)
+        raise TypeError(
+            "expected example_kwargs as a dict of keyword arguments (e.g. {'attention_mask': mask}), got "
+            f"{type(example_kwargs).__name__}; pass positional arguments together: example_inputs=(inputs, mask)"
+        )
     kwargs = dict(example_kwargs or {})
     while isinstance(model, OptimizedModel):  # optimize(fast, ...) again: choose afresh for the model itself
         model = model.module
@@ -384,11 +292,15 @@ def optimize(
         )
     candidates = [candidates] if isinstance(candidates, str) else candidates  # one name, not its characters
     names = list(candidates if candidates is not None else CANDIDATES[mode])
-    if "eager" not in names:
-        names.insert(0, "eager")
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"expected candidates as names (str) from CANDIDATES[{mode!r}], got {names!r}")
+    names = list(dict.fromkeys(["eager", *names]))  # eager first: the reference the others are checked against
     unknown = sorted(set(names) - set(CANDIDATES[mode]))
     if unknown:
-        raise ValueError(f"unknown {mode} candidates {unknown}; expected some of {list(CANDIDATES[mode])}")
+        other = [n for n in unknown if n in CANDIDATES["inference" if training else "training"]]
+        hint = f" ({other} {'are inference' if training else 'are training'} candidates: pass training={not training})"
+        hint = hint if other else ""
+        raise ValueError(f"unknown {mode} candidates {unknown}; expected some of {list(CANDIDATES[mode])}{hint}")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (warmup, repeats)):
         raise ValueError(f"expected warmup >= 1 and repeats >= 1 (ints), got {warmup!r} and {repeats!r}")
     param = next(model.parameters(), None)
@@ -417,74 +329,76 @@ def optimize(
                 p.grad = None
         return out
 
-    if any("compile" in name for name in names):
-        with contextlib.suppress(Exception):  # if it fails, so do the compiled candidates, reported with the reason
-            _load_compiler(device)
-    random = training and _has_dropout(model)  # outputs of a training step differ with the dropout masks
-    autocast = torch.is_autocast_enabled(device)  # the caller's autocast: its rounding, not fp32's
-    report = OptimizeReport(chosen="eager", mode=mode)
-    built: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
-    first_calls: dict[str, float] = {}
-    reference = None
-    torch.manual_seed(0)
-    for name in names:  # build, check against eager and warm up each candidate
-        if name.startswith("bf16-") and not (allow_bf16 and has_native_bf16(device)):
-            why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
-            report.skipped[name] = why
-            continue
-        if name.startswith("int8-") and not allow_int8:
-            report.skipped[name] = "allow_int8=False"
-            continue
-        before = _held_bytes(device)
-        try:
-            fn, contexts = _build(name, model, training, device)
-            start = time.perf_counter()
-            torch.manual_seed(0)
-            out = call(fn, contexts)
-            for _ in range(warmup - 1):
-                call(fn, contexts)
-            if name != "eager":
-                first_calls[name] = time.perf_counter() - start  # build, compile and the warm-up calls
-        except Exception as e:  # a candidate that cannot run here is skipped, not fatal
-            report.skipped[name] = _reason(e)
-            continue
-        if name == "eager":
-            reference = out
-            # an fp16 / bf16 model: its own rounding, whatever the autocast (as under the caller's autocast)
-            autocast = autocast or any(t.dtype in (torch.float16, torch.bfloat16) for t in _tensors(out))
-        elif random:
-            report.not_compared.append(name)
-        else:
-            err = _rel_error(out, reference)
-            limit = (
-                int8_rtol if name.startswith("int8-") else bf16_rtol if name.startswith("bf16-") or autocast else rtol
-            )
-            if not err <= limit:
-                report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
+    with _kept_state(model):  # the RNG (seeded for dropout), gradients and buffers as they were
+        if any("compile" in name for name in names):
+            with contextlib.suppress(Exception):  # if it fails, so do the compiled candidates, reported with the reason
+                _load_compiler(device)
+        random = training and _has_dropout(model)  # outputs of a training step differ with the dropout masks
+        autocast = torch.is_autocast_enabled(device)  # the caller's autocast: its rounding, not fp32's
+        report = OptimizeReport(chosen="eager", mode=mode)
+        built: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
+        first_calls: dict[str, float] = {}
+        reference = None
+        torch.manual_seed(0)
+        for name in names:  # build, check against eager and warm up each candidate
+            if name.startswith("bf16-") and not (allow_bf16 and has_native_bf16(device)):
+                why = "allow_bf16=False" if not allow_bf16 else f"no native bf16 on this {device}"
+                report.skipped[name] = why
                 continue
-            report.max_rel_error[name] = err
-        del out
-        after = _held_bytes(device)
-        if name != "eager" and before is not None and after is not None:
-            mb = report.added_memory_mb[name] = max(0.0, (after - before) / 2**20)
-            if max_memory_mb is not None and mb > max_memory_mb:
-                report.skipped[name] = f"keeps {mb:.0f} MB, more than max_memory_mb={max_memory_mb:g}"
+            if name.startswith("int8-") and not allow_int8:
+                report.skipped[name] = "allow_int8=False"
                 continue
-        built[name] = (fn, contexts)
-    # Timed in turns, the order reversing every round: a shared machine's speed drifts by 20% and more within
-    # minutes, which timing one candidate after another would read as a difference between them.
-    times: dict[str, list[float]] = {name: [] for name in built}
-    for r in range(repeats):
-        for name in list(built) if r % 2 == 0 else list(built)[::-1]:
-            if name not in times:
-                continue
+            before = _held_bytes(device)
             try:
+                fn, contexts = _build(name, model, training, device)
                 start = time.perf_counter()
-                call(*built[name])
-                times[name].append(time.perf_counter() - start)
-            except Exception as e:
+                torch.manual_seed(0)
+                out = call(fn, contexts)
+                for _ in range(warmup - 1):
+                    call(fn, contexts)
+                if name != "eager":
+                    first_calls[name] = time.perf_counter() - start  # build, compile and the warm-up calls
+            except Exception as e:  # a candidate that cannot run here is skipped, not fatal
+                if name == "eager":  # nothing to compare with: stop before compiling the others
+                    raise RuntimeError(f"the model does not run on the example inputs: {_reason(e)}") from e
                 report.skipped[name] = _reason(e)
-                del times[name]
+                continue
+            if name == "eager":
+                reference = out
+                # an fp16 / bf16 model: its own rounding, whatever the autocast (as under the caller's autocast)
+                autocast = autocast or any(t.dtype in (torch.float16, torch.bfloat16) for t in _tensors(out))
+            elif random:
+                report.not_compared.append(name)
+            else:
+                err = _rel_error(out, reference)
+                bf16 = name.startswith("bf16-") or autocast
+                limit = int8_rtol if name.startswith("int8-") else bf16_rtol if bf16 else rtol
+                if not err <= limit:
+                    report.skipped[name] = f"outputs differ from eager (max rel. error {err:.2e} > {limit:.0e})"
+                    continue
+                report.max_rel_error[name] = err
+            del out
+            after = _held_bytes(device)
+            if name != "eager" and before is not None and after is not None:
+                mb = report.added_memory_mb[name] = max(0.0, (after - before) / 2**20)
+                if max_memory_mb is not None and mb > max_memory_mb:
+                    report.skipped[name] = f"keeps {mb:.0f} MB, more than max_memory_mb={max_memory_mb:g}"
+                    continue
+            built[name] = (fn, contexts)
+        # Timed in turns, the order reversing every round: a shared machine's speed drifts by 20% and more within
+        # minutes, which timing one candidate after another would read as a difference between them.
+        times: dict[str, list[float]] = {name: [] for name in built}
+        for r in range(repeats):
+            for name in list(built) if r % 2 == 0 else list(built)[::-1]:
+                if name not in times:
+                    continue
+                try:
+                    start = time.perf_counter()
+                    call(*built[name])
+                    times[name].append(time.perf_counter() - start)
+                except Exception as e:
+                    report.skipped[name] = _reason(e)
+                    del times[name]
     built = {name: built[name] for name in times}
     report.seconds = {name: statistics.median(t) for name, t in times.items()}
     report.setup_seconds = {  # the warm-up's time beyond that of as many timed calls
@@ -495,4 +409,6 @@ def optimize(
     report.chosen = min(report.seconds, key=report.seconds.__getitem__)
     if verbose:
         print(report)
-    return OptimizedModel(model, *built[report.chosen], report)
+    twin = report.chosen.removeprefix("bf16-") in ("onednn-linear", "matmul-attention", "int8-dynamic", "int8-compile")
+    rebuild = functools.partial(_rebuilt, report.chosen, training, device) if twin else None
+    return OptimizedModel(model, *built[report.chosen], report, rebuild)

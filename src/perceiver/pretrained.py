@@ -298,7 +298,7 @@ def from_pretrained(
             folder, check_finite=check_finite, dtype=dtype, mmap=mmap, **base_hub_options, **overrides
         )
         name_classes(model, labels, num_classes)
-        model.name_or_path = str(path_or_id)
+        vars(model)["name_or_path"] = str(path_or_id)  # as transformers sets it
         return model if device is None else model.to(device)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -334,7 +334,7 @@ def from_pretrained(
         if num_classes is not None:
             resize_head(model, num_classes, ignore_mismatched_sizes, str(folder))
         name_classes(model, labels, num_classes)
-        model.name_or_path = str(path_or_id)
+        vars(model)["name_or_path"] = str(path_or_id)  # as transformers sets it
         return model.eval()
     if "model_type" not in config:
         raise ValueError(f"{config_file} has neither 'architectures' (transformers) nor 'model_type' (ours)")
@@ -363,7 +363,7 @@ def from_pretrained(
     )
     assert isinstance(loaded, nn.Module)  # the registered model types are modules
     name_classes(loaded, labels, num_classes)
-    loaded.name_or_path = str(path_or_id)  # as transformers: peft records it as an adapter's base model
+    vars(loaded)["name_or_path"] = str(path_or_id)  # as transformers: peft records it as an adapter's base model
     return loaded
 
 
