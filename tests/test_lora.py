@@ -17,18 +17,14 @@ import perceiver
 from perceiver import lora
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import TINY, flat, inputs, tiny  # noqa: E402
-
-NAMES = [n for n in TINY if n != "multimodal-perceiver"]  # every preset; multimodal below
+from tiny_models import TINY, flat, inputs, perturb_trainable, tiny  # noqa: E402
 
 
 def _perturb(model: torch.nn.Module) -> None:
-    """Move the adapters and the head away from their start (B = 0: no change at first), as training would."""
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
+    perturb_trainable(model, scale=0.2)
+
+
+NAMES = [n for n in TINY if n != "multimodal-perceiver"]  # every preset; multimodal below
 
 
 @pytest.mark.parametrize("name", [*NAMES, "multimodal-perceiver"])

@@ -17,16 +17,7 @@ peft = pytest.importorskip("peft")
 from perceiver import lora  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import flat, inputs, tiny  # noqa: E402
-
-
-def _perturb(model: torch.nn.Module) -> None:
-    """Move the trainable tensors away from their start (B = 0: no change at first), as training would."""
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
+from tiny_models import flat, inputs, perturb_trainable, tiny  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "num_classes"), [("vision-perceiver-learned", 3), ("language-perceiver", None)])
@@ -38,7 +29,7 @@ def test_peft_loads_our_adapter_folder(name, num_classes, tmp_path):
     base_dir = tiny(name).save_pretrained(tmp_path / "base")
     kwargs = {} if num_classes is None else dict(num_classes=num_classes, ignore_mismatched_sizes=True)
     model = lora.add_lora(perceiver.from_pretrained(base_dir, **kwargs), r=2)
-    _perturb(model)
+    perturb_trainable(model)
     x = inputs(name)
     want = flat(model.eval()(*x))
     adapter_dir = lora.save_adapter(model, tmp_path / "adapter", base_model=base_dir)
@@ -57,7 +48,7 @@ def test_an_adapter_saved_by_peft_loads_into_ours(tmp_path):
     base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
     config = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj", "fc1"], modules_to_save=["decoder.final_layer"])
     peft_model = peft.get_peft_model(perceiver.from_pretrained(base_dir), config)
-    _perturb(peft_model)
+    perturb_trainable(peft_model)
     x = inputs("vision-perceiver-learned")
     want = peft_model.eval()(*x).logits
     peft_model.save_pretrained(str(tmp_path / "peft-adapter"))
@@ -79,13 +70,13 @@ def test_adapters_name_the_folder_the_base_was_loaded_from(tmp_path):
     base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
     assert perceiver.from_pretrained(base_dir).name_or_path == str(base_dir)
     peft_model = peft.get_peft_model(perceiver.from_pretrained(base_dir), peft.LoraConfig(r=2, target_modules=["fc1"]))
-    _perturb(peft_model)
+    perturb_trainable(peft_model)
     x = inputs("vision-perceiver-learned")
     want = peft_model.eval()(*x).logits
     peft_model.save_pretrained(str(tmp_path / "peft-adapter"))
     torch.testing.assert_close(perceiver.from_pretrained(tmp_path / "peft-adapter")(*x).logits, want)
     ours = lora.add_lora(perceiver.from_pretrained(base_dir), r=2)
-    _perturb(ours)
+    perturb_trainable(ours)
     want = ours.eval()(*x).logits
     adapter = lora.save_adapter(ours, tmp_path / "ours")  # no base_model=: the folder it was loaded from
     torch.testing.assert_close(perceiver.from_pretrained(adapter)(*x).logits, want)
@@ -96,7 +87,7 @@ def test_an_adapter_saved_without_the_prefix_still_loads(tmp_path):
     torch.manual_seed(0)
     base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
     model = lora.add_lora(perceiver.from_pretrained(base_dir), r=2)
-    _perturb(model)
+    perturb_trainable(model)
     x = inputs("vision-perceiver-learned")
     want = model.eval()(*x).logits
     adapter_dir = lora.save_adapter(model, tmp_path / "adapter", base_model=base_dir)
@@ -131,7 +122,7 @@ def test_modules_to_save_train_in_full_beside_the_head(tmp_path):
         "decoder.final_layer.modules_to_save.default.weight",
         "decoder.final_layer.modules_to_save.default.bias",
     }
-    _perturb(model)
+    perturb_trainable(model)
     x = inputs(name)
     want = model.eval()(*x).logits
     for folder in (model.save_pretrained(tmp_path / "merged"), lora.save_adapter(model, tmp_path / "a", base_dir)):
@@ -144,7 +135,7 @@ def test_bias_all_with_a_head_saves_and_loads_the_adapter(tmp_path):
     torch.manual_seed(0)
     base_dir = tiny("vision-perceiver-learned").save_pretrained(tmp_path / "base")
     model = lora.add_lora(perceiver.from_pretrained(base_dir), r=2, bias="all")
-    _perturb(model)
+    perturb_trainable(model)
     x = inputs("vision-perceiver-learned")
     want = model.eval()(*x).logits
     adapter_dir = lora.save_adapter(model, tmp_path / "adapter", base_model=base_dir)

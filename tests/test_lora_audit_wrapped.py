@@ -17,15 +17,7 @@ pytest.importorskip("peft")
 from perceiver import lora  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import inputs, tiny  # noqa: E402
-
-
-def _perturb(model: torch.nn.Module) -> None:
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
+from tiny_models import inputs, perturb_trainable, tiny  # noqa: E402
 
 
 def test_adapters_of_a_compiled_model_save_under_the_models_keys(tmp_path):
@@ -35,7 +27,7 @@ def test_adapters_of_a_compiled_model_save_under_the_models_keys(tmp_path):
     compiled = torch.compile(model)  # compiled before the adapters are added (compilation itself happens at a call)
     assert lora.add_lora(compiled, r=2) is compiled
     assert lora.has_lora(model) and model.peft_config["default"].r == 2  # on the model itself
-    _perturb(model)
+    perturb_trainable(model)
     x = inputs("vision-perceiver-learned")
     want = model.eval()(*x).logits
 

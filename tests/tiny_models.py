@@ -128,3 +128,13 @@ def flat(value: Any) -> list[torch.Tensor]:
     if isinstance(value, dict):
         return [value[k] for k in sorted(value)]
     return [value]
+
+
+def perturb_trainable(model: torch.nn.Module, scale: float = 0.3) -> None:
+    """Move the trainable tensors (adapters, a new head) away from their start (LoRA's B = 0: no change at first),
+    as training would; seeded, so the same model moves the same way."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
