@@ -25,8 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -42,8 +40,6 @@ from perceiver.loading import load_safetensors_checked, no_init_weights, resolve
 from perceiver.save_files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    _remove_stale_temp_dirs,
-    check_save_directory,
     install_folder,
 )
 
@@ -348,11 +344,7 @@ class PretrainedMixin:
                 f"values); load or initialise its weights on a real device first"
             )
         target = Path(save_directory).expanduser()  # "~/x", as perceiver.from_pretrained reads it
-        check_save_directory(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_dirs(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
-        try:
+        with save_files.staging_folder(target) as tmp:
             config = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **config_to_dict(self.config)}
             config |= id2label_to_json(self)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -372,8 +364,6 @@ class PretrainedMixin:
                 save_model(self, str(tmp / WEIGHTS_NAME))
             install_folder(tmp, target, (CONFIG_NAME, *names, *save_files.write_preprocessor_config(self, tmp)))
             save_files.remove_stale_weights(target, names)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def push_to_hub(

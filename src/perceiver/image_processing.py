@@ -23,10 +23,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import torch
+
+from perceiver.save_files import (
+    PREPROCESSOR_NAME,
+    install_folder,
+    read_preprocessor_config,
+    staging_folder,
+    write_preprocessor_config,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -101,6 +112,8 @@ class ImageProcessor:
     Args:
         size: output ``(height, width)`` (or one int for a square), 224.
         crop_size: the center crop keeps ``size / crop_size`` of the short side (224/256 by default).
+        crop_pct: timm's name for the same: the share of the short side the center crop keeps (0.875 = 224/256);
+            sets ``crop_size = floor(size / crop_pct)`` as timm computes its scale size. Not with ``crop_size``.
         resample: filter of the resize: ``"bicubic"`` (default), ``"bilinear"``, and with the Pillow backend also
             ``"lanczos"``, ``"box"``, ``"hamming"``, ``"nearest"``.
         do_center_crop, do_resize, do_rescale, do_normalize: switch single steps off.
@@ -113,12 +126,14 @@ class ImageProcessor:
 
         proc = ImageProcessor()
         pixel_values = proc([Image.open("cat.jpg"), np_image_hwc_uint8])  # (2, 3, 224, 224) float32
+        proc.save_pretrained("my-model")  # preprocessor_config.json, read by transformers' AutoImageProcessor
+        proc = ImageProcessor.from_pretrained("my-model")
     """
 
     def __init__(
         self,
         size: int | tuple[int, int] = 224,
-        crop_size: int | tuple[int, int] = 256,
+        crop_size: int | tuple[int, int] | None = None,
         resample: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] = "bicubic",
         do_center_crop: bool = True,
         do_resize: bool = True,
@@ -128,9 +143,17 @@ class ImageProcessor:
         image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
         backend: Literal["pil", "torch"] = "pil",
+        crop_pct: float | None = None,
     ) -> None:
         self.size = _pair("size", size)
-        self.crop_size = _pair("crop_size", crop_size)
+        if crop_pct is not None:
+            if crop_size is not None:
+                raise ValueError(f"pass crop_size or crop_pct, not both; got {crop_size=!r}, {crop_pct=!r}")
+            ok = isinstance(crop_pct, numbers.Real) and not isinstance(crop_pct, bool) and 0 < crop_pct <= 1
+            if not ok:
+                raise ValueError(f"crop_pct must be a number in (0, 1] (0.875 = 224/256), got {crop_pct!r}")
+            crop_size = (math.floor(self.size[0] / crop_pct), math.floor(self.size[1] / crop_pct))
+        self.crop_size = _pair("crop_size", 256 if crop_size is None else crop_size)
         if backend not in ("pil", "torch"):
             raise ValueError(f"backend must be 'pil' or 'torch', got {backend!r}")
         allowed = _RESAMPLE_NAMES if backend == "pil" else ("bilinear", "bicubic")
@@ -169,7 +192,70 @@ class ImageProcessor:
             options["resample"] = _PIL_RESAMPLE_CODES[resample]
         elif isinstance(resample, str):
             options["resample"] = resample.lower()
+        if kwargs.get("crop_pct") is not None:  # overrides the config's crop_size
+            options.pop("crop_size", None)
         return cls(**(options | kwargs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """This processor as transformers' ``PerceiverImageProcessor`` config (``preprocessor_config.json``):
+        ``size`` / ``crop_size`` as ``{"height", "width"}``, ``resample`` as Pillow's code; ``backend`` is not
+        part of it (transformers picks its own)."""
+        config: dict[str, Any] = {"image_processor_type": "PerceiverImageProcessor"}
+        config |= {name: getattr(self, name) for name in _SWITCHES}
+        config |= {
+            "size": {"height": self.size[0], "width": self.size[1]},
+            "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
+            "resample": _PIL_RESAMPLE_CODES.index(self.resample),
+            "rescale_factor": self.rescale_factor,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+        return config
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
+        """Write ``preprocessor_config.json`` (:meth:`to_dict`) into ``save_directory`` (created if needed; other
+        files, e.g. a model's, are kept), as transformers' image processor does: ``AutoImageProcessor`` /
+        ``PerceiverImageProcessor.from_pretrained`` and :meth:`from_pretrained` read it. Returns the paths written.
+
+        Raises:
+            NotADirectoryError: ``save_directory`` or one of its parents is a file.
+        """
+        target = Path(save_directory)
+        with staging_folder(target) as tmp:
+            holder = types.SimpleNamespace(preprocessor_config=self.to_dict())
+            install_folder(tmp, target, write_preprocessor_config(holder, tmp))
+        return (str(target / PREPROCESSOR_NAME),)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ImageProcessor:
+        """The processor of a local folder's ``preprocessor_config.json``: one :meth:`save_pretrained` or
+        transformers wrote, or the model folder of a converted transformers checkpoint (see :meth:`from_dict`;
+        ``kwargs`` override, e.g. ``backend="torch"``).
+
+        Raises:
+            FileNotFoundError: the folder does not exist or has no ``preprocessor_config.json``.
+            ValueError: the file is not a JSON object, or a value of the wrong form.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        config_file = folder / PREPROCESSOR_NAME
+        if not folder.is_dir():
+            what = "is not a directory" if folder.exists() else "does not exist"
+            raise FileNotFoundError(f"expected a local folder with {PREPROCESSOR_NAME}, but {folder} {what}")
+        if not config_file.is_file():
+            found = sorted(p.name for p in folder.iterdir())[:10]
+            raise FileNotFoundError(
+                f"expected an image processor config in {folder}: no {PREPROCESSOR_NAME} there (found {found}); "
+                "save one with processor.save_pretrained(folder)"
+            )
+        holder = types.SimpleNamespace()
+        read_preprocessor_config(holder, folder)
+        config = getattr(holder, "preprocessor_config", None)
+        if config is None:
+            raise ValueError(f"{config_file}: expected a JSON object")
+        try:
+            return cls.from_dict(config, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"{config_file}: {e}") from None
 
     def __repr__(self) -> str:
         return (

@@ -37,8 +37,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +279,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     `base_model_name_or_path` for `perceiver.from_pretrained(directory)`."""
     from safetensors.torch import save_file
 
-    from perceiver.save_files import check_save_directory, install_folder
+    from perceiver.save_files import install_folder, staging_folder
 
     peft = _peft()
     model = _unwrapped(model)
@@ -294,10 +292,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
         local = Path(base_model)
         config.base_model_name_or_path = str(local.resolve()) if local.exists() else str(base_model)
     target = Path(directory).expanduser()
-    check_save_directory(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
-    try:  # written aside, then moved in (`install_folder`): a failed save leaves no half-written adapter
+    with staging_folder(target) as tmp:  # written aside, then moved in: a failed save leaves no half-written adapter
         config.save_pretrained(str(tmp))
         weights = peft.functional.get_peft_model_state_dict(model)
         tensors = {  # without a head's own biases a second time (`bias="all"`: the same tensor, two names)
@@ -312,8 +307,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
             info["model_type"] = model.model_type
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
         install_folder(tmp, target, (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_INFO))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -8,12 +8,14 @@ on the loaded model and written again with it (`read_preprocessor_config`, `writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,21 @@ def _remove_stale_temp_dirs(target: Path) -> None:
         elif pid == os.getpid():
             continue
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder next to `target` to write files into before `install_folder` moves them into `target`:
+    `target` is checked as a place to save into (`check_save_directory`) and its parent created first; the folder
+    is removed afterwards, also on errors, so a failed save leaves nothing half-written."""
+    check_save_directory(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def install_folder(tmp: Path, target: Path, names: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from perceiver.checks import InputTypeError
+from perceiver.tokenizer_files import TokenizerFiles
 
 PAD, BOS, EOS, MASK, CLS, SEP = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, MASK, CLS, SEP)
@@ -83,7 +84,7 @@ class BatchEncoding(dict):
             raise AttributeError(name) from None
 
 
-class ByteTokenizer:
+class ByteTokenizer(TokenizerFiles):
     """UTF-8 byte tokenizer of Perceiver IO (``deepmind/language-perceiver``), equal to transformers' tokenizer.
 
     Args:
@@ -394,7 +395,6 @@ class ByteTokenizer:
         return ids[: len(ids) - n] if self.truncation_side == "right" else ids[n:]
 
     # ------------------------------------------------------------------ decoding
-
     def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of a sequence of ids, as transformers decodes it.
 
