@@ -5,7 +5,6 @@ for optical flow, each prepared as the datamodule prepares validation data; the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,7 @@ def transformers_preprocessor(args: argparse.Namespace, info: dict[str, Any]) ->
     config_file = Path(args.model_dir) / "preprocessor_config.json"
     if "image_shape" in info or args.image_size or args.channels or not config_file.is_file():
         return None
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_file}: expected a JSON object ({e})") from None
-    try:
-        return ImageProcessor.from_dict(config)
-    except ValueError as e:
-        raise ValueError(f"{config_file}: {e}") from None
+    return ImageProcessor.from_pretrained(args.model_dir)  # errors name the file
 
 
 def read_rgb(path: str | Path, processor: ImageProcessor) -> np.ndarray:
