@@ -27,6 +27,17 @@ class CrashAt(Callback):
             raise RuntimeError(f"crashed at epoch {self.epoch} batch {self.batch}")
 
 
+class StopAt(Callback):
+    """Asks the trainer to stop after batch `batch` of epoch `epoch`, as Lightning's `max_time` timer does."""
+
+    def __init__(self, epoch: int = 0, batch: int = 1) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            trainer.should_stop = True
+
+
 def logged(run_dir: Path) -> Counter:
     """(epoch, step, metric names) of every row of metrics.csv."""
     rows = csv.DictReader((run_dir / "metrics.csv").open())
@@ -102,3 +113,19 @@ def test_evaluating_without_a_checkpoint_in_a_trained_run_directory_says_so(tmp_
     assert "--ckpt_path best" in err and "best.ckpt, last.ckpt" in err
     main(["test", "--config", str(tmp_path / "config.yaml"), "--ckpt_path=best"])
     assert "without --ckpt_path" not in capsys.readouterr().err
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_that_epoch(tmp_path):
+    """A stop inside an epoch (`max_time`'s way: `should_stop` after a batch) writes last.ckpt with the epoch not
+    completed: the resume trains the epoch's remaining batches, then the next epoch (2 + 2 + 4 steps), as many as
+    an uninterrupted run, none skipped and none twice."""
+    import torch
+
+    common = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=4"]
+    stop = [f"--trainer.callbacks+={MODULE}.StopAt", "--trainer.callbacks.init_args.batch=1"]
+    main(["fit", *tiny_args("digits", tmp_path, *common, *stop)])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (ckpt["global_step"], ckpt["epoch"]) == (2, 0)
+    main(["fit", *tiny_args("digits", tmp_path, *common, "--ckpt_path=last")])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
