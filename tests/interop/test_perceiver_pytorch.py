@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from pp_tiny import CLASSIC, randomize
 
 from perceiver import Perceiver
 
@@ -16,31 +17,7 @@ SHAPES = {1: (2, 12, 3), 2: (2, 5, 4, 3), 3: (2, 3, 4, 2, 3)}
 
 
 def peer_kwargs(**overrides) -> dict:
-    kwargs = dict(
-        input_channels=3,
-        input_axis=2,
-        num_freq_bands=3,
-        max_freq=6.0,
-        depth=3,
-        num_latents=5,
-        latent_dim=16,
-        cross_heads=2,
-        latent_heads=2,
-        cross_dim_head=8,
-        latent_dim_head=8,
-        num_classes=7,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
-def randomize(module: torch.nn.Module) -> None:
-    """Non-trivial LayerNorm affines and biases, so a mis-mapped norm or bias cannot go unnoticed."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
+    return {**CLASSIC, **overrides}
 
 
 def peer_and_ours(**kwargs):

@@ -5,48 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pp_tiny import CLASSIC, IO, randomize
 
 from perceiver import Perceiver
 from perceiver.models.lucidrains_io import LucidrainsPerceiverBlock, LucidrainsPerceiverIO, LucidrainsPerceiverLM
 
 pp = pytest.importorskip("perceiver_pytorch")
 
-CLASSIC = dict(
-    num_freq_bands=3,
-    max_freq=6.0,
-    depth=3,
-    num_latents=5,
-    latent_dim=16,
-    cross_heads=2,
-    latent_heads=2,
-    cross_dim_head=8,
-    latent_dim_head=8,
-    num_classes=7,
-)
-IO = dict(
-    depth=3,
-    dim=12,
-    queries_dim=10,
-    logits_dim=9,
-    num_latents=6,
-    latent_dim=16,
-    cross_heads=2,
-    latent_heads=2,
-    cross_dim_head=8,
-    latent_dim_head=8,
-)
 LM = dict(
     num_tokens=20, dim=12, max_seq_len=16, depth=2, num_latents=6, latent_dim=16, latent_heads=2, latent_dim_head=8
 )
-
-
-def randomize(module: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-    return module.eval()
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+from pp_tiny import CLASSIC, IO
 
 from perceiver import Perceiver
 from perceiver.models.lucidrains_io import LucidrainsPerceiverIO, LucidrainsPerceiverLM
@@ -98,33 +99,6 @@ SCRIPT = textwrap.dedent(
     out = {k: ([(dict(c), *rest) for c, *rest in v] if k in ("classic", "io") else v) for k, v in out.items()}
     torch.save(out, sys.argv[3])
     """
-)
-
-CLASSIC = dict(
-    input_channels=3,
-    input_axis=2,
-    num_freq_bands=3,
-    max_freq=6.0,
-    depth=3,
-    num_latents=5,
-    latent_dim=16,
-    cross_heads=2,
-    latent_heads=2,
-    cross_dim_head=8,
-    latent_dim_head=8,
-    num_classes=7,
-)
-IO = dict(
-    depth=3,
-    dim=12,
-    queries_dim=10,
-    logits_dim=9,
-    num_latents=6,
-    latent_dim=16,
-    cross_heads=2,
-    latent_heads=2,
-    cross_dim_head=8,
-    latent_dim_head=8,
 )
 
 
