@@ -28,6 +28,7 @@ from perceiver.loading import (
     check_finite_tensors,
     no_init_weights,
     read_safetensors,
+    read_shard_index,
     resolve_device,
     resolve_dtype,
     stored_floating_dtype,
@@ -183,15 +184,9 @@ def _read_shards(index: Path, read: Callable[[Path], dict[str, Tensor]]) -> dict
     """Every tensor of the sharded checkpoint whose index (`*.index.json`, transformers' `weight_map`) is `index`;
     ValueError naming the index for a malformed one, a shard outside the folder or a tensor not in its shard,
     FileNotFoundError naming a missing shard."""
-    weight_map = read_config_file(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ValueError(
-            f"{index}: key 'weight_map': expected an object of tensor name -> shard file, got {weight_map!r}"
-        )
+    weight_map = read_shard_index(index)  # checked: an object of names -> shard files in its folder
     tensors: dict[str, Tensor] = {}
     for shard in dict.fromkeys(weight_map.values()):
-        if Path(shard).name != shard:
-            raise ValueError(f"{index}: expected shard files in its folder, got {shard!r}")
         if not (index.parent / shard).is_file():
             raise FileNotFoundError(f"{index} names the shard {shard}, which is not in {index.parent}")
         tensors |= read(index.parent / shard)
