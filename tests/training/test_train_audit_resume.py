@@ -129,3 +129,42 @@ def test_a_run_stopped_inside_an_epoch_resumes_that_epoch(tmp_path):
     main(["fit", *tiny_args("digits", tmp_path, *common, "--ckpt_path=last")])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
+
+
+class RecordLR(Callback):
+    """Appends `global_step learning_rate` of each optimizer step to the file `path` (the CLI imports this module
+    anew, so the records go through a file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {trainer.optimizers[0].param_groups[0]['lr']!r}\n")
+
+
+def recorded(path: Path) -> dict[int, float]:
+    return {int(step): float(lr) for step, lr in (line.split() for line in path.read_text().splitlines())}
+
+
+def test_extending_max_epochs_on_resume_runs_every_step_on_the_new_schedule(tmp_path):
+    """The warmup + cosine schedule spans the run's steps; resuming a 2-epoch run with --trainer.max_epochs 4 spans 4
+    epochs. The first resumed step ran at the old schedule's last (near-minimum) rate, restored with the optimizer;
+    every step of the resumed run must run at the rate an uninterrupted 4-epoch run uses at that step."""
+
+    def args(name: str, epochs: int) -> list[str]:
+        record = [f"--trainer.callbacks+={MODULE}.RecordLR", f"--trainer.callbacks.init_args.path={tmp_path / name}"]
+        return tiny_args(
+            "digits",
+            tmp_path / name.split("-")[0].removesuffix(".txt"),
+            "--trainer.limit_train_batches=3",
+            *record,
+            f"--trainer.max_epochs={epochs}",
+        )
+
+    main(["fit", *args("full.txt", 4)])
+    main(["fit", *args("run-1.txt", 2)])
+    main(["fit", *args("run-2.txt", 4), "--ckpt_path=last"])
+    full, resumed = recorded(tmp_path / "full.txt"), recorded(tmp_path / "run-2.txt")
+    assert sorted(resumed) == list(range(6, 12))
+    assert resumed == pytest.approx({step: full[step] for step in range(6, 12)}, rel=1e-6)

@@ -236,6 +236,8 @@ class PerceiverTask(L.LightningModule):
         return runner(*args, **kwargs) if runner is not None and self.training else self.model(*args, **kwargs)
 
     def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            self._resume_schedules()
         if not self.hparams.get("optimize") or self.__dict__["_runner"] is not None:
             return
         import perceiver
@@ -390,6 +392,20 @@ class PerceiverTask(L.LightningModule):
             optimizer, lambda s: cosine_with_warmup(s, warmup, total, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _resume_schedules(self) -> None:
+        """Set the learning rates a resumed run starts with from this run's schedules at the restored step. The
+        checkpoint restores the optimizer's last rates, which the old schedule set: a resume that extends the run
+        (`--trainer.max_epochs` raised) spans a longer schedule, and its first step ran at the old one's near-minimum
+        rate (each `LambdaLR` step after it follows the new one)."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            rates = [base * f(scheduler.last_epoch) for f, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+                group["lr"] = rate
+            scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
 
     def schedule_steps(self) -> float:
         """The optimizer steps the learning-rate schedule spans (Lightning's `estimated_stepping_batches`: epochs x
