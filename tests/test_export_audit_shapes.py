@@ -1,5 +1,5 @@
 """Deployment audit: a text model's exported graph takes any length up to `max_seq_len` where the model's code allows
-it (before: the export's length only, so short texts had to be padded); a graph whose length stays fixed names it;
+it, Perceiver AR's any window from N + 2 (before: the export's length only, so short texts had to be padded); a graph whose length stays fixed names it;
 the ONNX file's output is named after the task output (the resampler's was "logits"); torch's exporter noise about
 torchvision is not printed by `perceiver export`."""
 
@@ -73,9 +73,41 @@ def test_export_command_prints_the_length_range(tmp_path, capsys, recwarn):
     assert not [w for w in recwarn if "LeafSpec" in str(w.message)]  # torch's FutureWarning, nothing to act on
 
 
+def _left_padded(batch: int, length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = _text(batch, length)
+    mask[0, :pad] = False
+    return ids, mask
+
+
+@pytest.mark.parametrize("layout", [dict(num_latents=4), dict(prefix_len=5)])
+def test_perceiver_ar_exports_take_shorter_windows(layout, tmp_path, capsys):
+    """Perceiver AR's exports take any window from two prefix positions beyond its latents (N + 2, or prefix_len + 2
+    where N = L - prefix_len) to max_seq_len, equal to eager on left-padded rows; before, only the export's window,
+    so a short prompt had to be padded to max_seq_len. A loaded .pt2 names the range when a window is too short."""
+    model = tiny("perceiver-ar", **layout)  # max_seq_len 16
+    low = 6 if "num_latents" in layout else 7
+    folder = model.save_pretrained(tmp_path / "model")
+    main(["export", str(folder), str(tmp_path / "ar.onnx"), "--check"])
+    out = capsys.readouterr().out
+    assert "inputs int64 [batch, sequence], mask bool [batch, sequence]" in out and f"sequence {low}..16" in out
+    main(["export", str(folder), str(tmp_path / "ar.pt2"), "--check"])
+    assert f"(batch, {low}..16), (batch, {low}..16)" in capsys.readouterr().out
+    session, runner = ort.InferenceSession(str(tmp_path / "ar.onnx")), load_pt2(tmp_path / "ar.pt2")
+    for batch, length in ((3, low), (1, 11), (2, 16)):
+        ids, mask = _left_padded(batch, length, pad=2)
+        with torch.no_grad():
+            want = LogitsOnly(model)(ids, mask)
+            torch.testing.assert_close(runner(ids, mask), want, atol=1e-5, rtol=1e-5)
+        got = session.run(None, {"inputs": ids.numpy(), "mask": mask.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=rf"{low}\.\.16"):
+        runner(*_text(2, low - 1))
+
+
 def test_a_fixed_length_onnx_file_names_its_length(tmp_path, capsys):
-    """Perceiver AR keeps the export's window: the printed inputs and onnxruntime's own error name the length."""
-    model = tiny("perceiver-ar")
+    """A Perceiver AR whose latents leave fewer than two prefix positions keeps the export's window: the printed
+    inputs and onnxruntime's own error name the length."""
+    model = tiny("perceiver-ar", num_latents=15)
     n = model.config.max_seq_len
     folder = model.save_pretrained(tmp_path / "model")
     main(["export", str(folder), str(tmp_path / "ar.onnx")])

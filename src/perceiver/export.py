@@ -18,9 +18,8 @@ float32 models only (onnxruntime's quantisation of an fp16 graph writes a file o
 `example_inputs(model, batch_size)` builds inputs of the shape each model is made for (images of `image_size`, text of
 `max_seq_len` bytes with an attention mask, flow patches of `train_size`, a full Perceiver AR window of token ids with
 its mask, ...); the exported graph takes any batch size and that input size, except that the text models' graphs
-take any length up to `max_seq_len` where the model's code allows it (ONNX axis `sequence`; see
-`perceiver.export_shapes`; the text classifier does, the masked LM, token and QA heads keep the export's length until
-their decode stops counting positions in Python). `inputs=` given instead is a tuple of
+take any length up to `max_seq_len` (ONNX axis `sequence`), and Perceiver AR's any window from two prefix positions
+beyond its latents up to `max_seq_len` (see `perceiver.export_shapes.sequence_limits`). `inputs=` given instead is a tuple of
 tensors, the positional arguments of the model's forward (a single tensor is taken as `(tensor,)`, as
 `torch.onnx.export` does). An error the model itself raises on them (a `ValueError` naming the expected shape) is
 raised as it is, not wrapped in the exporter's. The graph returns the task output (`logits`; the resampler's
@@ -66,10 +65,10 @@ from perceiver import export_checks as checks
 from perceiver.export_shapes import (
     describe_inputs,
     dynamic_dims,
-    dynamic_length,
     example_inputs,
     export_dynamic,
     input_spec,
+    length_range,
     unwrapped,
 )
 
@@ -292,13 +291,15 @@ def export_onnx(
     names = list(getattr(wrapped.model, "onnx_input_names", names))  # the multimodal model's video, audio (, label)
     try:
         program = _program(model, inputs) if program is None else program
-        length = dynamic_length(program)
+        length = length_range(program)
         with checks.quiet_onnx_exporter():
             onnx_program = torch.onnx.export(
                 program,
                 tuple(inputs),
                 dynamo=True,
-                dynamic_shapes=dynamic_dims(model, inputs, sequence=length, names=True),  # names the dynamic axes
+                dynamic_shapes=dynamic_dims(
+                    model, inputs, sequence=length is not None, names=True
+                ),  # names the dynamic axes
                 input_names=names,
                 output_names=list(getattr(wrapped.model, "onnx_output_names", [task_output_name(model)])),
                 verbose=False,
@@ -376,7 +377,7 @@ def export_pt2(
             torch.export.save(program, tmp)
         if check:
             runner = load_pt2(tmp)
-            for case, x in checks.check_cases(inputs, check_batch_sizes, dynamic_length(program)):
+            for case, x in checks.check_cases(inputs, check_batch_sizes, length_range(program)):
                 with torch.no_grad():
                     expected = checks.outputs(LogitsOnly(model)(*x))
                     diff, scale = checks.max_diff(checks.outputs(runner(*x)), expected)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 __all__ = [
     "check_batch_sizes",
     "check_cases",
+    "check_length",
     "make_folders",
     "max_diff",
     "outputs",
@@ -121,18 +122,25 @@ def resized(inputs: Sequence[Tensor], batch: int, length: int | None = None) -> 
     return tuple(out)
 
 
+def check_length(inputs: Sequence[Tensor], lengths: tuple[int, int | None]) -> int:
+    """The shorter length the check runs for an export whose ids take `lengths` `(shortest, longest)`: half the
+    example's, or the shortest the export takes if that is longer."""
+    return max(lengths[0], 1, int(inputs[0].shape[1]) // 2)
+
+
 def check_cases(
-    inputs: Sequence[Tensor], batch_sizes: Sequence[int], dynamic_length: bool
+    inputs: Sequence[Tensor], batch_sizes: Sequence[int], lengths: tuple[int, int | None] | None
 ) -> list[tuple[str, tuple[Tensor, ...]]]:
     """The check's inputs, each with how its message names it: random inputs at each of `batch_sizes` ("batch 3"),
-    and for an export whose length is dynamic also at half the length ("batch 1, length 8"), with a padded last
-    position in the first sample's mask (a bool mask), so that both the length and the mask are checked."""
+    and for an export whose length is dynamic (`lengths`: the `(shortest, longest)` it takes) also at a shorter length
+    (`check_length`: "batch 1, length 8") with the first position of the first sample's mask (a bool mask) padded (a
+    left-padded row, as every sequence model takes), so that both the length and the mask are checked."""
     cases = [(f"batch {b}", resized(inputs, b)) for b in batch_sizes]
-    if dynamic_length:
-        b, length = batch_sizes[0], max(1, int(inputs[0].shape[1]) // 2)
+    if lengths is not None:
+        b, length = batch_sizes[0], check_length(inputs, lengths)
         x = resized(inputs, b, length)
         if length > 1 and len(x) > 1 and x[1].dtype == torch.bool:
-            x[1][0, -1] = False
+            x[1][0, 0] = False
         cases.append((f"batch {b}, length {length}", x))
     return cases
 

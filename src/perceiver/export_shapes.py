@@ -3,9 +3,11 @@ exported graph leaves dynamic.
 
 Every export takes any batch (dim 0, "batch"). The resampler's media also take any number of tokens per media
 ("media_tokens"). The text models (masked LM, text, token and question-answering heads) also take any length from 1 to
-`max_seq_len` ("sequence") where their code allows it: the export is traced with a symbolic length first and, if the
-model's code fixes the length (a decode that counts its positions in Python), traced again at the length of the
-example inputs, as before. `dynamic_length(program)` says which one was written. Every other size is the export's.
+`max_seq_len` ("sequence") where their code allows it, Perceiver AR any window from two prefix positions beyond its
+latents to `max_seq_len` (`sequence_limits`): the export is traced with a symbolic length first and, if the model's
+code fixes the length (a decode that counts its positions in Python), traced again at the length of the example
+inputs, as before. `dynamic_length(program)` / `length_range(program)` say which one was written. Every other size
+is the export's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "example_inputs",
     "export_dynamic",
     "input_spec",
+    "length_range",
+    "sequence_limits",
     "text_max_length",
     "unwrapped",
 ]
@@ -56,6 +60,25 @@ def text_max_length(model: nn.Module) -> int | None:
     model = unwrapped(model)
     text_models = PerceiverForMaskedLM | PerceiverForSequenceClassification | PerceiverForTokenClassification
     return int(model.config.adapter.max_seq_len) if isinstance(model, text_models) else None
+
+
+def sequence_limits(model: nn.Module) -> tuple[int, int] | None:
+    """The shortest and longest ids length L `(B, L)` a sequence model's export may leave dynamic, or None (not a
+    sequence model, or a window too short to vary): a text Perceiver IO model 1 to `max_seq_len`; Perceiver AR from
+    two prefix positions beyond its N latents (N + 2 with `num_latents`, `prefix_len` + 2 with a fixed prefix, where
+    N = L - prefix_len) to `max_seq_len`: torch.export specialises a dimension of size 0 or 1, so the traced graph
+    takes a prefix (or N) of at least 2."""
+    from perceiver.models.ar import PerceiverAR
+
+    limit = text_max_length(model)
+    if limit is not None:
+        return 1, limit
+    model = unwrapped(model)
+    if not isinstance(model, PerceiverAR):
+        return None
+    c = model.config
+    low = (c.prefix_len if c.prefix_len is not None else c.num_latents) + 2
+    return (low, c.max_seq_len) if low < c.max_seq_len else None
 
 
 def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] | None = None) -> tuple[Tensor, ...]:
@@ -143,19 +166,19 @@ def example_inputs(model: nn.Module, batch_size: int = 2, shape: Sequence[int] |
 
 
 def _sequence_length(model: nn.Module, inputs: Sequence[Tensor]) -> int | None:
-    """The length L of a text model's ids `(B, L)` when the export may leave it dynamic (2 <= L <= max_seq_len:
-    torch.export fixes a dimension of size 1, and the model refuses longer ids), else None."""
-    limit = text_max_length(model)
-    if limit is None or not inputs or inputs[0].ndim != 2:
+    """The length L of a sequence model's ids `(B, L)` when the export may leave it dynamic (in `sequence_limits`
+    and at least 2: torch.export fixes a dimension of size 1, and the model refuses longer ids), else None."""
+    limits = sequence_limits(model)
+    if limits is None or not inputs or inputs[0].ndim != 2:
         return None
     length = int(inputs[0].shape[1])
-    return length if 2 <= length <= limit else None
+    return length if max(2, limits[0]) <= length <= limits[1] else None
 
 
 def dynamic_dims(model: nn.Module, inputs: Sequence[Tensor], sequence: bool = True, names: bool = False) -> Any:
     """torch.export's `dynamic_shapes` of `LogitsOnly(model)(*inputs)` (one entry for its `*inputs`): dim 0 of every
     input is the shared batch; the resampler's media `(B, T, M, D)` (and mask `(B, T, M)`) take any number M of
-    tokens per media; with `sequence`, a text model's ids and mask `(B, L)` any length from 1 to `max_seq_len`.
+    tokens per media; with `sequence`, a sequence model's ids and mask `(B, L)` any length of `sequence_limits`.
     `names`: the dimensions' names instead ("batch", "media_tokens", "sequence"), as `torch.onnx.export` takes them
     to name the ONNX file's dynamic axes."""
     from perceiver.models.resampler import PerceiverResampler
@@ -168,9 +191,9 @@ def dynamic_dims(model: nn.Module, inputs: Sequence[Tensor], sequence: bool = Tr
             if t.ndim >= 3:
                 d[2] = media
     length = _sequence_length(model, inputs) if sequence else None
-    if length is not None:
-        limit = text_max_length(model)
-        seq = "sequence" if names else torch.export.Dim("sequence", min=1, max=limit)
+    limits = sequence_limits(model)
+    if length is not None and limits is not None:
+        seq = "sequence" if names else torch.export.Dim("sequence", min=limits[0], max=limits[1])
         for d, t in zip(dims, inputs):
             if t.ndim == 2 and t.shape[1] == length:
                 d[1] = seq
@@ -202,9 +225,18 @@ def _user_input_shapes(program: torch.export.ExportedProgram) -> list[tuple[Any,
 
 
 def dynamic_length(program: torch.export.ExportedProgram) -> bool:
-    """True if the program's first input (a text model's ids `(B, L)`) takes any length L."""
+    """True if the program's first input (a sequence model's ids `(B, L)`) takes any length L of a range."""
     shapes = _user_input_shapes(program)
     return bool(shapes) and len(shapes[0]) == 2 and not isinstance(shapes[0][1], int)
+
+
+def length_range(program: torch.export.ExportedProgram) -> tuple[int, int | None] | None:
+    """The lengths L the program's ids `(B, L)` take, `(shortest, longest)` (longest None: no bound), or None when
+    the length is the export's."""
+    if not dynamic_length(program):
+        return None
+    low, high = input_spec(program)[0][1]
+    return int(low), None if high is None else int(high)
 
 
 def input_spec(program: torch.export.ExportedProgram) -> list[list[Any]]:

@@ -240,9 +240,10 @@ class PerceiverAR(ARGeneration, PerceiverModel):
 
     def _num_latents(self, length: int, num_latents: int | None) -> int:
         c = self.config
-        if num_latents is None:
-            n = length - c.prefix_len if c.prefix_len is not None else c.num_latents
-            return max(1, min(n, length))
+        if num_latents is None:  # max(1, min(n, length)), written as branches that torch.export's solver can decide
+            n = length - c.prefix_len if c.prefix_len is not None else c.num_latents  # for a symbolic length
+            n = length if n > length else n
+            return n if n >= 1 else 1
         return min(check_int(num_latents, "num_latents"), length)  # numpy integers too
 
     def _rotates(self, i: int) -> bool:

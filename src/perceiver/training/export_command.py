@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from perceiver.export import example_inputs, export_onnx, export_program, export_pt2, task_output_name
-from perceiver.export_shapes import describe_inputs, dynamic_length, text_max_length
+from perceiver.export_checks import check_length
+from perceiver.export_shapes import describe_inputs, length_range
 
 __all__ = ["export_main", "trained_shape"]
 
@@ -145,9 +146,9 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             )  # fmt: skip
     except (RuntimeError, ValueError, TypeError) as e:  # a failed check; the model's error on --shape
         raise SystemExit(f"error: {e}") from e
-    length = text_max_length(model) if dynamic_length(program) else None
+    length = length_range(program)
     takes = ", ".join(describe_inputs(program))
-    lengths = f" and length {max(1, int(inputs[0].shape[1]) // 2)}" if length else ""
+    lengths = f" and length {check_length(inputs, length)}" if length else ""
     kind = ("AOTInductor package" if args.aoti else "torch.export program") if pt2 else "int8" if args.quantize else ""
     size = f"{path.stat().st_size / 1e6:.1f} MB{', ' if pt2 else ' ' if kind else ''}{kind}"
     print(f"wrote {path} ({size}): inputs (batch, ...) per sample {shapes} -> {output}")
@@ -159,7 +160,7 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 "or set AOTI_RUNTIME_CHECK_INPUTS=1 (torch._inductor.aoti_load_package, C++'s AOTIModelPackageLoader)"
             )
     else:
-        dims = f"batch any, sequence 1..{length}" if length else "batch any"
+        dims = f"batch any, sequence {length[0]}..{length[1]}" if length else "batch any"
         print(
             f"its inputs for onnxruntime: {onnx_inputs(path)} (named dimensions are dynamic: {dims}; pad the others to size)"
         )
