@@ -187,6 +187,8 @@ def test_help_lists_extra_commands(capsys):
     out = capsys.readouterr().out
     for word in ("perceiver plot", "perceiver attention", "perceiver predict MODEL_DIR", "fit"):
         assert word in out
+    # `perceiver predict -h` is Lightning's predict: the help names where predict's model-folder options are
+    assert "`perceiver predict MODEL_DIR -h`" in out
 
 
 def test_resume_continues_from_last_checkpoint(digits_run, tmp_path):

@@ -88,7 +88,8 @@ LightningCLI subcommands (each takes -c/--config FILE, --print_config and --trai
 Shipped configs (inside the package: `--config digits.yaml` finds them from any directory; a file of that name
 where you run wins):
 {configs}
-`perceiver SUBCOMMAND -h` for the options of each.
+`perceiver SUBCOMMAND -h` for the options of each (`perceiver predict MODEL_DIR -h`: those of predict on a model
+folder).
 """
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
