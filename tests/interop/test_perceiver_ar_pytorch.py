@@ -79,3 +79,11 @@ def test_wrong_keywords_are_rejected():
         PerceiverAR.from_perceiver_ar_pytorch(peer.state_dict(), dim=48)
     with pytest.raises(ValueError, match="missing|unexpected|size|shape"):
         PerceiverAR.from_perceiver_ar_pytorch(peer.state_dict(), **{**kwargs, "depth": 3})
+
+
+def test_a_head_narrower_than_the_peers_rotation_is_refused_naming_the_peers_rule():
+    """perceiver-ar-pytorch rotates max(32, dim_head // 2) channels: dim_head 16 is refused with that reason (before:
+    our rotary check's 'rotary dim must be even and in [2, head_dim=16], got 32', a value the user never gave)."""
+    kwargs = {**CONFIGS[0], "dim_head": 16}
+    with pytest.raises(ValueError, match=r"expected dim_head >= 32, got 16: perceiver-ar-pytorch rotates"):
+        PerceiverAR.from_perceiver_ar_pytorch({}, **kwargs)

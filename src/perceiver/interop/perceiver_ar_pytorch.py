@@ -50,6 +50,11 @@ def config_from_perceiver_ar_pytorch(**kwargs: Any) -> PerceiverARConfig:
         raise ValueError(
             f"expected max_seq_len > cross_attn_seq_len, got {peer['max_seq_len']} and {peer['cross_attn_seq_len']}"
         )
+    if isinstance(peer["dim_head"], int) and not isinstance(peer["dim_head"], bool) and peer["dim_head"] < 32:
+        raise ValueError(
+            f"expected dim_head >= 32, got {peer['dim_head']}: perceiver-ar-pytorch rotates max(32, dim_head // 2) "
+            "channels of each head, more than a head of fewer than 32 has (it cannot run such a model itself)"
+        )
     fields = {
         "vocab_size": peer["num_tokens"],
         "max_seq_len": peer["max_seq_len"],
