@@ -122,7 +122,7 @@ def test_tiled_equals_untiled_at_training_size(model):
 def test_tiled_blending_on_a_larger_image(model):
     h, w = SIZE[0], 20  # tiles at x = 0 and 8 (min_overlap 4): columns 8..11 blend the two
     assert compute_grid_indices((h, w), SIZE, 4) == [(0, 0), (0, 8)]
-    f1, f2 = torch.rand(1, h, w, 3), torch.rand(1, h, w, 3)
+    f1, f2 = torch.rand(1, h, w, 3) * 2 - 1, torch.rand(1, h, w, 3) * 2 - 1
     flow = predict_flow_tiled(model, f1, f2, min_overlap=4)
     assert flow.shape == (1, h, w, 2)
     frames = torch.stack([f1, f2], dim=1)
@@ -181,7 +181,7 @@ def test_bad_inputs(model):
     with pytest.raises(ValueError, match="same shape"):
         predict_flow_tiled(model, torch.rand(1, *SIZE, 3), torch.rand(1, SIZE[0] + 1, SIZE[1], 3))
     with pytest.raises(ValueError, match="at least the tile size"):
-        model.predict(torch.rand(4, 4, 3), torch.rand(4, 4, 3))
+        model.predict(torch.rand(4, 4, 3) * 2 - 1, torch.rand(4, 4, 3) * 2 - 1)
     with pytest.raises(ValueError, match=r"\(B, 2, H, W, 3\)"):
         frames_to_patches(torch.rand(1, 3, *SIZE, 3))  # three frames
     with pytest.raises(ValueError, match=r"expected patches of shape \(B, 2, 27, H, W\)"):
@@ -278,7 +278,7 @@ def test_wider_patches_channel_order_config_and_predict():
 
     model = tiny(patch_size=5)
     assert (model.config.patch_channels, model.input_adapter.patch_channels) == (75, 75)
-    f1, f2 = torch.rand(1, *SIZE, 3), torch.rand(1, *SIZE, 3)
+    f1, f2 = torch.rand(1, *SIZE, 3) * 2 - 1, torch.rand(1, *SIZE, 3) * 2 - 1
     with torch.no_grad():
         direct = model(frames_to_patches(torch.stack([f1, f2], dim=1), patch_size=5)).logits
         assert torch.allclose(model.predict(f1, f2), direct, atol=1e-6)  # predict extracts 5x5 patches itself
@@ -302,7 +302,7 @@ def test_pyramid_scales_add_patches_of_downsampled_frames(tmp_path):
     adapter = model.input_adapter
     assert model.config.adapter.pyramid_scales == (2, 4)
     assert adapter.projection[0].in_features == 2 * 27 * 3
-    frames = torch.rand(1, 2, *SIZE, 3)
+    frames = torch.rand(1, 2, *SIZE, 3) * 2 - 1  # normalised, as predict takes floating frames
     patches = frames_to_patches(frames)
     coarse2, coarse4 = adapter.coarse_patches(patches)
     # by hand for scale 2 (8x12 is divisible): average 2x2 blocks, 3x3 patches, bilinear upsampling

@@ -329,6 +329,11 @@ def tile_weights(tile: Sequence[int], device: torch.device | None = None) -> Ten
     return torch.minimum(wy[:, None], wx[None, :]).float()
 
 
+#: pixels run through the model at once by `predict_flow_tiled`: as many tiles as fit, at least one (DeepMind's
+#: 368 x 496 tiles: one at a time, as before; a 32 x 32 model: 256 tiles per forward instead of 256 forwards)
+TILE_PIXELS_PER_PASS = 1 << 18
+
+
 @torch.no_grad()
 def predict_flow_tiled(
     model: nn.Module,
@@ -336,34 +341,53 @@ def predict_flow_tiled(
     frame2: Tensor,
     tile: Sequence[int] | None = None,
     min_overlap: int | None = None,
+    tiles_per_pass: int | None = None,
     **forward_kwargs: Any,
 ) -> Tensor:
     """Flow for frames of any size >= `tile` by overlapping tiles blended with DeepMind's weights.
 
     `frame1`, `frame2`: `(B, H, W, 3)` channels-last, already normalised as the model expects (DeepMind: `[-1, 1]`,
-    see `normalize_frames`). `tile` defaults to the model's `train_size`; `min_overlap` to DeepMind's 20 pixels (at most half the tile).
-    Each pixel's flow is the average of the tiles covering it, weighted by the distance to each tile's border.
-    Returns `(B, H, W, 2)` in the model's output units (pixels).
+    see `normalize_frames`). `tile` defaults to the model's `train_size`; `min_overlap` to DeepMind's 20 pixels (at
+    most half the tile). Each pixel's flow is the average of the tiles covering it, weighted by the distance to each
+    tile's border. `tiles_per_pass`: tile positions run through the model in one forward (`tiles_per_pass * B`
+    samples), default as many as hold `TILE_PIXELS_PER_PASS` pixels (at least one); the result does not depend on
+    it. `forward_kwargs` go to every forward (e.g. `query_chunk_size`); every tile is decoded whole.
+    Returns `(B, H, W, 2)` float32 in the model's output units (pixels).
     """
     if frame1.shape != frame2.shape:
         raise ValueError(f"expected two frames of the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}")
     if frame1.ndim != 4 or frame1.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (B, H, W, 3), got {tuple(frame1.shape)}")
+    for name in ("output_index", "attention_mask"):
+        if forward_kwargs.get(name) is not None:
+            raise ValueError(
+                f"expected no {name} for a tiled prediction (each tile is a whole decode of its own pixels), "
+                f"got one; call the model on frames_to_patches(...) of one tile to pass {name}"
+            )
+    if forward_kwargs.get("return_dict") is False:
+        raise ValueError("expected return_dict None or True for a tiled prediction (it reads .logits), got False")
     adapter = cast(FlowAdapter, model.input_adapter)  # a flow model's (nn.Module types it as Tensor | Module)
     tile = tuple(tile) if tile is not None else tuple(adapter.train_size)
     if min_overlap is None:
         min_overlap = min(20, min(tile) // 2)
+    if tiles_per_pass is None:
+        tiles_per_pass = max(1, TILE_PIXELS_PER_PASS // (tile[0] * tile[1] * frame1.shape[0]))
+    elif isinstance(tiles_per_pass, bool) or not isinstance(tiles_per_pass, int) or tiles_per_pass < 1:
+        raise ValueError(f"tiles_per_pass must be an integer >= 1 or None, got {tiles_per_pass!r}")
     b, h, w, _ = frame1.shape
     frames = torch.stack([frame1, frame2], dim=1)  # (B, 2, H, W, 3)
     weights = tile_weights(tile, frame1.device)[None, :, :, None]
     flow = torch.zeros(b, h, w, 2, device=frame1.device)
     count = torch.zeros(1, h, w, 1, device=frame1.device)
-    for y, x in compute_grid_indices((h, w), tile, min_overlap):
-        piece = frames[:, :, y : y + tile[0], x : x + tile[1]]
-        patches = frames_to_patches(piece, channels_last=True, patch_size=adapter.patch_size)
-        out = model(patches, **forward_kwargs).logits.float()
-        flow[:, y : y + tile[0], x : x + tile[1]] += out * weights
-        count[:, y : y + tile[0], x : x + tile[1]] += weights
+    corners = compute_grid_indices((h, w), tile, min_overlap)
+    for first in range(0, len(corners), tiles_per_pass):
+        group = corners[first : first + tiles_per_pass]
+        pieces = torch.cat([frames[:, :, y : y + tile[0], x : x + tile[1]] for y, x in group])  # (k * B, 2, th, tw, 3)
+        patches = frames_to_patches(pieces, channels_last=True, patch_size=adapter.patch_size)
+        out = model(patches, **forward_kwargs).logits.float().reshape(len(group), b, *tile, 2)
+        for (y, x), piece in zip(group, out):
+            flow[:, y : y + tile[0], x : x + tile[1]] += piece * weights
+            count[:, y : y + tile[0], x : x + tile[1]] += weights
     return flow / count
 
 

@@ -31,6 +31,7 @@ Attributes available right after construction: `class_names`, `num_classes`, `vi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,7 @@ __all__ = [
     "VideoFileDataset",
     "VideoFolderDataModule",
     "clip_indices",
+    "load_video_audio",
     "load_video_clip",
     "load_video_frames",
     "segment_frames",
@@ -81,6 +83,56 @@ def load_video_clip(
     if not all(int(i) in frames for i in indices):  # the stated count was not the decoded one
         frames, _ = _decode(path, size, lambda stated: set(indices.tolist()))
     return np.stack([frames[int(i)] for i in indices])
+
+
+def load_video_audio(path: str | Path, sample_rate: int, num_samples: int | None = None) -> np.ndarray:
+    """The sound track of a video file as mono float32 `(S,)` at `sample_rate` Hz (FFmpeg resamples; channels are
+    averaged, as `perceiver.data.audio_folder.load_audio` does for sound files), from its start.
+
+    `num_samples`: the first `num_samples` samples, zero-padded at the end when the track is shorter (None: all).
+    The frames that go with them are the video's first ones (`load_video_frames(path, size, max_frames=T)`): e.g.
+    `multimodal-perceiver` takes 16 frames at 25 fps with the 30,720 samples at 48 kHz of the same 0.64 s.
+
+    `FileNotFoundError` for a missing file; `ValueError` naming the file if FFmpeg cannot decode it or it has no
+    sound track or no samples."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+        raise ValueError(f"sample_rate must be an integer >= 1 (Hz), got {sample_rate!r}")
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be None or an integer >= 1, got {num_samples!r}")
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - the video extra
+        raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
+    if not Path(path).exists():
+        raise FileNotFoundError(f"video file not found: {path}")
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError(f"video file {path} has no sound track (audio stream)")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar float, the track's channels
+            for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+                for resampled in resampler.resample(frame):
+                    planes = resampled.to_ndarray().reshape(-1, resampled.samples)  # (channels, samples)
+                    chunk = planes.mean(axis=0, dtype=np.float32)
+                    chunks.append(chunk)
+                    total += chunk.shape[0]
+                if num_samples is not None and total >= num_samples:
+                    break
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot decode the sound track of video file {path}: {e}") from e
+    if not total:
+        raise ValueError(f"video file {path} has a sound track without samples")
+    wave = np.concatenate(chunks).astype(np.float32, copy=False)
+    if num_samples is None:
+        return np.ascontiguousarray(wave)
+    clip = np.zeros(num_samples, dtype=np.float32)
+    clip[: min(num_samples, wave.shape[0])] = wave[:num_samples]
+    return clip
 
 
 def stated_frame_count(stream: Any) -> int:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,11 +35,17 @@ from perceiver.adapters.flow import (
     FlowAdapter,
     FlowAdapterConfig,
     FlowOutputConfig,
-    frames_to_patches,
     normalize_frames,
     predict_flow_tiled,
 )
-from perceiver.checks import check_float_input, check_int_fields, check_nonempty, model_dtype, to_bool_mask
+from perceiver.checks import (
+    InputTypeError,
+    check_float_input,
+    check_int_fields,
+    check_nonempty,
+    model_dtype,
+    to_bool_mask,
+)
 from perceiver.core.config import rename_keys
 from perceiver.core.decoder import DecoderConfig, InputQueries, PerceiverDecoder
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
@@ -180,6 +188,7 @@ class PerceiverForOpticalFlow(PerceiverIO):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        labels: Tensor | None = None,
     ) -> ModelOutput | tuple[Any, ...]:
         """Flow from patches `inputs` `(B, 2, 27, H, W)` (see `frames_to_patches`).
 
@@ -190,6 +199,9 @@ class PerceiverForOpticalFlow(PerceiverIO):
         `(B, N, D)`, and with `return_attention` the encoder `(B, H, N, H*W)` / decoder `(B, H, O, N)` maps;
         `return_hidden_states`: the latents after every encoder step. transformers' `output_attentions` /
         `output_hidden_states` / `return_dict` are taken (`return_dict=False`: `ModelOutput.to_tuple()`).
+        labels: ground-truth flow in the logits' shape and units (`(B, H, W, 2)` pixels, `(B, O', 2)` with
+        `output_index`) -> `.loss`, the mean end-point error (`FlowTask`'s loss; transformers' head raises for
+        labels), first in the tuple of `return_dict=False` as transformers' `Trainer` reads it.
         """
         return_attention, return_hidden_states = hf_output_flags(
             return_attention, return_hidden_states, output_attentions, output_hidden_states, return_dict
@@ -202,36 +214,90 @@ class PerceiverForOpticalFlow(PerceiverIO):
             output_index,
             query_chunk_size or None,
             return_attention,
+            labels=labels,
             return_hidden_states=return_hidden_states,
         )
         return out.to_tuple() if return_dict is False else out
 
+    def compute_loss(self, logits: Any, labels: Tensor) -> Tensor:
+        """Mean end-point error `||logits - labels||` over the pixels of `logits` `(B, H, W, 2)` or `(B, O', 2)`,
+        `labels` of the same shape (float32 math, as `FlowTask`)."""
+        expected = (
+            f"{tuple(logits.shape)} (the flow logits' shape: (B, H, W, 2) in pixels, (B, O', 2) for output_index)"
+        )
+        labels = check_float_input(labels, "labels", expected)
+        if tuple(labels.shape) != tuple(logits.shape):
+            raise ValueError(f"expected labels of shape {expected}, got {tuple(labels.shape)}")
+        return (logits.float() - labels.to(logits.device).float()).norm(dim=-1).mean()
+
     @torch.no_grad()
-    def predict(self, frame1: Tensor, frame2: Tensor, min_overlap: int | None = None, **forward_kwargs: Any) -> Tensor:
-        """Flow in pixels from frame 1 to frame 2, channels-last `(H, W, 3)` or `(B, H, W, 3)`.
+    def predict(
+        self,
+        frame1: Tensor | np.ndarray,
+        frame2: Tensor | np.ndarray,
+        min_overlap: int | None = None,
+        tiles_per_pass: int | None = None,
+        **forward_kwargs: Any,
+    ) -> Tensor:
+        """Flow in pixels from frame 1 to frame 2, channels-last `(H, W, 3)` or `(B, H, W, 3)` tensors or arrays
+        (numpy, or anything `np.asarray` takes, e.g. an RGB PIL image); moved to the model's device.
 
         uint8 frames are normalised to [-1, 1] (`normalize_frames`: DeepMind's `im / 255 * 2 - 1`, the training
-        task's normalisation); floating frames are taken as already normalised. Frames of `train_size` run in one
-        pass, larger ones by overlapping tiles (`predict_flow_tiled`, `min_overlap` pixels, default 20), smaller ones
-        raise (pad or resize them). Returns `(H, W, 2)` or `(B, H, W, 2)`.
+        task's normalisation); floating frames are taken as already normalised (a UserWarning when they look like
+        [0, 1] or [0, 255] pixels: none negative, or some above 1); both frames must be uint8 or both floating.
+        Frames of `train_size` run in one pass, larger ones by overlapping tiles (`predict_flow_tiled`,
+        `min_overlap` pixels, default 20; `tiles_per_pass` tiles per forward), smaller ones raise (pad or resize
+        them). `forward_kwargs`: e.g. `query_chunk_size`. Returns float32 `(H, W, 2)` or `(B, H, W, 2)`.
         """
-        if frame1.shape != frame2.shape:
+        f1, f2 = (self._frames(f, name) for f, name in ((frame1, "frame1"), (frame2, "frame2")))
+        if f1.shape != f2.shape:
+            raise ValueError(f"expected two frames of the same shape, got {tuple(f1.shape)} and {tuple(f2.shape)}")
+        if (f1.dtype == torch.uint8) != (f2.dtype == torch.uint8):
             raise ValueError(
-                f"expected two frames of the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}"
+                f"expected both frames uint8 (in [0, 255]) or both floating (normalised to [-1, 1]), got {f1.dtype} "
+                f"and {f2.dtype}: they would be normalised differently"
             )
-        unbatched = frame1.ndim == 3
-        f1, f2 = (frame1[None], frame2[None]) if unbatched else (frame1, frame2)
-        if f1.ndim != 4 or f1.shape[-1] != 3:
-            raise ValueError(f"expected frames of shape (H, W, 3) or (B, H, W, 3), got {tuple(frame1.shape)}")
+        if f1.ndim not in (3, 4) or f1.shape[-1] != 3:
+            raise ValueError(f"expected frames of shape (H, W, 3) or (B, H, W, 3), got {tuple(f1.shape)}")
+        unbatched = f1.ndim == 3
+        f1, f2 = (f1[None], f2[None]) if unbatched else (f1, f2)
+        if f1.is_floating_point() and f1.numel() > 3:
+            lo, hi = min(float(f1.min()), float(f2.min())), max(float(f1.max()), float(f2.max()))
+            if lo >= 0.0 or hi > 1.01:  # [0, 1] or [0, 255] floats: the model would see a shifted / huge range
+                warnings.warn(
+                    f"floating frames are taken as normalised to [-1, 1] (DeepMind's range), but these lie in "
+                    f"[{lo:.3g}, {hi:.3g}]; pass uint8 frames for [0, 255] pixels, or normalize_frames(frames) for "
+                    f"frames in [0, 1]",
+                    UserWarning,
+                    stacklevel=3,  # the caller of the no_grad-wrapped predict
+                )
         dtype = model_dtype(self)
         f1, f2 = (f.to(dtype) if f.is_floating_point() else normalize_frames(f, dtype) for f in (f1, f2))
         adapter = self.input_adapter
-        if tuple(f1.shape[1:3]) == adapter.train_size:
-            patches = frames_to_patches(torch.stack([f1, f2], dim=1), channels_last=True, patch_size=adapter.patch_size)
-            flow = self(patches, **forward_kwargs).logits
-        else:
-            flow = predict_flow_tiled(self, f1, f2, adapter.train_size, min_overlap, **forward_kwargs)
+        # one code path for every size: frames of `train_size` are a single tile, the same forward as a direct call
+        flow = predict_flow_tiled(self, f1, f2, adapter.train_size, min_overlap, tiles_per_pass, **forward_kwargs)
         return flow[0] if unbatched else flow
+
+    def _frames(self, frame: Any, name: str) -> Tensor:
+        """`frame` as a tensor on the model's device: uint8 or floating, else a clear error."""
+        if not isinstance(frame, Tensor):
+            if isinstance(frame, (str, os.PathLike)):
+                raise InputTypeError(
+                    f"expected {name} as pixels (a tensor or array (H, W, 3)), got the path {os.fspath(frame)!r}; "
+                    f"load the image first, e.g. np.asarray(PIL.Image.open(path).convert('RGB'))"
+                )
+            try:
+                frame = torch.from_numpy(np.array(frame, copy=True))
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise InputTypeError(
+                    f"expected {name} as a tensor or array (H, W, 3) or (B, H, W, 3), got {type(frame).__name__}"
+                ) from e
+        if frame.dtype != torch.uint8 and not frame.is_floating_point():
+            raise InputTypeError(
+                f"expected {name} as uint8 (in [0, 255]) or floating (normalised to [-1, 1]) pixels, got dtype "
+                f"{frame.dtype}"
+            )
+        return frame.to(self.encoder.latents.device)
 
 
 @register_model("optical-flow-perceiver", hub_id="deepmind/optical-flow-perceiver")

@@ -45,7 +45,7 @@ from perceiver.adapters.multimodal import (
     check_mask_probs,
 )
 from perceiver.adapters.video import VideoAdapterConfig
-from perceiver.checks import check_float_input, check_nonempty, model_dtype, to_bool_mask
+from perceiver.checks import InputTypeError, check_float_input, check_nonempty, model_dtype, to_bool_mask
 from perceiver.core.config import rename_keys
 from perceiver.core.decoder import (
     DecoderConfig,
@@ -295,11 +295,28 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
         shapes = {"image": "(B, T, C, H, W)", "audio": "(B, S, 1)", "label": f"(B, {c.num_classes})"}
         dtype = model_dtype(self)
         inputs = {**inputs}
+        image = inputs["image"]
+        if isinstance(image, Tensor) and image.dtype == torch.uint8:  # decoded frames (PyAV, torchvision.io, ...)
+            raise InputTypeError(
+                "expected inputs['image'] as a floating-point tensor of shape (B, T, C, H, W) in [0, 1], got dtype "
+                "torch.uint8; convert it with .float() / 255 (DeepMind's video range)"
+            )
         for name in MODALITIES:
             inputs[name] = check_float_input(inputs[name], f"inputs[{name!r}]", shapes[name], dtype)
             check_nonempty(inputs[name], f"inputs[{name!r}]", shapes[name])
         image = inputs["image"]
         if image.ndim == 5:
+            channels = c.image.in_channels
+            if image.shape[2] != channels:
+                hint = (
+                    "; it looks channels-last (B, T, H, W, C): pass video.permute(0, 1, 4, 2, 3)"
+                    if image.shape[-1] == channels
+                    else ""
+                )
+                raise ValueError(
+                    f"expected inputs['image'] of shape {self._video_input_shape()} (B, T, C, H, W), channels first, "
+                    f"got {tuple(image.shape)}{hint}"
+                )
             (n, _, h, w), s = image.shape[1:], c.image.spatial_block_size
             if h % s or w % s:
                 raise ValueError(
@@ -312,6 +329,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverIO):
                     f"{n} (shape {tuple(image.shape)})"
                 )
         return inputs, to_bool_mask(mask, "attention_mask")
+
+    def _video_input_shape(self) -> str:
+        """The expected video shape as text, `(B, T, C, H, W)` with the config's sizes."""
+        t, ch, h, w = self.config.video_shape
+        return f"(B, {t}, {ch}, {h}, {w})"
 
     def output_index(
         self, subsampled_output_points: Mapping[str, Any] | None, device: torch.device | str | None = None
