@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-all lint format bench clean
+.PHONY: env demo test test-all lint format bench bench-smoke clean
 
 env: $(STAMP)
 
@@ -52,6 +52,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bounds.py
 	$(BIN)/python benchmarks/tables.py
+
+# smoke runs of the benchmark scripts (fewer cases and runs, eager forms): into /tmp, never into benchmarks/results
+bench-smoke: $(STAMP)
+	for s in classic perceiver_io ar load; do $(BIN)/python benchmarks/bench_$$s.py --quick --results-dir /tmp/bench-smoke || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,10 @@
 """Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch / flamingo-pytorch, same weights.
 
     .venv/bin/python benchmarks/bench_ar.py                # writes benchmarks/results/<machine>/ar.{md,json}
-    .venv/bin/python benchmarks/bench_ar.py --quick        # fewer tokens / runs (a smoke run)
+    .venv/bin/python benchmarks/bench_ar.py --quick --results-dir /tmp/trial   # a smoke run, not for the report
+
+Before timing, ours' outputs are checked against each peer's on the same input (same weights: max abs diff <= 1e-4
+relative, fp32): the Perceiver AR logits and the resampler's output.
 
 Cases (fp32, 2 threads):
 
@@ -56,19 +59,23 @@ import time
 from pathlib import Path
 
 import torch
+from bench_ar_krasserm import KRASSERM_PROMPT, bench_generate_krasserm  # the generate-cached case
+from bench_ar_report import write_report  # the report (ar.md) of the results
 from machine import (
-    bound_text,
-    describe,
+    add_results_dir_argument,
+    atomic_write,
+    check_same_function,
     finish,
     machine,
     native_bf16,
+    read_results,
     results_dir,
     run_record,
     time_by_kind,
+    write_results,
 )  # benchmarks/: the script's folder
 
 THREADS = 2
-RESULTS = results_dir()  # benchmarks/results/<this machine>/
 AR = dict(num_tokens=262, dim=256, depth=4, max_seq_len=2048, cross_attn_seq_len=1536, dim_head=64, heads=4, ff_mult=4)
 RESAMPLER = dict(dim=1024, depth=6, dim_head=64, heads=8, num_latents=64, num_media_embeds=4)
 PROMPT, NEW_TOKENS, TRAIN_BATCH = 2048, 256, 2
@@ -128,85 +135,6 @@ def bench_generate(new_tokens: int) -> dict:
         out[name] = {"seconds": elapsed, "tokens_per_s": new_tokens / elapsed}
     out["speedup"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
     return out
-
-
-KRASSERM = dict(
-    vocab_size=262, max_seq_len=2048, max_latents=512, num_channels=256, num_heads=4, num_self_attention_layers=4
-)
-KRASSERM_PROMPT, KRASSERM_LATENTS = 1792, 256
-
-KRASSERM_SCRIPT = """
-import dataclasses, json, time
-from perceiver.model.text.clm import PerceiverCausalLanguageModel, PerceiverCausalLanguageModelConfig
-from perceiver.model.text.clm.backend import CausalLanguageModelConfig
-
-spec = json.loads(open(sys.argv[1] + "/spec.json").read())
-torch.manual_seed(0)
-wrapper = PerceiverCausalLanguageModel(PerceiverCausalLanguageModelConfig(CausalLanguageModelConfig(**spec["config"])))
-wrapper.eval()
-with torch.no_grad():  # weights of std 1 / sqrt(fan-in), so that greedy tokens are not near-ties of a 0.02 init
-    for p in wrapper.parameters():
-        if p.ndim > 1:
-            p.normal_(0.0, p.shape[-1] ** -0.5)
-prompt = torch.load(sys.argv[1] + "/prompt.pt", weights_only=True)
-
-
-@torch.no_grad()
-def generate(ids, new_tokens):
-    prefix_len, past = ids.shape[1] - spec["num_latents"], None
-    for _ in range(new_tokens):
-        inputs = wrapper.prepare_inputs_for_generation(ids, past_key_values=past, use_cache=True, prefix_len=prefix_len)
-        out = wrapper(**inputs)
-        past, prefix_len = out.past_key_values, inputs["prefix_len"]
-        ids = torch.cat((ids, out.logits[:, -1].argmax(-1, keepdim=True)), dim=1)
-    return ids
-
-
-generate(prompt[:, -spec["num_latents"] - 64 :], 2)  # warm-up
-start = time.perf_counter()
-out = generate(prompt, spec["new_tokens"])
-seconds = time.perf_counter() - start
-state = {k: v for k, v in wrapper.backend_model.state_dict().items()}
-torch.save({"config": dataclasses.asdict(wrapper.backend_model.config), "state_dict": state, "tokens": out,
-            "seconds": seconds}, sys.argv[2])
-"""
-
-
-def bench_generate_krasserm(new_tokens: int) -> dict:
-    """Ours vs krasserm's perceiver-io, both with a KV cache (see the module docstring); its error if it cannot run."""
-    import tempfile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from krasserm_peer import VERSION, install, run
-
-    from perceiver import PerceiverAR
-
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp)
-        error = install(target)
-        if error is not None:
-            return {"error": f"cannot install krasserm's perceiver-io {VERSION}: {error}"}
-        prompt = tokens(1, KRASSERM_PROMPT)
-        torch.save(prompt, target / "prompt.pt")
-        spec = {"config": KRASSERM, "num_latents": KRASSERM_LATENTS, "new_tokens": new_tokens}
-        (target / "spec.json").write_text(json.dumps(spec))
-        peer = run(target, KRASSERM_SCRIPT, "krasserm.pt", threads=THREADS)
-    ours = PerceiverAR.from_krasserm(peer["state_dict"], peer["config"])
-    kwargs = dict(do_sample=False, num_latents=KRASSERM_LATENTS, max_latents=KRASSERM["max_latents"])
-    ours.generate(prompt[:, -KRASSERM_LATENTS - 64 :], 2, **kwargs)  # warm-up
-    start = time.perf_counter()
-    got = ours.generate(prompt, new_tokens, **kwargs)
-    seconds = time.perf_counter() - start
-    same = got[0, KRASSERM_PROMPT:] == peer["tokens"][0, KRASSERM_PROMPT:]
-    first_diff = int((~same).nonzero()[0, 0]) if not bool(same.all()) else None
-    return {
-        "version": VERSION,
-        "ours": {"seconds": seconds, "tokens_per_s": new_tokens / seconds},
-        "peer": {"seconds": peer["seconds"], "tokens_per_s": new_tokens / peer["seconds"]},
-        "speedup": peer["seconds"] / seconds,
-        "same_tokens": first_diff is None,
-        "first_different_token": first_diff,
-    }
 
 
 # ----------------------------------------------------------------------------- training step
@@ -272,11 +200,11 @@ def memory_worker(impl: str, steps: int, long: bool = False) -> dict:
     }
 
 
-def _peak_memory(out: dict, impls: tuple[str, ...], long: bool = False) -> None:
+def _peak_memory(out: dict, impls: tuple[str, ...], long: bool = False, rounds: int = MEMORY_ROUNDS) -> None:
     """`out[impl]["memory"]`: median peak RSS increase of a training step over MEMORY_ROUNDS fresh processes each."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     samples: dict[str, list[dict]] = {impl: [] for impl in impls}
-    for _ in range(MEMORY_ROUNDS):
+    for _ in range(rounds):
         for impl in impls:
             spec = json.dumps({"impl": impl, "steps": 2, "long": long})
             res = subprocess.run(
@@ -307,13 +235,24 @@ def bench_long(runs: int) -> dict:
     return out
 
 
-def bench_train(runs: int) -> dict:
+def check_ar(config: dict = AR) -> float:
+    """Ours' and perceiver-ar-pytorch's logits on one window (eval mode): the same function before any timing."""
+    ours, wrapper = build_ar(config)
+    x = tokens(1, config["max_seq_len"])
+    with torch.no_grad():
+        got, ref = ours.eval()(x).logits, wrapper.net.eval()(x)
+    return check_same_function("Perceiver AR: ours vs perceiver-ar-pytorch", got, ref)
+
+
+def bench_train(runs: int, quick: bool = False) -> dict:
     """Eager steps of both, ours after `perceiver.optimize(training=True)` and perceiver-ar-pytorch under
-    `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes."""
-    out: dict = {}
+    `torch.compile`, interleaved in one process; peak memory of the eager forms in fresh processes. `quick`: the
+    eager forms only."""
+    out: dict = {"max_abs_diff": check_ar()}
     setups = {}
-    bf16_forms = ("ours-bf16", "ours-opt-bf16", "peer-bf16", "peer-bf16w") if native_bf16() else ()
-    for impl in ("ours", "peer", "ours-opt", "peer-compile", "ours-ckpt", *bf16_forms):
+    bf16_forms = ("ours-bf16", "ours-opt-bf16", "peer-bf16", "peer-bf16w") if native_bf16() and not quick else ()
+    fp32_forms = ("ours", "peer", "ours-ckpt") if quick else ("ours", "peer", "ours-opt", "peer-compile", "ours-ckpt")
+    for impl in (*fp32_forms, *bf16_forms):
         try:
             setups[impl] = _train_setup(impl)
             train_step(impl, *setups[impl])
@@ -332,7 +271,7 @@ def bench_train(runs: int) -> dict:
     # Fresh processes, alternating, with MALLOC_MMAP_THRESHOLD_ (as bench_perceiver_io.py): freed blocks go back to
     # the OS, so the peak is that of live tensors rather than of glibc's heap fragmentation (which made one run of
     # the same step read 48 MB and another 125 MB); the median of MEMORY_ROUNDS processes is reported.
-    _peak_memory(out, ("ours", "peer", "ours-ckpt"))
+    _peak_memory(out, ("ours", "peer", "ours-ckpt"), rounds=1 if quick else MEMORY_ROUNDS)
     out["ckpt_mem_ratio"] = out["ours-ckpt"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
     out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
     out["mem_ratio"] = out["ours"]["memory"]["peak_increase_mb"] / out["peer"]["memory"]["peak_increase_mb"]
@@ -365,9 +304,10 @@ def _interleaved(fns: dict, runs: int) -> dict:
     return {name: {"median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
 
 
-def bench_resampler(runs: int) -> dict:
+def bench_resampler(runs: int, quick: bool = False) -> dict:
     """Eager forms, `perceiver.optimize` (fp32 candidates) for ours, `torch.compile` (with and without Inductor
-    freezing, the faster kept) for flamingo-pytorch; all timed in one process, interleaved."""
+    freezing, the faster kept) for flamingo-pytorch; all timed in one process, interleaved. `quick`: the eager
+    forms only."""
     import perceiver
     from perceiver.optimization import compile_frozen
 
@@ -375,16 +315,19 @@ def bench_resampler(runs: int) -> dict:
     media = torch.randn(2, 1, 256, RESAMPLER["dim"], generator=torch.Generator().manual_seed(2))
     out = {}
     with torch.no_grad():
-        diff = (ours(media).last_hidden_state - peer(media)).abs().max().item()
-        fast = perceiver.optimize(
-            ours, (media,), candidates=("eager", "compile", "compile-freezing", "onednn-linear"), verbose=False
-        )
-        peer_forms = {
-            "peer-compile": torch.compile(peer),
-            "peer-compile-freezing": compile_frozen(peer),  # options={"freezing": True} alone does not freeze
-        }
-        fns = {"ours": lambda: ours(media), "peer": lambda: peer(media), "ours-opt": lambda: fast(media)}
-        if native_bf16():
+        diff = check_same_function("resampler: ours vs flamingo-pytorch", ours(media).last_hidden_state, peer(media))
+        fns = {"ours": lambda: ours(media), "peer": lambda: peer(media)}
+        fast, peer_forms = None, {}
+        if not quick:
+            fast = perceiver.optimize(
+                ours, (media,), candidates=("eager", "compile", "compile-freezing", "onednn-linear"), verbose=False
+            )
+            peer_forms = {
+                "peer-compile": torch.compile(peer),
+                "peer-compile-freezing": compile_frozen(peer),  # options={"freezing": True} alone does not freeze
+            }
+            fns["ours-opt"] = lambda: fast(media)
+        if native_bf16() and not quick:
             for name, model in (("ours-bf16", ours), ("peer-bf16", peer)):
                 fns[name] = lambda model=model: _bf16(model, media)
             diff_bf16 = (ours_bf16 := _bf16(ours, media).last_hidden_state.float()) - _bf16(peer, media).float()
@@ -401,9 +344,10 @@ def bench_resampler(runs: int) -> dict:
     compiled = [n for n in peer_forms if "median_s" in out.get(n, {})]
     best_peer = min(["peer", *compiled], key=lambda n: out[n]["median_s"])
     out["speedup"] = out["peer"]["median_s"] / out["ours"]["median_s"]
-    out["opt_chosen"] = fast.report.chosen
-    out["opt_best_peer"] = best_peer
-    out["opt_speedup"] = out[best_peer]["median_s"] / out["ours-opt"]["median_s"]
+    if fast is not None:
+        out["opt_chosen"] = fast.report.chosen
+        out["opt_best_peer"] = best_peer
+        out["opt_speedup"] = out[best_peer]["median_s"] / out["ours-opt"]["median_s"]
     out["max_abs_diff"] = diff
     if "ours-bf16" in out:
         out["bf16_speedup"] = out["peer-bf16"]["median_s"] / out["ours-bf16"]["median_s"]
@@ -418,182 +362,23 @@ def _bf16(model, media):
 # ----------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
+def machine_info(peaks: bool = True) -> dict:
     """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus the peers' versions."""
     from importlib.metadata import version
 
-    return machine(THREADS) | {
+    return machine(THREADS, peaks=peaks) | {
         "perceiver_ar_pytorch": version("perceiver-ar-pytorch"),
         "flamingo_pytorch": version("flamingo-pytorch"),
     }
 
 
-def _krasserm_rows(k: dict | None, new_tokens: int) -> list[str]:
-    """The report row of the cached-generation comparison with krasserm's perceiver-io (none in older results)."""
-    if k is None:
-        return []
-    if "error" in k:
-        return [f"| generate, both with a KV cache, vs krasserm perceiver-io: not run ({k['error'][:200]}) | | | | |"]
-    tokens = "equal" if k["same_tokens"] else f"differ from new token {k['first_different_token']}"
-    return [
-        f"| generate {new_tokens} greedy tokens after {KRASSERM_PROMPT}, both with a KV cache: ours vs krasserm "
-        f"perceiver-io {k['version']} (tokens/s) | {k['ours']['tokens_per_s']:.1f} | {k['peer']['tokens_per_s']:.1f} "
-        f"| {k['speedup']:.2f}x | (no target; the generated tokens are {tokens}) |"
-    ]
-
-
-def _checkpointing_rows(t: dict, long: dict | None) -> list[str]:
-    """Rows of ours with `set_grad_checkpointing()` (perceiver-ar-pytorch has no such option: its plain step)."""
-    rows = []
-    if "memory" in t.get("ours-ckpt", {}):
-        c = t["ours-ckpt"]
-        rows += [
-            f"| train step, context 2048, ours with set_grad_checkpointing() vs perceiver-ar-pytorch (s, median) | "
-            f"{c['median_s']:.3f} | {t['peer']['median_s']:.3f} | {t['peer']['median_s'] / c['median_s']:.2f}x | "
-            "(no target) |",
-            f"| train step, context 2048, peak RSS increase with set_grad_checkpointing() (MB) | "
-            f"{c['memory']['peak_increase_mb']:.0f} | {t['peer']['memory']['peak_increase_mb']:.0f} | "
-            f"{t['ckpt_mem_ratio']:.2f} | (no target) |",
-        ]
-    if long:
-        c = long["config"]
-        size = (
-            f"context {c['max_seq_len']} ({c['max_seq_len'] - c['cross_attn_seq_len']} latents, width {c['dim']}, "
-            f"{c['depth']} layers, {c['heads']} heads), batch {long['batch']}"
-        )
-        for impl, label in (("ours", "eager"), ("ours-ckpt", "with set_grad_checkpointing()")):
-            ratio = long["speedup" if impl == "ours" else "ckpt_speedup"]
-            mem = long["mem_ratio" if impl == "ours" else "ckpt_mem_ratio"]
-            rows += [
-                f"| train step, {size}, ours {label} (s, median) | {long[impl]['median_s']:.3f} | "
-                f"{long['peer']['median_s']:.3f} | {ratio:.2f}x | (no target) |",
-                f"| train step, {size}, ours {label}: peak RSS increase (MB) | "
-                f"{long[impl]['memory']['peak_increase_mb']:.0f} | {long['peer']['memory']['peak_increase_mb']:.0f} | "
-                f"{mem:.2f} | (no target) |",
-            ]
-    return rows
-
-
-def write_report(results: dict, out: Path) -> str:
-
-    info, g, t, r = results["machine"], results["generate"], results["train"], results["resampler"]
-    lines = [
-        "# Perceiver AR and the Perceiver Resampler: ours vs perceiver-ar-pytorch, krasserm perceiver-io, "
-        "flamingo-pytorch",
-        "",
-        f"Date: {results['date']} · commit `{results['commit']}` · command: `{results['command']}`",
-        "",
-        f"{describe(info)} perceiver-ar-pytorch {info['perceiver_ar_pytorch']}, flamingo-pytorch "
-        f"{info['flamingo_pytorch']}. fp32 unless a row says bf16. See the script's docstring for the cases.",
-        "",
-        "| case | ours | peer | ratio | target |",
-        "| --- | ---: | ---: | ---: | --- |",
-        f"| generate {results['new_tokens']} tokens after {PROMPT} (tokens/s) | {g['ours']['tokens_per_s']:.1f} | "
-        f"{g['peer']['tokens_per_s']:.2f} | {g['speedup']:.1f}x | >= 5x: {'met' if g['speedup'] >= 5 else 'missed'} |",
-        *_krasserm_rows(results.get("generate_krasserm"), results["new_tokens"]),
-        f"| train step, context 2048, batch {TRAIN_BATCH} (s, median) | {t['ours']['median_s']:.3f} | "
-        f"{t['peer']['median_s']:.3f} | {t['speedup']:.2f}x | >= 1.5x: {'met' if t['speedup'] >= 1.5 else 'missed'} |",
-        *(
-            [
-                f"| train step, ours after optimize() ('{t['opt_chosen']}') vs the faster perceiver-ar-pytorch form "
-                f"({t['opt_best_peer']}) (s, median) | {t['ours-opt']['median_s']:.3f} | "
-                f"{t[t['opt_best_peer']]['median_s']:.3f} | {t['opt_speedup']:.2f}x | >= 1.5x: "
-                f"{'met' if t['opt_speedup'] >= 1.5 else 'missed'} |"
-            ]
-            if "opt_speedup" in t
-            else []
-        ),
-        f"| train step peak RSS increase (MB) | {t['ours']['memory']['peak_increase_mb']:.0f} | "
-        f"{t['peer']['memory']['peak_increase_mb']:.0f} | {t['mem_ratio']:.2f} | <= 0.6: "
-        f"{'met' if t['mem_ratio'] <= 0.6 else 'missed'} |",
-        *_checkpointing_rows(t, results.get("long")),
-        *(
-            [
-                f"| train step, both under bf16 autocast (native bf16 here): ours vs the fastest perceiver-ar-pytorch "
-                f"form that runs ({t['bf16_best_peer']}) (s, median) | {t['ours-bf16']['median_s']:.3f} | "
-                f"{t[t['bf16_best_peer']]['median_s']:.3f} | {t['bf16_speedup']:.2f}x | (fp32 target; bf16 shown) |"
-            ]
-            if "bf16_speedup" in t
-            else []
-        ),
-        *(
-            [
-                f"| train step, ours after optimize() under bf16 autocast ('{t['opt_bf16_chosen']}') vs the "
-                f"fastest perceiver-ar-pytorch form that runs ({t['bf16_best_peer']}) (s, median) | "
-                f"{t['ours-opt-bf16']['median_s']:.3f} | {t[t['bf16_best_peer']]['median_s']:.3f} | "
-                f"{t['opt_bf16_speedup']:.2f}x | (fp32 target; bf16 shown) |"
-            ]
-            if "opt_bf16_speedup" in t
-            else []
-        ),
-        f"| resampler forward 2 x 256 x 1024, eager (ms, median) | {1e3 * r['ours']['median_s']:.1f} | "
-        f"{1e3 * r['peer']['median_s']:.1f} | {r['speedup']:.2f}x | >= 1.5x: "
-        f"{'met' if r['speedup'] >= 1.5 else 'missed'} |",
-        f"| resampler forward, ours after optimize() ('{r['opt_chosen']}') vs the faster flamingo-pytorch form "
-        f"({r['opt_best_peer']}) (ms, median) | {1e3 * r['ours-opt']['median_s']:.1f} | "
-        f"{1e3 * r[r['opt_best_peer']]['median_s']:.1f} | {r['opt_speedup']:.2f}x | >= 1.5x: "
-        f"{'met' if r['opt_speedup'] >= 1.5 else 'missed'} |",
-        *(
-            [
-                f"| resampler forward, both under bf16 autocast (native bf16 here) (ms, median) | "
-                f"{1e3 * r['ours-bf16']['median_s']:.1f} | {1e3 * r['peer-bf16']['median_s']:.1f} | "
-                f"{r['bf16_speedup']:.2f}x | (fp32 target; bf16 shown) |"
-            ]
-            if "bf16_speedup" in r
-            else []
-        ),
-        "",
-        "Training-step forms (s, median of the interleaved runs): "
-        + ", ".join(
-            f"{n} {v['median_s']:.3f}" if "median_s" in v else f"{n}: {v['error']}"
-            for n, v in t.items()
-            if isinstance(v, dict) and ("median_s" in v or "error" in v)
-        )
-        + ". Resampler forms (ms, median of the interleaved runs): "
-        + ", ".join(
-            f"{n} {1e3 * v['median_s']:.1f}" if "median_s" in v else f"{n}: {v['error']}"
-            for n, v in r.items()
-            if isinstance(v, dict) and ("median_s" in v or "error" in v)
-        )
-        + ".",
-        "",
-        f"Resampler max abs diff vs flamingo-pytorch: {r['max_abs_diff']:.1e}"
-        + (
-            f" (bf16: {r['max_abs_diff_bf16']:.1e}, outputs up to {r['max_abs_ref_bf16']:.1f})"
-            if "max_abs_diff_bf16" in r
-            else ""
-        )
-        + ". Ratio = speed-up (peer time / ours) or "
-        "memory ratio (ours / peer). Generation: one run each (ours: 2 full forwards - the prompt and one window "
-        "slide - and cached steps; perceiver-ar-pytorch: one full forward per token).",
-        "",
-        "## Where the eager time goes (measured in this run)",
-        "",
-        "Both libraries run the same weight products (the Linears of the same model: equal shapes, PyTorch's `addmm` /"
-        " `mm` in both), so ours can only gain on attention and on everything else. Profiled eager forms:",
-        "",
-        *(
-            "- " + bound_text(label, 1.5, d["profile_ms"]["ours"], d["ours"]["median_s"], *peer, same_gemms=True)
-            for label, d in (("Train step", t), ("Resampler forward", r))
-            if "profile_ms" in d and (peer := (d["profile_ms"]["peer"], d["peer"]["median_s"]))
-        ),
-        "",
-        "Our attention is PyTorch's fused CPU kernel (`scaled_dot_product_attention`, flash), in fp32 the fastest of"
-        " the forms we timed at these shapes forward + backward (flash, SDPA's math backend, matmul + softmax); the"
-        ' peers write it out. Under bf16 the written-out form (`kernel="matmul"`, the `matmul-attention`'
-        " candidate) was the faster on the Zen 4 EPYC (cross-attention 44 against 56 ms, latent self-attention 8"
-        " against 14 ms, batch 2); SDPA's math backend (its backward alone was faster at 512 x 512 on an AVX2 EPYC)"
-        " is a candidate too. `optimize(training=True)` times them all on the machine at hand (the rows above).",
-        "",
-    ]
-    text = "\n".join(lines)
-    out.with_suffix(".md").write_text(text)
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 new tokens, 3 runs (smoke run, not for the report)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="16 new tokens, 3 runs, eager forms only, no long-window or krasserm case (smoke run, not for the report)",
+    )
     parser.add_argument("--runs", type=int, default=9, help="timed runs per implementation (train step)")
     parser.add_argument(
         "--resampler-runs",
@@ -602,13 +387,20 @@ def main() -> None:
         help="timed runs per implementation of the resampler forward (~0.3 s each: on an AVX2 EPYC single runs "
         "of one form read 0.31 and 0.42 s, so 5 runs left the median to chance)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "ar", help="output path without suffix")
+    add_results_dir_argument(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output path without suffix (default: RESULTS_DIR/ar)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true", help="re-render OUT.md from OUT.json, no runs")
     args = parser.parse_args()
+    out = args.out or results_dir(args.results_dir) / "ar"
     if args.report_only:
-        print(write_report(json.loads(args.out.with_suffix(".json").read_text()), args.out))
+        text = write_report(read_results(out.with_suffix(".json")))
+        atomic_write(out.with_suffix(".md"), text)
+        print(text)
         return
+    for name in ("runs", "resampler_runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(args, name)}")
     if args.memory_worker:
         spec = json.loads(args.memory_worker)
         print(json.dumps(memory_worker(spec["impl"], spec["steps"], spec["long"])))
@@ -618,24 +410,25 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     results = {
         **run_record("bench_ar.py"),
-        "machine": machine_info(),
+        "quick": args.quick,
+        "machine": machine_info(peaks=not args.quick),  # a smoke run skips the matmul peaks (a minute)
         "new_tokens": new_tokens,
     }
-    results["resampler"] = bench_resampler(3 if args.quick else args.resampler_runs)
+    results["resampler"] = bench_resampler(3 if args.quick else args.resampler_runs, args.quick)
     print("resampler", results["resampler"]["speedup"], flush=True)
-    results["train"] = bench_train(runs)
+    results["train"] = bench_train(runs, args.quick)
     print("train", results["train"]["speedup"], results["train"]["mem_ratio"], flush=True)
-    results["long"] = bench_long(3 if args.quick else 5)
-    print("long context", results["long"]["ckpt_mem_ratio"], flush=True)
+    if not args.quick:  # the long window (minutes per step) and krasserm's (installed from PyPI): full runs only
+        results["long"] = bench_long(5)
+        print("long context", results["long"]["ckpt_mem_ratio"], flush=True)
     results["generate"] = bench_generate(new_tokens)
     print("generate", results["generate"]["speedup"], flush=True)
-    results["generate_krasserm"] = bench_generate_krasserm(new_tokens)
-    print("generate vs krasserm", results["generate_krasserm"].get("speedup"), flush=True)
+    if not args.quick:
+        results["generate_krasserm"] = bench_generate_krasserm(new_tokens, tokens(1, KRASSERM_PROMPT), THREADS)
+        print("generate vs krasserm", results["generate_krasserm"].get("speedup"), flush=True)
     results["load"] = [load0, os.getloadavg()[0]]
     finish(results["machine"])  # the load and the FMA ceiling at the end (the machine's drift)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")  # before the report can fail
-    print(write_report(results, args.out))
+    print(write_results(out.parent, out.name, results, write_report))  # the .json first: before the report can fail
 
 
 if __name__ == "__main__":

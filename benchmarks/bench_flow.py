@@ -7,9 +7,13 @@ high-water mark is reset via /proc/self/clear_refs before the first forward). La
 forwards of `--rounds` interleaved subprocesses per case, each `--repeats` forwards after one warm-up. Batch 1,
 fp32, torch.set_num_threads(2); bf16 autocast (where the CPU has native bf16) and a one-shot decode for ours as extra rows.
 
-    .venv/bin/python benchmarks/bench_flow.py [--rounds 2] [--repeats 2] [--timeout 1800]
+    .venv/bin/python benchmarks/bench_flow.py [--rounds 2] [--repeats 2] [--timeout 1800] [--results-dir DIR]
+    .venv/bin/python benchmarks/bench_flow.py --quick --results-dir /tmp/trial   # a smoke run, not for the report
 
-Writes benchmarks/results/<machine>/flow.md and flow.json.
+Writes benchmarks/results/<machine>/flow.md and flow.json (`--results-dir`: that folder instead), after checking
+that every fp32 case's logits equal transformers' (max abs diff <= 1e-4 relative: the same weights and function;
+the subprocesses time first, so the check comes after timing but before any result is written). `--quick`: one
+round of one timed forward, the fp32 chunked and transformers' cases only (still the published size: minutes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,9 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe, machine, native_bf16, results_dir  # benchmarks/: the script's folder
+from machine import (  # benchmarks/: the script's folder
+    add_results_dir_argument,
+    check_same_function,
+    describe,
+    machine,
+    native_bf16,
+    results_dir,
+    run_record,
+    write_results,
+)
 
-RESULTS = results_dir()  # benchmarks/results/<this machine>/
 SIZE = (368, 496)
 # (name, implementation, query_chunk_size (0 = one shot), autocast dtype)
 CASES = [
@@ -117,18 +130,20 @@ def run_case(impl: str, chunk: int, autocast: str | None, weights: str, out: str
     Path(out).write_text(json.dumps(result))
 
 
-def machine_info() -> dict:
+def machine_info(peaks: bool = True) -> dict:
     """The shared machine record (`machine.py`: CPU, id, flags, matmul peak per backend) plus transformers' version."""
     import transformers
 
-    return machine(2) | {"transformers": transformers.__version__}
+    return machine(2, peaks=peaks) | {"transformers": transformers.__version__}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards per subprocess (after 1 warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="fresh subprocesses per case, interleaved")
-    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 forward, 2 cases (smoke run)")
+    add_results_dir_argument(parser)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--autocast", default=None, help=argparse.SUPPRESS)
@@ -138,13 +153,26 @@ def main() -> None:
     if args.case:
         run_case(args.case, args.chunk, args.autocast, args.weights, args.out, args.repeats)
         return
+    if args.quick:
+        args.rounds, args.repeats = 1, 1
+    for name in ("rounds", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected at least 1, got {getattr(args, name)}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_flow_"))
+    try:  # the weights (160 MB) and every case's logits: removed however the run ends
+        measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import PerceiverForOpticalFlow
 
+    record = run_record("bench_flow.py")
+    info = machine_info(peaks=not args.quick)  # before the runs: the load at their start
     torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_flow_"))
     weights = str(tmp / "weights.safetensors")
     hf = PerceiverForOpticalFlow(hf_config())
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, weights)
@@ -153,6 +181,8 @@ def main() -> None:
 
     # Rounds interleave the cases, so that load from other processes on a shared machine hits all of them alike.
     cases = [c for c in CASES if c[3] is None or native_bf16()]
+    if args.quick:
+        cases = [c for c in cases if c[0] in ("ours, chunked 8192, fp32", "transformers, one shot, fp32")]
     runs: dict[str, list[dict]] = {name: [] for name, *_ in cases}
     for rnd in range(args.rounds):
         for k, (name, impl, chunk, autocast) in enumerate(cases):
@@ -195,14 +225,15 @@ def main() -> None:
         )
         row["latency_ratio_vs_transformers"] = round(row["latency_s"] / ref["latency_s"], 3)
         logits = torch.load(str(tmp / f"{i}.json.pt"))
+        if row["autocast"] is None:  # same weights, same fp32 function: no results of models that differ
+            check_same_function(f"optical flow, {row['case']} vs transformers", logits, ref_logits)
         row["max_abs_diff_vs_transformers"] = float((logits - ref_logits).abs().max())
 
-    info = machine_info()
     info["load_average_at_end"] = os.getloadavg()
-    command = ".venv/bin/python benchmarks/bench_flow.py " + " ".join(sys.argv[1:])
     report = dict(
         machine=info,
-        command=command.strip(),
+        **record,
+        quick=args.quick,
         image_size=SIZE,
         batch=1,
         params=n_params,
@@ -211,10 +242,7 @@ def main() -> None:
         transformers_logits_max_abs=None if ref_logits is None else float(ref_logits.abs().max()),
         rows=rows,
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "flow.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "flow.md").write_text(render(report))
-    print((RESULTS / "flow.md").read_text())
+    print(write_results(results_dir(args.results_dir), "flow", report, render))
 
 
 def render(report: dict) -> str:
@@ -224,7 +252,12 @@ def render(report: dict) -> str:
         "# Optical flow: full 368 x 496 forward, ours (chunked decoding) vs transformers",
         "",
         f"- {describe(m)} transformers {m['transformers']}.",
-        f"- command: `{report['command']}`",
+        (
+            f"- date: {report['date']} · commit `{report.get('commit', '?')}` · command"
+            if "date" in report
+            else "- command"
+        )
+        + f": `{report['command']}`",
         f"- model: optical-flow-perceiver size ({report['params'] / 1e6:.1f} M parameters), same random weights in "
         "both (transformers' init with seed 0, converted to ours), batch 1, input (1, 2, 27, 368, 496)",
         "- peak = VmHWM - RSS after model construction (max over runs), a fresh subprocess per run; latency = median "
@@ -250,6 +283,8 @@ def render(report: dict) -> str:
             f"| {r['latency_s']:.1f} | {r.get('latency_ratio_vs_transformers', '-')} "
             f"| {'-' if diff is None else f'{diff:.1e}'} |"
         )
+    if report.get("quick"):
+        lines += ["", "**A `--quick` smoke run: too few runs for the report.**"]
     return "\n".join(lines) + "\n"
 
 

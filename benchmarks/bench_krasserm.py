@@ -2,13 +2,14 @@
 training step.
 
     .venv/bin/python benchmarks/bench_krasserm.py            # writes benchmarks/results/<machine>/krasserm.{md,json}
-    .venv/bin/python benchmarks/bench_krasserm.py --quick    # fewer runs (a smoke run)
+    .venv/bin/python benchmarks/bench_krasserm.py --quick --results-dir /tmp/trial   # fewer runs (a smoke run)
 
 krasserm's package is also named `perceiver`, so it runs in subprocesses (`tests/krasserm_peer.py`: its real wheel,
 installed into a temporary folder); ours runs in this process, built from the weights its first subprocess saved
 (`perceiver.interop.krasserm_io` / `PerceiverAR.from_krasserm`), and the outputs are compared. Rounds alternate a
 peer subprocess and ours (the two cannot share a process), each timing `runs` calls after a warm-up; the reported
-time is the median over all rounds. fp32, 2 threads, eager both (krasserm's attention is written out: einsum,
+time is the median over all rounds. Ours' output is checked against krasserm's (max abs diff <= 1e-4 relative) before
+ours is timed: a mismatch stops the run. fp32, 2 threads, eager both (krasserm's attention is written out: einsum,
 softmax; ours is SDPA's fused kernel, with the reassociated cross-attention for the image classifier).
 
 Cases:
@@ -31,14 +32,24 @@ import time
 from pathlib import Path
 
 import torch
-from bench_ar import KRASSERM  # benchmarks/: the script's folder (the causal LM of bench_ar's krasserm row)
-from machine import describe, finish, machine, results_dir, run_record
+from bench_ar_krasserm import KRASSERM  # benchmarks/: the script's folder (the causal LM of bench_ar's krasserm row)
+from machine import (  # benchmarks/: the script's folder
+    add_results_dir_argument,
+    atomic_write,
+    check_same_function,
+    describe,
+    finish,
+    machine,
+    read_results,
+    results_dir,
+    run_record,
+    write_results,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from krasserm_peer import VERSION, install, run  # noqa: E402  (tests/: the peer's installer and runner)
 
 THREADS = 2
-RESULTS = results_dir()
 
 PEER = """
 import dataclasses, json, time
@@ -146,7 +157,7 @@ def bench_case(target: Path, case: str, runs: int, warmup: int, rounds: int) -> 
             model.train()
     else:
         got = ours_call(case, model, ref["inputs"])
-    diff = float((got - ref["output"]).abs().max())
+    diff = check_same_function(f"{case}: ours vs krasserm perceiver-io", got, ref["output"])
     ours_times: list[float] = []
     for r in range(rounds):
         if r > 0:
@@ -175,7 +186,8 @@ LABELS = {
 }
 
 
-def write_report(results: dict, out: Path) -> str:
+def write_report(results: dict) -> str:
+    """The .md report of `results` (the .json's contents)."""
     info = results["machine"]
     lines = [
         f"# Ours vs krasserm's perceiver-io {results['version']} (same weights)",
@@ -202,9 +214,9 @@ def write_report(results: dict, out: Path) -> str:
         "attention (SDPA's fused kernel; for the image classifier the reassociated cross-attention over the 261 "
         "input channels: 108 -> 32 GFLOP, see perceiver_io.md) and on everything else.",
     ]
-    text = "\n".join(lines) + "\n"
-    out.with_suffix(".md").write_text(text)
-    return text
+    if results.get("quick"):
+        lines += ["", "**A `--quick` smoke run: too few runs for the report.**"]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -212,24 +224,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 runs per case (smoke run)")
     parser.add_argument("--cases", default="mlm,vision-fourier,ar-train", help="comma-separated cases")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of a peer subprocess and ours")
-    parser.add_argument("--out", type=Path, default=RESULTS / "krasserm", help="output path without suffix")
+    add_results_dir_argument(parser)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output path without suffix (default: RESULTS_DIR/krasserm)"
+    )
     parser.add_argument("--report-only", action="store_true", help="re-render OUT.md from OUT.json, no runs")
     args = parser.parse_args()
+    out = args.out or results_dir(args.results_dir) / "krasserm"
     if args.report_only:
-        print(write_report(json.loads(args.out.with_suffix(".json").read_text()), args.out))
+        text = write_report(read_results(out.with_suffix(".json")))
+        atomic_write(out.with_suffix(".md"), text)
+        print(text)
         return
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or set(cases) - set(LABELS):
+        parser.error(f"--cases: expected some of {','.join(LABELS)}, got {args.cases!r}")
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected at least 1, got {args.rounds}")
     torch.set_num_threads(THREADS)
     runs = {"mlm": 4, "vision-fourier": 3, "ar-train": 9}
     results = {
         **run_record("bench_krasserm.py"),
-        "machine": machine(THREADS),
+        "quick": args.quick,
+        "machine": machine(THREADS, peaks=not args.quick),  # a smoke run skips the matmul peaks (a minute)
         "version": VERSION,
         "cases": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp)
         error = install(target)
-        for case in args.cases.split(","):
+        for case in cases:
             if error is not None:
                 results["cases"][case] = {"error": f"cannot install krasserm's perceiver-io {VERSION}: {error}"}
                 continue
@@ -237,9 +261,7 @@ def main() -> None:
             results["cases"][case] = bench_case(target, case, n, warmup, rounds)
             print(case, f"{results['cases'][case]['speedup']:.2f}x", flush=True)
     finish(results["machine"])  # the load and the FMA ceiling at the end (the machine's drift)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(write_report(results, args.out))
+    print(write_results(out.parent, out.name, results, write_report))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Loading a checkpoint: `perceiver.from_pretrained` vs transformers' `from_pretrained`, the same weights on disk.
 
     .venv/bin/python benchmarks/bench_load.py            # writes benchmarks/results/<machine>/load.{md,json}
-    .venv/bin/python benchmarks/bench_load.py --quick    # fewer rounds (a smoke run)
+    .venv/bin/python benchmarks/bench_load.py --quick --results-dir /tmp/trial   # fewer rounds (a smoke run)
 
 Cases, at the published sizes with random weights (transformers' model saved by its `save_pretrained`, then
 converted and saved by ours): `language-perceiver` (`PerceiverForMaskedLM`, 201M parameters, 804 MB in fp32) and
@@ -36,10 +36,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import describe, finish, machine, results_dir, run_record  # benchmarks/: the script's folder
+from machine import (  # benchmarks/: the script's folder
+    add_results_dir_argument,
+    describe,
+    finish,
+    machine,
+    results_dir,
+    run_record,
+    write_results,
+)
 
 THREADS = 2
-RESULTS = results_dir()
 HF_CLASS = {
     "language-perceiver": "PerceiverForMaskedLM",
     "vision-perceiver-learned": "PerceiverForImageClassificationLearned",
@@ -175,6 +182,8 @@ def markdown(results: dict) -> str:
                 f"{f['min_s']:.3f} | {f['speedup']:.2f}x | {f['ready_s']:.3f} | {f['ready_speedup']:.2f}x | "
                 f"{f['peak_mb']:.0f} | {f['private_mb']:.0f} |"
             )
+    if results.get("quick"):
+        lines += ["", "**A `--quick` smoke run: too few rounds for the report.**"]
     return "\n".join(lines) + "\n"
 
 
@@ -183,19 +192,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="fresh processes per form and model")
     parser.add_argument("--quick", action="store_true", help="2 rounds, language-perceiver only")
     parser.add_argument("--models", default=",".join(HF_CLASS), help="comma-separated: " + ", ".join(HF_CLASS))
+    add_results_dir_argument(parser)
     args = parser.parse_args()
+    names = ["language-perceiver"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names or set(names) - set(HF_CLASS):
+        parser.error(f"--models: expected some of {','.join(HF_CLASS)}, got {args.models!r}")
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected at least 1, got {args.rounds}")
     info = machine(THREADS, peaks=False)
-    results = {**run_record("bench_load.py"), "machine": info, "cases": {}}
-    names = ["language-perceiver"] if args.quick else args.models.split(",")
+    results = {**run_record("bench_load.py"), "quick": args.quick, "machine": info, "cases": {}}
     for name in names:
         results["cases"][name] = bench(name, 2 if args.quick else args.rounds)
         forms = results["cases"][name]["forms"]
         print(name, {k: round(v["median_s"], 3) for k, v in forms.items()}, flush=True)
     finish(info, THREADS)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "load.md").write_text(markdown(results))
-    print(markdown(results))
+    print(write_results(results_dir(args.results_dir), "load", results, markdown))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """LoRA fine-tuning step: ours (`perceiver.lora.add_lora`) vs transformers + peft (`get_peft_model`), same weights.
 
     .venv/bin/python benchmarks/bench_lora.py            # writes benchmarks/results/<machine>/lora.{md,json}
-    .venv/bin/python benchmarks/bench_lora.py --quick    # fewer runs (a smoke run)
+    .venv/bin/python benchmarks/bench_lora.py --quick --results-dir /tmp/trial   # fewer runs (a smoke run)
 
 Case (fp32, 2 threads): a training step (forward, backward, AdamW step) of the text classifier built on the language
 perceiver (`deepmind/language-perceiver`'s architecture, 201M parameters, random weights: transformers'
@@ -13,7 +13,8 @@ after `perceiver.optimize(training=True)` with the fp32 candidates (`ours-lora-o
 SDPA's math backend, written-out attention and oneDNN's Linear on packed weights on this machine and keeps the
 fastest; frozen weights are packed once for the whole run).
 
-Time: median of interleaved runs in one process. Peak memory: a fresh process per form, RSS high-water mark reset
+Before timing, every form's loss on the batch is checked against transformers + peft's (same weights: the same
+loss, max abs diff <= 1e-4 relative). Time: median of interleaved runs in one process. Peak memory: a fresh process per form, RSS high-water mark reset
 (`/proc/self/clear_refs`) after building the model and optimizer and one warm-up step, then 2 steps; the peak increase
 over the RSS before them, with `MALLOC_MMAP_THRESHOLD_=65536` (as the other benchmarks), median of 2 processes.
 """
@@ -33,7 +34,16 @@ import time
 from pathlib import Path
 
 import torch
-from machine import describe, finish, machine, results_dir, run_record  # benchmarks/: the script's folder
+from machine import (  # benchmarks/: the script's folder
+    add_results_dir_argument,
+    check_same_function,
+    describe,
+    finish,
+    machine,
+    results_dir,
+    run_record,
+    write_results,
+)
 
 THREADS = 2
 BATCH, LENGTH, RANK, ALPHA = 2, 512, 8, 16
@@ -126,15 +136,16 @@ def memory_worker(form: str, folder: str, chosen: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--memory-worker", nargs=3, metavar=("FORM", "FOLDER", "CHOSEN"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 runs, 1 memory round (smoke run, not for the report)")
+    add_results_dir_argument(parser)
+    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         print(json.dumps(memory_worker(*args.memory_worker)))
         return
     torch.set_num_threads(THREADS)
-    info = machine(THREADS)
+    info = machine(THREADS, peaks=not args.quick)  # a smoke run skips the matmul peaks (a minute)
     runs, rounds = (2, 1) if args.quick else (6, 2)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "base"
@@ -145,7 +156,10 @@ def main() -> None:
         trainable = {f: sum(p.numel() for p in m.parameters() if p.requires_grad) for f, (m, _, _) in setups.items()}
         ids, labels = batch()
         with torch.no_grad():  # same weights: the same loss before training
-            losses = {f: float(call(ids, labels)) for f, (_, call, _) in setups.items()}
+            losses_t = {f: call(ids, labels) for f, (_, call, _) in setups.items()}
+        for form, loss in losses_t.items():
+            check_same_function(f"loss before training: {form} vs hf-peft-lora", loss, losses_t["hf-peft-lora"])
+        losses = {f: float(v) for f, v in losses_t.items()}
         times: dict[str, list[float]] = {f: [] for f in FORMS}
         for i in range(runs + 1):  # rotating order after a warm-up round
             for form in FORMS[i % len(FORMS) :] + FORMS[: i % len(FORMS)]:
@@ -166,6 +180,7 @@ def main() -> None:
     finish(info, THREADS)
     result = {
         "run": run_record("bench_lora.py"),
+        "quick": args.quick,
         "machine": info,
         "trainable_params": trainable,
         "opt_chosen": chosen,
@@ -177,13 +192,11 @@ def main() -> None:
         "peak_rss_mb": {f: statistics.median(x["peak_rss_mb"] for x in m) for f, m in memory.items()},
         "memory_rounds_mb": memory,
     }
-    write(result)
+    print(write_results(results_dir(args.results_dir), "lora", result, render))
 
 
-def write(r: dict) -> None:
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lora.json").write_text(json.dumps(r, indent=2) + "\n")
+def render(r: dict) -> str:
+    """The .md report of `r` (the .json's contents)."""
     t, m, n, rss = r["median_s"], r["peak_increase_mb"], r["trainable_params"], r["peak_rss_mb"]
     rows = [f"| {form} | {n[form] / 1e6:.2f}M | {t[form]:.3f} | {rss[form]:.0f} | {m[form]:.0f} |" for form in FORMS]
     run = r["run"]
@@ -215,8 +228,9 @@ What `optimize` measured:
 {r["opt_report"]}
 ```
 """
-    (out / "lora.md").write_text(text)
-    print(text)
+    if r.get("quick"):
+        text += "\n**A `--quick` smoke run: too few runs for the report.**\n"
+    return text
 
 
 if __name__ == "__main__":

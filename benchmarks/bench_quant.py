@@ -1,7 +1,7 @@
 """int8 inference: ours after `perceiver.optimize(allow_int8=True)` vs transformers with the same int8 quantisation.
 
     .venv/bin/python benchmarks/bench_quant.py            # writes benchmarks/results/<machine>/quant.{md,json}
-    .venv/bin/python benchmarks/bench_quant.py --quick    # language-perceiver only, fewer runs
+    .venv/bin/python benchmarks/bench_quant.py --quick --results-dir /tmp/trial   # language-perceiver only, fewer runs
 
 Cases (batch 1, 2 threads, random weights of the published sizes, the same in both libraries: transformers' model
 saved and loaded by ours with `perceiver.from_pretrained`): the language perceiver's masked-LM forward on 2048 bytes
@@ -15,6 +15,7 @@ and vision-perceiver-learned on a 224x224 image. Forms, timed in turns in one pr
 - `onnx` / `onnx-int8`: ours exported with `perceiver.export.export_onnx` (fp32 / `quantize="int8"`: onnxruntime's
   dynamic int8 quantisation), run by onnxruntime's CPU provider with 2 intra-op threads.
 
+Before timing, ours' fp32 output is checked against transformers' (same weights: max abs diff <= 1e-4 relative).
 Accuracy against each library's own fp32 output: the max abs difference over the max abs value, and (MLM) the share
 of positions whose top-1 byte is unchanged / (vision) whether the top-1 class is. Random weights: a trained model's
 accuracy must be checked on its task; these say only how far int8 moves the outputs.
@@ -23,7 +24,6 @@ accuracy must be checked on its task; these say only how far int8 moves the outp
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,7 +31,16 @@ import warnings
 from pathlib import Path
 
 import torch
-from machine import describe, finish, machine, results_dir, run_record  # benchmarks/: the script's folder
+from machine import (  # benchmarks/: the script's folder
+    add_results_dir_argument,
+    check_same_function,
+    describe,
+    finish,
+    machine,
+    results_dir,
+    run_record,
+    write_results,
+)
 
 THREADS = 2
 HEADS = {"mlm": "PerceiverForMaskedLM", "vision": "PerceiverForImageClassificationLearned"}
@@ -98,6 +107,7 @@ def run_case(case: str, runs: int) -> dict:
     with torch.inference_mode():
         for name, fn in forms.items():
             outputs[name] = fn().float()  # warm-up (hf-int8 compiles here)
+        check_same_function(f"{case} fp32: ours vs transformers", outputs["ours"], outputs["hf"])
         names = list(forms)
         for i in range(runs):
             for name in names[i % len(names) :] + names[: i % len(names)]:
@@ -122,27 +132,26 @@ def run_case(case: str, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the MLM only, 2 runs (smoke run, not for the report)")
+    add_results_dir_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(THREADS)
-    info = machine(THREADS)
+    info = machine(THREADS, peaks=not args.quick)  # a smoke run skips the matmul peaks (a minute)
     cases = ("mlm",) if args.quick else ("mlm", "vision")
-    result = {"run": run_record("bench_quant.py"), "machine": info, "cases": {}}
+    result = {"run": run_record("bench_quant.py"), "quick": args.quick, "machine": info, "cases": {}}
     for case in cases:
         result["cases"][case] = run_case(case, 2 if args.quick else 6)
     finish(info, THREADS)
-    write(result)
+    print(write_results(results_dir(args.results_dir), "quant", result, render))
 
 
 LABELS = {"mlm": "language-perceiver MLM, 2048 bytes", "vision": "vision-perceiver-learned 224x224"}
 
 
-def write(r: dict) -> None:
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quant.json").write_text(json.dumps(r, indent=2) + "\n")
+def render(r: dict) -> str:
+    """The .md report of `r` (the .json's contents)."""
     rows, reports, onnx_rows = [], [], []
     for case, c in r["cases"].items():
         t, acc = c["median_s"], c["accuracy"]
@@ -185,8 +194,9 @@ What `optimize` measured:
 
 {chr(10).join(reports)}
 """
-    (out / "quant.md").write_text(text)
-    print(text)
+    if r.get("quick"):
+        text += "\n**A `--quick` smoke run: too few runs for the report.**\n"
+    return text
 
 
 if __name__ == "__main__":

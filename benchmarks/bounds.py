@@ -1,6 +1,7 @@
 """How far the fp32 speed targets are from what this CPU can do at all: ours' FLOPs at the cores' FMA ceiling.
 
     .venv/bin/python benchmarks/bounds.py      # writes benchmarks/results/<machine>/bounds.{md,json}
+    .venv/bin/python benchmarks/bounds.py --results-dir /tmp/my-run    # reads and writes that folder instead
 
 For each fp32 target of the speed issues, the peer's time comes from this machine's results files
 (`perceiver_io.json`, `ar.json`: run those benchmarks first) and sets a budget (peer time / target). Ours' FLOPs are
@@ -13,12 +14,20 @@ target on this machine; only fewer FLOPs (another algorithm) or another arithmet
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
-from machine import describe, machine, results_dir, run_record  # benchmarks/: the script's folder
+from machine import (
+    add_results_dir_argument,
+    atomic_write,
+    describe,
+    machine,
+    results_dir,
+    run_record,
+)  # benchmarks/: the script's folder
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 THREADS = 2
@@ -84,7 +93,11 @@ def ours_cases() -> dict[str, float]:
 
 
 def _row(rows: list[dict], case: str, impl: str) -> dict:
-    return next(r for r in rows if r["case"] == case and r["impl"] == impl)
+    row = next((r for r in rows if r["case"] == case and r["impl"] == impl), None)
+    if row is None:
+        sys.exit(f"expected a row of case {case!r}, implementation {impl!r} in perceiver_io.json: run "
+                 f"`bench_perceiver_io.py --cases {case} --impls {impl} --merge` first")  # fmt: skip
+    return row
 
 
 def targets(folder: Path) -> list[dict]:
@@ -167,11 +180,17 @@ def best_readings(folder: Path, info: dict) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_results_dir_argument(parser)
+    args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    folder = results_dir()
+    folder = results_dir(args.results_dir)
     missing = [n for n in ("perceiver_io.json", "ar.json") if not (folder / n).is_file()]
     if missing:
         sys.exit(f"expected {missing} in {folder}: run bench_perceiver_io.py and bench_ar.py on this machine first")
+    quick = [n for n in ("perceiver_io.json", "ar.json") if json.loads((folder / n).read_text()).get("quick")]
+    if quick:
+        sys.exit(f"expected full runs' results in {folder}, got --quick smoke runs' {quick}: rerun without --quick")
     info = machine(THREADS)
     if info.get("fma_ceiling_gflops") is None:
         sys.exit("no C compiler found to build benchmarks/fma_peak.c (set CC)")
@@ -183,7 +202,7 @@ def main() -> None:
         g = flops[t["case"]]
         rows.append({**t, "budget_s": budget, "ours_gflop": g, "at_ceiling_s": g / ceiling, "at_gemm_peak_s": g / gemm})
     record = {**run_record("bounds.py"), "machine": info, "ours_gflop": flops, "rows": rows}
-    (folder / "bounds.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write(folder / "bounds.json", json.dumps(record, indent=2) + "\n")
     lines = [
         "# The fp32 targets against this CPU's arithmetic ceiling",
         "",
@@ -213,7 +232,7 @@ def main() -> None:
             f"{r['at_gemm_peak_s']:.3f} ({100 * r['at_gemm_peak_s'] / r['budget_s']:.0f}%) | "
             f"{need:.0f} ({100 * need / ceiling:.0f}%) | {now:.0f} ({100 * now / ceiling:.0f}%) |"
         )
-    (folder / "bounds.md").write_text("\n".join(lines) + "\n")
+    atomic_write(folder / "bounds.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -3,7 +3,9 @@ the measured matmul peak of each backend (the denominator of MFU)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -12,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,8 +32,9 @@ FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"
 def run_record(script: str) -> dict:
     """When, at which commit and by which command a benchmark ran: `{"date", "commit", "command"}`."""
     try:
-        git = ["git", "rev-parse", "--short", "HEAD"]
-        commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() or "unknown"
+        git = ["git", "rev-parse", "--short", "HEAD"]  # of this checkout, wherever the script is run from
+        commit = subprocess.run(git, capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        commit = commit or "unknown"
     except OSError:
         commit = "unknown"
     return {
@@ -52,7 +57,7 @@ def matmul_peaks(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
 
-    def runner(name: str, size: int):
+    def runner(name: str, size: int) -> Callable[[], torch.Tensor]:
         a, b = torch.randn(size, size), torch.randn(size, size)
         if name == "aten bf16":
             a, b = a.bfloat16(), b.bfloat16()
@@ -142,32 +147,124 @@ def native_bf16() -> bool:
     return has_native_bf16("cpu")
 
 
+_IDENT_KEYS = ("vendor_id", "cpu family", "model", "CPU implementer", "CPU part")  # x86; Arm
+
+
 def cpu_ident() -> dict[str, str]:
-    """`vendor_id`, `cpu family` and `model` of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    """`vendor_id`, `cpu family` and `model` (x86) or `CPU implementer` and `CPU part` (Arm) of the first CPU in
+    /proc/cpuinfo (empty where there is none)."""
     ident: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in ident:
+                if key.strip() in _IDENT_KEYS and key.strip() not in ident:
                     ident[key.strip()] = value.strip()
     except OSError:
         pass
     return ident
 
 
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def _brand() -> str:
+    """The CPU's brand string where /proc/cpuinfo has no id (macOS: `sysctl machdep.cpu.brand_string`), else ''."""
+    if platform.system() != "Darwin":
+        return ""
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
 def machine_slug() -> str:
-    """`intel-6-167`, `amd-25-1`, ...: the folder of this CPU's results (`platform.machine()` off x86 Linux)."""
+    """The folder of this CPU's results: `intel-6-167`, `amd-25-1` (x86: vendor, family, model), `arm-0x41-0xd40`
+    (Arm Linux: implementer, part), `arm64-apple-m2-pro` (macOS: the brand string); `platform.machine()` only where
+    none of these is known. Two CPUs that choose different kernels must not share a folder."""
     ident = cpu_ident()
-    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(ident.get("vendor_id", ""), "")
-    if not vendor or "cpu family" not in ident:
-        return (platform.machine() or "unknown").lower()
-    return f"{vendor}-{ident['cpu family']}-{ident.get('model', '0')}"
+    if ident.get("vendor_id") and "cpu family" in ident:
+        vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(ident["vendor_id"]) or _slug(ident["vendor_id"])
+        return f"{vendor}-{ident['cpu family']}-{ident.get('model', '0')}"
+    if "CPU implementer" in ident and "CPU part" in ident:
+        return f"arm-{ident['CPU implementer']}-{ident['CPU part']}".lower()
+    arch = (platform.machine() or "unknown").lower()
+    brand = _brand()
+    return f"{arch}-{_slug(brand)}" if brand else arch
 
 
-def results_dir() -> Path:
-    """`benchmarks/results/<machine_slug()>`: where this machine's benchmark results go."""
-    return RESULTS_ROOT / machine_slug()
+def results_dir(override: Path | str | None = None) -> Path:
+    """`benchmarks/results/<machine_slug()>`: where this machine's benchmark results go; `override` (a script's
+    `--results-dir`) instead where given, e.g. a scratch folder for a trial run that must not replace the committed
+    results of a CPU with the same id."""
+    return Path(override) if override is not None else RESULTS_ROOT / machine_slug()
+
+
+def add_results_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """`--results-dir DIR` on a bench script's argparse parser (read it back with `results_dir(args.results_dir)`)."""
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help=f"folder for the results files (default: {results_dir().relative_to(RESULTS_ROOT.parent.parent)}/, "
+        "this CPU's folder, which the README's speed table is generated from); give a scratch folder for trial runs",
+    )
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` all or nothing: into a temporary file beside it, then renamed over it, so that an
+    interrupted run (Ctrl-C, a full disk, a failing report) leaves the previous file or none, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_results(path: Path) -> dict:
+    """The results file `path` (a script's OUT.json) for `--report-only`; SystemExit naming the file and the run that
+    writes it when it is missing or not JSON."""
+    if not path.is_file():
+        raise SystemExit(
+            f"error: no results at {path}; run the script without --report-only first (same --results-dir)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not a results file (expected JSON: {e})") from None
+
+
+def write_results(folder: Path, stem: str, data: dict, render: Callable[[dict], str] | None = None) -> str:
+    """`folder/stem.json` from `data` and, where `render` is given, `folder/stem.md` from `render(data)`, each written
+    whole (`atomic_write`). The .json goes first, so that a report that fails to render leaves the measurements (to
+    re-render with the script's `--report-only` where it has one). Returns the report text ('' without `render`)."""
+    atomic_write(folder / f"{stem}.json", json.dumps(data, indent=2) + "\n")
+    if render is None:
+        return ""
+    text = render(data)
+    atomic_write(folder / f"{stem}.md", text)
+    return text
+
+
+def check_same_function(what: str, ours: torch.Tensor, peer: torch.Tensor, rtol: float = 1e-4) -> float:
+    """Max abs difference of ours' and the peer's outputs (tensors) on the same input, checked before timing: a
+    benchmark of two models that compute different functions (a converter or weight-loading regression) would
+    report a meaningless speed-up. Raises RuntimeError beyond `rtol` x max(1, max |peer|)."""
+    ours, peer = ours.detach().float(), peer.detach().float()
+    if ours.shape != peer.shape:
+        raise RuntimeError(f"{what}: expected ours and the peer to give outputs of one shape, got {tuple(ours.shape)} "
+                           f"and {tuple(peer.shape)}")  # fmt: skip
+    diff, scale = float((ours - peer).abs().max()), max(1.0, float(peer.abs().max()))
+    if not diff <= rtol * scale:  # NaN fails too
+        raise RuntimeError(
+            f"{what}: expected the same outputs from the same weights (max abs diff <= {rtol:g} x {scale:.3g}), "
+            f"got {diff:.3g}; not timing two models that compute different functions"
+        )
+    return diff
 
 
 def machine(threads: int = 2, peaks: bool = True) -> dict:
@@ -175,7 +272,7 @@ def machine(threads: int = 2, peaks: bool = True) -> dict:
 
     flags = cpu_flags()
     ident = cpu_ident()
-    info = {
+    info: dict[str, Any] = {
         "cpu": cpu_model_name(),
         "cpu_id": " ".join(f"{k} {v}" for k, v in ident.items()),
         "flags": [f for f in FLAGS_THAT_MATTER if f in flags],
@@ -209,7 +306,14 @@ def describe(info: dict) -> str:
     fp32 = max((v for k, v in peaks.items() if "fp32" in k), default=None)
     bound = (
         f"fp32 FMA ceiling of {info['threads']} cores (`fma_peak.c`: register FMAs, no memory): {ceiling:.0f} GFLOP/s"
-        + (f"; the fastest fp32 GEMM above reaches {100 * fp32 / ceiling:.0f}% of it." if fp32 else ".")
+        + (
+            "."
+            if not fp32
+            else f"; the fastest fp32 GEMM above reaches {100 * fp32 / ceiling:.0f}% of it."
+            if fp32 <= ceiling
+            else f" (below the fastest fp32 GEMM above, {fp32:.0f}: other work shared the cores while it was read, so "
+            "it bounds nothing in this run)."
+        )
         if ceiling
         else ""
     )
@@ -228,10 +332,10 @@ def describe(info: dict) -> str:
 def drift_text(info: dict) -> str:
     """The machine's drift over a run, from the FMA ceiling and matmul peaks at its start and end ("" where none was
     read at both)."""
-    pairs = [("ceiling", info.get("fma_ceiling_gflops"), info.get("fma_ceiling_gflops_end"))]
+    readings = [("ceiling", info.get("fma_ceiling_gflops"), info.get("fma_ceiling_gflops_end"))]
     end_peaks = info.get("matmul_peak_gflops_end", {})
-    pairs += [(k, v, end_peaks.get(k)) for k, v in info.get("matmul_peak_gflops", {}).items()]
-    pairs = [(k, a, b) for k, a, b in pairs if a and b]
+    readings += [(k, v, end_peaks.get(k)) for k, v in info.get("matmul_peak_gflops", {}).items()]
+    pairs: list[tuple[str, float, float]] = [(k, a, b) for k, a, b in readings if a and b]  # read at both ends
     if not pairs:
         return ""
     changes = {k: b / a - 1 for k, a, b in pairs}
@@ -258,7 +362,7 @@ def op_kind(name: str) -> str:
     return "other"
 
 
-def time_by_kind(fn, runs: int = 2, warmup: int = 1) -> dict[str, float]:
+def time_by_kind(fn: Callable[[], object], runs: int = 2, warmup: int = 1) -> dict[str, float]:
     """Milliseconds per call of `fn` spent in weight GEMMs, attention and everything else, from the profiler's self
     CPU time (each op's wall time on the calling thread, its intra-op threads included, children excluded), mean of
     `runs` profiled calls after `warmup` unprofiled ones. Profiling adds overhead to every op, most to the many small
@@ -328,15 +432,25 @@ def speedup(peer: dict, ours: dict) -> float:
     return peer["median_s"] / ours["median_s"]
 
 
-if __name__ == "__main__":
-    # `python benchmarks/machine.py`: this machine's description, matmul peaks and FMA ceiling, also written to
-    # benchmarks/results/<machine>/machine.{md,json}
-    import json
-
-    info = machine()
+def main() -> None:
+    """`python benchmarks/machine.py [--results-dir DIR]`: this machine's description, matmul peaks and FMA ceiling,
+    printed and written to machine.{md,json} in this CPU's results folder."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--threads", type=int, default=2, help="threads of the matmul peaks and the FMA ceiling")
+    add_results_dir_argument(parser)
+    args = parser.parse_args()
+    if args.threads < 1:
+        parser.error(f"--threads: expected at least 1, got {args.threads}")
+    info = machine(args.threads)
     text = describe(info)
     print(text)
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "machine.json").write_text(json.dumps({"machine": info, **run_record("machine.py")}, indent=2) + "\n")
-    (out / "machine.md").write_text(f"# This machine\n\n{run_record('machine.py')['date']}\n\n{text}\n")
+    record = run_record("machine.py")
+    folder = results_dir(args.results_dir)
+    write_results(
+        folder, "machine", {"machine": info, **record}, lambda _: f"# This machine\n\n{record['date']}\n\n{text}\n"
+    )
+    print(f"wrote {folder}/machine.{{json,md}}")
+
+
+if __name__ == "__main__":
+    main()

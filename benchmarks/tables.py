@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/tables.py            # rewrites the block between the speed-table markers in README.md
     .venv/bin/python benchmarks/tables.py --print    # prints it instead
+    .venv/bin/python benchmarks/tables.py --print --results /tmp/trial   # the table of other results folders
+
+`--results` is a folder of per-machine folders (as `benchmarks/results/`) or one machine's folder (a bench script's
+`--results-dir`). Files of `--quick` smoke runs are left out (with a note on stderr).
 
 Each machine has its folder (`machine.machine_slug()`: vendor, family and model id), so a run on a new CPU adds rows
 beside the others' instead of replacing them. Each row names the machine its results file was measured on (CPU model,
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from machine import speedup  # benchmarks/: the script's folder
@@ -35,13 +40,35 @@ def _machine(info: dict) -> str:
     return f"{info.get('cpu', '?')} {ident} ({bf16})".replace("  ", " ").strip()
 
 
+class ResultsError(Exception):
+    """A results file the table cannot be made from (half-written, or of an unknown layout)."""
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: expected a complete JSON results file, got unreadable JSON ({e}); rerun its "
+                           "benchmark or delete the file") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _read(folder: Path, name: str) -> dict | None:
-    """The results file `name` of a machine's folder, or None where that benchmark has not run there."""
+    """The results file `name` of a machine's folder, or None where that benchmark has not run there or the file is
+    a `--quick` smoke run's (a note on stderr)."""
     path = folder / name
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    data = _load_json(path)
+    if data.get("quick"):
+        print(f"note: left out {path}: a --quick smoke run", file=sys.stderr)
+        return None
+    return data
 
 
-def _load(info: dict, row_load=None) -> str:
+def _load(info: dict, row_load: list[float] | None = None) -> str:
     """The 1-minute load at the start and end of the run: `row_load` `[start, end]` where a row records its own
     (results merged from several runs), else the file's."""
     start = row_load[0:1] if row_load else info.get("load_average_at_start")
@@ -250,40 +277,87 @@ def load_rows(folder: Path) -> list[list[str]]:
     return out
 
 
-def machine_folders() -> list[Path]:
-    """The per-machine result folders, the most recently measured first (by the newest file's `date` field)."""
+def _date(data: dict) -> str:
+    """When a results file's run was: `date` (or `run.date`, `machine.date`), '' where it has none."""
+    for record in (data, data.get("run"), data.get("machine")):
+        if isinstance(record, dict) and record.get("date"):
+            return str(record["date"])
+    return ""
+
+
+def machine_folders(root: Path = RESULTS) -> list[Path]:
+    """The per-machine result folders under `root`, the most recently measured first (by the newest file's date);
+    `root` itself where it is one machine's folder (holds results files)."""
 
     def newest(folder: Path) -> str:
-        dates = []
-        for path in folder.glob("*.json"):
-            data = json.loads(path.read_text())
-            dates.append(str(data.get("date") or data.get("machine", {}).get("date") or ""))
-        return max(dates, default="")
+        return max((_date(_load_json(path)) for path in folder.glob("*.json")), default="")
 
-    folders = [f for f in RESULTS.iterdir() if f.is_dir() and any(f.glob("*.json"))] if RESULTS.is_dir() else []
+    if not root.is_dir():
+        return []
+    if any(root.glob("*.json")):
+        return [root]
+    folders = [f for f in root.iterdir() if f.is_dir() and any(f.glob("*.json"))]
     return sorted(folders, key=newest, reverse=True)
 
 
-def table() -> str:
+ROWS = (
+    (classic_rows, "classic.json"),
+    (io_rows, "perceiver_io.json"),
+    (flow_rows, "flow.json"),
+    (ar_rows, "ar.json"),
+    (krasserm_rows, "krasserm.json"),
+    (lora_rows, "lora.json"),
+    (quant_rows, "quant.json"),
+    (load_rows, "load.json"),
+)
+
+
+def table(root: Path = RESULTS) -> str:
+    """The speed table (markdown) of the results folders under `root`. Raises ResultsError where there is no
+    results file to make a row from, or a file cannot be read (naming it)."""
     header = [
         "| case | vs | ours eager (speed-up) | ours after `optimize()` (chosen) | peak memory (ours / theirs) | machine "
         "| load | details |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     body = []
-    for folder in machine_folders():
-        rows = classic_rows(folder) + io_rows(folder) + flow_rows(folder) + ar_rows(folder) + krasserm_rows(folder)
-        rows += lora_rows(folder) + quant_rows(folder) + load_rows(folder)
+    for folder in machine_folders(root):
+        rows = []
+        for rows_of, name in ROWS:
+            try:
+                rows += rows_of(folder)
+            except (KeyError, IndexError, TypeError, ZeroDivisionError) as e:
+                got = f"no key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+                raise ResultsError(
+                    f"{folder / name}: expected the layout {rows_of.__name__} reads, got {got} (a file of another "
+                    "version of its benchmark? rerun it)"
+                ) from None
         link = f"benchmarks/results/{folder.name}"
         body += ["| " + " | ".join(r[:-1] + [f"[{r[-1]}]({link}/{r[-1]})"]) + " |" for r in rows]
+    if not body:
+        raise ResultsError(
+            f"no results to make the table from under {root}: expected benchmarks' .json files (not --quick smoke "
+            "runs) in its machine folders; run a benchmark first (e.g. `python benchmarks/bench_classic.py`)"
+        )
     return "\n".join(header + body)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--print", action="store_true", help="print the table instead of rewriting README.md")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder of per-machine results folders, or one machine's folder (default: benchmarks/results)",
+    )
     args = parser.parse_args()
-    text = table()
+    if args.results != RESULTS and not args.print:
+        parser.error("--results: expected with --print (README.md's table is made from benchmarks/results only)")
+    try:
+        text = table(args.results)
+    except ResultsError as e:
+        raise SystemExit(f"tables.py: {e}") from None
     if args.print:
         print(text)
         return
