@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceiver.adapters.video import space_to_depth
-from perceiver.checks import InputTypeError, check_float_input, check_int, check_int_fields
+from perceiver.checks import InputTypeError, check_float_input, check_int, check_int_fields, to_bool_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, FactoredInputs
 from perceiver.core.io import InputAdapter
@@ -129,8 +129,20 @@ class ImageAdapter(InputAdapter):
         pos_init_scale: float = 0.02,
     ) -> None:
         super().__init__()
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise ValueError(f"image_size must be (height, width) with positive sizes, got {tuple(image_size)}")
+        # sizes checked here too, not only in `ImageAdapterConfig`: a direct construction failed deep inside torch
+        image_size = pair("ImageAdapter.image_size", image_size)
+        if isinstance(max_resolution, numbers.Integral):
+            max_resolution = pair("ImageAdapter.max_resolution", max_resolution)
+        sizes = dict(
+            in_channels=in_channels,
+            spatial_downsample=spatial_downsample,
+            out_channels=out_channels,
+            trainable_pos_channels=trainable_pos_channels,
+            num_bands=num_bands,
+        )
+        for name, value in sizes.items():
+            check_int(value, f"ImageAdapter.{name}")
+        check_int(project_pos_dim, "ImageAdapter.project_pos_dim", minimum=0, optional=True)
         if prep_type not in ("conv", "conv1x1", "patches", "pixels"):
             raise ValueError(f"prep_type must be 'conv', 'conv1x1', 'patches' or 'pixels', got {prep_type!r}")
         if position_encoding not in ("fourier", "trainable", "none"):
@@ -259,11 +271,9 @@ class ImageAdapter(InputAdapter):
         """
         inputs = check_float_input(inputs, "pixel_values", f"(B, {self.in_channels}, H, W)")
         self._check(inputs, interpolate_pos_encoding)
-        if mask is not None:
+        if mask is not None:  # bool or 0 / 1 (True = valid); other values (an additive float mask) are an error
             b, (h, w) = inputs.shape[0], self.token_grid(*inputs.shape[2:])
-            if mask.ndim != 2 or tuple(mask.shape) != (b, h * w):
-                raise ValueError(f"expected a token mask of shape ({b}, {h * w}), got {tuple(mask.shape)}")
-            mask = mask.bool()
+            mask = to_bool_mask(mask, "token mask", ((b, h * w),))
         factorable = self.prep_type == "conv1x1" and is_dense(self.convnet_1x1, nn.Conv2d)
         if factorable and self.concat_or_add_pos == "concat" and self.position_encoding != "none":
             # The tokens are [pixels W^T + b, positions]: the encoder can attend in narrower exact coordinates, and

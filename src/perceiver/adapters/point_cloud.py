@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from perceiver.checks import check_float_input, check_int, check_int_fields, check_number
+from perceiver.checks import check_float_input, check_int, check_int_fields, check_number, to_bool_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
@@ -49,8 +49,9 @@ class PointCloudAdapter(InputAdapter):
         sine_only: bool = False,
     ) -> None:
         super().__init__()
-        if in_channels < 3:
-            raise ValueError(f"in_channels must be >= 3 (xyz first), got {in_channels}")
+        check_int(in_channels, "PointCloudAdapter.in_channels (xyz first)", minimum=3)
+        check_int(num_bands, "PointCloudAdapter.num_bands")
+        check_number(max_resolution, "PointCloudAdapter.max_resolution")
         self.in_channels = in_channels
         self.num_bands = num_bands
         self.max_resolution = float(max_resolution)
@@ -65,10 +66,8 @@ class PointCloudAdapter(InputAdapter):
                 f"expected points of shape (B, P, {self.in_channels}) with P >= 1 (xyz first), got {tuple(inputs.shape)}"
             )
         b, p, _ = inputs.shape
-        if mask is not None:
-            if tuple(mask.shape) != (b, p):
-                raise ValueError(f"expected mask of shape ({b}, {p}) (B, P), got {tuple(mask.shape)}")
-            mask = mask.to(torch.bool)
+        # bool or 0 / 1 (True = real point); other values (an additive float mask) are an error, not a cast
+        mask = to_bool_mask(mask, "mask", ((b, p),))
         valid = mask[..., None] if mask is not None else torch.ones_like(inputs[..., :1], dtype=torch.bool)
         bad = ~torch.isfinite(inputs) & valid
         if not torch.compiler.is_compiling() and bool(bad.any()):  # a value check (host sync): eager only

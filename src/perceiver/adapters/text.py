@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver.checks import check_int_fields, check_token_ids, token_mask
+from perceiver.checks import check_int, check_int_fields, check_token_ids, token_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs, Index
 from perceiver.core.io import InputAdapter, OutputAdapter
@@ -42,8 +42,7 @@ class TextAdapter(InputAdapter):
     ):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("max_seq_len", max_seq_len), ("num_channels", num_channels)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            check_int(value, f"TextAdapter.{name}")  # 20.0 failed inside nn.Embedding
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.num_channels = num_channels
@@ -92,7 +91,14 @@ class TiedEmbeddingOutput(OutputAdapter):
     def __init__(self, embedding: nn.Embedding) -> None:
         super().__init__()
         self.embedding = embedding
-        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+        self.bias = nn.Parameter(torch.empty(embedding.num_embeddings))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero the bias `(V,)` (the shared embedding is the input adapter's), as `torch.nn` layers reset theirs:
+        after building on the meta device and `to_empty()`, resetting every module that has the method initialises
+        the model."""
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, adapted: AdaptedInputs | None = None, output_index: Index = None) -> Tensor:
         return F.linear(x, self.embedding.weight, self.bias)

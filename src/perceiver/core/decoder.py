@@ -326,6 +326,26 @@ def check_output_index(output_index: Tensor | None, total: int, device: torch.de
     return output_index
 
 
+def as_index(output_index: Any) -> Index:
+    """`output_index` as an `Index`: a tensor, slice or None as given; a list, tuple, int or numpy array of
+    positions as a long tensor (they reached `index_select` as they came: an AttributeError); an
+    `InputTypeError` for anything else."""
+    if output_index is None or isinstance(output_index, (Tensor, slice)):
+        return output_index
+    try:
+        if isinstance(output_index, (bool, str, bytes, float)):
+            raise TypeError
+        index = torch.as_tensor(output_index)
+    except (TypeError, ValueError, RuntimeError):
+        index = None
+    if index is None or index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+        raise InputTypeError(
+            "expected output_index as integer positions (a tensor, a list of ints or an int), a slice or None, "
+            f"got {output_index!r:.80} ({type(output_index).__name__})"
+        )
+    return index.long().flatten()
+
+
 def check_query_chunk_size(query_chunk_size: Any) -> None:
     """`query_chunk_size` of a forward: None (all at once) or an integer >= 1."""
     if query_chunk_size is None:
@@ -357,6 +377,7 @@ def decode(
     by its `assemble`, so the decoder's `(B, O, F)` features never exist for all positions at once.
     """
     check_query_chunk_size(query_chunk_size)
+    output_index = as_index(output_index)
     if query_chunk_size is None and not isinstance(output_index, Tensor):  # one pass: a traced length stays symbolic
         if isinstance(output_index, slice) and output_index.step not in (None, 1):
             raise ValueError(f"expected a slice of output positions with step 1, got {output_index}")

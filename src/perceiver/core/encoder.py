@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from perceiver.checks import check_float_input, check_int_fields, to_bool_mask
+from perceiver.checks import InputTypeError, check_float_input, check_int_fields, to_bool_mask
 from perceiver.core.model import checkpoints
 from perceiver.nn.attention import reassociation_saves
 from perceiver.nn.inputs import InputFactors, normalize_factored, normalize_inputs
@@ -160,7 +160,7 @@ class PerceiverEncoder(nn.Module):
         self.inverted = c.inverted_steps()
         self.config = c
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.latent_dim))
-        nn.init.trunc_normal_(self.latents, std=c.latent_init_std, a=-2 * c.latent_init_std, b=2 * c.latent_init_std)
+        self.reset_parameters()
 
         n = c.num_cross_attends
         # Which unique module each step uses.
@@ -190,6 +190,13 @@ class PerceiverEncoder(nn.Module):
         self.residuals = nn.ModuleList(
             AttentionResidual(c.latent_dim, c.attn_residual_rank, c.attn_residual_norm) for _ in unique
         )
+
+    def reset_parameters(self) -> None:
+        """Draw the latents `(N, D)` again (normal, std `latent_init_std`, truncated at 2 std), as `torch.nn` layers
+        do: after building on the meta device and `to_empty()`, calling `reset_parameters()` on every module that
+        has one (FSDP's materialisation) initialises the whole encoder; its layers reset their own weights."""
+        std = self.config.latent_init_std
+        nn.init.trunc_normal_(self.latents, std=std, a=-2 * std, b=2 * std)
 
     def extra_repr(self) -> str:
         """The latents and how often each unique module runs (the module list shows each shared one once)."""
@@ -250,6 +257,7 @@ class PerceiverEncoder(nn.Module):
             if inputs.ndim != 3 or inputs.shape[-1] != width:
                 raise ValueError(f"expected encoder inputs of shape {expected}, got {tuple(inputs.shape)}")
             tokens = tuple(inputs.shape[:2])
+            shape = tuple(inputs.shape)
         elif factors is not None:
             if factors.num_channels != width:
                 raise ValueError(
@@ -257,9 +265,34 @@ class PerceiverEncoder(nn.Module):
                     f"({factors.weight.shape[0]} features + {factors.positions.shape[-1]} positions)"
                 )
             tokens = tuple(factors.raw.shape[:2])
+            shape = (*tokens, width)
         else:
             raise ValueError("expected inputs (B, M, C) or their factors, got neither")
+        if 0 in tokens:  # no tokens: the latents would attend to nothing and come out as if no input was given
+            raise ValueError(
+                f"expected encoder inputs of shape (B, M, {width}) with no zero-size axis (B, M >= 1), got {shape}; "
+                "skip the call for an empty batch"
+            )
         return to_bool_mask(mask, "mask", (tokens,))
+
+    def _check_history(self, history: list[Tensor] | None, shape: tuple[int, ...]) -> list[Tensor] | None:
+        """`residual_history` as a new list of tensors of the latents' `shape` `(B, N, D)`, in their dtype."""
+        if history is None:
+            return None
+        if isinstance(history, Tensor) or not isinstance(history, (list, tuple)) or not history:
+            got = f"a tensor of shape {tuple(history.shape)}" if isinstance(history, Tensor) else repr(history)[:80]
+            raise InputTypeError(
+                f"expected residual_history (perceiver-pytorch's block_outputs) as a non-empty list of tensors {shape}, "
+                f"got {got}"
+            )
+        for i, h in enumerate(history):
+            if not isinstance(h, Tensor) or tuple(h.shape) != shape:
+                came = str(tuple(h.shape)) if isinstance(h, Tensor) else type(h).__name__
+                raise ValueError(
+                    f"expected residual_history[{i}] (perceiver-pytorch's block_outputs) of the latents' shape {shape} "
+                    f"(B, N, D), got {came}"
+                )
+        return [h.to(self.latents.dtype) for h in history]
 
     def forward(
         self,
@@ -268,8 +301,14 @@ class PerceiverEncoder(nn.Module):
         return_attention: bool = False,
         factors: InputFactors | None = None,
         return_hidden_states: bool = False,
+        residual_history: list[Tensor] | None = None,
     ) -> Tensor | EncoderOutput:
         """`inputs` `(B, M, C)`, `mask` `(B, M)` -> latents `(B, N, D)`.
+
+        `residual_history`: earlier outputs `[(B, N, D)] * L` (e.g. another model's) that the first attention
+        residual's history starts with instead of the latents it would start with (the initial latents for
+        `attn_residual="cross_attend"`, the first cross-attend's output for `"self_attend"`): perceiver-pytorch's
+        `block_outputs`. Without attention residuals it changes nothing.
 
         `factors`: the same inputs as `cat([raw W^T + b, pos])` (`perceiver.nn.InputFactors`, from an adapter);
         where their normalised coordinates are narrower than `C` (`uses_factors`), the cross-attends use those (the
@@ -286,7 +325,8 @@ class PerceiverEncoder(nn.Module):
         states: list[Tensor] | None = [] if return_hidden_states else None
         checkpointing = checkpoints(self)  # set_grad_checkpointing: training with gradients
         mode = self.config.attn_residual
-        history = [x]  # outputs mixed by the attention residuals
+        given = self._check_history(residual_history, tuple(x.shape))
+        history = [x] if given is None else given  # outputs mixed by the attention residuals
         residual = iter(self.residual_index)
         # The inputs are LayerNormed once (per eps) for all cross-attends; each folds its own affine (perceiver.nn.inputs).
         if factors is not None and inputs is not None and factors.num_channels != inputs.shape[-1]:
@@ -313,7 +353,8 @@ class PerceiverEncoder(nn.Module):
             if probs is not None:
                 maps.append(probs)
             if mode == "self_attend":
-                history = [x]
+                history = [x] if given is None else given
+                given = None  # the given history replaces the first cross-attend's output only
             if states is not None:
                 states.append(x)
             for _ in range(self.config.num_blocks):

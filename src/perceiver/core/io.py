@@ -12,6 +12,8 @@ Task models (masked LM, classifiers, flow, multimodal) are subclasses that pick 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -99,6 +101,12 @@ class PerceiverIO(PerceiverModel):
             raise ValueError(
                 f"query builder gives {query_builder.num_channels} channels, decoder expects {decoder.config.query_dim}"
             )
+        if decoder.config.latent_dim != encoder.config.latent_dim:  # else a shape error in the first forward
+            raise ValueError(
+                f"encoder gives latents of {encoder.config.latent_dim} channels (latent_dim), decoder expects "
+                f"{decoder.config.latent_dim}: build the decoder with DecoderConfig(latent_dim="
+                f"{encoder.config.latent_dim}, ...)"
+            )
         self.input_adapter = input_adapter
         self.encoder = encoder
         self.query_builder = query_builder
@@ -108,6 +116,28 @@ class PerceiverIO(PerceiverModel):
     def _pre_logits_dim(self) -> int:
         assert self.decoder.config.query_dim is not None  # PerceiverDecoder requires it
         return self.decoder.config.query_dim
+
+    def _check_saveable(self, what: str) -> None:
+        """A TypeError for a model composed from parts: it has no config (nor `model_type`) for config.json."""
+        if getattr(type(self), "model_type", None) is None or getattr(self, "config", None) is None:
+            raise TypeError(
+                f"expected a model with a config for {what} (a task model such as PerceiverForImageClassification, "
+                f"or a PerceiverIO subclass that sets config_class, model_type and self.config), got a "
+                f"{type(self).__name__} composed from parts, which has no config.json to write: save its weights with "
+                "safetensors.torch.save_model(model, path) (or torch.save(model.state_dict(), path)) and load them "
+                "into the same composition with safetensors.torch.load_model / load_state_dict"
+            )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """`PretrainedMixin.save_pretrained` (config.json + safetensors) for models with a config; a TypeError
+        naming the alternatives for a `PerceiverIO` composed from parts."""
+        self._check_saveable("save_pretrained")
+        return super().save_pretrained(save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """`PretrainedMixin.push_to_hub` for models with a config (see `save_pretrained`)."""
+        self._check_saveable("push_to_hub")
+        return super().push_to_hub(repo_id, **kwargs)
 
     def check_inputs(self, inputs: Any, mask: Tensor | None) -> tuple[Any, Tensor | None]:
         """Validate and cast the raw inputs (task models override; errors name what was expected)."""

@@ -22,7 +22,15 @@ from typing import Any, ClassVar, Literal, TypeVar, overload
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_float_input, check_int, check_int_fields, check_number, model_dtype, to_bool_mask
+from perceiver.checks import (
+    InputTypeError,
+    check_float_input,
+    check_int,
+    check_int_fields,
+    check_number,
+    model_dtype,
+    to_bool_mask,
+)
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import Features, ModelOutput, PerceiverModel
 from perceiver.models.registry import build_preset, register_model, register_model_type
@@ -164,6 +172,20 @@ def run_with_block_outputs(encoder: PerceiverEncoder, run: Callable[[], R]) -> t
     return out, (histories[-1] if histories else None)
 
 
+def as_block_list(block_outputs: Tensor | list[Tensor] | tuple[Tensor, ...] | None) -> list[Tensor] | None:
+    """perceiver-pytorch's `block_outputs` argument (one tensor `(B, N, D)` or a list of them) as a list (the
+    encoder checks the shapes); None stays None."""
+    if block_outputs is None:
+        return None
+    if isinstance(block_outputs, Tensor):
+        return [block_outputs]
+    if not isinstance(block_outputs, (list, tuple)):
+        raise InputTypeError(
+            f"expected block_outputs as a tensor (B, N, D) or a list of them, got {type(block_outputs).__name__}"
+        )
+    return list(block_outputs)
+
+
 class ClassifierHead(nn.Module):
     """Mean over latents, LayerNorm, Linear: `(B, N, D) -> (B, K)`."""
 
@@ -270,9 +292,11 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
         mask: Tensor | None = None,
         return_attention: bool = False,
         return_hidden_states: bool = False,
+        block_outputs: Tensor | list[Tensor] | None = None,
     ) -> Features:
         """`Features` with the latents `(B, N, D)` (with `return_attention`, each cross-attend's map `(B, H, N, M)`
-        and each latent layer's `(B, H, N, N)`; with `return_hidden_states`, the latents after every step)."""
+        and each latent layer's `(B, H, N, N)`; with `return_hidden_states`, the latents after every step).
+        `block_outputs`: see `forward`."""
         data, mask = self._check_inputs(data, mask)
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
@@ -281,6 +305,7 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
             mask,
             return_attention=return_attention,
             return_hidden_states=return_hidden_states,
+            residual_history=as_block_list(block_outputs),
         )
         return Features.from_encoder(encoded)
 
@@ -311,6 +336,7 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
         return_attention: bool = False,
         return_hidden_states: bool = False,
         return_hiddens: bool = False,
+        block_outputs: Tensor | list[Tensor] | None = None,
     ) -> Tensor | ModelOutput | tuple[Tensor, list[Tensor]]:
         """`data` `(B, *axes, C)`, `mask` `(B, *axes)` or `(B, M)` boolean -> logits `(B, num_classes)`.
 
@@ -319,6 +345,9 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
         (class ids `(B,)`), the attention maps and the latents after every encoder step. `return_hiddens`
         (perceiver-pytorch 0.11's): `(logits or latents, block_outputs)`, `block_outputs` the initial latents and
         those after each of the `depth` blocks (before the attention residual's mix), `depth + 1` tensors `(B, N, D)`.
+        `block_outputs` (perceiver-pytorch 0.11's, e.g. another model's `return_hiddens` list): earlier outputs
+        `(B, N, D)` (one tensor or a list) that replace the initial latents at the start of that list: the attention
+        residuals (`attn_residual=True`) mix them in, and `return_hiddens` returns them first.
         """
         if return_embeddings and labels is not None:  # the latents carry no loss: it was dropped silently
             raise ValueError(
@@ -332,8 +361,8 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
                     "with labels / return_dict / return_attention / return_hidden_states: use return_hidden_states "
                     "for ModelOutput.hidden_states"
                 )
-            return self._forward_with_block_outputs(data, mask, return_embeddings)
-        features = self.forward_features(data, mask, return_attention, return_hidden_states)
+            return self._forward_with_block_outputs(data, mask, return_embeddings, block_outputs)
+        features = self.forward_features(data, mask, return_attention, return_hidden_states, block_outputs)
         if return_embeddings:
             return features.latents
         out = self.forward_head(features)
@@ -342,17 +371,19 @@ class Perceiver(PeerStateDictMixin, TimmClassifierMixin, PerceiverModel):
         return out if (return_dict or labels is not None or return_attention or return_hidden_states) else out.logits
 
     def _forward_with_block_outputs(
-        self, data: Tensor, mask: Tensor | None, return_embeddings: bool
+        self, data: Tensor, mask: Tensor | None, return_embeddings: bool, given: Tensor | list[Tensor] | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """perceiver-pytorch's `return_hiddens=True`: `(output, [latents, block 1, ..., block depth])`."""
+        """perceiver-pytorch's `return_hiddens=True`: `(output, [latents, block 1, ..., block depth])` (the
+        `given` block outputs in place of the latents)."""
         features, mixed = run_with_block_outputs(
-            self.encoder, lambda: self.forward_features(data, mask, return_hidden_states=True)
+            self.encoder, lambda: self.forward_features(data, mask, return_hidden_states=True, block_outputs=given)
         )
         if mixed is not None:
             blocks = mixed
         else:
             states, step = features.hidden_states or [], 1 + self.config.self_per_cross_attn
-            blocks = [self.encoder.latents.expand(features.latents.shape[0], -1, -1), *states[step - 1 :: step]]
+            start = as_block_list(given) or [self.encoder.latents.expand(features.latents.shape[0], -1, -1)]
+            blocks = [*start, *states[step - 1 :: step]]
         out = features.latents if return_embeddings else self.forward_head(features).logits
         return out, blocks
 

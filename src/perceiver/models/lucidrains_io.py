@@ -32,7 +32,12 @@ from perceiver.checks import (
 from perceiver.core.encoder import EncoderConfig, PerceiverEncoder
 from perceiver.core.model import GradCheckpointingMixin, check_class_ids, check_labels, token_cross_entropy
 from perceiver.hub import PretrainedMixin
-from perceiver.models.classic import PeerStateDictMixin, lucidrains_encoder_config, run_with_block_outputs
+from perceiver.models.classic import (
+    PeerStateDictMixin,
+    as_block_list,
+    lucidrains_encoder_config,
+    run_with_block_outputs,
+)
 from perceiver.models.registry import register_model_type
 from perceiver.nn.attention import MultiHeadAttention
 from perceiver.nn.layers import MLP, CrossAttentionLayer, SelfAttentionLayer
@@ -176,14 +181,19 @@ class LucidrainsPerceiverIO(PeerStateDictMixin, GradCheckpointingMixin, Pretrain
 
         return from_perceiver_pytorch_io(state_dict, **kwargs)
 
-    def forward_features(self, data: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward_features(
+        self, data: Tensor, mask: Tensor | None = None, block_outputs: Tensor | list[Tensor] | None = None
+    ) -> Tensor:
         """`data` `(B, M, dim)` (floating, cast to the model's dtype), `mask` `(B, M)` (bool or 0 / 1) -> latents
-        `(B, N, latent_dim)`."""
-        return self._encode(data, mask, False)[0]
+        `(B, N, latent_dim)`; `block_outputs` as in `forward`."""
+        return self._encode(data, mask, False, block_outputs)[0]
 
-    def _encode(self, data: Tensor, mask: Tensor | None, block_outputs: bool) -> tuple[Tensor, list[Tensor]]:
-        """The latents and, with `block_outputs`, perceiver-pytorch's `return_hiddens` list: the latents after the
-        cross-attend and after each of the `depth` latent layers (before the attention residual's mix)."""
+    def _encode(
+        self, data: Tensor, mask: Tensor | None, return_blocks: bool, given: Tensor | list[Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The latents and, with `return_blocks`, perceiver-pytorch's `return_hiddens` list: the latents after the
+        cross-attend (or the `given` block outputs instead) and after each of the `depth` latent layers (before the
+        attention residual's mix)."""
         expected = f"(B, M, {self.config.dim})"
         data = check_float_input(data, "data", expected, model_dtype(self))
         if data.ndim != 3 or data.shape[-1] != self.config.dim:
@@ -192,12 +202,16 @@ class LucidrainsPerceiverIO(PeerStateDictMixin, GradCheckpointingMixin, Pretrain
         mask = to_bool_mask(mask, "mask", (tuple(data.shape[:2]),))
         if self.training and self.config.seq_dropout_prob > 0.0:
             data, mask = dropout_seq(data, mask, self.config.seq_dropout_prob)
-        if not block_outputs:
-            return self.encoder(data, mask), []
+        history = as_block_list(given)
+        if not return_blocks:
+            return self.encoder(data, mask, residual_history=history), []
         encoded, mixed = run_with_block_outputs(
-            self.encoder, lambda: self.encoder(data, mask, return_hidden_states=True)
+            self.encoder, lambda: self.encoder(data, mask, return_hidden_states=True, residual_history=history)
         )
-        return encoded.latents, mixed if mixed is not None else list(encoded.hidden_states)
+        if mixed is not None:
+            return encoded.latents, mixed
+        states = list(encoded.hidden_states)
+        return encoded.latents, states if history is None else [*history, *states[1:]]
 
     def forward_head(self, latents: Tensor, queries: Tensor) -> Tensor:
         """`latents` `(B, N, D)`, `queries` `(B, O, E)` or `(O, E)` (floating, cast to the model's dtype) ->
@@ -212,12 +226,20 @@ class LucidrainsPerceiverIO(PeerStateDictMixin, GradCheckpointingMixin, Pretrain
         return self.decoder(queries, latents)
 
     def forward(
-        self, data: Tensor, mask: Tensor | None = None, queries: Tensor | None = None, return_hiddens: bool = False
+        self,
+        data: Tensor,
+        mask: Tensor | None = None,
+        queries: Tensor | None = None,
+        block_outputs: Tensor | list[Tensor] | None = None,
+        return_hiddens: bool = False,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Latents `(B, N, latent_dim)`, or `(B, O, logits_dim or E)` with `queries`; with `return_hiddens` (as
         perceiver-pytorch 0.11) also the `depth + 1` latents `(B, N, latent_dim)` after the cross-attend and after
-        each latent layer: `(output, block_outputs)`."""
-        latents, blocks = self._encode(data, mask, return_hiddens)
+        each latent layer: `(output, block_outputs)`. `block_outputs` (perceiver-pytorch 0.11's, e.g. another
+        model's `return_hiddens` list): earlier latents `(B, N, latent_dim)` (one tensor or a list) that replace the
+        cross-attend's output at the start of that list: the attention residuals (`attn_residual=True`) mix them in,
+        and `return_hiddens` returns them first."""
+        latents, blocks = self._encode(data, mask, return_hiddens, block_outputs)
         out = latents if queries is None else self.forward_head(latents, queries)
         return (out, blocks) if return_hiddens else out
 
