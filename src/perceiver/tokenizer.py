@@ -10,6 +10,10 @@ bytes, unless ``split_special_tokens=True``. Padding, truncation (``longest_firs
 ``only_second``), ``max_length`` defaults and the attention mask follow transformers exactly, with one deliberate
 difference: where transformers silently returns a sequence longer than ``max_length`` (``max_length`` smaller than the
 special tokens, or an ``only_*`` strategy that cannot remove enough), this tokenizer raises a ``ValueError``.
+
+transformers' other tokenizer methods (``get_special_tokens_mask``, ``convert_ids_to_tokens``, ``get_vocab``, ...;
+what ``DataCollatorForLanguageModeling`` calls) and ``BatchEncoding`` (with ``.to(device)``) are in
+``perceiver.tokenizer_call``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,19 @@ from typing import Any, Literal
 import torch
 
 from perceiver.checks import InputTypeError
+from perceiver.tokenizer_call import (
+    PADDED_KEYS,
+    BatchEncoding,
+    TransformersTokenizerMethods,
+    _check_positive_int,
+    _check_side,
+    _id_lists,
+    _normalize_inputs,
+    _padding_strategy,
+    _row_list,
+    _special_mask,
+    clean_up_tokenization,
+)
 from perceiver.tokenizer_files import TokenizerFiles
 
 PAD, BOS, EOS, MASK, CLS, SEP = "[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"
@@ -38,26 +55,6 @@ def encode_bytes(text: str) -> list[int]:
     return [b + NUM_SPECIAL_TOKENS for b in text.encode("utf-8")]
 
 
-def _id_lists(sequences: Any) -> tuple[list[list[int]], dict[str, Any]]:
-    """The id lists of `pad`'s argument and its other keys: id lists, a list of encodings (dicts with
-    "input_ids") or one encoding of lists. A ValueError names what came otherwise."""
-    if isinstance(sequences, Sequence) and sequences and all(isinstance(r, Mapping) for r in sequences):
-        sequences = {k: [r.get(k) for r in sequences] for k in sequences[0]}  # rows -> columns, as transformers
-    extra: dict[str, Any] = {}
-    if isinstance(sequences, Mapping):
-        if "input_ids" not in sequences or any(ids is None for ids in sequences["input_ids"]):
-            raise ValueError(f"pad takes encodings with 'input_ids' (every row), got keys {list(sequences)}")
-        extra = {k: v for k, v in sequences.items() if k not in ("input_ids", "attention_mask")}
-        sequences = sequences["input_ids"]
-    if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
-        raise ValueError(f"pad takes a list of token id lists (or of encodings), got {type(sequences).__name__}")
-    seqs = [s.tolist() if isinstance(s, torch.Tensor) else s for s in sequences]
-    bad = [type(s).__name__ for s in seqs if isinstance(s, str | bytes) or not isinstance(s, Iterable)]
-    if bad:
-        raise ValueError(f"pad takes lists of token ids, got an element of type {bad[0]}; encode text first")
-    return [list(s) for s in seqs], extra
-
-
 def decode_bytes(ids: Iterable[int]) -> str:
     """Inverse of `encode_bytes`: special ids (< 6) and ids outside the vocabulary are dropped, invalid UTF-8 is
     replaced."""
@@ -70,21 +67,10 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + 
 Padding = bool | Literal["longest", "max_length", "do_not_pad"]
 Truncation = bool | Literal["longest_first", "only_first", "only_second", "do_not_truncate"]
 
-_PADDINGS = ("longest", "max_length", "do_not_pad")
 _TRUNCATIONS = ("longest_first", "only_first", "only_second", "do_not_truncate")
 
 
-class BatchEncoding(dict):
-    """The tokenizer output: a dict (``input_ids``, ``attention_mask``) whose keys are also attributes."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-class ByteTokenizer(TokenizerFiles):
+class ByteTokenizer(TransformersTokenizerMethods, TokenizerFiles):
     """UTF-8 byte tokenizer of Perceiver IO (``deepmind/language-perceiver``), equal to transformers' tokenizer.
 
     Args:
@@ -205,7 +191,11 @@ class ByteTokenizer(TokenizerFiles):
         pad_to_multiple_of: int | None = None,
         padding_side: Literal["right", "left"] | None = None,
         return_tensors: Literal["pt"] | None = None,
-        return_attention_mask: bool = True,
+        return_attention_mask: bool | None = True,
+        return_token_type_ids: bool | None = False,
+        return_special_tokens_mask: bool | None = False,
+        return_length: bool | None = False,
+        verbose: bool = True,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a batch of them.
 
@@ -224,7 +214,14 @@ class ByteTokenizer(TokenizerFiles):
             padding_side: overrides the tokenizer's ``padding_side``.
             return_tensors: ``"pt"`` for ``torch.long`` tensors of shape ``(B, L)`` (``B = 1`` for a single text),
                 ``None`` for lists.
-            return_attention_mask: include ``attention_mask`` (1 = real token, 0 = padding).
+            return_attention_mask: include ``attention_mask`` (1 = real token, 0 = padding); None: True, as
+                transformers' default (the ``return_*`` options take None as transformers' defaults).
+            return_token_type_ids: include ``token_type_ids`` (0 for ``[CLS] A [SEP]``, 1 for ``B [SEP]``).
+            return_special_tokens_mask: include ``special_tokens_mask`` (1 = ``[CLS]`` / ``[SEP]`` / padding, 0 = a
+                token of the text), what ``DataCollatorForLanguageModeling`` reads.
+            return_length: include ``length``, as transformers: the length before padding in a batch, after padding
+                for a single text.
+            verbose: accepted for transformers' signature (this tokenizer has no warnings to silence).
 
         Returns:
             ``BatchEncoding`` with ``input_ids`` (and ``attention_mask``): lists of ints for a single text, lists of
@@ -247,12 +244,20 @@ class ByteTokenizer(TokenizerFiles):
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
 
-        sequences = [
+        encoded = [
             self._encode_one(a, b, add_special_tokens, trunc_strategy, max_length)
             for a, b in zip(texts, pairs, strict=True)
         ]
+        columns: dict[str, list[Any]] = {"input_ids": [ids for ids, _ in encoded]}
+        if return_token_type_ids:  # 1 from the pair's first token on (all 0 without special tokens, as transformers)
+            first = [n if n is not None and add_special_tokens else len(ids) for ids, n in encoded]
+            columns["token_type_ids"] = [[0] * n + [1] * (len(ids) - n) for (ids, _), n in zip(encoded, first)]
+        if return_special_tokens_mask:
+            columns["special_tokens_mask"] = [_special_mask(ids, n, add_special_tokens) for ids, n in encoded]
+        if return_length and batched:
+            columns["length"] = [len(ids) for ids, _ in encoded]
         out = self.pad(
-            sequences,
+            columns,
             padding=pad_strategy,
             max_length=max_length,
             pad_to_multiple_of=pad_to_multiple_of,
@@ -260,6 +265,10 @@ class ByteTokenizer(TokenizerFiles):
             return_tensors=return_tensors,
             return_attention_mask=return_attention_mask,
         )
+        if return_length and not batched:
+            out["length"] = (
+                [len(out["input_ids"][0])] if return_tensors is None else torch.tensor([out["input_ids"].shape[1]])
+            )
         if not batched and return_tensors is None:
             out = BatchEncoding({k: v[0] for k, v in out.items()})
         return out
@@ -272,7 +281,7 @@ class ByteTokenizer(TokenizerFiles):
         pad_to_multiple_of: int | None = None,
         padding_side: Literal["right", "left"] | None = None,
         return_tensors: Literal["pt"] | None = None,
-        return_attention_mask: bool = True,
+        return_attention_mask: bool | None = True,
     ) -> BatchEncoding:
         """Pad a batch of id lists (e.g. in a data collator) and build the attention mask.
 
@@ -297,14 +306,21 @@ class ByteTokenizer(TokenizerFiles):
             target = (target // pad_to_multiple_of + 1) * pad_to_multiple_of
 
         input_ids, masks = [], []
-        for s in seqs:
+        padded: dict[str, list[list[int]]] = {
+            k: [] for k in PADDED_KEYS if k in extra
+        }  # per-token keys, padded as input_ids
+        for row, s in enumerate(seqs):
             n_pad = max(0, target - len(s)) if target is not None else 0
             pad, ones, zeros = [self.pad_token_id] * n_pad, [1] * len(s), [0] * n_pad
             input_ids.append(s + pad if side == "right" else pad + s)
             masks.append(ones + zeros if side == "right" else zeros + ones)
+            for key, values in padded.items():
+                v, fill = _row_list(extra[key][row], key, len(s)), [PADDED_KEYS[key]] * n_pad
+                values.append(v + fill if side == "right" else fill + v)
+        extra |= padded
 
         out = BatchEncoding(input_ids=input_ids)
-        if return_attention_mask:
+        if return_attention_mask is None or return_attention_mask:  # None: transformers' default, the mask
             out["attention_mask"] = masks
         if return_tensors == "pt":
             lengths = sorted({len(s) for s in input_ids})
@@ -343,16 +359,18 @@ class ByteTokenizer(TokenizerFiles):
 
     def _encode_one(
         self, text: str, pair: str | None, add_special_tokens: bool, truncation: str, max_length: int | None
-    ) -> list[int]:
+    ) -> tuple[list[int], int | None]:
+        """The ids of a text or pair and, for a pair, the length of its first part (with its special tokens)."""
         ids = self.tokenize(text)
         pair_ids = self.tokenize(pair) if pair is not None else None
         n_special = self.num_special_tokens_to_add(pair_ids is not None) if add_special_tokens else 0
         total = len(ids) + len(pair_ids or ()) + n_special
         if truncation != "do_not_truncate" and max_length is not None and total > max_length:
             ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, truncation, max_length, n_special)
+        first = None if pair_ids is None else len(ids) + (2 if add_special_tokens else 0)
         if add_special_tokens:
-            return self.build_inputs_with_special_tokens(ids, pair_ids)
-        return ids + (pair_ids or [])
+            return self.build_inputs_with_special_tokens(ids, pair_ids), first
+        return ids + (pair_ids or []), first
 
     def _truncate(
         self, ids: list[int], pair_ids: list[int] | None, n_remove: int, strategy: str, max_length: int, n_special: int
@@ -395,11 +413,18 @@ class ByteTokenizer(TokenizerFiles):
         return ids[: len(ids) - n] if self.truncation_side == "right" else ids[n:]
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    def decode(
+        self,
+        ids: int | Iterable[int] | torch.Tensor,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str:
         """Text of a sequence of ids, as transformers decodes it.
 
         Special tokens become their strings (``"[CLS]"``, ...) or are dropped with ``skip_special_tokens``; byte
         ids are joined and decoded as UTF-8 with invalid sequences replaced by U+FFFD (``errors="replace"``).
+        ``clean_up_tokenization_spaces=True`` then removes spaces before punctuation and contractions
+        (transformers' ``clean_up_tokenization``; off by default, as transformers' ``PerceiverTokenizer``).
 
         Raises:
             ValueError: an id outside ``[0, 262)``, or a tensor with more than one dimension (use
@@ -428,73 +453,16 @@ class ByteTokenizer(TokenizerFiles):
                 out.append(i - NUM_SPECIAL_TOKENS)
             else:
                 raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-        return out.decode("utf-8", errors="replace")
+        text = out.decode("utf-8", errors="replace")
+        return clean_up_tokenization(text) if clean_up_tokenization_spaces else text  # None: False, as transformers'
 
     def batch_decode(
-        self, sequences: Iterable[Iterable[int]] | torch.Tensor, skip_special_tokens: bool = False
+        self,
+        sequences: Iterable[Iterable[int]] | torch.Tensor,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
     ) -> list[str]:
         """:meth:`decode` of each sequence of a batch (a list of id lists or a ``(B, L)`` tensor)."""
         if isinstance(sequences, torch.Tensor) and sequences.dim() != 2:
             raise ValueError(f"batch_decode takes a (B, L) tensor, got shape {tuple(sequences.shape)}")
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
-
-
-def _normalize_inputs(text: Any, text_pair: Any) -> tuple[list[str], list[str | None], bool]:
-    """(texts, pairs, batched) from the forms transformers accepts for str input."""
-    if isinstance(text, str):
-        if text_pair is not None and not isinstance(text_pair, str):
-            raise ValueError(f"text is one str, so text_pair must be a str too, got {type(text_pair).__name__}")
-        return [text], [text_pair], False
-    if not isinstance(text, (list, tuple)):
-        raise ValueError(f"expected text as a str or a list of str, got {type(text).__name__}")
-    if not text:
-        raise ValueError("expected text as a str or a non-empty list of str, got an empty list")
-    if text_pair is not None:
-        if not isinstance(text_pair, (list, tuple)) or len(text_pair) != len(text):
-            got = (
-                f"{type(text_pair).__name__} of length {len(text_pair)}"
-                if isinstance(text_pair, (list, tuple))
-                else type(text_pair).__name__
-            )
-            raise ValueError(
-                f"text is a batch of {len(text)}, so text_pair must be a list of {len(text)} str, got {got}"
-            )
-        texts, pairs = list(text), list(text_pair)
-    else:
-        texts, pairs = [], []
-        for item in text:
-            if isinstance(item, (list, tuple)):
-                if len(item) != 2:
-                    raise ValueError(f"a batch item that is a tuple must be a pair (a, b), got {len(item)} elements")
-                texts.append(item[0])
-                pairs.append(item[1])
-            else:
-                texts.append(item)
-                pairs.append(None)
-    for i, (a, b) in enumerate(zip(texts, pairs)):
-        if not isinstance(a, str) or not (b is None or isinstance(b, str)):
-            bad = a if not isinstance(a, str) else b
-            raise ValueError(f"expected str texts, got {type(bad).__name__} at batch index {i}")
-    return texts, pairs, True
-
-
-def _padding_strategy(padding: Any) -> Literal["longest", "max_length", "do_not_pad"]:
-    if padding is True:
-        return "longest"
-    if padding is False or padding is None:
-        return "do_not_pad"
-    if padding in _PADDINGS:
-        return padding
-    raise ValueError(f"padding must be a bool or one of {_PADDINGS}, got {padding!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_side(name: str, value: Any) -> str:
-    if value not in ("right", "left"):
-        raise ValueError(f"{name} must be 'right' or 'left', got {value!r}")
-    return value
+        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]

@@ -23,7 +23,8 @@ Attributes available right after construction (the files are read on first acces
 
 Errors (`FileNotFoundError` / `ValueError`, naming the file or field): a missing file (in the constructor), an
 unreadable file, a missing text / label field, an empty text or label value, a label unknown to the training file,
-fewer than 2 classes found in the training labels.
+fewer than 2 classes found in the training labels, a TSV text cell holding tabs and line breaks (lines merged by a
+stray double quote at the start of a cell).
 """
 
 from __future__ import annotations
@@ -130,7 +131,24 @@ def read_table(
     for field in fields:
         if field not in table.column_names:
             raise ValueError(f"{p}: field {field!r} not found (fields: {', '.join(table.column_names)})")
-    return {field: table[field] for field in fields}
+    columns = {field: table[field] for field in fields}
+    if suffix == ".tsv":
+        _check_tsv_rows(p, {f: columns[f] for f in text_fields if f in columns})
+    return columns
+
+
+def _check_tsv_rows(path: Path, texts: dict[str, Any]) -> None:
+    """A ValueError for a TSV text cell that holds a tab and a line break: what the CSV parser makes of a cell that
+    starts with an unclosed double quote (`"Great movie<TAB>pos`), which swallows the lines (and labels) after it
+    up to the next quote, silently."""
+    for field, values in texts.items():
+        for i, value in enumerate(values):
+            if isinstance(value, str) and "\t" in value and "\n" in value:
+                raise ValueError(
+                    f"{path}: row {i}: field {field!r} holds tabs and line breaks ({value[:60]!r}...): a double quote at "
+                    "the start of a cell opens a quoted cell up to the next quote, merging the lines between into "
+                    'one; quote such cells in full ("..." with "" for a quote inside) or remove the stray quote'
+                )
 
 
 class TextClassificationDataset(KeyedDataset):

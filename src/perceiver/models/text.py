@@ -246,9 +246,9 @@ class PerceiverForMaskedLM(TextModel):
             model.fill_mask("This is an incomplete sentence where some words are" + "[MASK]" * 9)
 
         `tokenizer`: default a `perceiver.ByteTokenizer` (the byte vocabulary, 262 ids); for another vocabulary pass
-        its tokenizer (transformers' interface: `__call__`, `mask_token_id`, `all_special_ids`, `decode`). Special
-        tokens are never predicted. Call it on the model in eval mode (dropout); texts longer than `max_seq_len` ids
-        (special tokens included) are an error."""
+        its tokenizer (transformers' interface: `__call__`, `mask_token_id`, `all_special_ids`, `decode`; its
+        padding side does not matter). Special tokens are never predicted. Call it on the model in eval mode
+        (dropout); texts longer than `max_seq_len` ids (special tokens included) are an error."""
         if tokenizer is None:
             if self.config.adapter.vocab_size != VOCAB_SIZE:
                 raise ValueError(
@@ -268,7 +268,11 @@ class PerceiverForMaskedLM(TextModel):
             )
         device = self.encoder.latents.device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
-        logits = self(ids, attention_mask=mask).logits
+        # the positions are learned from 0: a text's tokens go first whatever the tokenizer's padding side, so a
+        # text of a batch is filled as it is alone
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        ids, mask = ids.gather(1, order), mask.gather(1, order)
+        logits = self(ids, attention_mask=mask).logits[:, : ids.shape[1]]  # decode_all_positions: max_seq_len rows
         logits[..., list(tokenizer.all_special_ids)] = float("-inf")
         filled = torch.where(ids == tokenizer.mask_token_id, logits.argmax(-1), ids)
         out = [tokenizer.decode(row[valid].tolist(), skip_special_tokens=True) for row, valid in zip(filled, mask)]

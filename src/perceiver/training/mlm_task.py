@@ -36,6 +36,11 @@ class MaskedLMTask(PerceiverTask):
     def _call_model(self, batch: dict[str, Tensor]) -> Any:
         return self.run_model(batch["input_ids"], batch.get("attention_mask"))
 
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits `(B, L, V)` of the batch's L positions, also for a model with `decode_all_positions=True` (as
+        transformers, it decodes all `max_seq_len` positions; the first L are the batch's)."""
+        return super().forward(batch)[:, : batch["input_ids"].shape[1]]
+
     def step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch).float()
         labels = batch["labels"]
