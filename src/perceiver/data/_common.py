@@ -17,12 +17,17 @@ Determinism contract (all datamodules of `perceiver.data`):
   worker processes; datasets also accept a plain `int` index (epoch 0).
 - The epoch comes from the attached Lightning trainer (`trainer.current_epoch`), or from `set_epoch(e)` on the
   sampler when the loader is used without Lightning.
+- Validation and test loaders of `R > 1` processes (`EvalSampler`) give every process the same number of batches of
+  `batch_size` and evaluate every sample once over all processes (Lightning's `DistributedSampler` would repeat up to
+  `R - 1` samples, which then count twice in the metrics); only when the last `R * batch_size` block has fewer than
+  `R` samples is that impossible: then a warning names the samples counted twice.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
@@ -117,6 +122,60 @@ class EpochSampler(DistributedSampler):
         return iter([SampleKey(self.epoch, i) for i in indices[self.rank : self.total_size : self.num_replicas]])
 
 
+def eval_shard(n: int, batch_size: int, num_replicas: int, rank: int) -> tuple[list[int], int]:
+    """The dataset indices process `rank` of `num_replicas` evaluates, and how many samples the processes count twice.
+
+    Global blocks of `num_replicas * batch_size` samples in order; process `r` takes batch `r` of each full block and
+    an even share of the last, shorter block, so every process has `ceil(n / (num_replicas * batch_size))` batches
+    and every sample appears once. When the last block has fewer samples than processes, the processes without one
+    repeat a sample of it (`num_replicas - len(last block)` samples counted twice).
+    """
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"expected 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    block = num_replicas * batch_size
+    blocks = math.ceil(n / block)
+    if blocks == 0:
+        return [], 0
+    indices = [g * block + rank * batch_size + i for g in range(blocks - 1) for i in range(batch_size)]
+    start, m = (blocks - 1) * block, n - (blocks - 1) * block
+    q, rem = divmod(m, num_replicas)
+    size, offset = q + (rank < rem), start + rank * q + min(rank, rem)
+    if size:
+        return indices + list(range(offset, offset + size)), max(0, num_replicas - m)
+    return indices + [start + rank % m], num_replicas - m
+
+
+class EvalSampler(DistributedSampler):
+    """In-order evaluation sampler of one of `num_replicas` processes (`eval_shard`): every process gets the same
+    number of batches of `batch_size` (collective operations such as FSDP2's all-gathers stay in step) and every
+    sample is evaluated once over all processes. Being a `DistributedSampler`, Lightning keeps it under DDP / FSDP2.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.indices, repeated = eval_shard(n, batch_size, num_replicas, rank)
+        self.num_samples = len(self.indices)
+        self.total_size = n + repeated
+        if repeated and rank == 0:
+            warnings.warn(
+                f"evaluating {n} samples in batches of {batch_size} on {num_replicas} processes counts {repeated} of "
+                f"them twice (each process needs a sample in the last batch); a batch size with n % (processes x "
+                f"batch size) == 0 or >= processes, or one process, evaluates every sample once",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def global_seed() -> int:
     """The seed `lightning.seed_everything` set in this process (`PL_GLOBAL_SEED`; LightningCLI's
     `seed_everything`), or 0 without one."""
@@ -190,14 +249,25 @@ class BaseDataModule(LightningDataModule):
             collate_fn=self.collate_fn,
         )
 
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset, shard: bool = True) -> DataLoader:
+        """The loader of an evaluation split, in order: with `shard` and a trainer of several processes, this
+        process's `EvalSampler` share (each sample evaluated once over all processes); else the whole split."""
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EvalSampler(dataset, self.batch_size, world, rank) if shard and world > 1 else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.val_collate_fn or self.collate_fn,
         )
+
+    def unsharded_val_dataloader(self) -> DataLoader:
+        """The whole validation split in every process (for statistics of the split itself, e.g. a baseline that
+        each process computes alike); `val_dataloader()` gives each process of a run its share."""
+        return self._eval_loader(self._require(self.val_set, "val"), shard=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._require(self.val_set, "val"))
@@ -206,8 +276,9 @@ class BaseDataModule(LightningDataModule):
         return self._eval_loader(self._require(self.test_set, "test"))
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split (`perceiver predict --config ...` and `trainer.predict(datamodule=...)` predict over it)."""
-        return self._eval_loader(self._require(self.test_set, "test"))
+        """The test split (`perceiver predict --config ...` and `trainer.predict(datamodule=...)` predict over it;
+        Lightning itself splits it over processes, without repeating samples)."""
+        return self._eval_loader(self._require(self.test_set, "test"), shard=False)
 
 
 def _split_hint(cls: type, split: str) -> str:

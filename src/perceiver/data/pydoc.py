@@ -163,7 +163,7 @@ class _MLMDataModule(Protocol):
 
     def most_frequent_byte_id(self) -> int: ...
 
-    def val_dataloader(self) -> DataLoader: ...
+    def unsharded_val_dataloader(self) -> DataLoader: ...
 
 
 class MaskedBytes:
@@ -192,7 +192,7 @@ class MaskedBytes:
         self.setup()
         best = self.most_frequent_byte_id()
         hits = total = 0
-        for batch in self.val_dataloader():
+        for batch in self.unsharded_val_dataloader():
             target = batch["labels"][batch["labels"] != IGNORE_INDEX]
             hits += int((target == best).sum())
             total += target.numel()

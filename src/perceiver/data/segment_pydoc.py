@@ -171,7 +171,7 @@ class SegmentPydocDataModule(BaseDataModule):
         """F1 of `heuristic_starts` on the validation word starts."""
         self.setup()
         tp = fp = fn = 0
-        for batch in self.val_dataloader():
+        for batch in self.unsharded_val_dataloader():
             counts = f1_counts(heuristic_starts(batch["input_ids"]), batch["labels"])
             tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         return f1_score(tp, fp, fn)

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
 from perceiver.labels import set_id2label
+from perceiver.training.mid_epoch import MidEpochResume  # moved; importable from here as before
 from perceiver.training.run_files import JsonlPredictionWriter  # moved; importable from here as before
 
 __all__ = [
@@ -294,72 +295,6 @@ class StepSeed(Callback):
         torch.manual_seed(seed)
 
 
-class MidEpochResume(Callback):
-    """Exact resume from a checkpoint written inside an epoch (`every_n_train_steps`): the first epoch after the
-    resume skips the batches that the checkpoint has already trained on.
-
-    Lightning restores the loop counters of such a checkpoint but iterates a (non-stateful) train dataloader from
-    its start, so the resumed epoch would see its first batches again. The datamodules of `perceiver.data` make the
-    order of an epoch a function of (seed, epoch), so drawing and dropping the trained batches puts the run exactly
-    where the checkpoint left it; with `StepSeed` the weights then equal an uninterrupted run's. Works on the
-    datamodule's `train_dataloader` (the class of the returned loader gets a skipping `__iter__`).
-    """
-
-    def __init__(self) -> None:
-        self._skip = 0
-        self._trainer: L.Trainer | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning, not declared on Trainer
-        if stage != "fit" or dm is None or getattr(dm.train_dataloader, "_mid_epoch_resume", False):
-            return
-        self._trainer = trainer
-        build, callback = dm.train_dataloader, self
-
-        def train_dataloader() -> Any:
-            loader = build()
-            if isinstance(loader, torch.utils.data.DataLoader):
-                loader.__class__ = _skipping_loader_class(type(loader), callback)
-            return loader
-
-        train_dataloader._mid_epoch_resume = True  # type: ignore[attr-defined]
-        dm.train_dataloader = train_dataloader
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-        # a checkpoint of the last batch (or the epoch's end) starts the next epoch: nothing to skip
-        finished = bool(progress.get("is_last_batch", True))
-        self._skip = 0 if finished else int(progress.get("current", {}).get("processed", 0) or 0)
-
-    def take_skip(self) -> int:
-        """Batches to drop at the start of this iteration (once, only inside an unfinished epoch)."""
-        skip, self._skip = self._skip, 0
-        return skip
-
-
-def _skipping_loader_class(base: type, callback: MidEpochResume) -> type:
-    def __iter__(self: Any) -> Any:  # noqa: N807
-        iterator = base.__iter__(self)  # type: ignore[attr-defined]  # base is a DataLoader class
-        return _skip_lazily(iterator, callback)
-
-    return type(f"MidEpochResume{base.__name__}", (base,), {"__iter__": __iter__})
-
-
-def _skip_lazily(iterator: Any, callback: MidEpochResume) -> Any:
-    """Drop the batches to skip at the first `next` (Lightning creates the iterator of a resumed run before it
-    restores the loop counters; the samplers read the epoch when the first index is drawn)."""
-    skip = callback.take_skip()
-    if skip:
-        rank_zero_info(f"resuming inside the epoch: skipping the {skip} batches trained before the checkpoint")
-    for _ in range(skip):
-        if next(iterator, _END) is _END:
-            return
-    yield from iterator
-
-
-_END = object()
-
-
 def data_description(datamodule: Any) -> dict[str, Any]:
     """JSON-ready attributes of a datamodule that `perceiver predict` needs (shapes, class names, vocabulary)."""
     keys = (
@@ -435,10 +370,9 @@ class SavePretrained(Callback):
         best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
         sharded = _is_sharded(model)
         state, source = None, "final weights"
-        if isinstance(ckpt, ModelCheckpoint) and best and Path(best).is_file():
+        if isinstance(ckpt, ModelCheckpoint) and best and Path(best).exists():  # a file, or a sharded one's folder
             if trainer.is_global_zero:
-                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-                state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+                state = _checkpoint_weights(Path(best))
             score = ckpt.best_model_score  # None for a checkpoint callback without a monitor (the latest checkpoint)
             source = (
                 f"best checkpoint {best} ({ckpt.monitor}={float(score):.6g})"
@@ -468,6 +402,7 @@ class SavePretrained(Callback):
         if task.get("class_names") and task.get("num_classes") == len(task["class_names"]):
             set_id2label(model, list(task["class_names"]))  # config.json's id2label, as transformers keeps them
         model.save_pretrained(out)  # with LoRA adapters merged
+        _save_tokenizer(out, datamodule)
         (out / "task.json").write_text(json.dumps(task, indent=2) + "\n")
         rank_zero_info(f"saved the model of the {source} to {out}")
         from perceiver.lora import has_lora, save_adapter
@@ -495,3 +430,35 @@ def _is_sharded(model: torch.nn.Module) -> bool:
     except ImportError:  # pragma: no cover - older torch
         return False
     return isinstance(model, FSDPModule)
+
+
+def _checkpoint_weights(path: Path) -> dict[str, Any]:
+    """The network's weights (its `model.` keys, prefix removed) in a Lightning checkpoint: a file, or the folder of a
+    sharded one (FSDP2 with `save_distributed_checkpoint: true`), read whole into this process."""
+    if path.is_dir():
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)["state_dict"]
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def _save_tokenizer(out: Path, datamodule: Any) -> None:
+    """The byte tokenizer beside a text model trained on `perceiver.data`'s bytes (`tokenizer_config.json`, as
+    transformers keeps a tokenizer in the model folder), for `AutoTokenizer` / `ByteTokenizer.from_pretrained(out)`:
+    a masked LM's reads "[MASK]" as the mask token; a text classifier's texts were bytes throughout (`[MASK]`
+    included), so its tokenizer splits special tokens as training did."""
+    from perceiver.data.pydoc import MaskedBytes
+    from perceiver.data.text import TextClassificationDataModule
+
+    if not isinstance(datamodule, (MaskedBytes, TextClassificationDataModule)):
+        return
+    from perceiver.tokenizer import ByteTokenizer
+
+    split = isinstance(datamodule, TextClassificationDataModule)
+    ByteTokenizer(model_max_length=datamodule.max_seq_len, split_special_tokens=split).save_pretrained(out)

@@ -97,6 +97,9 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r".* is called with Trainer configured with multiple `ModelCheckpoint` callbacks", UserWarning),
     # every task overrides configure_model (for FSDP2); weight averaging with a sharded model is refused by name
     (r"You're using the WeightAveraging callback with a model that overrides the configure_model", UserWarning),
+    # FSDP2 with `save_distributed_checkpoint: true`: every save of best.ckpt / last.ckpt rewrites that checkpoint
+    # folder (the run layout; Lightning saves with overwrite=True), which torch's writer announces in every process
+    (r"Detected an existing checkpoint in .*, overwriting since self\.overwrite=True", UserWarning),
 )
 
 

@@ -349,7 +349,13 @@ class PerceiverTask(L.LightningModule):
         token-level loss: 0 for a batch with none, whose loss is 0, so that it leaves the mean as it is)."""
         on_step = stage == "train"
         self.log(
-            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=float(batch_size),  # type: ignore[arg-type]  # a float: Lightning's synced mean truncates ints
+            sync_dist=True,
         )
 
     def _log_metric(self, stage: str, name: str, prog_bar: bool = True) -> None:
