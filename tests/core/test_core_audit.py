@@ -181,3 +181,26 @@ def test_output_index_as_a_list_or_an_int():
         model(x, output_index=[6])
     with pytest.raises(TypeError, match="expected output_index as integer positions"):
         model(x, output_index=[1.5])
+
+
+def test_audio_and_multimodal_adapters_check_mask_values():
+    """The audio and multimodal adapters took any mask with `.to(torch.bool)`: torch's additive float mask (0 = keep,
+    -inf = drop) came out with the opposite validity. Like the other adapters they take bool or 0 / 1 only."""
+    from tiny_models import inputs, tiny
+
+    from perceiver.adapters.audio import AudioAdapter
+
+    audio = AudioAdapter(32, 16, 8, max_resolution=32)
+    additive = torch.zeros(2, 32)
+    additive[:, 16:] = float("-inf")
+    with pytest.raises(ValueError, match="values 0 .* or 1"):
+        audio(torch.randn(2, 32), additive)
+    assert audio(torch.randn(2, 32), torch.ones(2, 32)).mask.all()
+
+    model = tiny("multimodal-perceiver")
+    (x,) = inputs("multimodal-perceiver")
+    tokens = model.input_adapter(x).tokens.shape[1]
+    additive = torch.zeros(2, tokens)
+    additive[:, 1:] = float("-inf")
+    with pytest.raises(ValueError, match="values 0 .* or 1"):
+        model.input_adapter(x, additive)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_float_input, check_int_fields, check_number
+from perceiver.checks import check_float_input, check_int_fields, check_number, to_bool_mask
 from perceiver.core.config import PartConfig
 from perceiver.core.decoder import AdaptedInputs
 from perceiver.core.io import InputAdapter
@@ -82,9 +82,9 @@ class AudioAdapter(InputAdapter):
             )
         token_mask = None
         if mask is not None:
-            if tuple(mask.shape) != (b, s):
-                raise ValueError(f"expected mask of shape ({b}, {s}) (B, samples), got {tuple(mask.shape)}")
-            mask = mask.to(torch.bool)
+            mask = to_bool_mask(
+                mask, "mask (B, samples)", ((b, s),)
+            )  # 0 / 1 or bool; an additive float mask is refused
             x = x.masked_fill(~mask, 0.0)
             token_mask = mask.view(b, s // p, p).any(dim=-1)
         x = x.reshape(b, s // p, p)

@@ -36,7 +36,7 @@ from typing import Literal, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from perceiver.checks import check_int_fields
+from perceiver.checks import check_int_fields, to_bool_mask
 from perceiver.core.decoder import AdaptedInputs, FourierQueries, Index, QueryBuilder
 from perceiver.core.io import InputAdapter, OutputAdapter
 
@@ -203,11 +203,7 @@ class MultimodalInputAdapter(InputAdapter):
             sizes[name] = x.shape[1]
         x = torch.cat(tokens, dim=1)
         if mask is not None:
-            if tuple(mask.shape) != tuple(x.shape[:2]):
-                raise ValueError(
-                    f"expected attention_mask of shape {tuple(x.shape[:2])} (B, tokens), got {tuple(mask.shape)}"
-                )
-            mask = mask.to(torch.bool)
+            mask = to_bool_mask(mask, "attention_mask (B, tokens)", (tuple(x.shape[:2]),))  # 0 / 1 or bool
         return AdaptedInputs(tokens=x, mask=mask, modality_sizes=sizes)
 
 
