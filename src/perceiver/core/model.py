@@ -69,6 +69,25 @@ class ModelOutput:
     def _set_names(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
+    def keys(self) -> list[str]:
+        """The set entries' names, as transformers' `ModelOutput.keys()`: those of `to_tuple()` in its order (so
+        `out[i]` is the i-th value), then the other set fields (`last_hidden_state`, `cache`); `out[name]` reads each
+        and `dict(**out)` takes them all."""
+        names = [n for n in self.tuple_fields if getattr(self, n) is not None]
+        aliased = {"encoder_attentions", "decoder_attention", "latent_attentions"}  # in (cross_)attentions
+        return names + [n for n in self._set_names() if n not in names and n not in aliased]
+
+    def values(self) -> list[Any]:
+        """The set entries, in the order of `keys()`."""
+        return [getattr(self, name) for name in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """`(name, value)` of the set entries, in the order of `keys()`."""
+        return list(zip(self.keys(), self.values()))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
     @property
     def attentions(self) -> list[Tensor] | None:
         """transformers' name: the latent self-attention maps (`latent_attentions`)."""
@@ -338,6 +357,17 @@ class PerceiverModel(GradCheckpointingMixin, PretrainedMixin, nn.Module):
 
     def _pre_logits_dim(self) -> int:
         raise NotImplementedError(f"{type(self).__name__}: the head's input width is unknown")
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (transformers' `model.device`: its first parameter's)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (transformers' `model.dtype`: its first floating one's;
+        float32 for a model without any)."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         """Parameters of the model (shared / tied tensors counted once)."""
