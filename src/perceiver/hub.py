@@ -241,10 +241,13 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
                 f"parts: {known}"
             )
         for path in paths:
+            parent = _get_path(config, path[:-1]) if len(path) > 1 else config
+            given = value
+            if path[-1] in getattr(type(parent), "square_fields", ()) and type(value) is int:
+                given = (value, value)  # `image_size=224` (timm's img_size, an int): a square (224, 224)
             if source is not None:
-                parent = _get_path(config, path[:-1]) if len(path) > 1 else config
                 hint = typing.get_type_hints(type(parent)).get(path[-1], Any)
-                if not dataclasses.is_dataclass(hint) and not _matches(value, hint):
+                if not dataclasses.is_dataclass(hint) and not _matches(given, hint):
                     raise ValueError(
                         f"{where}key {'.'.join(path)!r}: expected {_type_name(hint)}, got {value!r} "
                         f"({type(value).__name__})"
@@ -252,7 +255,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
             node = tree
             for name in path[:-1]:
                 node = node.setdefault(name, _Tree())
-            node[path[-1]] = value
+            node[path[-1]] = given
     try:
         return _apply_tree(config, tree)
     except (TypeError, ValueError) as e:

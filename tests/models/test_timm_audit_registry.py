@@ -65,5 +65,8 @@ def test_timm_keywords_in_chans_and_img_size_name_our_fields(fourier_folder):
     assert model(torch.randn(2, 1, 8, 8)).logits.shape == (2, 5)
     again = perceiver.create_model("vision-perceiver-fourier", pretrained=True, checkpoint_path=folder, img_size=(8, 8))
     assert again.config.adapter.image_size == (8, 8)
+    square = perceiver.create_model("vision-perceiver-fourier", pretrained=True, checkpoint_path=folder, img_size=8)
+    assert square.config.adapter.image_size == (8, 8)  # timm's int img_size (before: "expected tuple[int, int]")
+    assert perceiver.from_pretrained(folder, image_size=8).config.adapter.image_size == (8, 8)
     with pytest.raises(ValueError, match="pass image_size or its alias img_size, not both"):
         perceiver.create_model("vision-perceiver-learned", **TINY, image_size=8, img_size=8)

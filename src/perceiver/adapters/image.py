@@ -302,6 +302,8 @@ class ImageAdapterConfig(PartConfig):
     """`ImageAdapter`'s keywords (see its docstring); defaults: `vision-perceiver-learned`'s adapter."""
 
     part_class: ClassVar[type] = ImageAdapter
+    #: fields that take an int for a square (H, W), also where overrides are type-checked (`hub.apply_overrides`)
+    square_fields: ClassVar[tuple[str, ...]] = ("image_size", "max_resolution")
 
     image_size: tuple[int, int] = (224, 224)
     in_channels: int = 3
