@@ -243,7 +243,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str | os.Pat
         for path in paths:
             parent = _get_path(config, path[:-1]) if len(path) > 1 else config
             given = value
-            if path[-1] in getattr(type(parent), "square_fields", ()) and type(value) is int:
+            if path[-1] in getattr(type(parent), "square_fields", ()) and type(value) is int and value > 0:
                 given = (value, value)  # `image_size=224` (timm's img_size, an int): a square (224, 224)
             if source is not None:
                 hint = typing.get_type_hints(type(parent)).get(path[-1], Any)
