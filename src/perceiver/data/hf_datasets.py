@@ -113,7 +113,20 @@ def _holds_files(feature: Any) -> bool:
     return _is_strings(feature) or (type(feature).__name__ == "Value" and feature.dtype in ("binary", "large_binary"))
 
 
-class HFImageDataset(ImageFileDataset):
+class _SplitRows:
+    """Where a dataset's rows come from, for errors: `split` and `row_ids`, the rows of the split its items are (a
+    held-out validation share or its complement re-index them); set by `HFClassificationDataModule.setup()`."""
+
+    split: str | None = None
+    row_ids: np.ndarray | None = None
+
+    def row_name(self, index: int) -> str:
+        """`"split 'train' row 12"`: item `index` as the user finds it in the dataset."""
+        row = int(self.row_ids[index]) if self.row_ids is not None else index
+        return f"split {self.split!r} row {row}" if self.split is not None else f"row {row}"
+
+
+class HFImageDataset(_SplitRows, ImageFileDataset):
     """Rows of a `datasets.Dataset` holding images (an `Image` column, or a column of files, read undecoded:
     `{"bytes", "path"}`, so that an image Pillow cannot decode is named); items `{"inputs": (H, W, C), "labels": ()}`
     (see the module docstring)."""
@@ -139,12 +152,12 @@ class HFImageDataset(ImageFileDataset):
     def _load(self, index: int) -> torch.Tensor:
         stored = self.files[index][self.column]
         if stored.get("bytes"):
-            name = stored.get("path") or f"row {index}"
+            name = stored.get("path") or self.row_name(index)
             return torch.from_numpy(load_image(io.BytesIO(stored["bytes"]), self.size, self.grayscale, name))
         return torch.from_numpy(load_image(stored["path"], self.size, self.grayscale))
 
 
-class HFAudioDataset(AudioFileDataset):
+class HFAudioDataset(_SplitRows, AudioFileDataset):
     """Rows of a `datasets.Dataset` holding sound files (an `Audio` column, or a column of files, read undecoded:
     `{"bytes", "path"}`);
     items `{"inputs": (S, 1), "mask": (S,), "labels": ()}` (see the module docstring)."""
@@ -170,7 +183,8 @@ class HFAudioDataset(AudioFileDataset):
     def load(self, index: int) -> np.ndarray:
         stored = self.files[index][self.column]
         if stored.get("bytes"):
-            return load_audio(io.BytesIO(stored["bytes"]), self.sample_rate, name=stored.get("path") or f"row {index}")
+            name = stored.get("path") or self.row_name(index)
+            return load_audio(io.BytesIO(stored["bytes"]), self.sample_rate, name=name)
         return load_audio(stored["path"], self.sample_rate)
 
 
@@ -310,19 +324,29 @@ class HFClassificationDataModule(BaseDataModule):
         train = self.split_names["train"]
         assert train is not None  # the constructor's train_split: str
         rows, labels = self.splits[train], self._labels(train)
-        if self.split_names["val"] is None:
+        keep: np.ndarray | None = None
+        held: np.ndarray | None = None
+        val = self.split_names["val"]
+        if val is None:
             keep, held = stratified_split(labels, self.val_fraction, SPLIT_SEED)
             if len(held) == 0:
                 raise ValueError(f"{self.source}: too few rows to hold out a validation split; give val_split")
             val_rows, val_labels = rows.select(held), labels[held]
             rows, labels = rows.select(keep), labels[keep]
         else:
-            val_rows, val_labels = self.splits[self.split_names["val"]], self._labels(self.split_names["val"])
-        self.train_set = self.dataset(rows, labels, self.augment)
-        self.val_set = self.dataset(val_rows, val_labels, False)
+            val_rows, val_labels = self.splits[val], self._labels(val)
+        self.train_set = self._named(self.dataset(rows, labels, self.augment), train, keep)
+        self.val_set = self._named(self.dataset(val_rows, val_labels, False), train if val is None else val, held)
         if self.split_names["test"] is not None:
             test = self.split_names["test"]
-            self.test_set = self.dataset(self.splits[test], self._labels(test), False)
+            self.test_set = self._named(self.dataset(self.splits[test], self._labels(test), False), test, None)
+
+    @staticmethod
+    def _named(dataset: KeyedDataset, split: str, row_ids: np.ndarray | None) -> KeyedDataset:
+        """`dataset` told which split and rows it reads, so an undecodable file without a path is named by them."""
+        if isinstance(dataset, _SplitRows):
+            dataset.split, dataset.row_ids = split, None if row_ids is None else np.asarray(row_ids)
+        return dataset
 
 
 class HFImageDataModule(HFClassificationDataModule):

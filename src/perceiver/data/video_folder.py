@@ -61,7 +61,8 @@ def load_video_frames(path: str | Path, size: tuple[int, int], max_frames: int |
     """Every frame of a video (the first `max_frames`, if given) as uint8 RGB `(N, H, W, 3)`, each turned upright
     by its display rotation (as players show it) and resized to `size` `(H, W)` as it is decoded.
 
-    `ValueError` naming the file if FFmpeg cannot decode it or it has no video frames."""
+    `FileNotFoundError` for a missing file; `ValueError` naming the file if FFmpeg cannot decode it or it has no
+    video frames."""
     frames, total = _decode(path, size, None, max_frames)
     return np.stack([frames[i] for i in range(total)])
 
@@ -154,6 +155,8 @@ def _decode(
         raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
     from PIL import Image
 
+    if not Path(path).exists():  # FFmpeg's "Invalid data" / errno message, not "cannot decode"
+        raise FileNotFoundError(f"video file not found: {path}")
     frames: dict[int, np.ndarray] = {}
     total = 0
     try:
