@@ -459,3 +459,20 @@ def test_text_example_trains_on_a_datasets_dataset(tmp_path):
     main(["fit", *args, "--data.train_file=null", f"--data.dataset={tmp_path / 'hf'}", "--data.test_split=test"])
     info = json.loads((run / "model" / "task.json").read_text())
     assert info["num_classes"] == 2 and info["class_names"] == ["neg", "pos"]
+
+
+def test_lightning_predict_rows_name_their_files(tmp_path):
+    """`perceiver predict --config ...` over a folder's test split: each predictions.jsonl row names the file it is
+    for (before: only a running index, so a user rebuilt the datamodule's sorted file order to read the file)."""
+    run = tmp_path / "run"
+    main(["fit", *example_args("imagefolder-classic", run, tmp_path)])
+    test_root = write_image_folder(tmp_path / "test", per_class=3)
+    args = example_args(
+        "imagefolder-classic", run, tmp_path / "again", f"--data.test_root={test_root}", "--ckpt_path=last"
+    )
+    main(["predict", *args, "--trainer.limit_predict_batches=null"])
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    files = sorted(str(p) for p in test_root.glob("*/*.png"))
+    assert sorted(row["file"] for row in rows) == files
+    for row in rows:  # the true label is that of the file's class folder
+        assert row["label"] == CLASSES.index(Path(row["file"]).parent.name), row

@@ -5,6 +5,7 @@ rates in the logs (`StepLearningRateMonitor`)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ class SaveRunConfig(SaveConfigCallback):
 
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes what `predict_step` returns (a list of JSON-ready dicts per batch) to `RUN_DIR/predictions.jsonl`,
-    one line per sample with its running index (rank-local files `predictions.rank{r}.jsonl` under DDP)."""
+    one line per sample with its running index and, for a dataset of files, the file it was read from (rank-local
+    files `predictions.rank{r}.jsonl` under DDP)."""
 
     def __init__(self, filename: str = "predictions.jsonl") -> None:
         super().__init__(write_interval="batch")
@@ -70,13 +72,33 @@ class JsonlPredictionWriter(BasePredictionWriter):
     ) -> None:
         if not isinstance(prediction, list):
             return
+        files = _files_of(trainer, dataloader_idx, batch_indices, len(prediction))
         with self._path(trainer).open("a") as f:
-            for row in prediction:
-                f.write(json.dumps({"index": self._count, **row}) + "\n")
+            for i, row in enumerate(prediction):
+                named = {"file": files[i]} if files else {}
+                f.write(json.dumps({"index": self._count, **named, **row}) + "\n")
                 self._count += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rank_zero_info(f"wrote {self._count} predictions to {self._path(trainer)}")
+
+
+def _files_of(
+    trainer: L.Trainer, dataloader_idx: int, batch_indices: Sequence[Any] | None, count: int
+) -> list[str] | None:
+    """The files the batch's samples were read from (a dataset of files: image, sound, video, OFF folders), by the
+    dataset indices Lightning gives (`batch_indices`; a key `(epoch, index)` counts by its index); None otherwise."""
+    loaders = trainer.predict_dataloaders
+    loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+    files = getattr(getattr(loader, "dataset", None), "files", None)
+    if not isinstance(files, (list, tuple)) or not batch_indices or len(batch_indices) != count:
+        return None
+    indices = [i[-1] if isinstance(i, (list, tuple)) else i for i in batch_indices]
+    if not all(
+        isinstance(i, int) and 0 <= i < len(files) and isinstance(files[i], (str, os.PathLike)) for i in indices
+    ):
+        return None
+    return [str(files[i]) for i in indices]
 
 
 class StepLearningRateMonitor(LearningRateMonitor):
