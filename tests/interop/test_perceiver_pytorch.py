@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from pp_tiny import CLASSIC, randomize
+from pp_tiny import CLASSIC, IO, randomize
 
 from perceiver import Perceiver
 
@@ -318,18 +318,7 @@ def test_layout_errors_name_the_keys():
 
 
 # ---------------------------------------------------------------------------------------------------- Perceiver IO
-IO_KWARGS = dict(
-    depth=3,
-    dim=12,
-    queries_dim=10,
-    logits_dim=9,
-    num_latents=6,
-    latent_dim=16,
-    cross_heads=2,
-    latent_heads=2,
-    cross_dim_head=8,
-    latent_dim_head=8,
-)
+IO_KWARGS = IO
 IO_CASES = [
     dict(),
     dict(weight_tie_layers=True),

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from perceiver.checks import check_int
 from perceiver.data._common import KeyedDataset, as_hw, sample_rng
 from perceiver.data.folders import ClassFolderDataModule
 
@@ -96,18 +97,9 @@ def load_video_audio(path: str | Path, sample_rate: int, num_samples: int | None
 
     `FileNotFoundError` for a missing file; `ValueError` naming the file if FFmpeg cannot decode it or it has no
     sound track or no samples."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-        raise ValueError(f"sample_rate must be an integer >= 1 (Hz), got {sample_rate!r}")
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-    ):
-        raise ValueError(f"num_samples must be None or an integer >= 1, got {num_samples!r}")
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - the video extra
-        raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
-    if not Path(path).exists():
-        raise FileNotFoundError(f"video file not found: {path}")
+    sample_rate = check_int(sample_rate, "sample_rate (Hz)")
+    num_samples = check_int(num_samples, "num_samples", optional=True)
+    av = _pyav_for(path)
     chunks: list[np.ndarray] = []
     total = 0
     try:
@@ -136,6 +128,18 @@ def load_video_audio(path: str | Path, sample_rate: int, num_samples: int | None
     return clip
 
 
+def _pyav_for(path: str | Path) -> Any:
+    """The `av` module (PyAV) to read the video file `path`: ImportError naming the extra without PyAV,
+    FileNotFoundError for a missing file (FFmpeg's own message is an errno, not "not found")."""
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - the video extra
+        raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
+    if not Path(path).exists():
+        raise FileNotFoundError(f"video file not found: {path}")
+    return av
+
+
 def stated_frame_count(stream: Any) -> int:
     """The number of frames a video stream's container states (0: unknown, e.g. Matroska / WebM)."""
     return int(stream.frames or 0)
@@ -149,14 +153,9 @@ def _decode(
 ) -> tuple[dict[int, np.ndarray], int]:
     """`({index: uint8 (H, W, 3)}, number of frames decoded)`: every frame decoded, the ones `choose(stated frame
     count)` names (None: all) turned upright and resized to `size`."""
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - the video extra
-        raise ImportError("reading video files needs PyAV: pip install 'perceiver-torch[video]'") from e
     from PIL import Image
 
-    if not Path(path).exists():  # FFmpeg's "Invalid data" / errno message, not "cannot decode"
-        raise FileNotFoundError(f"video file not found: {path}")
+    av = _pyav_for(path)
     frames: dict[int, np.ndarray] = {}
     total = 0
     try:
